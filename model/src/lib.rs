@@ -1,0 +1,1 @@
+//! The executable spec. (Being written.)

@@ -1,0 +1,1 @@
+//! Command-line and environment configuration. (Being written.)

@@ -1,0 +1,1 @@
+//! The smol driver. (Being written.)

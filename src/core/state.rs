@@ -1,7 +1,24 @@
-//! Core state and transitions. (Being written.)
+//! Core state and transitions.
+//!
+//! Data layout, chosen for the uncontended fast path (acquire + release on a
+//! key nobody else wants): a resource is found by one hash lookup of its key;
+//! a grant pushes one holder and one timer entry; a release scans the
+//! resource's holders (at most `limit`, usually 1) and removes the timer
+//! entry. Waiters live in a map by arrival number; a resource's queue holds
+//! arrival numbers and may contain stale ones (removed waiters), which are
+//! skipped lazily, so removing a waiter from the middle of a long queue is
+//! O(1). `live_waiters` is the exact count.
+//!
+//! Invariants checked at run time (a lock server stops rather than
+//! double-grants): a grant never makes `holders > limit`; a granted waiter is
+//! removed from the queue before it becomes a holder; `now` never goes back.
 
-use super::{ConnId, Time};
-use crate::wire::{Reply, Request};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use super::stats;
+use super::{token_salt, ConnId, Time};
+use crate::wire::{Key, Reply, Request, Space, Status, Token};
 
 /// Core configuration: every limit and policy the transition function needs.
 #[derive(Clone, Debug)]
@@ -25,7 +42,7 @@ pub struct CoreConfig {
     /// Grants are refused (never issued) with a fence above this ceiling;
     /// `u64::MAX` when no fence state file is used. See [`Core::raise_fence_ceiling`].
     pub fence_ceiling: u64,
-    /// Secret key for token salts.
+    /// Secret key for token salts (and for hashing keys).
     pub salt_key: [u64; 2],
 }
 
@@ -51,53 +68,944 @@ impl Default for CoreConfig {
 pub enum Effect {
     /// Send this reply line to `conn` (its answer to its oldest unanswered request).
     Reply { conn: ConnId, reply: Reply },
-    /// Close `conn` after sending everything queued before this effect.
+    /// Close `conn` after sending everything queued for it before this effect.
     Close { conn: ConnId },
+}
+
+/// Index of a resource in the slab.
+type ResId = u32;
+
+/// Timer kinds, in the order due items with equal deadlines are processed
+/// (spec/semantics.md §8).
+const KIND_LEASE: u8 = 0;
+const KIND_WAITER: u8 = 1;
+const KIND_GC: u8 = 2;
+
+/// A timer entry: (deadline, kind, sequence, resource). The sequence is the
+/// fence for a lease and the arrival number for a waiter.
+type TimerKey = (Time, u8, u64, ResId);
+
+struct Holder {
+    token: Token,
+    conn: ConnId,
+    expires: Time,
+}
+
+struct Resource {
+    space: Space,
+    key: Key,
+    limit: u64,
+    holders: Vec<Holder>,
+    /// Arrival numbers, oldest first; may contain removed waiters.
+    queue: VecDeque<u64>,
+    live_waiters: usize,
+    last_activity: Time,
+    /// Two-phase records naming this resource. A resource with records is
+    /// never collected, which bounds the records by `max_locks`.
+    records: usize,
+}
+
+struct Waiter {
+    conn: ConnId,
+    res: ResId,
+    lease_s: u64,
+    /// `None` for a two-phase waiter that has not called `w` yet.
+    deadline: Option<Time>,
+    /// The connection is blocked on this waiter and expects a reply.
+    blocking: bool,
+    /// Created by `e`/`se`: a grant before `w` switches the record to granted.
+    two_phase: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Record {
+    Queued { waiter: u64 },
+    Granted { fence: u64, lease_s: u64 },
+}
+
+#[derive(Default)]
+struct Conn {
+    authed: bool,
+    /// Held slots by fence (so disconnect releases in token order).
+    held: BTreeMap<u64, ResId>,
+    /// Arrival numbers of this connection's live waiters.
+    waiters: Vec<u64>,
+    /// Two-phase records by resource.
+    records: HashMap<ResId, Record, IdBuild>,
+    /// The waiter this connection is blocked on, if any.
+    blocked: Option<u64>,
+}
+
+/// Multiplicative hasher for internal integer ids (never peer-chosen).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type IdBuild = BuildHasherDefault<IdHasher>;
+
+/// SipHash-1-3 with a secret key for peer-chosen keys (HashDoS resistance
+/// without the core drawing randomness).
+#[derive(Clone)]
+struct KeyBuild([u64; 2]);
+
+impl BuildHasher for KeyBuild {
+    type Hasher = siphasher::sip::SipHasher13;
+    fn build_hasher(&self) -> Self::Hasher {
+        siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1])
+    }
 }
 
 /// The lock manager.
 pub struct Core {
     cfg: CoreConfig,
+    now: Time,
+    /// Last fence issued.
+    fence: u64,
+    next_conn: u64,
+    next_waiter: u64,
+    next_gc: Time,
+    draining: bool,
+    resources: Vec<Option<Resource>>,
+    free_slots: Vec<ResId>,
+    resource_count: usize,
+    by_key: [HashMap<Key, ResId, KeyBuild>; 2],
+    waiters: HashMap<u64, Waiter, IdBuild>,
+    conns: HashMap<ConnId, Conn, IdBuild>,
+    timers: BTreeSet<TimerKey>,
+    /// Resources whose hand-off stopped at the fence ceiling.
+    starved: BTreeSet<ResId>,
+}
+
+fn space_index(space: Space) -> usize {
+    match space {
+        Space::Lock => 0,
+        Space::Sem => 1,
+    }
+}
+
+fn reply(out: &mut Vec<Effect>, conn: ConnId, reply: Reply) {
+    out.push(Effect::Reply { conn, reply });
+}
+
+fn status(out: &mut Vec<Effect>, conn: ConnId, s: Status) {
+    reply(out, conn, Reply::Status(s));
+}
+
+/// Compares in time independent of where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0
 }
 
 impl Core {
     pub fn new(cfg: CoreConfig, now: Time) -> Core {
-        let _ = now;
-        Core { cfg }
+        let hb = KeyBuild([
+            cfg.salt_key[0] ^ 0x6b65_7973_7061_6365,
+            cfg.salt_key[1].rotate_left(17),
+        ]);
+        Core {
+            next_gc: now.plus_secs(cfg.gc_interval_s.max(1)),
+            fence: cfg.fence_start,
+            now,
+            next_conn: 1,
+            next_waiter: 1,
+            draining: false,
+            resources: Vec::new(),
+            free_slots: Vec::new(),
+            resource_count: 0,
+            by_key: [HashMap::with_hasher(hb.clone()), HashMap::with_hasher(hb)],
+            waiters: HashMap::default(),
+            conns: HashMap::default(),
+            timers: BTreeSet::new(),
+            starved: BTreeSet::new(),
+            cfg,
+        }
     }
 
-    /// Registers a new connection and returns its id.
-    pub fn connect(&mut self, now: Time) -> ConnId {
-        let _ = now;
-        ConnId(1)
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
     }
 
-    /// Applies one request from `conn`. The reply to `conn` (if it is not
-    /// left waiting) and any grants or timeouts for other connections are
+    /// Registers a new connection (or HTTP session) and returns its id.
+    pub fn connect(&mut self, now: Time, out: &mut Vec<Effect>) -> ConnId {
+        self.advance(now, out);
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let conn = Conn {
+            authed: self.cfg.auth_token.is_none(),
+            ..Conn::default()
+        };
+        self.conns.insert(id, conn);
+        id
+    }
+
+    /// Number of live connections and sessions.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether `conn` holds a slot, waits in a queue or has a two-phase
+    /// record. Such a connection is not cut for idleness (Decision D11).
+    pub fn owns_anything(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| !c.held.is_empty() || !c.waiters.is_empty() || !c.records.is_empty())
+    }
+
+    /// Whether `conn` has a request in flight that is waiting in a queue.
+    pub fn is_blocked(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.blocked.is_some())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The last fence issued.
+    pub fn last_fence(&self) -> u64 {
+        self.fence
+    }
+
+    /// How many more grants fit under the fence ceiling.
+    pub fn fence_headroom(&self) -> u64 {
+        self.cfg.fence_ceiling.saturating_sub(self.fence)
+    }
+
+    /// Raises the fence ceiling (after the driver persisted it) and resumes
+    /// hand-offs that stopped at the old one.
+    pub fn raise_fence_ceiling(&mut self, now: Time, ceiling: u64, out: &mut Vec<Effect>) {
+        self.advance(now, out);
+        if ceiling > self.cfg.fence_ceiling {
+            self.cfg.fence_ceiling = ceiling;
+        }
+        let starved = std::mem::take(&mut self.starved);
+        for res in starved {
+            if self.resources[res as usize].is_some() {
+                self.hand_off(now, res, out);
+            }
+        }
+    }
+
+    /// Applies one request from `conn`. The reply to `conn` (unless the
+    /// request blocks) and any grants or timeouts for other connections are
     /// appended to `out`. If no `Reply` for `conn` is appended, the request
     /// is blocked (a queued `l`/`sl`/`w`/`sw`) and its reply comes later
-    /// from another input.
+    /// from another input. The driver must not send another request for
+    /// `conn` while it is blocked.
     pub fn handle(&mut self, now: Time, conn: ConnId, req: Request, out: &mut Vec<Effect>) {
-        let _ = (now, conn, req, out, &self.cfg);
+        self.advance(now, out);
+        let draining = self.draining;
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .expect("input for an unknown connection");
+        assert!(c.blocked.is_none(), "request from a blocked connection");
+        if draining {
+            status(out, conn, Status::ErrorDraining);
+            out.push(Effect::Close { conn });
+            return;
+        }
+        if !c.authed {
+            let ok = match (&req, &self.cfg.auth_token) {
+                (Request::Auth { token }, Some(expected)) => constant_time_eq(token, expected),
+                _ => false,
+            };
+            if ok {
+                c.authed = true;
+                reply(out, conn, Reply::Ok);
+            } else {
+                status(out, conn, Status::ErrorAuth);
+                out.push(Effect::Close { conn });
+            }
+            return;
+        }
+        match req {
+            Request::Acquire {
+                space,
+                key,
+                timeout_s,
+                limit,
+                lease_s,
+            } => self.acquire(now, conn, space, key, timeout_s, limit, lease_s, out),
+            Request::Release { space, key, token } => {
+                self.release(now, conn, space, &key, &token, out)
+            }
+            Request::Renew {
+                space,
+                key,
+                token,
+                lease_s,
+            } => self.renew(now, conn, space, &key, &token, lease_s, out),
+            Request::Enqueue {
+                space,
+                key,
+                limit,
+                lease_s,
+            } => self.enqueue(now, conn, space, key, limit, lease_s, out),
+            Request::Wait {
+                space,
+                key,
+                timeout_s,
+            } => self.wait(now, conn, space, &key, timeout_s, out),
+            Request::Stats => {
+                let json = stats::render(self.snapshot(now));
+                reply(out, conn, Reply::Stats(json));
+            }
+            Request::Ping => reply(out, conn, Reply::Ok),
+            // `auth` after the handshake, or without a configured token.
+            Request::Auth { .. } => status(out, conn, Status::Error),
+            // Signals are not implemented yet.
+            Request::Listen { .. } | Request::Unlisten { .. } | Request::Signal { .. } => {
+                status(out, conn, Status::Error)
+            }
+        }
     }
 
-    /// A request from `conn` that could not be parsed.
+    /// A request from `conn` that could not be parsed, or a read timeout.
+    /// `fatal` requests (overlong line, read timeout) close the connection.
     pub fn handle_invalid(&mut self, now: Time, conn: ConnId, fatal: bool, out: &mut Vec<Effect>) {
-        let _ = (now, conn, fatal, out);
+        self.advance(now, out);
+        let authed = self.conn_mut(conn).authed;
+        if self.draining {
+            status(out, conn, Status::ErrorDraining);
+            out.push(Effect::Close { conn });
+        } else if !authed {
+            status(out, conn, Status::ErrorAuth);
+            out.push(Effect::Close { conn });
+        } else {
+            status(out, conn, Status::Error);
+            if fatal {
+                out.push(Effect::Close { conn });
+            }
+        }
     }
 
-    /// The connection went away (EOF, error, or closed by the driver).
+    /// Starts graceful shutdown: every blocked request answers `error`;
+    /// every later request answers `error_draining` and closes.
+    pub fn start_drain(&mut self, now: Time, out: &mut Vec<Effect>) {
+        self.advance(now, out);
+        self.draining = true;
+        let blocked: Vec<(ConnId, u64)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| c.blocked.map(|w| (*id, w)))
+            .collect();
+        let mut touched = BTreeSet::new();
+        for (conn, w) in blocked {
+            if let Some(res) = self.remove_waiter(w) {
+                touched.insert(res);
+            }
+            status(out, conn, Status::Error);
+        }
+        for res in touched {
+            self.hand_off(now, res, out);
+        }
+    }
+
+    /// The connection went away (EOF, error, or closed by the driver). Its
+    /// waiters and records go; its held slots are released in token order
+    /// when auto-release is on (Decision D6).
     pub fn disconnect(&mut self, now: Time, conn: ConnId, out: &mut Vec<Effect>) {
-        let _ = (now, conn, out);
+        self.advance(now, out);
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let mut touched = BTreeSet::new();
+        for w in c.waiters {
+            if let Some(res) = self.remove_waiter(w) {
+                touched.insert(res);
+            }
+        }
+        for res in c.records.keys() {
+            self.res_mut(*res).records -= 1;
+        }
+        if self.cfg.auto_release_on_disconnect {
+            for (fence, res) in c.held {
+                self.remove_holder(res, fence);
+                self.hand_off(now, res, out);
+            }
+        }
+        for res in touched {
+            self.hand_off(now, res, out);
+        }
     }
 
     /// Processes everything due at or before `now`.
     pub fn handle_timeout(&mut self, now: Time, out: &mut Vec<Effect>) {
-        let _ = (now, out);
+        self.advance(now, out);
     }
 
     /// The next instant at which [`Core::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Time> {
-        None
+        let timer = self.timers.first().map(|t| t.0);
+        Some(timer.map_or(self.next_gc, |t| t.min(self.next_gc)))
+    }
+
+    // ----- requests -------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn acquire(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        space: Space,
+        key: Key,
+        timeout_s: u64,
+        limit: u64,
+        lease_s: Option<u64>,
+        out: &mut Vec<Effect>,
+    ) {
+        let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
+        let res = match self.get_or_create(now, space, key, limit) {
+            Ok(res) => res,
+            Err(s) => return status(out, conn, s),
+        };
+        let max_waiters = self.cfg.max_waiters;
+        let r = self.res_mut(res);
+        r.last_activity = now;
+        if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
+            match self.grant(now, res, conn, lease_s) {
+                Some(token) => reply(out, conn, Reply::Granted { token, lease_s }),
+                None => status(out, conn, Status::Error),
+            }
+            return;
+        }
+        if max_waiters > 0 && r.live_waiters >= max_waiters {
+            return status(out, conn, Status::ErrorMaxWaiters);
+        }
+        if timeout_s == 0 {
+            return status(out, conn, Status::Timeout);
+        }
+        let w = self.add_waiter(
+            conn,
+            res,
+            lease_s,
+            Some(now.plus_secs(timeout_s)),
+            true,
+            false,
+        );
+        self.conn_mut(conn).blocked = Some(w);
+    }
+
+    fn release(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        space: Space,
+        key: &Key,
+        token: &[u8],
+        out: &mut Vec<Effect>,
+    ) {
+        let found = self.find_holder(space, key, token);
+        let Some((res, fence)) = found else {
+            return status(out, conn, Status::Error);
+        };
+        self.remove_holder(res, fence);
+        self.res_mut(res).last_activity = now;
+        self.hand_off(now, res, out);
+        reply(out, conn, Reply::Ok);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn renew(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        space: Space,
+        key: &Key,
+        token: &[u8],
+        lease_s: Option<u64>,
+        out: &mut Vec<Effect>,
+    ) {
+        let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
+        let Some((res, fence)) = self.find_holder(space, key, token) else {
+            return status(out, conn, Status::Error);
+        };
+        self.set_expiry(res, fence, now.plus_secs(lease_s));
+        self.res_mut(res).last_activity = now;
+        reply(out, conn, Reply::OkInt(lease_s));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        space: Space,
+        key: Key,
+        limit: u64,
+        lease_s: Option<u64>,
+        out: &mut Vec<Effect>,
+    ) {
+        let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
+        if let Some(&res) = self.by_key[space_index(space)].get(&key) {
+            if let Some(&rec) = self.conn_mut(conn).records.get(&res) {
+                let live = match rec {
+                    Record::Queued { .. } => true,
+                    Record::Granted { fence, .. } => self.holder_index(res, fence).is_some(),
+                };
+                if live {
+                    return status(out, conn, Status::ErrorAlreadyEnqueued);
+                }
+                // A granted record whose lease is gone never blocks a new `e` (D18).
+                self.conn_mut(conn).records.remove(&res);
+                self.res_mut(res).records -= 1;
+            }
+        }
+        let res = match self.get_or_create(now, space, key, limit) {
+            Ok(res) => res,
+            Err(s) => return status(out, conn, s),
+        };
+        let max_waiters = self.cfg.max_waiters;
+        let r = self.res_mut(res);
+        r.last_activity = now;
+        if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
+            match self.grant(now, res, conn, lease_s) {
+                Some(token) => {
+                    self.set_record(
+                        conn,
+                        res,
+                        Record::Granted {
+                            fence: token.fence,
+                            lease_s,
+                        },
+                    );
+                    reply(out, conn, Reply::Acquired { token, lease_s });
+                }
+                None => status(out, conn, Status::Error),
+            }
+            return;
+        }
+        if max_waiters > 0 && r.live_waiters >= max_waiters {
+            return status(out, conn, Status::ErrorMaxWaiters);
+        }
+        let w = self.add_waiter(conn, res, lease_s, None, false, true);
+        self.set_record(conn, res, Record::Queued { waiter: w });
+        status(out, conn, Status::Queued);
+    }
+
+    fn wait(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        space: Space,
+        key: &Key,
+        timeout_s: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let res = self.by_key[space_index(space)].get(key).copied();
+        let rec = res.and_then(|res| self.conn_mut(conn).records.remove(&res));
+        let (Some(res), Some(rec)) = (res, rec) else {
+            return status(out, conn, Status::ErrorNotEnqueued);
+        };
+        self.res_mut(res).records -= 1;
+        match rec {
+            Record::Granted { fence, lease_s } => match self.holder_index(res, fence) {
+                Some(i) => {
+                    let token = self.res_mut(res).holders[i].token;
+                    self.set_expiry(res, fence, now.plus_secs(lease_s));
+                    self.res_mut(res).last_activity = now;
+                    reply(out, conn, Reply::Granted { token, lease_s });
+                }
+                None => status(out, conn, Status::ErrorLeaseExpired),
+            },
+            Record::Queued { waiter } => {
+                if timeout_s == 0 {
+                    self.remove_waiter(waiter);
+                    self.hand_off(now, res, out);
+                    return status(out, conn, Status::Timeout);
+                }
+                let deadline = now.plus_secs(timeout_s);
+                let w = self
+                    .waiters
+                    .get_mut(&waiter)
+                    .expect("queued record names a live waiter");
+                w.deadline = Some(deadline);
+                w.blocking = true;
+                self.timers.insert((deadline, KIND_WAITER, waiter, res));
+                self.conn_mut(conn).blocked = Some(waiter);
+            }
+        }
+    }
+
+    // ----- time -----------------------------------------------------------
+
+    /// Processes every item due at or before `now`, each as of its own
+    /// deadline (spec/semantics.md §8).
+    fn advance(&mut self, now: Time, out: &mut Vec<Effect>) {
+        assert!(
+            now >= self.now,
+            "time went back: {:?} < {:?}",
+            now,
+            self.now
+        );
+        self.now = now;
+        loop {
+            let timer = self.timers.first().copied();
+            match timer {
+                Some(t) if t.0 <= now && (t.0, t.1) < (self.next_gc, KIND_GC) => {
+                    self.timers.remove(&t);
+                    let (at, kind, seq, res) = t;
+                    if kind == KIND_LEASE {
+                        self.expire(at, res, seq, out);
+                    } else {
+                        self.time_out(at, seq, out);
+                    }
+                }
+                _ if self.next_gc <= now => {
+                    let at = self.next_gc;
+                    self.gc(at);
+                    self.next_gc = at.plus_secs(self.cfg.gc_interval_s.max(1));
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Lease `fence` on `res` reached its deadline `at`.
+    fn expire(&mut self, at: Time, res: ResId, fence: u64, out: &mut Vec<Effect>) {
+        let r = self.res_mut(res);
+        let i = r
+            .holders
+            .iter()
+            .position(|h| h.token.fence == fence)
+            .expect("lease timer names a live holder");
+        let h = r.holders.swap_remove(i);
+        if let Some(c) = self.conns.get_mut(&h.conn) {
+            c.held.remove(&fence);
+        }
+        // The holder's two-phase record stays so that `w` can answer
+        // `error_lease_expired` (D18).
+        self.hand_off(at, res, out);
+    }
+
+    /// Waiter `w` reached its deadline `at`.
+    fn time_out(&mut self, at: Time, w: u64, out: &mut Vec<Effect>) {
+        let waiter = &self.waiters[&w];
+        let (conn, blocking) = (waiter.conn, waiter.blocking);
+        if let Some(res) = self.remove_waiter(w) {
+            if blocking {
+                self.conn_mut(conn).blocked = None;
+                status(out, conn, Status::Timeout);
+            }
+            self.hand_off(at, res, out);
+        }
+    }
+
+    fn gc(&mut self, at: Time) {
+        let max_idle_ms = self.cfg.gc_max_idle_s.saturating_mul(1000);
+        for id in 0..self.resources.len() {
+            let collect = self.resources[id].as_ref().is_some_and(|r| {
+                r.holders.is_empty()
+                    && r.live_waiters == 0
+                    && r.records == 0
+                    && at.0.saturating_sub(r.last_activity.0) > max_idle_ms
+            });
+            if collect {
+                let r = self.resources[id].take().expect("checked above");
+                self.by_key[space_index(r.space)].remove(&r.key);
+                self.free_slots.push(id as ResId);
+                self.resource_count -= 1;
+            }
+        }
+    }
+
+    // ----- grants and hand-off ---------------------------------------------
+
+    /// Grants a slot of `res` to `conn` as of `at`. `None` when the fence
+    /// ceiling is reached (nothing changes then).
+    fn grant(&mut self, at: Time, res: ResId, conn: ConnId, lease_s: u64) -> Option<Token> {
+        if self.fence >= self.cfg.fence_ceiling {
+            return None;
+        }
+        self.fence += 1;
+        let fence = self.fence;
+        let token = Token {
+            fence,
+            salt: token_salt(self.cfg.salt_key, fence),
+        };
+        let expires = at.plus_secs(lease_s);
+        let r = self.res_mut(res);
+        assert!(
+            (r.holders.len() as u64) < r.limit,
+            "grant would exceed the limit"
+        );
+        r.holders.push(Holder {
+            token,
+            conn,
+            expires,
+        });
+        r.last_activity = at;
+        self.timers.insert((expires, KIND_LEASE, fence, res));
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.held.insert(fence, res);
+        }
+        Some(token)
+    }
+
+    /// Grants waiters from the head of `res`'s queue while capacity lasts
+    /// (spec/semantics.md §7).
+    fn hand_off(&mut self, at: Time, res: ResId, out: &mut Vec<Effect>) {
+        loop {
+            let r = self.res_mut(res);
+            if r.live_waiters == 0 || (r.holders.len() as u64) >= r.limit {
+                return;
+            }
+            let head = *r.queue.front().expect("live waiters are queued");
+            let Some(w) = self.waiters.get(&head) else {
+                // A removed waiter: skip it.
+                self.res_mut(res).queue.pop_front();
+                continue;
+            };
+            if w.deadline.is_some_and(|d| d <= at) {
+                // Dead at `at`: a timed-out waiter is never granted.
+                self.time_out(at, head, out);
+                continue;
+            }
+            if self.fence >= self.cfg.fence_ceiling {
+                // Resume when the driver raises the ceiling.
+                self.starved.insert(res);
+                return;
+            }
+            let (conn, lease_s, blocking, two_phase) = (w.conn, w.lease_s, w.blocking, w.two_phase);
+            // Take the waiter out of the queue before it becomes a holder.
+            self.remove_waiter(head);
+            let token = self
+                .grant(at, res, conn, lease_s)
+                .expect("fence headroom checked above");
+            if blocking {
+                self.conn_mut(conn).blocked = None;
+                reply(out, conn, Reply::Granted { token, lease_s });
+            } else if two_phase {
+                self.set_record(
+                    conn,
+                    res,
+                    Record::Granted {
+                        fence: token.fence,
+                        lease_s,
+                    },
+                );
+            }
+        }
+    }
+
+    // ----- bookkeeping ------------------------------------------------------
+
+    fn conn_mut(&mut self, conn: ConnId) -> &mut Conn {
+        self.conns
+            .get_mut(&conn)
+            .expect("input for an unknown connection")
+    }
+
+    fn res_mut(&mut self, res: ResId) -> &mut Resource {
+        self.resources[res as usize]
+            .as_mut()
+            .expect("dangling resource id")
+    }
+
+    fn get_or_create(
+        &mut self,
+        now: Time,
+        space: Space,
+        key: Key,
+        limit: u64,
+    ) -> Result<ResId, Status> {
+        let map = &self.by_key[space_index(space)];
+        if let Some(&res) = map.get(&key) {
+            return if self.res_mut(res).limit == limit {
+                Ok(res)
+            } else {
+                Err(Status::ErrorLimitMismatch)
+            };
+        }
+        if self.resource_count >= self.cfg.max_locks {
+            return Err(Status::ErrorMaxLocks);
+        }
+        let r = Resource {
+            space,
+            key: key.clone(),
+            limit,
+            holders: Vec::new(),
+            queue: VecDeque::new(),
+            live_waiters: 0,
+            last_activity: now,
+            records: 0,
+        };
+        let res = match self.free_slots.pop() {
+            Some(res) => {
+                self.resources[res as usize] = Some(r);
+                res
+            }
+            None => {
+                self.resources.push(Some(r));
+                (self.resources.len() - 1) as ResId
+            }
+        };
+        self.resource_count += 1;
+        self.by_key[space_index(space)].insert(key, res);
+        Ok(res)
+    }
+
+    /// Finds a live holder of (space, key) with exactly this token.
+    fn find_holder(&mut self, space: Space, key: &Key, token: &[u8]) -> Option<(ResId, u64)> {
+        let token = Token::parse(token)?;
+        let res = *self.by_key[space_index(space)].get(key)?;
+        let r = self.res_mut(res);
+        r.holders
+            .iter()
+            .any(|h| h.token == token)
+            .then_some((res, token.fence))
+    }
+
+    fn holder_index(&mut self, res: ResId, fence: u64) -> Option<usize> {
+        self.res_mut(res)
+            .holders
+            .iter()
+            .position(|h| h.token.fence == fence)
+    }
+
+    /// Removes a holder (release or disconnect), its timer, its place in its
+    /// connection's held set, and the connection's record naming it.
+    fn remove_holder(&mut self, res: ResId, fence: u64) {
+        let i = self.holder_index(res, fence).expect("holder exists");
+        let h = self.res_mut(res).holders.swap_remove(i);
+        self.timers.remove(&(h.expires, KIND_LEASE, fence, res));
+        let mut dropped_record = false;
+        if let Some(c) = self.conns.get_mut(&h.conn) {
+            c.held.remove(&fence);
+            if let Some(Record::Granted { fence: f, .. }) = c.records.get(&res) {
+                if *f == fence {
+                    c.records.remove(&res);
+                    dropped_record = true;
+                }
+            }
+        }
+        if dropped_record {
+            self.res_mut(res).records -= 1;
+        }
+    }
+
+    fn set_expiry(&mut self, res: ResId, fence: u64, expires: Time) {
+        let i = self.holder_index(res, fence).expect("holder exists");
+        let h = &mut self.res_mut(res).holders[i];
+        let old = std::mem::replace(&mut h.expires, expires);
+        self.timers.remove(&(old, KIND_LEASE, fence, res));
+        self.timers.insert((expires, KIND_LEASE, fence, res));
+    }
+
+    fn set_record(&mut self, conn: ConnId, res: ResId, rec: Record) {
+        if self.conn_mut(conn).records.insert(res, rec).is_none() {
+            self.res_mut(res).records += 1;
+        }
+    }
+
+    fn add_waiter(
+        &mut self,
+        conn: ConnId,
+        res: ResId,
+        lease_s: u64,
+        deadline: Option<Time>,
+        blocking: bool,
+        two_phase: bool,
+    ) -> u64 {
+        let w = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.insert(
+            w,
+            Waiter {
+                conn,
+                res,
+                lease_s,
+                deadline,
+                blocking,
+                two_phase,
+            },
+        );
+        let r = self.res_mut(res);
+        r.queue.push_back(w);
+        r.live_waiters += 1;
+        if let Some(d) = deadline {
+            self.timers.insert((d, KIND_WAITER, w, res));
+        }
+        self.conn_mut(conn).waiters.push(w);
+        w
+    }
+
+    /// Removes waiter `w` from every index. Returns its resource, or `None`
+    /// if it was already gone. Its queue entry is left for lazy skipping.
+    fn remove_waiter(&mut self, w: u64) -> Option<ResId> {
+        let waiter = self.waiters.remove(&w)?;
+        if let Some(d) = waiter.deadline {
+            self.timers.remove(&(d, KIND_WAITER, w, waiter.res));
+        }
+        let r = self.res_mut(waiter.res);
+        r.live_waiters -= 1;
+        if r.queue.front() == Some(&w) {
+            r.queue.pop_front();
+        }
+        if let Some(c) = self.conns.get_mut(&waiter.conn) {
+            if let Some(i) = c.waiters.iter().position(|x| *x == w) {
+                c.waiters.swap_remove(i);
+            }
+            if c.blocked == Some(w) {
+                c.blocked = None;
+            }
+        }
+        Some(waiter.res)
+    }
+
+    fn snapshot(&self, now: Time) -> stats::Snapshot<'_> {
+        let mut snap = stats::Snapshot {
+            connections: self.conns.len(),
+            ..Default::default()
+        };
+        for r in self.resources.iter().flatten() {
+            let key = r.key.as_bytes();
+            let active = !r.holders.is_empty() || r.live_waiters > 0;
+            let idle_s = now.0.saturating_sub(r.last_activity.0) as f64 / 1000.0;
+            match (r.limit == 1, active) {
+                (true, true) => {
+                    let h = r.holders.first();
+                    snap.locks.push(stats::LockEntry {
+                        key,
+                        owner_conn_id: h.map_or(0, |h| h.conn.0),
+                        lease_expires_in_s: h
+                            .map_or(0.0, |h| h.expires.0.saturating_sub(now.0) as f64 / 1000.0),
+                        waiters: r.live_waiters,
+                    })
+                }
+                (false, true) => snap.semaphores.push(stats::SemEntry {
+                    key,
+                    limit: r.limit,
+                    holders: r.holders.len(),
+                    waiters: r.live_waiters,
+                }),
+                (true, false) => snap.idle_locks.push(stats::IdleEntry { key, idle_s }),
+                (false, false) => snap.idle_semaphores.push(stats::IdleEntry { key, idle_s }),
+            }
+        }
+        snap
     }
 }

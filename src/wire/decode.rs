@@ -23,11 +23,20 @@ pub fn decode_request(_buf: &[u8]) -> Decoded {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplyDecoded {
     NeedMore,
-    Reply { reply: Reply, consumed: usize },
+    Reply {
+        reply: Reply,
+        consumed: usize,
+    },
     /// A pushed `sig <channel> <payload>` line.
-    Push { channel: Vec<u8>, payload: Vec<u8>, consumed: usize },
+    Push {
+        channel: Vec<u8>,
+        payload: Vec<u8>,
+        consumed: usize,
+    },
     /// A complete line that is not a reply this protocol defines.
-    Invalid { consumed: usize },
+    Invalid {
+        consumed: usize,
+    },
 }
 
 /// Decodes the first reply line in `buf` (for clients and the bench).

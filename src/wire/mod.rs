@@ -47,7 +47,10 @@ impl Key {
         if bytes.is_empty() || bytes.len() > MAX_LINE_BYTES {
             return Err(ParseError::BadKey);
         }
-        if bytes.iter().any(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+        if bytes
+            .iter()
+            .any(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
             return Err(ParseError::BadKey);
         }
         Ok(Key(bytes.into()))

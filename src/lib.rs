@@ -11,4 +11,5 @@
 pub mod config;
 pub mod core;
 pub mod server;
+pub mod sync;
 pub mod wire;

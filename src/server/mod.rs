@@ -1,1 +1,524 @@
-//! The smol driver. (Being written.)
+//! The smol driver: sockets in, core calls, replies out.
+//!
+//! Shape (spec/ARCHITECTURE.md):
+//! * one accept loop, which admits or silently drops connections;
+//! * one task per connection ([`conn`]): read bytes, decode requests, call
+//!   the core under the [`Shared`] mutex, write the replies;
+//! * one timer task ([`timer`]) that sleeps until the core's next deadline;
+//! * effects for *other* connections (a hand-off grant, a timeout) go to
+//!   that connection's [`mailbox::Mailbox`]. The uncontended fast path
+//!   (request and reply on the same connection) never crosses tasks.
+//!
+//! Nothing here decides a protocol outcome: every answer comes from the core.
+
+pub mod conn;
+pub mod fence_file;
+pub mod mailbox;
+pub mod timer;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+
+use crate::core::{ConnId, Core, CoreConfig, Effect, Time};
+use crate::sync::{lock, Arc, Mutex, MutexGuard};
+use mailbox::{Delivery, Mailbox};
+
+/// Everything the driver needs to know, already validated.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `host:port` to listen on (IPv6 literals bracketed).
+    pub listen: String,
+    pub core: CoreConfig,
+    pub read_timeout_s: u64,
+    /// 0 disables the write deadline.
+    pub write_timeout_s: u64,
+    /// 0 waits forever for connections to finish.
+    pub shutdown_timeout_s: u64,
+    /// 0 = unlimited.
+    pub max_connections: usize,
+    /// 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    pub fence_state_file: Option<PathBuf>,
+    /// Executor threads; 0 = one per available core.
+    pub threads: usize,
+    pub debug: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:6388".into(),
+            core: CoreConfig::default(),
+            read_timeout_s: 23,
+            write_timeout_s: 5,
+            shutdown_timeout_s: 30,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            fence_state_file: None,
+            threads: 0,
+            debug: false,
+        }
+    }
+}
+
+/// The lock manager plus the routing table for its effects, under one mutex.
+pub struct Inner {
+    pub core: Core,
+    mailboxes: HashMap<ConnId, Arc<Mailbox>>,
+    /// What the timer task is currently sleeping until.
+    timer_at: Option<Time>,
+    fence_file: Option<fence_file::FenceFile>,
+}
+
+/// State shared by every task of one server.
+pub struct Shared {
+    inner: Mutex<Inner>,
+    origin: Instant,
+    /// Wakes the timer task when a nearer deadline appears.
+    timer_event: Event,
+    /// Fires when shutdown begins.
+    shutdown_event: Event,
+    shutting_down: AtomicBool,
+    /// Fires each time a connection task ends.
+    conn_closed: Event,
+    tcp_conns: AtomicUsize,
+    per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    pub cfg: ServerConfig,
+}
+
+impl Shared {
+    /// Milliseconds since the server started: the core's clock.
+    pub fn now(&self) -> Time {
+        Time(self.origin.elapsed().as_millis() as u64)
+    }
+
+    pub fn instant_of(&self, t: Time) -> Instant {
+        self.origin + Duration::from_millis(t.0)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// Delivers effects addressed to connections other than `me` to their
+    /// mailboxes and leaves only `me`'s in `effects`. Also tops up the fence
+    /// ceiling and re-arms the timer. Call with the lock held, after every
+    /// core input.
+    pub fn after_core(&self, inner: &mut Inner, effects: &mut Vec<Effect>, me: Option<ConnId>) {
+        self.top_up_fence(inner, effects);
+        let mut own = 0;
+        for i in 0..effects.len() {
+            let (conn, d) = match &effects[i] {
+                Effect::Reply { conn, reply } if Some(*conn) != me => {
+                    (*conn, Delivery::Reply(reply.clone()))
+                }
+                Effect::Close { conn } if Some(*conn) != me => (*conn, Delivery::Close),
+                _ => {
+                    effects.swap(own, i);
+                    own += 1;
+                    continue;
+                }
+            };
+            if let Some(mb) = inner.mailboxes.get(&conn) {
+                mb.push(d);
+            }
+        }
+        effects.truncate(own);
+        let next = inner.core.poll_timeout();
+        if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
+            inner.timer_at = next;
+            self.timer_event.notify(1);
+        }
+    }
+
+    /// With a fence state file, persists a new ceiling before the core runs
+    /// out of headroom (one fsync per `FENCE_RANGE / 2` grants). Hand-offs
+    /// that were waiting for the ceiling are appended to `effects`.
+    fn top_up_fence(&self, inner: &mut Inner, effects: &mut Vec<Effect>) {
+        let Some(ff) = inner.fence_file.as_mut() else {
+            return;
+        };
+        if inner.core.fence_headroom() >= fence_file::FENCE_RANGE / 2 {
+            return;
+        }
+        let ceiling = inner
+            .core
+            .last_fence()
+            .saturating_add(fence_file::FENCE_RANGE);
+        match ff.persist(ceiling) {
+            Ok(()) => {
+                let now = self.now();
+                inner.core.raise_fence_ceiling(now, ceiling, effects);
+            }
+            Err(e) => eprintln!("dflockd: cannot persist fence ceiling: {e}"),
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    done: Arc<Event>,
+    finished: Arc<AtomicBool>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Begins graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        begin_shutdown(&self.shared);
+    }
+
+    /// The shared state, for tests that inspect the core.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Waits until the server has stopped.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether the server has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the server stops.
+    pub async fn stopped(&self) {
+        loop {
+            let l = self.done.listen();
+            if self.is_finished() {
+                return;
+            }
+            l.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            begin_shutdown(&self.shared);
+            // Stop at once: no test or caller should wait for the drain.
+            force_close_all(&self.shared);
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Error starting the server.
+#[derive(Debug)]
+pub enum StartError {
+    Bind(String, io::Error),
+    FenceFile(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::FenceFile(e) => write!(f, "fence state file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Binds the listener and starts the server on its own threads.
+pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
+    let fence_file = match &cfg.fence_state_file {
+        Some(path) => {
+            let (mut ff, persisted) = fence_file::FenceFile::open(path)
+                .map_err(|e| StartError::FenceFile(e.to_string()))?;
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            let (start, ceiling) = fence_file::startup_fence(persisted, wall);
+            ff.persist(ceiling)
+                .map_err(|e| StartError::FenceFile(e.to_string()))?;
+            cfg.core.fence_start = start;
+            cfg.core.fence_ceiling = ceiling;
+            Some(ff)
+        }
+        None => None,
+    };
+    let std_listener = std::net::TcpListener::bind(&cfg.listen)
+        .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+    let addr = std_listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+    let listener = async_net::TcpListener::try_from(std_listener)
+        .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+
+    let origin = Instant::now();
+    let core = Core::new(cfg.core.clone(), Time(0));
+    let threads_n = match cfg.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            core,
+            mailboxes: HashMap::new(),
+            timer_at: None,
+            fence_file,
+        }),
+        origin,
+        timer_event: Event::new(),
+        shutdown_event: Event::new(),
+        shutting_down: AtomicBool::new(false),
+        conn_closed: Event::new(),
+        tcp_conns: AtomicUsize::new(0),
+        per_ip: std::sync::Mutex::new(HashMap::new()),
+        cfg,
+    });
+
+    let ex = Arc::new(smol::Executor::new());
+    let done = Arc::new(Event::new());
+    let finished = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Event::new());
+    let stopped = Arc::new(AtomicBool::new(false));
+
+    // The supervisor: accept loop, timer, and the shutdown sequence.
+    let main_task = {
+        let shared = shared.clone();
+        let ex2 = ex.clone();
+        ex.spawn(async move {
+            let timer = ex2.spawn(timer::run(shared.clone()));
+            accept_loop(&shared, &ex2, listener).await;
+            drain(&shared).await;
+            drop(timer);
+        })
+    };
+    let mut threads = Vec::new();
+    for i in 0..threads_n {
+        let ex = ex.clone();
+        let stop = stop.clone();
+        let stopped = stopped.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("dflockd-{i}"))
+                .spawn(move || {
+                    smol::block_on(ex.run(async {
+                        loop {
+                            let l = stop.listen();
+                            if stopped.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            l.await;
+                        }
+                    }))
+                })
+                .expect("spawn executor thread"),
+        );
+    }
+    // A watcher thread ends the executor threads when the supervisor ends.
+    {
+        let done = done.clone();
+        let finished = finished.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("dflockd-main".into())
+                .spawn(move || {
+                    smol::block_on(main_task);
+                    stopped.store(true, Ordering::SeqCst);
+                    stop.notify(usize::MAX);
+                    finished.store(true, Ordering::SeqCst);
+                    done.notify(usize::MAX);
+                })
+                .expect("spawn supervisor thread"),
+        );
+    }
+    Ok(ServerHandle {
+        shared,
+        addr,
+        threads,
+        done,
+        finished,
+    })
+}
+
+/// Starts graceful shutdown: stop accepting, cancel blocked requests with
+/// `error`, answer later requests with `error_draining`.
+pub fn begin_shutdown(shared: &Arc<Shared>) {
+    if shared.shutting_down.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let mut effects = Vec::new();
+    let mut inner = shared.lock();
+    let now = shared.now();
+    inner.core.start_drain(now, &mut effects);
+    shared.after_core(&mut inner, &mut effects, None);
+    drop(inner);
+    shared.shutdown_event.notify(usize::MAX);
+}
+
+fn force_close_all(shared: &Arc<Shared>) {
+    let inner = shared.lock();
+    for mb in inner.mailboxes.values() {
+        mb.push(Delivery::Close);
+    }
+}
+
+async fn accept_loop(
+    shared: &Arc<Shared>,
+    ex: &Arc<smol::Executor<'static>>,
+    listener: async_net::TcpListener,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let shutdown = shared.shutdown_event.listen();
+        if shared.is_shutting_down() {
+            return;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                if shared.cfg.debug {
+                    eprintln!("dflockd: accept error: {e}");
+                }
+                async_io::Timer::after(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if !admit(shared, peer.ip()) {
+            drop(stream);
+            continue;
+        }
+        let shared2 = shared.clone();
+        ex.spawn(async move {
+            conn::serve(&shared2, stream).await;
+            release_admission(&shared2, peer.ip());
+        })
+        .detach();
+    }
+}
+
+/// `--max-connections` and `--max-connections-per-ip`: a connection over a
+/// cap is closed without a byte written.
+fn admit(shared: &Shared, ip: IpAddr) -> bool {
+    let max = shared.cfg.max_connections;
+    let prev = shared.tcp_conns.fetch_add(1, Ordering::SeqCst);
+    if max > 0 && prev >= max {
+        shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    let max_ip = shared.cfg.max_connections_per_ip;
+    if max_ip > 0 {
+        let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= max_ip {
+            drop(per_ip);
+            shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        *n += 1;
+    }
+    true
+}
+
+fn release_admission(shared: &Shared, ip: IpAddr) {
+    if shared.cfg.max_connections_per_ip > 0 {
+        let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+    shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
+    shared.conn_closed.notify(usize::MAX);
+}
+
+/// Waits for connections to finish, up to `--shutdown-timeout`, then
+/// force-closes the rest and waits for their tasks to clean up.
+async fn drain(shared: &Arc<Shared>) {
+    let wait_all = async {
+        loop {
+            let l = shared.conn_closed.listen();
+            if shared.tcp_conns.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            l.await;
+        }
+    };
+    let timeout = shared.cfg.shutdown_timeout_s;
+    if timeout == 0 {
+        wait_all.await;
+        return;
+    }
+    let timed_out = futures_lite::future::or(
+        async {
+            wait_all.await;
+            false
+        },
+        async {
+            async_io::Timer::after(Duration::from_secs(timeout)).await;
+            true
+        },
+    )
+    .await;
+    if timed_out {
+        force_close_all(shared);
+        loop {
+            let l = shared.conn_closed.listen();
+            if shared.tcp_conns.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            l.await;
+        }
+    }
+}
+
+/// Registers a connection with the core and the routing table.
+pub(crate) fn register(shared: &Shared, mailbox: Arc<Mailbox>) -> ConnId {
+    let mut effects = Vec::new();
+    let mut inner = shared.lock();
+    let now = shared.now();
+    let id = inner.core.connect(now, &mut effects);
+    inner.mailboxes.insert(id, mailbox);
+    shared.after_core(&mut inner, &mut effects, None);
+    id
+}
+
+/// Removes a connection: core cleanup, then the routing entry.
+pub(crate) fn unregister(shared: &Shared, id: ConnId) {
+    let mut effects = Vec::new();
+    let mut inner = shared.lock();
+    let now = shared.now();
+    inner.core.disconnect(now, id, &mut effects);
+    inner.mailboxes.remove(&id);
+    shared.after_core(&mut inner, &mut effects, None);
+}

@@ -1,0 +1,281 @@
+//! One TCP connection's task.
+//!
+//! The loop is: decode every complete request in the read buffer, apply
+//! them to the core in order under one lock acquisition, write all the
+//! replies with one write, then wait for more bytes, a delivery in the
+//! mailbox, or a read deadline. Pipelined requests are therefore answered
+//! in order and in batches.
+//!
+//! A request the core leaves unanswered (a queued `l`/`sl`/`w`/`sw`) blocks
+//! the connection: later requests stay queued here, undecided, until the
+//! answer arrives through the mailbox. While blocked the task keeps reading
+//! (up to [`BLOCKED_READ_CAP`] bytes) so it notices at once when the peer
+//! goes away, and the core withdraws the waiter.
+//!
+//! Read deadlines (Decision D11): a started request must make progress, one
+//! line per `--read-timeout`; an idle connection is closed with `error` after
+//! `--read-timeout` unless it owns something in the core (a held slot, a
+//! queue position, a two-phase record), in which case its leases are its
+//! liveness check and TCP keepalive finds dead peers.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use super::mailbox::{Delivery, Mailbox};
+use super::{register, unregister, Shared};
+use crate::core::{ConnId, Effect};
+use crate::sync::Arc;
+use crate::wire::{decode_request, encode_reply, Decoded, ParseError, Reply, Request, Status};
+
+/// Bytes read ahead behind a blocked request before reading pauses.
+pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
+/// Requests decoded ahead of the core in one batch.
+const BATCH: usize = 64;
+/// Replies buffered before a write is forced mid-batch.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Pause before closing a connection that failed authentication.
+const AUTH_FAILURE_PAUSE: Duration = Duration::from_millis(100);
+
+/// One decoded request, valid or not.
+enum Pending {
+    Request(Request),
+    Invalid(ParseError),
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Mail(Delivery),
+    Deadline,
+}
+
+pub async fn serve(shared: &Arc<Shared>, mut stream: async_net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    let mailbox = Arc::new(Mailbox::new());
+    let id = register(shared, mailbox.clone());
+    run(shared, &mut stream, id, &mailbox).await;
+    unregister(shared, id);
+}
+
+async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mailbox: &Mailbox) {
+    let read_timeout = Duration::from_secs(shared.cfg.read_timeout_s);
+    let write_timeout = match shared.cfg.write_timeout_s {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    };
+    let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(4096);
+    let mut scratch = vec![0u8; 8192];
+    let mut more_work = false;
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut effects: Vec<Effect> = Vec::new();
+    let mut blocked = false;
+    let mut closing = false;
+    let mut auth_failed = false;
+    // Read deadline and the number of complete lines of the partial request
+    // when it was set (a new line restarts the clock).
+    let mut deadline = Instant::now() + read_timeout;
+    let mut partial_lines: Option<usize> = None;
+
+    loop {
+        // 1. Decode what we can, then apply it.
+        while !blocked && !closing {
+            let mut consumed = 0;
+            while pending.len() < BATCH {
+                match decode_request(&rbuf[consumed..]) {
+                    Decoded::NeedMore => break,
+                    Decoded::Request { req, consumed: n } => {
+                        consumed += n;
+                        pending.push_back(Pending::Request(req));
+                    }
+                    Decoded::Invalid { error, consumed: n } => {
+                        consumed += n.max(1).min(rbuf.len() - consumed);
+                        pending.push_back(Pending::Invalid(error));
+                        if error.is_fatal() {
+                            consumed = rbuf.len();
+                            break;
+                        }
+                    }
+                }
+            }
+            rbuf.drain(..consumed);
+            if pending.is_empty() {
+                break;
+            }
+            {
+                let mut inner = shared.lock();
+                while let Some(p) = pending.pop_front() {
+                    let now = shared.now();
+                    let before = effects.len();
+                    match p {
+                        Pending::Request(req) => inner.core.handle(now, id, req, &mut effects),
+                        Pending::Invalid(e) => {
+                            inner
+                                .core
+                                .handle_invalid(now, id, e.is_fatal(), &mut effects)
+                        }
+                    }
+                    shared.after_core(&mut inner, &mut effects, Some(id));
+                    // `after_core` left only our own effects, in order.
+                    let mine = &effects[before..];
+                    if mine.iter().any(|e| matches!(e, Effect::Close { .. })) {
+                        closing = true;
+                        pending.clear();
+                        break;
+                    }
+                    if !mine.iter().any(|e| matches!(e, Effect::Reply { .. })) {
+                        blocked = true;
+                        break;
+                    }
+                    if effects.len() >= BATCH {
+                        break;
+                    }
+                }
+            }
+            for e in effects.drain(..) {
+                if let Effect::Reply { reply, .. } = e {
+                    auth_failed |= reply == Reply::Status(Status::ErrorAuth);
+                    encode_reply(&reply, &mut wbuf);
+                }
+            }
+            if wbuf.len() >= WRITE_BATCH_BYTES {
+                more_work = true;
+                break;
+            }
+        }
+
+        // 2. Write everything answered so far.
+        if !wbuf.is_empty() {
+            if !write(stream, &wbuf, write_timeout).await {
+                return;
+            }
+            wbuf.clear();
+        }
+        if closing {
+            if auth_failed {
+                async_io::Timer::after(AUTH_FAILURE_PAUSE).await;
+            }
+            return;
+        }
+        if std::mem::take(&mut more_work) || (!blocked && !pending.is_empty()) {
+            // A batch boundary: keep processing before waiting.
+            continue;
+        }
+
+        // 3. Arm the read deadline.
+        let now = Instant::now();
+        if blocked {
+            partial_lines = None;
+        } else if rbuf.is_empty() {
+            if partial_lines.is_some() {
+                partial_lines = None;
+                deadline = now + read_timeout;
+            }
+        } else {
+            let lines = rbuf.iter().filter(|b| **b == b'\n').count();
+            if partial_lines != Some(lines) {
+                partial_lines = Some(lines);
+                deadline = now + read_timeout;
+            }
+        }
+
+        // 4. Wait.
+        let can_read = !blocked || rbuf.len() < BLOCKED_READ_CAP;
+        let wake = wait(
+            stream,
+            &mut rbuf,
+            &mut scratch,
+            mailbox,
+            can_read,
+            (!blocked).then_some(deadline),
+        )
+        .await;
+        match wake {
+            Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return,
+            Wake::Read(Ok(_)) => {}
+            Wake::Mail(Delivery::Close) => return,
+            Wake::Mail(Delivery::Reply(reply)) => {
+                blocked = false;
+                deadline = Instant::now() + read_timeout;
+                encode_reply(&reply, &mut wbuf);
+            }
+            Wake::Deadline => {
+                let mut inner = shared.lock();
+                let now = shared.now();
+                if rbuf.is_empty() && inner.core.owns_anything(id) {
+                    drop(inner);
+                    deadline = Instant::now() + read_timeout;
+                    continue;
+                }
+                inner.core.handle_invalid(now, id, true, &mut effects);
+                shared.after_core(&mut inner, &mut effects, Some(id));
+                drop(inner);
+                for e in effects.drain(..) {
+                    match e {
+                        Effect::Reply { reply, .. } => {
+                            auth_failed |= reply == Reply::Status(Status::ErrorAuth);
+                            encode_reply(&reply, &mut wbuf);
+                        }
+                        Effect::Close { .. } => closing = true,
+                    }
+                }
+                rbuf.clear();
+            }
+        }
+    }
+}
+
+async fn wait(
+    stream: &mut async_net::TcpStream,
+    rbuf: &mut Vec<u8>,
+    scratch: &mut [u8],
+    mailbox: &Mailbox,
+    can_read: bool,
+    deadline: Option<Instant>,
+) -> Wake {
+    if let Some(d) = mailbox.try_recv() {
+        return Wake::Mail(d);
+    }
+    let mail = async { Wake::Mail(mailbox.recv().await) };
+    let timer = async {
+        match deadline {
+            Some(d) => {
+                async_io::Timer::at(d).await;
+                Wake::Deadline
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let read = async {
+        if !can_read {
+            return std::future::pending().await;
+        }
+        // Read into scratch space: if another branch wins, the dropped read
+        // has changed nothing.
+        let r = stream.read(scratch).await;
+        if let Ok(n) = r {
+            rbuf.extend_from_slice(&scratch[..n]);
+        }
+        Wake::Read(r)
+    };
+    futures_lite::future::or(read, futures_lite::future::or(mail, timer)).await
+}
+
+/// Writes all of `buf`, giving up (and so closing) after `timeout`.
+async fn write(stream: &mut async_net::TcpStream, buf: &[u8], timeout: Option<Duration>) -> bool {
+    match timeout {
+        None => stream.write_all(buf).await.is_ok(),
+        Some(t) => {
+            futures_lite::future::or(async { stream.write_all(buf).await.is_ok() }, async {
+                async_io::Timer::after(t).await;
+                false
+            })
+            .await
+        }
+    }
+}

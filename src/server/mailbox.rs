@@ -1,0 +1,94 @@
+//! A connection's mailbox: how a reply produced on another task (a grant
+//! handed off by someone else's release, a timeout fired by the timer task,
+//! an `error` at shutdown) reaches the connection's own task.
+//!
+//! It is a mutex-protected queue plus one waker slot. Pushing after the
+//! receiver has gone is harmless (the item is dropped: the core already
+//! forgot the connection). The receiver never misses a push: it registers
+//! its waker under the same lock it checks the queue with.
+//!
+//! The queue is bounded by construction, not by a check: the core sends a
+//! connection at most one deferred reply per blocked request, and a
+//! connection has at most one blocked request.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use crate::sync::{lock, Mutex};
+use crate::wire::Reply;
+
+/// Something for a connection's task to act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Write this reply (the answer to the blocked request).
+    Reply(Reply),
+    /// Close the connection (forced shutdown).
+    Close,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Delivery>,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+pub struct Mailbox {
+    state: Mutex<State>,
+}
+
+impl Mailbox {
+    pub fn new() -> Mailbox {
+        Mailbox::default()
+    }
+
+    /// Queues `d` and wakes the receiver.
+    pub fn push(&self, d: Delivery) {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.queue.push_back(d);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Takes the oldest delivery without waiting.
+    pub fn try_recv(&self) -> Option<Delivery> {
+        lock(&self.state).queue.pop_front()
+    }
+
+    /// Polls for the oldest delivery, registering `cx`'s waker if none.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Delivery> {
+        let mut s = lock(&self.state);
+        match s.queue.pop_front() {
+            Some(d) => Poll::Ready(d),
+            None => {
+                match &s.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => s.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Waits for the oldest delivery.
+    pub fn recv(&self) -> Recv<'_> {
+        Recv { mailbox: self }
+    }
+}
+
+pub struct Recv<'a> {
+    mailbox: &'a Mailbox,
+}
+
+impl Future for Recv<'_> {
+    type Output = Delivery;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery> {
+        self.mailbox.poll_recv(cx)
+    }
+}

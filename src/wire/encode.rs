@@ -1,9 +1,165 @@
-//! Encoders for requests and replies. (To be written.)
+//! Encoders for requests (clients, the bench, tests) and replies (the
+//! server).
+//!
+//! Each encoder appends the canonical form to a caller-owned `Vec<u8>` and
+//! allocates nothing else, so the server can reuse one output buffer per
+//! connection. Canonical means: single spaces between fields, LF line ends,
+//! optional fields omitted when `None`, integers in plain decimal, and `_`
+//! on the ignored key line of `stats`, `ping` and `auth` (upstream's
+//! convention). [`super::decode_request`] and [`super::decode_reply`] read
+//! these forms back to the same values; the round trip is a property test.
+//!
+//! The encoders do not validate: a value that could not have come out of
+//! the decoder (a token containing an LF, a lock request with a limit other
+//! than 1) is written as given, and it is the caller's job not to build one.
 
-use super::{Reply, Request};
+use super::{Reply, Request, Space};
 
 /// Appends the three lines of `req` to `out`.
-pub fn encode_request(_req: &Request, _out: &mut Vec<u8>) {}
+///
+/// Lock-space `Acquire` and `Enqueue` are written as `l` and `e`, which
+/// carry no limit field; their limit is always 1 and is not written.
+pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
+    match req {
+        Request::Acquire {
+            space,
+            key,
+            timeout_s,
+            limit,
+            lease_s,
+        } => {
+            head(out, pick(*space, "l", "sl"), key.as_bytes());
+            push_u64(out, *timeout_s);
+            if *space == Space::Sem {
+                out.push(b' ');
+                push_u64(out, *limit);
+            }
+            push_lease(out, *lease_s, true);
+        }
+        Request::Release { space, key, token } => {
+            head(out, pick(*space, "r", "sr"), key.as_bytes());
+            out.extend_from_slice(token);
+        }
+        Request::Renew {
+            space,
+            key,
+            token,
+            lease_s,
+        } => {
+            head(out, pick(*space, "n", "sn"), key.as_bytes());
+            out.extend_from_slice(token);
+            push_lease(out, *lease_s, true);
+        }
+        Request::Enqueue {
+            space,
+            key,
+            limit,
+            lease_s,
+        } => {
+            head(out, pick(*space, "e", "se"), key.as_bytes());
+            let sem = *space == Space::Sem;
+            if sem {
+                push_u64(out, *limit);
+            }
+            // `e` with no lease is an empty third line.
+            push_lease(out, *lease_s, sem);
+        }
+        Request::Wait {
+            space,
+            key,
+            timeout_s,
+        } => {
+            head(out, pick(*space, "w", "sw"), key.as_bytes());
+            push_u64(out, *timeout_s);
+        }
+        Request::Stats => head(out, "stats", b"_"),
+        Request::Ping => head(out, "ping", b"_"),
+        Request::Auth { token } => {
+            head(out, "auth", b"_");
+            out.extend_from_slice(token);
+        }
+        Request::Listen { pattern, group } => {
+            head(out, "listen", pattern.as_bytes());
+            out.extend_from_slice(group.as_deref().unwrap_or_default());
+        }
+        Request::Unlisten { pattern, group } => {
+            head(out, "unlisten", pattern.as_bytes());
+            out.extend_from_slice(group.as_deref().unwrap_or_default());
+        }
+        Request::Signal { channel, payload } => {
+            head(out, "signal", channel.as_bytes());
+            out.extend_from_slice(payload);
+        }
+    }
+    out.push(b'\n');
+}
 
 /// Appends `reply` and its LF to `out`.
-pub fn encode_reply(_reply: &Reply, _out: &mut Vec<u8>) {}
+pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
+    match reply {
+        Reply::Ok => out.extend_from_slice(b"ok"),
+        Reply::Granted { token, lease_s } => {
+            out.extend_from_slice(b"ok ");
+            token.write_hex(out);
+            out.push(b' ');
+            push_u64(out, *lease_s);
+        }
+        Reply::Acquired { token, lease_s } => {
+            out.extend_from_slice(b"acquired ");
+            token.write_hex(out);
+            out.push(b' ');
+            push_u64(out, *lease_s);
+        }
+        Reply::OkInt(n) => {
+            out.extend_from_slice(b"ok ");
+            push_u64(out, *n);
+        }
+        Reply::Stats(json) => {
+            out.extend_from_slice(b"ok ");
+            out.extend_from_slice(json.as_bytes());
+        }
+        Reply::Status(status) => out.extend_from_slice(status.as_str().as_bytes()),
+    }
+    out.push(b'\n');
+}
+
+fn pick(space: Space, lock: &'static str, sem: &'static str) -> &'static str {
+    match space {
+        Space::Lock => lock,
+        Space::Sem => sem,
+    }
+}
+
+/// Writes the command and key lines, leaving `out` at the argument line.
+fn head(out: &mut Vec<u8>, cmd: &str, key: &[u8]) {
+    out.extend_from_slice(cmd.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(key);
+    out.push(b'\n');
+}
+
+/// Writes an optional trailing lease field, preceded by a space when it
+/// follows another field on the line.
+fn push_lease(out: &mut Vec<u8>, lease_s: Option<u64>, after_field: bool) {
+    if let Some(lease_s) = lease_s {
+        if after_field {
+            out.push(b' ');
+        }
+        push_u64(out, lease_s);
+    }
+}
+
+/// Writes `n` in decimal without going through `fmt`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}

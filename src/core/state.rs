@@ -244,6 +244,11 @@ impl Core {
         }
     }
 
+    /// The latest instant the core has been advanced to.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }

@@ -110,7 +110,7 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
             {
                 let mut inner = shared.lock();
                 while let Some(p) = pending.pop_front() {
-                    let now = shared.now();
+                    let now = shared.clock(&inner);
                     let before = effects.len();
                     match p {
                         Pending::Request(req) => inner.core.handle(now, id, req, &mut effects),
@@ -206,7 +206,7 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
             }
             Wake::Deadline => {
                 let mut inner = shared.lock();
-                let now = shared.now();
+                let now = shared.clock(&inner);
                 if rbuf.is_empty() && inner.core.owns_anything(id) {
                     drop(inner);
                     deadline = Instant::now() + read_timeout;

@@ -11,12 +11,13 @@
 //! connection at most one deferred reply per blocked request, and a
 //! connection has at most one blocked request.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{lock, Mutex};
+use crate::core::{ConnId, Effect};
+use crate::sync::{lock, Arc, Mutex};
 use crate::wire::Reply;
 
 /// Something for a connection's task to act on.
@@ -91,4 +92,33 @@ impl Future for Recv<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery> {
         self.mailbox.poll_recv(cx)
     }
+}
+
+/// Delivers every effect addressed to a connection other than `me` to that
+/// connection's mailbox (dropping it if the connection is gone) and leaves
+/// only `me`'s effects in `effects`, in their original order. Called with
+/// the core's lock held, so deliveries to one mailbox are in core order.
+pub fn route(
+    mailboxes: &HashMap<ConnId, Arc<Mailbox>>,
+    effects: &mut Vec<Effect>,
+    me: Option<ConnId>,
+) {
+    let mut own = 0;
+    for i in 0..effects.len() {
+        let (conn, d) = match &effects[i] {
+            Effect::Reply { conn, reply } if Some(*conn) != me => {
+                (*conn, Delivery::Reply(reply.clone()))
+            }
+            Effect::Close { conn } if Some(*conn) != me => (*conn, Delivery::Close),
+            _ => {
+                effects.swap(own, i);
+                own += 1;
+                continue;
+            }
+        };
+        if let Some(mb) = mailboxes.get(&conn) {
+            mb.push(d);
+        }
+    }
+    effects.truncate(own);
 }

@@ -93,9 +93,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Milliseconds since the server started: the core's clock.
+    /// Milliseconds since the server started.
     pub fn now(&self) -> Time {
         Time(self.origin.elapsed().as_millis() as u64)
+    }
+
+    /// The clock reading to give the core, taken with its lock held. Never
+    /// earlier than the core's own time, even if two threads' readings of
+    /// the monotonic clock were to disagree.
+    pub fn clock(&self, inner: &Inner) -> Time {
+        self.now().max(inner.core.now())
     }
 
     pub fn instant_of(&self, t: Time) -> Instant {
@@ -112,24 +119,7 @@ impl Shared {
     /// core input.
     pub fn after_core(&self, inner: &mut Inner, effects: &mut Vec<Effect>, me: Option<ConnId>) {
         self.top_up_fence(inner, effects);
-        let mut own = 0;
-        for i in 0..effects.len() {
-            let (conn, d) = match &effects[i] {
-                Effect::Reply { conn, reply } if Some(*conn) != me => {
-                    (*conn, Delivery::Reply(reply.clone()))
-                }
-                Effect::Close { conn } if Some(*conn) != me => (*conn, Delivery::Close),
-                _ => {
-                    effects.swap(own, i);
-                    own += 1;
-                    continue;
-                }
-            };
-            if let Some(mb) = inner.mailboxes.get(&conn) {
-                mb.push(d);
-            }
-        }
-        effects.truncate(own);
+        mailbox::route(&inner.mailboxes, effects, me);
         let next = inner.core.poll_timeout();
         if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
             inner.timer_at = next;
@@ -153,7 +143,7 @@ impl Shared {
             .saturating_add(fence_file::FENCE_RANGE);
         match ff.persist(ceiling) {
             Ok(()) => {
-                let now = self.now();
+                let now = self.clock(inner);
                 inner.core.raise_fence_ceiling(now, ceiling, effects);
             }
             Err(e) => eprintln!("dflockd: cannot persist fence ceiling: {e}"),
@@ -367,7 +357,7 @@ pub fn begin_shutdown(shared: &Arc<Shared>) {
     }
     let mut effects = Vec::new();
     let mut inner = shared.lock();
-    let now = shared.now();
+    let now = shared.clock(&inner);
     inner.core.start_drain(now, &mut effects);
     shared.after_core(&mut inner, &mut effects, None);
     drop(inner);
@@ -506,7 +496,7 @@ async fn drain(shared: &Arc<Shared>) {
 pub(crate) fn register(shared: &Shared, mailbox: Arc<Mailbox>) -> ConnId {
     let mut effects = Vec::new();
     let mut inner = shared.lock();
-    let now = shared.now();
+    let now = shared.clock(&inner);
     let id = inner.core.connect(now, &mut effects);
     inner.mailboxes.insert(id, mailbox);
     shared.after_core(&mut inner, &mut effects, None);
@@ -517,7 +507,7 @@ pub(crate) fn register(shared: &Shared, mailbox: Arc<Mailbox>) -> ConnId {
 pub(crate) fn unregister(shared: &Shared, id: ConnId) {
     let mut effects = Vec::new();
     let mut inner = shared.lock();
-    let now = shared.now();
+    let now = shared.clock(&inner);
     inner.core.disconnect(now, id, &mut effects);
     inner.mailboxes.remove(&id);
     shared.after_core(&mut inner, &mut effects, None);

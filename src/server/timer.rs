@@ -15,7 +15,7 @@ pub async fn run(shared: Arc<Shared>) {
         let nearer = shared.timer_event.listen();
         let next = {
             let mut inner = shared.lock();
-            let now = shared.now();
+            let now = shared.clock(&inner);
             inner.core.handle_timeout(now, &mut effects);
             shared.after_core(&mut inner, &mut effects, None);
             let next = inner.core.poll_timeout();

@@ -70,8 +70,11 @@ fn setup() -> (Arc<Mutex<Hub>>, ConnId, ConnId, Arc<Mailbox>, Vec<u8>) {
     )
 }
 
-fn release_from(hub: &Mutex<Hub>, holder: ConnId, token: Vec<u8>, now: Time) {
+/// Releases `token` as `holder` at `clock`, read under the lock and clamped
+/// to the core's time, as the server does.
+fn release_from(hub: &Mutex<Hub>, holder: ConnId, token: Vec<u8>, clock: Time) {
     let mut h = lock(hub);
+    let now = h.core.now().max(clock);
     let mut out = Vec::new();
     h.core.handle(
         now,
@@ -184,10 +187,7 @@ fn grant_races_timeout() {
     loom::model(|| {
         let (hub, holder, _waiter, mb, token) = setup();
         let h1 = hub.clone();
-        let releaser = thread::spawn(move || {
-            let now = lock(&h1).core.now().max(Time(9_999));
-            release_from(&h1, holder, token, now)
-        });
+        let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(9_999)));
         {
             let mut h = lock(&hub);
             let mut out = Vec::new();

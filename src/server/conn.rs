@@ -80,7 +80,10 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
     // Read deadline and the number of complete lines of the partial request
     // when it was set (a new line restarts the clock).
     let mut deadline = Instant::now() + read_timeout;
-    let mut partial_lines: Option<usize> = None;
+    // Whether the read buffer held part of a request when the deadline was
+    // last armed, and whether a request was answered since.
+    let mut partial = false;
+    let mut answered = false;
 
     loop {
         // 1. Decode what we can, then apply it.
@@ -104,6 +107,7 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
                 }
             }
             rbuf.drain(..consumed);
+            answered |= consumed > 0;
             if pending.is_empty() {
                 break;
             }
@@ -167,22 +171,13 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
             continue;
         }
 
-        // 3. Arm the read deadline.
-        let now = Instant::now();
-        if blocked {
-            partial_lines = None;
-        } else if rbuf.is_empty() {
-            if partial_lines.is_some() {
-                partial_lines = None;
-                deadline = now + read_timeout;
-            }
-        } else {
-            let lines = rbuf.iter().filter(|b| **b == b'\n').count();
-            if partial_lines != Some(lines) {
-                partial_lines = Some(lines);
-                deadline = now + read_timeout;
-            }
+        // 3. Arm the read deadline: a fresh period after every answered
+        // request, and one period for a partial request from when it was
+        // first seen (not extended by further bytes: slowloris guard).
+        if std::mem::take(&mut answered) || (!rbuf.is_empty() && !partial) {
+            deadline = Instant::now() + read_timeout;
         }
+        partial = !blocked && !rbuf.is_empty();
 
         // 4. Wait.
         let can_read = !blocked || rbuf.len() < BLOCKED_READ_CAP;
@@ -201,7 +196,7 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
             Wake::Mail(Delivery::Close) => return,
             Wake::Mail(Delivery::Reply(reply)) => {
                 blocked = false;
-                deadline = Instant::now() + read_timeout;
+                answered = true;
                 encode_reply(&reply, &mut wbuf);
             }
             Wake::Deadline => {

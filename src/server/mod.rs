@@ -1,1 +1,3 @@
 //! The smol driver. (Being written.)
+
+pub mod fence_file;

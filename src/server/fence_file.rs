@@ -1,23 +1,574 @@
-//! Placeholder; replaced by the fence-file branch.
-use std::path::Path;
+//! The fence state file (`--fence-state-file`). It keeps fencing tokens
+//! strictly increasing across restarts (Decision D7; reference §4 and §11,
+//! v2.1).
+//!
+//! Why it exists: the first 16 hex digits of a token are a server-wide
+//! counter (the fence). Storage that a lock protects compares fences to
+//! reject writes from a holder whose lock has moved on. The counter is seeded
+//! from the wall clock, which is enough while the clock only moves forward.
+//! But a clock stepped back (NTP, a restored VM) would let a restarted
+//! server issue fences below ones it had already handed out. With this file
+//! the server records a *ceiling* before it issues any fence up to that
+//! ceiling. On start it begins at max(ceiling, wall clock), so every fence
+//! after a restart is above every fence before it, whatever the clock did.
+//! Ceilings are reserved [`FENCE_RANGE`] fences at a time, which keeps
+//! fsyncs off the grant path: one per 2^20 grants.
+//!
+//! The format is one line of text, readable by an operator:
+//! `dflockd-fence v1 <ceiling in decimal> <CRC-32 in 8 lowercase hex>\n`.
+//! The CRC-32 (IEEE) covers the text before the last space, that is
+//! `dflockd-fence v1 <ceiling>`. Every write replaces the file atomically:
+//! write a temporary file in the same directory, fsync it, rename it over the
+//! target, then fsync the directory. After a crash the file holds either the
+//! old or the new ceiling, never a torn mix. A file that is present but does
+//! not parse, or whose checksum does not match, stops startup. Reading it as
+//! 0 could reissue old fences.
+//!
+//! Nothing locks the file, so two servers must never share one. The
+//! directory fsync happens on Unix only; elsewhere the rename is the
+//! ordering point.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// How many fences are reserved by each persisted ceiling. A server that
+/// starts at fence `s` persists `s + FENCE_RANGE` before it serves, and
+/// persists again before it issues a fence above the ceiling.
 pub const FENCE_RANGE: u64 = 1 << 20;
+
+/// The first two fields of the one line in the file.
+const MAGIC: &str = "dflockd-fence v1";
+
+/// A valid file is at most 47 bytes (16 + 1 + 20 + 1 + 8 + 1). Anything far
+/// longer is not ours, so it is not read in full.
+const MAX_FILE_BYTES: u64 = 128;
+
+/// Computes where fences start after a restart: `(fence_start, ceiling)`.
+///
+/// `fence_start` = max(persisted ceiling, wall clock in nanoseconds); the
+/// first token then carries `fence_start + 1`. `ceiling` = `fence_start +
+/// FENCE_RANGE` (saturating). The server must persist it before it serves.
+/// Pass `persisted_ceiling = 0` when no state file is configured.
+pub fn startup_fence(persisted_ceiling: u64, wall_clock_nanos: u64) -> (u64, u64) {
+    let start = persisted_ceiling.max(wall_clock_nanos);
+    (start, start.saturating_add(FENCE_RANGE))
+}
+
+/// CRC-32/IEEE (reflected polynomial 0xEDB88320, initial value and final
+/// XOR 0xFFFFFFFF), the checksum of zlib and Go's `crc32.ChecksumIEEE`.
+/// Bitwise rather than table-driven: it runs once per [`FENCE_RANGE`] grants.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// Why the fence state file could not be used. Every variant names the
+/// file.
 #[derive(Debug)]
-pub struct FenceFileError(String);
-impl std::fmt::Display for FenceFileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+pub enum FenceFileError {
+    /// An I/O operation failed. `op` says which one, e.g. "rename".
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    /// The file exists but is not a valid fence state file.
+    Corrupt { path: PathBuf, reason: String },
+    /// [`FenceFile::persist`] was asked to lower the ceiling. That would
+    /// allow fences to be reissued, so it is refused.
+    CeilingWentBack {
+        path: PathBuf,
+        persisted: u64,
+        requested: u64,
+    },
+}
+
+impl fmt::Display for FenceFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FenceFileError::Io { path, op, source } => {
+                write!(f, "fence state file {}: {op}: {source}", path.display())
+            }
+            FenceFileError::Corrupt { path, reason } => write!(
+                f,
+                "fence state file {} is corrupt ({reason}); refusing to start, because \
+                 a lost ceiling could reissue fencing tokens. Restore the file, or remove it \
+                 only if the wall clock is known to be past every token issued",
+                path.display()
+            ),
+            FenceFileError::CeilingWentBack {
+                path,
+                persisted,
+                requested,
+            } => write!(
+                f,
+                "fence state file {}: refusing to lower the ceiling from {persisted} to {requested}",
+                path.display()
+            ),
+        }
     }
 }
-pub struct FenceFile;
-impl FenceFile {
-    pub fn open(_p: &Path) -> Result<(FenceFile, u64), FenceFileError> {
-        Err(FenceFileError("unimplemented".into()))
+
+impl std::error::Error for FenceFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FenceFileError::Io { source, .. } => Some(source),
+            _ => None,
+        }
     }
-    pub fn persist(&mut self, _c: u64) -> Result<(), FenceFileError> {
+}
+
+/// An open fence state file: where it lives, and the ceiling it last held.
+#[derive(Debug)]
+pub struct FenceFile {
+    path: PathBuf,
+    /// The temporary file used for atomic replacement: `<name>.tmp` in
+    /// the same directory, so that the rename never crosses filesystems.
+    tmp_path: PathBuf,
+    dir: PathBuf,
+    ceiling: u64,
+}
+
+impl FenceFile {
+    /// Opens the state file at `path` and returns it with the ceiling it
+    /// holds. A missing file gives 0 and is created by the first
+    /// [`FenceFile::persist`]. A file that cannot be read or parsed is an
+    /// error.
+    pub fn open(path: impl AsRef<Path>) -> Result<(FenceFile, u64), FenceFileError> {
+        let path = path.as_ref().to_path_buf();
+        let Some(name) = path.file_name() else {
+            return Err(FenceFileError::Io {
+                path,
+                op: "open",
+                source: io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+            });
+        };
+        let mut tmp_name = name.to_os_string();
+        tmp_name.push(".tmp");
+        let tmp_path = path.with_file_name(tmp_name);
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let ceiling = read_ceiling(&path)?;
+        let file = FenceFile {
+            path,
+            tmp_path,
+            dir,
+            ceiling,
+        };
+        Ok((file, ceiling))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The ceiling most recently read or persisted.
+    pub fn ceiling(&self) -> u64 {
+        self.ceiling
+    }
+
+    /// Durably records `ceiling`. When this returns `Ok`, a crash at any
+    /// later point still leaves at least `ceiling` in the file. Lowering
+    /// the ceiling is refused. Persisting the current value again does
+    /// nothing.
+    pub fn persist(&mut self, ceiling: u64) -> Result<(), FenceFileError> {
+        if ceiling < self.ceiling {
+            return Err(FenceFileError::CeilingWentBack {
+                path: self.path.clone(),
+                persisted: self.ceiling,
+                requested: ceiling,
+            });
+        }
+        if ceiling == self.ceiling && self.path.exists() {
+            return Ok(());
+        }
+        let line = encode(ceiling);
+        if let Err(source) = write_synced(&self.tmp_path, line.as_bytes()) {
+            // Best effort: a leftover temporary file is harmless, since the
+            // next persist truncates it.
+            let _ = fs::remove_file(&self.tmp_path);
+            return Err(FenceFileError::Io {
+                path: self.tmp_path.clone(),
+                op: "write temporary file",
+                source,
+            });
+        }
+        fs::rename(&self.tmp_path, &self.path).map_err(|source| FenceFileError::Io {
+            path: self.path.clone(),
+            op: "rename temporary file over",
+            source,
+        })?;
+        sync_dir(&self.dir).map_err(|source| FenceFileError::Io {
+            path: self.dir.clone(),
+            op: "fsync directory of the fence state file",
+            source,
+        })?;
+        self.ceiling = ceiling;
         Ok(())
     }
 }
-pub fn startup_fence(p: u64, w: u64) -> (u64, u64) {
-    let s = p.max(w);
-    (s, s + FENCE_RANGE)
+
+/// The file's full content for `ceiling`.
+fn encode(ceiling: u64) -> String {
+    let body = format!("{MAGIC} {ceiling}");
+    let crc = crc32(body.as_bytes());
+    format!("{body} {crc:08x}\n")
+}
+
+/// Parses the file's content. Strict: only what [`encode`] writes is
+/// accepted.
+fn decode(bytes: &[u8]) -> Result<u64, String> {
+    if bytes.is_empty() {
+        return Err("the file is empty".to_owned());
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_owned())?;
+    if !text.starts_with(MAGIC) {
+        return Err(if MAGIC.starts_with(text) {
+            "truncated".to_owned()
+        } else {
+            format!("it does not start with {MAGIC:?}")
+        });
+    }
+    let Some(line) = text.strip_suffix('\n') else {
+        return Err("truncated (no final newline)".to_owned());
+    };
+    if line.contains('\n') {
+        return Err("more than one line".to_owned());
+    }
+    let Some((body, crc_hex)) = line.rsplit_once(' ') else {
+        return Err("no checksum".to_owned());
+    };
+    let is_lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if crc_hex.len() != 8 || !crc_hex.bytes().all(is_lower_hex) {
+        return Err(format!(
+            "checksum {crc_hex:?} is not 8 lowercase hex digits"
+        ));
+    }
+    let stored = u32::from_str_radix(crc_hex, 16).map_err(|e| e.to_string())?;
+    let computed = crc32(body.as_bytes());
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
+        ));
+    }
+    let digits = body
+        .strip_prefix(MAGIC)
+        .and_then(|rest| rest.strip_prefix(' '))
+        .unwrap_or_default();
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if !canonical {
+        return Err(format!("ceiling {digits:?} is not a decimal number"));
+    }
+    digits
+        .parse::<u64>()
+        .map_err(|_| format!("ceiling {digits} does not fit in 64 bits"))
+}
+
+/// Reads the ceiling at `path`; 0 if the file does not exist.
+fn read_ceiling(path: &Path) -> Result<u64, FenceFileError> {
+    let io_error = |source| FenceFileError::Io {
+        path: path.to_path_buf(),
+        op: "read",
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_error(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(FenceFileError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("longer than {MAX_FILE_BYTES} bytes"),
+        });
+    }
+    decode(&bytes).map_err(|reason| FenceFileError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Creates or truncates `path`, writes `bytes` and fsyncs the file.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Makes a rename in `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A scratch directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("dflockd-fence-test-{}-{n}", std::process::id());
+            let dir = std::env::temp_dir().join(name);
+            fs::create_dir_all(&dir).expect("create temp dir");
+            TempDir(dir)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn absent_file_reads_as_zero_and_is_not_created() {
+        let dir = TempDir::new();
+        let path = dir.path("fence");
+        let (file, ceiling) = FenceFile::open(&path).expect("open");
+        assert_eq!(ceiling, 0);
+        assert_eq!(file.ceiling(), 0);
+        assert_eq!(file.path(), path);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = TempDir::new();
+        let path = dir.path("fence");
+        for ceiling in [1, 42, 1_700_000_000_000_000_000, u64::MAX] {
+            let _ = fs::remove_file(&path);
+            let (mut file, _) = FenceFile::open(&path).expect("open");
+            file.persist(ceiling).expect("persist");
+            assert_eq!(file.ceiling(), ceiling);
+            let (_, read) = FenceFile::open(&path).expect("reopen");
+            assert_eq!(read, ceiling);
+        }
+        let text = fs::read_to_string(&path).expect("read");
+        let body = format!("dflockd-fence v1 {}", u64::MAX);
+        assert_eq!(text, format!("{body} {:08x}\n", crc32(body.as_bytes())));
+        assert!(
+            !dir.path("fence.tmp").exists(),
+            "temporary file left behind"
+        );
+    }
+
+    #[test]
+    fn ceiling_only_increases() {
+        let dir = TempDir::new();
+        let path = dir.path("fence");
+        let (mut file, _) = FenceFile::open(&path).expect("open");
+        file.persist(10).expect("persist 10");
+        file.persist(20).expect("persist 20");
+        file.persist(20).expect("persisting the same value again");
+        let err = file.persist(19).expect_err("lowering must fail");
+        assert!(matches!(
+            err,
+            FenceFileError::CeilingWentBack {
+                persisted: 20,
+                requested: 19,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains(&path.display().to_string()));
+        let (mut reopened, ceiling) = FenceFile::open(&path).expect("reopen");
+        assert_eq!(ceiling, 20);
+        assert!(reopened.persist(5).is_err());
+        reopened.persist(21).expect("persist 21");
+        assert_eq!(FenceFile::open(&path).expect("reopen").1, 21);
+    }
+
+    #[test]
+    fn persist_zero_creates_the_file() {
+        let dir = TempDir::new();
+        let path = dir.path("fence");
+        let (mut file, _) = FenceFile::open(&path).expect("open");
+        file.persist(0).expect("persist 0");
+        assert_eq!(FenceFile::open(&path).expect("reopen").1, 0);
+    }
+
+    #[test]
+    fn corrupt_files_are_errors_naming_the_path() {
+        let good = encode(1234);
+        let flipped_crc = {
+            // Same layout, wrong checksum.
+            let body = format!("{MAGIC} 1234");
+            format!("{body} {:08x}\n", crc32(body.as_bytes()) ^ 1)
+        };
+        let changed_ceiling = good.replace("1234", "1235");
+        let leading_zero = {
+            let body = format!("{MAGIC} 01234");
+            format!("{body} {:08x}\n", crc32(body.as_bytes()))
+        };
+        let upper_hex = (0u64..)
+            .map(|n| {
+                let body = format!("{MAGIC} {n}");
+                format!("{body} {:08X}\n", crc32(body.as_bytes()))
+            })
+            .find(|line| line.bytes().any(|b| (b'A'..=b'F').contains(&b)))
+            .unwrap_or_default();
+        let too_big = {
+            let body = format!("{MAGIC} 18446744073709551616");
+            format!("{body} {:08x}\n", crc32(body.as_bytes()))
+        };
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", vec![], "the file is empty"),
+            ("mid-number", good.as_bytes()[..20].to_vec(), "truncated"),
+            (
+                "truncated",
+                good.as_bytes()[..good.len() - 1].to_vec(),
+                "no final newline",
+            ),
+            (
+                "half",
+                good.as_bytes()[..good.len() / 2].to_vec(),
+                "truncated",
+            ),
+            (
+                "checksum mismatch",
+                flipped_crc.into_bytes(),
+                "checksum mismatch",
+            ),
+            (
+                "ceiling edited",
+                changed_ceiling.into_bytes(),
+                "checksum mismatch",
+            ),
+            (
+                "upper-case hex",
+                upper_hex.into_bytes(),
+                "not 8 lowercase hex digits",
+            ),
+            (
+                "extra line",
+                format!("{good}{good}").into_bytes(),
+                "more than one line",
+            ),
+            (
+                "wrong magic",
+                b"dflockd-fence v2 1 00000000\n".to_vec(),
+                "does not start with",
+            ),
+            ("binary", vec![0xff, 0xfe, 0, 1], "not text"),
+            ("no checksum", format!("{MAGIC}\n").into_bytes(), "checksum"),
+            (
+                "leading zero",
+                leading_zero.into_bytes(),
+                "not a decimal number",
+            ),
+            ("overflow", too_big.into_bytes(), "does not fit in 64 bits"),
+            ("huge", vec![b'x'; 4096], "longer than 128 bytes"),
+        ];
+        let dir = TempDir::new();
+        for (name, content, reason) in cases {
+            let path = dir.path(name);
+            fs::write(&path, &content).expect("write");
+            let err = FenceFile::open(&path).expect_err(name);
+            let text = err.to_string();
+            assert!(
+                matches!(err, FenceFileError::Corrupt { .. }),
+                "{name}: {text}"
+            );
+            assert!(text.contains(&path.display().to_string()), "{name}: {text}");
+            assert!(text.contains(reason), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn io_errors_name_the_path() {
+        let dir = TempDir::new();
+        // Reading a directory fails.
+        let err = FenceFile::open(&dir.0).expect_err("a directory");
+        assert!(matches!(err, FenceFileError::Io { .. }), "{err}");
+        // Persisting into a missing directory fails, naming the file.
+        let path = dir.path("missing-dir").join("fence");
+        let (mut file, ceiling) = FenceFile::open(&path).expect("open");
+        assert_eq!(ceiling, 0);
+        let err = file.persist(7).expect_err("no directory");
+        assert!(err.to_string().contains("missing-dir"), "{err}");
+        assert_eq!(file.ceiling(), 0);
+        // A path without a file name.
+        assert!(FenceFile::open("/").is_err());
+    }
+
+    #[test]
+    fn relative_paths_use_the_current_directory() {
+        let (file, _) = FenceFile::open("dflockd-fence-test-never-created").expect("open");
+        assert_eq!(file.dir, PathBuf::from("."));
+        assert_eq!(
+            file.tmp_path,
+            PathBuf::from("dflockd-fence-test-never-created.tmp")
+        );
+    }
+
+    #[test]
+    fn startup_fence_policy() {
+        // The wall clock is ahead: start there.
+        assert_eq!(startup_fence(0, 1_000), (1_000, 1_000 + FENCE_RANGE));
+        assert_eq!(startup_fence(500, 1_000), (1_000, 1_000 + FENCE_RANGE));
+        // The clock went back below the persisted ceiling: start above it.
+        assert_eq!(startup_fence(5_000, 1_000), (5_000, 5_000 + FENCE_RANGE));
+        // Saturates instead of wrapping.
+        assert_eq!(startup_fence(u64::MAX - 1, 0), (u64::MAX - 1, u64::MAX));
+    }
+
+    /// A simulated restart sequence: every fence after a restart is above
+    /// every fence before, even when the clock jumps back.
+    #[test]
+    fn restarts_keep_fences_increasing() {
+        let dir = TempDir::new();
+        let path = dir.path("fence");
+        let mut highest_issued = 0;
+        for wall in [1_000_000, 50, 2_000_000, 0] {
+            let (mut file, persisted) = FenceFile::open(&path).expect("open");
+            let (start, ceiling) = startup_fence(persisted, wall);
+            file.persist(ceiling).expect("persist");
+            let first = start + 1;
+            assert!(first > highest_issued, "fence went back after restart");
+            // Issue the whole reserved range before "crashing".
+            highest_issued = ceiling;
+        }
+    }
 }

@@ -1,1 +1,1452 @@
-fn main() {}
+//! `dflockd-bench`: a load generator for any server that speaks the dflockd v1 line protocol
+//! (the Go upstream or this crate's server).
+//!
+//! One *op* is `l <key> <timeout> [<lease>]` followed by `r <key> <token>`; its latency is
+//! measured around the pair. The flags, the header line, the report and the statistics follow
+//! upstream `cmd/bench` (spec §10, decision D16: worker i uses `<key>_<i>`, `--shared-key`
+//! makes every worker contend on one key). Additions of ours: `--pipeline` (a sliding window
+//! of lock ops per connection on distinct keys), `--auth-token`, the choice of I/O engine
+//! (`--io`), and two helpers for memory measurements (`--idle-connections`, `--hold`).
+//!
+//! The tool is deliberately self-contained: it shares no code with the server, so it cannot
+//! inherit the server's bugs, and it works against any implementation of the protocol.
+//!
+//! Layout of this file: flags and their validation; the reply line buffer and the reply
+//! parsers (pure, unit-tested at the bottom); the two transports (blocking sockets driven one
+//! OS thread per worker, or non-blocking sockets on a small event loop); the worker loops;
+//! the RSS helper modes; the statistics and the report.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read as _, Write as _};
+use std::net::TcpStream;
+use std::ops::Range;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+use futures_lite::future;
+use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+use smol::lock::Barrier;
+
+/// Longest reply line we accept (bytes before the `\n`). Replies are short; pushed `sig`
+/// lines may carry up to 64 KiB payloads (spec §1.3), so that is the bound.
+const MAX_REPLY_LINE: usize = 64 * 1024;
+/// How much we ask the kernel for per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Longest key a server accepts on its 256-byte key line (spec §1.3).
+const MAX_KEY_BYTES: usize = 256;
+/// Longest auth line a v1.15+ server accepts (spec §1.3).
+const MAX_AUTH_BYTES: usize = 64 * 1024;
+/// Idle helper connections are pinged this often: well inside upstream's 23 s read timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A blocking socket gives up on a reply this long after the acquire timeout would have.
+const REPLY_GRACE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// Flags
+// ---------------------------------------------------------------------------------------------
+
+#[derive(FromArgs, Debug)]
+/// Measure lock acquire+release latency and throughput against a dflockd server.
+struct Args {
+    /// number of concurrent workers (default 10)
+    #[argh(option, default = "10")]
+    workers: usize,
+
+    /// measured acquire+release ops per worker (default 50)
+    #[argh(option, default = "50")]
+    rounds: usize,
+
+    /// lock key prefix; worker i uses <key>_<i> (default "bench")
+    #[argh(option, default = "String::from(\"bench\")")]
+    key: String,
+
+    /// all workers contend on the literal --key
+    #[argh(switch)]
+    shared_key: bool,
+
+    /// acquire timeout in seconds (default 30)
+    #[argh(option, default = "30")]
+    timeout: u64,
+
+    /// comma-separated host:port list; worker i uses servers[i % n] (default 127.0.0.1:6388)
+    #[argh(option, default = "String::from(\"127.0.0.1:6388\")")]
+    servers: String,
+
+    /// lease TTL in seconds sent with each acquire; 0 omits it so the server default applies
+    /// (default 10)
+    #[argh(option, default = "10")]
+    lease: u64,
+
+    /// persistent connections per worker, rotated per round (default 0, meaning 1)
+    #[argh(option, default = "0")]
+    connections: usize,
+
+    /// unmeasured warm-up ops per worker; all workers finish them before the clock starts
+    /// (default 10)
+    #[argh(option, default = "10")]
+    warmup: usize,
+
+    /// lock ops kept in flight per worker connection, each on its own key <key>_<i>_<j>
+    /// (default 1)
+    #[argh(option, default = "1")]
+    pipeline: usize,
+
+    /// send `auth` with this token first on every connection
+    #[argh(option)]
+    auth_token: Option<String>,
+
+    /// i/o engine: "threads" (one OS thread per worker, blocking sockets), "async" (event loop
+    /// on --io-threads threads) or "auto" (threads while workers <= cores) (default auto)
+    #[argh(option, default = "String::from(\"auto\")")]
+    io: String,
+
+    /// event-loop threads for --io async (default 1)
+    #[argh(option, default = "1")]
+    io_threads: usize,
+
+    /// memory helper: open N idle connections (one ping each), report, keep them open
+    #[argh(option)]
+    idle_connections: Option<usize>,
+
+    /// memory helper: acquire N distinct locks over --workers connections, --pipeline in flight
+    /// each, report, keep them held
+    #[argh(option)]
+    hold: Option<usize>,
+
+    /// how long the memory helpers keep their connections; 0 = until killed (default 60)
+    #[argh(option, default = "60")]
+    hold_secs: u64,
+}
+
+/// How the workers drive their sockets.
+///
+/// Measured against a trivial server on 2 shared cores (bench CPU per op, user + sys): with one
+/// worker, blocking threads cost ~10 µs and the event loop ~15 µs (it adds a failed read, a
+/// re-arm and an `epoll_wait` per reply); with 50 workers, threads cost ~12 µs and one event
+/// loop ~8 µs (one wake-up serves many ready sockets instead of a context switch per reply).
+/// Hence `auto`: threads while there are no more workers than cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoEngine {
+    /// One OS thread per worker, blocking `std::net::TcpStream`.
+    Threads,
+    /// Non-blocking sockets on `io_threads` event-loop threads.
+    Async,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Bench,
+    Idle { connections: usize },
+    Hold { locks: usize },
+}
+
+/// Validated flags.
+#[derive(Debug)]
+struct Config {
+    mode: Mode,
+    workers: usize,
+    rounds: usize,
+    warmup: usize,
+    key: String,
+    shared_key: bool,
+    timeout_s: u64,
+    lease_s: u64,
+    servers: Vec<String>,
+    conns_per_worker: usize,
+    pipeline: usize,
+    auth_token: Option<String>,
+    io: IoEngine,
+    io_threads: usize,
+    hold_secs: u64,
+}
+
+impl Config {
+    fn from_args(args: Args) -> Result<Config, String> {
+        if args.workers == 0 {
+            return Err("--workers must be > 0".into());
+        }
+        if args.rounds == 0 {
+            return Err("--rounds must be > 0".into());
+        }
+        if args.pipeline == 0 {
+            return Err("--pipeline must be > 0".into());
+        }
+        if args.io_threads == 0 {
+            return Err("--io-threads must be > 0".into());
+        }
+        let servers: Vec<String> = args
+            .servers
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        if servers.iter().any(String::is_empty) {
+            return Err(format!("--servers has an empty entry: {:?}", args.servers));
+        }
+        if args.key.is_empty()
+            || args
+                .key
+                .bytes()
+                .any(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            return Err(format!(
+                "--key must be non-empty without whitespace: {:?}",
+                args.key
+            ));
+        }
+        if let Some(token) = &args.auth_token {
+            if token.contains('\n') || token.len() > MAX_AUTH_BYTES {
+                return Err("--auth-token must be one line of at most 64 KiB".into());
+            }
+        }
+        let conns_per_worker = args.connections.max(1);
+        if args.pipeline > 1 && conns_per_worker > 1 {
+            return Err(
+                "--pipeline > 1 keeps its window on one connection; drop --connections".into(),
+            );
+        }
+        if args.pipeline > 1 && args.shared_key {
+            // Pipelined acquires on one contended key would queue behind each other on the
+            // server, with their own releases stuck behind them: a self-inflicted deadlock.
+            return Err(
+                "--pipeline > 1 needs distinct keys; it cannot be combined with --shared-key"
+                    .into(),
+            );
+        }
+        let mode = match (args.idle_connections, args.hold) {
+            (Some(_), Some(_)) => return Err("--idle-connections and --hold are exclusive".into()),
+            (Some(0), None) => return Err("--idle-connections must be > 0".into()),
+            (None, Some(0)) => return Err("--hold must be > 0".into()),
+            (Some(n), None) => Mode::Idle { connections: n },
+            (None, Some(n)) => Mode::Hold { locks: n },
+            (None, None) => Mode::Bench,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let io = match args.io.as_str() {
+            "threads" => IoEngine::Threads,
+            "async" => IoEngine::Async,
+            "auto" if args.workers <= cores => IoEngine::Threads,
+            "auto" => IoEngine::Async,
+            other => {
+                return Err(format!(
+                    "--io must be threads, async or auto, not {other:?}"
+                ))
+            }
+        };
+        let cfg = Config {
+            mode,
+            workers: args.workers,
+            rounds: args.rounds,
+            warmup: args.warmup,
+            key: args.key,
+            shared_key: args.shared_key,
+            timeout_s: args.timeout,
+            lease_s: args.lease,
+            servers,
+            conns_per_worker,
+            pipeline: args.pipeline,
+            auth_token: args.auth_token,
+            io,
+            io_threads: args.io_threads,
+            hold_secs: args.hold_secs,
+        };
+        let longest = cfg.longest_key_len();
+        if longest > MAX_KEY_BYTES {
+            return Err(format!(
+                "--key is too long: generated keys reach {longest} bytes, servers accept {MAX_KEY_BYTES}"
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// The key worker `id` uses when `--pipeline` is 1.
+    fn worker_key(&self, id: usize) -> String {
+        if self.shared_key {
+            self.key.clone()
+        } else {
+            format!("{}_{id}", self.key)
+        }
+    }
+
+    /// The keys of worker `id`'s window when `--pipeline` is above 1.
+    fn window_keys(&self, id: usize) -> Vec<String> {
+        (0..self.pipeline)
+            .map(|j| format!("{}_{id}_{j}", self.key))
+            .collect()
+    }
+
+    fn hold_key(&self, j: usize) -> String {
+        format!("{}_hold_{j}", self.key)
+    }
+
+    fn longest_key_len(&self) -> usize {
+        let digits = |n: usize| n.saturating_sub(1).to_string().len();
+        let bench = match (self.shared_key, self.pipeline) {
+            (true, _) => self.key.len(),
+            (false, 1) => self.key.len() + 1 + digits(self.workers),
+            (false, p) => self.key.len() + 2 + digits(self.workers) + digits(p),
+        };
+        let hold = match self.mode {
+            Mode::Hold { locks } => self.key.len() + "_hold_".len() + digits(locks),
+            _ => 0,
+        };
+        bench.max(hold)
+    }
+
+    /// A blocking read gives up this long after it was issued.
+    fn reply_deadline(&self) -> Duration {
+        Duration::from_secs(self.timeout_s).saturating_add(REPLY_GRACE)
+    }
+}
+
+/// Accept Go `flag` spellings too (`-workers 5`, `--workers=5`, `-shared-key=true`), since the
+/// upstream tool is a Go program and scripts written for it should run unchanged.
+fn normalize_args(raw: &[String]) -> Result<Vec<String>, String> {
+    const SWITCHES: [&str; 2] = ["shared-key", "help"];
+    let mut out = Vec::with_capacity(raw.len());
+    let mut value_expected = false;
+    for arg in raw {
+        if value_expected {
+            out.push(arg.clone());
+            value_expected = false;
+            continue;
+        }
+        if arg == "-h" {
+            out.push("--help".to_string());
+            continue;
+        }
+        let name = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic()) => rest,
+            _ => {
+                out.push(arg.clone());
+                continue;
+            }
+        };
+        match name.split_once('=') {
+            Some(("shared-key", value)) => match value {
+                "1" | "t" | "T" | "true" | "TRUE" | "True" => out.push("--shared-key".into()),
+                "0" | "f" | "F" | "false" | "FALSE" | "False" => {}
+                _ => return Err(format!("invalid boolean value {value:?} for --shared-key")),
+            },
+            Some((name, value)) => {
+                out.push(format!("--{name}"));
+                out.push(value.to_string());
+            }
+            None => {
+                out.push(format!("--{name}"));
+                value_expected = !SWITCHES.contains(&name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the command line; `Err` carries the exit code and what to print.
+fn parse_command_line(raw: &[String]) -> Result<Config, (u8, String)> {
+    let normalized = normalize_args(raw).map_err(|e| (2, format!("bench: {e}")))?;
+    let strs: Vec<&str> = normalized.iter().map(String::as_str).collect();
+    let args = Args::from_args(&["dflockd-bench"], &strs).map_err(|early| match early.status {
+        Ok(()) => (0, early.output),
+        Err(()) => (2, early.output),
+    })?;
+    Config::from_args(args).map_err(|e| (2, format!("bench: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------------------------
+
+/// Everything that ends a worker. Peers send what they send: nothing here panics on it.
+#[derive(Debug)]
+enum BenchError {
+    Connect {
+        addr: String,
+        source: io::Error,
+    },
+    Io(io::Error),
+    Closed,
+    LineTooLong,
+    /// The server answered `timeout` to an acquire.
+    AcquireTimeout {
+        key: String,
+    },
+    /// Any reply we did not ask for or cannot use (`error`, `error_max_locks`, garbage ...).
+    Unexpected {
+        request: &'static str,
+        key: String,
+        reply: String,
+    },
+    /// A reply arrived with no request outstanding.
+    Unsolicited {
+        reply: String,
+    },
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BenchError::Connect { addr, source } => write!(f, "connect {addr}: {source}"),
+            BenchError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                write!(f, "no reply from server in time ({e})")
+            }
+            BenchError::Io(e) => write!(f, "i/o: {e}"),
+            BenchError::Closed => write!(f, "server closed the connection"),
+            BenchError::LineTooLong => {
+                write!(f, "reply line longer than {MAX_REPLY_LINE} bytes")
+            }
+            BenchError::AcquireTimeout { key } => write!(f, "acquire timed out (key {key:?})"),
+            BenchError::Unexpected {
+                request,
+                key,
+                reply,
+            } => {
+                write!(f, "unexpected reply to {request:?} on key {key:?}: {reply}")
+            }
+            BenchError::Unsolicited { reply } => write!(f, "reply without a request: {reply}"),
+        }
+    }
+}
+
+impl From<io::Error> for BenchError {
+    fn from(e: io::Error) -> Self {
+        BenchError::Io(e)
+    }
+}
+
+/// A reply line shown in an error message: lossy UTF-8, quoted, bounded.
+fn show_reply(line: &[u8]) -> String {
+    const SHOWN: usize = 120;
+    let text = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+    let more = if line.len() > SHOWN { "..." } else { "" };
+    format!("{text:?}{more}")
+}
+
+fn unexpected(request: &'static str, key: &str, line: &[u8]) -> BenchError {
+    if request == "l" && line == b"timeout" {
+        return BenchError::AcquireTimeout {
+            key: key.to_string(),
+        };
+    }
+    BenchError::Unexpected {
+        request,
+        key: key.to_string(),
+        reply: show_reply(line),
+    }
+}
+
+/// A grant is `ok <token> <lease>`; returns the token. The lease field is not needed, so it
+/// is tolerated when missing, but nothing else may follow.
+fn parse_grant(line: &[u8]) -> Option<&[u8]> {
+    let mut fields = line.split(|&b| b == b' ');
+    if fields.next() != Some(b"ok") {
+        return None;
+    }
+    let token = fields.next().filter(|t| !t.is_empty())?;
+    match (fields.next(), fields.next()) {
+        (None, None) => Some(token),
+        (Some(lease), None) if !lease.is_empty() && lease.iter().all(u8::is_ascii_digit) => {
+            Some(token)
+        }
+        _ => None,
+    }
+}
+
+/// Reply buffer: bytes accumulate across TCP segments and come out as complete lines.
+///
+/// Lines are returned as ranges into `data` so that a caller can keep using the other
+/// fields of its connection while it looks at a line. Pushed `sig ` lines (pub/sub, spec §5.6)
+/// are skipped: no reply ever begins with `sig `.
+struct LineBuf {
+    data: Box<[u8]>,
+    /// First byte not yet returned.
+    start: usize,
+    /// End of the bytes read so far.
+    end: usize,
+    /// Bytes before this index (and from `start`) are known to hold no `\n`.
+    scanned: usize,
+}
+
+impl LineBuf {
+    fn new() -> LineBuf {
+        LineBuf {
+            data: vec![0; MAX_REPLY_LINE + 1 + READ_CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            scanned: 0,
+        }
+    }
+
+    /// Free space to read into, at least `READ_CHUNK` bytes: `take_line` never leaves more
+    /// than `MAX_REPLY_LINE` unconsumed bytes behind.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+        } else if self.data.len() - self.end < READ_CHUNK {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Records that `n` bytes were read into `spare()`.
+    fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.data.len());
+    }
+
+    /// The next complete reply line (trailing `\r`s stripped), if one is buffered.
+    fn take_line(&mut self) -> Result<Option<Range<usize>>, BenchError> {
+        loop {
+            let Some(offset) = self.data[self.scanned..self.end]
+                .iter()
+                .position(|&b| b == b'\n')
+            else {
+                self.scanned = self.end;
+                if self.end - self.start > MAX_REPLY_LINE {
+                    return Err(BenchError::LineTooLong);
+                }
+                return Ok(None);
+            };
+            let newline = self.scanned + offset;
+            if newline - self.start > MAX_REPLY_LINE {
+                return Err(BenchError::LineTooLong);
+            }
+            let mut line_end = newline;
+            while line_end > self.start && self.data[line_end - 1] == b'\r' {
+                line_end -= 1;
+            }
+            let line = self.start..line_end;
+            self.start = newline + 1;
+            self.scanned = self.start;
+            if !self.data[line.clone()].starts_with(b"sig ") {
+                return Ok(Some(line));
+            }
+        }
+    }
+
+    fn line(&self, range: Range<usize>) -> &[u8] {
+        &self.data[range]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+fn push_lock(out: &mut Vec<u8>, key: &str, timeout_s: u64, lease_s: u64) {
+    out.extend_from_slice(b"l\n");
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(timeout_s.to_string().as_bytes());
+    if lease_s > 0 {
+        out.push(b' ');
+        out.extend_from_slice(lease_s.to_string().as_bytes());
+    }
+    out.push(b'\n');
+}
+
+fn push_release(out: &mut Vec<u8>, key: &str, token: &[u8]) {
+    out.extend_from_slice(b"r\n");
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(token);
+    out.push(b'\n');
+}
+
+const PING: &[u8] = b"ping\n_\n\n";
+
+// ---------------------------------------------------------------------------------------------
+// Transports and connections
+// ---------------------------------------------------------------------------------------------
+
+/// A byte stream the worker loops can drive. The loops are written once, as async code; the
+/// blocking transport's futures simply complete on first poll, so a worker thread runs them
+/// under a trivial `block_on` and pays exactly one syscall per read or write.
+trait Transport: Sized {
+    async fn connect(addr: &str, reply_deadline: Duration) -> io::Result<Self>;
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// Blocking socket: for one OS thread per worker.
+struct Blocking(TcpStream);
+
+impl Transport for Blocking {
+    async fn connect(addr: &str, reply_deadline: Duration) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(reply_deadline))?;
+        stream.set_write_timeout(Some(reply_deadline))?;
+        Ok(Blocking(stream))
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Non-blocking socket on the async-io reactor: for many workers on few threads.
+struct Evented(async_net::TcpStream);
+
+impl Transport for Evented {
+    async fn connect(addr: &str, _reply_deadline: Duration) -> io::Result<Self> {
+        let stream = async_net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Evented(stream))
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes).await
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).await
+    }
+}
+
+/// One connection: the socket, its reply buffer and its pending output.
+struct Client<T> {
+    io: T,
+    inbuf: LineBuf,
+    out: Vec<u8>,
+}
+
+impl<T: Transport> Client<T> {
+    /// Connects and, when configured, authenticates.
+    async fn connect(addr: &str, cfg: &Config) -> Result<Client<T>, BenchError> {
+        let io = T::connect(addr, cfg.reply_deadline())
+            .await
+            .map_err(|source| BenchError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let mut client = Client {
+            io,
+            inbuf: LineBuf::new(),
+            out: Vec::with_capacity(4096),
+        };
+        if let Some(token) = &cfg.auth_token {
+            client.out.extend_from_slice(b"auth\n_\n");
+            client.out.extend_from_slice(token.as_bytes());
+            client.out.push(b'\n');
+            client.flush().await?;
+            let line = client.reply().await?;
+            if line != b"ok" {
+                return Err(BenchError::Unexpected {
+                    request: "auth",
+                    key: "_".into(),
+                    reply: show_reply(line),
+                });
+            }
+        }
+        Ok(client)
+    }
+
+    async fn flush(&mut self) -> Result<(), BenchError> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads at least one more byte into the reply buffer.
+    async fn fill(&mut self) -> Result<(), BenchError> {
+        let n = self.io.read(self.inbuf.spare()).await?;
+        if n == 0 {
+            return Err(BenchError::Closed);
+        }
+        self.inbuf.filled(n);
+        Ok(())
+    }
+
+    /// The next reply line, reading as needed.
+    async fn reply(&mut self) -> Result<&[u8], BenchError> {
+        loop {
+            if let Some(range) = self.inbuf.take_line()? {
+                return Ok(self.inbuf.line(range));
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers
+// ---------------------------------------------------------------------------------------------
+
+/// The warm-up/measure boundary: every worker and the main thread meet at `warmed_up`, the
+/// main thread reads the clock, then everyone meets at `go`. Reading the clock between the two
+/// barriers means the measured window can only be too long, never too short.
+struct Gate {
+    warmed_up: Barrier,
+    go: Barrier,
+}
+
+impl Gate {
+    fn new(workers: usize) -> Gate {
+        Gate {
+            warmed_up: Barrier::new(workers + 1),
+            go: Barrier::new(workers + 1),
+        }
+    }
+
+    async fn pass(&self) {
+        self.warmed_up.wait().await;
+        self.go.wait().await;
+    }
+
+    /// The main thread's side: returns the start of the measured phase.
+    fn open(&self) -> Instant {
+        future::block_on(self.warmed_up.wait());
+        let start = Instant::now();
+        future::block_on(self.go.wait());
+        start
+    }
+}
+
+/// What a worker hands back: per-op latencies of the measured phase and when it finished.
+struct WorkerOutcome {
+    latencies_ns: Vec<u64>,
+    finished: Instant,
+}
+
+fn elapsed_ns(since: Instant, now: Instant) -> u64 {
+    u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn bench_worker<T: Transport>(
+    id: usize,
+    cfg: &Config,
+    gate: &Gate,
+) -> Result<WorkerOutcome, BenchError> {
+    let addr = &cfg.servers[id % cfg.servers.len()];
+    let mut clients = Vec::with_capacity(cfg.conns_per_worker);
+    for _ in 0..cfg.conns_per_worker {
+        clients.push(Client::<T>::connect(addr, cfg).await?);
+    }
+    let mut latencies_ns = Vec::with_capacity(cfg.rounds.max(cfg.warmup));
+    if cfg.pipeline == 1 {
+        let key = cfg.worker_key(id);
+        one_at_a_time(&mut clients, &key, cfg, cfg.warmup, &mut latencies_ns).await?;
+        latencies_ns.clear();
+        gate.pass().await;
+        one_at_a_time(&mut clients, &key, cfg, cfg.rounds, &mut latencies_ns).await?;
+    } else {
+        let keys = cfg.window_keys(id);
+        let client = &mut clients[0];
+        windowed(client, &keys, cfg, cfg.warmup, &mut latencies_ns).await?;
+        latencies_ns.clear();
+        gate.pass().await;
+        windowed(client, &keys, cfg, cfg.rounds, &mut latencies_ns).await?;
+    }
+    Ok(WorkerOutcome {
+        latencies_ns,
+        finished: Instant::now(),
+    })
+}
+
+/// `ops` acquire+release pairs on `key`, one request on the wire at a time, rotating over the
+/// worker's connections per op (upstream `--connections`).
+async fn one_at_a_time<T: Transport>(
+    clients: &mut [Client<T>],
+    key: &str,
+    cfg: &Config,
+    ops: usize,
+    latencies_ns: &mut Vec<u64>,
+) -> Result<(), BenchError> {
+    let mut lock_request = Vec::new();
+    push_lock(&mut lock_request, key, cfg.timeout_s, cfg.lease_s);
+    let mut token = Vec::with_capacity(64);
+    let connections = clients.len();
+    for op in 0..ops {
+        let client = &mut clients[op % connections];
+        let t0 = Instant::now();
+        client.io.write_all(&lock_request).await?;
+        let line = client.reply().await?;
+        let granted = parse_grant(line).ok_or_else(|| unexpected("l", key, line))?;
+        token.clear();
+        token.extend_from_slice(granted);
+        push_release(&mut client.out, key, &token);
+        client.flush().await?;
+        let line = client.reply().await?;
+        if line != b"ok" {
+            return Err(unexpected("r", key, line));
+        }
+        latencies_ns.push(elapsed_ns(t0, Instant::now()));
+    }
+    Ok(())
+}
+
+/// `ops` acquire+release pairs over a sliding window of `keys.len()` keys on one connection.
+///
+/// Each key is a slot that is always either acquiring or releasing; the server answers in
+/// request order, so a FIFO of slot indices tells which slot a reply belongs to. All replies
+/// already buffered are handled before the follow-up requests go out in one write.
+async fn windowed<T: Transport>(
+    client: &mut Client<T>,
+    keys: &[String],
+    cfg: &Config,
+    ops: usize,
+    latencies_ns: &mut Vec<u64>,
+) -> Result<(), BenchError> {
+    struct Slot {
+        lock_request: Vec<u8>,
+        started: Instant,
+        releasing: bool,
+    }
+    let now = Instant::now();
+    let mut slots: Vec<Slot> = keys
+        .iter()
+        .map(|key| {
+            let mut lock_request = Vec::new();
+            push_lock(&mut lock_request, key, cfg.timeout_s, cfg.lease_s);
+            Slot {
+                lock_request,
+                started: now,
+                releasing: false,
+            }
+        })
+        .collect();
+    let mut in_flight: VecDeque<usize> = VecDeque::with_capacity(keys.len());
+    let mut issued = 0;
+    let mut done = 0;
+    for (j, slot) in slots.iter_mut().enumerate().take(ops) {
+        client.out.extend_from_slice(&slot.lock_request);
+        in_flight.push_back(j);
+        issued += 1;
+    }
+    while done < ops {
+        client.flush().await?;
+        client.fill().await?;
+        while let Some(range) = client.inbuf.take_line()? {
+            let line = client.inbuf.line(range);
+            let j = in_flight
+                .pop_front()
+                .ok_or_else(|| BenchError::Unsolicited {
+                    reply: show_reply(line),
+                })?;
+            let slot = &mut slots[j];
+            if !slot.releasing {
+                let token = parse_grant(line).ok_or_else(|| unexpected("l", &keys[j], line))?;
+                push_release(&mut client.out, &keys[j], token);
+                slot.releasing = true;
+                in_flight.push_back(j);
+            } else {
+                if line != b"ok" {
+                    return Err(unexpected("r", &keys[j], line));
+                }
+                let now = Instant::now();
+                latencies_ns.push(elapsed_ns(slot.started, now));
+                done += 1;
+                if issued < ops {
+                    client.out.extend_from_slice(&slot.lock_request);
+                    slot.started = now;
+                    slot.releasing = false;
+                    in_flight.push_back(j);
+                    issued += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints the first worker error and ends the process with status 1; later errors are not
+/// printed (they are usually the same refusal seen by every worker).
+fn fail(worker: usize, error: &BenchError) -> ! {
+    static FIRST: Mutex<()> = Mutex::new(());
+    let _guard = FIRST.lock();
+    let _ = writeln!(io::stderr(), "worker {worker} error: {error}");
+    std::process::exit(1)
+}
+
+/// Runs every worker; returns the start of the measured phase and the outcomes.
+fn run_workers(cfg: &Arc<Config>) -> (Instant, Vec<WorkerOutcome>) {
+    let gate = Arc::new(Gate::new(cfg.workers));
+    let handles: Vec<std::thread::JoinHandle<Vec<WorkerOutcome>>> = match cfg.io {
+        IoEngine::Threads => (0..cfg.workers)
+            .map(|id| {
+                let (cfg, gate) = (Arc::clone(cfg), Arc::clone(&gate));
+                std::thread::spawn(move || {
+                    match future::block_on(bench_worker::<Blocking>(id, &cfg, &gate)) {
+                        Ok(outcome) => vec![outcome],
+                        Err(e) => fail(id, &e),
+                    }
+                })
+            })
+            .collect(),
+        IoEngine::Async => (0..cfg.io_threads.min(cfg.workers))
+            .map(|thread| {
+                let (cfg, gate) = (Arc::clone(cfg), Arc::clone(&gate));
+                std::thread::spawn(move || {
+                    let executor = smol::LocalExecutor::new();
+                    let tasks: Vec<_> = (thread..cfg.workers)
+                        .step_by(cfg.io_threads)
+                        .map(|id| {
+                            let (cfg, gate) = (Arc::clone(&cfg), Arc::clone(&gate));
+                            executor.spawn(async move {
+                                match bench_worker::<Evented>(id, &cfg, &gate).await {
+                                    Ok(outcome) => outcome,
+                                    Err(e) => fail(id, &e),
+                                }
+                            })
+                        })
+                        .collect();
+                    smol::block_on(executor.run(async {
+                        let mut outcomes = Vec::with_capacity(tasks.len());
+                        for task in tasks {
+                            outcomes.push(task.await);
+                        }
+                        outcomes
+                    }))
+                })
+            })
+            .collect(),
+    };
+    let start = gate.open();
+    let mut outcomes = Vec::with_capacity(cfg.workers);
+    for handle in handles {
+        match handle.join() {
+            Ok(mut part) => outcomes.append(&mut part),
+            // A worker thread can only panic on a bug of ours; its message is already printed.
+            Err(_) => std::process::exit(1),
+        }
+    }
+    (start, outcomes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Opens `n` connections round-robin over the servers and pings each once, so every one is
+/// accepted and registered by the server before we report.
+fn open_idle(cfg: &Config, n: usize) -> Result<Vec<Client<Blocking>>, BenchError> {
+    future::block_on(async {
+        let mut clients = Vec::with_capacity(n);
+        for c in 0..n {
+            let mut client =
+                Client::<Blocking>::connect(&cfg.servers[c % cfg.servers.len()], cfg).await?;
+            client.out.extend_from_slice(PING);
+            client.flush().await?;
+            clients.push(client);
+        }
+        for client in &mut clients {
+            let line = client.reply().await?;
+            if line != b"ok" {
+                return Err(unexpected("ping", "_", line));
+            }
+        }
+        Ok(clients)
+    })
+}
+
+/// Acquires the hold keys `j ≡ id (mod workers)` on one connection, `window` in flight.
+async fn hold_worker(
+    id: usize,
+    cfg: &Config,
+    locks: usize,
+) -> Result<Client<Blocking>, BenchError> {
+    let addr = &cfg.servers[id % cfg.servers.len()];
+    let mut client = Client::<Blocking>::connect(addr, cfg).await?;
+    let mut next_keys = (id..locks).step_by(cfg.workers).map(|j| cfg.hold_key(j));
+    let mut in_flight: VecDeque<String> = VecDeque::with_capacity(cfg.pipeline);
+    for key in next_keys.by_ref().take(cfg.pipeline) {
+        push_lock(&mut client.out, &key, cfg.timeout_s, cfg.lease_s);
+        in_flight.push_back(key);
+    }
+    while !in_flight.is_empty() {
+        client.flush().await?;
+        client.fill().await?;
+        while let Some(range) = client.inbuf.take_line()? {
+            let line = client.inbuf.line(range);
+            let key = in_flight
+                .pop_front()
+                .ok_or_else(|| BenchError::Unsolicited {
+                    reply: show_reply(line),
+                })?;
+            if parse_grant(line).is_none() {
+                return Err(unexpected("l", &key, line));
+            }
+            if let Some(key) = next_keys.next() {
+                push_lock(&mut client.out, &key, cfg.timeout_s, cfg.lease_s);
+                in_flight.push_back(key);
+            }
+        }
+    }
+    Ok(client)
+}
+
+fn acquire_held(cfg: &Arc<Config>, locks: usize) -> Vec<Client<Blocking>> {
+    let handles: Vec<_> = (0..cfg.workers)
+        .map(|id| {
+            let cfg = Arc::clone(cfg);
+            std::thread::spawn(
+                move || match future::block_on(hold_worker(id, &cfg, locks)) {
+                    Ok(client) => client,
+                    Err(e) => fail(id, &e),
+                },
+            )
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| std::process::exit(1)))
+        .collect()
+}
+
+/// Keeps helper connections open for `--hold-secs` (0 = until killed), pinging them so a
+/// server with an idle read timeout does not cut them.
+fn keep_open(cfg: &Config, clients: &mut [Client<Blocking>]) -> Result<(), BenchError> {
+    let deadline = (cfg.hold_secs > 0).then(|| Instant::now() + Duration::from_secs(cfg.hold_secs));
+    loop {
+        let pause = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                left.min(KEEPALIVE_INTERVAL)
+            }
+            None => KEEPALIVE_INTERVAL,
+        };
+        std::thread::sleep(pause);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(());
+        }
+        future::block_on(async {
+            for client in clients.iter_mut() {
+                client.out.extend_from_slice(PING);
+                client.flush().await?;
+            }
+            for client in clients.iter_mut() {
+                let line = client.reply().await?;
+                if line != b"ok" {
+                    return Err(unexpected("ping", "_", line));
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
+
+fn holding_note(cfg: &Config) -> String {
+    if cfg.hold_secs == 0 {
+        "until killed".to_string()
+    } else {
+        format!("for {}s", cfg.hold_secs)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and report
+// ---------------------------------------------------------------------------------------------
+
+/// Latency summary in milliseconds.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    count: usize,
+    mean: f64,
+    min: f64,
+    max: f64,
+    p50: f64,
+    p99: f64,
+    stdev: f64,
+}
+
+/// Linear interpolation at rank `p/100 × (n−1)` over sorted samples (upstream's definition).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let Some(&last) = sorted.last() else {
+        return 0.0;
+    };
+    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    match sorted.get(lo + 1) {
+        Some(&hi) => {
+            let frac = rank - lo as f64;
+            sorted[lo] * (1.0 - frac) + hi * frac
+        }
+        None => last,
+    }
+}
+
+/// Sample standard deviation (n − 1 in the denominator); 0 for fewer than two samples.
+fn sample_stdev(samples: &[f64], mean: f64) -> f64 {
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let sum_sq: f64 = samples.iter().map(|x| (x - mean) * (x - mean)).sum();
+    (sum_sq / (samples.len() - 1) as f64).sqrt()
+}
+
+/// Summarises latencies (milliseconds, any order).
+fn summarize(mut ms: Vec<f64>) -> Summary {
+    ms.sort_by(f64::total_cmp);
+    let count = ms.len();
+    let mean = if count == 0 {
+        0.0
+    } else {
+        ms.iter().sum::<f64>() / count as f64
+    };
+    Summary {
+        count,
+        mean,
+        min: ms.first().copied().unwrap_or(0.0),
+        max: ms.last().copied().unwrap_or(0.0),
+        p50: percentile(&ms, 50.0),
+        p99: percentile(&ms, 99.0),
+        stdev: sample_stdev(&ms, mean),
+    }
+}
+
+fn header(cfg: &Config) -> String {
+    let (key, mode) = match (cfg.shared_key, cfg.pipeline) {
+        (true, _) => (cfg.key.clone(), "shared key (contended)".to_string()),
+        (false, 1) => (
+            format!("{}_<id>", cfg.key),
+            "unique per-worker keys".to_string(),
+        ),
+        (false, p) => (
+            format!("{}_<id>_<j>", cfg.key),
+            format!("unique per-worker keys, pipeline={p}"),
+        ),
+    };
+    format!(
+        "bench: {} workers x {} rounds (key={key:?}, conns/worker={}, {mode})",
+        cfg.workers, cfg.rounds, cfg.conns_per_worker
+    )
+}
+
+fn report(cfg: &Config, summary: &Summary, wall_s: f64) -> String {
+    let ops_per_s = if wall_s > 0.0 {
+        summary.count as f64 / wall_s
+    } else {
+        0.0
+    };
+    let mut out = String::new();
+    out.push_str(&format!("  total ops : {}\n", summary.count));
+    out.push_str(&format!("  wall time : {wall_s:.3}s\n"));
+    out.push_str(&format!("  throughput: {ops_per_s:.1} ops/s\n"));
+    if cfg.pipeline > 1 {
+        out.push_str(&format!("  requests/s: {:.1} req/s\n", 2.0 * ops_per_s));
+    }
+    out.push('\n');
+    for (name, value) in [
+        ("mean", summary.mean),
+        ("min", summary.min),
+        ("max", summary.max),
+        ("p50", summary.p50),
+        ("p99", summary.p99),
+        ("stdev", summary.stdev),
+    ] {
+        out.push_str(&format!("  {name:<10}: {value:.3} ms\n"));
+    }
+    out
+}
+
+/// Writes to stdout and flushes at once (the memory helpers are watched by a script). A closed
+/// pipe (`| head`) is not worth a panic.
+fn say(text: &str) {
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match parse_command_line(&raw) {
+        Ok(cfg) => Arc::new(cfg),
+        Err((0, help)) => {
+            say(&format!("{help}\n"));
+            return ExitCode::SUCCESS;
+        }
+        Err((code, message)) => {
+            let _ = writeln!(io::stderr(), "{message}");
+            return ExitCode::from(code);
+        }
+    };
+    match cfg.mode {
+        Mode::Bench => {
+            say(&format!("{}\n\n", header(&cfg)));
+            let (start, outcomes) = run_workers(&cfg);
+            let end = outcomes.iter().map(|o| o.finished).max().unwrap_or(start);
+            let wall_s = end.saturating_duration_since(start).as_secs_f64();
+            let ms: Vec<f64> = outcomes
+                .iter()
+                .flat_map(|o| o.latencies_ns.iter().map(|&ns| ns as f64 / 1e6))
+                .collect();
+            say(&report(&cfg, &summarize(ms), wall_s));
+        }
+        Mode::Idle { connections } => {
+            let t0 = Instant::now();
+            let mut clients = open_idle(&cfg, connections).unwrap_or_else(|e| fail(0, &e));
+            say(&format!(
+                "idle: {connections} connections established in {:.3}s, holding {}\n",
+                t0.elapsed().as_secs_f64(),
+                holding_note(&cfg)
+            ));
+            keep_open(&cfg, &mut clients).unwrap_or_else(|e| fail(0, &e));
+        }
+        Mode::Hold { locks } => {
+            let t0 = Instant::now();
+            let mut clients = acquire_held(&cfg, locks);
+            let took = t0.elapsed().as_secs_f64();
+            say(&format!(
+                "hold: {locks} locks held on {} connections, acquired in {took:.3}s ({:.1} locks/s), holding {}\n",
+                clients.len(),
+                locks as f64 / took.max(f64::MIN_POSITIVE),
+                holding_note(&cfg)
+            ));
+            keep_open(&cfg, &mut clients).unwrap_or_else(|e| fail(0, &e));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(chunks: &[&[u8]]) -> Result<Vec<String>, String> {
+        let mut buf = LineBuf::new();
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            let spare = buf.spare();
+            spare[..chunk.len()].copy_from_slice(chunk);
+            buf.filled(chunk.len());
+            while let Some(range) = buf.take_line().map_err(|e| e.to_string())? {
+                lines.push(String::from_utf8_lossy(buf.line(range)).into_owned());
+            }
+        }
+        Ok(lines)
+    }
+
+    fn approx(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn percentile_interpolates_linearly_between_ranks() {
+        let xs = [1.0, 2.0, 3.0, 4.0];
+        // rank 0.5 × 3 = 1.5 → halfway between 2 and 3.
+        assert!(approx(percentile(&xs, 50.0), 2.5));
+        // rank 0.99 × 3 = 2.97 → 3 + 0.97 × (4 − 3).
+        assert!(approx(percentile(&xs, 99.0), 3.97));
+        assert!(approx(percentile(&xs, 0.0), 1.0));
+        assert!(approx(percentile(&xs, 100.0), 4.0));
+        assert!(approx(percentile(&[7.0], 99.0), 7.0));
+        assert!(approx(percentile(&[], 50.0), 0.0));
+        let hundred: Vec<f64> = (1..=101).map(f64::from).collect();
+        assert!(approx(percentile(&hundred, 99.0), 100.0));
+    }
+
+    #[test]
+    fn stdev_is_the_sample_form() {
+        let xs = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
+        // Sum of squared deviations from 5 is 32; 32 / 7 is the sample variance.
+        assert!(approx(sample_stdev(&xs, 5.0), (32.0f64 / 7.0).sqrt()));
+        assert!(approx(sample_stdev(&[3.0], 3.0), 0.0));
+        assert!(approx(sample_stdev(&[], 0.0), 0.0));
+    }
+
+    #[test]
+    fn summary_sorts_and_reports_extremes() {
+        let s = summarize(vec![3.0, 1.0, 2.0]);
+        assert_eq!(s.count, 3);
+        assert!(approx(s.mean, 2.0));
+        assert!(approx(s.min, 1.0));
+        assert!(approx(s.max, 3.0));
+        assert!(approx(s.p50, 2.0));
+        assert!(approx(s.p99, 2.98));
+        assert!(approx(s.stdev, 1.0));
+    }
+
+    #[test]
+    fn grant_parsing() {
+        let ok = b"ok 0000000000000001aaaaaaaaaaaaaaaa 10";
+        assert_eq!(
+            parse_grant(ok),
+            Some(&b"0000000000000001aaaaaaaaaaaaaaaa"[..])
+        );
+        assert_eq!(parse_grant(b"ok tok"), Some(&b"tok"[..]));
+        for bad in [
+            &b"timeout"[..],
+            b"error",
+            b"error_max_locks",
+            b"ok",
+            b"ok ",
+            b"ok  10",
+            b"ok tok 10 extra",
+            b"ok tok ten",
+            b"acquired tok 10",
+            b"",
+        ] {
+            assert_eq!(parse_grant(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn acquire_timeout_is_named() {
+        let e = unexpected("l", "k", b"timeout");
+        assert!(matches!(e, BenchError::AcquireTimeout { .. }));
+        let e = unexpected("r", "k", b"error");
+        assert_eq!(
+            e.to_string(),
+            "unexpected reply to \"r\" on key \"k\": \"error\""
+        );
+    }
+
+    #[test]
+    fn lines_are_reassembled_across_segments() {
+        let got = lines_of(&[b"o", b"k 12", b"34 10\r", b"\nok\n", b"time", b"out\n"]).unwrap();
+        assert_eq!(got, ["ok 1234 10", "ok", "timeout"]);
+    }
+
+    #[test]
+    fn pushed_signals_are_skipped() {
+        let got = lines_of(&[b"sig a.b hello world\nok\nsig x y\n", b"ok t 1\n"]).unwrap();
+        assert_eq!(got, ["ok", "ok t 1"]);
+    }
+
+    #[test]
+    fn long_lines_up_to_64k_are_fine_and_longer_is_an_error() {
+        let mut long = b"sig c ".to_vec();
+        long.resize(MAX_REPLY_LINE, b'x');
+        long.extend_from_slice(b"\nok\n");
+        let chunks: Vec<&[u8]> = long.chunks(READ_CHUNK).collect();
+        assert_eq!(lines_of(&chunks).unwrap(), ["ok"]);
+
+        let too_long = vec![b'x'; MAX_REPLY_LINE + 1];
+        let chunks: Vec<&[u8]> = too_long.chunks(READ_CHUNK).collect();
+        assert!(lines_of(&chunks).is_err());
+    }
+
+    #[test]
+    fn buffer_compacts_under_steady_traffic() {
+        let mut buf = LineBuf::new();
+        for i in 0..100_000u32 {
+            let reply = format!("ok {i:032} 10\n");
+            // Split every reply in two to exercise partial lines at the buffer's edge.
+            let (a, b) = reply.as_bytes().split_at(5);
+            for part in [a, b] {
+                buf.spare()[..part.len()].copy_from_slice(part);
+                buf.filled(part.len());
+            }
+            let range = buf.take_line().unwrap().unwrap();
+            assert_eq!(buf.line(range), reply.trim_end().as_bytes());
+        }
+    }
+
+    #[test]
+    fn requests_are_three_lines() {
+        let mut out = Vec::new();
+        push_lock(&mut out, "bench_3", 30, 10);
+        push_lock(&mut out, "k", 0, 0);
+        push_release(&mut out, "bench_3", b"tok");
+        assert_eq!(out, b"l\nbench_3\n30 10\nl\nk\n0\nr\nbench_3\ntok\n");
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, (u8, String)> {
+        let raw: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse_command_line(&raw)
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!((cfg.workers, cfg.rounds, cfg.warmup), (10, 50, 10));
+        assert_eq!(
+            (cfg.timeout_s, cfg.lease_s, cfg.conns_per_worker),
+            (30, 10, 1)
+        );
+        assert_eq!(cfg.servers, ["127.0.0.1:6388"]);
+        assert_eq!(cfg.worker_key(7), "bench_7");
+        assert_eq!(cfg.mode, Mode::Bench);
+        assert_eq!(
+            header(&cfg),
+            "bench: 10 workers x 50 rounds (key=\"bench_<id>\", conns/worker=1, unique per-worker keys)"
+        );
+    }
+
+    #[test]
+    fn go_flag_spellings_are_accepted() {
+        let cfg = parse(&[
+            "-workers",
+            "3",
+            "--rounds=7",
+            "-shared-key=true",
+            "-servers",
+            "a:1, b:2",
+        ])
+        .unwrap();
+        assert_eq!((cfg.workers, cfg.rounds, cfg.shared_key), (3, 7, true));
+        assert_eq!(cfg.worker_key(2), "bench");
+        assert_eq!(cfg.servers, ["a:1", "b:2"]);
+        assert!(!parse(&["--shared-key=false"]).unwrap().shared_key);
+        assert_eq!(parse(&["--help"]).err().map(|e| e.0), Some(0));
+        assert_eq!(parse(&["-h"]).err().map(|e| e.0), Some(0));
+    }
+
+    #[test]
+    fn invalid_flags_exit_2() {
+        for bad in [
+            &["--workers", "0"][..],
+            &["--rounds", "0"],
+            &["--timeout", "-1"],
+            &["--workers", "x"],
+            &["--bogus"],
+            &["--servers", "a:1,,b:2"],
+            &["--key", "a b"],
+            &["--pipeline", "0"],
+            &["--pipeline", "4", "--shared-key"],
+            &["--pipeline", "4", "--connections", "2"],
+            &["--hold", "5", "--idle-connections", "5"],
+            &["--io", "fibers"],
+            &["--shared-key=maybe"],
+        ] {
+            assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
+        }
+        let long_key = "k".repeat(MAX_KEY_BYTES);
+        assert_eq!(parse(&["--key", &long_key]).err().map(|e| e.0), Some(2));
+        assert!(parse(&["--key", &long_key, "--shared-key"]).is_ok());
+    }
+
+    #[test]
+    fn pipeline_keys_are_distinct_per_worker_and_slot() {
+        let cfg = parse(&["--pipeline", "3"]).unwrap();
+        assert_eq!(cfg.window_keys(4), ["bench_4_0", "bench_4_1", "bench_4_2"]);
+        assert!(header(&cfg).contains("pipeline=3"));
+    }
+
+    #[test]
+    fn report_layout() {
+        let cfg = parse(&["--pipeline", "2"]).unwrap();
+        let text = report(&cfg, &summarize(vec![1.0, 2.0]), 0.5);
+        assert_eq!(
+            text,
+            "  total ops : 2\n  wall time : 0.500s\n  throughput: 4.0 ops/s\n  requests/s: 8.0 req/s\n\n  \
+             mean      : 1.500 ms\n  min       : 1.000 ms\n  max       : 2.000 ms\n  p50       : 1.500 ms\n  \
+             p99       : 1.990 ms\n  stdev     : 0.707 ms\n"
+        );
+    }
+}

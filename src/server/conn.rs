@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::mailbox::{Delivery, Mailbox};
 use super::{register, unregister, Shared};
@@ -50,19 +50,31 @@ enum Wake {
     Deadline,
 }
 
-pub async fn serve(shared: &Arc<Shared>, mut stream: async_net::TcpStream) {
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(shared: &Arc<Shared>, stream: async_net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
         .with_interval(Duration::from_secs(10));
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    serve_stream(shared, stream).await;
+}
+
+/// Serves any byte stream as one connection (TCP, TLS, or an in-memory
+/// stream in the fuzz target) until it closes, then cleans up in the core.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) {
     let mailbox = Arc::new(Mailbox::new());
     let id = register(shared, mailbox.clone());
     run(shared, &mut stream, id, &mailbox).await;
     unregister(shared, id);
 }
 
-async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mailbox: &Mailbox) {
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: &mut S,
+    id: ConnId,
+    mailbox: &Mailbox,
+) {
     let read_timeout = Duration::from_secs(shared.cfg.read_timeout_s);
     let write_timeout = match shared.cfg.write_timeout_s {
         0 => None,
@@ -225,8 +237,8 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
     }
 }
 
-async fn wait(
-    stream: &mut async_net::TcpStream,
+async fn wait<S: AsyncRead + Unpin>(
+    stream: &mut S,
     rbuf: &mut Vec<u8>,
     scratch: &mut [u8],
     mailbox: &Mailbox,
@@ -262,7 +274,11 @@ async fn wait(
 }
 
 /// Writes all of `buf`, giving up (and so closing) after `timeout`.
-async fn write(stream: &mut async_net::TcpStream, buf: &[u8], timeout: Option<Duration>) -> bool {
+async fn write<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &[u8],
+    timeout: Option<Duration>,
+) -> bool {
     match timeout {
         None => stream.write_all(buf).await.is_ok(),
         Some(t) => {

@@ -93,6 +93,29 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state for a server that is not listening yet (or, in the fuzz
+    /// target and tests, never will: connections are fed by
+    /// [`conn::serve_stream`]).
+    pub fn new(cfg: ServerConfig, fence_file: Option<fence_file::FenceFile>) -> Arc<Shared> {
+        let core = Core::new(cfg.core.clone(), Time(0));
+        Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                core,
+                mailboxes: HashMap::new(),
+                timer_at: None,
+                fence_file,
+            }),
+            origin: Instant::now(),
+            timer_event: Event::new(),
+            shutdown_event: Event::new(),
+            shutting_down: AtomicBool::new(false),
+            conn_closed: Event::new(),
+            tcp_conns: AtomicUsize::new(0),
+            per_ip: std::sync::Mutex::new(HashMap::new()),
+            cfg,
+        })
+    }
+
     /// Milliseconds since the server started.
     pub fn now(&self) -> Time {
         Time(self.origin.elapsed().as_millis() as u64)
@@ -261,28 +284,11 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let listener = async_net::TcpListener::try_from(std_listener)
         .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
 
-    let origin = Instant::now();
-    let core = Core::new(cfg.core.clone(), Time(0));
     let threads_n = match cfg.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner {
-            core,
-            mailboxes: HashMap::new(),
-            timer_at: None,
-            fence_file,
-        }),
-        origin,
-        timer_event: Event::new(),
-        shutdown_event: Event::new(),
-        shutting_down: AtomicBool::new(false),
-        conn_closed: Event::new(),
-        tcp_conns: AtomicUsize::new(0),
-        per_ip: std::sync::Mutex::new(HashMap::new()),
-        cfg,
-    });
+    let shared = Shared::new(cfg, fence_file);
 
     let ex = Arc::new(smol::Executor::new());
     let done = Arc::new(Event::new());

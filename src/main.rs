@@ -62,6 +62,7 @@ fn main() {
         max_connections_per_ip: cfg.max_connections_per_ip,
         fence_state_file: cfg.fence_state_file.clone(),
         threads: 0,
+        auth_failure_pause_ms: 100,
         debug: cfg.debug,
     };
     let handle = match server::spawn(server_cfg) {

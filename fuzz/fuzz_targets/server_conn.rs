@@ -35,7 +35,11 @@ struct MemStream {
 }
 
 impl AsyncRead for MemStream {
-    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             if self.pos < self.current.len() {
                 let n = buf.len().min(self.current.len() - self.pos);
@@ -56,7 +60,11 @@ impl AsyncRead for MemStream {
 }
 
 impl AsyncWrite for MemStream {
-    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.written += buf.len();
         Poll::Ready(Ok(buf.len()))
     }
@@ -86,6 +94,7 @@ fuzz_target!(|input: Input| {
             auth_token: input.auth.then(|| b"secret".to_vec()),
             ..CoreConfig::default()
         },
+        auth_failure_pause_ms: 0,
         ..ServerConfig::default()
     };
     let shared = Shared::new(cfg, None);
@@ -100,13 +109,23 @@ fuzz_target!(|input: Input| {
     let id = inner.core.connect(now, &mut out);
     out.clear();
     // A fresh connection may need to authenticate first.
-    inner.core.handle(now, id, Request::Auth { token: b"secret".to_vec().into() }, &mut out);
+    inner.core.handle(
+        now,
+        id,
+        Request::Auth {
+            token: b"secret".to_vec().into(),
+        },
+        &mut out,
+    );
     out.clear();
     inner.core.handle(now, id, Request::Stats, &mut out);
     let json = out
         .iter()
         .find_map(|e| match e {
-            Effect::Reply { reply: Reply::Stats(j), .. } => Some(j.clone()),
+            Effect::Reply {
+                reply: Reply::Stats(j),
+                ..
+            } => Some(j.clone()),
             _ => None,
         })
         .expect("stats reply");

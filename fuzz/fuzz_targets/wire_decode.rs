@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut bytes = Vec::new();
                 encode_request(&req, &mut bytes);
                 match decode_request(&bytes) {
-                    Decoded::Request { req: again, consumed: n } => {
+                    Decoded::Request {
+                        req: again,
+                        consumed: n,
+                    } => {
                         assert_eq!(again, req);
                         assert_eq!(n, bytes.len());
                     }
@@ -41,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut bytes = Vec::new();
                 encode_reply(&reply, &mut bytes);
                 match decode_reply(&bytes) {
-                    ReplyDecoded::Reply { reply: again, consumed: n } => {
+                    ReplyDecoded::Reply {
+                        reply: again,
+                        consumed: n,
+                    } => {
                         assert_eq!(again, reply);
                         assert_eq!(n, bytes.len());
                     }

@@ -35,8 +35,6 @@ pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
 const BATCH: usize = 64;
 /// Replies buffered before a write is forced mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
-/// Pause before closing a connection that failed authentication.
-const AUTH_FAILURE_PAUSE: Duration = Duration::from_millis(100);
 
 /// One decoded request, valid or not.
 enum Pending {
@@ -173,8 +171,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             wbuf.clear();
         }
         if closing {
-            if auth_failed {
-                async_io::Timer::after(AUTH_FAILURE_PAUSE).await;
+            if auth_failed && shared.cfg.auth_failure_pause_ms > 0 {
+                async_io::Timer::after(Duration::from_millis(shared.cfg.auth_failure_pause_ms))
+                    .await;
             }
             return;
         }

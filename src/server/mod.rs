@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub fence_state_file: Option<PathBuf>,
     /// Executor threads; 0 = one per available core.
     pub threads: usize,
+    /// Pause before closing a connection that failed authentication
+    /// (slows down guessing; upstream waits about 100 ms).
+    pub auth_failure_pause_ms: u64,
     pub debug: bool,
 }
 
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: 0,
             fence_state_file: None,
             threads: 0,
+            auth_failure_pause_ms: 100,
             debug: false,
         }
     }

@@ -10,6 +10,8 @@
 
 pub mod config;
 pub mod core;
+#[cfg(feature = "differential")]
+pub mod differential;
 pub mod server;
 pub mod sync;
 pub mod wire;

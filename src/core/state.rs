@@ -981,6 +981,12 @@ impl Core {
         Some(waiter.res)
     }
 
+    /// The `stats` JSON as of the core's current time (for tests and the
+    /// differential comparator; clients use the `stats` request).
+    pub fn stats_json(&self) -> String {
+        stats::render(self.snapshot(self.now))
+    }
+
     fn snapshot(&self, now: Time) -> stats::Snapshot<'_> {
         let mut snap = stats::Snapshot {
             connections: self.conns.len(),
@@ -995,6 +1001,7 @@ impl Core {
                     let h = r.holders.first();
                     snap.locks.push(stats::LockEntry {
                         key,
+                        space: r.space,
                         owner_conn_id: h.map_or(0, |h| h.conn.0),
                         lease_expires_in_s: h
                             .map_or(0.0, |h| h.expires.0.saturating_sub(now.0) as f64 / 1000.0),
@@ -1003,12 +1010,21 @@ impl Core {
                 }
                 (false, true) => snap.semaphores.push(stats::SemEntry {
                     key,
+                    space: r.space,
                     limit: r.limit,
                     holders: r.holders.len(),
                     waiters: r.live_waiters,
                 }),
-                (true, false) => snap.idle_locks.push(stats::IdleEntry { key, idle_s }),
-                (false, false) => snap.idle_semaphores.push(stats::IdleEntry { key, idle_s }),
+                (true, false) => snap.idle_locks.push(stats::IdleEntry {
+                    key,
+                    space: r.space,
+                    idle_s,
+                }),
+                (false, false) => snap.idle_semaphores.push(stats::IdleEntry {
+                    key,
+                    space: r.space,
+                    idle_s,
+                }),
             }
         }
         snap

@@ -1,11 +1,13 @@
 //! The `stats` snapshot and its one-line JSON rendering.
 //!
 //! Field names and shapes follow upstream (`spec/protocol.md`); arrays are
-//! always present and sorted by key so that the output is deterministic
+//! always present and sorted by key (lock space first for equal keys) so that the output is deterministic
 //! (upstream leaves the order unspecified). Keys are byte strings; they are
 //! rendered as UTF-8 with invalid sequences replaced.
 
 use serde::Serialize;
+
+use crate::wire::Space;
 
 #[derive(Default)]
 pub struct Snapshot<'a> {
@@ -18,6 +20,8 @@ pub struct Snapshot<'a> {
 
 pub struct LockEntry<'a> {
     pub key: &'a [u8],
+    /// Orders entries with equal keys: lock space first.
+    pub space: Space,
     pub owner_conn_id: u64,
     pub lease_expires_in_s: f64,
     pub waiters: usize,
@@ -25,6 +29,8 @@ pub struct LockEntry<'a> {
 
 pub struct SemEntry<'a> {
     pub key: &'a [u8],
+    /// Orders entries with equal keys: lock space first.
+    pub space: Space,
     pub limit: u64,
     pub holders: usize,
     pub waiters: usize,
@@ -32,6 +38,8 @@ pub struct SemEntry<'a> {
 
 pub struct IdleEntry<'a> {
     pub key: &'a [u8],
+    /// Orders entries with equal keys: lock space first.
+    pub space: Space,
     pub idle_s: f64,
 }
 
@@ -82,10 +90,10 @@ fn text(key: &[u8]) -> std::borrow::Cow<'_, str> {
 /// Renders the snapshot as one line of JSON (no newlines: serde_json
 /// escapes control characters inside strings).
 pub fn render(mut s: Snapshot<'_>) -> String {
-    s.locks.sort_by(|a, b| a.key.cmp(b.key));
-    s.semaphores.sort_by(|a, b| a.key.cmp(b.key));
-    s.idle_locks.sort_by(|a, b| a.key.cmp(b.key));
-    s.idle_semaphores.sort_by(|a, b| a.key.cmp(b.key));
+    s.locks.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    s.semaphores.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    s.idle_locks.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    s.idle_semaphores.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
     let json = Json {
         connections: s.connections,
         locks: s

@@ -1,0 +1,490 @@
+//! Differential testing: one comparator, two harnesses (STYLE convention 7).
+//!
+//! A [`Scenario`] is a configuration and a list of [`Step`]s: connections
+//! opening and closing, requests, time jumps, draining. [`run`] applies it
+//! to the reference machine of `dflockd-model` (the executable spec) and to
+//! the production [`Core`] in lockstep and fails at the first difference in:
+//! the reply lines and closes of each step (in order), whether a connection
+//! is blocked, the next deadline, and the `stats` snapshot.
+//!
+//! The proptest in `tests/differential.rs` and the cargo-fuzz target
+//! `core_vs_model` both call [`run`]; they differ only in how they generate
+//! scenarios. Steps refer to connections and tokens by small indices that
+//! are resolved while running (a token is one seen in an earlier reply), so
+//! every generated scenario is meaningful and shrinks well.
+//!
+//! Built only with the `differential` feature (it pulls in the model).
+
+use dflockd_model as model;
+
+use crate::core::{ConnId, Core, CoreConfig, Effect, Time};
+use crate::wire::{encode_reply, Key, Request, Space};
+
+/// Server settings for one scenario, small enough to hit every limit.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Settings {
+    pub default_lease_s: u8,
+    pub max_locks: u8,
+    pub max_waiters: u8,
+    pub auto_release_on_disconnect: bool,
+    pub gc_interval_s: u8,
+    pub gc_max_idle_s: u8,
+    pub auth: bool,
+}
+
+/// One step of a scenario. Indices are taken modulo what exists.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Step {
+    Connect,
+    /// The peer of a live connection goes away.
+    Disconnect { conn: u8 },
+    /// Time moves forward by this many milliseconds.
+    Advance { ms: u16 },
+    /// Time moves to the next deadline the core reports.
+    ToNextDeadline,
+    /// Graceful shutdown begins.
+    Drain,
+    /// A live connection sends a request (skipped while it is blocked, as
+    /// the driver never sends one then).
+    Send { conn: u8, req: Req },
+}
+
+/// A request with symbolic keys and tokens.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Req {
+    Acquire { sem: bool, key: u8, timeout_s: u8, limit: u8, lease_s: Option<u8> },
+    Release { sem: bool, key: u8, token: Tok },
+    Renew { sem: bool, key: u8, token: Tok, lease_s: Option<u8> },
+    Enqueue { sem: bool, key: u8, limit: u8, lease_s: Option<u8> },
+    Wait { sem: bool, key: u8, timeout_s: u8 },
+    Stats,
+    Ping,
+    Auth { right: bool },
+    Invalid { fatal: bool },
+}
+
+/// A token argument: one seen in an earlier reply (counting back from the
+/// newest), or one no server issued.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Tok {
+    Seen(u8),
+    Bogus,
+}
+
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Scenario {
+    pub settings: Settings,
+    pub steps: Vec<Step>,
+}
+
+/// Number of distinct keys a scenario uses.
+pub const KEYS: u8 = 3;
+const AUTH_TOKEN: &[u8] = b"s3cret";
+const SALT_KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+const FENCE_START: u64 = 1000;
+
+impl Settings {
+    fn model(&self) -> model::Config {
+        model::Config {
+            default_lease_s: u64::from(self.default_lease_s % 5) + 1,
+            max_locks: usize::from(self.max_locks % 5) + 1,
+            max_waiters: usize::from(self.max_waiters % 4),
+            auto_release_on_disconnect: self.auto_release_on_disconnect,
+            gc_interval_s: u64::from(self.gc_interval_s % 3) + 1,
+            gc_max_idle_s: u64::from(self.gc_max_idle_s % 4),
+            auth_token: self.auth.then(|| AUTH_TOKEN.to_vec()),
+            fence_start: FENCE_START,
+            salt_key: SALT_KEY,
+        }
+    }
+
+    fn core(&self) -> CoreConfig {
+        let m = self.model();
+        CoreConfig {
+            default_lease_s: m.default_lease_s,
+            max_locks: m.max_locks,
+            max_waiters: m.max_waiters,
+            auto_release_on_disconnect: m.auto_release_on_disconnect,
+            gc_interval_s: m.gc_interval_s,
+            gc_max_idle_s: m.gc_max_idle_s,
+            auth_token: m.auth_token,
+            fence_start: FENCE_START,
+            fence_ceiling: u64::MAX,
+            salt_key: SALT_KEY,
+        }
+    }
+}
+
+/// Where and how the core and the model first disagreed.
+#[derive(Debug)]
+pub struct Divergence {
+    pub step: usize,
+    pub what: String,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {}: {}", self.step, self.what)
+    }
+}
+
+/// Both machines plus the harness's view of the world.
+struct Pair {
+    model: model::Machine,
+    core: Core,
+    now: u64,
+    live: Vec<u64>,
+    tokens: Vec<Vec<u8>>,
+}
+
+fn key_bytes(key: u8) -> Vec<u8> {
+    format!("k{}", key % KEYS).into_bytes()
+}
+
+fn space(sem: bool) -> (Space, model::Space) {
+    if sem {
+        (Space::Sem, model::Space::Sem)
+    } else {
+        (Space::Lock, model::Space::Lock)
+    }
+}
+
+fn limit(sem: bool, n: u8) -> u64 {
+    if sem {
+        u64::from(n % 3) + 1
+    } else {
+        1
+    }
+}
+
+fn lease(l: Option<u8>) -> Option<u64> {
+    l.map(|l| u64::from(l % 5) + 1)
+}
+
+fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
+    effects
+        .into_iter()
+        .map(|e| match e {
+            Effect::Reply { conn, reply } => {
+                let mut line = Vec::new();
+                encode_reply(&reply, &mut line);
+                line.pop();
+                model::Output::Reply {
+                    conn: conn.0,
+                    line: String::from_utf8_lossy(&line).into_owned(),
+                }
+            }
+            Effect::Close { conn } => model::Output::Close { conn: conn.0 },
+        })
+        .collect()
+}
+
+/// Replies are compared as lines, except `stats`, compared as JSON values.
+fn same(a: &[model::Output], b: &[model::Output]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (model::Output::Reply { conn: c1, line: l1 }, model::Output::Reply { conn: c2, line: l2 }) => {
+                c1 == c2
+                    && (l1 == l2
+                        || match (l1.strip_prefix("ok {"), l2.strip_prefix("ok {")) {
+                            (Some(j1), Some(j2)) => json(&format!("{{{j1}")) == json(&format!("{{{j2}")),
+                            _ => false,
+                        })
+            }
+            _ => x == y,
+        })
+}
+
+fn json(s: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(s).ok()
+}
+
+impl Pair {
+    fn compare(&mut self, step: usize, what: &str, m: Vec<model::Output>, c: Vec<Effect>) -> Result<(), Divergence> {
+        let c = core_outputs(c);
+        if !same(&m, &c) {
+            return Err(Divergence {
+                step,
+                what: format!("{what}: model {m:?}, core {c:?}"),
+            });
+        }
+        // Remember tokens for later release/renew steps.
+        for o in &m {
+            if let model::Output::Reply { line, .. } = o {
+                let mut words = line.split(' ');
+                if let (Some("ok" | "acquired"), Some(tok), Some(_)) = (words.next(), words.next(), words.next()) {
+                    if tok.len() == 32 {
+                        self.tokens.push(tok.as_bytes().to_vec());
+                    }
+                }
+            }
+        }
+        // A closed connection is then reported gone, as the driver does.
+        for o in m {
+            if let model::Output::Close { conn } = o {
+                self.drop_conn(step, conn)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_conn(&mut self, step: usize, conn: u64) -> Result<(), Divergence> {
+        if let Some(i) = self.live.iter().position(|c| *c == conn) {
+            self.live.remove(i);
+            let m = self.model.disconnect(self.now, conn);
+            let mut c = Vec::new();
+            self.core.disconnect(Time(self.now), ConnId(conn), &mut c);
+            self.compare(step, "disconnect", m, c)?;
+        }
+        Ok(())
+    }
+
+    fn request(&self, req: &Req) -> (model::Op, Request) {
+        let tok = |t: &Tok| -> Vec<u8> {
+            match t {
+                Tok::Seen(i) if !self.tokens.is_empty() => {
+                    let i = usize::from(*i) % self.tokens.len();
+                    self.tokens[self.tokens.len() - 1 - i].clone()
+                }
+                _ => b"00000000000000000000000000000000".to_vec(),
+            }
+        };
+        let k = |key: u8| -> (Vec<u8>, Key) {
+            let b = key_bytes(key);
+            let key = Key::new(&b).expect("generated keys are valid");
+            (b, key)
+        };
+        match req {
+            Req::Acquire {
+                sem,
+                key,
+                timeout_s,
+                limit: n,
+                lease_s,
+            } => {
+                let (cs, ms) = space(*sem);
+                let (mk, ck) = k(*key);
+                let t = u64::from(timeout_s % 4);
+                let (n, l) = (limit(*sem, *n), lease(*lease_s));
+                (
+                    model::Op::Acquire {
+                        space: ms,
+                        key: mk,
+                        timeout_s: t,
+                        limit: n,
+                        lease_s: l,
+                    },
+                    Request::Acquire {
+                        space: cs,
+                        key: ck,
+                        timeout_s: t,
+                        limit: n,
+                        lease_s: l,
+                    },
+                )
+            }
+            Req::Release { sem, key, token } => {
+                let (cs, ms) = space(*sem);
+                let (mk, ck) = k(*key);
+                let t = tok(token);
+                (
+                    model::Op::Release {
+                        space: ms,
+                        key: mk,
+                        token: t.clone(),
+                    },
+                    Request::Release {
+                        space: cs,
+                        key: ck,
+                        token: t.into(),
+                    },
+                )
+            }
+            Req::Renew {
+                sem,
+                key,
+                token,
+                lease_s,
+            } => {
+                let (cs, ms) = space(*sem);
+                let (mk, ck) = k(*key);
+                let t = tok(token);
+                let l = lease(*lease_s);
+                (
+                    model::Op::Renew {
+                        space: ms,
+                        key: mk,
+                        token: t.clone(),
+                        lease_s: l,
+                    },
+                    Request::Renew {
+                        space: cs,
+                        key: ck,
+                        token: t.into(),
+                        lease_s: l,
+                    },
+                )
+            }
+            Req::Enqueue {
+                sem,
+                key,
+                limit: n,
+                lease_s,
+            } => {
+                let (cs, ms) = space(*sem);
+                let (mk, ck) = k(*key);
+                let (n, l) = (limit(*sem, *n), lease(*lease_s));
+                (
+                    model::Op::Enqueue {
+                        space: ms,
+                        key: mk,
+                        limit: n,
+                        lease_s: l,
+                    },
+                    Request::Enqueue {
+                        space: cs,
+                        key: ck,
+                        limit: n,
+                        lease_s: l,
+                    },
+                )
+            }
+            Req::Wait { sem, key, timeout_s } => {
+                let (cs, ms) = space(*sem);
+                let (mk, ck) = k(*key);
+                let t = u64::from(timeout_s % 4);
+                (
+                    model::Op::Wait {
+                        space: ms,
+                        key: mk,
+                        timeout_s: t,
+                    },
+                    Request::Wait {
+                        space: cs,
+                        key: ck,
+                        timeout_s: t,
+                    },
+                )
+            }
+            Req::Stats => (model::Op::Stats, Request::Stats),
+            Req::Ping => (model::Op::Ping, Request::Ping),
+            Req::Auth { right } => {
+                let t = if *right { AUTH_TOKEN.to_vec() } else { b"wrong".to_vec() };
+                (model::Op::Auth { token: t.clone() }, Request::Auth { token: t.into() })
+            }
+            Req::Invalid { fatal } => (model::Op::Invalid { fatal: *fatal }, Request::Ping),
+        }
+    }
+
+    fn check_state(&self, step: usize) -> Result<(), Divergence> {
+        let md = self.model.next_deadline();
+        let cd = self.core.poll_timeout().map(|t| t.0);
+        if md != cd {
+            return Err(Divergence {
+                step,
+                what: format!("next deadline: model {md:?}, core {cd:?}"),
+            });
+        }
+        for &conn in &self.live {
+            let (mb, cb) = (self.model.is_blocked(conn), self.core.is_blocked(ConnId(conn)));
+            if mb != cb {
+                return Err(Divergence {
+                    step,
+                    what: format!("conn {conn} blocked: model {mb}, core {cb}"),
+                });
+            }
+        }
+        let mj = json(&model::stats::to_json(&self.model.stats_view(self.now)));
+        let cj = json(&self.core.stats_json());
+        if mj != cj {
+            return Err(Divergence {
+                step,
+                what: format!("stats: model {mj:?}, core {cj:?}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs `s` through the model and the core; `Err` at the first difference.
+pub fn run(s: &Scenario) -> Result<(), Divergence> {
+    let mut p = Pair {
+        model: model::Machine::new(s.settings.model(), 0),
+        core: Core::new(s.settings.core(), Time(0)),
+        now: 0,
+        live: Vec::new(),
+        tokens: Vec::new(),
+    };
+    for (i, step) in s.steps.iter().enumerate() {
+        match step {
+            Step::Connect => {
+                let m_id = p.model.connect(p.now);
+                let mut c = Vec::new();
+                let c_id = p.core.connect(Time(p.now), &mut c);
+                if m_id != c_id.0 {
+                    return Err(Divergence {
+                        step: i,
+                        what: format!("connection id: model {m_id}, core {}", c_id.0),
+                    });
+                }
+                // Connecting advances time: compare what came due.
+                let m = p.model.advance(p.now);
+                p.compare(i, "connect", m, c)?;
+                p.live.push(m_id);
+            }
+            Step::Disconnect { conn } => {
+                if !p.live.is_empty() {
+                    let conn = p.live[usize::from(*conn) % p.live.len()];
+                    p.drop_conn(i, conn)?;
+                }
+            }
+            Step::Advance { ms } => {
+                p.now += u64::from(*ms);
+                let m = p.model.advance(p.now);
+                let mut c = Vec::new();
+                p.core.handle_timeout(Time(p.now), &mut c);
+                p.compare(i, "advance", m, c)?;
+            }
+            Step::ToNextDeadline => {
+                if let Some(t) = p.core.poll_timeout() {
+                    p.now = p.now.max(t.0);
+                }
+                let m = p.model.advance(p.now);
+                let mut c = Vec::new();
+                p.core.handle_timeout(Time(p.now), &mut c);
+                p.compare(i, "advance to deadline", m, c)?;
+            }
+            Step::Drain => {
+                let m = p.model.start_drain(p.now);
+                let mut c = Vec::new();
+                p.core.start_drain(Time(p.now), &mut c);
+                p.compare(i, "drain", m, c)?;
+            }
+            Step::Send { conn, req } => {
+                if p.live.is_empty() {
+                    continue;
+                }
+                let conn = p.live[usize::from(*conn) % p.live.len()];
+                if p.core.is_blocked(ConnId(conn)) {
+                    continue;
+                }
+                let (mop, creq) = p.request(req);
+                let what = format!("{req:?} from conn {conn}");
+                let m = p.model.handle(p.now, conn, mop);
+                let mut c = Vec::new();
+                match req {
+                    Req::Invalid { fatal } => p.core.handle_invalid(Time(p.now), ConnId(conn), *fatal, &mut c),
+                    _ => p.core.handle(Time(p.now), ConnId(conn), creq, &mut c),
+                }
+                p.compare(i, &what, m, c)?;
+            }
+        }
+        p.check_state(i)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `dflockd-model`: runs the stateright model of `spec/semantics.md`.
+//!
+//! ```text
+//! dflockd-model check [--clients N] [--keys K] [--depth D] [--horizon S]
+//!                     [--ops O] [--drops R] [--drain] [--eager-timers]
+//!                     [--no-auto-release] [--max-waiters W] [--bug NAME]
+//! dflockd-model explore [--addr 127.0.0.1:3000] [same model options]
+//! ```
+//!
+//! `check` explores the whole bounded space breadth-first and prints each
+//! property's result; it exits 1 if a property fails. `explore` serves
+//! stateright's web explorer, on loopback unless told otherwise.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use dflockd_model::checker::{LockModel, ModelConfig, ALWAYS, EVENTUALLY, SOMETIMES};
+use dflockd_model::Bug;
+use stateright::{Checker, Model};
+
+const USAGE: &str = "usage: dflockd-model check|explore [--clients N] [--keys K] [--depth D] \
+[--horizon S] [--ops O] [--drops R] [--drain] [--eager-timers] [--no-auto-release] \
+[--max-waiters W] [--bug NAME] [--threads T] [--addr HOST:PORT]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("{msg}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let Some(command) = args.first() else {
+        return Err("missing command".into());
+    };
+    let mut cfg = ModelConfig::ci();
+    let mut depth = 0usize;
+    let mut threads = 1usize;
+    let mut addr = "127.0.0.1:3000".to_string();
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let mut value = || rest.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--clients" => cfg.clients = number(value()?)?,
+            "--keys" => cfg.keys = number(value()?)?,
+            "--depth" => depth = number(value()?)?,
+            "--horizon" => cfg.horizon_s = number(value()?)?,
+            "--ops" => cfg.ops_per_client = number(value()?)?,
+            "--drops" => cfg.drops_per_client = number(value()?)?,
+            "--max-waiters" => cfg.machine.max_waiters = number(value()?)?,
+            "--threads" => threads = number(value()?)?,
+            "--addr" => addr = value()?.clone(),
+            "--bug" => cfg.bug = bug(value()?)?,
+            "--leases" => cfg.leases_s = numbers(value()?)?,
+            "--timeouts" => cfg.acquire_timeouts_s = numbers(value()?)?,
+            "--wait-timeouts" => cfg.wait_timeouts_s = numbers(value()?)?,
+            "--gc-interval" => cfg.machine.gc_interval_s = number(value()?)?,
+            "--no-two-phase" => cfg.two_phase = false,
+            "--no-renew" => cfg.renew = false,
+            "--drain" => cfg.drain = true,
+            "--eager-timers" => cfg.lazy_timers = false,
+            "--no-auto-release" => cfg.machine.auto_release_on_disconnect = false,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let model = LockModel::new(cfg);
+    match command.as_str() {
+        "check" => Ok(check(model, depth, threads)),
+        "explore" => {
+            println!("serving the explorer on http://{addr}/");
+            model.checker().serve(addr.as_str());
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command {other}")),
+    }
+}
+
+fn check(model: LockModel, depth: usize, threads: usize) -> ExitCode {
+    println!("{:#?}", model.cfg);
+    let start = Instant::now();
+    let mut builder = model.checker().threads(threads);
+    if depth > 0 {
+        builder = builder.target_max_depth(depth);
+    }
+    let checker = builder.spawn_bfs().join();
+    let elapsed = start.elapsed();
+    println!(
+        "states explored: {}\nunique states: {}\nmax depth: {}\ntime: {:.2?}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth(),
+        elapsed
+    );
+    let mut ok = true;
+    let report = |names: &[&'static str], kind: &str, found_is_good: bool, ok: &mut bool| {
+        for &name in names {
+            let found = checker.discovery(name);
+            let pass = found.is_some() == found_is_good;
+            *ok &= pass;
+            let verdict = if pass { "ok  " } else { "FAIL" };
+            println!("{verdict} {kind:10} {name}");
+            if let (false, Some(path)) = (pass, found) {
+                println!("     counterexample: {:?}", path.into_actions());
+            }
+        }
+    };
+    report(&ALWAYS, "always", false, &mut ok);
+    report(&SOMETIMES, "sometimes", true, &mut ok);
+    report(&EVENTUALLY, "eventually", false, &mut ok);
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("not a number: {s}"))
+}
+
+fn numbers(s: &str) -> Result<Vec<u64>, String> {
+    s.split(',').map(number).collect()
+}
+
+fn bug(name: &str) -> Result<Bug, String> {
+    if name == "None" {
+        return Ok(Bug::None);
+    }
+    Bug::ALL
+        .into_iter()
+        .find(|b| format!("{b:?}") == name)
+        .ok_or_else(|| format!("unknown bug {name}; one of {:?}", Bug::ALL))
+}

@@ -1,0 +1,172 @@
+//! The vocabulary of the reference machine: its configuration, the requests
+//! it accepts (already parsed, see `src/wire` in the root crate for the
+//! bytes), and the outputs it produces. These are plain duplicates of the
+//! production types on purpose: the model must not depend on the code it
+//! checks, so a bug in a shared type could not hide from the comparison.
+
+/// Every limit and policy the lock manager needs. Field names carry their
+/// unit (`_s` = seconds); the machine itself counts milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Lease used when a request omits it (`--default-lease-ttl`).
+    pub default_lease_s: u64,
+    /// Maximum number of resources, locks and semaphores together (§2).
+    pub max_locks: usize,
+    /// Maximum waiters per resource queue; 0 = unlimited (§3.3, §5.4).
+    pub max_waiters: usize,
+    /// Release held slots when their connection goes away (§9, D6).
+    pub auto_release_on_disconnect: bool,
+    /// Idle GC period (§8.4). 0 disables GC (the CLI never allows it; the
+    /// model treats it as "never due" instead of looping forever).
+    pub gc_interval_s: u64,
+    /// A resource idle for strictly longer than this is collected (§8.4).
+    pub gc_max_idle_s: u64,
+    /// When set, the first request of every connection must be `auth` (§10).
+    pub auth_token: Option<Vec<u8>>,
+    /// The first grant has fence `fence_start + 1` (§6).
+    pub fence_start: u64,
+    /// SipHash-2-4 key for the salt half of tokens (§6).
+    pub salt_key: [u64; 2],
+}
+
+impl Default for Config {
+    /// The server's defaults (reference §8 of dflockd-v1.md), with a zero
+    /// salt key and fence start so tokens are predictable in tests.
+    fn default() -> Self {
+        Config {
+            default_lease_s: 33,
+            max_locks: 1024,
+            max_waiters: 0,
+            auto_release_on_disconnect: true,
+            gc_interval_s: 5,
+            gc_max_idle_s: 60,
+            auth_token: None,
+            fence_start: 0,
+            salt_key: [0, 0],
+        }
+    }
+}
+
+/// Which key space a request addresses. The same key in both spaces names
+/// two unrelated resources (§2, D5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    Lock,
+    Sem,
+}
+
+/// One request, already parsed. Lock commands are the semaphore commands
+/// with `space: Space::Lock`; their `limit` is ignored (a lock's limit is
+/// always 1, §2).
+///
+/// Preconditions the parser guarantees and the machine relies on: keys are
+/// non-empty, leases are `>= 1`, semaphore limits are `>= 1`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `l key T [L]` / `sl key T N [L]` (§3).
+    Acquire {
+        space: Space,
+        key: Vec<u8>,
+        timeout_s: u64,
+        limit: u64,
+        lease_s: Option<u64>,
+    },
+    /// `r key TOK` / `sr key TOK` (§4).
+    Release {
+        space: Space,
+        key: Vec<u8>,
+        token: Vec<u8>,
+    },
+    /// `n key TOK [L]` / `sn key TOK [L]` (§4).
+    Renew {
+        space: Space,
+        key: Vec<u8>,
+        token: Vec<u8>,
+        lease_s: Option<u64>,
+    },
+    /// `e key [L]` / `se key N [L]` (§5).
+    Enqueue {
+        space: Space,
+        key: Vec<u8>,
+        limit: u64,
+        lease_s: Option<u64>,
+    },
+    /// `w key T` / `sw key T` (§5).
+    Wait {
+        space: Space,
+        key: Vec<u8>,
+        timeout_s: u64,
+    },
+    /// `stats`.
+    Stats,
+    /// `auth _ TOKEN`.
+    Auth { token: Vec<u8> },
+    /// `ping`.
+    Ping,
+    /// A request that could not be parsed; `fatal` for an overlong line
+    /// (D1: answered `error`, then the connection is closed).
+    Invalid { fatal: bool },
+}
+
+/// What the machine asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// Send `line` (without its LF, exactly as on the wire) to `conn`. It
+    /// answers the oldest unanswered request of `conn`.
+    Reply { conn: u64, line: String },
+    /// Close `conn` after everything sent before. The driver then reports
+    /// the closed connection back with `disconnect`.
+    Close { conn: u64 },
+}
+
+/// Deliberately broken variants of the machine, used only to show that
+/// every property of the stateright model can fail (a property that no bug
+/// can break checks nothing). `Bug::None` is the specification.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Bug {
+    /// The specification.
+    #[default]
+    None,
+    /// Hand-off grants the *last* waiter instead of the head (§7).
+    GrantFromBack,
+    /// The immediate-grant check is off by one (`holders <= limit`), so a
+    /// full resource grants one slot too many (§3.2).
+    DoubleGrant,
+    /// Leases are never due, so they never expire (§8.2).
+    LeaseNeverExpires,
+    /// Hand-off grants reuse the last fence instead of issuing a new one (§6).
+    FenceNotIncremented,
+    /// Hand-off grants a waiter whose deadline is `<= now` instead of timing
+    /// it out (§7), visible when an expiry and a timeout fall on one instant.
+    GrantTimedOutWaiter,
+    /// A waiter timeout answers `timeout` but leaves the waiter queued (§8.3).
+    TimeoutKeepsWaiter,
+    /// Disconnect keeps the connection's waiters queued (§9).
+    DisconnectKeepsWaiters,
+    /// Renew answers `ok L` without moving the deadline (§4).
+    RenewNoExtend,
+    /// Renew is applied before advancing time, so it extends a lease whose
+    /// deadline has passed but that no timer has evicted yet (§4, §8).
+    RenewResurrectsExpired,
+    /// Hand-off grants the head waiter but leaves a copy of it queued (§7).
+    WaiterLeftInQueue,
+    /// Lease expiry frees the slot but does not hand it to the queue (§8.2).
+    NoHandoffOnExpiry,
+}
+
+impl Bug {
+    /// Every broken variant (not `Bug::None`).
+    pub const ALL: [Bug; 11] = [
+        Bug::GrantFromBack,
+        Bug::DoubleGrant,
+        Bug::LeaseNeverExpires,
+        Bug::FenceNotIncremented,
+        Bug::GrantTimedOutWaiter,
+        Bug::TimeoutKeepsWaiter,
+        Bug::DisconnectKeepsWaiters,
+        Bug::RenewNoExtend,
+        Bug::RenewResurrectsExpired,
+        Bug::WaiterLeftInQueue,
+        Bug::NoHandoffOnExpiry,
+    ];
+}

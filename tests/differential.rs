@@ -1,0 +1,101 @@
+//! Differential property test: random scenarios through the model and the
+//! core (see `src/differential.rs`), biased toward the edges where lock
+//! servers go wrong: timeout 0, lease 1, limit 1, the waiter cap, equal
+//! deadlines, a holder disconnecting with waiters queued.
+//!
+//! `PROPTEST_CASES` overrides the case count (CI uses the default below).
+
+use dflockd::differential::{run, Req, Scenario, Settings, Step, Tok};
+use proptest::prelude::*;
+
+fn settings() -> impl Strategy<Value = Settings> {
+    (0u8..5, 0u8..5, 0u8..4, any::<bool>(), 0u8..3, 0u8..4, prop::bool::weighted(0.15)).prop_map(
+        |(default_lease_s, max_locks, max_waiters, auto_release_on_disconnect, gc_interval_s, gc_max_idle_s, auth)| Settings {
+            default_lease_s,
+            max_locks: max_locks + 1,
+            max_waiters,
+            auto_release_on_disconnect,
+            gc_interval_s,
+            gc_max_idle_s,
+            auth,
+        },
+    )
+}
+
+fn tok() -> impl Strategy<Value = Tok> {
+    prop_oneof![8 => (0u8..4).prop_map(Tok::Seen), 1 => Just(Tok::Bogus)]
+}
+
+/// Timeouts: 0 (try once) often, otherwise short.
+fn timeout() -> impl Strategy<Value = u8> {
+    prop_oneof![3 => Just(0u8), 2 => Just(1u8), 1 => 2u8..4]
+}
+
+/// Leases: absent (server default), 1 s often, else short.
+fn lease() -> impl Strategy<Value = Option<u8>> {
+    prop_oneof![2 => Just(None), 3 => Just(Some(0u8)), 1 => (1u8..5).prop_map(Some)]
+}
+
+fn req() -> impl Strategy<Value = Req> {
+    let key = 0u8..3;
+    prop_oneof![
+        6 => (any::<bool>(), key.clone(), timeout(), 0u8..3, lease())
+            .prop_map(|(sem, key, timeout_s, limit, lease_s)| Req::Acquire { sem, key, timeout_s, limit, lease_s }),
+        4 => (any::<bool>(), key.clone(), tok()).prop_map(|(sem, key, token)| Req::Release { sem, key, token }),
+        2 => (any::<bool>(), key.clone(), tok(), lease())
+            .prop_map(|(sem, key, token, lease_s)| Req::Renew { sem, key, token, lease_s }),
+        3 => (any::<bool>(), key.clone(), 0u8..3, lease())
+            .prop_map(|(sem, key, limit, lease_s)| Req::Enqueue { sem, key, limit, lease_s }),
+        3 => (any::<bool>(), key, timeout()).prop_map(|(sem, key, timeout_s)| Req::Wait { sem, key, timeout_s }),
+        1 => Just(Req::Stats),
+        1 => Just(Req::Ping),
+        1 => any::<bool>().prop_map(|right| Req::Auth { right }),
+        1 => any::<bool>().prop_map(|fatal| Req::Invalid { fatal }),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => Just(Step::Connect),
+        1 => (0u8..4).prop_map(|conn| Step::Disconnect { conn }),
+        // Whole seconds make deadlines coincide; odd milliseconds split them.
+        2 => prop_oneof![Just(1000u16), Just(500u16), 1u16..3000].prop_map(|ms| Step::Advance { ms }),
+        2 => Just(Step::ToNextDeadline),
+        1 => Just(Step::Drain).prop_filter("rare", |_| true),
+        12 => (0u8..4, req()).prop_map(|(conn, req)| Step::Send { conn, req }),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (settings(), prop::collection::vec(step(), 1..60)).prop_map(|(settings, mut steps)| {
+        // Start with a few connections so requests have somewhere to go, and
+        // keep draining rare (it ends most of the interesting behaviour).
+        let mut start = vec![Step::Connect, Step::Connect, Step::Connect];
+        let mut drained = false;
+        steps.retain(|s| match s {
+            Step::Drain if drained => false,
+            Step::Drain => {
+                drained = true;
+                true
+            }
+            _ => true,
+        });
+        start.append(&mut steps);
+        Scenario { settings, steps: start }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 10_000,
+        max_shrink_iters: 20_000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn core_agrees_with_model(s in scenario()) {
+        if let Err(d) = run(&s) {
+            prop_assert!(false, "{}", d);
+        }
+    }
+}

@@ -959,6 +959,43 @@ fn two_phase_release_does_not_clobber_another_pending_record_edge26() {
     );
 }
 
+#[test]
+fn removed_waiters_do_not_accumulate_in_a_queue_behind_a_live_waiter() {
+    // c2's two-phase waiter sits at the head for as long as c1 holds the
+    // lock; c3 and c4 keep joining and leaving behind it.
+    let mut h = check(
+        CoreConfig {
+            max_waiters: 3,
+            ..cfg()
+        },
+        4,
+        vec![
+            (0, c(1, l("a", 0, 86400)), "c1: ok #1 86400"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+        ],
+    );
+    let mut t = 0;
+    for _ in 0..5000 {
+        assert_eq!(h.send(t, 3, e("a", 10)), "c3: queued");
+        assert_eq!(h.send(t, 3, w("a", 0)), "c3: timeout");
+        assert_eq!(h.send(t, 4, l("a", 1, 10)), "");
+        t += 1000;
+        assert_eq!(h.tick(t), "c4: timeout");
+    }
+    let entries = h.core.queue_entries(Space::Lock, &key("a"));
+    assert!(entries <= 16, "{entries} queue entries for one live waiter");
+    // FIFO is intact.
+    run(
+        &mut h,
+        vec![
+            (t, c(4, l("a", 60, 10)), ""),
+            (t, c(1, r("a", 1)), "c1: ok"),
+            (t, c(2, w("a", 0)), "c2: ok #2 10"),
+            (t, c(2, r("a", 2)), "c2: ok | c4: ok #3 10"),
+        ],
+    );
+}
+
 // ----- limits ---------------------------------------------------------------------------
 
 #[test]

@@ -782,8 +782,14 @@ impl Core {
                 continue;
             };
             if w.deadline.is_some_and(|d| d <= at) {
-                // Dead at `at`: a timed-out waiter is never granted.
-                self.time_out(at, head, out);
+                // Dead at `at`: a timed-out waiter is never granted. Timed out
+                // here rather than through `time_out`, which would hand off
+                // again: one loop, not one stack frame per dead waiter.
+                let (conn, blocking) = (w.conn, w.blocking);
+                self.remove_waiter(head);
+                if blocking {
+                    status(out, conn, Status::Timeout);
+                }
                 continue;
             }
             if self.fence >= self.cfg.fence_ceiling {

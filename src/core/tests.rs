@@ -996,6 +996,35 @@ fn removed_waiters_do_not_accumulate_in_a_queue_behind_a_live_waiter() {
     );
 }
 
+#[test]
+fn many_waiters_dead_at_the_lease_deadline_do_not_recurse_per_waiter() {
+    // A holder's lease and a whole herd of waiters end at the same instant:
+    // the hand-off at that instant times every waiter out. That must not
+    // take stack proportional to the herd.
+    const HERD: u64 = 100_000;
+    let mut h = H::new(cfg(), HERD + 2);
+    assert_eq!(h.send(0, 1, l("a", 0, 30)), "c1: ok #1 30");
+    let mut out = Vec::new();
+    for conn in 2..HERD + 2 {
+        h.core
+            .handle(Time(0), ConnId(conn), l("a", 30, 10), &mut out);
+    }
+    assert!(out.is_empty());
+    h.core.handle_timeout(Time(30_000), &mut out);
+    assert_eq!(out.len() as u64, HERD);
+    assert!(out.iter().all(|e| matches!(
+        e,
+        Effect::Reply {
+            reply: Reply::Status(Status::Timeout),
+            ..
+        }
+    )));
+    assert_eq!(
+        h.send(30_000, HERD + 1, l("a", 0, 10)),
+        format!("c{}: ok #2 10", HERD + 1)
+    );
+}
+
 // ----- limits ---------------------------------------------------------------------------
 
 #[test]

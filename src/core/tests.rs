@@ -1467,6 +1467,17 @@ fn first_fence_is_fence_start_plus_one_and_salt_is_token_salt() {
 }
 
 #[test]
+fn token_salt_is_siphash_2_4_of_the_fence_reference_vector() {
+    // SipHash-2-4 reference vector: key 00..0f, message 00..07 (the fence
+    // 0x0706050403020100 as 8 little-endian bytes).
+    let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+    assert_eq!(
+        token_salt(key, 0x0706_0504_0302_0100),
+        0x93f5_f579_9a93_2462
+    );
+}
+
+#[test]
 fn fence_ceiling_refuses_immediate_grants_and_stalls_hand_off_until_raised() {
     let cfg = CoreConfig {
         fence_ceiling: 2,
@@ -1658,7 +1669,7 @@ fn stats_json_shape_fields_sorted_entries_and_classification() {
 }
 
 #[test]
-fn stats_renders_non_utf8_keys_lossily() {
+fn stats_renders_non_utf8_and_control_bytes_in_keys_on_one_line() {
     let mut h = H::new(cfg(), 1);
     let k = Key::new(b"k\xff").unwrap();
     let mut out = Vec::new();
@@ -1677,6 +1688,19 @@ fn stats_renders_non_utf8_keys_lossily() {
     assert_eq!(show(&out), "c1: ok #1 1");
     let st = h.stats(0, 1);
     assert_eq!(st["locks"][0]["key"], "k\u{fffd}");
+    // Quotes, backslashes and control bytes stay inside one JSON line.
+    let k = Key::new(b"q\"\\\x01\x0b\x7f").unwrap();
+    let mut out = Vec::new();
+    let req = Request::Enqueue {
+        space: Space::Sem,
+        key: k,
+        limit: 2,
+        lease_s: Some(1),
+    };
+    h.core.handle(Time(0), ConnId(1), req, &mut out);
+    assert_eq!(show(&out), "c1: acquired #2 1");
+    let st = h.stats(0, 1);
+    assert_eq!(st["semaphores"][0]["key"], "q\"\\\u{1}\u{b}\u{7f}");
 }
 
 #[test]

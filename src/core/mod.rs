@@ -16,6 +16,8 @@
 
 mod state;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 pub use state::{Core, CoreConfig, Effect};
 

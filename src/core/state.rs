@@ -7,7 +7,9 @@
 //! entry. Waiters live in a map by arrival number; a resource's queue holds
 //! arrival numbers and may contain stale ones (removed waiters), which are
 //! skipped lazily, so removing a waiter from the middle of a long queue is
-//! O(1). `live_waiters` is the exact count.
+//! amortised O(1); stale entries are compacted away once they outnumber the
+//! live ones, so a queue stays O(`live_waiters`). `live_waiters` is the
+//! exact count.
 //!
 //! Invariants checked at run time (a lock server stops rather than
 //! double-grants): a grant never makes `holders > limit`; a granted waiter is
@@ -785,8 +787,14 @@ impl Core {
                 continue;
             };
             if w.deadline.is_some_and(|d| d <= at) {
-                // Dead at `at`: a timed-out waiter is never granted.
-                self.time_out(at, head, out);
+                // Dead at `at`: a timed-out waiter is never granted. Timed out
+                // here rather than through `time_out`, which would hand off
+                // again: one loop, not one stack frame per dead waiter.
+                let (conn, blocking) = (w.conn, w.blocking);
+                self.remove_waiter(head);
+                if blocking {
+                    status(out, conn, Status::Timeout);
+                }
                 continue;
             }
             if self.fence >= self.cfg.fence_ceiling {
@@ -965,10 +973,20 @@ impl Core {
         if let Some(d) = waiter.deadline {
             self.timers.remove(&(d, KIND_WAITER, w, waiter.res));
         }
-        let r = self.res_mut(waiter.res);
+        let r = self.resources[waiter.res as usize]
+            .as_mut()
+            .expect("dangling resource id");
         r.live_waiters -= 1;
-        if r.queue.front() == Some(&w) {
+        // Removed entries are skipped lazily, but must not pile up behind a
+        // long-lived head waiter: drop them from the front, and compact once
+        // they outnumber the live ones (amortised O(1) per removal, and the
+        // queue never holds more than `2 * live_waiters + 8` entries).
+        let live = &self.waiters;
+        while r.queue.front().is_some_and(|id| !live.contains_key(id)) {
             r.queue.pop_front();
+        }
+        if r.queue.len() > 2 * r.live_waiters + 8 {
+            r.queue.retain(|id| live.contains_key(id));
         }
         if let Some(c) = self.conns.get_mut(&waiter.conn) {
             if let Some(i) = c.waiters.iter().position(|x| *x == w) {
@@ -1028,5 +1046,17 @@ impl Core {
             }
         }
         snap
+    }
+}
+
+#[cfg(test)]
+impl Core {
+    /// Entries in the queue of (space, key), removed waiters included: lets
+    /// tests bound the memory a queue holds.
+    pub(super) fn queue_entries(&self, space: Space, key: &Key) -> usize {
+        self.by_key[space_index(space)]
+            .get(key)
+            .and_then(|&res| self.resources[res as usize].as_ref())
+            .map_or(0, |r| r.queue.len())
     }
 }

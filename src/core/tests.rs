@@ -1,0 +1,2999 @@
+//! Core tests with a virtual clock (no sleeps, no threads).
+//!
+//! Most tests are tables of `(t_ms, input, expected effects)` run by
+//! [`run`]. Effects are rendered one per connection, in emission order per
+//! connection, joined by ` | ` (for example `c2: ok #3 10 | c1: ok`). A token
+//! is shown as `#<fence>`; the formatter asserts that its salt half is
+//! `token_salt(SALT, fence)`, so every table also checks the token layout.
+//! The order *between* connections is not significant and is normalised
+//! (sorted by connection id).
+//!
+//! The `random` module at the bottom drives random operation sequences through
+//! the core and through a naive reference transition function written from
+//! `spec/semantics.md`, and checks invariants after every step.
+
+use super::{token_salt, ConnId, Core, CoreConfig, Effect, Time};
+use crate::wire::{Key, Reply, Request, Space, Status, Token};
+use serde_json::{json, Value};
+
+const SALT: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+
+/// Test configuration: defaults, a fixed salt key, and GC far away so that
+/// `poll_timeout` shows leases and waiters unless a test asks for GC.
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        gc_interval_s: 3600,
+        gc_max_idle_s: 3600,
+        salt_key: SALT,
+        ..CoreConfig::default()
+    }
+}
+
+// ----- request constructors -------------------------------------------------
+// A lease argument of 0 means "omitted" (lease 0 is rejected by the decoder).
+
+fn key(k: &str) -> Key {
+    Key::new(k.as_bytes()).expect("valid test key")
+}
+
+fn lease(l: u64) -> Option<u64> {
+    (l > 0).then_some(l)
+}
+
+/// The 32-hex token of `fence` as a client would send it.
+fn tok(fence: u64) -> Box<[u8]> {
+    Token {
+        fence,
+        salt: token_salt(SALT, fence),
+    }
+    .to_string()
+    .into_bytes()
+    .into()
+}
+
+fn l(k: &str, t: u64, ls: u64) -> Request {
+    Request::Acquire {
+        space: Space::Lock,
+        key: key(k),
+        timeout_s: t,
+        limit: 1,
+        lease_s: lease(ls),
+    }
+}
+
+fn sl(k: &str, t: u64, n: u64, ls: u64) -> Request {
+    Request::Acquire {
+        space: Space::Sem,
+        key: key(k),
+        timeout_s: t,
+        limit: n,
+        lease_s: lease(ls),
+    }
+}
+
+fn r_raw(space: Space, k: &str, token: &[u8]) -> Request {
+    Request::Release {
+        space,
+        key: key(k),
+        token: token.into(),
+    }
+}
+
+fn r(k: &str, fence: u64) -> Request {
+    r_raw(Space::Lock, k, &tok(fence))
+}
+
+fn sr(k: &str, fence: u64) -> Request {
+    r_raw(Space::Sem, k, &tok(fence))
+}
+
+fn n(k: &str, fence: u64, ls: u64) -> Request {
+    Request::Renew {
+        space: Space::Lock,
+        key: key(k),
+        token: tok(fence),
+        lease_s: lease(ls),
+    }
+}
+
+fn sn(k: &str, fence: u64, ls: u64) -> Request {
+    Request::Renew {
+        space: Space::Sem,
+        key: key(k),
+        token: tok(fence),
+        lease_s: lease(ls),
+    }
+}
+
+fn e(k: &str, ls: u64) -> Request {
+    Request::Enqueue {
+        space: Space::Lock,
+        key: key(k),
+        limit: 1,
+        lease_s: lease(ls),
+    }
+}
+
+fn se(k: &str, n: u64, ls: u64) -> Request {
+    Request::Enqueue {
+        space: Space::Sem,
+        key: key(k),
+        limit: n,
+        lease_s: lease(ls),
+    }
+}
+
+fn w(k: &str, t: u64) -> Request {
+    Request::Wait {
+        space: Space::Lock,
+        key: key(k),
+        timeout_s: t,
+    }
+}
+
+fn sw(k: &str, t: u64) -> Request {
+    Request::Wait {
+        space: Space::Sem,
+        key: key(k),
+        timeout_s: t,
+    }
+}
+
+fn auth(t: &str) -> Request {
+    Request::Auth {
+        token: t.as_bytes().into(),
+    }
+}
+
+// ----- formatting -------------------------------------------------------------
+
+fn show_token(token: &Token) -> String {
+    assert_eq!(
+        token.salt,
+        token_salt(SALT, token.fence),
+        "token {token} does not carry token_salt(key, fence)"
+    );
+    format!("#{}", token.fence)
+}
+
+fn show_reply(reply: &Reply) -> String {
+    match reply {
+        Reply::Ok => "ok".to_string(),
+        Reply::Granted { token, lease_s } => format!("ok {} {lease_s}", show_token(token)),
+        Reply::Acquired { token, lease_s } => {
+            format!("acquired {} {lease_s}", show_token(token))
+        }
+        Reply::OkInt(n) => format!("ok {n}"),
+        Reply::Stats(json) => format!("ok {json}"),
+        Reply::Status(s) => s.as_str().to_string(),
+    }
+}
+
+fn effect_conn(e: &Effect) -> ConnId {
+    match e {
+        Effect::Reply { conn, .. } | Effect::Close { conn } => *conn,
+    }
+}
+
+fn show_effect(e: &Effect) -> String {
+    match e {
+        Effect::Reply { conn, reply } => format!("c{}: {}", conn.0, show_reply(reply)),
+        Effect::Close { conn } => format!("c{}: close", conn.0),
+    }
+}
+
+/// Renders effects sorted by connection (stable: per-connection order kept).
+fn show(effects: &[Effect]) -> String {
+    let mut sorted: Vec<&Effect> = effects.iter().collect();
+    sorted.sort_by_key(|e| effect_conn(e));
+    sorted
+        .iter()
+        .map(|e| show_effect(e))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+// ----- harness ------------------------------------------------------------------
+
+/// One input of a table.
+#[derive(Debug)]
+enum In {
+    /// A request from connection `n`.
+    Req(u64, Request),
+    /// `handle_timeout`.
+    Tick,
+    /// `disconnect`.
+    Bye(u64),
+    /// `handle_invalid(conn, fatal)`.
+    Bad(u64, bool),
+    /// `start_drain`.
+    Drain,
+    /// `raise_fence_ceiling`.
+    Raise(u64),
+    /// `connect` (the new id is asserted from the expected string: `c<n>`).
+    Connect,
+}
+
+fn c(conn: u64, req: Request) -> In {
+    In::Req(conn, req)
+}
+
+struct H {
+    core: Core,
+    t: u64,
+}
+
+impl H {
+    /// A core at t = 0 with connections 1..=conns.
+    fn new(cfg: CoreConfig, conns: u64) -> H {
+        let mut core = Core::new(cfg, Time(0));
+        let mut out = Vec::new();
+        for i in 1..=conns {
+            assert_eq!(core.connect(Time(0), &mut out), ConnId(i));
+        }
+        assert!(out.is_empty());
+        H { core, t: 0 }
+    }
+
+    fn apply(&mut self, t: u64, input: In) -> Vec<Effect> {
+        self.t = t;
+        let now = Time(t);
+        let mut out = Vec::new();
+        match input {
+            In::Req(conn, req) => {
+                let conn = ConnId(conn);
+                self.core.handle(now, conn, req, &mut out);
+                let answered = out
+                    .iter()
+                    .any(|e| matches!(e, Effect::Reply { conn: c, .. } if *c == conn));
+                assert_eq!(
+                    self.core.is_blocked(conn),
+                    !answered,
+                    "a request is blocked exactly when it got no reply"
+                );
+            }
+            In::Tick => self.core.handle_timeout(now, &mut out),
+            In::Bye(conn) => self.core.disconnect(now, ConnId(conn), &mut out),
+            In::Bad(conn, fatal) => self.core.handle_invalid(now, ConnId(conn), fatal, &mut out),
+            In::Drain => self.core.start_drain(now, &mut out),
+            In::Raise(ceiling) => self.core.raise_fence_ceiling(now, ceiling, &mut out),
+            In::Connect => {
+                let id = self.core.connect(now, &mut out);
+                out.push(Effect::Reply {
+                    conn: id,
+                    reply: Reply::Status(Status::Queued),
+                });
+                // Rendered as "cN: connected" below.
+            }
+        }
+        out
+    }
+
+    fn send(&mut self, t: u64, conn: u64, req: Request) -> String {
+        let out = self.apply(t, In::Req(conn, req));
+        show(&out)
+    }
+
+    fn tick(&mut self, t: u64) -> String {
+        let out = self.apply(t, In::Tick);
+        show(&out)
+    }
+
+    /// The `stats` JSON as seen by `conn` at `t`.
+    fn stats(&mut self, t: u64, conn: u64) -> Value {
+        let out = self.apply(t, In::Req(conn, Request::Stats));
+        let [Effect::Reply {
+            reply: Reply::Stats(json),
+            ..
+        }] = out.as_slice()
+        else {
+            panic!("stats answered {}", show(&out));
+        };
+        assert!(!json.contains('\n'), "stats is one line");
+        serde_json::from_str(json).expect("stats is JSON")
+    }
+
+    fn poll(&self) -> Option<u64> {
+        self.core.poll_timeout().map(|t| t.0)
+    }
+}
+
+/// Runs a table against `h`, asserting the effects of every row.
+#[track_caller]
+fn run(h: &mut H, rows: Vec<(u64, In, &str)>) {
+    for (i, (t, input, expect)) in rows.into_iter().enumerate() {
+        let desc = format!("row {i}: t={t} {input:?}");
+        let connect = matches!(input, In::Connect);
+        let out = h.apply(t, input);
+        let got = show(&out);
+        let got = if connect {
+            got.replace(": queued", ": connected")
+        } else {
+            got
+        };
+        assert_eq!(got, expect, "{desc}");
+    }
+}
+
+/// Runs a table on a fresh core with connections 1..=conns.
+#[track_caller]
+fn check(cfg: CoreConfig, conns: u64, rows: Vec<(u64, In, &str)>) -> H {
+    let mut h = H::new(cfg, conns);
+    run(&mut h, rows);
+    h
+}
+
+/// The stats entry for `key` in array `field`, if any.
+fn entry<'a>(stats: &'a Value, field: &str, key: &str) -> Option<&'a Value> {
+    stats[field]
+        .as_array()
+        .expect("array field")
+        .iter()
+        .find(|e| e["key"] == key)
+}
+
+// ----- acquire, FIFO, semaphores ----------------------------------------------------
+
+#[test]
+fn immediate_grant_release_and_regrant() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 0, 0)), "c2: timeout"),
+            (5, c(1, r("a", 1)), "c1: ok"),
+            (5, c(2, l("a", 0, 0)), "c2: ok #2 33"),
+            // Another key is independent.
+            (6, c(1, l("b", 0, 7)), "c1: ok #3 7"),
+        ],
+    );
+}
+
+#[test]
+fn timeout_zero_on_held_key_times_out_without_queueing() {
+    let mut h = check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 0, 10)), "c2: timeout"),
+            (0, c(1, sl("s", 0, 1, 10)), "c1: ok #2 10"),
+            (0, c(2, sl("s", 0, 1, 10)), "c2: timeout"),
+        ],
+    );
+    let st = h.stats(0, 3);
+    assert_eq!(entry(&st, "locks", "a").unwrap()["waiters"], 0);
+    assert_eq!(st["locks"].as_array().unwrap().len(), 2);
+    assert!(st["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["waiters"] == 0));
+}
+
+#[test]
+fn no_reentrancy_holder_queues_behind_itself() {
+    check(
+        cfg(),
+        1,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(1, l("a", 5, 60)), ""),
+            (4999, In::Tick, ""),
+            (5000, In::Tick, "c1: timeout"),
+        ],
+    );
+}
+
+#[test]
+fn fifo_three_contenders_granted_in_arrival_order() {
+    check(
+        cfg(),
+        4,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (1, c(2, l("a", 60, 10)), ""),
+            (2, c(3, l("a", 60, 11)), ""),
+            (3, c(4, l("a", 60, 12)), ""),
+            (100, c(1, r("a", 1)), "c1: ok | c2: ok #2 10"),
+            (200, c(2, r("a", 2)), "c2: ok | c3: ok #3 11"),
+            (300, c(3, r("a", 3)), "c3: ok | c4: ok #4 12"),
+            (400, c(4, r("a", 4)), "c4: ok"),
+        ],
+    );
+}
+
+#[test]
+fn fifo_survives_a_waiter_leaving_the_middle() {
+    check(
+        cfg(),
+        4,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, l("a", 30, 10)), ""),
+            (0, c(3, l("a", 5, 10)), ""),
+            (0, c(4, l("a", 30, 10)), ""),
+            (5000, In::Tick, "c3: timeout"),
+            (6000, c(1, r("a", 1)), "c1: ok | c2: ok #2 10"),
+            (7000, c(2, r("a", 2)), "c2: ok | c4: ok #3 10"),
+        ],
+    );
+}
+
+#[test]
+fn semaphore_n_holders_then_queue_then_grant_on_release() {
+    check(
+        cfg(),
+        5,
+        vec![
+            (0, c(1, sl("s", 0, 2, 10)), "c1: ok #1 10"),
+            (0, c(2, sl("s", 0, 2, 10)), "c2: ok #2 10"),
+            (0, c(3, sl("s", 0, 2, 10)), "c3: timeout"),
+            (1, c(3, sl("s", 10, 2, 10)), ""),
+            (2, c(4, sl("s", 10, 2, 20)), ""),
+            (100, c(1, sr("s", 1)), "c1: ok | c3: ok #3 10"),
+            (200, c(5, sl("s", 0, 2, 10)), "c5: timeout"),
+            (300, c(2, sr("s", 2)), "c2: ok | c4: ok #4 20"),
+            // The lock space is a different resource.
+            (300, c(5, r("s", 3)), "c5: error"),
+            (300, c(5, sr("s", 3)), "c5: ok"),
+        ],
+    );
+}
+
+#[test]
+fn semaphore_several_granted_at_once_when_several_slots_free() {
+    // Two holders' leases expire at the same deadline: both waiters granted.
+    check(
+        cfg(),
+        5,
+        vec![
+            (0, c(1, sl("s", 0, 2, 10)), "c1: ok #1 10"),
+            (0, c(2, sl("s", 0, 2, 10)), "c2: ok #2 10"),
+            (1, c(3, sl("s", 60, 2, 5)), ""),
+            (2, c(4, sl("s", 60, 2, 6)), ""),
+            (3, c(5, sl("s", 60, 2, 7)), ""),
+            (10000, In::Tick, "c3: ok #3 5 | c4: ok #4 6"),
+            (15000, In::Tick, "c5: ok #5 7"),
+        ],
+    );
+    // A connection holding two slots disconnects: both handed off, in token order.
+    check(
+        cfg(),
+        4,
+        vec![
+            (0, c(1, sl("s", 0, 3, 60)), "c1: ok #1 60"),
+            (0, c(1, sl("s", 0, 3, 60)), "c1: ok #2 60"),
+            (0, c(2, sl("s", 0, 3, 60)), "c2: ok #3 60"),
+            (1, c(3, sl("s", 60, 3, 8)), ""),
+            (2, c(4, sl("s", 60, 3, 9)), ""),
+            (3, In::Bye(1), "c3: ok #4 8 | c4: ok #5 9"),
+        ],
+    );
+}
+
+// ----- time ---------------------------------------------------------------------
+
+#[test]
+fn lease_expiry_hands_off_at_the_deadline_even_when_the_timer_is_late() {
+    let mut h = check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (1000, c(2, l("a", 60, 20)), ""),
+            // The timer fires 15 s late: the grant happened at 10000.
+            (25000, In::Tick, "c2: ok #2 20"),
+        ],
+    );
+    // The new lease runs from the old deadline: 10000 + 20000 = 30000.
+    let st = h.stats(25000, 3);
+    let a = entry(&st, "locks", "a").unwrap();
+    assert_eq!(a["owner_conn_id"], 2);
+    assert_eq!(a["lease_expires_in_s"], 5.0);
+    assert_eq!(h.poll(), Some(30000));
+    run(
+        &mut h,
+        vec![
+            (29999, c(3, l("a", 0, 5)), "c3: timeout"),
+            (30000, c(3, l("a", 0, 5)), "c3: ok #3 5"),
+        ],
+    );
+    // The same moment, seen through renew: live at 29999, dead at 30000.
+    let mut h = check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (1000, c(2, l("a", 60, 20)), ""),
+            (29999, In::Tick, "c2: ok #2 20"),
+        ],
+    );
+    run(&mut h, vec![(29999, c(2, n("a", 2, 1)), "c2: ok 1")]);
+    let mut h = check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (1000, c(2, l("a", 60, 20)), ""),
+        ],
+    );
+    // No tick at all: one input advances through the grant and its expiry.
+    run(
+        &mut h,
+        vec![(30000, c(3, l("a", 0, 5)), "c2: ok #2 20 | c3: ok #3 5")],
+    );
+}
+
+#[test]
+fn lease_expiry_without_waiters_frees_the_key() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 2)), "c1: ok #1 2"),
+            (1999, c(2, l("a", 0, 2)), "c2: timeout"),
+            (2000, c(2, l("a", 0, 2)), "c2: ok #2 2"),
+            (2000, c(1, r("a", 1)), "c1: error"),
+        ],
+    );
+}
+
+#[test]
+fn waiter_dead_exactly_at_its_deadline() {
+    // Timer at the deadline.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (1000, c(2, l("a", 5, 10)), ""),
+            (5999, In::Tick, ""),
+            (6000, In::Tick, "c2: timeout"),
+            (6000, c(1, r("a", 1)), "c1: ok"),
+        ],
+    );
+    // A release at the waiter's deadline does not grant it.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (1000, c(2, l("a", 5, 10)), ""),
+            (6000, c(1, r("a", 1)), "c1: ok | c2: timeout"),
+        ],
+    );
+    // One millisecond earlier it does.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (1000, c(2, l("a", 5, 10)), ""),
+            (5999, c(1, r("a", 1)), "c1: ok | c2: ok #2 10"),
+        ],
+    );
+}
+
+#[test]
+fn equal_deadlines_lease_expiry_and_waiter_timeout_waiter_times_out() {
+    for tick_at in [10000, 15000] {
+        check(
+            cfg(),
+            3,
+            vec![
+                (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+                (0, c(2, l("a", 10, 10)), ""),
+                (tick_at, In::Tick, "c2: timeout"),
+                (tick_at, c(3, l("a", 0, 10)), "c3: ok #2 10"),
+            ],
+        );
+    }
+    // The next waiter, still alive at the deadline, gets the lock from the deadline.
+    let mut h = check(
+        cfg(),
+        4,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 10, 7)), ""),
+            (0, c(3, l("a", 20, 7)), ""),
+            (12000, In::Tick, "c2: timeout | c3: ok #2 7"),
+        ],
+    );
+    assert_eq!(h.poll(), Some(17000));
+    run(&mut h, vec![(16999, c(4, l("a", 0, 1)), "c4: timeout")]);
+}
+
+#[test]
+fn renew_extends_sets_custom_or_default_lease_and_fails_after_expiry() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (5000, c(1, n("a", 1, 20)), "c1: ok 20"),
+            (24999, c(2, l("a", 0, 10)), "c2: timeout"),
+            (24999, c(1, n("a", 1, 0)), "c1: ok 33"),
+            (57998, c(2, l("a", 0, 10)), "c2: timeout"),
+            (57999, c(1, n("a", 1, 5)), "c1: error"),
+            // Never resurrected: the key is free.
+            (57999, c(2, l("a", 0, 10)), "c2: ok #2 10"),
+        ],
+    );
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, sl("s", 0, 2, 3)), "c1: ok #1 3"),
+            (2999, c(1, sn("s", 1, 4)), "c1: ok 4"),
+            (6998, c(2, sn("s", 1, 0)), "c2: ok 33"),
+            (39998, c(2, sn("s", 1, 1)), "c2: error"),
+            (39998, c(2, n("s", 1, 1)), "c2: error"),
+        ],
+    );
+}
+
+#[test]
+fn release_errors_wrong_token_unknown_key_other_space_and_released_token() {
+    let mut bad_salt = tok(1).to_vec();
+    bad_salt[31] = if bad_salt[31] == b'0' { b'1' } else { b'0' };
+    let upper = tok(1).to_ascii_uppercase();
+    let mut h = check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(1, l("b", 0, 60)), "c1: ok #2 60"),
+            (1000, c(2, r("zz", 1)), "c2: error"),
+            (1000, c(2, r_raw(Space::Lock, "a", &bad_salt)), "c2: error"),
+            (1000, c(2, r_raw(Space::Lock, "a", &upper)), "c2: error"),
+            (
+                1000,
+                c(2, r_raw(Space::Lock, "a", b"not-a-token")),
+                "c2: error",
+            ),
+            (1000, c(2, r("a", 2)), "c2: error"),
+            (1000, c(2, sr("a", 1)), "c2: error"),
+            (1000, c(2, n("a", 2, 5)), "c2: error"),
+        ],
+    );
+    // Failed releases and renews do not bump activity.
+    let st = h.stats(1000, 2);
+    assert_eq!(
+        entry(&st, "locks", "a").unwrap()["lease_expires_in_s"],
+        59.0
+    );
+    run(
+        &mut h,
+        vec![
+            (2000, c(1, r("a", 1)), "c1: ok"),
+            (2000, c(1, r("a", 1)), "c1: error"),
+            (6000, c(2, r("a", 1)), "c2: error"),
+            (6000, c(2, n("a", 1, 1)), "c2: error"),
+        ],
+    );
+    let st = h.stats(6000, 2);
+    assert_eq!(entry(&st, "idle_locks", "a").unwrap()["idle_s"], 4.0);
+}
+
+#[test]
+fn bearer_token_release_and_renew_from_another_connection() {
+    check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(3, l("a", 60, 10)), ""),
+            (1000, c(2, n("a", 1, 30)), "c2: ok 30"),
+            (2000, c(2, r("a", 1)), "c2: ok | c3: ok #2 10"),
+        ],
+    );
+}
+
+// ----- two-phase -----------------------------------------------------------------
+
+#[test]
+fn two_phase_acquired_then_wait_fast_path_resets_the_lease() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, e("a", 10)), "c1: acquired #1 10"),
+            (8000, c(1, w("a", 5)), "c1: ok #1 10"),
+            // Lease reset to 8000 + 10000.
+            (17999, c(2, l("a", 0, 1)), "c2: timeout"),
+            (18000, c(2, l("a", 0, 1)), "c2: ok #2 1"),
+            // The record was consumed.
+            (18000, c(1, w("a", 5)), "c1: error_not_enqueued"),
+        ],
+    );
+    check(
+        cfg(),
+        1,
+        vec![
+            (0, c(1, se("s", 2, 0)), "c1: acquired #1 33"),
+            (0, c(1, sw("s", 0)), "c1: ok #1 33"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_second_enqueue_is_already_enqueued() {
+    // Acquired case.
+    check(
+        cfg(),
+        1,
+        vec![
+            (0, c(1, e("a", 10)), "c1: acquired #1 10"),
+            (1, c(1, e("a", 10)), "c1: error_already_enqueued"),
+            (1, c(1, se("a", 2, 10)), "c1: acquired #2 10"),
+            (1, c(1, se("a", 2, 10)), "c1: error_already_enqueued"),
+        ],
+    );
+    // Queued case.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+            (1, c(2, e("a", 10)), "c2: error_already_enqueued"),
+            // Still only one waiter.
+            (2, c(1, r("a", 1)), "c1: ok"),
+            (3, c(2, w("a", 0)), "c2: ok #2 10"),
+        ],
+    );
+    // After the waiter was granted silently, its live lease still counts.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+            (1, c(1, r("a", 1)), "c1: ok"),
+            (2, c(2, e("a", 10)), "c2: error_already_enqueued"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_wait_without_enqueue_is_not_enqueued() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, w("a", 5)), "c1: error_not_enqueued"),
+            (0, c(2, l("a", 0, 10)), "c2: ok #1 10"),
+            (0, c(1, w("a", 5)), "c1: error_not_enqueued"),
+            (0, c(1, w("a", 0)), "c1: error_not_enqueued"),
+            // Another connection's record is not ours; the other space neither.
+            (0, c(2, e("b", 10)), "c2: acquired #2 10"),
+            (0, c(1, w("b", 0)), "c1: error_not_enqueued"),
+            (0, c(2, sw("b", 0)), "c2: error_not_enqueued"),
+            (0, c(2, w("b", 0)), "c2: ok #2 10"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_wait_zero_while_queued_times_out_and_loses_the_position() {
+    check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+            (0, c(3, l("a", 60, 10)), ""),
+            (1000, c(2, w("a", 0)), "c2: timeout"),
+            (2000, c(1, r("a", 1)), "c1: ok | c3: ok #2 10"),
+            (2000, c(2, w("a", 0)), "c2: error_not_enqueued"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_wait_blocks_then_granted_or_times_out() {
+    check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+            (1000, c(2, w("a", 5)), ""),
+            (2000, c(1, r("a", 1)), "c1: ok | c2: ok #2 10"),
+            // Lease from the grant: 2000 + 10000.
+            (11999, c(3, l("a", 0, 1)), "c3: timeout"),
+            (12000, c(3, l("a", 0, 1)), "c3: ok #3 1"),
+        ],
+    );
+    check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+            (0, c(3, l("a", 60, 10)), ""),
+            (1000, c(2, w("a", 5)), ""),
+            (6000, In::Tick, "c2: timeout"),
+            (6000, c(2, w("a", 5)), "c2: error_not_enqueued"),
+            (7000, c(1, r("a", 1)), "c1: ok | c3: ok #2 10"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_wait_after_acquired_lease_expired_is_lease_expired_d18() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, e("a", 10)), "c1: acquired #1 10"),
+            // Exactly at the deadline, without any tick before.
+            (10000, c(1, w("a", 5)), "c1: error_lease_expired"),
+            (10000, c(1, w("a", 5)), "c1: error_not_enqueued"),
+            (10000, c(1, e("a", 10)), "c1: acquired #2 10"),
+            (10000, c(1, w("a", 5)), "c1: ok #2 10"),
+        ],
+    );
+    // An expired record never blocks a fresh `e`, which starts a new record.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, e("a", 10)), "c1: acquired #1 10"),
+            (9999, c(1, e("a", 10)), "c1: error_already_enqueued"),
+            (10000, c(1, e("a", 10)), "c1: acquired #2 10"),
+            (10001, c(1, w("a", 5)), "c1: ok #2 10"),
+        ],
+    );
+    // The slot expired and went to the next waiter; `w` still says lease expired.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, e("a", 10)), "c1: acquired #1 10"),
+            (0, c(2, l("a", 60, 10)), ""),
+            (10000, In::Tick, "c2: ok #2 10"),
+            (12000, c(1, w("a", 5)), "c1: error_lease_expired"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_queued_enqueue_granted_before_wait_then_wait_returns_it() {
+    check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, e("a", 20)), "c2: queued"),
+            (3000, c(1, r("a", 1)), "c1: ok"),
+            (5000, c(2, w("a", 1)), "c2: ok #2 20"),
+            // Lease reset by `w`: 5000 + 20000.
+            (24999, c(3, l("a", 0, 1)), "c3: timeout"),
+            (25000, c(3, l("a", 0, 1)), "c3: ok #3 1"),
+        ],
+    );
+    // Granted silently by a lease expiry at the old deadline, then `sw`.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, sl("s", 0, 1, 10)), "c1: ok #1 10"),
+            (0, c(2, se("s", 1, 5)), "c2: queued"),
+            (14999, c(2, sw("s", 0)), "c2: ok #2 5"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_queued_enqueue_granted_then_expired_before_wait_is_lease_expired() {
+    check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, e("a", 5)), "c2: queued"),
+            // Granted at 10000 with a lease until 15000, then expired.
+            (15000, c(2, w("a", 10)), "c2: error_lease_expired"),
+            (15000, c(3, l("a", 0, 1)), "c3: ok #3 1"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_release_of_the_token_clears_the_record() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, e("a", 10)), "c1: acquired #1 10"),
+            (1, c(1, r("a", 1)), "c1: ok"),
+            (2, c(1, w("a", 0)), "c1: error_not_enqueued"),
+            // Queued, granted silently, then released by another connection.
+            (3, c(2, l("a", 0, 60)), "c2: ok #2 60"),
+            (4, c(1, e("a", 10)), "c1: queued"),
+            (5, c(2, r("a", 2)), "c2: ok"),
+            (6, c(2, r("a", 3)), "c2: ok"),
+            (7, c(1, w("a", 0)), "c1: error_not_enqueued"),
+        ],
+    );
+}
+
+#[test]
+fn two_phase_release_does_not_clobber_another_pending_record_edge26() {
+    // Same key: the connection's own earlier `l` is released while its `e` waits.
+    check(
+        cfg(),
+        1,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(1, e("a", 10)), "c1: queued"),
+            (1, c(1, r("a", 1)), "c1: ok"),
+            (2, c(1, w("a", 0)), "c1: ok #2 10"),
+        ],
+    );
+    // Different key.
+    check(
+        cfg(),
+        1,
+        vec![
+            (0, c(1, e("a", 10)), "c1: acquired #1 10"),
+            (0, c(1, e("b", 10)), "c1: acquired #2 10"),
+            (1, c(1, r("a", 1)), "c1: ok"),
+            (2, c(1, w("b", 0)), "c1: ok #2 10"),
+        ],
+    );
+    // Same semaphore: the connection holds one slot from `sl` and another
+    // from `se`; releasing the first keeps the record naming the second.
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, sl("s", 0, 2, 10)), "c1: ok #1 10"),
+            (0, c(1, se("s", 2, 10)), "c1: acquired #2 10"),
+            (1, c(2, sr("s", 1)), "c2: ok"),
+            (2, c(1, sw("s", 0)), "c1: ok #2 10"),
+        ],
+    );
+}
+
+#[test]
+fn removed_waiters_do_not_accumulate_in_a_queue_behind_a_live_waiter() {
+    // c2's two-phase waiter sits at the head for as long as c1 holds the
+    // lock; c3 and c4 keep joining and leaving behind it.
+    let mut h = check(
+        CoreConfig {
+            max_waiters: 3,
+            ..cfg()
+        },
+        4,
+        vec![
+            (0, c(1, l("a", 0, 86400)), "c1: ok #1 86400"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+        ],
+    );
+    let mut t = 0;
+    for _ in 0..5000 {
+        assert_eq!(h.send(t, 3, e("a", 10)), "c3: queued");
+        assert_eq!(h.send(t, 3, w("a", 0)), "c3: timeout");
+        assert_eq!(h.send(t, 4, l("a", 1, 10)), "");
+        t += 1000;
+        assert_eq!(h.tick(t), "c4: timeout");
+    }
+    let entries = h.core.queue_entries(Space::Lock, &key("a"));
+    assert!(entries <= 16, "{entries} queue entries for one live waiter");
+    // FIFO is intact.
+    run(
+        &mut h,
+        vec![
+            (t, c(4, l("a", 60, 10)), ""),
+            (t, c(1, r("a", 1)), "c1: ok"),
+            (t, c(2, w("a", 0)), "c2: ok #2 10"),
+            (t, c(2, r("a", 2)), "c2: ok | c4: ok #3 10"),
+        ],
+    );
+}
+
+#[test]
+fn many_waiters_dead_at_the_lease_deadline_do_not_recurse_per_waiter() {
+    // A holder's lease and a whole herd of waiters end at the same instant:
+    // the hand-off at that instant times every waiter out. That must not
+    // take stack proportional to the herd.
+    const HERD: u64 = 100_000;
+    let mut h = H::new(cfg(), HERD + 2);
+    assert_eq!(h.send(0, 1, l("a", 0, 30)), "c1: ok #1 30");
+    let mut out = Vec::new();
+    for conn in 2..HERD + 2 {
+        h.core
+            .handle(Time(0), ConnId(conn), l("a", 30, 10), &mut out);
+    }
+    assert!(out.is_empty());
+    h.core.handle_timeout(Time(30_000), &mut out);
+    assert_eq!(out.len() as u64, HERD);
+    assert!(out.iter().all(|e| matches!(
+        e,
+        Effect::Reply {
+            reply: Reply::Status(Status::Timeout),
+            ..
+        }
+    )));
+    assert_eq!(
+        h.send(30_000, HERD + 1, l("a", 0, 10)),
+        format!("c{}: ok #2 10", HERD + 1)
+    );
+}
+
+// ----- limits ---------------------------------------------------------------------------
+
+#[test]
+fn max_waiters_on_all_four_enqueue_paths_including_timeout_zero() {
+    let cfg = CoreConfig {
+        max_waiters: 1,
+        ..cfg()
+    };
+    check(
+        cfg,
+        4,
+        vec![
+            // Locks: one blocking waiter fills the queue.
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            (0, c(2, l("a", 60, 10)), ""),
+            (0, c(3, l("a", 60, 10)), "c3: error_max_waiters"),
+            (0, c(3, l("a", 0, 10)), "c3: error_max_waiters"),
+            (0, c(3, e("a", 10)), "c3: error_max_waiters"),
+            // Semaphores: a two-phase waiter fills the queue.
+            (0, c(1, sl("s", 0, 1, 60)), "c1: ok #2 60"),
+            (0, c(3, se("s", 1, 10)), "c3: queued"),
+            (0, c(4, sl("s", 60, 1, 10)), "c4: error_max_waiters"),
+            (0, c(4, sl("s", 0, 1, 10)), "c4: error_max_waiters"),
+            (0, c(4, se("s", 1, 10)), "c4: error_max_waiters"),
+            // Room again once the waiter leaves.
+            (1, c(3, sw("s", 0)), "c3: timeout"),
+            (1, c(4, sl("s", 0, 1, 10)), "c4: timeout"),
+            (1, c(4, se("s", 1, 10)), "c4: queued"),
+        ],
+    );
+}
+
+#[test]
+fn max_locks_shared_by_locks_and_semaphores_and_namespaces_count_twice() {
+    let cfg = CoreConfig {
+        max_locks: 2,
+        ..cfg()
+    };
+    check(
+        cfg,
+        2,
+        vec![
+            (0, c(1, l("a", 0, 60)), "c1: ok #1 60"),
+            // Same key in the semaphore space is a second resource.
+            (0, c(1, sl("a", 0, 2, 60)), "c1: ok #2 60"),
+            (0, c(1, l("b", 0, 60)), "c1: error_max_locks"),
+            (0, c(1, sl("b", 0, 2, 60)), "c1: error_max_locks"),
+            (0, c(1, e("b", 60)), "c1: error_max_locks"),
+            (0, c(1, se("b", 2, 60)), "c1: error_max_locks"),
+            // Existing resources still work.
+            (0, c(2, l("a", 0, 60)), "c2: timeout"),
+            (0, c(2, sl("a", 0, 2, 60)), "c2: ok #3 60"),
+            // Releasing does not delete a resource (GC does).
+            (1, c(1, r("a", 1)), "c1: ok"),
+            (1, c(1, l("b", 0, 60)), "c1: error_max_locks"),
+        ],
+    );
+}
+
+#[test]
+fn limit_mismatch_changes_nothing_and_does_not_bump_activity() {
+    let mut h = check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, sl("s", 0, 2, 60)), "c1: ok #1 60"),
+            (0, c(1, sr("s", 1)), "c1: ok"),
+            (1000, c(2, sl("s", 0, 3, 60)), "c2: error_limit_mismatch"),
+            (1000, c(2, se("s", 1, 60)), "c2: error_limit_mismatch"),
+            (1000, c(2, sl("s", 60, 1, 60)), "c2: error_limit_mismatch"),
+            // The lock space has no limit to mismatch.
+            (1000, c(2, l("s", 0, 60)), "c2: ok #2 60"),
+        ],
+    );
+    let st = h.stats(3000, 2);
+    let s = entry(&st, "idle_semaphores", "s").unwrap();
+    assert_eq!(s["idle_s"], 3.0);
+    assert!(h.core.owns_anything(ConnId(2)));
+}
+
+// ----- GC ---------------------------------------------------------------------------------
+
+fn gc_cfg() -> CoreConfig {
+    CoreConfig {
+        gc_interval_s: 5,
+        gc_max_idle_s: 10,
+        ..cfg()
+    }
+}
+
+#[test]
+fn gc_removes_idle_resources_strictly_after_max_idle_at_gc_ticks() {
+    let mut h = check(
+        gc_cfg(),
+        1,
+        vec![
+            (0, c(1, l("a", 0, 100)), "c1: ok #1 100"),
+            (5000, c(1, r("a", 1)), "c1: ok"),
+        ],
+    );
+    // GC ticks at 5000, 10000, 15000, 20000. At 15000 the key has been idle
+    // exactly 10 s: not strictly more, kept.
+    assert_eq!(h.poll(), Some(10000));
+    let st = h.stats(15000, 1);
+    assert_eq!(entry(&st, "idle_locks", "a").unwrap()["idle_s"], 10.0);
+    let st = h.stats(19999, 1);
+    assert!(entry(&st, "idle_locks", "a").is_some());
+    assert_eq!(h.poll(), Some(20000));
+    assert_eq!(h.tick(20000), "");
+    let st = h.stats(20000, 1);
+    assert_eq!(st["idle_locks"], json!([]));
+}
+
+#[test]
+fn gc_never_removes_a_held_key() {
+    let mut h = check(
+        gc_cfg(),
+        1,
+        vec![(0, c(1, l("a", 0, 100)), "c1: ok #1 100")],
+    );
+    let st = h.stats(99_999, 1);
+    assert!(entry(&st, "locks", "a").is_some());
+    // Held by a connection that went away with auto-release off: still held.
+    let cfg = CoreConfig {
+        auto_release_on_disconnect: false,
+        ..gc_cfg()
+    };
+    let mut h = check(
+        cfg,
+        2,
+        vec![
+            (0, c(1, sl("s", 0, 2, 100)), "c1: ok #1 100"),
+            (0, In::Bye(1), ""),
+        ],
+    );
+    let st = h.stats(99_999, 2);
+    assert_eq!(entry(&st, "semaphores", "s").unwrap()["holders"], 1);
+}
+
+#[test]
+fn gc_never_removes_a_key_with_waiters() {
+    // Waiters without holders only exist while hand-off is stalled at the
+    // fence ceiling.
+    let cfg = CoreConfig {
+        fence_ceiling: 1,
+        ..gc_cfg()
+    };
+    let mut h = check(
+        cfg,
+        2,
+        vec![
+            (0, c(1, l("a", 0, 1)), "c1: ok #1 1"),
+            (0, c(2, e("a", 10)), "c2: queued"),
+        ],
+    );
+    let st = h.stats(60_000, 1);
+    let a = entry(&st, "locks", "a").unwrap();
+    assert_eq!(a["owner_conn_id"], 0);
+    assert_eq!(a["waiters"], 1);
+    let mut out = Vec::new();
+    h.core.raise_fence_ceiling(Time(60_000), 10, &mut out);
+    assert_eq!(show(&out), "");
+    run(&mut h, vec![(60_000, c(2, w("a", 0)), "c2: ok #2 10")]);
+}
+
+#[test]
+fn gc_never_removes_a_key_referenced_by_a_two_phase_record() {
+    let mut h = check(gc_cfg(), 1, vec![(0, c(1, e("a", 1)), "c1: acquired #1 1")]);
+    // Lease expired at 1000; the granted record survives (D18) and pins the key.
+    let st = h.stats(60_000, 1);
+    assert!(entry(&st, "idle_locks", "a").is_some());
+    run(
+        &mut h,
+        vec![(60_000, c(1, w("a", 0)), "c1: error_lease_expired")],
+    );
+    // Record consumed: collected at the next tick (idle since 0, the grant).
+    assert_eq!(h.tick(65_000), "");
+    let st = h.stats(65_000, 1);
+    assert_eq!(st["idle_locks"], json!([]));
+}
+
+#[test]
+fn gc_lets_a_semaphore_be_recreated_with_another_limit_and_frees_max_locks() {
+    let cfg = CoreConfig {
+        max_locks: 1,
+        ..gc_cfg()
+    };
+    check(
+        cfg,
+        1,
+        vec![
+            (0, c(1, sl("s", 0, 2, 1)), "c1: ok #1 1"),
+            (0, c(1, sr("s", 1)), "c1: ok"),
+            (10_000, c(1, sl("s", 0, 3, 1)), "c1: error_limit_mismatch"),
+            (10_000, c(1, l("b", 0, 1)), "c1: error_max_locks"),
+            // Collected at the GC tick of 15000 (idle 15 s > 10 s).
+            (15_000, c(1, sl("s", 0, 3, 1)), "c1: ok #2 1"),
+            (16_000, c(1, l("b", 0, 1)), "c1: error_max_locks"),
+            (30_000, c(1, l("b", 0, 1)), "c1: ok #3 1"),
+        ],
+    );
+}
+
+// ----- disconnect ------------------------------------------------------------------------------
+
+#[test]
+fn disconnect_with_auto_release_releases_in_token_order_and_drops_waiters_and_records() {
+    let mut h = check(
+        cfg(),
+        6,
+        vec![
+            (0, c(4, l("x", 0, 60)), "c4: ok #1 60"),
+            (0, c(1, l("a", 0, 10)), "c1: ok #2 10"),
+            (0, c(1, l("b", 0, 10)), "c1: ok #3 10"),
+            (0, c(1, e("x", 10)), "c1: queued"),
+            (0, c(1, e("y", 10)), "c1: acquired #4 10"),
+            (0, c(6, l("y", 60, 10)), ""),
+            (0, c(5, l("x", 60, 10)), ""),
+            (0, c(1, l("x", 60, 10)), ""),
+            (0, c(2, l("b", 60, 10)), ""),
+            (0, c(3, l("a", 60, 10)), ""),
+        ],
+    );
+    assert!(h.core.owns_anything(ConnId(1)));
+    assert_eq!(h.core.connection_count(), 6);
+    // a (#2) is released before b (#3), then y (#4).
+    run(
+        &mut h,
+        vec![(
+            1000,
+            In::Bye(1),
+            "c2: ok #6 10 | c3: ok #5 10 | c6: ok #7 10",
+        )],
+    );
+    assert_eq!(h.core.connection_count(), 5);
+    assert!(!h.core.owns_anything(ConnId(1)));
+    assert!(!h.core.is_blocked(ConnId(1)));
+    // c1's two waiters on x are gone: c5 is next.
+    run(
+        &mut h,
+        vec![(2000, c(4, r("x", 1)), "c4: ok | c5: ok #8 10")],
+    );
+    let st = h.stats(2000, 4);
+    assert_eq!(entry(&st, "locks", "x").unwrap()["waiters"], 0);
+    assert_eq!(st["connections"], 5);
+}
+
+#[test]
+fn disconnect_without_auto_release_keeps_held_slots_until_expiry_d6() {
+    let cfg = CoreConfig {
+        auto_release_on_disconnect: false,
+        ..cfg()
+    };
+    let mut h = check(
+        cfg,
+        5,
+        vec![
+            (0, c(4, l("x", 0, 60)), "c4: ok #1 60"),
+            (0, c(1, l("a", 0, 10)), "c1: ok #2 10"),
+            (0, c(1, e("b", 20)), "c1: acquired #3 20"),
+            (0, c(1, e("x", 10)), "c1: queued"),
+            (0, c(1, l("x", 60, 10)), ""),
+            (0, c(5, l("x", 60, 10)), ""),
+            (0, c(2, l("a", 60, 10)), ""),
+            (0, c(3, l("b", 60, 10)), ""),
+            (1000, In::Bye(1), ""),
+        ],
+    );
+    // The dead connection no longer owns anything, but its slots are held.
+    assert!(!h.core.owns_anything(ConnId(1)));
+    let st = h.stats(1000, 4);
+    assert_eq!(entry(&st, "locks", "a").unwrap()["owner_conn_id"], 1);
+    run(
+        &mut h,
+        vec![
+            // Waiters and records of c1 are gone: c5 is next on x.
+            (2000, c(4, r("x", 1)), "c4: ok | c5: ok #4 10"),
+            (10000, In::Tick, "c2: ok #5 10"),
+            // Bearer release of the dead connection's slot.
+            (11000, c(4, r("b", 3)), "c3: ok #6 10 | c4: ok"),
+        ],
+    );
+}
+
+#[test]
+fn disconnected_blocked_waiter_is_never_granted() {
+    let mut h = check(
+        cfg(),
+        4,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 60, 10)), ""),
+            (0, c(3, sl("s", 0, 1, 10)), "c3: ok #2 10"),
+            (0, c(4, sl("s", 60, 1, 10)), ""),
+            (1000, In::Bye(2), ""),
+            (1000, In::Bye(4), ""),
+            (2000, c(1, r("a", 1)), "c1: ok"),
+            (10000, In::Tick, ""),
+        ],
+    );
+    let st = h.stats(10000, 1);
+    assert!(entry(&st, "idle_locks", "a").is_some());
+    // A limit-1 semaphore is listed with the locks.
+    assert!(entry(&st, "idle_locks", "s").is_some());
+    assert_eq!(st["idle_semaphores"], json!([]));
+}
+
+// ----- auth, draining, invalid requests -------------------------------------------------------------
+
+fn auth_cfg() -> CoreConfig {
+    CoreConfig {
+        auth_token: Some(b"sekrit".to_vec()),
+        ..cfg()
+    }
+}
+
+#[test]
+fn auth_first_request_must_be_auth_with_the_right_token() {
+    check(
+        auth_cfg(),
+        8,
+        vec![
+            (0, c(1, auth("sekrit")), "c1: ok"),
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(1, auth("sekrit")), "c1: error"),
+            (0, c(2, auth("wrong")), "c2: error_auth | c2: close"),
+            (0, c(3, auth("sekri")), "c3: error_auth | c3: close"),
+            (0, c(4, auth("sekrit2")), "c4: error_auth | c4: close"),
+            (0, c(5, l("a", 0, 10)), "c5: error_auth | c5: close"),
+            (0, c(6, Request::Ping), "c6: error_auth | c6: close"),
+            (0, In::Bad(7, false), "c7: error_auth | c7: close"),
+            (0, c(8, auth("")), "c8: error_auth | c8: close"),
+        ],
+    );
+}
+
+#[test]
+fn auth_without_a_configured_token_is_an_error_and_commands_work_directly() {
+    check(
+        cfg(),
+        1,
+        vec![
+            (0, c(1, Request::Ping), "c1: ok"),
+            (0, c(1, auth("anything")), "c1: error"),
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+        ],
+    );
+}
+
+#[test]
+fn draining_answers_blocked_requests_error_then_error_draining_and_close() {
+    let mut h = check(
+        cfg(),
+        6,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 60, 10)), ""),
+            (0, c(3, e("a", 10)), "c3: queued"),
+            (0, c(3, w("a", 60)), ""),
+            (0, c(4, e("a", 10)), "c4: queued"),
+            (1000, In::Drain, "c2: error | c3: error"),
+        ],
+    );
+    assert!(h.core.is_draining());
+    assert!(!h.core.is_blocked(ConnId(2)));
+    assert!(!h.core.owns_anything(ConnId(2)));
+    run(
+        &mut h,
+        vec![
+            (1000, c(1, r("a", 1)), "c1: error_draining | c1: close"),
+            (1000, c(5, Request::Ping), "c5: error_draining | c5: close"),
+            (1000, In::Bad(6, true), "c6: error_draining | c6: close"),
+            // Leases still expire; the remaining two-phase waiter is granted
+            // silently, nobody else is.
+            (10000, In::Tick, ""),
+            (10000, c(4, w("a", 0)), "c4: error_draining | c4: close"),
+        ],
+    );
+}
+
+#[test]
+fn invalid_request_non_fatal_keeps_the_connection_fatal_closes_it() {
+    check(
+        cfg(),
+        2,
+        vec![
+            (0, In::Bad(1, false), "c1: error"),
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, In::Bad(2, true), "c2: error | c2: close"),
+        ],
+    );
+}
+
+// ----- fencing tokens ---------------------------------------------------------------------------------
+
+#[test]
+fn fencing_tokens_strictly_increase_across_keys_spaces_and_kinds_of_grant() {
+    check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(1, sl("a", 0, 2, 10)), "c1: ok #2 10"),
+            (0, c(2, e("b", 10)), "c2: acquired #3 10"),
+            (0, c(3, l("a", 60, 10)), ""),
+            (0, c(2, se("c", 1, 10)), "c2: acquired #4 10"),
+            (5, c(1, r("a", 1)), "c1: ok | c3: ok #5 10"),
+            (6, c(2, sl("c", 60, 1, 10)), ""),
+            (10000, In::Tick, "c2: ok #6 10"),
+        ],
+    );
+}
+
+#[test]
+fn first_fence_is_fence_start_plus_one_and_salt_is_token_salt() {
+    let cfg = CoreConfig {
+        fence_start: 1_000_000,
+        ..cfg()
+    };
+    let mut h = H::new(cfg, 1);
+    let mut out = Vec::new();
+    h.core.handle(Time(0), ConnId(1), l("a", 0, 10), &mut out);
+    let [Effect::Reply {
+        reply: Reply::Granted { token, lease_s: 10 },
+        ..
+    }] = out.as_slice()
+    else {
+        panic!("{}", show(&out));
+    };
+    assert_eq!(token.fence, 1_000_001);
+    assert_eq!(token.salt, token_salt(SALT, 1_000_001));
+    assert_eq!(h.core.last_fence(), 1_000_001);
+    let text = token.to_string();
+    assert_eq!(text.len(), 32);
+    assert_eq!(&text[..16], "00000000000f4241");
+    assert_eq!(&text[16..], format!("{:016x}", token_salt(SALT, 1_000_001)));
+    // The salt depends on the key.
+    assert_ne!(token_salt([1, 2], 5), token_salt([1, 3], 5));
+    assert_ne!(token_salt(SALT, 5), token_salt(SALT, 6));
+}
+
+#[test]
+fn token_salt_is_siphash_2_4_of_the_fence_reference_vector() {
+    // SipHash-2-4 reference vector: key 00..0f, message 00..07 (the fence
+    // 0x0706050403020100 as 8 little-endian bytes).
+    let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+    assert_eq!(
+        token_salt(key, 0x0706_0504_0302_0100),
+        0x93f5_f579_9a93_2462
+    );
+}
+
+#[test]
+fn fence_ceiling_refuses_immediate_grants_and_stalls_hand_off_until_raised() {
+    let cfg = CoreConfig {
+        fence_ceiling: 2,
+        ..cfg()
+    };
+    let mut h = check(
+        cfg,
+        5,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("b", 0, 10)), "c2: ok #2 10"),
+            (0, c(3, l("c", 0, 10)), "c3: error"),
+            (0, c(3, e("c", 10)), "c3: error"),
+            (0, c(3, sl("c", 0, 2, 10)), "c3: error"),
+            (0, c(4, l("a", 60, 10)), ""),
+            (0, c(5, l("a", 3, 10)), ""),
+            (1000, c(1, r("a", 1)), "c1: ok"),
+            // Queue order holds while stalled: a newcomer does not overtake.
+            (1000, c(3, l("a", 0, 10)), "c3: timeout"),
+        ],
+    );
+    assert_eq!(h.core.fence_headroom(), 0);
+    let st = h.stats(2000, 3);
+    let a = entry(&st, "locks", "a").unwrap();
+    assert_eq!(
+        (a["owner_conn_id"].clone(), a["waiters"].clone()),
+        (json!(0), json!(2))
+    );
+    run(
+        &mut h,
+        vec![
+            // A lower ceiling is ignored.
+            (2000, In::Raise(1), ""),
+            (2500, In::Raise(3), "c4: ok #3 10"),
+            (3000, In::Tick, "c5: timeout"),
+            (3000, c(3, l("c", 0, 10)), "c3: error"),
+            (3000, In::Raise(10), ""),
+            (3000, c(3, l("c", 0, 10)), "c3: ok #4 10"),
+        ],
+    );
+    // The lease of the grant made at the raise runs from the raise.
+    assert_eq!(h.tick(10000), "");
+    assert_eq!(h.poll(), Some(12500));
+}
+
+#[test]
+fn fence_ceiling_stalled_waiter_that_times_out_is_never_granted() {
+    let cfg = CoreConfig {
+        fence_ceiling: 1,
+        ..cfg()
+    };
+    check(
+        cfg,
+        2,
+        vec![
+            (0, c(1, l("a", 0, 1)), "c1: ok #1 1"),
+            (0, c(2, l("a", 5, 10)), ""),
+            (5000, In::Tick, "c2: timeout"),
+            (6000, In::Raise(5), ""),
+        ],
+    );
+}
+
+// ----- poll_timeout, time, stats, ownership --------------------------------------------------------------
+
+#[test]
+fn poll_timeout_is_the_earliest_lease_waiter_or_gc_deadline() {
+    let cfg = CoreConfig {
+        gc_interval_s: 5,
+        ..cfg()
+    };
+    let mut h = H::new(cfg, 3);
+    assert_eq!(h.poll(), Some(5000));
+    assert_eq!(h.send(1000, 1, l("a", 0, 3)), "c1: ok #1 3");
+    assert_eq!(h.poll(), Some(4000));
+    assert_eq!(h.send(1500, 2, l("a", 2, 10)), "");
+    assert_eq!(h.poll(), Some(3500));
+    // A two-phase waiter has no deadline.
+    assert_eq!(h.send(1500, 3, e("a", 10)), "c3: queued");
+    assert_eq!(h.poll(), Some(3500));
+    assert_eq!(h.tick(3499), "");
+    assert_eq!(h.tick(3500), "c2: timeout");
+    assert_eq!(h.poll(), Some(4000));
+    assert_eq!(h.tick(4000), "");
+    // c3's record was granted at 4000 for 10 s.
+    assert_eq!(h.poll(), Some(5000));
+    assert_eq!(h.tick(5000), "");
+    assert_eq!(h.poll(), Some(10000));
+    assert_eq!(h.tick(10000), "");
+    assert_eq!(h.poll(), Some(14000));
+    assert_eq!(h.send(10000, 3, w("a", 0)), "c3: ok #2 10");
+    assert_eq!(h.poll(), Some(15000));
+    assert_eq!(h.tick(15000), "");
+    assert_eq!(h.poll(), Some(20000));
+}
+
+#[test]
+#[should_panic(expected = "time went back")]
+fn time_going_back_panics() {
+    let mut h = H::new(cfg(), 1);
+    h.tick(1000);
+    h.tick(999);
+}
+
+#[test]
+fn connect_and_stats_advance_time_too() {
+    let mut h = check(
+        cfg(),
+        2,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 5, 10)), ""),
+            (5000, In::Connect, "c2: timeout | c3: connected"),
+        ],
+    );
+    assert_eq!(h.core.connection_count(), 3);
+    let st = h.stats(10000, 3);
+    assert_eq!(st["locks"], json!([]));
+}
+
+#[test]
+fn stats_json_shape_fields_sorted_entries_and_classification() {
+    let mut h = check(
+        cfg(),
+        3,
+        vec![
+            (0, c(1, sl("z", 0, 3, 60)), "c1: ok #1 60"),
+            (0, c(1, l("b", 0, 60)), "c1: ok #2 60"),
+            (0, c(1, r("b", 2)), "c1: ok"),
+            (0, c(1, sl("u", 0, 2, 60)), "c1: ok #3 60"),
+            (0, c(1, sr("u", 3)), "c1: ok"),
+            (0, c(1, sl("a", 0, 3, 60)), "c1: ok #4 60"),
+            (0, c(1, sr("a", 4)), "c1: ok"),
+            (500, c(2, sl("t", 0, 1, 60)), "c2: ok #5 60"),
+            (1000, c(1, l("a", 0, 10)), "c1: ok #6 10"),
+            (1000, c(2, l("a", 60, 10)), ""),
+            (1000, c(3, sl("\u{e9}", 0, 1, 0)), "c3: ok #7 33"),
+        ],
+    );
+    let mut out = Vec::new();
+    h.core
+        .handle(Time(3500), ConnId(3), Request::Stats, &mut out);
+    let [Effect::Reply {
+        reply: Reply::Stats(raw),
+        ..
+    }] = out.as_slice()
+    else {
+        panic!("{}", show(&out));
+    };
+    assert!(raw.starts_with(r#"{"connections":3,"locks":[{"key":"a","owner_conn_id":1,"#));
+    assert!(raw.ends_with(r#""signal_channels":[]}"#));
+    let st: Value = serde_json::from_str(raw).unwrap();
+    assert_eq!(
+        st,
+        json!({
+            "connections": 3,
+            "locks": [
+                {"key": "a", "owner_conn_id": 1, "lease_expires_in_s": 7.5, "waiters": 1},
+                {"key": "t", "owner_conn_id": 2, "lease_expires_in_s": 57.0, "waiters": 0},
+                {"key": "\u{e9}", "owner_conn_id": 3, "lease_expires_in_s": 30.5, "waiters": 0},
+            ],
+            "semaphores": [
+                {"key": "z", "limit": 3, "holders": 1, "waiters": 0},
+            ],
+            "idle_locks": [
+                {"key": "b", "idle_s": 3.5},
+            ],
+            "idle_semaphores": [
+                {"key": "a", "idle_s": 3.5},
+                {"key": "u", "idle_s": 3.5},
+            ],
+            "signal_channels": [],
+        })
+    );
+    // Never in both lists, and a waiter-only lock shows owner 0.
+    run(
+        &mut h,
+        vec![
+            (3500, In::Bye(2), ""),
+            (3500, c(1, r("a", 6)), "c1: ok"),
+            (3500, c(3, sl("z", 0, 3, 60)), "c3: ok #8 60"),
+        ],
+    );
+    let st = h.stats(3500, 3);
+    assert_eq!(st["connections"], 2);
+    assert!(entry(&st, "idle_locks", "a").is_some());
+    assert!(entry(&st, "locks", "a").is_none());
+    assert_eq!(entry(&st, "semaphores", "z").unwrap()["holders"], 2);
+}
+
+#[test]
+fn stats_renders_non_utf8_and_control_bytes_in_keys_on_one_line() {
+    let mut h = H::new(cfg(), 1);
+    let k = Key::new(b"k\xff").unwrap();
+    let mut out = Vec::new();
+    h.core.handle(
+        Time(0),
+        ConnId(1),
+        Request::Acquire {
+            space: Space::Lock,
+            key: k,
+            timeout_s: 0,
+            limit: 1,
+            lease_s: Some(1),
+        },
+        &mut out,
+    );
+    assert_eq!(show(&out), "c1: ok #1 1");
+    let st = h.stats(0, 1);
+    assert_eq!(st["locks"][0]["key"], "k\u{fffd}");
+    // Quotes, backslashes and control bytes stay inside one JSON line.
+    let k = Key::new(b"q\"\\\x01\x0b\x7f").unwrap();
+    let mut out = Vec::new();
+    let req = Request::Enqueue {
+        space: Space::Sem,
+        key: k,
+        limit: 2,
+        lease_s: Some(1),
+    };
+    h.core.handle(Time(0), ConnId(1), req, &mut out);
+    assert_eq!(show(&out), "c1: acquired #2 1");
+    let st = h.stats(0, 1);
+    assert_eq!(st["semaphores"][0]["key"], "q\"\\\u{1}\u{b}\u{7f}");
+}
+
+#[test]
+fn owns_anything_for_each_kind_of_ownership() {
+    let mut h = H::new(cfg(), 7);
+    assert!(!h.core.owns_anything(ConnId(1)));
+    assert!(!h.core.owns_anything(ConnId(99)));
+    assert!(!h.core.is_blocked(ConnId(99)));
+    run(
+        &mut h,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 60, 10)), ""),
+            (0, c(3, e("a", 10)), "c3: queued"),
+            (0, c(4, e("b", 1)), "c4: acquired #2 1"),
+            (0, c(5, sl("s", 0, 1, 10)), "c5: ok #3 10"),
+            (0, c(6, Request::Ping), "c6: ok"),
+            (0, c(7, e("c", 1)), "c7: acquired #4 1"),
+            (0, c(7, w("c", 0)), "c7: ok #4 1"),
+        ],
+    );
+    // holder; blocked waiter; queued record; granted record; semaphore slot; nothing.
+    let owns: Vec<bool> = (1..=7).map(|i| h.core.owns_anything(ConnId(i))).collect();
+    assert_eq!(owns, [true, true, true, true, true, false, true]);
+    let blocked: Vec<bool> = (1..=7).map(|i| h.core.is_blocked(ConnId(i))).collect();
+    assert_eq!(blocked, [false, true, false, false, false, false, false]);
+    // The granted record of c4 outlives its lease (D18): still owned until `w`.
+    h.tick(5000);
+    assert!(h.core.owns_anything(ConnId(4)));
+    assert!(!h.core.owns_anything(ConnId(7)));
+    run(
+        &mut h,
+        vec![(5000, c(4, w("b", 0)), "c4: error_lease_expired")],
+    );
+    assert!(!h.core.owns_anything(ConnId(4)));
+}
+
+// ----- property test: random operation sequences --------------------------------------------------
+
+/// Random sequences of operations (a few connections, three keys, both
+/// spaces, small timeouts and leases, random time jumps, disconnects, an
+/// occasional drain) run through the core and through [`random::Model`], a
+/// slow transition function written from `spec/semantics.md` alone. After
+/// every step:
+///
+/// * the core's effects equal the model's, per connection;
+/// * the core's `stats` equal the model's (leases to the millisecond);
+/// * invariants checked on the core's output alone: a semaphore never has
+///   more holders than its limit; every request gets exactly one reply, a
+///   blocked one no later than its deadline, never both a grant and a
+///   timeout; nothing is sent to a connection after its disconnect; fresh
+///   grants carry strictly increasing fences; `is_blocked` agrees;
+/// * the model's own state satisfies mutual exclusion and the limit.
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    type RKey = (Space, Vec<u8>);
+
+    struct MHolder {
+        fence: u64,
+        conn: u64,
+        expires: u64,
+    }
+
+    struct MWaiter {
+        id: u64,
+        conn: u64,
+        lease_s: u64,
+        deadline: Option<u64>,
+        /// The connection waits for a reply; otherwise a two-phase waiter.
+        blocking: bool,
+    }
+
+    struct MRes {
+        limit: u64,
+        holders: Vec<MHolder>,
+        queue: Vec<MWaiter>,
+        activity: u64,
+    }
+
+    #[derive(Clone, Copy)]
+    enum MRec {
+        Queued,
+        Granted { fence: u64, lease_s: u64 },
+    }
+
+    #[derive(Default)]
+    struct MConn {
+        records: BTreeMap<RKey, MRec>,
+    }
+
+    /// The reference: linear scans everywhere, no indexes, no laziness.
+    pub(super) struct Model {
+        cfg: CoreConfig,
+        now: u64,
+        fence: u64,
+        next_waiter: u64,
+        next_gc: u64,
+        draining: bool,
+        res: BTreeMap<RKey, MRes>,
+        conns: BTreeMap<u64, MConn>,
+        out: Vec<(u64, String)>,
+    }
+
+    fn ms(s: u64) -> u64 {
+        s.saturating_mul(1000)
+    }
+
+    impl Model {
+        pub(super) fn new(cfg: CoreConfig) -> Model {
+            Model {
+                next_gc: ms(cfg.gc_interval_s.max(1)),
+                fence: cfg.fence_start,
+                cfg,
+                now: 0,
+                next_waiter: 1,
+                draining: false,
+                res: BTreeMap::new(),
+                conns: BTreeMap::new(),
+                out: Vec::new(),
+            }
+        }
+
+        fn say(&mut self, conn: u64, s: impl Into<String>) {
+            self.out.push((conn, s.into()));
+        }
+
+        fn take(&mut self) -> Vec<(u64, String)> {
+            std::mem::take(&mut self.out)
+        }
+
+        // -- time (§8) --
+
+        fn advance(&mut self, now: u64) {
+            assert!(now >= self.now);
+            self.now = now;
+            loop {
+                // (deadline, kind, sequence, resource)
+                let mut due: Option<(u64, u8, u64, Option<RKey>)> =
+                    Some((self.next_gc, 2, 0, None)).filter(|d| d.0 <= now);
+                for (k, r) in &self.res {
+                    let items = r.holders.iter().map(|h| (h.expires, 0, h.fence)).chain(
+                        r.queue
+                            .iter()
+                            .filter_map(|w| w.deadline.map(|d| (d, 1, w.id))),
+                    );
+                    for (d, kind, seq) in items {
+                        let better = due
+                            .as_ref()
+                            .is_none_or(|b| (d, kind, seq) < (b.0, b.1, b.2));
+                        if d <= now && better {
+                            due = Some((d, kind, seq, Some(k.clone())));
+                        }
+                    }
+                }
+                match due {
+                    None => return,
+                    Some((at, 0, fence, Some(k))) => {
+                        let r = self.res.get_mut(&k).unwrap();
+                        r.holders.retain(|h| h.fence != fence);
+                        self.hand_off(at, &k);
+                    }
+                    Some((at, 1, id, Some(k))) => {
+                        let r = self.res.get_mut(&k).unwrap();
+                        let i = r.queue.iter().position(|w| w.id == id).unwrap();
+                        let waiter = r.queue.remove(i);
+                        assert!(waiter.blocking, "only blocking waiters have deadlines");
+                        self.say(waiter.conn, "timeout");
+                        self.hand_off(at, &k);
+                    }
+                    Some((at, _, _, _)) => {
+                        self.gc(at);
+                        self.next_gc = at + ms(self.cfg.gc_interval_s.max(1));
+                    }
+                }
+            }
+        }
+
+        fn gc(&mut self, at: u64) {
+            let referenced: BTreeSet<RKey> = self
+                .conns
+                .values()
+                .flat_map(|c| c.records.keys().cloned())
+                .collect();
+            let max_idle = ms(self.cfg.gc_max_idle_s);
+            self.res.retain(|k, r| {
+                !(r.holders.is_empty()
+                    && r.queue.is_empty()
+                    && !referenced.contains(k)
+                    && at - r.activity > max_idle)
+            });
+        }
+
+        // -- hand-off (§7) and grants (§6) --
+
+        fn hand_off(&mut self, at: u64, k: &RKey) {
+            loop {
+                let r = self.res.get_mut(k).unwrap();
+                if r.queue.is_empty() || r.holders.len() as u64 >= r.limit {
+                    return;
+                }
+                if r.queue[0].deadline.is_some_and(|d| d <= at) {
+                    let waiter = r.queue.remove(0);
+                    self.say(waiter.conn, "timeout");
+                    continue;
+                }
+                if self.fence >= self.cfg.fence_ceiling {
+                    return;
+                }
+                let waiter = r.queue.remove(0);
+                self.fence += 1;
+                let fence = self.fence;
+                r.holders.push(MHolder {
+                    fence,
+                    conn: waiter.conn,
+                    expires: at + ms(waiter.lease_s),
+                });
+                r.activity = at;
+                if waiter.blocking {
+                    self.say(waiter.conn, format!("ok #{fence} {}", waiter.lease_s));
+                } else {
+                    let rec = MRec::Granted {
+                        fence,
+                        lease_s: waiter.lease_s,
+                    };
+                    let old = self
+                        .conns
+                        .get_mut(&waiter.conn)
+                        .unwrap()
+                        .records
+                        .insert(k.clone(), rec);
+                    assert!(matches!(old, Some(MRec::Queued)));
+                }
+            }
+        }
+
+        /// Grants `k` to `conn` now, if the fence ceiling allows.
+        fn grant_now(&mut self, k: &RKey, conn: u64, lease_s: u64) -> Option<u64> {
+            if self.fence >= self.cfg.fence_ceiling {
+                return None;
+            }
+            self.fence += 1;
+            let now = self.now;
+            let r = self.res.get_mut(k).unwrap();
+            r.holders.push(MHolder {
+                fence: self.fence,
+                conn,
+                expires: now + ms(lease_s),
+            });
+            r.activity = now;
+            Some(self.fence)
+        }
+
+        // -- resources (§2) --
+
+        fn get_or_create(&mut self, k: &RKey, limit: u64) -> Result<(), &'static str> {
+            match self.res.get(k) {
+                Some(r) if r.limit != limit => Err("error_limit_mismatch"),
+                Some(_) => Ok(()),
+                None if self.res.len() >= self.cfg.max_locks => Err("error_max_locks"),
+                None => {
+                    self.res.insert(
+                        k.clone(),
+                        MRes {
+                            limit,
+                            holders: Vec::new(),
+                            queue: Vec::new(),
+                            activity: self.now,
+                        },
+                    );
+                    Ok(())
+                }
+            }
+        }
+
+        fn free_now(&self, k: &RKey) -> bool {
+            let r = &self.res[k];
+            (r.holders.len() as u64) < r.limit && r.queue.is_empty()
+        }
+
+        fn queue_full(&self, k: &RKey) -> bool {
+            self.cfg.max_waiters > 0 && self.res[k].queue.len() >= self.cfg.max_waiters
+        }
+
+        fn push_waiter(&mut self, k: &RKey, conn: u64, lease_s: u64, deadline: Option<u64>) {
+            let id = self.next_waiter;
+            self.next_waiter += 1;
+            self.res.get_mut(k).unwrap().queue.push(MWaiter {
+                id,
+                conn,
+                lease_s,
+                deadline,
+                blocking: deadline.is_some(),
+            });
+        }
+
+        /// The holder of `k` with exactly this token text, if live.
+        fn find_holder(&self, k: &RKey, token: &[u8]) -> Option<u64> {
+            let t = Token::parse(token)?;
+            let r = self.res.get(k)?;
+            r.holders
+                .iter()
+                .find(|h| h.fence == t.fence && token_salt(self.cfg.salt_key, h.fence) == t.salt)
+                .map(|h| h.fence)
+        }
+
+        // -- inputs --
+
+        pub(super) fn connect(&mut self, now: u64, id: u64) -> Vec<(u64, String)> {
+            self.advance(now);
+            self.conns.insert(id, MConn::default());
+            self.take()
+        }
+
+        pub(super) fn tick(&mut self, now: u64) -> Vec<(u64, String)> {
+            self.advance(now);
+            self.take()
+        }
+
+        pub(super) fn drain(&mut self, now: u64) -> Vec<(u64, String)> {
+            self.advance(now);
+            self.draining = true;
+            let keys: Vec<RKey> = self.res.keys().cloned().collect();
+            for k in keys {
+                let r = self.res.get_mut(&k).unwrap();
+                let (blocked, rest): (Vec<MWaiter>, Vec<MWaiter>) = std::mem::take(&mut r.queue)
+                    .into_iter()
+                    .partition(|w| w.blocking);
+                r.queue = rest;
+                for waiter in blocked {
+                    self.say(waiter.conn, "error");
+                }
+                self.hand_off(now, &k);
+            }
+            self.take()
+        }
+
+        pub(super) fn raise(&mut self, now: u64, ceiling: u64) -> Vec<(u64, String)> {
+            self.advance(now);
+            self.cfg.fence_ceiling = self.cfg.fence_ceiling.max(ceiling);
+            let keys: Vec<RKey> = self.res.keys().cloned().collect();
+            for k in keys {
+                self.hand_off(now, &k);
+            }
+            self.take()
+        }
+
+        pub(super) fn invalid(&mut self, now: u64, conn: u64, fatal: bool) -> Vec<(u64, String)> {
+            self.advance(now);
+            if self.draining {
+                self.say(conn, "error_draining");
+                self.say(conn, "close");
+            } else {
+                self.say(conn, "error");
+                if fatal {
+                    self.say(conn, "close");
+                }
+            }
+            self.take()
+        }
+
+        pub(super) fn disconnect(&mut self, now: u64, conn: u64) -> Vec<(u64, String)> {
+            self.advance(now);
+            if self.conns.remove(&conn).is_none() {
+                return self.take();
+            }
+            let keys: Vec<RKey> = self.res.keys().cloned().collect();
+            for k in &keys {
+                self.res
+                    .get_mut(k)
+                    .unwrap()
+                    .queue
+                    .retain(|w| w.conn != conn);
+            }
+            if self.cfg.auto_release_on_disconnect {
+                let mut held: Vec<(u64, RKey)> = Vec::new();
+                for (k, r) in &self.res {
+                    for h in r.holders.iter().filter(|h| h.conn == conn) {
+                        held.push((h.fence, k.clone()));
+                    }
+                }
+                held.sort();
+                for (fence, k) in held {
+                    self.res
+                        .get_mut(&k)
+                        .unwrap()
+                        .holders
+                        .retain(|h| h.fence != fence);
+                    self.hand_off(now, &k);
+                }
+            }
+            for k in &keys {
+                self.hand_off(now, k);
+            }
+            self.take()
+        }
+
+        pub(super) fn request(&mut self, now: u64, conn: u64, req: &Request) -> Vec<(u64, String)> {
+            self.advance(now);
+            if self.draining {
+                self.say(conn, "error_draining");
+                self.say(conn, "close");
+                return self.take();
+            }
+            match req {
+                Request::Acquire {
+                    space,
+                    key,
+                    timeout_s,
+                    limit,
+                    lease_s,
+                } => {
+                    let k = (*space, key.as_bytes().to_vec());
+                    let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
+                    if let Err(s) = self.get_or_create(&k, *limit) {
+                        self.say(conn, s);
+                    } else {
+                        self.res.get_mut(&k).unwrap().activity = now;
+                        if self.free_now(&k) {
+                            match self.grant_now(&k, conn, lease_s) {
+                                Some(f) => self.say(conn, format!("ok #{f} {lease_s}")),
+                                None => self.say(conn, "error"),
+                            }
+                        } else if self.queue_full(&k) {
+                            self.say(conn, "error_max_waiters");
+                        } else if *timeout_s == 0 {
+                            self.say(conn, "timeout");
+                        } else {
+                            self.push_waiter(&k, conn, lease_s, Some(now + ms(*timeout_s)));
+                        }
+                    }
+                }
+                Request::Release { space, key, token } => {
+                    let k = (*space, key.as_bytes().to_vec());
+                    match self.find_holder(&k, token) {
+                        None => self.say(conn, "error"),
+                        Some(fence) => {
+                            let r = self.res.get_mut(&k).unwrap();
+                            let i = r.holders.iter().position(|h| h.fence == fence).unwrap();
+                            let h = r.holders.remove(i);
+                            r.activity = now;
+                            if let Some(hc) = self.conns.get_mut(&h.conn) {
+                                if let Some(MRec::Granted { fence: f, .. }) = hc.records.get(&k) {
+                                    if *f == fence {
+                                        hc.records.remove(&k);
+                                    }
+                                }
+                            }
+                            self.hand_off(now, &k);
+                            self.say(conn, "ok");
+                        }
+                    }
+                }
+                Request::Renew {
+                    space,
+                    key,
+                    token,
+                    lease_s,
+                } => {
+                    let k = (*space, key.as_bytes().to_vec());
+                    let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
+                    match self.find_holder(&k, token) {
+                        None => self.say(conn, "error"),
+                        Some(fence) => {
+                            let r = self.res.get_mut(&k).unwrap();
+                            r.activity = now;
+                            let h = r.holders.iter_mut().find(|h| h.fence == fence).unwrap();
+                            h.expires = now + ms(lease_s);
+                            self.say(conn, format!("ok {lease_s}"));
+                        }
+                    }
+                }
+                Request::Enqueue {
+                    space,
+                    key,
+                    limit,
+                    lease_s,
+                } => {
+                    let k = (*space, key.as_bytes().to_vec());
+                    let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
+                    let rec = self.conns[&conn].records.get(&k).copied();
+                    let live = match rec {
+                        None => false,
+                        Some(MRec::Queued) => true,
+                        Some(MRec::Granted { fence, .. }) => {
+                            self.res[&k].holders.iter().any(|h| h.fence == fence)
+                        }
+                    };
+                    if live {
+                        self.say(conn, "error_already_enqueued");
+                        return self.take();
+                    }
+                    self.conns.get_mut(&conn).unwrap().records.remove(&k);
+                    if let Err(s) = self.get_or_create(&k, *limit) {
+                        self.say(conn, s);
+                        return self.take();
+                    }
+                    self.res.get_mut(&k).unwrap().activity = now;
+                    if self.free_now(&k) {
+                        match self.grant_now(&k, conn, lease_s) {
+                            Some(fence) => {
+                                self.conns
+                                    .get_mut(&conn)
+                                    .unwrap()
+                                    .records
+                                    .insert(k, MRec::Granted { fence, lease_s });
+                                self.say(conn, format!("acquired #{fence} {lease_s}"));
+                            }
+                            None => self.say(conn, "error"),
+                        }
+                    } else if self.queue_full(&k) {
+                        self.say(conn, "error_max_waiters");
+                    } else {
+                        self.push_waiter(&k, conn, lease_s, None);
+                        self.conns
+                            .get_mut(&conn)
+                            .unwrap()
+                            .records
+                            .insert(k, MRec::Queued);
+                        self.say(conn, "queued");
+                    }
+                }
+                Request::Wait {
+                    space,
+                    key,
+                    timeout_s,
+                } => {
+                    let k = (*space, key.as_bytes().to_vec());
+                    match self.conns.get_mut(&conn).unwrap().records.remove(&k) {
+                        None => self.say(conn, "error_not_enqueued"),
+                        Some(MRec::Granted { fence, lease_s }) => {
+                            let r = self.res.get_mut(&k).unwrap();
+                            match r.holders.iter_mut().find(|h| h.fence == fence) {
+                                Some(h) => {
+                                    h.expires = now + ms(lease_s);
+                                    r.activity = now;
+                                    self.say(conn, format!("ok #{fence} {lease_s}"));
+                                }
+                                None => self.say(conn, "error_lease_expired"),
+                            }
+                        }
+                        Some(MRec::Queued) => {
+                            let r = self.res.get_mut(&k).unwrap();
+                            let i = r
+                                .queue
+                                .iter()
+                                .position(|w| w.conn == conn && !w.blocking)
+                                .expect("a queued record names a waiter");
+                            if *timeout_s == 0 {
+                                r.queue.remove(i);
+                                self.hand_off(now, &k);
+                                self.say(conn, "timeout");
+                            } else {
+                                r.queue[i].deadline = Some(now + ms(*timeout_s));
+                                r.queue[i].blocking = true;
+                            }
+                        }
+                    }
+                }
+                Request::Stats => unreachable!("stats are compared separately"),
+                Request::Ping => self.say(conn, "ok"),
+                Request::Auth { .. }
+                | Request::Listen { .. }
+                | Request::Unlisten { .. }
+                | Request::Signal { .. } => self.say(conn, "error"),
+            }
+            self.take()
+        }
+
+        /// The `stats` document the spec implies, as a JSON value.
+        pub(super) fn stats(&self) -> Value {
+            let mut doc = json!({
+                "connections": self.conns.len(),
+                "locks": [], "semaphores": [], "idle_locks": [], "idle_semaphores": [],
+                "signal_channels": [],
+            });
+            for ((_, key), r) in &self.res {
+                let key = String::from_utf8_lossy(key);
+                let active = !r.holders.is_empty() || !r.queue.is_empty();
+                let (field, entry) = match (r.limit == 1, active) {
+                    (true, true) => {
+                        let h = r.holders.first();
+                        (
+                            "locks",
+                            json!({
+                                "key": key,
+                                "owner_conn_id": h.map_or(0, |h| h.conn),
+                                "lease_expires_in_s":
+                                    h.map_or(0.0, |h| (h.expires - self.now) as f64 / 1000.0),
+                                "waiters": r.queue.len(),
+                            }),
+                        )
+                    }
+                    (false, true) => (
+                        "semaphores",
+                        json!({"key": key, "limit": r.limit, "holders": r.holders.len(),
+                               "waiters": r.queue.len()}),
+                    ),
+                    (true, false) | (false, false) => (
+                        if r.limit == 1 {
+                            "idle_locks"
+                        } else {
+                            "idle_semaphores"
+                        },
+                        json!({"key": key, "idle_s": (self.now - r.activity) as f64 / 1000.0}),
+                    ),
+                };
+                doc[field].as_array_mut().unwrap().push(entry);
+            }
+            doc
+        }
+
+        /// Safety properties of the model's own state (§11).
+        pub(super) fn check_invariants(&self) {
+            let mut fences = BTreeSet::new();
+            for (k, r) in &self.res {
+                assert!(r.holders.len() as u64 <= r.limit, "{k:?} over its limit");
+                for h in &r.holders {
+                    assert!(h.expires > self.now, "a dead holder survived advancing");
+                    assert!(fences.insert(h.fence), "fence {} held twice", h.fence);
+                }
+                for waiter in &r.queue {
+                    assert!(waiter.deadline.is_none_or(|d| d > self.now));
+                }
+            }
+        }
+    }
+
+    /// Floats to whole milliseconds, arrays sorted: makes JSON comparable.
+    fn norm(v: &Value) -> Value {
+        match v {
+            Value::Number(x) if x.is_f64() => json!((x.as_f64().unwrap() * 1000.0).round() as i64),
+            Value::Array(a) => {
+                let mut items: Vec<Value> = a.iter().map(norm).collect();
+                items.sort_by_key(|x| x.to_string());
+                Value::Array(items)
+            }
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), norm(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+
+    // -- operations --
+
+    #[derive(Clone, Debug)]
+    pub(super) enum Op {
+        Acquire {
+            conn: usize,
+            sem: bool,
+            key: usize,
+            timeout_s: u64,
+            limit: u64,
+            lease_s: u64,
+        },
+        /// `token` picks a delivered grant (most recent first) and uses its
+        /// space and key; `aim: false` uses `sem`/`key` with one of the
+        /// last fences issued instead.
+        Release {
+            conn: usize,
+            sem: bool,
+            key: usize,
+            token: usize,
+            aim: bool,
+            forge: bool,
+        },
+        Renew {
+            conn: usize,
+            sem: bool,
+            key: usize,
+            token: usize,
+            aim: bool,
+            lease_s: u64,
+        },
+        Enqueue {
+            conn: usize,
+            sem: bool,
+            key: usize,
+            limit: u64,
+            lease_s: u64,
+        },
+        Wait {
+            conn: usize,
+            sem: bool,
+            key: usize,
+            timeout_s: u64,
+        },
+        Disconnect {
+            conn: usize,
+        },
+        Invalid {
+            conn: usize,
+            fatal: bool,
+        },
+        Ping {
+            conn: usize,
+        },
+        /// `raise_fence_ceiling(last_fence + by)`.
+        Raise {
+            by: u64,
+        },
+        Connect,
+        Tick,
+    }
+
+    const KEYS: [&str; 3] = ["a", "b", "c"];
+
+    fn space(sem: bool) -> Space {
+        if sem {
+            Space::Sem
+        } else {
+            Space::Lock
+        }
+    }
+
+    /// Semaphore limit: 0 picks the key's usual limit (so that most
+    /// requests agree), anything else is used as is.
+    fn limit_for(sem: bool, key: usize, limit: u64) -> u64 {
+        const USUAL: [u64; 3] = [2, 1, 3];
+        match (sem, limit) {
+            (false, _) => 1,
+            (true, 0) => USUAL[key],
+            (true, n) => n,
+        }
+    }
+
+    /// A grant delivered to some connection: its space, key and fence.
+    type Delivered = (Space, &'static str, u64);
+
+    /// The (space, key, token) a release or renew addresses: a delivered
+    /// grant when aiming, else the given key with one of the last fences.
+    fn target(
+        grants: &[Delivered],
+        last_fence: u64,
+        (sem, k, pick, aim, forge): (bool, usize, usize, bool, bool),
+    ) -> (Space, Key, Box<[u8]>) {
+        let (space, name, fence) = match grants.len() {
+            n if aim && n > 0 => grants[n - 1 - pick % n.min(4)],
+            _ => {
+                let back = (pick as u64) % last_fence.clamp(1, 4);
+                (space(sem), KEYS[k], last_fence.saturating_sub(back).max(1))
+            }
+        };
+        let salt = token_salt(SALT, fence) ^ u64::from(forge);
+        let token = Token { fence, salt }.to_string().into_bytes().into();
+        (space, key(name), token)
+    }
+
+    impl Op {
+        /// The request this op sends, given the grants delivered so far and
+        /// the last fence issued.
+        fn request(&self, grants: &[Delivered], last_fence: u64) -> Option<(usize, Request)> {
+            Some(match *self {
+                Op::Acquire {
+                    conn,
+                    sem,
+                    key: k,
+                    timeout_s,
+                    limit,
+                    lease_s,
+                } => (
+                    conn,
+                    Request::Acquire {
+                        space: space(sem),
+                        key: key(KEYS[k]),
+                        timeout_s,
+                        limit: limit_for(sem, k, limit),
+                        lease_s: lease(lease_s),
+                    },
+                ),
+                Op::Release {
+                    conn,
+                    sem,
+                    key: k,
+                    token,
+                    aim,
+                    forge,
+                } => {
+                    let (space, key, token) =
+                        target(grants, last_fence, (sem, k, token, aim, forge));
+                    (conn, Request::Release { space, key, token })
+                }
+                Op::Renew {
+                    conn,
+                    sem,
+                    key: k,
+                    token,
+                    aim,
+                    lease_s,
+                } => {
+                    let (space, key, token) =
+                        target(grants, last_fence, (sem, k, token, aim, false));
+                    let lease_s = lease(lease_s);
+                    (
+                        conn,
+                        Request::Renew {
+                            space,
+                            key,
+                            token,
+                            lease_s,
+                        },
+                    )
+                }
+                Op::Enqueue {
+                    conn,
+                    sem,
+                    key: k,
+                    limit,
+                    lease_s,
+                } => (
+                    conn,
+                    Request::Enqueue {
+                        space: space(sem),
+                        key: key(KEYS[k]),
+                        limit: limit_for(sem, k, limit),
+                        lease_s: lease(lease_s),
+                    },
+                ),
+                Op::Wait {
+                    conn,
+                    sem,
+                    key: k,
+                    timeout_s,
+                } => (
+                    conn,
+                    Request::Wait {
+                        space: space(sem),
+                        key: key(KEYS[k]),
+                        timeout_s,
+                    },
+                ),
+                Op::Ping { conn } => (conn, Request::Ping),
+                Op::Disconnect { .. }
+                | Op::Invalid { .. }
+                | Op::Raise { .. }
+                | Op::Connect
+                | Op::Tick => return None,
+            })
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let conn = 0..4usize;
+        let key = 0..KEYS.len();
+        let t = prop_oneof![3 => Just(0u64), 3 => Just(1u64), 2 => Just(2u64), 1 => Just(3u64)];
+        let ls = prop_oneof![Just(0u64), Just(1u64), Just(1u64), Just(2u64), Just(3u64)];
+        let limit = prop_oneof![6 => Just(0u64), 1 => Just(1u64), 1 => Just(2u64), 1 => Just(3u64)];
+        prop_oneof![
+            5 => (conn.clone(), any::<bool>(), key.clone(), t.clone(), limit.clone(), ls.clone())
+                .prop_map(|(conn, sem, key, timeout_s, limit, lease_s)| Op::Acquire {
+                    conn, sem, key, timeout_s, limit, lease_s
+                }),
+            3 => (
+                conn.clone(),
+                any::<bool>(),
+                key.clone(),
+                0..4usize,
+                prop::bool::weighted(0.8),
+                prop::bool::weighted(0.1),
+            )
+                .prop_map(|(conn, sem, key, token, aim, forge)| Op::Release {
+                    conn, sem, key, token, aim, forge
+                }),
+            2 => (
+                conn.clone(),
+                any::<bool>(),
+                key.clone(),
+                0..4usize,
+                prop::bool::weighted(0.8),
+                ls.clone(),
+            )
+                .prop_map(|(conn, sem, key, token, aim, lease_s)| Op::Renew {
+                    conn, sem, key, token, aim, lease_s
+                }),
+            3 => (conn.clone(), any::<bool>(), key.clone(), limit, ls)
+                .prop_map(|(conn, sem, key, limit, lease_s)| Op::Enqueue {
+                    conn, sem, key, limit, lease_s
+                }),
+            3 => (conn.clone(), any::<bool>(), key, t)
+                .prop_map(|(conn, sem, key, timeout_s)| Op::Wait { conn, sem, key, timeout_s }),
+            1 => conn.clone().prop_map(|conn| Op::Disconnect { conn }),
+            1 => (conn.clone(), prop::bool::weighted(0.3))
+                .prop_map(|(conn, fatal)| Op::Invalid { conn, fatal }),
+            1 => conn.prop_map(|conn| Op::Ping { conn }),
+            1 => (0..4u64).prop_map(|by| Op::Raise { by }),
+            1 => Just(Op::Connect),
+            1 => Just(Op::Tick),
+        ]
+    }
+
+    fn dt() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => Just(0u64),
+            1 => Just(1u64),
+            1 => Just(999u64),
+            2 => Just(1000u64),
+            1 => Just(1001u64),
+            3 => 0..2500u64,
+        ]
+    }
+
+    fn config() -> impl Strategy<Value = CoreConfig> {
+        (
+            prop_oneof![1 => Just(2usize), 1 => Just(3usize), 3 => Just(64usize)],
+            0..3usize,
+            any::<bool>(),
+            1..=3u64,
+            0..=3u64,
+            1..=3u64,
+            prop_oneof![4 => Just(u64::MAX), 1 => 3..12u64],
+        )
+            .prop_map(
+                |(max_locks, max_waiters, auto, gc_interval_s, gc_max_idle_s, lease_s, ceiling)| {
+                    CoreConfig {
+                        default_lease_s: lease_s,
+                        max_locks,
+                        max_waiters,
+                        auto_release_on_disconnect: auto,
+                        gc_interval_s,
+                        gc_max_idle_s,
+                        fence_ceiling: ceiling,
+                        ..cfg()
+                    }
+                },
+            )
+    }
+
+    // -- the runner --
+
+    struct ConnState {
+        id: ConnId,
+        alive: bool,
+        /// Deadline (ms) of the request this connection is blocked on.
+        pending: Option<u64>,
+        /// The (space, key) of the request in flight.
+        asked: Option<(Space, &'static str)>,
+    }
+
+    /// Checks and compares the effects of one input. `requester` is the
+    /// connection that sent a request in this input, if any, with the
+    /// request's blocking timeout (`None` if it cannot block) and whether
+    /// it is a `w`/`sw`.
+    struct Runner {
+        core: Core,
+        model: Model,
+        now: u64,
+        conns: Vec<ConnState>,
+        observer: ConnId,
+        /// Largest fence delivered by a fresh grant so far.
+        max_fresh: u64,
+        /// Every fence delivered so far, with its first recipient.
+        delivered: BTreeMap<u64, (ConnId, bool)>,
+        /// Fences returned by a `w` fast path.
+        waited: BTreeSet<u64>,
+        /// Every grant delivered, oldest first (release/renew targets).
+        grants: Vec<Delivered>,
+        trace: Vec<String>,
+        /// The connection being disconnected by the current input.
+        departing: Option<ConnId>,
+    }
+
+    impl Runner {
+        fn new(cfg: CoreConfig) -> Runner {
+            let mut core = Core::new(cfg.clone(), Time(0));
+            let mut model = Model::new(cfg);
+            let mut out = Vec::new();
+            let mut conns = Vec::new();
+            let observer = core.connect(Time(0), &mut out);
+            model.connect(0, observer.0);
+            for _ in 0..3 {
+                let id = core.connect(Time(0), &mut out);
+                model.connect(0, id.0);
+                conns.push(ConnState {
+                    id,
+                    alive: true,
+                    pending: None,
+                    asked: None,
+                });
+            }
+            assert!(out.is_empty());
+            Runner {
+                core,
+                model,
+                now: 0,
+                conns,
+                observer,
+                max_fresh: 0,
+                delivered: BTreeMap::new(),
+                waited: BTreeSet::new(),
+                grants: Vec::new(),
+                trace: Vec::new(),
+                departing: None,
+            }
+        }
+
+        fn state(&mut self, id: ConnId) -> &mut ConnState {
+            self.conns.iter_mut().find(|c| c.id == id).unwrap()
+        }
+
+        /// Compares with the model and checks the output invariants.
+        fn observe(
+            &mut self,
+            effects: &[Effect],
+            model: Vec<(u64, String)>,
+            requester: Option<(ConnId, Option<u64>, bool)>,
+            fence_before: u64,
+        ) {
+            let mut core_by: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+            for e in effects {
+                let text = show_effect(e);
+                let (c, rest) = text.split_once(": ").unwrap();
+                core_by
+                    .entry(c[1..].parse().unwrap())
+                    .or_default()
+                    .push(rest.to_string());
+            }
+            let mut model_by: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+            for (c, s) in model {
+                model_by.entry(c).or_default().push(s);
+            }
+            assert_eq!(
+                core_by,
+                model_by,
+                "core vs model\ntrace:\n{}",
+                self.trace.join("\n")
+            );
+
+            let fence_after = self.core.last_fence();
+            assert!(fence_after >= fence_before, "fence counter went back");
+            let mut replies: BTreeMap<ConnId, usize> = BTreeMap::new();
+            for e in effects {
+                let Effect::Reply { conn, reply } = e else {
+                    continue;
+                };
+                let st = self.conns.iter().find(|c| c.id == *conn);
+                assert!(
+                    st.is_some_and(|c| c.alive),
+                    "reply to a disconnected connection {conn:?}: {reply:?}\n{}",
+                    self.trace.join("\n")
+                );
+                *replies.entry(*conn).or_default() += 1;
+                let is_requester = requester.is_some_and(|r| r.0 == *conn);
+                let was_pending = !is_requester && st.unwrap().pending.is_some();
+                assert!(
+                    is_requester || was_pending,
+                    "unsolicited reply to {conn:?}: {reply:?}"
+                );
+                if let Reply::Granted { token, .. } | Reply::Acquired { token, .. } = reply {
+                    let (space, name) = st.unwrap().asked.expect("a grant answers a keyed request");
+                    self.grants.push((space, name, token.fence));
+                    let fast_path = is_requester && requester.unwrap().2;
+                    if fast_path {
+                        // `w` returns a token granted earlier (maybe silently,
+                        // maybe while advancing to this request).
+                        assert!(token.fence <= fence_after);
+                        assert!(self.waited.insert(token.fence), "w returned a token twice");
+                        if let Some(first) = self.delivered.get(&token.fence) {
+                            assert_eq!(*first, (*conn, true), "w returned someone else's token");
+                        }
+                    } else {
+                        assert!(
+                            token.fence > fence_before && token.fence > self.max_fresh,
+                            "fresh grant fences must strictly increase"
+                        );
+                        self.max_fresh = token.fence;
+                        let acquired = matches!(reply, Reply::Acquired { .. });
+                        assert!(self
+                            .delivered
+                            .insert(token.fence, (*conn, acquired))
+                            .is_none());
+                    }
+                }
+            }
+            for (conn, count) in &replies {
+                assert_eq!(*count, 1, "{conn:?} got {count} replies for one request");
+                let is_requester = requester.is_some_and(|r| r.0 == *conn);
+                if !is_requester {
+                    self.state(*conn).pending = None;
+                }
+            }
+            if let Some((conn, timeout, _)) = requester {
+                if !replies.contains_key(&conn) {
+                    let t = timeout.expect("only l/sl/w/sw with T > 0 may block");
+                    assert!(t > 0);
+                    let now = self.now;
+                    self.state(conn).pending = Some(now + ms(t));
+                }
+            }
+            for c in &self.conns {
+                if c.alive && Some(c.id) != self.departing {
+                    if let Some(d) = c.pending {
+                        assert!(d > self.now, "blocked past its deadline without a reply");
+                    }
+                    assert_eq!(self.core.is_blocked(c.id), c.pending.is_some());
+                }
+            }
+            self.model.check_invariants();
+        }
+
+        fn disconnect(&mut self, id: ConnId) {
+            let before = self.core.last_fence();
+            let mut out = Vec::new();
+            self.core.disconnect(Time(self.now), id, &mut out);
+            let m = self.model.disconnect(self.now, id.0);
+            // Effects of advancing to `now` come before the disconnect itself:
+            // the departing connection may still be answered by them.
+            self.departing = Some(id);
+            self.observe(&out, m, None, before);
+            self.departing = None;
+            let st = self.state(id);
+            st.alive = false;
+            st.pending = None;
+            self.close_closed(&out);
+        }
+
+        /// The driver disconnects every connection it was told to close.
+        fn close_closed(&mut self, effects: &[Effect]) {
+            for e in effects {
+                if let Effect::Close { conn } = e {
+                    if *conn == self.observer {
+                        continue;
+                    }
+                    if self.state(*conn).alive {
+                        self.disconnect(*conn);
+                    }
+                }
+            }
+        }
+
+        fn step(&mut self, dt: u64, op: &Op, drain: bool) {
+            self.now += dt;
+            let now = self.now;
+            self.trace
+                .push(format!("+{dt} ms (t={now}): {op:?} drain={drain}"));
+            let before = self.core.last_fence();
+            let mut out = Vec::new();
+            if drain {
+                self.core.start_drain(Time(now), &mut out);
+                let m = self.model.drain(now);
+                let resolved: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|c| c.alive && c.pending.is_some())
+                    .map(|c| c.id)
+                    .collect();
+                self.observe(&out, m, None, before);
+                for id in resolved {
+                    assert!(
+                        self.state(id).pending.is_none(),
+                        "drain answers blocked requests"
+                    );
+                }
+                return;
+            }
+            let live: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|c| c.alive)
+                .map(|c| c.id)
+                .collect();
+            let idle: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|c| c.alive && c.pending.is_none())
+                .map(|c| c.id)
+                .collect();
+            match (op, op.request(&self.grants, before)) {
+                (_, Some((i, req))) if !idle.is_empty() => {
+                    let id = idle[i % idle.len()];
+                    let timeout = match &req {
+                        Request::Acquire { timeout_s, .. } | Request::Wait { timeout_s, .. } => {
+                            Some(*timeout_s)
+                        }
+                        _ => None,
+                    };
+                    let is_wait = matches!(req, Request::Wait { .. });
+                    let asked = match &req {
+                        Request::Acquire { space, key, .. }
+                        | Request::Enqueue { space, key, .. }
+                        | Request::Wait { space, key, .. }
+                        | Request::Release { space, key, .. }
+                        | Request::Renew { space, key, .. } => {
+                            let name = KEYS.iter().find(|k| k.as_bytes() == key.as_bytes());
+                            Some((*space, *name.unwrap()))
+                        }
+                        _ => None,
+                    };
+                    self.state(id).asked = asked;
+                    self.trace.push(format!("    {id:?} sends {req:?}"));
+                    let m = self.model.request(now, id.0, &req);
+                    self.core.handle(Time(now), id, req, &mut out);
+                    self.observe(&out, m, Some((id, timeout, is_wait)), before);
+                    self.close_closed(&out);
+                }
+                (Op::Invalid { conn, fatal }, _) if !idle.is_empty() => {
+                    let id = idle[conn % idle.len()];
+                    let m = self.model.invalid(now, id.0, *fatal);
+                    self.core.handle_invalid(Time(now), id, *fatal, &mut out);
+                    self.observe(&out, m, Some((id, None, false)), before);
+                    self.close_closed(&out);
+                }
+                (Op::Raise { by }, _) => {
+                    let ceiling = before + by;
+                    self.core.raise_fence_ceiling(Time(now), ceiling, &mut out);
+                    let m = self.model.raise(now, ceiling);
+                    self.observe(&out, m, None, before);
+                }
+                (Op::Disconnect { conn }, _) if !live.is_empty() => {
+                    self.disconnect(live[conn % live.len()]);
+                }
+                (Op::Connect, _) if live.len() < 4 => {
+                    let id = self.core.connect(Time(now), &mut out);
+                    let m = self.model.connect(now, id.0);
+                    self.conns.push(ConnState {
+                        id,
+                        alive: true,
+                        pending: None,
+                        asked: None,
+                    });
+                    self.observe(&out, m, None, before);
+                }
+                _ => {
+                    self.core.handle_timeout(Time(now), &mut out);
+                    let m = self.model.tick(now);
+                    self.observe(&out, m, None, before);
+                }
+            }
+            self.compare_stats();
+        }
+
+        fn compare_stats(&mut self) {
+            if self.core.is_draining() {
+                return;
+            }
+            let mut out = Vec::new();
+            self.core
+                .handle(Time(self.now), self.observer, Request::Stats, &mut out);
+            let [Effect::Reply {
+                reply: Reply::Stats(json),
+                ..
+            }] = out.as_slice()
+            else {
+                panic!("stats answered {}", show(&out));
+            };
+            let core: Value = serde_json::from_str(json).unwrap();
+            for s in core["semaphores"].as_array().unwrap() {
+                assert!(
+                    s["holders"].as_u64() <= s["limit"].as_u64(),
+                    "semaphore over limit"
+                );
+            }
+            assert_eq!(
+                norm(&core),
+                norm(&self.model.stats()),
+                "stats: core vs model\ntrace:\n{}",
+                self.trace.join("\n")
+            );
+        }
+
+        /// Lets time run out: every blocked request must have been answered.
+        fn finish(&mut self) {
+            self.step(600_000, &Op::Tick, false);
+            assert!(
+                self.conns.iter().all(|c| c.pending.is_none()),
+                "a blocked request was never answered"
+            );
+        }
+    }
+
+    fn run_ops(cfg: CoreConfig, steps: &[(u64, Op)], drain_at: Option<usize>) {
+        let mut r = Runner::new(cfg);
+        for (i, (dt, op)) in steps.iter().enumerate() {
+            r.step(*dt, op, false);
+            if drain_at == Some(i) {
+                r.step(0, &Op::Tick, true);
+            }
+        }
+        r.finish();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_ops_match_the_reference_and_keep_the_invariants(
+            cfg in config(),
+            steps in prop::collection::vec((dt(), op()), 1..80),
+            drain_at in prop::option::weighted(0.2, 0..80usize),
+        ) {
+            run_ops(cfg, &steps, drain_at);
+        }
+    }
+}

@@ -94,9 +94,7 @@ impl Conn {
             if self.eof {
                 return Ok(());
             }
-            if let Err(e) = self.fill(deadline) {
-                return Err(e);
-            }
+            self.fill(deadline)?;
         }
     }
 

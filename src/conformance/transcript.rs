@@ -601,7 +601,7 @@ impl Parser {
                     .selected
                     .ok_or(TranscriptErrorKind::NoConnectionSelected)?;
                 let conn = self.conns.entry(sel).or_default();
-                if conn.lines_sent % 3 != 0 || conn.lines_sent / 3 > conn.replies_read {
+                if !conn.lines_sent.is_multiple_of(3) || conn.lines_sent / 3 > conn.replies_read {
                     return Err(TranscriptErrorKind::AwaitingReply(sel));
                 }
                 Ok(Check::Stats {

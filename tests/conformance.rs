@@ -172,6 +172,9 @@ fn runner_detects_a_server_that_answers_ok_to_everything() {
     };
     let report = run_all(Path::new(DIR), &target, &ExpectedFailures::none(), &quick())
         .unwrap_or_else(|e| panic!("{e}"));
+    for case in &report.cases {
+        println!("{case}");
+    }
     let case = |name: &str| {
         report
             .case(name)
@@ -185,7 +188,7 @@ fn runner_detects_a_server_that_answers_ok_to_everything() {
         c.result.outcome,
         Outcome::Failed(
             "spec/conformance/lock-acquire-release.txt:6: expected \"ok <TOKEN:t> 33\", \
-             got \"ok\" (\"ok\" where \"ok \" was expected)"
+             got \"ok\" (at byte 2: expected \" \", found the end of the line)"
                 .into()
         )
     );
@@ -402,4 +405,30 @@ fn runner_detects_lifo_grants() {
                 .into()
         )
     );
+}
+
+#[test]
+fn runner_reports_malformed_transcripts_as_failed_cases() {
+    let dir = std::env::temp_dir().join(format!("dflockd-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bad.txt"), "> ping\n> _\n>\n< ok\nok\n").unwrap();
+    std::fs::write(dir.join("good.txt"), "> ping\n> _\n>\n< ok\n").unwrap();
+    std::fs::write(dir.join("notes.md"), "not a transcript").unwrap();
+    let addr = fake_server(Arc::new(|_: &str, _: &str, _: &str| "ok".to_string()));
+    let target = Target {
+        addr,
+        factory: None,
+    };
+    let report = run_all(&dir, &target, &ExpectedFailures::none(), &quick()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(report.cases.len(), 2);
+    assert_eq!(
+        report.case("bad.txt").unwrap().result.outcome,
+        Outcome::Failed(format!(
+            "malformed transcript: {}:5: not a transcript line \
+             (expected empty, `#`, `!server-flags:`, `@N`, `>`, `<` or `~`)",
+            dir.join("bad.txt").display()
+        ))
+    );
+    assert_eq!(report.case("good.txt").unwrap().verdict(), Verdict::Passed);
 }

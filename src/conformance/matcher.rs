@@ -18,12 +18,12 @@ pub(crate) fn match_line(
     let mut rest = line;
     for pat in pats {
         match pat {
-            Pat::Bytes(b) => rest = literal(rest, b)?,
+            Pat::Bytes(b) => rest = literal(rest, b, line.len() - rest.len())?,
             Pat::Var(name) => {
                 let value = vars
                     .get(name)
                     .ok_or_else(|| format!("`{{{name}}}` is unbound"))?;
-                rest = literal(rest, value)?;
+                rest = literal(rest, value, line.len() - rest.len())?;
             }
             Pat::Token(name) => {
                 let ok = rest.len() >= 32
@@ -65,9 +65,23 @@ pub(crate) fn match_line(
     Ok(binds)
 }
 
-fn literal<'a>(rest: &'a [u8], want: &[u8]) -> Result<&'a [u8], String> {
-    rest.strip_prefix(want)
-        .ok_or_else(|| format!("\"{}\" where \"{}\" was expected", show(rest), show(want)))
+/// `rest` without its prefix `want`, or where and how they differ. `at` is
+/// the offset of `rest` in the line.
+fn literal<'a>(rest: &'a [u8], want: &[u8], at: usize) -> Result<&'a [u8], String> {
+    if let Some(after) = rest.strip_prefix(want) {
+        return Ok(after);
+    }
+    let same = rest.iter().zip(want).take_while(|(a, b)| a == b).count();
+    let found = if same == rest.len() {
+        "the end of the line".to_string()
+    } else {
+        format!("\"{}\"", show(&rest[same..]))
+    };
+    Err(format!(
+        "at byte {}: expected \"{}\", found {found}",
+        at + same,
+        show(&want[same..])
+    ))
 }
 
 fn json_object(b: &[u8]) -> Result<Value, String> {
@@ -238,7 +252,16 @@ mod tests {
     fn placeholders() {
         check("ok", "ok", Ok(()));
         check("ok", "ok ", Err("unexpected \" \" at the end"));
-        check("ok", "o", Err("\"o\" where \"ok\""));
+        check(
+            "ok",
+            "o",
+            Err("at byte 1: expected \"k\", found the end of the line"),
+        );
+        check(
+            "ok 1",
+            "ok 2",
+            Err("at byte 3: expected \"1\", found \"2\""),
+        );
         check("ok <TOKEN> 33", &format!("ok {TOK} 33"), Ok(()));
         check(
             "ok <TOKEN> 33",

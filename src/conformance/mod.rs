@@ -15,7 +15,7 @@
 //!   `file:line: what is wrong` before any byte is sent;
 //! * [`run_scenario`]: one scenario against one address, failing with
 //!   `file:line: expected "PATTERN", got "LINE"` at the first mismatch;
-//! * [`run_all`]: a directory plus the [built-in timed cases](builtin),
+//! * [`run_all`]: a directory plus the [built-in timed cases](builtin_cases),
 //!   with a fresh server per `!server-flags:` scenario from a
 //!   [`ServerFactory`], compared against `expected-failures.txt`.
 

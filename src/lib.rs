@@ -9,6 +9,7 @@
 //! 4. [`config`]: flags, environment variables and their validation.
 
 pub mod config;
+pub mod conformance;
 pub mod core;
 #[cfg(feature = "differential")]
 pub mod differential;

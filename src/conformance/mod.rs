@@ -1,0 +1,36 @@
+//! The conformance runner: replays the transcripts of `spec/conformance/`
+//! against any server address and says, line by line, where a server
+//! departs from the protocol.
+//!
+//! It is a client, not part of the server: plain blocking `std::net`
+//! sockets, one thread, a read deadline on every line. Nothing here knows
+//! how the server under test is built, so the same code serves
+//! `cargo test` (servers spawned in-process) and a runner pointed at a
+//! `host:port` somewhere else (scenarios that need server flags are then
+//! skipped).
+//!
+//! Pieces, in reading order:
+//! * [`transcript`]: the file format (README.md there) parsed into a
+//!   [`Scenario`], with every static check, so a broken transcript fails as
+//!   `file:line: what is wrong` before any byte is sent;
+//! * [`run_scenario`]: one scenario against one address, failing with
+//!   `file:line: expected "PATTERN", got "LINE"` at the first mismatch;
+//! * [`run_all`]: a directory plus the [built-in timed cases](builtin_cases),
+//!   with a fresh server per `!server-flags:` scenario from a
+//!   [`ServerFactory`], compared against `expected-failures.txt`.
+
+mod builtin;
+mod client;
+mod matcher;
+mod run;
+mod suite;
+pub mod transcript;
+
+pub use builtin::builtin_cases;
+pub use matcher::stats_shape;
+pub use run::{run_scenario, CaseResult, Outcome, RunOptions};
+pub use suite::{
+    load_dir, run_all, run_all_with, run_case, CaseReport, ExpectedFailures, Report, ServerFactory,
+    SuiteError, Summary, Target, Verdict,
+};
+pub use transcript::{parse, parse_file, Scenario, TranscriptError};

@@ -1,0 +1,253 @@
+//! Spec drift, as ordinary tests (STYLE.md convention 15): the command and
+//! status tables of `spec/protocol.md` against the codec's lists, every
+//! status word exercised by a transcript (or named as time-dependent in
+//! `spec/conformance/README.md`), and the sans-IO rule of `src/core` and
+//! `src/wire` (convention 1).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use dflockd::wire::{Status, COMMANDS};
+
+const PROTOCOL: &str = "spec/protocol.md";
+const CONFORMANCE: &str = "spec/conformance";
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// The body rows of the Markdown table whose header line is `header`, each
+/// split into trimmed cells. Panics if the table is missing, so renaming a
+/// column is noticed.
+fn table(doc: &str, header: &str) -> Vec<Vec<String>> {
+    let mut lines = doc.lines().skip_while(|l| l.trim() != header);
+    assert!(
+        lines.next().is_some(),
+        "{PROTOCOL} has no table with header `{header}`"
+    );
+    let sep = lines.next().unwrap_or_default();
+    assert!(
+        sep.starts_with("|---"),
+        "`{header}` is not followed by a separator row"
+    );
+    lines
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The `code spans` of a Markdown cell or paragraph.
+fn code_spans(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+/// A first-column cell that is one code span: its content.
+fn code_cell(cell: &str) -> &str {
+    let inner = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`'));
+    inner.unwrap_or_else(|| panic!("first cell {cell:?} is not one code span"))
+}
+
+/// `ok`, `acquired`, then every bare status, in the protocol's order.
+fn status_words() -> Vec<&'static str> {
+    let mut words = vec!["ok", "acquired"];
+    words.extend(Status::ALL.iter().map(|s| s.as_str()));
+    words
+}
+
+#[test]
+fn command_table_matches_wire_commands() {
+    let doc = read(PROTOCOL);
+    let rows = table(&doc, "| Command | Line 2 | Line 3 | Replies |");
+    let commands: Vec<&str> = rows.iter().map(|r| code_cell(&r[0])).collect();
+    assert_eq!(commands, COMMANDS, "{PROTOCOL} §3 against wire::COMMANDS");
+}
+
+#[test]
+fn status_table_matches_wire_statuses() {
+    let doc = read(PROTOCOL);
+    let rows = table(&doc, "| Status | Meaning |");
+    let statuses: Vec<&str> = rows.iter().map(|r| code_cell(&r[0])).collect();
+    assert_eq!(
+        statuses,
+        status_words(),
+        "{PROTOCOL} §4 against ok, acquired and wire::Status::ALL"
+    );
+}
+
+#[test]
+fn command_table_replies_are_status_words() {
+    let doc = read(PROTOCOL);
+    let words = status_words();
+    for row in table(&doc, "| Command | Line 2 | Line 3 | Replies |") {
+        let replies = row.last().expect("a Replies cell");
+        for span in code_spans(replies) {
+            let word = span.split(' ').next().unwrap_or_default();
+            assert!(
+                words.contains(&word),
+                "{PROTOCOL} §3, {}: reply `{span}` does not start with a status word",
+                row[0]
+            );
+        }
+    }
+}
+
+/// The status word of every `<` line of every transcript file.
+fn transcript_statuses() -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for entry in std::fs::read_dir(CONFORMANCE).expect("read spec/conformance") {
+        let path = entry.expect("dir entry").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.ends_with(".txt") || name == "expected-failures.txt" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read transcript");
+        for line in text.lines() {
+            if let Some(pattern) = line.strip_prefix("< ") {
+                seen.insert(pattern.split(' ').next().unwrap_or_default().to_string());
+            }
+        }
+    }
+    seen
+}
+
+/// The status words `spec/conformance/README.md` names as time-dependent
+/// (and so absent from the transcripts).
+fn time_dependent_statuses() -> Vec<String> {
+    let readme = read(&format!("{CONFORMANCE}/README.md"));
+    let start = readme
+        .find("Time-dependent behaviour")
+        .expect("README.md has the time-dependent paragraph");
+    let paragraph = readme[start..].split("\n\n").next().unwrap_or_default();
+    let words = status_words();
+    code_spans(paragraph)
+        .into_iter()
+        .filter(|s| words.contains(s))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn every_status_word_is_in_a_transcript_or_time_dependent() {
+    let seen = transcript_statuses();
+    let timed = time_dependent_statuses();
+    assert!(
+        !timed.is_empty(),
+        "README.md's time-dependent paragraph names no status word"
+    );
+    let missing: Vec<&str> = status_words()
+        .into_iter()
+        .filter(|w| !seen.contains(*w) && !timed.iter().any(|t| t == w))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "status words no transcript expects and README.md does not call time-dependent: {missing:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The core and the codec do no I/O.
+
+/// What `src/core` and `src/wire` must never mention: sockets, the runtime,
+/// the clock, randomness.
+const BANNED: &[&str] = &[
+    "std::net",
+    "smol",
+    "async_io",
+    "async_net",
+    "Instant::now",
+    "SystemTime",
+    "getrandom",
+    "thread_rng",
+    "rand::",
+];
+
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// `(line, pattern)` for every banned mention in `text`. A mention is a
+/// match not glued to a longer identifier (`smol` is banned, `smoldering`
+/// is not).
+fn banned_mentions(text: &str) -> Vec<(usize, &'static str)> {
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        for pat in BANNED {
+            let hit = line.match_indices(pat).any(|(at, _)| {
+                let before = line[..at].chars().next_back();
+                let after = line[at + pat.len()..].chars().next();
+                let glued_before = pat.starts_with(is_ident) && before.is_some_and(is_ident);
+                let glued_after = pat.ends_with(is_ident) && after.is_some_and(is_ident);
+                !glued_before && !glued_after
+            });
+            if hit {
+                found.push((i + 1, *pat));
+            }
+        }
+    }
+    found
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn core_and_wire_do_no_io() {
+    let mut files = Vec::new();
+    rust_files(Path::new("src/core"), &mut files);
+    rust_files(Path::new("src/wire"), &mut files);
+    assert!(
+        files.len() >= 2,
+        "found no sources under src/core and src/wire"
+    );
+    let mut violations = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read source");
+        for (line, pat) in banned_mentions(&text) {
+            violations.push(format!("{}:{line}: `{pat}`", file.display()));
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "src/core and src/wire must not touch sockets, smol, the clock or an RNG \
+         (STYLE.md convention 1):\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn banned_mentions_ignore_longer_identifiers() {
+    let text = "use std::net::TcpStream;\nlet smoldering = 1;\n// smol\nlet t = Instant::now();\noperand::x\nlet x = rand::random();\nInstant::now_ish";
+    assert_eq!(
+        banned_mentions(text),
+        vec![
+            (1, "std::net"),
+            (3, "smol"),
+            (4, "Instant::now"),
+            (6, "rand::")
+        ]
+    );
+}
+
+#[test]
+fn table_reader() {
+    let doc = "x\n| A | B |\n|---|---|\n| `a` | b `ok` c |\n| `c` | d |\n\n| A | B |\n";
+    assert_eq!(
+        table(doc, "| A | B |"),
+        vec![vec!["`a`", "b `ok` c"], vec!["`c`", "d"]]
+    );
+    assert_eq!(code_spans("b `ok` c `x y`"), vec!["ok", "x y"]);
+}

@@ -414,15 +414,17 @@ impl Core {
     pub fn start_drain(&mut self, now: Time, out: &mut Vec<Effect>) {
         self.advance(now, out);
         self.draining = true;
-        let blocked: Vec<(ConnId, u64)> = self
+        // Answered in the order the waiters arrived.
+        let mut blocked: Vec<(u64, ConnId)> = self
             .conns
             .iter()
-            .filter_map(|(id, c)| c.blocked.map(|w| (*id, w)))
+            .filter_map(|(id, c)| c.blocked.map(|w| (w, *id)))
             .collect();
-        let mut touched = BTreeSet::new();
-        for (conn, w) in blocked {
-            if let Some(res) = self.remove_waiter(w) {
-                touched.insert(res);
+        blocked.sort_unstable();
+        let mut touched = Vec::new();
+        for (w, conn) in blocked {
+            if let Some(res) = self.remove_waiter(w, now) {
+                touched.push(res);
             }
             status(out, conn, Status::Error);
         }
@@ -441,7 +443,7 @@ impl Core {
         };
         let mut touched = BTreeSet::new();
         for w in c.waiters {
-            if let Some(res) = self.remove_waiter(w) {
+            if let Some(res) = self.remove_waiter(w, now) {
                 touched.insert(res);
             }
         }
@@ -451,6 +453,7 @@ impl Core {
         if self.cfg.auto_release_on_disconnect {
             for (fence, res) in c.held {
                 self.remove_holder(res, fence);
+                self.touch(res, now);
                 self.hand_off(now, res, out);
             }
         }
@@ -491,7 +494,7 @@ impl Core {
         };
         let max_waiters = self.cfg.max_waiters;
         let r = self.res_mut(res);
-        r.last_activity = now;
+        r.last_activity = r.last_activity.max(now);
         if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
             match self.grant(now, res, conn, lease_s) {
                 Some(token) => reply(out, conn, Reply::Granted { token, lease_s }),
@@ -530,7 +533,7 @@ impl Core {
             return status(out, conn, Status::Error);
         };
         self.remove_holder(res, fence);
-        self.res_mut(res).last_activity = now;
+        self.touch(res, now);
         self.hand_off(now, res, out);
         reply(out, conn, Reply::Ok);
     }
@@ -551,7 +554,7 @@ impl Core {
             return status(out, conn, Status::Error);
         };
         self.set_expiry(res, fence, now.plus_secs(lease_s));
-        self.res_mut(res).last_activity = now;
+        self.touch(res, now);
         reply(out, conn, Reply::OkInt(lease_s));
     }
 
@@ -587,7 +590,7 @@ impl Core {
         };
         let max_waiters = self.cfg.max_waiters;
         let r = self.res_mut(res);
-        r.last_activity = now;
+        r.last_activity = r.last_activity.max(now);
         if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
             match self.grant(now, res, conn, lease_s) {
                 Some(token) => {
@@ -633,14 +636,14 @@ impl Core {
                 Some(i) => {
                     let token = self.res_mut(res).holders[i].token;
                     self.set_expiry(res, fence, now.plus_secs(lease_s));
-                    self.res_mut(res).last_activity = now;
+                    self.touch(res, now);
                     reply(out, conn, Reply::Granted { token, lease_s });
                 }
                 None => status(out, conn, Status::ErrorLeaseExpired),
             },
             Record::Queued { waiter } => {
                 if timeout_s == 0 {
-                    self.remove_waiter(waiter);
+                    self.remove_waiter(waiter, now);
                     self.hand_off(now, res, out);
                     return status(out, conn, Status::Timeout);
                 }
@@ -652,6 +655,7 @@ impl Core {
                 w.deadline = Some(deadline);
                 w.blocking = true;
                 self.timers.insert((deadline, KIND_WAITER, waiter, res));
+                self.touch(res, now);
                 self.conn_mut(conn).blocked = Some(waiter);
             }
         }
@@ -705,6 +709,7 @@ impl Core {
         }
         // The holder's two-phase record stays so that `w` can answer
         // `error_lease_expired` (D18).
+        self.touch(res, at);
         self.hand_off(at, res, out);
     }
 
@@ -712,7 +717,7 @@ impl Core {
     fn time_out(&mut self, at: Time, w: u64, out: &mut Vec<Effect>) {
         let waiter = &self.waiters[&w];
         let (conn, blocking) = (waiter.conn, waiter.blocking);
-        if let Some(res) = self.remove_waiter(w) {
+        if let Some(res) = self.remove_waiter(w, at) {
             if blocking {
                 self.conn_mut(conn).blocked = None;
                 status(out, conn, Status::Timeout);
@@ -764,7 +769,7 @@ impl Core {
             conn,
             expires,
         });
-        r.last_activity = at;
+        r.last_activity = r.last_activity.max(at);
         self.timers.insert((expires, KIND_LEASE, fence, res));
         if let Some(c) = self.conns.get_mut(&conn) {
             c.held.insert(fence, res);
@@ -791,7 +796,7 @@ impl Core {
                 // here rather than through `time_out`, which would hand off
                 // again: one loop, not one stack frame per dead waiter.
                 let (conn, blocking) = (w.conn, w.blocking);
-                self.remove_waiter(head);
+                self.remove_waiter(head, at);
                 if blocking {
                     status(out, conn, Status::Timeout);
                 }
@@ -804,7 +809,7 @@ impl Core {
             }
             let (conn, lease_s, blocking, two_phase) = (w.conn, w.lease_s, w.blocking, w.two_phase);
             // Take the waiter out of the queue before it becomes a holder.
-            self.remove_waiter(head);
+            self.remove_waiter(head, at);
             let token = self
                 .grant(at, res, conn, lease_s)
                 .expect("fence headroom checked above");
@@ -825,6 +830,13 @@ impl Core {
     }
 
     // ----- bookkeeping ------------------------------------------------------
+
+    /// Records activity on `res` at `t` (spec/semantics.md §2: creation, a
+    /// request reaching it, any change of its holders, leases or queue).
+    fn touch(&mut self, res: ResId, t: Time) {
+        let r = self.res_mut(res);
+        r.last_activity = r.last_activity.max(t);
+    }
 
     fn conn_mut(&mut self, conn: ConnId) -> &mut Conn {
         self.conns
@@ -968,7 +980,7 @@ impl Core {
 
     /// Removes waiter `w` from every index. Returns its resource, or `None`
     /// if it was already gone. Its queue entry is left for lazy skipping.
-    fn remove_waiter(&mut self, w: u64) -> Option<ResId> {
+    fn remove_waiter(&mut self, w: u64, at: Time) -> Option<ResId> {
         let waiter = self.waiters.remove(&w)?;
         if let Some(d) = waiter.deadline {
             self.timers.remove(&(d, KIND_WAITER, w, waiter.res));
@@ -977,6 +989,7 @@ impl Core {
             .as_mut()
             .expect("dangling resource id");
         r.live_waiters -= 1;
+        r.last_activity = r.last_activity.max(at);
         // Removed entries are skipped lazily, but must not pile up behind a
         // long-lived head waiter: drop them from the front, and compact once
         // they outnumber the live ones (amortised O(1) per removal, and the

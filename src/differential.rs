@@ -39,31 +39,66 @@ pub struct Settings {
 pub enum Step {
     Connect,
     /// The peer of a live connection goes away.
-    Disconnect { conn: u8 },
+    Disconnect {
+        conn: u8,
+    },
     /// Time moves forward by this many milliseconds.
-    Advance { ms: u16 },
+    Advance {
+        ms: u16,
+    },
     /// Time moves to the next deadline the core reports.
     ToNextDeadline,
     /// Graceful shutdown begins.
     Drain,
     /// A live connection sends a request (skipped while it is blocked, as
     /// the driver never sends one then).
-    Send { conn: u8, req: Req },
+    Send {
+        conn: u8,
+        req: Req,
+    },
 }
 
 /// A request with symbolic keys and tokens.
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Req {
-    Acquire { sem: bool, key: u8, timeout_s: u8, limit: u8, lease_s: Option<u8> },
-    Release { sem: bool, key: u8, token: Tok },
-    Renew { sem: bool, key: u8, token: Tok, lease_s: Option<u8> },
-    Enqueue { sem: bool, key: u8, limit: u8, lease_s: Option<u8> },
-    Wait { sem: bool, key: u8, timeout_s: u8 },
+    Acquire {
+        sem: bool,
+        key: u8,
+        timeout_s: u8,
+        limit: u8,
+        lease_s: Option<u8>,
+    },
+    Release {
+        sem: bool,
+        key: u8,
+        token: Tok,
+    },
+    Renew {
+        sem: bool,
+        key: u8,
+        token: Tok,
+        lease_s: Option<u8>,
+    },
+    Enqueue {
+        sem: bool,
+        key: u8,
+        limit: u8,
+        lease_s: Option<u8>,
+    },
+    Wait {
+        sem: bool,
+        key: u8,
+        timeout_s: u8,
+    },
     Stats,
     Ping,
-    Auth { right: bool },
-    Invalid { fatal: bool },
+    Auth {
+        right: bool,
+    },
+    Invalid {
+        fatal: bool,
+    },
 }
 
 /// A token argument: one seen in an earlier reply (counting back from the
@@ -188,11 +223,16 @@ fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
 fn same(a: &[model::Output], b: &[model::Output]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| match (x, y) {
-            (model::Output::Reply { conn: c1, line: l1 }, model::Output::Reply { conn: c2, line: l2 }) => {
+            (
+                model::Output::Reply { conn: c1, line: l1 },
+                model::Output::Reply { conn: c2, line: l2 },
+            ) => {
                 c1 == c2
                     && (l1 == l2
                         || match (l1.strip_prefix("ok {"), l2.strip_prefix("ok {")) {
-                            (Some(j1), Some(j2)) => json(&format!("{{{j1}")) == json(&format!("{{{j2}")),
+                            (Some(j1), Some(j2)) => {
+                                json(&format!("{{{j1}")) == json(&format!("{{{j2}"))
+                            }
                             _ => false,
                         })
             }
@@ -205,7 +245,13 @@ fn json(s: &str) -> Option<serde_json::Value> {
 }
 
 impl Pair {
-    fn compare(&mut self, step: usize, what: &str, m: Vec<model::Output>, c: Vec<Effect>) -> Result<(), Divergence> {
+    fn compare(
+        &mut self,
+        step: usize,
+        what: &str,
+        m: Vec<model::Output>,
+        c: Vec<Effect>,
+    ) -> Result<(), Divergence> {
         let c = core_outputs(c);
         if !same(&m, &c) {
             return Err(Divergence {
@@ -217,7 +263,9 @@ impl Pair {
         for o in &m {
             if let model::Output::Reply { line, .. } = o {
                 let mut words = line.split(' ');
-                if let (Some("ok" | "acquired"), Some(tok), Some(_)) = (words.next(), words.next(), words.next()) {
+                if let (Some("ok" | "acquired"), Some(tok), Some(_)) =
+                    (words.next(), words.next(), words.next())
+                {
                     if tok.len() == 32 {
                         self.tokens.push(tok.as_bytes().to_vec());
                     }
@@ -354,7 +402,11 @@ impl Pair {
                     },
                 )
             }
-            Req::Wait { sem, key, timeout_s } => {
+            Req::Wait {
+                sem,
+                key,
+                timeout_s,
+            } => {
                 let (cs, ms) = space(*sem);
                 let (mk, ck) = k(*key);
                 let t = u64::from(timeout_s % 4);
@@ -374,8 +426,15 @@ impl Pair {
             Req::Stats => (model::Op::Stats, Request::Stats),
             Req::Ping => (model::Op::Ping, Request::Ping),
             Req::Auth { right } => {
-                let t = if *right { AUTH_TOKEN.to_vec() } else { b"wrong".to_vec() };
-                (model::Op::Auth { token: t.clone() }, Request::Auth { token: t.into() })
+                let t = if *right {
+                    AUTH_TOKEN.to_vec()
+                } else {
+                    b"wrong".to_vec()
+                };
+                (
+                    model::Op::Auth { token: t.clone() },
+                    Request::Auth { token: t.into() },
+                )
             }
             Req::Invalid { fatal } => (model::Op::Invalid { fatal: *fatal }, Request::Ping),
         }
@@ -391,7 +450,10 @@ impl Pair {
             });
         }
         for &conn in &self.live {
-            let (mb, cb) = (self.model.is_blocked(conn), self.core.is_blocked(ConnId(conn)));
+            let (mb, cb) = (
+                self.model.is_blocked(conn),
+                self.core.is_blocked(ConnId(conn)),
+            );
             if mb != cb {
                 return Err(Divergence {
                     step,
@@ -478,7 +540,10 @@ pub fn run(s: &Scenario) -> Result<(), Divergence> {
                 let m = p.model.handle(p.now, conn, mop);
                 let mut c = Vec::new();
                 match req {
-                    Req::Invalid { fatal } => p.core.handle_invalid(Time(p.now), ConnId(conn), *fatal, &mut c),
+                    Req::Invalid { fatal } => {
+                        p.core
+                            .handle_invalid(Time(p.now), ConnId(conn), *fatal, &mut c)
+                    }
                     _ => p.core.handle(Time(p.now), ConnId(conn), creq, &mut c),
                 }
                 p.compare(i, &what, m, c)?;

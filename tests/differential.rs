@@ -9,17 +9,34 @@ use dflockd::differential::{run, Req, Scenario, Settings, Step, Tok};
 use proptest::prelude::*;
 
 fn settings() -> impl Strategy<Value = Settings> {
-    (0u8..5, 0u8..5, 0u8..4, any::<bool>(), 0u8..3, 0u8..4, prop::bool::weighted(0.15)).prop_map(
-        |(default_lease_s, max_locks, max_waiters, auto_release_on_disconnect, gc_interval_s, gc_max_idle_s, auth)| Settings {
-            default_lease_s,
-            max_locks: max_locks + 1,
-            max_waiters,
-            auto_release_on_disconnect,
-            gc_interval_s,
-            gc_max_idle_s,
-            auth,
-        },
+    (
+        0u8..5,
+        0u8..5,
+        0u8..4,
+        any::<bool>(),
+        0u8..3,
+        0u8..4,
+        prop::bool::weighted(0.15),
     )
+        .prop_map(
+            |(
+                default_lease_s,
+                max_locks,
+                max_waiters,
+                auto_release_on_disconnect,
+                gc_interval_s,
+                gc_max_idle_s,
+                auth,
+            )| Settings {
+                default_lease_s,
+                max_locks: max_locks + 1,
+                max_waiters,
+                auto_release_on_disconnect,
+                gc_interval_s,
+                gc_max_idle_s,
+                auth,
+            },
+        )
 }
 
 fn tok() -> impl Strategy<Value = Tok> {
@@ -81,7 +98,10 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             _ => true,
         });
         start.append(&mut steps);
-        Scenario { settings, steps: start }
+        Scenario {
+            settings,
+            steps: start,
+        }
     })
 }
 

@@ -394,7 +394,9 @@ impl Core {
     /// `fatal` requests (overlong line, read timeout) close the connection.
     pub fn handle_invalid(&mut self, now: Time, conn: ConnId, fatal: bool, out: &mut Vec<Effect>) {
         self.advance(now, out);
-        let authed = self.conn_mut(conn).authed;
+        let c = self.conn_mut(conn);
+        assert!(c.blocked.is_none(), "request from a blocked connection");
+        let authed = c.authed;
         if self.draining {
             status(out, conn, Status::ErrorDraining);
             out.push(Effect::Close { conn });

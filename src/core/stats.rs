@@ -90,10 +90,14 @@ fn text(key: &[u8]) -> std::borrow::Cow<'_, str> {
 /// Renders the snapshot as one line of JSON (no newlines: serde_json
 /// escapes control characters inside strings).
 pub fn render(mut s: Snapshot<'_>) -> String {
-    s.locks.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
-    s.semaphores.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
-    s.idle_locks.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
-    s.idle_semaphores.sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    s.locks
+        .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    s.semaphores
+        .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    s.idle_locks
+        .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    s.idle_semaphores
+        .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
     let json = Json {
         connections: s.connections,
         locks: s

@@ -7,6 +7,10 @@
 //!    FIFO, two-phase, GC, stats). Time and token salt are arguments.
 //! 3. [`server`]: the smol driver that moves bytes between sockets and the core.
 //! 4. [`config`]: flags, environment variables and their validation.
+//! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
+//! 6. `differential` (feature `differential`): the model-versus-core
+//!    comparator used by the proptest and the fuzzer.
+//! 7. [`sync`]: the std/loom facade for the server's own concurrency.
 
 pub mod config;
 pub mod conformance;

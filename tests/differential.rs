@@ -119,3 +119,86 @@ proptest! {
         }
     }
 }
+
+/// The minimal scenarios the proptest shrank to when the core and the model
+/// first disagreed, kept as named regression tests.
+mod regressions {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            default_lease_s: 0,
+            max_locks: 1,
+            max_waiters: 0,
+            auto_release_on_disconnect: false,
+            gc_interval_s: 0,
+            gc_max_idle_s: 0,
+            auth: false,
+        }
+    }
+
+    fn check(steps: Vec<Step>) {
+        let s = Scenario {
+            settings: settings(),
+            steps,
+        };
+        if let Err(d) = run(&s) {
+            panic!("{d}");
+        }
+    }
+
+    /// The core did not count a lease expiry as activity on the key, so
+    /// `stats` showed it idle since the grant (the model: since the expiry).
+    #[test]
+    fn lease_expiry_is_activity_on_the_key() {
+        check(vec![
+            Step::Connect,
+            Step::Send {
+                conn: 0,
+                req: Req::Enqueue {
+                    sem: false,
+                    key: 0,
+                    limit: 0,
+                    lease_s: None,
+                },
+            },
+            Step::Advance { ms: 1000 },
+        ]);
+    }
+
+    /// Draining answered blocked requests in hash-map order; the spec says
+    /// arrival order.
+    #[test]
+    fn drain_answers_blocked_requests_in_arrival_order() {
+        let acquire = |key| Req::Acquire {
+            sem: false,
+            key,
+            timeout_s: 2,
+            limit: 0,
+            lease_s: None,
+        };
+        check(vec![
+            Step::Connect,
+            Step::Connect,
+            Step::Connect,
+            Step::Connect,
+            Step::Send {
+                conn: 3,
+                req: acquire(0),
+            },
+            Step::Send {
+                conn: 0,
+                req: acquire(0),
+            },
+            Step::Send {
+                conn: 2,
+                req: acquire(0),
+            },
+            Step::Send {
+                conn: 1,
+                req: acquire(0),
+            },
+            Step::Drain,
+        ]);
+    }
+}

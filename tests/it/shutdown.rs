@@ -1,0 +1,114 @@
+//! Graceful shutdown: blocked requests answer `error`, later requests
+//! `error_draining` and close, the listener stops accepting, and the server
+//! stops once its clients have left (or are force-closed after
+//! `shutdown_timeout_s`).
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::support::{wait_until, Server, DEADLINE};
+
+/// Waits until connecting to `addr` is refused.
+#[track_caller]
+fn wait_refused(addr: SocketAddr) {
+    wait_until(DEADLINE, || {
+        TcpStream::connect(addr).is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+    });
+}
+
+/// Whether the server reports stopped within `deadline` ([`ServerHandle::stopped`]).
+fn stopped_within(server: &Server, deadline: Duration) -> bool {
+    smol::block_on(futures_lite::future::or(
+        async {
+            server.handle().stopped().await;
+            true
+        },
+        async {
+            async_io::Timer::after(deadline).await;
+            false
+        },
+    ))
+}
+
+#[test]
+fn drain_cancels_blocked_requests_and_refuses_new_ones() {
+    let server = Server::plain();
+    let mut a = server.client();
+    let (mut b, mut w) = (server.client(), server.client());
+    let tok = a.lock("k");
+    b.send("l", "k", "30");
+    assert_eq!(w.req("e", "k", ""), "queued");
+    w.send("w", "k", "30");
+    server.wait_lock_waiters("k", 2);
+
+    server.shutdown();
+    assert_eq!(b.recv_line(), "error", "blocked l is cancelled");
+    assert_eq!(w.recv_line(), "error", "blocked w is cancelled");
+    assert_eq!(a.req("r", "k", &tok), "error_draining");
+    a.expect_eof();
+    wait_refused(server.addr());
+    // B and W are still connected, so the server keeps waiting for them.
+    assert!(!server.handle().is_finished());
+    assert_eq!(b.req("ping", "_", ""), "error_draining");
+    b.expect_eof();
+    assert!(!server.handle().is_finished());
+    assert_eq!(w.req("stats", "_", ""), "error_draining");
+    w.expect_eof();
+    server.join_within(DEADLINE);
+}
+
+#[test]
+fn pipelined_requests_behind_a_cancelled_one_are_refused() {
+    let server = Server::plain();
+    let mut a = server.client();
+    let mut b = server.client();
+    a.lock("k");
+    b.send_raw(b"l\nk\n30\nping\n_\n\nping\n_\n\n");
+    server.wait_lock_waiters("k", 1);
+    server.shutdown();
+    assert_eq!(b.recv_line(), "error");
+    assert_eq!(b.recv_line(), "error_draining");
+    b.expect_eof();
+}
+
+#[test]
+fn stops_once_idle_clients_leave() {
+    let server = Server::plain();
+    let mut a = server.client();
+    assert_eq!(a.req("ping", "_", ""), "ok");
+    server.shutdown();
+    wait_refused(server.addr());
+    assert!(!stopped_within(&server, crate::support::QUIET));
+    drop(a);
+    // Well before the 30 s shutdown timeout.
+    assert!(stopped_within(&server, DEADLINE), "stopped() completes");
+    server.join_within(DEADLINE);
+}
+
+#[test]
+fn shutdown_timeout_force_closes_lingering_clients() {
+    let server = Server::start(|cfg| cfg.shutdown_timeout_s = 1);
+    let mut idle = server.client();
+    let mut holder = server.client();
+    assert_eq!(idle.req("ping", "_", ""), "ok");
+    holder.lock("k");
+    let started = Instant::now();
+    server.shutdown();
+    idle.expect_eof();
+    holder.expect_eof();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "force-closed after {took:?}"
+    );
+    server.join_within(DEADLINE);
+}
+
+#[test]
+fn shutdown_with_no_clients_stops_at_once() {
+    let server = Server::plain();
+    server.shutdown();
+    server.shutdown();
+    server.join_within(DEADLINE);
+}

@@ -81,6 +81,9 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
     // when it was set (a new line restarts the clock).
     let mut deadline = Instant::now() + read_timeout;
     let mut partial_lines: Option<usize> = None;
+    // Whether whole requests were consumed since the deadline was last
+    // armed: finishing a request restarts the clock too.
+    let mut progressed = false;
 
     loop {
         // 1. Decode what we can, then apply it.
@@ -104,6 +107,7 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
                 }
             }
             rbuf.drain(..consumed);
+            progressed |= consumed > 0;
             if pending.is_empty() {
                 break;
             }
@@ -167,18 +171,20 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
             continue;
         }
 
-        // 3. Arm the read deadline.
+        // 3. Arm the read deadline: one read timeout from the last
+        // progress, i.e. from the last complete request (the idle window)
+        // or from the last complete line of a partial request.
         let now = Instant::now();
+        let progressed = std::mem::take(&mut progressed);
         if blocked {
             partial_lines = None;
         } else if rbuf.is_empty() {
-            if partial_lines.is_some() {
-                partial_lines = None;
+            if partial_lines.take().is_some() || progressed {
                 deadline = now + read_timeout;
             }
         } else {
             let lines = rbuf.iter().filter(|b| **b == b'\n').count();
-            if partial_lines != Some(lines) {
+            if progressed || partial_lines != Some(lines) {
                 partial_lines = Some(lines);
                 deadline = now + read_timeout;
             }

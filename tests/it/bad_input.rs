@@ -342,6 +342,34 @@ fn slow_but_steady_lines_are_served() {
     assert_eq!(c.req("r", "k", &t), "ok");
 }
 
+// Regression: the idle deadline was armed at connect and never re-armed by
+// complete requests, so a connection that owned nothing was cut one read
+// timeout after connecting however busy it was.
+#[test]
+fn active_connection_owning_nothing_is_not_cut() {
+    let server = Server::start(|cfg| cfg.read_timeout_s = 1);
+    let mut c = server.client();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(
+            c.req("ping", "_", ""),
+            "ok",
+            "after {:?}",
+            started.elapsed()
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    // Once it falls silent, the idle window runs from its last request.
+    let last = Instant::now();
+    assert_eq!(c.req("ping", "_", ""), "ok");
+    expect_fatal(&mut c);
+    let idle = last.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "cut after {idle:?} idle"
+    );
+}
+
 // Decision D11: idleness cuts a connection that owns nothing, never one that
 // holds a lock or waits in a queue.
 #[test]

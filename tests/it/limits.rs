@@ -3,6 +3,7 @@
 //! semaphores.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use crate::support::{entry, grant, wait_until, Client, Server, DEADLINE};
 
@@ -162,4 +163,30 @@ fn idle_gc_returns_budget() {
     let s = c.stats();
     assert!(entry(&s, "semaphores", "b").is_some());
     assert!(entry(&s, "idle_locks", "a").is_none());
+}
+
+// Regression: the listener used std's backlog of 128, so the 129th connect
+// of a burst found the accept queue full and waited out a one-second SYN
+// retransmit.
+#[test]
+fn burst_of_connects_is_accepted_promptly() {
+    let server = Server::plain();
+    let mut conns = Vec::new();
+    for i in 0..600 {
+        let started = Instant::now();
+        conns.push(Client::connect(server.addr()));
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(900),
+            "connect {i} took {took:?}: accept queue overflowed"
+        );
+    }
+    for c in &mut conns {
+        c.send("ping", "_", "");
+    }
+    for c in &mut conns {
+        assert_eq!(c.recv_line(), "ok");
+    }
+    drop(conns);
+    server.assert_quiet();
 }

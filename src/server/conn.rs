@@ -155,7 +155,7 @@ async fn run(shared: &Shared, stream: &mut async_net::TcpStream, id: ConnId, mai
 
         // 2. Write everything answered so far.
         if !wbuf.is_empty() {
-            if !write(stream, &wbuf, write_timeout).await {
+            if !write(stream, &wbuf, write_timeout, mailbox).await {
                 return;
             }
             wbuf.clear();
@@ -272,16 +272,28 @@ async fn wait(
     futures_lite::future::or(read, futures_lite::future::or(mail, timer)).await
 }
 
-/// Writes all of `buf`, giving up (and so closing) after `timeout`.
-async fn write(stream: &mut async_net::TcpStream, buf: &[u8], timeout: Option<Duration>) -> bool {
-    match timeout {
-        None => stream.write_all(buf).await.is_ok(),
-        Some(t) => {
-            futures_lite::future::or(async { stream.write_all(buf).await.is_ok() }, async {
+/// Writes all of `buf`, giving up (and so closing) after `timeout` or when
+/// the connection is force-closed: a peer that never reads must not hold
+/// up the end of a shutdown.
+async fn write(
+    stream: &mut async_net::TcpStream,
+    buf: &[u8],
+    timeout: Option<Duration>,
+    mailbox: &Mailbox,
+) -> bool {
+    let write = async { stream.write_all(buf).await.is_ok() };
+    let closed = async {
+        mailbox.close_requested().await;
+        false
+    };
+    let timer = async {
+        match timeout {
+            Some(t) => {
                 async_io::Timer::after(t).await;
                 false
-            })
-            .await
+            }
+            None => std::future::pending().await,
         }
-    }
+    };
+    futures_lite::future::or(write, futures_lite::future::or(closed, timer)).await
 }

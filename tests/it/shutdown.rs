@@ -112,3 +112,39 @@ fn shutdown_with_no_clients_stops_at_once() {
     server.shutdown();
     server.join_within(DEADLINE);
 }
+
+// Regression: a client that never reads leaves its connection stuck in a
+// write. The forced close only queued a `Close` in the mailbox, which the
+// task does not look at while writing, so with no write deadline the
+// server never stopped (and dropping its handle hung).
+#[test]
+fn forced_close_ends_a_connection_stuck_writing() {
+    let server = Server::start(|cfg| {
+        cfg.write_timeout_s = 0;
+        cfg.shutdown_timeout_s = 1;
+    });
+    let mut c = server.client();
+    // Make `stats` large (about 250 KB), then ask for it 200 times
+    // without reading: far more than the socket buffers hold.
+    let long = "k".repeat(200);
+    let mut setup = String::new();
+    for i in 0..1000 {
+        setup.push_str(&crate::support::wire("l", &format!("{i:04}{long}"), "0"));
+    }
+    c.send_raw(setup.as_bytes());
+    for _ in 0..1000 {
+        crate::support::grant(&c.recv_line());
+    }
+    c.send_raw(
+        crate::support::wire("stats", "_", "")
+            .repeat(200)
+            .as_bytes(),
+    );
+    // Once replies start arriving, the server is in its (endless) write.
+    let stream = c.writer();
+    let mut byte = [0u8; 1];
+    assert_eq!(stream.peek(&mut byte).expect("peek"), 1);
+    server.shutdown();
+    server.join_within(DEADLINE);
+    drop(c);
+}

@@ -103,3 +103,32 @@ fn idle_unauthenticated_connection_gets_error_auth() {
     );
     c.expect_eof();
 }
+
+#[test]
+fn requests_pipelined_behind_auth() {
+    let server = auth_server();
+    // Behind a successful auth, they run.
+    let mut c = server.client();
+    let ok = [
+        wire("auth", "_", "s3cret-token"),
+        wire("l", "a", "0"),
+        wire("ping", "_", ""),
+    ]
+    .concat();
+    check(&mut c, &ok, "ok\nok TOK 33\nok");
+    // Behind a failed one, nothing runs and nothing more is answered.
+    let mut d = server.client();
+    let bad = [
+        wire("auth", "_", "nope"),
+        wire("l", "b", "0"),
+        wire("ping", "_", ""),
+    ]
+    .concat();
+    d.send_raw(bad.as_bytes());
+    assert_eq!(d.recv_line(), "error_auth");
+    d.expect_eof();
+    let s = c.stats();
+    assert!(crate::support::entry(&s, "locks", "a").is_some());
+    assert!(crate::support::entry(&s, "locks", "b").is_none());
+    assert!(crate::support::entry(&s, "idle_locks", "b").is_none());
+}

@@ -377,8 +377,11 @@ fn idle_connection_is_cut_unless_it_owns_something() {
     let server = Server::start(|cfg| cfg.read_timeout_s = 1);
     let mut holder = server.client();
     let mut queued = server.client();
-    holder.lock("k");
+    let mut blocked = server.client();
+    let tok = holder.lock("k");
     assert_eq!(queued.req("e", "k", ""), "queued");
+    blocked.send("l", "k", "30");
+    server.wait_lock_waiters("k", 2);
     let mut idle = server.client();
     let started = Instant::now();
     expect_fatal(&mut idle);
@@ -390,7 +393,39 @@ fn idle_connection_is_cut_unless_it_owns_something() {
     assert_eq!(holder.req("ping", "_", ""), "ok");
     assert_eq!(queued.req("ping", "_", ""), "ok");
     let s = holder.stats();
-    assert_eq!(s["connections"], 2);
+    assert_eq!(s["connections"], 3);
+    // The blocked request is still waiting, and still answered.
+    assert_eq!(holder.req("r", "k", &tok), "ok");
+    assert!(grant(&queued.req("w", "k", "0")).0 > tok);
+    drop(queued);
+    grant(&blocked.recv_line());
+}
+
+#[test]
+fn owner_stalling_mid_request_is_cut() {
+    let server = Server::start(|cfg| cfg.read_timeout_s = 1);
+    let mut holder = server.client();
+    holder.lock("k");
+    // Owning something exempts idleness, not a stalled request.
+    holder.send_raw(b"ping\n_\n");
+    expect_fatal(&mut holder);
+    let s = server.wait_stats(|s| s["connections"] == 1);
+    assert!(entry(&s, "idle_locks", "k").is_some(), "released on close");
+}
+
+#[test]
+fn large_signal_payload_is_framed_as_one_request() {
+    let server = Server::plain();
+    let mut c = server.client();
+    // The third line of `signal` (and `auth`) may hold 64 KiB; whatever
+    // the answer, it is one reply and the stream stays in step.
+    let payload = "p".repeat(60_000);
+    c.send_raw(format!("signal\nchan\n{payload}\nping\n_\n\n").as_bytes());
+    c.recv_line();
+    assert_eq!(c.recv_line(), "ok");
+    // Any other command's third line is still capped at 256 bytes.
+    c.send_raw(format!("listen\nchan\n{payload}\n").as_bytes());
+    expect_fatal(&mut c);
 }
 
 #[test]
@@ -421,7 +456,28 @@ fn ten_thousand_connections_come_and_go() {
         }
         drop(conns);
     }
+    // Only the stats connection is left, holding and queued nothing.
     server.assert_quiet();
-    let s = server.stats();
-    assert_eq!(s["connections"], 1);
+}
+
+#[test]
+fn client_that_never_reads_is_dropped_after_the_write_timeout() {
+    let server = Server::start(|cfg| cfg.write_timeout_s = 1);
+    let mut c = server.client();
+    // Make `stats` large (about 250 KB), then ask for it 200 times
+    // without reading: far more than the socket buffers hold.
+    let long = "k".repeat(200);
+    let mut setup = String::new();
+    for i in 0..1000 {
+        setup.push_str(&wire("l", &format!("{i:04}{long}"), "0"));
+    }
+    c.send_raw(setup.as_bytes());
+    for _ in 0..1000 {
+        grant(&c.recv_line());
+    }
+    c.send_raw(wire("stats", "_", "").repeat(200).as_bytes());
+    // The server gives up on the write, closes, and releases the locks.
+    let s = server.wait_stats(|s| s["connections"] == 1);
+    assert_eq!(s["locks"], serde_json::json!([]));
+    drop(c);
 }

@@ -119,3 +119,21 @@ fn without_auto_release_an_orphaned_lease_still_expires() {
     b.send("l", "k", "10");
     grant(&b.recv_line());
 }
+
+#[test]
+fn half_close_while_blocked_withdraws_the_waiter() {
+    let server = Server::plain();
+    let mut h = server.client();
+    let mut b = server.client();
+    let tok = h.lock("k");
+    b.send("l", "k", "30");
+    server.wait_lock_waiters("k", 1);
+    // The server cannot tell a half-close from a vanished peer: the
+    // waiter leaves and the connection closes without an answer.
+    b.shutdown_write();
+    server.wait_lock_waiters("k", 0);
+    b.expect_eof();
+    assert_eq!(h.req("r", "k", &tok), "ok");
+    let s = h.stats();
+    assert!(entry(&s, "idle_locks", "k").is_some());
+}

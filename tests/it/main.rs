@@ -4,6 +4,7 @@
 //! Modules by boundary:
 //! * `commands`: every command and reply shape, stats, tokens, key spaces;
 //! * `fifo`: arrival-order grants across connections;
+//! * `contention`: safety properties with many clients at once;
 //! * `semaphores`: N holders, queueing, hand-off, limit mismatch;
 //! * `two_phase`: `e`/`w`/`se`/`sw` edge cases (reference §12 items 16–27);
 //! * `leases`: expiry hand-off and renewal, driven by the server's timer;
@@ -19,6 +20,7 @@ mod support;
 mod auth;
 mod bad_input;
 mod commands;
+mod contention;
 mod disconnect;
 mod fifo;
 mod leases;

@@ -230,3 +230,37 @@ fn lock_and_semaphore_key_spaces_are_separate() {
     assert_eq!(c.req("r", "k", &lt), "ok");
     assert_eq!(c.req("sr", "k", &st), "ok");
 }
+
+// §2 and §4: only successful operations refresh a resource's idle time.
+#[test]
+fn failed_operations_do_not_refresh_idle_time() {
+    let server = Server::plain();
+    let mut c = server.client();
+    let t = c.lock("k");
+    assert_eq!(c.req("r", "k", &t), "ok");
+    let (ts, _) = grant(&c.req("sl", "s", "0 2"));
+    assert_eq!(c.req("sr", "s", &ts), "ok");
+    let idle = |s: &serde_json::Value, array: &str, key: &str| {
+        entry(s, array, key).map_or(0.0, |e| e["idle_s"].as_f64().expect("float"))
+    };
+    server.wait_stats(|s| {
+        idle(s, "idle_locks", "k") >= 0.3 && idle(s, "idle_semaphores", "s") >= 0.3
+    });
+    let bogus = "0".repeat(32);
+    assert_eq!(c.req("r", "k", &bogus), "error");
+    assert_eq!(c.req("n", "k", &bogus), "error");
+    assert_eq!(c.req("r", "k", &t), "error");
+    assert_eq!(c.req("sr", "s", &ts), "error");
+    assert_eq!(c.req("sn", "s", &ts), "error");
+    assert_eq!(c.req("sl", "s", "0 3"), "error_limit_mismatch");
+    assert_eq!(c.req("se", "s", "3"), "error_limit_mismatch");
+    let s = c.stats();
+    assert!(
+        idle(&s, "idle_locks", "k") >= 0.3,
+        "lock idle time reset: {s}"
+    );
+    assert!(
+        idle(&s, "idle_semaphores", "s") >= 0.3,
+        "semaphore idle time reset: {s}"
+    );
+}

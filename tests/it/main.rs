@@ -11,7 +11,7 @@
 //! * `disconnect`: what a vanished connection leaves behind;
 //! * `auth`: the `auth` handshake;
 //! * `limits`: connection caps, `max_waiters`, `max_locks`;
-//! * `shutdown`: graceful drain and forced close;
+//! * `shutdown`: binding, graceful drain and forced close;
 //! * `pipelining`: many requests per write, blocked requests in a pipeline;
 //! * `bad_input`: malformed, hostile and slow peers.
 

@@ -1,7 +1,7 @@
-//! Graceful shutdown: blocked requests answer `error`, later requests
-//! `error_draining` and close, the listener stops accepting, and the server
-//! stops once its clients have left (or are force-closed after
-//! `shutdown_timeout_s`).
+//! Server lifecycle: binding (errors, IPv6), then graceful shutdown:
+//! blocked requests answer `error`, later requests `error_draining` and
+//! close, the listener stops accepting, and the server stops once its
+//! clients have left (or are force-closed after `shutdown_timeout_s`).
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
@@ -147,4 +147,33 @@ fn forced_close_ends_a_connection_stuck_writing() {
     server.shutdown();
     server.join_within(DEADLINE);
     drop(c);
+}
+
+#[test]
+fn bind_failures_are_start_errors() {
+    let server = Server::plain();
+    for listen in [server.addr().to_string(), "not an address".to_string()] {
+        let cfg = dflockd::server::ServerConfig {
+            listen: listen.clone(),
+            ..Default::default()
+        };
+        match dflockd::server::spawn(cfg) {
+            Err(dflockd::server::StartError::Bind(addr, _)) => assert_eq!(addr, listen),
+            Err(e) => panic!("{listen}: unexpected error {e}"),
+            Ok(_) => panic!("{listen}: bound twice"),
+        }
+    }
+    // The running server is unaffected.
+    assert_eq!(server.client().req("ping", "_", ""), "ok");
+}
+
+#[test]
+fn listens_on_ipv6_loopback() {
+    let server = Server::start(|cfg| cfg.listen = "[::1]:0".into());
+    assert!(server.addr().is_ipv6());
+    let mut c = server.client();
+    assert_eq!(c.req("ping", "_", ""), "ok");
+    server.shutdown();
+    drop(c);
+    server.join_within(DEADLINE);
 }

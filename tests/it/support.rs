@@ -10,8 +10,6 @@
 //! assert that a reply has *not* arrived, each backed by a `stats` check
 //! where one is possible.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

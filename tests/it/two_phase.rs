@@ -216,3 +216,30 @@ fn semaphore_two_phase() {
     let (_, l) = grant(&c.recv_line());
     assert_eq!(l, 5);
 }
+
+// D18 and §8: a resource named by a two-phase record is never collected,
+// so `w` still answers `error_lease_expired` after idle GC ticks.
+#[test]
+fn record_of_an_expired_grant_survives_gc() {
+    let server = Server::start(|cfg| {
+        cfg.core.gc_interval_s = 1;
+        cfg.core.gc_max_idle_s = 0;
+    });
+    let mut a = server.client();
+    let mut m = server.client();
+    grant(&a.req("e", "k", "1"));
+    // Wait for the lease to expire (k turns idle).
+    server.wait_stats(|s| entry(s, "idle_locks", "k").is_some());
+    // A marker released now is collected by the next GC tick; once it is
+    // gone, a tick has run after k turned idle.
+    let t = m.lock("marker");
+    assert_eq!(m.req("r", "marker", &t), "ok");
+    let s = server.wait_stats(|s| entry(s, "idle_locks", "marker").is_none());
+    assert!(
+        entry(&s, "idle_locks", "k").is_some(),
+        "k kept for its record"
+    );
+    assert_eq!(a.req("w", "k", "0"), "error_lease_expired");
+    // With the record consumed, k is ordinary idle garbage.
+    server.wait_stats(|s| entry(s, "idle_locks", "k").is_none());
+}

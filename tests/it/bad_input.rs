@@ -6,7 +6,7 @@ use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{check, entry, grant, wire, Client, Server};
+use crate::support::{check, entry, grant, wire, Client, Server, IO_TIMEOUT};
 
 /// Expects `error` and then the server closing the connection.
 #[track_caller]
@@ -432,7 +432,8 @@ fn ten_thousand_connections_come_and_go() {
     for batch in 0..50 {
         let mut conns = Vec::with_capacity(BATCH);
         for i in 0..BATCH {
-            let mut s = std::net::TcpStream::connect(server.addr()).expect("connect");
+            let mut s =
+                std::net::TcpStream::connect_timeout(&server.addr(), IO_TIMEOUT).expect("connect");
             match i % 4 {
                 // A request whose reply is never read.
                 0 => s.write_all(wire("l", &format!("k{}", i % 10), "0").as_bytes()),

@@ -7,13 +7,14 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::{wait_until, Server, DEADLINE};
+use crate::support::{wait_until, Server, DEADLINE, IO_TIMEOUT};
 
 /// Waits until connecting to `addr` is refused.
 #[track_caller]
 fn wait_refused(addr: SocketAddr) {
     wait_until(DEADLINE, || {
-        TcpStream::connect(addr).is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+        TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
     });
 }
 

@@ -137,3 +137,26 @@ fn half_close_while_blocked_withdraws_the_waiter() {
     let s = h.stats();
     assert!(entry(&s, "idle_locks", "k").is_some());
 }
+
+#[test]
+fn blocked_wait_and_semaphore_waiters_that_disconnect_leave() {
+    let server = Server::plain();
+    let mut h = server.client();
+    let (mut w, mut s) = (server.client(), server.client());
+    h.lock("k");
+    grant(&h.req("sl", "sem", "0 1"));
+    assert_eq!(w.req("e", "k", ""), "queued");
+    w.send("w", "k", "30");
+    s.send("sl", "sem", "30 1");
+    server.wait_stats(|st| {
+        crate::support::waiters(st, "locks", "k") == 1
+            && crate::support::waiters(st, "locks", "sem") == 1
+    });
+    drop((w, s));
+    server.wait_stats(|st| {
+        crate::support::waiters(st, "locks", "k") == 0
+            && crate::support::waiters(st, "locks", "sem") == 0
+    });
+    drop(h);
+    server.assert_quiet();
+}

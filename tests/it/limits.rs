@@ -199,3 +199,26 @@ fn burst_of_connects_queues_while_the_server_is_busy() {
     drop(conns);
     server.assert_quiet();
 }
+
+#[test]
+fn max_waiters_counts_only_live_waiters() {
+    let server = Server::start(|cfg| cfg.core.max_waiters = 2);
+    let mut h = server.client();
+    let (mut w1, mut w2, mut w3) = (server.client(), server.client(), server.client());
+    let tok = h.lock("k");
+    w1.send("l", "k", "30");
+    server.wait_lock_waiters("k", 1);
+    w2.send("l", "k", "30");
+    server.wait_lock_waiters("k", 2);
+    assert_eq!(w3.req("l", "k", "30"), "error_max_waiters");
+    // A waiter leaving from the head of the queue frees a place.
+    drop(w1);
+    server.wait_lock_waiters("k", 1);
+    w3.send("l", "k", "30");
+    server.wait_lock_waiters("k", 2);
+    assert_eq!(server.client().req("e", "k", ""), "error_max_waiters");
+    assert_eq!(h.req("r", "k", &tok), "ok");
+    let (t2, _) = grant(&w2.recv_line());
+    assert_eq!(w2.req("r", "k", &t2), "ok");
+    grant(&w3.recv_line());
+}

@@ -87,8 +87,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut blocked = false;
     let mut closing = false;
     let mut auth_failed = false;
-    // Read deadline and the number of complete lines of the partial request
-    // when it was set (a new line restarts the clock).
+    // The read deadline (protocol.md §2.4).
     let mut deadline = Instant::now() + read_timeout;
     // Whether the read buffer held part of a request when the deadline was
     // last armed, and whether a request was answered since.
@@ -165,7 +164,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 
         // 2. Write everything answered so far.
         if !wbuf.is_empty() {
-            if !write(stream, &wbuf, write_timeout).await {
+            if !write(stream, &wbuf, write_timeout, mailbox).await {
                 return;
             }
             wbuf.clear();
@@ -272,20 +271,28 @@ async fn wait<S: AsyncRead + Unpin>(
     futures_lite::future::or(read, futures_lite::future::or(mail, timer)).await
 }
 
-/// Writes all of `buf`, giving up (and so closing) after `timeout`.
+/// Writes all of `buf`, giving up (and so closing) after `timeout` or when
+/// the connection is force-closed: a peer that never reads must not hold
+/// up the end of a shutdown.
 async fn write<S: AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &[u8],
     timeout: Option<Duration>,
+    mailbox: &Mailbox,
 ) -> bool {
-    match timeout {
-        None => stream.write_all(buf).await.is_ok(),
-        Some(t) => {
-            futures_lite::future::or(async { stream.write_all(buf).await.is_ok() }, async {
+    let write = async { stream.write_all(buf).await.is_ok() };
+    let closed = async {
+        mailbox.close_requested().await;
+        false
+    };
+    let timer = async {
+        match timeout {
+            Some(t) => {
                 async_io::Timer::after(t).await;
                 false
-            })
-            .await
+            }
+            None => std::future::pending().await,
         }
-    }
+    };
+    futures_lite::future::or(write, futures_lite::future::or(closed, timer)).await
 }

@@ -2,7 +2,8 @@
 //! handed off by someone else's release, a timeout fired by the timer task,
 //! an `error` at shutdown) reaches the connection's own task.
 //!
-//! It is a mutex-protected queue plus one waker slot. Pushing after the
+//! It is a mutex-protected queue plus one waker slot (only the owning task
+//! ever waits on it: for a delivery, or while writing, for a forced close). Pushing after the
 //! receiver has gone is harmless (the item is dropped: the core already
 //! forgot the connection). The receiver never misses a push: it registers
 //! its waker under the same lock it checks the queue with.
@@ -80,6 +81,28 @@ impl Mailbox {
     /// Waits for the oldest delivery.
     pub fn recv(&self) -> Recv<'_> {
         Recv { mailbox: self }
+    }
+
+    /// Polls for a queued [`Delivery::Close`] without taking anything from
+    /// the queue, registering `cx`'s waker if there is none. The task polls
+    /// this while it is writing (and so not receiving), so that a forced
+    /// close also ends a write the peer never drains.
+    pub fn poll_close_requested(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = lock(&self.state);
+        if s.queue.contains(&Delivery::Close) {
+            return Poll::Ready(());
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits until a [`Delivery::Close`] is queued (see
+    /// [`Mailbox::poll_close_requested`]).
+    pub async fn close_requested(&self) {
+        std::future::poll_fn(|cx| self.poll_close_requested(cx)).await
     }
 }
 

@@ -280,8 +280,7 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         }
         None => None,
     };
-    let std_listener = std::net::TcpListener::bind(&cfg.listen)
-        .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+    let std_listener = bind(&cfg.listen).map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
     let addr = std_listener
         .local_addr()
         .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
@@ -357,6 +356,40 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         done,
         finished,
     })
+}
+
+/// Connections the kernel may queue before `accept` takes them; it clamps
+/// this to `net.core.somaxconn`, as Go's listener uses. std's fixed 128
+/// overflows under a burst of connects (clients reconnecting after a
+/// restart), and every SYN dropped for that costs its client a one-second
+/// retransmit.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds the first address `listen` resolves to that accepts a bind, like
+/// `std::net::TcpListener::bind` but with [`LISTEN_BACKLOG`].
+fn bind(listen: &str) -> io::Result<std::net::TcpListener> {
+    let mut last_error = None;
+    for addr in std::net::ToSocketAddrs::to_socket_addrs(listen)? {
+        match bind_one(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing")
+    }))
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does on Unix: a restart may rebind while old connections
+    // linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Starts graceful shutdown: stop accepting, cancel blocked requests with

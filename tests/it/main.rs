@@ -1,0 +1,31 @@
+//! Integration tests: each module starts its own in-process server on
+//! `127.0.0.1:0` and talks to it over real loopback TCP, as a client would.
+//!
+//! Modules by boundary:
+//! * `commands`: every command and reply shape, stats, tokens, key spaces;
+//! * `fifo`: arrival-order grants across connections;
+//! * `contention`: safety properties with many clients at once;
+//! * `semaphores`: N holders, queueing, hand-off, limit mismatch;
+//! * `two_phase`: `e`/`w`/`se`/`sw` edge cases (reference §12 items 16–27);
+//! * `leases`: expiry hand-off and renewal, driven by the server's timer;
+//! * `disconnect`: what a vanished connection leaves behind;
+//! * `auth`: the `auth` handshake;
+//! * `limits`: connection caps, `max_waiters`, `max_locks`;
+//! * `shutdown`: binding, graceful drain and forced close;
+//! * `pipelining`: many requests per write, blocked requests in a pipeline;
+//! * `bad_input`: malformed, hostile and slow peers.
+
+mod support;
+
+mod auth;
+mod bad_input;
+mod commands;
+mod contention;
+mod disconnect;
+mod fifo;
+mod leases;
+mod limits;
+mod pipelining;
+mod semaphores;
+mod shutdown;
+mod two_phase;

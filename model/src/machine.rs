@@ -503,7 +503,11 @@ impl Machine {
         self.touch(ri, now);
         let r = &self.resources[ri];
         if self.has_room(r) && r.waiters.is_empty() {
-            // §3.2: free capacity and nobody queued: grant now.
+            // §3.2: free capacity and nobody queued: grant now, if a fence
+            // is left to issue (§6).
+            if !self.fence_available() {
+                return self.reply(out, conn, "error");
+            }
             let arrival = self.take_arrival();
             let token = self.grant(ri, conn, lease_s, arrival, now, false, Cause::Request);
             self.reply(out, conn, &format!("ok {token} {lease_s}"));
@@ -619,7 +623,11 @@ impl Machine {
         self.touch(ri, now);
         let r = &self.resources[ri];
         if self.has_room(r) && r.waiters.is_empty() {
-            // §5.3: immediate grant; the record remembers the token.
+            // §5.3: immediate grant (if a fence is left, §6); the record
+            // remembers the token.
+            if !self.fence_available() {
+                return self.reply(out, conn, "error");
+            }
             let arrival = self.take_arrival();
             let token = self.grant(ri, conn, lease_s, arrival, now, false, Cause::Request);
             self.add_record(Record {
@@ -820,8 +828,12 @@ impl Machine {
     // ----- Grants (§6, §7) -----
 
     /// §7: grant from the head of the queue while there is room, as of `at`.
+    /// Without a fence left to issue, the queue waits (§6).
     fn hand_off(&mut self, ri: usize, at: u64, cause: Cause, out: &mut Vec<Output>) {
-        while self.has_room(&self.resources[ri]) && !self.resources[ri].waiters.is_empty() {
+        while self.has_room(&self.resources[ri])
+            && !self.resources[ri].waiters.is_empty()
+            && self.fence_available()
+        {
             let w = match self.bug {
                 Bug::GrantFromBack => self.resources[ri].waiters.pop().expect("non-empty"),
                 Bug::WaiterLeftInQueue => {
@@ -965,6 +977,12 @@ impl Machine {
         }
     }
 
+    /// §6: a grant never issues a fence above the ceiling. `Config` has no
+    /// ceiling (no fence state file), so the ceiling is the largest fence.
+    fn fence_available(&self) -> bool {
+        self.last_fence < FENCE_CEILING
+    }
+
     fn queue_full(&self, ri: usize) -> bool {
         self.cfg.max_waiters > 0 && self.resources[ri].waiters.len() >= self.cfg.max_waiters
     }
@@ -1063,6 +1081,9 @@ impl Machine {
         stats::build(self.conns.len(), &self.resources, now)
     }
 }
+
+/// The largest fence a grant may issue (§6).
+const FENCE_CEILING: u64 = u64::MAX;
 
 /// Seconds to milliseconds, saturating.
 fn secs(s: u64) -> u64 {

@@ -394,6 +394,20 @@ transcripts! {
         1000 - drain        => c2 ok T2 33; c3 error
     ");
 
+    // §6: no fence above the ceiling (here the largest u64): a request that
+    // needs one answers `error`; a queue waits instead of being granted.
+    fences_run_out_at_the_ceiling,
+    Config { fence_start: u64::MAX - 1, ..cfg() }, &with_conns("
+        0    c1 l a 0       => c1 ok T18446744073709551615 33
+        0    c2 l b 0       => c2 error
+        0    c2 e b         => c2 error
+        0    c2 l a 5
+        0    c3 e a         => c3 queued
+        1000 c1 r a T18446744073709551615 => c1 ok
+        1000 c4 l a 0       => c4 timeout
+        5000 - advance      => c2 timeout
+    ");
+
     // §6: the first fence is fence_start + 1.
     first_fence_follows_fence_start,
     Config { fence_start: 41, ..cfg() }, &with_conns("

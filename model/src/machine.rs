@@ -317,6 +317,7 @@ impl Machine {
         if renew_first {
             self.advance_to(now_ms, &mut out);
         }
+        self.check_invariants();
         out
     }
 
@@ -376,6 +377,7 @@ impl Machine {
                 self.hand_off(ri, now_ms, Cause::Disconnect, &mut out);
             }
         }
+        self.check_invariants();
         out
     }
 
@@ -383,6 +385,7 @@ impl Machine {
     pub fn advance(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.advance_to(now_ms, &mut out);
+        self.check_invariants();
         out
     }
 
@@ -421,6 +424,7 @@ impl Machine {
             let ri = self.find(space, &key).expect("resource vanished");
             self.hand_off(ri, now_ms, Cause::WaiterLeft, &mut out);
         }
+        self.check_invariants();
         out
     }
 
@@ -477,6 +481,75 @@ impl Machine {
     /// The events recorded since the last call.
     pub fn take_trace(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.trace)
+    }
+
+    /// Panics unless the state is one the rules can produce (STYLE 11: a
+    /// lock server stops rather than double-grants). Checked after every
+    /// input, except in deliberately broken machines, so the model checker
+    /// also verifies these on every state it visits.
+    fn check_invariants(&self) {
+        if self.bug != Bug::None {
+            return;
+        }
+        let sorted = |a: &Resource, b: &Resource| (&a.key, a.space) < (&b.key, b.space);
+        assert!(self.resources.windows(2).all(|w| sorted(&w[0], &w[1])));
+        assert!(self.conns.windows(2).all(|w| w[0].id < w[1].id));
+        for r in &self.resources {
+            assert!(r.limit >= 1);
+            if r.space == Space::Lock {
+                assert_eq!(r.limit, 1, "a lock's limit is 1");
+            }
+            assert!(r.holders.len() as u64 <= r.limit, "over-granted {r:?}");
+            assert!(
+                r.holders.windows(2).all(|w| w[0].fence < w[1].fence),
+                "holders in grant order"
+            );
+            for h in &r.holders {
+                assert!(h.fence <= self.last_fence);
+                assert!(h.deadline_ms > self.now_ms, "dead holder not evicted");
+                assert!(!r.waiters.iter().any(|w| w.arrival == h.arrival));
+            }
+            // §7: a queue never waits in front of free capacity (unless no
+            // fence is left to grant with).
+            if (r.holders.len() as u64) < r.limit && self.fence_available() {
+                assert!(r.waiters.is_empty(), "hand-off incomplete {r:?}");
+            }
+            for w in &r.waiters {
+                assert!(w.deadline_ms.is_none_or(|d| d > self.now_ms));
+                // A waiter without a deadline is exactly a queued record.
+                let queued = self.records.iter().any(|rec| {
+                    rec.conn == w.conn
+                        && rec.space == r.space
+                        && rec.key == r.key
+                        && rec.state == (RecordState::Queued { arrival: w.arrival })
+                });
+                assert_eq!(queued, w.deadline_ms.is_none(), "record vs waiter {w:?}");
+                assert!(
+                    self.conn_index(w.conn).is_some(),
+                    "waiter of a gone connection"
+                );
+            }
+        }
+        for rec in &self.records {
+            assert!(
+                self.conn_index(rec.conn).is_some(),
+                "record of a gone connection"
+            );
+            let r = self
+                .find(rec.space, &rec.key)
+                .expect("record without resource");
+            if let RecordState::Queued { arrival } = rec.state {
+                let w = self.resources[r]
+                    .waiters
+                    .iter()
+                    .find(|w| w.arrival == arrival);
+                assert!(
+                    w.is_some_and(|w| w.conn == rec.conn),
+                    "queued record without waiter"
+                );
+            }
+        }
+        assert!(self.resources.len() <= self.cfg.max_locks);
     }
 
     // ----- Requests -----

@@ -317,6 +317,7 @@ impl Machine {
         if renew_first {
             self.advance_to(now_ms, &mut out);
         }
+        self.check_invariants();
         out
     }
 
@@ -376,6 +377,7 @@ impl Machine {
                 self.hand_off(ri, now_ms, Cause::Disconnect, &mut out);
             }
         }
+        self.check_invariants();
         out
     }
 
@@ -383,6 +385,7 @@ impl Machine {
     pub fn advance(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.advance_to(now_ms, &mut out);
+        self.check_invariants();
         out
     }
 
@@ -421,6 +424,7 @@ impl Machine {
             let ri = self.find(space, &key).expect("resource vanished");
             self.hand_off(ri, now_ms, Cause::WaiterLeft, &mut out);
         }
+        self.check_invariants();
         out
     }
 
@@ -479,6 +483,75 @@ impl Machine {
         std::mem::take(&mut self.trace)
     }
 
+    /// Panics unless the state is one the rules can produce (STYLE 11: a
+    /// lock server stops rather than double-grants). Checked after every
+    /// input, except in deliberately broken machines, so the model checker
+    /// also verifies these on every state it visits.
+    fn check_invariants(&self) {
+        if self.bug != Bug::None {
+            return;
+        }
+        let sorted = |a: &Resource, b: &Resource| (&a.key, a.space) < (&b.key, b.space);
+        assert!(self.resources.windows(2).all(|w| sorted(&w[0], &w[1])));
+        assert!(self.conns.windows(2).all(|w| w[0].id < w[1].id));
+        for r in &self.resources {
+            assert!(r.limit >= 1);
+            if r.space == Space::Lock {
+                assert_eq!(r.limit, 1, "a lock's limit is 1");
+            }
+            assert!(r.holders.len() as u64 <= r.limit, "over-granted {r:?}");
+            assert!(
+                r.holders.windows(2).all(|w| w[0].fence < w[1].fence),
+                "holders in grant order"
+            );
+            for h in &r.holders {
+                assert!(h.fence <= self.last_fence);
+                assert!(h.deadline_ms > self.now_ms, "dead holder not evicted");
+                assert!(!r.waiters.iter().any(|w| w.arrival == h.arrival));
+            }
+            // §7: a queue never waits in front of free capacity (unless no
+            // fence is left to grant with).
+            if (r.holders.len() as u64) < r.limit && self.fence_available() {
+                assert!(r.waiters.is_empty(), "hand-off incomplete {r:?}");
+            }
+            for w in &r.waiters {
+                assert!(w.deadline_ms.is_none_or(|d| d > self.now_ms));
+                // A waiter without a deadline is exactly a queued record.
+                let queued = self.records.iter().any(|rec| {
+                    rec.conn == w.conn
+                        && rec.space == r.space
+                        && rec.key == r.key
+                        && rec.state == (RecordState::Queued { arrival: w.arrival })
+                });
+                assert_eq!(queued, w.deadline_ms.is_none(), "record vs waiter {w:?}");
+                assert!(
+                    self.conn_index(w.conn).is_some(),
+                    "waiter of a gone connection"
+                );
+            }
+        }
+        for rec in &self.records {
+            assert!(
+                self.conn_index(rec.conn).is_some(),
+                "record of a gone connection"
+            );
+            let r = self
+                .find(rec.space, &rec.key)
+                .expect("record without resource");
+            if let RecordState::Queued { arrival } = rec.state {
+                let w = self.resources[r]
+                    .waiters
+                    .iter()
+                    .find(|w| w.arrival == arrival);
+                assert!(
+                    w.is_some_and(|w| w.conn == rec.conn),
+                    "queued record without waiter"
+                );
+            }
+        }
+        assert!(self.resources.len() <= self.cfg.max_locks);
+    }
+
     // ----- Requests -----
 
     /// §3: `l` / `sl`.
@@ -503,7 +576,11 @@ impl Machine {
         self.touch(ri, now);
         let r = &self.resources[ri];
         if self.has_room(r) && r.waiters.is_empty() {
-            // §3.2: free capacity and nobody queued: grant now.
+            // §3.2: free capacity and nobody queued: grant now, if a fence
+            // is left to issue (§6).
+            if !self.fence_available() {
+                return self.reply(out, conn, "error");
+            }
             let arrival = self.take_arrival();
             let token = self.grant(ri, conn, lease_s, arrival, now, false, Cause::Request);
             self.reply(out, conn, &format!("ok {token} {lease_s}"));
@@ -619,7 +696,11 @@ impl Machine {
         self.touch(ri, now);
         let r = &self.resources[ri];
         if self.has_room(r) && r.waiters.is_empty() {
-            // §5.3: immediate grant; the record remembers the token.
+            // §5.3: immediate grant (if a fence is left, §6); the record
+            // remembers the token.
+            if !self.fence_available() {
+                return self.reply(out, conn, "error");
+            }
             let arrival = self.take_arrival();
             let token = self.grant(ri, conn, lease_s, arrival, now, false, Cause::Request);
             self.add_record(Record {
@@ -747,15 +828,12 @@ impl Machine {
     /// as of its own deadline; then stand at `now`.
     fn advance_to(&mut self, now: u64, out: &mut Vec<Output>) {
         assert!(now >= self.now_ms, "time went back");
-        loop {
-            let Some(item) = self
-                .due_items()
-                .into_iter()
-                .filter(|d| d.deadline_ms <= now)
-                .min()
-            else {
-                break;
-            };
+        while let Some(item) = self
+            .due_items()
+            .into_iter()
+            .filter(|d| d.deadline_ms <= now)
+            .min()
+        {
             let d = item.deadline_ms;
             // Items are due no earlier than where we stand (everything
             // earlier was processed by a previous advance).
@@ -823,8 +901,12 @@ impl Machine {
     // ----- Grants (§6, §7) -----
 
     /// §7: grant from the head of the queue while there is room, as of `at`.
+    /// Without a fence left to issue, the queue waits (§6).
     fn hand_off(&mut self, ri: usize, at: u64, cause: Cause, out: &mut Vec<Output>) {
-        while self.has_room(&self.resources[ri]) && !self.resources[ri].waiters.is_empty() {
+        while self.has_room(&self.resources[ri])
+            && !self.resources[ri].waiters.is_empty()
+            && self.fence_available()
+        {
             let w = match self.bug {
                 Bug::GrantFromBack => self.resources[ri].waiters.pop().expect("non-empty"),
                 Bug::WaiterLeftInQueue => {
@@ -968,6 +1050,12 @@ impl Machine {
         }
     }
 
+    /// §6: a grant never issues a fence above the ceiling. `Config` has no
+    /// ceiling (no fence state file), so the ceiling is the largest fence.
+    fn fence_available(&self) -> bool {
+        self.last_fence < FENCE_CEILING
+    }
+
     fn queue_full(&self, ri: usize) -> bool {
         self.cfg.max_waiters > 0 && self.resources[ri].waiters.len() >= self.cfg.max_waiters
     }
@@ -1066,6 +1154,9 @@ impl Machine {
         stats::build(self.conns.len(), &self.resources, now)
     }
 }
+
+/// The largest fence a grant may issue (§6).
+const FENCE_CEILING: u64 = u64::MAX;
 
 /// Seconds to milliseconds, saturating.
 fn secs(s: u64) -> u64 {

@@ -1,0 +1,124 @@
+//! The stateright model of `spec/semantics.md` §11.
+//!
+//! The CI configurations explore their whole bounded space: every safety
+//! and liveness property holds, every reachability property is reached,
+//! and the number of unique states is pinned (a change in it means the
+//! model or the machine changed behaviour: look before updating it).
+//!
+//! Then each deliberately broken machine ([`Bug`]) must be caught: the
+//! checker has to find a counterexample for the property meant to catch
+//! it, and the counterexample must replay. Together these show that no
+//! property is vacuous.
+
+use std::collections::BTreeSet;
+
+use dflockd_model::checker::{LockModel, ModelConfig, ALWAYS, EVENTUALLY, SOMETIMES};
+use dflockd_model::Bug;
+use stateright::{Checker, HasDiscoveries, Model};
+
+/// Explores `cfg` completely and checks every property's verdict; the
+/// reachability properties in `unreachable` are expected *not* to be found.
+fn check_all(cfg: ModelConfig, unreachable: &[&str]) -> usize {
+    let checker = LockModel::new(cfg).checker().spawn_bfs().join();
+    assert!(checker.is_done());
+    for name in ALWAYS.iter().chain(&EVENTUALLY) {
+        if let Some(path) = checker.discovery(name) {
+            panic!("{name:?} fails: {:?}", path.into_actions());
+        }
+    }
+    for name in SOMETIMES {
+        let found = checker.discovery(name).is_some();
+        assert_eq!(
+            found,
+            !unreachable.contains(&name),
+            "{name:?} reached: {found}"
+        );
+    }
+    checker.unique_state_count()
+}
+
+#[test]
+fn ci_configuration_satisfies_every_property() {
+    assert_eq!(check_all(ModelConfig::ci(), &[]), 1_327_994);
+}
+
+// D6: without auto-release a disconnect never hands a lock over, and the
+// slots it keeps must still expire and be handed off.
+#[test]
+fn without_auto_release_every_property_still_holds() {
+    let mut cfg = ModelConfig::ci();
+    cfg.machine.auto_release_on_disconnect = false;
+    cfg.drain = false;
+    assert_eq!(
+        check_all(cfg, &["lock changes hands by disconnect"]),
+        803_301
+    );
+}
+
+/// Runs the checker on a broken machine until it finds a counterexample for
+/// `property`, then replays it.
+fn catch(bug: Bug, property: &'static str, tweak: fn(&mut ModelConfig)) {
+    let mut cfg = ModelConfig::ci();
+    cfg.bug = bug;
+    tweak(&mut cfg);
+    let checker = LockModel::new(cfg)
+        .checker()
+        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([property])))
+        .spawn_bfs()
+        .join();
+    let path = checker
+        .discovery(property)
+        .unwrap_or_else(|| panic!("{bug:?} is not caught by {property:?}"));
+    checker.assert_discovery(property, path.into_actions());
+}
+
+fn ci(_: &mut ModelConfig) {}
+
+/// Liveness counterexamples end at the horizon: a shorter one is found sooner.
+fn short(cfg: &mut ModelConfig) {
+    cfg.horizon_s = 3;
+    cfg.drain = false;
+    cfg.two_phase = false;
+}
+
+macro_rules! caught {
+    ($($name:ident: $bug:ident by $property:literal $(, $tweak:ident)?;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                catch(Bug::$bug, $property, caught!(@tweak $($tweak)?));
+            }
+        )*
+        /// Every broken variant has a test above.
+        #[test]
+        fn every_bug_is_tested() {
+            let tested: BTreeSet<String> = [$(format!("{:?}", Bug::$bug)),*].into();
+            let all: BTreeSet<String> = Bug::ALL.iter().map(|b| format!("{b:?}")).collect();
+            assert_eq!(tested, all);
+        }
+        /// Every safety and liveness property is shown to fail somewhere.
+        #[test]
+        fn every_failure_property_is_exercised() {
+            let exercised: BTreeSet<&str> = [$($property),*].into();
+            let all: BTreeSet<&str> = ALWAYS.iter().chain(&EVENTUALLY).copied().collect();
+            assert_eq!(exercised, all);
+        }
+    };
+    (@tweak) => { ci };
+    (@tweak $tweak:ident) => { $tweak };
+}
+
+caught! {
+    double_grant_breaks_mutual_exclusion: DoubleGrant by "mutual exclusion";
+    double_grant_breaks_semaphore_limit: DoubleGrant by "semaphore within limit";
+    grant_from_back_breaks_fifo: GrantFromBack by "fifo grant order";
+    granting_a_timed_out_waiter_is_caught: GrantTimedOutWaiter by "no grant to a dead waiter";
+    keeping_a_timed_out_waiter_is_caught: TimeoutKeepsWaiter by "no grant to a dead waiter";
+    keeping_a_disconnected_waiter_is_caught: DisconnectKeepsWaiters by "no grant to a dead waiter";
+    renew_without_extending_is_caught: RenewNoExtend by "renewed lease honoured";
+    reused_fence_is_caught: FenceNotIncremented by "fencing tokens increase";
+    waiter_left_in_queue_is_caught: WaiterLeftInQueue by "no waiter is also a holder";
+    never_expiring_lease_is_caught: LeaseNeverExpires by "expired lease is reclaimed", short;
+    resurrecting_renew_is_caught: RenewResurrectsExpired by "expired lease is reclaimed", short;
+    missing_hand_off_on_expiry_is_caught: NoHandoffOnExpiry by "head waiter granted or timed out", short;
+}

@@ -78,17 +78,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         0 => None,
         s => Some(Duration::from_secs(s)),
     };
-    let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
-    let mut wbuf: Vec<u8> = Vec::with_capacity(4096);
-    let mut scratch = vec![0u8; 8192];
+    // Buffers start empty and grow with use, so an idle connection costs
+    // little memory.
+    let mut rbuf: Vec<u8> = Vec::new();
+    let mut wbuf: Vec<u8> = Vec::new();
+    let mut scratch = vec![0u8; 4096];
     let mut more_work = false;
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut effects: Vec<Effect> = Vec::new();
     let mut blocked = false;
     let mut closing = false;
     let mut auth_failed = false;
-    // The read deadline (protocol.md §2.4).
+    // The read deadline (protocol.md §2.4). It moves with every request, so
+    // the reactor timer is not re-armed each time: it stays armed at an
+    // earlier instant and, when it fires early, is re-armed to `deadline`.
     let mut deadline = Instant::now() + read_timeout;
+    let mut timer = async_io::Timer::at(deadline);
     // Whether the read buffer held part of a request when the deadline was
     // last armed, and whether a request was answered since.
     let mut partial = false;
@@ -197,7 +202,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             &mut scratch,
             mailbox,
             can_read,
-            (!blocked).then_some(deadline),
+            (!blocked).then_some(&mut timer),
         )
         .await;
         match wake {
@@ -209,12 +214,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 answered = true;
                 encode_reply(&reply, &mut wbuf);
             }
+            Wake::Deadline if Instant::now() < deadline => {
+                // The timer was armed for an earlier deadline.
+                timer.set_at(deadline);
+            }
             Wake::Deadline => {
                 let mut inner = shared.lock();
                 let now = shared.clock(&inner);
                 if rbuf.is_empty() && inner.core.owns_anything(id) {
                     drop(inner);
                     deadline = Instant::now() + read_timeout;
+                    timer.set_at(deadline);
                     continue;
                 }
                 inner.core.handle_invalid(now, id, true, &mut effects);
@@ -241,16 +251,16 @@ async fn wait<S: AsyncRead + Unpin>(
     scratch: &mut [u8],
     mailbox: &Mailbox,
     can_read: bool,
-    deadline: Option<Instant>,
+    timer: Option<&mut async_io::Timer>,
 ) -> Wake {
     if let Some(d) = mailbox.try_recv() {
         return Wake::Mail(d);
     }
     let mail = async { Wake::Mail(mailbox.recv().await) };
     let timer = async {
-        match deadline {
-            Some(d) => {
-                async_io::Timer::at(d).await;
+        match timer {
+            Some(t) => {
+                t.await;
                 Wake::Deadline
             }
             None => std::future::pending().await,

@@ -251,3 +251,31 @@ fn table_reader() {
     );
     assert_eq!(code_spans("b `ok` c `x y`"), vec!["ok", "x y"]);
 }
+
+/// The property names in spec/semantics.md §11 are exactly the ones the
+/// stateright model checks, in the same groups.
+#[test]
+fn semantics_properties_match_the_model() {
+    let doc = read("spec/semantics.md");
+    let section = &doc[doc.find("## 11. Properties").expect("§11 exists")..];
+    let group = |start: &str, end: Option<&str>| -> Vec<String> {
+        let from = section
+            .find(start)
+            .unwrap_or_else(|| panic!("{start} in §11"));
+        let rest = &section[from..];
+        let rest = match end.and_then(|e| rest.find(e)) {
+            Some(to) => &rest[..to],
+            None => rest,
+        };
+        rest.lines()
+            .filter_map(|l| l.strip_prefix("* **"))
+            .filter_map(|l| l.split("**").next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let names = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    use dflockd_model::checker::{ALWAYS, EVENTUALLY, SOMETIMES};
+    assert_eq!(group("Always:", Some("Sometimes")), names(&ALWAYS));
+    assert_eq!(group("Sometimes", Some("Eventually:")), names(&SOMETIMES));
+    assert_eq!(group("Eventually:", None), names(&EVENTUALLY));
+}

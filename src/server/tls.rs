@@ -204,7 +204,13 @@ pub(super) async fn serve(
         None
     };
     match futures_lite::future::or(handshake, timer).await {
-        Some(Ok(tls)) => conn::serve_stream(shared, tls).await,
+        Some(Ok(mut tls)) => {
+            conn::serve_stream(shared, &mut tls).await;
+            // Best effort, without waiting: a close_notify alert if the
+            // socket takes it at once, then the FIN.
+            let _ =
+                futures_lite::future::poll_once(futures_lite::AsyncWriteExt::close(&mut tls)).await;
+        }
         Some(Err(e)) => {
             if shared.cfg.debug {
                 eprintln!("dflockd: TLS handshake failed: {e}");

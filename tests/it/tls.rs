@@ -355,3 +355,98 @@ fn a_connection_counts_toward_max_connections_from_accept() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Writes `cert` and `key` PEM files into a fresh temporary directory.
+fn pem_files(
+    cert: &str,
+    key: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "dflockd-it-tls-bin-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let c = dir.join("cert.pem");
+    let k = dir.join("key.pem");
+    std::fs::write(&c, cert).expect("write cert");
+    std::fs::write(&k, key).expect("write key");
+    (dir, c, k)
+}
+
+// The daemon refuses to start on unusable TLS files, naming the file.
+#[test]
+fn daemon_reports_bad_tls_files_as_configuration_errors() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (dir, cert, key) = pem_files("not a certificate\n", &ck.signing_key.serialize_pem());
+    let missing = dir.join("missing.pem");
+    for (c, k, expect) in [
+        (
+            &missing,
+            &key,
+            format!(
+                "configuration error: --tls-cert {}: cannot read",
+                missing.display()
+            ),
+        ),
+        (
+            &cert,
+            &key,
+            format!(
+                "configuration error: --tls-cert {}: no PEM certificate",
+                cert.display()
+            ),
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dflockd"))
+            .args(["--port", "0", "--tls-cert"])
+            .arg(c)
+            .arg("--tls-key")
+            .arg(k)
+            .env_remove("DFLOCKD_TLS_CERT")
+            .env_remove("DFLOCKD_TLS_KEY")
+            .output()
+            .expect("run dflockd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+        assert!(stderr.starts_with(&expect), "stderr: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// The daemon serves TLS with the files given on its command line.
+#[test]
+fn daemon_serves_tls() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (dir, cert, key) = pem_files(&ck.cert.pem(), &ck.signing_key.serialize_pem());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dflockd"))
+        .args(["--port", "0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dflockd");
+    // "dflockd <version> listening on <addr>"
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let result = std::panic::catch_unwind(|| {
+        let mut c = TlsClient::connect(addr, both_versions(ck.cert.der())).expect("handshake");
+        let (tok, _) = grant(&c.req("l", "k", "0"));
+        assert_eq!(c.req("r", "k", &tok), "ok");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -188,9 +188,17 @@ fn build(
     Ok(std::sync::Arc::new(config))
 }
 
+/// How a handshake ended.
+enum Handshake<S> {
+    Done(io::Result<S>),
+    Late,
+    ShuttingDown,
+}
+
 /// Serves one accepted TCP connection over TLS: the handshake, bounded by
 /// `--read-timeout`, then the same connection task as plain TCP. A failed
-/// or late handshake just closes the socket.
+/// or late handshake just closes the socket, and so does shutdown: a
+/// connection still in its handshake has nothing in the core to drain.
 pub(super) async fn serve(
     shared: &Arc<Shared>,
     stream: async_net::TcpStream,
@@ -198,29 +206,39 @@ pub(super) async fn serve(
 ) {
     conn::tune(&stream);
     let deadline = Duration::from_secs(shared.cfg.read_timeout_s);
-    let handshake = async { Some(acceptor.accept(stream).await) };
+    let handshake = async { Handshake::Done(acceptor.accept(stream).await) };
     let timer = async {
         async_io::Timer::after(deadline).await;
-        None
+        Handshake::Late
     };
-    match futures_lite::future::or(handshake, timer).await {
-        Some(Ok(mut tls)) => {
+    let shutdown = async {
+        let l = shared.shutdown_event.listen();
+        if !shared.is_shutting_down() {
+            l.await;
+        }
+        Handshake::ShuttingDown
+    };
+    let outcome =
+        futures_lite::future::or(handshake, futures_lite::future::or(timer, shutdown)).await;
+    match outcome {
+        Handshake::Done(Ok(mut tls)) => {
             conn::serve_stream(shared, &mut tls).await;
             // Best effort, without waiting: a close_notify alert if the
             // socket takes it at once, then the FIN.
             let _ =
                 futures_lite::future::poll_once(futures_lite::AsyncWriteExt::close(&mut tls)).await;
         }
-        Some(Err(e)) => {
+        Handshake::Done(Err(e)) => {
             if shared.cfg.debug {
                 eprintln!("dflockd: TLS handshake failed: {e}");
             }
         }
-        None => {
+        Handshake::Late => {
             if shared.cfg.debug {
                 eprintln!("dflockd: TLS handshake not finished within {deadline:?}");
             }
         }
+        Handshake::ShuttingDown => {}
     }
 }
 

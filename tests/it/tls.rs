@@ -450,3 +450,22 @@ fn daemon_serves_tls() {
         std::panic::resume_unwind(e);
     }
 }
+
+// A connection still in its handshake holds nothing in the core: shutdown
+// closes it at once instead of waiting out the handshake deadline.
+#[test]
+fn shutdown_does_not_wait_for_a_pending_handshake() {
+    let (server, cert) = tls_server(|cfg| {
+        cfg.read_timeout_s = 60;
+        cfg.shutdown_timeout_s = 60;
+    });
+    let mut pending = connect_raw(server.addr());
+    // Accepted in arrival order: once this one is served, `pending` has
+    // been accepted too.
+    let mut c = TlsClient::connect(server.addr(), both_versions(&cert)).expect("handshake");
+    assert_eq!(c.req("ping", "_", ""), "ok");
+    drop(c);
+    server.shutdown();
+    assert!(raw_until_closed(&mut pending, IO_TIMEOUT).is_empty());
+    server.join_within(IO_TIMEOUT);
+}

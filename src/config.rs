@@ -421,7 +421,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// TLS certificate and key paths. The type holds both or neither, which is
-/// the rule upstream enforces at startup (v1.10.1+).
+/// the rule upstream enforces at startup (v1.10.1+). The files themselves
+/// are read and checked by [`crate::server::tls::load`] when `main` starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -489,9 +490,8 @@ pub struct Config {
     /// Things the operator should hear about but that do not stop startup
     /// (legacy variable names, inert HTTP options). `main` prints them.
     pub warnings: Vec<String>,
-    /// Where the HTTP port and the TLS pair came from, for [`Config::unsupported`].
+    /// Where the HTTP port came from, for [`Config::unsupported`].
     http_port_origin: Origin,
-    tls_origin: Origin,
 }
 
 impl fmt::Debug for Config {
@@ -634,9 +634,9 @@ impl Config {
     }
 
     /// Returns a message if the configuration asks for something this build
-    /// cannot do yet: the HTTP API (`--http-port` ≠ 0) or TLS. `main` must
-    /// refuse to start with it, because silently serving plain TCP where TLS
-    /// was asked for would be worse than not starting. HTTP options other
+    /// cannot do yet: the HTTP API (`--http-port` ≠ 0). `main` must refuse
+    /// to start with it, because silently ignoring an API that was asked
+    /// for would be worse than not starting. HTTP options other
     /// than the port do nothing while the port is 0 (as upstream), so they
     /// only produce a warning in [`Config::warnings`].
     pub fn unsupported(&self) -> Option<String> {
@@ -644,15 +644,6 @@ impl Config {
             return Some(format!(
                 "{} is not yet supported by this build (the HTTP API is not implemented); leave it unset or 0",
                 self.http_port_origin.with_flag("--http-port")
-            ));
-        }
-        if self.tls.is_some() {
-            let what = match self.tls_origin {
-                Origin::Env(_) => "DFLOCKD_TLS_CERT/DFLOCKD_TLS_KEY (--tls-cert/--tls-key)",
-                _ => "--tls-cert/--tls-key",
-            };
-            return Some(format!(
-                "{what} is not yet supported by this build (TLS is not implemented); refusing to serve plain TCP instead"
             ));
         }
         None
@@ -1187,9 +1178,9 @@ fn resolve(f: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
 
     let tls_cert = r.path(&f.tls_cert, "--tls-cert", "DFLOCKD_TLS_CERT");
     let tls_key = r.path(&f.tls_key, "--tls-key", "DFLOCKD_TLS_KEY");
-    let (tls, tls_origin) = match (tls_cert, tls_key) {
-        (Some((cert, origin)), Some((key, _))) => (Some(TlsConfig { cert, key }), origin),
-        (None, None) => (None, Origin::Default("--tls-cert")),
+    let tls = match (tls_cert, tls_key) {
+        (Some((cert, _)), Some((key, _))) => Some(TlsConfig { cert, key }),
+        (None, None) => None,
         (Some((_, given)), None) => {
             return Err(ConfigError::TlsIncomplete {
                 given,
@@ -1365,7 +1356,6 @@ fn resolve(f: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         debug,
         warnings: r.warnings,
         http_port_origin,
-        tls_origin,
     })
 }
 
@@ -1852,7 +1842,7 @@ mod tests {
     fn tls_needs_cert_and_key() {
         const RULE: &str = "TLS needs both a certificate and a key, or neither";
         check_all(&[
-            (&["--tls-cert", "c.pem", "--tls-key", "k.pem"], &[], "tls=c.pem,k.pem unsupported=yes"),
+            (&["--tls-cert", "c.pem", "--tls-key", "k.pem"], &[], "tls=c.pem,k.pem unsupported=no"),
             (&["--tls-cert", "c.pem"], &[("DFLOCKD_TLS_KEY", "k.pem")], "tls=c.pem,k.pem"),
             (&[], &[("DFLOCKD_TLS_CERT", "c.pem"), ("DFLOCKD_TLS_KEY", "k.pem")], "tls=c.pem,k.pem"),
             (&["--tls-cert", "", "--tls-key", ""], &[], "tls=none unsupported=no"),
@@ -1895,8 +1885,9 @@ mod tests {
         let msg = |args: &[&str], env: &[(&str, &str)]| config(args, env).unsupported().unwrap_or_default();
         assert_eq!(msg(&["--http-port", "6389"], &[]), "--http-port is not yet supported by this build (the HTTP API is not implemented); leave it unset or 0");
         assert!(msg(&[], &[("DFLOCKD_HTTP_PORT", "6389")]).starts_with("DFLOCKD_HTTP_PORT (--http-port) is not yet supported by this build"));
-        assert!(msg(&["--tls-cert", "c", "--tls-key", "k"], &[]).starts_with("--tls-cert/--tls-key is not yet supported by this build"));
-        assert!(msg(&[], &[("DFLOCKD_TLS_CERT", "c"), ("DFLOCKD_TLS_KEY", "k")]).starts_with("DFLOCKD_TLS_CERT/DFLOCKD_TLS_KEY (--tls-cert/--tls-key) is not yet"));
+        // TLS is supported: the files are loaded (and checked) by `main`.
+        assert_eq!(msg(&["--tls-cert", "c", "--tls-key", "k"], &[]), "");
+        assert_eq!(msg(&[], &[("DFLOCKD_TLS_CERT", "c"), ("DFLOCKD_TLS_KEY", "k")]), "");
         assert_eq!(msg(&["--http-port", "0"], &[]), "");
         // Inert HTTP options are warned about, one warning each.
         let cfg = config(&["--http-max-sessions", "5", "--http-cors-allowed-origins", "*"], &[("DFLOCKD_HTTP_SSE_PING_S", "3")]);

@@ -52,6 +52,17 @@ fn main() {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
 
+    let tls = match &cfg.tls {
+        Some(t) => match server::tls::load(&t.cert, &t.key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("configuration error: {e}");
+                exit(1)
+            }
+        },
+        None => None,
+    };
+
     let server_cfg = ServerConfig {
         listen: cfg.listen_addr(),
         core: cfg.core_config(wall_ns, u64::MAX, salt_key),
@@ -64,6 +75,7 @@ fn main() {
         threads: 0,
         auth_failure_pause_ms: 100,
         debug: cfg.debug,
+        tls,
     };
     let handle = match server::spawn(server_cfg) {
         Ok(h) => h,

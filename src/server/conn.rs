@@ -50,12 +50,18 @@ enum Wake {
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(shared: &Arc<Shared>, stream: async_net::TcpStream) {
+    tune(&stream);
+    serve_stream(shared, stream).await;
+}
+
+/// Socket options for every accepted TCP connection, plain or TLS:
+/// no Nagle delay, and keepalive so that vanished peers are noticed.
+pub fn tune(stream: &async_net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
         .with_interval(Duration::from_secs(10));
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    serve_stream(shared, stream).await;
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 /// Serves any byte stream as one connection (TCP, TLS, or an in-memory
@@ -290,7 +296,9 @@ async fn write<S: AsyncWrite + Unpin>(
     timeout: Option<Duration>,
     mailbox: &Mailbox,
 ) -> bool {
-    let write = async { stream.write_all(buf).await.is_ok() };
+    // The flush is a no-op on TCP; on TLS it sends records that
+    // `write_all` left inside the session (see `server::tls`).
+    let write = async { stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok() };
     let closed = async {
         mailbox.close_requested().await;
         false

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod fence_file;
 pub mod mailbox;
 pub mod timer;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     /// (slows down guessing; upstream waits about 100 ms).
     pub auth_failure_pause_ms: u64,
     pub debug: bool,
+    /// When set, every connection is TLS (protocol.md §1.1); see [`tls::load`].
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             threads: 0,
             auth_failure_pause_ms: 100,
             debug: false,
+            tls: None,
         }
     }
 }
@@ -420,6 +424,11 @@ async fn accept_loop(
     listener: async_net::TcpListener,
 ) {
     let mut backoff = Duration::from_millis(5);
+    let tls = shared
+        .cfg
+        .tls
+        .clone()
+        .map(futures_rustls::TlsAcceptor::from);
     loop {
         let shutdown = shared.shutdown_event.listen();
         if shared.is_shutting_down() {
@@ -450,10 +459,19 @@ async fn accept_loop(
             continue;
         }
         let shared2 = shared.clone();
-        ex.spawn(async move {
-            conn::serve(&shared2, stream).await;
-            release_admission(&shared2, peer.ip());
-        })
+        match &tls {
+            None => ex.spawn(async move {
+                conn::serve(&shared2, stream).await;
+                release_admission(&shared2, peer.ip());
+            }),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                ex.spawn(async move {
+                    tls::serve(&shared2, stream, acceptor).await;
+                    release_admission(&shared2, peer.ip());
+                })
+            }
+        }
         .detach();
     }
 }

@@ -13,7 +13,9 @@
 //! * `limits`: connection caps, `max_waiters`, `max_locks`;
 //! * `shutdown`: binding, graceful drain and forced close;
 //! * `pipelining`: many requests per write, blocked requests in a pipeline;
-//! * `bad_input`: malformed, hostile and slow peers.
+//! * `bad_input`: malformed, hostile and slow peers;
+//! * `tls`: TLS on the TCP port: round trips, refused handshakes, the
+//!   handshake deadline.
 
 mod support;
 
@@ -28,4 +30,5 @@ mod limits;
 mod pipelining;
 mod semaphores;
 mod shutdown;
+mod tls;
 mod two_phase;

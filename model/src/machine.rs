@@ -747,15 +747,12 @@ impl Machine {
     /// as of its own deadline; then stand at `now`.
     fn advance_to(&mut self, now: u64, out: &mut Vec<Output>) {
         assert!(now >= self.now_ms, "time went back");
-        loop {
-            let Some(item) = self
-                .due_items()
-                .into_iter()
-                .filter(|d| d.deadline_ms <= now)
-                .min()
-            else {
-                break;
-            };
+        while let Some(item) = self
+            .due_items()
+            .into_iter()
+            .filter(|d| d.deadline_ms <= now)
+            .min()
+        {
             let d = item.deadline_ms;
             // Items are due no earlier than where we stand (everything
             // earlier was processed by a previous advance).

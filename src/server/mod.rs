@@ -51,6 +51,8 @@ pub struct ServerConfig {
     /// (slows down guessing; upstream waits about 100 ms).
     pub auth_failure_pause_ms: u64,
     pub debug: bool,
+    /// The HTTP REST front (`--http-port` ≠ 0); `None` = off.
+    pub http: Option<crate::http::HttpSettings>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +69,7 @@ impl Default for ServerConfig {
             threads: 0,
             auth_failure_pause_ms: 100,
             debug: false,
+            http: None,
         }
     }
 }
@@ -177,7 +180,24 @@ impl Shared {
         }
     }
 
-    fn is_shutting_down(&self) -> bool {
+    /// Accepts one connection from `listener`, or `None` once shutdown
+    /// has begun.
+    pub(crate) async fn accept_or_shutdown(
+        &self,
+        listener: &async_net::TcpListener,
+    ) -> Option<io::Result<(async_net::TcpStream, SocketAddr)>> {
+        let shutdown = self.shutdown_event.listen();
+        if self.is_shutting_down() {
+            return None;
+        }
+        futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.await;
+            None
+        })
+        .await
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
 }
@@ -186,6 +206,7 @@ impl Shared {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
     done: Arc<Event>,
     finished: Arc<AtomicBool>,
@@ -194,6 +215,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP listener's address, when the HTTP front is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Begins graceful shutdown (as SIGTERM does).
@@ -287,6 +313,20 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let listener = async_net::TcpListener::try_from(std_listener)
         .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
 
+    let http_listener = match &cfg.http {
+        Some(h) => {
+            let l = bind(&h.listen).map_err(|e| StartError::Bind(h.listen.clone(), e))?;
+            let a = l
+                .local_addr()
+                .map_err(|e| StartError::Bind(h.listen.clone(), e))?;
+            let l = async_net::TcpListener::try_from(l)
+                .map_err(|e| StartError::Bind(h.listen.clone(), e))?;
+            Some((l, a))
+        }
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|(_, a)| *a);
+
     let threads_n = match cfg.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -305,8 +345,11 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         let ex2 = ex.clone();
         ex.spawn(async move {
             let timer = ex2.spawn(timer::run(shared.clone()));
+            let http = http_listener
+                .map(|(l, _)| ex2.spawn(crate::http::run(shared.clone(), ex2.clone(), l)));
             accept_loop(&shared, &ex2, listener).await;
             drain(&shared).await;
+            drop(http);
             drop(timer);
         })
     };
@@ -352,6 +395,7 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     Ok(ServerHandle {
         shared,
         addr,
+        http_addr,
         threads,
         done,
         finished,

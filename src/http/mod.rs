@@ -177,7 +177,7 @@ struct Front {
     started: Instant,
 }
 
-/// Accepts HTTP connections until shutdown begins, with the session
+/// Accepts HTTP connections until the server stops, with the session
 /// sweeper alongside.
 pub async fn run(
     shared: Arc<Shared>,
@@ -196,10 +196,10 @@ pub async fn run(
     });
     let _sweeper = ex.spawn(sweeper(front.clone()));
     loop {
-        let Some(accepted) = shared.accept_or_shutdown(&listener).await else {
-            return;
-        };
-        let Ok((stream, _peer)) = accepted else {
+        // Keeps accepting while the server drains, so `/ready` and the 503
+        // `draining` answers are served (Decision D10); the task is dropped
+        // when the server stops.
+        let Ok((stream, _peer)) = listener.accept().await else {
             async_io::Timer::after(Duration::from_millis(20)).await;
             continue;
         };

@@ -180,23 +180,6 @@ impl Shared {
         }
     }
 
-    /// Accepts one connection from `listener`, or `None` once shutdown
-    /// has begun.
-    pub(crate) async fn accept_or_shutdown(
-        &self,
-        listener: &async_net::TcpListener,
-    ) -> Option<io::Result<(async_net::TcpStream, SocketAddr)>> {
-        let shutdown = self.shutdown_event.listen();
-        if self.is_shutting_down() {
-            return None;
-        }
-        futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.await;
-            None
-        })
-        .await
-    }
-
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }

@@ -13,7 +13,8 @@
 //! * `limits`: connection caps, `max_waiters`, `max_locks`;
 //! * `shutdown`: binding, graceful drain and forced close;
 //! * `pipelining`: many requests per write, blocked requests in a pipeline;
-//! * `bad_input`: malformed, hostile and slow peers.
+//! * `bad_input`: malformed, hostile and slow peers;
+//! * `http`: the HTTP REST front, its sessions, and cross-transport FIFO.
 
 mod support;
 
@@ -23,6 +24,7 @@ mod commands;
 mod contention;
 mod disconnect;
 mod fifo;
+mod http;
 mod leases;
 mod limits;
 mod pipelining;

@@ -464,11 +464,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, Box<Resp>> {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
             if e.is::<http_body_util::LengthLimitError>() {
-                Err(Box::new(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "bad_request",
-                    "request body larger than 1 MiB",
-                )))
+                Err(Box::new(bad_request("request body larger than 1 MiB")))
             } else {
                 Err(Box::new(bad_request("cannot read request body")))
             }

@@ -11,6 +11,7 @@
 
 pub mod sessions;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -156,17 +157,20 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
     ),
 ];
 
-type Router = matchit::Router<(Route, &'static [Method])>;
+type Router = matchit::Router<(Route, &'static [Method], &'static str)>;
 
 fn router() -> Router {
     let mut r = matchit::Router::new();
     for (path, route, methods) in ROUTES {
         // The table is static and its templates distinct.
-        r.insert(*path, (*route, *methods))
+        r.insert(*path, (*route, *methods, *path))
             .expect("route templates are valid and distinct");
     }
     r
 }
+
+/// (method, route template, status) → (requests, seconds spent).
+type RequestCounts = BTreeMap<(&'static str, &'static str, u16), (u64, f64)>;
 
 /// State of the HTTP front.
 struct Front {
@@ -175,6 +179,8 @@ struct Front {
     sessions: Sessions,
     router: Router,
     started: Instant,
+    /// Per (method, route template, status): request count and seconds.
+    requests: std::sync::Mutex<RequestCounts>,
 }
 
 /// Accepts HTTP connections until the server stops, with the session
@@ -193,6 +199,7 @@ pub async fn run(
         sessions: Sessions::default(),
         router: router(),
         started: Instant::now(),
+        requests: std::sync::Mutex::new(BTreeMap::new()),
     });
     let _sweeper = ex.spawn(sweeper(front.clone()));
     loop {
@@ -208,7 +215,7 @@ pub async fn run(
         ex.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let front = front.clone();
-                async move { Ok::<_, Infallible>(handle(&front, req).await) }
+                async move { Ok::<_, Infallible>(serve(&front, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(smol_hyper::rt::SmolTimer::new())
@@ -287,12 +294,40 @@ fn session_gone() -> Resp {
 
 // ----- dispatch ----------------------------------------------------------
 
+/// Handles one request and counts it for `/metrics`.
+async fn serve(front: &Front, req: hyper::Request<Incoming>) -> Resp {
+    let start = Instant::now();
+    // Bounded label values: the known methods, and route templates.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let template = front
+        .router
+        .at(req.uri().path())
+        .map_or("unmatched", |m| m.value.2);
+    let resp = handle(front, req).await;
+    let mut requests = front.requests.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = requests
+        .entry((method, template, resp.status().as_u16()))
+        .or_insert((0, 0.0));
+    entry.0 += 1;
+    entry.1 += start.elapsed().as_secs_f64();
+    resp
+}
+
 async fn handle(front: &Front, req: hyper::Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let Ok(m) = front.router.at(&path) else {
         return error(StatusCode::NOT_FOUND, "not_found", "");
     };
-    let (route, methods) = *m.value;
+    let (route, methods, _) = *m.value;
     let param = m
         .params
         .get("key")
@@ -791,6 +826,31 @@ fn metrics(front: &Front) -> Resp {
     for (name, help, value) in gauges {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    let requests = front
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    out.push_str(
+        "# HELP dflockd_http_requests_total HTTP requests answered, by method, route template and status.\n\
+         # TYPE dflockd_http_requests_total counter\n",
+    );
+    for ((method, path, status), (count, _)) in &requests {
+        out.push_str(&format!(
+            "dflockd_http_requests_total{{method=\"{method}\",path=\"{path}\",status=\"{status}\"}} {count}\n"
+        ));
+    }
+    out.push_str(
+        "# HELP dflockd_http_request_duration_seconds Time spent answering HTTP requests.\n\
+         # TYPE dflockd_http_request_duration_seconds summary\n",
+    );
+    for ((method, path, status), (count, sum)) in &requests {
+        let labels = format!("method=\"{method}\",path=\"{path}\",status=\"{status}\"");
+        out.push_str(&format!(
+            "dflockd_http_request_duration_seconds_sum{{{labels}}} {sum}\n\
+             dflockd_http_request_duration_seconds_count{{{labels}}} {count}\n"
         ));
     }
     raw_resp(

@@ -164,6 +164,26 @@ fn health_ready_openapi_stats_metrics() {
     ] {
         assert!(r.body.contains(g), "{g} missing in {}", r.body);
     }
+    // Request counters by route template; the 404 above is `unmatched`.
+    get(addr, "/nope");
+    let r = get(addr, "/metrics");
+    for line in [
+        "dflockd_http_requests_total{method=\"GET\",path=\"/health\",status=\"200\"} 1",
+        "dflockd_http_requests_total{method=\"GET\",path=\"unmatched\",status=\"404\"} 1",
+        "dflockd_http_request_duration_seconds_count{method=\"GET\",path=\"/v1/stats\",status=\"200\"} 1",
+    ] {
+        assert!(r.body.contains(line), "{line} missing in {}", r.body);
+    }
+}
+
+/// The HTTP listener closes with the server.
+#[test]
+fn listener_stops_with_the_server() {
+    let (server, addr) = start(|_| {});
+    assert_eq!(get(addr, "/health").status, 200);
+    server.shutdown();
+    server.join_within(Duration::from_secs(10));
+    assert!(TcpStream::connect_timeout(&addr, IO).is_err());
 }
 
 #[test]

@@ -372,7 +372,7 @@ async fn handle(front: &Front, req: hyper::Request<Incoming>) -> Resp {
     match route {
         Route::Metrics => metrics(front),
         Route::Stats => {
-            let json = shared.lock().core.stats_json();
+            let json = current_stats(shared);
             raw_resp(
                 StatusCode::OK,
                 "application/json",
@@ -754,12 +754,20 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
 
 // ----- metrics -----------------------------------------------------------
 
+/// The stats JSON as of now: the core is first advanced to the current time
+/// (expiring what is due, as any input does), like the `stats` request.
+fn current_stats(shared: &Shared) -> String {
+    let mut effects = Vec::new();
+    let mut inner = shared.lock();
+    let now = shared.clock(&inner);
+    inner.core.handle_timeout(now, &mut effects);
+    shared.after_core(&mut inner, &mut effects, None);
+    inner.core.stats_json()
+}
+
 fn metrics(front: &Front) -> Resp {
     let shared = &front.shared;
-    let (stats, connections) = {
-        let inner = shared.lock();
-        (inner.core.stats_json(), inner.core.connection_count())
-    };
+    let stats = current_stats(shared);
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap_or_default();
     let arr = |name: &str| {
         v.get(name)
@@ -789,7 +797,7 @@ fn metrics(front: &Front) -> Resp {
         (
             "dflockd_connections",
             "Core connections: TCP connections plus HTTP sessions.",
-            connections as f64,
+            v.get("connections").and_then(|c| c.as_u64()).unwrap_or(0) as f64,
         ),
         (
             "dflockd_http_sessions",

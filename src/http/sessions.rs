@@ -1,5 +1,5 @@
 //! HTTP sessions: each one is a core connection (Decision D8), registered
-//! with [`register`] and ended with [`unregister`], exactly
+//! with `server::register` and ended with `server::unregister`, exactly
 //! as a TCP connection is.
 //!
 //! Lifetime (Decision D9): a session dies on `DELETE`, when the sweeper

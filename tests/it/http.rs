@@ -603,3 +603,63 @@ fn draining_is_503() {
     call(addr, "POST", "/v1/sessions", &[], "").err(503, "draining");
     post(addr, &sid, "/v1/locks/k", json!({})).err(503, "draining");
 }
+
+/// Requests on one session are serialised: a second request waits behind a
+/// blocked one (the core never sees two requests from one connection).
+#[test]
+fn requests_on_one_session_are_serialised() {
+    let (server, addr) = start(|_| {});
+    let mut holder = server.client();
+    let tok = holder.lock("q");
+    let sid = new_session(addr);
+    let first = std::thread::spawn({
+        let sid = sid.clone();
+        move || post(addr, &sid, "/v1/locks/q", json!({"acquire_timeout_s": 10}))
+    });
+    server.wait_lock_waiters("q", 1);
+    let second = std::thread::spawn({
+        let sid = sid.clone();
+        move || {
+            post(
+                addr,
+                &sid,
+                "/v1/locks/other",
+                json!({"acquire_timeout_s": 0}),
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !second.is_finished(),
+        "the second request overtook the first"
+    );
+    // HEAD works on GET routes meanwhile.
+    assert_eq!(call(addr, "HEAD", "/v1/stats", &[], "").status, 200);
+    assert_eq!(holder.req("r", "q", &tok), "ok");
+    assert_eq!(first.join().expect("first").json()["status"], "ok");
+    assert_eq!(second.join().expect("second").json()["status"], "ok");
+}
+
+/// DELETE while a request of the session is blocked: the request answers
+/// 410 and its waiter leaves the queue.
+#[test]
+fn delete_during_blocked_request() {
+    let (server, addr) = start(|_| {});
+    let mut holder = server.client();
+    let tok = holder.lock("z");
+    let sid = new_session(addr);
+    let blocked = std::thread::spawn({
+        let sid = sid.clone();
+        move || post(addr, &sid, "/v1/locks/z", json!({"acquire_timeout_s": 30}))
+    });
+    server.wait_lock_waiters("z", 1);
+    assert_eq!(
+        call(addr, "DELETE", &format!("/v1/sessions/{sid}"), &[], "").status,
+        204
+    );
+    blocked.join().expect("blocked").err(410, "session_gone");
+    server.wait_lock_waiters("z", 0);
+    assert_eq!(holder.req("r", "z", &tok), "ok");
+    drop(holder);
+    server.assert_quiet();
+}

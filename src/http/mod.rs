@@ -932,4 +932,22 @@ mod tests {
         assert!(build_request(Space::Sem, Op::Enqueue, k(), b"").is_err());
         assert!(build_request(Space::Lock, Op::Release, k(), br#"{"token":"a b"}"#).is_err());
     }
+
+    proptest::proptest! {
+        /// Peer input never panics the request mapping.
+        #[test]
+        fn arbitrary_input_never_panics(
+            path in ".{0,64}",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let _ = router().at(&path);
+            let _ = percent_decode(&path);
+            for space in [Space::Lock, Space::Sem] {
+                for op in [Op::Acquire, Op::Release, Op::Renew, Op::Enqueue, Op::Wait] {
+                    let key = Key::new(b"k").expect("key");
+                    let _ = build_request(space, op, key, &body);
+                }
+            }
+        }
+    }
 }

@@ -574,14 +574,19 @@ fn idle_sessions_expire() {
     let kept = new_session(addr);
     let r = post(addr, &sid, "/v1/locks/e", json!({"acquire_timeout_s": 0}));
     assert_eq!(r.json()["status"], "ok");
-    // Keep one alive with pings for 3 s.
-    for _ in 0..6 {
-        std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(
-            call(addr, "POST", &format!("/v1/sessions/{kept}/ping"), &[], "").status,
-            204
+    // Keep one alive with pings until the other has expired (its lock goes).
+    let start = std::time::Instant::now();
+    while stats(addr)["locks"] != json!([]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "session never expired"
         );
+        std::thread::sleep(Duration::from_millis(200));
+        let ping = format!("/v1/sessions/{kept}/ping");
+        assert_eq!(call(addr, "POST", &ping, &[], "").status, 204);
     }
+    // Not before 2 × the idle timeout.
+    assert!(start.elapsed() >= Duration::from_millis(1900));
     post(addr, &sid, "/v1/locks/e", json!({})).err(410, "session_gone");
     let s = stats(addr);
     assert_eq!(s["locks"], json!([]));

@@ -429,8 +429,9 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// Options of the HTTP REST + SSE API (§7). They are parsed and validated,
-/// but this build does not serve HTTP yet: see [`Config::unsupported`].
+/// Options of the HTTP REST + SSE API (§7). The HTTP front (`src/http`)
+/// uses the port, host, idle timeout and session cap; the rest are parsed
+/// and validated but not implemented yet (a warning says so).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// 0 = HTTP API off.
@@ -634,15 +635,15 @@ impl Config {
     }
 
     /// Returns a message if the configuration asks for something this build
-    /// cannot do yet: the HTTP API (`--http-port` ≠ 0). `main` must refuse
-    /// to start with it, because silently ignoring an API that was asked
-    /// for would be worse than not starting. HTTP options other
-    /// than the port do nothing while the port is 0 (as upstream), so they
-    /// only produce a warning in [`Config::warnings`].
+    /// cannot do yet: the HTTP API over TLS (the TCP port would be TLS and
+    /// the HTTP port plaintext, which is not what a TLS configuration asks
+    /// for). `main` must refuse to start with it. HTTP options other than
+    /// the port do nothing while the port is 0 (as upstream), so they only
+    /// produce a warning in [`Config::warnings`].
     pub fn unsupported(&self) -> Option<String> {
-        if self.http.port != 0 {
+        if self.http.port != 0 && self.tls.is_some() {
             return Some(format!(
-                "{} is not yet supported by this build (the HTTP API is not implemented); leave it unset or 0",
+                "{} with --tls-cert/--tls-key is not yet supported by this build (the HTTP API has no TLS yet); refusing to serve HTTP in plaintext",
                 self.http_port_origin.with_flag("--http-port")
             ));
         }
@@ -1314,6 +1315,25 @@ fn resolve(f: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
                 ));
             }
         }
+    } else {
+        // Parsed and validated, but this build's HTTP front does not
+        // implement them yet (spec/http.md, "Not implemented").
+        let given = [
+            (max_sessions_per_ip_origin, "--http-max-sessions-per-ip"),
+            (http_max_conns_origin, "--http-max-connections-per-ip"),
+            (rate_origin, "--http-rate-limit-per-ip"),
+            (burst_origin, "--http-rate-limit-burst"),
+            (ping_origin, "--http-sse-ping-interval"),
+            (cors_origin, "--http-cors-allowed-origins"),
+        ];
+        for (origin, flag) in given {
+            if !origin.is_default() {
+                r.warnings.push(format!(
+                    "{} is not implemented by this build's HTTP API yet and is ignored",
+                    origin.with_flag(flag)
+                ));
+            }
+        }
     }
 
     let http = HttpConfig {
@@ -1858,7 +1878,7 @@ mod tests {
     #[rustfmt::skip]
     fn http_port_must_differ_from_port() {
         check_all(&[
-            (&["--http-port", "6389"], &[], "http_port=6389 unsupported=yes"),
+            (&["--http-port", "6389"], &[], "http_port=6389 unsupported=no"),
             (&["--http-port", "0", "--port", "0"], &[], "http_port=0 port=0"),
             (&["--http-port", "6388"], &[], "error: --http-port: must differ from --port (both are 6388)"),
             (&["--port", "7000"], &[("DFLOCKD_HTTP_PORT", "7000")], "error: DFLOCKD_HTTP_PORT: must differ from --port (both are 7000)"),
@@ -1883,11 +1903,13 @@ mod tests {
     #[rustfmt::skip]
     fn unsupported_features_are_reported_not_ignored() {
         let msg = |args: &[&str], env: &[(&str, &str)]| config(args, env).unsupported().unwrap_or_default();
-        assert_eq!(msg(&["--http-port", "6389"], &[]), "--http-port is not yet supported by this build (the HTTP API is not implemented); leave it unset or 0");
-        assert!(msg(&[], &[("DFLOCKD_HTTP_PORT", "6389")]).starts_with("DFLOCKD_HTTP_PORT (--http-port) is not yet supported by this build"));
+        assert_eq!(msg(&["--http-port", "6389"], &[]), "");
+        assert_eq!(msg(&[], &[("DFLOCKD_HTTP_PORT", "6389")]), "");
         // TLS is supported: the files are loaded (and checked) by `main`.
         assert_eq!(msg(&["--tls-cert", "c", "--tls-key", "k"], &[]), "");
         assert_eq!(msg(&[], &[("DFLOCKD_TLS_CERT", "c"), ("DFLOCKD_TLS_KEY", "k")]), "");
+        assert!(msg(&["--http-port", "6389", "--tls-cert", "c", "--tls-key", "k"], &[])
+            .starts_with("--http-port with --tls-cert/--tls-key is not yet supported"));
         assert_eq!(msg(&["--http-port", "0"], &[]), "");
         // Inert HTTP options are warned about, one warning each.
         let cfg = config(&["--http-max-sessions", "5", "--http-cors-allowed-origins", "*"], &[("DFLOCKD_HTTP_SSE_PING_S", "3")]);
@@ -1897,8 +1919,10 @@ mod tests {
             "DFLOCKD_HTTP_SSE_PING_S (--http-sse-ping-interval) has no effect while --http-port is 0 (HTTP API off)",
             "--http-cors-allowed-origins has no effect while --http-port is 0 (HTTP API off)",
         ]);
-        // With HTTP on, `unsupported` covers them instead.
-        check(&["--http-port", "1", "--http-max-sessions", "5"], &[], "warnings=0 unsupported=yes");
+        // With HTTP on, they apply; the ones not implemented yet are warned about.
+        check(&["--http-port", "1", "--http-max-sessions", "5"], &[], "warnings=0 unsupported=no");
+        let cfg = config(&["--http-port", "1", "--http-rate-limit-per-ip", "5"], &[]);
+        assert_eq!(cfg.warnings, ["--http-rate-limit-per-ip is not implemented by this build's HTTP API yet and is ignored"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! 2. [`core`]: the sans-IO transition function (locks, semaphores, leases,
 //!    FIFO, two-phase, GC, stats). Time and token salt are arguments.
 //! 3. [`server`]: the smol driver that moves bytes between sockets and the core.
+//!    [`http`]: the HTTP REST front, another driver of the same core.
 //! 4. [`config`]: flags, environment variables and their validation.
 //! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
 //! 6. `differential` (feature `differential`): the model-versus-core
@@ -17,6 +18,7 @@ pub mod conformance;
 pub mod core;
 #[cfg(feature = "differential")]
 pub mod differential;
+pub mod http;
 pub mod server;
 pub mod sync;
 pub mod wire;

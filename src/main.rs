@@ -76,6 +76,13 @@ fn main() {
         auth_failure_pause_ms: 100,
         debug: cfg.debug,
         tls,
+        http: cfg
+            .http_listen_addr()
+            .map(|listen| dflockd::http::HttpSettings {
+                listen,
+                session_idle_timeout_s: cfg.http.session_idle_timeout_s,
+                max_sessions: cfg.http.max_sessions,
+            }),
     };
     let handle = match server::spawn(server_cfg) {
         Ok(h) => h,
@@ -89,6 +96,9 @@ fn main() {
         env!("CARGO_PKG_VERSION"),
         handle.local_addr()
     );
+    if let Some(a) = handle.http_addr() {
+        eprintln!("dflockd HTTP API listening on {a}");
+    }
 
     let shared = handle.shared().clone();
     let mut signals = match signal_hook::iterator::Signals::new([

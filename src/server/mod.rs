@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub debug: bool,
     /// When set, every connection is TLS (protocol.md §1.1); see [`tls::load`].
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The HTTP REST front (`--http-port` ≠ 0); `None` = off.
+    pub http: Option<crate::http::HttpSettings>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             auth_failure_pause_ms: 100,
             debug: false,
             tls: None,
+            http: None,
         }
     }
 }
@@ -181,7 +184,7 @@ impl Shared {
         }
     }
 
-    fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
 }
@@ -190,6 +193,7 @@ impl Shared {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
     done: Arc<Event>,
     finished: Arc<AtomicBool>,
@@ -198,6 +202,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP listener's address, when the HTTP front is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Begins graceful shutdown (as SIGTERM does).
@@ -291,6 +300,20 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let listener = async_net::TcpListener::try_from(std_listener)
         .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
 
+    let http_listener = match &cfg.http {
+        Some(h) => {
+            let l = bind(&h.listen).map_err(|e| StartError::Bind(h.listen.clone(), e))?;
+            let a = l
+                .local_addr()
+                .map_err(|e| StartError::Bind(h.listen.clone(), e))?;
+            let l = async_net::TcpListener::try_from(l)
+                .map_err(|e| StartError::Bind(h.listen.clone(), e))?;
+            Some((l, a))
+        }
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|(_, a)| *a);
+
     let threads_n = match cfg.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -309,8 +332,11 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         let ex2 = ex.clone();
         ex.spawn(async move {
             let timer = ex2.spawn(timer::run(shared.clone()));
+            let http = http_listener
+                .map(|(l, _)| ex2.spawn(crate::http::run(shared.clone(), ex2.clone(), l)));
             accept_loop(&shared, &ex2, listener).await;
             drain(&shared).await;
+            drop(http);
             drop(timer);
         })
     };
@@ -356,6 +382,7 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     Ok(ServerHandle {
         shared,
         addr,
+        http_addr,
         threads,
         done,
         finished,

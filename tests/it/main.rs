@@ -16,6 +16,7 @@
 //! * `bad_input`: malformed, hostile and slow peers;
 //! * `tls`: TLS on the TCP port: round trips, refused handshakes, the
 //!   handshake deadline.
+//! * `http`: the HTTP REST front, its sessions, and cross-transport FIFO.
 
 mod support;
 
@@ -25,6 +26,7 @@ mod commands;
 mod contention;
 mod disconnect;
 mod fifo;
+mod http;
 mod leases;
 mod limits;
 mod pipelining;

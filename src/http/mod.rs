@@ -1,0 +1,953 @@
+//! The HTTP REST front (reference §7, `spec/http.md`): another driver of
+//! the same core, not another core. Every lock and semaphore route becomes
+//! one [`Request`] applied under the [`Shared`] lock exactly as the TCP
+//! connection task applies it; an HTTP session is a core connection.
+//!
+//! Shape: one accept loop ([`run`]); one hyper HTTP/1 connection per socket
+//! (smol-hyper I/O and timer); a matchit router; a session table with an
+//! idle sweeper ([`sessions`]). Everything answers JSON
+//! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
+//! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
+
+pub mod sessions;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::core::Effect;
+use crate::server::mailbox::Delivery;
+use crate::server::Shared;
+use crate::sync::Arc;
+use crate::wire::{Key, Reply, Request, Space, Status, MAX_LINE_BYTES, MAX_SECONDS};
+use sessions::{CreateError, InFlight, Session, Sessions};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The OpenAPI 3.1 document served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../spec/openapi.json");
+/// The session header of every lock and semaphore route.
+pub const SESSION_HEADER: &str = "x-dflockd-session";
+
+/// Settings of the HTTP front, already validated (from `--http-*`).
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// `--http-session-idle-timeout`; 0 = sessions are never reaped.
+    pub session_idle_timeout_s: u64,
+    /// `--http-max-sessions`; 0 = unlimited.
+    pub max_sessions: usize,
+}
+
+type Resp = hyper::Response<Full<Bytes>>;
+
+/// What a lock or semaphore route does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Acquire,
+    Release,
+    Renew,
+    Enqueue,
+    Wait,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Acquire => "acquire",
+            Op::Release => "release",
+            Op::Renew => "renew",
+            Op::Enqueue => "enqueue",
+            Op::Wait => "wait",
+        }
+    }
+}
+
+/// A matched route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    Metrics,
+    OpenApi,
+    Stats,
+    SessionCreate,
+    Session,
+    SessionPing,
+    Key(Space, Op),
+}
+
+/// Every route: path template, what it is, the methods it allows.
+pub const ROUTES: &[(&str, Route, &[Method])] = &[
+    ("/health", Route::Health, &[Method::GET, Method::HEAD]),
+    ("/ready", Route::Ready, &[Method::GET, Method::HEAD]),
+    ("/metrics", Route::Metrics, &[Method::GET, Method::HEAD]),
+    (
+        "/v1/openapi.json",
+        Route::OpenApi,
+        &[Method::GET, Method::HEAD],
+    ),
+    ("/v1/stats", Route::Stats, &[Method::GET, Method::HEAD]),
+    ("/v1/sessions", Route::SessionCreate, &[Method::POST]),
+    ("/v1/sessions/{id}", Route::Session, &[Method::DELETE]),
+    (
+        "/v1/sessions/{id}/ping",
+        Route::SessionPing,
+        &[Method::POST],
+    ),
+    (
+        "/v1/locks/{key}",
+        Route::Key(Space::Lock, Op::Acquire),
+        &[Method::POST],
+    ),
+    (
+        "/v1/locks/{key}/release",
+        Route::Key(Space::Lock, Op::Release),
+        &[Method::POST],
+    ),
+    (
+        "/v1/locks/{key}/renew",
+        Route::Key(Space::Lock, Op::Renew),
+        &[Method::POST],
+    ),
+    (
+        "/v1/locks/{key}/enqueue",
+        Route::Key(Space::Lock, Op::Enqueue),
+        &[Method::POST],
+    ),
+    (
+        "/v1/locks/{key}/wait",
+        Route::Key(Space::Lock, Op::Wait),
+        &[Method::POST],
+    ),
+    (
+        "/v1/semaphores/{key}",
+        Route::Key(Space::Sem, Op::Acquire),
+        &[Method::POST],
+    ),
+    (
+        "/v1/semaphores/{key}/release",
+        Route::Key(Space::Sem, Op::Release),
+        &[Method::POST],
+    ),
+    (
+        "/v1/semaphores/{key}/renew",
+        Route::Key(Space::Sem, Op::Renew),
+        &[Method::POST],
+    ),
+    (
+        "/v1/semaphores/{key}/enqueue",
+        Route::Key(Space::Sem, Op::Enqueue),
+        &[Method::POST],
+    ),
+    (
+        "/v1/semaphores/{key}/wait",
+        Route::Key(Space::Sem, Op::Wait),
+        &[Method::POST],
+    ),
+];
+
+type Router = matchit::Router<(Route, &'static [Method], &'static str)>;
+
+fn router() -> Router {
+    let mut r = matchit::Router::new();
+    for (path, route, methods) in ROUTES {
+        // The table is static and its templates distinct.
+        r.insert(*path, (*route, *methods, *path))
+            .expect("route templates are valid and distinct");
+    }
+    r
+}
+
+/// (method, route template, status) → (requests, seconds spent).
+type RequestCounts = BTreeMap<(&'static str, &'static str, u16), (u64, f64)>;
+
+/// State of the HTTP front.
+struct Front {
+    shared: Arc<Shared>,
+    settings: HttpSettings,
+    sessions: Sessions,
+    router: Router,
+    started: Instant,
+    /// Per (method, route template, status): request count and seconds.
+    requests: std::sync::Mutex<RequestCounts>,
+}
+
+/// Accepts HTTP connections until the server stops, with the session
+/// sweeper alongside.
+pub async fn run(
+    shared: Arc<Shared>,
+    ex: Arc<smol::Executor<'static>>,
+    listener: async_net::TcpListener,
+) {
+    let Some(settings) = shared.cfg.http.clone() else {
+        return;
+    };
+    let front = Arc::new(Front {
+        shared: shared.clone(),
+        settings,
+        sessions: Sessions::default(),
+        router: router(),
+        started: Instant::now(),
+        requests: std::sync::Mutex::new(BTreeMap::new()),
+    });
+    let _sweeper = ex.spawn(sweeper(front.clone()));
+    loop {
+        // Keeps accepting while the server drains, so `/ready` and the 503
+        // `draining` answers are served (Decision D10); the task is dropped
+        // when the server stops.
+        let Ok((stream, _peer)) = listener.accept().await else {
+            async_io::Timer::after(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let front = front.clone();
+        ex.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let front = front.clone();
+                async move { Ok::<_, Infallible>(serve(&front, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(smol_hyper::rt::SmolTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(smol_hyper::rt::FuturesIo::new(stream), svc)
+                .await;
+        })
+        .detach();
+    }
+}
+
+/// Reaps sessions idle for more than 2 × the idle timeout (Decision D9).
+async fn sweeper(front: Arc<Front>) {
+    let idle = front.settings.session_idle_timeout_s;
+    if idle == 0 {
+        return;
+    }
+    let max_idle = Duration::from_secs(idle.saturating_mul(2));
+    let period = Duration::from_millis((idle * 1000 / 4).clamp(100, 30_000));
+    loop {
+        async_io::Timer::after(period).await;
+        front.sessions.sweep(&front.shared, max_idle);
+    }
+}
+
+// ----- responses ---------------------------------------------------------
+
+fn json_resp(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let mut text = body.to_string();
+    text.push('\n');
+    raw_resp(status, "application/json", text.into())
+}
+
+fn raw_resp(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
+    let mut r = hyper::Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn no_content() -> Resp {
+    let mut r = hyper::Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, detail: &str) -> Resp {
+    let body = if detail.is_empty() {
+        json!({ "error": code })
+    } else {
+        json!({ "error": code, "detail": detail })
+    };
+    json_resp(status, &body)
+}
+
+fn bad_request(detail: &str) -> Resp {
+    error(StatusCode::BAD_REQUEST, "bad_request", detail)
+}
+
+fn draining() -> Resp {
+    error(StatusCode::SERVICE_UNAVAILABLE, "draining", "")
+}
+
+fn session_gone() -> Resp {
+    error(StatusCode::GONE, "session_gone", "")
+}
+
+// ----- dispatch ----------------------------------------------------------
+
+/// Handles one request and counts it for `/metrics`.
+async fn serve(front: &Front, req: hyper::Request<Incoming>) -> Resp {
+    let start = Instant::now();
+    // Bounded label values: the known methods, and route templates.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let template = front
+        .router
+        .at(req.uri().path())
+        .map_or("unmatched", |m| m.value.2);
+    let resp = handle(front, req).await;
+    let mut requests = front.requests.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = requests
+        .entry((method, template, resp.status().as_u16()))
+        .or_insert((0, 0.0));
+    entry.0 += 1;
+    entry.1 += start.elapsed().as_secs_f64();
+    resp
+}
+
+async fn handle(front: &Front, req: hyper::Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let Ok(m) = front.router.at(&path) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "");
+    };
+    let (route, methods, _) = *m.value;
+    let param = m
+        .params
+        .get("key")
+        .or_else(|| m.params.get("id"))
+        .map(str::to_owned);
+    if !methods.contains(req.method()) {
+        let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "");
+        if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+            r.headers_mut().insert(ALLOW, v);
+        }
+        return r;
+    }
+    let shared = &front.shared;
+    match route {
+        Route::Health => return json_resp(StatusCode::OK, &json!({"status": "ok"})),
+        Route::Ready => {
+            return if shared.is_shutting_down() {
+                json_resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "draining"}),
+                )
+            } else {
+                json_resp(StatusCode::OK, &json!({"status": "ok"}))
+            }
+        }
+        Route::OpenApi => {
+            return raw_resp(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from_static(OPENAPI.as_bytes()),
+            )
+        }
+        _ => {}
+    }
+    if shared.is_shutting_down() {
+        return draining();
+    }
+    if !authorized(shared, &req) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "");
+    }
+    match route {
+        Route::Metrics => metrics(front),
+        Route::Stats => {
+            let json = current_stats(shared);
+            raw_resp(
+                StatusCode::OK,
+                "application/json",
+                format!("{json}\n").into(),
+            )
+        }
+        Route::SessionCreate => match front.sessions.create(shared, front.settings.max_sessions) {
+            Ok(s) => json_resp(
+                StatusCode::OK,
+                &json!({
+                    "session_id": s.id,
+                    "idle_timeout_s": front.settings.session_idle_timeout_s,
+                }),
+            ),
+            Err(CreateError::MaxSessions) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, "max_sessions", "")
+            }
+            Err(CreateError::Random) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "session_create_failed",
+                "",
+            ),
+        },
+        Route::Session | Route::SessionPing => {
+            let id = param.unwrap_or_default();
+            if !is_session_id(&id) {
+                return bad_request("invalid session id");
+            }
+            let Some(s) = front.sessions.get(&id) else {
+                return session_gone();
+            };
+            if route == Route::Session {
+                if front.sessions.kill(shared, &s) {
+                    no_content()
+                } else {
+                    session_gone()
+                }
+            } else {
+                s.touch();
+                no_content()
+            }
+        }
+        Route::Key(space, op) => {
+            let key = match param.as_deref().map(percent_decode) {
+                Some(Some(bytes)) => match Key::new(&bytes) {
+                    Ok(k) => k,
+                    Err(_) => return bad_request("invalid key"),
+                },
+                _ => return bad_request("invalid percent-encoding in key"),
+            };
+            let session = match req.headers().get(SESSION_HEADER) {
+                None => return bad_request("X-Dflockd-Session header required"),
+                Some(v) => match v.to_str().ok().and_then(|v| front.sessions.get(v)) {
+                    Some(s) => s,
+                    None => return session_gone(),
+                },
+            };
+            let body = match read_body(req.into_body()).await {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let request = match build_request(space, op, key, &body) {
+                Ok(r) => r,
+                Err(detail) => return bad_request(&detail),
+            };
+            on_session(front, &session, op, request).await
+        }
+        Route::Health | Route::Ready | Route::OpenApi => unreachable_route(),
+    }
+}
+
+/// Not reachable: those routes returned above. Answer 500 rather than panic.
+fn unreachable_route() -> Resp {
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "")
+}
+
+fn authorized(shared: &Shared, req: &hyper::Request<Incoming>) -> bool {
+    let Some(expected) = &shared.cfg.core.auth_token else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let given = given.trim_ascii();
+    // Constant time in the position of the first difference.
+    let mut diff = u8::from(given.len() != expected.len());
+    for i in 0..given.len().max(expected.len()) {
+        diff |= given.get(i).copied().unwrap_or(0) ^ expected.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+/// 32 lowercase hex digits.
+pub fn is_session_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Decodes `%XX` escapes; `None` on a malformed escape.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let hi = hex(*b.get(i + 1)?)?;
+            let lo = hex(*b.get(i + 2)?)?;
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, Box<Resp>> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Err(Box::new(bad_request("request body larger than 1 MiB")))
+            } else {
+                Err(Box::new(bad_request("cannot read request body")))
+            }
+        }
+    }
+}
+
+// ----- request bodies ----------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    #[serde(default)]
+    acquire_timeout_s: u64,
+    #[serde(default)]
+    lease_ttl_s: u64,
+    limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: String,
+    #[serde(default)]
+    lease_ttl_s: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    #[serde(default)]
+    lease_ttl_s: u64,
+    limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitBody {
+    #[serde(default)]
+    timeout_s: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    token: String,
+}
+
+/// Parses exactly one JSON value of type `T` (trailing data is an error).
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("request body required".into());
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = T::deserialize(&mut de).map_err(|e| format!("invalid JSON body: {e}"))?;
+    de.end()
+        .map_err(|_| "trailing data after the JSON body".to_string())?;
+    Ok(v)
+}
+
+fn seconds(v: u64, what: &str) -> Result<u64, String> {
+    if v > MAX_SECONDS {
+        return Err(format!("{what} too large"));
+    }
+    Ok(v)
+}
+
+/// `lease_ttl_s` 0 or absent means the server default.
+fn lease(v: u64) -> Result<Option<u64>, String> {
+    Ok(match seconds(v, "lease_ttl_s")? {
+        0 => None,
+        l => Some(l),
+    })
+}
+
+fn limit(space: Space, v: Option<u64>) -> Result<u64, String> {
+    match (space, v) {
+        (Space::Lock, None) => Ok(1),
+        (Space::Lock, Some(_)) => Err("unknown field `limit`".into()),
+        (Space::Sem, Some(n)) if n >= 1 => Ok(n),
+        (Space::Sem, _) => Err("limit must be an integer ≥ 1".into()),
+    }
+}
+
+fn token(t: String) -> Result<Box<[u8]>, String> {
+    if t.is_empty() || t.len() > MAX_LINE_BYTES || t.chars().any(char::is_whitespace) {
+        return Err("invalid token".into());
+    }
+    Ok(t.into_bytes().into_boxed_slice())
+}
+
+/// Maps a route and its body to the protocol request it stands for.
+fn build_request(space: Space, op: Op, key: Key, body: &[u8]) -> Result<Request, String> {
+    Ok(match op {
+        Op::Acquire => {
+            let b: AcquireBody = parse(body)?;
+            Request::Acquire {
+                space,
+                key,
+                timeout_s: seconds(b.acquire_timeout_s, "acquire_timeout_s")?,
+                limit: limit(space, b.limit)?,
+                lease_s: lease(b.lease_ttl_s)?,
+            }
+        }
+        Op::Release => {
+            let b: ReleaseBody = parse(body)?;
+            Request::Release {
+                space,
+                key,
+                token: token(b.token)?,
+            }
+        }
+        Op::Renew => {
+            let b: TokenBody = parse(body)?;
+            Request::Renew {
+                space,
+                key,
+                token: token(b.token)?,
+                lease_s: lease(b.lease_ttl_s)?,
+            }
+        }
+        Op::Enqueue => {
+            // A lock enqueue may have an empty body (defaults).
+            let b: EnqueueBody = if space == Space::Lock && body.iter().all(u8::is_ascii_whitespace)
+            {
+                EnqueueBody {
+                    lease_ttl_s: 0,
+                    limit: None,
+                }
+            } else {
+                parse(body)?
+            };
+            Request::Enqueue {
+                space,
+                key,
+                limit: limit(space, b.limit)?,
+                lease_s: lease(b.lease_ttl_s)?,
+            }
+        }
+        Op::Wait => {
+            let b: WaitBody = parse(body)?;
+            Request::Wait {
+                space,
+                key,
+                timeout_s: seconds(b.timeout_s, "timeout_s")?,
+            }
+        }
+    })
+}
+
+// ----- applying a request on a session -----------------------------------
+
+/// Applies `request` on `session`'s core connection, as the TCP connection
+/// task does, waiting on the session's mailbox if the core blocks it.
+async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Request) -> Resp {
+    let shared = &front.shared;
+    let mut guard = InFlight::new(&front.sessions, shared, session);
+    let _turn = session.gate.lock().await;
+    let mut effects: Vec<Effect> = Vec::new();
+    {
+        let mut inner = shared.lock();
+        if session.dead.load(Ordering::SeqCst) {
+            return session_gone();
+        }
+        let now = shared.clock(&inner);
+        inner.core.handle(now, session.conn, request, &mut effects);
+        shared.after_core(&mut inner, &mut effects, Some(session.conn));
+    }
+    let mut reply = None;
+    let mut close = false;
+    for e in effects {
+        match e {
+            Effect::Reply { reply: r, .. } => reply = Some(r),
+            Effect::Close { .. } => close = true,
+        }
+    }
+    let reply = match reply {
+        Some(r) => r,
+        None => {
+            // Blocked: the answer comes through the mailbox. If this future
+            // is dropped meanwhile, the guard ends the session.
+            guard.armed = true;
+            let d = session.mailbox.recv().await;
+            guard.armed = false;
+            match d {
+                Delivery::Reply(r) => r,
+                Delivery::Close => {
+                    front.sessions.kill(shared, session);
+                    return if shared.is_shutting_down() {
+                        draining()
+                    } else {
+                        session_gone()
+                    };
+                }
+            }
+        }
+    };
+    if close {
+        front.sessions.kill(shared, session);
+    }
+    render(shared, op, reply)
+}
+
+/// Renders a protocol reply as an HTTP response (reference §7.5, §7.6).
+fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
+    let grant = |status: &str, token: crate::wire::Token, lease_s: u64| {
+        json_resp(
+            StatusCode::OK,
+            &json!({"status": status, "token": token.to_string(), "lease_ttl_s": lease_s}),
+        )
+    };
+    match reply {
+        Reply::Granted { token, lease_s } => grant("ok", token, lease_s),
+        Reply::Acquired { token, lease_s } => grant("acquired", token, lease_s),
+        Reply::OkInt(l) if op == Op::Renew => {
+            json_resp(StatusCode::OK, &json!({ "remaining_s": l }))
+        }
+        Reply::Ok if op == Op::Release => no_content(),
+        Reply::Status(Status::Timeout) => json_resp(StatusCode::OK, &json!({"status": "timeout"})),
+        Reply::Status(Status::Queued) => json_resp(StatusCode::OK, &json!({"status": "queued"})),
+        Reply::Status(s) => {
+            let (code, name) = match s {
+                Status::ErrorMaxLocks => (StatusCode::SERVICE_UNAVAILABLE, "max_locks"),
+                Status::ErrorMaxWaiters => (StatusCode::SERVICE_UNAVAILABLE, "max_waiters"),
+                Status::ErrorLimitMismatch => (StatusCode::CONFLICT, "limit_mismatch"),
+                Status::ErrorAlreadyEnqueued => (StatusCode::CONFLICT, "already_enqueued"),
+                Status::ErrorNotEnqueued => (StatusCode::CONFLICT, "not_enqueued"),
+                Status::ErrorLeaseExpired => (StatusCode::CONFLICT, "lease_expired"),
+                Status::ErrorAuth => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                Status::ErrorDraining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+                // A blocked request cancelled by the start of a drain.
+                Status::Error if shared.is_shutting_down() => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                }
+                Status::Error => return error(StatusCode::NOT_FOUND, "not_held", op.name()),
+                Status::Queued | Status::Timeout => (StatusCode::OK, "unreachable"),
+            };
+            error(code, name, "")
+        }
+        other => {
+            let mut line = Vec::new();
+            crate::wire::encode_reply(&other, &mut line);
+            let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unexpected_protocol_response",
+                &line,
+            )
+        }
+    }
+}
+
+// ----- metrics -----------------------------------------------------------
+
+/// The stats JSON as of now: the core is first advanced to the current time
+/// (expiring what is due, as any input does), like the `stats` request.
+fn current_stats(shared: &Shared) -> String {
+    let mut effects = Vec::new();
+    let mut inner = shared.lock();
+    let now = shared.clock(&inner);
+    inner.core.handle_timeout(now, &mut effects);
+    shared.after_core(&mut inner, &mut effects, None);
+    inner.core.stats_json()
+}
+
+fn metrics(front: &Front) -> Resp {
+    let shared = &front.shared;
+    let stats = current_stats(shared);
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap_or_default();
+    let arr = |name: &str| {
+        v.get(name)
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let sum = |items: &[serde_json::Value], field: &str| -> u64 {
+        items
+            .iter()
+            .map(|i| i.get(field).and_then(|x| x.as_u64()).unwrap_or(0))
+            .sum()
+    };
+    let locks = arr("locks");
+    let sems = arr("semaphores");
+    let gauges: [(&str, &str, f64); 9] = [
+        (
+            "dflockd_ready",
+            "1 when serving, 0 while draining.",
+            if shared.is_shutting_down() { 0.0 } else { 1.0 },
+        ),
+        (
+            "dflockd_uptime_seconds",
+            "Seconds since the HTTP front started.",
+            front.started.elapsed().as_secs_f64(),
+        ),
+        (
+            "dflockd_connections",
+            "Core connections: TCP connections plus HTTP sessions.",
+            v.get("connections").and_then(|c| c.as_u64()).unwrap_or(0) as f64,
+        ),
+        (
+            "dflockd_http_sessions",
+            "Live HTTP sessions.",
+            front.sessions.len() as f64,
+        ),
+        (
+            "dflockd_locks_held",
+            "Locks currently held.",
+            locks.len() as f64,
+        ),
+        (
+            "dflockd_lock_waiters",
+            "Waiters queued on locks.",
+            sum(&locks, "waiters") as f64,
+        ),
+        (
+            "dflockd_semaphore_holders",
+            "Semaphore slots currently held.",
+            sum(&sems, "holders") as f64,
+        ),
+        (
+            "dflockd_semaphore_waiters",
+            "Waiters queued on semaphores.",
+            sum(&sems, "waiters") as f64,
+        ),
+        (
+            "dflockd_signal_listeners",
+            "Signal subscriptions (signals are not implemented yet).",
+            0.0,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in gauges {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    let requests = front
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    out.push_str(
+        "# HELP dflockd_http_requests_total HTTP requests answered, by method, route template and status.\n\
+         # TYPE dflockd_http_requests_total counter\n",
+    );
+    for ((method, path, status), (count, _)) in &requests {
+        out.push_str(&format!(
+            "dflockd_http_requests_total{{method=\"{method}\",path=\"{path}\",status=\"{status}\"}} {count}\n"
+        ));
+    }
+    out.push_str(
+        "# HELP dflockd_http_request_duration_seconds Time spent answering HTTP requests.\n\
+         # TYPE dflockd_http_request_duration_seconds summary\n",
+    );
+    for ((method, path, status), (count, sum)) in &requests {
+        let labels = format!("method=\"{method}\",path=\"{path}\",status=\"{status}\"");
+        out.push_str(&format!(
+            "dflockd_http_request_duration_seconds_sum{{{labels}}} {sum}\n\
+             dflockd_http_request_duration_seconds_count{{{labels}}} {count}\n"
+        ));
+    }
+    raw_resp(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        out.into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"].as_str().map(|s| &s[..3]), Some("3.1"));
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in paths {
+            for method in item.as_object().expect("path item").keys() {
+                if method != "parameters" {
+                    documented.push((path.clone(), method.to_uppercase()));
+                }
+            }
+        }
+        let mut routed: Vec<(String, String)> = Vec::new();
+        for (path, _, methods) in ROUTES {
+            for m in *methods {
+                if *m != Method::HEAD {
+                    routed.push((path.to_string(), m.as_str().to_string()));
+                }
+            }
+        }
+        documented.sort();
+        routed.sort();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some(&b"a/b"[..]));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff").as_deref(), Some(&[0xff][..]));
+    }
+
+    #[test]
+    fn bodies_map_to_requests() {
+        let k = || Key::new(b"k").expect("key");
+        assert!(matches!(
+            build_request(Space::Lock, Op::Acquire, k(), br#"{"acquire_timeout_s":5}"#),
+            Ok(Request::Acquire {
+                timeout_s: 5,
+                limit: 1,
+                lease_s: None,
+                ..
+            })
+        ));
+        assert!(build_request(Space::Lock, Op::Acquire, k(), br#"{"x":1}"#).is_err());
+        assert!(build_request(Space::Lock, Op::Acquire, k(), br#"{} {}"#).is_err());
+        assert!(build_request(
+            Space::Lock,
+            Op::Acquire,
+            k(),
+            br#"{"acquire_timeout_s":-1}"#
+        )
+        .is_err());
+        assert!(build_request(Space::Sem, Op::Acquire, k(), br#"{"limit":0}"#).is_err());
+        assert!(build_request(Space::Lock, Op::Enqueue, k(), b"").is_ok());
+        assert!(build_request(Space::Sem, Op::Enqueue, k(), b"").is_err());
+        assert!(build_request(Space::Lock, Op::Release, k(), br#"{"token":"a b"}"#).is_err());
+    }
+
+    proptest::proptest! {
+        /// Peer input never panics the request mapping.
+        #[test]
+        fn arbitrary_input_never_panics(
+            path in ".{0,64}",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let _ = router().at(&path);
+            let _ = percent_decode(&path);
+            for space in [Space::Lock, Space::Sem] {
+                for op in [Op::Acquire, Op::Release, Op::Renew, Op::Enqueue, Op::Wait] {
+                    let key = Key::new(b"k").expect("key");
+                    let _ = build_request(space, op, key, &body);
+                }
+            }
+        }
+    }
+}

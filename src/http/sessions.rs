@@ -1,0 +1,187 @@
+//! HTTP sessions: each one is a core connection (Decision D8), registered
+//! with `server::register` and ended with `server::unregister`, exactly
+//! as a TCP connection is.
+//!
+//! Lifetime (Decision D9): a session dies on `DELETE`, when the sweeper
+//! finds it without a request for 2 × the idle timeout (and none in
+//! flight), or when an HTTP client goes away while its request is blocked
+//! in the core (see [`InFlight`]). Requests on one session are serialised by
+//! the session's async `gate`, so the core never sees a second request from
+//! a connection whose first is still blocked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::core::{ConnId, Effect};
+use crate::server::mailbox::{Delivery, Mailbox};
+use crate::server::{register, unregister, Shared};
+use crate::sync::Arc;
+use crate::wire::Request;
+
+/// One HTTP session.
+pub struct Session {
+    pub id: String,
+    pub conn: ConnId,
+    pub mailbox: Arc<Mailbox>,
+    /// Serialises the session's requests.
+    pub gate: smol::lock::Mutex<()>,
+    /// Set (before the core forgets the connection) when the session ends;
+    /// checked under the core lock before every core input.
+    pub dead: AtomicBool,
+    /// Requests currently being served on this session.
+    pub in_flight: AtomicUsize,
+    last_seen: std::sync::Mutex<Instant>,
+}
+
+impl Session {
+    pub fn touch(&self) {
+        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// Why a session could not be created.
+pub enum CreateError {
+    MaxSessions,
+    Random,
+}
+
+/// The table of live sessions.
+#[derive(Default)]
+pub struct Sessions {
+    map: std::sync::Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Sessions {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map().get(id).cloned()
+    }
+
+    /// Registers a new core connection for a session, authenticating it
+    /// when the server has an auth token (the HTTP layer checked the bearer
+    /// token already).
+    pub fn create(&self, shared: &Shared, max: usize) -> Result<Arc<Session>, CreateError> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|_| CreateError::Random)?;
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let mut map = self.map();
+        if max > 0 && map.len() >= max {
+            return Err(CreateError::MaxSessions);
+        }
+        let mailbox = Arc::new(Mailbox::new());
+        let conn = register(shared, mailbox.clone());
+        if let Some(token) = shared.cfg.core.auth_token.clone() {
+            let mut effects: Vec<Effect> = Vec::new();
+            let mut inner = shared.lock();
+            let now = shared.clock(&inner);
+            let req = Request::Auth {
+                token: token.into_boxed_slice(),
+            };
+            inner.core.handle(now, conn, req, &mut effects);
+            shared.after_core(&mut inner, &mut effects, Some(conn));
+        }
+        let s = Arc::new(Session {
+            id: id.clone(),
+            conn,
+            mailbox,
+            gate: smol::lock::Mutex::new(()),
+            dead: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_seen: std::sync::Mutex::new(Instant::now()),
+        });
+        map.insert(id, s.clone());
+        Ok(s)
+    }
+
+    /// Ends a session: the core runs its disconnect cleanup (waiters leave,
+    /// held slots are released as for a closed TCP connection) and a request
+    /// still waiting on the session's mailbox is woken with a close.
+    /// Returns whether the session was alive.
+    pub fn kill(&self, shared: &Shared, session: &Session) -> bool {
+        let removed = {
+            let mut map = self.map();
+            match map.get(&session.id) {
+                Some(s) if std::ptr::eq(Arc::as_ptr(s), session) => map.remove(&session.id),
+                _ => None,
+            }
+        };
+        if session.dead.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        unregister(shared, session.conn);
+        session.mailbox.push(Delivery::Close);
+        removed.is_some()
+    }
+
+    /// Kills every session idle for longer than `max_idle` with no request
+    /// in flight.
+    pub fn sweep(&self, shared: &Shared, max_idle: Duration) {
+        let stale: Vec<Arc<Session>> = self
+            .map()
+            .values()
+            .filter(|s| s.in_flight.load(Ordering::SeqCst) == 0 && s.idle_for() > max_idle)
+            .cloned()
+            .collect();
+        for s in stale {
+            // Re-check: a request may have started since.
+            if s.in_flight.load(Ordering::SeqCst) == 0 && s.idle_for() > max_idle {
+                self.kill(shared, &s);
+            }
+        }
+    }
+}
+
+/// Marks a request in flight on a session for as long as it lives. If it
+/// is dropped while `armed` (the HTTP client went away while the request
+/// was blocked in the core, so hyper dropped the handler), the session is
+/// ended: its waiter leaves the queue, and a grant that arrived but was
+/// never delivered is released by the disconnect cleanup. Nothing is left
+/// behind in the core.
+pub struct InFlight<'a> {
+    pub sessions: &'a Sessions,
+    pub shared: &'a Shared,
+    pub session: &'a Session,
+    pub armed: bool,
+}
+
+impl<'a> InFlight<'a> {
+    pub fn new(sessions: &'a Sessions, shared: &'a Shared, session: &'a Session) -> Self {
+        session.in_flight.fetch_add(1, Ordering::SeqCst);
+        session.touch();
+        InFlight {
+            sessions,
+            shared,
+            session,
+            armed: false,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.sessions.kill(self.shared, self.session);
+        }
+        self.session.touch();
+        self.session.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,670 @@
+//! The HTTP REST front: every route and error code, sessions and their
+//! expiry, cross-transport FIFO, and what a vanished HTTP client leaves
+//! behind. The client is a tiny HTTP/1.1 one over std `TcpStream`
+//! (`Connection: close`, one request per connection).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{grant, Server};
+use dflockd::http::HttpSettings;
+use dflockd::server::ServerConfig;
+
+const IO: Duration = Duration::from_secs(10);
+
+/// One HTTP response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts an error response with this status and code.
+    #[track_caller]
+    fn err(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.json()["error"], code, "{self:?}");
+        assert_eq!(self.header("content-type"), Some("application/json"));
+    }
+}
+
+fn start(configure: impl FnOnce(&mut ServerConfig)) -> (Server, SocketAddr) {
+    let server = Server::start(|cfg| {
+        cfg.http = Some(HttpSettings {
+            listen: "127.0.0.1:0".into(),
+            session_idle_timeout_s: 20,
+            max_sessions: 0,
+        });
+        configure(cfg);
+    });
+    let addr = server.handle().http_addr().expect("HTTP is on");
+    (server, addr)
+}
+
+fn send_raw(addr: SocketAddr, raw: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect_timeout(&addr, IO).expect("connect");
+    s.set_read_timeout(Some(IO)).expect("timeout");
+    s.write_all(raw).expect("write");
+    s
+}
+
+fn read_resp(mut s: TcpStream) -> Resp {
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        raw.push_str(&format!("{n}: {v}\r\n"));
+    }
+    raw.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut raw = raw.into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    read_resp(send_raw(
+        addr,
+        &request_bytes(method, path, headers, body.as_bytes()),
+    ))
+}
+
+fn get(addr: SocketAddr, path: &str) -> Resp {
+    call(addr, "GET", path, &[], "")
+}
+
+fn new_session(addr: SocketAddr) -> String {
+    let r = call(addr, "POST", "/v1/sessions", &[], "");
+    assert_eq!(r.status, 200, "{r:?}");
+    let id = r.json()["session_id"].as_str().expect("id").to_owned();
+    assert!(dflockd::http::is_session_id(&id));
+    id
+}
+
+/// A POST on a session.
+fn post(addr: SocketAddr, sid: &str, path: &str, body: Value) -> Resp {
+    call(
+        addr,
+        "POST",
+        path,
+        &[("X-Dflockd-Session", sid)],
+        &body.to_string(),
+    )
+}
+
+fn stats(addr: SocketAddr) -> Value {
+    get(addr, "/v1/stats").json()
+}
+
+#[test]
+fn health_ready_openapi_stats_metrics() {
+    let (_server, addr) = start(|_| {});
+    let r = get(addr, "/health");
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert!(r.body.ends_with("}\n"));
+    let r = get(addr, "/ready");
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
+    let r = get(addr, "/v1/openapi.json");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["openapi"], "3.1.0");
+    let s = stats(addr);
+    assert_eq!(s["connections"], 0);
+    assert!(s["locks"].as_array().is_some());
+    let r = get(addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/plain")));
+    for g in [
+        "dflockd_ready 1",
+        "dflockd_connections 0",
+        "dflockd_http_sessions 0",
+        "# TYPE dflockd_locks_held gauge",
+        "dflockd_lock_waiters 0",
+        "dflockd_semaphore_holders 0",
+        "dflockd_semaphore_waiters 0",
+        "dflockd_uptime_seconds",
+        "dflockd_signal_listeners 0",
+    ] {
+        assert!(r.body.contains(g), "{g} missing in {}", r.body);
+    }
+    // Request counters by route template; the 404 above is `unmatched`.
+    get(addr, "/nope");
+    let r = get(addr, "/metrics");
+    for line in [
+        "dflockd_http_requests_total{method=\"GET\",path=\"/health\",status=\"200\"} 1",
+        "dflockd_http_requests_total{method=\"GET\",path=\"unmatched\",status=\"404\"} 1",
+        "dflockd_http_request_duration_seconds_count{method=\"GET\",path=\"/v1/stats\",status=\"200\"} 1",
+    ] {
+        assert!(r.body.contains(line), "{line} missing in {}", r.body);
+    }
+}
+
+/// The HTTP listener closes with the server.
+#[test]
+fn listener_stops_with_the_server() {
+    let (server, addr) = start(|_| {});
+    assert_eq!(get(addr, "/health").status, 200);
+    server.shutdown();
+    server.join_within(Duration::from_secs(10));
+    assert!(TcpStream::connect_timeout(&addr, IO).is_err());
+}
+
+#[test]
+fn routing_errors() {
+    let (_server, addr) = start(|_| {});
+    get(addr, "/nope").err(404, "not_found");
+    get(addr, "/v1/locks").err(404, "not_found");
+    let r = get(addr, "/v1/locks/k");
+    r.err(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = call(addr, "POST", "/health", &[], "");
+    r.err(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+}
+
+#[test]
+fn session_lifecycle() {
+    let (_server, addr) = start(|_| {});
+    let r = call(addr, "POST", "/v1/sessions", &[], "");
+    assert_eq!(r.json()["idle_timeout_s"], 20);
+    let sid = r.json()["session_id"].as_str().expect("id").to_owned();
+    assert_eq!(stats(addr)["connections"], 1);
+    let ping = format!("/v1/sessions/{sid}/ping");
+    assert_eq!(call(addr, "POST", &ping, &[], "").status, 204);
+    let tok = post(addr, &sid, "/v1/locks/a", json!({"acquire_timeout_s": 0}));
+    assert_eq!(tok.json()["status"], "ok");
+    assert_eq!(stats(addr)["locks"].as_array().map(Vec::len), Some(1));
+    // DELETE = disconnect cleanup: the lock is released.
+    let del = format!("/v1/sessions/{sid}");
+    assert_eq!(call(addr, "DELETE", &del, &[], "").status, 204);
+    let s = stats(addr);
+    assert_eq!(s["connections"], 0);
+    assert_eq!(s["locks"], json!([]));
+    call(addr, "DELETE", &del, &[], "").err(410, "session_gone");
+    call(addr, "POST", &ping, &[], "").err(410, "session_gone");
+    post(addr, &sid, "/v1/locks/a", json!({})).err(410, "session_gone");
+    call(addr, "DELETE", "/v1/sessions/XYZ", &[], "").err(400, "bad_request");
+    call(addr, "POST", "/v1/sessions/0123/ping", &[], "").err(400, "bad_request");
+}
+
+#[test]
+fn max_sessions() {
+    let (_server, addr) = start(|cfg| {
+        if let Some(h) = cfg.http.as_mut() {
+            h.max_sessions = 2;
+        }
+    });
+    let a = new_session(addr);
+    new_session(addr);
+    call(addr, "POST", "/v1/sessions", &[], "").err(503, "max_sessions");
+    assert_eq!(
+        call(addr, "DELETE", &format!("/v1/sessions/{a}"), &[], "").status,
+        204
+    );
+    new_session(addr);
+}
+
+#[test]
+fn lock_routes() {
+    let (_server, addr) = start(|_| {});
+    let sid = new_session(addr);
+    let other = new_session(addr);
+    let r = post(
+        addr,
+        &sid,
+        "/v1/locks/k",
+        json!({"acquire_timeout_s": 0, "lease_ttl_s": 40}),
+    );
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["lease_ttl_s"], 40);
+    let tok = body["token"].as_str().expect("token").to_owned();
+    assert_eq!(tok.len(), 32);
+    // Contended, try once: timeout is a 200.
+    let r = post(addr, &other, "/v1/locks/k", json!({"acquire_timeout_s": 0}));
+    assert_eq!((r.status, r.json()), (200, json!({"status": "timeout"})));
+    // Renew.
+    let r = post(
+        addr,
+        &sid,
+        "/v1/locks/k/renew",
+        json!({"token": tok, "lease_ttl_s": 50}),
+    );
+    assert_eq!((r.status, r.json()), (200, json!({"remaining_s": 50})));
+    let r = post(
+        addr,
+        &sid,
+        "/v1/locks/k/renew",
+        json!({"token": "0".repeat(32)}),
+    );
+    r.err(404, "not_held");
+    assert_eq!(r.json()["detail"], "renew");
+    // Release.
+    let r = post(addr, &sid, "/v1/locks/k/release", json!({"token": tok}));
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    post(addr, &sid, "/v1/locks/k/release", json!({"token": tok})).err(404, "not_held");
+    // A key literally named `release`, and an encoded slash.
+    let r = post(
+        addr,
+        &sid,
+        "/v1/locks/release",
+        json!({"acquire_timeout_s": 0}),
+    );
+    assert_eq!(r.json()["status"], "ok");
+    let r = post(
+        addr,
+        &sid,
+        "/v1/locks/a%2Fb",
+        json!({"acquire_timeout_s": 0}),
+    );
+    assert_eq!(r.json()["status"], "ok");
+    let keys: Vec<Value> = stats(addr)["locks"]
+        .as_array()
+        .expect("locks")
+        .iter()
+        .map(|l| l["key"].clone())
+        .collect();
+    assert_eq!(keys, [json!("a/b"), json!("release")]);
+}
+
+#[test]
+fn two_phase_routes() {
+    let (_server, addr) = start(|_| {});
+    let a = new_session(addr);
+    let b = new_session(addr);
+    // Lock enqueue with an empty body: defaults.
+    let r = call(
+        addr,
+        "POST",
+        "/v1/locks/t/enqueue",
+        &[("X-Dflockd-Session", &a)],
+        "",
+    );
+    assert_eq!(r.json()["status"], "acquired");
+    let tok = r.json()["token"].as_str().expect("token").to_owned();
+    post(addr, &a, "/v1/locks/t/enqueue", json!({})).err(409, "already_enqueued");
+    let r = post(addr, &b, "/v1/locks/t/enqueue", json!({"lease_ttl_s": 9}));
+    assert_eq!(r.json(), json!({"status": "queued"}));
+    post(addr, &b, "/v1/locks/other/wait", json!({"timeout_s": 0})).err(409, "not_enqueued");
+    // A's wait returns its fast-path grant.
+    let r = post(addr, &a, "/v1/locks/t/wait", json!({"timeout_s": 0}));
+    assert_eq!(r.json()["token"], tok.as_str());
+    // B waits (blocking) while A releases.
+    let waiter = std::thread::spawn({
+        let b = b.clone();
+        move || post(addr, &b, "/v1/locks/t/wait", json!({"timeout_s": 10}))
+    });
+    // B's record is already queued; give its wait time to arrive (the
+    // outcome is the same grant either way).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        post(addr, &a, "/v1/locks/t/release", json!({"token": tok})).status,
+        204
+    );
+    let r = waiter.join().expect("waiter");
+    assert_eq!(r.json()["status"], "ok");
+    assert_eq!(r.json()["lease_ttl_s"], 9);
+}
+
+#[test]
+fn semaphore_routes() {
+    let (_server, addr) = start(|_| {});
+    let a = new_session(addr);
+    let b = new_session(addr);
+    let body = json!({"acquire_timeout_s": 0, "limit": 2});
+    let ta = post(addr, &a, "/v1/semaphores/s", body.clone()).json();
+    let tb = post(addr, &b, "/v1/semaphores/s", body.clone()).json();
+    assert_eq!((&ta["status"], &tb["status"]), (&json!("ok"), &json!("ok")));
+    assert_eq!(
+        post(addr, &a, "/v1/semaphores/s", body.clone()).json(),
+        json!({"status": "timeout"})
+    );
+    post(
+        addr,
+        &a,
+        "/v1/semaphores/s",
+        json!({"acquire_timeout_s": 0, "limit": 3}),
+    )
+    .err(409, "limit_mismatch");
+    let r = post(
+        addr,
+        &a,
+        "/v1/semaphores/s/renew",
+        json!({"token": ta["token"]}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.json()["remaining_s"].as_u64().is_some());
+    assert_eq!(
+        post(
+            addr,
+            &a,
+            "/v1/semaphores/s/release",
+            json!({"token": ta["token"]})
+        )
+        .status,
+        204
+    );
+    let r = post(addr, &a, "/v1/semaphores/s/enqueue", json!({"limit": 2}));
+    assert_eq!(r.json()["status"], "acquired");
+    let r = post(addr, &a, "/v1/semaphores/s/wait", json!({"timeout_s": 0}));
+    assert_eq!(r.json()["status"], "ok");
+    // Locks and semaphores are separate key spaces.
+    let r = post(addr, &a, "/v1/locks/s", json!({"acquire_timeout_s": 0}));
+    assert_eq!(r.json()["status"], "ok");
+    post(addr, &a, "/v1/semaphores/s/enqueue", json!({})).err(400, "bad_request");
+    post(addr, &a, "/v1/semaphores/s", json!({"limit": 0})).err(400, "bad_request");
+}
+
+#[test]
+fn limits_map_to_503() {
+    let (_server, addr) = start(|cfg| {
+        cfg.core.max_locks = 1;
+        cfg.core.max_waiters = 1;
+    });
+    let a = new_session(addr);
+    let b = new_session(addr);
+    let c = new_session(addr);
+    post(addr, &a, "/v1/locks/x", json!({"acquire_timeout_s": 0}));
+    post(addr, &a, "/v1/locks/y", json!({"acquire_timeout_s": 0})).err(503, "max_locks");
+    let queued = post(addr, &b, "/v1/locks/x/enqueue", json!({}));
+    assert_eq!(queued.json()["status"], "queued");
+    post(addr, &c, "/v1/locks/x/enqueue", json!({})).err(503, "max_waiters");
+}
+
+#[test]
+fn bad_input_is_4xx() {
+    let (_server, addr) = start(|_| {});
+    let sid = new_session(addr);
+    let h = [("X-Dflockd-Session", sid.as_str())];
+    let path = "/v1/locks/k";
+    for body in [
+        "{",
+        "{\"acquire_timeout_s\":1} {}",
+        "[]",
+        "{\"extra\":1}",
+        "{\"acquire_timeout_s\":-1}",
+        "",
+        "{\"acquire_timeout_s\":\"1\"}",
+        "{\"lease_ttl_s\":99999999999999}",
+    ] {
+        call(addr, "POST", path, &h, body).err(400, "bad_request");
+    }
+    call(addr, "POST", "/v1/locks/k/release", &h, "{\"token\":\"\"}").err(400, "bad_request");
+    call(
+        addr,
+        "POST",
+        "/v1/locks/k/release",
+        &h,
+        "{\"token\":\"a b\"}",
+    )
+    .err(400, "bad_request");
+    call(addr, "POST", "/v1/locks/k/renew", &h, "{}").err(400, "bad_request");
+    call(addr, "POST", "/v1/locks/%zz", &h, "{}").err(400, "bad_request");
+    call(addr, "POST", "/v1/locks/a%20b", &h, "{}").err(400, "bad_request");
+    let long = "k".repeat(257);
+    call(addr, "POST", &format!("/v1/locks/{long}"), &h, "{}").err(400, "bad_request");
+    // Session header missing / unknown.
+    let r = call(addr, "POST", path, &[], "{}");
+    r.err(400, "bad_request");
+    assert_eq!(r.json()["detail"], "X-Dflockd-Session header required");
+    call(addr, "POST", path, &[("X-Dflockd-Session", "nope")], "{}").err(410, "session_gone");
+    // A body over 1 MiB.
+    let huge = format!(
+        "{{\"acquire_timeout_s\":0,\"x\":\"{}\"}}",
+        "a".repeat(1 << 20)
+    );
+    let r = call(addr, "POST", path, &h, &huge);
+    r.err(400, "bad_request");
+    assert_eq!(r.json()["detail"], "request body larger than 1 MiB");
+    // Nothing was created.
+    assert_eq!(stats(addr)["locks"], json!([]));
+}
+
+#[test]
+fn bearer_auth() {
+    let (_server, addr) = start(|cfg| cfg.core.auth_token = Some(b"s3cret".to_vec()));
+    assert_eq!(get(addr, "/health").status, 200);
+    assert_eq!(get(addr, "/ready").status, 200);
+    assert_eq!(get(addr, "/v1/openapi.json").status, 200);
+    get(addr, "/v1/stats").err(401, "unauthorized");
+    get(addr, "/metrics").err(401, "unauthorized");
+    call(addr, "POST", "/v1/sessions", &[], "").err(401, "unauthorized");
+    call(
+        addr,
+        "POST",
+        "/v1/sessions",
+        &[("Authorization", "Bearer nope")],
+        "",
+    )
+    .err(401, "unauthorized");
+    let auth = ("Authorization", "Bearer s3cret");
+    let r = call(addr, "POST", "/v1/sessions", &[auth], "");
+    assert_eq!(r.status, 200);
+    let sid = r.json()["session_id"].as_str().expect("id").to_owned();
+    // The session's core connection is authenticated by the bridge.
+    let r = call(
+        addr,
+        "POST",
+        "/v1/locks/k",
+        &[auth, ("X-Dflockd-Session", &sid)],
+        "{\"acquire_timeout_s\":0}",
+    );
+    assert_eq!(r.json()["status"], "ok");
+    call(
+        addr,
+        "POST",
+        "/v1/locks/k",
+        &[("X-Dflockd-Session", &sid)],
+        "{}",
+    )
+    .err(401, "unauthorized");
+}
+
+/// A TCP waiter and an HTTP waiter on one key are granted in arrival order.
+#[test]
+fn cross_transport_fifo() {
+    let (server, addr) = start(|_| {});
+    let mut holder = server.client();
+    let tok = holder.lock("f");
+    // TCP first, then HTTP, then TCP again.
+    let mut t1 = server.client();
+    t1.send("l", "f", "10");
+    server.wait_lock_waiters("f", 1);
+    let sid = new_session(addr);
+    let http = std::thread::spawn({
+        let sid = sid.clone();
+        move || post(addr, &sid, "/v1/locks/f", json!({"acquire_timeout_s": 10}))
+    });
+    server.wait_lock_waiters("f", 2);
+    let mut t2 = server.client();
+    t2.send("l", "f", "10");
+    server.wait_lock_waiters("f", 3);
+
+    assert_eq!(holder.req("r", "f", &tok), "ok");
+    let (tok1, _) = grant(&t1.recv_line());
+    assert!(!http.is_finished());
+    assert_eq!(t1.req("r", "f", &tok1), "ok");
+    let r = http.join().expect("http waiter");
+    assert_eq!(r.json()["status"], "ok");
+    t2.expect_silence();
+    let tok_h = r.json()["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        post(addr, &sid, "/v1/locks/f/release", json!({"token": tok_h})).status,
+        204
+    );
+    let (tok2, _) = grant(&t2.recv_line());
+    assert_eq!(t2.req("r", "f", &tok2), "ok");
+}
+
+/// An HTTP client that goes away during a blocking acquire leaves nothing
+/// behind: its session ends, the waiter leaves the queue.
+#[test]
+fn client_disconnect_during_acquire_leaks_nothing() {
+    let (server, addr) = start(|_| {});
+    let mut holder = server.client();
+    let tok = holder.lock("d");
+    let sid = new_session(addr);
+    let raw = request_bytes(
+        "POST",
+        "/v1/locks/d",
+        &[("X-Dflockd-Session", &sid)],
+        br#"{"acquire_timeout_s":30}"#,
+    );
+    let s = send_raw(addr, &raw);
+    server.wait_lock_waiters("d", 1);
+    drop(s);
+    // The waiter leaves and the session is gone.
+    server
+        .wait_stats(|st| crate::support::waiters(st, "locks", "d") == 0 && st["connections"] == 2);
+    call(addr, "POST", &format!("/v1/sessions/{sid}/ping"), &[], "").err(410, "session_gone");
+    assert_eq!(holder.req("r", "d", &tok), "ok");
+    drop(holder);
+    server.assert_quiet();
+}
+
+/// Decision D9: a session with no request for 2 × the idle timeout dies,
+/// and its locks are released.
+#[test]
+fn idle_sessions_expire() {
+    let (_server, addr) = start(|cfg| {
+        if let Some(h) = cfg.http.as_mut() {
+            h.session_idle_timeout_s = 1;
+        }
+    });
+    let sid = new_session(addr);
+    let kept = new_session(addr);
+    let r = post(addr, &sid, "/v1/locks/e", json!({"acquire_timeout_s": 0}));
+    assert_eq!(r.json()["status"], "ok");
+    // Keep one alive with pings until the other has expired (its lock goes).
+    let start = std::time::Instant::now();
+    while stats(addr)["locks"] != json!([]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "session never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let ping = format!("/v1/sessions/{kept}/ping");
+        assert_eq!(call(addr, "POST", &ping, &[], "").status, 204);
+    }
+    // Not before 2 × the idle timeout.
+    assert!(start.elapsed() >= Duration::from_millis(1900));
+    post(addr, &sid, "/v1/locks/e", json!({})).err(410, "session_gone");
+    let s = stats(addr);
+    assert_eq!(s["locks"], json!([]));
+    assert_eq!(s["connections"], 1);
+}
+
+/// Decision D10: draining answers 503 everywhere but /health and /ready.
+#[test]
+fn draining_is_503() {
+    let (server, addr) = start(|cfg| cfg.shutdown_timeout_s = 30);
+    let sid = new_session(addr);
+    // A TCP connection keeps the drain from finishing.
+    let _c = server.client();
+    server.shutdown();
+    let r = get(addr, "/ready");
+    assert_eq!((r.status, r.json()), (503, json!({"status": "draining"})));
+    assert_eq!(get(addr, "/health").status, 200);
+    get(addr, "/v1/stats").err(503, "draining");
+    call(addr, "POST", "/v1/sessions", &[], "").err(503, "draining");
+    post(addr, &sid, "/v1/locks/k", json!({})).err(503, "draining");
+}
+
+/// Requests on one session are serialised: a second request waits behind a
+/// blocked one (the core never sees two requests from one connection).
+#[test]
+fn requests_on_one_session_are_serialised() {
+    let (server, addr) = start(|_| {});
+    let mut holder = server.client();
+    let tok = holder.lock("q");
+    let sid = new_session(addr);
+    let first = std::thread::spawn({
+        let sid = sid.clone();
+        move || post(addr, &sid, "/v1/locks/q", json!({"acquire_timeout_s": 10}))
+    });
+    server.wait_lock_waiters("q", 1);
+    let second = std::thread::spawn({
+        let sid = sid.clone();
+        move || {
+            post(
+                addr,
+                &sid,
+                "/v1/locks/other",
+                json!({"acquire_timeout_s": 0}),
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !second.is_finished(),
+        "the second request overtook the first"
+    );
+    // HEAD works on GET routes meanwhile.
+    assert_eq!(call(addr, "HEAD", "/v1/stats", &[], "").status, 200);
+    assert_eq!(holder.req("r", "q", &tok), "ok");
+    assert_eq!(first.join().expect("first").json()["status"], "ok");
+    assert_eq!(second.join().expect("second").json()["status"], "ok");
+}
+
+/// DELETE while a request of the session is blocked: the request answers
+/// 410 and its waiter leaves the queue.
+#[test]
+fn delete_during_blocked_request() {
+    let (server, addr) = start(|_| {});
+    let mut holder = server.client();
+    let tok = holder.lock("z");
+    let sid = new_session(addr);
+    let blocked = std::thread::spawn({
+        let sid = sid.clone();
+        move || post(addr, &sid, "/v1/locks/z", json!({"acquire_timeout_s": 30}))
+    });
+    server.wait_lock_waiters("z", 1);
+    assert_eq!(
+        call(addr, "DELETE", &format!("/v1/sessions/{sid}"), &[], "").status,
+        204
+    );
+    blocked.join().expect("blocked").err(410, "session_gone");
+    server.wait_lock_waiters("z", 0);
+    assert_eq!(holder.req("r", "z", &tok), "ok");
+    drop(holder);
+    server.assert_quiet();
+}

@@ -137,7 +137,7 @@ fn renew_always_ok(server: SocketAddr) -> SocketAddr {
                 let mut n = 0usize;
                 let mut line = Vec::new();
                 while reader.read_until(b'\n', &mut line).is_ok_and(|k| k > 0) {
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         let _ = tx.send(line.clone());
                     }
                     n += 1;

@@ -478,3 +478,24 @@ impl Semaphore {
         self.0.limit
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_interval_is_half_the_lease_minus_early_jitter() {
+        let c = Client::new(["127.0.0.1:1"]);
+        for _ in 0..1000 {
+            let d = c.renew_interval(10);
+            assert!(
+                d > Duration::from_millis(4500) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
+        }
+        let exact = Client::new(["127.0.0.1:1"]).with_renewal(0.5, 0.0);
+        assert_eq!(exact.renew_interval(2), Duration::from_secs(1));
+        let tiny = Client::new(["127.0.0.1:1"]).with_renewal(0.01, 1.0);
+        assert!(tiny.renew_interval(0) >= Duration::from_millis(1));
+    }
+}

@@ -68,6 +68,10 @@ pub struct Connection<S = async_net::TcpStream> {
     stream: S,
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// Set while a request awaits its reply. Still set when a call starts,
+    /// it means an earlier call was cancelled mid-request: its reply may
+    /// still arrive, so replies can no longer be paired with requests.
+    in_flight: bool,
 }
 
 impl Connection<async_net::TcpStream> {
@@ -112,6 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stream,
             buf: Vec::new(),
             out: Vec::new(),
+            in_flight: false,
         }
     }
 
@@ -121,12 +126,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Sends one request and reads its reply.
+    ///
+    /// If a previous call was cancelled (its future dropped) between
+    /// sending and reading, the connection can no longer pair replies with
+    /// requests, and every later call fails with an [`Error::Io`].
     pub async fn request(&mut self, req: &Request) -> Result<Reply> {
+        if self.in_flight {
+            return Err(Error::Io(std::io::Error::other(
+                "connection unusable: an earlier request was cancelled before its reply",
+            )));
+        }
+        self.in_flight = true;
         self.out.clear();
         encode_request(req, &mut self.out);
         self.stream.write_all(&self.out).await?;
         self.stream.flush().await?;
-        self.read_reply().await
+        let reply = self.read_reply().await;
+        // An I/O error leaves the flag set: the stream is broken anyway.
+        if !matches!(reply, Err(Error::Io(_))) {
+            self.in_flight = false;
+        }
+        reply
     }
 
     /// Reads the next reply line, skipping pushed `sig` lines.

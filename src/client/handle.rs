@@ -8,7 +8,8 @@
 //! lease every `lease × ratio`, drawn early by up to `jitter` of that
 //! (defaults 0.5 and 10 %: between 45 % and 50 % of the lease). When a
 //! renewal fails the grant is *lost*: [`Lock::is_lost`] turns true and the
-//! futures from [`Lock::lost`] resolve; renewal stops there.
+//! futures from [`Lock::lost`] resolve; renewal stops there. A renewal
+//! that gets no reply before the lease would end counts as failed.
 //!
 //! The renewal task and the holder share the connection behind an async
 //! mutex, and the holder stops the task only while holding that mutex, so
@@ -17,9 +18,10 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
+use futures_lite::FutureExt;
 use smol::lock::Mutex;
 
 use super::conn::{Connection, Enqueued, Grant};
@@ -349,15 +351,30 @@ async fn renew_loop(
     lost: Arc<LostFlag>,
 ) {
     let mut lease_s = grant.lease_s;
+    // When the lease runs out unless a renewal lands first.
+    let mut expires = Instant::now() + Duration::from_secs(lease_s);
     loop {
         smol::Timer::after(client.renew_interval(lease_s)).await;
-        let res = conn
-            .lock()
-            .await
-            .renew_in(space, &key, grant.token, client.lease_s)
-            .await;
-        match res {
-            Ok(l) => lease_s = l,
+        let renew = async {
+            let sent = Instant::now();
+            let l = conn
+                .lock()
+                .await
+                .renew_in(space, &key, grant.token, client.lease_s)
+                .await?;
+            Ok((sent, l))
+        };
+        // A server that does not answer before the lease ends has lost us
+        // the grant just as surely as one that answers `error`.
+        let deadline = async {
+            smol::Timer::at(expires).await;
+            Err(Error::Timeout)
+        };
+        match renew.or(deadline).await {
+            Ok((sent, l)) => {
+                lease_s = l;
+                expires = sent + Duration::from_secs(l);
+            }
             Err(_) => {
                 lost.set();
                 return;

@@ -196,16 +196,18 @@ fn semaphore_handles_with_contention() {
 #[test]
 fn background_renewal_keeps_a_short_lease() {
     let server = Server::plain();
-    let client = Client::new([server.addr().to_string()]).with_lease(Duration::from_secs(1));
+    // 2 s leases renewed about every second leave a second of slack for a
+    // loaded machine.
+    let client = Client::new([server.addr().to_string()]).with_lease(Duration::from_secs(2));
     let addr = server.addr().to_string();
     block(async {
         let mut lock = client.lock("renewed");
         let t = lock.acquire(Duration::ZERO).await.unwrap();
-        // Without renewal the 1 s lease would run out and this blocked
-        // acquire would be granted; renewal keeps it for 3 whole periods.
+        // Without renewal the 2 s lease would run out and this blocked
+        // acquire would be granted; renewal keeps it for 2.5 lease periods.
         let mut other = Connection::connect(&addr).await.unwrap();
         assert!(matches!(
-            other.lock("renewed", Duration::from_secs(3), None).await,
+            other.lock("renewed", Duration::from_secs(5), None).await,
             Err(Error::Timeout)
         ));
         assert!(!lock.is_lost());
@@ -283,4 +285,35 @@ fn keys_shard_like_upstream() {
         let i = (dflockd::client::crc32(key.as_bytes()) % 3) as usize;
         assert_eq!(client.server_for(key), servers[i]);
     }
+}
+
+#[test]
+fn unanswered_renewal_signals_lost_when_the_lease_ends() {
+    use std::io::{BufRead, BufReader, Write};
+    // A fake server that grants a 1 s lease and then never answers again.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        for _ in 0..3 {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+        }
+        let _ = (&stream).write_all(b"ok 0000000000000001aaaaaaaaaaaaaaaa 1\n");
+        // Swallow everything until the client goes away.
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {}
+    });
+    let client = blocking::Client::new([addr]);
+    let mut lock = client.lock("hung");
+    let t = lock.acquire(Duration::ZERO).unwrap();
+    assert_eq!(t.fence, 1);
+    assert!(lock.wait_lost(Duration::from_secs(10)), "never marked lost");
+    // The interrupted renewal left the connection unusable.
+    assert!(matches!(lock.release(), Err(Error::Io(_))));
 }

@@ -21,6 +21,9 @@ use crate::wire::{decode_reply, encode_request, Key, Reply, ReplyDecoded, Reques
 /// dial timeout).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TCP keepalive idle time on client connections (upstream's 30 s).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// A grant: the token and the lease TTL the server gave it, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -88,6 +91,9 @@ impl Connection<async_net::TcpStream> {
                 match async_net::TcpStream::connect(a).await {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
+                        // As upstream clients: notice a vanished server.
+                        let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
+                        let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
                         return Ok(s);
                     }
                     Err(e) => last = e,

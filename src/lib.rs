@@ -9,10 +9,13 @@
 //!    [`http`]: the HTTP REST front, another driver of the same core.
 //! 4. [`config`]: flags, environment variables and their validation.
 //! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
-//! 6. `differential` (feature `differential`): the model-versus-core
+//! 6. [`client`]: the client library (connections, lock and semaphore
+//!    handles with background renewal, CRC-32 sharding).
+//! 7. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
-//! 7. [`sync`]: the std/loom facade for the server's own concurrency.
+//! 8. [`sync`]: the std/loom facade for the server's own concurrency.
 
+pub mod client;
 pub mod config;
 pub mod conformance;
 pub mod core;

@@ -10,6 +10,7 @@
 //! * `leases`: expiry hand-off and renewal, driven by the server's timer;
 //! * `disconnect`: what a vanished connection leaves behind;
 //! * `auth`: the `auth` handshake;
+//! * `client`: the client library against a real server;
 //! * `limits`: connection caps, `max_waiters`, `max_locks`;
 //! * `shutdown`: binding, graceful drain and forced close;
 //! * `pipelining`: many requests per write, blocked requests in a pipeline;
@@ -22,6 +23,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod client;
 mod commands;
 mod contention;
 mod disconnect;

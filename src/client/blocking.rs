@@ -1,0 +1,187 @@
+//! Blocking wrappers around the async client, for code that does not run
+//! an executor: each call runs its future to completion with
+//! `smol::block_on`. Background renewal still runs, on smol's global
+//! executor threads.
+//!
+//! ```
+//! # let server = dflockd::server::spawn(dflockd::server::ServerConfig {
+//! #     listen: "127.0.0.1:0".into(), threads: 1, ..Default::default()
+//! # }).unwrap();
+//! # let addr = server.local_addr().to_string();
+//! use dflockd::client::blocking::Client;
+//! use std::time::Duration;
+//!
+//! let client = Client::new([addr]);
+//! let mut lock = client.lock("nightly-backup");
+//! let token = lock.acquire(Duration::from_secs(5)).unwrap();
+//! assert_eq!(lock.fence(), Some(token.fence));
+//! lock.release().unwrap();
+//! ```
+
+use std::time::Duration;
+
+use super::{Enqueued, Grant, Result, Token};
+use crate::wire::Space;
+
+/// Blocking [`super::Client`].
+#[derive(Clone, Debug)]
+pub struct Client(pub super::Client);
+
+impl Client {
+    /// See [`super::Client::new`].
+    pub fn new<I, S>(servers: I) -> Client
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Client(super::Client::new(servers))
+    }
+
+    /// See [`super::Client::with_auth_token`].
+    pub fn with_auth_token(self, token: impl Into<String>) -> Client {
+        Client(self.0.with_auth_token(token))
+    }
+
+    /// See [`super::Client::with_lease`].
+    pub fn with_lease(self, lease: Duration) -> Client {
+        Client(self.0.with_lease(lease))
+    }
+
+    /// See [`super::Client::with_renewal`].
+    pub fn with_renewal(self, ratio: f64, jitter: f64) -> Client {
+        Client(self.0.with_renewal(ratio, jitter))
+    }
+
+    /// See [`super::Client::server_for`].
+    pub fn server_for(&self, key: &str) -> &str {
+        self.0.server_for(key)
+    }
+
+    /// See [`super::Client::connect_for`].
+    pub fn connect_for(&self, key: &str) -> Result<Connection> {
+        smol::block_on(self.0.connect_for(key)).map(Connection)
+    }
+
+    /// See [`super::Client::lock`].
+    pub fn lock(&self, key: impl Into<String>) -> Lock {
+        Lock(self.0.lock(key))
+    }
+
+    /// See [`super::Client::semaphore`].
+    pub fn semaphore(&self, key: impl Into<String>, limit: u64) -> Semaphore {
+        Semaphore(self.0.semaphore(key, limit))
+    }
+}
+
+macro_rules! blocking_handle {
+    ($name:ident) => {
+        /// Blocking
+        #[doc = concat!("[`super::", stringify!($name), "`].")]
+        pub struct $name(pub super::$name);
+
+        impl $name {
+            pub fn acquire(&mut self, timeout: Duration) -> Result<Token> {
+                smol::block_on(self.0.acquire(timeout))
+            }
+            pub fn enqueue(&mut self) -> Result<Enqueued> {
+                smol::block_on(self.0.enqueue())
+            }
+            pub fn wait(&mut self, timeout: Duration) -> Result<Token> {
+                smol::block_on(self.0.wait(timeout))
+            }
+            pub fn release(&mut self) -> Result<()> {
+                smol::block_on(self.0.release())
+            }
+            pub fn renew(&mut self) -> Result<u64> {
+                smol::block_on(self.0.renew())
+            }
+            pub fn token(&self) -> Option<Token> {
+                self.0.token()
+            }
+            pub fn fence(&self) -> Option<u64> {
+                self.0.fence()
+            }
+            pub fn is_lost(&self) -> bool {
+                self.0.is_lost()
+            }
+            /// Blocks until renewal of the current grant fails, or until
+            /// `timeout` passes; returns whether it was lost.
+            pub fn wait_lost(&self, timeout: Duration) -> bool {
+                use futures_lite::FutureExt;
+                let lost = self.0.lost();
+                smol::block_on(
+                    async {
+                        lost.await;
+                        true
+                    }
+                    .or(async {
+                        smol::Timer::after(timeout).await;
+                        false
+                    }),
+                )
+            }
+            pub fn close(self) {
+                self.0.close()
+            }
+        }
+    };
+}
+
+blocking_handle!(Lock);
+blocking_handle!(Semaphore);
+
+/// Blocking [`super::Connection`] over TCP.
+pub struct Connection(pub super::Connection);
+
+impl Connection {
+    /// See [`super::Connection::connect`].
+    pub fn connect(addr: &str) -> Result<Connection> {
+        smol::block_on(super::Connection::connect(addr)).map(Connection)
+    }
+    pub fn auth(&mut self, token: &str) -> Result<()> {
+        smol::block_on(self.0.auth(token))
+    }
+    pub fn ping(&mut self) -> Result<()> {
+        smol::block_on(self.0.ping())
+    }
+    pub fn stats(&mut self) -> Result<serde_json::Value> {
+        smol::block_on(self.0.stats())
+    }
+    pub fn acquire(
+        &mut self,
+        space: Space,
+        key: &str,
+        timeout: Duration,
+        limit: u64,
+        lease_s: Option<u64>,
+    ) -> Result<Grant> {
+        smol::block_on(self.0.acquire(space, key, timeout, limit, lease_s))
+    }
+    pub fn release(&mut self, space: Space, key: &str, token: Token) -> Result<()> {
+        smol::block_on(self.0.release_in(space, key, token))
+    }
+    pub fn renew(
+        &mut self,
+        space: Space,
+        key: &str,
+        token: Token,
+        lease_s: Option<u64>,
+    ) -> Result<u64> {
+        smol::block_on(self.0.renew_in(space, key, token, lease_s))
+    }
+    pub fn enqueue(
+        &mut self,
+        space: Space,
+        key: &str,
+        limit: u64,
+        lease_s: Option<u64>,
+    ) -> Result<Enqueued> {
+        smol::block_on(self.0.enqueue_in(space, key, limit, lease_s))
+    }
+    pub fn wait(&mut self, space: Space, key: &str, timeout: Duration) -> Result<Grant> {
+        smol::block_on(self.0.wait_in(space, key, timeout))
+    }
+    pub fn close(self) -> Result<()> {
+        smol::block_on(self.0.close())
+    }
+}

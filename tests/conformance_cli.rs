@@ -1,0 +1,172 @@
+//! The `dflockd-conformance` binary end to end: against an in-process
+//! server it passes and exits 0; against a deliberately wrong server (a
+//! relay in front of a real one that answers `ok 33` to every renewal the
+//! server refused, so renew-after-expiry and renew-after-release succeed)
+//! it names the failing cases and exits 1; a skip without a reason is a
+//! usage error.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::mpsc;
+
+use dflockd::server::{spawn, ServerConfig, ServerHandle};
+
+const SIGNAL_SKIPS: &str = "\
+# pub/sub is not implemented in this build
+signal-basic.txt      # listen/unlisten/signal answer error
+signal-errors.txt     # listen/unlisten/signal answer error
+signal-wildcards.txt  # listen/unlisten/signal answer error
+";
+
+fn server() -> ServerHandle {
+    spawn(ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        ..ServerConfig::default()
+    })
+    .expect("server starts")
+}
+
+/// Writes `text` to a file unique to this test and returns its path.
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("{}-{name}", std::process::id()));
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+fn cli(args: &[&str]) -> Output {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/spec/conformance");
+    Command::new(env!("CARGO_BIN_EXE_dflockd-conformance"))
+        .args(["--dir", dir])
+        .args(args)
+        .output()
+        .expect("run dflockd-conformance")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `line` reads `N passed, F failed, N skipped` with `F` = `failed`.
+fn is_summary(line: &str, failed: usize) -> bool {
+    let words: Vec<&str> = line.split(' ').collect();
+    matches!(
+        words.as_slice(),
+        [p, "passed,", f, "failed,", s, "skipped"]
+            if p.parse::<usize>().is_ok()
+                && f.parse::<usize>() == Ok(failed)
+                && s.parse::<usize>().is_ok()
+    )
+}
+
+#[test]
+fn passes_against_this_server() {
+    let server = server();
+    let skips = temp_file("skips-ok.txt", SIGNAL_SKIPS);
+    let addr = server.local_addr().to_string();
+    let out = cli(&["--addr", &addr, "--skip-file", skips.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(is_summary(last, 0), "summary: {last:?}\n{text}");
+    assert!(text.contains("pass  lock-fifo.txt"), "{text}");
+    assert!(text.contains("pass  timed-lease-expiry"), "{text}");
+    assert!(
+        text.contains("skip  signal-basic.txt: listen/unlisten/signal answer error"),
+        "{text}"
+    );
+}
+
+#[test]
+fn names_the_cases_a_wrong_server_fails() {
+    let server = server();
+    let fake = renew_always_ok(server.local_addr());
+    let skips = temp_file("skips-fake.txt", SIGNAL_SKIPS);
+    let addr = fake.to_string();
+    let out = cli(&["--addr", &addr, "--skip-file", skips.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  timed-lease-expiry: builtin:timed-lease-expiry:"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL  lock-renew.txt: "), "{text}");
+    assert!(text.contains("pass  lock-fifo.txt"), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(!is_summary(last, 0) && last.ends_with(" skipped"), "{last}");
+}
+
+#[test]
+fn a_skip_needs_a_reason() {
+    let skips = temp_file("skips-bad.txt", "lock-fifo.txt\n");
+    // No server is contacted: the skip file is checked first.
+    let out = cli(&[
+        "--addr",
+        "127.0.0.1:9",
+        "--skip-file",
+        skips.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skip of `lock-fifo.txt` has no reason"),
+        "{err}"
+    );
+}
+
+/// A relay on `127.0.0.1:0` in front of `server` that turns every `error`
+/// answering an `n` into `ok 33`: a server that revives expired and
+/// released leases.
+fn renew_always_ok(server: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(upstream) = TcpStream::connect(server) else {
+                continue;
+            };
+            let (tx, rx) = mpsc::channel::<Vec<u8>>();
+            let (c2, u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            // Requests: note each command word, then forward the lines.
+            std::thread::spawn(move || {
+                let (mut reader, mut up) = (BufReader::new(client), upstream);
+                let mut n = 0usize;
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|k| k > 0) {
+                    if n.is_multiple_of(3) {
+                        let _ = tx.send(line.clone());
+                    }
+                    n += 1;
+                    if up.write_all(&line).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+                let _ = up.shutdown(Shutdown::Write);
+            });
+            // Replies: in request order, so each pairs with the next word.
+            std::thread::spawn(move || {
+                let (mut reader, mut down) = (BufReader::new(u2), c2);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|k| k > 0) {
+                    let cmd = rx.try_recv().unwrap_or_default();
+                    let out: &[u8] = if cmd == b"n\n" && line == b"error\n" {
+                        b"ok 33\n"
+                    } else {
+                        &line
+                    };
+                    if down.write_all(out).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+                let _ = down.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Interop: the upstream Python client (dflockd-client 2.1.1) against this
+# server. Builds target/release/dflockd, starts it on two free loopback
+# ports (one plain, one with --auth-token), runs scenarios.py, and stops
+# every process it started on exit. Exits non-zero if anything fails.
+#
+# Needs: python3 with `pip install --ignore-requires-python dflockd-client==2.1.1`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+python3 -c 'import dflockd_client' 2>/dev/null || {
+  echo "interop: dflockd-client is not installed;" \
+       "run: pip install --ignore-requires-python dflockd-client==2.1.1" >&2
+  exit 1
+}
+
+cargo build --release --bin dflockd
+
+pids=()
+logs=$(mktemp -d)
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$logs"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start NAME ARGS...: starts a server, waits until it accepts connections,
+# and sets $addr. (Not run in a subshell, so $pids keeps every server.)
+start() {
+  local name=$1; shift
+  local port
+  port=$(free_port)
+  target/release/dflockd --host 127.0.0.1 --port "$port" "$@" >"$logs/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 200); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),timeout=1).close()" 2>/dev/null; then
+      addr="127.0.0.1:$port"
+      return 0
+    fi
+    if ! kill -0 "${pids[-1]}" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  echo "interop: server $name did not start:" >&2
+  cat "$logs/$name.log" >&2
+  return 1
+}
+
+token="interop-$RANDOM$RANDOM"
+start plain
+DFLOCKD_ADDR=$addr
+start auth --auth-token "$token"
+DFLOCKD_AUTH_ADDR=$addr
+export DFLOCKD_ADDR DFLOCKD_AUTH_ADDR DFLOCKD_AUTH_TOKEN="$token"
+
+python3 tests/interop/scenarios.py

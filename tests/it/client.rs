@@ -1,0 +1,319 @@
+//! The client library (`dflockd::client`) against an in-process server:
+//! every low-level call and its typed errors, the lock and semaphore
+//! handles (acquire, two-phase, release, disconnect), background renewal
+//! across several lease periods, the lost-grant signal, and auth.
+//!
+//! Time-based checks wait on the server (a blocked acquire that must time
+//! out, a renewal that must fail), never on a sleep.
+
+use std::time::Duration;
+
+use dflockd::client::{blocking, fence_from_token, Client, Connection, Enqueued, Error};
+use dflockd::wire::Space;
+
+use crate::support::{waiters, Server};
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    smol::block_on(f)
+}
+
+#[test]
+fn connection_calls_and_typed_errors() {
+    let server = Server::start(|c| c.core.max_locks = 3);
+    let addr = server.addr().to_string();
+    block(async {
+        let mut a = Connection::connect(&addr).await.unwrap();
+        let mut b = Connection::connect(&addr).await.unwrap();
+        a.ping().await.unwrap();
+
+        let g = a.lock("cc", Duration::ZERO, Some(7)).await.unwrap();
+        assert_eq!(g.lease_s, 7);
+        assert!(matches!(
+            b.lock("cc", Duration::ZERO, None).await,
+            Err(Error::Timeout)
+        ));
+        assert_eq!(a.renew("cc", g.token, None).await.unwrap(), 33);
+        // A token is a bearer credential: `b` may renew it.
+        assert_eq!(b.renew("cc", g.token, Some(9)).await.unwrap(), 9);
+
+        // Two-phase: `b` queues behind `a`, then collects the grant.
+        assert_eq!(b.enqueue("cc", None).await.unwrap(), Enqueued::Queued);
+        assert!(matches!(
+            b.enqueue("cc", None).await,
+            Err(Error::AlreadyEnqueued)
+        ));
+        a.release("cc", g.token).await.unwrap();
+        let g2 = b.wait("cc", Duration::from_secs(10)).await.unwrap();
+        assert!(g2.token.fence > g.token.fence);
+        assert!(matches!(
+            b.wait("cc", Duration::ZERO).await,
+            Err(Error::NotEnqueued)
+        ));
+        assert!(matches!(a.release("cc", g.token).await, Err(Error::Server)));
+        b.release("cc", g2.token).await.unwrap();
+
+        // Semaphores.
+        let s = a.sem_acquire("cs", Duration::ZERO, 2, None).await.unwrap();
+        assert!(matches!(
+            b.sem_acquire("cs", Duration::ZERO, 3, None).await,
+            Err(Error::LimitMismatch)
+        ));
+        match b.sem_enqueue("cs", 2, Some(5)).await.unwrap() {
+            Enqueued::Acquired(g) => assert_eq!(g.lease_s, 5),
+            Enqueued::Queued => panic!("a slot was free"),
+        }
+        let sw = b.sem_wait("cs", Duration::ZERO).await.unwrap();
+        assert_eq!(sw.lease_s, 5);
+        assert_eq!(a.sem_renew("cs", s.token, Some(4)).await.unwrap(), 4);
+
+        // The stats snapshot is JSON.
+        let stats = a.stats().await.unwrap();
+        assert_eq!(stats["semaphores"][0]["key"], "cs");
+        assert_eq!(stats["semaphores"][0]["holders"], 2);
+
+        // Budget: cc (idle), cs, and one more.
+        a.lock("cm1", Duration::ZERO, None).await.unwrap();
+        assert!(matches!(
+            a.lock("cm2", Duration::ZERO, None).await,
+            Err(Error::MaxLocks)
+        ));
+        a.sem_release("cs", s.token).await.unwrap();
+        b.sem_release("cs", sw.token).await.unwrap();
+
+        // Client-side validation never reaches the server.
+        assert!(matches!(
+            a.lock("bad key", Duration::ZERO, None).await,
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            a.sem_acquire("k", Duration::ZERO, 0, None).await,
+            Err(Error::Invalid(_))
+        ));
+        // `auth` on a server without a token is a plain `error`: Auth.
+        assert!(matches!(a.auth("x").await, Err(Error::Auth)));
+        a.ping().await.unwrap();
+    });
+}
+
+#[test]
+fn max_waiters_is_typed() {
+    let server = Server::start(|c| c.core.max_waiters = 1);
+    let addr = server.addr().to_string();
+    block(async {
+        let mut a = Connection::connect(&addr).await.unwrap();
+        let mut b = Connection::connect(&addr).await.unwrap();
+        let mut c = Connection::connect(&addr).await.unwrap();
+        a.lock("mw", Duration::ZERO, None).await.unwrap();
+        assert_eq!(b.enqueue("mw", None).await.unwrap(), Enqueued::Queued);
+        assert!(matches!(
+            c.enqueue("mw", None).await,
+            Err(Error::MaxWaiters)
+        ));
+    });
+}
+
+#[test]
+fn lock_handle_acquire_release_and_handoff() {
+    let server = Server::plain();
+    let client = blocking::Client::new([server.addr().to_string()]);
+    let mut a = client.lock("h1");
+    let mut b = client.lock("h1");
+    let t1 = a.acquire(Duration::from_secs(5)).unwrap();
+    assert_eq!(a.token(), Some(t1));
+    assert!(matches!(b.acquire(Duration::ZERO), Err(Error::Timeout)));
+    // A timed-out handle closed its connection: no waiter is left.
+    server.wait_stats(|s| waiters(s, "locks", "h1") == 0);
+    // Acquiring twice on one handle is refused locally.
+    assert!(matches!(a.acquire(Duration::ZERO), Err(Error::Invalid(_))));
+    a.release().unwrap();
+    assert_eq!(a.token(), None);
+    assert!(matches!(a.release(), Err(Error::Invalid(_))));
+    let t2 = b.acquire(Duration::ZERO).unwrap();
+    assert!(t2.fence > t1.fence);
+    assert_eq!(fence_from_token(&t2.to_string()), Some(t2.fence));
+    // Closing without release: the server releases on disconnect.
+    b.close();
+    let t3 = a.acquire(Duration::from_secs(10)).unwrap();
+    assert!(t3.fence > t2.fence);
+    a.release().unwrap();
+    server.assert_quiet();
+}
+
+#[test]
+fn two_phase_handles() {
+    let server = Server::plain();
+    let client = blocking::Client::new([server.addr().to_string()]);
+    let mut a = client.lock("tp");
+    let mut b = client.lock("tp");
+    let ta = match a.enqueue().unwrap() {
+        Enqueued::Acquired(g) => g.token,
+        Enqueued::Queued => panic!("free lock"),
+    };
+    assert_eq!(a.wait(Duration::ZERO).unwrap(), ta);
+    assert_eq!(b.enqueue().unwrap(), Enqueued::Queued);
+    server.wait_stats(|s| waiters(s, "locks", "tp") == 1);
+    a.release().unwrap();
+    let tb = b.wait(Duration::from_secs(10)).unwrap();
+    assert!(tb.fence > ta.fence);
+    // `wait` without `enqueue` is refused without a round trip.
+    assert!(matches!(a.wait(Duration::ZERO), Err(Error::NotEnqueued)));
+    b.release().unwrap();
+    server.assert_quiet();
+}
+
+#[test]
+fn semaphore_handles_with_contention() {
+    let server = Server::plain();
+    let client = blocking::Client::new([server.addr().to_string()]);
+    let mut held: Vec<_> = (0..3).map(|_| client.semaphore("sem", 3)).collect();
+    for s in &mut held {
+        s.acquire(Duration::ZERO).unwrap();
+    }
+    let mut waiters_: Vec<_> = (0..3).map(|_| client.semaphore("sem", 3)).collect();
+    let mut extra = client.semaphore("sem", 3);
+    assert!(matches!(extra.acquire(Duration::ZERO), Err(Error::Timeout)));
+    let mut wrong = client.semaphore("sem", 4);
+    assert!(matches!(
+        wrong.acquire(Duration::ZERO),
+        Err(Error::LimitMismatch)
+    ));
+    for w in &mut waiters_ {
+        assert_eq!(w.enqueue().unwrap(), Enqueued::Queued);
+    }
+    server.wait_sem_waiters("sem", 3);
+    for (h, w) in held.iter_mut().zip(waiters_.iter_mut()) {
+        h.release().unwrap();
+        w.wait(Duration::from_secs(10)).unwrap();
+    }
+    let s = server.stats();
+    assert_eq!(s["semaphores"][0]["holders"], 3);
+    for w in &mut waiters_ {
+        w.release().unwrap();
+    }
+    server.assert_quiet();
+}
+
+#[test]
+fn background_renewal_keeps_a_short_lease() {
+    let server = Server::plain();
+    // 2 s leases renewed about every second leave a second of slack for a
+    // loaded machine.
+    let client = Client::new([server.addr().to_string()]).with_lease(Duration::from_secs(2));
+    let addr = server.addr().to_string();
+    block(async {
+        let mut lock = client.lock("renewed");
+        let t = lock.acquire(Duration::ZERO).await.unwrap();
+        // Without renewal the 2 s lease would run out and this blocked
+        // acquire would be granted; renewal keeps it for 2.5 lease periods.
+        let mut other = Connection::connect(&addr).await.unwrap();
+        assert!(matches!(
+            other.lock("renewed", Duration::from_secs(5), None).await,
+            Err(Error::Timeout)
+        ));
+        assert!(!lock.is_lost());
+        assert_eq!(lock.token(), Some(t));
+        lock.release().await.unwrap();
+    });
+}
+
+#[test]
+fn failed_renewal_signals_lost() {
+    let server = Server::plain();
+    let client = Client::new([server.addr().to_string()]).with_lease(Duration::from_secs(1));
+    let addr = server.addr().to_string();
+    block(async {
+        let mut lock = client.lock("lost");
+        let t = lock.acquire(Duration::ZERO).await.unwrap();
+        let lost = lock.lost();
+        // Someone else releases the token (a bearer credential): the next
+        // renewal answers `error` and the holder is told.
+        let mut other = Connection::connect(&addr).await.unwrap();
+        other.release("lost", t).await.unwrap();
+        use futures_lite::FutureExt;
+        let outcome = async {
+            lost.await;
+            true
+        }
+        .or(async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            false
+        })
+        .await;
+        assert!(outcome, "lost() did not resolve");
+        assert!(lock.is_lost());
+        assert!(matches!(lock.release().await, Err(Error::Server)));
+    });
+
+    // The blocking wrapper sees the same signal.
+    let client = blocking::Client(client);
+    let mut lock = client.lock("lost2");
+    let t = lock.acquire(Duration::ZERO).unwrap();
+    let mut other = blocking::Connection::connect(&server.addr().to_string()).unwrap();
+    other.release(Space::Lock, "lost2", t).unwrap();
+    assert!(lock.wait_lost(Duration::from_secs(10)));
+}
+
+#[test]
+fn auth_handshake() {
+    let server = Server::start(|c| c.core.auth_token = Some(b"s3cret".to_vec()));
+    let addr = server.addr().to_string();
+    let good = blocking::Client::new([addr.clone()]).with_auth_token("s3cret");
+    let mut lock = good.lock("authed");
+    lock.acquire(Duration::ZERO).unwrap();
+    lock.release().unwrap();
+    let mut conn = good.connect_for("x").unwrap();
+    assert!(conn.stats().unwrap().is_object());
+
+    let bad = blocking::Client::new([addr.clone()]).with_auth_token("nope");
+    assert!(matches!(
+        bad.lock("authed").acquire(Duration::ZERO),
+        Err(Error::Auth)
+    ));
+    // Without a token the first request answers `error_auth`.
+    let none = blocking::Client::new([addr]);
+    assert!(matches!(
+        none.lock("authed").acquire(Duration::ZERO),
+        Err(Error::Auth)
+    ));
+}
+
+#[test]
+fn keys_shard_like_upstream() {
+    let servers = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+    let client = Client::new(servers);
+    for key in ["a", "orders", "123456789", "ключ"] {
+        let i = (dflockd::client::crc32(key.as_bytes()) % 3) as usize;
+        assert_eq!(client.server_for(key), servers[i]);
+    }
+}
+
+#[test]
+fn unanswered_renewal_signals_lost_when_the_lease_ends() {
+    use std::io::{BufRead, BufReader, Write};
+    // A fake server that grants a 1 s lease and then never answers again.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        for _ in 0..3 {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+        }
+        let _ = (&stream).write_all(b"ok 0000000000000001aaaaaaaaaaaaaaaa 1\n");
+        // Swallow everything until the client goes away.
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {}
+    });
+    let client = blocking::Client::new([addr]);
+    let mut lock = client.lock("hung");
+    let t = lock.acquire(Duration::ZERO).unwrap();
+    assert_eq!(t.fence, 1);
+    assert!(lock.wait_lost(Duration::from_secs(10)), "never marked lost");
+    // The interrupted renewal left the connection unusable.
+    assert!(matches!(lock.release(), Err(Error::Io(_))));
+}

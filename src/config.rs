@@ -430,8 +430,8 @@ pub struct TlsConfig {
 }
 
 /// Options of the HTTP REST + SSE API (§7). The HTTP front (`src/http`)
-/// uses the port, host, idle timeout and session cap; the rest are parsed
-/// and validated but not implemented yet (a warning says so).
+/// uses all of them but the SSE ping interval, which is parsed and
+/// validated but not implemented yet (a warning says so).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// 0 = HTTP API off.
@@ -491,8 +491,6 @@ pub struct Config {
     /// Things the operator should hear about but that do not stop startup
     /// (legacy variable names, inert HTTP options). `main` prints them.
     pub warnings: Vec<String>,
-    /// Where the HTTP port came from, for [`Config::unsupported`].
-    http_port_origin: Origin,
 }
 
 impl fmt::Debug for Config {
@@ -635,18 +633,11 @@ impl Config {
     }
 
     /// Returns a message if the configuration asks for something this build
-    /// cannot do yet: the HTTP API over TLS (the TCP port would be TLS and
-    /// the HTTP port plaintext, which is not what a TLS configuration asks
-    /// for). `main` must refuse to start with it. HTTP options other than
-    /// the port do nothing while the port is 0 (as upstream), so they only
-    /// produce a warning in [`Config::warnings`].
+    /// cannot do; `main` must refuse to start with it. Nothing is refused
+    /// at present (the HTTP API serves TLS like the TCP port). HTTP options
+    /// other than the port do nothing while the port is 0 (as upstream), so
+    /// they only produce a warning in [`Config::warnings`].
     pub fn unsupported(&self) -> Option<String> {
-        if self.http.port != 0 && self.tls.is_some() {
-            return Some(format!(
-                "{} with --tls-cert/--tls-key is not yet supported by this build (the HTTP API has no TLS yet); refusing to serve HTTP in plaintext",
-                self.http_port_origin.with_flag("--http-port")
-            ));
-        }
         None
     }
 }
@@ -1318,14 +1309,7 @@ fn resolve(f: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     } else {
         // Parsed and validated, but this build's HTTP front does not
         // implement them yet (spec/http.md, "Not implemented").
-        let given = [
-            (max_sessions_per_ip_origin, "--http-max-sessions-per-ip"),
-            (http_max_conns_origin, "--http-max-connections-per-ip"),
-            (rate_origin, "--http-rate-limit-per-ip"),
-            (burst_origin, "--http-rate-limit-burst"),
-            (ping_origin, "--http-sse-ping-interval"),
-            (cors_origin, "--http-cors-allowed-origins"),
-        ];
+        let given = [(ping_origin, "--http-sse-ping-interval")];
         for (origin, flag) in given {
             if !origin.is_default() {
                 r.warnings.push(format!(
@@ -1375,7 +1359,6 @@ fn resolve(f: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         http,
         debug,
         warnings: r.warnings,
-        http_port_origin,
     })
 }
 
@@ -1908,8 +1891,8 @@ mod tests {
         // TLS is supported: the files are loaded (and checked) by `main`.
         assert_eq!(msg(&["--tls-cert", "c", "--tls-key", "k"], &[]), "");
         assert_eq!(msg(&[], &[("DFLOCKD_TLS_CERT", "c"), ("DFLOCKD_TLS_KEY", "k")]), "");
-        assert!(msg(&["--http-port", "6389", "--tls-cert", "c", "--tls-key", "k"], &[])
-            .starts_with("--http-port with --tls-cert/--tls-key is not yet supported"));
+        // The HTTP API serves TLS too.
+        assert_eq!(msg(&["--http-port", "6389", "--tls-cert", "c", "--tls-key", "k"], &[]), "");
         assert_eq!(msg(&["--http-port", "0"], &[]), "");
         // Inert HTTP options are warned about, one warning each.
         let cfg = config(&["--http-max-sessions", "5", "--http-cors-allowed-origins", "*"], &[("DFLOCKD_HTTP_SSE_PING_S", "3")]);
@@ -1921,8 +1904,11 @@ mod tests {
         ]);
         // With HTTP on, they apply; the ones not implemented yet are warned about.
         check(&["--http-port", "1", "--http-max-sessions", "5"], &[], "warnings=0 unsupported=no");
-        let cfg = config(&["--http-port", "1", "--http-rate-limit-per-ip", "5"], &[]);
-        assert_eq!(cfg.warnings, ["--http-rate-limit-per-ip is not implemented by this build's HTTP API yet and is ignored"]);
+        check(&["--http-port", "1", "--http-rate-limit-per-ip", "5", "--http-rate-limit-burst", "9",
+                "--http-max-sessions-per-ip", "2", "--http-max-connections-per-ip", "3",
+                "--http-cors-allowed-origins", "*"], &[], "warnings=0 unsupported=no");
+        let cfg = config(&["--http-port", "1", "--http-sse-ping-interval", "5"], &[]);
+        assert_eq!(cfg.warnings, ["--http-sse-ping-interval is not implemented by this build's HTTP API yet and is ignored"]);
     }
 
     #[test]

@@ -82,6 +82,11 @@ fn main() {
                 listen,
                 session_idle_timeout_s: cfg.http.session_idle_timeout_s,
                 max_sessions: cfg.http.max_sessions,
+                max_sessions_per_ip: cfg.http.max_sessions_per_ip,
+                max_connections_per_ip: cfg.http.max_connections_per_ip,
+                rate_limit_per_ip: cfg.http.rate_limit_per_ip,
+                rate_limit_burst: cfg.http.rate_limit_burst,
+                cors_allowed_origins: cfg.http.cors_allowed_origins.clone(),
             }),
     };
     let handle = match server::spawn(server_cfg) {

@@ -3,23 +3,34 @@
 //! one [`Request`] applied under the [`Shared`] lock exactly as the TCP
 //! connection task applies it; an HTTP session is a core connection.
 //!
-//! Shape: one accept loop ([`run`]); one hyper HTTP/1 connection per socket
-//! (smol-hyper I/O and timer); a matchit router; a session table with an
-//! idle sweeper ([`sessions`]). Everything answers JSON
+//! Shape: one accept loop ([`run`]) that applies the per-IP connection cap
+//! and, with `--tls-cert`/`--tls-key`, the TLS handshake of the TCP port
+//! ([`crate::server::tls::handshake`]); one hyper HTTP/1 connection per
+//! socket (smol-hyper I/O and timer); a matchit router; a session table
+//! with an idle sweeper ([`sessions`]); per-IP admission ([`limits`]).
+//!
+//! Request path (reference §7.2): CORS → metrics → per-IP rate limit →
+//! bearer auth → route/404/405 → handler. Everything answers JSON
 //! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
 //! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
 
+pub mod limits;
 pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW,
+    AUTHORIZATION, CONTENT_TYPE, ORIGIN, VARY,
+};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -29,6 +40,7 @@ use crate::server::mailbox::Delivery;
 use crate::server::Shared;
 use crate::sync::Arc;
 use crate::wire::{Key, Reply, Request, Space, Status, MAX_LINE_BYTES, MAX_SECONDS};
+use limits::{PerIp, RateLimiter};
 use sessions::{CreateError, InFlight, Session, Sessions};
 
 /// Largest request body accepted.
@@ -47,7 +59,40 @@ pub struct HttpSettings {
     pub session_idle_timeout_s: u64,
     /// `--http-max-sessions`; 0 = unlimited.
     pub max_sessions: usize,
+    /// `--http-max-sessions-per-ip`; 0 = unlimited.
+    pub max_sessions_per_ip: usize,
+    /// `--http-max-connections-per-ip`; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// `--http-rate-limit-per-ip`: requests per second; 0 = unlimited.
+    pub rate_limit_per_ip: u64,
+    /// `--http-rate-limit-burst`; 0 = the rate.
+    pub rate_limit_burst: u64,
+    /// `--http-cors-allowed-origins`, split; empty = CORS off; `*` = any.
+    pub cors_allowed_origins: Vec<String>,
 }
+
+impl Default for HttpSettings {
+    /// Loopback on an ephemeral port, 20 s idle timeout, no limits, no CORS.
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:0".into(),
+            session_idle_timeout_s: 20,
+            max_sessions: 0,
+            max_sessions_per_ip: 0,
+            max_connections_per_ip: 0,
+            rate_limit_per_ip: 0,
+            rate_limit_burst: 0,
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Methods announced to CORS clients.
+const CORS_METHODS: &str = "GET, POST, DELETE, OPTIONS";
+/// Request headers announced to CORS clients.
+const CORS_HEADERS: &str = "Authorization, Content-Type, X-Dflockd-Session";
+/// Seconds a browser may cache a preflight answer.
+const CORS_MAX_AGE: &str = "300";
 
 type Resp = hyper::Response<Full<Bytes>>;
 
@@ -181,6 +226,33 @@ struct Front {
     started: Instant,
     /// Per (method, route template, status): request count and seconds.
     requests: std::sync::Mutex<RequestCounts>,
+    /// `--http-rate-limit-per-ip`; `None` = unlimited.
+    limiter: Option<std::sync::Mutex<RateLimiter>>,
+    /// Open HTTP connections per remote IP (capped by
+    /// `--http-max-connections-per-ip`).
+    conns: std::sync::Mutex<PerIp>,
+    /// Requests refused with 429.
+    rate_limited: AtomicU64,
+    /// Connections closed at accept by the per-IP cap.
+    conns_rejected: AtomicU64,
+    /// TLS handshakes that failed, were late, or were cut by shutdown.
+    tls_failures: AtomicU64,
+}
+
+/// An open HTTP connection counted in [`Front::conns`]; uncounted on drop.
+struct ConnSlot {
+    front: Arc<Front>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        lock(&self.front.conns).remove(self.ip);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Accepts HTTP connections until the server stops, with the session
@@ -193,6 +265,13 @@ pub async fn run(
     let Some(settings) = shared.cfg.http.clone() else {
         return;
     };
+    let limiter = (settings.rate_limit_per_ip > 0).then(|| {
+        std::sync::Mutex::new(RateLimiter::new(
+            settings.rate_limit_per_ip,
+            settings.rate_limit_burst,
+            Instant::now(),
+        ))
+    });
     let front = Arc::new(Front {
         shared: shared.clone(),
         settings,
@@ -200,31 +279,72 @@ pub async fn run(
         router: router(),
         started: Instant::now(),
         requests: std::sync::Mutex::new(BTreeMap::new()),
+        limiter,
+        conns: std::sync::Mutex::new(PerIp::default()),
+        rate_limited: AtomicU64::new(0),
+        conns_rejected: AtomicU64::new(0),
+        tls_failures: AtomicU64::new(0),
     });
+    let tls = shared
+        .cfg
+        .tls
+        .clone()
+        .map(futures_rustls::TlsAcceptor::from);
     let _sweeper = ex.spawn(sweeper(front.clone()));
     loop {
         // Keeps accepting while the server drains, so `/ready` and the 503
         // `draining` answers are served (Decision D10); the task is dropped
         // when the server stops.
-        let Ok((stream, _peer)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             async_io::Timer::after(Duration::from_millis(20)).await;
             continue;
         };
+        let ip = peer.ip();
+        // `--http-max-connections-per-ip`: closed at once, nothing written.
+        if !lock(&front.conns).try_add(ip, front.settings.max_connections_per_ip) {
+            front.conns_rejected.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
+        let slot = ConnSlot {
+            front: front.clone(),
+            ip,
+        };
         let _ = stream.set_nodelay(true);
         let front = front.clone();
+        let tls = tls.clone();
         ex.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let front = front.clone();
-                async move { Ok::<_, Infallible>(serve(&front, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(smol_hyper::rt::SmolTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(smol_hyper::rt::FuturesIo::new(stream), svc)
-                .await;
+            let _slot = slot;
+            match tls {
+                None => serve_connection(front, ip, stream).await,
+                Some(acceptor) => {
+                    match crate::server::tls::handshake(&front.shared, stream, &acceptor).await {
+                        Some(tls) => serve_connection(front, ip, tls).await,
+                        None => {
+                            front.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
         })
         .detach();
     }
+}
+
+/// Serves HTTP/1 on one connection (plain or TLS) from `ip`.
+async fn serve_connection<I>(front: Arc<Front>, ip: IpAddr, io: I)
+where
+    I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let front = front.clone();
+        async move { Ok::<_, Infallible>(serve(&front, ip, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(smol_hyper::rt::SmolTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(smol_hyper::rt::FuturesIo::new(io), svc)
+        .await;
 }
 
 /// Reaps sessions idle for more than 2 × the idle timeout (Decision D9).
@@ -294,8 +414,61 @@ fn session_gone() -> Resp {
 
 // ----- dispatch ----------------------------------------------------------
 
+/// The CORS headers for a request with this `Origin` (reference §7.2):
+/// none when CORS is off, the request has no `Origin`, or the origin is
+/// not allowed.
+fn cors_headers(front: &Front, headers: &HeaderMap) -> Option<HeaderMap> {
+    let allowed = &front.settings.cors_allowed_origins;
+    if allowed.is_empty() {
+        return None;
+    }
+    let origin = headers.get(ORIGIN)?;
+    let any = allowed.iter().any(|a| a == "*");
+    if !any && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+        return None;
+    }
+    let mut h = HeaderMap::new();
+    if any {
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    } else {
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(VARY, HeaderValue::from_static("Origin"));
+    }
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(CORS_METHODS),
+    );
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(CORS_HEADERS),
+    );
+    h.insert(
+        ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static(CORS_MAX_AGE),
+    );
+    Some(h)
+}
+
+/// The outermost layer: CORS (preflight answered here, before metrics,
+/// rate limit and auth), then [`counted`].
+async fn serve(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp {
+    let cors = cors_headers(front, req.headers());
+    let preflight = !front.settings.cors_allowed_origins.is_empty()
+        && req.method() == Method::OPTIONS
+        && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = if preflight {
+        no_content()
+    } else {
+        counted(front, ip, req).await
+    };
+    if let Some(cors) = cors {
+        resp.headers_mut().extend(cors);
+    }
+    resp
+}
+
 /// Handles one request and counts it for `/metrics`.
-async fn serve(front: &Front, req: hyper::Request<Incoming>) -> Resp {
+async fn counted(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp {
     let start = Instant::now();
     // Bounded label values: the known methods, and route templates.
     let method = match *req.method() {
@@ -312,8 +485,13 @@ async fn serve(front: &Front, req: hyper::Request<Incoming>) -> Resp {
         .router
         .at(req.uri().path())
         .map_or("unmatched", |m| m.value.2);
-    let resp = handle(front, req).await;
-    let mut requests = front.requests.lock().unwrap_or_else(|e| e.into_inner());
+    let resp = if rate_limited(front, ip, req.uri().path()) {
+        front.rate_limited.fetch_add(1, Ordering::Relaxed);
+        error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
+    } else {
+        handle(front, ip, req).await
+    };
+    let mut requests = lock(&front.requests);
     let entry = requests
         .entry((method, template, resp.status().as_u16()))
         .or_insert((0, 0.0));
@@ -322,7 +500,19 @@ async fn serve(front: &Front, req: hyper::Request<Incoming>) -> Resp {
     resp
 }
 
-async fn handle(front: &Front, req: hyper::Request<Incoming>) -> Resp {
+/// `--http-rate-limit-per-ip`: whether this request is over the limit of
+/// its remote IP. `/health` and `/ready` are exempt.
+fn rate_limited(front: &Front, ip: IpAddr, path: &str) -> bool {
+    let Some(limiter) = &front.limiter else {
+        return false;
+    };
+    if path == "/health" || path == "/ready" {
+        return false;
+    }
+    !lock(limiter).allow(ip, Instant::now())
+}
+
+async fn handle(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let Ok(m) = front.router.at(&path) else {
         return error(StatusCode::NOT_FOUND, "not_found", "");
@@ -379,7 +569,12 @@ async fn handle(front: &Front, req: hyper::Request<Incoming>) -> Resp {
                 format!("{json}\n").into(),
             )
         }
-        Route::SessionCreate => match front.sessions.create(shared, front.settings.max_sessions) {
+        Route::SessionCreate => match front.sessions.create(
+            shared,
+            front.settings.max_sessions,
+            front.settings.max_sessions_per_ip,
+            ip,
+        ) {
             Ok(s) => json_resp(
                 StatusCode::OK,
                 &json!({
@@ -389,6 +584,9 @@ async fn handle(front: &Front, req: hyper::Request<Incoming>) -> Resp {
             ),
             Err(CreateError::MaxSessions) => {
                 error(StatusCode::SERVICE_UNAVAILABLE, "max_sessions", "")
+            }
+            Err(CreateError::MaxSessionsPerIp) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, "max_sessions_per_ip", "")
             }
             Err(CreateError::Random) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -783,7 +981,7 @@ fn metrics(front: &Front) -> Resp {
     };
     let locks = arr("locks");
     let sems = arr("semaphores");
-    let gauges: [(&str, &str, f64); 9] = [
+    let gauges: [(&str, &str, f64); 11] = [
         (
             "dflockd_ready",
             "1 when serving, 0 while draining.",
@@ -798,6 +996,16 @@ fn metrics(front: &Front) -> Resp {
             "dflockd_connections",
             "Core connections: TCP connections plus HTTP sessions.",
             v.get("connections").and_then(|c| c.as_u64()).unwrap_or(0) as f64,
+        ),
+        (
+            "dflockd_tcp_connections",
+            "Open connections on the TCP protocol port.",
+            shared.tcp_connections() as f64,
+        ),
+        (
+            "dflockd_http_connections",
+            "Open connections on the HTTP port.",
+            lock(&front.conns).total() as f64,
         ),
         (
             "dflockd_http_sessions",
@@ -836,11 +1044,29 @@ fn metrics(front: &Front) -> Resp {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));
     }
-    let requests = front
-        .requests
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let counters = [
+        (
+            "dflockd_http_rate_limited_total",
+            "HTTP requests refused with 429 by the per-IP rate limit.",
+            front.rate_limited.load(Ordering::Relaxed),
+        ),
+        (
+            "dflockd_http_connections_rejected_total",
+            "HTTP connections closed at accept by --http-max-connections-per-ip.",
+            front.conns_rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "dflockd_http_tls_handshake_failures_total",
+            "HTTP connections closed because their TLS handshake failed or was late.",
+            front.tls_failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    let requests = lock(&front.requests).clone();
     out.push_str(
         "# HELP dflockd_http_requests_total HTTP requests answered, by method, route template and status.\n\
          # TYPE dflockd_http_requests_total counter\n",

@@ -10,6 +10,7 @@
 //! a connection whose first is still blocked.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,14 @@ use crate::server::{register, unregister, Shared};
 use crate::sync::Arc;
 use crate::wire::Request;
 
+use super::limits::PerIp;
+
 /// One HTTP session.
 pub struct Session {
     pub id: String,
     pub conn: ConnId,
+    /// The remote IP that created it (`--http-max-sessions-per-ip`).
+    pub ip: IpAddr,
     pub mailbox: Arc<Mailbox>,
     /// Serialises the session's requests.
     pub gate: smol::lock::Mutex<()>,
@@ -50,6 +55,7 @@ impl Session {
 /// Why a session could not be created.
 pub enum CreateError {
     MaxSessions,
+    MaxSessionsPerIp,
     Random,
 }
 
@@ -57,6 +63,8 @@ pub enum CreateError {
 #[derive(Default)]
 pub struct Sessions {
     map: std::sync::Mutex<HashMap<String, Arc<Session>>>,
+    /// Live sessions per creating IP; locked only while `map` is held.
+    per_ip: std::sync::Mutex<PerIp>,
 }
 
 impl Sessions {
@@ -79,13 +87,29 @@ impl Sessions {
     /// Registers a new core connection for a session, authenticating it
     /// when the server has an auth token (the HTTP layer checked the bearer
     /// token already).
-    pub fn create(&self, shared: &Shared, max: usize) -> Result<Arc<Session>, CreateError> {
+    /// `max` caps the sessions, `max_per_ip` those created from `ip` (0 =
+    /// unlimited).
+    pub fn create(
+        &self,
+        shared: &Shared,
+        max: usize,
+        max_per_ip: usize,
+        ip: IpAddr,
+    ) -> Result<Arc<Session>, CreateError> {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|_| CreateError::Random)?;
         let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let mut map = self.map();
         if max > 0 && map.len() >= max {
             return Err(CreateError::MaxSessions);
+        }
+        if !self
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_add(ip, max_per_ip)
+        {
+            return Err(CreateError::MaxSessionsPerIp);
         }
         let mailbox = Arc::new(Mailbox::new());
         let conn = register(shared, mailbox.clone());
@@ -102,6 +126,7 @@ impl Sessions {
         let s = Arc::new(Session {
             id: id.clone(),
             conn,
+            ip,
             mailbox,
             gate: smol::lock::Mutex::new(()),
             dead: AtomicBool::new(false),
@@ -120,7 +145,13 @@ impl Sessions {
         let removed = {
             let mut map = self.map();
             match map.get(&session.id) {
-                Some(s) if std::ptr::eq(Arc::as_ptr(s), session) => map.remove(&session.id),
+                Some(s) if std::ptr::eq(Arc::as_ptr(s), session) => {
+                    self.per_ip
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(session.ip);
+                    map.remove(&session.id)
+                }
                 _ => None,
             }
         };

@@ -187,6 +187,12 @@ impl Shared {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+
+    /// Open connections on the TCP protocol port (including those still in
+    /// their TLS handshake); for `/metrics`.
+    pub(crate) fn tcp_connections(&self) -> usize {
+        self.tcp_conns.load(Ordering::SeqCst)
+    }
 }
 
 /// A running server.

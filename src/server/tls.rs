@@ -195,16 +195,15 @@ enum Handshake<S> {
     ShuttingDown,
 }
 
-/// Serves one accepted TCP connection over TLS: the handshake, bounded by
-/// `--read-timeout`, then the same connection task as plain TCP. A failed
-/// or late handshake just closes the socket, and so does shutdown: a
-/// connection still in its handshake has nothing in the core to drain.
-pub(super) async fn serve(
-    shared: &Arc<Shared>,
+/// Runs the server side of the TLS handshake on an accepted socket,
+/// bounded by `--read-timeout` and abandoned when shutdown begins. `None`
+/// when it failed, was late, or shutdown began (the caller just drops the
+/// socket). Shared by the TCP port and the HTTP front.
+pub(crate) async fn handshake(
+    shared: &Shared,
     stream: async_net::TcpStream,
-    acceptor: TlsAcceptor,
-) {
-    conn::tune(&stream);
+    acceptor: &TlsAcceptor,
+) -> Option<futures_rustls::server::TlsStream<async_net::TcpStream>> {
     let deadline = Duration::from_secs(shared.cfg.read_timeout_s);
     let handshake = async { Handshake::Done(acceptor.accept(stream).await) };
     let timer = async {
@@ -221,24 +220,38 @@ pub(super) async fn serve(
     let outcome =
         futures_lite::future::or(handshake, futures_lite::future::or(timer, shutdown)).await;
     match outcome {
-        Handshake::Done(Ok(mut tls)) => {
-            conn::serve_stream(shared, &mut tls).await;
-            // Best effort, without waiting: a close_notify alert if the
-            // socket takes it at once, then the FIN.
-            let _ =
-                futures_lite::future::poll_once(futures_lite::AsyncWriteExt::close(&mut tls)).await;
-        }
+        Handshake::Done(Ok(tls)) => Some(tls),
         Handshake::Done(Err(e)) => {
             if shared.cfg.debug {
                 eprintln!("dflockd: TLS handshake failed: {e}");
             }
+            None
         }
         Handshake::Late => {
             if shared.cfg.debug {
                 eprintln!("dflockd: TLS handshake not finished within {deadline:?}");
             }
+            None
         }
-        Handshake::ShuttingDown => {}
+        Handshake::ShuttingDown => None,
+    }
+}
+
+/// Serves one accepted TCP connection over TLS: the [`handshake`], then
+/// the same connection task as plain TCP. A failed or late handshake just
+/// closes the socket, and so does shutdown: a connection still in its
+/// handshake has nothing in the core to drain.
+pub(super) async fn serve(
+    shared: &Arc<Shared>,
+    stream: async_net::TcpStream,
+    acceptor: TlsAcceptor,
+) {
+    conn::tune(&stream);
+    if let Some(mut tls) = handshake(shared, stream, &acceptor).await {
+        conn::serve_stream(shared, &mut tls).await;
+        // Best effort, without waiting: a close_notify alert if the
+        // socket takes it at once, then the FIN.
+        let _ = futures_lite::future::poll_once(futures_lite::AsyncWriteExt::close(&mut tls)).await;
     }
 }
 

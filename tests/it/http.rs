@@ -46,11 +46,7 @@ impl Resp {
 
 fn start(configure: impl FnOnce(&mut ServerConfig)) -> (Server, SocketAddr) {
     let server = Server::start(|cfg| {
-        cfg.http = Some(HttpSettings {
-            listen: "127.0.0.1:0".into(),
-            session_idle_timeout_s: 20,
-            max_sessions: 0,
-        });
+        cfg.http = Some(HttpSettings::default());
         configure(cfg);
     });
     let addr = server.handle().http_addr().expect("HTTP is on");
@@ -667,4 +663,375 @@ fn delete_during_blocked_request() {
     assert_eq!(holder.req("r", "z", &tok), "ok");
     drop(holder);
     server.assert_quiet();
+}
+
+// ----- TLS, CORS, rate limit, per-IP caps ---------------------------------
+
+/// Sends a request from a chosen loopback address (127.0.0.0/8 is local),
+/// so a test can act as several remote IPs.
+fn call_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut s = connect_from(local, addr);
+    s.write_all(&request_bytes(method, path, headers, b""))
+        .expect("write");
+    read_resp(s)
+}
+
+fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(local, 0).into())
+        .expect("bind local address");
+    socket.connect_timeout(&addr.into(), IO).expect("connect");
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(IO)).expect("timeout");
+    s
+}
+
+fn other_ip() -> std::net::IpAddr {
+    std::net::IpAddr::from([127, 0, 0, 2])
+}
+
+/// The value of an unlabelled series in `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` read from 127.0.0.2 (so it neither spends 127.0.0.1's rate
+/// limit nor counts toward its connections).
+fn metrics_from_other_ip(addr: SocketAddr) -> String {
+    let r = call_from(other_ip(), addr, "GET", "/metrics", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+}
+
+#[test]
+fn https_when_tls_is_configured() {
+    use rustls::pki_types::ServerName;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let dir = std::env::temp_dir().join(format!("dflockd-it-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("c.pem"), ck.cert.pem()).expect("write cert");
+    std::fs::write(dir.join("k.pem"), ck.signing_key.serialize_pem()).expect("write key");
+    let server_tls =
+        dflockd::server::tls::load(&dir.join("c.pem"), &dir.join("k.pem")).expect("loads");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_server, addr) = start(|cfg| {
+        cfg.tls = Some(server_tls);
+        cfg.read_timeout_s = 2;
+    });
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).expect("trust");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let https = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| -> Resp {
+        let sock = TcpStream::connect_timeout(&addr, IO).expect("connect");
+        sock.set_read_timeout(Some(IO)).expect("timeout");
+        let name = ServerName::try_from("localhost").expect("name");
+        let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(&request_bytes(method, path, headers, body.as_bytes()))
+            .expect("write");
+        let mut buf = Vec::new();
+        // The server closes after `Connection: close`; a missing
+        // close_notify is not an error here.
+        let _ = tls.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status");
+        Resp {
+            status,
+            headers: Vec::new(),
+            body: body.to_owned(),
+        }
+    };
+    let r = https("GET", "/health", &[], "");
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
+    let r = https("POST", "/v1/sessions", &[], "");
+    assert_eq!(r.status, 200, "{r:?}");
+    let sid = r.json()["session_id"].as_str().expect("id").to_owned();
+    let r = https(
+        "POST",
+        "/v1/locks/k",
+        &[("X-Dflockd-Session", &sid)],
+        r#"{"acquire_timeout_s":0}"#,
+    );
+    assert_eq!((r.status, &r.json()["status"]), (200, &json!("ok")));
+    let r = https("GET", "/v1/stats", &[], "");
+    assert_eq!(r.json()["locks"][0]["key"], "k");
+
+    // Plaintext HTTP on the TLS port gets no HTTP response.
+    let mut s = send_raw(addr, &request_bytes("GET", "/health", &[], b""));
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !buf.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // A silent client is dropped at the handshake deadline.
+    let mut silent = TcpStream::connect_timeout(&addr, IO).expect("connect");
+    silent.set_read_timeout(Some(IO)).expect("timeout");
+    let mut buf = Vec::new();
+    let _ = silent.read_to_end(&mut buf);
+    assert!(buf.is_empty());
+    let text = https("GET", "/metrics", &[], "").body;
+    assert!(metric(&text, "dflockd_http_tls_handshake_failures_total").unwrap_or(0.0) >= 2.0);
+}
+
+#[test]
+fn cors_headers_and_preflight() {
+    let (_server, addr) = start(|cfg| {
+        cfg.core.auth_token = Some(b"secret".to_vec());
+        if let Some(h) = &mut cfg.http {
+            h.cors_allowed_origins = vec!["https://a.example".into(), "https://b.example".into()];
+        }
+    });
+    // Allowed origin: echoed, with Vary and the fixed lists.
+    let r = call(
+        addr,
+        "GET",
+        "/health",
+        &[("Origin", "https://b.example")],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://b.example")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, POST, DELETE, OPTIONS")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("Authorization, Content-Type, X-Dflockd-Session")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("300"));
+    // On errors too (here 401: CORS comes before auth).
+    let r = call(
+        addr,
+        "GET",
+        "/v1/stats",
+        &[("Origin", "https://a.example")],
+        "",
+    );
+    r.err(401, "unauthorized");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    // Other origin, or none: no CORS headers.
+    for h in [&[("Origin", "https://evil.example")][..], &[]] {
+        let r = call(addr, "GET", "/health", h, "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("access-control-allow-origin"), None);
+        assert_eq!(r.header("access-control-allow-methods"), None);
+    }
+    // Preflight: 204 without auth, with headers for an allowed origin...
+    let pre = |origin: &str| {
+        call(
+            addr,
+            "OPTIONS",
+            "/v1/locks/k",
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            "",
+        )
+    };
+    let r = pre("https://a.example");
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    // ... and without them for another origin.
+    let r = pre("https://evil.example");
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // Even on an unknown path.
+    let r = call(
+        addr,
+        "OPTIONS",
+        "/nowhere",
+        &[("Access-Control-Request-Method", "GET")],
+        "",
+    );
+    assert_eq!(r.status, 204);
+    // A plain OPTIONS is routed as usual.
+    let r = call(addr, "OPTIONS", "/health", &[], "");
+    r.err(405, "method_not_allowed");
+}
+
+#[test]
+fn cors_wildcard_and_off() {
+    let (_server, addr) = start(|cfg| {
+        if let Some(h) = &mut cfg.http {
+            h.cors_allowed_origins = vec!["*".into()];
+        }
+    });
+    let r = call(
+        addr,
+        "GET",
+        "/health",
+        &[("Origin", "https://x.example")],
+        "",
+    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("vary"), None);
+    drop(_server);
+
+    // CORS off: no headers, and a preflight is just an OPTIONS (405).
+    let (_server, addr) = start(|_| {});
+    let r = call(
+        addr,
+        "GET",
+        "/health",
+        &[("Origin", "https://x.example")],
+        "",
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = call(
+        addr,
+        "OPTIONS",
+        "/health",
+        &[
+            ("Origin", "https://x.example"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+        "",
+    );
+    r.err(405, "method_not_allowed");
+}
+
+#[test]
+fn rate_limit_per_ip_with_burst() {
+    let (_server, addr) = start(|cfg| {
+        if let Some(h) = &mut cfg.http {
+            h.rate_limit_per_ip = 1;
+            h.rate_limit_burst = 3;
+            h.cors_allowed_origins = vec!["*".into()];
+        }
+    });
+    // The burst (any route, even a 404), then 429.
+    assert_eq!(get(addr, "/v1/stats").status, 200);
+    get(addr, "/nowhere").err(404, "not_found");
+    assert_eq!(get(addr, "/v1/stats").status, 200);
+    get(addr, "/v1/stats").err(429, "rate_limited");
+    call(addr, "POST", "/v1/sessions", &[], "").err(429, "rate_limited");
+    // /health and /ready are exempt.
+    assert_eq!(get(addr, "/health").status, 200);
+    assert_eq!(get(addr, "/ready").status, 200);
+    // A preflight is answered before the limit.
+    let r = call(
+        addr,
+        "OPTIONS",
+        "/v1/stats",
+        &[
+            ("Origin", "https://x"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+        "",
+    );
+    assert_eq!(r.status, 204);
+    // Another IP has its own bucket; the refusals are counted.
+    let text = metrics_from_other_ip(addr);
+    assert_eq!(metric(&text, "dflockd_http_rate_limited_total"), Some(2.0));
+    assert!(text.contains(
+        "dflockd_http_requests_total{method=\"GET\",path=\"/v1/stats\",status=\"429\"} 1\n"
+    ));
+    // The bucket refills at 1/s: a request is allowed again within ~1 s.
+    let mut status = 0;
+    let waited = crate::support::wait_until(Duration::from_secs(5), || {
+        status = get(addr, "/v1/stats").status;
+        status == 200
+    });
+    assert_eq!(status, 200, "allowed again after {waited:?}");
+}
+
+#[test]
+fn max_connections_per_ip_closes_at_accept() {
+    let (_server, addr) = start(|cfg| {
+        if let Some(h) = &mut cfg.http {
+            h.max_connections_per_ip = 2;
+        }
+    });
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    let a = connect_from(local, addr);
+    let b = connect_from(local, addr);
+    // Both accepted (the reader from 127.0.0.2 is the third).
+    crate::support::wait_until(IO, || {
+        metric(&metrics_from_other_ip(addr), "dflockd_http_connections") == Some(3.0)
+    });
+    // A third from the same IP is closed without a byte.
+    let mut c = connect_from(local, addr);
+    let _ = c.write_all(&request_bytes("GET", "/health", &[], b""));
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+    let text = metrics_from_other_ip(addr);
+    assert_eq!(
+        metric(&text, "dflockd_http_connections_rejected_total"),
+        Some(1.0)
+    );
+    // Closing one frees a slot.
+    drop(a);
+    crate::support::wait_until(IO, || {
+        metric(&metrics_from_other_ip(addr), "dflockd_http_connections") == Some(2.0)
+    });
+    assert_eq!(get(addr, "/health").status, 200);
+    drop(b);
+}
+
+#[test]
+fn max_sessions_per_ip() {
+    let (_server, addr) = start(|cfg| {
+        if let Some(h) = &mut cfg.http {
+            h.max_sessions_per_ip = 1;
+        }
+    });
+    let sid = new_session(addr);
+    call(addr, "POST", "/v1/sessions", &[], "").err(503, "max_sessions_per_ip");
+    // Another IP has its own allowance.
+    let r = call_from(other_ip(), addr, "POST", "/v1/sessions", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    // Ending the session frees the slot.
+    let r = call(addr, "DELETE", &format!("/v1/sessions/{sid}"), &[], "");
+    assert_eq!(r.status, 204);
+    new_session(addr);
+}
+
+#[test]
+fn transport_gauges() {
+    let (server, addr) = start(|_| {});
+    let mut c = server.client();
+    c.lock("k");
+    let text = get(addr, "/metrics").body;
+    assert_eq!(metric(&text, "dflockd_tcp_connections"), Some(1.0));
+    assert_eq!(metric(&text, "dflockd_http_connections"), Some(1.0));
+    assert_eq!(metric(&text, "dflockd_http_rate_limited_total"), Some(0.0));
+    assert!(text.contains("# TYPE dflockd_http_rate_limited_total counter\n"));
 }

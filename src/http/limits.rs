@@ -214,7 +214,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = RateLimiter::new(1, 1, t0);
         assert!(l.allow(ip(1), t0));
-        assert!(l.allow(ip(2), t0 + Duration::from_secs(400)));
+        assert!(l.allow(ip(2), t0 + Duration::from_secs(100)));
         assert_eq!(l.len(), 2);
         // Sweep at 5 min: nothing is 10 min idle yet.
         assert!(l.allow(ip(3), t0 + SWEEP_PERIOD));
@@ -222,6 +222,11 @@ mod tests {
         // Sweep at 10 min: ip 1 (idle 10 min) goes, the others stay.
         assert!(l.allow(ip(3), t0 + SWEEP_PERIOD * 2));
         assert_eq!(l.len(), 2);
+        // No sweep before another 5 min: ip 2 (idle 10 min at 11:40) stays.
+        assert!(l.allow(ip(3), t0 + Duration::from_secs(700)));
+        assert_eq!(l.len(), 2);
+        assert!(l.allow(ip(3), t0 + SWEEP_PERIOD * 3));
+        assert_eq!(l.len(), 1);
         // ip 1 comes back with a full bucket.
         assert!(l.allow(ip(1), t0 + SWEEP_PERIOD * 2));
     }

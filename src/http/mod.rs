@@ -455,7 +455,10 @@ async fn serve(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp
     let cors = cors_headers(front, req.headers());
     let preflight = !front.settings.cors_allowed_origins.is_empty()
         && req.method() == Method::OPTIONS
-        && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+        && req
+            .headers()
+            .get(ACCESS_CONTROL_REQUEST_METHOD)
+            .is_some_and(|v| !v.is_empty());
     let mut resp = if preflight {
         no_content()
     } else {

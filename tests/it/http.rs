@@ -881,8 +881,17 @@ fn cors_headers_and_preflight() {
         "",
     );
     assert_eq!(r.status, 204);
-    // A plain OPTIONS is routed as usual.
+    // A plain OPTIONS (or one with an empty request method) is routed as
+    // usual.
     let r = call(addr, "OPTIONS", "/health", &[], "");
+    r.err(405, "method_not_allowed");
+    let r = call(
+        addr,
+        "OPTIONS",
+        "/health",
+        &[("Access-Control-Request-Method", "")],
+        "",
+    );
     r.err(405, "method_not_allowed");
 }
 

@@ -89,10 +89,29 @@ impl Connection<Stream> {
     }
 
     /// Connects over TCP to `addr` and runs the TLS handshake with `tls`,
-    /// both within [`CONNECT_TIMEOUT`]. A certificate rustls refuses is
+    /// each within [`CONNECT_TIMEOUT`]. A certificate rustls refuses is
     /// [`Error::Tls`].
     pub async fn connect_tls(addr: &str, tls: &TlsOptions) -> Result<Self> {
+        Connection::dial(addr, Some(tls)).await
+    }
+
+    /// [`Connection::connect_tls`] when `tls` is set, else
+    /// [`Connection::connect`].
+    pub async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Self> {
+        Ok(Connection::from_stream(Stream::connect(addr, tls).await?))
+    }
+}
+
+impl Stream {
+    /// Connects over TCP to `addr` (nodelay, 30 s keepalive), then runs
+    /// the TLS handshake when `tls` is set; each step within
+    /// [`CONNECT_TIMEOUT`]. For a raw byte stream (a relay); most code
+    /// wants [`Connection::dial`].
+    pub async fn connect(addr: &str, tls: Option<&TlsOptions>) -> Result<Stream> {
         let tcp = tcp_connect(addr).await?;
+        let Some(tls) = tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
         let handshake = super::tls::handshake(tcp, tls, addr);
         let timeout = async {
             async_io::Timer::after(CONNECT_TIMEOUT).await;
@@ -101,16 +120,7 @@ impl Connection<Stream> {
                 format!("the TLS handshake with {addr} took longer than {CONNECT_TIMEOUT:?}"),
             )))
         };
-        Ok(Connection::from_stream(handshake.or(timeout).await?))
-    }
-
-    /// [`Connection::connect_tls`] when `tls` is set, else
-    /// [`Connection::connect`].
-    pub async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Self> {
-        match tls {
-            Some(t) => Connection::connect_tls(addr, t).await,
-            None => Connection::connect(addr).await,
-        }
+        handshake.or(timeout).await
     }
 }
 

@@ -50,7 +50,7 @@ mod handle;
 mod tls;
 
 pub use crate::wire::Token;
-pub use conn::{Connection, Enqueued, Grant};
+pub use conn::{Connection, Enqueued, Grant, CONNECT_TIMEOUT};
 pub use crc::{crc32, shard};
 pub use handle::{Client, Lock, Semaphore};
 pub use tls::{client_config_from_ca_file, client_config_from_roots, Stream, TlsOptions};

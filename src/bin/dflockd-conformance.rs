@@ -334,6 +334,8 @@ mod tls_relay {
             smol::block_on(ex.run(async {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
+                        // Out of descriptors, say: do not spin.
+                        async_io::Timer::after(std::time::Duration::from_millis(10)).await;
                         continue;
                     };
                     let _ = client.set_nodelay(true);

@@ -255,16 +255,47 @@ mod tests {
     }
 
     #[test]
-    fn names() {
-        let config = client_config_from_roots([rcgen_free_cert()]);
-        // No valid certificate: a typed refusal, not a panic.
+    fn unusable_roots_are_typed_errors() {
+        // Bytes that are no certificate: a typed refusal, not a panic.
+        let garbage = CertificateDer::from(vec![0u8; 8]);
+        let config = client_config_from_roots([garbage]);
         assert!(matches!(
             config,
             Err(Error::Tls(_)) | Err(Error::TlsConfig(_))
         ));
+        assert!(matches!(
+            client_config_from_roots([]),
+            Err(Error::TlsConfig(_))
+        ));
     }
 
-    fn rcgen_free_cert() -> CertificateDer<'static> {
-        CertificateDer::from(vec![0u8; 8])
+    #[test]
+    fn server_names() {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let opts = TlsOptions::new(Arc::new(config));
+        assert!(matches!(
+            opts.name_for("127.0.0.1:1"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            opts.name_for("localhost:1"),
+            Ok(ServerName::DnsName(_))
+        ));
+        let named = opts.clone().with_server_name("db.example.com");
+        assert!(matches!(
+            named.name_for("127.0.0.1:1"),
+            Ok(ServerName::DnsName(_))
+        ));
+        let bad = opts.with_server_name("not a name");
+        assert!(matches!(
+            bad.name_for("127.0.0.1:1"),
+            Err(Error::TlsConfig(_))
+        ));
     }
 }

@@ -3,7 +3,9 @@
 //! relay in front of a real one that answers `ok 33` to every renewal the
 //! server refused, so renew-after-expiry and renew-after-release succeed)
 //! it names the failing cases and exits 1; a skip without a reason is a
-//! usage error.
+//! usage error. Over TLS (a server with an rcgen certificate) it passes
+//! with `--tls-ca` and `--auth-token`, and with `--tls` alone (unverified);
+//! an untrusted certificate or a wrong name is a usage error.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -169,4 +171,106 @@ fn renew_always_ok(server: SocketAddr) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A TLS server with a fresh self-signed certificate for `localhost` and
+/// 127.0.0.1 (rcgen), requiring `token` when set, and the certificate's
+/// PEM file to trust.
+fn tls_server(name: &str, token: Option<&str>) -> (ServerHandle, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("generate certificate");
+    let cert = temp_file(&format!("{name}-cert.pem"), &ck.cert.pem());
+    let key = temp_file(&format!("{name}-key.pem"), &ck.signing_key.serialize_pem());
+    let tls = dflockd::server::tls::load(&cert, &key).expect("certificate loads");
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        tls: Some(tls),
+        ..ServerConfig::default()
+    };
+    config.core.auth_token = token.map(|t| t.as_bytes().to_vec());
+    (spawn(config).expect("server starts"), cert)
+}
+
+#[test]
+fn passes_over_tls_with_a_ca_and_auth() {
+    let (server, ca) = tls_server("tls-ca", Some("s3cret"));
+    let skips = temp_file("skips-tls.txt", SIGNAL_SKIPS);
+    let addr = server.local_addr().to_string();
+    let out = cli(&[
+        "--addr",
+        &addr,
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--auth-token",
+        "s3cret",
+        "--skip-file",
+        skips.to_str().unwrap(),
+    ]);
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = text.lines().last().unwrap_or_default();
+    assert!(is_summary(last, 0), "summary: {last:?}\n{text}");
+    assert!(text.contains("pass  lock-fifo.txt"), "{text}");
+    assert!(text.contains("pass  timed-lease-expiry"), "{text}");
+}
+
+#[test]
+fn tls_refusals_are_usage_errors() {
+    let (server, ca) = tls_server("tls-refuse", None);
+    let addr = server.local_addr().to_string();
+    // A CA that did not sign the server certificate.
+    let (_other, other_ca) = tls_server("tls-other", None);
+    let out = cli(&["--addr", &addr, "--tls-ca", other_ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("over TLS") && err.contains("TLS failed"),
+        "{err}"
+    );
+    // A name the certificate does not carry.
+    let out = cli(&[
+        "--addr",
+        &addr,
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--tls-server-name",
+        "db.example.com",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    // --tls-server-name alone means nothing.
+    let out = cli(&["--addr", &addr, "--tls-server-name", "localhost"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --tls"), "{err}");
+}
+
+#[test]
+fn unverified_tls_reaches_the_server() {
+    let (server, _ca) = tls_server("tls-unverified", None);
+    let addr = server.local_addr().to_string();
+    // One transcript is enough to show the relay works without a CA.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-tls-one-case", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/spec/conformance/lock-fifo.txt"
+    );
+    std::fs::copy(src, dir.join("lock-fifo.txt")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dflockd-conformance"))
+        .args(["--dir", dir.to_str().unwrap(), "--addr", &addr, "--tls"])
+        .output()
+        .expect("run dflockd-conformance");
+    let text = stdout(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    assert!(text.contains("pass  lock-fifo.txt"), "{text}");
+    assert!(err.contains("not verified"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,15 @@
 //! a reason is an error. With `--auth-token`, every connection the runner
 //! opens goes through a local relay that authenticates first, so the
 //! transcripts run unchanged against a server that requires a token.
+//!
+//! With `--tls` the runner still speaks plaintext, to a local relay that
+//! carries each connection over TLS to `--addr` (authenticating first with
+//! `--auth-token`). `--tls-ca FILE` verifies the server certificate against
+//! that PEM file (and implies `--tls`); without it the certificate is not
+//! verified (traffic is encrypted, the peer is not authenticated), which
+//! suits a test server with a throwaway self-signed certificate.
+//! `--tls-server-name` names the certificate to expect (default: the host
+//! of `--addr`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +28,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use dflockd::client::{client_config_from_ca_file, TlsOptions};
 use dflockd::conformance::{
     builtin_cases, load_dir, run_case, CaseReport, CaseResult, ExpectedFailures, Outcome, Report,
     RunOptions, Scenario, Target,
@@ -33,6 +43,15 @@ struct Args {
     /// authenticate every connection with this token first
     #[argh(option)]
     auth_token: Option<String>,
+    /// connect over TLS (verified with --tls-ca; unverified without it)
+    #[argh(switch)]
+    tls: bool,
+    /// PEM file of CA certificates to verify the server with (implies --tls)
+    #[argh(option)]
+    tls_ca: Option<PathBuf>,
+    /// name the server certificate must carry (default: the host of --addr)
+    #[argh(option)]
+    tls_server_name: Option<String>,
     /// file of cases to skip: `name  # reason` per line
     #[argh(option)]
     skip_file: Option<PathBuf>,
@@ -75,9 +94,10 @@ fn run(args: &Args) -> Result<bool, String> {
         Some(path) => ExpectedFailures::load(path).map_err(|e| e.to_string())?,
         None => ExpectedFailures::none(),
     };
-    let addr = match &args.auth_token {
-        Some(token) => start_auth_relay(server, token.clone())?,
-        None => server,
+    let addr = match (tls_options(args)?, &args.auth_token) {
+        (Some(tls), token) => tls_relay::start(&args.addr, tls, token.clone())?,
+        (None, Some(token)) => start_auth_relay(server, token.clone())?,
+        (None, None) => server,
     };
     let opts = RunOptions {
         read_timeout: Duration::from_secs(args.read_timeout.max(1)),
@@ -136,6 +156,28 @@ fn run(args: &Args) -> Result<bool, String> {
     }
     println!("{line}");
     Ok(s.ok())
+}
+
+/// The TLS settings the flags ask for, if any.
+fn tls_options(args: &Args) -> Result<Option<TlsOptions>, String> {
+    if !args.tls && args.tls_ca.is_none() {
+        if args.tls_server_name.is_some() {
+            return Err("--tls-server-name needs --tls or --tls-ca".into());
+        }
+        return Ok(None);
+    }
+    let config = match &args.tls_ca {
+        Some(ca) => client_config_from_ca_file(ca).map_err(|e| format!("--tls-ca: {e}"))?,
+        None => {
+            eprintln!(
+                "dflockd-conformance: --tls without --tls-ca: the server certificate is not verified"
+            );
+            tls_relay::unverified_config()?
+        }
+    };
+    let mut opts = TlsOptions::new(config);
+    opts.server_name = args.tls_server_name.clone();
+    Ok(Some(opts))
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -256,6 +298,194 @@ fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
     }
     let _ = to.shutdown(Shutdown::Write);
     let _ = from.shutdown(Shutdown::Read);
+}
+
+/// The TLS relay: plaintext on a loopback port, TLS to the server.
+mod tls_relay {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use dflockd::client::{Stream, TlsOptions};
+    use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Starts the relay on `127.0.0.1:0` and returns its address. Each
+    /// accepted connection gets its own TLS connection to `server`, on
+    /// which `auth` answered `ok` first when `token` is set; a failed
+    /// dial or auth closes the accepted connection at once. The first
+    /// connection is made up front, for a clear error.
+    pub fn start(
+        server: &str,
+        tls: TlsOptions,
+        token: Option<String>,
+    ) -> Result<SocketAddr, String> {
+        let server = server.to_string();
+        smol::block_on(upstream(&server, &tls, token.as_deref()))
+            .map_err(|e| format!("connecting to {server} over TLS: {e}"))?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("cannot start the relay: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let listener = async_net::TcpListener::try_from(listener).map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            let ex = smol::LocalExecutor::new();
+            smol::block_on(ex.run(async {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        // Out of descriptors, say: do not spin.
+                        async_io::Timer::after(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let (server, tls, token) = (server.clone(), tls.clone(), token.clone());
+                    ex.spawn(async move {
+                        if let Ok(up) = upstream(&server, &tls, token.as_deref()).await {
+                            pipe(client, up).await;
+                        }
+                    })
+                    .detach();
+                }
+            }));
+        });
+        Ok(addr)
+    }
+
+    /// A TLS stream to `server`, authenticated when `token` is set.
+    async fn upstream(
+        server: &str,
+        tls: &TlsOptions,
+        token: Option<&str>,
+    ) -> Result<Stream, String> {
+        let mut s = Stream::connect(server, Some(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(token) = token {
+            s.write_all(format!("auth\n_\n{token}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| e.to_string())?;
+            // Byte by byte, so nothing after the reply is swallowed.
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while line.last() != Some(&b'\n') && line.len() < 256 {
+                match s.read(&mut b).await {
+                    Ok(1) => line.push(b[0]),
+                    Ok(_) => return Err("the server closed the connection".into()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if line != b"ok\n" {
+                return Err(format!(
+                    "auth answered {:?}",
+                    String::from_utf8_lossy(&line).trim_end()
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Copies bytes both ways; each end of stream is passed on as a
+    /// half-close (`close_notify` and a write shutdown towards the
+    /// server). Done when both directions are.
+    async fn pipe(client: async_net::TcpStream, upstream: Stream) {
+        let (mut up_r, mut up_w) = futures_lite::io::split(upstream);
+        let client_r = client.clone();
+        let to_server = async {
+            let mut c = client_r;
+            let mut buf = [0u8; 8192];
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if up_w.write_all(&buf[..n]).await.is_err() || up_w.flush().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = up_w.close().await;
+        };
+        let to_client = async {
+            let mut c = client.clone();
+            let mut buf = [0u8; 8192];
+            loop {
+                match up_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if c.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = client.shutdown(std::net::Shutdown::Write);
+        };
+        futures_lite::future::zip(to_server, to_client).await;
+    }
+
+    /// A configuration that accepts any server certificate (signatures on
+    /// the handshake are still checked): `--tls` without `--tls-ca`.
+    pub fn unverified_config() -> Result<Arc<rustls::ClientConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(AnyCertificate(provider.clone()));
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS configuration: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
 }
 
 #[cfg(test)]

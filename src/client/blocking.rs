@@ -42,6 +42,16 @@ impl Client {
         Client(self.0.with_auth_token(token))
     }
 
+    /// See [`super::Client::with_tls`].
+    pub fn with_tls(self, config: std::sync::Arc<rustls::ClientConfig>) -> Client {
+        Client(self.0.with_tls(config))
+    }
+
+    /// See [`super::Client::with_tls_options`].
+    pub fn with_tls_options(self, tls: super::TlsOptions) -> Client {
+        Client(self.0.with_tls_options(tls))
+    }
+
     /// See [`super::Client::with_lease`].
     pub fn with_lease(self, lease: Duration) -> Client {
         Client(self.0.with_lease(lease))
@@ -130,13 +140,17 @@ macro_rules! blocking_handle {
 blocking_handle!(Lock);
 blocking_handle!(Semaphore);
 
-/// Blocking [`super::Connection`] over TCP.
+/// Blocking [`super::Connection`] (TCP or TLS).
 pub struct Connection(pub super::Connection);
 
 impl Connection {
     /// See [`super::Connection::connect`].
     pub fn connect(addr: &str) -> Result<Connection> {
         smol::block_on(super::Connection::connect(addr)).map(Connection)
+    }
+    /// See [`super::Connection::connect_tls`].
+    pub fn connect_tls(addr: &str, tls: &super::TlsOptions) -> Result<Connection> {
+        smol::block_on(super::Connection::connect_tls(addr, tls)).map(Connection)
     }
     pub fn auth(&mut self, token: &str) -> Result<()> {
         smol::block_on(self.0.auth(token))

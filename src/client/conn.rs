@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_lite::FutureExt;
 
+use super::tls::{Stream, TlsOptions};
 use super::{whole_seconds, Error, Result};
 use crate::wire::{decode_reply, encode_request, Key, Reply, ReplyDecoded, Request, Space, Token};
 
@@ -41,7 +42,8 @@ pub enum Enqueued {
 }
 
 /// One connection to a dflockd server over any byte stream `S`
-/// (a TCP stream by default; plug a TLS stream in with
+/// (by default a [`Stream`]: plain TCP from [`Connection::connect`], TLS
+/// from [`Connection::connect_tls`]; plug anything else in with
 /// [`Connection::from_stream`]).
 ///
 /// ```
@@ -67,7 +69,7 @@ pub enum Enqueued {
 /// })
 /// .unwrap();
 /// ```
-pub struct Connection<S = async_net::TcpStream> {
+pub struct Connection<S = Stream> {
     stream: S,
     buf: Vec<u8>,
     out: Vec<u8>,
@@ -77,40 +79,82 @@ pub struct Connection<S = async_net::TcpStream> {
     in_flight: bool,
 }
 
-impl Connection<async_net::TcpStream> {
+impl Connection<Stream> {
     /// Connects over TCP to `addr` (`host:port`), trying each address it
     /// resolves to, within [`CONNECT_TIMEOUT`].
     pub async fn connect(addr: &str) -> Result<Self> {
-        let attempt = async {
-            let addrs: Vec<SocketAddr> = async_net::resolve(addr).await?;
-            let mut last = std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{addr} resolves to no address"),
-            );
-            for a in addrs {
-                match async_net::TcpStream::connect(a).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        // As upstream clients: notice a vanished server.
-                        let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
-                        let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
-                        return Ok(s);
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
+        Ok(Connection::from_stream(Stream::Tcp(
+            tcp_connect(addr).await?,
+        )))
+    }
+
+    /// Connects over TCP to `addr` and runs the TLS handshake with `tls`,
+    /// each within [`CONNECT_TIMEOUT`]. A certificate rustls refuses is
+    /// [`Error::Tls`].
+    pub async fn connect_tls(addr: &str, tls: &TlsOptions) -> Result<Self> {
+        Connection::dial(addr, Some(tls)).await
+    }
+
+    /// [`Connection::connect_tls`] when `tls` is set, else
+    /// [`Connection::connect`].
+    pub async fn dial(addr: &str, tls: Option<&TlsOptions>) -> Result<Self> {
+        Ok(Connection::from_stream(Stream::connect(addr, tls).await?))
+    }
+}
+
+impl Stream {
+    /// Connects over TCP to `addr` (nodelay, 30 s keepalive), then runs
+    /// the TLS handshake when `tls` is set; each step within
+    /// [`CONNECT_TIMEOUT`]. For a raw byte stream (a relay); most code
+    /// wants [`Connection::dial`].
+    pub async fn connect(addr: &str, tls: Option<&TlsOptions>) -> Result<Stream> {
+        let tcp = tcp_connect(addr).await?;
+        let Some(tls) = tls else {
+            return Ok(Stream::Tcp(tcp));
         };
+        let handshake = super::tls::handshake(tcp, tls, addr);
         let timeout = async {
             async_io::Timer::after(CONNECT_TIMEOUT).await;
-            Err(std::io::Error::new(
+            Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("connecting to {addr} took longer than {CONNECT_TIMEOUT:?}"),
-            ))
+                format!("the TLS handshake with {addr} took longer than {CONNECT_TIMEOUT:?}"),
+            )))
         };
-        let stream = attempt.or(timeout).await?;
-        Ok(Connection::from_stream(stream))
+        handshake.or(timeout).await
     }
+}
+
+/// A TCP connection to `addr` within [`CONNECT_TIMEOUT`], with nodelay and
+/// keepalive set.
+async fn tcp_connect(addr: &str) -> Result<async_net::TcpStream> {
+    let attempt = async {
+        let addrs: Vec<SocketAddr> = async_net::resolve(addr).await?;
+        let mut last = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        );
+        for a in addrs {
+            match async_net::TcpStream::connect(a).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    // As upstream clients: notice a vanished server.
+                    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
+                    let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
+                    return Ok(s);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    let timeout = async {
+        async_io::Timer::after(CONNECT_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connecting to {addr} took longer than {CONNECT_TIMEOUT:?}"),
+        ))
+    };
+    Ok(attempt.or(timeout).await?)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {

@@ -25,6 +25,7 @@ use futures_lite::FutureExt;
 use smol::lock::Mutex;
 
 use super::conn::{Connection, Enqueued, Grant};
+use super::tls::TlsOptions;
 use super::{shard, Error, Result, Token};
 use crate::wire::Space;
 
@@ -43,6 +44,7 @@ pub struct Client {
     lease_s: Option<u64>,
     renew_ratio: f64,
     jitter: f64,
+    tls: Option<TlsOptions>,
 }
 
 impl Client {
@@ -64,6 +66,7 @@ impl Client {
             lease_s: None,
             renew_ratio: 0.5,
             jitter: 0.1,
+            tls: None,
         }
     }
 
@@ -71,6 +74,24 @@ impl Client {
     pub fn with_auth_token(mut self, token: impl Into<String>) -> Client {
         self.auth_token = Some(token.into());
         self
+    }
+
+    /// Dials every server over TLS with `config`, verifying each server
+    /// certificate against the host part of the server's address.
+    /// See [`Client::with_tls_options`] to verify another name.
+    pub fn with_tls(self, config: Arc<rustls::ClientConfig>) -> Client {
+        self.with_tls_options(TlsOptions::new(config))
+    }
+
+    /// Dials every server over TLS as `tls` says.
+    pub fn with_tls_options(mut self, tls: TlsOptions) -> Client {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS settings, when the client dials TLS.
+    pub fn tls(&self) -> Option<&TlsOptions> {
+        self.tls.as_ref()
     }
 
     /// The lease asked for on every acquire and renewal, in whole seconds
@@ -102,10 +123,10 @@ impl Client {
         &self.servers[shard(key.as_bytes(), self.servers.len())]
     }
 
-    /// A new connection to the server that owns `key`, authenticated when a
-    /// token is set.
+    /// A new connection (TLS when set) to the server that owns `key`,
+    /// authenticated when a token is set.
     pub async fn connect_for(&self, key: &str) -> Result<Connection> {
-        let mut conn = Connection::connect(self.server_for(key)).await?;
+        let mut conn = Connection::dial(self.server_for(key), self.tls.as_ref()).await?;
         if let Some(token) = &self.auth_token {
             conn.auth(token).await?;
         }

@@ -18,8 +18,10 @@
 //! Durations are sent as whole seconds, rounded up, like upstream clients:
 //! a 1.2 s timeout is sent as `2`.
 //!
-//! TLS is not built in yet; [`Connection::from_stream`] accepts any
-//! `AsyncRead + AsyncWrite` stream, so a TLS stream can be plugged in.
+//! TLS: [`Client::with_tls`] and [`Connection::connect_tls`] dial TLS with
+//! a rustls configuration ([`TlsOptions`]); [`client_config_from_ca_file`]
+//! builds one trusting a PEM CA file. [`Connection::from_stream`] accepts
+//! any other `AsyncRead + AsyncWrite` stream.
 //!
 //! ```
 //! # let server = dflockd::server::spawn(dflockd::server::ServerConfig {
@@ -45,11 +47,13 @@ pub mod blocking;
 mod conn;
 mod crc;
 mod handle;
+mod tls;
 
 pub use crate::wire::Token;
-pub use conn::{Connection, Enqueued, Grant};
+pub use conn::{Connection, Enqueued, Grant, CONNECT_TIMEOUT};
 pub use crc::{crc32, shard};
 pub use handle::{Client, Lock, Semaphore};
+pub use tls::{client_config_from_ca_file, client_config_from_roots, Stream, TlsOptions};
 
 use std::fmt;
 use std::time::Duration;
@@ -82,6 +86,13 @@ pub enum Error {
     Server,
     /// The connection failed (connect, read, write, or end of stream).
     Io(std::io::Error),
+    /// TLS was refused: the server certificate is not trusted or does not
+    /// carry the expected name, no common protocol version, or a
+    /// certificate given to trust does not parse.
+    Tls(rustls::Error),
+    /// The TLS settings are unusable (an unreadable or empty CA file, an
+    /// invalid server name).
+    TlsConfig(String),
     /// A reply line this protocol does not define, or one that does not fit
     /// the request (lossily decoded).
     Protocol(String),
@@ -124,6 +135,8 @@ impl fmt::Display for Error {
             Error::Draining => f.write_str("server is draining"),
             Error::Server => f.write_str("server answered error"),
             Error::Io(e) => write!(f, "connection failed: {e}"),
+            Error::Tls(e) => write!(f, "TLS failed: {e}"),
+            Error::TlsConfig(what) => write!(f, "TLS configuration: {what}"),
             Error::Protocol(line) => write!(f, "unexpected reply: {line}"),
             Error::Invalid(what) => write!(f, "invalid argument: {what}"),
         }
@@ -134,6 +147,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(e),
+            Error::Tls(e) => Some(e),
             _ => None,
         }
     }

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Interop: the upstream Python client (dflockd-client 2.1.1) against this
-# server. Builds target/release/dflockd, starts it on two free loopback
-# ports (one plain, one with --auth-token), runs scenarios.py, and stops
-# every process it started on exit. Exits non-zero if anything fails.
+# server. Builds target/release/dflockd, starts it on three free loopback
+# ports (one plain, one with --auth-token, one with --tls-cert/--tls-key
+# and a self-signed certificate made with openssl), runs scenarios.py, and
+# stops every process it started on exit. Exits non-zero if anything fails.
 #
-# Needs: python3 with `pip install --ignore-requires-python dflockd-client==2.1.1`.
+# Needs: python3 with `pip install --ignore-requires-python dflockd-client==2.1.1`,
+# and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 python3 -c 'import dflockd_client' 2>/dev/null || {
   echo "interop: dflockd-client is not installed;" \
        "run: pip install --ignore-requires-python dflockd-client==2.1.1" >&2
+  exit 1
+}
+
+command -v openssl >/dev/null || {
+  echo "interop: openssl is needed for the TLS scenario's certificate" >&2
   exit 1
 }
 
@@ -59,6 +66,16 @@ start plain
 DFLOCKD_ADDR=$addr
 start auth --auth-token "$token"
 DFLOCKD_AUTH_ADDR=$addr
+# A self-signed certificate for 127.0.0.1 and localhost; it is its own CA.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+  -keyout "$logs/key.pem" -out "$logs/cert.pem" 2>"$logs/openssl.log" || {
+  cat "$logs/openssl.log" >&2
+  exit 1
+}
+start tls --tls-cert "$logs/cert.pem" --tls-key "$logs/key.pem"
+DFLOCKD_TLS_ADDR=$addr
 export DFLOCKD_ADDR DFLOCKD_AUTH_ADDR DFLOCKD_AUTH_TOKEN="$token"
+export DFLOCKD_TLS_ADDR DFLOCKD_TLS_CA="$logs/cert.pem"
 
 python3 tests/interop/scenarios.py

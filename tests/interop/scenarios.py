@@ -1,10 +1,12 @@
 """Interop scenarios: the upstream Python client (dflockd-client 2.1.1)
 against this server.
 
-Run by tests/interop/run.sh, which starts two servers and passes their
-addresses in DFLOCKD_ADDR (no auth) and DFLOCKD_AUTH_ADDR (started with
---auth-token, the token in DFLOCKD_AUTH_TOKEN). Each scenario prints one
-line; any failure makes the script exit 1.
+Run by tests/interop/run.sh, which starts three servers and passes their
+addresses in DFLOCKD_ADDR (no auth), DFLOCKD_AUTH_ADDR (started with
+--auth-token, the token in DFLOCKD_AUTH_TOKEN) and DFLOCKD_TLS_ADDR
+(started with --tls-cert/--tls-key; the self-signed certificate, which is
+its own CA, in DFLOCKD_TLS_CA). Each scenario prints one line; any failure
+makes the script exit 1.
 
 Time-based checks wait on the server (a blocked acquire that must time
 out or be granted), never on a sleep standing in for a condition.
@@ -12,6 +14,7 @@ out or be granted), never on a sleep standing in for a condition.
 
 import os
 import socket
+import ssl
 import time
 import sys
 import threading
@@ -26,6 +29,13 @@ SERVERS = [(HOST, int(PORT))]
 AHOST, APORT = os.environ["DFLOCKD_AUTH_ADDR"].rsplit(":", 1)
 AUTH_SERVERS = [(AHOST, int(APORT))]
 TOKEN = os.environ["DFLOCKD_AUTH_TOKEN"]
+THOST, TPORT = os.environ["DFLOCKD_TLS_ADDR"].rsplit(":", 1)
+TLS_SERVERS = [(THOST, int(TPORT))]
+TLS_CA = os.environ["DFLOCKD_TLS_CA"]
+
+
+def tls_context(cafile=TLS_CA):
+    return ssl.create_default_context(cafile=cafile)
 
 
 def conn(servers=SERVERS, token=None):
@@ -244,6 +254,54 @@ def async_client():
     asyncio.run(go())
 
 
+def tls():
+    ctx = tls_context()
+    a = lock("py-tls", servers=TLS_SERVERS, ssl_context=ctx)
+    b = lock("py-tls", servers=TLS_SERVERS, ssl_context=ctx, acquire_timeout_s=0)
+    check(a.acquire(), "a acquires over TLS")
+    check(len(a.token) == 32 and a.lease == 33, f"grant {a.token} {a.lease}")
+    check(not b.acquire(), "b times out at once over TLS while a holds")
+    ta = a.token
+    check(a.release(), "a releases over TLS")
+    check(b.acquire(), "b acquires over TLS after the release")
+    check(dc.fence_from_token(b.token) > dc.fence_from_token(ta), "fence grows")
+    check(b.release(), "b releases over TLS")
+    # Renewal over TLS: a 2 s lease outlives a 5 s blocked acquire.
+    r = lock("py-tls-renew", servers=TLS_SERVERS, ssl_context=ctx, lease_ttl_s=2)
+    check(r.acquire(), "acquire with a 2 s lease over TLS")
+    w = lock("py-tls-renew", servers=TLS_SERVERS, ssl_context=ctx, acquire_timeout_s=5)
+    check(not w.acquire(), "renewal over TLS keeps the lock held")
+    check(r.release(), "release after renewals over TLS")
+    # A semaphore over TLS.
+    s1 = sem("py-tls-sem", 1, servers=TLS_SERVERS, ssl_context=ctx)
+    check(s1.acquire(), "semaphore slot over TLS")
+    check(s1.release(), "semaphore release over TLS")
+    # The low level over TLS: ping and stats.
+    host, port = TLS_SERVERS[0]
+    c = low.open_conn(host, port, ssl_context=ctx, connect_timeout_s=10)
+    try:
+        check(isinstance(low.stats(c), dict), "stats over TLS")
+    finally:
+        c.close()
+    # A client trusting the system CAs only refuses the self-signed server.
+    try:
+        bad = lock("py-tls", servers=TLS_SERVERS, ssl_context=ssl.create_default_context())
+        bad.acquire()
+        bad.release()
+        raise AssertionError("an untrusted certificate was accepted")
+    except ssl.SSLCertVerificationError:
+        pass
+
+    import asyncio
+
+    async def go():
+        x = dc.AsyncDistributedLock("py-tls-async", servers=TLS_SERVERS, ssl_context=ctx)
+        check(await x.acquire(), "async acquire over TLS")
+        check(await x.release(), "async release over TLS")
+
+    asyncio.run(go())
+
+
 SCENARIOS = [
     lock_acquire_release,
     background_renewal,
@@ -254,6 +312,7 @@ SCENARIOS = [
     fences_increase,
     stats_and_sharding,
     async_client,
+    tls,
 ]
 
 

@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use dflockd::client::{blocking, fence_from_token, Client, Connection, Enqueued, Error};
+use dflockd::client::{
+    blocking, client_config_from_ca_file, fence_from_token, Client, Connection, Enqueued, Error,
+    TlsOptions,
+};
 use dflockd::wire::Space;
 
 use crate::support::{waiters, Server};
@@ -316,4 +319,161 @@ fn unanswered_renewal_signals_lost_when_the_lease_ends() {
     assert!(lock.wait_lost(Duration::from_secs(10)), "never marked lost");
     // The interrupted renewal left the connection unusable.
     assert!(matches!(lock.release(), Err(Error::Io(_))));
+}
+
+/// A TLS server for `localhost` / 127.0.0.1 with a fresh self-signed
+/// certificate (rcgen), and that certificate's PEM written to a temporary
+/// file for [`client_config_from_ca_file`]. The file is removed on drop.
+struct TlsServer {
+    server: Server,
+    ca: std::path::PathBuf,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ca);
+    }
+}
+
+fn self_signed() -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("generate certificate")
+}
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "dflockd-it-client-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+fn tls_server(configure: impl FnOnce(&mut dflockd::server::ServerConfig)) -> TlsServer {
+    let ck = self_signed();
+    let cert = temp_file("cert.pem", &ck.cert.pem());
+    let key = temp_file("key.pem", &ck.signing_key.serialize_pem());
+    let config = dflockd::server::tls::load(&cert, &key).expect("certificate loads");
+    let _ = std::fs::remove_file(&key);
+    let server = Server::start(|c| {
+        c.tls = Some(config);
+        configure(c);
+    });
+    TlsServer { server, ca: cert }
+}
+
+#[test]
+fn tls_lock_round_trip_and_renewal() {
+    let tls = tls_server(|_| {});
+    let addr = tls.server.addr().to_string();
+    let config = client_config_from_ca_file(&tls.ca).expect("CA file loads");
+    let client = Client::new([addr.as_str()])
+        .with_tls(config.clone())
+        .with_lease(Duration::from_secs(2));
+    block(async {
+        let mut lock = client.lock("tls-k");
+        let token = lock.acquire(Duration::from_secs(5)).await.unwrap();
+        // Renewal over TLS keeps the 2 s lease for 2.5 lease periods:
+        // without it this blocked acquire would be granted.
+        let mut other = Connection::connect_tls(&addr, &TlsOptions::new(config.clone()))
+            .await
+            .unwrap();
+        assert!(other.get_ref().is_tls());
+        assert!(matches!(
+            other.lock("tls-k", Duration::from_secs(5), None).await,
+            Err(Error::Timeout)
+        ));
+        assert!(!lock.is_lost());
+        assert_eq!(lock.renew().await.unwrap(), 2);
+        lock.release().await.unwrap();
+        let g = other.lock("tls-k", Duration::ZERO, None).await.unwrap();
+        assert!(g.token.fence > token.fence);
+        other.release("tls-k", g.token).await.unwrap();
+        other.close().await.unwrap();
+
+        // A semaphore, and an explicit server name.
+        let named = Client::new([addr.as_str()])
+            .with_tls_options(TlsOptions::new(config.clone()).with_server_name("localhost"));
+        let mut sem = named.semaphore("tls-s", 2);
+        sem.acquire(Duration::from_secs(5)).await.unwrap();
+        sem.release().await.unwrap();
+    });
+    // The blocking wrapper dials TLS too.
+    let mut conn = blocking::Connection::connect_tls(&addr, &TlsOptions::new(config)).unwrap();
+    conn.ping().unwrap();
+    conn.close().unwrap();
+}
+
+#[test]
+fn tls_with_auth_token() {
+    let tls = tls_server(|c| c.core.auth_token = Some(b"s3cret".to_vec()));
+    let addr = tls.server.addr().to_string();
+    let config = client_config_from_ca_file(&tls.ca).unwrap();
+    let good = blocking::Client::new([addr.as_str()])
+        .with_tls(config.clone())
+        .with_auth_token("s3cret");
+    let mut lock = good.lock("tls-auth");
+    lock.acquire(Duration::from_secs(5)).unwrap();
+    lock.release().unwrap();
+    let bad = blocking::Client::new([addr.as_str()])
+        .with_tls(config)
+        .with_auth_token("wrong");
+    assert!(matches!(bad.connect_for("x"), Err(Error::Auth)));
+}
+
+#[test]
+fn tls_refusals_are_typed() {
+    let tls = tls_server(|c| c.read_timeout_s = 2);
+    let addr = tls.server.addr().to_string();
+
+    // A client trusting another CA: the handshake fails with `Error::Tls`.
+    let other_ca = temp_file("other.pem", &self_signed().cert.pem());
+    let wrong = client_config_from_ca_file(&other_ca).unwrap();
+    let _ = std::fs::remove_file(&other_ca);
+    let client = Client::new([addr.as_str()]).with_tls(wrong.clone());
+    block(async {
+        let mut lock = client.lock("k");
+        let e = lock.acquire(Duration::from_secs(1)).await.unwrap_err();
+        assert!(
+            // Both self-signed certificates have the same subject, so
+            // webpki reports a bad signature rather than an unknown issuer.
+            matches!(e, Error::Tls(rustls::Error::InvalidCertificate(_))),
+            "{e:?}"
+        );
+        assert!(!lock.is_lost());
+    });
+
+    // The right CA but a name the certificate does not carry.
+    let right = client_config_from_ca_file(&tls.ca).unwrap();
+    let opts = TlsOptions::new(right.clone()).with_server_name("db.example.com");
+    let e = blocking::Connection::connect_tls(&addr, &opts)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, Error::Tls(rustls::Error::InvalidCertificate(_))),
+        "{e:?}"
+    );
+
+    // A plaintext client against the TLS port gets no reply: an I/O error.
+    let e = block(async {
+        let mut c = Connection::connect(&addr).await?;
+        c.ping().await
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::Io(_)), "{e:?}");
+
+    // Unusable settings.
+    let missing = std::env::temp_dir().join("dflockd-no-such-ca.pem");
+    assert!(matches!(
+        client_config_from_ca_file(&missing),
+        Err(Error::TlsConfig(_))
+    ));
+    let bad_name = TlsOptions::new(right).with_server_name("not a name!");
+    let e = blocking::Connection::connect_tls(&addr, &bad_name)
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::TlsConfig(_)), "{e:?}");
 }

@@ -18,7 +18,7 @@
 use dflockd_model as model;
 
 use crate::core::{ConnId, Core, CoreConfig, Effect, Time};
-use crate::wire::{encode_reply, Key, Request, Space};
+use crate::wire::{encode_push, encode_reply, Key, Request, Space};
 
 /// Server settings for one scenario, small enough to hit every limit.
 #[derive(Clone, Debug)]
@@ -31,6 +31,7 @@ pub struct Settings {
     pub gc_interval_s: u8,
     pub gc_max_idle_s: u8,
     pub auth: bool,
+    pub max_subscriptions: u8,
 }
 
 /// One step of a scenario. Indices are taken modulo what exists.
@@ -135,6 +136,7 @@ impl Settings {
             auth_token: self.auth.then(|| AUTH_TOKEN.to_vec()),
             fence_start: FENCE_START,
             salt_key: SALT_KEY,
+            max_subscriptions: usize::from(self.max_subscriptions % 3),
         }
     }
 
@@ -151,6 +153,7 @@ impl Settings {
             fence_start: FENCE_START,
             fence_ceiling: u64::MAX,
             salt_key: SALT_KEY,
+            max_subscriptions: m.max_subscriptions,
         }
     }
 }
@@ -215,6 +218,20 @@ fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
                 }
             }
             Effect::Close { conn } => model::Output::Close { conn: conn.0 },
+            // A push is compared as the line it becomes on the wire.
+            Effect::Push {
+                conn,
+                channel,
+                payload,
+            } => {
+                let mut line = Vec::new();
+                encode_push(channel.as_bytes(), &payload, &mut line);
+                line.pop();
+                model::Output::Reply {
+                    conn: conn.0,
+                    line: String::from_utf8_lossy(&line).into_owned(),
+                }
+            }
         })
         .collect()
 }

@@ -17,6 +17,7 @@ fn settings() -> impl Strategy<Value = Settings> {
         0u8..3,
         0u8..4,
         prop::bool::weighted(0.15),
+        0u8..3,
     )
         .prop_map(
             |(
@@ -27,6 +28,7 @@ fn settings() -> impl Strategy<Value = Settings> {
                 gc_interval_s,
                 gc_max_idle_s,
                 auth,
+                max_subscriptions,
             )| Settings {
                 default_lease_s,
                 max_locks: max_locks + 1,
@@ -35,6 +37,7 @@ fn settings() -> impl Strategy<Value = Settings> {
                 gc_interval_s,
                 gc_max_idle_s,
                 auth,
+                max_subscriptions,
             },
         )
 }
@@ -134,6 +137,7 @@ mod regressions {
             gc_interval_s: 0,
             gc_max_idle_s: 0,
             auth: false,
+            max_subscriptions: 0,
         }
     }
 

@@ -123,6 +123,17 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
+/// Appends the push line `sig <channel> <payload>` and its LF to `out`
+/// (protocol.md §9). The decoder bounds the payload so the line fits the
+/// subscriber's 64 KiB line limit.
+pub fn encode_push(channel: &[u8], payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"sig ");
+    out.extend_from_slice(channel);
+    out.push(b' ');
+    out.extend_from_slice(payload);
+    out.push(b'\n');
+}
+
 fn pick(space: Space, lock: &'static str, sem: &'static str) -> &'static str {
     match space {
         Space::Lock => lock,

@@ -89,18 +89,18 @@ pub struct Record {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Conn {
     pub id: u64,
-    /// Passed the auth handshake, or no auth token is configured (§10).
+    /// Passed the auth handshake, or no auth token is configured (§12).
     pub authed: bool,
     /// The machine asked the driver to close it; no further request may
     /// arrive, only its `disconnect`.
     pub closing: bool,
-    /// Signal pushes sent and not yet reported written (§10).
+    /// Signal pushes sent and not yet reported written (§12).
     pub pushed: usize,
-    /// Closed as a slow consumer (§10, D13): it receives nothing more.
+    /// Closed as a slow consumer (§12, D13): it receives nothing more.
     pub evicted: bool,
 }
 
-/// One signal subscription (§10).
+/// One signal subscription (§12).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Sub {
     pub conn: u64,
@@ -187,9 +187,9 @@ pub struct Machine {
     last_fence: u64,
     /// Arrival numbers for queued or granted requests, from 1.
     next_arrival: u64,
-    /// `start_drain` was called (§10).
+    /// `start_drain` was called (§12).
     draining: bool,
-    /// Signal subscriptions in the order they were made (§10).
+    /// Signal subscriptions in the order they were made (§12).
     subs: Vec<Sub>,
     /// Round-robin counters of the queue groups that have members:
     /// (pattern, group, counter).
@@ -330,7 +330,7 @@ impl Machine {
             Op::Ping => self.reply(&mut out, conn, "ok"),
             Op::Listen { pattern, group } => self.listen(conn, pattern, group, &mut out),
             Op::Unlisten { pattern, group } => {
-                // §10: `ok` whether or not something was removed.
+                // §12: `ok` whether or not something was removed.
                 self.unsubscribe(|s| s.conn == conn && s.pattern == pattern && s.group == group);
                 self.reply(&mut out, conn, "ok");
             }
@@ -381,7 +381,7 @@ impl Machine {
 
         // §9: its two-phase records are removed.
         self.records.retain(|r| r.conn != conn);
-        // §10: and its subscriptions.
+        // §9, §12: and its subscriptions.
         self.unsubscribe(|s| s.conn == conn);
 
         // §9, D6: with auto-release, each held slot is released in token order.
@@ -427,7 +427,7 @@ impl Machine {
         self.due_items().into_iter().min().map(|d| d.deadline_ms)
     }
 
-    /// Starts draining (§10): every blocked request answers `error` and
+    /// Starts draining (§12): every blocked request answers `error` and
     /// leaves its queue; every later request answers `error_draining` and
     /// closes its connection.
     pub fn start_drain(&mut self, now_ms: u64) -> Vec<Output> {
@@ -1198,9 +1198,9 @@ impl Machine {
         v
     }
 
-    // ----- signals (§10) ---------------------------------------------------
+    // ----- signals (§12) ---------------------------------------------------
 
-    /// The driver wrote `n` of `conn`'s pushes (§10, D13).
+    /// The driver wrote `n` of `conn`'s pushes (§12, D13).
     pub fn pushes_written(&mut self, conn: u64, n: usize) {
         if let Some(c) = self.conn_index(conn) {
             self.conns[c].pushed = self.conns[c].pushed.saturating_sub(n);
@@ -1266,7 +1266,7 @@ impl Machine {
         self.conn_index(conn).is_none_or(|c| self.conns[c].evicted)
     }
 
-    /// §10, D13: a full recipient is closed and never receives more.
+    /// §12, D13: a full recipient is closed and never receives more.
     fn evict(&mut self, conn: u64, out: &mut Vec<Output>) {
         if let Some(c) = self.conn_index(conn) {
             self.conns[c].evicted = true;
@@ -1274,7 +1274,7 @@ impl Machine {
         self.close(out, conn);
     }
 
-    /// Delivery (§10): (1) exact ungrouped listeners, (2) exact groups,
+    /// Delivery (§12): (1) exact ungrouped listeners, (2) exact groups,
     /// (3) matching wildcard ungrouped listeners not already served by an
     /// ungrouped route, (4) matching wildcard groups; patterns and groups in
     /// byte order, listeners in join order. Answers `ok <pushes>`.
@@ -1357,10 +1357,10 @@ impl Machine {
     }
 }
 
-/// Frames a connection's push queue holds (§10, D13).
+/// Frames a connection's push queue holds (§12, D13).
 pub const PUSH_QUEUE_FRAMES: usize = 64;
 
-/// §10: tokens split on `.`; `*` matches one token, a final `>` one or
+/// protocol.md §9.1: tokens split on `.`; `*` matches one token, a final `>` one or
 /// more; otherwise tokens are equal and counts agree.
 fn pattern_matches(pattern: &[u8], channel: &[u8]) -> bool {
     let p: Vec<&[u8]> = pattern.split(|&b| b == b'.').collect();

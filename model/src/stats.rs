@@ -55,7 +55,7 @@ pub struct StatsView {
     pub signal_channels: Vec<ChannelStat>,
 }
 
-/// Listeners of one (pattern, group) subscription (§10).
+/// Listeners of one (pattern, group) subscription (§12).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct ChannelStat {
     pub pattern: String,

@@ -1,4 +1,4 @@
-//! Pub/sub signal routing (spec/protocol.md §9, spec/semantics.md §10).
+//! Pub/sub signal routing (spec/protocol.md §9, spec/semantics.md §12).
 //!
 //! The index maps each subscribed pattern to its groups (the empty group
 //! name is the ungrouped listeners); each group keeps its members in join

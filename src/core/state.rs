@@ -748,7 +748,7 @@ impl Core {
         reply(out, conn, Reply::Ok);
     }
 
-    /// Delivers a signal (spec/semantics.md §10): exact ungrouped listeners,
+    /// Delivers a signal (spec/semantics.md §12): exact ungrouped listeners,
     /// exact groups (one member each), wildcard ungrouped listeners not yet
     /// served by an ungrouped route, wildcard groups. Answers `ok <n>` with
     /// the number of pushes emitted.

@@ -833,8 +833,8 @@ fn metrics(front: &Front) -> Resp {
         ),
         (
             "dflockd_signal_listeners",
-            "Signal subscriptions (signals are not implemented yet).",
-            0.0,
+            "Signal subscriptions (TCP listeners, summed over patterns and groups).",
+            sum(&arr("signal_channels"), "listeners") as f64,
         ),
     ];
     let mut out = String::new();

@@ -757,7 +757,8 @@ impl Core {
         let ch = channel.as_bytes();
         let conns = &mut self.conns;
         let index = &mut self.signals;
-        let mut served: Vec<ConnId> = Vec::new();
+        // Connections an ungrouped route of this signal already reached.
+        let mut served: std::collections::HashSet<ConnId, IdBuild> = Default::default();
         let mut delivered = 0u64;
         let mut push =
             |conns: &mut HashMap<ConnId, Conn, IdBuild>, to: ConnId, out: &mut Vec<Effect>| {
@@ -806,11 +807,7 @@ impl Core {
         for (ungrouped, g) in steps {
             if ungrouped {
                 for &to in &g.members {
-                    if served.contains(&to) {
-                        continue;
-                    }
-                    served.push(to);
-                    if evicted(conns, to) {
+                    if !served.insert(to) || evicted(conns, to) {
                         continue;
                     }
                     if full(conns, to) {

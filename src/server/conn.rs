@@ -173,8 +173,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
+            // Everything up to our own close is sent; nothing after it (a
+            // publisher evicted as a slow consumer of its own signal).
+            let mut closed = false;
             for e in effects.drain(..) {
                 match e {
+                    _ if closed => {}
                     Effect::Reply { reply, .. } => {
                         auth_failed |= reply == Reply::Status(Status::ErrorAuth);
                         encode_reply(&reply, &mut wbuf);
@@ -185,7 +189,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         encode_push(channel.as_bytes(), &payload, &mut wbuf);
                         pushes += 1;
                     }
-                    Effect::Close { .. } => {}
+                    Effect::Close { .. } => closed = true,
                 }
             }
             if wbuf.len() >= WRITE_BATCH_BYTES {

@@ -23,8 +23,9 @@
 //! Read deadlines (Decision D11): a started request must make progress, one
 //! line per `--read-timeout`; an idle connection is closed with `error` after
 //! `--read-timeout` unless it owns something in the core (a held slot, a
-//! queue position, a two-phase record), in which case its leases are its
-//! liveness check and TCP keepalive finds dead peers.
+//! queue position, a two-phase record, a signal subscription), in which
+//! case its leases are its liveness check and TCP keepalive finds dead
+//! peers.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -629,6 +629,7 @@ impl Config {
             fence_start,
             fence_ceiling,
             salt_key,
+            max_subscriptions: self.max_subscriptions,
         }
     }
 

@@ -4,8 +4,9 @@
 //! opening and closing, requests, time jumps, draining. [`run`] applies it
 //! to the reference machine of `dflockd-model` (the executable spec) and to
 //! the production [`Core`] in lockstep and fails at the first difference in:
-//! the reply lines and closes of each step (in order), whether a connection
-//! is blocked, the next deadline, and the `stats` snapshot.
+//! the reply lines, signal pushes (as their `sig ...` lines) and closes of
+//! each step (in order), whether a connection is blocked, each connection's
+//! count of unwritten pushes, the next deadline, and the `stats` snapshot.
 //!
 //! The proptest in `tests/differential.rs` and the cargo-fuzz target
 //! `core_vs_model` both call [`run`]; they differ only in how they generate
@@ -18,7 +19,7 @@
 use dflockd_model as model;
 
 use crate::core::{ConnId, Core, CoreConfig, Effect, Time};
-use crate::wire::{encode_reply, Key, Request, Space};
+use crate::wire::{encode_push, encode_reply, Key, Request, Space};
 
 /// Server settings for one scenario, small enough to hit every limit.
 #[derive(Clone, Debug)]
@@ -31,6 +32,7 @@ pub struct Settings {
     pub gc_interval_s: u8,
     pub gc_max_idle_s: u8,
     pub auth: bool,
+    pub max_subscriptions: u8,
 }
 
 /// One step of a scenario. Indices are taken modulo what exists.
@@ -55,6 +57,18 @@ pub enum Step {
     Send {
         conn: u8,
         req: Req,
+    },
+    /// The driver reports `n` of a live connection's pushes written.
+    Written {
+        conn: u8,
+        n: u8,
+    },
+    /// A live connection sends `count` signals on one channel in a row
+    /// (enough to fill a push queue within a short scenario).
+    Burst {
+        conn: u8,
+        channel: u8,
+        count: u8,
     },
 }
 
@@ -99,6 +113,18 @@ pub enum Req {
     Invalid {
         fatal: bool,
     },
+    Listen {
+        pattern: u8,
+        group: u8,
+    },
+    Unlisten {
+        pattern: u8,
+        group: u8,
+    },
+    Signal {
+        channel: u8,
+        payload: u8,
+    },
 }
 
 /// A token argument: one seen in an earlier reply (counting back from the
@@ -119,6 +145,16 @@ pub struct Scenario {
 
 /// Number of distinct keys a scenario uses.
 pub const KEYS: u8 = 3;
+/// Subscription patterns: exact, `*`, `>`, overlapping.
+const PATTERNS: [&str; 8] = ["c0", "c1", "c0.x", "*", "c0.*", ">", "*.x", "c1.>"];
+/// Signal channels (literal).
+const CHANNELS: [&str; 4] = ["c0", "c1", "c0.x", "c1.y.z"];
+/// Queue groups; empty = ungrouped (twice, so ungrouped is common).
+const GROUPS: [&str; 4] = ["", "", "g", "h"];
+
+fn pick(table: &[&'static str], i: u8) -> &'static str {
+    table[usize::from(i) % table.len()]
+}
 const AUTH_TOKEN: &[u8] = b"s3cret";
 const SALT_KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
 const FENCE_START: u64 = 1000;
@@ -135,6 +171,7 @@ impl Settings {
             auth_token: self.auth.then(|| AUTH_TOKEN.to_vec()),
             fence_start: FENCE_START,
             salt_key: SALT_KEY,
+            max_subscriptions: usize::from(self.max_subscriptions % 3),
         }
     }
 
@@ -151,6 +188,7 @@ impl Settings {
             fence_start: FENCE_START,
             fence_ceiling: u64::MAX,
             salt_key: SALT_KEY,
+            max_subscriptions: m.max_subscriptions,
         }
     }
 }
@@ -215,6 +253,20 @@ fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
                 }
             }
             Effect::Close { conn } => model::Output::Close { conn: conn.0 },
+            // A push is compared as the line it becomes on the wire.
+            Effect::Push {
+                conn,
+                channel,
+                payload,
+            } => {
+                let mut line = Vec::new();
+                encode_push(channel.as_bytes(), &payload, &mut line);
+                line.pop();
+                model::Output::Reply {
+                    conn: conn.0,
+                    line: String::from_utf8_lossy(&line).into_owned(),
+                }
+            }
         })
         .collect()
 }
@@ -279,6 +331,26 @@ impl Pair {
             }
         }
         Ok(())
+    }
+
+    /// `conn` sends `req` (skipped while it is blocked, as the driver never
+    /// sends one then).
+    fn send(&mut self, step: usize, conn: u64, req: &Req) -> Result<(), Divergence> {
+        if self.core.is_blocked(ConnId(conn)) {
+            return Ok(());
+        }
+        let (mop, creq) = self.request(req);
+        let what = format!("{req:?} from conn {conn}");
+        let m = self.model.handle(self.now, conn, mop);
+        let mut c = Vec::new();
+        match req {
+            Req::Invalid { fatal } => {
+                self.core
+                    .handle_invalid(Time(self.now), ConnId(conn), *fatal, &mut c)
+            }
+            _ => self.core.handle(Time(self.now), ConnId(conn), creq, &mut c),
+        }
+        self.compare(step, &what, m, c)
     }
 
     fn drop_conn(&mut self, step: usize, conn: u64) -> Result<(), Divergence> {
@@ -437,6 +509,49 @@ impl Pair {
                 )
             }
             Req::Invalid { fatal } => (model::Op::Invalid { fatal: *fatal }, Request::Ping),
+            Req::Listen { pattern, group } | Req::Unlisten { pattern, group } => {
+                let p = pick(&PATTERNS, *pattern).as_bytes();
+                let g = pick(&GROUPS, *group).as_bytes();
+                let pk = Key::new(p).expect("generated patterns are valid");
+                let cg = (!g.is_empty()).then(|| g.into());
+                if matches!(req, Req::Listen { .. }) {
+                    (
+                        model::Op::Listen {
+                            pattern: p.to_vec(),
+                            group: g.to_vec(),
+                        },
+                        Request::Listen {
+                            pattern: pk,
+                            group: cg,
+                        },
+                    )
+                } else {
+                    (
+                        model::Op::Unlisten {
+                            pattern: p.to_vec(),
+                            group: g.to_vec(),
+                        },
+                        Request::Unlisten {
+                            pattern: pk,
+                            group: cg,
+                        },
+                    )
+                }
+            }
+            Req::Signal { channel, payload } => {
+                let ch = pick(&CHANNELS, *channel).as_bytes();
+                let payload = format!("p {payload}").into_bytes();
+                (
+                    model::Op::Signal {
+                        channel: ch.to_vec(),
+                        payload: payload.clone(),
+                    },
+                    Request::Signal {
+                        channel: Key::new(ch).expect("generated channels are valid"),
+                        payload: payload.into(),
+                    },
+                )
+            }
         }
     }
 
@@ -450,6 +565,19 @@ impl Pair {
             });
         }
         for &conn in &self.live {
+            let mp = self
+                .model
+                .conns()
+                .iter()
+                .find(|c| c.id == conn)
+                .map_or(0, |c| c.pushed);
+            let cp = self.core.outstanding_pushes(ConnId(conn));
+            if mp != cp {
+                return Err(Divergence {
+                    step,
+                    what: format!("conn {conn} outstanding pushes: model {mp}, core {cp}"),
+                });
+            }
             let (mb, cb) = (
                 self.model.is_blocked(conn),
                 self.core.is_blocked(ConnId(conn)),
@@ -532,21 +660,36 @@ pub fn run(s: &Scenario) -> Result<(), Divergence> {
                     continue;
                 }
                 let conn = p.live[usize::from(*conn) % p.live.len()];
-                if p.core.is_blocked(ConnId(conn)) {
+                p.send(i, conn, req)?;
+            }
+            Step::Written { conn, n } => {
+                if p.live.is_empty() {
                     continue;
                 }
-                let (mop, creq) = p.request(req);
-                let what = format!("{req:?} from conn {conn}");
-                let m = p.model.handle(p.now, conn, mop);
-                let mut c = Vec::new();
-                match req {
-                    Req::Invalid { fatal } => {
-                        p.core
-                            .handle_invalid(Time(p.now), ConnId(conn), *fatal, &mut c)
-                    }
-                    _ => p.core.handle(Time(p.now), ConnId(conn), creq, &mut c),
+                let conn = p.live[usize::from(*conn) % p.live.len()];
+                p.model.pushes_written(conn, usize::from(*n));
+                p.core.pushes_written(ConnId(conn), usize::from(*n));
+            }
+            Step::Burst {
+                conn,
+                channel,
+                count,
+            } => {
+                if p.live.is_empty() {
+                    continue;
                 }
-                p.compare(i, &what, m, c)?;
+                let conn = p.live[usize::from(*conn) % p.live.len()];
+                for k in 0..*count {
+                    // Stops when the sender is closed (it may evict itself).
+                    if !p.live.contains(&conn) {
+                        break;
+                    }
+                    let req = Req::Signal {
+                        channel: *channel,
+                        payload: k,
+                    };
+                    p.send(i, conn, &req)?;
+                }
             }
         }
         p.check_state(i)?;

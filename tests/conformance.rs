@@ -49,19 +49,13 @@ fn server_config(flags: &[String]) -> Result<ServerConfig, String> {
         match flag {
             "--max-locks" => cfg.core.max_locks = num(&value)? as usize,
             "--max-waiters" => cfg.core.max_waiters = num(&value)? as usize,
+            "--max-subscriptions" => cfg.core.max_subscriptions = num(&value)? as usize,
             "--max-connections" => cfg.max_connections = num(&value)? as usize,
             "--max-connections-per-ip" => cfg.max_connections_per_ip = num(&value)? as usize,
             "--default-lease-ttl" => cfg.core.default_lease_s = num(&value)?,
             "--read-timeout" => cfg.read_timeout_s = num(&value)?,
             "--write-timeout" => cfg.write_timeout_s = num(&value)?,
             "--auth-token" => cfg.core.auth_token = Some(value.into_bytes()),
-            "--max-subscriptions" => {
-                return Err(
-                    "--max-subscriptions: ServerConfig has no subscription limit in this build \
-                     (listen/unlisten/signal are not implemented)"
-                        .into(),
-                )
-            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }

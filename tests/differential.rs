@@ -17,6 +17,7 @@ fn settings() -> impl Strategy<Value = Settings> {
         0u8..3,
         0u8..4,
         prop::bool::weighted(0.15),
+        0u8..3,
     )
         .prop_map(
             |(
@@ -27,6 +28,7 @@ fn settings() -> impl Strategy<Value = Settings> {
                 gc_interval_s,
                 gc_max_idle_s,
                 auth,
+                max_subscriptions,
             )| Settings {
                 default_lease_s,
                 max_locks: max_locks + 1,
@@ -35,6 +37,7 @@ fn settings() -> impl Strategy<Value = Settings> {
                 gc_interval_s,
                 gc_max_idle_s,
                 auth,
+                max_subscriptions,
             },
         )
 }
@@ -68,6 +71,9 @@ fn req() -> impl Strategy<Value = Req> {
         1 => Just(Req::Ping),
         1 => any::<bool>().prop_map(|right| Req::Auth { right }),
         1 => any::<bool>().prop_map(|fatal| Req::Invalid { fatal }),
+        3 => (0u8..8, 0u8..4).prop_map(|(pattern, group)| Req::Listen { pattern, group }),
+        1 => (0u8..8, 0u8..4).prop_map(|(pattern, group)| Req::Unlisten { pattern, group }),
+        3 => (0u8..4, any::<u8>()).prop_map(|(channel, payload)| Req::Signal { channel, payload }),
     ]
 }
 
@@ -80,6 +86,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Step::ToNextDeadline),
         1 => Just(Step::Drain).prop_filter("rare", |_| true),
         12 => (0u8..4, req()).prop_map(|(conn, req)| Step::Send { conn, req }),
+        1 => (0u8..4, 0u8..80).prop_map(|(conn, n)| Step::Written { conn, n }),
+        1 => (0u8..4, 0u8..4, 60u8..70).prop_map(|(conn, channel, count)| Step::Burst { conn, channel, count }),
     ]
 }
 
@@ -134,6 +142,7 @@ mod regressions {
             gc_interval_s: 0,
             gc_max_idle_s: 0,
             auth: false,
+            max_subscriptions: 0,
         }
     }
 
@@ -199,6 +208,59 @@ mod regressions {
                 req: acquire(0),
             },
             Step::Drain,
+        ]);
+    }
+
+    /// Signals through every route, then a burst that fills a queue group
+    /// member and an ungrouped listener (eviction), with partial drains.
+    #[test]
+    fn signals_fill_queues_and_evict() {
+        let listen = |conn, pattern, group| Step::Send {
+            conn,
+            req: Req::Listen { pattern, group },
+        };
+        check(vec![
+            Step::Connect,
+            Step::Connect,
+            Step::Connect,
+            Step::Connect,
+            // c1: `c0` ungrouped and `*` ungrouped (de-duplicated).
+            listen(0, 0, 0),
+            listen(0, 3, 0),
+            // c2, c3: group g on `>`; c3 also `c0.*` in group h.
+            listen(1, 5, 2),
+            listen(2, 5, 2),
+            listen(2, 4, 3),
+            Step::Send {
+                conn: 3,
+                req: Req::Signal {
+                    channel: 0,
+                    payload: 1,
+                },
+            },
+            Step::Send {
+                conn: 3,
+                req: Req::Signal {
+                    channel: 2,
+                    payload: 2,
+                },
+            },
+            Step::Written { conn: 1, n: 1 },
+            Step::Burst {
+                conn: 3,
+                channel: 0,
+                count: 69,
+            },
+            Step::Written { conn: 2, n: 10 },
+            Step::Burst {
+                conn: 3,
+                channel: 0,
+                count: 69,
+            },
+            Step::Send {
+                conn: 0,
+                req: Req::Stats,
+            },
         ]);
     }
 }

@@ -92,6 +92,7 @@ impl ModelConfig {
                 auth_token: None,
                 fence_start: 0,
                 salt_key: [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
+                max_subscriptions: 0,
             },
             bug: Bug::None,
         }

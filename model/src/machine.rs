@@ -89,11 +89,24 @@ pub struct Record {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Conn {
     pub id: u64,
-    /// Passed the auth handshake, or no auth token is configured (§10).
+    /// Passed the auth handshake, or no auth token is configured (§12).
     pub authed: bool,
     /// The machine asked the driver to close it; no further request may
     /// arrive, only its `disconnect`.
     pub closing: bool,
+    /// Signal pushes sent and not yet reported written (§12).
+    pub pushed: usize,
+    /// Closed as a slow consumer (§12, D13): it receives nothing more.
+    pub evicted: bool,
+}
+
+/// One signal subscription (§12).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Sub {
+    pub conn: u64,
+    pub pattern: Vec<u8>,
+    /// Empty when ungrouped.
+    pub group: Vec<u8>,
 }
 
 /// Why a grant happened. Only the checker looks at it.
@@ -174,8 +187,13 @@ pub struct Machine {
     last_fence: u64,
     /// Arrival numbers for queued or granted requests, from 1.
     next_arrival: u64,
-    /// `start_drain` was called (§10).
+    /// `start_drain` was called (§12).
     draining: bool,
+    /// Signal subscriptions in the order they were made (§12).
+    subs: Vec<Sub>,
+    /// Round-robin counters of the queue groups that have members:
+    /// (pattern, group, counter).
+    rr: Vec<(Vec<u8>, Vec<u8>, u64)>,
     trace_enabled: bool,
     trace: Vec<Event>,
 }
@@ -206,6 +224,8 @@ impl Machine {
             records: Vec::new(),
             next_arrival: 1,
             draining: false,
+            subs: Vec::new(),
+            rr: Vec::new(),
             trace_enabled: false,
             trace: Vec::new(),
         }
@@ -224,6 +244,8 @@ impl Machine {
             // §10: without a configured token there is no handshake.
             authed: self.cfg.auth_token.is_none(),
             closing: false,
+            pushed: 0,
+            evicted: false,
         });
         id
     }
@@ -306,6 +328,13 @@ impl Machine {
             // §10: `auth` after the handshake, or without a configured token.
             Op::Auth { .. } => self.reply(&mut out, conn, "error"),
             Op::Ping => self.reply(&mut out, conn, "ok"),
+            Op::Listen { pattern, group } => self.listen(conn, pattern, group, &mut out),
+            Op::Unlisten { pattern, group } => {
+                // §12: `ok` whether or not something was removed.
+                self.unsubscribe(|s| s.conn == conn && s.pattern == pattern && s.group == group);
+                self.reply(&mut out, conn, "ok");
+            }
+            Op::Signal { channel, payload } => self.signal(conn, &channel, &payload, &mut out),
             // D1: a malformed request answers `error`; an overlong line also closes.
             Op::Invalid { fatal } => {
                 self.reply(&mut out, conn, "error");
@@ -352,6 +381,8 @@ impl Machine {
 
         // §9: its two-phase records are removed.
         self.records.retain(|r| r.conn != conn);
+        // §9, §12: and its subscriptions.
+        self.unsubscribe(|s| s.conn == conn);
 
         // §9, D6: with auto-release, each held slot is released in token order.
         if self.cfg.auto_release_on_disconnect {
@@ -396,7 +427,7 @@ impl Machine {
         self.due_items().into_iter().min().map(|d| d.deadline_ms)
     }
 
-    /// Starts draining (§10): every blocked request answers `error` and
+    /// Starts draining (§12): every blocked request answers `error` and
     /// leaves its queue; every later request answers `error_draining` and
     /// closes its connection.
     pub fn start_drain(&mut self, now_ms: u64) -> Vec<Output> {
@@ -1151,8 +1182,194 @@ impl Machine {
 
     /// The stats snapshot at `now` (the caller has advanced).
     fn view(&self, now: u64) -> StatsView {
-        stats::build(self.conns.len(), &self.resources, now)
+        let mut v = stats::build(self.conns.len(), &self.resources, now);
+        for (pattern, group) in self.sub_keys() {
+            let listeners = self
+                .subs
+                .iter()
+                .filter(|s| s.pattern == pattern && s.group == group)
+                .count();
+            v.signal_channels.push(stats::ChannelStat {
+                pattern: String::from_utf8_lossy(&pattern).into_owned(),
+                group: String::from_utf8_lossy(&group).into_owned(),
+                listeners: listeners as u64,
+            });
+        }
+        v
     }
+
+    // ----- signals (§12) ---------------------------------------------------
+
+    /// The driver wrote `n` of `conn`'s pushes (§12, D13).
+    pub fn pushes_written(&mut self, conn: u64, n: usize) {
+        if let Some(c) = self.conn_index(conn) {
+            self.conns[c].pushed = self.conns[c].pushed.saturating_sub(n);
+        }
+    }
+
+    fn listen(&mut self, conn: u64, pattern: Vec<u8>, group: Vec<u8>, out: &mut Vec<Output>) {
+        let mine = self.subs.iter().filter(|s| s.conn == conn);
+        if mine
+            .clone()
+            .any(|s| s.pattern == pattern && s.group == group)
+        {
+            // Already subscribed: a no-op `ok`, even at the cap (D12).
+            return self.reply(out, conn, "ok");
+        }
+        let max = self.cfg.max_subscriptions;
+        if max > 0 && mine.count() >= max {
+            return self.reply(out, conn, "error");
+        }
+        self.subs.push(Sub {
+            conn,
+            pattern,
+            group,
+        });
+        self.reply(out, conn, "ok");
+    }
+
+    /// Removes the subscriptions `gone` selects; a group left without
+    /// members forgets its round-robin counter.
+    fn unsubscribe(&mut self, gone: impl Fn(&Sub) -> bool) {
+        self.subs.retain(|s| !gone(s));
+        let subs = &self.subs;
+        self.rr
+            .retain(|(p, g, _)| subs.iter().any(|s| s.pattern == *p && s.group == *g));
+    }
+
+    /// Distinct (pattern, group) pairs, sorted by bytes.
+    fn sub_keys(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut keys: Vec<(Vec<u8>, Vec<u8>)> = self
+            .subs
+            .iter()
+            .map(|s| (s.pattern.clone(), s.group.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn members(&self, pattern: &[u8], group: &[u8]) -> Vec<u64> {
+        self.subs
+            .iter()
+            .filter(|s| s.pattern == pattern && s.group == group)
+            .map(|s| s.conn)
+            .collect()
+    }
+
+    fn push_full(&self, conn: u64) -> bool {
+        self.conn_index(conn)
+            .is_none_or(|c| self.conns[c].evicted || self.conns[c].pushed >= PUSH_QUEUE_FRAMES)
+    }
+
+    fn is_evicted(&self, conn: u64) -> bool {
+        self.conn_index(conn).is_none_or(|c| self.conns[c].evicted)
+    }
+
+    /// §12, D13: a full recipient is closed and never receives more.
+    fn evict(&mut self, conn: u64, out: &mut Vec<Output>) {
+        if let Some(c) = self.conn_index(conn) {
+            self.conns[c].evicted = true;
+        }
+        self.close(out, conn);
+    }
+
+    /// Delivery (§12): (1) exact ungrouped listeners, (2) exact groups,
+    /// (3) matching wildcard ungrouped listeners not already served by an
+    /// ungrouped route, (4) matching wildcard groups; patterns and groups in
+    /// byte order, listeners in join order. Answers `ok <pushes>`.
+    fn signal(&mut self, conn: u64, channel: &[u8], payload: &[u8], out: &mut Vec<Output>) {
+        let mut line = b"sig ".to_vec();
+        line.extend_from_slice(channel);
+        line.push(b' ');
+        line.extend_from_slice(payload);
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let keys = self.sub_keys();
+        let wild = |p: &[u8]| p.split(|&b| b == b'.').any(|t| t == b"*" || t == b">");
+        let mut routes: Vec<(bool, Vec<u8>, Vec<u8>)> = Vec::new();
+        for step in 1..=4 {
+            for (p, g) in &keys {
+                let take = match step {
+                    1 => p == channel && g.is_empty(),
+                    2 => p == channel && !g.is_empty(),
+                    3 => wild(p) && g.is_empty() && pattern_matches(p, channel),
+                    _ => wild(p) && !g.is_empty() && pattern_matches(p, channel),
+                };
+                if take {
+                    routes.push((g.is_empty(), p.clone(), g.clone()));
+                }
+            }
+        }
+        let mut served: Vec<u64> = Vec::new();
+        let mut count = 0u64;
+        for (ungrouped, p, g) in routes {
+            let members = self.members(&p, &g);
+            if ungrouped {
+                for to in members {
+                    if served.contains(&to) {
+                        continue;
+                    }
+                    served.push(to);
+                    if self.is_evicted(to) {
+                        continue;
+                    }
+                    if self.push_full(to) {
+                        self.evict(to, out);
+                    } else {
+                        self.push(to, &line, out);
+                        count += 1;
+                    }
+                }
+            } else {
+                let i = self
+                    .rr
+                    .iter()
+                    .position(|(rp, rg, _)| *rp == p && *rg == g)
+                    .unwrap_or_else(|| {
+                        self.rr.push((p.clone(), g.clone(), 0));
+                        self.rr.len() - 1
+                    });
+                let counter = self.rr[i].2;
+                self.rr[i].2 = counter.wrapping_add(1);
+                let n = members.len();
+                let start = (counter % n as u64) as usize;
+                let pick = (0..n)
+                    .map(|k| members[(start + k) % n])
+                    .find(|&m| !self.push_full(m));
+                match pick {
+                    Some(to) => {
+                        self.push(to, &line, out);
+                        count += 1;
+                    }
+                    None if !self.is_evicted(members[start]) => self.evict(members[start], out),
+                    None => {}
+                }
+            }
+        }
+        self.reply(out, conn, &format!("ok {count}"));
+    }
+
+    fn push(&mut self, conn: u64, line: &str, out: &mut Vec<Output>) {
+        if let Some(c) = self.conn_index(conn) {
+            self.conns[c].pushed += 1;
+        }
+        self.reply(out, conn, line);
+    }
+}
+
+/// Frames a connection's push queue holds (§12, D13).
+pub const PUSH_QUEUE_FRAMES: usize = 64;
+
+/// protocol.md §9.1: tokens split on `.`; `*` matches one token, a final `>` one or
+/// more; otherwise tokens are equal and counts agree.
+fn pattern_matches(pattern: &[u8], channel: &[u8]) -> bool {
+    let p: Vec<&[u8]> = pattern.split(|&b| b == b'.').collect();
+    let c: Vec<&[u8]> = channel.split(|&b| b == b'.').collect();
+    if p.last() == Some(&&b">"[..]) {
+        let fixed = p.len() - 1;
+        return c.len() > fixed && p[..fixed].iter().zip(&c).all(|(a, b)| *a == b"*" || a == b);
+    }
+    p.len() == c.len() && p.iter().zip(&c).all(|(a, b)| *a == b"*" || a == b)
 }
 
 /// The largest fence a grant may issue (§6).

@@ -51,6 +51,17 @@ pub struct StatsView {
     pub semaphores: Vec<SemStat>,
     pub idle_locks: Vec<IdleStat>,
     pub idle_semaphores: Vec<IdleStat>,
+    /// One per (pattern, group), sorted by bytes; group empty = ungrouped.
+    pub signal_channels: Vec<ChannelStat>,
+}
+
+/// Listeners of one (pattern, group) subscription (§12).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ChannelStat {
+    pub pattern: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    pub listeners: u64,
 }
 
 /// Builds the view from resources already sorted by (key, space).
@@ -61,6 +72,7 @@ pub(crate) fn build(connections: usize, resources: &[Resource], now_ms: u64) -> 
         semaphores: Vec::new(),
         idle_locks: Vec::new(),
         idle_semaphores: Vec::new(),
+        signal_channels: Vec::new(),
     };
     for r in resources {
         let key = String::from_utf8_lossy(&r.key).into_owned();
@@ -117,8 +129,8 @@ pub fn to_json(v: &StatsView) -> String {
         semaphores: &'a [SemStat],
         idle_locks: Vec<Idle<'a>>,
         idle_semaphores: Vec<Idle<'a>>,
-        /// Always present (D8); empty until pub/sub is in scope.
-        signal_channels: [u8; 0],
+        /// Always present (D8).
+        signal_channels: &'a [ChannelStat],
     }
     fn secs(ms: u64) -> f64 {
         ms as f64 / 1000.0
@@ -146,7 +158,7 @@ pub fn to_json(v: &StatsView) -> String {
         semaphores: &v.semaphores,
         idle_locks: idle(&v.idle_locks),
         idle_semaphores: idle(&v.idle_semaphores),
-        signal_channels: [],
+        signal_channels: &v.signal_channels,
     };
     serde_json::to_string(&json).expect("stats always serialises")
 }

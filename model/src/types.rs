@@ -21,12 +21,14 @@ pub struct Config {
     pub gc_interval_s: u64,
     /// A resource idle for strictly longer than this is collected (§8.4).
     pub gc_max_idle_s: u64,
-    /// When set, the first request of every connection must be `auth` (§10).
+    /// When set, the first request of every connection must be `auth` (§12).
     pub auth_token: Option<Vec<u8>>,
     /// The first grant has fence `fence_start + 1` (§6).
     pub fence_start: u64,
     /// SipHash-2-4 key for the salt half of tokens (§6).
     pub salt_key: [u64; 2],
+    /// Listen registrations per connection; 0 = unlimited (§12, D12).
+    pub max_subscriptions: usize,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             auth_token: None,
             fence_start: 0,
             salt_key: [0, 0],
+            max_subscriptions: 0,
         }
     }
 }
@@ -103,6 +106,13 @@ pub enum Op {
     Auth { token: Vec<u8> },
     /// `ping`.
     Ping,
+    /// `listen pattern [group]` (§12); `group` empty when ungrouped. The
+    /// parser has checked the pattern syntax.
+    Listen { pattern: Vec<u8>, group: Vec<u8> },
+    /// `unlisten pattern [group]` (§12).
+    Unlisten { pattern: Vec<u8>, group: Vec<u8> },
+    /// `signal channel payload` (§12); the channel has no wildcard.
+    Signal { channel: Vec<u8>, payload: Vec<u8> },
     /// A request that could not be parsed; `fatal` for an overlong line
     /// (D1: answered `error`, then the connection is closed).
     Invalid { fatal: bool },
@@ -112,7 +122,10 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Output {
     /// Send `line` (without its LF, exactly as on the wire) to `conn`. It
-    /// answers the oldest unanswered request of `conn`.
+    /// answers the oldest unanswered request of `conn`, except a line that
+    /// starts with `sig `: that is a signal push (§12), which answers
+    /// nothing and counts against `conn`'s push queue until the driver
+    /// reports it written ([`crate::Machine::pushes_written`]).
     Reply { conn: u64, line: String },
     /// Close `conn` after everything sent before. The driver then reports
     /// the closed connection back with `disconnect`.

@@ -14,11 +14,13 @@
 //! GC runs if due. So the answer to a request never depends on how late the
 //! driver's timer fired (Decisions D18, D19).
 
+mod signals;
 mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use signals::PUSH_QUEUE_FRAMES;
 pub use state::{Core, CoreConfig, Effect};
 
 /// Milliseconds since an arbitrary origin (the server's start). Monotonic:

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
+use super::signals::{self, Route, PUSH_QUEUE_FRAMES};
 use super::stats;
 use super::{token_salt, ConnId, Time};
 use crate::wire::{Key, Reply, Request, Space, Status, Token};
@@ -46,6 +47,8 @@ pub struct CoreConfig {
     pub fence_ceiling: u64,
     /// Secret key for token salts (and for hashing keys).
     pub salt_key: [u64; 2],
+    /// Listen registrations per connection; 0 = unlimited (`--max-subscriptions`).
+    pub max_subscriptions: usize,
 }
 
 impl Default for CoreConfig {
@@ -61,6 +64,7 @@ impl Default for CoreConfig {
             fence_start: 0,
             fence_ceiling: u64::MAX,
             salt_key: [0, 0],
+            max_subscriptions: 0,
         }
     }
 }
@@ -72,6 +76,14 @@ pub enum Effect {
     Reply { conn: ConnId, reply: Reply },
     /// Close `conn` after sending everything queued for it before this effect.
     Close { conn: ConnId },
+    /// Push `sig <channel> <payload>` to `conn`, in order with its replies.
+    /// The push counts as outstanding for `conn` until the driver reports it
+    /// written ([`Core::pushes_written`]).
+    Push {
+        conn: ConnId,
+        channel: Key,
+        payload: std::sync::Arc<[u8]>,
+    },
 }
 
 /// Index of a resource in the slab.
@@ -136,6 +148,12 @@ struct Conn {
     records: HashMap<ResId, Record, IdBuild>,
     /// The waiter this connection is blocked on, if any.
     blocked: Option<u64>,
+    /// Signal subscriptions: (pattern, group), group empty when ungrouped.
+    subs: Vec<(Key, Box<[u8]>)>,
+    /// Pushes emitted and not yet reported written by the driver.
+    outstanding: usize,
+    /// Closed as a slow consumer: receives nothing more.
+    evicted: bool,
 }
 
 /// Multiplicative hasher for internal integer ids (never peer-chosen).
@@ -193,6 +211,8 @@ pub struct Core {
     timers: BTreeSet<TimerKey>,
     /// Resources whose hand-off stopped at the fence ceiling.
     starved: BTreeSet<ResId>,
+    /// Signal subscriptions by pattern and group.
+    signals: signals::Index,
 }
 
 fn space_index(space: Space) -> usize {
@@ -208,6 +228,14 @@ fn reply(out: &mut Vec<Effect>, conn: ConnId, reply: Reply) {
 
 fn status(out: &mut Vec<Effect>, conn: ConnId, s: Status) {
     reply(out, conn, Reply::Status(s));
+}
+
+/// Closes `conn` as a slow consumer (Decision D13).
+fn evict(conns: &mut HashMap<ConnId, Conn, IdBuild>, conn: ConnId, out: &mut Vec<Effect>) {
+    if let Some(c) = conns.get_mut(&conn) {
+        c.evicted = true;
+    }
+    out.push(Effect::Close { conn });
 }
 
 /// Compares in time independent of where the first difference is.
@@ -242,6 +270,7 @@ impl Core {
             conns: HashMap::default(),
             timers: BTreeSet::new(),
             starved: BTreeSet::new(),
+            signals: signals::Index::default(),
             cfg,
         }
     }
@@ -273,12 +302,30 @@ impl Core {
         self.conns.len()
     }
 
-    /// Whether `conn` holds a slot, waits in a queue or has a two-phase
-    /// record. Such a connection is not cut for idleness (Decision D11).
+    /// Whether `conn` holds a slot, waits in a queue, has a two-phase
+    /// record or a signal subscription. Such a connection is not cut for
+    /// idleness (Decision D11).
     pub fn owns_anything(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| !c.held.is_empty() || !c.waiters.is_empty() || !c.records.is_empty())
+        self.conns.get(&conn).is_some_and(|c| {
+            !c.held.is_empty()
+                || !c.waiters.is_empty()
+                || !c.records.is_empty()
+                || !c.subs.is_empty()
+        })
+    }
+
+    /// The driver wrote `n` of `conn`'s pushes to its socket: they no longer
+    /// count against its push queue (Decision D13). Unknown connections and
+    /// over-reports are ignored.
+    pub fn pushes_written(&mut self, conn: ConnId, n: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.outstanding = c.outstanding.saturating_sub(n);
+        }
+    }
+
+    /// Pushes emitted to `conn` and not yet reported written.
+    pub fn outstanding_pushes(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.outstanding)
     }
 
     /// Whether `conn` has a request in flight that is waiting in a queue.
@@ -383,10 +430,21 @@ impl Core {
             Request::Ping => reply(out, conn, Reply::Ok),
             // `auth` after the handshake, or without a configured token.
             Request::Auth { .. } => status(out, conn, Status::Error),
-            // Signals are not implemented yet.
-            Request::Listen { .. } | Request::Unlisten { .. } | Request::Signal { .. } => {
-                status(out, conn, Status::Error)
+            Request::Listen { pattern, group } => self.listen(conn, pattern, group, out),
+            Request::Unlisten { pattern, group } => {
+                let group = group.unwrap_or_default();
+                let c = self.conn_mut(conn);
+                if let Some(i) = c
+                    .subs
+                    .iter()
+                    .position(|(p, g)| *p == pattern && *g == group)
+                {
+                    c.subs.remove(i);
+                    self.signals.remove(pattern.as_bytes(), &group, conn);
+                }
+                reply(out, conn, Reply::Ok);
             }
+            Request::Signal { channel, payload } => self.signal(conn, channel, payload, out),
         }
     }
 
@@ -451,6 +509,9 @@ impl Core {
         }
         for res in c.records.keys() {
             self.res_mut(*res).records -= 1;
+        }
+        for (pattern, group) in &c.subs {
+            self.signals.remove(pattern.as_bytes(), group, conn);
         }
         if self.cfg.auto_release_on_disconnect {
             for (fence, res) in c.held {
@@ -661,6 +722,109 @@ impl Core {
                 self.conn_mut(conn).blocked = Some(waiter);
             }
         }
+    }
+
+    // ----- signals ----------------------------------------------------------
+
+    fn listen(
+        &mut self,
+        conn: ConnId,
+        pattern: Key,
+        group: Option<Box<[u8]>>,
+        out: &mut Vec<Effect>,
+    ) {
+        let group = group.unwrap_or_default();
+        let max = self.cfg.max_subscriptions;
+        let c = self.conn_mut(conn);
+        if c.subs.iter().any(|(p, g)| *p == pattern && *g == group) {
+            // Already subscribed: a no-op, even at the cap (Decision D12).
+            return reply(out, conn, Reply::Ok);
+        }
+        if max > 0 && c.subs.len() >= max {
+            return status(out, conn, Status::Error);
+        }
+        c.subs.push((pattern.clone(), group.clone()));
+        self.signals.add(pattern.as_bytes(), &group, conn);
+        reply(out, conn, Reply::Ok);
+    }
+
+    /// Delivers a signal (spec/semantics.md §12): exact ungrouped listeners,
+    /// exact groups (one member each), wildcard ungrouped listeners not yet
+    /// served by an ungrouped route, wildcard groups. Answers `ok <n>` with
+    /// the number of pushes emitted.
+    fn signal(&mut self, conn: ConnId, channel: Key, payload: Box<[u8]>, out: &mut Vec<Effect>) {
+        let payload: std::sync::Arc<[u8]> = payload.into();
+        let ch = channel.as_bytes();
+        let conns = &mut self.conns;
+        let index = &mut self.signals;
+        // Connections an ungrouped route of this signal already reached.
+        let mut served: std::collections::HashSet<ConnId, IdBuild> = Default::default();
+        let mut delivered = 0u64;
+        let mut push =
+            |conns: &mut HashMap<ConnId, Conn, IdBuild>, to: ConnId, out: &mut Vec<Effect>| {
+                if let Some(c) = conns.get_mut(&to) {
+                    c.outstanding += 1;
+                }
+                out.push(Effect::Push {
+                    conn: to,
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                });
+                delivered += 1;
+            };
+        let full = |conns: &HashMap<ConnId, Conn, IdBuild>, c: ConnId| {
+            conns
+                .get(&c)
+                .is_none_or(|c| c.evicted || c.outstanding >= PUSH_QUEUE_FRAMES)
+        };
+        let evicted = |conns: &HashMap<ConnId, Conn, IdBuild>, c: ConnId| {
+            conns.get(&c).is_none_or(|c| c.evicted)
+        };
+        let exact = index.exact.get_mut(ch);
+        let mut wild: Vec<&mut signals::Groups> = index
+            .wild
+            .iter_mut()
+            .filter(|(p, _)| signals::matches(p, ch))
+            .map(|(_, g)| g)
+            .collect();
+        // Steps 1 and 2: the exact channel. Step 3 and 4: matching wildcards.
+        let mut steps: Vec<(bool, &mut signals::Group)> = Vec::new();
+        if let Some(groups) = exact {
+            // The empty (ungrouped) name sorts first.
+            steps.extend(groups.iter_mut().map(|(g, m)| (g.is_empty(), m)));
+        }
+        let mut wild_groups = Vec::new();
+        for groups in wild.iter_mut() {
+            for (g, m) in groups.iter_mut() {
+                if g.is_empty() {
+                    steps.push((true, m));
+                } else {
+                    wild_groups.push((false, m));
+                }
+            }
+        }
+        steps.extend(wild_groups);
+        for (ungrouped, g) in steps {
+            if ungrouped {
+                for &to in &g.members {
+                    if !served.insert(to) || evicted(conns, to) {
+                        continue;
+                    }
+                    if full(conns, to) {
+                        evict(conns, to, out);
+                    } else {
+                        push(conns, to, out);
+                    }
+                }
+            } else {
+                match signals::pick(g, |c| full(conns, c), |c| evicted(conns, c)) {
+                    Route::Deliver(to) => push(conns, to, out),
+                    Route::Evict(to) => evict(conns, to, out),
+                    Route::Skip => {}
+                }
+            }
+        }
+        reply(out, conn, Reply::OkInt(delivered));
     }
 
     // ----- time -----------------------------------------------------------
@@ -1059,6 +1223,13 @@ impl Core {
                     idle_s,
                 }),
             }
+        }
+        for (pattern, group, listeners) in self.signals.entries() {
+            snap.signal_channels.push(stats::ChannelEntry {
+                pattern,
+                group,
+                listeners,
+            });
         }
         snap
     }

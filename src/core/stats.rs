@@ -16,6 +16,15 @@ pub struct Snapshot<'a> {
     pub semaphores: Vec<SemEntry<'a>>,
     pub idle_locks: Vec<IdleEntry<'a>>,
     pub idle_semaphores: Vec<IdleEntry<'a>>,
+    /// Sorted by pattern, then group.
+    pub signal_channels: Vec<ChannelEntry<'a>>,
+}
+
+pub struct ChannelEntry<'a> {
+    pub pattern: &'a [u8],
+    /// Empty when ungrouped (then omitted from the JSON).
+    pub group: &'a [u8],
+    pub listeners: usize,
 }
 
 pub struct LockEntry<'a> {
@@ -136,7 +145,15 @@ pub fn render(mut s: Snapshot<'_>) -> String {
                 idle_s: l.idle_s,
             })
             .collect(),
-        signal_channels: Vec::new(),
+        signal_channels: s
+            .signal_channels
+            .iter()
+            .map(|c| JsonChannel {
+                pattern: text(c.pattern).into_owned(),
+                group: (!c.group.is_empty()).then(|| text(c.group).into_owned()),
+                listeners: c.listeners,
+            })
+            .collect(),
     };
     serde_json::to_string(&json).unwrap_or_else(|_| String::from("{}"))
 }

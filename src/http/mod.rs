@@ -875,6 +875,8 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
         match e {
             Effect::Reply { reply: r, .. } => reply = Some(r),
             Effect::Close { .. } => close = true,
+            // Sessions cannot listen, so nothing is pushed to them.
+            Effect::Push { .. } => {}
         }
     }
     let reply = match reply {
@@ -883,19 +885,24 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
             // Blocked: the answer comes through the mailbox. If this future
             // is dropped meanwhile, the guard ends the session.
             guard.armed = true;
-            let d = session.mailbox.recv().await;
-            guard.armed = false;
-            match d {
-                Delivery::Reply(r) => r,
-                Delivery::Close => {
-                    front.sessions.kill(shared, session);
-                    return if shared.is_shutting_down() {
-                        draining()
-                    } else {
-                        session_gone()
-                    };
+            let r = loop {
+                match session.mailbox.recv().await {
+                    Delivery::Reply(r) => break r,
+                    // Sessions cannot listen; a push is never addressed to one.
+                    Delivery::Push { .. } => {}
+                    Delivery::Close => {
+                        guard.armed = false;
+                        front.sessions.kill(shared, session);
+                        return if shared.is_shutting_down() {
+                            draining()
+                        } else {
+                            session_gone()
+                        };
+                    }
                 }
-            }
+            };
+            guard.armed = false;
+            r
         }
     };
     if close {
@@ -1037,8 +1044,8 @@ fn metrics(front: &Front) -> Resp {
         ),
         (
             "dflockd_signal_listeners",
-            "Signal subscriptions (signals are not implemented yet).",
-            0.0,
+            "Signal subscriptions (TCP listeners, summed over patterns and groups).",
+            sum(&arr("signal_channels"), "listeners") as f64,
         ),
     ];
     let mut out = String::new();

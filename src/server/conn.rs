@@ -12,11 +12,20 @@
 //! (up to [`BLOCKED_READ_CAP`] bytes) so it notices at once when the peer
 //! goes away, and the core withdraws the waiter.
 //!
+//! Signal pushes for this connection arrive as effects of its own requests
+//! (a connection signalling itself) or through the mailbox; either way they
+//! are encoded into the same output buffer as replies, in core order, so a
+//! line is never split. A blocked connection still wakes for them. After
+//! each write the number of pushes it carried is reported to the core
+//! ([`crate::core::Core::pushes_written`]), which bounds the pushes a
+//! connection may have unwritten (Decision D13).
+//!
 //! Read deadlines (Decision D11): a started request must make progress, one
 //! line per `--read-timeout`; an idle connection is closed with `error` after
 //! `--read-timeout` unless it owns something in the core (a held slot, a
-//! queue position, a two-phase record), in which case its leases are its
-//! liveness check and TCP keepalive finds dead peers.
+//! queue position, a two-phase record, a signal subscription), in which
+//! case its leases are its liveness check and TCP keepalive finds dead
+//! peers.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -27,7 +36,9 @@ use super::mailbox::{Delivery, Mailbox};
 use super::{register, unregister, Shared};
 use crate::core::{ConnId, Effect};
 use crate::sync::Arc;
-use crate::wire::{decode_request, encode_reply, Decoded, ParseError, Reply, Request, Status};
+use crate::wire::{
+    decode_request, encode_push, encode_reply, Decoded, ParseError, Reply, Request, Status,
+};
 
 /// Bytes read ahead behind a blocked request before reading pauses.
 pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
@@ -104,6 +115,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // last armed, and whether a request was answered since.
     let mut partial = false;
     let mut answered = false;
+    // Signal pushes in `wbuf`, reported to the core once written (D13).
+    let mut pushes = 0usize;
 
     loop {
         // 1. Decode what we can, then apply it.
@@ -161,10 +174,23 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
+            // Everything up to our own close is sent; nothing after it (a
+            // publisher evicted as a slow consumer of its own signal).
+            let mut closed = false;
             for e in effects.drain(..) {
-                if let Effect::Reply { reply, .. } = e {
-                    auth_failed |= reply == Reply::Status(Status::ErrorAuth);
-                    encode_reply(&reply, &mut wbuf);
+                match e {
+                    _ if closed => {}
+                    Effect::Reply { reply, .. } => {
+                        auth_failed |= reply == Reply::Status(Status::ErrorAuth);
+                        encode_reply(&reply, &mut wbuf);
+                    }
+                    Effect::Push {
+                        channel, payload, ..
+                    } => {
+                        encode_push(channel.as_bytes(), &payload, &mut wbuf);
+                        pushes += 1;
+                    }
+                    Effect::Close { .. } => closed = true,
                 }
             }
             if wbuf.len() >= WRITE_BATCH_BYTES {
@@ -179,6 +205,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
             wbuf.clear();
+            if pushes > 0 {
+                shared
+                    .lock()
+                    .core
+                    .pushes_written(id, std::mem::take(&mut pushes));
+            }
         }
         if closing {
             if auth_failed && shared.cfg.auth_failure_pause_ms > 0 {
@@ -214,11 +246,28 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         match wake {
             Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return,
             Wake::Read(Ok(_)) => {}
-            Wake::Mail(Delivery::Close) => return,
-            Wake::Mail(Delivery::Reply(reply)) => {
-                blocked = false;
-                answered = true;
-                encode_reply(&reply, &mut wbuf);
+            Wake::Mail(first) => {
+                // Take everything delivered so far: one write for a burst.
+                let mut next = Some(first);
+                while let Some(d) = next {
+                    match d {
+                        Delivery::Close => return,
+                        Delivery::Reply(reply) => {
+                            blocked = false;
+                            answered = true;
+                            encode_reply(&reply, &mut wbuf);
+                        }
+                        Delivery::Push { channel, payload } => {
+                            encode_push(channel.as_bytes(), &payload, &mut wbuf);
+                            pushes += 1;
+                        }
+                    }
+                    next = if wbuf.len() < WRITE_BATCH_BYTES {
+                        mailbox.try_recv()
+                    } else {
+                        None
+                    };
+                }
             }
             Wake::Deadline if Instant::now() < deadline => {
                 // The timer was armed for an earlier deadline.
@@ -241,6 +290,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         Effect::Reply { reply, .. } => {
                             auth_failed |= reply == Reply::Status(Status::ErrorAuth);
                             encode_reply(&reply, &mut wbuf);
+                        }
+                        Effect::Push {
+                            channel, payload, ..
+                        } => {
+                            encode_push(channel.as_bytes(), &payload, &mut wbuf);
+                            pushes += 1;
                         }
                         Effect::Close { .. } => closing = true,
                     }

@@ -9,8 +9,10 @@
 //! its waker under the same lock it checks the queue with.
 //!
 //! The queue is bounded by construction, not by a check: the core sends a
-//! connection at most one deferred reply per blocked request, and a
-//! connection has at most one blocked request.
+//! connection at most one deferred reply per blocked request, a connection
+//! has at most one blocked request, and the core stops pushing signals to a
+//! connection with [`crate::core::PUSH_QUEUE_FRAMES`] pushes not yet
+//! written (it closes it instead).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -26,8 +28,13 @@ use crate::wire::Reply;
 pub enum Delivery {
     /// Write this reply (the answer to the blocked request).
     Reply(Reply),
-    /// Close the connection (forced shutdown).
+    /// Close the connection (forced shutdown, slow-consumer eviction).
     Close,
+    /// Write the push line `sig <channel> <payload>`.
+    Push {
+        channel: crate::wire::Key,
+        payload: std::sync::Arc<[u8]>,
+    },
 }
 
 #[derive(Default)]
@@ -133,6 +140,17 @@ pub fn route(
                 (*conn, Delivery::Reply(reply.clone()))
             }
             Effect::Close { conn } if Some(*conn) != me => (*conn, Delivery::Close),
+            Effect::Push {
+                conn,
+                channel,
+                payload,
+            } if Some(*conn) != me => (
+                *conn,
+                Delivery::Push {
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                },
+            ),
             _ => {
                 effects.swap(own, i);
                 own += 1;

@@ -123,6 +123,17 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
+/// Appends the push line `sig <channel> <payload>` and its LF to `out`
+/// (protocol.md §9). The decoder bounds the payload so the line fits the
+/// subscriber's 64 KiB line limit.
+pub fn encode_push(channel: &[u8], payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"sig ");
+    out.extend_from_slice(channel);
+    out.push(b' ');
+    out.extend_from_slice(payload);
+    out.push(b'\n');
+}
+
 fn pick(space: Space, lock: &'static str, sem: &'static str) -> &'static str {
     match space {
         Space::Lock => lock,
@@ -162,4 +173,56 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_push;
+    use crate::wire::{decode_reply, decode_request, Decoded, ReplyDecoded, Request};
+
+    #[test]
+    fn push_line_round_trips_through_the_reply_decoder() {
+        for (channel, payload) in [
+            (&b"a.b"[..], &b"x"[..]),
+            (b"news", b"  spaced   out "),
+            (b"c", b"sig c nested"),
+        ] {
+            let mut out = Vec::new();
+            encode_push(channel, payload, &mut out);
+            assert_eq!(out.last(), Some(&b'\n'));
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(
+                decode_reply(&out),
+                ReplyDecoded::Push {
+                    channel: channel.to_vec(),
+                    payload: payload.to_vec(),
+                    consumed: out.len(),
+                }
+            );
+        }
+    }
+
+    /// The largest payload the request decoder accepts still makes a push
+    /// line within the 64 KiB line limit.
+    #[test]
+    fn largest_accepted_payload_fits_one_push_line() {
+        let channel = b"ch.x";
+        let mut size = crate::wire::MAX_PAYLOAD_BYTES;
+        let accepted = loop {
+            let mut req = b"signal\nch.x\n".to_vec();
+            req.extend(std::iter::repeat_n(b'p', size));
+            req.push(b'\n');
+            if let Decoded::Request {
+                req: Request::Signal { payload, .. },
+                ..
+            } = decode_request(&req)
+            {
+                break payload;
+            }
+            size -= 1;
+        };
+        let mut out = Vec::new();
+        encode_push(channel, &accepted, &mut out);
+        assert!(out.len() - 1 <= crate::wire::MAX_PAYLOAD_BYTES);
+    }
 }

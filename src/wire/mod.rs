@@ -18,7 +18,7 @@ mod decode;
 mod encode;
 
 pub use decode::{decode_reply, decode_request, Decoded, ReplyDecoded};
-pub use encode::{encode_reply, encode_request};
+pub use encode::{encode_push, encode_reply, encode_request};
 
 /// Longest request line accepted, in bytes before the LF (CRs included).
 pub const MAX_LINE_BYTES: usize = 256;

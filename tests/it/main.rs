@@ -18,6 +18,7 @@
 //! * `tls`: TLS on the TCP port: round trips, refused handshakes, the
 //!   handshake deadline.
 //! * `http`: the HTTP REST front, its sessions, and cross-transport FIFO.
+//! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
 
 mod support;
 
@@ -34,5 +35,6 @@ mod limits;
 mod pipelining;
 mod semaphores;
 mod shutdown;
+mod signals;
 mod tls;
 mod two_phase;

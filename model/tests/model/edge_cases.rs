@@ -524,6 +524,7 @@ fn stats_classify_by_activity_and_limit() {
         }],
         idle_locks: vec![idle("z", 1_000)],
         idle_semaphores: vec![idle("t", 500)],
+        signal_channels: Vec::new(),
     };
     assert_eq!(m.stats_view(2000), want);
 }

@@ -195,6 +195,49 @@ impl Connection {
     pub fn wait(&mut self, space: Space, key: &str, timeout: Duration) -> Result<Grant> {
         smol::block_on(self.0.wait_in(space, key, timeout))
     }
+    /// See [`super::Connection::publish`].
+    pub fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<u64> {
+        smol::block_on(self.0.publish(channel, payload))
+    }
+    pub fn close(self) -> Result<()> {
+        smol::block_on(self.0.close())
+    }
+}
+
+/// Blocking [`super::Subscriber`]. Its reader and heartbeat run on smol's
+/// global executor, so signals are buffered between calls.
+#[derive(Debug)]
+pub struct Subscriber(pub super::Subscriber);
+
+impl Subscriber {
+    /// See [`super::Subscriber::connect`].
+    pub fn connect(
+        addr: &str,
+        tls: Option<&super::TlsOptions>,
+        auth_token: Option<&str>,
+    ) -> Result<Subscriber> {
+        smol::block_on(super::Subscriber::connect(addr, tls, auth_token)).map(Subscriber)
+    }
+    pub fn listen(&self, pattern: &str, group: Option<&str>) -> Result<()> {
+        smol::block_on(self.0.listen(pattern, group))
+    }
+    pub fn unlisten(&self, pattern: &str, group: Option<&str>) -> Result<()> {
+        smol::block_on(self.0.unlisten(pattern, group))
+    }
+    pub fn next(&self) -> Result<super::Signal> {
+        smol::block_on(self.0.next())
+    }
+    /// The next signal, or `None` if none arrives within `timeout`.
+    pub fn next_timeout(&self, timeout: Duration) -> Option<Result<super::Signal>> {
+        use futures_lite::FutureExt;
+        smol::block_on(async { Some(self.0.next().await) }.or(async {
+            smol::Timer::after(timeout).await;
+            None
+        }))
+    }
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped()
+    }
     pub fn close(self) -> Result<()> {
         smol::block_on(self.0.close())
     }

@@ -4,8 +4,8 @@
 //! client and the server share one codec.
 //!
 //! A connection is strictly request/reply: each call writes one request
-//! and reads its reply. Pushed `sig` lines are skipped (this client has no
-//! subscriber yet). A blocking call (`l`, `w`, `sl`, `sw` with a timeout)
+//! and reads its reply. Pushed `sig` lines are skipped: subscribe with a
+//! [`Subscriber`](super::Subscriber), on its own connection. A blocking call (`l`, `w`, `sl`, `sw` with a timeout)
 //! holds the connection until the server answers.
 
 use std::net::SocketAddr;
@@ -417,6 +417,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.wait_in(Space::Sem, key, timeout).await
     }
 
+    /// `signal`: publishes `payload` on `channel` (no `*` or `>`); returns
+    /// how many subscriber connections it was queued to (possibly 0).
+    /// A wildcard channel or a blank or overlong payload is
+    /// [`Error::Server`]; a line break in either is [`Error::Invalid`].
+    pub async fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<u64> {
+        if payload.contains(&b'\n') || payload.contains(&b'\r') {
+            return Err(Error::Invalid(
+                "signal payload contains a line break".into(),
+            ));
+        }
+        let req = Request::Signal {
+            channel: key_of(channel)?,
+            payload: payload.into(),
+        };
+        match self.request(&req).await? {
+            Reply::OkInt(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// `w` or `sw`, by `space`.
     pub async fn wait_in(&mut self, space: Space, key: &str, timeout: Duration) -> Result<Grant> {
         let req = Request::Wait {
@@ -428,7 +448,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-fn key_of(key: &str) -> Result<Key> {
+pub(super) fn key_of(key: &str) -> Result<Key> {
     Key::new(key.as_bytes()).map_err(|_| {
         Error::Invalid(format!(
             "key {key:?}: must be 1 to 256 bytes without space, tab, CR or LF"
@@ -468,7 +488,7 @@ fn grant_of(reply: Reply) -> Result<Grant> {
 
 /// A status becomes its error variant; any other reply shape is a
 /// protocol error.
-fn unexpected(reply: Reply) -> Error {
+pub(super) fn unexpected(reply: Reply) -> Error {
     match reply {
         Reply::Status(s) => Error::from_status(s),
         other => {

@@ -14,6 +14,9 @@
 //!   lease (minus up to 10 % early jitter), a failed renewal marks the handle
 //!   [lost](Lock::is_lost) and wakes [`Lock::lost`], and release sends
 //!   `r`/`sr` and then closes the connection.
+//! * [`Subscriber`]: signals (`listen`/`unlisten`, pushed `sig` lines) on a
+//!   connection of its own, with a heartbeat `ping`; publish with
+//!   [`Connection::publish`].
 //!
 //! Durations are sent as whole seconds, rounded up, like upstream clients:
 //! a 1.2 s timeout is sent as `2`.
@@ -47,12 +50,14 @@ pub mod blocking;
 mod conn;
 mod crc;
 mod handle;
+mod subscriber;
 mod tls;
 
 pub use crate::wire::Token;
 pub use conn::{Connection, Enqueued, Grant, CONNECT_TIMEOUT};
 pub use crc::{crc32, shard};
 pub use handle::{Client, Lock, Semaphore};
+pub use subscriber::{Signal, Subscriber, HEARTBEAT, SIGNAL_BUFFER};
 pub use tls::{client_config_from_ca_file, client_config_from_roots, Stream, TlsOptions};
 
 use std::fmt;

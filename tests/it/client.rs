@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use dflockd::client::{
     blocking, client_config_from_ca_file, fence_from_token, Client, Connection, Enqueued, Error,
-    TlsOptions,
+    Signal, Subscriber, TlsOptions, SIGNAL_BUFFER,
 };
 use dflockd::wire::Space;
 
-use crate::support::{waiters, Server};
+use crate::support::{wait_until, waiters, Server};
 
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {
     smol::block_on(f)
@@ -476,4 +476,207 @@ fn tls_refusals_are_typed() {
         .err()
         .unwrap();
     assert!(matches!(e, Error::TlsConfig(_)), "{e:?}");
+}
+
+// ---- Signals: `Subscriber` and `Connection::publish` ----
+
+/// The next signal, or a panic if none comes within the test deadline.
+async fn next_signal(sub: &Subscriber) -> Signal {
+    use futures_lite::FutureExt;
+    async { sub.next().await.expect("subscriber connection ended") }
+        .or(async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            panic!("no signal within 10 s")
+        })
+        .await
+}
+
+/// `None` if `sub` is still open at `until`; else what ended it early
+/// (a signal, or the end of the connection).
+async fn open_until(sub: &Subscriber, until: std::time::Instant) -> Option<Result<Signal, Error>> {
+    use futures_lite::FutureExt;
+    async { Some(sub.next().await) }
+        .or(async {
+            smol::Timer::at(until).await;
+            None
+        })
+        .await
+}
+
+#[test]
+fn subscriber_receives_published_signals() {
+    let server = Server::plain();
+    let addr = server.addr().to_string();
+    block(async {
+        let sub = Subscriber::connect(&addr, None, None).await.unwrap();
+        sub.listen("a.*", None).await.unwrap();
+        let mut publisher = Connection::connect(&addr).await.unwrap();
+        assert_eq!(publisher.publish("a.b", b"hello world").await.unwrap(), 1);
+        let s = next_signal(&sub).await;
+        assert_eq!(s.channel, b"a.b");
+        assert_eq!(s.payload, b"hello world");
+        // `a.*` matches exactly one more token.
+        assert_eq!(publisher.publish("a.b.c", b"x").await.unwrap(), 0);
+        assert_eq!(publisher.publish("b.c", b"x").await.unwrap(), 0);
+        sub.unlisten("a.*", None).await.unwrap();
+        assert_eq!(publisher.publish("a.b", b"gone").await.unwrap(), 0);
+        assert!(sub.try_next().is_none());
+        assert_eq!(sub.dropped(), 0);
+        // Publishing refusals are typed.
+        assert!(matches!(
+            publisher.publish("a.*", b"x").await,
+            Err(Error::Server)
+        ));
+        assert!(matches!(
+            publisher.publish("a.b", b"   ").await,
+            Err(Error::Server)
+        ));
+        assert!(matches!(
+            publisher.publish("a.b", b"x\ny").await,
+            Err(Error::Invalid(_))
+        ));
+    });
+}
+
+#[test]
+fn subscriber_group_members_take_turns() {
+    let server = Server::plain();
+    let addr = server.addr().to_string();
+    block(async {
+        let first = Subscriber::connect(&addr, None, None).await.unwrap();
+        let second = Subscriber::connect(&addr, None, None).await.unwrap();
+        first.listen("g.>", Some("workers")).await.unwrap();
+        second.listen("g.>", Some("workers")).await.unwrap();
+        let mut publisher = Connection::connect(&addr).await.unwrap();
+        for i in 0..4 {
+            let payload = format!("job{i}");
+            assert_eq!(
+                publisher
+                    .publish("g.x.y", payload.as_bytes())
+                    .await
+                    .unwrap(),
+                1
+            );
+        }
+        // Members in the order they joined: first, second, first, second.
+        for (sub, i) in [(&first, 0), (&second, 1), (&first, 2), (&second, 3)] {
+            let s = next_signal(sub).await;
+            assert_eq!(s.channel, b"g.x.y");
+            assert_eq!(s.payload, format!("job{i}").as_bytes());
+        }
+        assert!(first.try_next().is_none());
+        assert!(second.try_next().is_none());
+    });
+}
+
+#[test]
+fn subscriber_heartbeat_outlives_the_read_timeout() {
+    let server = Server::start(|c| c.read_timeout_s = 1);
+    let addr = server.addr().to_string();
+    block(async {
+        let start = std::time::Instant::now();
+        // Owns nothing and stays silent: cut after the read timeout.
+        let quiet = Subscriber::connect_with_heartbeat(&addr, None, None, None)
+            .await
+            .unwrap();
+        // Owns nothing but pings: kept.
+        let beating =
+            Subscriber::connect_with_heartbeat(&addr, None, None, Some(Duration::from_millis(200)))
+                .await
+                .unwrap();
+        // Silent, but a subscription counts as owning something (D11).
+        let listening = Subscriber::connect_with_heartbeat(&addr, None, None, None)
+            .await
+            .unwrap();
+        listening.listen("hb.*", None).await.unwrap();
+
+        let deadline = start + Duration::from_secs(10);
+        assert!(matches!(
+            open_until(&quiet, deadline).await,
+            Some(Err(Error::Io(_)))
+        ));
+        // Both others must still be open two read timeouts in.
+        let two_timeouts = start + Duration::from_millis(2500);
+        assert!(open_until(&beating, two_timeouts).await.is_none());
+        assert!(open_until(&listening, two_timeouts).await.is_none());
+
+        beating.listen("hb.>", None).await.unwrap();
+        let mut publisher = Connection::connect(&addr).await.unwrap();
+        assert_eq!(publisher.publish("hb.tick", b"1").await.unwrap(), 2);
+        assert_eq!(next_signal(&beating).await.payload, b"1");
+        assert_eq!(next_signal(&listening).await.payload, b"1");
+    });
+}
+
+#[test]
+fn subscriber_bad_patterns_are_typed_errors() {
+    let server = Server::plain();
+    let addr = server.addr().to_string();
+    block(async {
+        let sub = Subscriber::connect(&addr, None, None).await.unwrap();
+        assert!(matches!(
+            sub.listen("a.>.b", None).await,
+            Err(Error::Server)
+        ));
+        assert!(matches!(
+            sub.listen("a*", Some("g")).await,
+            Err(Error::Server)
+        ));
+        assert!(matches!(sub.unlisten("x>", None).await, Err(Error::Server)));
+        assert!(matches!(sub.listen("", None).await, Err(Error::Invalid(_))));
+        assert!(matches!(
+            sub.listen("ok", Some("a\nb")).await,
+            Err(Error::Invalid(_))
+        ));
+        // Still usable after the refusals.
+        sub.listen("ok.>", None).await.unwrap();
+        sub.ping().await.unwrap();
+        let mut publisher = Connection::connect(&addr).await.unwrap();
+        assert_eq!(publisher.publish("ok.1", b"fine").await.unwrap(), 1);
+        assert_eq!(next_signal(&sub).await.payload, b"fine");
+    });
+}
+
+#[test]
+fn subscriber_buffer_overflow_is_counted() {
+    let server = Server::plain();
+    let addr = server.addr().to_string();
+    let sub = blocking::Subscriber::connect(&addr, None, None).unwrap();
+    sub.listen("flood", None).unwrap();
+    let mut publisher = blocking::Connection::connect(&addr).unwrap();
+    let extra = 6;
+    for i in 0..SIGNAL_BUFFER + extra {
+        assert_eq!(
+            publisher
+                .publish("flood", i.to_string().as_bytes())
+                .unwrap(),
+            1
+        );
+    }
+    wait_until(Duration::from_secs(10), || sub.dropped() == extra as u64);
+    // The first SIGNAL_BUFFER signals are kept, in order.
+    for i in 0..SIGNAL_BUFFER {
+        let s = sub.next_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(s.payload, i.to_string().as_bytes());
+    }
+    assert!(sub.0.try_next().is_none());
+}
+
+#[test]
+fn subscriber_auth() {
+    let server = Server::start(|c| c.core.auth_token = Some(b"s3cret".to_vec()));
+    let addr = server.addr().to_string();
+    block(async {
+        let sub = Subscriber::connect(&addr, None, Some("s3cret"))
+            .await
+            .unwrap();
+        sub.listen("au", None).await.unwrap();
+        assert!(matches!(
+            Subscriber::connect(&addr, None, Some("nope")).await,
+            Err(Error::Auth)
+        ));
+        // Without a token the first command is refused.
+        let anon = Subscriber::connect(&addr, None, None).await.unwrap();
+        assert!(matches!(anon.listen("au", None).await, Err(Error::Auth)));
+    });
 }

@@ -680,3 +680,37 @@ fn subscriber_auth() {
         assert!(matches!(anon.listen("au", None).await, Err(Error::Auth)));
     });
 }
+
+#[test]
+fn tls_subscriber_with_auth_and_heartbeat() {
+    let tls = tls_server(|c| c.core.auth_token = Some(b"s3cret".to_vec()));
+    let addr = tls.server.addr().to_string();
+    let options = TlsOptions::new(client_config_from_ca_file(&tls.ca).unwrap());
+    block(async {
+        // A fast heartbeat interleaves `ping`s with the pushes over TLS.
+        let sub = Subscriber::connect_with_heartbeat(
+            &addr,
+            Some(&options),
+            Some("s3cret"),
+            Some(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+        sub.listen("t.>", None).await.unwrap();
+        let mut publisher = Connection::connect_tls(&addr, &options).await.unwrap();
+        publisher.auth("s3cret").await.unwrap();
+        for i in 0..20 {
+            let payload = format!("p{i}");
+            assert_eq!(
+                publisher.publish("t.x", payload.as_bytes()).await.unwrap(),
+                1
+            );
+            smol::Timer::after(Duration::from_millis(5)).await;
+        }
+        for i in 0..20 {
+            assert_eq!(next_signal(&sub).await.payload, format!("p{i}").as_bytes());
+        }
+        sub.ping().await.unwrap();
+        sub.close().await.unwrap();
+    });
+}

@@ -96,6 +96,17 @@ fn release_from(hub: &Mutex<Hub>, holder: ConnId, token: Vec<u8>, clock: Time) {
     );
 }
 
+/// Runs one core input on `hub` as the server does: under the lock, with
+/// the clock clamped to the core's time, routing every effect (none is the
+/// caller's own).
+fn apply(hub: &Mutex<Hub>, clock: Time, input: impl FnOnce(&mut Hub, Time, &mut Vec<Effect>)) {
+    let mut h = lock(hub);
+    let now = h.core.now().max(clock);
+    let mut out = Vec::new();
+    input(&mut h, now, &mut out);
+    route(&h.mailboxes, &mut out, None);
+}
+
 fn drain_mailbox(mb: &Mailbox) -> Vec<Delivery> {
     std::iter::from_fn(|| mb.try_recv()).collect()
 }
@@ -163,14 +174,10 @@ fn grant_races_disconnect() {
         let (hub, holder, waiter, mb, token) = setup();
         let h1 = hub.clone();
         let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(1_000)));
-        {
-            let mut h = lock(&hub);
-            let mut out = Vec::new();
-            h.core.disconnect(Time(1_000), waiter, &mut out);
+        apply(&hub, Time(1_000), |h, now, out| {
+            h.core.disconnect(now, waiter, out);
             h.mailboxes.remove(&waiter);
-            let hub2 = &mut *h;
-            route(&hub2.mailboxes, &mut out, None);
-        }
+        });
         releaser.join().unwrap();
         let got = drain_mailbox(&mb);
         assert!(got.len() <= 1, "at most one answer: {got:?}");
@@ -188,14 +195,9 @@ fn grant_races_timeout() {
         let (hub, holder, _waiter, mb, token) = setup();
         let h1 = hub.clone();
         let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(9_999)));
-        {
-            let mut h = lock(&hub);
-            let mut out = Vec::new();
-            let now = h.core.now().max(Time(10_000));
-            h.core.handle_timeout(now, &mut out);
-            let hub2 = &mut *h;
-            route(&hub2.mailboxes, &mut out, None);
-        }
+        apply(&hub, Time(10_000), |h, now, out| {
+            h.core.handle_timeout(now, out)
+        });
         releaser.join().unwrap();
         let got = drain_mailbox(&mb);
         assert_eq!(got.len(), 1, "exactly one answer: {got:?}");
@@ -215,13 +217,9 @@ fn grant_races_drain() {
         let (hub, holder, _waiter, mb, token) = setup();
         let h1 = hub.clone();
         let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(1_000)));
-        {
-            let mut h = lock(&hub);
-            let mut out = Vec::new();
-            h.core.start_drain(Time(1_000), &mut out);
-            let hub2 = &mut *h;
-            route(&hub2.mailboxes, &mut out, None);
-        }
+        apply(&hub, Time(1_000), |h, now, out| {
+            h.core.start_drain(now, out)
+        });
         releaser.join().unwrap();
         let got = drain_mailbox(&mb);
         assert_eq!(got.len(), 1, "exactly one answer: {got:?}");

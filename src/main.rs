@@ -47,10 +47,7 @@ fn main() {
     // Without a fence state file the counter starts at the wall clock in
     // nanoseconds (Decision D7), so it still increases across restarts as
     // long as the clock does. With one, `server::spawn` raises it further.
-    let wall_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let wall_ns = server::fence_file::wall_clock_nanos();
 
     let tls = match &cfg.tls {
         Some(t) => match server::tls::load(&t.cert, &t.key) {

@@ -33,6 +33,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The wall clock in nanoseconds since the Unix epoch (0 if the clock is
+/// before it): the floor of the fence counter at startup (Decision D7).
+pub fn wall_clock_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// How many fences are reserved by each persisted ceiling. A server that
 /// starts at fence `s` persists `s + FENCE_RANGE` before it serves, and
 /// persists again before it issues a fence above the ceiling.

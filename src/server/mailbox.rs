@@ -133,11 +133,11 @@ pub fn route(
     effects: &mut Vec<Effect>,
     me: Option<ConnId>,
 ) {
-    let mut own = 0;
-    for i in 0..effects.len() {
-        let (conn, d) = match &effects[i] {
+    effects.retain_mut(|e| {
+        let (conn, d) = match e {
             Effect::Reply { conn, reply } if Some(*conn) != me => {
-                (*conn, Delivery::Reply(reply.clone()))
+                // Moved out, not cloned: the effect is dropped right after.
+                (*conn, Delivery::Reply(std::mem::replace(reply, Reply::Ok)))
             }
             Effect::Close { conn } if Some(*conn) != me => (*conn, Delivery::Close),
             Effect::Push {
@@ -151,15 +151,11 @@ pub fn route(
                     payload: payload.clone(),
                 },
             ),
-            _ => {
-                effects.swap(own, i);
-                own += 1;
-                continue;
-            }
+            _ => return true,
         };
         if let Some(mb) = mailboxes.get(&conn) {
             mb.push(d);
         }
-    }
-    effects.truncate(own);
+        false
+    });
 }

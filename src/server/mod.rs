@@ -286,11 +286,8 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         Some(path) => {
             let (mut ff, persisted) = fence_file::FenceFile::open(path)
                 .map_err(|e| StartError::FenceFile(e.to_string()))?;
-            let wall = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            let (start, ceiling) = fence_file::startup_fence(persisted, wall);
+            let (start, ceiling) =
+                fence_file::startup_fence(persisted, fence_file::wall_clock_nanos());
             ff.persist(ceiling)
                 .map_err(|e| StartError::FenceFile(e.to_string()))?;
             cfg.core.fence_start = start;

@@ -65,7 +65,8 @@ const MAX_AUTH_TOKEN_FILE_BYTES: u64 = 1 << 20;
 /// semaphores and fencing tokens. Every flag falls back to its DFLOCKD_*
 /// environment variable, and a flag given on the command line wins.
 /// Durations are whole seconds. Go syntax works too: -flag, --flag=value,
-/// a bare boolean flag (= true) and --flag=false.
+/// a bare boolean flag (= true) and --flag=false. `dflockd conformance
+/// --help` describes the conformance runner.
 #[derive(FromArgs, Debug)]
 #[argh(help_triggers("--help"))]
 struct Flags {

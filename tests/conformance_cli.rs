@@ -1,4 +1,5 @@
-//! The `dflockd-conformance` binary end to end: against an in-process
+//! The conformance runner end to end (the `dflockd-conformance` binary,
+//! and `dflockd conformance` once): against an in-process
 //! server it passes and exits 0; against a deliberately wrong server (a
 //! relay in front of a real one that answers `ok 33` to every renewal the
 //! server refused, so renew-after-expiry and renew-after-release succeed)
@@ -117,6 +118,58 @@ fn a_skip_needs_a_reason() {
         err.contains("skip of `lock-fifo.txt` has no reason"),
         "{err}"
     );
+}
+
+/// `dflockd conformance` is the same runner, and without `--dir` it runs
+/// the transcripts built into the binary: the same cases as the directory,
+/// from a working directory that has no `spec/`.
+#[test]
+fn the_subcommand_runs_the_built_in_transcripts() {
+    let server = server();
+    let skips = temp_file("skips-sub.txt", SIGNAL_SKIPS);
+    let addr = server.local_addr().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_dflockd"))
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .args(["conformance", "--addr", &addr, "--skip-file"])
+        .arg(&skips)
+        .output()
+        .expect("run dflockd conformance");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(is_summary(last, 0), "summary: {last:?}\n{text}");
+    let reported: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(_, rest)| rest))
+        .map(|rest| rest.split(':').next().unwrap_or(rest))
+        .filter(|name| name.ends_with(".txt"))
+        .collect();
+    let mut on_disk: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/spec/conformance"))
+            .expect("read spec/conformance")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|n| n.ends_with(".txt") && n != "expected-failures.txt")
+            .collect();
+    on_disk.sort();
+    assert_eq!(reported, on_disk, "{text}");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_dflockd"))
+        .args(["conformance", "--help"])
+        .output()
+        .expect("run dflockd conformance --help");
+    assert_eq!(help.status.code(), Some(0));
+    assert!(stdout(&help).contains("Usage: dflockd conformance --addr"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_dflockd"))
+        .args(["conformance", "--no-such-flag"])
+        .output()
+        .expect("run dflockd conformance --no-such-flag");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));
 }
 
 /// A relay on `127.0.0.1:0` in front of `server` that turns every `error`

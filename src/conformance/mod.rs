@@ -20,6 +20,7 @@
 //!   [`ServerFactory`], compared against `expected-failures.txt`.
 
 mod builtin;
+pub mod cli;
 mod client;
 mod matcher;
 mod run;
@@ -30,7 +31,7 @@ pub use builtin::builtin_cases;
 pub use matcher::stats_shape;
 pub use run::{run_scenario, CaseResult, Outcome, RunOptions};
 pub use suite::{
-    load_dir, run_all, run_all_with, run_case, CaseReport, ExpectedFailures, Report, ServerFactory,
-    SuiteError, Summary, Target, Verdict,
+    embedded_expected_failures, load_dir, load_embedded, run_all, run_all_with, run_case,
+    CaseReport, ExpectedFailures, Report, ServerFactory, SuiteError, Summary, Target, Verdict,
 };
 pub use transcript::{parse, parse_file, Scenario, TranscriptError};

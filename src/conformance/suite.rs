@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::builtin::builtin_cases;
 use super::run::{run_scenario, CaseResult, Outcome, RunOptions};
-use super::transcript::{parse_file, Scenario};
+use super::transcript::{parse, parse_file, Scenario};
 
 /// Starts a fresh server with the given command-line flags (plus a listen
 /// address of its choosing) and returns its address and a guard that stops
@@ -302,6 +302,33 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Result<Scenario, CaseResult>>, SuiteEr
             })
         })
         .collect())
+}
+
+/// The transcripts of `spec/conformance/` as they were when this crate was
+/// built (see `build.rs`), parsed like [`load_dir`] would: sorted by name,
+/// a transcript that does not parse returned as its failed case.
+pub fn load_embedded() -> Vec<Result<Scenario, CaseResult>> {
+    embedded::TRANSCRIPTS
+        .iter()
+        .map(|(name, bytes)| {
+            parse(name, &format!("spec/conformance/{name}"), bytes).map_err(|e| CaseResult {
+                name: (*name).to_string(),
+                outcome: Outcome::Failed(format!("malformed transcript: {e}")),
+            })
+        })
+        .collect()
+}
+
+/// The embedded `spec/conformance/expected-failures.txt`.
+pub fn embedded_expected_failures() -> Result<ExpectedFailures, SuiteError> {
+    ExpectedFailures::parse(
+        "spec/conformance/expected-failures.txt",
+        embedded::EXPECTED_FAILURES,
+    )
+}
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/conformance_embedded.rs"));
 }
 
 /// Runs every transcript in `dir` (and the built-in timed cases when

@@ -1,7 +1,8 @@
 //! The client library (`dflockd::client`) against an in-process server:
 //! every low-level call and its typed errors, the lock and semaphore
 //! handles (acquire, two-phase, release, disconnect), background renewal
-//! across several lease periods, the lost-grant signal, and auth.
+//! across several lease periods, the lost-grant signal (token released
+//! elsewhere, server silent, server restarted), and auth.
 //!
 //! Time-based checks wait on the server (a blocked acquire that must time
 //! out, a renewal that must fail), never on a sleep.
@@ -254,6 +255,38 @@ fn failed_renewal_signals_lost() {
     let mut other = blocking::Connection::connect(&server.addr().to_string()).unwrap();
     other.release(Space::Lock, "lost2", t).unwrap();
     assert!(lock.wait_lost(Duration::from_secs(10)));
+}
+
+/// The server restarts while a lock is held: the new process knows
+/// nothing of the lease, so the holder must be told it lost the lock (its
+/// renewal connection is gone), and the key is free on the new server.
+#[test]
+fn restarted_server_signals_lost() {
+    let first = Server::plain();
+    let addr = first.addr();
+    let client = blocking::Client::new([addr.to_string()]).with_lease(Duration::from_secs(2));
+    let mut lock = client.lock("restarted");
+    lock.acquire(Duration::ZERO).unwrap();
+    assert!(!lock.is_lost());
+    // Stop the first server (its connections are closed) and start a
+    // fresh one on the same port.
+    drop(first);
+    let second = Server::start(|c| c.listen = addr.to_string());
+    assert_eq!(second.addr(), addr);
+    assert!(lock.wait_lost(Duration::from_secs(10)), "never marked lost");
+    assert!(lock.is_lost());
+    // The key is free on the new server: another client takes it at once.
+    let mut other = blocking::Connection::connect(&addr.to_string()).unwrap();
+    let grant = other
+        .acquire(Space::Lock, "restarted", Duration::ZERO, 1, None)
+        .unwrap();
+    // The old holder cannot release what it no longer holds.
+    assert!(lock.release().is_err());
+    other
+        .release(Space::Lock, "restarted", grant.token)
+        .unwrap();
+    drop(other);
+    second.assert_quiet();
 }
 
 #[test]

@@ -61,7 +61,9 @@ pub struct Signal {
     pub payload: Vec<u8>,
 }
 
-/// A subscription connection; see the [module documentation](self).
+/// A subscription connection: `listen` on it, then read [`Signal`]s with
+/// `next`. It answers its own heartbeats and buffers up to
+/// [`SIGNAL_BUFFER`](crate::client::SIGNAL_BUFFER) signals.
 pub struct Subscriber {
     shared: Arc<Shared>,
     signals: Receiver<Signal>,

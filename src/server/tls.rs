@@ -77,23 +77,23 @@ impl fmt::Display for TlsError {
             }
             TlsError::NoCertificate { file } => write!(
                 f,
-                "--tls-cert {}: no PEM certificate (BEGIN CERTIFICATE) in the file",
+                "{CERT_SETTING} {}: no PEM certificate (BEGIN CERTIFICATE) in the file",
                 file.display()
             ),
             TlsError::NoPrivateKey { file } => write!(
                 f,
-                "--tls-key {}: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) in the file",
+                "{KEY_SETTING} {}: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) in the file",
                 file.display()
             ),
             TlsError::KeyMismatch { cert, key } => write!(
                 f,
-                "--tls-key {}: the private key does not match the certificate in --tls-cert {}",
+                "{KEY_SETTING} {}: the private key does not match the certificate in {CERT_SETTING} {}",
                 key.display(),
                 cert.display()
             ),
             TlsError::Rejected { cert, key, error } => write!(
                 f,
-                "--tls-cert {} / --tls-key {}: unusable certificate or key: {error}",
+                "{CERT_SETTING} {} / {KEY_SETTING} {}: unusable certificate or key: {error}",
                 cert.display(),
                 key.display()
             ),
@@ -112,6 +112,12 @@ impl std::error::Error for TlsError {
     }
 }
 
+/// How errors name the certificate setting: the flag and its variable, as
+/// the path may have come from either.
+const CERT_SETTING: &str = "--tls-cert (DFLOCKD_TLS_CERT)";
+/// How errors name the key setting.
+const KEY_SETTING: &str = "--tls-key (DFLOCKD_TLS_KEY)";
+
 fn read_file(flag: &'static str, file: &Path) -> Result<Vec<u8>, TlsError> {
     let err = |error| TlsError::Read {
         flag,
@@ -129,11 +135,11 @@ fn read_file(flag: &'static str, file: &Path) -> Result<Vec<u8>, TlsError> {
 /// files and builds the server's TLS configuration: TLS 1.3 and 1.2 with
 /// the ring provider, no client authentication.
 pub fn load(cert: &Path, key: &Path) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
-    let cert_pem = read_file("--tls-cert", cert)?;
+    let cert_pem = read_file(CERT_SETTING, cert)?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| TlsError::Pem {
-            flag: "--tls-cert",
+            flag: CERT_SETTING,
             file: cert.to_owned(),
             error,
         })?;
@@ -142,7 +148,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<std::sync::Arc<rustls::ServerConf
             file: cert.to_owned(),
         });
     }
-    let key_pem = read_file("--tls-key", key)?;
+    let key_pem = read_file(KEY_SETTING, key)?;
     let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
         Ok(k) => k,
         Err(pem::Error::NoItemsFound) => {
@@ -152,7 +158,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<std::sync::Arc<rustls::ServerConf
         }
         Err(error) => {
             return Err(TlsError::Pem {
-                flag: "--tls-key",
+                flag: KEY_SETTING,
                 file: key.to_owned(),
                 error,
             })
@@ -304,13 +310,14 @@ mod tests {
         .expect("write");
 
         let e = load(&missing, &k).expect_err("missing cert");
-        assert!(matches!(&e, TlsError::Read { flag: "--tls-cert", file, .. } if *file == missing));
-        assert!(e
-            .to_string()
-            .starts_with(&format!("--tls-cert {}: cannot read", missing.display())));
+        assert!(matches!(&e, TlsError::Read { flag: CERT_SETTING, file, .. } if *file == missing));
+        assert!(e.to_string().starts_with(&format!(
+            "{CERT_SETTING} {}: cannot read",
+            missing.display()
+        )));
 
         let e = load(&c, &missing).expect_err("missing key");
-        assert!(matches!(&e, TlsError::Read { flag: "--tls-key", file, .. } if *file == missing));
+        assert!(matches!(&e, TlsError::Read { flag: KEY_SETTING, file, .. } if *file == missing));
 
         let e = load(&garbage, &k).expect_err("garbage cert");
         assert!(matches!(&e, TlsError::NoCertificate { file } if *file == garbage));
@@ -325,7 +332,7 @@ mod tests {
         assert!(matches!(&e, TlsError::NoPrivateKey { file } if *file == garbage));
 
         let e = load(&broken, &k).expect_err("broken PEM");
-        assert!(matches!(&e, TlsError::Pem { flag: "--tls-cert", file, .. } if *file == broken));
+        assert!(matches!(&e, TlsError::Pem { flag: CERT_SETTING, file, .. } if *file == broken));
 
         let e = load(&c, &other).expect_err("mismatched key");
         assert!(

@@ -386,7 +386,7 @@ fn daemon_reports_bad_tls_files_as_configuration_errors() {
             &missing,
             &key,
             format!(
-                "configuration error: --tls-cert {}: cannot read",
+                "configuration error: --tls-cert (DFLOCKD_TLS_CERT) {}: cannot read",
                 missing.display()
             ),
         ),
@@ -394,7 +394,7 @@ fn daemon_reports_bad_tls_files_as_configuration_errors() {
             &cert,
             &key,
             format!(
-                "configuration error: --tls-cert {}: no PEM certificate",
+                "configuration error: --tls-cert (DFLOCKD_TLS_CERT) {}: no PEM certificate",
                 cert.display()
             ),
         ),

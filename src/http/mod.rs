@@ -5,7 +5,7 @@
 //!
 //! Shape: one accept loop ([`run`]) that applies the per-IP connection cap
 //! and, with `--tls-cert`/`--tls-key`, the TLS handshake of the TCP port
-//! ([`crate::server::tls::handshake`]); one hyper HTTP/1 connection per
+//! (`server::tls::handshake`); one hyper HTTP/1 connection per
 //! socket (smol-hyper I/O and timer); a matchit router; a session table
 //! with an idle sweeper ([`sessions`]); per-IP admission ([`limits`]).
 //!

@@ -44,6 +44,11 @@ pub enum Step {
     Disconnect {
         conn: u8,
     },
+    /// The driver cancels a live connection's blocked request, if any
+    /// (semantics §9.1).
+    Cancel {
+        conn: u8,
+    },
     /// Time moves forward by this many milliseconds.
     Advance {
         ms: u16,
@@ -631,6 +636,15 @@ pub fn run(s: &Scenario) -> Result<(), Divergence> {
                 if !p.live.is_empty() {
                     let conn = p.live[usize::from(*conn) % p.live.len()];
                     p.drop_conn(i, conn)?;
+                }
+            }
+            Step::Cancel { conn } => {
+                if !p.live.is_empty() {
+                    let conn = p.live[usize::from(*conn) % p.live.len()];
+                    let m = p.model.cancel(p.now, conn);
+                    let mut c = Vec::new();
+                    p.core.cancel_blocked(Time(p.now), ConnId(conn), &mut c);
+                    p.compare(i, "cancel", m, c)?;
                 }
             }
             Step::Advance { ms } => {

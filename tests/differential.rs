@@ -81,6 +81,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => Just(Step::Connect),
         1 => (0u8..4).prop_map(|conn| Step::Disconnect { conn }),
+        1 => (0u8..4).prop_map(|conn| Step::Cancel { conn }),
         // Whole seconds make deadlines coincide; odd milliseconds split them.
         2 => prop_oneof![Just(1000u16), Just(500u16), 1u16..3000].prop_map(|ms| Step::Advance { ms }),
         2 => Just(Step::ToNextDeadline),
@@ -262,5 +263,90 @@ mod regressions {
                 req: Req::Stats,
             },
         ]);
+    }
+}
+
+/// Cancel (semantics §9.1), as the HTTP front uses it when the client of a
+/// blocking call goes away: the blocked request ends as a timeout now, the
+/// queue moves on, and the connection keeps what it holds.
+mod cancel {
+    use dflockd::core::{ConnId, Core, CoreConfig, Effect, Time};
+    use dflockd::wire::{Key, Reply, Request, Space, Status};
+
+    fn key(k: &str) -> Key {
+        Key::new(k.as_bytes()).expect("valid key")
+    }
+
+    fn acquire(k: &str, timeout_s: u64) -> Request {
+        Request::Acquire {
+            space: Space::Lock,
+            key: key(k),
+            timeout_s,
+            limit: 1,
+            lease_s: None,
+        }
+    }
+
+    /// The replies in `out` addressed to `conn`.
+    fn replies(out: &[Effect], conn: ConnId) -> Vec<Reply> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Reply { conn: c, reply } if *c == conn => Some(reply.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn granted(out: &[Effect], conn: ConnId) -> Option<dflockd::wire::Token> {
+        replies(out, conn).into_iter().find_map(|r| match r {
+            Reply::Granted { token, .. } => Some(token),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn cancel_is_a_timeout_now_and_keeps_the_rest() {
+        let mut core = Core::new(CoreConfig::default(), Time(0));
+        let mut out = Vec::new();
+        let (a, b, c) = (
+            core.connect(Time(0), &mut out),
+            core.connect(Time(0), &mut out),
+            core.connect(Time(0), &mut out),
+        );
+        core.handle(Time(0), a, acquire("k", 0), &mut out);
+        let ta = granted(&out, a).expect("a holds k");
+        // b holds "other", then blocks on k behind a; c queues behind b.
+        core.handle(Time(0), b, acquire("other", 0), &mut out);
+        assert!(granted(&out, b).is_some());
+        core.handle(Time(0), b, acquire("k", 30), &mut out);
+        core.handle(Time(0), c, acquire("k", 30), &mut out);
+        assert!(core.is_blocked(b) && core.is_blocked(c));
+
+        out.clear();
+        core.cancel_blocked(Time(1000), b, &mut out);
+        assert_eq!(replies(&out, b), [Reply::Status(Status::Timeout)]);
+        assert!(!core.is_blocked(b));
+        // b still holds "other": cancelling is not a disconnect.
+        assert!(core.owns_anything(b));
+        // A second cancel, or one for a connection that is not blocked,
+        // does nothing.
+        out.clear();
+        core.cancel_blocked(Time(1000), b, &mut out);
+        core.cancel_blocked(Time(1000), a, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+
+        // a releases k: c, not b, is next.
+        core.handle(
+            Time(2000),
+            a,
+            Request::Release {
+                space: Space::Lock,
+                key: key("k"),
+                token: ta.to_string().into_bytes().into(),
+            },
+            &mut out,
+        );
+        assert!(granted(&out, c).is_some(), "{out:?}");
+        assert!(granted(&out, b).is_none(), "{out:?}");
     }
 }

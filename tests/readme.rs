@@ -82,9 +82,8 @@ fn readme_curl_examples_run_as_written() {
             .map(|l| l + "\n")
             .collect();
         // Every curl gives up rather than hang the suite.
-        let script = format!(
-            "set -euo pipefail\ncurl() {{ command curl --max-time 20 \"$@\"; }}\n{script}"
-        );
+        let script =
+            format!("set -euo pipefail\ncurl() {{ command curl --max-time 20 \"$@\"; }}\n{script}");
         let out = Command::new("bash")
             .args(["-c", &script])
             .output()

@@ -412,6 +412,25 @@ impl Machine {
         out
     }
 
+    /// §9.1: the driver cancels `conn`'s blocked request: it ends as its
+    /// waiter timing out at `now_ms` would. Nothing happens when `conn` is
+    /// unknown or not blocked.
+    pub fn cancel(&mut self, now_ms: u64, conn: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.advance_to(now_ms, &mut out);
+        let blocked = self.resources.iter().find_map(|r| {
+            r.waiters
+                .iter()
+                .find(|w| w.conn == conn && w.deadline_ms.is_some())
+                .map(|w| w.arrival)
+        });
+        if let Some(arrival) = blocked {
+            self.time_out(now_ms, arrival, &mut out);
+        }
+        self.check_invariants();
+        out
+    }
+
     /// Processes everything due at or before `now_ms` (`handle_timeout`).
     pub fn advance(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();

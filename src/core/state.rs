@@ -525,6 +525,18 @@ impl Core {
         }
     }
 
+    /// Cancels `conn`'s blocked request (semantics §9.1): it ends as its
+    /// waiter timing out at `now` would, so `out` gets a `timeout` reply for
+    /// `conn` (the driver discards it) and any hand-off. The connection
+    /// keeps everything else. Nothing happens when `conn` is unknown or not
+    /// blocked (for example because the grant came first).
+    pub fn cancel_blocked(&mut self, now: Time, conn: ConnId, out: &mut Vec<Effect>) {
+        self.advance(now, out);
+        if let Some(w) = self.conns.get(&conn).and_then(|c| c.blocked) {
+            self.time_out(now, w, out);
+        }
+    }
+
     /// Processes everything due at or before `now`.
     pub fn handle_timeout(&mut self, now: Time, out: &mut Vec<Effect>) {
         self.advance(now, out);

@@ -858,7 +858,13 @@ fn build_request(space: Space, op: Op, key: Key, body: &[u8]) -> Result<Request,
 async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Request) -> Resp {
     let shared = &front.shared;
     let mut guard = InFlight::new(&front.sessions, shared, session);
-    let _turn = session.gate.lock().await;
+    guard.take_turn().await;
+    let blocked_on = match &request {
+        Request::Acquire { space, key, .. } | Request::Wait { space, key, .. } => {
+            Some((*space, key.clone()))
+        }
+        _ => None,
+    };
     let mut effects: Vec<Effect> = Vec::new();
     {
         let mut inner = shared.lock();
@@ -883,15 +889,15 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
         Some(r) => r,
         None => {
             // Blocked: the answer comes through the mailbox. If this future
-            // is dropped meanwhile, the guard ends the session.
-            guard.armed = true;
+            // is dropped meanwhile, the guard withdraws the request.
+            guard.blocked_on = blocked_on;
             let r = loop {
                 match session.mailbox.recv().await {
                     Delivery::Reply(r) => break r,
                     // Sessions cannot listen; a push is never addressed to one.
                     Delivery::Push { .. } => {}
                     Delivery::Close => {
-                        guard.armed = false;
+                        guard.blocked_on = None;
                         front.sessions.kill(shared, session);
                         return if shared.is_shutting_down() {
                             draining()
@@ -901,7 +907,7 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
                     }
                 }
             };
-            guard.armed = false;
+            guard.blocked_on = None;
             r
         }
     };

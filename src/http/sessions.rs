@@ -2,10 +2,10 @@
 //! with `server::register` and ended with `server::unregister`, exactly
 //! as a TCP connection is.
 //!
-//! Lifetime (Decision D9): a session dies on `DELETE`, when the sweeper
+//! Lifetime (Decision D9): a session dies on `DELETE`, or when the sweeper
 //! finds it without a request for 2 × the idle timeout (and none in
-//! flight), or when an HTTP client goes away while its request is blocked
-//! in the core (see [`InFlight`]). Requests on one session are serialised by
+//! flight). An HTTP client that goes away while its request is blocked in
+//! the core withdraws only that request (see [`InFlight`]). Requests on one session are serialised by
 //! the session's async `gate`, so the core never sees a second request from
 //! a connection whose first is still blocked.
 
@@ -18,7 +18,7 @@ use crate::core::{ConnId, Effect};
 use crate::server::mailbox::{Delivery, Mailbox};
 use crate::server::{register, unregister, Shared};
 use crate::sync::Arc;
-use crate::wire::Request;
+use crate::wire::{Key, Reply, Request, Space};
 
 use super::limits::PerIp;
 
@@ -181,17 +181,22 @@ impl Sessions {
     }
 }
 
-/// Marks a request in flight on a session for as long as it lives. If it
-/// is dropped while `armed` (the HTTP client went away while the request
-/// was blocked in the core, so hyper dropped the handler), the session is
-/// ended: its waiter leaves the queue, and a grant that arrived but was
-/// never delivered is released by the disconnect cleanup. Nothing is left
-/// behind in the core.
+/// Marks a request in flight on a session for as long as it lives, and
+/// holds the session's turn (its `gate`) once [`InFlight::take_turn`] got it.
+///
+/// If it is dropped while a request is blocked in the core (`blocked_on`
+/// set: the HTTP client went away, so hyper dropped the handler), only that
+/// request is withdrawn, before the turn passes to the session's next
+/// request: the core cancels it (semantics §9.1: its waiter leaves the
+/// queue as if it timed out), and a grant that reached the session's
+/// mailbox first is released. The session and its other holdings stay.
 pub struct InFlight<'a> {
     pub sessions: &'a Sessions,
     pub shared: &'a Shared,
     pub session: &'a Session,
-    pub armed: bool,
+    /// The key of the blocked request, while it is blocked.
+    pub blocked_on: Option<(Space, Key)>,
+    turn: Option<smol::lock::MutexGuard<'a, ()>>,
 }
 
 impl<'a> InFlight<'a> {
@@ -202,16 +207,65 @@ impl<'a> InFlight<'a> {
             sessions,
             shared,
             session,
-            armed: false,
+            blocked_on: None,
+            turn: None,
+        }
+    }
+
+    /// Waits for the session's earlier requests to finish.
+    pub async fn take_turn(&mut self) {
+        self.turn = Some(self.session.gate.lock().await);
+    }
+
+    /// Withdraws the blocked request on `key` (see the type's docs).
+    fn withdraw(&self, space: Space, key: Key) {
+        let (shared, session) = (self.shared, self.session);
+        let mut effects = Vec::new();
+        let mut closed = false;
+        {
+            let mut inner = shared.lock();
+            if session.dead.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = shared.clock(&inner);
+            inner.core.cancel_blocked(now, session.conn, &mut effects);
+            shared.after_core(&mut inner, &mut effects, Some(session.conn));
+            // Our own effects: the `timeout` that answers the cancelled
+            // request, which nobody is waiting for.
+            effects.clear();
+            // Replies are routed under the core lock, so a grant that beat
+            // the cancel is in the mailbox now, and nothing more will come.
+            while let Some(d) = session.mailbox.try_recv() {
+                match d {
+                    Delivery::Reply(Reply::Granted { token, .. }) => {
+                        let release = Request::Release {
+                            space,
+                            key: key.clone(),
+                            token: token.to_string().into_bytes().into(),
+                        };
+                        let now = shared.clock(&inner);
+                        inner.core.handle(now, session.conn, release, &mut effects);
+                        shared.after_core(&mut inner, &mut effects, Some(session.conn));
+                        effects.clear();
+                    }
+                    Delivery::Close => closed = true,
+                    Delivery::Reply(_) | Delivery::Push { .. } => {}
+                }
+            }
+        }
+        if closed {
+            self.sessions.kill(shared, session);
         }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.sessions.kill(self.shared, self.session);
+        if let Some((space, key)) = self.blocked_on.take() {
+            self.withdraw(space, key);
         }
+        // Only now may the session's next request reach the core.
+        drop(self.turn.take());
         self.session.touch();
         self.session.in_flight.fetch_sub(1, Ordering::SeqCst);
     }

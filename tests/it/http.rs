@@ -531,13 +531,21 @@ fn cross_transport_fifo() {
 }
 
 /// An HTTP client that goes away during a blocking acquire leaves nothing
-/// behind: its session ends, the waiter leaves the queue.
+/// behind: the waiter leaves the queue at once (semantics §9.1), and the
+/// session lives on with what it already held.
 #[test]
 fn client_disconnect_during_acquire_leaks_nothing() {
     let (server, addr) = start(|_| {});
     let mut holder = server.client();
     let tok = holder.lock("d");
     let sid = new_session(addr);
+    let kept = post(
+        addr,
+        &sid,
+        "/v1/locks/kept",
+        json!({"acquire_timeout_s": 0}),
+    );
+    assert_eq!(kept.json()["status"], "ok");
     let raw = request_bytes(
         "POST",
         "/v1/locks/d",
@@ -547,11 +555,35 @@ fn client_disconnect_during_acquire_leaks_nothing() {
     let s = send_raw(addr, &raw);
     server.wait_lock_waiters("d", 1);
     drop(s);
-    // The waiter leaves and the session is gone.
-    server
-        .wait_stats(|st| crate::support::waiters(st, "locks", "d") == 0 && st["connections"] == 2);
-    call(addr, "POST", &format!("/v1/sessions/{sid}/ping"), &[], "").err(410, "session_gone");
+    // The waiter leaves; the session and its other lock stay.
+    server.wait_stats(|st| crate::support::waiters(st, "locks", "d") == 0);
+    assert_eq!(
+        call(addr, "POST", &format!("/v1/sessions/{sid}/ping"), &[], "").status,
+        204
+    );
+    let st = stats(addr);
+    assert!(
+        crate::support::entry(&st, "locks", "kept").is_some(),
+        "{st}"
+    );
+    // The session is usable: its next request is served at once.
+    let again = post(addr, &sid, "/v1/locks/d", json!({"acquire_timeout_s": 0}));
+    assert_eq!(again.json(), json!({"status": "timeout"}));
+    // Released by its holder, "d" goes to nobody (no leftover waiter).
     assert_eq!(holder.req("r", "d", &tok), "ok");
+    let st = stats(addr);
+    assert!(crate::support::entry(&st, "locks", "d").is_none(), "{st}");
+    let release = post(
+        addr,
+        &sid,
+        "/v1/locks/kept/release",
+        json!({"token": kept.json()["token"]}),
+    );
+    assert_eq!(release.status, 204);
+    assert_eq!(
+        call(addr, "DELETE", &format!("/v1/sessions/{sid}"), &[], "").status,
+        204
+    );
     drop(holder);
     server.assert_quiet();
 }

@@ -13,7 +13,7 @@
 //! Bounds keep the space finite and every path acyclic (so `eventually`
 //! properties are sound in stateright): the clock only moves forward and
 //! stops at the horizon; each client has a budget of requests and of
-//! connection drops; clients stop acting at the horizon, where the only
+//! connection drops (and of cancels, §9.1); clients stop acting at the horizon, where the only
 //! remaining action is firing due timers. A *terminal* state is therefore
 //! one at the horizon with nothing due.
 //!
@@ -42,6 +42,9 @@ pub struct ModelConfig {
     pub ops_per_client: u8,
     /// Times each client's connection may drop (it reconnects as a new id).
     pub drops_per_client: u8,
+    /// Times each client may cancel its blocked request (semantics §9.1,
+    /// what the HTTP front does when its client goes away).
+    pub cancels_per_client: u8,
     /// Timeouts offered to `l`/`sl`.
     pub acquire_timeouts_s: Vec<u64>,
     /// Leases offered to `l`/`sl`/`e`/`se`.
@@ -75,6 +78,7 @@ impl ModelConfig {
             horizon_s: 4,
             ops_per_client: 2,
             drops_per_client: 1,
+            cancels_per_client: 0,
             acquire_timeouts_s: vec![0, 2],
             leases_s: vec![1],
             two_phase: true,
@@ -166,6 +170,7 @@ pub struct Client {
     pub conn: Option<u64>,
     pub ops_left: u8,
     pub drops_left: u8,
+    pub cancels_left: u8,
     pub pending: Option<Pending>,
     /// (key, token) the client believes it holds (some may have expired).
     pub tokens: Vec<(usize, String)>,
@@ -221,6 +226,8 @@ pub enum Action {
     Drain,
     /// The client's connection drops; it reconnects as a new id.
     Drop { client: usize },
+    /// The driver cancels the client's blocked request (§9.1).
+    Cancel { client: usize },
     Acquire {
         client: usize,
         key: usize,
@@ -299,6 +306,7 @@ impl Model for LockModel {
                 conn: Some(machine.connect(0)),
                 ops_left: self.cfg.ops_per_client,
                 drops_left: self.cfg.drops_per_client,
+                cancels_left: self.cfg.cancels_per_client,
                 pending: None,
                 tokens: Vec::new(),
                 enqueued: Vec::new(),
@@ -342,6 +350,9 @@ impl Model for LockModel {
             let owns = c.pending.is_some() || !c.tokens.is_empty() || !c.enqueued.is_empty();
             if c.drops_left > 0 && owns {
                 actions.push(Action::Drop { client: ci });
+            }
+            if c.cancels_left > 0 && c.pending.is_some() {
+                actions.push(Action::Cancel { client: ci });
             }
             if c.ops_left == 0 || c.pending.is_some() || s.machine.is_blocked(conn) {
                 continue;
@@ -435,6 +446,15 @@ impl Model for LockModel {
                 s.ghost.dead_arrivals.extend(dead);
                 s.machine.disconnect(now, conn);
                 s.clients[*client].conn = Some(s.machine.connect(now));
+            }
+            Action::Cancel { client } => {
+                // The `timeout` it answers (if the request was still queued)
+                // reaches the client as the end of its pending request, and
+                // the waiter joins the dead: no grant may reach it later.
+                let c = &mut s.clients[*client];
+                c.cancels_left -= 1;
+                let conn = c.conn.expect("cancel on a closed client");
+                s.machine.cancel(now, conn);
             }
             request => {
                 let (client, op) = self.op_for(&s, request);

@@ -425,7 +425,14 @@ impl Machine {
                 .map(|w| w.arrival)
         });
         if let Some(arrival) = blocked {
-            self.time_out(now_ms, arrival, &mut out);
+            if self.bug == Bug::CancelKeepsWaiter {
+                // Broken: answer, but leave the waiter queued (and undue).
+                let (ri, wi) = self.locate_waiter(arrival).expect("blocked waiter");
+                self.resources[ri].waiters[wi].deadline_ms = None;
+                self.reply(&mut out, conn, "timeout");
+            } else {
+                self.time_out(now_ms, arrival, &mut out);
+            }
         }
         self.check_invariants();
         out

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! dflockd-model check [--clients N] [--keys K] [--depth D] [--horizon S]
-//!                     [--ops O] [--drops R] [--drain] [--eager-timers]
+//!                     [--ops O] [--drops R] [--cancels C] [--drain] [--eager-timers]
 //!                     [--no-auto-release] [--max-waiters W] [--bug NAME]
 //! dflockd-model explore [--addr 127.0.0.1:3000] [same model options]
 //! ```
@@ -19,7 +19,7 @@ use dflockd_model::Bug;
 use stateright::{Checker, Model};
 
 const USAGE: &str = "usage: dflockd-model check|explore [--clients N] [--keys K] [--depth D] \
-[--horizon S] [--ops O] [--drops R] [--drain] [--eager-timers] [--no-auto-release] \
+[--horizon S] [--ops O] [--drops R] [--cancels C] [--drain] [--eager-timers] [--no-auto-release] \
 [--max-waiters W] [--bug NAME] [--threads T] [--addr HOST:PORT]";
 
 fn main() -> ExitCode {
@@ -51,6 +51,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             "--horizon" => cfg.horizon_s = number(value()?)?,
             "--ops" => cfg.ops_per_client = number(value()?)?,
             "--drops" => cfg.drops_per_client = number(value()?)?,
+            "--cancels" => cfg.cancels_per_client = number(value()?)?,
             "--max-waiters" => cfg.machine.max_waiters = number(value()?)?,
             "--threads" => threads = number(value()?)?,
             "--addr" => addr = value()?.clone(),

@@ -165,11 +165,13 @@ pub enum Bug {
     WaiterLeftInQueue,
     /// Lease expiry frees the slot but does not hand it to the queue (§8.2).
     NoHandoffOnExpiry,
+    /// Cancel answers `timeout` but leaves the waiter queued (§9.1).
+    CancelKeepsWaiter,
 }
 
 impl Bug {
     /// Every broken variant (not `Bug::None`).
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::GrantFromBack,
         Bug::DoubleGrant,
         Bug::LeaseNeverExpires,
@@ -181,5 +183,6 @@ impl Bug {
         Bug::RenewResurrectsExpired,
         Bug::WaiterLeftInQueue,
         Bug::NoHandoffOnExpiry,
+        Bug::CancelKeepsWaiter,
     ];
 }

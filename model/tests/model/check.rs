@@ -55,6 +55,15 @@ fn without_auto_release_every_property_still_holds() {
     );
 }
 
+// Semantics §9.1: a driver cancelling a blocked request (the HTTP front,
+// when its client goes away) instead of dropping the connection.
+#[test]
+fn with_cancels_every_property_still_holds() {
+    let mut cfg = ModelConfig::ci();
+    cancels(&mut cfg);
+    assert_eq!(check_all(cfg, &[]), 791_200);
+}
+
 /// Runs the checker on a broken machine until it finds a counterexample for
 /// `property`, then replays it.
 fn catch(bug: Bug, property: &'static str, tweak: fn(&mut ModelConfig)) {
@@ -73,6 +82,12 @@ fn catch(bug: Bug, property: &'static str, tweak: fn(&mut ModelConfig)) {
 }
 
 fn ci(_: &mut ModelConfig) {}
+
+/// One cancel per client instead of a drop.
+fn cancels(cfg: &mut ModelConfig) {
+    cfg.cancels_per_client = 1;
+    cfg.drops_per_client = 0;
+}
 
 /// Liveness counterexamples end at the horizon: a shorter one is found sooner.
 fn short(cfg: &mut ModelConfig) {
@@ -121,4 +136,5 @@ caught! {
     never_expiring_lease_is_caught: LeaseNeverExpires by "expired lease is reclaimed", short;
     resurrecting_renew_is_caught: RenewResurrectsExpired by "expired lease is reclaimed", short;
     missing_hand_off_on_expiry_is_caught: NoHandoffOnExpiry by "head waiter granted or timed out", short;
+    keeping_a_cancelled_waiter_is_caught: CancelKeepsWaiter by "no grant to a dead waiter", cancels;
 }

@@ -163,10 +163,12 @@ fn form_decode(s: &str) -> Option<Vec<u8>> {
     percent_decode(&s.replace('+', " "))
 }
 
+/// Decoded `pattern` and `group` query parameters, when present.
+type StreamParams = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// `pattern` and `group` of a query string (the first of each wins; other
 /// parameters are ignored).
-#[allow(clippy::type_complexity)]
-fn stream_params(query: &str) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), &'static str> {
+fn stream_params(query: &str) -> Result<StreamParams, &'static str> {
     let (mut pattern, mut group) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));

@@ -276,27 +276,28 @@ fn parse_keyed(cmd: Keyed, key: Key, arg: &[u8]) -> Result<Request, ParseError> 
             })
         }
         Keyed::Listen => listen_request(key, arg),
-        Keyed::Unlisten => {
-            let (pattern, group) = subscription(key, arg)?;
-            Ok(Request::Unlisten { pattern, group })
-        }
+        Keyed::Unlisten => subscription(false, key, arg),
         Keyed::Signal => signal_request(key, arg),
     }
 }
 
-/// The pattern and group of `listen`/`unlisten`: wildcards must be whole
-/// tokens; the group is trimmed, and empty means ungrouped.
-fn subscription(pattern: Key, group: &[u8]) -> Result<(Key, Option<Box<[u8]>>), ParseError> {
+/// `listen` (or `unlisten`) with this pattern and group: wildcards must be
+/// whole tokens; the group is trimmed, and empty means ungrouped.
+fn subscription(listen: bool, pattern: Key, group: &[u8]) -> Result<Request, ParseError> {
     check_pattern(pattern.as_bytes())?;
     let group = trim_space(group);
-    Ok((pattern, (!group.is_empty()).then(|| group.into())))
+    let group = (!group.is_empty()).then(|| group.into());
+    Ok(if listen {
+        Request::Listen { pattern, group }
+    } else {
+        Request::Unlisten { pattern, group }
+    })
 }
 
 /// `listen <pattern> <group>` as a request, validated exactly as the
 /// decoder validates it (the HTTP front builds its SSE subscriptions here).
 pub fn listen_request(pattern: Key, group: &[u8]) -> Result<Request, ParseError> {
-    let (pattern, group) = subscription(pattern, group)?;
-    Ok(Request::Listen { pattern, group })
+    subscription(true, pattern, group)
 }
 
 /// The longest payload a `signal` on `channel` may carry: the push line

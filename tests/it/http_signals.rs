@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{wait_until, Client, Server, DEADLINE, IO_TIMEOUT};
+use crate::support::{wait_until, Server, DEADLINE, IO_TIMEOUT};
 use dflockd::http::HttpSettings;
 use dflockd::server::ServerConfig;
 

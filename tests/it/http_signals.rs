@@ -516,6 +516,9 @@ fn bad_requests_are_400() {
     let r = call(addr, "POST", "/v1/signals", &[], ok_body.as_bytes());
     r.err(405, "method_not_allowed");
     assert_eq!(r.header("allow"), Some("GET"));
+    // No HEAD for the stream: it is nothing without its body.
+    let r = call(addr, "HEAD", "/v1/signals?pattern=a", &[], b"");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")), "{r:?}");
     // Nothing was left behind.
     let st = stats(addr);
     assert_eq!(

@@ -154,7 +154,7 @@ struct Flags {
     /// HTTP rate-limit burst, 0 = the rate (env DFLOCKD_HTTP_RATE_LIMIT_BURST, default 0)
     #[argh(option, arg_name = "n")]
     http_rate_limit_burst: Option<String>,
-    /// seconds between keep-alive pings of an SSE stream's session, 0 = off; must be below the session idle timeout (env DFLOCKD_HTTP_SSE_PING_S, default 15)
+    /// seconds between keep-alive pings of an SSE stream's session, 0 = the open stream keeps it; must be below the session idle timeout (env DFLOCKD_HTTP_SSE_PING_S, default 15)
     #[argh(option, arg_name = "secs")]
     http_sse_ping_interval: Option<String>,
     /// comma-separated allowed CORS origins, * = any (env DFLOCKD_HTTP_CORS_ALLOWED_ORIGINS, default none)
@@ -430,9 +430,8 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// Options of the HTTP REST + SSE API (§7). The HTTP front (`src/http`)
-/// uses all of them but the SSE ping interval, which is parsed and
-/// validated but not implemented yet (a warning says so).
+/// Options of the HTTP REST + SSE API (§7), all used by the HTTP front
+/// (`src/http`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// 0 = HTTP API off.
@@ -452,7 +451,8 @@ pub struct HttpConfig {
     /// Already resolved: `--http-rate-limit-burst`, or the rate when that
     /// is 0 and a rate is set.
     pub rate_limit_burst: u64,
-    /// 0 = no keep-alive pings.
+    /// How often an SSE stream refreshes its hidden session (spec/http.md
+    /// §7.3); 0 = the open stream alone keeps the session alive.
     pub sse_ping_interval_s: u64,
     /// Split on commas, trimmed, blanks dropped; empty = CORS off.
     pub cors_allowed_origins: Vec<String>,
@@ -1308,18 +1308,6 @@ fn resolve(f: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
                 ));
             }
         }
-    } else {
-        // Parsed and validated, but this build's HTTP front does not
-        // implement them yet (spec/http.md, "Not implemented").
-        let given = [(ping_origin, "--http-sse-ping-interval")];
-        for (origin, flag) in given {
-            if !origin.is_default() {
-                r.warnings.push(format!(
-                    "{} is not implemented by this build's HTTP API yet and is ignored",
-                    origin.with_flag(flag)
-                ));
-            }
-        }
     }
 
     let http = HttpConfig {
@@ -1904,13 +1892,12 @@ mod tests {
             "DFLOCKD_HTTP_SSE_PING_S (--http-sse-ping-interval) has no effect while --http-port is 0 (HTTP API off)",
             "--http-cors-allowed-origins has no effect while --http-port is 0 (HTTP API off)",
         ]);
-        // With HTTP on, they apply; the ones not implemented yet are warned about.
+        // With HTTP on, they apply.
         check(&["--http-port", "1", "--http-max-sessions", "5"], &[], "warnings=0 unsupported=no");
         check(&["--http-port", "1", "--http-rate-limit-per-ip", "5", "--http-rate-limit-burst", "9",
                 "--http-max-sessions-per-ip", "2", "--http-max-connections-per-ip", "3",
                 "--http-cors-allowed-origins", "*"], &[], "warnings=0 unsupported=no");
-        let cfg = config(&["--http-port", "1", "--http-sse-ping-interval", "5"], &[]);
-        assert_eq!(cfg.warnings, ["--http-sse-ping-interval is not implemented by this build's HTTP API yet and is ignored"]);
+        check(&["--http-port", "1", "--http-sse-ping-interval", "5"], &[], "warnings=0 unsupported=no");
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn main() {
                 rate_limit_per_ip: cfg.http.rate_limit_per_ip,
                 rate_limit_burst: cfg.http.rate_limit_burst,
                 cors_allowed_origins: cfg.http.cors_allowed_origins.clone(),
+                sse_ping_interval_s: cfg.http.sse_ping_interval_s,
             }),
     };
     let handle = match server::spawn(server_cfg) {

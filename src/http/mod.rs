@@ -9,6 +9,10 @@
 //! socket (smol-hyper I/O and timer); a matchit router; a session table
 //! with an idle sweeper ([`sessions`]); per-IP admission ([`limits`]).
 //!
+//! Signals ([`signals`]): `POST /v1/signals/{channel}` publishes with the
+//! protocol's `signal`; `GET /v1/signals` is a Server-Sent Events stream fed
+//! by a hidden session that issued `listen`.
+//!
 //! Request path (reference §7.2): CORS → metrics → per-IP rate limit →
 //! bearer auth → route/404/405 → handler. Everything answers JSON
 //! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
@@ -16,6 +20,7 @@
 
 pub mod limits;
 pub mod sessions;
+pub mod signals;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -69,10 +74,15 @@ pub struct HttpSettings {
     pub rate_limit_burst: u64,
     /// `--http-cors-allowed-origins`, split; empty = CORS off; `*` = any.
     pub cors_allowed_origins: Vec<String>,
+    /// `--http-sse-ping-interval`: an SSE stream refreshes its hidden
+    /// session this often, so the idle sweeper keeps it; 0 = the stream
+    /// counts as a request in flight instead (never swept).
+    pub sse_ping_interval_s: u64,
 }
 
 impl Default for HttpSettings {
-    /// Loopback on an ephemeral port, 20 s idle timeout, no limits, no CORS.
+    /// Loopback on an ephemeral port, 20 s idle timeout, no limits, no CORS,
+    /// SSE keep-alive every 15 s.
     fn default() -> Self {
         HttpSettings {
             listen: "127.0.0.1:0".into(),
@@ -83,6 +93,7 @@ impl Default for HttpSettings {
             rate_limit_per_ip: 0,
             rate_limit_burst: 0,
             cors_allowed_origins: Vec::new(),
+            sse_ping_interval_s: 15,
         }
     }
 }
@@ -94,7 +105,8 @@ const CORS_HEADERS: &str = "Authorization, Content-Type, X-Dflockd-Session";
 /// Seconds a browser may cache a preflight answer.
 const CORS_MAX_AGE: &str = "300";
 
-type Resp = hyper::Response<Full<Bytes>>;
+/// A response: a whole body, or an SSE stream.
+type Resp = hyper::Response<Either<Full<Bytes>, signals::SseBody>>;
 
 /// What a lock or semaphore route does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +142,10 @@ pub enum Route {
     Session,
     SessionPing,
     Key(Space, Op),
+    /// `POST /v1/signals/{channel}`
+    SignalPublish,
+    /// `GET /v1/signals` (SSE)
+    SignalStream,
 }
 
 /// Every route: path template, what it is, the methods it allows.
@@ -198,6 +214,13 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
     (
         "/v1/semaphores/{key}/wait",
         Route::Key(Space::Sem, Op::Wait),
+        &[Method::POST],
+    ),
+    // No HEAD: a stream is nothing without its body.
+    ("/v1/signals", Route::SignalStream, &[Method::GET]),
+    (
+        "/v1/signals/{channel}",
+        Route::SignalPublish,
         &[Method::POST],
     ),
 ];
@@ -331,20 +354,35 @@ pub async fn run(
     }
 }
 
-/// Serves HTTP/1 on one connection (plain or TLS) from `ip`.
+/// Serves HTTP/1 on one connection (plain or TLS) from `ip`. Every write
+/// has [`signals::WRITE_DEADLINE`]; an SSE stream on the connection may cut
+/// it short ([`signals::cut_when_stuck`]).
 async fn serve_connection<I>(front: Arc<Front>, ip: IpAddr, io: I)
 where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
+    let slot = Arc::new(signals::StreamSlot::default());
+    let svc = {
         let front = front.clone();
-        async move { Ok::<_, Infallible>(serve(&front, ip, req).await) }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
+        let slot = slot.clone();
+        hyper::service::service_fn(move |req| {
+            let front = front.clone();
+            let slot = slot.clone();
+            async move { Ok::<_, Infallible>(serve(&front, ip, &slot, req).await) }
+        })
+    };
+    let io = signals::WriteDeadline::new(io, signals::WRITE_DEADLINE);
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(smol_hyper::rt::SmolTimer::new())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(smol_hyper::rt::FuturesIo::new(io), svc)
-        .await;
+        .serve_connection(smol_hyper::rt::FuturesIo::new(io), svc);
+    futures_lite::future::or(
+        async {
+            let _ = conn.await;
+        },
+        signals::cut_when_stuck(&front, &slot),
+    )
+    .await;
 }
 
 /// Reaps sessions idle for more than 2 × the idle timeout (Decision D9).
@@ -370,7 +408,7 @@ fn json_resp(status: StatusCode, body: &serde_json::Value) -> Resp {
 }
 
 fn raw_resp(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
-    let mut r = hyper::Response::new(Full::new(body));
+    let mut r = hyper::Response::new(Either::Left(Full::new(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -382,7 +420,7 @@ fn raw_resp(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
 }
 
 fn no_content() -> Resp {
-    let mut r = hyper::Response::new(Full::new(Bytes::new()));
+    let mut r = hyper::Response::new(Either::Left(Full::new(Bytes::new())));
     *r.status_mut() = StatusCode::NO_CONTENT;
     r.headers_mut().insert(
         "x-content-type-options",
@@ -451,7 +489,12 @@ fn cors_headers(front: &Front, headers: &HeaderMap) -> Option<HeaderMap> {
 
 /// The outermost layer: CORS (preflight answered here, before metrics,
 /// rate limit and auth), then [`counted`].
-async fn serve(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp {
+async fn serve(
+    front: &Arc<Front>,
+    ip: IpAddr,
+    slot: &Arc<signals::StreamSlot>,
+    req: hyper::Request<Incoming>,
+) -> Resp {
     let cors = cors_headers(front, req.headers());
     let preflight = !front.settings.cors_allowed_origins.is_empty()
         && req.method() == Method::OPTIONS
@@ -462,7 +505,7 @@ async fn serve(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp
     let mut resp = if preflight {
         no_content()
     } else {
-        counted(front, ip, req).await
+        counted(front, ip, slot, req).await
     };
     if let Some(cors) = cors {
         resp.headers_mut().extend(cors);
@@ -471,7 +514,12 @@ async fn serve(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp
 }
 
 /// Handles one request and counts it for `/metrics`.
-async fn counted(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp {
+async fn counted(
+    front: &Arc<Front>,
+    ip: IpAddr,
+    slot: &Arc<signals::StreamSlot>,
+    req: hyper::Request<Incoming>,
+) -> Resp {
     let start = Instant::now();
     // Bounded label values: the known methods, and route templates.
     let method = match *req.method() {
@@ -492,7 +540,7 @@ async fn counted(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Re
         front.rate_limited.fetch_add(1, Ordering::Relaxed);
         error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
     } else {
-        handle(front, ip, req).await
+        handle(front, ip, slot, req).await
     };
     let mut requests = lock(&front.requests);
     let entry = requests
@@ -515,7 +563,12 @@ fn rate_limited(front: &Front, ip: IpAddr, path: &str) -> bool {
     !lock(limiter).allow(ip, Instant::now())
 }
 
-async fn handle(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Resp {
+async fn handle(
+    front: &Arc<Front>,
+    ip: IpAddr,
+    slot: &Arc<signals::StreamSlot>,
+    req: hyper::Request<Incoming>,
+) -> Resp {
     let path = req.uri().path().to_owned();
     let Ok(m) = front.router.at(&path) else {
         return error(StatusCode::NOT_FOUND, "not_found", "");
@@ -525,6 +578,7 @@ async fn handle(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Res
         .params
         .get("key")
         .or_else(|| m.params.get("id"))
+        .or_else(|| m.params.get("channel"))
         .map(str::to_owned);
     if !methods.contains(req.method()) {
         let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
@@ -585,17 +639,7 @@ async fn handle(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Res
                     "idle_timeout_s": front.settings.session_idle_timeout_s,
                 }),
             ),
-            Err(CreateError::MaxSessions) => {
-                error(StatusCode::SERVICE_UNAVAILABLE, "max_sessions", "")
-            }
-            Err(CreateError::MaxSessionsPerIp) => {
-                error(StatusCode::SERVICE_UNAVAILABLE, "max_sessions_per_ip", "")
-            }
-            Err(CreateError::Random) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "session_create_failed",
-                "",
-            ),
+            Err(e) => create_error(e),
         },
         Route::Session | Route::SessionPing => {
             let id = param.unwrap_or_default();
@@ -641,7 +685,27 @@ async fn handle(front: &Front, ip: IpAddr, req: hyper::Request<Incoming>) -> Res
             };
             on_session(front, &session, op, request).await
         }
+        Route::SignalPublish => signals::publish(front, param, req.into_body()).await,
+        Route::SignalStream => match signals::stream_request(req.uri().query()) {
+            Ok(request) => signals::subscribe(front, ip, slot, request),
+            Err(detail) => bad_request(&detail),
+        },
         Route::Health | Route::Ready | Route::OpenApi => unreachable_route(),
+    }
+}
+
+/// Why a session (plain or an SSE stream's) could not be created.
+fn create_error(e: CreateError) -> Resp {
+    match e {
+        CreateError::MaxSessions => error(StatusCode::SERVICE_UNAVAILABLE, "max_sessions", ""),
+        CreateError::MaxSessionsPerIp => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "max_sessions_per_ip", "")
+        }
+        CreateError::Random => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "session_create_failed",
+            "",
+        ),
     }
 }
 
@@ -881,7 +945,8 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
         match e {
             Effect::Reply { reply: r, .. } => reply = Some(r),
             Effect::Close { .. } => close = true,
-            // Sessions cannot listen, so nothing is pushed to them.
+            // Sessions of lock routes never listen (only an SSE stream's
+            // hidden session does), so nothing is pushed to them.
             Effect::Push { .. } => {}
         }
     }
@@ -894,7 +959,7 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
             let r = loop {
                 match session.mailbox.recv().await {
                     Delivery::Reply(r) => break r,
-                    // Sessions cannot listen; a push is never addressed to one.
+                    // Lock-route sessions never listen; no push comes here.
                     Delivery::Push { .. } => {}
                     Delivery::Close => {
                         guard.blocked_on = None;

@@ -188,6 +188,17 @@ impl Shared {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// Resolves once graceful shutdown has begun (at once if it has).
+    pub(crate) async fn shutdown_begun(&self) {
+        loop {
+            let l = self.shutdown_event.listen();
+            if self.is_shutting_down() {
+                return;
+            }
+            l.await;
+        }
+    }
+
     /// Open connections on the TCP protocol port (including those still in
     /// their TLS handshake); for `/metrics`.
     pub(crate) fn tcp_connections(&self) -> usize {

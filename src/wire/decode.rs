@@ -275,42 +275,54 @@ fn parse_keyed(cmd: Keyed, key: Key, arg: &[u8]) -> Result<Request, ParseError> 
                 timeout_s: timeout(arg)?,
             })
         }
-        Keyed::Listen | Keyed::Unlisten => {
-            check_pattern(key.as_bytes())?;
-            let group = trim_space(arg);
-            let group = (!group.is_empty()).then(|| group.into());
-            Ok(if matches!(cmd, Keyed::Listen) {
-                Request::Listen {
-                    pattern: key,
-                    group,
-                }
-            } else {
-                Request::Unlisten {
-                    pattern: key,
-                    group,
-                }
-            })
-        }
-        Keyed::Signal => {
-            // A signal goes to one literal channel; wildcards are for
-            // subscribers only.
-            if key.as_bytes().iter().any(|&b| b == b'*' || b == b'>') {
-                return Err(ParseError::BadKey);
-            }
-            // The payload is the raw line (only trailing CRs stripped), and
-            // it must fit a `sig <channel> <payload>` push line within the
-            // 64 KiB line limit of the subscriber's reader.
-            let max_payload =
-                MAX_PAYLOAD_BYTES.saturating_sub(b"sig ".len() + key.as_bytes().len() + 1);
-            if trim_space(arg).is_empty() || arg.len() > max_payload {
-                return Err(ParseError::BadArgCount);
-            }
-            Ok(Request::Signal {
-                channel: key,
-                payload: arg.into(),
-            })
-        }
+        Keyed::Listen => listen_request(key, arg),
+        Keyed::Unlisten => subscription(false, key, arg),
+        Keyed::Signal => signal_request(key, arg),
     }
+}
+
+/// `listen` (or `unlisten`) with this pattern and group: wildcards must be
+/// whole tokens; the group is trimmed, and empty means ungrouped.
+fn subscription(listen: bool, pattern: Key, group: &[u8]) -> Result<Request, ParseError> {
+    check_pattern(pattern.as_bytes())?;
+    let group = trim_space(group);
+    let group = (!group.is_empty()).then(|| group.into());
+    Ok(if listen {
+        Request::Listen { pattern, group }
+    } else {
+        Request::Unlisten { pattern, group }
+    })
+}
+
+/// `listen <pattern> <group>` as a request, validated exactly as the
+/// decoder validates it (the HTTP front builds its SSE subscriptions here).
+pub fn listen_request(pattern: Key, group: &[u8]) -> Result<Request, ParseError> {
+    subscription(true, pattern, group)
+}
+
+/// The longest payload a `signal` on `channel` may carry: the push line
+/// `sig <channel> <payload>` must fit the 64 KiB line limit of the
+/// subscriber's reader.
+pub fn max_signal_payload(channel: &Key) -> usize {
+    MAX_PAYLOAD_BYTES.saturating_sub(b"sig ".len() + channel.as_bytes().len() + 1)
+}
+
+/// `signal <channel> <payload>` as a request, validated exactly as the
+/// decoder validates it (the HTTP front publishes through here).
+pub fn signal_request(channel: Key, payload: &[u8]) -> Result<Request, ParseError> {
+    // A signal goes to one literal channel; wildcards are for subscribers
+    // only.
+    if channel.as_bytes().iter().any(|&b| b == b'*' || b == b'>') {
+        return Err(ParseError::BadKey);
+    }
+    // The payload is the raw line (only trailing CRs stripped).
+    if trim_space(payload).is_empty() || payload.len() > max_signal_payload(&channel) {
+        return Err(ParseError::BadArgCount);
+    }
+    Ok(Request::Signal {
+        channel,
+        payload: payload.into(),
+    })
 }
 
 /// A field that [`fields_range`]'s lower bound guarantees; a missing one is

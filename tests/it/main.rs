@@ -18,6 +18,8 @@
 //! * `tls`: TLS on the TCP port: round trips, refused handshakes, the
 //!   handshake deadline.
 //! * `http`: the HTTP REST front, its sessions, and cross-transport FIFO.
+//! * `http_signals`: signals over HTTP: publish, the SSE stream, delivery
+//!   across transports, caps, cleanup, eviction and drain.
 //! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
 
 mod support;
@@ -30,6 +32,7 @@ mod contention;
 mod disconnect;
 mod fifo;
 mod http;
+mod http_signals;
 mod leases;
 mod limits;
 mod pipelining;

@@ -1,7 +1,7 @@
 //! The HTTP REST front: every route and error code, sessions and their
 //! expiry, cross-transport FIFO, and what a vanished HTTP client leaves
-//! behind. The client is a tiny HTTP/1.1 one over std `TcpStream`
-//! (`Connection: close`, one request per connection).
+//! behind. Requests go through a real HTTP client (`http_client`, ureq);
+//! hand-written bytes only where a real client would not send them.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,40 +9,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{grant, Server};
+use crate::http_client::{self, get, raw, read_raw, send_raw, Resp};
+use crate::support::{grant, Server, IO_TIMEOUT as IO};
 use dflockd::http::HttpSettings;
 use dflockd::server::ServerConfig;
-
-const IO: Duration = Duration::from_secs(10);
-
-/// One HTTP response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Asserts an error response with this status and code.
-    #[track_caller]
-    fn err(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.json()["error"], code, "{self:?}");
-        assert_eq!(self.header("content-type"), Some("application/json"));
-    }
-}
 
 fn start(configure: impl FnOnce(&mut ServerConfig)) -> (Server, SocketAddr) {
     let server = Server::start(|cfg| {
@@ -53,55 +23,8 @@ fn start(configure: impl FnOnce(&mut ServerConfig)) -> (Server, SocketAddr) {
     (server, addr)
 }
 
-fn send_raw(addr: SocketAddr, raw: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect_timeout(&addr, IO).expect("connect");
-    s.set_read_timeout(Some(IO)).expect("timeout");
-    s.write_all(raw).expect("write");
-    s
-}
-
-fn read_resp(mut s: TcpStream) -> Resp {
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read response");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        raw.push_str(&format!("{n}: {v}\r\n"));
-    }
-    raw.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut raw = raw.into_bytes();
-    raw.extend_from_slice(body);
-    raw
-}
-
 fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
-    read_resp(send_raw(
-        addr,
-        &request_bytes(method, path, headers, body.as_bytes()),
-    ))
-}
-
-fn get(addr: SocketAddr, path: &str) -> Resp {
-    call(addr, "GET", path, &[], "")
+    http_client::call(addr, method, path, headers, body.as_bytes())
 }
 
 fn new_session(addr: SocketAddr) -> String {
@@ -546,7 +469,7 @@ fn client_disconnect_during_acquire_leaks_nothing() {
         json!({"acquire_timeout_s": 0}),
     );
     assert_eq!(kept.json()["status"], "ok");
-    let raw = request_bytes(
+    let raw = raw(
         "POST",
         "/v1/locks/d",
         &[("X-Dflockd-Session", &sid)],
@@ -708,9 +631,9 @@ fn call_from(
     headers: &[(&str, &str)],
 ) -> Resp {
     let mut s = connect_from(local, addr);
-    s.write_all(&request_bytes(method, path, headers, b""))
+    s.write_all(&raw(method, path, headers, b""))
         .expect("write");
-    read_resp(s)
+    read_raw(s)
 }
 
 fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
@@ -776,7 +699,7 @@ fn https_when_tls_is_configured() {
         let name = ServerName::try_from("localhost").expect("name");
         let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
         let mut tls = rustls::StreamOwned::new(conn, sock);
-        tls.write_all(&request_bytes(method, path, headers, body.as_bytes()))
+        tls.write_all(&raw(method, path, headers, body.as_bytes()))
             .expect("write");
         let mut buf = Vec::new();
         // The server closes after `Connection: close`; a missing
@@ -811,7 +734,7 @@ fn https_when_tls_is_configured() {
     assert_eq!(r.json()["locks"][0]["key"], "k");
 
     // Plaintext HTTP on the TLS port gets no HTTP response.
-    let mut s = send_raw(addr, &request_bytes("GET", "/health", &[], b""));
+    let mut s = send_raw(addr, &raw("GET", "/health", &[], b""));
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     assert!(
@@ -1028,7 +951,7 @@ fn max_connections_per_ip_closes_at_accept() {
     });
     // A third from the same IP is closed without a byte.
     let mut c = connect_from(local, addr);
-    let _ = c.write_all(&request_bytes("GET", "/health", &[], b""));
+    let _ = c.write_all(&raw("GET", "/health", &[], b""));
     let mut buf = Vec::new();
     let _ = c.read_to_end(&mut buf);
     assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));

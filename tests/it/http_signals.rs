@@ -5,8 +5,10 @@
 //! away, slow-consumer eviction of a stream that is not read, drain, and
 //! the idle sweeper leaving open streams alone.
 //!
-//! The SSE client reads the chunked body incrementally over a plain
-//! `TcpStream`; every read has a timeout, so a missing event fails the test.
+//! Plain requests go through a real HTTP client (`http_client`, ureq). The
+//! SSE client reads the chunked body incrementally over a plain
+//! `TcpStream`, byte-exact; every read has a timeout, so a missing event
+//! fails the test.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::http_client::{call, get, Resp};
 use crate::support::{wait_until, Server, DEADLINE, IO_TIMEOUT};
 use dflockd::http::HttpSettings;
 use dflockd::server::ServerConfig;
@@ -37,30 +40,6 @@ fn http(configure: impl FnOnce(&mut HttpSettings)) -> impl FnOnce(&mut ServerCon
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A whole (non-streaming) HTTP response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    #[track_caller]
-    fn err(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.json()["error"], code, "{self:?}");
-    }
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -89,37 +68,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
     s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     s
-}
-
-fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        raw.push_str(&format!("{n}: {v}\r\n"));
-    }
-    raw.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut raw = raw.into_bytes();
-    raw.extend_from_slice(body);
-    raw
-}
-
-/// One request on a fresh connection, read to its end.
-fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = connect(addr);
-    // The server may answer (and close) before taking a huge body.
-    let _ = s.write_all(&request(method, path, headers, body));
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let end = find(&buf, b"\r\n\r\n").expect("header end");
-    let (status, headers) = parse_head(&buf[..end]);
-    Resp {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&buf[end + 4..]).into_owned(),
-    }
-}
-
-fn get(addr: SocketAddr, path: &str) -> Resp {
-    call(addr, "GET", path, &[], b"")
 }
 
 fn stats(addr: SocketAddr) -> Value {

@@ -22,6 +22,7 @@
 //!   across transports, caps, cleanup, eviction and drain.
 //! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
 
+mod http_client;
 mod support;
 
 mod auth;

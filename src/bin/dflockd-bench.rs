@@ -1736,8 +1736,8 @@ struct SubscriberOutcome {
     received: u64,
     /// Lines that were neither our signals nor anything else we expect.
     malformed: u64,
-    /// Why the server closed this subscriber before the end, if it did.
-    evicted: Option<String>,
+    /// When and why the server closed this subscriber before the end, if it did.
+    evicted: Option<(Instant, String)>,
     last_receipt: Option<Instant>,
 }
 
@@ -1772,7 +1772,7 @@ async fn fanout_subscriber(
         match read {
             None => break,
             Some(Err(e)) => {
-                outcome.evicted = Some(e.to_string());
+                outcome.evicted = Some((Instant::now(), e.to_string()));
                 break;
             }
             Some(Ok(())) => {}
@@ -1977,14 +1977,15 @@ fn fanout_report(fan: &FanoutConfig, result: FanoutResult) -> String {
         .filter_map(|s| s.last_receipt)
         .max()
         .unwrap_or(publisher.started);
-    let receive_s = last
+    let last_s = last
         .saturating_duration_since(publisher.started)
         .as_secs_f64();
-    let evicted: Vec<&str> = result
+    let mut evicted: Vec<&(Instant, String)> = result
         .subscribers
         .iter()
-        .filter_map(|s| s.evicted.as_deref())
+        .filter_map(|s| s.evicted.as_ref())
         .collect();
+    evicted.sort_by_key(|(at, _)| *at);
     let mut out = String::new();
     out.push_str(&format!("  wall time  : {publish_s:.3}s\n"));
     out.push_str(&format!(
@@ -1998,8 +1999,8 @@ fn fanout_report(fan: &FanoutConfig, result: FanoutResult) -> String {
         per_s(publisher.deliveries, publish_s)
     ));
     out.push_str(&format!(
-        "  received   : {received}, {:.1} received/s (by subscribers, {receive_s:.3}s)\n",
-        per_s(received, receive_s)
+        "  received   : {received}, {:.1} received/s (by subscribers; last at {last_s:.3}s)\n",
+        per_s(received, publish_s)
     ));
     out.push_str(&format!(
         "  missing    : {}\n",
@@ -2011,7 +2012,11 @@ fn fanout_report(fan: &FanoutConfig, result: FanoutResult) -> String {
         fan.subscribers,
         evicted
             .first()
-            .map(|why| format!(" (first: {why})"))
+            .map(|(at, why)| format!(
+                " (first after {:.3}s: {why})",
+                at.saturating_duration_since(publisher.started)
+                    .as_secs_f64()
+            ))
             .unwrap_or_default()
     ));
     let errors = &publisher.failures;

@@ -11,11 +11,19 @@
 #   2. Pipelined throughput: --pipeline 16 --workers 10, requests/s. Target: >= 150000.
 #   3. An extra redis baseline: SET NX PX (acquire) and a Lua compare-and-delete (release).
 #   4. Server memory: VmRSS per idle connection and per held lock, each on a fresh server.
+#   5. Other paths, on a fresh server started with --http-port: lock ops over the HTTP REST
+#      API (dflockd-bench --http) and through the client library (--client) at 1 and 10
+#      workers, and signal fan-out, 1 publisher to FANOUT_SUBSCRIBERS subscribers (--fanout),
+#      once unpaced (--pipeline 8) and once paced at FANOUT_RATE signals/s.
 #
 # Knobs (environment): BENCH_SECONDS (per run, default 5), REPEATS (median of, default 3),
 # IDLE_CONNS (default 10000), HOLD_LOCKS (default 1000000), SKIP_REDIS=1, DFLOCKD_BIN (another
 # server binary taking --host/--port/--max-locks, e.g. the Go upstream), DFLOCKD_PORT,
 # REDIS_PORT. Everything binds 127.0.0.1; every process started here is stopped on exit.
+# Parts can be skipped: SKIP_TCP=1 (1-3), SKIP_MEMORY=1 (4), SKIP_HTTP=1, SKIP_CLIENT=1,
+# SKIP_FANOUT=1 (5); HTTP_PORT, FANOUT_SUBSCRIBERS (default 100), FANOUT_RATE (default 1000).
+#
+#   SKIP_TCP=1 SKIP_MEMORY=1 REPEATS=1 scripts/bench.sh   # only the HTTP/client/fan-out part
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +33,13 @@ REPEATS=${REPEATS:-3}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 HOLD_LOCKS=${HOLD_LOCKS:-1000000}
 SKIP_REDIS=${SKIP_REDIS:-0}
+SKIP_TCP=${SKIP_TCP:-0}
+SKIP_MEMORY=${SKIP_MEMORY:-0}
+SKIP_HTTP=${SKIP_HTTP:-0}
+SKIP_CLIENT=${SKIP_CLIENT:-0}
+SKIP_FANOUT=${SKIP_FANOUT:-0}
+FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-100}
+FANOUT_RATE=${FANOUT_RATE:-1000}
 DFLOCKD_BIN=${DFLOCKD_BIN:-target/release/dflockd}
 BENCH=target/release/dflockd-bench
 HOST=127.0.0.1
@@ -112,6 +127,9 @@ meets() { awk "BEGIN {exit !($1 >= $2)}" && echo "ok" || echo "BELOW TARGET"; }
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ((IDLE_CONNS + 1000 <= $(ulimit -n))) || die "ulimit -n $(ulimit -n) is too low for IDLE_CONNS=$IDLE_CONNS"
 
+if [[ $SKIP_TCP == 1 ]]; then
+    SKIP_REDIS=1
+fi
 if [[ $SKIP_REDIS != 1 ]] && ! command -v redis-server >/dev/null; then
     log "installing redis-server and redis-tools"
     # RUNLEVEL=1 keeps the package's init script from starting a system-wide redis.
@@ -124,10 +142,12 @@ cargo build --release --bins --quiet
 
 DFLOCKD_PORT=$(free_port "${DFLOCKD_PORT:-16388}")
 REDIS_PORT=$(free_port "${REDIS_PORT:-16379}")
+HTTP_PORT=$(free_port "${HTTP_PORT:-16390}")
 SERVER_PID=""
 
+# Extra arguments go to the server.
 start_dflockd() {
-    "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) \
+    "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
         >"$WORK/dflockd.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -141,10 +161,24 @@ stop_dflockd() { stop "$SERVER_PID"; }
 
 bench() { timeout --kill-after=5 "$STEP_TIMEOUT" "$BENCH" --servers "$HOST:$DFLOCKD_PORT" "$@"; }
 
+# Rounds per worker that make one run last about BENCH_SECONDS, from a short calibration run.
+rounds_for() {
+    local workers=$1 probe ops
+    shift
+    probe=$(bench --workers "$workers" --rounds $((20000 / workers + 100)) --warmup 100 "$@" |
+        awk '/throughput:/ {print $2}')
+    numeric "$probe"
+    ops=$(calc "$probe * $BENCH_SECONDS / $workers" 0)
+    echo $((ops < 1000 ? 1000 : ops))
+}
+
+declare -A OURS REDIS P50 P99
+
 # ---------------------------------------------------------------------------------------------
 # 1. Request throughput against redis PING_INLINE
 # ---------------------------------------------------------------------------------------------
 
+if [[ $SKIP_TCP != 1 ]]; then
 start_dflockd
 if [[ $SKIP_REDIS != 1 ]]; then
     redis-server --bind "$HOST" --port "$REDIS_PORT" --save '' --appendonly no \
@@ -159,18 +193,6 @@ redis_rps() {
         tr '\r' '\n' | sed -nE 's/.*[: ]([0-9.]+) requests per second.*/\1/p' | tail -n 1
 }
 
-# Rounds per worker that make one run last about BENCH_SECONDS, from a short calibration run.
-rounds_for() {
-    local workers=$1 probe ops
-    shift
-    probe=$(bench --workers "$workers" --rounds $((20000 / workers + 100)) --warmup 100 "$@" |
-        awk '/throughput:/ {print $2}')
-    numeric "$probe"
-    ops=$(calc "$probe * $BENCH_SECONDS / $workers" 0)
-    echo $((ops < 1000 ? 1000 : ops))
-}
-
-declare -A OURS REDIS P50 P99
 for W in 1 10 50; do
     rounds=$(rounds_for "$W")
     log "workers=$W: $REPEATS x dflockd-bench --workers $W --rounds $rounds --warmup 100"
@@ -224,6 +246,7 @@ if [[ $SKIP_REDIS != 1 ]]; then
     stop "$REDIS_PID"
 fi
 stop_dflockd
+fi # SKIP_TCP
 
 # ---------------------------------------------------------------------------------------------
 # 4. Memory: VmRSS per idle connection and per held lock, each on a fresh server
@@ -250,6 +273,7 @@ rss_with_helper() {
     stop "$helper"
 }
 
+if [[ $SKIP_MEMORY != 1 ]]; then
 start_dflockd
 RSS_START=$(rss_kb "$SERVER_PID")
 numeric "$RSS_START"
@@ -264,6 +288,84 @@ log "memory: $HOLD_LOCKS held locks"
 rss_with_helper '^hold:' --hold "$HOLD_LOCKS" --workers 4 --pipeline 64 --lease 600
 RSS_HOLD=$HELPER_RSS
 stop_dflockd
+fi # SKIP_MEMORY
+
+# ---------------------------------------------------------------------------------------------
+# 5. Other paths: HTTP REST API, the client library, signal fan-out (one fresh server)
+# ---------------------------------------------------------------------------------------------
+
+# Runs the bench REPEATS times with the given arguments; sets RUNS[i] to each run's output.
+repeat_bench() {
+    local i
+    RUNS=()
+    for i in $(seq 1 "$REPEATS"); do
+        RUNS+=("$(bench "$@")")
+    done
+}
+
+# Median over RUNS of field $2 of the first line matching the awk pattern $1.
+runs_median() {
+    local out values=()
+    for out in "${RUNS[@]}"; do
+        values+=("$(awk "$1 {gsub(/,/, \"\", \$$2); print \$$2; exit}" <<<"$out")")
+    done
+    median "${values[@]}"
+}
+
+# Largest value over RUNS, same arguments.
+runs_max() {
+    local out values=()
+    for out in "${RUNS[@]}"; do
+        values+=("$(awk "$1 {gsub(/,/, \"\", \$$2); print \$$2; exit}" <<<"$out")")
+    done
+    numeric "${values[@]}"
+    printf '%s\n' "${values[@]}" | sort -g | tail -n 1
+}
+
+declare -A PATH_OPS PATH_P50 PATH_P99 PATH_ERR FAN
+if [[ $SKIP_HTTP != 1 || $SKIP_CLIENT != 1 || $SKIP_FANOUT != 1 ]]; then
+    start_dflockd --http-port "$HTTP_PORT"
+    wait_port "$HTTP_PORT" "$SERVER_PID" || die "$DFLOCKD_BIN did not open its HTTP port $HOST:$HTTP_PORT"
+    for W in 1 10; do
+        if [[ $SKIP_HTTP != 1 ]]; then
+            rounds=$(rounds_for "$W" --http "$HOST:$HTTP_PORT")
+            log "http: $REPEATS x dflockd-bench --http $HOST:$HTTP_PORT --workers $W --rounds $rounds --warmup 100"
+            repeat_bench --http "$HOST:$HTTP_PORT" --workers "$W" --rounds "$rounds" --warmup 100
+            PATH_OPS[http,$W]=$(runs_median '/throughput:/' 2)
+            PATH_P50[http,$W]=$(runs_median '/p50/' 3)
+            PATH_P99[http,$W]=$(runs_median '/p99/' 3)
+            PATH_ERR[http,$W]=$(runs_max '/errors/' 3)
+        fi
+        if [[ $SKIP_CLIENT != 1 ]]; then
+            rounds=$(rounds_for "$W" --client)
+            log "client: $REPEATS x dflockd-bench --client --workers $W --rounds $rounds --warmup 100"
+            repeat_bench --client --workers "$W" --rounds "$rounds" --warmup 100
+            PATH_OPS[client,$W]=$(runs_median '/throughput:/' 2)
+            PATH_P50[client,$W]=$(runs_median '/p50/' 3)
+            PATH_P99[client,$W]=$(runs_median '/p99/' 3)
+            PATH_ERR[client,$W]=0
+        fi
+    done
+    if [[ $SKIP_FANOUT != 1 ]]; then
+        for pace in flood paced; do
+            if [[ $pace == flood ]]; then
+                args=(--pipeline 8)
+            else
+                args=(--rate "$FANOUT_RATE")
+            fi
+            log "fan-out: $REPEATS x dflockd-bench --fanout --subscribers $FANOUT_SUBSCRIBERS --duration $BENCH_SECONDS ${args[*]}"
+            repeat_bench --fanout --subscribers "$FANOUT_SUBSCRIBERS" --duration "$BENCH_SECONDS" "${args[@]}"
+            FAN[$pace,published]=$(runs_median '/published  :/' 5)
+            FAN[$pace,deliveries]=$(runs_median '/deliveries :/' 4)
+            FAN[$pace,received]=$(runs_median '/received   :/' 4)
+            FAN[$pace,p50]=$(runs_median '/p50/' 3)
+            FAN[$pace,p99]=$(runs_median '/p99/' 3)
+            FAN[$pace,evicted]=$(runs_max '/evictions  :/' 3)
+            FAN[$pace,missing]=$(runs_max '/missing    :/' 3)
+        done
+    fi
+    stop_dflockd
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -272,6 +374,7 @@ stop_dflockd
 echo
 echo "dflockd benchmark: $(timeout 5 "$DFLOCKD_BIN" --version 2>/dev/null || echo "$DFLOCKD_BIN"), $(nproc) cores, $(uname -sr)"
 echo "median of $REPEATS runs of ~${BENCH_SECONDS}s; one op = l + r (two requests); 127.0.0.1"
+if [[ $SKIP_TCP != 1 ]]; then
 echo
 printf '%-8s %14s %10s %10s %16s %12s %8s\n' workers "dflockd ops/s" "p50 ms" "p99 ms" "redis PING rps" "ops/(rps/2)" "≥ 0.8"
 for W in 1 10 50; do
@@ -289,9 +392,44 @@ if [[ $SKIP_REDIS != 1 ]]; then
     echo "redis lock baseline (-c 50): SET NX PX $SETNX rps, EVAL compare-and-delete $CADEL rps," \
         "≈ $REDIS_PAIRS acquire+release pairs/s (dflockd, 50 workers: ${OURS[50]} ops/s)"
 fi
+fi # SKIP_TCP
+if [[ $SKIP_MEMORY != 1 ]]; then
 echo
 echo "server RSS at start: $RSS_START kB"
 echo "idle connections: $IDLE_CONNS → $RSS_IDLE kB," \
     "$(calc "($RSS_IDLE - $RSS_START) * 1024 / $IDLE_CONNS" 0) bytes per connection"
 echo "held locks: $HOLD_LOCKS (on 4 connections) → $RSS_HOLD kB," \
     "$(calc "($RSS_HOLD - $RSS_BEFORE_HOLD) * 1024 / $HOLD_LOCKS" 0) bytes per lock"
+fi # SKIP_MEMORY
+if [[ $SKIP_HTTP != 1 || $SKIP_CLIENT != 1 ]]; then
+    echo
+    echo "other paths to the same core (fresh server with --http-port; one op = acquire + release):"
+    printf '%-26s %8s %12s %10s %10s %8s %12s\n' path workers "ops/s" "p50 ms" "p99 ms" errors "vs line"
+    for name in http client; do
+        [[ $name == http && $SKIP_HTTP == 1 ]] && continue
+        [[ $name == client && $SKIP_CLIENT == 1 ]] && continue
+        label="HTTP REST (--http)"
+        [[ $name == client ]] && label="client library (--client)"
+        for W in 1 10; do
+            vs=-
+            [[ -n ${OURS[$W]:-} ]] && vs=$(calc "${PATH_OPS[$name,$W]} / ${OURS[$W]}" 2)
+            printf '%-26s %8s %12s %10s %10s %8s %12s\n' "$label" "$W" "${PATH_OPS[$name,$W]}" \
+                "${PATH_P50[$name,$W]}" "${PATH_P99[$name,$W]}" "${PATH_ERR[$name,$W]}" "$vs"
+        done
+    done
+    echo "(vs line = ops/s over the line-protocol figure of table 1; errors = most failed ops in one run: non-2xx, acquire timeout)"
+fi
+if [[ $SKIP_FANOUT != 1 ]]; then
+    echo
+    echo "signal fan-out, 1 publisher → $FANOUT_SUBSCRIBERS subscribers (--fanout; evictions and missing: worst run):"
+    printf '%-22s %12s %14s %14s %9s %9s %10s %9s\n' run "signals/s" "deliveries/s" "received/s" "p50 ms" "p99 ms" evictions missing
+    for pace in flood paced; do
+        label="unpaced, --pipeline 8"
+        [[ $pace == paced ]] && label="--rate $FANOUT_RATE"
+        printf '%-22s %12s %14s %14s %9s %9s %10s %9s\n' "$label" "${FAN[$pace,published]}" \
+            "${FAN[$pace,deliveries]}" "${FAN[$pace,received]}" "${FAN[$pace,p50]}" "${FAN[$pace,p99]}" \
+            "${FAN[$pace,evicted]}/$FANOUT_SUBSCRIBERS" "${FAN[$pace,missing]}"
+    done
+    echo "(deliveries = sum of the publisher's ok <n>; received = push lines read by subscribers;"
+    echo " latency = publish to receipt; an eviction is a subscriber the server closed, §9.4)"
+fi

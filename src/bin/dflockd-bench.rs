@@ -8,13 +8,28 @@
 //! of lock ops per connection on distinct keys), `--auth-token`, the choice of I/O engine
 //! (`--io`), and two helpers for memory measurements (`--idle-connections`, `--hold`).
 //!
-//! The tool is deliberately self-contained: it shares no code with the server, so it cannot
-//! inherit the server's bugs, and it works against any implementation of the protocol.
+//! Three more modes measure other paths to the same core:
+//! * `--http ADDR`: the same loop over the HTTP REST front (spec/http.md), one session and one
+//!   keep-alive HTTP/1.1 connection per worker, through a minimal hand-written client
+//!   (`Content-Length` bodies only). Non-2xx answers and acquire timeouts are counted, not fatal.
+//! * `--client`: the same loop through this crate's client library, `dflockd::client`
+//!   (`--client-api connection` or `lock`), so the library's overhead over the hand-written
+//!   loop is visible.
+//! * `--fanout`: signal fan-out (spec/protocol.md §9). `--subscribers` connections `listen` on
+//!   channel `--key`; one publisher sends `signal` for `--duration` seconds, `--pipeline`
+//!   signals in flight, optionally paced by `--rate`. Each payload carries its send time, so
+//!   subscribers measure publish-to-receipt latency; a subscriber the server closes (the
+//!   64-frame slow-consumer rule) is reported as an eviction.
+//!
+//! The tool is deliberately self-contained: apart from `--client`, it shares no code with the
+//! server, so it cannot inherit the server's bugs, and it works against any implementation of
+//! the protocol.
 //!
 //! Layout of this file: flags and their validation; the reply line buffer and the reply
 //! parsers (pure, unit-tested at the bottom); the two transports (blocking sockets driven one
 //! OS thread per worker, or non-blocking sockets on a small event loop); the worker loops;
-//! the RSS helper modes; the statistics and the report.
+//! the HTTP, client-library and fan-out modes; the RSS helper modes; the statistics and the
+//! report.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -22,6 +37,7 @@ use std::io::{self, Read as _, Write as _};
 use std::net::TcpStream;
 use std::ops::Range;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,7 +119,7 @@ struct Args {
     #[argh(option, default = "String::from(\"auto\")")]
     io: String,
 
-    /// event-loop threads for --io async (default 1)
+    /// event-loop threads for --io async, and for the --fanout subscribers (default 1)
     #[argh(option, default = "1")]
     io_threads: usize,
 
@@ -119,6 +135,39 @@ struct Args {
     /// how long the memory helpers keep their connections; 0 = until killed (default 60)
     #[argh(option, default = "60")]
     hold_secs: u64,
+
+    /// HTTP mode: each worker opens a session on the REST API at this host:port and loops
+    /// acquire+release over one keep-alive HTTP/1.1 connection; non-2xx answers are counted
+    /// (--servers is not used)
+    #[argh(option)]
+    http: Option<String>,
+
+    /// client mode: the same loop driven through this crate's client library (dflockd::client)
+    #[argh(switch)]
+    client: bool,
+
+    /// client mode: "connection" (one Connection per worker, lock + release on it) or "lock"
+    /// (a Lock handle per worker: dial, l, r and close per op) (default connection)
+    #[argh(option)]
+    client_api: Option<String>,
+
+    /// fan-out mode: --subscribers connections listen on channel --key, one publisher sends
+    /// `signal` for --duration seconds with --pipeline signals in flight
+    #[argh(switch)]
+    fanout: bool,
+
+    /// fan-out mode: number of subscriber connections (default 100)
+    #[argh(option, default = "100")]
+    subscribers: usize,
+
+    /// fan-out mode: seconds to publish (default 5)
+    #[argh(option, default = "5")]
+    duration: u64,
+
+    /// fan-out mode: publish at most this many signals per second, 0 = as fast as the window
+    /// allows (default 0)
+    #[argh(option, default = "0")]
+    rate: u64,
 }
 
 /// How the workers drive their sockets.
@@ -136,11 +185,49 @@ enum IoEngine {
     Async,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Mode {
-    Bench,
-    Idle { connections: usize },
-    Hold { locks: usize },
+    /// Workers loop acquire+release, through `driver`.
+    Bench {
+        driver: Driver,
+    },
+    Idle {
+        connections: usize,
+    },
+    Hold {
+        locks: usize,
+    },
+    Fanout(FanoutConfig),
+}
+
+/// What a lock-bench worker talks through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Driver {
+    /// The line protocol, written by hand (the default).
+    Protocol,
+    /// The HTTP REST front at this address.
+    Http { addr: String },
+    /// This crate's client library.
+    Client(ClientApi),
+}
+
+/// Which layer of `dflockd::client` the client mode measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientApi {
+    /// `Connection::lock` / `Connection::release` on a persistent connection.
+    Connection,
+    /// `Lock::acquire` / `Lock::release`: a fresh connection per op (the handle closes its
+    /// connection on release), with renewal armed.
+    Lock,
+}
+
+/// Fan-out mode settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FanoutConfig {
+    subscribers: usize,
+    duration_s: u64,
+    /// Signals per second, 0 = unlimited.
+    rate: u64,
 }
 
 /// Validated flags.
@@ -215,13 +302,84 @@ impl Config {
                     .into(),
             );
         }
+        let chosen: Vec<&str> = [
+            ("--idle-connections", args.idle_connections.is_some()),
+            ("--hold", args.hold.is_some()),
+            ("--http", args.http.is_some()),
+            ("--client", args.client),
+            ("--fanout", args.fanout),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+        if chosen.len() > 1 {
+            return Err(format!("{} are exclusive", chosen.join(" and ")));
+        }
+        if args.client_api.is_some() && !args.client {
+            return Err("--client-api needs --client".into());
+        }
+        let client_api = match args.client_api.as_deref() {
+            None | Some("connection") => ClientApi::Connection,
+            Some("lock") => ClientApi::Lock,
+            Some(other) => {
+                return Err(format!(
+                    "--client-api must be connection or lock, not {other:?}"
+                ))
+            }
+        };
         let mode = match (args.idle_connections, args.hold) {
-            (Some(_), Some(_)) => return Err("--idle-connections and --hold are exclusive".into()),
-            (Some(0), None) => return Err("--idle-connections must be > 0".into()),
-            (None, Some(0)) => return Err("--hold must be > 0".into()),
-            (Some(n), None) => Mode::Idle { connections: n },
-            (None, Some(n)) => Mode::Hold { locks: n },
-            (None, None) => Mode::Bench,
+            (Some(0), _) => return Err("--idle-connections must be > 0".into()),
+            (_, Some(0)) => return Err("--hold must be > 0".into()),
+            (Some(n), _) => Mode::Idle { connections: n },
+            (_, Some(n)) => Mode::Hold { locks: n },
+            (None, None) if args.fanout => {
+                if args.subscribers == 0 {
+                    return Err("--subscribers must be > 0".into());
+                }
+                if args.duration == 0 {
+                    return Err("--duration must be > 0".into());
+                }
+                if args.key.contains(['*', '>']) {
+                    return Err(format!(
+                        "--fanout publishes on channel --key, which cannot hold * or >: {:?}",
+                        args.key
+                    ));
+                }
+                Mode::Fanout(FanoutConfig {
+                    subscribers: args.subscribers,
+                    duration_s: args.duration,
+                    rate: args.rate,
+                })
+            }
+            (None, None) => {
+                let driver = if let Some(addr) = args.http {
+                    if addr.trim().is_empty() {
+                        return Err("--http needs a host:port".into());
+                    }
+                    Driver::Http {
+                        addr: addr.trim().to_string(),
+                    }
+                } else if args.client {
+                    Driver::Client(client_api)
+                } else {
+                    Driver::Protocol
+                };
+                if driver != Driver::Protocol && args.pipeline > 1 {
+                    return Err("--pipeline > 1 needs the line-protocol mode".into());
+                }
+                let one_connection = matches!(
+                    driver,
+                    Driver::Http { .. } | Driver::Client(ClientApi::Lock)
+                );
+                if one_connection && conns_per_worker > 1 {
+                    return Err(
+                        "--connections > 1 is for the line protocol and --client-api connection"
+                            .into(),
+                    );
+                }
+                Mode::Bench { driver }
+            }
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let io = match args.io.as_str() {
@@ -284,12 +442,14 @@ impl Config {
     fn longest_key_len(&self) -> usize {
         let digits = |n: usize| n.saturating_sub(1).to_string().len();
         let bench = match (self.shared_key, self.pipeline) {
+            // The fan-out channel is the key itself.
+            _ if matches!(self.mode, Mode::Fanout(_)) => self.key.len(),
             (true, _) => self.key.len(),
             (false, 1) => self.key.len() + 1 + digits(self.workers),
             (false, p) => self.key.len() + 2 + digits(self.workers) + digits(p),
         };
-        let hold = match self.mode {
-            Mode::Hold { locks } => self.key.len() + "_hold_".len() + digits(locks),
+        let hold = match &self.mode {
+            Mode::Hold { locks } => self.key.len() + "_hold_".len() + digits(*locks),
             _ => 0,
         };
         bench.max(hold)
@@ -304,7 +464,7 @@ impl Config {
 /// Accept Go `flag` spellings too (`-workers 5`, `--workers=5`, `-shared-key=true`), since the
 /// upstream tool is a Go program and scripts written for it should run unchanged.
 fn normalize_args(raw: &[String]) -> Result<Vec<String>, String> {
-    const SWITCHES: [&str; 2] = ["shared-key", "help"];
+    const SWITCHES: [&str; 4] = ["shared-key", "client", "fanout", "help"];
     let mut out = Vec::with_capacity(raw.len());
     let mut value_expected = false;
     for arg in raw {
@@ -325,11 +485,13 @@ fn normalize_args(raw: &[String]) -> Result<Vec<String>, String> {
             }
         };
         match name.split_once('=') {
-            Some(("shared-key", value)) => match value {
-                "1" | "t" | "T" | "true" | "TRUE" | "True" => out.push("--shared-key".into()),
-                "0" | "f" | "F" | "false" | "FALSE" | "False" => {}
-                _ => return Err(format!("invalid boolean value {value:?} for --shared-key")),
-            },
+            Some((switch, value)) if SWITCHES.contains(&switch) && switch != "help" => {
+                match value {
+                    "1" | "t" | "T" | "true" | "TRUE" | "True" => out.push(format!("--{switch}")),
+                    "0" | "f" | "F" | "false" | "FALSE" | "False" => {}
+                    _ => return Err(format!("invalid boolean value {value:?} for --{switch}")),
+                }
+            }
             Some((name, value)) => {
                 out.push(format!("--{name}"));
                 out.push(value.to_string());
@@ -382,6 +544,14 @@ enum BenchError {
     Unsolicited {
         reply: String,
     },
+    /// An HTTP response we cannot parse, or an answer the HTTP worker cannot go on from.
+    Http(String),
+    /// A call of the client library failed (client mode).
+    Client {
+        request: &'static str,
+        key: String,
+        source: dflockd::client::Error,
+    },
 }
 
 impl fmt::Display for BenchError {
@@ -410,6 +580,12 @@ impl fmt::Display for BenchError {
                 write!(f, "unexpected reply to {request:?} on key {key:?}: {reply}")
             }
             BenchError::Unsolicited { reply } => write!(f, "reply without a request: {reply}"),
+            BenchError::Http(detail) => write!(f, "http: {detail}"),
+            BenchError::Client {
+                request,
+                key,
+                source,
+            } => write!(f, "client library {request} on key {key:?}: {source}"),
         }
     }
 }
@@ -462,7 +638,8 @@ fn parse_grant(line: &[u8]) -> Option<&[u8]> {
 ///
 /// Lines are returned as ranges into `data` so that a caller can keep using the other
 /// fields of its connection while it looks at a line. Pushed `sig ` lines (pub/sub, spec §5.6)
-/// are skipped: no reply ever begins with `sig `.
+/// are skipped (no reply ever begins with `sig `) unless `keep_pushes` was called, which the
+/// fan-out subscribers do once their `listen` is answered.
 struct LineBuf {
     data: Box<[u8]>,
     /// First byte not yet returned.
@@ -471,6 +648,8 @@ struct LineBuf {
     end: usize,
     /// Bytes before this index (and from `start`) are known to hold no `\n`.
     scanned: usize,
+    /// Whether `sig ` lines are returned too.
+    pushes: bool,
 }
 
 impl LineBuf {
@@ -480,7 +659,13 @@ impl LineBuf {
             start: 0,
             end: 0,
             scanned: 0,
+            pushes: false,
         }
+    }
+
+    /// From now on, return pushed `sig ` lines too.
+    fn keep_pushes(&mut self) {
+        self.pushes = true;
     }
 
     /// Free space to read into, at least `READ_CHUNK` bytes: `take_line` never leaves more
@@ -528,7 +713,7 @@ impl LineBuf {
             let line = self.start..line_end;
             self.start = newline + 1;
             self.scanned = self.start;
-            if !self.data[line.clone()].starts_with(b"sig ") {
+            if self.pushes || !self.data[line.clone()].starts_with(b"sig ") {
                 return Ok(Some(line));
             }
         }
@@ -724,10 +909,33 @@ impl Gate {
     }
 }
 
-/// What a worker hands back: per-op latencies of the measured phase and when it finished.
+/// What a worker hands back: per-op latencies of the measured phase, when it finished, and
+/// the failed ops it counted instead of stopping (HTTP mode only).
 struct WorkerOutcome {
     latencies_ns: Vec<u64>,
     finished: Instant,
+    failures: Failures,
+}
+
+/// Ops that failed without ending the worker.
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn add(&mut self, what: String) {
+        self.count += 1;
+        self.first.get_or_insert(what);
+    }
+
+    fn merge(&mut self, other: Failures) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
 }
 
 fn elapsed_ns(since: Instant, now: Instant) -> u64 {
@@ -762,6 +970,7 @@ async fn bench_worker<T: Transport>(
     Ok(WorkerOutcome {
         latencies_ns,
         finished: Instant::now(),
+        failures: Failures::default(),
     })
 }
 
@@ -880,32 +1089,61 @@ fn fail(worker: usize, error: &BenchError) -> ! {
     std::process::exit(1)
 }
 
+/// One worker on an OS thread of its own, blocking sockets.
+fn worker_on_thread(
+    id: usize,
+    cfg: &Config,
+    driver: &Driver,
+    gate: &Gate,
+) -> Result<WorkerOutcome, BenchError> {
+    match driver {
+        Driver::Protocol => future::block_on(bench_worker::<Blocking>(id, cfg, gate)),
+        Driver::Http { addr } => future::block_on(http_worker::<Blocking>(id, cfg, gate, addr)),
+        // The library's sockets are async-io's: `smol::block_on` runs the reactor on this
+        // thread instead of handing every wake-up over from async-io's fallback thread.
+        Driver::Client(api) => smol::block_on(client_worker(id, cfg, gate, *api)),
+    }
+}
+
+/// One worker as a task on an event loop.
+async fn worker_on_loop(
+    id: usize,
+    cfg: &Config,
+    driver: &Driver,
+    gate: &Gate,
+) -> Result<WorkerOutcome, BenchError> {
+    match driver {
+        Driver::Protocol => bench_worker::<Evented>(id, cfg, gate).await,
+        Driver::Http { addr } => http_worker::<Evented>(id, cfg, gate, addr).await,
+        Driver::Client(api) => client_worker(id, cfg, gate, *api).await,
+    }
+}
+
 /// Runs every worker; returns the start of the measured phase and the outcomes.
-fn run_workers(cfg: &Arc<Config>) -> (Instant, Vec<WorkerOutcome>) {
+fn run_workers(cfg: &Arc<Config>, driver: &Driver) -> (Instant, Vec<WorkerOutcome>) {
     let gate = Arc::new(Gate::new(cfg.workers));
     let handles: Vec<std::thread::JoinHandle<Vec<WorkerOutcome>>> = match cfg.io {
         IoEngine::Threads => (0..cfg.workers)
             .map(|id| {
-                let (cfg, gate) = (Arc::clone(cfg), Arc::clone(&gate));
-                std::thread::spawn(move || {
-                    match future::block_on(bench_worker::<Blocking>(id, &cfg, &gate)) {
-                        Ok(outcome) => vec![outcome],
-                        Err(e) => fail(id, &e),
-                    }
+                let (cfg, gate, driver) = (Arc::clone(cfg), Arc::clone(&gate), driver.clone());
+                std::thread::spawn(move || match worker_on_thread(id, &cfg, &driver, &gate) {
+                    Ok(outcome) => vec![outcome],
+                    Err(e) => fail(id, &e),
                 })
             })
             .collect(),
         IoEngine::Async => (0..cfg.io_threads.min(cfg.workers))
             .map(|thread| {
-                let (cfg, gate) = (Arc::clone(cfg), Arc::clone(&gate));
+                let (cfg, gate, driver) = (Arc::clone(cfg), Arc::clone(&gate), driver.clone());
                 std::thread::spawn(move || {
                     let executor = smol::LocalExecutor::new();
                     let tasks: Vec<_> = (thread..cfg.workers)
                         .step_by(cfg.io_threads)
                         .map(|id| {
-                            let (cfg, gate) = (Arc::clone(&cfg), Arc::clone(&gate));
+                            let (cfg, gate, driver) =
+                                (Arc::clone(&cfg), Arc::clone(&gate), driver.clone());
                             executor.spawn(async move {
-                                match bench_worker::<Evented>(id, &cfg, &gate).await {
+                                match worker_on_loop(id, &cfg, &driver, &gate).await {
                                     Ok(outcome) => outcome,
                                     Err(e) => fail(id, &e),
                                 }
@@ -933,6 +1171,872 @@ fn run_workers(cfg: &Arc<Config>) -> (Instant, Vec<WorkerOutcome>) {
         }
     }
     (start, outcomes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP mode
+// ---------------------------------------------------------------------------------------------
+
+/// Longest response head (status line and headers) we accept.
+const MAX_HTTP_HEAD: usize = 16 * 1024;
+/// Longest response body we accept; the API answers with small JSON objects.
+const MAX_HTTP_BODY: usize = 1024 * 1024;
+
+/// Why a response cannot be read. The server is a peer: nothing it sends panics the bench.
+#[derive(Debug, PartialEq, Eq)]
+enum HttpError {
+    HeadTooLong,
+    BadStatusLine(String),
+    BadHeader(String),
+    BadContentLength(String),
+    BodyTooLong(usize),
+    /// A `Transfer-Encoding` (chunked or any other): this client reads `Content-Length`
+    /// bodies only, which is what the server sends.
+    TransferEncoding(String),
+    /// A response with a body but no `Content-Length` (it would end at the close).
+    NoLength,
+    /// A 1xx response: we never send `Expect`, so none should come.
+    Interim(u16),
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::HeadTooLong => write!(f, "response head longer than {MAX_HTTP_HEAD} bytes"),
+            HttpError::BadStatusLine(line) => write!(f, "malformed status line {line}"),
+            HttpError::BadHeader(line) => write!(f, "malformed header line {line}"),
+            HttpError::BadContentLength(v) => write!(f, "unusable Content-Length {v}"),
+            HttpError::BodyTooLong(n) => {
+                write!(f, "response body of {n} bytes, more than {MAX_HTTP_BODY}")
+            }
+            HttpError::TransferEncoding(v) => {
+                write!(
+                    f,
+                    "Transfer-Encoding {v} is not supported (Content-Length only)"
+                )
+            }
+            HttpError::NoLength => write!(f, "response body without Content-Length"),
+            HttpError::Interim(code) => write!(f, "unexpected interim response {code}"),
+        }
+    }
+}
+
+/// One parsed response.
+#[derive(Debug, PartialEq, Eq)]
+struct HttpResponse {
+    status: u16,
+    /// The server closes the connection after this response.
+    close: bool,
+    body: Vec<u8>,
+}
+
+/// Parses the response at the start of `buf`: `Ok(None)` while it is incomplete, else the
+/// response and the number of bytes it took (a push parser, like the reply `LineBuf`).
+fn parse_response(buf: &[u8]) -> Result<Option<(HttpResponse, usize)>, HttpError> {
+    // Fail at once on a peer that does not speak HTTP (the line-protocol port, say) rather
+    // than wait for a blank line that never comes.
+    let prefix = buf.len().min(5);
+    if buf[..prefix] != b"HTTP/"[..prefix] {
+        let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+        return Err(HttpError::BadStatusLine(show_reply(line)));
+    }
+    let Some(head_len) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > MAX_HTTP_HEAD + 3 {
+            return Err(HttpError::HeadTooLong);
+        }
+        return Ok(None);
+    };
+    if head_len > MAX_HTTP_HEAD {
+        return Err(HttpError::HeadTooLong);
+    }
+    let mut lines = buf[..head_len]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next().unwrap_or_default();
+    let (http10, status) = parse_status_line(status_line)
+        .ok_or_else(|| HttpError::BadStatusLine(show_reply(status_line)))?;
+    if (100..200).contains(&status) {
+        return Err(HttpError::Interim(status));
+    }
+    let mut content_length: Option<usize> = None;
+    let (mut close, mut keep_alive) = (false, false);
+    for line in lines {
+        let bad = || HttpError::BadHeader(show_reply(line));
+        let colon = line.iter().position(|&b| b == b':').ok_or_else(bad)?;
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.is_empty()
+            || name
+                .iter()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(bad());
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| HttpError::BadContentLength(show_reply(value)))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(HttpError::BadContentLength(show_reply(value)));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !value.eq_ignore_ascii_case(b"identity") {
+                return Err(HttpError::TransferEncoding(show_reply(value)));
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let body_len = match (status, content_length) {
+        (204 | 304, _) => 0,
+        (_, Some(n)) if n > MAX_HTTP_BODY => return Err(HttpError::BodyTooLong(n)),
+        (_, Some(n)) => n,
+        (_, None) => return Err(HttpError::NoLength),
+    };
+    let body_start = head_len + 4;
+    let Some(body) = buf.get(body_start..body_start + body_len) else {
+        return Ok(None);
+    };
+    let response = HttpResponse {
+        status,
+        close: close || (http10 && !keep_alive),
+        body: body.to_vec(),
+    };
+    Ok(Some((response, body_start + body_len)))
+}
+
+/// `HTTP/1.x NNN [reason]` → (is HTTP/1.0, status).
+fn parse_status_line(line: &[u8]) -> Option<(bool, u16)> {
+    let rest = line.strip_prefix(b"HTTP/1.")?;
+    let (&minor, rest) = rest.split_first()?;
+    let rest = rest.strip_prefix(b" ")?;
+    let (code, reason) = match rest.iter().position(|&b| b == b' ') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    if !matches!(minor, b'0' | b'1')
+        || code.len() != 3
+        || !code.iter().all(u8::is_ascii_digit)
+        || reason.is_some_and(|r| r.iter().any(|&b| b.is_ascii_control() && b != b'\t'))
+    {
+        return None;
+    }
+    let status = code.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+    (100..=599)
+        .contains(&status)
+        .then_some((minor == b'0', status))
+}
+
+/// A key as one path segment: everything but RFC 3986 unreserved bytes percent-encoded.
+fn encode_path_segment(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Appends a `POST` with a JSON body (possibly empty).
+fn push_http_post(
+    out: &mut Vec<u8>,
+    host: &str,
+    path: &str,
+    session: Option<&str>,
+    bearer: Option<&str>,
+    body: &[u8],
+) {
+    out.extend_from_slice(format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n").as_bytes());
+    if let Some(session) = session {
+        out.extend_from_slice(format!("X-Dflockd-Session: {session}\r\n").as_bytes());
+    }
+    if let Some(token) = bearer {
+        out.extend_from_slice(format!("Authorization: Bearer {token}\r\n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+}
+
+/// A response shown in a failure count: status and the start of the body.
+fn show_response(what: &str, response: &HttpResponse) -> String {
+    format!(
+        "{what}: HTTP {} {}",
+        response.status,
+        show_reply(response.body.trim_ascii_end())
+    )
+}
+
+/// The token of an acquire answer `{"status":"ok","token":...}`; anything else (a
+/// `{"status":"timeout"}` included) is a failure to count.
+fn parse_acquired(body: &[u8]) -> Result<String, String> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("acquire: unreadable body {} ({e})", show_reply(body)))?;
+    match (value.get("status"), value.get("token")) {
+        (Some(status), Some(serde_json::Value::String(token))) if status == "ok" => {
+            Ok(token.clone())
+        }
+        (Some(status), _) if status == "timeout" => Err("acquire: timeout".to_string()),
+        _ => Err(format!("acquire: unexpected body {}", show_reply(body))),
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection and the session it works in; reconnects after a
+/// response that announced a close.
+struct HttpClient<'a, T> {
+    addr: &'a str,
+    cfg: &'a Config,
+    io: Option<T>,
+    /// Unparsed response bytes.
+    inbuf: Vec<u8>,
+    chunk: Box<[u8]>,
+    out: Vec<u8>,
+    session: String,
+}
+
+impl<'a, T: Transport> HttpClient<'a, T> {
+    fn new(addr: &'a str, cfg: &'a Config) -> Self {
+        HttpClient {
+            addr,
+            cfg,
+            io: None,
+            inbuf: Vec::with_capacity(READ_CHUNK),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            out: Vec::with_capacity(1024),
+            session: String::new(),
+        }
+    }
+
+    /// Sends one `POST` and reads its response.
+    async fn post(
+        &mut self,
+        path: &str,
+        with_session: bool,
+        body: &[u8],
+    ) -> Result<HttpResponse, BenchError> {
+        let io = match &mut self.io {
+            Some(io) => io,
+            None => {
+                let io = T::connect(self.addr, self.cfg.reply_deadline())
+                    .await
+                    .map_err(|source| BenchError::Connect {
+                        addr: self.addr.to_string(),
+                        source,
+                    })?;
+                self.inbuf.clear();
+                self.io.insert(io)
+            }
+        };
+        self.out.clear();
+        let session = with_session.then_some(self.session.as_str());
+        let bearer = self.cfg.auth_token.as_deref();
+        push_http_post(&mut self.out, self.addr, path, session, bearer, body);
+        io.write_all(&self.out).await?;
+        loop {
+            match parse_response(&self.inbuf).map_err(|e| BenchError::Http(e.to_string()))? {
+                Some((response, used)) => {
+                    self.inbuf.drain(..used);
+                    if response.close {
+                        self.io = None;
+                    }
+                    return Ok(response);
+                }
+                None => {
+                    let n = io.read(&mut self.chunk).await?;
+                    if n == 0 {
+                        return Err(BenchError::Closed);
+                    }
+                    self.inbuf.extend_from_slice(&self.chunk[..n]);
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/sessions`; without a session nothing else can be measured.
+    async fn open_session(&mut self) -> Result<(), BenchError> {
+        let response = self.post("/v1/sessions", false, b"").await?;
+        let id = (response.status == 200)
+            .then(|| serde_json::from_slice::<serde_json::Value>(&response.body).ok())
+            .flatten()
+            .and_then(|v| v.get("session_id")?.as_str().map(str::to_string))
+            .ok_or_else(|| BenchError::Http(show_response("create session", &response)))?;
+        self.session = id;
+        Ok(())
+    }
+}
+
+async fn http_worker<T: Transport>(
+    id: usize,
+    cfg: &Config,
+    gate: &Gate,
+    addr: &str,
+) -> Result<WorkerOutcome, BenchError> {
+    let mut http = HttpClient::<T>::new(addr, cfg);
+    http.open_session().await?;
+    let key = encode_path_segment(&cfg.worker_key(id));
+    let paths = (
+        format!("/v1/locks/{key}"),
+        format!("/v1/locks/{key}/release"),
+    );
+    let acquire_body = if cfg.lease_s > 0 {
+        format!(
+            "{{\"acquire_timeout_s\":{},\"lease_ttl_s\":{}}}",
+            cfg.timeout_s, cfg.lease_s
+        )
+    } else {
+        format!("{{\"acquire_timeout_s\":{}}}", cfg.timeout_s)
+    };
+    let mut latencies_ns = Vec::with_capacity(cfg.rounds.max(cfg.warmup));
+    let mut failures = Failures::default();
+    for (measured, phase_ops) in [(false, cfg.warmup), (true, cfg.rounds)] {
+        if measured {
+            gate.pass().await;
+        }
+        latencies_ns.clear();
+        failures = Failures::default();
+        for _ in 0..phase_ops {
+            let t0 = Instant::now();
+            match http_lock_op(&mut http, &paths, acquire_body.as_bytes()).await? {
+                Ok(()) => latencies_ns.push(elapsed_ns(t0, Instant::now())),
+                Err(what) => failures.add(what),
+            }
+        }
+    }
+    Ok(WorkerOutcome {
+        latencies_ns,
+        finished: Instant::now(),
+        failures,
+    })
+}
+
+/// One acquire + release. `Ok(Err(_))` is a failed op to count (a non-2xx answer, an acquire
+/// timeout); a `410 session_gone` also opens a new session so the next op can succeed.
+async fn http_lock_op<T: Transport>(
+    http: &mut HttpClient<'_, T>,
+    (acquire_path, release_path): &(String, String),
+    acquire_body: &[u8],
+) -> Result<Result<(), String>, BenchError> {
+    let response = http.post(acquire_path, true, acquire_body).await?;
+    if response.status != 200 {
+        if response.status == 410 {
+            http.open_session().await?;
+        }
+        return Ok(Err(show_response("acquire", &response)));
+    }
+    let token = match parse_acquired(&response.body) {
+        Ok(token) => token,
+        Err(what) => return Ok(Err(what)),
+    };
+    let body = serde_json::json!({ "token": token }).to_string();
+    let response = http.post(release_path, true, body.as_bytes()).await?;
+    if !(200..300).contains(&response.status) {
+        if response.status == 410 {
+            http.open_session().await?;
+        }
+        return Ok(Err(show_response("release", &response)));
+    }
+    Ok(Ok(()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client-library mode
+// ---------------------------------------------------------------------------------------------
+
+fn client_error<'k>(
+    request: &'static str,
+    key: &'k str,
+) -> impl FnOnce(dflockd::client::Error) -> BenchError + 'k {
+    move |source| BenchError::Client {
+        request,
+        key: key.to_string(),
+        source,
+    }
+}
+
+/// The lock loop through `dflockd::client`: the library's own request encoding, reply decoding
+/// and buffering, so its overhead over the hand-written protocol loop shows.
+async fn client_worker(
+    id: usize,
+    cfg: &Config,
+    gate: &Gate,
+    api: ClientApi,
+) -> Result<WorkerOutcome, BenchError> {
+    use dflockd::client;
+    let addr = &cfg.servers[id % cfg.servers.len()];
+    let key = cfg.worker_key(id);
+    let timeout = Duration::from_secs(cfg.timeout_s);
+    let lease_s = (cfg.lease_s > 0).then_some(cfg.lease_s);
+    let mut latencies_ns = Vec::with_capacity(cfg.rounds.max(cfg.warmup));
+    match api {
+        ClientApi::Connection => {
+            let mut conns = Vec::with_capacity(cfg.conns_per_worker);
+            for _ in 0..cfg.conns_per_worker {
+                let mut conn = client::Connection::connect(addr).await.map_err(|source| {
+                    BenchError::Connect {
+                        addr: addr.clone(),
+                        source: io::Error::other(source),
+                    }
+                })?;
+                if let Some(token) = &cfg.auth_token {
+                    conn.auth(token).await.map_err(client_error("auth", "_"))?;
+                }
+                conns.push(conn);
+            }
+            for (measured, phase_ops) in [(false, cfg.warmup), (true, cfg.rounds)] {
+                if measured {
+                    gate.pass().await;
+                }
+                latencies_ns.clear();
+                for op in 0..phase_ops {
+                    let conn = &mut conns[op % cfg.conns_per_worker];
+                    let t0 = Instant::now();
+                    let grant = conn
+                        .lock(&key, timeout, lease_s)
+                        .await
+                        .map_err(client_error("lock", &key))?;
+                    conn.release(&key, grant.token)
+                        .await
+                        .map_err(client_error("release", &key))?;
+                    latencies_ns.push(elapsed_ns(t0, Instant::now()));
+                }
+            }
+        }
+        ClientApi::Lock => {
+            let mut client = client::Client::new([addr.as_str()]);
+            if let Some(lease_s) = lease_s {
+                client = client.with_lease(Duration::from_secs(lease_s));
+            }
+            if let Some(token) = &cfg.auth_token {
+                client = client.with_auth_token(token.as_str());
+            }
+            let mut lock = client.lock(key.as_str());
+            for (measured, phase_ops) in [(false, cfg.warmup), (true, cfg.rounds)] {
+                if measured {
+                    gate.pass().await;
+                }
+                latencies_ns.clear();
+                for _ in 0..phase_ops {
+                    let t0 = Instant::now();
+                    lock.acquire(timeout)
+                        .await
+                        .map_err(client_error("Lock::acquire", &key))?;
+                    lock.release()
+                        .await
+                        .map_err(client_error("Lock::release", &key))?;
+                    latencies_ns.push(elapsed_ns(t0, Instant::now()));
+                }
+            }
+        }
+    }
+    Ok(WorkerOutcome {
+        latencies_ns,
+        finished: Instant::now(),
+        failures: Failures::default(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fan-out mode
+// ---------------------------------------------------------------------------------------------
+
+/// After the publisher stops, how long subscribers may go without a new receipt before the
+/// missing deliveries are given up on, and the longest wait overall.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+fn push_listen(out: &mut Vec<u8>, channel: &str) {
+    out.extend_from_slice(b"listen\n");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// `signal` whose payload is `<seq> <sent_ns>`, the send time in nanoseconds since the run's
+/// base instant (publisher and subscribers share one process, so one monotonic clock).
+fn push_signal(out: &mut Vec<u8>, channel: &str, seq: u64, sent_ns: u64) {
+    out.extend_from_slice(b"signal\n");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(format!("\n{seq} {sent_ns}\n").as_bytes());
+}
+
+/// `ok <n>`, the answer to `signal`: how many subscribers the signal was queued to.
+fn parse_signal_count(line: &[u8]) -> Option<u64> {
+    let n = line.strip_prefix(b"ok ")?;
+    if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+/// A pushed `sig <channel> <seq> <sent_ns>` on `channel`: returns `sent_ns`.
+fn parse_pushed_signal(line: &[u8], channel: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"sig ")?.strip_prefix(channel)?;
+    let payload = rest.strip_prefix(b" ")?;
+    let (seq, sent) = payload.split_at(payload.iter().position(|&b| b == b' ')?);
+    let sent = &sent[1..];
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    if !digits(seq) || !digits(sent) {
+        return None;
+    }
+    std::str::from_utf8(sent).ok()?.parse().ok()
+}
+
+/// Set once, awaited by many: the subscribers stop reading.
+#[derive(Default)]
+struct StopFlag {
+    stopped: std::sync::atomic::AtomicBool,
+    event: event_listener::Event,
+}
+
+impl StopFlag {
+    fn set(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    async fn wait(&self) {
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// What the fan-out threads share.
+struct FanoutShared {
+    /// Every subscriber and the publisher meet here once all subscriptions are in place.
+    ready: Barrier,
+    stop: StopFlag,
+    /// The zero of the timestamps in the payloads.
+    base: Instant,
+    /// Signals received by all subscribers so far (for the drain wait).
+    received: AtomicU64,
+}
+
+struct SubscriberOutcome {
+    latencies_ns: Vec<u64>,
+    received: u64,
+    /// Lines that were neither our signals nor anything else we expect.
+    malformed: u64,
+    /// When and why the server closed this subscriber before the end, if it did.
+    evicted: Option<(Instant, String)>,
+    last_receipt: Option<Instant>,
+}
+
+async fn fanout_subscriber(
+    id: usize,
+    cfg: &Config,
+    shared: &FanoutShared,
+) -> Result<SubscriberOutcome, BenchError> {
+    let addr = &cfg.servers[id % cfg.servers.len()];
+    let mut client = Client::<Evented>::connect(addr, cfg).await?;
+    push_listen(&mut client.out, &cfg.key);
+    client.flush().await?;
+    let line = client.reply().await?;
+    if line != b"ok" {
+        return Err(unexpected("listen", &cfg.key, line));
+    }
+    client.inbuf.keep_pushes();
+    shared.ready.wait().await;
+    let mut outcome = SubscriberOutcome {
+        latencies_ns: Vec::new(),
+        received: 0,
+        malformed: 0,
+        evicted: None,
+        last_receipt: None,
+    };
+    loop {
+        let read = future::or(async { Some(client.fill().await) }, async {
+            shared.stop.wait().await;
+            None
+        })
+        .await;
+        match read {
+            None => break,
+            Some(Err(e)) => {
+                outcome.evicted = Some((Instant::now(), e.to_string()));
+                break;
+            }
+            Some(Ok(())) => {}
+        }
+        // One clock read per batch of lines: they all arrived in this read.
+        let now = Instant::now();
+        let now_ns = elapsed_ns(shared.base, now);
+        let mut got = 0;
+        while let Some(range) = client.inbuf.take_line()? {
+            match parse_pushed_signal(client.inbuf.line(range), cfg.key.as_bytes()) {
+                Some(sent_ns) => {
+                    outcome.latencies_ns.push(now_ns.saturating_sub(sent_ns));
+                    got += 1;
+                }
+                None => outcome.malformed += 1,
+            }
+        }
+        if got > 0 {
+            outcome.received += got;
+            outcome.last_receipt = Some(now);
+            shared.received.fetch_add(got, Ordering::Relaxed);
+        }
+    }
+    Ok(outcome)
+}
+
+struct PublisherOutcome {
+    published: u64,
+    /// Sum of the `ok <n>` counts.
+    deliveries: u64,
+    failures: Failures,
+    started: Instant,
+    finished: Instant,
+}
+
+/// Publishes on one connection for the configured duration, `--pipeline` signals in flight,
+/// paced to `--rate` when set. Every signal of one write carries the same send time.
+async fn fanout_publisher(
+    cfg: &Config,
+    fan: &FanoutConfig,
+    shared: &FanoutShared,
+) -> Result<PublisherOutcome, BenchError> {
+    let mut client = Client::<Blocking>::connect(&cfg.servers[0], cfg).await?;
+    shared.ready.wait().await;
+    let started = Instant::now();
+    let end = started + Duration::from_secs(fan.duration_s);
+    let (mut seq, mut in_flight, mut deliveries) = (0u64, 0usize, 0u64);
+    let mut failures = Failures::default();
+    loop {
+        let now = Instant::now();
+        if now < end {
+            let due = match fan.rate {
+                0 => u64::MAX,
+                rate => (now.duration_since(started).as_secs_f64() * rate as f64) as u64 + 1,
+            };
+            let sent_ns = elapsed_ns(shared.base, now);
+            while in_flight < cfg.pipeline && seq < due {
+                push_signal(&mut client.out, &cfg.key, seq, sent_ns);
+                seq += 1;
+                in_flight += 1;
+            }
+        }
+        if in_flight == 0 {
+            if now >= end {
+                break;
+            }
+            // Ahead of the --rate schedule: sleep until the next signal is due.
+            let next = started + Duration::from_secs_f64(seq as f64 / fan.rate.max(1) as f64);
+            std::thread::sleep(next.saturating_duration_since(now).min(end - now));
+            continue;
+        }
+        client.flush().await?;
+        client.fill().await?;
+        while let Some(range) = client.inbuf.take_line()? {
+            let line = client.inbuf.line(range);
+            in_flight = in_flight
+                .checked_sub(1)
+                .ok_or_else(|| BenchError::Unsolicited {
+                    reply: show_reply(line),
+                })?;
+            match parse_signal_count(line) {
+                Some(n) => deliveries += n,
+                None => failures.add(format!("signal: {}", show_reply(line))),
+            }
+        }
+    }
+    Ok(PublisherOutcome {
+        published: seq,
+        deliveries,
+        failures,
+        started,
+        finished: Instant::now(),
+    })
+}
+
+struct FanoutResult {
+    publisher: PublisherOutcome,
+    subscribers: Vec<SubscriberOutcome>,
+}
+
+/// Subscribers as tasks on `--io-threads` event loops, the publisher on a thread of its own.
+fn run_fanout(cfg: &Arc<Config>, fan: &FanoutConfig) -> FanoutResult {
+    let shared = Arc::new(FanoutShared {
+        ready: Barrier::new(fan.subscribers + 1),
+        stop: StopFlag::default(),
+        base: Instant::now(),
+        received: AtomicU64::new(0),
+    });
+    let loops: Vec<std::thread::JoinHandle<Vec<SubscriberOutcome>>> =
+        (0..cfg.io_threads.min(fan.subscribers))
+            .map(|thread| {
+                let (cfg, shared, subscribers) =
+                    (Arc::clone(cfg), Arc::clone(&shared), fan.subscribers);
+                std::thread::spawn(move || {
+                    let executor = smol::LocalExecutor::new();
+                    let tasks: Vec<_> = (thread..subscribers)
+                        .step_by(cfg.io_threads)
+                        .map(|id| {
+                            let (cfg, shared) = (Arc::clone(&cfg), Arc::clone(&shared));
+                            executor.spawn(async move {
+                                match fanout_subscriber(id, &cfg, &shared).await {
+                                    Ok(outcome) => outcome,
+                                    Err(e) => fail(id, &e),
+                                }
+                            })
+                        })
+                        .collect();
+                    smol::block_on(executor.run(async {
+                        let mut outcomes = Vec::with_capacity(tasks.len());
+                        for task in tasks {
+                            outcomes.push(task.await);
+                        }
+                        outcomes
+                    }))
+                })
+            })
+            .collect();
+    let publisher = {
+        let (cfg, shared, fan) = (Arc::clone(cfg), Arc::clone(&shared), fan.clone());
+        std::thread::spawn(
+            move || match future::block_on(fanout_publisher(&cfg, &fan, &shared)) {
+                Ok(outcome) => outcome,
+                Err(e) => fail(fan.subscribers, &e),
+            },
+        )
+    };
+    let publisher = publisher.join().unwrap_or_else(|_| std::process::exit(1));
+    // Let the subscribers read what is still on its way to them.
+    let drain_start = Instant::now();
+    let (mut last_count, mut last_progress) =
+        (shared.received.load(Ordering::Relaxed), drain_start);
+    while last_count < publisher.deliveries && drain_start.elapsed() < DRAIN_MAX {
+        std::thread::sleep(Duration::from_millis(5));
+        let count = shared.received.load(Ordering::Relaxed);
+        if count != last_count {
+            (last_count, last_progress) = (count, Instant::now());
+        } else if last_progress.elapsed() >= DRAIN_QUIET {
+            break;
+        }
+    }
+    shared.stop.set();
+    let mut subscribers = Vec::with_capacity(fan.subscribers);
+    for handle in loops {
+        match handle.join() {
+            Ok(mut part) => subscribers.append(&mut part),
+            Err(_) => std::process::exit(1),
+        }
+    }
+    FanoutResult {
+        publisher,
+        subscribers,
+    }
+}
+
+fn fanout_header(cfg: &Config, fan: &FanoutConfig) -> String {
+    let rate = match fan.rate {
+        0 => "unlimited".to_string(),
+        r => format!("{r}/s"),
+    };
+    format!(
+        "fanout: 1 publisher x {} subscribers on channel {:?} for {}s (window={}, rate={rate}, io-threads={})",
+        fan.subscribers,
+        cfg.key,
+        fan.duration_s,
+        cfg.pipeline,
+        cfg.io_threads.min(fan.subscribers)
+    )
+}
+
+fn fanout_report(fan: &FanoutConfig, result: FanoutResult) -> String {
+    let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    let publisher = &result.publisher;
+    let publish_s = publisher
+        .finished
+        .saturating_duration_since(publisher.started)
+        .as_secs_f64();
+    let received: u64 = result.subscribers.iter().map(|s| s.received).sum();
+    let malformed: u64 = result.subscribers.iter().map(|s| s.malformed).sum();
+    let last = result
+        .subscribers
+        .iter()
+        .filter_map(|s| s.last_receipt)
+        .max()
+        .unwrap_or(publisher.started);
+    let last_s = last
+        .saturating_duration_since(publisher.started)
+        .as_secs_f64();
+    let mut evicted: Vec<&(Instant, String)> = result
+        .subscribers
+        .iter()
+        .filter_map(|s| s.evicted.as_ref())
+        .collect();
+    evicted.sort_by_key(|(at, _)| *at);
+    let mut out = String::new();
+    out.push_str(&format!("  wall time  : {publish_s:.3}s\n"));
+    out.push_str(&format!(
+        "  published  : {} signals, {:.1} signals/s\n",
+        publisher.published,
+        per_s(publisher.published, publish_s)
+    ));
+    out.push_str(&format!(
+        "  deliveries : {}, {:.1} deliveries/s (sum of ok <n>)\n",
+        publisher.deliveries,
+        per_s(publisher.deliveries, publish_s)
+    ));
+    out.push_str(&format!(
+        "  received   : {received}, {:.1} received/s (by subscribers; last at {last_s:.3}s)\n",
+        per_s(received, publish_s)
+    ));
+    out.push_str(&format!(
+        "  missing    : {}\n",
+        publisher.deliveries.saturating_sub(received)
+    ));
+    out.push_str(&format!(
+        "  evictions  : {} of {} subscribers{}\n",
+        evicted.len(),
+        fan.subscribers,
+        evicted
+            .first()
+            .map(|(at, why)| format!(
+                " (first after {:.3}s: {why})",
+                at.saturating_duration_since(publisher.started)
+                    .as_secs_f64()
+            ))
+            .unwrap_or_default()
+    ));
+    let errors = &publisher.failures;
+    out.push_str(&format!(
+        "  errors     : {}{}\n",
+        errors.count + malformed,
+        errors
+            .first
+            .as_ref()
+            .map(|what| format!(" (first: {what})"))
+            .unwrap_or_default()
+    ));
+    out.push_str("\n  latency, publish to receipt:\n");
+    let ms: Vec<f64> = result
+        .subscribers
+        .iter()
+        .flat_map(|s| s.latencies_ns.iter().map(|&ns| ns as f64 / 1e6))
+        .collect();
+    out.push_str(&latency_lines(&summarize(ms)));
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1120,7 +2224,7 @@ fn summarize(mut ms: Vec<f64>) -> Summary {
 }
 
 fn header(cfg: &Config) -> String {
-    let (key, mode) = match (cfg.shared_key, cfg.pipeline) {
+    let (key, mut mode) = match (cfg.shared_key, cfg.pipeline) {
         (true, _) => (cfg.key.clone(), "shared key (contended)".to_string()),
         (false, 1) => (
             format!("{}_<id>", cfg.key),
@@ -1131,6 +2235,15 @@ fn header(cfg: &Config) -> String {
             format!("unique per-worker keys, pipeline={p}"),
         ),
     };
+    match &cfg.mode {
+        Mode::Bench {
+            driver: Driver::Http { addr },
+        } => mode.push_str(&format!(", http {addr}")),
+        Mode::Bench {
+            driver: Driver::Client(api),
+        } => mode.push_str(&format!(", client library ({api:?} API)")),
+        _ => {}
+    }
     format!(
         "bench: {} workers x {} rounds (key={key:?}, conns/worker={}, {mode})",
         cfg.workers, cfg.rounds, cfg.conns_per_worker
@@ -1151,6 +2264,13 @@ fn report(cfg: &Config, summary: &Summary, wall_s: f64) -> String {
         out.push_str(&format!("  requests/s: {:.1} req/s\n", 2.0 * ops_per_s));
     }
     out.push('\n');
+    out.push_str(&latency_lines(summary));
+    out
+}
+
+/// The latency block of a report.
+fn latency_lines(summary: &Summary) -> String {
+    let mut out = String::new();
     for (name, value) in [
         ("mean", summary.mean),
         ("min", summary.min),
@@ -1185,10 +2305,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cfg.mode {
-        Mode::Bench => {
+    match &cfg.mode {
+        Mode::Bench { driver } => {
             say(&format!("{}\n\n", header(&cfg)));
-            let (start, outcomes) = run_workers(&cfg);
+            let (start, outcomes) = run_workers(&cfg, driver);
             let end = outcomes.iter().map(|o| o.finished).max().unwrap_or(start);
             let wall_s = end.saturating_duration_since(start).as_secs_f64();
             let ms: Vec<f64> = outcomes
@@ -1196,10 +2316,29 @@ fn main() -> ExitCode {
                 .flat_map(|o| o.latencies_ns.iter().map(|&ns| ns as f64 / 1e6))
                 .collect();
             say(&report(&cfg, &summarize(ms), wall_s));
+            if matches!(driver, Driver::Http { .. }) {
+                let mut failures = Failures::default();
+                for outcome in outcomes {
+                    failures.merge(outcome.failures);
+                }
+                say(&format!(
+                    "  errors    : {}{}\n",
+                    failures.count,
+                    failures
+                        .first
+                        .map(|what| format!(" (first: {what})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Mode::Fanout(fan) => {
+            say(&format!("{}\n\n", fanout_header(&cfg, fan)));
+            let result = run_fanout(&cfg, fan);
+            say(&fanout_report(fan, result));
         }
         Mode::Idle { connections } => {
             let t0 = Instant::now();
-            let mut clients = open_idle(&cfg, connections).unwrap_or_else(|e| fail(0, &e));
+            let mut clients = open_idle(&cfg, *connections).unwrap_or_else(|e| fail(0, &e));
             say(&format!(
                 "idle: {connections} connections established in {:.3}s, holding {}\n",
                 t0.elapsed().as_secs_f64(),
@@ -1209,12 +2348,12 @@ fn main() -> ExitCode {
         }
         Mode::Hold { locks } => {
             let t0 = Instant::now();
-            let mut clients = acquire_held(&cfg, locks);
+            let mut clients = acquire_held(&cfg, *locks);
             let took = t0.elapsed().as_secs_f64();
             say(&format!(
                 "hold: {locks} locks held on {} connections, acquired in {took:.3}s ({:.1} locks/s), holding {}\n",
                 clients.len(),
-                locks as f64 / took.max(f64::MIN_POSITIVE),
+                *locks as f64 / took.max(f64::MIN_POSITIVE),
                 holding_note(&cfg)
             ));
             keep_open(&cfg, &mut clients).unwrap_or_else(|e| fail(0, &e));
@@ -1381,7 +2520,12 @@ mod tests {
         );
         assert_eq!(cfg.servers, ["127.0.0.1:6388"]);
         assert_eq!(cfg.worker_key(7), "bench_7");
-        assert_eq!(cfg.mode, Mode::Bench);
+        assert_eq!(
+            cfg.mode,
+            Mode::Bench {
+                driver: Driver::Protocol
+            }
+        );
         assert_eq!(
             header(&cfg),
             "bench: 10 workers x 50 rounds (key=\"bench_<id>\", conns/worker=1, unique per-worker keys)"
@@ -1448,5 +2592,246 @@ mod tests {
              mean      : 1.500 ms\n  min       : 1.000 ms\n  max       : 2.000 ms\n  p50       : 1.500 ms\n  \
              p99       : 1.990 ms\n  stdev     : 0.707 ms\n"
         );
+    }
+
+    fn response(raw: &[u8]) -> Result<Option<(HttpResponse, usize)>, HttpError> {
+        parse_response(raw)
+    }
+
+    #[test]
+    fn http_response_with_content_length() {
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\":true}\nHTTP/1.1 204 No Content\r\n\r\n";
+        let (first, used) = response(raw).unwrap().unwrap();
+        assert_eq!(
+            first,
+            HttpResponse {
+                status: 200,
+                close: false,
+                body: b"{\"a\":true}\n".to_vec()
+            }
+        );
+        // Pipelined responses come out one at a time; a 204 has no body.
+        let (second, used2) = response(&raw[used..]).unwrap().unwrap();
+        assert_eq!((second.status, second.body.len()), (204, 0));
+        assert_eq!(used + used2, raw.len());
+    }
+
+    #[test]
+    fn http_response_incomplete_needs_more() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody";
+        for cut in 0..raw.len() {
+            assert_eq!(response(&raw[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert!(response(raw).unwrap().is_some());
+    }
+
+    #[test]
+    fn http_connection_close_is_noticed() {
+        let close = b"HTTP/1.1 503 Service Unavailable\r\nConnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n";
+        assert!(response(close).unwrap().unwrap().0.close);
+        let http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(response(http10).unwrap().unwrap().0.close);
+        let http10_keep = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        assert!(!response(http10_keep).unwrap().unwrap().0.close);
+    }
+
+    #[test]
+    fn http_chunked_and_lengthless_bodies_are_refused() {
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n";
+        assert!(matches!(
+            response(chunked),
+            Err(HttpError::TransferEncoding(_))
+        ));
+        let no_length = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nbody";
+        assert_eq!(response(no_length), Err(HttpError::NoLength));
+        let too_big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_HTTP_BODY + 1
+        );
+        assert_eq!(
+            response(too_big.as_bytes()),
+            Err(HttpError::BodyTooLong(MAX_HTTP_BODY + 1))
+        );
+    }
+
+    #[test]
+    fn http_malformed_heads_are_errors() {
+        for bad in [
+            &b"error\n"[..],
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 abc OK\r\n\r\n",
+            b"HTTP/1.1  200 OK\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n folded: value\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n: empty name\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+        ] {
+            assert!(response(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Status line with no reason phrase is fine; a repeated equal length too.
+        let ok = b"HTTP/1.1 404\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(response(ok).unwrap().unwrap().0.status, 404);
+        // A prefix of "HTTP/" may still become a response; anything else cannot.
+        assert_eq!(response(b"HT"), Ok(None));
+        assert!(response(b"HH").is_err());
+        let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        huge.resize(MAX_HTTP_HEAD + 10, b'x');
+        assert_eq!(response(&huge), Err(HttpError::HeadTooLong));
+    }
+
+    #[test]
+    fn http_requests_and_paths() {
+        let mut out = Vec::new();
+        push_http_post(
+            &mut out,
+            "h:1",
+            "/v1/locks/k",
+            Some("abc"),
+            Some("tok"),
+            b"{}",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1/locks/k HTTP/1.1\r\nHost: h:1\r\nX-Dflockd-Session: abc\r\n\
+             Authorization: Bearer tok\r\nContent-Type: application/json\r\n\
+             Content-Length: 2\r\n\r\n{}"
+        );
+        assert_eq!(encode_path_segment("bench_7"), "bench_7");
+        assert_eq!(encode_path_segment("a/b%c?d#é"), "a%2Fb%25c%3Fd%23%C3%A9");
+    }
+
+    #[test]
+    fn acquire_bodies() {
+        assert_eq!(
+            parse_acquired(br#"{"lease_ttl_s":10,"status":"ok","token":"t1"}"#),
+            Ok("t1".to_string())
+        );
+        assert_eq!(
+            parse_acquired(br#"{"status":"timeout"}"#),
+            Err("acquire: timeout".to_string())
+        );
+        assert!(parse_acquired(br#"{"status":"ok"}"#).is_err());
+        assert!(parse_acquired(br#"{"status":"ok","token":7}"#).is_err());
+        assert!(parse_acquired(b"not json").is_err());
+    }
+
+    #[test]
+    fn signal_lines() {
+        let mut out = Vec::new();
+        push_listen(&mut out, "ch");
+        push_signal(&mut out, "ch", 3, 12345);
+        assert_eq!(out, b"listen\nch\n\nsignal\nch\n3 12345\n");
+        assert_eq!(parse_signal_count(b"ok 100"), Some(100));
+        assert_eq!(parse_signal_count(b"ok 0"), Some(0));
+        for bad in [&b"ok"[..], b"ok ", b"ok -1", b"ok 1 2", b"error", b"ok x"] {
+            assert_eq!(parse_signal_count(bad), None);
+        }
+        assert_eq!(parse_pushed_signal(b"sig ch 3 12345", b"ch"), Some(12345));
+        for bad in [
+            &b"sig ch 3"[..],
+            b"sig ch 3 ",
+            b"sig ch x 5",
+            b"sig chx 3 5",
+            b"sig other 3 5",
+            b"sig ch 3 5 6",
+            b"ok",
+        ] {
+            assert_eq!(parse_pushed_signal(bad, b"ch"), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pushes_are_kept_when_asked() {
+        let mut buf = LineBuf::new();
+        buf.keep_pushes();
+        let chunk = b"sig a 1 2\nok\n";
+        buf.spare()[..chunk.len()].copy_from_slice(chunk);
+        buf.filled(chunk.len());
+        let first = buf.take_line().unwrap().unwrap();
+        assert_eq!(buf.line(first), b"sig a 1 2");
+        let second = buf.take_line().unwrap().unwrap();
+        assert_eq!(buf.line(second), b"ok");
+    }
+
+    #[test]
+    fn new_modes_parse() {
+        let cfg = parse(&["--http", "127.0.0.1:6389", "--workers", "2"]).unwrap();
+        assert_eq!(
+            cfg.mode,
+            Mode::Bench {
+                driver: Driver::Http {
+                    addr: "127.0.0.1:6389".into()
+                }
+            }
+        );
+        assert!(header(&cfg).ends_with("unique per-worker keys, http 127.0.0.1:6389)"));
+        let cfg = parse(&["-client", "--client-api=lock"]).unwrap();
+        assert_eq!(
+            cfg.mode,
+            Mode::Bench {
+                driver: Driver::Client(ClientApi::Lock)
+            }
+        );
+        let cfg = parse(&["--client=true", "--workers", "3"]).unwrap();
+        assert_eq!(
+            (cfg.mode, cfg.workers),
+            (
+                Mode::Bench {
+                    driver: Driver::Client(ClientApi::Connection)
+                },
+                3
+            )
+        );
+        let cfg = parse(&[
+            "--fanout",
+            "--subscribers",
+            "7",
+            "--pipeline",
+            "8",
+            "--rate",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.mode,
+            Mode::Fanout(FanoutConfig {
+                subscribers: 7,
+                duration_s: 5,
+                rate: 100
+            })
+        );
+        assert_eq!(cfg.pipeline, 8);
+        assert!(!parse(&["--fanout=false"]).unwrap().shared_key);
+    }
+
+    #[test]
+    fn new_modes_reject_bad_combinations() {
+        for bad in [
+            &["--http", "a:1", "--client"][..],
+            &["--fanout", "--client"],
+            &["--fanout", "--hold", "3"],
+            &["--http", "a:1", "--pipeline", "2"],
+            &["--client", "--pipeline", "2"],
+            &["--http", "a:1", "--connections", "2"],
+            &["--client", "--client-api", "lock", "--connections", "2"],
+            &["--client-api", "lock"],
+            &["--client", "--client-api", "pool"],
+            &["--http", " "],
+            &["--fanout", "--subscribers", "0"],
+            &["--fanout", "--duration", "0"],
+            &["--fanout", "--key", "a.*"],
+            &["--client=maybe"],
+        ] {
+            assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
+        }
+        assert!(parse(&["--client", "--connections", "2"]).is_ok());
     }
 }

@@ -19,6 +19,7 @@
 //!   handshake deadline.
 //! * `http`: the HTTP REST front, its sessions, and cross-transport FIFO.
 //! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
+//! * `metrics`: `/metrics` counters and histograms after real traffic.
 
 mod support;
 
@@ -32,6 +33,7 @@ mod fifo;
 mod http;
 mod leases;
 mod limits;
+mod metrics;
 mod pipelining;
 mod semaphores;
 mod shutdown;

@@ -45,8 +45,14 @@ pub struct Histogram {
 
 impl Histogram {
     /// Records one duration.
+    #[inline]
     pub fn observe(&mut self, ms: u64) {
-        let i = BUCKET_BOUNDS_MS.partition_point(|&b| b < ms);
+        // Most observations are uncontended grants (0 ms): skip the search.
+        let i = if ms <= BUCKET_BOUNDS_MS[0] {
+            0
+        } else {
+            BUCKET_BOUNDS_MS.partition_point(|&b| b < ms)
+        };
         self.counts[i] += 1;
         self.sum_ms = self.sum_ms.saturating_add(ms);
     }
@@ -154,6 +160,7 @@ pub fn kind_label(space: Space) -> &'static str {
     }
 }
 
+#[inline]
 fn kind(space: Space) -> usize {
     match space {
         Space::Lock => 0,
@@ -225,6 +232,7 @@ impl CoreMetrics {
     // ----- updates, by the core -------------------------------------------
 
     /// A grant; `waited_ms` is `None` when the request did not queue.
+    #[inline]
     pub(super) fn granted(&mut self, space: Space, waited_ms: Option<u64>) {
         let how = if waited_ms.is_some() {
             How::Queued
@@ -235,12 +243,14 @@ impl CoreMetrics {
         self.acquire_wait[kind(space)].observe(waited_ms.unwrap_or(0));
     }
 
+    #[inline]
     pub(super) fn timed_out(&mut self, space: Space) {
         self.acquire_timeouts[kind(space)] += 1;
     }
 
     /// A holder ended after `held_ms`: released (`cause` `None`), or
     /// removed for `cause`.
+    #[inline]
     pub(super) fn holder_ended(&mut self, space: Space, held_ms: u64, cause: Option<Cause>) {
         match cause {
             None => self.releases[kind(space)] += 1,

@@ -14,12 +14,14 @@
 //! GC runs if due. So the answer to a request never depends on how late the
 //! driver's timer fired (Decisions D18, D19).
 
+pub mod metrics;
 mod signals;
 mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use metrics::CoreMetrics;
 pub use signals::PUSH_QUEUE_FRAMES;
 pub use state::{Core, CoreConfig, Effect};
 

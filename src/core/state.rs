@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
+use super::metrics::{Cause, CoreMetrics};
 use super::signals::{self, Route, PUSH_QUEUE_FRAMES};
 use super::stats;
 use super::{token_salt, ConnId, Time};
@@ -103,6 +104,8 @@ struct Holder {
     token: Token,
     conn: ConnId,
     expires: Time,
+    /// When the slot was granted (for the hold-time histogram).
+    granted: Time,
 }
 
 struct Resource {
@@ -129,6 +132,8 @@ struct Waiter {
     blocking: bool,
     /// Created by `e`/`se`: a grant before `w` switches the record to granted.
     two_phase: bool,
+    /// When it joined the queue (for the acquire-wait histogram).
+    queued: Time,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -213,6 +218,8 @@ pub struct Core {
     starved: BTreeSet<ResId>,
     /// Signal subscriptions by pattern and group.
     signals: signals::Index,
+    /// Counters and histograms for `/metrics`; never read by a transition.
+    metrics: CoreMetrics,
 }
 
 fn space_index(space: Space) -> usize {
@@ -230,12 +237,14 @@ fn status(out: &mut Vec<Effect>, conn: ConnId, s: Status) {
     reply(out, conn, Reply::Status(s));
 }
 
-/// Closes `conn` as a slow consumer (Decision D13).
-fn evict(conns: &mut HashMap<ConnId, Conn, IdBuild>, conn: ConnId, out: &mut Vec<Effect>) {
-    if let Some(c) = conns.get_mut(&conn) {
-        c.evicted = true;
-    }
+/// Closes `conn` as a slow consumer (Decision D13). Returns whether it was
+/// a live connection not evicted before.
+fn evict(conns: &mut HashMap<ConnId, Conn, IdBuild>, conn: ConnId, out: &mut Vec<Effect>) -> bool {
+    let newly = conns
+        .get_mut(&conn)
+        .is_some_and(|c| !std::mem::replace(&mut c.evicted, true));
     out.push(Effect::Close { conn });
+    newly
 }
 
 /// Compares in time independent of where the first difference is.
@@ -271,6 +280,7 @@ impl Core {
             timers: BTreeSet::new(),
             starved: BTreeSet::new(),
             signals: signals::Index::default(),
+            metrics: CoreMetrics::default(),
             cfg,
         }
     }
@@ -282,6 +292,11 @@ impl Core {
 
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+
+    /// What the core has counted since it started (for `/metrics`).
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.metrics
     }
 
     /// Registers a new connection (or HTTP session) and returns its id.
@@ -485,6 +500,7 @@ impl Core {
         for (w, conn) in blocked {
             if let Some(res) = self.remove_waiter(w, now) {
                 touched.push(res);
+                self.metrics.evicted(Cause::Drain, 1);
             }
             status(out, conn, Status::Error);
         }
@@ -505,6 +521,7 @@ impl Core {
         for w in c.waiters {
             if let Some(res) = self.remove_waiter(w, now) {
                 touched.insert(res);
+                self.metrics.evicted(Cause::DisconnectWaiter, 1);
             }
         }
         for res in c.records.keys() {
@@ -515,7 +532,7 @@ impl Core {
         }
         if self.cfg.auto_release_on_disconnect {
             for (fence, res) in c.held {
-                self.remove_holder(res, fence);
+                self.remove_holder(now, res, fence, Some(Cause::Disconnect));
                 self.touch(res, now);
                 self.hand_off(now, res, out);
             }
@@ -571,7 +588,7 @@ impl Core {
         let r = self.res_mut(res);
         r.last_activity = r.last_activity.max(now);
         if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
-            match self.grant(now, res, conn, lease_s) {
+            match self.grant(now, res, conn, lease_s, None) {
                 Some(token) => reply(out, conn, Reply::Granted { token, lease_s }),
                 None => status(out, conn, Status::Error),
             }
@@ -581,9 +598,11 @@ impl Core {
             return status(out, conn, Status::ErrorMaxWaiters);
         }
         if timeout_s == 0 {
+            self.metrics.timed_out(space);
             return status(out, conn, Status::Timeout);
         }
         let w = self.add_waiter(
+            now,
             conn,
             res,
             lease_s,
@@ -607,7 +626,7 @@ impl Core {
         let Some((res, fence)) = found else {
             return status(out, conn, Status::Error);
         };
-        self.remove_holder(res, fence);
+        self.remove_holder(now, res, fence, None);
         self.touch(res, now);
         self.hand_off(now, res, out);
         reply(out, conn, Reply::Ok);
@@ -667,7 +686,7 @@ impl Core {
         let r = self.res_mut(res);
         r.last_activity = r.last_activity.max(now);
         if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
-            match self.grant(now, res, conn, lease_s) {
+            match self.grant(now, res, conn, lease_s, None) {
                 Some(token) => {
                     self.set_record(
                         conn,
@@ -686,7 +705,7 @@ impl Core {
         if max_waiters > 0 && r.live_waiters >= max_waiters {
             return status(out, conn, Status::ErrorMaxWaiters);
         }
-        let w = self.add_waiter(conn, res, lease_s, None, false, true);
+        let w = self.add_waiter(now, conn, res, lease_s, None, false, true);
         self.set_record(conn, res, Record::Queued { waiter: w });
         status(out, conn, Status::Queued);
     }
@@ -719,6 +738,7 @@ impl Core {
             Record::Queued { waiter } => {
                 if timeout_s == 0 {
                     self.remove_waiter(waiter, now);
+                    self.metrics.timed_out(space);
                     self.hand_off(now, res, out);
                     return status(out, conn, Status::Timeout);
                 }
@@ -769,6 +789,7 @@ impl Core {
         let ch = channel.as_bytes();
         let conns = &mut self.conns;
         let index = &mut self.signals;
+        let mut slow_consumers = 0u64;
         // Connections an ungrouped route of this signal already reached.
         let mut served: std::collections::HashSet<ConnId, IdBuild> = Default::default();
         let mut delivered = 0u64;
@@ -823,7 +844,7 @@ impl Core {
                         continue;
                     }
                     if full(conns, to) {
-                        evict(conns, to, out);
+                        slow_consumers += u64::from(evict(conns, to, out));
                     } else {
                         push(conns, to, out);
                     }
@@ -831,11 +852,13 @@ impl Core {
             } else {
                 match signals::pick(g, |c| full(conns, c), |c| evicted(conns, c)) {
                     Route::Deliver(to) => push(conns, to, out),
-                    Route::Evict(to) => evict(conns, to, out),
+                    Route::Evict(to) => slow_consumers += u64::from(evict(conns, to, out)),
                     Route::Skip => {}
                 }
             }
         }
+        self.metrics.evicted(Cause::SlowConsumer, slow_consumers);
+        self.metrics.signal(delivered);
         reply(out, conn, Reply::OkInt(delivered));
     }
 
@@ -882,9 +905,12 @@ impl Core {
             .position(|h| h.token.fence == fence)
             .expect("lease timer names a live holder");
         let h = r.holders.swap_remove(i);
+        let space = r.space;
         if let Some(c) = self.conns.get_mut(&h.conn) {
             c.held.remove(&fence);
         }
+        self.metrics
+            .holder_ended(space, at.0.saturating_sub(h.granted.0), Some(Cause::Expiry));
         // The holder's two-phase record stays so that `w` can answer
         // `error_lease_expired` (D18).
         self.touch(res, at);
@@ -898,6 +924,8 @@ impl Core {
         if let Some(res) = self.remove_waiter(w, at) {
             if blocking {
                 self.conn_mut(conn).blocked = None;
+                let space = self.res_mut(res).space;
+                self.metrics.timed_out(space);
                 status(out, conn, Status::Timeout);
             }
             self.hand_off(at, res, out);
@@ -924,9 +952,17 @@ impl Core {
 
     // ----- grants and hand-off ---------------------------------------------
 
-    /// Grants a slot of `res` to `conn` as of `at`. `None` when the fence
+    /// Grants a slot of `res` to `conn` as of `at`; `queued` is when the
+    /// request joined the queue, `None` if it did not. `None` when the fence
     /// ceiling is reached (nothing changes then).
-    fn grant(&mut self, at: Time, res: ResId, conn: ConnId, lease_s: u64) -> Option<Token> {
+    fn grant(
+        &mut self,
+        at: Time,
+        res: ResId,
+        conn: ConnId,
+        lease_s: u64,
+        queued: Option<Time>,
+    ) -> Option<Token> {
         if self.fence >= self.cfg.fence_ceiling {
             return None;
         }
@@ -946,8 +982,12 @@ impl Core {
             token,
             conn,
             expires,
+            granted: at,
         });
         r.last_activity = r.last_activity.max(at);
+        let space = r.space;
+        self.metrics
+            .granted(space, queued.map(|q| at.0.saturating_sub(q.0)));
         self.timers.insert((expires, KIND_LEASE, fence, res));
         if let Some(c) = self.conns.get_mut(&conn) {
             c.held.insert(fence, res);
@@ -976,6 +1016,8 @@ impl Core {
                 let (conn, blocking) = (w.conn, w.blocking);
                 self.remove_waiter(head, at);
                 if blocking {
+                    let space = self.res_mut(res).space;
+                    self.metrics.timed_out(space);
                     status(out, conn, Status::Timeout);
                 }
                 continue;
@@ -985,11 +1027,12 @@ impl Core {
                 self.starved.insert(res);
                 return;
             }
-            let (conn, lease_s, blocking, two_phase) = (w.conn, w.lease_s, w.blocking, w.two_phase);
+            let (conn, lease_s, blocking, two_phase, queued) =
+                (w.conn, w.lease_s, w.blocking, w.two_phase, w.queued);
             // Take the waiter out of the queue before it becomes a holder.
             self.remove_waiter(head, at);
             let token = self
-                .grant(at, res, conn, lease_s)
+                .grant(at, res, conn, lease_s, Some(queued))
                 .expect("fence headroom checked above");
             if blocking {
                 self.conn_mut(conn).blocked = None;
@@ -1089,11 +1132,16 @@ impl Core {
             .position(|h| h.token.fence == fence)
     }
 
-    /// Removes a holder (release or disconnect), its timer, its place in its
-    /// connection's held set, and the connection's record naming it.
-    fn remove_holder(&mut self, res: ResId, fence: u64) {
+    /// Removes a holder as of `at` (release: `cause` `None`, or disconnect),
+    /// its timer, its place in its connection's held set, and the
+    /// connection's record naming it.
+    fn remove_holder(&mut self, at: Time, res: ResId, fence: u64, cause: Option<Cause>) {
         let i = self.holder_index(res, fence).expect("holder exists");
-        let h = self.res_mut(res).holders.swap_remove(i);
+        let r = self.res_mut(res);
+        let h = r.holders.swap_remove(i);
+        let space = r.space;
+        self.metrics
+            .holder_ended(space, at.0.saturating_sub(h.granted.0), cause);
         self.timers.remove(&(h.expires, KIND_LEASE, fence, res));
         let mut dropped_record = false;
         if let Some(c) = self.conns.get_mut(&h.conn) {
@@ -1124,8 +1172,10 @@ impl Core {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn add_waiter(
         &mut self,
+        now: Time,
         conn: ConnId,
         res: ResId,
         lease_s: u64,
@@ -1144,6 +1194,7 @@ impl Core {
                 deadline,
                 blocking,
                 two_phase,
+                queued: now,
             },
         );
         let r = self.res_mut(res);

@@ -1751,6 +1751,10 @@ fn owns_anything_for_each_kind_of_ownership() {
     assert!(!h.core.owns_anything(ConnId(4)));
 }
 
+// ----- metrics ------------------------------------------------------------------
+
+mod metrics;
+
 // ----- signals ------------------------------------------------------------------
 
 mod signals {

@@ -114,6 +114,8 @@ impl RateLimiter {
 #[derive(Debug, Default)]
 pub struct PerIp {
     counts: HashMap<IpAddr, usize>,
+    /// Successful [`PerIp::try_add`] calls since creation.
+    added: u64,
 }
 
 impl PerIp {
@@ -127,6 +129,7 @@ impl PerIp {
             return false;
         }
         *n += 1;
+        self.added += 1;
         true
     }
 
@@ -148,6 +151,12 @@ impl PerIp {
     /// The sum over every IP.
     pub fn total(&self) -> usize {
         self.counts.values().sum()
+    }
+
+    /// How many were ever counted in (successful [`PerIp::try_add`] calls);
+    /// for connections, the ones admitted.
+    pub fn added(&self) -> u64 {
+        self.added
     }
 }
 
@@ -245,5 +254,6 @@ mod tests {
         assert!(p.try_add(ip(3), 0));
         p.remove(ip(9));
         assert_eq!(p.total(), 4);
+        assert_eq!(p.added(), 5, "refusals are not counted");
     }
 }

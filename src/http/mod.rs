@@ -19,6 +19,7 @@
 //! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
 
 pub mod limits;
+mod metrics;
 pub mod sessions;
 pub mod signals;
 
@@ -1045,134 +1046,7 @@ fn current_stats(shared: &Shared) -> String {
 }
 
 fn metrics(front: &Front) -> Resp {
-    let shared = &front.shared;
-    let stats = current_stats(shared);
-    let v: serde_json::Value = serde_json::from_str(&stats).unwrap_or_default();
-    let arr = |name: &str| {
-        v.get(name)
-            .and_then(|a| a.as_array())
-            .cloned()
-            .unwrap_or_default()
-    };
-    let sum = |items: &[serde_json::Value], field: &str| -> u64 {
-        items
-            .iter()
-            .map(|i| i.get(field).and_then(|x| x.as_u64()).unwrap_or(0))
-            .sum()
-    };
-    let locks = arr("locks");
-    let sems = arr("semaphores");
-    let gauges: [(&str, &str, f64); 11] = [
-        (
-            "dflockd_ready",
-            "1 when serving, 0 while draining.",
-            if shared.is_shutting_down() { 0.0 } else { 1.0 },
-        ),
-        (
-            "dflockd_uptime_seconds",
-            "Seconds since the HTTP front started.",
-            front.started.elapsed().as_secs_f64(),
-        ),
-        (
-            "dflockd_connections",
-            "Core connections: TCP connections plus HTTP sessions.",
-            v.get("connections").and_then(|c| c.as_u64()).unwrap_or(0) as f64,
-        ),
-        (
-            "dflockd_tcp_connections",
-            "Open connections on the TCP protocol port.",
-            shared.tcp_connections() as f64,
-        ),
-        (
-            "dflockd_http_connections",
-            "Open connections on the HTTP port.",
-            lock(&front.conns).total() as f64,
-        ),
-        (
-            "dflockd_http_sessions",
-            "Live HTTP sessions.",
-            front.sessions.len() as f64,
-        ),
-        (
-            "dflockd_locks_held",
-            "Locks currently held.",
-            locks.len() as f64,
-        ),
-        (
-            "dflockd_lock_waiters",
-            "Waiters queued on locks.",
-            sum(&locks, "waiters") as f64,
-        ),
-        (
-            "dflockd_semaphore_holders",
-            "Semaphore slots currently held.",
-            sum(&sems, "holders") as f64,
-        ),
-        (
-            "dflockd_semaphore_waiters",
-            "Waiters queued on semaphores.",
-            sum(&sems, "waiters") as f64,
-        ),
-        (
-            "dflockd_signal_listeners",
-            "Signal subscriptions (TCP listeners, summed over patterns and groups).",
-            sum(&arr("signal_channels"), "listeners") as f64,
-        ),
-    ];
-    let mut out = String::new();
-    for (name, help, value) in gauges {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
-    }
-    let counters = [
-        (
-            "dflockd_http_rate_limited_total",
-            "HTTP requests refused with 429 by the per-IP rate limit.",
-            front.rate_limited.load(Ordering::Relaxed),
-        ),
-        (
-            "dflockd_http_connections_rejected_total",
-            "HTTP connections closed at accept by --http-max-connections-per-ip.",
-            front.conns_rejected.load(Ordering::Relaxed),
-        ),
-        (
-            "dflockd_http_tls_handshake_failures_total",
-            "HTTP connections closed because their TLS handshake failed or was late.",
-            front.tls_failures.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, value) in counters {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    }
-    let requests = lock(&front.requests).clone();
-    out.push_str(
-        "# HELP dflockd_http_requests_total HTTP requests answered, by method, route template and status.\n\
-         # TYPE dflockd_http_requests_total counter\n",
-    );
-    for ((method, path, status), (count, _)) in &requests {
-        out.push_str(&format!(
-            "dflockd_http_requests_total{{method=\"{method}\",path=\"{path}\",status=\"{status}\"}} {count}\n"
-        ));
-    }
-    out.push_str(
-        "# HELP dflockd_http_request_duration_seconds Time spent answering HTTP requests.\n\
-         # TYPE dflockd_http_request_duration_seconds summary\n",
-    );
-    for ((method, path, status), (count, sum)) in &requests {
-        let labels = format!("method=\"{method}\",path=\"{path}\",status=\"{status}\"");
-        out.push_str(&format!(
-            "dflockd_http_request_duration_seconds_sum{{{labels}}} {sum}\n\
-             dflockd_http_request_duration_seconds_count{{{labels}}} {count}\n"
-        ));
-    }
-    raw_resp(
-        StatusCode::OK,
-        "text/plain; version=0.0.4; charset=utf-8",
-        out.into(),
-    )
+    metrics::render(front)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
@@ -99,6 +99,8 @@ pub struct Shared {
     /// Fires each time a connection task ends.
     conn_closed: Event,
     tcp_conns: AtomicUsize,
+    /// TCP connections admitted since start (past the connection caps).
+    tcp_accepted: AtomicU64,
     per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
     pub cfg: ServerConfig,
 }
@@ -122,6 +124,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             conn_closed: Event::new(),
             tcp_conns: AtomicUsize::new(0),
+            tcp_accepted: AtomicU64::new(0),
             per_ip: std::sync::Mutex::new(HashMap::new()),
             cfg,
         })
@@ -203,6 +206,12 @@ impl Shared {
     /// their TLS handshake); for `/metrics`.
     pub(crate) fn tcp_connections(&self) -> usize {
         self.tcp_conns.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections admitted since the server started (those closed at
+    /// accept by `--max-connections*` excluded); for `/metrics`.
+    pub(crate) fn tcp_accepted(&self) -> u64 {
+        self.tcp_accepted.load(Ordering::Relaxed)
     }
 }
 
@@ -537,6 +546,7 @@ fn admit(shared: &Shared, ip: IpAddr) -> bool {
         }
         *n += 1;
     }
+    shared.tcp_accepted.fetch_add(1, Ordering::Relaxed);
     true
 }
 

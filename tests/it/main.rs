@@ -21,6 +21,7 @@
 //! * `http_signals`: signals over HTTP: publish, the SSE stream, delivery
 //!   across transports, caps, cleanup, eviction and drain.
 //! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
+//! * `metrics`: `/metrics` counters and histograms after real traffic.
 
 mod http_client;
 mod support;
@@ -36,6 +37,7 @@ mod http;
 mod http_signals;
 mod leases;
 mod limits;
+mod metrics;
 mod pipelining;
 mod semaphores;
 mod shutdown;

@@ -9,19 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::http_client::{self, get, raw, read_raw, send_raw, Resp};
-use crate::support::{grant, Server, IO_TIMEOUT as IO};
-use dflockd::http::HttpSettings;
-use dflockd::server::ServerConfig;
-
-fn start(configure: impl FnOnce(&mut ServerConfig)) -> (Server, SocketAddr) {
-    let server = Server::start(|cfg| {
-        cfg.http = Some(HttpSettings::default());
-        configure(cfg);
-    });
-    let addr = server.handle().http_addr().expect("HTTP is on");
-    (server, addr)
-}
+use crate::http_client::{self, get, raw, read_raw, send_raw, start, Resp};
+use crate::support::{grant, IO_TIMEOUT as IO};
 
 fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
     http_client::call(addr, method, path, headers, body.as_bytes())

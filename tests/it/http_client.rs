@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::IO_TIMEOUT;
+use crate::support::{Server, IO_TIMEOUT};
+use dflockd::http::HttpSettings;
+use dflockd::server::ServerConfig;
 
 /// One whole HTTP response.
 #[derive(Debug)]
@@ -136,15 +138,9 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
-/// Reads a `Connection: close` response to its end.
-pub fn read_raw(mut s: TcpStream) -> Resp {
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&buf)));
-    let head = String::from_utf8_lossy(&buf[..end]);
+/// The status code and headers of a response head (without its blank line).
+pub fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -155,6 +151,29 @@ pub fn read_raw(mut s: TcpStream) -> Resp {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
         .collect();
+    (status, headers)
+}
+
+/// A server with the HTTP front on (default settings, then `configure`),
+/// and its HTTP address.
+pub fn start(configure: impl FnOnce(&mut ServerConfig)) -> (Server, SocketAddr) {
+    let server = Server::start(|cfg| {
+        cfg.http = Some(HttpSettings::default());
+        configure(cfg);
+    });
+    let addr = server.handle().http_addr().expect("HTTP is on");
+    (server, addr)
+}
+
+/// Reads a `Connection: close` response to its end.
+pub fn read_raw(mut s: TcpStream) -> Resp {
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&buf)));
+    let (status, headers) = parse_head(&buf[..end]);
     Resp {
         status,
         headers,

@@ -16,19 +16,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::http_client::{call, get, Resp};
-use crate::support::{wait_until, Server, DEADLINE, IO_TIMEOUT};
+use crate::http_client::{call, get, parse_head, start, Resp};
+use crate::support::{wait_until, DEADLINE, IO_TIMEOUT};
 use dflockd::http::HttpSettings;
 use dflockd::server::ServerConfig;
-
-fn start(configure: impl FnOnce(&mut ServerConfig)) -> (Server, SocketAddr) {
-    let server = Server::start(|cfg| {
-        cfg.http = Some(HttpSettings::default());
-        configure(cfg);
-    });
-    let addr = server.handle().http_addr().expect("HTTP is on");
-    (server, addr)
-}
 
 fn http(configure: impl FnOnce(&mut HttpSettings)) -> impl FnOnce(&mut ServerConfig) {
     move |cfg| {
@@ -47,21 +38,6 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
-}
-
-fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
-    let head = String::from_utf8_lossy(head);
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    (status, headers)
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {

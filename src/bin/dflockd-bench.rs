@@ -1119,6 +1119,40 @@ async fn worker_on_loop(
     }
 }
 
+/// Spreads tasks `0..count` over `threads` event-loop threads (task `i` on
+/// loop `i % threads`); each thread returns its tasks' outputs in order.
+fn spawn_on_loops<T, Fut>(
+    threads: usize,
+    count: usize,
+    task: impl Fn(usize) -> Fut + Send + Sync + 'static,
+) -> Vec<std::thread::JoinHandle<Vec<T>>>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let threads = threads.max(1);
+    let task = Arc::new(task);
+    (0..threads.min(count))
+        .map(|thread| {
+            let task = Arc::clone(&task);
+            std::thread::spawn(move || {
+                let executor = smol::LocalExecutor::new();
+                let tasks: Vec<_> = (thread..count)
+                    .step_by(threads)
+                    .map(|id| executor.spawn(task(id)))
+                    .collect();
+                smol::block_on(executor.run(async {
+                    let mut outcomes = Vec::with_capacity(tasks.len());
+                    for task in tasks {
+                        outcomes.push(task.await);
+                    }
+                    outcomes
+                }))
+            })
+        })
+        .collect()
+}
+
 /// Runs every worker; returns the start of the measured phase and the outcomes.
 fn run_workers(cfg: &Arc<Config>, driver: &Driver) -> (Instant, Vec<WorkerOutcome>) {
     let gate = Arc::new(Gate::new(cfg.workers));
@@ -1132,34 +1166,19 @@ fn run_workers(cfg: &Arc<Config>, driver: &Driver) -> (Instant, Vec<WorkerOutcom
                 })
             })
             .collect(),
-        IoEngine::Async => (0..cfg.io_threads.min(cfg.workers))
-            .map(|thread| {
-                let (cfg, gate, driver) = (Arc::clone(cfg), Arc::clone(&gate), driver.clone());
-                std::thread::spawn(move || {
-                    let executor = smol::LocalExecutor::new();
-                    let tasks: Vec<_> = (thread..cfg.workers)
-                        .step_by(cfg.io_threads)
-                        .map(|id| {
-                            let (cfg, gate, driver) =
-                                (Arc::clone(&cfg), Arc::clone(&gate), driver.clone());
-                            executor.spawn(async move {
-                                match worker_on_loop(id, &cfg, &driver, &gate).await {
-                                    Ok(outcome) => outcome,
-                                    Err(e) => fail(id, &e),
-                                }
-                            })
-                        })
-                        .collect();
-                    smol::block_on(executor.run(async {
-                        let mut outcomes = Vec::with_capacity(tasks.len());
-                        for task in tasks {
-                            outcomes.push(task.await);
-                        }
-                        outcomes
-                    }))
-                })
+        IoEngine::Async => {
+            let (shared_cfg, gate, driver) = (Arc::clone(cfg), Arc::clone(&gate), driver.clone());
+            spawn_on_loops(cfg.io_threads, cfg.workers, move |id| {
+                let (cfg, gate, driver) =
+                    (Arc::clone(&shared_cfg), Arc::clone(&gate), driver.clone());
+                async move {
+                    match worker_on_loop(id, &cfg, &driver, &gate).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => fail(id, &e),
+                    }
+                }
             })
-            .collect(),
+        }
     };
     let start = gate.open();
     let mut outcomes = Vec::with_capacity(cfg.workers);
@@ -1881,35 +1900,18 @@ fn run_fanout(cfg: &Arc<Config>, fan: &FanoutConfig) -> FanoutResult {
         base: Instant::now(),
         received: AtomicU64::new(0),
     });
-    let loops: Vec<std::thread::JoinHandle<Vec<SubscriberOutcome>>> =
-        (0..cfg.io_threads.min(fan.subscribers))
-            .map(|thread| {
-                let (cfg, shared, subscribers) =
-                    (Arc::clone(cfg), Arc::clone(&shared), fan.subscribers);
-                std::thread::spawn(move || {
-                    let executor = smol::LocalExecutor::new();
-                    let tasks: Vec<_> = (thread..subscribers)
-                        .step_by(cfg.io_threads)
-                        .map(|id| {
-                            let (cfg, shared) = (Arc::clone(&cfg), Arc::clone(&shared));
-                            executor.spawn(async move {
-                                match fanout_subscriber(id, &cfg, &shared).await {
-                                    Ok(outcome) => outcome,
-                                    Err(e) => fail(id, &e),
-                                }
-                            })
-                        })
-                        .collect();
-                    smol::block_on(executor.run(async {
-                        let mut outcomes = Vec::with_capacity(tasks.len());
-                        for task in tasks {
-                            outcomes.push(task.await);
-                        }
-                        outcomes
-                    }))
-                })
-            })
-            .collect();
+    let loops: Vec<std::thread::JoinHandle<Vec<SubscriberOutcome>>> = {
+        let (shared_cfg, shared) = (Arc::clone(cfg), Arc::clone(&shared));
+        spawn_on_loops(cfg.io_threads, fan.subscribers, move |id| {
+            let (cfg, shared) = (Arc::clone(&shared_cfg), Arc::clone(&shared));
+            async move {
+                match fanout_subscriber(id, &cfg, &shared).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => fail(id, &e),
+                }
+            }
+        })
+    };
     let publisher = {
         let (cfg, shared, fan) = (Arc::clone(cfg), Arc::clone(&shared), fan.clone());
         std::thread::spawn(

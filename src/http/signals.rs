@@ -15,7 +15,7 @@
 //! hyper with [`crate::core::Core::pushes_written`], so a client that stops
 //! reading fills its 64-frame queue and the core evicts it. hyper polls a
 //! body only while its write buffer has room, so an evicted stream whose
-//! client never reads cannot notice the eviction itself; [`cut_when_stuck`],
+//! client never reads cannot notice the eviction itself; `cut_when_stuck`,
 //! raced against the hyper connection, drops the connection then. The same
 //! race ends streams when a drain begins, and [`WriteDeadline`] gives every
 //! write to an HTTP client [`WRITE_DEADLINE`].

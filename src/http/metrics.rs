@@ -43,6 +43,7 @@ struct Scrape {
     http_open: usize,
     http_accepted: u64,
     sessions: usize,
+    blocked: usize,
     rate_limited: u64,
     conns_rejected: u64,
     tls_failures: u64,
@@ -67,6 +68,7 @@ impl Scrape {
             http_open,
             http_accepted,
             sessions: front.sessions.len(),
+            blocked: front.sessions.blocked(),
             rate_limited: front.rate_limited.load(Ordering::Relaxed),
             conns_rejected: front.conns_rejected.load(Ordering::Relaxed),
             tls_failures: front.tls_failures.load(Ordering::Relaxed),
@@ -132,7 +134,7 @@ fn text(s: &Scrape) -> String {
     };
     let locks = arr("locks");
     let sems = arr("semaphores");
-    let gauges: [(&str, &str, f64); 11] = [
+    let gauges: [(&str, &str, f64); 12] = [
         (
             "dflockd_ready",
             "1 when serving, 0 while draining.",
@@ -165,6 +167,11 @@ fn text(s: &Scrape) -> String {
             "dflockd_http_sessions",
             "Live HTTP sessions.",
             s.sessions as f64,
+        ),
+        (
+            "dflockd_http_blocked_requests",
+            "HTTP lock and semaphore requests waiting in a queue right now (long polls).",
+            s.blocked as f64,
         ),
         (
             "dflockd_locks_held",
@@ -405,6 +412,7 @@ mod tests {
             http_open: 1,
             http_accepted: 3,
             sessions: 1,
+            blocked: 0,
             rate_limited: 0,
             conns_rejected: 0,
             tls_failures: 0,

@@ -956,14 +956,14 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
         None => {
             // Blocked: the answer comes through the mailbox. If this future
             // is dropped meanwhile, the guard withdraws the request.
-            guard.blocked_on = blocked_on;
+            guard.block(blocked_on);
             let r = loop {
                 match session.mailbox.recv().await {
                     Delivery::Reply(r) => break r,
                     // Lock-route sessions never listen; no push comes here.
                     Delivery::Push { .. } => {}
                     Delivery::Close => {
-                        guard.blocked_on = None;
+                        guard.unblock();
                         front.sessions.kill(shared, session);
                         return if shared.is_shutting_down() {
                             draining()
@@ -973,7 +973,7 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
                     }
                 }
             };
-            guard.blocked_on = None;
+            guard.unblock();
             r
         }
     };

@@ -65,11 +65,18 @@ pub struct Sessions {
     map: std::sync::Mutex<HashMap<String, Arc<Session>>>,
     /// Live sessions per creating IP; locked only while `map` is held.
     per_ip: std::sync::Mutex<PerIp>,
+    /// Requests blocked in the core right now (long polls), for `/metrics`.
+    blocked: AtomicUsize,
 }
 
 impl Sessions {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lock and semaphore requests blocked in the core right now.
+    pub fn blocked(&self) -> usize {
+        self.blocked.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
@@ -195,7 +202,7 @@ pub struct InFlight<'a> {
     pub shared: &'a Shared,
     pub session: &'a Session,
     /// The key of the blocked request, while it is blocked.
-    pub blocked_on: Option<(Space, Key)>,
+    blocked_on: Option<(Space, Key)>,
     turn: Option<smol::lock::MutexGuard<'a, ()>>,
 }
 
@@ -209,6 +216,23 @@ impl<'a> InFlight<'a> {
             session,
             blocked_on: None,
             turn: None,
+        }
+    }
+
+    /// The request is blocked in the core on `key` (or, with `None`, no
+    /// longer is): from now until [`InFlight::unblock`], dropping the guard
+    /// withdraws it.
+    pub fn block(&mut self, on: Option<(Space, Key)>) {
+        if on.is_some() && self.blocked_on.is_none() {
+            self.sessions.blocked.fetch_add(1, Ordering::Relaxed);
+        }
+        self.blocked_on = on;
+    }
+
+    /// The blocked request was answered (or its session ended).
+    pub fn unblock(&mut self) {
+        if self.blocked_on.take().is_some() {
+            self.sessions.blocked.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -263,6 +287,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some((space, key)) = self.blocked_on.take() {
             self.withdraw(space, key);
+            self.sessions.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         // Only now may the session's next request reach the core.
         drop(self.turn.take());

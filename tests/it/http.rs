@@ -466,7 +466,9 @@ fn client_disconnect_during_acquire_leaks_nothing() {
     );
     let s = send_raw(addr, &raw);
     server.wait_lock_waiters("d", 1);
+    wait_blocked(addr, 1);
     drop(s);
+    wait_blocked(addr, 0);
     // The waiter leaves; the session and its other lock stay.
     server.wait_stats(|st| crate::support::waiters(st, "locks", "d") == 0);
     assert_eq!(
@@ -498,6 +500,53 @@ fn client_disconnect_during_acquire_leaks_nothing() {
     );
     drop(holder);
     server.assert_quiet();
+}
+
+/// The same for a two-phase wait: the queued record is consumed and its
+/// waiter withdrawn, so the next waiter in line is granted instead.
+#[test]
+fn client_disconnect_during_wait_withdraws_only_that_wait() {
+    let (server, addr) = start(|_| {});
+    let mut holder = server.client();
+    let tok = holder.lock("w");
+    let sid = new_session(addr);
+    let r = post(addr, &sid, "/v1/locks/w/enqueue", json!({}));
+    assert_eq!(r.json(), json!({"status": "queued"}));
+    let mut behind = server.client();
+    behind.send("l", "w", "30");
+    server.wait_lock_waiters("w", 2);
+    let raw = raw(
+        "POST",
+        "/v1/locks/w/wait",
+        &[("X-Dflockd-Session", &sid)],
+        br#"{"timeout_s":30}"#,
+    );
+    let s = send_raw(addr, &raw);
+    // The wait is blocked in the core...
+    wait_blocked(addr, 1);
+    drop(s);
+    wait_blocked(addr, 0);
+    server.wait_lock_waiters("w", 1);
+    // ...and once withdrawn, the TCP waiter behind it is next.
+    assert_eq!(holder.req("r", "w", &tok), "ok");
+    let (t2, _) = grant(&behind.recv_line());
+    assert_eq!(behind.req("r", "w", &t2), "ok");
+    post(addr, &sid, "/v1/locks/w/wait", json!({"timeout_s": 0})).err(409, "not_enqueued");
+    assert_eq!(
+        call(addr, "DELETE", &format!("/v1/sessions/{sid}"), &[], "").status,
+        204
+    );
+    drop((holder, behind));
+    server.assert_quiet();
+}
+
+/// Waits until `/metrics` shows `n` HTTP requests blocked in the core.
+#[track_caller]
+fn wait_blocked(addr: SocketAddr, n: u64) {
+    let want = format!("dflockd_http_blocked_requests {n}");
+    crate::support::wait_until(crate::support::DEADLINE, || {
+        get(addr, "/metrics").body.lines().any(|l| l == want)
+    });
 }
 
 /// Decision D9: a session with no request for 2 × the idle timeout dies,

@@ -1,6 +1,6 @@
 //! The HTTP REST front: every route and error code, sessions and their
 //! expiry, cross-transport FIFO, and what a vanished HTTP client leaves
-//! behind. Requests go through a real HTTP client (`http_client`, ureq);
+//! behind, and HTTPS (SSE included). Requests go through a real HTTP client (`http_client`, ureq);
 //! hand-written bytes only where a real client would not send them.
 
 use std::io::{Read, Write};
@@ -788,6 +788,35 @@ fn https_when_tls_is_configured() {
     assert!(buf.is_empty());
     let text = https("GET", "/metrics", &[], "").body;
     assert!(metric(&text, "dflockd_http_tls_handshake_failures_total").unwrap_or(0.0) >= 2.0);
+
+    // An SSE stream over TLS: `:ok` first, then a signal published over
+    // HTTPS, read incrementally from the open stream.
+    let sock = TcpStream::connect_timeout(&addr, IO).expect("connect");
+    sock.set_read_timeout(Some(IO)).expect("timeout");
+    let name = ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    stream
+        .write_all(b"GET /v1/signals?pattern=tls.* HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let mut seen = Vec::new();
+    let mut read_until = |needle: &[u8]| {
+        let mut buf = [0u8; 4096];
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            let n = stream.read(&mut buf).expect("stream stays open");
+            assert!(n > 0, "stream ended: {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(b":ok\n\n");
+    let r = https(
+        "POST",
+        "/v1/signals/tls.x",
+        &[],
+        r#"{"payload":"over tls"}"#,
+    );
+    assert_eq!((r.status, r.json()), (200, json!({"delivered": 1})));
+    read_until(b"data: {\"channel\":\"tls.x\",\"payload\":\"over tls\"}\n\n");
 }
 
 #[test]

@@ -12,9 +12,9 @@
 //!
 //! Bounds keep the space finite and every path acyclic (so `eventually`
 //! properties are sound in stateright): the clock only moves forward and
-//! stops at the horizon; each client has a budget of requests and of
-//! connection drops (and of cancels, §9.1); clients stop acting at the horizon, where the only
-//! remaining action is firing due timers. A *terminal* state is therefore
+//! stops at the horizon; each client has a budget of requests, of
+//! connection drops and of cancels (§9.1); clients stop acting at the
+//! horizon, where the only remaining action is firing due timers. A *terminal* state is therefore
 //! one at the horizon with nothing due.
 //!
 //! Time moves by `Tick` (one second). With `lazy_timers`, a tick does not run

@@ -1,7 +1,8 @@
 //! The HTTP REST front: every route and error code, sessions and their
-//! expiry, cross-transport FIFO, and what a vanished HTTP client leaves
-//! behind, and HTTPS (SSE included). Requests go through a real HTTP client (`http_client`, ureq);
-//! hand-written bytes only where a real client would not send them.
+//! expiry, cross-transport FIFO, what a vanished HTTP client leaves behind,
+//! and HTTPS (an SSE stream included). Requests go through a real HTTP
+//! client (`http_client`, ureq); hand-written bytes only where a real
+//! client would not send them.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,6 +1,7 @@
 //! loom checks of the concurrency the server adds around the core: the
 //! mailbox hand-off between tasks, and the races between a grant and the
-//! waiter's own departure (disconnect, timeout, shutdown). Every
+//! waiter's own departure (disconnect, timeout, shutdown, and the HTTP
+//! front's cancel when a long poll's client goes away). Every
 //! interleaving of the threads below is explored.
 //!
 //! Run with:
@@ -15,7 +16,7 @@
 use std::collections::HashMap;
 
 use dflockd::core::{ConnId, Core, CoreConfig, Effect, Time};
-use dflockd::server::mailbox::{route, Delivery, Mailbox};
+use dflockd::server::mailbox::{route, withdraw_blocked, Delivery, Mailbox};
 use dflockd::sync::{lock, Arc, Mutex};
 use dflockd::wire::{Key, Reply, Request, Space, Status};
 
@@ -227,5 +228,39 @@ fn grant_races_drain() {
             got[0],
             Delivery::Reply(Reply::Granted { .. }) | Delivery::Reply(Reply::Status(Status::Error))
         ));
+    });
+}
+
+/// The HTTP front withdraws a long poll whose client went away while a
+/// release hands the lock to that very request. Either the cancel comes
+/// first (the waiter leaves, nothing is granted to it) or the grant does
+/// and is released by the withdrawal. Either way the connection lives on,
+/// owning nothing, with nothing left in its mailbox, and the lock is free.
+#[test]
+fn grant_races_cancel() {
+    loom::model(|| {
+        let (hub, holder, waiter, mb, token) = setup();
+        let h1 = hub.clone();
+        let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(1_000)));
+        {
+            let mut h = lock(&hub);
+            let now = h.core.now().max(Time(1_000));
+            let mut out = Vec::new();
+            let closed =
+                withdraw_blocked(&mut h.core, now, waiter, &mb, Space::Lock, &key(), &mut out);
+            assert!(!closed);
+            let hub = &mut *h;
+            route(&hub.mailboxes, &mut out, Some(waiter));
+            assert!(
+                out.iter()
+                    .all(|e| matches!(e, Effect::Reply { conn, .. } if *conn == waiter)),
+                "only the waiter's own answers stay: {out:?}"
+            );
+            assert!(!hub.core.is_blocked(waiter));
+        }
+        releaser.join().unwrap();
+        assert!(drain_mailbox(&mb).is_empty(), "nothing left to deliver");
+        assert!(!lock(&hub).core.owns_anything(waiter));
+        assert_eq!(holders(&hub), 0, "nothing stays held");
     });
 }

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::core::{ConnId, Effect};
-use crate::server::mailbox::{Delivery, Mailbox};
+use crate::server::mailbox::{withdraw_blocked, Delivery, Mailbox};
 use crate::server::{register, unregister, Shared};
 use crate::sync::Arc;
-use crate::wire::{Key, Reply, Request, Space};
+use crate::wire::{Key, Request, Space};
 
 use super::limits::PerIp;
 
@@ -245,38 +245,26 @@ impl<'a> InFlight<'a> {
     fn withdraw(&self, space: Space, key: Key) {
         let (shared, session) = (self.shared, self.session);
         let mut effects = Vec::new();
-        let mut closed = false;
-        {
+        let closed = {
             let mut inner = shared.lock();
             if session.dead.load(Ordering::SeqCst) {
                 return;
             }
             let now = shared.clock(&inner);
-            inner.core.cancel_blocked(now, session.conn, &mut effects);
+            let closed = withdraw_blocked(
+                &mut inner.core,
+                now,
+                session.conn,
+                &session.mailbox,
+                space,
+                &key,
+                &mut effects,
+            );
             shared.after_core(&mut inner, &mut effects, Some(session.conn));
-            // Our own effects: the `timeout` that answers the cancelled
-            // request, which nobody is waiting for.
-            effects.clear();
-            // Replies are routed under the core lock, so a grant that beat
-            // the cancel is in the mailbox now, and nothing more will come.
-            while let Some(d) = session.mailbox.try_recv() {
-                match d {
-                    Delivery::Reply(Reply::Granted { token, .. }) => {
-                        let release = Request::Release {
-                            space,
-                            key: key.clone(),
-                            token: token.to_string().into_bytes().into(),
-                        };
-                        let now = shared.clock(&inner);
-                        inner.core.handle(now, session.conn, release, &mut effects);
-                        shared.after_core(&mut inner, &mut effects, Some(session.conn));
-                        effects.clear();
-                    }
-                    Delivery::Close => closed = true,
-                    Delivery::Reply(_) | Delivery::Push { .. } => {}
-                }
-            }
-        }
+            // What is left is our own: the `timeout` answering the cancelled
+            // request and the answer to the release, which nobody awaits.
+            closed
+        };
         if closed {
             self.sessions.kill(shared, session);
         }

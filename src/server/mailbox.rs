@@ -19,9 +19,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::core::{ConnId, Effect};
+use crate::core::{ConnId, Core, Effect, Time};
 use crate::sync::{lock, Arc, Mutex};
-use crate::wire::Reply;
+use crate::wire::{Key, Reply, Request, Space};
 
 /// Something for a connection's task to act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -158,4 +158,43 @@ pub fn route(
         }
         false
     });
+}
+
+/// Withdraws `conn`'s blocked request on `key` because nobody will read its
+/// answer (the HTTP client of a long poll went away). Call with the core's
+/// lock held, then route `out` with `me = Some(conn)` and discard `conn`'s
+/// own effects.
+///
+/// The core cancels the request (semantics §9.1: its waiter leaves the
+/// queue, answered `timeout`). If the grant won the race, it is already in
+/// `mailbox` (replies are routed under the same lock) and is released here,
+/// so the slot passes on. Afterwards `mailbox` is empty and nothing is held
+/// or queued for that request. Returns whether a close was delivered too
+/// (the connection is being shut down).
+pub fn withdraw_blocked(
+    core: &mut Core,
+    now: Time,
+    conn: ConnId,
+    mailbox: &Mailbox,
+    space: Space,
+    key: &Key,
+    out: &mut Vec<Effect>,
+) -> bool {
+    core.cancel_blocked(now, conn, out);
+    let mut closed = false;
+    while let Some(d) = mailbox.try_recv() {
+        match d {
+            Delivery::Reply(Reply::Granted { token, .. }) => {
+                let release = Request::Release {
+                    space,
+                    key: key.clone(),
+                    token: token.to_string().into_bytes().into(),
+                };
+                core.handle(now, conn, release, out);
+            }
+            Delivery::Close => closed = true,
+            Delivery::Reply(_) | Delivery::Push { .. } => {}
+        }
+    }
+    closed
 }

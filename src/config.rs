@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use argh::FromArgs;
 
 use crate::core::CoreConfig;
+use crate::http::HttpSettings;
 
 /// The program name used in `--help` output.
 const COMMAND: &str = "dflockd";
@@ -438,24 +439,11 @@ pub struct HttpConfig {
     pub port: u16,
     /// Already resolved: `--http-host`, or `--host` when that is empty.
     pub host: String,
-    /// 0 = sessions are never reaped for idleness.
-    pub session_idle_timeout_s: u64,
-    /// 0 = unlimited.
-    pub max_sessions: usize,
-    /// 0 = unlimited.
-    pub max_sessions_per_ip: usize,
-    /// 0 = unlimited.
-    pub max_connections_per_ip: usize,
-    /// Requests per second per remote IP; 0 = unlimited.
-    pub rate_limit_per_ip: u64,
-    /// Already resolved: `--http-rate-limit-burst`, or the rate when that
-    /// is 0 and a rate is set.
-    pub rate_limit_burst: u64,
-    /// How often an SSE stream refreshes its hidden session (spec/http.md
-    /// §7.3); 0 = the open stream alone keeps the session alive.
-    pub sse_ping_interval_s: u64,
-    /// Split on commas, trimmed, blanks dropped; empty = CORS off.
-    pub cors_allowed_origins: Vec<String>,
+    /// What the HTTP front runs with: `listen` is `host:port`, the rate
+    /// limit burst is resolved (`--http-rate-limit-burst`, or the rate when
+    /// that is 0), CORS origins are split on commas, trimmed, blanks
+    /// dropped.
+    pub settings: HttpSettings,
 }
 
 /// A validated configuration. Fields carry their unit in the name; counts of
@@ -607,7 +595,12 @@ impl Config {
 
     /// The address for the HTTP listener, or `None` when HTTP is off.
     pub fn http_listen_addr(&self) -> Option<String> {
-        (self.http.port != 0).then(|| join_host_port(&self.http.host, self.http.port))
+        self.http_settings().map(|s| s.listen)
+    }
+
+    /// The HTTP front's settings, or `None` when `--http-port` is 0.
+    pub fn http_settings(&self) -> Option<HttpSettings> {
+        (self.http.port != 0).then(|| self.http.settings.clone())
     }
 
     /// The core's configuration. The fence values come from the fence
@@ -1310,21 +1303,25 @@ fn resolve(f: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         }
     }
 
+    let http_host = if http_host.is_empty() {
+        host.clone()
+    } else {
+        http_host
+    };
     let http = HttpConfig {
         port: http_port,
-        host: if http_host.is_empty() {
-            host.clone()
-        } else {
-            http_host
+        settings: HttpSettings {
+            listen: join_host_port(&http_host, http_port),
+            session_idle_timeout_s,
+            max_sessions,
+            max_sessions_per_ip,
+            max_connections_per_ip: http_max_connections_per_ip,
+            rate_limit_per_ip,
+            rate_limit_burst: if burst == 0 { rate_limit_per_ip } else { burst },
+            cors_allowed_origins,
+            sse_ping_interval_s,
         },
-        session_idle_timeout_s,
-        max_sessions,
-        max_sessions_per_ip,
-        max_connections_per_ip: http_max_connections_per_ip,
-        rate_limit_per_ip,
-        rate_limit_burst: if burst == 0 { rate_limit_per_ip } else { burst },
-        sse_ping_interval_s,
-        cors_allowed_origins,
+        host: http_host,
     };
 
     Ok(Config {
@@ -1403,14 +1400,14 @@ mod tests {
                 .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
             "http_port" => cfg.http.port.to_string(),
             "http_host" => cfg.http.host.clone(),
-            "http_idle_s" => cfg.http.session_idle_timeout_s.to_string(),
-            "http_max_sessions" => cfg.http.max_sessions.to_string(),
-            "http_max_sessions_per_ip" => cfg.http.max_sessions_per_ip.to_string(),
-            "http_max_connections_per_ip" => cfg.http.max_connections_per_ip.to_string(),
-            "http_rate" => cfg.http.rate_limit_per_ip.to_string(),
-            "http_burst" => cfg.http.rate_limit_burst.to_string(),
-            "http_sse_ping_s" => cfg.http.sse_ping_interval_s.to_string(),
-            "cors" => cfg.http.cors_allowed_origins.join("|"),
+            "http_idle_s" => cfg.http.settings.session_idle_timeout_s.to_string(),
+            "http_max_sessions" => cfg.http.settings.max_sessions.to_string(),
+            "http_max_sessions_per_ip" => cfg.http.settings.max_sessions_per_ip.to_string(),
+            "http_max_connections_per_ip" => cfg.http.settings.max_connections_per_ip.to_string(),
+            "http_rate" => cfg.http.settings.rate_limit_per_ip.to_string(),
+            "http_burst" => cfg.http.settings.rate_limit_burst.to_string(),
+            "http_sse_ping_s" => cfg.http.settings.sse_ping_interval_s.to_string(),
+            "cors" => cfg.http.settings.cors_allowed_origins.join("|"),
             "debug" => cfg.debug.to_string(),
             "warnings" => cfg.warnings.len().to_string(),
             "listen" => cfg.listen_addr(),

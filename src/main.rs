@@ -85,19 +85,7 @@ fn main() {
         auth_failure_pause_ms: 100,
         debug: cfg.debug,
         tls,
-        http: cfg
-            .http_listen_addr()
-            .map(|listen| dflockd::http::HttpSettings {
-                listen,
-                session_idle_timeout_s: cfg.http.session_idle_timeout_s,
-                max_sessions: cfg.http.max_sessions,
-                max_sessions_per_ip: cfg.http.max_sessions_per_ip,
-                max_connections_per_ip: cfg.http.max_connections_per_ip,
-                rate_limit_per_ip: cfg.http.rate_limit_per_ip,
-                rate_limit_burst: cfg.http.rate_limit_burst,
-                cors_allowed_origins: cfg.http.cors_allowed_origins.clone(),
-                sse_ping_interval_s: cfg.http.sse_ping_interval_s,
-            }),
+        http: cfg.http_settings(),
     };
     let handle = match server::spawn(server_cfg) {
         Ok(h) => h,

@@ -57,7 +57,7 @@ pub const OPENAPI: &str = include_str!("../../spec/openapi.json");
 pub const SESSION_HEADER: &str = "x-dflockd-session";
 
 /// Settings of the HTTP front, already validated (from `--http-*`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpSettings {
     /// `host:port` to listen on.
     pub listen: String,

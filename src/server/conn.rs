@@ -174,25 +174,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
-            // Everything up to our own close is sent; nothing after it (a
-            // publisher evicted as a slow consumer of its own signal).
-            let mut closed = false;
-            for e in effects.drain(..) {
-                match e {
-                    _ if closed => {}
-                    Effect::Reply { reply, .. } => {
-                        auth_failed |= reply == Reply::Status(Status::ErrorAuth);
-                        encode_reply(&reply, &mut wbuf);
-                    }
-                    Effect::Push {
-                        channel, payload, ..
-                    } => {
-                        encode_push(channel.as_bytes(), &payload, &mut wbuf);
-                        pushes += 1;
-                    }
-                    Effect::Close { .. } => closed = true,
-                }
-            }
+            encode_own(&mut effects, &mut wbuf, &mut pushes, &mut auth_failed);
             if wbuf.len() >= WRITE_BATCH_BYTES {
                 more_work = true;
                 break;
@@ -285,25 +267,42 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 inner.core.handle_invalid(now, id, true, &mut effects);
                 shared.after_core(&mut inner, &mut effects, Some(id));
                 drop(inner);
-                for e in effects.drain(..) {
-                    match e {
-                        Effect::Reply { reply, .. } => {
-                            auth_failed |= reply == Reply::Status(Status::ErrorAuth);
-                            encode_reply(&reply, &mut wbuf);
-                        }
-                        Effect::Push {
-                            channel, payload, ..
-                        } => {
-                            encode_push(channel.as_bytes(), &payload, &mut wbuf);
-                            pushes += 1;
-                        }
-                        Effect::Close { .. } => closing = true,
-                    }
-                }
+                closing |= encode_own(&mut effects, &mut wbuf, &mut pushes, &mut auth_failed);
                 rbuf.clear();
             }
         }
     }
+}
+
+/// Encodes this connection's own effects (what `after_core` left) into
+/// `wbuf`, in order, and empties `effects`. Everything up to its own close
+/// is sent, nothing after it (a publisher evicted as a slow consumer of its
+/// own signal). Counts the pushes, notes an `error_auth`, and returns
+/// whether a close was among them.
+fn encode_own(
+    effects: &mut Vec<Effect>,
+    wbuf: &mut Vec<u8>,
+    pushes: &mut usize,
+    auth_failed: &mut bool,
+) -> bool {
+    let mut closed = false;
+    for e in effects.drain(..) {
+        match e {
+            _ if closed => {}
+            Effect::Reply { reply, .. } => {
+                *auth_failed |= reply == Reply::Status(Status::ErrorAuth);
+                encode_reply(&reply, wbuf);
+            }
+            Effect::Push {
+                channel, payload, ..
+            } => {
+                encode_push(channel.as_bytes(), &payload, wbuf);
+                *pushes += 1;
+            }
+            Effect::Close { .. } => closed = true,
+        }
+    }
+    closed
 }
 
 async fn wait<S: AsyncRead + Unpin>(

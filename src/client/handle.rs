@@ -250,17 +250,7 @@ impl Handle {
                 self.client.lease_s,
             )
             .await;
-        match res {
-            Ok(grant) => {
-                self.granted(conn, grant);
-                Ok(grant.token)
-            }
-            Err(e) => {
-                // The queue place is gone anyway; upstream closes too.
-                self.reset();
-                Err(e)
-            }
-        }
+        self.settle(conn, res)
     }
 
     async fn enqueue(&mut self) -> Result<Enqueued> {
@@ -293,16 +283,7 @@ impl Handle {
         self.held = None;
         let res = guard.wait_in(self.space, &self.key, timeout).await;
         drop(guard);
-        match res {
-            Ok(grant) => {
-                self.granted(conn, grant);
-                Ok(grant.token)
-            }
-            Err(e) => {
-                self.reset();
-                Err(e)
-            }
-        }
+        self.settle(conn, res)
     }
 
     async fn release(&mut self) -> Result<()> {
@@ -334,6 +315,22 @@ impl Handle {
             self.lost.set();
         }
         res
+    }
+
+    /// The end of an acquire or a wait: a grant is recorded and renewed; on
+    /// an error the connection is dropped (the queue place is gone anyway;
+    /// upstream closes too).
+    fn settle(&mut self, conn: Shared, res: Result<Grant>) -> Result<Token> {
+        match res {
+            Ok(grant) => {
+                self.granted(conn, grant);
+                Ok(grant.token)
+            }
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
     }
 
     /// Records a grant and starts renewing it.

@@ -662,12 +662,9 @@ async fn handle(
             }
         }
         Route::Key(space, op) => {
-            let key = match param.as_deref().map(percent_decode) {
-                Some(Some(bytes)) => match Key::new(&bytes) {
-                    Ok(k) => k,
-                    Err(_) => return bad_request("invalid key"),
-                },
-                _ => return bad_request("invalid percent-encoding in key"),
+            let key = match path_key(param.as_deref(), "key") {
+                Ok(k) => k,
+                Err(r) => return *r,
             };
             let session = match req.headers().get(SESSION_HEADER) {
                 None => return bad_request("X-Dflockd-Session header required"),
@@ -738,6 +735,19 @@ fn authorized(shared: &Shared, req: &hyper::Request<Incoming>) -> bool {
 /// 32 lowercase hex digits.
 pub fn is_session_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A `{key}` or `{channel}` path segment (`what` names it in the 400):
+/// percent-decoded, then held to the protocol's key rules.
+pub(crate) fn path_key(segment: Option<&str>, what: &str) -> Result<Key, Box<Resp>> {
+    match segment.map(percent_decode) {
+        Some(Some(bytes)) => {
+            Key::new(&bytes).map_err(|_| Box::new(bad_request(&format!("invalid {what}"))))
+        }
+        _ => Err(Box::new(bad_request(&format!(
+            "invalid percent-encoding in {what}"
+        )))),
+    }
 }
 
 /// Decodes `%XX` escapes; `None` on a malformed escape.

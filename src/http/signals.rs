@@ -40,8 +40,8 @@ use serde_json::json;
 
 use super::sessions::Session;
 use super::{
-    bad_request, create_error, draining, error, json_resp, parse, percent_decode, read_body, Front,
-    Resp,
+    bad_request, create_error, draining, error, json_resp, parse, path_key, percent_decode,
+    read_body, Front, Resp,
 };
 use crate::core::Effect;
 use crate::server::mailbox::Delivery;
@@ -68,12 +68,9 @@ struct PublishBody {
 /// `POST /v1/signals/{channel}`: sessionless; answers
 /// `200 {"delivered": n}`.
 pub(super) async fn publish(front: &Front, param: Option<String>, body: Incoming) -> Resp {
-    let channel = match param.as_deref().map(percent_decode) {
-        Some(Some(bytes)) => match Key::new(&bytes) {
-            Ok(k) => k,
-            Err(_) => return bad_request("invalid channel"),
-        },
-        _ => return bad_request("invalid percent-encoding in channel"),
+    let channel = match path_key(param.as_deref(), "channel") {
+        Ok(k) => k,
+        Err(r) => return *r,
     };
     let body = match read_body(body).await {
         Ok(b) => b,

@@ -1029,17 +1029,26 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
             };
             error(code, name, "")
         }
-        other => {
-            let mut line = Vec::new();
-            crate::wire::encode_reply(&other, &mut line);
-            let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "unexpected_protocol_response",
-                &line,
-            )
-        }
+        other => unexpected(Some(other)),
     }
+}
+
+/// `500 unexpected_protocol_response`, with the reply line (if any) as the
+/// detail.
+fn unexpected(reply: Option<Reply>) -> Resp {
+    let line = match reply {
+        Some(r) => {
+            let mut line = Vec::new();
+            crate::wire::encode_reply(&r, &mut line);
+            String::from_utf8_lossy(&line).trim_end().to_owned()
+        }
+        None => String::new(),
+    };
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "unexpected_protocol_response",
+        &line,
+    )
 }
 
 // ----- metrics -----------------------------------------------------------

@@ -41,7 +41,7 @@ use serde_json::json;
 use super::sessions::Session;
 use super::{
     bad_request, create_error, draining, error, json_resp, parse, path_key, percent_decode,
-    read_body, Front, Resp,
+    read_body, unexpected, Front, Resp,
 };
 use crate::core::Effect;
 use crate::server::mailbox::Delivery;
@@ -134,22 +134,6 @@ fn signal_once(shared: &Shared, request: Request) -> Option<Reply> {
         Effect::Reply { reply, .. } => Some(reply),
         _ => None,
     })
-}
-
-fn unexpected(reply: Option<Reply>) -> Resp {
-    let line = match reply {
-        Some(r) => {
-            let mut line = Vec::new();
-            crate::wire::encode_reply(&r, &mut line);
-            String::from_utf8_lossy(&line).trim_end().to_owned()
-        }
-        None => String::new(),
-    };
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "unexpected_protocol_response",
-        &line,
-    )
 }
 
 // ----- subscribe ---------------------------------------------------------

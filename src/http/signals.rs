@@ -248,12 +248,14 @@ pub(super) fn subscribe(
 /// Appends one SSE event for a push. Channel and payload are byte strings
 /// (Decision D15); bytes that are not UTF-8 are shown as U+FFFD.
 fn encode_event(channel: &[u8], payload: &[u8], out: &mut Vec<u8>) {
-    let channel = serde_json::Value::from(String::from_utf8_lossy(channel));
-    let payload = serde_json::Value::from(String::from_utf8_lossy(payload));
+    // Escaped straight into `out`; writing a string to a `Vec` cannot fail.
+    let json_string = |bytes: &[u8], out: &mut Vec<u8>| {
+        let _ = serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(bytes));
+    };
     out.extend_from_slice(b"event: sig\ndata: {\"channel\":");
-    out.extend_from_slice(channel.to_string().as_bytes());
+    json_string(channel, out);
     out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(payload.to_string().as_bytes());
+    json_string(payload, out);
     out.extend_from_slice(b"}\n\n");
 }
 

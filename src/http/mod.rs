@@ -934,10 +934,20 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
     let shared = &front.shared;
     let mut guard = InFlight::new(&front.sessions, shared, session);
     guard.take_turn().await;
+    // What the request would block on: only an acquire or wait with a
+    // timeout can (the key is kept to withdraw it, see `InFlight`).
     let blocked_on = match &request {
-        Request::Acquire { space, key, .. } | Request::Wait { space, key, .. } => {
-            Some((*space, key.clone()))
+        Request::Acquire {
+            space,
+            key,
+            timeout_s,
+            ..
         }
+        | Request::Wait {
+            space,
+            key,
+            timeout_s,
+        } if *timeout_s > 0 => Some((*space, key.clone())),
         _ => None,
     };
     let mut effects: Vec<Effect> = Vec::new();

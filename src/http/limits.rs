@@ -1,6 +1,6 @@
 //! Per-remote-IP admission for the HTTP front (reference §7.2, §7.3):
-//! the request rate limiter (a token bucket per IP) and the per-IP
-//! connection counter.
+//! the request rate limiter (a token bucket per IP), and the per-IP
+//! counter shared with the TCP listener ([`PerIp`]).
 //!
 //! The token bucket is a pure value: every operation takes `now` as an
 //! argument, so the unit tests drive it with a virtual clock and the HTTP
@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+pub use crate::server::per_ip::PerIp;
 
 /// A bucket idle this long is forgotten (a returning IP starts afresh,
 /// which is what a full bucket would give it anyway).
@@ -106,57 +108,6 @@ impl RateLimiter {
     /// Whether no IP has a bucket.
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
-    }
-}
-
-/// Counts something per remote IP (open connections, live sessions) against
-/// an optional cap.
-#[derive(Debug, Default)]
-pub struct PerIp {
-    counts: HashMap<IpAddr, usize>,
-    /// Successful [`PerIp::try_add`] calls since creation.
-    added: u64,
-}
-
-impl PerIp {
-    /// Counts one more for `ip` unless it already has `max` (0 = no cap).
-    pub fn try_add(&mut self, ip: IpAddr, max: usize) -> bool {
-        let n = self.counts.entry(ip).or_insert(0);
-        if max > 0 && *n >= max {
-            if *n == 0 {
-                self.counts.remove(&ip);
-            }
-            return false;
-        }
-        *n += 1;
-        self.added += 1;
-        true
-    }
-
-    /// Counts one less for `ip`.
-    pub fn remove(&mut self, ip: IpAddr) {
-        if let Some(n) = self.counts.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.counts.remove(&ip);
-            }
-        }
-    }
-
-    /// The count for `ip`.
-    pub fn get(&self, ip: IpAddr) -> usize {
-        self.counts.get(&ip).copied().unwrap_or(0)
-    }
-
-    /// The sum over every IP.
-    pub fn total(&self) -> usize {
-        self.counts.values().sum()
-    }
-
-    /// How many were ever counted in (successful [`PerIp::try_add`] calls);
-    /// for connections, the ones admitted.
-    pub fn added(&self) -> u64 {
-        self.added
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod conn;
 pub mod fence_file;
 pub mod mailbox;
+pub mod per_ip;
 pub mod timer;
 pub mod tls;
 
@@ -101,7 +102,7 @@ pub struct Shared {
     tcp_conns: AtomicUsize,
     /// TCP connections admitted since start (past the connection caps).
     tcp_accepted: AtomicU64,
-    per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    per_ip: std::sync::Mutex<per_ip::PerIp>,
     pub cfg: ServerConfig,
 }
 
@@ -125,7 +126,7 @@ impl Shared {
             conn_closed: Event::new(),
             tcp_conns: AtomicUsize::new(0),
             tcp_accepted: AtomicU64::new(0),
-            per_ip: std::sync::Mutex::new(HashMap::new()),
+            per_ip: std::sync::Mutex::new(per_ip::PerIp::default()),
             cfg,
         })
     }
@@ -537,14 +538,15 @@ fn admit(shared: &Shared, ip: IpAddr) -> bool {
     }
     let max_ip = shared.cfg.max_connections_per_ip;
     if max_ip > 0 {
-        let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= max_ip {
-            drop(per_ip);
+        let admitted = shared
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_add(ip, max_ip);
+        if !admitted {
             shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        *n += 1;
     }
     shared.tcp_accepted.fetch_add(1, Ordering::Relaxed);
     true
@@ -552,13 +554,11 @@ fn admit(shared: &Shared, ip: IpAddr) -> bool {
 
 fn release_admission(shared: &Shared, ip: IpAddr) {
     if shared.cfg.max_connections_per_ip > 0 {
-        let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-        }
+        shared
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(ip);
     }
     shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
     shared.conn_closed.notify(usize::MAX);

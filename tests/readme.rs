@@ -148,12 +148,14 @@ fn readme_curl_examples_run_as_written() {
                 "no output line has the keys {keys:?} promised by README:\n{stdout}"
             );
         }
-        // The block cleans up after itself: nothing held, no session.
-        let stats_line = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("{\"connections\""));
-        if let Some(stats) = stats_line {
+        // A block that ends with `/v1/stats` cleans up after itself:
+        // nothing held, no session.
+        if block.trim_end().ends_with("/v1/stats") {
+            let stats = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("{\"connections\""))
+                .unwrap_or_else(|| panic!("no stats line in:\n{stdout}"));
             let v: serde_json::Value = serde_json::from_str(stats).expect("stats JSON");
             assert_eq!(v["locks"], serde_json::json!([]), "{stats}");
             assert_eq!(v["connections"], 0, "{stats}");

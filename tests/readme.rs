@@ -10,6 +10,20 @@
 //! The examples need `curl` and `bash`. Without `curl` the test says so
 //! and passes, unless `DFLOCKD_REQUIRE_CURL=1` (set by `.ci/run`), where a
 //! missing `curl` fails it.
+//!
+//! The `nc` sessions of "The protocol in 10 minutes" are replayed too, over
+//! TCP, without `nc`: each `###` subsection is a scene, run against a fresh
+//! server. A block that starts `$ nc HOST PORT` opens a terminal, named by
+//! the last word of a comment after the command (`# terminal B` is `B`),
+//! or unnamed; a block without it
+//! continues the terminal its info string names (```` ```text B ````), or
+//! the unnamed one. In a block, lines are typed or read as the protocol
+//! says: three typed lines make a request, the next line shown is its
+//! reply, a `sig ` line is a push, and a line that is not a command word
+//! where a request would start is a line nobody asked for (the idle
+//! `error`). `$` alone means the server closed the connection, `^C` that
+//! the user closed it. Tokens are matched as placeholders, `stats`
+//! fractions as any number; everything else must be byte for byte.
 
 use std::process::Command;
 use std::time::Duration;
@@ -232,4 +246,383 @@ fn readme_signal_examples_run_as_written() {
     let _ = child.kill();
     let _ = child.wait();
     stop(server);
+}
+
+// ---------------------------------------------------------------------------
+// "The protocol in 10 minutes": `nc` sessions replayed against a server.
+
+/// The README section whose fenced blocks are `nc` sessions.
+const SESSIONS: &str = "## The protocol in 10 minutes";
+
+/// One `###` subsection of [`SESSIONS`]: its title and its fenced blocks
+/// (info string, text), replayed in order against one fresh server.
+struct Scene {
+    title: String,
+    blocks: Vec<(String, String)>,
+}
+
+fn scenes() -> Vec<Scene> {
+    let mut scenes: Vec<Scene> = Vec::new();
+    let mut inside = false;
+    let mut block: Option<(String, String)> = None;
+    for line in README.lines() {
+        if block.is_none() && line.starts_with("## ") {
+            inside = line == SESSIONS;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if block.is_none() {
+            if let Some(title) = line.strip_prefix("### ") {
+                scenes.push(Scene {
+                    title: title.to_string(),
+                    blocks: Vec::new(),
+                });
+                continue;
+            }
+        }
+        match (&mut block, line.strip_prefix("```")) {
+            (None, Some(info)) => block = Some((info.trim().to_string(), String::new())),
+            (Some(_), Some("")) => {
+                let b = block.take().expect("inside a block");
+                scenes
+                    .last_mut()
+                    .unwrap_or_else(|| panic!("a session block before the first ### heading"))
+                    .blocks
+                    .push(b);
+            }
+            (Some((_, text)), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    scenes
+}
+
+/// One `nc` terminal of a scene: a connection and where its conversation
+/// stands.
+struct Terminal {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+    /// The server's id for this connection: terminals are the only clients
+    /// of the scene's server, so the n-th one opened is connection n.
+    conn: dflockd::core::ConnId,
+    /// Lines of the current request typed so far (0, 1 or 2).
+    typed: usize,
+    /// Requests typed whose reply has not been shown yet.
+    pending: usize,
+    /// Whether a request was typed in the current block and not answered
+    /// in it: the server must have queued it before the next block.
+    fresh: bool,
+}
+
+/// What `line` of a session block is, given the terminal's state. Every
+/// request is three typed lines and gets one reply, and a reply is never a
+/// command word, so the protocol itself tells typing from reading.
+#[derive(Debug, PartialEq)]
+enum Step {
+    Type,
+    Read,
+    /// `$` alone: the server closed the connection and `nc` exited.
+    Closed,
+    /// `^C`: the user interrupts `nc`, which closes the connection.
+    Interrupt,
+}
+
+fn step_of(line: &str, typed: usize, pending: usize) -> Step {
+    match line {
+        "$" => Step::Closed,
+        "^C" => Step::Interrupt,
+        _ if typed == 0 && line.starts_with("sig ") => Step::Read,
+        _ if typed == 0 && pending > 0 => Step::Read,
+        // A line no request asked for, such as the `error` of an idle
+        // connection's read deadline.
+        _ if typed == 0 && !dflockd::wire::COMMANDS.contains(&line) => Step::Read,
+        _ => Step::Type,
+    }
+}
+
+/// Whether a token-shaped word: 32 lowercase hex digits.
+fn is_token(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether the line the server sent matches the line the README shows.
+/// Tokens differ on every run: the first time the README shows a token it
+/// is bound to the real one, and must stay bound to it. In `ok {json}`
+/// (`stats`), numbers the README writes with a fraction (seconds left,
+/// seconds idle) match any number; everything else must be equal.
+fn line_matches(
+    shown: &str,
+    got: &str,
+    tokens: &mut std::collections::BTreeMap<String, String>,
+) -> bool {
+    fn json_matches(shown: &serde_json::Value, got: &serde_json::Value) -> bool {
+        use serde_json::Value::*;
+        match (shown, got) {
+            (Number(s), Number(_)) if s.is_f64() => true,
+            (Object(s), Object(g)) => {
+                s.len() == g.len()
+                    && s.iter()
+                        .all(|(k, v)| g.get(k).is_some_and(|gv| json_matches(v, gv)))
+            }
+            (Array(s), Array(g)) => {
+                s.len() == g.len() && s.iter().zip(g).all(|(a, b)| json_matches(a, b))
+            }
+            _ => shown == got,
+        }
+    }
+    if let (Some(s), Some(g)) = (shown.strip_prefix("ok {"), got.strip_prefix("ok {")) {
+        let parse = |t: &str| serde_json::from_str::<serde_json::Value>(&format!("{{{t}"));
+        return match (parse(s), parse(g)) {
+            (Ok(s), Ok(g)) => json_matches(&s, &g),
+            _ => false,
+        };
+    }
+    let (shown, got): (Vec<&str>, Vec<&str>) =
+        (shown.split(' ').collect(), got.split(' ').collect());
+    shown.len() == got.len()
+        && shown.iter().zip(&got).all(|(s, g)| {
+            if !is_token(s) {
+                return s == g;
+            }
+            if !is_token(g) {
+                return false;
+            }
+            let taken_by_other = tokens.iter().any(|(k, v)| k != s && v == g);
+            let bound = tokens.entry(s.to_string()).or_insert_with(|| g.to_string());
+            bound == g && !taken_by_other
+        })
+}
+
+/// Replays one scene: opens terminals as the blocks do, types the typed
+/// lines (with the real tokens pasted in), reads and compares the rest.
+/// After each block it waits until the server has taken in what was typed:
+/// a request left without a reply is queued, and an interrupted terminal
+/// is gone.
+fn run_scene(scene: &Scene) {
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, Write};
+
+    // A scene may shorten the read timeout (`read-timeout=N` in a block's
+    // info string) so that its idle connection is cut without waiting 23 s.
+    let read_timeout_s = scene
+        .blocks
+        .iter()
+        .flat_map(|(info, _)| info.split_whitespace())
+        .find_map(|w| w.strip_prefix("read-timeout=")?.parse().ok())
+        .unwrap_or(ServerConfig::default().read_timeout_s);
+    let server = spawn(ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        read_timeout_s,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut terminals: BTreeMap<String, Terminal> = BTreeMap::new();
+    let mut opened = 0;
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    let title = &scene.title;
+
+    for (info, text) in &scene.blocks {
+        let mut lines = text.lines().peekable();
+        // A block opens a terminal (`$ nc HOST PORT`, optionally `# name`)
+        // or continues the one its info string names (no name: the
+        // scene's unnamed terminal).
+        let mut name = info.split_whitespace().nth(1).filter(|w| !w.contains('='));
+        let name = match lines.peek().and_then(|l| l.strip_prefix("$ nc ")) {
+            Some(rest) => {
+                // `# terminal B` names it `B`.
+                let comment = rest.split_once('#').map_or("", |(_, c)| c);
+                let name = comment.split_whitespace().last().unwrap_or("").to_string();
+                assert!(
+                    !terminals.contains_key(&name),
+                    "{title}: terminal {name:?} opened twice"
+                );
+                lines.next();
+                opened += 1;
+                let stream = std::net::TcpStream::connect(server.local_addr()).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("set timeout");
+                terminals.insert(
+                    name.clone(),
+                    Terminal {
+                        reader: std::io::BufReader::new(stream.try_clone().expect("clone")),
+                        writer: stream,
+                        conn: dflockd::core::ConnId(opened),
+                        typed: 0,
+                        pending: 0,
+                        fresh: false,
+                    },
+                );
+                name
+            }
+            None => name.take().unwrap_or_default().to_string(),
+        };
+        for line in lines {
+            let t = terminals
+                .get_mut(&name)
+                .unwrap_or_else(|| panic!("{title}: terminal {name:?} is not open for {line:?}"));
+            match step_of(line, t.typed, t.pending) {
+                Step::Type => {
+                    let typed: Vec<String> = line
+                        .split(' ')
+                        .map(|w| match tokens.get(w) {
+                            Some(real) => real.clone(),
+                            None if is_token(w) => {
+                                panic!("{title}: the README pastes a token it never showed: {w}")
+                            }
+                            None => w.to_string(),
+                        })
+                        .collect();
+                    t.writer
+                        .write_all(format!("{}\n", typed.join(" ")).as_bytes())
+                        .expect("type a line");
+                    t.typed = (t.typed + 1) % 3;
+                    if t.typed == 0 {
+                        t.pending += 1;
+                        t.fresh = true;
+                    }
+                }
+                Step::Read => {
+                    let mut got = String::new();
+                    t.reader
+                        .read_line(&mut got)
+                        .unwrap_or_else(|e| panic!("{title}: reading {line:?}: {e}"));
+                    let got = got.trim_end_matches('\n');
+                    assert!(
+                        line_matches(line, got, &mut tokens),
+                        "{title}: the README shows {line:?}, the server sent {got:?}"
+                    );
+                    if !line.starts_with("sig ") && t.pending > 0 {
+                        t.pending -= 1;
+                        t.fresh = false;
+                    }
+                }
+                Step::Closed => {
+                    let mut rest = String::new();
+                    let n = t.reader.read_line(&mut rest);
+                    assert!(
+                        matches!(n, Ok(0)) || n.is_err(),
+                        "{title}: the README shows the connection closed, the server sent {rest:?}"
+                    );
+                    terminals.remove(&name);
+                }
+                Step::Interrupt => {
+                    let _ = t.writer.shutdown(std::net::Shutdown::Both);
+                    terminals.remove(&name);
+                }
+            }
+        }
+        // Let the server catch up with what was typed before the next block.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let settled = {
+                let inner = server.shared().lock();
+                inner.core.connection_count() == terminals.len()
+                    && terminals
+                        .values()
+                        .all(|t| !t.fresh || inner.core.is_blocked(t.conn))
+            };
+            if settled {
+                // Queued requests may be answered by what later blocks do.
+                terminals.values_mut().for_each(|t| t.fresh = false);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{title}: the server did not take in the block within 10 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for (name, t) in &terminals {
+        assert!(
+            t.typed == 0 && t.pending == 0,
+            "{title}: terminal {name:?} ends with a request unanswered"
+        );
+    }
+    drop(terminals);
+    stop(server);
+}
+
+#[test]
+fn readme_protocol_sessions_run_as_written() {
+    let scenes = scenes();
+    assert!(
+        scenes.len() >= 6 && scenes.iter().all(|s| !s.blocks.is_empty()),
+        "the README's {SESSIONS:?} section has its scenes, each with sessions"
+    );
+    let all: String = scenes
+        .iter()
+        .flat_map(|s| s.blocks.iter().map(|(_, t)| t.as_str()))
+        .collect();
+    // What the section promises to show.
+    for feature in [
+        "\nlisten\n",
+        "\n\nok\n",
+        "\nsig ",
+        "\nsl\n",
+        "\ne\n",
+        "\n$\n",
+        "^C",
+    ] {
+        assert!(all.contains(feature), "no session shows {feature:?}");
+    }
+    for scene in &scenes {
+        run_scene(scene);
+    }
+}
+
+#[test]
+fn session_steps() {
+    assert_eq!(step_of("l", 0, 0), Step::Type);
+    assert_eq!(step_of("orders", 1, 0), Step::Type);
+    assert_eq!(step_of("", 2, 0), Step::Type);
+    assert_eq!(step_of("ok 33", 0, 1), Step::Read);
+    assert_eq!(step_of("sig a.b hi", 0, 0), Step::Read);
+    assert_eq!(step_of("error", 0, 0), Step::Read);
+    assert_eq!(step_of("ping", 0, 0), Step::Type);
+    assert_eq!(step_of("$", 0, 0), Step::Closed);
+    assert_eq!(step_of("^C", 0, 1), Step::Interrupt);
+    let mut tokens = std::collections::BTreeMap::new();
+    let (t1, t2) = (
+        "18ee304792b9ea893c1f5a7e90d2b4c6",
+        "000000000000000175a1b0c2d3e4f5a6",
+    );
+    assert!(line_matches(
+        &format!("ok {t1} 33"),
+        &format!("ok {t2} 33"),
+        &mut tokens
+    ));
+    assert!(!line_matches(
+        &format!("ok {t1} 33"),
+        &format!("ok {t2} 34"),
+        &mut tokens
+    ));
+    // A bound token stays bound; another README token cannot take it.
+    assert!(!line_matches(
+        &format!("ok {t1} 33"),
+        &format!("ok {} 33", "1".repeat(32)),
+        &mut tokens
+    ));
+    assert!(!line_matches(
+        &format!("ok {} 33", "2".repeat(32)),
+        &format!("ok {t2} 33"),
+        &mut tokens
+    ));
+    assert!(line_matches(
+        r#"ok {"a":[{"idle_s":12.5,"n":1}]}"#,
+        r#"ok {"a":[{"idle_s":0,"n":1}]}"#,
+        &mut tokens
+    ));
+    assert!(!line_matches(
+        r#"ok {"a":[{"idle_s":12.5,"n":1}]}"#,
+        r#"ok {"a":[{"idle_s":0,"n":2}]}"#,
+        &mut tokens
+    ));
 }

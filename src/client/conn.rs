@@ -418,7 +418,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// `signal`: publishes `payload` on `channel` (no `*` or `>`); returns
-    /// how many subscriber connections it was queued to (possibly 0).
+    /// how many pushes the server queued (possibly 0): one per delivery
+    /// route, so a connection reached both on its own and through a queue
+    /// group counts twice (protocol.md §9.2).
     /// A wildcard channel or a blank or overlong payload is
     /// [`Error::Server`]; a line break in either is [`Error::Invalid`].
     pub async fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<u64> {

@@ -11,6 +11,8 @@
 //! * `disconnect`: what a vanished connection leaves behind;
 //! * `auth`: the `auth` handshake;
 //! * `client`: the client library against a real server;
+//! * `client_guide`: `spec/client-guide.md` quotes `examples/minimal_client.rs`
+//!   verbatim, and that client works against a real server;
 //! * `limits`: connection caps, `max_waiters`, `max_locks`;
 //! * `shutdown`: binding, graceful drain and forced close;
 //! * `pipelining`: many requests per write, blocked requests in a pipeline;
@@ -29,6 +31,7 @@ mod support;
 mod auth;
 mod bad_input;
 mod client;
+mod client_guide;
 mod commands;
 mod contention;
 mod disconnect;

@@ -499,7 +499,7 @@ fn transcript_words(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
             }
         } else if line == ">" || line.starts_with("> ") {
             let count = sent.entry(conn.clone()).or_insert(0);
-            if *count % 3 == 0 {
+            if count.is_multiple_of(3) {
                 commands.insert(line.get(2..).unwrap_or_default().to_string());
             }
             *count += 1;

@@ -65,7 +65,10 @@ fn quotes(guide: &str) -> Vec<(String, String)> {
         let (path, name) = target.split_once('#').expect("quote: PATH#name");
         assert_eq!(path, EXAMPLE_PATH, "the guide quotes only the example");
         let fence = lines.next().unwrap_or_default();
-        assert_eq!(fence, "```rust", "a quote marker is followed by a rust block");
+        assert_eq!(
+            fence, "```rust",
+            "a quote marker is followed by a rust block"
+        );
         let mut text = String::new();
         for l in lines.by_ref().take_while(|l| *l != "```") {
             text.push_str(l);
@@ -118,7 +121,10 @@ fn anchor_and_quote_readers() {
     let src = "//! x\n// ANCHOR: a\nfn a() {}\n    // ANCHOR_END: a\n";
     assert_eq!(anchors(src)["a"], "fn a() {}\n");
     let guide = "t\n<!-- quote: examples/minimal_client.rs#a -->\n```rust\nfn a() {}\n```\n";
-    assert_eq!(quotes(guide), vec![("a".to_string(), "fn a() {}\n".to_string())]);
+    assert_eq!(
+        quotes(guide),
+        vec![("a".to_string(), "fn a() {}\n".to_string())]
+    );
 }
 
 #[test]
@@ -238,7 +244,10 @@ fn pushes_between_a_request_and_its_reply() {
     assert_eq!(other.publish("guide.y", "a  b").expect("publish"), 2);
     for _ in 0..2 {
         let s = me.next_signal().expect("signal");
-        assert_eq!((s.channel.as_str(), s.payload.as_str()), ("guide.y", "a  b"));
+        assert_eq!(
+            (s.channel.as_str(), s.payload.as_str()),
+            ("guide.y", "a  b")
+        );
     }
     assert!(matches!(
         other.publish("guide.*", "wildcards are for listeners"),
@@ -267,9 +276,20 @@ fn auth_comes_first() {
 
 #[test]
 fn shards_like_the_client_library() {
-    for key in ["", "orders", "report", "a/b", "ünïcode", "x".repeat(300).as_str()] {
+    for key in [
+        "",
+        "orders",
+        "report",
+        "a/b",
+        "ünïcode",
+        "x".repeat(300).as_str(),
+    ] {
         for n in [1, 2, 3, 7] {
-            assert_eq!(shard(key, n), dflockd::client::shard(key.as_bytes(), n), "{key:?} {n}");
+            assert_eq!(
+                shard(key, n),
+                dflockd::client::shard(key.as_bytes(), n),
+                "{key:?} {n}"
+            );
         }
     }
 }

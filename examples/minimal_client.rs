@@ -167,9 +167,11 @@ impl Connection {
             Err(e) => e.kind() != io::ErrorKind::WouldBlock, // reset
         }
     }
-    // ANCHOR_END: reader
+}
+// ANCHOR_END: reader
 
-    // ANCHOR: signals
+// ANCHOR: signals
+impl Connection {
     /// Subscribes to `pattern` (`*` is one token, `>` the rest), alone
     /// (`group` empty) or taking turns with the other members of `group`.
     pub fn listen(&mut self, pattern: &str, group: &str) -> Result<(), Error> {

@@ -216,8 +216,9 @@ impl Signal {
 // ANCHOR: lock
 /// A lock held through a connection of its own: acquired, renewed and
 /// released there. While it holds the lock, that connection is never
-/// closed for idleness (protocol.md §2.4), so a renewal's `error` is
-/// always the server's verdict: the lease is gone.
+/// closed for idleness (protocol.md §2.4), so when a renewal fails, the
+/// lock is lost: a refusal means the lease had ended, and a closed
+/// connection released what it held.
 pub struct Lock {
     conn: Connection,
     key: String,
@@ -268,9 +269,8 @@ impl Lock {
         Duration::from_secs(self.lease_s) / 2
     }
 
-    /// Extends the lease to `lease_s` seconds from now.
-    /// `Err(Error::Refused(_))`: the lease had already ended, so the lock
-    /// may be someone else's. Stop working on what it protects.
+    /// Extends the lease to `lease_s` seconds from now. Any error: the
+    /// lock may be someone else's by now. Stop working on what it protects.
     pub fn renew(&mut self) -> Result<(), Error> {
         let arg = format!("{} {}", self.token, self.lease_s);
         self.conn.request("n", &self.key, &arg).map(drop)

@@ -1,0 +1,4 @@
+//! stub
+pub fn main(_command: &str, _args: &[&str]) -> u8 {
+    2
+}

@@ -53,7 +53,12 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        Conn::from_stream(TcpStream::connect_timeout(&addr, timeout)?)
+    }
+
+    /// Wraps an established stream (the scripted server's side of a
+    /// client's connection).
+    pub(crate) fn from_stream(stream: TcpStream) -> io::Result<Conn> {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
@@ -78,6 +83,12 @@ impl Conn {
                 _ => self.unanswered.push_back(vec![line]),
             }
         }
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Writes `bytes` as they are, in one write (no request bookkeeping).
+    pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
         self.stream.flush()
     }

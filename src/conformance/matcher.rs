@@ -57,6 +57,7 @@ pub(crate) fn match_line(
                 stats_shape(&v).map_err(|e| format!("not a stats object: {e}"))?;
                 rest = &[];
             }
+            Pat::Any => rest = &[],
         }
     }
     if !rest.is_empty() {

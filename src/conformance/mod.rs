@@ -21,13 +21,17 @@
 //!   against `expected-failures.txt`, stopping early against a server that
 //!   never answers;
 //! * [`cli`]: `dflockd conformance`, which can also start the server under
-//!   test itself (`--spawn`).
+//!   test itself (`--spawn`);
+//! * [`serve`]: the other direction, for client authors: a scripted server
+//!   that plays the [`script`]s of `spec/conformance/client/` against a
+//!   client and says whether it did the right thing.
 
 pub mod cli;
 mod client;
 mod matcher;
 mod relay;
 mod run;
+pub mod script;
 pub mod serve;
 pub mod spawn;
 mod suite;

@@ -20,7 +20,7 @@
 //! error). A name that names no case gets a "did you mean".
 //!
 //! With `--auth-token` or `--tls`, every connection the runner opens goes
-//! through a local relay ([`super::relay`]) that authenticates first and/or
+//! through a local relay (`relay.rs`) that authenticates first and/or
 //! speaks TLS to the server, so the transcripts run unchanged. `--tls-ca
 //! FILE` verifies the server certificate against that PEM file (and
 //! implies `--tls`); without it the certificate is not verified (traffic

@@ -325,7 +325,7 @@ fn poll_stats(conn: &mut Conn, deadline: Instant, timeout: Duration) -> Result<V
     Ok(v)
 }
 
-fn describe_read(got: &ReadLine, timeout: Duration) -> String {
+pub(crate) fn describe_read(got: &ReadLine, timeout: Duration) -> String {
     let partial = |p: &[u8]| {
         if p.is_empty() {
             String::new()

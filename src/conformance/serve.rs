@@ -38,6 +38,7 @@ use argh::FromArgs;
 
 use super::client::{Conn, ReadLine};
 use super::matcher::{match_line, quoted};
+use super::run::describe_read;
 use super::script::{parse_script, Action, Listener, Script, ScriptError, Step};
 use super::transcript::Text;
 
@@ -417,7 +418,7 @@ impl Player {
                         return Err(format!(
                             "expected the client to send \"{}\", got {}",
                             step.source,
-                            describe(&other, timeout)
+                            describe_read(&other, timeout)
                         ))
                     }
                 };
@@ -437,7 +438,7 @@ impl Player {
                 conn.expect_eof(timeout).map_err(|got| {
                     format!(
                         "expected the client to close the connection, got {}",
-                        describe(&got, timeout)
+                        describe_read(&got, timeout)
                     )
                 })
             }
@@ -519,23 +520,6 @@ fn selected(conns: &mut [(Option<Conn>, Listener)], n: usize) -> Result<&mut Con
         .get_mut(n.wrapping_sub(1))
         .and_then(|c| c.0.as_mut())
         .ok_or_else(|| format!("connection {n} is closed"))
-}
-
-fn describe(got: &ReadLine, timeout: Duration) -> String {
-    match got {
-        ReadLine::Line(line) => quoted(line),
-        ReadLine::Eof { partial } if partial.is_empty() => "end of stream".into(),
-        ReadLine::Eof { partial } => format!("end of stream after {}", quoted(partial)),
-        ReadLine::TimedOut { partial } if partial.is_empty() => {
-            format!("nothing within {}s", timeout.as_secs_f64())
-        }
-        ReadLine::TimedOut { partial } => format!(
-            "no LF within {}s after {}",
-            timeout.as_secs_f64(),
-            quoted(partial)
-        ),
-        ReadLine::Failed(e) => format!("a read error: {e}"),
-    }
 }
 
 /// Play scripted server scenarios against a client under test (see

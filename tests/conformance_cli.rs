@@ -80,7 +80,7 @@ fn passes_against_this_server() {
     let last = text.lines().last().unwrap_or_default();
     assert!(is_summary(last, 0), "summary: {last:?}\n{text}");
     assert!(text.contains("pass  lock-fifo.txt"), "{text}");
-    assert!(text.contains("pass  timed-lease-expiry"), "{text}");
+    assert!(text.contains("pass  timed-lease-expiry.txt"), "{text}");
     assert!(
         text.contains("skip  signal-basic.txt: skipped on purpose"),
         "{text}"
@@ -277,7 +277,7 @@ fn passes_over_tls_with_a_ca_and_auth() {
     let last = text.lines().last().unwrap_or_default();
     assert!(is_summary(last, 0), "summary: {last:?}\n{text}");
     assert!(text.contains("pass  lock-fifo.txt"), "{text}");
-    assert!(text.contains("pass  timed-lease-expiry"), "{text}");
+    assert!(text.contains("pass  timed-lease-expiry.txt"), "{text}");
 }
 
 #[test]

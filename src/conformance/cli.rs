@@ -471,11 +471,11 @@ mod tests {
     fn skip_file() {
         let skips = parse_skips(
             "s",
-            "# comment\n\nsignal-basic.txt   # no pub/sub\ntimed-lease-expiry #slow\n",
+            "# comment\n\nsignal-basic.txt   # no pub/sub\ntimed-lease-expiry.txt #slow\n",
         )
         .unwrap();
         assert_eq!(skips["signal-basic.txt"].0, "no pub/sub");
-        assert_eq!(skips["timed-lease-expiry"].0, "slow");
+        assert_eq!(skips["timed-lease-expiry.txt"].0, "slow");
         assert!(parse_skips("s", "a.txt\n")
             .unwrap_err()
             .contains("s:1: skip of `a.txt` has no reason"));

@@ -11,10 +11,13 @@
 //! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
 //! 6. [`client`]: the client library (connections, lock and semaphore
 //!    handles with background renewal, CRC-32 sharding).
+//!    [`cli`]: the client subcommands of `dflockd` (`lock`, `stats`,
+//!    `signal`, `listen`), built on it.
 //! 7. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
 //! 8. [`sync`]: the std/loom facade for the server's own concurrency.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod conformance;

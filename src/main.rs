@@ -1,8 +1,10 @@
 //! The `dflockd` daemon: parse the configuration, start the server, and
 //! turn SIGINT/SIGTERM into a graceful shutdown.
 //!
-//! `dflockd conformance --addr HOST:PORT ...` instead runs the conformance
-//! suite against a server (the same as the `dflockd-conformance` binary).
+//! A first argument naming a subcommand runs that instead (`dflockd::cli`):
+//! `dflockd lock KEY -- COMMAND`, `dflockd stats`, `dflockd signal`,
+//! `dflockd listen`, and `dflockd conformance ...` (the conformance runner,
+//! the same as the `dflockd-conformance` binary, and its scripted server).
 
 use std::process::exit;
 
@@ -10,14 +12,9 @@ use dflockd::config::{Config, Parsed};
 use dflockd::server::{self, ServerConfig};
 
 fn main() {
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == "conformance") {
-        let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
-        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-        exit(i32::from(dflockd::conformance::cli::main(
-            "dflockd conformance",
-            &rest,
-        )));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = dflockd::cli::run_subcommand(&args) {
+        exit(i32::from(code));
     }
     let cfg = match Config::from_process() {
         Ok(Parsed::Run(cfg)) => cfg,

@@ -1,6 +1,7 @@
-//! Conformance: every transcript of `spec/conformance/` and the runner's
-//! built-in timed cases against in-process servers, and checks that the
-//! runner itself notices a wrong server.
+//! Conformance: every transcript of `spec/conformance/` (the timed cases
+//! included) against in-process servers, and checks that the runner itself
+//! notices a wrong server, says which request got the wrong reply, cuts
+//! long replies, and stops early against a server that never answers.
 //!
 //! Scenarios without `!server-flags:` share one server; each scenario with
 //! flags gets a fresh one, configured by [`server_config`]. A case listed
@@ -15,8 +16,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use dflockd::conformance::{
-    parse, parse_file, run_all, run_all_with, run_scenario, ExpectedFailures, Outcome, RunOptions,
-    Target, Verdict,
+    parse, parse_file, run_all, run_all_with, run_scenario, CaseReport, ExpectedFailures, Outcome,
+    RunOptions, Target, Verdict, QUOTE_BYTES,
 };
 use dflockd::server::{spawn, ServerConfig};
 
@@ -74,8 +75,9 @@ fn transcripts() {
     let expected =
         ExpectedFailures::load(&Path::new(DIR).join("expected-failures.txt")).expect("load list");
     let target = Target {
-        addr,
+        addr: Some(addr),
         factory: Some(&start),
+        ..Target::default()
     };
     let report = run_all_with(
         Path::new(DIR),
@@ -118,8 +120,15 @@ fn server_config_refuses_unknown_flags() {
 fn quick() -> RunOptions {
     RunOptions {
         read_timeout: Duration::from_millis(500),
-        builtin: false,
         ..RunOptions::default()
+    }
+}
+
+/// A target for a fake server that cannot be restarted with flags.
+fn fixed(addr: SocketAddr) -> Target<'static> {
+    Target {
+        addr: Some(addr),
+        ..Target::default()
     }
 }
 
@@ -160,10 +169,7 @@ fn serve_fake(stream: TcpStream, handler: &Handler) {
 #[test]
 fn runner_detects_a_server_that_answers_ok_to_everything() {
     let addr = fake_server(Arc::new(|_: &str, _: &str, _: &str| "ok".to_string()));
-    let target = Target {
-        addr,
-        factory: None,
-    };
+    let target = fixed(addr);
     let report = run_all(Path::new(DIR), &target, &ExpectedFailures::none(), &quick())
         .unwrap_or_else(|e| panic!("{e}"));
     for case in &report.cases {
@@ -182,7 +188,8 @@ fn runner_detects_a_server_that_answers_ok_to_everything() {
         c.result.outcome,
         Outcome::Failed(
             "spec/conformance/lock-acquire-release.txt:6: expected \"ok <TOKEN:t> 33\", \
-             got \"ok\" (at byte 2: expected \" \", found the end of the line)"
+             got \"ok\" (at byte 2: expected \" \", found the end of the line) \
+             (request: \"l\" \"lock-acquire-release\" \"5\")"
                 .into()
         )
     );
@@ -202,9 +209,10 @@ fn runner_detects_a_server_that_answers_ok_to_everything() {
     assert_eq!(case("ping.txt").verdict(), Verdict::Passed);
     // Pointed at an existing server, scenarios with flags are skipped.
     let skip = case("limits-max-locks.txt");
-    assert_eq!(
-        skip.result.outcome,
-        Outcome::Skipped("needs server flags `--max-locks 1`".into())
+    assert!(
+        matches!(&skip.result.outcome, Outcome::Skipped(why)
+            if why.starts_with("needs server flags `--max-locks 1` (run with --spawn")),
+        "{skip}"
     );
     let s = report.summary();
     assert!(s.skipped >= 5, "{s}");
@@ -235,10 +243,7 @@ fn runner_detects_a_server_that_answers_ok_to_everything() {
 #[test]
 fn runner_reports_stale_expected_failures() {
     let addr = fake_server(Arc::new(|_: &str, _: &str, _: &str| "ok".to_string()));
-    let target = Target {
-        addr,
-        factory: None,
-    };
+    let target = fixed(addr);
     let expected = ExpectedFailures::parse(
         "list",
         "ping.txt  thought broken\nlock-fifo.txt  known LIFO\nlimits-max-locks.txt  skipped anyway\n",
@@ -410,7 +415,7 @@ fn runner_detects_lifo_grants() {
         run("lock-fifo.txt"),
         Outcome::Failed(
             "spec/conformance/lock-fifo.txt:27: expected \"ok <TOKEN:t2> 33\", \
-             got nothing within 0.5s"
+             got nothing within 0.5s (request: \"l\" \"lock-fifo\" \"10\")"
                 .into()
         )
     );
@@ -424,10 +429,7 @@ fn runner_reports_malformed_transcripts_as_failed_cases() {
     std::fs::write(dir.join("good.txt"), "> ping\n> _\n>\n< ok\n").unwrap();
     std::fs::write(dir.join("notes.md"), "not a transcript").unwrap();
     let addr = fake_server(Arc::new(|_: &str, _: &str, _: &str| "ok".to_string()));
-    let target = Target {
-        addr,
-        factory: None,
-    };
+    let target = fixed(addr);
     let report = run_all(&dir, &target, &ExpectedFailures::none(), &quick()).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(report.cases.len(), 2);
@@ -440,4 +442,94 @@ fn runner_reports_malformed_transcripts_as_failed_cases() {
         ))
     );
     assert_eq!(report.case("good.txt").unwrap().verdict(), Verdict::Passed);
+}
+
+/// A server that accepts connections and never sends a byte: the run stops
+/// after three silent cases instead of waiting out every read timeout, and
+/// says why.
+#[test]
+fn runner_stops_early_against_a_silent_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Keep every connection open and unread.
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let opts = RunOptions {
+        read_timeout: Duration::from_millis(300),
+        ..RunOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let report = run_all(
+        Path::new(DIR),
+        &fixed(addr),
+        &ExpectedFailures::none(),
+        &opts,
+    )
+    .unwrap();
+    let took = started.elapsed();
+    let ran: Vec<&CaseReport> = report
+        .cases
+        .iter()
+        .filter(|c| c.verdict() != Verdict::Skipped)
+        .collect();
+    assert_eq!(ran.len(), 3, "{:?}", report.cases);
+    assert!(ran.iter().all(|c| c.result.silent), "{:?}", ran);
+    assert!(
+        report
+            .stopped
+            .as_deref()
+            .is_some_and(|s| s.starts_with("stopped after 3 cases in a row")),
+        "{:?}",
+        report.stopped
+    );
+    let s = report.summary();
+    assert!(s.not_run > 40, "{s}");
+    assert!(!s.ok());
+    assert!(s.to_string().ends_with(&format!(", {} not run", s.not_run)));
+    // Three read timeouts and a few skips, not fifty.
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// A refused connection is silent too; a server that answers, even
+/// wrongly, is not.
+#[test]
+fn silence_is_no_connection_or_no_byte() {
+    let s = parse("p.txt", "p.txt", b"> ping\n> _\n>\n< ok\n").unwrap();
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let refused = run_scenario(closed, &s, &quick());
+    assert!(refused.silent, "{refused:?}");
+    let wrong = fake_server(Arc::new(|_: &str, _: &str, _: &str| "error".to_string()));
+    let answered = run_scenario(wrong, &s, &quick());
+    assert!(!answered.silent, "{answered:?}");
+    assert_eq!(
+        answered.outcome,
+        Outcome::Failed(
+            "p.txt:4: expected \"ok\", got \"error\" (request: \"ping\" \"_\" \"\")".into()
+        )
+    );
+}
+
+/// An 80 KB reply is quoted cut at 200 bytes, with its length.
+#[test]
+fn long_replies_are_cut() {
+    let addr = fake_server(Arc::new(|_: &str, _: &str, _: &str| "x".repeat(81_920)));
+    let s = parse("p.txt", "p.txt", b"> ping\n> _\n>\n< ok\n").unwrap();
+    let Outcome::Failed(why) = run_scenario(addr, &s, &quick()).outcome else {
+        panic!("a garbage reply passed");
+    };
+    assert!(why.len() < 700, "{} bytes: {why}", why.len());
+    assert!(
+        why.contains(&format!(
+            "got \"{}...\" (81920 bytes)",
+            "x".repeat(QUOTE_BYTES)
+        )),
+        "{why}"
+    );
 }

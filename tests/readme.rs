@@ -24,6 +24,13 @@
 //! `error`). `$` alone means the server closed the connection, `^C` that
 //! the user closed it. Tokens are matched as placeholders, `stats`
 //! fractions as any number; everything else must be byte for byte.
+//!
+//! The client-author and shell sections run too: each ```` ```sh ```` block
+//! that calls a `dflockd` subcommand runs in `bash` with the binary under
+//! test first on `PATH` (the conformance run, the scripted server with
+//! `dflockd lock` as its client, the cron script with the lock free and
+//! held elsewhere), and each ```` ```text ```` block that starts with
+//! `$ dflockd` runs its command and must print the lines shown.
 
 use std::process::Command;
 use std::time::Duration;
@@ -625,4 +632,232 @@ fn session_steps() {
         r#"ok {"a":[{"idle_s":0,"n":2}]}"#,
         &mut tokens
     ));
+}
+// The client-author and shell sections: `dflockd` subcommands, run with the
+// binary first on PATH, against a server this test starts (its address
+// replacing `127.0.0.1:6388`, a free port replacing `7000`).
+
+/// PATH with the directory of the `dflockd` binary under test first.
+fn path_with_dflockd() -> String {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dflockd"));
+    let dir = bin.parent().expect("the binary has a directory");
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The `sh` blocks that run `dflockd` subcommands (not the curl ones).
+fn cli_blocks() -> Vec<String> {
+    fenced_blocks()
+        .into_iter()
+        .filter(|(info, text)| info == "sh" && text.contains("dflockd ") && !text.contains("curl "))
+        .filter(|(_, text)| {
+            text.lines()
+                .any(|l| l.trim_start().starts_with("dflockd ") && !l.contains("--http-port"))
+        })
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Runs `script` in bash with `dflockd` on PATH, killing it (by PID) if
+/// it has not finished within two minutes.
+fn run_bash(script: &str) -> std::process::Output {
+    let child = Command::new("bash")
+        .args(["-c", script])
+        .env("PATH", path_with_dflockd())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bash");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(out) => out.expect("bash ran"),
+        Err(_) => {
+            // SAFETY: kill(2) on the PID of the bash this test started,
+            // which the waiting thread has not reaped.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            panic!("README block did not finish within 2 minutes:\n{script}");
+        }
+    }
+}
+
+#[test]
+fn readme_has_client_author_and_shell_examples() {
+    let blocks = cli_blocks();
+    assert!(blocks
+        .iter()
+        .any(|b| b.contains("dflockd conformance --spawn")));
+    assert!(blocks
+        .iter()
+        .any(|b| b.contains("dflockd conformance serve")));
+    assert!(blocks
+        .iter()
+        .any(|b| b.contains("dflockd lock nightly-backup")));
+}
+
+/// Each block exits 0, and every whole-line `# TEXT` comment of a block
+/// (one that is not a script with `#!`) is a line of what it printed. The
+/// cron script runs twice: with the lock free it runs the job, with the
+/// lock held elsewhere it skips, both exiting 0.
+#[test]
+fn readme_cli_examples_run_as_written() {
+    for block in cli_blocks() {
+        let server = server();
+        let addr = server.local_addr().to_string();
+        let port = free_port().to_string();
+        let script = block
+            .replace("127.0.0.1:6388", &addr)
+            .replace("7000", &port);
+        if block.starts_with("#!") {
+            let out = run_bash(&script);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{block}\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains("backing up with fence "), "{stdout}");
+            // Another host holds it: this one skips, successfully.
+            let mut other = dflockd::client::blocking::Connection::connect(&addr).unwrap();
+            let held = other
+                .acquire(
+                    dflockd::wire::Space::Lock,
+                    "nightly-backup",
+                    Duration::ZERO,
+                    1,
+                    None,
+                )
+                .unwrap();
+            let out = run_bash(&script);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{stdout}");
+            assert_eq!(stdout, "another host holds nightly-backup: skipping\n");
+            other
+                .release(dflockd::wire::Space::Lock, "nightly-backup", held.token)
+                .unwrap();
+        } else {
+            let out = run_bash(&script);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "README block failed ({}):\n{block}\nstdout:\n{stdout}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for promised in block.lines().filter_map(|l| l.strip_prefix("# ")) {
+                assert!(
+                    stdout.lines().any(|l| l == promised),
+                    "README promises the line {promised:?}; the block printed:\n{stdout}"
+                );
+            }
+        }
+        stop(server);
+    }
+}
+
+/// The `text` blocks that show a `$ dflockd ...` command and its output.
+fn shell_sessions() -> Vec<(String, Vec<String>)> {
+    fenced_blocks()
+        .into_iter()
+        .filter(|(info, _)| info == "text")
+        .filter_map(|(_, text)| {
+            let mut lines = text.lines();
+            let command = lines.next()?.strip_prefix("$ dflockd ")?.to_string();
+            Some((command, lines.map(String::from).collect()))
+        })
+        .collect()
+}
+
+/// `dflockd stats`, `listen` and `signal` print what the README shows:
+/// the stats of a fresh server exactly; the listener (started first, and
+/// subscribed before the signal is sent) the signal's line; the publisher
+/// the delivery count.
+#[test]
+fn readme_shell_sessions_print_what_they_show() {
+    let sessions = shell_sessions();
+    let session = |word: &str| {
+        sessions
+            .iter()
+            .find(|(c, _)| c.starts_with(word))
+            .unwrap_or_else(|| panic!("no `$ dflockd {word}` block in README.md"))
+    };
+    // Split like a shell would for these simple lines: words, and one
+    // single-quoted argument at most.
+    let argv = |command: &str, addr: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = command;
+        while !rest.is_empty() {
+            rest = rest.trim_start();
+            if let Some(q) = rest.strip_prefix('\'') {
+                let (arg, tail) = q.split_once('\'').expect("closing quote");
+                out.push(arg.to_string());
+                rest = tail;
+            } else {
+                let (arg, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push(arg.to_string());
+                rest = tail;
+            }
+        }
+        out.extend(["--addr".to_string(), addr.to_string()]);
+        out
+    };
+    let server = server();
+    let addr = server.local_addr().to_string();
+    let dflockd = || Command::new(env!("CARGO_BIN_EXE_dflockd"));
+
+    let (stats, shown) = session("stats");
+    let out = dflockd().args(argv(stats, &addr)).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        *shown
+    );
+
+    let (listen, heard) = session("listen");
+    let mut listener = dflockd()
+        .args(argv(listen, &addr))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(listener.stdout.take().unwrap()));
+    let mut conn = dflockd::client::blocking::Connection::connect(&addr).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while conn.stats().unwrap()["signal_channels"] == serde_json::json!([]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (signal, count) = session("signal");
+    let out = dflockd().args(argv(signal, &addr)).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        *count
+    );
+    assert_eq!(lines.next().unwrap().unwrap(), heard[0]);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    stop(server);
 }

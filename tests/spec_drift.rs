@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use dflockd::wire::{Status, COMMANDS};
+use dflockd::wire::{Status, COMMANDS, NOT_LEADER};
 
 const PROTOCOL: &str = "spec/protocol.md";
 const CONFORMANCE: &str = "spec/conformance";
@@ -53,10 +53,12 @@ fn code_cell(cell: &str) -> &str {
     inner.unwrap_or_else(|| panic!("first cell {cell:?} is not one code span"))
 }
 
-/// `ok`, `acquired`, then every bare status, in the protocol's order.
+/// `ok`, `acquired`, every bare status, then `error_not_leader`, in the
+/// protocol's order.
 fn status_words() -> Vec<&'static str> {
     let mut words = vec!["ok", "acquired"];
     words.extend(Status::ALL.iter().map(|s| s.as_str()));
+    words.push(NOT_LEADER);
     words
 }
 
@@ -76,7 +78,7 @@ fn status_table_matches_wire_statuses() {
     assert_eq!(
         statuses,
         status_words(),
-        "{PROTOCOL} §4 against ok, acquired and wire::Status::ALL"
+        "{PROTOCOL} §4 against ok, acquired, wire::Status::ALL and wire::NOT_LEADER"
     );
 }
 
@@ -97,19 +99,25 @@ fn command_table_replies_are_status_words() {
     }
 }
 
-/// The status word of every `<` line of every transcript file.
+/// The status word of every `<` line of every transcript file, and of
+/// every client scenario script (`spec/conformance/client/`, where `<`
+/// lines are what the scripted server sends: the only place a status a
+/// single-node server never sends, such as `error_not_leader`, can be
+/// exercised).
 fn transcript_statuses() -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
-    for entry in std::fs::read_dir(CONFORMANCE).expect("read spec/conformance") {
-        let path = entry.expect("dir entry").path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if !name.ends_with(".txt") || name == "expected-failures.txt" {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).expect("read transcript");
-        for line in text.lines() {
-            if let Some(pattern) = line.strip_prefix("< ") {
-                seen.insert(pattern.split(' ').next().unwrap_or_default().to_string());
+    for dir in [CONFORMANCE.to_string(), format!("{CONFORMANCE}/client")] {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+            let path = entry.expect("dir entry").path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !name.ends_with(".txt") || name == "expected-failures.txt" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read transcript");
+            for line in text.lines() {
+                if let Some(pattern) = line.strip_prefix("< ") {
+                    seen.insert(pattern.split(' ').next().unwrap_or_default().to_string());
+                }
             }
         }
     }

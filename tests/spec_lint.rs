@@ -40,7 +40,8 @@ const NOT_IN_TRANSCRIPTS: &[(&str, &str)] = &[
     ),
     (
         "error_not_leader",
-        "cluster mode only; the transcripts run against one standalone server",
+        "cluster mode only; the transcripts run against one standalone server \
+         (the scripted client scenarios in spec/conformance/client/ play it)",
     ),
 ];
 

@@ -493,6 +493,7 @@ fn grant_of(reply: Reply) -> Result<Grant> {
 pub(super) fn unexpected(reply: Reply) -> Error {
     match reply {
         Reply::Status(s) => Error::from_status(s),
+        Reply::NotLeader { leader } => Error::NotLeader(leader),
         other => {
             let mut line = Vec::new();
             crate::wire::encode_reply(&other, &mut line);

@@ -14,6 +14,14 @@
 //! The renewal task and the holder share the connection behind an async
 //! mutex, and the holder stops the task only while holding that mutex, so
 //! the task is never cancelled between a request and its reply.
+//!
+//! A member of a cluster that is not the leader answers an acquire or an
+//! enqueue with `error_not_leader [ADDR]`. The handle then closes its
+//! connection and asks again: at `ADDR` when the member named the leader,
+//! else at the next server of the list (in cluster mode the list holds
+//! the members, not shards). It makes at most [`MAX_REDIRECTS`] such hops
+//! per call, without pausing, then returns [`Error::NotLeader`]; the
+//! leader it found is kept for the handle's next acquire.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,7 +134,13 @@ impl Client {
     /// A new connection (TLS when set) to the server that owns `key`,
     /// authenticated when a token is set.
     pub async fn connect_for(&self, key: &str) -> Result<Connection> {
-        let mut conn = Connection::dial(self.server_for(key), self.tls.as_ref()).await?;
+        self.connect_to(self.server_for(key)).await
+    }
+
+    /// A new connection (TLS when set) to `addr`, authenticated when a
+    /// token is set.
+    pub async fn connect_to(&self, addr: &str) -> Result<Connection> {
+        let mut conn = Connection::dial(addr, self.tls.as_ref()).await?;
         if let Some(token) = &self.auth_token {
             conn.auth(token).await?;
         }
@@ -179,6 +193,10 @@ impl LostFlag {
     }
 }
 
+/// How many `error_not_leader` answers one acquire or enqueue follows
+/// before it gives up with [`Error::NotLeader`].
+pub const MAX_REDIRECTS: usize = 8;
+
 type Shared = Arc<Mutex<Connection>>;
 
 /// The current grant and its renewal task.
@@ -196,6 +214,9 @@ struct Handle {
     conn: Option<Shared>,
     held: Option<Held>,
     lost: Arc<LostFlag>,
+    /// Where to dial instead of the key's shard: the leader (or the next
+    /// member) an `error_not_leader` pointed to.
+    redirected: Option<String>,
 }
 
 impl Handle {
@@ -208,14 +229,38 @@ impl Handle {
             conn: None,
             held: None,
             lost: Arc::new(LostFlag::default()),
+            redirected: None,
         }
+    }
+
+    /// The server this handle dials.
+    fn server(&self) -> &str {
+        match &self.redirected {
+            Some(addr) => addr,
+            None => self.client.server_for(&self.key),
+        }
+    }
+
+    /// Follows `error_not_leader`: the named leader, else the server after
+    /// the current one in the list.
+    fn redirect(&mut self, leader: Option<String>) {
+        self.reset();
+        let next = leader.unwrap_or_else(|| {
+            let servers = &self.client.servers;
+            let at = servers
+                .iter()
+                .position(|s| s == self.server())
+                .unwrap_or_else(|| shard(self.key.as_bytes(), servers.len()));
+            servers[(at + 1) % servers.len()].clone()
+        });
+        self.redirected = Some(next);
     }
 
     async fn conn(&mut self) -> Result<Shared> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let c = Arc::new(Mutex::new(self.client.connect_for(&self.key).await?));
+        let c = Arc::new(Mutex::new(self.client.connect_to(self.server()).await?));
         self.conn = Some(c.clone());
         Ok(c)
     }
@@ -238,29 +283,48 @@ impl Handle {
 
     async fn acquire(&mut self, timeout: Duration) -> Result<Token> {
         self.check_idle()?;
-        let conn = self.conn().await?;
-        let res = conn
-            .lock()
-            .await
-            .acquire(
-                self.space,
-                &self.key,
-                timeout,
-                self.limit,
-                self.client.lease_s,
-            )
-            .await;
-        self.settle(conn, res)
+        let mut hops = 0;
+        loop {
+            let conn = self.conn().await?;
+            let res = conn
+                .lock()
+                .await
+                .acquire(
+                    self.space,
+                    &self.key,
+                    timeout,
+                    self.limit,
+                    self.client.lease_s,
+                )
+                .await;
+            match res {
+                Err(Error::NotLeader(leader)) if hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    self.redirect(leader);
+                }
+                res => return self.settle(conn, res),
+            }
+        }
     }
 
     async fn enqueue(&mut self) -> Result<Enqueued> {
         self.check_idle()?;
-        let conn = self.conn().await?;
-        let res = conn
-            .lock()
-            .await
-            .enqueue_in(self.space, &self.key, self.limit, self.client.lease_s)
-            .await;
+        let mut hops = 0;
+        let (conn, res) = loop {
+            let conn = self.conn().await?;
+            let res = conn
+                .lock()
+                .await
+                .enqueue_in(self.space, &self.key, self.limit, self.client.lease_s)
+                .await;
+            match res {
+                Err(Error::NotLeader(leader)) if hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    self.redirect(leader);
+                }
+                res => break (conn, res),
+            }
+        };
         match res {
             Ok(Enqueued::Acquired(grant)) => {
                 self.granted(conn, grant);

@@ -56,7 +56,7 @@ mod tls;
 pub use crate::wire::Token;
 pub use conn::{Connection, Enqueued, Grant, CONNECT_TIMEOUT};
 pub use crc::{crc32, shard};
-pub use handle::{Client, Lock, Semaphore};
+pub use handle::{Client, Lock, Semaphore, MAX_REDIRECTS};
 pub use subscriber::{Signal, Subscriber, HEARTBEAT, SIGNAL_BUFFER};
 pub use tls::{client_config_from_ca_file, client_config_from_roots, Stream, TlsOptions};
 
@@ -87,6 +87,11 @@ pub enum Error {
     Auth,
     /// `error_draining`: the server is shutting down.
     Draining,
+    /// `error_not_leader [ADDR]`: a cluster member that is not the leader
+    /// refused the request; `ADDR` names the leader when the member knows
+    /// it. [`Lock`] and [`Semaphore`] follow it on their own (see
+    /// [`Client`]); a bare [`Connection`] returns it.
+    NotLeader(Option<String>),
     /// Plain `error`: malformed request, or a token that is not a live holder.
     Server,
     /// The connection failed (connect, read, write, or end of stream).
@@ -138,6 +143,8 @@ impl fmt::Display for Error {
             Error::LeaseExpired => f.write_str("server refused: error_lease_expired"),
             Error::Auth => f.write_str("authentication failed"),
             Error::Draining => f.write_str("server is draining"),
+            Error::NotLeader(Some(addr)) => write!(f, "not the leader; the leader is {addr}"),
+            Error::NotLeader(None) => f.write_str("not the leader; the leader is unknown"),
             Error::Server => f.write_str("server answered error"),
             Error::Io(e) => write!(f, "connection failed: {e}"),
             Error::Tls(e) => write!(f, "TLS failed: {e}"),

@@ -1,47 +1,78 @@
 //! The command-line conformance runner, shared by `dflockd conformance`
 //! and the `dflockd-conformance` binary: runs the transcripts of
-//! `spec/conformance/` (the copy built into the binary, or `--dir`) and
-//! the built-in timed cases against any dflockd-compatible server at
-//! `--addr`, prints one line per case and the summary
-//! `N passed, N failed, N skipped`, and exits 1 if any case failed
-//! (2 for a usage error).
+//! `spec/conformance/` (the copy built into the binary, or `--dir`)
+//! against a dflockd-compatible server, prints one line per case and the
+//! summary `N passed, N failed, N skipped`, and exits 1 if any case failed
+//! (2 for a usage error). `dflockd conformance serve` is the scripted
+//! server for client authors instead ([`super::serve`]).
 //!
-//! Scenarios that need server flags (`!server-flags:`) are skipped: the
-//! tool cannot restart a server it did not start. `--skip-file` lists
-//! further cases to skip, one per line as `name  # reason`; a skip without
-//! a reason is an error. With `--auth-token`, every connection the runner
-//! opens goes through a local relay that authenticates first, so the
-//! transcripts run unchanged against a server that requires a token.
+//! Which server: `--addr HOST:PORT` is one that is already running, with
+//! default settings unless `--assume-flags` says which flags it was
+//! started with; scenarios that need other flags are skipped, saying so.
+//! `--spawn 'COMMAND {port} {flags}'` starts the server under test itself
+//! ([`super::spawn`]): once with no flags for the scenarios that share a
+//! server, and once per scenario that needs flags, so every case runs.
 //!
-//! With `--tls` the runner still speaks plaintext, to a local relay that
-//! carries each connection over TLS to `--addr` (authenticating first with
-//! `--auth-token`). `--tls-ca FILE` verifies the server certificate against
-//! that PEM file (and implies `--tls`); without it the certificate is not
-//! verified (traffic is encrypted, the peer is not authenticated), which
-//! suits a test server with a throwaway self-signed certificate.
-//! `--tls-server-name` names the certificate to expect (default: the host
-//! of `--addr`).
+//! Which cases: all of them, or those named by `--case` (repeatable);
+//! `--list` prints them with the flags each needs, `--dump DIR` writes the
+//! built-in transcripts to a directory, and `--skip-file` lists cases to
+//! skip, one per line as `name  # reason` (a skip without a reason is an
+//! error). A name that names no case gets a "did you mean".
+//!
+//! With `--auth-token` or `--tls`, every connection the runner opens goes
+//! through a local relay (`relay.rs`) that authenticates first and/or
+//! speaks TLS to the server, so the transcripts run unchanged. `--tls-ca
+//! FILE` verifies the server certificate against that PEM file (and
+//! implies `--tls`); without it the certificate is not verified (traffic
+//! is encrypted, the peer is not authenticated), which suits a test server
+//! with a throwaway self-signed certificate. `--tls-server-name` names the
+//! certificate to expect (default: the host of `--addr`, or `127.0.0.1`).
 
+use std::any::Any;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use argh::FromArgs;
 
+use super::relay;
+use super::spawn::{self, Template};
 use super::{
-    builtin_cases, load_dir, load_embedded, run_case, CaseReport, CaseResult, ExpectedFailures,
-    Outcome, Report, RunOptions, Scenario, Target,
+    case_name, did_you_mean, embedded_transcripts, load_dir, load_embedded, run_cases, CaseReport,
+    CaseResult, ExpectedFailures, Outcome, RunOptions, Scenario, Target,
 };
 use crate::client::{client_config_from_ca_file, TlsOptions};
 
-/// Run the dflockd conformance suite against a running server.
+/// Run the dflockd conformance suite against a server (`dflockd conformance
+/// serve --help`: the scripted server for testing clients).
 #[derive(FromArgs)]
 struct Args {
-    /// server address, HOST:PORT
+    /// server under test, HOST:PORT (or --spawn)
     #[argh(option)]
-    addr: String,
+    addr: Option<String>,
+    /// start the server under test: a command split on spaces, with
+    /// `{port}` (a free loopback port) and a word `{flags}` (the server
+    /// flags of each case), e.g. 'dflockd --port {port} {flags}'
+    #[argh(option)]
+    spawn: Option<String>,
+    /// seconds a --spawn server gets to start listening (default 10)
+    #[argh(option, default = "10")]
+    spawn_timeout: u64,
+    /// the flags the server at --addr was started with: cases that need
+    /// exactly these run, the others are skipped
+    #[argh(option)]
+    assume_flags: Option<String>,
+    /// run only this case (repeatable); see --list
+    #[argh(option)]
+    case: Vec<String>,
+    /// list the cases and the server flags each needs, then exit
+    #[argh(switch)]
+    list: bool,
+    /// write the transcripts built into this binary to DIR, then exit
+    #[argh(option)]
+    dump: Option<PathBuf>,
     /// authenticate every connection with this token first
     #[argh(option)]
     auth_token: Option<String>,
@@ -58,14 +89,14 @@ struct Args {
     #[argh(option)]
     skip_file: Option<PathBuf>,
     /// directory of transcripts to run instead of the copy of
-    /// spec/conformance built into this binary
+    /// spec/conformance built into this binary (only those)
     #[argh(option)]
     dir: Option<PathBuf>,
     /// file of cases expected to fail (`name reason` per line, as
     /// spec/conformance/expected-failures.txt)
     #[argh(option)]
     expected_failures: Option<PathBuf>,
-    /// seconds to wait for each reply line (default 5)
+    /// seconds to wait for each reply line and each connect (default 5)
     #[argh(option, default = "5")]
     read_timeout: u64,
 }
@@ -75,6 +106,9 @@ struct Args {
 /// on standard output and returns the exit status: 0 when every case
 /// passed or was skipped, 1 when one failed, 2 for a usage error.
 pub fn main(command: &str, args: &[&str]) -> u8 {
+    if args.first() == Some(&"serve") {
+        return super::serve::main(&format!("{command} serve"), &args[1..]);
+    }
     let args = match Args::from_args(&[command], args) {
         Ok(a) => a,
         Err(early) => {
@@ -100,74 +134,153 @@ pub fn main(command: &str, args: &[&str]) -> u8 {
     }
 }
 
-/// Runs the suite; `Ok(false)` when a case failed.
+/// Runs the suite; `Ok(false)` when a case failed. Every usage error is
+/// returned (and so printed) once, before any byte is sent.
 fn run(args: &Args) -> Result<bool, String> {
-    let server = resolve(&args.addr)?;
-    let skips = match &args.skip_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            parse_skips(&path.display().to_string(), &text)?
-        }
-        None => BTreeMap::new(),
-    };
-    let expected = match &args.expected_failures {
-        Some(path) => ExpectedFailures::load(path).map_err(|e| e.to_string())?,
-        None => ExpectedFailures::none(),
-    };
-    let addr = match (tls_options(args)?, &args.auth_token) {
-        (Some(tls), token) => tls_relay::start(&args.addr, tls, token.clone())?,
-        (None, Some(token)) => start_auth_relay(server, token.clone())?,
-        (None, None) => server,
-    };
-    let opts = RunOptions {
-        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
-        ..RunOptions::default()
-    };
-    let target = Target {
-        addr,
-        factory: None,
-    };
-
     let mut cases = match &args.dir {
         Some(dir) => load_dir(dir).map_err(|e| e.to_string())?,
         None => load_embedded(),
     };
-    cases.extend(builtin_cases().into_iter().map(Ok));
-    let name_of = |c: &Result<Scenario, CaseResult>| match c {
-        Ok(s) => s.name.clone(),
-        Err(r) => r.name.clone(),
+    let names: Vec<String> = cases.iter().map(|c| case_name(c).to_string()).collect();
+    let known = |name: &str, what: &str| -> Result<(), String> {
+        if names.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        Err(format!(
+            "{what}`{name}` names no case{}",
+            did_you_mean(name, names.iter().map(String::as_str))
+        ))
     };
-    let names: Vec<String> = cases.iter().map(name_of).collect();
-    for (name, (_, line, origin)) in &skips {
-        if !names.contains(name) {
-            return Err(format!("{origin}:{line}: `{name}` names no case"));
-        }
+    for name in &args.case {
+        known(name, "--case ")?;
     }
-    for name in expected.names() {
-        if !names.iter().any(|n| n == name) {
-            return Err(format!("expected failure `{name}` names no case"));
+    let skips = match &args.skip_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--skip-file: cannot read {}: {e}", path.display()))?;
+            parse_skips(&path.display().to_string(), &text)?
         }
+        None => BTreeMap::new(),
+    };
+    for (name, (_, line, origin)) in &skips {
+        known(name, &format!("{origin}:{line}: "))?;
+    }
+    let expected = match &args.expected_failures {
+        Some(path) => ExpectedFailures::load(path).map_err(|e| e.to_string())?,
+        None => ExpectedFailures::none(),
+    };
+    expected
+        .check_names(names.iter().map(String::as_str))
+        .map_err(|e| e.to_string())?;
+    if !args.case.is_empty() {
+        cases.retain(|c| args.case.iter().any(|n| n == case_name(c)));
     }
 
-    let mut report = Report::default();
-    for case in cases {
-        let result = match case {
-            Ok(scenario) => match skips.get(&scenario.name) {
-                Some((reason, _, _)) => CaseResult {
-                    name: scenario.name.clone(),
-                    outcome: Outcome::Skipped(reason.clone()),
-                },
-                None => run_case(&scenario, &target, &opts),
+    if args.list {
+        let mut out = std::io::stdout().lock();
+        for case in &cases {
+            let line = match case {
+                Ok(Scenario {
+                    name,
+                    server_flags: Some(flags),
+                    ..
+                }) if !flags.is_empty() => format!("{name}  (needs {})", flags.join(" ")),
+                _ => case_name(case).to_string(),
+            };
+            // A closed pipe (`| head`) ends the listing quietly.
+            if writeln!(out, "{line}").is_err() {
+                break;
+            }
+        }
+        return Ok(true);
+    }
+    if let Some(dir) = &args.dump {
+        if args.dir.is_some() {
+            return Err("--dump writes the transcripts built into this binary; drop --dir".into());
+        }
+        return dump(dir, &cases).map(|()| true);
+    }
+
+    let plan = plan(args)?;
+    let opts = RunOptions {
+        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+        ..RunOptions::default()
+    };
+    let wrap = relay_for(args)?;
+    let spawn_within = Duration::from_secs(args.spawn_timeout.max(1));
+    // Spawned servers, when --spawn: each behind the relay, if any.
+    let template = match &plan {
+        Plan::Spawn(t) => Some(t.clone()),
+        Plan::Addr { .. } => None,
+    };
+    let wrap_spawned = wrap.clone();
+    let factory = move |flags: &[String]| -> Result<(SocketAddr, Box<dyn Any>), String> {
+        let template = template.as_ref().ok_or("no --spawn command")?;
+        let server = spawn::start(template, flags, spawn_within)?;
+        let addr = wrap_spawned(server.addr(), false)?;
+        Ok((addr, Box::new(server)))
+    };
+    let (target, _shared) = match &plan {
+        Plan::Addr { addr, assumed } => (
+            Target {
+                addr: Some(wrap(*addr, true)?),
+                assumed_flags: assumed.clone(),
+                factory: None,
             },
-            Err(result) => result,
-        };
-        let case = CaseReport {
-            expected_failure: expected.reason(&result.name).map(String::from),
-            result,
-        };
-        println!("{case}");
-        report.cases.push(case);
+            None,
+        ),
+        Plan::Spawn(_) => {
+            // The shared server, only if some case needs default settings.
+            let plain = cases.iter().any(|c| match c {
+                Ok(s) => s.server_flags.as_deref().unwrap_or_default().is_empty(),
+                Err(_) => false,
+            });
+            let shared = if plain { Some(factory(&[])?) } else { None };
+            (
+                Target {
+                    addr: shared.as_ref().map(|(addr, _)| *addr),
+                    assumed_flags: Vec::new(),
+                    factory: Some(&factory),
+                },
+                shared,
+            )
+        }
+    };
+
+    // Skipped cases never reach the server.
+    let cases: Vec<Result<Scenario, CaseResult>> = cases
+        .into_iter()
+        .map(|c| match c {
+            Ok(s) => match skips.get(&s.name) {
+                Some((reason, _, _)) => Err(CaseResult::new(
+                    s.name.clone(),
+                    Outcome::Skipped(reason.clone()),
+                )),
+                None => Ok(s),
+            },
+            failed => failed,
+        })
+        .collect();
+    let report = run_cases(
+        cases,
+        &target,
+        &expected,
+        &opts,
+        &mut |case: &CaseReport| {
+            println!("{case}");
+        },
+    );
+    if let Some(why) = &report.stopped {
+        println!("{why}");
+    }
+    let builtin_failed = report
+        .problems()
+        .any(|c| matches!(&c.result.outcome, Outcome::Failed(why) if why.starts_with("builtin:")));
+    if builtin_failed {
+        println!(
+            "(builtin:NAME is the copy of spec/conformance/NAME built into this binary; \
+             `--dump DIR` writes them out)"
+        );
     }
     let s = report.summary();
     let failed = s.failed + s.unexpected_passes;
@@ -178,8 +291,103 @@ fn run(args: &Args) -> Result<bool, String> {
     if s.expected_failures > 0 {
         line.push_str(&format!(" ({} expected failures)", s.expected_failures));
     }
+    if s.not_run > 0 {
+        line.push_str(&format!(", {} not run", s.not_run));
+    }
     println!("{line}");
     Ok(s.ok())
+}
+
+/// Where the server under test comes from.
+enum Plan {
+    Addr {
+        addr: SocketAddr,
+        assumed: Vec<String>,
+    },
+    Spawn(Template),
+}
+
+fn plan(args: &Args) -> Result<Plan, String> {
+    match (&args.addr, &args.spawn) {
+        (Some(_), Some(_)) => {
+            Err("--addr and --spawn both name the server under test; give one".into())
+        }
+        (None, None) => Err("say which server to test: --addr HOST:PORT or --spawn COMMAND".into()),
+        (None, Some(command)) => {
+            if args.assume_flags.is_some() {
+                return Err(
+                    "--assume-flags describes a server at --addr; --spawn starts each \
+                     server with the flags its cases need"
+                        .into(),
+                );
+            }
+            if args.auth_token.is_some() {
+                return Err(
+                    "--auth-token cannot be combined with --spawn: the cases that need a \
+                     token start their own server with it"
+                        .into(),
+                );
+            }
+            Template::parse(command).map(Plan::Spawn)
+        }
+        (Some(addr), None) => Ok(Plan::Addr {
+            addr: resolve(addr)?,
+            assumed: args
+                .assume_flags
+                .as_deref()
+                .unwrap_or_default()
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .collect(),
+        }),
+    }
+}
+
+/// Puts the relay the flags ask for (auth, TLS) in front of a server
+/// address; the flag makes a first connection up front, for a clear error.
+type Wrap = std::sync::Arc<dyn Fn(SocketAddr, bool) -> Result<SocketAddr, String>>;
+
+fn relay_for(args: &Args) -> Result<Wrap, String> {
+    let token = args.auth_token.clone();
+    Ok(match tls_options(args)? {
+        Some(tls) => std::sync::Arc::new(move |addr: SocketAddr, check: bool| {
+            let mut tls = tls.clone();
+            if tls.server_name.is_none() {
+                tls.server_name = Some(addr.ip().to_string());
+            }
+            relay::start_tls(&addr.to_string(), tls, token.clone(), check)
+        }),
+        None => match token {
+            Some(token) => std::sync::Arc::new(move |addr: SocketAddr, check: bool| {
+                relay::start_auth(addr, token.clone(), check)
+            }),
+            None => std::sync::Arc::new(|addr: SocketAddr, _| Ok(addr)),
+        },
+    })
+}
+
+/// Writes `cases` (and `expected-failures.txt`) from the copy built into
+/// the binary to `dir`.
+fn dump(dir: &Path, cases: &[Result<Scenario, CaseResult>]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("--dump: {}: {e}", dir.display()))?;
+    let mut written = 0;
+    for (name, bytes) in embedded_transcripts() {
+        if !cases.iter().any(|c| case_name(c) == *name) {
+            continue;
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("--dump: {}: {e}", path.display()))?;
+        written += 1;
+    }
+    let expected = dir.join("expected-failures.txt");
+    std::fs::write(&expected, super::suite::EXPECTED_FAILURES_TEXT)
+        .map_err(|e| format!("--dump: {}: {e}", expected.display()))?;
+    println!(
+        "wrote {written} transcripts and expected-failures.txt to {}",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// The TLS settings the flags ask for, if any.
@@ -194,11 +402,18 @@ fn tls_options(args: &Args) -> Result<Option<TlsOptions>, String> {
         Some(ca) => client_config_from_ca_file(ca).map_err(|e| format!("--tls-ca: {e}"))?,
         None => {
             eprintln!("warning: --tls without --tls-ca: the server certificate is not verified");
-            tls_relay::unverified_config()?
+            relay::unverified_config()?
         }
     };
     let mut opts = TlsOptions::new(config);
     opts.server_name = args.tls_server_name.clone();
+    if opts.server_name.is_none() {
+        if let Some(addr) = &args.addr {
+            // The host part of HOST:PORT, without IPv6 brackets.
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            opts.server_name = Some(host.trim_start_matches('[').trim_end_matches(']').into());
+        }
+    }
     Ok(Some(opts))
 }
 
@@ -248,268 +463,6 @@ fn parse_skips(
     Ok(skips)
 }
 
-/// Starts a loopback relay: each accepted connection is joined to a new
-/// connection to `server` that has already sent `auth` and read `ok`. If
-/// authentication fails, the client's connection is closed at once.
-fn start_auth_relay(server: SocketAddr, token: String) -> Result<SocketAddr, String> {
-    // Check the token once up front, for a clear error.
-    authed(server, &token).map_err(|e| format!("authenticating to {server}: {e}"))?;
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot start the relay: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let token = token.clone();
-            std::thread::spawn(move || {
-                if let Ok(upstream) = authed(server, &token) {
-                    pipe(client, upstream);
-                }
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// A connection to `server` on which `auth` answered `ok`.
-fn authed(server: SocketAddr, token: &str) -> Result<TcpStream, String> {
-    let mut s =
-        TcpStream::connect_timeout(&server, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    let _ = s.set_nodelay(true);
-    s.write_all(format!("auth\n_\n{token}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    // Byte by byte, so nothing after the reply is swallowed.
-    let mut line = Vec::new();
-    let mut reader = BufReader::with_capacity(1, &s);
-    reader
-        .read_until(b'\n', &mut line)
-        .map_err(|e| e.to_string())?;
-    s.set_read_timeout(None).map_err(|e| e.to_string())?;
-    if line != b"ok\n" {
-        return Err(format!(
-            "auth answered {:?}",
-            String::from_utf8_lossy(&line).trim_end()
-        ));
-    }
-    Ok(s)
-}
-
-/// Copies bytes both ways until each side ends, passing each end of
-/// stream on as a half-close.
-fn pipe(client: TcpStream, upstream: TcpStream) {
-    let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
-        return;
-    };
-    let up = std::thread::spawn(move || copy_then_close(client, upstream));
-    copy_then_close(u2, c2);
-    let _ = up.join();
-}
-
-fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = [0u8; 8192];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
-}
-
-/// The TLS relay: plaintext on a loopback port, TLS to the server.
-mod tls_relay {
-    use std::net::SocketAddr;
-    use std::sync::Arc;
-
-    use crate::client::{Stream, TlsOptions};
-    use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    /// Starts the relay on `127.0.0.1:0` and returns its address. Each
-    /// accepted connection gets its own TLS connection to `server`, on
-    /// which `auth` answered `ok` first when `token` is set; a failed
-    /// dial or auth closes the accepted connection at once. The first
-    /// connection is made up front, for a clear error.
-    pub fn start(
-        server: &str,
-        tls: TlsOptions,
-        token: Option<String>,
-    ) -> Result<SocketAddr, String> {
-        let server = server.to_string();
-        smol::block_on(upstream(&server, &tls, token.as_deref()))
-            .map_err(|e| format!("connecting to {server} over TLS: {e}"))?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| format!("cannot start the relay: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let listener = async_net::TcpListener::try_from(listener).map_err(|e| e.to_string())?;
-        std::thread::spawn(move || {
-            let ex = smol::LocalExecutor::new();
-            smol::block_on(ex.run(async {
-                loop {
-                    let Ok((client, _)) = listener.accept().await else {
-                        // Out of descriptors, say: do not spin.
-                        async_io::Timer::after(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let (server, tls, token) = (server.clone(), tls.clone(), token.clone());
-                    ex.spawn(async move {
-                        if let Ok(up) = upstream(&server, &tls, token.as_deref()).await {
-                            pipe(client, up).await;
-                        }
-                    })
-                    .detach();
-                }
-            }));
-        });
-        Ok(addr)
-    }
-
-    /// A TLS stream to `server`, authenticated when `token` is set.
-    async fn upstream(
-        server: &str,
-        tls: &TlsOptions,
-        token: Option<&str>,
-    ) -> Result<Stream, String> {
-        let mut s = Stream::connect(server, Some(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(token) = token {
-            s.write_all(format!("auth\n_\n{token}\n").as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            s.flush().await.map_err(|e| e.to_string())?;
-            // Byte by byte, so nothing after the reply is swallowed.
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while line.last() != Some(&b'\n') && line.len() < 256 {
-                match s.read(&mut b).await {
-                    Ok(1) => line.push(b[0]),
-                    Ok(_) => return Err("the server closed the connection".into()),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            if line != b"ok\n" {
-                return Err(format!(
-                    "auth answered {:?}",
-                    String::from_utf8_lossy(&line).trim_end()
-                ));
-            }
-        }
-        Ok(s)
-    }
-
-    /// Copies bytes both ways; each end of stream is passed on as a
-    /// half-close (`close_notify` and a write shutdown towards the
-    /// server). Done when both directions are.
-    async fn pipe(client: async_net::TcpStream, upstream: Stream) {
-        let (mut up_r, mut up_w) = futures_lite::io::split(upstream);
-        let client_r = client.clone();
-        let to_server = async {
-            let mut c = client_r;
-            let mut buf = [0u8; 8192];
-            loop {
-                match c.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if up_w.write_all(&buf[..n]).await.is_err() || up_w.flush().await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = up_w.close().await;
-        };
-        let to_client = async {
-            let mut c = client.clone();
-            let mut buf = [0u8; 8192];
-            loop {
-                match up_r.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if c.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = client.shutdown(std::net::Shutdown::Write);
-        };
-        futures_lite::future::zip(to_server, to_client).await;
-    }
-
-    /// A configuration that accepts any server certificate (signatures on
-    /// the handshake are still checked): `--tls` without `--tls-ca`.
-    pub fn unverified_config() -> Result<Arc<rustls::ClientConfig>, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(AnyCertificate(provider.clone()));
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("TLS configuration: {e}"))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
-    }
-
-    #[derive(Debug)]
-    struct AnyCertificate(Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::parse_skips;
@@ -518,11 +471,11 @@ mod tests {
     fn skip_file() {
         let skips = parse_skips(
             "s",
-            "# comment\n\nsignal-basic.txt   # no pub/sub\ntimed-lease-expiry #slow\n",
+            "# comment\n\nsignal-basic.txt   # no pub/sub\ntimed-lease-expiry.txt #slow\n",
         )
         .unwrap();
         assert_eq!(skips["signal-basic.txt"].0, "no pub/sub");
-        assert_eq!(skips["timed-lease-expiry"].0, "slow");
+        assert_eq!(skips["timed-lease-expiry.txt"].0, "slow");
         assert!(parse_skips("s", "a.txt\n")
             .unwrap_err()
             .contains("s:1: skip of `a.txt` has no reason"));

@@ -1,5 +1,6 @@
 //! A blocking TCP connection that reads one line at a time, each read with
-//! its own deadline.
+//! its own deadline, and remembers the requests still awaiting a reply so
+//! a failure can show the request that got the wrong one.
 //!
 //! The runner never reads ahead in the transcript's sense: bytes may sit in
 //! this buffer, but a line is taken only when a `<` line (or a stats poll)
@@ -31,36 +32,100 @@ pub(crate) enum ReadLine {
     Failed(String),
 }
 
+/// At most this many unanswered requests are remembered per connection
+/// (a transcript that pipelines more shows only the oldest ones).
+const MAX_REMEMBERED: usize = 64;
+
 pub(crate) struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     /// Pushes met while polling `stats`, oldest first.
     pushes: VecDeque<Vec<u8>>,
     eof: bool,
+    /// Requests sent and not yet answered, oldest first, as their lines
+    /// (without LFs). The newest may be incomplete (fewer than 3 lines).
+    unanswered: VecDeque<Vec<Vec<u8>>>,
+    /// The request the last reply read answered.
+    last_answered: Option<Vec<Vec<u8>>>,
+    /// Bytes received so far: whether the server ever said anything here.
+    bytes_read: usize,
 }
 
 impl Conn {
     pub(crate) fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        Conn::from_stream(TcpStream::connect_timeout(&addr, timeout)?)
+    }
+
+    /// Wraps an established stream (the scripted server's side of a
+    /// client's connection).
+    pub(crate) fn from_stream(stream: TcpStream) -> io::Result<Conn> {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
             buf: Vec::new(),
             pushes: VecDeque::new(),
             eof: false,
+            unanswered: VecDeque::new(),
+            last_answered: None,
+            bytes_read: 0,
         })
     }
 
+    /// Sends `bytes` (whole lines, each ending in LF) and remembers them
+    /// as requests of three lines each.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line).to_vec();
+            let full = self.unanswered.len() >= MAX_REMEMBERED;
+            match self.unanswered.back_mut() {
+                Some(req) if req.len() < 3 => req.push(line),
+                _ if full => {}
+                _ => self.unanswered.push_back(vec![line]),
+            }
+        }
         self.stream.write_all(bytes)?;
         self.stream.flush()
     }
 
+    /// Writes `bytes` as they are, in one write (no request bookkeeping).
+    pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// The oldest request still awaiting its reply (possibly incomplete).
+    pub(crate) fn awaiting(&self) -> Option<&[Vec<u8>]> {
+        self.unanswered.front().map(Vec::as_slice)
+    }
+
+    /// The request that the last reply read answered.
+    pub(crate) fn last_answered(&self) -> Option<&[Vec<u8>]> {
+        self.last_answered.as_deref()
+    }
+
+    /// Whether any byte ever came from the server on this connection.
+    pub(crate) fn heard(&self) -> bool {
+        self.bytes_read > 0
+    }
+
     /// The next line for a `<` line: a kept push first, else the socket.
+    /// A line that is not a `sig` push answers the oldest request.
     pub(crate) fn read_line(&mut self, timeout: Duration) -> ReadLine {
         match self.pushes.pop_front() {
             Some(line) => ReadLine::Line(line),
-            None => self.read_socket_line(Instant::now() + timeout),
+            None => {
+                let got = self.read_socket_line(Instant::now() + timeout);
+                self.answered(&got);
+                got
+            }
+        }
+    }
+
+    fn answered(&mut self, got: &ReadLine) {
+        if let ReadLine::Line(line) = got {
+            if !line.starts_with(b"sig ") {
+                self.last_answered = self.unanswered.pop_front();
+            }
         }
     }
 
@@ -70,7 +135,10 @@ impl Conn {
         loop {
             match self.read_socket_line(deadline) {
                 ReadLine::Line(line) if line.starts_with(b"sig ") => self.pushes.push_back(line),
-                other => return other,
+                other => {
+                    self.answered(&other);
+                    return other;
+                }
             }
         }
     }
@@ -154,6 +222,7 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
+                    self.bytes_read += n;
                     return Ok(());
                 }
                 Err(e) => match e.kind() {

@@ -32,8 +32,8 @@ pub(crate) fn match_line(
                         .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
                 if !ok {
                     return Err(format!(
-                        "no token (32 lowercase hex digits) at \"{}\"",
-                        show(rest)
+                        "no token (32 lowercase hex digits) at {}",
+                        quoted(rest)
                     ));
                 }
                 if let Some(name) = name {
@@ -44,7 +44,7 @@ pub(crate) fn match_line(
             Pat::Int => {
                 let n = rest.iter().take_while(|c| c.is_ascii_digit()).count();
                 if n == 0 {
-                    return Err(format!("no integer at \"{}\"", show(rest)));
+                    return Err(format!("no integer at {}", quoted(rest)));
                 }
                 rest = &rest[n..];
             }
@@ -57,10 +57,11 @@ pub(crate) fn match_line(
                 stats_shape(&v).map_err(|e| format!("not a stats object: {e}"))?;
                 rest = &[];
             }
+            Pat::Any => rest = &[],
         }
     }
     if !rest.is_empty() {
-        return Err(format!("unexpected \"{}\" at the end", show(rest)));
+        return Err(format!("unexpected {} at the end", quoted(rest)));
     }
     Ok(binds)
 }
@@ -75,7 +76,7 @@ fn literal<'a>(rest: &'a [u8], want: &[u8], at: usize) -> Result<&'a [u8], Strin
     let found = if same == rest.len() {
         "the end of the line".to_string()
     } else {
-        format!("\"{}\"", show(&rest[same..]))
+        quoted(&rest[same..])
     };
     Err(format!(
         "at byte {}: expected \"{}\", found {found}",
@@ -95,6 +96,22 @@ fn json_object(b: &[u8]) -> Result<Value, String> {
 /// Bytes as a readable string: printable ASCII as is, the rest escaped.
 pub(crate) fn show(b: &[u8]) -> String {
     b.escape_ascii().to_string()
+}
+
+/// How many bytes of a line a message quotes; the rest is cut and the
+/// length given instead, so a server that sends 80 KB of garbage gets a
+/// readable report.
+pub const QUOTE_BYTES: usize = 200;
+
+/// Bytes in double quotes, escaped as [`show`]; longer than
+/// [`QUOTE_BYTES`], cut there and followed by the full length:
+/// `"aaaa..." (81234 bytes)`.
+pub(crate) fn quoted(b: &[u8]) -> String {
+    if b.len() <= QUOTE_BYTES {
+        format!("\"{}\"", show(b))
+    } else {
+        format!("\"{}...\" ({} bytes)", show(&b[..QUOTE_BYTES]), b.len())
+    }
 }
 
 /// Checks the shape of a `stats` object (protocol.md §8): exactly the six
@@ -277,6 +294,13 @@ mod tests {
         check("ok <JSON>", "ok [1]", Err("not an object"));
         check("ok <JSON>", "ok {", Err("invalid JSON"));
         check("a\\x3cb", "a<b", Ok(()));
+        // Long lines are quoted cut, with their length.
+        let long = "x".repeat(5000);
+        check(
+            "ok",
+            &long,
+            Err(&format!("found \"{}...\" (5000 bytes)", "x".repeat(200))),
+        );
     }
 
     #[test]

@@ -1,4 +1,11 @@
 //! Replaying one scenario against a server address.
+//!
+//! A failure names the transcript line, what came instead (quoted, cut at
+//! [`QUOTE_BYTES`](super::matcher::QUOTE_BYTES)), and the request that got
+//! the wrong reply. A case that heard nothing at all from the server (no
+//! connection, or no byte before the read timeout) is marked
+//! [`silent`](CaseResult::silent), so a run can stop early against a server
+//! that never answers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -8,18 +15,20 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::client::{Conn, ReadLine};
-use super::matcher::{describe_entries, match_line, show, stats_holds};
+use super::matcher::{describe_entries, match_line, quoted, show, stats_holds};
 use super::transcript::{Action, Check, Expect, Pat, Scenario, Step, Text};
 
 /// How the runner behaves; `Default` is what README.md describes.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// How long one `<` line (or one `~ stats` poll) may wait. 5 s.
+    /// How long one `<` line (or one `~ stats` poll), and one connect, may
+    /// wait. 5 s.
     pub read_timeout: Duration,
     /// Pause between two `stats` requests of a `~ stats` poll. 10 ms.
     pub poll_interval: Duration,
-    /// Whether [`run_all`](super::run_all) adds the built-in timed cases.
-    pub builtin: bool,
+    /// Stop the run after this many [silent](CaseResult::silent) cases in
+    /// a row; the rest are reported as not run. 3; 0 never stops.
+    pub stop_after_silent: usize,
 }
 
 impl Default for RunOptions {
@@ -27,7 +36,7 @@ impl Default for RunOptions {
         RunOptions {
             read_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(10),
-            builtin: true,
+            stop_after_silent: 3,
         }
     }
 }
@@ -46,6 +55,20 @@ pub enum Outcome {
 pub struct CaseResult {
     pub name: String,
     pub outcome: Outcome,
+    /// Failed without hearing a byte from the server: a connection could
+    /// not be opened, or a read timed out before anything arrived.
+    pub silent: bool,
+}
+
+impl CaseResult {
+    /// A result that is not [silent](CaseResult::silent).
+    pub fn new(name: impl Into<String>, outcome: Outcome) -> CaseResult {
+        CaseResult {
+            name: name.into(),
+            outcome,
+            silent: false,
+        }
+    }
 }
 
 impl fmt::Display for CaseResult {
@@ -68,11 +91,17 @@ pub fn run_scenario(addr: SocketAddr, scenario: &Scenario, opts: &RunOptions) ->
         conns: BTreeMap::new(),
         vars: HashMap::new(),
         selected: Some(1),
+        heard: false,
+        no_answer: false,
+        wrong_reply: false,
     };
     let mut outcome = Outcome::Passed;
+    let mut silent = false;
     for step in &scenario.steps {
         if let Err(why) = run.step(step) {
-            outcome = Outcome::Failed(format!("{}:{}: {why}", scenario.origin, step.line));
+            let request = run.awaiting();
+            outcome = Outcome::Failed(format!("{}:{}: {why}{request}", scenario.origin, step.line));
+            silent = run.no_answer && !run.heard && !run.conns.values().any(Conn::heard);
             break;
         }
     }
@@ -82,6 +111,7 @@ pub fn run_scenario(addr: SocketAddr, scenario: &Scenario, opts: &RunOptions) ->
     CaseResult {
         name: scenario.name.clone(),
         outcome,
+        silent,
     }
 }
 
@@ -92,9 +122,38 @@ struct Run<'a> {
     conns: BTreeMap<u32, Conn>,
     vars: HashMap<String, Vec<u8>>,
     selected: Option<u32>,
+    /// Whether a connection closed by the transcript had heard anything.
+    heard: bool,
+    /// Set by a failure that is the server not answering (connect failed,
+    /// read timed out) rather than answering wrongly.
+    no_answer: bool,
+    /// Set by a failure on a reply line that did not match its pattern.
+    wrong_reply: bool,
 }
 
 impl Run<'_> {
+    /// `" (request: ...)"`, for a failure message: the request a wrong
+    /// reply answered, else the oldest unanswered request on the selected
+    /// connection; empty when there is none.
+    fn awaiting(&self) -> String {
+        let conn = self.selected.and_then(|n| self.conns.get(&n));
+        let req = if self.wrong_reply {
+            conn.and_then(Conn::last_answered)
+        } else {
+            conn.and_then(Conn::awaiting)
+        };
+        let Some(req) = req else {
+            return String::new();
+        };
+        let lines: Vec<String> = req.iter().map(|l| quoted(l)).collect();
+        let incomplete = if req.len() < 3 {
+            format!(", {} of its 3 lines sent", req.len())
+        } else {
+            String::new()
+        };
+        format!(" (request: {}{incomplete})", lines.join(" "))
+    }
+
     fn step(&mut self, step: &Step) -> Result<(), String> {
         match &step.action {
             Action::Select(n) => {
@@ -103,6 +162,7 @@ impl Run<'_> {
             }
             Action::Close(n) => {
                 if let Some(conn) = self.conns.remove(n) {
+                    self.heard |= conn.heard();
                     conn.close();
                 }
                 if self.selected == Some(*n) {
@@ -126,7 +186,9 @@ impl Run<'_> {
             Action::Expect(Expect::Eof) => {
                 let timeout = self.opts.read_timeout;
                 let (_, conn) = self.conn()?;
-                conn.expect_eof(timeout).map_err(|got| {
+                let res = conn.expect_eof(timeout);
+                res.map_err(|got| {
+                    self.no_answer = matches!(got, ReadLine::TimedOut { .. });
                     format!("expected \"<EOF>\", got {}", describe_read(&got, timeout))
                 })
             }
@@ -155,7 +217,13 @@ impl Run<'_> {
                 let (_, conn) = self.conn()?;
                 let mut last;
                 loop {
-                    let stats = poll_stats(conn, deadline, timeout)?;
+                    let stats = match poll_stats(conn, deadline, timeout) {
+                        Ok(stats) => stats,
+                        Err(e) => {
+                            self.no_answer = !conn.heard();
+                            return Err(e);
+                        }
+                    };
                     if stats_holds(&stats, *array, key, cond)? {
                         return Ok(());
                     }
@@ -181,10 +249,11 @@ impl Run<'_> {
         let line = match got {
             ReadLine::Line(line) => line,
             other => {
+                self.no_answer = matches!(other, ReadLine::TimedOut { .. });
                 return Err(format!(
                     "expected \"{source}\", got {}",
                     describe_read(&other, timeout)
-                ))
+                ));
             }
         };
         match match_line(pats, &self.vars, &line) {
@@ -193,6 +262,7 @@ impl Run<'_> {
                 Ok(())
             }
             Err(why) => {
+                self.wrong_reply = !line.starts_with(b"sig ");
                 // For a plain literal the two lines say it all.
                 let detail = if pats.iter().all(|p| matches!(p, Pat::Bytes(_))) {
                     String::new()
@@ -200,8 +270,8 @@ impl Run<'_> {
                     format!(" ({why})")
                 };
                 Err(format!(
-                    "expected \"{source}\", got \"{}\"{detail}",
-                    show(&line)
+                    "expected \"{source}\", got {}{detail}",
+                    quoted(&line)
                 ))
             }
         }
@@ -220,8 +290,10 @@ impl Run<'_> {
             .selected
             .ok_or("no connection selected (the selected one was closed)")?;
         if !self.conns.contains_key(&n) {
-            let conn = Conn::connect(self.addr, self.opts.read_timeout)
-                .map_err(|e| format!("cannot open connection {n} to {}: {e}", self.addr))?;
+            let conn = Conn::connect(self.addr, self.opts.read_timeout).map_err(|e| {
+                self.no_answer = true;
+                format!("cannot open connection {n} to {}: {e}", self.addr)
+            })?;
             self.conns.insert(n, conn);
         }
         let conn = self.conns.get_mut(&n).ok_or("connection vanished")?;
@@ -244,25 +316,25 @@ fn poll_stats(conn: &mut Conn, deadline: Instant, timeout: Duration) -> Result<V
     };
     let json = line
         .strip_prefix(b"ok ")
-        .ok_or_else(|| format!("stats answered \"{}\"", show(&line)))?;
+        .ok_or_else(|| format!("stats answered {}", quoted(&line)))?;
     let v: Value = serde_json::from_slice(json)
-        .map_err(|e| format!("stats answered invalid JSON ({e}): \"{}\"", show(&line)))?;
+        .map_err(|e| format!("stats answered invalid JSON ({e}): {}", quoted(&line)))?;
     if !v.is_object() {
-        return Err(format!("stats answered \"{}\"", show(&line)));
+        return Err(format!("stats answered {}", quoted(&line)));
     }
     Ok(v)
 }
 
-fn describe_read(got: &ReadLine, timeout: Duration) -> String {
+pub(crate) fn describe_read(got: &ReadLine, timeout: Duration) -> String {
     let partial = |p: &[u8]| {
         if p.is_empty() {
             String::new()
         } else {
-            format!(" after the partial line \"{}\"", show(p))
+            format!(" after the partial line {}", quoted(p))
         }
     };
     match got {
-        ReadLine::Line(line) => format!("\"{}\"", show(line)),
+        ReadLine::Line(line) => quoted(line),
         ReadLine::Eof { partial: p } => format!("end of stream{}", partial(p)),
         ReadLine::TimedOut { partial: p } if p.is_empty() => {
             format!("nothing within {}", secs(timeout))

@@ -1,5 +1,6 @@
-//! Running a directory of transcripts: server selection per scenario, the
-//! expected-failures list, and the report.
+//! Running a set of transcripts: server selection per scenario, the
+//! expected-failures list, the early stop against a server that never
+//! answers, and the report.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -7,7 +8,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::builtin::builtin_cases;
 use super::run::{run_scenario, CaseResult, Outcome, RunOptions};
 use super::transcript::{parse, parse_file, Scenario};
 
@@ -17,13 +17,17 @@ use super::transcript::{parse, parse_file, Scenario};
 pub type ServerFactory = dyn Fn(&[String]) -> Result<(SocketAddr, Box<dyn Any>), String>;
 
 /// The servers a run talks to.
-#[derive(Clone, Copy)]
+#[derive(Clone, Default)]
 pub struct Target<'a> {
-    /// Where scenarios without `!server-flags:` run; they may share it.
-    pub addr: SocketAddr,
-    /// Starts a fresh server for each scenario with `!server-flags:`.
+    /// The running server that scenarios may share, if any.
+    pub addr: Option<SocketAddr>,
+    /// The flags that server was started with (`--assume-flags`); empty
+    /// for default settings. Scenarios whose `!server-flags:` are exactly
+    /// these (in any order) run on it; the others need the factory.
+    pub assumed_flags: Vec<String>,
+    /// Starts a fresh server for each scenario that cannot run on `addr`.
     /// `None` when the runner is pointed at an existing server: such
-    /// scenarios are then skipped.
+    /// scenarios are then skipped, saying why.
     pub factory: Option<&'a ServerFactory>,
 }
 
@@ -31,23 +35,61 @@ impl fmt::Debug for Target<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target")
             .field("addr", &self.addr)
+            .field("assumed_flags", &self.assumed_flags)
             .field("factory", &self.factory.is_some())
             .finish()
     }
 }
 
-/// Runs one scenario against `target`: on its shared server, on a fresh
-/// one when it has `!server-flags:`, or not at all when no fresh server
-/// can be had.
+/// Whether two flag lists configure a server the same way: the same
+/// `--flag value` pairs in any order, `--flag=value` and `--flag value`
+/// alike.
+pub fn same_flags(a: &[String], b: &[String]) -> bool {
+    fn pairs(flags: &[String]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut words = flags.iter().peekable();
+        while let Some(w) = words.next() {
+            let pair = match w.split_once('=') {
+                Some((f, v)) if w.starts_with("--") => (f.to_string(), v.to_string()),
+                _ => match words.peek() {
+                    Some(v) if !v.starts_with("--") => {
+                        (w.clone(), words.next().cloned().unwrap_or_default())
+                    }
+                    _ => (w.clone(), String::new()),
+                },
+            };
+            out.push(pair);
+        }
+        out.sort();
+        out
+    }
+    pairs(a) == pairs(b)
+}
+
+/// Runs one scenario against `target`: on its running server when the
+/// scenario's `!server-flags:` match that server's, else on a fresh server
+/// from the factory, else not at all (skipped, saying what it needs).
 pub fn run_case(scenario: &Scenario, target: &Target<'_>, opts: &RunOptions) -> CaseResult {
-    let Some(flags) = &scenario.server_flags else {
-        return run_scenario(target.addr, scenario, opts);
-    };
+    let flags = scenario.server_flags.as_deref().unwrap_or_default();
+    if let Some(addr) = target.addr {
+        if same_flags(flags, &target.assumed_flags) {
+            return run_scenario(addr, scenario, opts);
+        }
+    }
     let Some(factory) = target.factory else {
-        return CaseResult {
-            name: scenario.name.clone(),
-            outcome: Outcome::Skipped(format!("needs server flags `{}`", flags.join(" "))),
+        let why = if flags.is_empty() {
+            format!(
+                "needs a server with default settings (this run assumes `{}`)",
+                target.assumed_flags.join(" ")
+            )
+        } else {
+            format!(
+                "needs server flags `{0}` (run with --spawn, or against a server started \
+                 with them and --assume-flags '{0}')",
+                flags.join(" ")
+            )
         };
+        return CaseResult::new(&scenario.name, Outcome::Skipped(why));
     };
     match factory(flags) {
         Ok((addr, guard)) => {
@@ -55,14 +97,30 @@ pub fn run_case(scenario: &Scenario, target: &Target<'_>, opts: &RunOptions) -> 
             drop(guard);
             result
         }
-        Err(e) => CaseResult {
-            name: scenario.name.clone(),
-            outcome: Outcome::Failed(format!(
+        Err(e) => CaseResult::new(
+            &scenario.name,
+            Outcome::Failed(format!(
                 "{}: cannot start a server with flags `{}`: {e}",
                 scenario.origin,
                 flags.join(" ")
             )),
-        },
+        ),
+    }
+}
+
+/// `name` is not a case of `names`: a hint, when one is close. A name
+/// without `.txt` whose `.txt` form exists, else the first case whose
+/// name contains it.
+pub fn did_you_mean<'a>(name: &str, names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    let with_txt = format!("{name}.txt");
+    let hit = names
+        .iter()
+        .find(|n| **n == with_txt)
+        .or_else(|| names.iter().find(|n| !name.is_empty() && n.contains(name)));
+    match hit {
+        Some(n) => format!("; did you mean `{n}`?"),
+        None => String::new(),
     }
 }
 
@@ -118,6 +176,24 @@ impl ExpectedFailures {
         })
     }
 
+    /// Checks that every entry names one of `names`.
+    pub fn check_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<(), SuiteError> {
+        for (name, (_, line)) in &self.entries {
+            if !names.clone().into_iter().any(|n| n == name) {
+                return Err(SuiteError::UnknownExpected {
+                    origin: self.origin.clone(),
+                    line: *line,
+                    name: name.clone(),
+                    hint: did_you_mean(name, names.clone()),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Why `name` is expected to fail, if it is.
     pub fn reason(&self, name: &str) -> Option<&str> {
         self.entries.get(name).map(|(r, _)| r.as_str())
@@ -144,6 +220,8 @@ pub enum SuiteError {
         origin: String,
         line: usize,
         name: String,
+        /// `; did you mean ...?`, or empty.
+        hint: String,
     },
 }
 
@@ -156,9 +234,12 @@ impl fmt::Display for SuiteError {
                 line,
                 message,
             } => write!(f, "{origin}:{line}: {message}"),
-            SuiteError::UnknownExpected { origin, line, name } => {
-                write!(f, "{origin}:{line}: `{name}` names no scenario")
-            }
+            SuiteError::UnknownExpected {
+                origin,
+                line,
+                name,
+                hint,
+            } => write!(f, "{origin}:{line}: `{name}` names no scenario{hint}"),
         }
     }
 }
@@ -226,12 +307,15 @@ pub struct Summary {
     pub skipped: usize,
     pub expected_failures: usize,
     pub unexpected_passes: usize,
+    /// Cases left out by an early stop.
+    pub not_run: usize,
 }
 
 impl Summary {
-    /// No unexpected failure and no stale expected-failure entry.
+    /// No unexpected failure, no stale expected-failure entry, and no case
+    /// left out.
     pub fn ok(&self) -> bool {
-        self.failed == 0 && self.unexpected_passes == 0
+        self.failed == 0 && self.unexpected_passes == 0 && self.not_run == 0
     }
 }
 
@@ -241,7 +325,11 @@ impl fmt::Display for Summary {
             f,
             "{} passed, {} failed, {} skipped ({} expected failures, {} unexpected passes)",
             self.passed, self.failed, self.skipped, self.expected_failures, self.unexpected_passes
-        )
+        )?;
+        if self.not_run > 0 {
+            write!(f, ", {} not run", self.not_run)?;
+        }
+        Ok(())
     }
 }
 
@@ -249,11 +337,18 @@ impl fmt::Display for Summary {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub cases: Vec<CaseReport>,
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
+    /// The cases an early stop left out, in order.
+    pub not_run: Vec<String>,
 }
 
 impl Report {
     pub fn summary(&self) -> Summary {
-        let mut s = Summary::default();
+        let mut s = Summary {
+            not_run: self.not_run.len(),
+            ..Summary::default()
+        };
         for case in &self.cases {
             match case.verdict() {
                 Verdict::Passed => s.passed += 1,
@@ -296,9 +391,8 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Result<Scenario, CaseResult>>, SuiteEr
     Ok(names
         .into_iter()
         .map(|name| {
-            parse_file(&dir.join(&name)).map_err(|e| CaseResult {
-                name,
-                outcome: Outcome::Failed(format!("malformed transcript: {e}")),
+            parse_file(&dir.join(&name)).map_err(|e| {
+                CaseResult::new(name, Outcome::Failed(format!("malformed transcript: {e}")))
             })
         })
         .collect())
@@ -306,17 +400,31 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Result<Scenario, CaseResult>>, SuiteEr
 
 /// The transcripts of `spec/conformance/` as they were when this crate was
 /// built (see `build.rs`), parsed like [`load_dir`] would: sorted by name,
-/// a transcript that does not parse returned as its failed case.
+/// a transcript that does not parse returned as its failed case. Their
+/// origin is `builtin:NAME`, so a failure says which copy ran.
 pub fn load_embedded() -> Vec<Result<Scenario, CaseResult>> {
     embedded::TRANSCRIPTS
         .iter()
         .map(|(name, bytes)| {
-            parse(name, &format!("spec/conformance/{name}"), bytes).map_err(|e| CaseResult {
-                name: (*name).to_string(),
-                outcome: Outcome::Failed(format!("malformed transcript: {e}")),
+            parse(name, &format!("builtin:{name}"), bytes).map_err(|e| {
+                CaseResult::new(*name, Outcome::Failed(format!("malformed transcript: {e}")))
             })
         })
         .collect()
+}
+
+/// The name and bytes of every transcript built into the binary, sorted by
+/// name (what `--dump` writes out).
+pub fn embedded_transcripts() -> &'static [(&'static str, &'static [u8])] {
+    embedded::TRANSCRIPTS
+}
+
+/// The name of a loaded case, parsed or not.
+pub fn case_name(case: &Result<Scenario, CaseResult>) -> &str {
+    match case {
+        Ok(s) => &s.name,
+        Err(r) => &r.name,
+    }
 }
 
 /// The embedded `spec/conformance/expected-failures.txt`.
@@ -327,12 +435,15 @@ pub fn embedded_expected_failures() -> Result<ExpectedFailures, SuiteError> {
     )
 }
 
+/// The text of the embedded `expected-failures.txt` (what `--dump` writes).
+pub(crate) const EXPECTED_FAILURES_TEXT: &str = embedded::EXPECTED_FAILURES;
+
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/conformance_embedded.rs"));
 }
 
-/// Runs every transcript in `dir` (and the built-in timed cases when
-/// `opts.builtin`) against `target`, comparing failures with `expected`.
+/// Runs every transcript in `dir` against `target`, comparing failures
+/// with `expected`.
 pub fn run_all(
     dir: &Path,
     target: &Target<'_>,
@@ -350,39 +461,54 @@ pub fn run_all_with(
     opts: &RunOptions,
     on_case: &mut dyn FnMut(&CaseReport),
 ) -> Result<Report, SuiteError> {
-    let mut cases = load_dir(dir)?;
-    let builtin = builtin_cases();
-    for name in expected.names() {
-        let known = cases.iter().any(|c| match c {
-            Ok(s) => s.name == name,
-            Err(r) => r.name == name,
-        }) || builtin.iter().any(|s| s.name == name);
-        if !known {
-            let line = expected.entries.get(name).map_or(0, |(_, l)| *l);
-            return Err(SuiteError::UnknownExpected {
-                origin: expected.origin.clone(),
-                line,
-                name: name.to_string(),
-            });
-        }
-    }
-    if opts.builtin {
-        cases.extend(builtin.into_iter().map(Ok));
-    }
+    let cases = load_dir(dir)?;
+    expected.check_names(cases.iter().map(case_name))?;
+    Ok(run_cases(cases, target, expected, opts, on_case))
+}
+
+/// Runs `cases` in order against `target`, calling `on_case` as each
+/// finishes. After `opts.stop_after_silent` [silent](CaseResult::silent)
+/// cases in a row it stops: the report says why and lists the rest as not
+/// run.
+pub fn run_cases(
+    cases: Vec<Result<Scenario, CaseResult>>,
+    target: &Target<'_>,
+    expected: &ExpectedFailures,
+    opts: &RunOptions,
+    on_case: &mut dyn FnMut(&CaseReport),
+) -> Report {
     let mut report = Report::default();
-    for case in cases {
+    let mut silent_in_a_row = 0;
+    let mut cases = cases.into_iter();
+    for case in cases.by_ref() {
         let result = match case {
             Ok(scenario) => run_case(&scenario, target, opts),
             Err(result) => result,
         };
+        // A skipped case says nothing about the server either way.
+        if result.silent {
+            silent_in_a_row += 1;
+        } else if !matches!(result.outcome, Outcome::Skipped(_)) {
+            silent_in_a_row = 0;
+        }
         let report_case = CaseReport {
             expected_failure: expected.reason(&result.name).map(String::from),
             result,
         };
         on_case(&report_case);
         report.cases.push(report_case);
+        if opts.stop_after_silent > 0 && silent_in_a_row >= opts.stop_after_silent {
+            report.stopped = Some(format!(
+                "stopped after {silent_in_a_row} cases in a row heard nothing from the server \
+                 (no connection, or not a byte within {}s): is it running, and does it speak \
+                 this protocol?",
+                opts.read_timeout.as_secs_f64()
+            ));
+            break;
+        }
     }
-    Ok(report)
+    report.not_run = cases.map(|c| case_name(&c).to_string()).collect();
+    report
 }
 
 #[cfg(test)]
@@ -414,12 +540,32 @@ mod tests {
     }
 
     #[test]
+    fn flags_compare_as_pairs() {
+        let f = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(same_flags(
+            &f("--auth-token s3cret --read-timeout 1"),
+            &f("--read-timeout=1 --auth-token s3cret")
+        ));
+        assert!(!same_flags(&f("--max-locks 1"), &f("--max-locks 2")));
+        assert!(!same_flags(&f("--max-locks 1"), &[]));
+        assert!(same_flags(&[], &[]));
+    }
+
+    #[test]
+    fn hints() {
+        let names = ["ping.txt", "lock-fifo.txt", "lock-renew.txt"];
+        assert_eq!(did_you_mean("ping", names), "; did you mean `ping.txt`?");
+        assert_eq!(
+            did_you_mean("fifo", names),
+            "; did you mean `lock-fifo.txt`?"
+        );
+        assert_eq!(did_you_mean("zzz", names), "");
+    }
+
+    #[test]
     fn verdicts() {
         let case = |outcome, xf: Option<&str>| CaseReport {
-            result: CaseResult {
-                name: "c.txt".into(),
-                outcome,
-            },
+            result: CaseResult::new("c.txt", outcome),
             expected_failure: xf.map(String::from),
         };
         let fail = || Outcome::Failed("c.txt:3: expected \"ok\", got \"error\"".into());
@@ -431,6 +577,7 @@ mod tests {
                 case(fail(), Some("known")),
                 case(Outcome::Passed, Some("stale")),
             ],
+            ..Report::default()
         };
         let s = report.summary();
         assert_eq!(

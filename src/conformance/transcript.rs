@@ -84,6 +84,10 @@ pub enum Pat {
     Json,
     /// `<STATS>`: the rest of the line is a `stats` object (protocol.md §8).
     Stats,
+    /// `<ANY>`: the rest of the line, whatever it is (client scenario
+    /// scripts only, for what a client may send either way, such as an
+    /// optional lease field).
+    Any,
 }
 
 /// A `~` line.
@@ -615,11 +619,11 @@ impl Parser {
     }
 }
 
-fn is_name(b: &[u8]) -> bool {
+pub(crate) fn is_name(b: &[u8]) -> bool {
     !b.is_empty() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-fn flush<T>(lit: &mut Vec<u8>, out: &mut Vec<T>, wrap: fn(Vec<u8>) -> T) {
+pub(crate) fn flush<T>(lit: &mut Vec<u8>, out: &mut Vec<T>, wrap: fn(Vec<u8>) -> T) {
     if !lit.is_empty() {
         out.push(wrap(std::mem::take(lit)));
     }
@@ -627,7 +631,7 @@ fn flush<T>(lit: &mut Vec<u8>, out: &mut Vec<T>, wrap: fn(Vec<u8>) -> T) {
 
 /// The escape at `b[i]` (a backslash): appends its byte to `lit` and
 /// returns the index after it.
-fn escape(b: &[u8], i: usize, lit: &mut Vec<u8>) -> Res<usize> {
+pub(crate) fn escape(b: &[u8], i: usize, lit: &mut Vec<u8>) -> Res<usize> {
     let bad = |len: usize| {
         let end = (i + len).min(b.len());
         TranscriptErrorKind::BadEscape(String::from_utf8_lossy(&b[i..end]).into_owned())
@@ -654,7 +658,7 @@ fn escape(b: &[u8], i: usize, lit: &mut Vec<u8>) -> Res<usize> {
 /// A placeholder at the start of `b` (which starts with `<`) and its
 /// length. `Some((None, _))` is `<EOF>`, which is only valid as the whole
 /// pattern; `None` means the `<` is literal.
-fn placeholder(b: &[u8]) -> Option<(Option<Pat>, usize)> {
+pub(crate) fn placeholder(b: &[u8]) -> Option<(Option<Pat>, usize)> {
     for (text, pat) in [
         (&b"<TOKEN>"[..], Some(Pat::Token(None))),
         (b"<INT>", Some(Pat::Int)),

@@ -166,6 +166,7 @@ fn show_reply(reply: &Reply) -> String {
         Reply::OkInt(n) => format!("ok {n}"),
         Reply::Stats(json) => format!("ok {json}"),
         Reply::Status(s) => s.as_str().to_string(),
+        Reply::NotLeader { .. } => unreachable!("a single-node core never redirects"),
     }
 }
 

@@ -23,7 +23,7 @@
 
 use super::{
     Key, ParseError, Reply, Request, Space, Status, Token, MAX_LINE_BYTES, MAX_PAYLOAD_BYTES,
-    MAX_SECONDS,
+    MAX_SECONDS, NOT_LEADER,
 };
 
 /// Result of [`decode_request`].
@@ -603,12 +603,26 @@ fn parse_reply(head: &[u8], tail: Option<&[u8]>) -> Option<Reply> {
             }
             (_, None) => None,
         },
+        (word, addr) if word == NOT_LEADER.as_bytes() => match addr {
+            None => Some(Reply::NotLeader { leader: None }),
+            Some(addr) => leader_addr(addr).map(|a| Reply::NotLeader { leader: Some(a) }),
+        },
         (word, None) => Status::ALL
             .into_iter()
             .find(|s| s.as_str().as_bytes() == word)
             .map(Reply::Status),
         _ => None,
     }
+}
+
+/// The address of `error_not_leader <addr>`: one field of printable
+/// ASCII (no space), at most [`MAX_LINE_BYTES`] bytes. A client dials it,
+/// so anything else is refused rather than passed on.
+fn leader_addr(addr: &[u8]) -> Option<String> {
+    let ok = !addr.is_empty()
+        && addr.len() <= MAX_LINE_BYTES
+        && addr.iter().all(|b| b.is_ascii_graphic());
+    ok.then(|| String::from_utf8_lossy(addr).into_owned())
 }
 
 /// Splits at the first space: `(before, Some(after))`, or `(line, None)`.
@@ -630,4 +644,60 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
         }
         acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::encode_reply;
+
+    fn reply(line: &[u8]) -> ReplyDecoded {
+        decode_reply(line)
+    }
+
+    #[test]
+    fn not_leader_with_and_without_an_address() {
+        assert_eq!(
+            reply(b"error_not_leader\n"),
+            ReplyDecoded::Reply {
+                reply: Reply::NotLeader { leader: None },
+                consumed: 17
+            }
+        );
+        assert_eq!(
+            reply(b"error_not_leader 10.0.0.2:6388\r\n"),
+            ReplyDecoded::Reply {
+                reply: Reply::NotLeader {
+                    leader: Some("10.0.0.2:6388".into())
+                },
+                consumed: 32
+            }
+        );
+        for bad in [
+            &b"error_not_leader \n"[..],
+            b"error_not_leader a b\n",
+            b"error_not_leader \xff\n",
+        ] {
+            assert!(
+                matches!(reply(bad), ReplyDecoded::Invalid { .. }),
+                "{bad:?}"
+            );
+        }
+        for r in [
+            Reply::NotLeader { leader: None },
+            Reply::NotLeader {
+                leader: Some("[::1]:6388".into()),
+            },
+        ] {
+            let mut out = Vec::new();
+            encode_reply(&r, &mut out);
+            assert_eq!(
+                reply(&out),
+                ReplyDecoded::Reply {
+                    reply: r,
+                    consumed: out.len()
+                }
+            );
+        }
+    }
 }

@@ -119,6 +119,13 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
             out.extend_from_slice(json.as_bytes());
         }
         Reply::Status(status) => out.extend_from_slice(status.as_str().as_bytes()),
+        Reply::NotLeader { leader } => {
+            out.extend_from_slice(super::NOT_LEADER.as_bytes());
+            if let Some(addr) = leader {
+                out.push(b' ');
+                out.extend_from_slice(addr.as_bytes());
+            }
+        }
     }
     out.push(b'\n');
 }

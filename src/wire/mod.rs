@@ -238,7 +238,17 @@ pub enum Reply {
     Stats(String),
     /// A status with no fields (`queued`, `timeout`, `error`, `error_*`).
     Status(Status),
+    /// `error_not_leader` or `error_not_leader <host:port>`: the server is
+    /// a cluster member that is not the leader and refuses the request;
+    /// `leader` is the client address of the member to ask instead, when
+    /// the server knows it. Cluster mode only: a single-node server never
+    /// sends it (protocol.md §4).
+    NotLeader { leader: Option<String> },
 }
+
+/// The status word of [`Reply::NotLeader`]. It is not in [`Status`]
+/// because it may carry an address.
+pub const NOT_LEADER: &str = "error_not_leader";
 
 /// Every bare status word a reply can carry. The order and spelling are the
 /// protocol's; `spec/protocol.md` lists the same set (a test checks).

@@ -2,8 +2,11 @@
 # Interop: the upstream Python client (dflockd-client 2.1.1) against this
 # server. Builds target/release/dflockd, starts it on three free loopback
 # ports (one plain, one with --auth-token, one with --tls-cert/--tls-key
-# and a self-signed certificate made with openssl), runs scenarios.py, and
-# stops every process it started on exit. Exits non-zero if anything fails.
+# and a self-signed certificate made with openssl), runs scenarios.py;
+# then starts the scripted server for clients (`dflockd conformance
+# serve`) and runs client_scenarios.py, the same client against the
+# scenarios of spec/conformance/client/ it supports. Stops every process
+# it started, by PID, on exit. Exits non-zero if anything fails.
 #
 # Needs: python3 with `pip install --ignore-requires-python dflockd-client==2.1.1`,
 # and openssl.
@@ -22,6 +25,7 @@ command -v openssl >/dev/null || {
 }
 
 cargo build --release --bin dflockd
+bin="${CARGO_TARGET_DIR:-target}/release/dflockd"
 
 pids=()
 logs=$(mktemp -d)
@@ -46,7 +50,7 @@ start() {
   local name=$1; shift
   local port
   port=$(free_port)
-  target/release/dflockd --host 127.0.0.1 --port "$port" "$@" >"$logs/$name.log" 2>&1 &
+  "$bin" --host 127.0.0.1 --port "$port" "$@" >"$logs/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 200); do
     if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),timeout=1).close()" 2>/dev/null; then
@@ -79,3 +83,21 @@ export DFLOCKD_ADDR DFLOCKD_AUTH_ADDR DFLOCKD_AUTH_TOKEN="$token"
 export DFLOCKD_TLS_ADDR DFLOCKD_TLS_CA="$logs/cert.pem"
 
 python3 tests/interop/scenarios.py
+
+# The scripted server of spec/conformance/client/: it prints
+# `main ADDR peer ADDR control ADDR` first.
+"$bin" conformance serve >"$logs/serve.log" 2>&1 &
+pids+=($!)
+control=""
+for _ in $(seq 1 200); do
+  control=$(head -n 1 "$logs/serve.log" | sed -n 's/.* control \([0-9.:]*\)$/\1/p')
+  if [ -n "$control" ]; then break; fi
+  if ! kill -0 "${pids[-1]}" 2>/dev/null; then break; fi
+  sleep 0.05
+done
+if [ -z "$control" ]; then
+  echo "interop: the scripted server did not start:" >&2
+  cat "$logs/serve.log" >&2
+  exit 1
+fi
+DFLOCKD_SCRIPTED_CONTROL=$control python3 tests/interop/client_scenarios.py

@@ -747,3 +747,49 @@ fn tls_subscriber_with_auth_and_heartbeat() {
         sub.close().await.unwrap();
     });
 }
+
+/// A member that keeps answering `error_not_leader` with its own address
+/// (a cluster without a leader, or a misconfigured one): the handle
+/// follows it at most `MAX_REDIRECTS` times, then returns the error.
+#[test]
+fn redirects_are_bounded() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (count, me) = (connections.clone(), addr.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let me = me.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut lines = BufReader::new(stream).lines();
+                while (0..3).all(|_| matches!(lines.next(), Some(Ok(_)))) {
+                    if writeln!(out, "error_not_leader {me}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut lock = blocking::Client::new([addr.as_str()]).lock("redirect-loop");
+    match lock.acquire(Duration::from_secs(1)) {
+        Err(Error::NotLeader(Some(leader))) => assert_eq!(leader, addr),
+        other => panic!("{other:?}"),
+    }
+    // The first try and MAX_REDIRECTS hops, each on a new connection.
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1 + dflockd::client::MAX_REDIRECTS
+    );
+    // A bare Connection does not follow: it returns the error.
+    let mut conn = blocking::Connection::connect(&addr).unwrap();
+    assert!(matches!(
+        conn.acquire(Space::Lock, "k", Duration::ZERO, 1, None),
+        Err(Error::NotLeader(Some(_)))
+    ));
+}

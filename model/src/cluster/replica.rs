@@ -249,3 +249,73 @@ impl Replica {
         self.now_ms = to;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(ttl_s: u64) -> Replica {
+        let cfg = Config {
+            default_lease_s: 5,
+            gc_interval_s: 0,
+            ..Config::default()
+        };
+        Replica::new(cfg, 1, ttl_s, 2, ReplicaBug::None)
+    }
+
+    fn acquire(r: &mut Replica, conn: u64, lease_s: u64) -> String {
+        let a = r.apply(&Entry::Request {
+            conn,
+            op: ClientOp::Acquire { lease_s },
+        });
+        match &a.outputs[..] {
+            [Output::Reply { line, .. }] => line.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_orphan_keeps_its_holding_until_its_ttl_then_releases_it() {
+        let mut r = replica(2);
+        assert!(acquire(&mut r, 1, 10).starts_with("ok "));
+        let a = r.apply(&Entry::LeaderStart { stamp_ms: 1000 });
+        assert_eq!(a.orphaned, vec![1, 2]);
+        r.apply(&Entry::Tick { stamp_ms: 2999 });
+        assert_eq!(r.machine.resources()[0].holders.len(), 1);
+        let a = r.apply(&Entry::Tick { stamp_ms: 5000 });
+        // Released as of its own deadline, not as of the stamp.
+        assert_eq!(a.orphans_released, vec![(1, 1000, 3000), (2, 1000, 3000)]);
+        assert!(r.machine.resources().iter().all(|x| x.holders.is_empty()));
+        assert_eq!(r.now_ms, 5000);
+    }
+
+    #[test]
+    fn stable_ref_takes_over_the_orphan_with_its_token() {
+        let mut r = replica(30);
+        let granted = acquire(&mut r, 1, 10);
+        r.apply(&Entry::LeaderStart { stamp_ms: 0 });
+        let a = r.apply(&Entry::Open { stable_ref: 0 });
+        assert_eq!(a.opened, Some((1, true)));
+        let token = granted.split(' ').nth(1).unwrap().to_string();
+        let a = r.apply(&Entry::Request {
+            conn: 1,
+            op: ClientOp::Renew { token },
+        });
+        assert!(matches!(&a.outputs[..], [Output::Reply { line, .. }] if line == "ok 5"));
+        // A reference nobody holds opens a new session.
+        let a = r.apply(&Entry::Open { stable_ref: 7 });
+        assert_eq!(a.opened, Some((3, false)));
+        // A live session's reference cannot be taken.
+        assert_eq!(r.apply(&Entry::Open { stable_ref: 7 }).opened, None);
+    }
+
+    #[test]
+    fn a_stamp_below_the_clock_is_applied_at_the_clock_and_reported() {
+        let mut r = replica(30);
+        r.apply(&Entry::Tick { stamp_ms: 2000 });
+        let a = r.apply(&Entry::LeaderStart { stamp_ms: 500 });
+        assert!(a.stamp_went_back);
+        assert_eq!(r.now_ms, 2000);
+        assert_eq!(r.machine.now_ms(), 2000);
+    }
+}

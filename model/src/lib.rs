@@ -12,6 +12,8 @@
 //! 2. [`machine`]: the state and every rule, each citing its section of the spec.
 //! 3. [`token`] and [`stats`]: the token format and the `stats` snapshot.
 //! 4. [`checker`]: the model, its actions and the properties.
+//! 5. [`cluster`]: cluster mode: the replicated state machine around the
+//!    same [`Machine`], and a model of it across leader failures.
 //!
 //! Driving the machine (what a differential test must respect):
 //! * time is in milliseconds and never goes back; every input except
@@ -31,6 +33,7 @@
 //! comparison.
 
 pub mod checker;
+pub mod cluster;
 pub mod machine;
 pub mod stats;
 pub mod token;

@@ -5,16 +5,23 @@
 //!                     [--ops O] [--drops R] [--cancels C] [--drain] [--eager-timers]
 //!                     [--no-auto-release] [--max-waiters W] [--bug NAME]
 //! dflockd-model explore [--addr 127.0.0.1:3000] [same model options]
+//! dflockd-model cluster [--orphans] [--clients N] [--members M] [--horizon S]
+//!                       [--ops O] [--failovers F] [--no-depose] [--recover]
+//!                       [--limit N] [--leases L,..] [--orphan-ttl S] [--bug NAME]
+//!                       [--threads T]
 //! ```
 //!
 //! `check` explores the whole bounded space breadth-first and prints each
 //! property's result; it exits 1 if a property fails. `explore` serves
-//! stateright's web explorer, on loopback unless told otherwise.
+//! stateright's web explorer, on loopback unless told otherwise. `cluster`
+//! checks the cluster-mode model (`spec/cluster.md` §8), starting from the
+//! CI configuration (`--orphans`: the orphan-TTL one).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use dflockd_model::checker::{LockModel, ModelConfig, ALWAYS, EVENTUALLY, SOMETIMES};
+use dflockd_model::cluster::{checker as cl, ClusterBug, ClusterConfig, ClusterModel};
 use dflockd_model::Bug;
 use stateright::{Checker, Model};
 
@@ -37,6 +44,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let Some(command) = args.first() else {
         return Err("missing command".into());
     };
+    if command == "cluster" {
+        return cluster(&args[1..]);
+    }
     let mut cfg = ModelConfig::ci();
     let mut depth = 0usize;
     let mut threads = 1usize;
@@ -117,6 +127,81 @@ fn check(model: LockModel, depth: usize, threads: usize) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn cluster(args: &[String]) -> Result<ExitCode, String> {
+    let mut cfg = ClusterConfig::ci();
+    let mut threads = 1usize;
+    if args.iter().any(|a| a == "--orphans") {
+        cfg = ClusterConfig::orphans();
+    }
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let mut value = || rest.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--orphans" => {}
+            "--clients" => cfg.clients = number(value()?)?,
+            "--members" => cfg.members = number(value()?)?,
+            "--horizon" => cfg.horizon_s = number(value()?)?,
+            "--ops" => cfg.ops_per_client = number(value()?)?,
+            "--failovers" => cfg.failovers = number(value()?)?,
+            "--no-depose" => cfg.depose = false,
+            "--recover" => cfg.recover = true,
+            "--limit" => cfg.limit = number(value()?)?,
+            "--leases" => cfg.leases_s = numbers(value()?)?,
+            "--orphan-ttl" => cfg.orphan_ttl_s = number(value()?)?,
+            "--threads" => threads = number(value()?)?,
+            "--bug" => {
+                let name = value()?;
+                cfg.bug = ClusterBug::ALL
+                    .into_iter()
+                    .find(|b| format!("{b:?}") == *name)
+                    .ok_or_else(|| format!("unknown bug {name}; one of {:?}", ClusterBug::ALL))?;
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if cfg.linearizability && cfg.orphan_ttl_s <= cfg.horizon_s {
+        return Err("linearizability needs --orphan-ttl above --horizon (or --orphans)".into());
+    }
+    println!("{cfg:#?}");
+    let start = Instant::now();
+    let checker = ClusterModel::new(cfg)
+        .checker()
+        .threads(threads)
+        .spawn_bfs()
+        .join();
+    println!(
+        "states explored: {}\nunique states: {}\nmax depth: {}\ntime: {:.2?}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth(),
+        start.elapsed()
+    );
+    let mut ok = true;
+    for name in cl::ALWAYS {
+        let found = checker.discovery(name);
+        ok &= found.is_none();
+        println!(
+            "{} always     {name}",
+            if found.is_none() { "ok  " } else { "FAIL" }
+        );
+        if let Some(path) = found {
+            println!("     counterexample: {:?}", path.into_actions());
+        }
+    }
+    for name in cl::SOMETIMES {
+        let found = checker.discovery(name).is_some();
+        println!(
+            "{} sometimes  {name}",
+            if found { "ok  " } else { "not reached" }
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {

@@ -6,10 +6,13 @@
 //!   `spec/semantics.md` and the upstream edge cases (reference §12);
 //! * `check`: the stateright model: the CI configuration passes every
 //!   property with a pinned state count, and each deliberately broken
-//!   machine is caught by the property meant to catch it.
+//!   machine is caught by the property meant to catch it;
+//! * `cluster`: the cluster-mode model (`spec/cluster.md` §8), the same
+//!   way: two configurations pinned, every planted bug caught.
 //!
 //! [`Machine`]: dflockd_model::Machine
 
 mod check;
+mod cluster;
 mod edge_cases;
 mod script;

@@ -53,19 +53,22 @@ pub struct CoreConfig {
 }
 
 impl Default for CoreConfig {
+    /// The defaults of the settings table (`config::table`); no auth token,
+    /// fences from 1 with no ceiling, a zero salt key.
     fn default() -> Self {
+        use crate::config::table as t;
         CoreConfig {
-            default_lease_s: 33,
-            max_locks: 1024,
-            max_waiters: 0,
-            auto_release_on_disconnect: true,
-            gc_interval_s: 5,
-            gc_max_idle_s: 60,
+            default_lease_s: t::DEFAULT_LEASE_TTL.int_default(),
+            max_locks: t::MAX_LOCKS.count_default(),
+            max_waiters: t::MAX_WAITERS.count_default(),
+            auto_release_on_disconnect: t::AUTO_RELEASE_ON_DISCONNECT.bool_default(),
+            gc_interval_s: t::GC_INTERVAL.int_default(),
+            gc_max_idle_s: t::GC_MAX_IDLE.int_default(),
             auth_token: None,
             fence_start: 0,
             fence_ceiling: u64::MAX,
             salt_key: [0, 0],
-            max_subscriptions: 0,
+            max_subscriptions: t::MAX_SUBSCRIPTIONS.count_default(),
         }
     }
 }

@@ -82,19 +82,21 @@ pub struct HttpSettings {
 }
 
 impl Default for HttpSettings {
-    /// Loopback on an ephemeral port, 20 s idle timeout, no limits, no CORS,
-    /// SSE keep-alive every 15 s.
+    /// Loopback on an ephemeral port; everything else from the settings
+    /// table (`config::table`): 20 s idle timeout, no limits, no CORS, SSE
+    /// keep-alive every 15 s.
     fn default() -> Self {
+        use crate::config::table as t;
         HttpSettings {
             listen: "127.0.0.1:0".into(),
-            session_idle_timeout_s: 20,
-            max_sessions: 0,
-            max_sessions_per_ip: 0,
-            max_connections_per_ip: 0,
-            rate_limit_per_ip: 0,
-            rate_limit_burst: 0,
+            session_idle_timeout_s: t::HTTP_SESSION_IDLE_TIMEOUT.int_default(),
+            max_sessions: t::HTTP_MAX_SESSIONS.count_default(),
+            max_sessions_per_ip: t::HTTP_MAX_SESSIONS_PER_IP.count_default(),
+            max_connections_per_ip: t::HTTP_MAX_CONNECTIONS_PER_IP.count_default(),
+            rate_limit_per_ip: t::HTTP_RATE_LIMIT_PER_IP.int_default(),
+            rate_limit_burst: t::HTTP_RATE_LIMIT_BURST.int_default(),
             cors_allowed_origins: Vec::new(),
-            sse_ping_interval_s: 15,
+            sse_ping_interval_s: t::HTTP_SSE_PING_INTERVAL.int_default(),
         }
     }
 }

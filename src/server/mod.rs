@@ -26,8 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
+use log::Level;
 
 use crate::core::{ConnId, Core, CoreConfig, Effect, Time};
+use crate::logging::{self, Cause};
 use crate::sync::{lock, Arc, Mutex, MutexGuard};
 use mailbox::{Delivery, Mailbox};
 
@@ -47,33 +49,41 @@ pub struct ServerConfig {
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
     pub fence_state_file: Option<PathBuf>,
+    /// Fences reserved by each write of the fence state file
+    /// (`--fence-reserve`); a write happens once half of them are used.
+    pub fence_reserve: u64,
     /// Executor threads; 0 = one per available core.
     pub threads: usize,
     /// Pause before closing a connection that failed authentication
     /// (slows down guessing; upstream waits about 100 ms).
     pub auth_failure_pause_ms: u64,
-    pub debug: bool,
     /// When set, every connection is TLS (protocol.md §1.1); see [`tls::load`].
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Seconds a TLS client has to finish its handshake, on both listeners.
+    pub tls_handshake_timeout_s: u64,
     /// The HTTP REST front (`--http-port` ≠ 0); `None` = off.
     pub http: Option<crate::http::HttpSettings>,
 }
 
 impl Default for ServerConfig {
+    /// The defaults of the settings table (`config::table`), on the default
+    /// address; no TLS, no HTTP, no fence state file.
     fn default() -> Self {
+        use crate::config::table as t;
         ServerConfig {
-            listen: "127.0.0.1:6388".into(),
+            listen: format!("{}:{}", t::HOST.text_default(), t::PORT.int_default()),
             core: CoreConfig::default(),
-            read_timeout_s: 23,
-            write_timeout_s: 5,
-            shutdown_timeout_s: 30,
-            max_connections: 0,
-            max_connections_per_ip: 0,
+            read_timeout_s: t::READ_TIMEOUT.int_default(),
+            write_timeout_s: t::WRITE_TIMEOUT.int_default(),
+            shutdown_timeout_s: t::SHUTDOWN_TIMEOUT.int_default(),
+            max_connections: t::MAX_CONNECTIONS.count_default(),
+            max_connections_per_ip: t::MAX_CONNECTIONS_PER_IP.count_default(),
             fence_state_file: None,
+            fence_reserve: t::FENCE_RESERVE.int_default(),
             threads: 0,
             auth_failure_pause_ms: 100,
-            debug: false,
             tls: None,
+            tls_handshake_timeout_s: t::TLS_HANDSHAKE_TIMEOUT.int_default(),
             http: None,
         }
     }
@@ -497,8 +507,9 @@ async fn accept_loop(
                 x
             }
             Err(e) => {
-                if shared.cfg.debug {
-                    eprintln!("dflockd: accept error: {e}");
+                // Out of file descriptors, usually: the operator's to fix.
+                if let Some(suppressed) = logging::allow(Level::Warn, Cause::Accept, None) {
+                    log::warn!(error:% = e, suppressed; "cannot accept a TCP connection");
                 }
                 async_io::Timer::after(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -23,6 +23,7 @@
 //! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
 //! * `metrics`: `/metrics` counters and histograms after real traffic.
 
+mod daemon;
 mod http_client;
 mod support;
 

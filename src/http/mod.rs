@@ -595,14 +595,20 @@ async fn handle(
     match route {
         Route::Health => return json_resp(StatusCode::OK, &json!({"status": "ok"})),
         Route::Ready => {
+            let fence_unready = shared.fence_status().and_then(|f| f.unready);
             return if shared.is_shutting_down() {
                 json_resp(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "draining"}),
                 )
+            } else if let Some(detail) = fence_unready {
+                json_resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "fence_unavailable", "detail": detail}),
+                )
             } else {
                 json_resp(StatusCode::OK, &json!({"status": "ok"}))
-            }
+            };
         }
         Route::OpenApi => {
             return raw_resp(
@@ -1020,6 +1026,17 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
             json_resp(StatusCode::OK, &json!({ "remaining_s": l }))
         }
         Reply::Ok if op == Op::Release => no_content(),
+        // No fence left to issue (semantics §6): the acquire could not be
+        // granted whatever the queue did, so say why instead of `timeout`.
+        Reply::Status(Status::Timeout)
+            if matches!(op, Op::Acquire | Op::Wait) && shared.lock().core.fence_headroom() == 0 =>
+        {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fence_unavailable",
+                "no fencing token can be issued until the fence state file is written",
+            )
+        }
         Reply::Status(Status::Timeout) => json_resp(StatusCode::OK, &json!({"status": "timeout"})),
         Reply::Status(Status::Queued) => json_resp(StatusCode::OK, &json!({"status": "queued"})),
         Reply::Status(s) => {
@@ -1036,7 +1053,12 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
                 Status::Error if shared.is_shutting_down() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "draining")
                 }
-                Status::Error => return error(StatusCode::NOT_FOUND, "not_held", op.name()),
+                // Only a release or renew of a token that is not held
+                // answers a plain `error`; anything else is unexpected.
+                Status::Error if matches!(op, Op::Release | Op::Renew) => {
+                    return error(StatusCode::NOT_FOUND, "not_held", op.name())
+                }
+                Status::Error => return unexpected(Some(Reply::Status(s))),
                 Status::Queued | Status::Timeout => (StatusCode::OK, "unreachable"),
             };
             error(code, name, "")

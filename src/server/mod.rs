@@ -95,7 +95,24 @@ pub struct Inner {
     mailboxes: HashMap<ConnId, Arc<Mailbox>>,
     /// What the timer task is currently sleeping until.
     timer_at: Option<Time>,
-    fence_file: Option<fence_file::FenceFile>,
+    /// The fence state file, with `--fence-state-file`.
+    fence: Option<fence_file::Keeper>,
+}
+
+impl Inner {
+    /// The timer task's next wake-up: the core's next deadline, or an
+    /// earlier retry of the fence state file.
+    fn next_wake(&self) -> Option<Time> {
+        let core = self.core.poll_timeout();
+        match self
+            .fence
+            .as_ref()
+            .and_then(fence_file::Keeper::next_attempt)
+        {
+            Some(retry) => Some(core.map_or(retry, |c| c.min(retry))),
+            None => core,
+        }
+    }
 }
 
 /// State shared by every task of one server.
@@ -120,14 +137,14 @@ impl Shared {
     /// Shared state for a server that is not listening yet (or, in the fuzz
     /// target and tests, never will: connections are fed by
     /// [`conn::serve_stream`]).
-    pub fn new(cfg: ServerConfig, fence_file: Option<fence_file::FenceFile>) -> Arc<Shared> {
+    pub fn new(cfg: ServerConfig, fence: Option<fence_file::Keeper>) -> Arc<Shared> {
         let core = Core::new(cfg.core.clone(), Time(0));
         Arc::new(Shared {
             inner: Mutex::new(Inner {
                 core,
                 mailboxes: HashMap::new(),
                 timer_at: None,
-                fence_file,
+                fence,
             }),
             origin: Instant::now(),
             timer_event: Event::new(),
@@ -168,7 +185,7 @@ impl Shared {
     pub fn after_core(&self, inner: &mut Inner, effects: &mut Vec<Effect>, me: Option<ConnId>) {
         self.top_up_fence(inner, effects);
         mailbox::route(&inner.mailboxes, effects, me);
-        let next = inner.core.poll_timeout();
+        let next = inner.next_wake();
         if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
             inner.timer_at = next;
             self.timer_event.notify(1);
@@ -176,26 +193,23 @@ impl Shared {
     }
 
     /// With a fence state file, persists a new ceiling before the core runs
-    /// out of headroom (one fsync per `FENCE_RANGE / 2` grants). Hand-offs
-    /// that were waiting for the ceiling are appended to `effects`.
+    /// out of headroom (see [`fence_file::Keeper::top_up`]: one fsync per
+    /// half reserve of grants, retries with backoff). Grants that were
+    /// waiting for the ceiling are appended to `effects`.
     fn top_up_fence(&self, inner: &mut Inner, effects: &mut Vec<Effect>) {
-        let Some(ff) = inner.fence_file.as_mut() else {
-            return;
-        };
-        if inner.core.fence_headroom() >= fence_file::FENCE_RANGE / 2 {
-            return;
+        let now = self.clock(inner);
+        let Inner { core, fence, .. } = inner;
+        if let Some(keeper) = fence.as_mut() {
+            keeper.top_up(core, now, effects);
         }
-        let ceiling = inner
-            .core
-            .last_fence()
-            .saturating_add(fence_file::FENCE_RANGE);
-        match ff.persist(ceiling) {
-            Ok(()) => {
-                let now = self.clock(inner);
-                inner.core.raise_fence_ceiling(now, ceiling, effects);
-            }
-            Err(e) => eprintln!("dflockd: cannot persist fence ceiling: {e}"),
-        }
+    }
+
+    /// The fence as `/ready` and `/metrics` report it; `None` without a
+    /// fence state file.
+    pub(crate) fn fence_status(&self) -> Option<fence_file::Status> {
+        let inner = self.lock();
+        let headroom = inner.core.fence_headroom();
+        inner.fence.as_ref().map(|k| k.status(headroom))
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -304,7 +318,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            StartError::FenceFile(e) => write!(f, "fence state file: {e}"),
+            StartError::FenceFile(e) => f.write_str(e),
         }
     }
 }
@@ -313,17 +327,21 @@ impl std::error::Error for StartError {}
 
 /// Binds the listener and starts the server on its own threads.
 pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
-    let fence_file = match &cfg.fence_state_file {
+    let fence = match &cfg.fence_state_file {
         Some(path) => {
             let (mut ff, persisted) = fence_file::FenceFile::open(path)
                 .map_err(|e| StartError::FenceFile(e.to_string()))?;
-            let (start, ceiling) =
-                fence_file::startup_fence(persisted, fence_file::wall_clock_nanos());
-            ff.persist(ceiling)
+            let (start, ceiling) = fence_file::startup_fence(
+                persisted,
+                fence_file::wall_clock_nanos(),
+                cfg.fence_reserve,
+            );
+            fence_file::check_space(path, start)
+                .and_then(|()| ff.persist(ceiling))
                 .map_err(|e| StartError::FenceFile(e.to_string()))?;
             cfg.core.fence_start = start;
             cfg.core.fence_ceiling = ceiling;
-            Some(ff)
+            Some(fence_file::Keeper::new(ff, cfg.fence_reserve))
         }
         None => None,
     };
@@ -352,7 +370,7 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let shared = Shared::new(cfg, fence_file);
+    let shared = Shared::new(cfg, fence);
 
     let ex = Arc::new(smol::Executor::new());
     let done = Arc::new(Event::new());

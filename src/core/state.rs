@@ -73,6 +73,19 @@ impl Default for CoreConfig {
     }
 }
 
+/// What a connection owns (see [`Core::owned`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owned {
+    /// Slots held (locks and semaphores).
+    pub held: usize,
+    /// Queue positions (blocked requests and two-phase waiters).
+    pub waiting: usize,
+    /// Two-phase records.
+    pub records: usize,
+    /// Signal subscriptions.
+    pub subscriptions: usize,
+}
+
 /// An output of the core, addressed to one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -330,6 +343,17 @@ impl Core {
                 || !c.waiters.is_empty()
                 || !c.records.is_empty()
                 || !c.subs.is_empty()
+        })
+    }
+
+    /// What `conn` owns right now, counted (for the driver's log line when
+    /// a connection closes). O(1).
+    pub fn owned(&self, conn: ConnId) -> Owned {
+        self.conns.get(&conn).map_or(Owned::default(), |c| Owned {
+            held: c.held.len(),
+            waiting: c.waiters.len(),
+            records: c.records.len(),
+            subscriptions: c.subs.len(),
         })
     }
 

@@ -18,6 +18,7 @@
 //! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
 //! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
 
+mod lenient;
 pub mod limits;
 mod metrics;
 pub mod sessions;
@@ -38,10 +39,12 @@ use hyper::header::{
     AUTHORIZATION, CONTENT_TYPE, ORIGIN, VARY,
 };
 use hyper::{Method, StatusCode};
+use log::Level;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::core::Effect;
+use crate::logging::{self, Cause};
 use crate::server::mailbox::Delivery;
 use crate::server::Shared;
 use crate::sync::Arc;
@@ -330,6 +333,11 @@ pub async fn run(
         if !lock(&front.conns).try_add(ip, front.settings.max_connections_per_ip) {
             front.conns_rejected.fetch_add(1, Ordering::Relaxed);
             drop(stream);
+            crate::server::warn_cap(
+                ip,
+                "--http-max-connections-per-ip",
+                front.settings.max_connections_per_ip,
+            );
             continue;
         }
         let slot = ConnSlot {
@@ -374,7 +382,7 @@ where
             async move { Ok::<_, Infallible>(serve(&front, ip, &slot, req).await) }
         })
     };
-    let io = signals::WriteDeadline::new(io, signals::WRITE_DEADLINE);
+    let io = lenient::Lenient::new(signals::WriteDeadline::new(io, signals::WRITE_DEADLINE));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(smol_hyper::rt::SmolTimer::new())
         .header_read_timeout(Duration::from_secs(10))
@@ -498,6 +506,9 @@ async fn serve(
     slot: &Arc<signals::StreamSlot>,
     req: hyper::Request<Incoming>,
 ) -> Resp {
+    if let Some(why) = lenient::Refusal::from_path(req.uri().path()) {
+        return refused(ip, why);
+    }
     let cors = cors_headers(front, req.headers());
     let preflight = !front.settings.cors_allowed_origins.is_empty()
         && req.method() == Method::OPTIONS
@@ -514,6 +525,21 @@ async fn serve(
         resp.headers_mut().extend(cors);
     }
     resp
+}
+
+/// The answer to a request head the parser had to refuse (see
+/// [`lenient`]): its status and a JSON body that says why; the connection
+/// closes after it.
+fn refused(ip: IpAddr, why: lenient::Refusal) -> Resp {
+    let (status, code, detail) = why.answer();
+    if let Some(suppressed) = logging::allow(Level::Warn, Cause::HttpRefused, Some(ip)) {
+        log::warn!(peer:% = ip, status, reason = detail, suppressed; "HTTP request refused by the parser");
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = error(status, code, detail);
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Handles one request and counts it for `/metrics`.
@@ -541,6 +567,7 @@ async fn counted(
         .map_or("unmatched", |m| m.value.2);
     let resp = if rate_limited(front, ip, req.uri().path()) {
         front.rate_limited.fetch_add(1, Ordering::Relaxed);
+        warn_ip(Cause::RateLimited, ip, "HTTP request refused: --http-rate-limit-per-ip");
         error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
     } else {
         handle(front, ip, slot, req).await
@@ -623,6 +650,7 @@ async fn handle(
         return draining();
     }
     if !authorized(shared, &req) {
+        warn_ip(Cause::AuthFailure, ip, "authentication failed: no valid bearer token");
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "");
     }
     match route {
@@ -648,7 +676,12 @@ async fn handle(
                     "idle_timeout_s": front.settings.session_idle_timeout_s,
                 }),
             ),
-            Err(e) => create_error(e),
+            Err(e) => {
+                if !matches!(e, CreateError::Random) {
+                    warn_ip(Cause::SessionCap, ip, "HTTP session refused: session cap reached");
+                }
+                create_error(e)
+            }
         },
         Route::Session | Route::SessionPing => {
             let id = param.unwrap_or_default();
@@ -697,6 +730,13 @@ async fn handle(
             Err(detail) => bad_request(&detail),
         },
         Route::Health | Route::Ready | Route::OpenApi => unreachable_route(),
+    }
+}
+
+/// A warning about a request from `ip`, rate-limited per (cause, peer).
+pub(super) fn warn_ip(cause: Cause, ip: IpAddr, msg: &str) {
+    if let Some(suppressed) = logging::allow(Level::Warn, cause, Some(ip)) {
+        log::warn!(peer:% = ip, suppressed; "{msg}");
     }
 }
 

@@ -792,7 +792,7 @@ mod tests {
             limit: 1,
             lease_s: Some(60),
         };
-        let mut grant = |core: &mut Core, keeper: &mut Keeper, t: u64, key: &str| {
+        let grant = |core: &mut Core, keeper: &mut Keeper, t: u64, key: &str| {
             let mut out = Vec::new();
             core.handle(Time(t), c, acquire(key, 0), &mut out);
             keeper.top_up(core, Time(t), &mut out);

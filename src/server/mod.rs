@@ -563,6 +563,7 @@ fn admit(shared: &Shared, ip: IpAddr) -> bool {
     let prev = shared.tcp_conns.fetch_add(1, Ordering::SeqCst);
     if max > 0 && prev >= max {
         shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
+        warn_cap(ip, "--max-connections", max);
         return false;
     }
     let max_ip = shared.cfg.max_connections_per_ip;
@@ -574,11 +575,23 @@ fn admit(shared: &Shared, ip: IpAddr) -> bool {
             .try_add(ip, max_ip);
         if !admitted {
             shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
+            warn_cap(ip, "--max-connections-per-ip", max_ip);
             return false;
         }
     }
     shared.tcp_accepted.fetch_add(1, Ordering::Relaxed);
     true
+}
+
+/// A connection from `ip` was closed at accept by the cap `flag`
+/// (rate-limited per peer).
+pub(crate) fn warn_cap(ip: IpAddr, flag: &'static str, limit: usize) {
+    if let Some(suppressed) = logging::allow(Level::Warn, Cause::ConnectionCap, Some(ip)) {
+        log::warn!(
+            peer:% = ip, cap = flag, limit, suppressed;
+            "connection closed at accept: connection cap reached"
+        );
+    }
 }
 
 fn release_admission(shared: &Shared, ip: IpAddr) {

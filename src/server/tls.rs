@@ -261,8 +261,9 @@ pub(super) async fn serve(
     acceptor: TlsAcceptor,
 ) {
     conn::tune(&stream);
+    let peer = stream.peer_addr().ok();
     if let Some(mut tls) = handshake(shared, stream, &acceptor).await {
-        conn::serve_stream(shared, &mut tls).await;
+        conn::serve_from(shared, &mut tls, peer).await;
         // Best effort, without waiting: a close_notify alert if the
         // socket takes it at once, then the FIN.
         let _ = futures_lite::future::poll_once(futures_lite::AsyncWriteExt::close(&mut tls)).await;

@@ -259,8 +259,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 
         // 2. Write everything answered so far.
         if !wbuf.is_empty() {
-            if !write(stream, &wbuf, write_timeout, mailbox).await {
-                return "write failed or timed out";
+            match write(stream, &wbuf, write_timeout, mailbox).await {
+                Ok(()) => {}
+                Err(WriteEnd::Failed) => return "write failed or timed out",
+                Err(WriteEnd::CloseRequested) if shared.is_shutting_down() => {
+                    return "closed at the end of the drain"
+                }
+                Err(WriteEnd::CloseRequested) => {
+                    warn_slow_consumer(peer);
+                    return "evicted as a slow subscriber";
+                }
             }
             wbuf.clear();
             if pushes > 0 {
@@ -476,27 +484,41 @@ async fn wait<S: AsyncRead + Unpin>(
     futures_lite::future::or(read, futures_lite::future::or(mail, timer)).await
 }
 
+/// Why a write gave up.
+enum WriteEnd {
+    /// The socket failed, or the write did not finish within the timeout.
+    Failed,
+    /// Another input closed the connection (an eviction, or the forced
+    /// close at the end of a drain) while the write was stuck.
+    CloseRequested,
+}
+
 /// Writes all of `buf`, giving up (and so closing) after `timeout` or when
 /// the connection is force-closed: a peer that never reads must not hold
-/// up the end of a shutdown.
+/// up the end of a shutdown, nor keep an evicted subscriber open.
 async fn write<S: AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &[u8],
     timeout: Option<Duration>,
     mailbox: &Mailbox,
-) -> bool {
+) -> Result<(), WriteEnd> {
     // The flush is a no-op on TCP; on TLS it sends records that
     // `write_all` left inside the session (see `server::tls`).
-    let write = async { stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok() };
+    let write = async {
+        match stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok() {
+            true => Ok(()),
+            false => Err(WriteEnd::Failed),
+        }
+    };
     let closed = async {
         mailbox.close_requested().await;
-        false
+        Err(WriteEnd::CloseRequested)
     };
     let timer = async {
         match timeout {
             Some(t) => {
                 async_io::Timer::after(t).await;
-                false
+                Err(WriteEnd::Failed)
             }
             None => std::future::pending().await,
         }

@@ -236,7 +236,7 @@ impl Limiter {
     /// Whether a line of `cause` about `peer` may be written at `now`:
     /// `Some(n)` with the lines suppressed since the last one of this key,
     /// or `None` to suppress this one (it is counted). O(1) amortised; the
-    /// table holds at most [`MAX_KEYS`] peers plus one entry per cause.
+    /// table holds at most 1024 peers plus one entry per cause.
     pub fn check(&mut self, cause: Cause, peer: Option<IpAddr>, now: Instant) -> Option<u64> {
         let mut key = (cause, peer);
         if peer.is_some() && !self.entries.contains_key(&key) && self.entries.len() >= MAX_KEYS {

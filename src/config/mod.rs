@@ -6,8 +6,8 @@
 //! precedence is flag > env > default (Decision D4). Every setting is one
 //! row of [`table`]; from it:
 //!
-//! 1. [`args`] parses the command line (Go syntax) and renders `--help`;
-//! 2. [`resolve`] takes each setting from the flag, else the environment,
+//! 1. `args` parses the command line (Go syntax) and renders `--help`;
+//! 2. `resolve` takes each setting from the flag, else the environment,
 //!    else the row's default, applies the row's "present but empty" rule,
 //!    validates it and fills the [`Config`];
 //! 3. the defaults of `CoreConfig`, `ServerConfig` and `HttpSettings` read

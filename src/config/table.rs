@@ -2,8 +2,8 @@
 //! in its row (flag, environment variable, kind and range, default, help).
 //!
 //! Everything else is derived from these rows: the command-line parser
-//! ([`super::args`]) knows which flags exist and which take a value, the
-//! `--help` text is rendered from them, the resolver ([`super::resolve`])
+//! (`config/args.rs`) knows which flags exist and which take a value, the
+//! `--help` text is rendered from them, the resolver (`config/resolve.rs`)
 //! looks each one up on the command line, then in the environment, then
 //! falls back to the row's default, the defaults of
 //! [`crate::core::CoreConfig`], [`crate::server::ServerConfig`] and

@@ -236,7 +236,10 @@ impl<I> Lenient<I> {
                 true
             }
             State::Body(n) => {
-                let k = self.pending().len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                let k = self
+                    .pending()
+                    .len()
+                    .min(usize::try_from(n).unwrap_or(usize::MAX));
                 self.pass(k);
                 let left = n - k as u64;
                 self.state = if left == 0 {
@@ -247,7 +250,10 @@ impl<I> Lenient<I> {
                 true
             }
             State::ChunkData(n) => {
-                let k = self.pending().len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                let k = self
+                    .pending()
+                    .len()
+                    .min(usize::try_from(n).unwrap_or(usize::MAX));
                 self.pass(k);
                 let left = n - k as u64;
                 self.state = if left == 0 {
@@ -390,8 +396,16 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
         return None;
     }
     let rest = &line[digits..];
-    let rest_ok = rest.iter().all(|b| *b != 0 && (*b >= 0x20 || matches!(b, b'\t' | b'\r' | b'\n')));
-    if !rest_ok || !(rest.starts_with(b"\r\n") || rest.starts_with(b"\n") || rest.starts_with(b";") || rest.starts_with(b" ") || rest.starts_with(b"\t")) {
+    let rest_ok = rest
+        .iter()
+        .all(|b| *b != 0 && (*b >= 0x20 || matches!(b, b'\t' | b'\r' | b'\n')));
+    if !rest_ok
+        || !(rest.starts_with(b"\r\n")
+            || rest.starts_with(b"\n")
+            || rest.starts_with(b";")
+            || rest.starts_with(b" ")
+            || rest.starts_with(b"\t"))
+    {
         return None;
     }
     let hex = std::str::from_utf8(&line[..digits]).ok()?;
@@ -469,7 +483,10 @@ fn framing(headers: &[u8]) -> Result<Framing, Refusal> {
         if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
             return Err(Refusal::BadHeader);
         }
-        if value.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
+        if value
+            .iter()
+            .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+        {
             return Err(Refusal::BadHeader);
         }
         let value = value.trim_ascii();
@@ -635,7 +652,11 @@ mod tests {
     fn check(input: &str, want: &str) {
         for step in [1, 3, 8192] {
             let got = through(input.as_bytes(), step);
-            assert_eq!(String::from_utf8_lossy(&got), want, "input {input:?}, step {step}");
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                want,
+                "input {input:?}, step {step}"
+            );
         }
     }
 
@@ -656,14 +677,20 @@ mod tests {
             "GET /a\"#<>`{|}\\^%20 HTTP/1.0\n\n",
             "GET /a%22%23%3C%3E%60{|}\\^%20 HTTP/1.0\n\n",
         );
-        check("GET /caf\u{e9} HTTP/1.1\r\n\r\n", "GET /caf%C3%A9 HTTP/1.1\r\n\r\n");
+        check(
+            "GET /caf\u{e9} HTTP/1.1\r\n\r\n",
+            "GET /caf%C3%A9 HTTP/1.1\r\n\r\n",
+        );
         // Untouched: headers, bodies, the next request's head is escaped too.
         check(
             "POST /a> HTTP/1.1\r\nX: <>\r\nContent-Length: 5\r\n\r\n<>GET\r\nGET /b> HTTP/1.1\r\n\r\n",
             "POST /a%3E HTTP/1.1\r\nX: <>\r\nContent-Length: 5\r\n\r\n<>GET\r\nGET /b%3E HTTP/1.1\r\n\r\n",
         );
         // Leading empty lines pass.
-        check("\r\n\r\nGET /> HTTP/1.1\r\n\r\n", "\r\n\r\nGET /%3E HTTP/1.1\r\n\r\n");
+        check(
+            "\r\n\r\nGET /> HTTP/1.1\r\n\r\n",
+            "\r\n\r\nGET /%3E HTTP/1.1\r\n\r\n",
+        );
     }
 
     #[test]
@@ -675,7 +702,8 @@ mod tests {
             &format!("{body}GET /y%3E HTTP/1.1\r\n\r\n"),
         );
         // A chunk framing error stops interpretation: the rest passes as it is.
-        let bad = "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /y> HTTP/1.1\r\n\r\n";
+        let bad =
+            "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /y> HTTP/1.1\r\n\r\n";
         check(bad, bad);
     }
 
@@ -701,8 +729,14 @@ mod tests {
                 "POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 Refusal::BadFraming,
             ),
-            ("POST /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n", Refusal::BadFraming),
-            ("POST /a HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", Refusal::BadFraming),
+            (
+                "POST /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                Refusal::BadFraming,
+            ),
+            (
+                "POST /a HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Refusal::BadFraming,
+            ),
         ];
         for (input, why) in cases {
             // Whatever follows the refused head is never read.
@@ -711,7 +745,10 @@ mod tests {
         }
         let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_TARGET_BYTES));
         check(&long_target, &refused(Refusal::TargetTooLong));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS + 1));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
         check(&many, &refused(Refusal::TooManyHeaders));
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD_BYTES));
         check(&huge, &refused(Refusal::HeadTooLarge));
@@ -730,5 +767,100 @@ mod tests {
         }
         assert_eq!(Refusal::from_path("/-/dflockd-refused/99"), None);
         assert_eq!(Refusal::from_path("/v1/stats"), None);
+    }
+
+    /// Requests built from arbitrary targets, header values and bodies,
+    /// several on one connection, fed in arbitrary pieces.
+    fn request_stream() -> impl proptest::strategy::Strategy<Value = (Vec<u8>, usize)> {
+        use proptest::prelude::*;
+        let byte = proptest::num::u8::ANY;
+        let one = (
+            proptest::collection::vec(byte, 1..40),
+            proptest::collection::vec(byte, 0..20),
+            proptest::collection::vec(byte, 0..40),
+            any::<bool>(),
+        )
+            .prop_map(|(target, value, body, chunked)| {
+                let mut r = b"POST /".to_vec();
+                // No space or LF (they end the target) and no `%` (so the
+                // check below can undo the escaping exactly).
+                r.extend(target.iter().map(|b| {
+                    if matches!(b, b' ' | b'\n' | b'%') {
+                        b'_'
+                    } else {
+                        *b
+                    }
+                }));
+                r.extend_from_slice(b" HTTP/1.1\r\nX: ");
+                r.extend(value.iter().map(|b| if *b == b'\n' { b'_' } else { *b }));
+                if chunked {
+                    r.extend_from_slice(b"\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    r.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+                    r.extend_from_slice(&body);
+                    r.extend_from_slice(b"\r\n0\r\n\r\n");
+                } else {
+                    r.extend_from_slice(
+                        format!("\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    r.extend_from_slice(&body);
+                }
+                r
+            });
+        (proptest::collection::vec(one, 1..4), 1usize..64)
+            .prop_map(|(reqs, step)| (reqs.concat(), step))
+    }
+
+    proptest::proptest! {
+        /// Peer bytes never panic the adapter, and what it hands on is
+        /// bounded: at most three bytes per byte read plus one stand-in.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            input in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            step in 1usize..64,
+        ) {
+            let out = through(&input, step);
+            proptest::prop_assert!(out.len() <= 3 * input.len() + 128);
+        }
+
+        /// Well-framed requests: bodies and headers pass byte for byte;
+        /// only targets change, and only by escaping; each request is
+        /// handed on or refused, never merged with the next.
+        #[test]
+        fn only_targets_change((input, step) in request_stream()) {
+            let out = through(&input, step);
+            let text = String::from_utf8_lossy(&out);
+            if text.contains(REFUSED_PATH) {
+                proptest::prop_assert!(text.ends_with("connection: close\r\n\r\n"));
+            } else {
+                // Undo the escaping of the targets: the input comes back.
+                let mut undone = Vec::new();
+                let mut rest = &out[..];
+                while let Some(at) = rest.windows(6).position(|w| w == b"POST /") {
+                    undone.extend_from_slice(&rest[..at + 6]);
+                    rest = &rest[at + 6..];
+                    let end = rest.iter().position(|b| *b == b' ').expect("target end");
+                    let mut t = &rest[..end];
+                    while let Some(&b) = t.first() {
+                        if b == b'%' && t.len() >= 3 {
+                            let hex = std::str::from_utf8(&t[1..3]).expect("hex");
+                            let v = u8::from_str_radix(hex, 16).expect("hex");
+                            if needs_escape(v) {
+                                undone.push(v);
+                                t = &t[3..];
+                                continue;
+                            }
+                        }
+                        undone.push(b);
+                        t = &t[1..];
+                    }
+                    rest = &rest[end..];
+                    let next = rest.windows(6).position(|w| w == b"POST /").unwrap_or(rest.len());
+                    undone.extend_from_slice(&rest[..next]);
+                    rest = &rest[next..];
+                }
+                undone.extend_from_slice(rest);
+                proptest::prop_assert_eq!(undone, input);
+            }
+        }
     }
 }

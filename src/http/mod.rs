@@ -567,7 +567,11 @@ async fn counted(
         .map_or("unmatched", |m| m.value.2);
     let resp = if rate_limited(front, ip, req.uri().path()) {
         front.rate_limited.fetch_add(1, Ordering::Relaxed);
-        warn_ip(Cause::RateLimited, ip, "HTTP request refused: --http-rate-limit-per-ip");
+        warn_ip(
+            Cause::RateLimited,
+            ip,
+            "HTTP request refused: --http-rate-limit-per-ip",
+        );
         error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
     } else {
         handle(front, ip, slot, req).await
@@ -650,7 +654,11 @@ async fn handle(
         return draining();
     }
     if !authorized(shared, &req) {
-        warn_ip(Cause::AuthFailure, ip, "authentication failed: no valid bearer token");
+        warn_ip(
+            Cause::AuthFailure,
+            ip,
+            "authentication failed: no valid bearer token",
+        );
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "");
     }
     match route {
@@ -678,7 +686,11 @@ async fn handle(
             ),
             Err(e) => {
                 if !matches!(e, CreateError::Random) {
-                    warn_ip(Cause::SessionCap, ip, "HTTP session refused: session cap reached");
+                    warn_ip(
+                        Cause::SessionCap,
+                        ip,
+                        "HTTP session refused: session cap reached",
+                    );
                 }
                 create_error(e)
             }

@@ -201,7 +201,11 @@ pub(super) fn subscribe(
         Ok(s) => s,
         Err(e) => {
             if !matches!(e, super::sessions::CreateError::Random) {
-                super::warn_ip(Cause::SessionCap, ip, "SSE stream refused: session cap reached");
+                super::warn_ip(
+                    Cause::SessionCap,
+                    ip,
+                    "SSE stream refused: session cap reached",
+                );
             }
             return create_error(e);
         }

@@ -288,10 +288,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     log::warn!(peer:% = peer, suppressed; "authentication failed");
                 });
                 if shared.cfg.auth_failure_pause_ms > 0 {
-                    async_io::Timer::after(Duration::from_millis(
-                        shared.cfg.auth_failure_pause_ms,
-                    ))
-                    .await;
+                    async_io::Timer::after(Duration::from_millis(shared.cfg.auth_failure_pause_ms))
+                        .await;
                 }
                 return "authentication failed";
             }

@@ -197,6 +197,9 @@ impl Shared {
     /// half reserve of grants, retries with backoff). Grants that were
     /// waiting for the ceiling are appended to `effects`.
     fn top_up_fence(&self, inner: &mut Inner, effects: &mut Vec<Effect>) {
+        if inner.fence.is_none() {
+            return;
+        }
         let now = self.clock(inner);
         let Inner { core, fence, .. } = inner;
         if let Some(keeper) = fence.as_mut() {

@@ -21,10 +21,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "dflockd-it-ops-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("dflockd-it-ops-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch dir");
         Scratch(dir)
@@ -48,13 +46,22 @@ impl Drop for Scratch {
 /// `DFLOCKD_AUTH_TOKEN=""` started the server with no authentication.)
 #[test]
 fn empty_security_settings_refuse_to_start() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         (&[], &[("DFLOCKD_AUTH_TOKEN", "")], "DFLOCKD_AUTH_TOKEN"),
         (&[], &[("DFLOCKD_AUTH_TOKEN", " \t")], "DFLOCKD_AUTH_TOKEN"),
-        (&[], &[("DFLOCKD_AUTH_TOKEN_FILE", "")], "DFLOCKD_AUTH_TOKEN_FILE"),
+        (
+            &[],
+            &[("DFLOCKD_AUTH_TOKEN_FILE", "")],
+            "DFLOCKD_AUTH_TOKEN_FILE",
+        ),
         (&[], &[("DFLOCKD_TLS_CERT", "")], "DFLOCKD_TLS_CERT"),
         (&[], &[("DFLOCKD_TLS_KEY", " ")], "DFLOCKD_TLS_KEY"),
-        (&[], &[("DFLOCKD_FENCE_STATE_FILE", "")], "DFLOCKD_FENCE_STATE_FILE"),
+        (
+            &[],
+            &[("DFLOCKD_FENCE_STATE_FILE", "")],
+            "DFLOCKD_FENCE_STATE_FILE",
+        ),
         (&["--auth-token="], &[], "--auth-token"),
         (&["--auth-token-file", " "], &[], "--auth-token-file"),
         (&["--tls-cert="], &[], "--tls-cert"),
@@ -100,7 +107,10 @@ fn other_empty_variables_are_unset_and_empty_flags_are_values() {
         let (code, stderr) = run_to_exit(&[flag], &[]);
         assert_eq!(code, Some(1), "{flag}: {stderr}");
         let name = flag.trim_end_matches('=');
-        assert!(stderr.starts_with(&format!("configuration error: {name}: ")), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("configuration error: {name}: ")),
+            "{stderr}"
+        );
         assert!(stderr.contains(word), "{stderr}");
     }
     // --help renders from the table and exits 0.
@@ -145,14 +155,21 @@ fn start_up_warnings_drain_and_stop_are_logged_without_secrets() {
     let bad = d.wait_for(|v| v["msg"] == "malformed request");
     assert_eq!(bad["code"], 3, "{bad}");
     assert_eq!(bad["reason"], "unknown command");
-    assert_eq!(bad["peer"], c.writer().local_addr().expect("addr").to_string().as_str());
+    assert_eq!(
+        bad["peer"],
+        c.writer().local_addr().expect("addr").to_string().as_str()
+    );
 
     // Clients leave, so the drain ends at once.
     drop(c);
     assert_eq!(d.terminate(DEADLINE), Some(0));
     let msgs: Vec<String> = d.logs().iter().map(|v| v["msg"].to_string()).collect();
     assert!(msgs.iter().any(|m| m.starts_with("\"draining")), "{msgs:?}");
-    assert_eq!(msgs.last().map(String::as_str), Some("\"stopped\""), "{msgs:?}");
+    assert_eq!(
+        msgs.last().map(String::as_str),
+        Some("\"stopped\""),
+        "{msgs:?}"
+    );
     let all = d.raw_lines().join("\n");
     assert!(!all.contains(TOKEN), "the token reached the log:\n{all}");
 }
@@ -170,15 +187,24 @@ fn the_text_format() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines[0].contains(" INFO  dflockd: starting dflockd "), "{err}");
+    assert!(
+        lines[0].contains(" INFO  dflockd: starting dflockd "),
+        "{err}"
+    );
     assert!(lines[0].contains(" host=192.0.2.1 port=0 "), "{err}");
     let warn = lines
         .iter()
         .find(|l| l.contains(" WARN "))
         .unwrap_or_else(|| panic!("no warning:\n{err}"));
-    assert!(warn.contains("listening beyond loopback without an auth token"), "{err}");
+    assert!(
+        warn.contains("listening beyond loopback without an auth token"),
+        "{err}"
+    );
     assert!(warn.contains("addr=192.0.2.1:0"), "{err}");
-    assert!(err.contains("cannot start: cannot listen on 192.0.2.1:0"), "{err}");
+    assert!(
+        err.contains("cannot start: cannot listen on 192.0.2.1:0"),
+        "{err}"
+    );
 }
 
 /// Debug lines: a connection's open and close, with how long it lasted
@@ -225,7 +251,11 @@ fn caps_and_evictions_are_logged() {
         }
     }
     assert!(evicted, "never evicted");
-    let ev = d.wait_for(|v| v["msg"].as_str().is_some_and(|m| m.starts_with("closed a slow subscriber")));
+    let ev = d.wait_for(|v| {
+        v["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("closed a slow subscriber"))
+    });
     assert_eq!(ev["level"], "warn");
     let all = d.raw_lines().join("\n");
     assert!(!all.contains("payload-marker"), "a payload reached the log");
@@ -253,7 +283,11 @@ fn a_flood_of_malformed_requests_is_a_handful_of_lines() {
     assert_eq!(c.req("ping", "_", ""), "ok");
     let lines = d.raw_lines().len() - before;
     eprintln!("100000 malformed requests in {elapsed:?}: {lines} log lines");
-    assert!(lines < 100, "{lines} log lines:\n{}", d.raw_lines().join("\n"));
+    assert!(
+        lines < 100,
+        "{lines} log lines:\n{}",
+        d.raw_lines().join("\n")
+    );
     assert!(lines >= 1, "the first malformed request was not logged");
 }
 
@@ -266,7 +300,8 @@ fn http_auth_failures_and_refusals_are_logged() {
     assert_eq!(get(http, "/v1/stats").status, 401);
     d.wait_for(|v| v["msg"] == "authentication failed: no valid bearer token");
     let mut s = TcpStream::connect(http).expect("connect");
-    s.write_all(b"GET /v1/stats\x01 HTTP/1.1\r\n\r\n").expect("write");
+    s.write_all(b"GET /v1/stats\x01 HTTP/1.1\r\n\r\n")
+        .expect("write");
     let refused = d.wait_for(|v| v["msg"] == "HTTP request refused by the parser");
     assert_eq!(refused["status"], 400);
     assert!(!d.raw_lines().join("\n").contains("t0k"));
@@ -292,7 +327,10 @@ fn a_state_file_near_the_top_refuses_to_start() {
         write_state(&file, ceiling);
         let (code, stderr) = run_to_exit(&["--port", "0", "--fence-state-file", &file], &[]);
         assert_eq!(code, Some(1), "{stderr}");
-        assert!(stderr.contains("cannot start: fence state file"), "{stderr}");
+        assert!(
+            stderr.contains("cannot start: fence state file"),
+            "{stderr}"
+        );
         assert!(stderr.contains("refusing to start"), "{stderr}");
         assert!(stderr.contains(&file), "{stderr}");
     }
@@ -372,7 +410,14 @@ fn fence_failure_and_recovery(dir: &Path, breakage: &dyn Breakage) {
     let file = dir.join("fence").display().to_string();
     let port = free_port();
     let mut d = Daemon::start(
-        &["--fence-state-file", &file, "--fence-reserve", "64", "--http-port", &port],
+        &[
+            "--fence-state-file",
+            &file,
+            "--fence-reserve",
+            "64",
+            "--http-port",
+            &port,
+        ],
         &[],
     );
     let http = d.http.expect("HTTP address");
@@ -431,7 +476,11 @@ fn fence_failure_and_recovery(dir: &Path, breakage: &dyn Breakage) {
     let failures = d
         .logs()
         .iter()
-        .filter(|v| v["msg"].as_str().is_some_and(|m| m.starts_with("cannot persist the fence ceiling")))
+        .filter(|v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("cannot persist the fence ceiling"))
+        })
         .count();
     assert!((1..=3).contains(&failures), "{failures} failure lines");
 
@@ -446,10 +495,13 @@ fn fence_failure_and_recovery(dir: &Path, breakage: &dyn Breakage) {
     d.wait_for(|v| v["msg"] == "fence state file written again; grants resume");
     assert_eq!(get(http, "/ready").status, 200);
     grant(&c.req("l", "fresh", "0"));
-    let line: Value = d.with_msg("cannot persist the fence ceiling; grants wait when no fence is left")
-        [0]
+    let line: Value = d
+        .with_msg("cannot persist the fence ceiling; grants wait when no fence is left")[0]
         .clone();
-    assert!(line["error"].as_str().is_some_and(|e| !e.is_empty()), "{line}");
+    assert!(
+        line["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{line}"
+    );
 }
 
 #[test]

@@ -207,6 +207,27 @@ fn the_text_format() {
     );
 }
 
+/// A request cut at its read deadline is a warning (code 10); an idle
+/// connection closed for owning nothing is only a debug line.
+#[test]
+fn read_deadline_cuts_are_logged() {
+    let mut d = Daemon::start(&["--read-timeout", "1", "--debug"], &[]);
+    let mut partial = Client::connect(d.tcp);
+    partial.send_raw(b"l\nhalf-a-request");
+    let idle = Client::connect(d.tcp);
+    let idle_addr = idle.writer().local_addr().expect("addr").to_string();
+    let cut = d.wait_for(|v| v["msg"] == "request not completed within --read-timeout");
+    assert_eq!(cut["level"], "warn");
+    assert_eq!(cut["code"], 10);
+    assert_eq!(partial.recv_line(), "error");
+    let closed = d.wait_for(|v| {
+        v["msg"] == "closing an idle connection that owns nothing" && v["peer"] == idle_addr.as_str()
+    });
+    assert_eq!(closed["level"], "debug");
+    // The half request's bytes are not in the log.
+    assert!(!d.raw_lines().join("\n").contains("half-a-request"));
+}
+
 /// Debug lines: a connection's open and close, with how long it lasted
 /// and what it owned when it closed.
 #[test]
@@ -371,6 +392,30 @@ impl Breakage for FullDisk {
     }
 }
 
+/// The state file's directory remounted read-only: writes fail with
+/// `Read-only file system`, for root too.
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn remount(&self, how: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", how])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount -o {how} {}", self.0.display());
+    }
+}
+
+impl Breakage for ReadOnlyMount {
+    fn break_it(&self) {
+        self.remount("remount,ro");
+    }
+    fn mend(&self) {
+        self.remount("remount,rw");
+    }
+}
+
 /// A tmpfs of 1 MiB mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
 
@@ -521,5 +566,18 @@ fn fence_file_failing_after_start_up_full_disk() {
     };
     let filler = mount.0.join("filler");
     fence_failure_and_recovery(&mount.0, &FullDisk(filler));
+    drop(mount);
+}
+
+/// The same when the directory becomes read-only after start-up (a tmpfs
+/// remounted `ro`). Skipped (with a message) where a tmpfs cannot be
+/// mounted.
+#[test]
+fn fence_file_failing_after_start_up_read_only_directory() {
+    let dir = Scratch::new("fence-ro");
+    let Some(mount) = Tmpfs::mount(&dir.0) else {
+        return;
+    };
+    fence_failure_and_recovery(&mount.0, &ReadOnlyMount(mount.0.clone()));
     drop(mount);
 }

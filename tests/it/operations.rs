@@ -94,7 +94,7 @@ fn other_empty_variables_are_unset_and_empty_flags_are_values() {
             ("DFLOCKD_HOST", ""),
         ],
     );
-    let start = d.with_msg("starting dflockd 0.1.0");
+    let start = d.with_msg(&format!("starting dflockd {}", env!("CARGO_PKG_VERSION")));
     let start = start.first().expect("start-up line");
     assert_eq!(start["max-locks"], "1024", "{start}");
     assert_eq!(start["read-timeout"], "23", "{start}");
@@ -133,7 +133,7 @@ fn other_empty_variables_are_unset_and_empty_flags_are_values() {
 fn start_up_warnings_drain_and_stop_are_logged_without_secrets() {
     const TOKEN: &str = "s3cret-do-not-log";
     let mut d = Daemon::start(&["--auth-token", TOKEN], &[]);
-    let start = d.with_msg("starting dflockd 0.1.0");
+    let start = d.with_msg(&format!("starting dflockd {}", env!("CARGO_PKG_VERSION")));
     let start = start.first().expect("start-up line");
     assert_eq!(start["level"], "info");
     assert_eq!(start["auth-token"], "<set>");
@@ -221,7 +221,8 @@ fn read_deadline_cuts_are_logged() {
     assert_eq!(cut["code"], 10);
     assert_eq!(partial.recv_line(), "error");
     let closed = d.wait_for(|v| {
-        v["msg"] == "closing an idle connection that owns nothing" && v["peer"] == idle_addr.as_str()
+        v["msg"] == "closing an idle connection that owns nothing"
+            && v["peer"] == idle_addr.as_str()
     });
     assert_eq!(closed["level"], "debug");
     // The half request's bytes are not in the log.

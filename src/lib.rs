@@ -7,7 +7,8 @@
 //!    FIFO, two-phase, GC, stats). Time and token salt are arguments.
 //! 3. [`server`]: the smol driver that moves bytes between sockets and the core.
 //!    [`http`]: the HTTP REST front, another driver of the same core.
-//! 4. [`config`]: flags, environment variables and their validation.
+//! 4. [`config`]: the settings table, flags, environment variables and
+//!    their validation; [`logging`]: log lines and their rate limits.
 //! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
 //! 6. [`client`]: the client library (connections, lock and semaphore
 //!    handles with background renewal, CRC-32 sharding).
@@ -25,6 +26,7 @@ pub mod core;
 #[cfg(feature = "differential")]
 pub mod differential;
 pub mod http;
+pub mod logging;
 pub mod server;
 pub mod sync;
 pub mod wire;

@@ -191,23 +191,35 @@ fn readme_signal_examples_run_as_written() {
         return;
     }
     let blocks = fenced_blocks();
-    let at = |pred: &dyn Fn(&str, &str) -> bool| {
-        blocks
-            .iter()
-            .position(|(info, text)| pred(info, text))
-            .expect("README block")
-    };
-    let stream_at = at(&|info, text| info == "sh" && text.contains("curl -N"));
-    let stream = &blocks[stream_at].1;
-    // The README shows the stream's output in the text block right after.
-    let (info, shown) = &blocks[stream_at + 1];
-    assert_eq!(info, "text", "the SSE example is followed by its output");
-    let publish = &blocks[at(&|info, text| info == "sh" && text.contains("/v1/signals/"))].1;
+    let publish = &blocks
+        .iter()
+        .find(|(info, text)| info == "sh" && text.contains("/v1/signals/"))
+        .expect("the publish example")
+        .1;
     let promised = publish
         .lines()
         .find_map(|l| l.trim().strip_prefix("# "))
         .expect("the publish example shows its answer");
+    // Every SSE example (`curl -N`), each with the publish example.
+    let streams: Vec<usize> = blocks
+        .iter()
+        .enumerate()
+        .filter(|(_, (info, text))| info == "sh" && text.contains("curl -N"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(streams.len() >= 2, "the README shows two SSE examples");
+    for stream_at in streams {
+        let stream = &blocks[stream_at].1;
+        // The README shows the stream's output in the text block right after.
+        let (info, shown) = &blocks[stream_at + 1];
+        assert_eq!(info, "text", "the SSE example is followed by its output");
+        run_stream_example(stream, shown, publish, promised);
+    }
+}
 
+/// Runs one SSE example in the background, the publish example beside it,
+/// and checks that the stream prints what the README shows.
+fn run_stream_example(stream: &str, shown: &str, publish: &str, promised: &str) {
     let server = server();
     let http = server.http_addr().expect("HTTP is on");
     // `exec`, so killing the child kills curl itself.
@@ -233,7 +245,7 @@ fn readme_signal_examples_run_as_written() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let next = || {
         rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .expect("the stream printed the next line in time")
+            .unwrap_or_else(|_| panic!("the stream printed the next line in time:\n{stream}"))
     };
     let mut expected = shown.lines();
     // The stream is subscribed once `:ok` arrives.

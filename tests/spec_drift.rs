@@ -2,7 +2,8 @@
 //! status tables of `spec/protocol.md` against the codec's lists, every
 //! status word exercised by a transcript (or named as time-dependent in
 //! `spec/conformance/README.md`), and the sans-IO rule of `src/core` and
-//! `src/wire` (convention 1).
+//! `src/wire` (convention 1), and the README's configuration table against
+//! the settings table (`dflockd::config::SETTINGS`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,53 @@ fn code_spans(text: &str) -> Vec<&str> {
 fn code_cell(cell: &str) -> &str {
     let inner = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`'));
     inner.unwrap_or_else(|| panic!("first cell {cell:?} is not one code span"))
+}
+
+/// The README's configuration table lists every setting of the settings
+/// table, with its variable and its default, and nothing else (besides
+/// `--version`): a new setting is one row in `src/config/table.rs`, and
+/// this test says what the README must add.
+#[test]
+fn readme_configuration_table_matches_the_settings() {
+    use dflockd::config::SETTINGS;
+    let doc = read("README.md");
+    let rows = table(&doc, "| Flag | Environment variable | Default | Meaning |");
+    let mut listed = BTreeSet::new();
+    for row in &rows {
+        let flags = code_spans(&row[0]);
+        let vars = code_spans(&row[1]);
+        for flag in &flags {
+            if *flag == "--version" {
+                continue;
+            }
+            let s = SETTINGS
+                .iter()
+                .find(|s| s.dashed() == *flag)
+                .unwrap_or_else(|| panic!("README lists {flag}, which is not a setting"));
+            assert!(
+                vars.contains(&s.env),
+                "README: the row of {flag} does not name {}",
+                s.env
+            );
+            let default = row[2].replace('`', "");
+            assert!(
+                default.starts_with(&s.default_text()),
+                "README: the default of {flag} is {:?}, the table says {:?}",
+                row[2],
+                s.default_text()
+            );
+            listed.insert(s.flag);
+        }
+    }
+    let missing: Vec<String> = SETTINGS
+        .iter()
+        .filter(|s| !listed.contains(s.flag))
+        .map(|s| s.dashed())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's configuration table lacks {missing:?}"
+    );
 }
 
 /// `ok`, `acquired`, every bare status, then `error_not_leader`, in the

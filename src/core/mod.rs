@@ -23,7 +23,7 @@ mod tests;
 
 pub use metrics::CoreMetrics;
 pub use signals::PUSH_QUEUE_FRAMES;
-pub use state::{Core, CoreConfig, Effect};
+pub use state::{Core, CoreConfig, Effect, Owned};
 
 /// Milliseconds since an arbitrary origin (the server's start). Monotonic:
 /// the core panics if it ever goes back.

@@ -53,21 +53,37 @@ pub struct CoreConfig {
 }
 
 impl Default for CoreConfig {
+    /// The defaults of the settings table (`config::table`); no auth token,
+    /// fences from 1 with no ceiling, a zero salt key.
     fn default() -> Self {
+        use crate::config::table as t;
         CoreConfig {
-            default_lease_s: 33,
-            max_locks: 1024,
-            max_waiters: 0,
-            auto_release_on_disconnect: true,
-            gc_interval_s: 5,
-            gc_max_idle_s: 60,
+            default_lease_s: t::DEFAULT_LEASE_TTL.int_default(),
+            max_locks: t::MAX_LOCKS.count_default(),
+            max_waiters: t::MAX_WAITERS.count_default(),
+            auto_release_on_disconnect: t::AUTO_RELEASE_ON_DISCONNECT.bool_default(),
+            gc_interval_s: t::GC_INTERVAL.int_default(),
+            gc_max_idle_s: t::GC_MAX_IDLE.int_default(),
             auth_token: None,
             fence_start: 0,
             fence_ceiling: u64::MAX,
             salt_key: [0, 0],
-            max_subscriptions: 0,
+            max_subscriptions: t::MAX_SUBSCRIPTIONS.count_default(),
         }
     }
+}
+
+/// What a connection owns (see [`Core::owned`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owned {
+    /// Slots held (locks and semaphores).
+    pub held: usize,
+    /// Queue positions (blocked requests and two-phase waiters).
+    pub waiting: usize,
+    /// Two-phase records.
+    pub records: usize,
+    /// Signal subscriptions.
+    pub subscriptions: usize,
 }
 
 /// An output of the core, addressed to one connection.
@@ -214,7 +230,8 @@ pub struct Core {
     waiters: HashMap<u64, Waiter, IdBuild>,
     conns: HashMap<ConnId, Conn, IdBuild>,
     timers: BTreeSet<TimerKey>,
-    /// Resources whose hand-off stopped at the fence ceiling.
+    /// Resources whose grants stopped at the fence ceiling: free capacity
+    /// and waiters, but no fence to issue. Resumed by `raise_fence_ceiling`.
     starved: BTreeSet<ResId>,
     /// Signal subscriptions by pattern and group.
     signals: signals::Index,
@@ -329,6 +346,17 @@ impl Core {
         })
     }
 
+    /// What `conn` owns right now, counted (for the driver's log line when
+    /// a connection closes). O(1).
+    pub fn owned(&self, conn: ConnId) -> Owned {
+        self.conns.get(&conn).map_or(Owned::default(), |c| Owned {
+            held: c.held.len(),
+            waiting: c.waiters.len(),
+            records: c.records.len(),
+            subscriptions: c.subs.len(),
+        })
+    }
+
     /// The driver wrote `n` of `conn`'s pushes to its socket: they no longer
     /// count against its push queue (Decision D13). Unknown connections and
     /// over-reports are ignored.
@@ -363,17 +391,29 @@ impl Core {
     }
 
     /// Raises the fence ceiling (after the driver persisted it) and resumes
-    /// hand-offs that stopped at the old one.
+    /// the resources whose grants stopped at the old one, in the arrival
+    /// order of their oldest waiter (spec/semantics.md §6). O(s log s) for
+    /// `s` such resources, once per raise.
     pub fn raise_fence_ceiling(&mut self, now: Time, ceiling: u64, out: &mut Vec<Effect>) {
         self.advance(now, out);
         if ceiling > self.cfg.fence_ceiling {
             self.cfg.fence_ceiling = ceiling;
         }
         let starved = std::mem::take(&mut self.starved);
-        for res in starved {
-            if self.resources[res as usize].is_some() {
-                self.hand_off(now, res, out);
-            }
+        // The oldest live waiter: the queue's front, since `remove_waiter`
+        // pops removed entries from the front.
+        let waiters = &self.waiters;
+        let mut by_arrival: Vec<(u64, ResId)> = starved
+            .into_iter()
+            .filter_map(|res| {
+                let r = self.resources[res as usize].as_ref()?;
+                let head = r.queue.iter().find(|w| waiters.contains_key(w))?;
+                Some((*head, res))
+            })
+            .collect();
+        by_arrival.sort_unstable();
+        for (_, res) in by_arrival {
+            self.hand_off(now, res, out);
         }
     }
 
@@ -585,15 +625,18 @@ impl Core {
             Err(s) => return status(out, conn, s),
         };
         let max_waiters = self.cfg.max_waiters;
+        let fenced_out = self.fence >= self.cfg.fence_ceiling;
         let r = self.res_mut(res);
         r.last_activity = r.last_activity.max(now);
-        if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
-            match self.grant(now, res, conn, lease_s, None) {
-                Some(token) => reply(out, conn, Reply::Granted { token, lease_s }),
-                None => status(out, conn, Status::Error),
-            }
-            return;
+        let free = (r.holders.len() as u64) < r.limit && r.live_waiters == 0;
+        if free && !fenced_out {
+            let token = self
+                .grant(now, res, conn, lease_s, None)
+                .expect("fence headroom checked above");
+            return reply(out, conn, Reply::Granted { token, lease_s });
         }
+        // Free but no fence to issue (§6): queue like any waiter, and the
+        // ceiling's rise grants it.
         if max_waiters > 0 && r.live_waiters >= max_waiters {
             return status(out, conn, Status::ErrorMaxWaiters);
         }
@@ -611,6 +654,9 @@ impl Core {
             false,
         );
         self.conn_mut(conn).blocked = Some(w);
+        if free {
+            self.starved.insert(res);
+        }
     }
 
     fn release(
@@ -683,30 +729,34 @@ impl Core {
             Err(s) => return status(out, conn, s),
         };
         let max_waiters = self.cfg.max_waiters;
+        let fenced_out = self.fence >= self.cfg.fence_ceiling;
         let r = self.res_mut(res);
         r.last_activity = r.last_activity.max(now);
-        if (r.holders.len() as u64) < r.limit && r.live_waiters == 0 {
-            match self.grant(now, res, conn, lease_s, None) {
-                Some(token) => {
-                    self.set_record(
-                        conn,
-                        res,
-                        Record::Granted {
-                            fence: token.fence,
-                            lease_s,
-                        },
-                    );
-                    reply(out, conn, Reply::Acquired { token, lease_s });
-                }
-                None => status(out, conn, Status::Error),
-            }
-            return;
+        let free = (r.holders.len() as u64) < r.limit && r.live_waiters == 0;
+        if free && !fenced_out {
+            let token = self
+                .grant(now, res, conn, lease_s, None)
+                .expect("fence headroom checked above");
+            self.set_record(
+                conn,
+                res,
+                Record::Granted {
+                    fence: token.fence,
+                    lease_s,
+                },
+            );
+            return reply(out, conn, Reply::Acquired { token, lease_s });
         }
+        // Free but no fence to issue (§6): queued, granted when the
+        // ceiling rises.
         if max_waiters > 0 && r.live_waiters >= max_waiters {
             return status(out, conn, Status::ErrorMaxWaiters);
         }
         let w = self.add_waiter(now, conn, res, lease_s, None, false, true);
         self.set_record(conn, res, Record::Queued { waiter: w });
+        if free {
+            self.starved.insert(res);
+        }
         status(out, conn, Status::Queued);
     }
 
@@ -954,7 +1004,7 @@ impl Core {
 
     /// Grants a slot of `res` to `conn` as of `at`; `queued` is when the
     /// request joined the queue, `None` if it did not. `None` when the fence
-    /// ceiling is reached (nothing changes then).
+    /// ceiling is reached (nothing changes then); callers check first.
     fn grant(
         &mut self,
         at: Time,

@@ -1491,8 +1491,13 @@ fn token_salt_is_siphash_2_4_of_the_fence_reference_vector() {
     );
 }
 
+// semantics.md §6: at the ceiling nothing is granted and nothing is
+// refused: a request that would be granted at once queues like any other
+// (`l k 0` answers `timeout`, `e` answers `queued`), hand-offs stop, and a
+// raise resumes the stopped resources in the arrival order of their oldest
+// waiter, as far as the new ceiling allows.
 #[test]
-fn fence_ceiling_refuses_immediate_grants_and_stalls_hand_off_until_raised() {
+fn fence_ceiling_queues_grants_and_a_raise_serves_them_in_arrival_order() {
     let cfg = CoreConfig {
         fence_ceiling: 2,
         ..cfg()
@@ -1503,38 +1508,64 @@ fn fence_ceiling_refuses_immediate_grants_and_stalls_hand_off_until_raised() {
         vec![
             (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
             (0, c(2, l("b", 0, 10)), "c2: ok #2 10"),
-            (0, c(3, l("c", 0, 10)), "c3: error"),
-            (0, c(3, e("c", 10)), "c3: error"),
-            (0, c(3, sl("c", 0, 2, 10)), "c3: error"),
+            // Free keys, but no fence to issue: never `error`.
+            (0, c(3, l("c", 0, 10)), "c3: timeout"),
+            (0, c(3, sl("s", 0, 2, 10)), "c3: timeout"),
             (0, c(4, l("a", 60, 10)), ""),
-            (0, c(5, l("a", 3, 10)), ""),
+            (0, c(5, l("c", 5, 10)), ""),
+            (0, c(3, e("d", 10)), "c3: queued"),
+            // The release's hand-off stops at the ceiling.
             (1000, c(1, r("a", 1)), "c1: ok"),
             // Queue order holds while stalled: a newcomer does not overtake.
-            (1000, c(3, l("a", 0, 10)), "c3: timeout"),
+            (1000, c(2, l("a", 0, 10)), "c2: timeout"),
         ],
     );
     assert_eq!(h.core.fence_headroom(), 0);
-    let st = h.stats(2000, 3);
+    let st = h.stats(2000, 2);
     let a = entry(&st, "locks", "a").unwrap();
     assert_eq!(
         (a["owner_conn_id"].clone(), a["waiters"].clone()),
-        (json!(0), json!(2))
+        (json!(0), json!(1))
     );
+    assert_eq!(entry(&st, "locks", "c").unwrap()["waiters"], json!(1));
     run(
         &mut h,
         vec![
             // A lower ceiling is ignored.
             (2000, In::Raise(1), ""),
+            // One fence: the oldest waiter (c4 on `a`) gets it; `c` and `d`
+            // stay stopped.
             (2500, In::Raise(3), "c4: ok #3 10"),
-            (3000, In::Tick, "c5: timeout"),
-            (3000, c(3, l("c", 0, 10)), "c3: error"),
+            // Two more: c5 on `c`, then c3's two-phase record on `d`.
+            (3000, In::Raise(5), "c5: ok #4 10"),
+            (3000, c(3, w("d", 0)), "c3: ok #5 10"),
             (3000, In::Raise(10), ""),
-            (3000, c(3, l("c", 0, 10)), "c3: ok #4 10"),
+            (3000, c(3, l("s", 0, 10)), "c3: ok #6 10"),
         ],
     );
-    // The lease of the grant made at the raise runs from the raise.
+    // The lease of a grant made at a raise runs from the raise.
     assert_eq!(h.tick(10000), "");
     assert_eq!(h.poll(), Some(12500));
+}
+
+// A blocked acquire on a free key is served by the raise within its
+// timeout, or times out at its deadline if the ceiling does not rise.
+#[test]
+fn fence_ceiling_blocked_acquire_on_a_free_key() {
+    let cfg = CoreConfig {
+        fence_ceiling: 0,
+        ..cfg()
+    };
+    check(
+        cfg,
+        2,
+        vec![
+            (0, c(1, l("a", 2, 10)), ""),
+            (0, c(2, sl("b", 1, 3, 10)), ""),
+            (1000, In::Tick, "c2: timeout"),
+            (1500, In::Raise(1), "c1: ok #1 10"),
+        ],
+    );
 }
 
 #[test]

@@ -48,12 +48,19 @@ struct Scrape {
     conns_rejected: u64,
     tls_failures: u64,
     requests: RequestCounts,
+    /// Grants left under the fence ceiling.
+    fence_headroom: u64,
+    /// Failed writes of the fence state file (0 without one).
+    fence_failures: u64,
 }
 
 impl Scrape {
     fn take(front: &Front) -> Scrape {
         let shared = &front.shared;
-        let (stats, core) = core_state(shared);
+        let (stats, core, fence_headroom) = core_state(shared);
+        let fence_failures = shared
+            .fence_status()
+            .map_or(0, |f| f.persist_failures_total);
         let (http_open, http_accepted) = {
             let conns = lock(&front.conns);
             (conns.total(), conns.added())
@@ -73,20 +80,26 @@ impl Scrape {
             conns_rejected: front.conns_rejected.load(Ordering::Relaxed),
             tls_failures: front.tls_failures.load(Ordering::Relaxed),
             requests: lock(&front.requests).clone(),
+            fence_headroom,
+            fence_failures,
         }
     }
 }
 
-/// The stats JSON and the core's counters as of now, under one lock: the
-/// core is first advanced to the current time (expiring what is due), like
-/// the `stats` request.
-fn core_state(shared: &Shared) -> (String, CoreMetrics) {
+/// The stats JSON, the core's counters and the fence headroom as of now,
+/// under one lock: the core is first advanced to the current time
+/// (expiring what is due), like the `stats` request.
+fn core_state(shared: &Shared) -> (String, CoreMetrics, u64) {
     let mut effects = Vec::new();
     let mut inner = shared.lock();
     let now = shared.clock(&inner);
     inner.core.handle_timeout(now, &mut effects);
     shared.after_core(&mut inner, &mut effects, None);
-    (inner.core.stats_json(), inner.core.metrics().clone())
+    (
+        inner.core.stats_json(),
+        inner.core.metrics().clone(),
+        inner.core.fence_headroom(),
+    )
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a family.
@@ -203,6 +216,20 @@ fn text(s: &Scrape) -> String {
     for (name, help, value) in gauges {
         single(&mut out, name, "gauge", help, value);
     }
+    single(
+        &mut out,
+        "dflockd_fence_headroom",
+        "gauge",
+        "Fencing tokens that can be issued before the fence state file must be written again (grants wait at 0).",
+        s.fence_headroom,
+    );
+    single(
+        &mut out,
+        "dflockd_fence_persist_failures_total",
+        "counter",
+        "Writes of the fence state file that failed (retried with backoff).",
+        s.fence_failures,
+    );
     let counters = [
         (
             "dflockd_http_rate_limited_total",
@@ -417,6 +444,8 @@ mod tests {
             conns_rejected: 0,
             tls_failures: 0,
             requests,
+            fence_headroom: 7,
+            fence_failures: 2,
         }
     }
 
@@ -609,6 +638,8 @@ mod tests {
         let v = |name, labels: &[(&str, &str)]| value(&samples, name, labels);
         // The reference's gauges keep their names.
         assert_eq!(v("dflockd_ready", &[]), 1.0);
+        assert_eq!(v("dflockd_fence_headroom", &[]), 7.0);
+        assert_eq!(v("dflockd_fence_persist_failures_total", &[]), 2.0);
         assert_eq!(v("dflockd_connections", &[]), 1.0);
         assert_eq!(v("dflockd_http_sessions", &[]), 1.0);
         assert_eq!(

@@ -18,6 +18,7 @@
 //! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
 //! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
 
+mod lenient;
 pub mod limits;
 mod metrics;
 pub mod sessions;
@@ -38,10 +39,12 @@ use hyper::header::{
     AUTHORIZATION, CONTENT_TYPE, ORIGIN, VARY,
 };
 use hyper::{Method, StatusCode};
+use log::Level;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::core::Effect;
+use crate::logging::{self, Cause};
 use crate::server::mailbox::Delivery;
 use crate::server::Shared;
 use crate::sync::Arc;
@@ -82,19 +85,21 @@ pub struct HttpSettings {
 }
 
 impl Default for HttpSettings {
-    /// Loopback on an ephemeral port, 20 s idle timeout, no limits, no CORS,
-    /// SSE keep-alive every 15 s.
+    /// Loopback on an ephemeral port; everything else from the settings
+    /// table (`config::table`): 20 s idle timeout, no limits, no CORS, SSE
+    /// keep-alive every 15 s.
     fn default() -> Self {
+        use crate::config::table as t;
         HttpSettings {
             listen: "127.0.0.1:0".into(),
-            session_idle_timeout_s: 20,
-            max_sessions: 0,
-            max_sessions_per_ip: 0,
-            max_connections_per_ip: 0,
-            rate_limit_per_ip: 0,
-            rate_limit_burst: 0,
+            session_idle_timeout_s: t::HTTP_SESSION_IDLE_TIMEOUT.int_default(),
+            max_sessions: t::HTTP_MAX_SESSIONS.count_default(),
+            max_sessions_per_ip: t::HTTP_MAX_SESSIONS_PER_IP.count_default(),
+            max_connections_per_ip: t::HTTP_MAX_CONNECTIONS_PER_IP.count_default(),
+            rate_limit_per_ip: t::HTTP_RATE_LIMIT_PER_IP.int_default(),
+            rate_limit_burst: t::HTTP_RATE_LIMIT_BURST.int_default(),
             cors_allowed_origins: Vec::new(),
-            sse_ping_interval_s: 15,
+            sse_ping_interval_s: t::HTTP_SSE_PING_INTERVAL.int_default(),
         }
     }
 }
@@ -328,6 +333,11 @@ pub async fn run(
         if !lock(&front.conns).try_add(ip, front.settings.max_connections_per_ip) {
             front.conns_rejected.fetch_add(1, Ordering::Relaxed);
             drop(stream);
+            crate::server::warn_cap(
+                ip,
+                "--http-max-connections-per-ip",
+                front.settings.max_connections_per_ip,
+            );
             continue;
         }
         let slot = ConnSlot {
@@ -372,7 +382,7 @@ where
             async move { Ok::<_, Infallible>(serve(&front, ip, &slot, req).await) }
         })
     };
-    let io = signals::WriteDeadline::new(io, signals::WRITE_DEADLINE);
+    let io = lenient::Lenient::new(signals::WriteDeadline::new(io, signals::WRITE_DEADLINE));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(smol_hyper::rt::SmolTimer::new())
         .header_read_timeout(Duration::from_secs(10))
@@ -496,6 +506,9 @@ async fn serve(
     slot: &Arc<signals::StreamSlot>,
     req: hyper::Request<Incoming>,
 ) -> Resp {
+    if let Some(why) = lenient::Refusal::from_path(req.uri().path()) {
+        return refused(ip, why);
+    }
     let cors = cors_headers(front, req.headers());
     let preflight = !front.settings.cors_allowed_origins.is_empty()
         && req.method() == Method::OPTIONS
@@ -512,6 +525,21 @@ async fn serve(
         resp.headers_mut().extend(cors);
     }
     resp
+}
+
+/// The answer to a request head the parser had to refuse (see
+/// [`lenient`]): its status and a JSON body that says why; the connection
+/// closes after it.
+fn refused(ip: IpAddr, why: lenient::Refusal) -> Resp {
+    let (status, code, detail) = why.answer();
+    if let Some(suppressed) = logging::allow(Level::Warn, Cause::HttpRefused, Some(ip)) {
+        log::warn!(peer:% = ip, status, reason = detail, suppressed; "HTTP request refused by the parser");
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = error(status, code, detail);
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Handles one request and counts it for `/metrics`.
@@ -539,6 +567,11 @@ async fn counted(
         .map_or("unmatched", |m| m.value.2);
     let resp = if rate_limited(front, ip, req.uri().path()) {
         front.rate_limited.fetch_add(1, Ordering::Relaxed);
+        warn_ip(
+            Cause::RateLimited,
+            ip,
+            "HTTP request refused: --http-rate-limit-per-ip",
+        );
         error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
     } else {
         handle(front, ip, slot, req).await
@@ -593,14 +626,20 @@ async fn handle(
     match route {
         Route::Health => return json_resp(StatusCode::OK, &json!({"status": "ok"})),
         Route::Ready => {
+            let fence_unready = shared.fence_status().and_then(|f| f.unready);
             return if shared.is_shutting_down() {
                 json_resp(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "draining"}),
                 )
+            } else if let Some(detail) = fence_unready {
+                json_resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "fence_unavailable", "detail": detail}),
+                )
             } else {
                 json_resp(StatusCode::OK, &json!({"status": "ok"}))
-            }
+            };
         }
         Route::OpenApi => {
             return raw_resp(
@@ -615,6 +654,11 @@ async fn handle(
         return draining();
     }
     if !authorized(shared, &req) {
+        warn_ip(
+            Cause::AuthFailure,
+            ip,
+            "authentication failed: no valid bearer token",
+        );
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "");
     }
     match route {
@@ -640,7 +684,16 @@ async fn handle(
                     "idle_timeout_s": front.settings.session_idle_timeout_s,
                 }),
             ),
-            Err(e) => create_error(e),
+            Err(e) => {
+                if !matches!(e, CreateError::Random) {
+                    warn_ip(
+                        Cause::SessionCap,
+                        ip,
+                        "HTTP session refused: session cap reached",
+                    );
+                }
+                create_error(e)
+            }
         },
         Route::Session | Route::SessionPing => {
             let id = param.unwrap_or_default();
@@ -689,6 +742,13 @@ async fn handle(
             Err(detail) => bad_request(&detail),
         },
         Route::Health | Route::Ready | Route::OpenApi => unreachable_route(),
+    }
+}
+
+/// A warning about a request from `ip`, rate-limited per (cause, peer).
+pub(super) fn warn_ip(cause: Cause, ip: IpAddr, msg: &str) {
+    if let Some(suppressed) = logging::allow(Level::Warn, cause, Some(ip)) {
+        log::warn!(peer:% = ip, suppressed; "{msg}");
     }
 }
 
@@ -1018,6 +1078,17 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
             json_resp(StatusCode::OK, &json!({ "remaining_s": l }))
         }
         Reply::Ok if op == Op::Release => no_content(),
+        // No fence left to issue (semantics §6): the acquire could not be
+        // granted whatever the queue did, so say why instead of `timeout`.
+        Reply::Status(Status::Timeout)
+            if matches!(op, Op::Acquire | Op::Wait) && shared.lock().core.fence_headroom() == 0 =>
+        {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fence_unavailable",
+                "no fencing token can be issued until the fence state file is written",
+            )
+        }
         Reply::Status(Status::Timeout) => json_resp(StatusCode::OK, &json!({"status": "timeout"})),
         Reply::Status(Status::Queued) => json_resp(StatusCode::OK, &json!({"status": "queued"})),
         Reply::Status(s) => {
@@ -1034,7 +1105,12 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
                 Status::Error if shared.is_shutting_down() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "draining")
                 }
-                Status::Error => return error(StatusCode::NOT_FOUND, "not_held", op.name()),
+                // Only a release or renew of a token that is not held
+                // answers a plain `error`; anything else is unexpected.
+                Status::Error if matches!(op, Op::Release | Op::Renew) => {
+                    return error(StatusCode::NOT_FOUND, "not_held", op.name())
+                }
+                Status::Error => return unexpected(Some(Reply::Status(s))),
                 Status::Queued | Status::Timeout => (StatusCode::OK, "unreachable"),
             };
             error(code, name, "")

@@ -35,6 +35,7 @@ use http_body_util::Either;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use hyper::StatusCode;
+use log::Level;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -44,6 +45,7 @@ use super::{
     read_body, unexpected, Front, Resp,
 };
 use crate::core::Effect;
+use crate::logging::{self, Cause};
 use crate::server::mailbox::Delivery;
 use crate::server::Shared;
 use crate::sync::Arc;
@@ -197,7 +199,16 @@ pub(super) fn subscribe(
         ip,
     ) {
         Ok(s) => s,
-        Err(e) => return create_error(e),
+        Err(e) => {
+            if !matches!(e, super::sessions::CreateError::Random) {
+                super::warn_ip(
+                    Cause::SessionCap,
+                    ip,
+                    "SSE stream refused: session cap reached",
+                );
+            }
+            return create_error(e);
+        }
     };
     let mut effects: Vec<Effect> = Vec::new();
     {
@@ -354,6 +365,7 @@ impl hyper::body::Body for SseBody {
                     }
                 }
                 Delivery::Close => {
+                    note_eviction(&this.front.shared, &this.session);
                     this.done = true;
                     break;
                 }
@@ -423,6 +435,7 @@ pub(super) async fn cut_when_stuck(front: &Front, slot: &StreamSlot) {
         };
         let close = async {
             session.mailbox.close_requested().await;
+            note_eviction(&front.shared, &session);
             true
         };
         let drain = async {
@@ -437,6 +450,23 @@ pub(super) async fn cut_when_stuck(front: &Front, slot: &StreamSlot) {
         if futures_lite::future::or(close, futures_lite::future::or(drain, other)).await {
             return;
         }
+    }
+}
+
+/// Logs a slow-subscriber eviction of a stream's session (rate-limited per
+/// peer). The core closed the session while it was alive and the server
+/// was not draining: only an eviction does that (a kill marks the session
+/// dead before its close).
+fn note_eviction(shared: &Shared, session: &Session) {
+    if session.dead.load(Ordering::SeqCst) || shared.is_shutting_down() {
+        return;
+    }
+    let ip = session.ip;
+    if let Some(suppressed) = logging::allow(Level::Warn, Cause::SlowConsumer, Some(ip)) {
+        log::warn!(
+            peer:% = ip, transport = "sse", suppressed;
+            "closed a slow subscriber: its unwritten signal pushes reached the limit"
+        );
     }
 }
 

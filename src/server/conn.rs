@@ -26,15 +26,25 @@
 //! queue position, a two-phase record, a signal subscription), in which
 //! case its leases are its liveness check and TCP keepalive finds dead
 //! peers.
+//!
+//! Log lines (src/logging.rs): a malformed request, a failed `auth`, a
+//! request cut at its read deadline and a slow-subscriber eviction are
+//! warnings with the peer's address, each rate-limited per peer; opening
+//! and closing (with how long it lasted and what it owned) are debug
+//! lines. Never a key, token or payload.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use log::Level;
 
 use super::mailbox::{Delivery, Mailbox};
 use super::{register, unregister, Shared};
-use crate::core::{ConnId, Effect};
+use crate::core::{ConnId, Effect, Owned};
+use crate::logging::{self, Cause};
 use crate::sync::Arc;
 use crate::wire::{
     decode_request, encode_push, encode_reply, Decoded, ParseError, Reply, Request, Status,
@@ -62,7 +72,8 @@ enum Wake {
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(shared: &Arc<Shared>, stream: async_net::TcpStream) {
     tune(&stream);
-    serve_stream(shared, stream).await;
+    let peer = stream.peer_addr().ok();
+    serve_from(shared, stream, peer).await;
 }
 
 /// Socket options for every accepted TCP connection, plain or TLS:
@@ -77,19 +88,70 @@ pub fn tune(stream: &async_net::TcpStream) {
 
 /// Serves any byte stream as one connection (TCP, TLS, or an in-memory
 /// stream in the fuzz target) until it closes, then cleans up in the core.
-pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) {
-    let mailbox = Arc::new(Mailbox::new());
-    let id = register(shared, mailbox.clone());
-    run(shared, &mut stream, id, &mailbox).await;
-    unregister(shared, id);
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, stream: S) {
+    serve_from(shared, stream, None).await;
 }
 
+/// [`serve_stream`] for a stream from `peer` (named in log lines).
+pub async fn serve_from<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut stream: S,
+    peer: Option<SocketAddr>,
+) {
+    let mailbox = Arc::new(Mailbox::new());
+    let id = register(shared, mailbox.clone());
+    let opened = Instant::now();
+    let peer = Peer(peer);
+    log::debug!(conn = id.0, peer:% = peer; "connection opened");
+    let end = run(shared, &mut stream, id, &mailbox, peer).await;
+    let owned = if log::log_enabled!(Level::Debug) {
+        shared.lock().core.owned(id)
+    } else {
+        Owned::default()
+    };
+    unregister(shared, id);
+    log::debug!(
+        conn = id.0, peer:% = peer, duration_ms = opened.elapsed().as_millis() as u64, end,
+        held = owned.held, waiting = owned.waiting, records = owned.records,
+        subscriptions = owned.subscriptions;
+        "connection closed"
+    );
+}
+
+/// A peer address for log lines: `-` when unknown (an in-memory stream).
+#[derive(Clone, Copy)]
+struct Peer(Option<SocketAddr>);
+
+impl Peer {
+    fn ip(self) -> Option<std::net::IpAddr> {
+        self.0.map(|a| a.ip())
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// A warning about `peer`, if its (cause, peer) window lets one through.
+fn warn_peer(cause: Cause, peer: Peer, what: impl FnOnce(u64)) {
+    if let Some(suppressed) = logging::allow(Level::Warn, cause, peer.ip()) {
+        what(suppressed);
+    }
+}
+
+/// Runs the connection until it ends; returns how it ended (for the log).
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     stream: &mut S,
     id: ConnId,
     mailbox: &Mailbox,
-) {
+    peer: Peer,
+) -> &'static str {
     let read_timeout = Duration::from_secs(shared.cfg.read_timeout_s);
     let write_timeout = match shared.cfg.write_timeout_s {
         0 => None,
@@ -106,6 +168,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut blocked = false;
     let mut closing = false;
     let mut auth_failed = false;
+    let mut evicted = false;
     // The read deadline (protocol.md §2.4). It moves with every request, so
     // the reactor timer is not re-armed each time: it stays armed at an
     // earlier instant and, when it fires early, is re-armed to `deadline`.
@@ -130,6 +193,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         pending.push_back(Pending::Request(req));
                     }
                     Decoded::Invalid { error, consumed: n } => {
+                        warn_peer(Cause::ProtocolError, peer, |suppressed| {
+                            log::warn!(
+                                peer:% = peer, code = error.code(), reason = error.reason(),
+                                suppressed;
+                                "malformed request"
+                            );
+                        });
                         consumed += n.max(1).min(rbuf.len() - consumed);
                         pending.push_back(Pending::Invalid(error));
                         if error.is_fatal() {
@@ -174,7 +244,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
-            encode_own(&mut effects, &mut wbuf, &mut pushes, &mut auth_failed);
+            encode_own(
+                &mut effects,
+                &mut wbuf,
+                &mut pushes,
+                &mut auth_failed,
+                &mut evicted,
+            );
             if wbuf.len() >= WRITE_BATCH_BYTES {
                 more_work = true;
                 break;
@@ -183,8 +259,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 
         // 2. Write everything answered so far.
         if !wbuf.is_empty() {
-            if !write(stream, &wbuf, write_timeout, mailbox).await {
-                return;
+            match write(stream, &wbuf, write_timeout, mailbox).await {
+                Ok(()) => {}
+                Err(WriteEnd::Failed) => return "write failed or timed out",
+                Err(WriteEnd::CloseRequested) if shared.is_shutting_down() => {
+                    return "closed at the end of the drain"
+                }
+                Err(WriteEnd::CloseRequested) => {
+                    warn_slow_consumer(peer);
+                    return "evicted as a slow subscriber";
+                }
             }
             wbuf.clear();
             if pushes > 0 {
@@ -195,11 +279,21 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if closing {
-            if auth_failed && shared.cfg.auth_failure_pause_ms > 0 {
-                async_io::Timer::after(Duration::from_millis(shared.cfg.auth_failure_pause_ms))
-                    .await;
+            if evicted {
+                warn_slow_consumer(peer);
+                return "evicted as a slow subscriber";
             }
-            return;
+            if auth_failed {
+                warn_peer(Cause::AuthFailure, peer, |suppressed| {
+                    log::warn!(peer:% = peer, suppressed; "authentication failed");
+                });
+                if shared.cfg.auth_failure_pause_ms > 0 {
+                    async_io::Timer::after(Duration::from_millis(shared.cfg.auth_failure_pause_ms))
+                        .await;
+                }
+                return "authentication failed";
+            }
+            return "closed by the server";
         }
         if std::mem::take(&mut more_work) || (!blocked && !pending.is_empty()) {
             // A batch boundary: keep processing before waiting.
@@ -226,14 +320,24 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
         match wake {
-            Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return,
+            Wake::Read(Ok(0)) => return "closed by the peer",
+            Wake::Read(Err(_)) => return "read failed",
             Wake::Read(Ok(_)) => {}
             Wake::Mail(first) => {
                 // Take everything delivered so far: one write for a burst.
                 let mut next = Some(first);
                 while let Some(d) = next {
                     match d {
-                        Delivery::Close => return,
+                        // Another connection's input closed this one: only
+                        // a slow-subscriber eviction does (or a forced
+                        // close at the end of a drain).
+                        Delivery::Close if shared.is_shutting_down() => {
+                            return "closed at the end of the drain"
+                        }
+                        Delivery::Close => {
+                            warn_slow_consumer(peer);
+                            return "evicted as a slow subscriber";
+                        }
                         Delivery::Reply(reply) => {
                             blocked = false;
                             answered = true;
@@ -267,30 +371,63 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 inner.core.handle_invalid(now, id, true, &mut effects);
                 shared.after_core(&mut inner, &mut effects, Some(id));
                 drop(inner);
-                closing |= encode_own(&mut effects, &mut wbuf, &mut pushes, &mut auth_failed);
+                if rbuf.is_empty() {
+                    log::debug!(conn = id.0, peer:% = peer; "closing an idle connection that owns nothing");
+                } else {
+                    warn_peer(Cause::ReadDeadline, peer, |suppressed| {
+                        log::warn!(
+                            peer:% = peer, code = 10, suppressed;
+                            "request not completed within --read-timeout"
+                        );
+                    });
+                }
+                closing |= encode_own(
+                    &mut effects,
+                    &mut wbuf,
+                    &mut pushes,
+                    &mut auth_failed,
+                    &mut evicted,
+                );
                 rbuf.clear();
             }
         }
     }
 }
 
+fn warn_slow_consumer(peer: Peer) {
+    warn_peer(Cause::SlowConsumer, peer, |suppressed| {
+        log::warn!(
+            peer:% = peer, suppressed;
+            "closed a slow subscriber: its unwritten signal pushes reached the limit"
+        );
+    });
+}
+
 /// Encodes this connection's own effects (what `after_core` left) into
 /// `wbuf`, in order, and empties `effects`. Everything up to its own close
 /// is sent, nothing after it (a publisher evicted as a slow consumer of its
 /// own signal). Counts the pushes, notes an `error_auth`, and returns
-/// whether a close was among them.
+/// whether a close was among them. A close that does not follow an error
+/// status (draining, auth, an overlong line, a read deadline) is that
+/// self-eviction, noted in `evicted`.
 fn encode_own(
     effects: &mut Vec<Effect>,
     wbuf: &mut Vec<u8>,
     pushes: &mut usize,
     auth_failed: &mut bool,
+    evicted: &mut bool,
 ) -> bool {
     let mut closed = false;
+    let mut after_error = false;
     for e in effects.drain(..) {
         match e {
             _ if closed => {}
             Effect::Reply { reply, .. } => {
                 *auth_failed |= reply == Reply::Status(Status::ErrorAuth);
+                after_error = matches!(
+                    reply,
+                    Reply::Status(Status::Error | Status::ErrorAuth | Status::ErrorDraining)
+                );
                 encode_reply(&reply, wbuf);
             }
             Effect::Push {
@@ -298,8 +435,12 @@ fn encode_own(
             } => {
                 encode_push(channel.as_bytes(), &payload, wbuf);
                 *pushes += 1;
+                after_error = false;
             }
-            Effect::Close { .. } => closed = true,
+            Effect::Close { .. } => {
+                closed = true;
+                *evicted |= !after_error;
+            }
         }
     }
     closed
@@ -341,27 +482,41 @@ async fn wait<S: AsyncRead + Unpin>(
     futures_lite::future::or(read, futures_lite::future::or(mail, timer)).await
 }
 
+/// Why a write gave up.
+enum WriteEnd {
+    /// The socket failed, or the write did not finish within the timeout.
+    Failed,
+    /// Another input closed the connection (an eviction, or the forced
+    /// close at the end of a drain) while the write was stuck.
+    CloseRequested,
+}
+
 /// Writes all of `buf`, giving up (and so closing) after `timeout` or when
 /// the connection is force-closed: a peer that never reads must not hold
-/// up the end of a shutdown.
+/// up the end of a shutdown, nor keep an evicted subscriber open.
 async fn write<S: AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &[u8],
     timeout: Option<Duration>,
     mailbox: &Mailbox,
-) -> bool {
+) -> Result<(), WriteEnd> {
     // The flush is a no-op on TCP; on TLS it sends records that
     // `write_all` left inside the session (see `server::tls`).
-    let write = async { stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok() };
+    let write = async {
+        match stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok() {
+            true => Ok(()),
+            false => Err(WriteEnd::Failed),
+        }
+    };
     let closed = async {
         mailbox.close_requested().await;
-        false
+        Err(WriteEnd::CloseRequested)
     };
     let timer = async {
         match timeout {
             Some(t) => {
                 async_io::Timer::after(t).await;
-                false
+                Err(WriteEnd::Failed)
             }
             None => std::future::pending().await,
         }

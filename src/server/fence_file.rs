@@ -11,8 +11,17 @@
 //! the server records a *ceiling* before it issues any fence up to that
 //! ceiling. On start it begins at max(ceiling, wall clock), so every fence
 //! after a restart is above every fence before it, whatever the clock did.
-//! Ceilings are reserved [`FENCE_RANGE`] fences at a time, which keeps
-//! fsyncs off the grant path: one per 2^20 grants.
+//! Ceilings are reserved `--fence-reserve` fences at a time (default
+//! [`FENCE_RANGE`]), which keeps fsyncs off the grant path: one per half a
+//! reserve of grants.
+//!
+//! [`Keeper`] is the running server's side: it writes a new ceiling once
+//! half the reserve is used, and when a write fails (a full disk, a
+//! read-only mount) it retries with backoff instead of on every request,
+//! logs the failure once and then at most once per 10 s with a count, and
+//! reports what `/ready` and `/metrics` show. While no fence is left, the
+//! core queues grants until the ceiling rises (spec/semantics.md §6).
+//! A file at or near `u64::MAX` stops startup ([`check_space`]).
 //!
 //! The format is one line of text, readable by an operator:
 //! `dflockd-fence v1 <ceiling in decimal> <CRC-32 in 8 lowercase hex>\n`.
@@ -33,6 +42,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::core::{Core, Effect, Time};
+use crate::logging;
+
 /// The wall clock in nanoseconds since the Unix epoch (0 if the clock is
 /// before it): the floor of the fence counter at startup (Decision D7).
 pub fn wall_clock_nanos() -> u64 {
@@ -42,10 +54,17 @@ pub fn wall_clock_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-/// How many fences are reserved by each persisted ceiling. A server that
-/// starts at fence `s` persists `s + FENCE_RANGE` before it serves, and
-/// persists again before it issues a fence above the ceiling.
-pub const FENCE_RANGE: u64 = 1 << 20;
+/// How many fences are reserved by each persisted ceiling by default
+/// (`--fence-reserve`). A server that starts at fence `s` persists
+/// `s + reserve` before it serves, and persists again once half of the
+/// reserve is used.
+pub const FENCE_RANGE: u64 = crate::config::table::FENCE_RESERVE.int_default();
+
+/// The fewest fences that must remain below `u64::MAX` at startup. A state
+/// file closer to the top refuses to start: the counter cannot keep
+/// increasing for long, and stopping now, with a message, beats refusing
+/// grants later.
+pub const MIN_FENCE_SPACE: u64 = 1 << 32;
 
 /// The first two fields of the one line in the file.
 const MAGIC: &str = "dflockd-fence v1";
@@ -58,11 +77,25 @@ const MAX_FILE_BYTES: u64 = 128;
 ///
 /// `fence_start` = max(persisted ceiling, wall clock in nanoseconds); the
 /// first token then carries `fence_start + 1`. `ceiling` = `fence_start +
-/// FENCE_RANGE` (saturating). The server must persist it before it serves.
+/// reserve` (saturating). The server must persist it before it serves.
 /// Pass `persisted_ceiling = 0` when no state file is configured.
-pub fn startup_fence(persisted_ceiling: u64, wall_clock_nanos: u64) -> (u64, u64) {
+pub fn startup_fence(persisted_ceiling: u64, wall_clock_nanos: u64, reserve: u64) -> (u64, u64) {
     let start = persisted_ceiling.max(wall_clock_nanos);
-    (start, start.saturating_add(FENCE_RANGE))
+    (start, start.saturating_add(reserve))
+}
+
+/// Refuses a start at `fence_start` when fewer than [`MIN_FENCE_SPACE`]
+/// fences remain below `u64::MAX` (a state file at or near the top).
+pub fn check_space(path: &Path, fence_start: u64) -> Result<(), FenceFileError> {
+    let left = u64::MAX - fence_start;
+    if left >= MIN_FENCE_SPACE {
+        return Ok(());
+    }
+    Err(FenceFileError::Exhausted {
+        path: path.to_path_buf(),
+        start: fence_start,
+        left,
+    })
 }
 
 /// CRC-32/IEEE (reflected polynomial 0xEDB88320, initial value and final
@@ -99,6 +132,14 @@ pub enum FenceFileError {
         persisted: u64,
         requested: u64,
     },
+    /// The counter is at or near `u64::MAX`: fewer than
+    /// [`MIN_FENCE_SPACE`] fences are left to issue (startup), or none can
+    /// be reserved above the ceiling (a running server).
+    Exhausted {
+        path: PathBuf,
+        start: u64,
+        left: u64,
+    },
 }
 
 impl fmt::Display for FenceFileError {
@@ -121,6 +162,14 @@ impl fmt::Display for FenceFileError {
             } => write!(
                 f,
                 "fence state file {}: refusing to lower the ceiling from {persisted} to {requested}",
+                path.display()
+            ),
+            FenceFileError::Exhausted { path, start, left } => write!(
+                f,
+                "fence state file {}: the fencing counter is at {start}, only {left} below the \
+                 64-bit limit, so fencing tokens cannot keep increasing; refusing to start. \
+                 Clear the fences that clients' storage has recorded before removing or lowering \
+                 this file",
                 path.display()
             ),
         }
@@ -335,6 +384,124 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
+}
+
+/// Backoff after the first failed write of the state file.
+const RETRY_FIRST_MS: u64 = 100;
+/// The longest wait between two attempts: a fixed disk is noticed within
+/// this.
+const RETRY_MAX_MS: u64 = 5_000;
+
+/// The fence state file of a running server: when to write the next
+/// ceiling, and what happened the last times. Lives under the core's lock
+/// (`server::Inner`); every method is O(1) unless it writes the file.
+#[derive(Debug)]
+pub struct Keeper {
+    file: FenceFile,
+    reserve: u64,
+    /// Set while writes fail: no attempt before this instant.
+    retry_at: Option<Time>,
+    backoff_ms: u64,
+    failures_total: u64,
+    last_error: Option<String>,
+}
+
+/// What `/ready` and `/metrics` show about the fence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Writes of the state file that failed since start.
+    pub persist_failures_total: u64,
+    /// Grants left under the ceiling.
+    pub headroom: u64,
+    /// Why the ceiling cannot be raised, while that is so and the headroom
+    /// is below a quarter of the reserve: the server is then not ready.
+    pub unready: Option<String>,
+}
+
+impl Keeper {
+    /// A keeper for `file`, which already holds the startup ceiling.
+    pub fn new(file: FenceFile, reserve: u64) -> Keeper {
+        Keeper {
+            file,
+            reserve: reserve.max(2),
+            retry_at: None,
+            backoff_ms: 0,
+            failures_total: 0,
+            last_error: None,
+        }
+    }
+
+    /// Writes and installs a new ceiling (`last fence + reserve`) once half
+    /// the reserve is used and no retry is pending; a raise grants what
+    /// waited for a fence, into `out`. Call after every core input.
+    pub fn top_up(&mut self, core: &mut Core, now: Time, out: &mut Vec<Effect>) {
+        if core.fence_headroom() >= self.reserve / 2 {
+            return;
+        }
+        if self.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let ceiling = core.last_fence().saturating_add(self.reserve);
+        let result = if ceiling <= core.config().fence_ceiling {
+            Err(FenceFileError::Exhausted {
+                path: self.file.path().to_path_buf(),
+                start: core.last_fence(),
+                left: u64::MAX - core.last_fence(),
+            })
+        } else {
+            self.file.persist(ceiling)
+        };
+        match result {
+            Ok(()) => {
+                if self.retry_at.take().is_some() {
+                    log::info!(
+                        path:% = self.file.path().display(), failures = self.failures_total;
+                        "fence state file written again; grants resume"
+                    );
+                }
+                self.backoff_ms = 0;
+                self.last_error = None;
+                core.raise_fence_ceiling(now, ceiling, out);
+            }
+            Err(e) => {
+                self.failures_total += 1;
+                self.backoff_ms = (self.backoff_ms * 2).clamp(RETRY_FIRST_MS, RETRY_MAX_MS);
+                self.retry_at = Some(Time(now.0.saturating_add(self.backoff_ms)));
+                let error = e.to_string();
+                if let Some(suppressed) =
+                    logging::allow(log::Level::Warn, logging::Cause::FencePersist, None)
+                {
+                    log::warn!(
+                        error = error.as_str(), headroom = core.fence_headroom(),
+                        retry_in_ms = self.backoff_ms, suppressed;
+                        "cannot persist the fence ceiling; grants wait when no fence is left"
+                    );
+                }
+                self.last_error = Some(error);
+            }
+        }
+    }
+
+    /// When the next write is due after a failure (the timer wakes for it,
+    /// so a server with no traffic still recovers); `None` while healthy.
+    pub fn next_attempt(&self) -> Option<Time> {
+        self.retry_at
+    }
+
+    /// The fence as `/ready` and `/metrics` report it.
+    pub fn status(&self, headroom: u64) -> Status {
+        let unready = match &self.last_error {
+            Some(e) if headroom < self.reserve / 4 => Some(format!(
+                "cannot persist the fence ceiling ({e}); {headroom} grants left"
+            )),
+            _ => None,
+        };
+        Status {
+            persist_failures_total: self.failures_total,
+            headroom,
+            unready,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -555,12 +722,25 @@ mod tests {
     #[test]
     fn startup_fence_policy() {
         // The wall clock is ahead: start there.
-        assert_eq!(startup_fence(0, 1_000), (1_000, 1_000 + FENCE_RANGE));
-        assert_eq!(startup_fence(500, 1_000), (1_000, 1_000 + FENCE_RANGE));
+        assert_eq!(
+            startup_fence(0, 1_000, FENCE_RANGE),
+            (1_000, 1_000 + FENCE_RANGE)
+        );
+        assert_eq!(
+            startup_fence(500, 1_000, FENCE_RANGE),
+            (1_000, 1_000 + FENCE_RANGE)
+        );
         // The clock went back below the persisted ceiling: start above it.
-        assert_eq!(startup_fence(5_000, 1_000), (5_000, 5_000 + FENCE_RANGE));
+        assert_eq!(
+            startup_fence(5_000, 1_000, FENCE_RANGE),
+            (5_000, 5_000 + FENCE_RANGE)
+        );
+        assert_eq!(startup_fence(5_000, 1_000, 10), (5_000, 5_010));
         // Saturates instead of wrapping.
-        assert_eq!(startup_fence(u64::MAX - 1, 0), (u64::MAX - 1, u64::MAX));
+        assert_eq!(
+            startup_fence(u64::MAX - 1, 0, FENCE_RANGE),
+            (u64::MAX - 1, u64::MAX)
+        );
     }
 
     /// A simulated restart sequence: every fence after a restart is above
@@ -572,12 +752,112 @@ mod tests {
         let mut highest_issued = 0;
         for wall in [1_000_000, 50, 2_000_000, 0] {
             let (mut file, persisted) = FenceFile::open(&path).expect("open");
-            let (start, ceiling) = startup_fence(persisted, wall);
+            let (start, ceiling) = startup_fence(persisted, wall, FENCE_RANGE);
             file.persist(ceiling).expect("persist");
             let first = start + 1;
             assert!(first > highest_issued, "fence went back after restart");
             // Issue the whole reserved range before "crashing".
             highest_issued = ceiling;
         }
+    }
+
+    /// The keeper against a real core and a state file whose writes start
+    /// failing: the temporary file's name is taken by a directory, which
+    /// fails for root too. Attempts back off instead of running on every
+    /// input; the last fence is issued, then grants wait; `/ready` turns
+    /// unready below a quarter of the reserve; once writes work again the
+    /// waiting acquire is granted at the retry.
+    #[test]
+    fn keeper_backs_off_waits_and_recovers() {
+        use crate::core::CoreConfig;
+        use crate::wire::{Key, Reply, Request, Space, Status};
+        let dir = TempDir::new();
+        let path = dir.path("fence");
+        let (mut file, persisted) = FenceFile::open(&path).expect("open");
+        let (start, ceiling) = startup_fence(persisted, 1_000, 8);
+        file.persist(ceiling).expect("first write");
+        let mut keeper = Keeper::new(file, 8);
+        let cfg = CoreConfig {
+            fence_start: start,
+            fence_ceiling: ceiling,
+            ..CoreConfig::default()
+        };
+        let mut core = Core::new(cfg, Time(0));
+        let mut out = Vec::new();
+        let c = core.connect(Time(0), &mut out);
+        let acquire = |key: &str, timeout_s: u64| Request::Acquire {
+            space: Space::Lock,
+            key: Key::new(key.as_bytes()).expect("key"),
+            timeout_s,
+            limit: 1,
+            lease_s: Some(60),
+        };
+        let grant = |core: &mut Core, keeper: &mut Keeper, t: u64, key: &str| {
+            let mut out = Vec::new();
+            core.handle(Time(t), c, acquire(key, 0), &mut out);
+            keeper.top_up(core, Time(t), &mut out);
+            out
+        };
+        std::fs::create_dir(dir.path("fence.tmp")).expect("block the temporary file");
+        // Past half the reserve (fewer than 4 left), the keeper writes.
+        for i in 0..5 {
+            grant(&mut core, &mut keeper, 0, &format!("k{i}"));
+        }
+        assert_eq!(
+            keeper.status(core.fence_headroom()).persist_failures_total,
+            1
+        );
+        assert_eq!(keeper.next_attempt(), Some(Time(100)));
+        // Inputs before the retry instant do not touch the file.
+        for i in 5..8 {
+            grant(&mut core, &mut keeper, 50, &format!("k{i}"));
+        }
+        assert_eq!(keeper.status(0).persist_failures_total, 1);
+        assert_eq!(core.fence_headroom(), 0);
+        let status = keeper.status(core.fence_headroom());
+        assert!(status
+            .unready
+            .as_deref()
+            .is_some_and(|r| r.contains("0 grants left")));
+        // No fence left: `l k 0` times out, a blocked acquire waits.
+        let out = grant(&mut core, &mut keeper, 60, "free");
+        assert_eq!(
+            out,
+            [Effect::Reply {
+                conn: c,
+                reply: Reply::Status(Status::Timeout)
+            }]
+        );
+        let mut out = Vec::new();
+        core.handle(Time(60), c, acquire("free", 30), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // The retry at 100 fails again and backs off to 200 ms.
+        keeper.top_up(&mut core, Time(100), &mut out);
+        assert_eq!(keeper.next_attempt(), Some(Time(300)));
+        assert_eq!(keeper.status(0).persist_failures_total, 2);
+        // Writable again: the retry raises the ceiling and grants.
+        std::fs::remove_dir(dir.path("fence.tmp")).expect("unblock");
+        keeper.top_up(&mut core, Time(299), &mut out);
+        assert!(out.is_empty());
+        keeper.top_up(&mut core, Time(300), &mut out);
+        assert!(
+            matches!(&out[..], [Effect::Reply { conn, reply: Reply::Granted { .. } }] if *conn == c),
+            "{out:?}"
+        );
+        assert_eq!(keeper.next_attempt(), None);
+        assert_eq!(keeper.status(core.fence_headroom()).unready, None);
+        assert_eq!(FenceFile::open(&path).expect("reopen").1, start + 8 + 8);
+    }
+
+    #[test]
+    fn a_file_near_the_top_refuses_to_start() {
+        let path = Path::new("/var/lib/dflockd/fence");
+        assert!(check_space(path, 0).is_ok());
+        assert!(check_space(path, u64::MAX - MIN_FENCE_SPACE).is_ok());
+        let e = check_space(path, u64::MAX - MIN_FENCE_SPACE + 1).expect_err("near the top");
+        let text = e.to_string();
+        assert!(text.contains("/var/lib/dflockd/fence"), "{text}");
+        assert!(text.contains("refusing to start"), "{text}");
+        assert!(check_space(path, u64::MAX).is_err());
     }
 }

@@ -26,8 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
+use log::Level;
 
 use crate::core::{ConnId, Core, CoreConfig, Effect, Time};
+use crate::logging::{self, Cause};
 use crate::sync::{lock, Arc, Mutex, MutexGuard};
 use mailbox::{Delivery, Mailbox};
 
@@ -47,33 +49,41 @@ pub struct ServerConfig {
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
     pub fence_state_file: Option<PathBuf>,
+    /// Fences reserved by each write of the fence state file
+    /// (`--fence-reserve`); a write happens once half of them are used.
+    pub fence_reserve: u64,
     /// Executor threads; 0 = one per available core.
     pub threads: usize,
     /// Pause before closing a connection that failed authentication
     /// (slows down guessing; upstream waits about 100 ms).
     pub auth_failure_pause_ms: u64,
-    pub debug: bool,
     /// When set, every connection is TLS (protocol.md §1.1); see [`tls::load`].
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Seconds a TLS client has to finish its handshake, on both listeners.
+    pub tls_handshake_timeout_s: u64,
     /// The HTTP REST front (`--http-port` ≠ 0); `None` = off.
     pub http: Option<crate::http::HttpSettings>,
 }
 
 impl Default for ServerConfig {
+    /// The defaults of the settings table (`config::table`), on the default
+    /// address; no TLS, no HTTP, no fence state file.
     fn default() -> Self {
+        use crate::config::table as t;
         ServerConfig {
-            listen: "127.0.0.1:6388".into(),
+            listen: format!("{}:{}", t::HOST.text_default(), t::PORT.int_default()),
             core: CoreConfig::default(),
-            read_timeout_s: 23,
-            write_timeout_s: 5,
-            shutdown_timeout_s: 30,
-            max_connections: 0,
-            max_connections_per_ip: 0,
+            read_timeout_s: t::READ_TIMEOUT.int_default(),
+            write_timeout_s: t::WRITE_TIMEOUT.int_default(),
+            shutdown_timeout_s: t::SHUTDOWN_TIMEOUT.int_default(),
+            max_connections: t::MAX_CONNECTIONS.count_default(),
+            max_connections_per_ip: t::MAX_CONNECTIONS_PER_IP.count_default(),
             fence_state_file: None,
+            fence_reserve: t::FENCE_RESERVE.int_default(),
             threads: 0,
             auth_failure_pause_ms: 100,
-            debug: false,
             tls: None,
+            tls_handshake_timeout_s: t::TLS_HANDSHAKE_TIMEOUT.int_default(),
             http: None,
         }
     }
@@ -85,7 +95,24 @@ pub struct Inner {
     mailboxes: HashMap<ConnId, Arc<Mailbox>>,
     /// What the timer task is currently sleeping until.
     timer_at: Option<Time>,
-    fence_file: Option<fence_file::FenceFile>,
+    /// The fence state file, with `--fence-state-file`.
+    fence: Option<fence_file::Keeper>,
+}
+
+impl Inner {
+    /// The timer task's next wake-up: the core's next deadline, or an
+    /// earlier retry of the fence state file.
+    fn next_wake(&self) -> Option<Time> {
+        let core = self.core.poll_timeout();
+        match self
+            .fence
+            .as_ref()
+            .and_then(fence_file::Keeper::next_attempt)
+        {
+            Some(retry) => Some(core.map_or(retry, |c| c.min(retry))),
+            None => core,
+        }
+    }
 }
 
 /// State shared by every task of one server.
@@ -110,14 +137,14 @@ impl Shared {
     /// Shared state for a server that is not listening yet (or, in the fuzz
     /// target and tests, never will: connections are fed by
     /// [`conn::serve_stream`]).
-    pub fn new(cfg: ServerConfig, fence_file: Option<fence_file::FenceFile>) -> Arc<Shared> {
+    pub fn new(cfg: ServerConfig, fence: Option<fence_file::Keeper>) -> Arc<Shared> {
         let core = Core::new(cfg.core.clone(), Time(0));
         Arc::new(Shared {
             inner: Mutex::new(Inner {
                 core,
                 mailboxes: HashMap::new(),
                 timer_at: None,
-                fence_file,
+                fence,
             }),
             origin: Instant::now(),
             timer_event: Event::new(),
@@ -158,7 +185,7 @@ impl Shared {
     pub fn after_core(&self, inner: &mut Inner, effects: &mut Vec<Effect>, me: Option<ConnId>) {
         self.top_up_fence(inner, effects);
         mailbox::route(&inner.mailboxes, effects, me);
-        let next = inner.core.poll_timeout();
+        let next = inner.next_wake();
         if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
             inner.timer_at = next;
             self.timer_event.notify(1);
@@ -166,26 +193,26 @@ impl Shared {
     }
 
     /// With a fence state file, persists a new ceiling before the core runs
-    /// out of headroom (one fsync per `FENCE_RANGE / 2` grants). Hand-offs
-    /// that were waiting for the ceiling are appended to `effects`.
+    /// out of headroom (see [`fence_file::Keeper::top_up`]: one fsync per
+    /// half reserve of grants, retries with backoff). Grants that were
+    /// waiting for the ceiling are appended to `effects`.
     fn top_up_fence(&self, inner: &mut Inner, effects: &mut Vec<Effect>) {
-        let Some(ff) = inner.fence_file.as_mut() else {
-            return;
-        };
-        if inner.core.fence_headroom() >= fence_file::FENCE_RANGE / 2 {
+        if inner.fence.is_none() {
             return;
         }
-        let ceiling = inner
-            .core
-            .last_fence()
-            .saturating_add(fence_file::FENCE_RANGE);
-        match ff.persist(ceiling) {
-            Ok(()) => {
-                let now = self.clock(inner);
-                inner.core.raise_fence_ceiling(now, ceiling, effects);
-            }
-            Err(e) => eprintln!("dflockd: cannot persist fence ceiling: {e}"),
+        let now = self.clock(inner);
+        let Inner { core, fence, .. } = inner;
+        if let Some(keeper) = fence.as_mut() {
+            keeper.top_up(core, now, effects);
         }
+    }
+
+    /// The fence as `/ready` and `/metrics` report it; `None` without a
+    /// fence state file.
+    pub(crate) fn fence_status(&self) -> Option<fence_file::Status> {
+        let inner = self.lock();
+        let headroom = inner.core.fence_headroom();
+        inner.fence.as_ref().map(|k| k.status(headroom))
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -294,7 +321,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            StartError::FenceFile(e) => write!(f, "fence state file: {e}"),
+            StartError::FenceFile(e) => f.write_str(e),
         }
     }
 }
@@ -303,17 +330,21 @@ impl std::error::Error for StartError {}
 
 /// Binds the listener and starts the server on its own threads.
 pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
-    let fence_file = match &cfg.fence_state_file {
+    let fence = match &cfg.fence_state_file {
         Some(path) => {
             let (mut ff, persisted) = fence_file::FenceFile::open(path)
                 .map_err(|e| StartError::FenceFile(e.to_string()))?;
-            let (start, ceiling) =
-                fence_file::startup_fence(persisted, fence_file::wall_clock_nanos());
-            ff.persist(ceiling)
+            let (start, ceiling) = fence_file::startup_fence(
+                persisted,
+                fence_file::wall_clock_nanos(),
+                cfg.fence_reserve,
+            );
+            fence_file::check_space(path, start)
+                .and_then(|()| ff.persist(ceiling))
                 .map_err(|e| StartError::FenceFile(e.to_string()))?;
             cfg.core.fence_start = start;
             cfg.core.fence_ceiling = ceiling;
-            Some(ff)
+            Some(fence_file::Keeper::new(ff, cfg.fence_reserve))
         }
         None => None,
     };
@@ -342,7 +373,7 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let shared = Shared::new(cfg, fence_file);
+    let shared = Shared::new(cfg, fence);
 
     let ex = Arc::new(smol::Executor::new());
     let done = Arc::new(Event::new());
@@ -497,8 +528,9 @@ async fn accept_loop(
                 x
             }
             Err(e) => {
-                if shared.cfg.debug {
-                    eprintln!("dflockd: accept error: {e}");
+                // Out of file descriptors, usually: the operator's to fix.
+                if let Some(suppressed) = logging::allow(Level::Warn, Cause::Accept, None) {
+                    log::warn!(error:% = e, suppressed; "cannot accept a TCP connection");
                 }
                 async_io::Timer::after(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -534,6 +566,7 @@ fn admit(shared: &Shared, ip: IpAddr) -> bool {
     let prev = shared.tcp_conns.fetch_add(1, Ordering::SeqCst);
     if max > 0 && prev >= max {
         shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
+        warn_cap(ip, "--max-connections", max);
         return false;
     }
     let max_ip = shared.cfg.max_connections_per_ip;
@@ -545,11 +578,23 @@ fn admit(shared: &Shared, ip: IpAddr) -> bool {
             .try_add(ip, max_ip);
         if !admitted {
             shared.tcp_conns.fetch_sub(1, Ordering::SeqCst);
+            warn_cap(ip, "--max-connections-per-ip", max_ip);
             return false;
         }
     }
     shared.tcp_accepted.fetch_add(1, Ordering::Relaxed);
     true
+}
+
+/// A connection from `ip` was closed at accept by the cap `flag`
+/// (rate-limited per peer).
+pub(crate) fn warn_cap(ip: IpAddr, flag: &'static str, limit: usize) {
+    if let Some(suppressed) = logging::allow(Level::Warn, Cause::ConnectionCap, Some(ip)) {
+        log::warn!(
+            peer:% = ip, cap = flag, limit, suppressed;
+            "connection closed at accept: connection cap reached"
+        );
+    }
 }
 
 fn release_admission(shared: &Shared, ip: IpAddr) {

@@ -1,5 +1,6 @@
 //! The timer task: sleeps until the core's next deadline (a lease expiry, a
-//! waiter's timeout, the GC tick), then lets the core process what is due.
+//! waiter's timeout, the GC tick) or the next retry of a failed fence state
+//! file write, then lets the core process what is due.
 //! Other tasks wake it early when they create a nearer deadline
 //! ([`super::Shared::after_core`]); a later deadline never wakes it, so the
 //! uncontended fast path costs it nothing.
@@ -18,7 +19,7 @@ pub async fn run(shared: Arc<Shared>) {
             let now = shared.clock(&inner);
             inner.core.handle_timeout(now, &mut effects);
             shared.after_core(&mut inner, &mut effects, None);
-            let next = inner.core.poll_timeout();
+            let next = inner.next_wake();
             inner.timer_at = next;
             next
         };

@@ -3,7 +3,8 @@
 //!
 //! With `--tls-cert` and `--tls-key` every connection on the port is TLS:
 //! TLS 1.2 or 1.3 only, no client certificates. The handshake must finish
-//! within `--read-timeout`; a peer that does not manage it (a plaintext
+//! within `--tls-handshake-timeout` (default 5 s), so a stalled handshake
+//! does not hold a `--max-connections` slot for long; a peer that does not manage it (a plaintext
 //! client, a TLS 1.1-only client, garbage, silence) is closed without a
 //! protocol byte and never reaches the core.
 //!
@@ -27,7 +28,10 @@ use futures_rustls::TlsAcceptor;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use log::Level;
+
 use super::{conn, Shared};
+use crate::logging::{self, Cause};
 use crate::sync::Arc;
 
 /// The most read from a certificate or key file. Real PEM chains are a few
@@ -202,15 +206,16 @@ enum Handshake<S> {
 }
 
 /// Runs the server side of the TLS handshake on an accepted socket,
-/// bounded by `--read-timeout` and abandoned when shutdown begins. `None`
-/// when it failed, was late, or shutdown began (the caller just drops the
-/// socket). Shared by the TCP port and the HTTP front.
+/// bounded by `--tls-handshake-timeout` and abandoned when shutdown
+/// begins. `None` when it failed, was late, or shutdown began (the caller
+/// just drops the socket). Shared by the TCP port and the HTTP front.
 pub(crate) async fn handshake(
     shared: &Shared,
     stream: async_net::TcpStream,
     acceptor: &TlsAcceptor,
 ) -> Option<futures_rustls::server::TlsStream<async_net::TcpStream>> {
-    let deadline = Duration::from_secs(shared.cfg.read_timeout_s);
+    let deadline = Duration::from_secs(shared.cfg.tls_handshake_timeout_s);
+    let peer = stream.peer_addr().ok();
     let handshake = async { Handshake::Done(acceptor.accept(stream).await) };
     let timer = async {
         async_io::Timer::after(deadline).await;
@@ -225,18 +230,21 @@ pub(crate) async fn handshake(
     };
     let outcome =
         futures_lite::future::or(handshake, futures_lite::future::or(timer, shutdown)).await;
+    let failed = |why: &str| {
+        let ip = peer.map(|p| p.ip());
+        if let Some(suppressed) = logging::allow(Level::Debug, Cause::TlsHandshake, ip) {
+            let peer = peer.map_or_else(String::new, |p| p.to_string());
+            log::debug!(peer = peer.as_str(), reason = why, suppressed; "TLS handshake failed");
+        }
+    };
     match outcome {
         Handshake::Done(Ok(tls)) => Some(tls),
         Handshake::Done(Err(e)) => {
-            if shared.cfg.debug {
-                eprintln!("dflockd: TLS handshake failed: {e}");
-            }
+            failed(&e.to_string());
             None
         }
         Handshake::Late => {
-            if shared.cfg.debug {
-                eprintln!("dflockd: TLS handshake not finished within {deadline:?}");
-            }
+            failed("not finished within --tls-handshake-timeout");
             None
         }
         Handshake::ShuttingDown => None,
@@ -253,8 +261,9 @@ pub(super) async fn serve(
     acceptor: TlsAcceptor,
 ) {
     conn::tune(&stream);
+    let peer = stream.peer_addr().ok();
     if let Some(mut tls) = handshake(shared, stream, &acceptor).await {
-        conn::serve_stream(shared, &mut tls).await;
+        conn::serve_from(shared, &mut tls, peer).await;
         // Best effort, without waiting: a close_notify alert if the
         // socket takes it at once, then the FIN.
         let _ = futures_lite::future::poll_once(futures_lite::AsyncWriteExt::close(&mut tls)).await;

@@ -216,6 +216,21 @@ impl ParseError {
         }
     }
 
+    /// A short description for log lines (spec/protocol.md §5.4's table).
+    pub fn reason(self) -> &'static str {
+        match self {
+            ParseError::UnknownCommand => "unknown command",
+            ParseError::NotAnInteger => "not an integer",
+            ParseError::BadKey => "invalid key or channel",
+            ParseError::BadTimeout => "timeout out of range",
+            ParseError::EmptyToken => "empty token",
+            ParseError::BadArgCount => "wrong field count or bad payload",
+            ParseError::BadLease => "lease out of range",
+            ParseError::LineTooLong => "line too long",
+            ParseError::BadLimit => "limit out of range",
+        }
+    }
+
     /// Whether the connection must be closed after answering `error`
     /// (Decision D1: only an overlong line is fatal).
     pub fn is_fatal(self) -> bool {

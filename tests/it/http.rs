@@ -1071,49 +1071,43 @@ fn transport_gauges() {
 // the CORS, rate-limit and per-IP flags through without a warning.
 #[test]
 fn daemon_passes_http_flags() {
-    use std::io::BufRead;
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let dir = std::env::temp_dir().join(format!("dflockd-it-http-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("c.pem"), ck.cert.pem()).expect("write cert");
     std::fs::write(dir.join("k.pem"), ck.signing_key.serialize_pem()).expect("write key");
-    // A port free a moment ago (--http-port 0 means off).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-        .to_string();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dflockd"))
-        .args(["--host", "127.0.0.1", "--port", "0", "--http-port", &port])
-        .args([
+    let cert = dir.join("c.pem").display().to_string();
+    let key = dir.join("k.pem").display().to_string();
+    let port = crate::daemon::free_port();
+    let d = crate::daemon::Daemon::start(
+        &[
+            "--http-port",
+            &port,
             "--http-rate-limit-per-ip",
             "1",
             "--http-rate-limit-burst",
             "1",
-        ])
-        .args(["--http-cors-allowed-origins", "*"])
-        .args(["--http-max-sessions-per-ip", "1"])
-        .args(["--http-max-connections-per-ip", "8"])
-        .arg("--tls-cert")
-        .arg(dir.join("c.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("k.pem"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start dflockd");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut lines = Vec::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        let _ = stderr.read_line(&mut line);
-        lines.push(line);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(lines[0].contains(" listening on "), "{lines:?}");
-    assert!(
-        lines[1].starts_with("dflockd HTTP API listening on 127.0.0.1:"),
-        "{lines:?}"
+            "--http-cors-allowed-origins",
+            "*",
+            "--http-max-sessions-per-ip",
+            "1",
+            "--http-max-connections-per-ip",
+            "8",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[],
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(d.http.map(|a| a.port().to_string()), Some(port));
+    let listening = d.with_msg("listening");
+    assert!(listening.iter().all(|v| v["tls"] == true), "{listening:?}");
+    let warnings: Vec<_> = d
+        .logs()
+        .into_iter()
+        .filter(|v| v["level"] == "warn")
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }

@@ -624,3 +624,58 @@ fn streams_outlive_idle_sessions(idle_s: u64, ping_s: u64) {
     assert_eq!(publish(addr, "alive", "still here"), 1);
     assert_eq!(s.signal().1, "still here");
 }
+
+// A raw `>` in the query, as curl and Python's http.client send it, works
+// as upstream (Go's server takes it); so do other bytes hyper's URI parser
+// alone would refuse. A keep-alive connection can carry several such
+// requests, bodies included.
+#[test]
+fn raw_gt_and_other_go_accepted_bytes_in_the_query() {
+    let (_server, addr) = start(|_| {});
+    let mut raw = Sse::opened(addr, "pattern=orders.>");
+    assert_eq!(publish(addr, "orders.new", "hi"), 1);
+    assert_eq!(raw.signal(), ("orders.new".into(), "hi".into()));
+    // `"`, `<`, `` ` `` and UTF-8, raw in the query, arrive as sent.
+    let mut odd = Sse::opened(addr, "pattern=a<\"`\u{e9}");
+    assert_eq!(publish(addr, "a%3C%22%60%C3%A9", "odd"), 1);
+    assert_eq!(odd.signal(), ("a<\"`\u{e9}".into(), "odd".into()));
+    // Keep-alive: a POST with a body, then a GET with a raw `>`, on one
+    // connection; both are answered.
+    let mut s = connect(addr);
+    let body = r#"{"payload":"x"}"#;
+    let req = format!(
+        "POST /v1/signals/q.a HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}\
+         GET /v1/stats?x=> HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+}
+
+// Where the parser must refuse a request head, the client still learns why
+// from a JSON body, and the connection closes.
+#[test]
+fn refused_heads_get_a_json_body() {
+    let (_server, addr) = start(|_| {});
+    for (head, status, code) in [
+        ("GET /v1/stats?x=\x01 HTTP/1.1\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        ("GET /v1/stats HTTP/1.1\r\nBad Header\r\n\r\n", 400, "bad_request"),
+        ("GET /v1/stats HTTP/3.0\r\nHost: t\r\n\r\n", 505, "http_version_not_supported"),
+        (
+            "POST /v1/signals/a HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+    ] {
+        let s = crate::http_client::send_raw(addr, head.as_bytes());
+        let r = crate::http_client::read_raw(s);
+        assert_eq!(r.status, status, "{head:?}: {r:?}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+        let v: Value = serde_json::from_str(&r.body).expect("JSON body");
+        assert_eq!(v["error"], code, "{r:?}");
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{r:?}");
+    }
+}

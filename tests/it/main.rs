@@ -24,7 +24,10 @@
 //!   across transports, caps, cleanup, eviction and drain.
 //! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
 //! * `metrics`: `/metrics` counters and histograms after real traffic.
+//! * `operations`: the real binary (`daemon`): configuration rules, log
+//!   lines, the fence state file failing after start-up.
 
+mod daemon;
 mod http_client;
 mod support;
 
@@ -41,6 +44,7 @@ mod http_signals;
 mod leases;
 mod limits;
 mod metrics;
+mod operations;
 mod pipelining;
 mod semaphores;
 mod shutdown;

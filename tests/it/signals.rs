@@ -108,7 +108,7 @@ fn slow_consumer_is_evicted_and_not_counted() {
     assert_eq!(publisher.req("signal", "firehose", "again"), "ok 0");
 }
 
-fn small_buffer_client(addr: SocketAddr) -> Client {
+pub(crate) fn small_buffer_client(addr: SocketAddr) -> Client {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");

@@ -306,9 +306,15 @@ fn tls11_and_garbage_handshakes_are_rejected() {
     assert_eq!(c.req("ping", "_", ""), "ok");
 }
 
+// `--tls-handshake-timeout`, not `--read-timeout`, bounds the handshake:
+// with a 1 s handshake deadline and a 60 s read timeout, a silent or
+// stalled client is closed well before the read timeout.
 #[test]
-fn silent_or_stalled_handshake_is_dropped_after_read_timeout() {
-    let (server, cert) = tls_server(|cfg| cfg.read_timeout_s = 1);
+fn silent_or_stalled_handshake_is_dropped_at_the_handshake_deadline() {
+    let (server, _) = tls_server(|cfg| {
+        cfg.tls_handshake_timeout_s = 1;
+        cfg.read_timeout_s = 60;
+    });
     // Connects and sends nothing.
     let started = Instant::now();
     let mut silent = connect_raw(server.addr());
@@ -317,6 +323,7 @@ fn silent_or_stalled_handshake_is_dropped_after_read_timeout() {
     let hello = tls11_client_hello();
     stalled.write_all(&hello[..hello.len() / 2]).expect("write");
 
+    // IO_TIMEOUT (10 s) is far below the read timeout (60 s).
     assert!(raw_until_closed(&mut silent, IO_TIMEOUT).is_empty());
     assert_only_alerts(&raw_until_closed(&mut stalled, IO_TIMEOUT));
     assert!(
@@ -324,9 +331,37 @@ fn silent_or_stalled_handshake_is_dropped_after_read_timeout() {
         "dropped after {:?}, before the handshake deadline",
         started.elapsed()
     );
+}
 
-    // After a completed handshake the usual idle rule applies: `error`,
-    // then the close.
+// The HTTP listener applies the same handshake deadline.
+#[test]
+fn the_http_listener_drops_a_silent_handshake_at_the_deadline() {
+    let (server, cert) = tls_server(|cfg| {
+        cfg.tls_handshake_timeout_s = 1;
+        cfg.read_timeout_s = 60;
+        cfg.http = Some(dflockd::http::HttpSettings::default());
+    });
+    let http = server.handle().http_addr().expect("HTTP is on");
+    let started = Instant::now();
+    let mut silent = connect_raw(http);
+    assert!(raw_until_closed(&mut silent, IO_TIMEOUT).is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A client that completes its handshake is served.
+    let mut c = TlsClient::connect(http, both_versions(&cert)).expect("handshake");
+    c.send_raw(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let first = c
+        .lines_until_closed()
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    assert_eq!(first.trim_end(), "HTTP/1.1 200 OK");
+}
+
+// After a completed handshake the usual idle rule applies: `error`, then
+// the close, after `--read-timeout`.
+#[test]
+fn an_idle_connection_after_the_handshake_gets_the_read_timeout() {
+    let (server, cert) = tls_server(|cfg| cfg.read_timeout_s = 1);
     let mut idle = TlsClient::connect(server.addr(), both_versions(&cert)).expect("handshake");
     assert_eq!(idle.lines_until_closed(), ["error"]);
 }
@@ -420,35 +455,19 @@ fn daemon_reports_bad_tls_files_as_configuration_errors() {
 fn daemon_serves_tls() {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let (dir, cert, key) = pem_files(&ck.cert.pem(), &ck.signing_key.serialize_pem());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dflockd"))
-        .args(["--port", "0", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start dflockd");
-    // "dflockd <version> listening on <addr>"
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("read stderr");
-    let addr: SocketAddr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let result = std::panic::catch_unwind(|| {
-        let mut c = TlsClient::connect(addr, both_versions(ck.cert.der())).expect("handshake");
-        let (tok, _) = grant(&c.req("l", "k", "0"));
-        assert_eq!(c.req("r", "k", &tok), "ok");
-    });
-    let _ = child.kill();
-    let _ = child.wait();
+    let d = crate::daemon::Daemon::start(
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+        ],
+        &[],
+    );
     let _ = std::fs::remove_dir_all(dir);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    let mut c = TlsClient::connect(d.tcp, both_versions(ck.cert.der())).expect("handshake");
+    let (tok, _) = grant(&c.req("l", "k", "0"));
+    assert_eq!(c.req("r", "k", &tok), "ok");
 }
 
 // A connection still in its handshake holds nothing in the core: shutdown

@@ -14,6 +14,8 @@
 //! GC runs if due. So the answer to a request never depends on how late the
 //! driver's timer fired (Decisions D18, D19).
 
+mod hash;
+mod members;
 pub mod metrics;
 mod signals;
 mod state;

@@ -15,9 +15,12 @@
 //! * a resource's queue is the ordered set of its waiters' arrival numbers
 //!   (FIFO order is arrival order), so a waiter leaves from anywhere in
 //!   O(log n); waiters themselves are in `waiters` by arrival number;
-//! * each connection keeps what it owns: held fences (in token order, for
-//!   disconnect), waiter arrival numbers, two-phase records by resource, and
-//!   its subscriptions, so a disconnect costs what the connection owns;
+//! * each connection keeps what it owns: held fences grouped by resource
+//!   (`holdings.rs`), waiter arrival numbers, two-phase records by resource,
+//!   and its subscriptions, so a disconnect costs what the connection owns,
+//!   counted in resources rather than slots: the slots a disconnect releases
+//!   on a resource nobody waits for go with one subtraction, and their index
+//!   entries are purged a bounded number per input afterwards (`retired`);
 //! * `leases` and `deadlines` order lease expiries and blocked waiters'
 //!   deadlines; `idle` orders unreferenced resources by last activity, so
 //!   the idle GC visits only what it collects;
@@ -32,7 +35,7 @@
 //! waiter is removed from the queue before it becomes a holder; `now` never
 //! goes back.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -44,9 +47,12 @@ use super::stats;
 use super::{token_salt, ConnId, Time};
 use crate::wire::{Key, Reply, Request, Space, Status, Token};
 
+mod holdings;
 #[cfg(test)]
 mod tests;
 mod verify;
+
+use holdings::{Fences, Retired};
 /// Core configuration: every limit and policy the transition function needs.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -146,13 +152,13 @@ struct Resource {
     /// arrival order).
     queue: BTreeSet<u64>,
     last_activity: Time,
-    /// The time this resource is filed under in `Core::idle`, if it is
-    /// there: exactly when it has no holder, waiter or record.
-    idle_at: Option<Time>,
     /// Two-phase records naming this resource. A resource with records is
     /// never collected, which bounds the records by `max_locks`.
     records: u32,
     space: Space,
+    /// Filed in `Core::idle` under `(last_activity, id)`: once settled,
+    /// exactly when it has no holder, waiter or record.
+    filed: bool,
 }
 
 impl Resource {
@@ -185,9 +191,8 @@ enum Record {
 #[derive(Default)]
 struct Conn {
     authed: bool,
-    /// Fences of the slots it holds, in token order (disconnect releases
-    /// in that order).
-    held: BTreeSet<u64>,
+    /// Fences of the slots it holds, by resource.
+    held: HashMap<ResId, Fences, IdBuild>,
     /// Arrival numbers of this connection's live waiters.
     waiters: BTreeSet<u64>,
     /// Two-phase records by resource.
@@ -202,12 +207,36 @@ struct Conn {
     evicted: bool,
 }
 
+impl Conn {
+    fn hold(&mut self, res: ResId, fence: u64) {
+        match self.held.entry(res) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().insert(fence),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Fences::One(fence));
+            }
+        }
+    }
+
+    fn unhold(&mut self, res: ResId, fence: u64) {
+        if let Some(f) = self.held.get_mut(&res) {
+            if f.remove(fence) {
+                self.held.remove(&res);
+            }
+        }
+    }
+}
+
 /// Under `debug_assertions`, the state items `verify` may check per input
 /// on average: states up to this size are verified after every input,
 /// larger ones after every `size / VERIFY_CREDIT_PER_INPUT` inputs, so
 /// debug builds stay amortized O(1) per input even with a million locks.
 #[cfg(debug_assertions)]
 const VERIFY_CREDIT_PER_INPUT: usize = 32;
+
+/// Retired slots (see `holdings.rs`) purged from the indexes after each
+/// input: bounds the work one input adds for a large disconnect (about a
+/// millisecond), while purging faster than any client can take slots.
+const PURGE_PER_INPUT: usize = 4096;
 
 /// The lock manager.
 pub struct Core {
@@ -242,6 +271,11 @@ pub struct Core {
     dirty: Vec<ResId>,
     /// Resources whose hand-off stopped at the fence ceiling.
     starved: BTreeSet<ResId>,
+    /// Slots released in bulk by disconnects, oldest first, whose entries
+    /// in `holders` and `leases` are still to be purged.
+    retired: VecDeque<Retired>,
+    /// Fences left in `retired`.
+    retired_pending: usize,
     /// Signal subscriptions by pattern and group.
     signals: signals::Index,
     /// Counters and histograms for `/metrics`; never read by a transition.
@@ -375,6 +409,8 @@ impl Core {
             idle: BTreeSet::new(),
             dirty: Vec::new(),
             starved: BTreeSet::new(),
+            retired: VecDeque::new(),
+            retired_pending: 0,
             signals: signals::Index::default(),
             metrics: CoreMetrics::default(),
             #[cfg(debug_assertions)]
@@ -643,15 +679,96 @@ impl Core {
             self.signals.remove(pattern.as_bytes(), group, conn);
         }
         if self.cfg.auto_release_on_disconnect {
-            for fence in c.held {
-                let res = self.remove_holder(now, fence, Some(Cause::Disconnect));
-                self.touch(res, now);
-                self.hand_off(now, res, out);
-            }
+            self.release_all(now, c.held, out);
         }
         for res in touched {
             self.hand_off(now, res, out);
         }
+    }
+
+    /// Releases a gone connection's slots (Decision D6) as releasing them
+    /// one by one in token order would, with a hand-off after each; but
+    /// only a release that frees a slot for a waiter has an effect. On a
+    /// resource with q waiters (after the connection's own left), each of
+    /// the first q releases grants one waiter (the queue waits only when
+    /// the resource is full, or at the fence ceiling when no release grants
+    /// anything), so those are replayed one by one, interleaved with the
+    /// other resources' in token order. Every later release only lowers a
+    /// count: they go at once, per resource, and their slots are retired.
+    /// Costs O(log n) per resource and per replayed slot; the retired
+    /// slots are purged later, `PURGE_PER_INPUT` per input.
+    fn release_all(
+        &mut self,
+        now: Time,
+        held: HashMap<ResId, Fences, IdBuild>,
+        out: &mut Vec<Effect>,
+    ) {
+        let mut replay: Vec<(u64, ResId)> = Vec::new();
+        let mut rest: Vec<(ResId, Fences)> = Vec::new();
+        for (res, fences) in held {
+            let q = self.res_mut(res).queue.len();
+            let (first, later) = fences.split(q);
+            replay.extend(first.into_iter().map(|f| (f, res)));
+            rest.extend(later.map(|l| (res, l)));
+        }
+        replay.sort_unstable();
+        for (fence, res) in replay {
+            self.remove_holder(now, fence, Some(Cause::Disconnect));
+            self.touch(res, now);
+            self.hand_off(now, res, out);
+        }
+        // Single slots of many resources retire in one list per key space.
+        let mut singles: [Vec<u64>; 2] = Default::default();
+        for (res, fences) in rest {
+            let r = self.res_mut(res);
+            r.holders -= fences.len() as u64;
+            let space = r.space;
+            self.touch(res, now);
+            self.hand_off(now, res, out);
+            self.retired_pending += fences.len();
+            match fences {
+                Fences::One(f) => singles[space_index(space)].push(f),
+                many => self.retired.push_back(Retired::new(now, space, many)),
+            }
+        }
+        for (space, list) in [Space::Lock, Space::Sem].into_iter().zip(singles) {
+            if !list.is_empty() {
+                self.retired.push_back(Retired::list(now, space, list));
+            }
+        }
+    }
+
+    /// Purges up to `budget` retired slots from `holders` and `leases`,
+    /// counting each as a release by disconnect in the metrics.
+    fn purge(&mut self, mut budget: usize) {
+        while budget > 0 {
+            let Some(r) = self.retired.front_mut() else {
+                return;
+            };
+            let Some(fence) = r.fences.next() else {
+                self.retired.pop_front();
+                continue;
+            };
+            let (at, space) = (r.at, r.space);
+            budget -= 1;
+            self.retired_pending -= 1;
+            let h = self
+                .holders
+                .remove(&fence)
+                .expect("a retired fence names a held slot");
+            self.leases.remove(&(h.expires, fence));
+            self.metrics.holder_ended(
+                space,
+                at.0.saturating_sub(h.granted.0),
+                Some(Cause::Disconnect),
+            );
+        }
+    }
+
+    /// Whether `h` is a live holder: not a slot a disconnect released in
+    /// bulk and `purge` has not reached yet.
+    fn live(&self, h: &Holder) -> bool {
+        !self.cfg.auto_release_on_disconnect || self.conns.contains_key(&h.conn)
     }
 
     /// Cancels `conn`'s blocked request (semantics §9.1): it ends as its
@@ -675,6 +792,10 @@ impl Core {
 
     /// The next instant at which [`Core::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Time> {
+        if self.retired_pending > 0 {
+            // Purging is work to do now, in bounded steps.
+            return Some(self.now);
+        }
         Some(
             self.next_due()
                 .map_or(self.next_gc, |(t, _)| t.min(self.next_gc)),
@@ -689,6 +810,7 @@ impl Core {
     /// differential tests and the fuzzer call `verify` after every step
     /// themselves.
     fn finish(&mut self) {
+        self.purge(PURGE_PER_INPUT);
         self.settle();
         #[cfg(debug_assertions)]
         {
@@ -1002,7 +1124,10 @@ impl Core {
                 Some((at, due)) if at <= now && (at, due) < (self.next_gc, Due::Gc) => match due {
                     Due::Lease(fence) => {
                         self.leases.pop_first();
-                        self.expire(at, fence, out);
+                        // A retired slot's timer: `purge` removes the rest.
+                        if self.holders.get(&fence).is_some_and(|h| self.live(h)) {
+                            self.expire(at, fence, out);
+                        }
                     }
                     Due::Waiter(w) => {
                         self.deadlines.pop_first();
@@ -1030,7 +1155,7 @@ impl Core {
         r.holders -= 1;
         let space = r.space;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.held.remove(&fence);
+            c.unhold(h.res, fence);
         }
         self.metrics
             .holder_ended(space, at.0.saturating_sub(h.granted.0), Some(Cause::Expiry));
@@ -1121,7 +1246,7 @@ impl Core {
         assert!(prior.is_none(), "a fence was issued twice");
         self.leases.insert((expires, fence));
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.held.insert(fence);
+            c.hold(res, fence);
         }
         Some(token)
     }
@@ -1195,9 +1320,20 @@ impl Core {
     /// Records activity on `res` at `t` (spec/semantics.md §2: creation, a
     /// request reaching it, any change of its holders, leases or queue).
     fn touch(&mut self, res: ResId, t: Time) {
-        let r = self.res_mut(res);
-        r.last_activity = r.last_activity.max(t);
-        self.dirty.push(res);
+        let r = self.resources[res as usize]
+            .as_mut()
+            .expect("dangling resource id");
+        if t > r.last_activity {
+            if r.filed {
+                // Filed under the old time: unfile; `settle` refiles.
+                self.idle.remove(&(r.last_activity, res));
+                r.filed = false;
+            }
+            r.last_activity = t;
+        }
+        if self.dirty.last() != Some(&res) {
+            self.dirty.push(res);
+        }
     }
 
     /// Re-files every resource changed since the last call in the idle
@@ -1207,15 +1343,14 @@ impl Core {
             let Some(r) = self.resources[res as usize].as_mut() else {
                 continue;
             };
-            let want = r.unreferenced().then_some(r.last_activity);
-            if want != r.idle_at {
-                if let Some(t) = r.idle_at {
-                    self.idle.remove(&(t, res));
+            let want = r.unreferenced();
+            if want != r.filed {
+                if want {
+                    self.idle.insert((r.last_activity, res));
+                } else {
+                    self.idle.remove(&(r.last_activity, res));
                 }
-                if let Some(t) = want {
-                    self.idle.insert((t, res));
-                }
-                r.idle_at = want;
+                r.filed = want;
             }
         }
     }
@@ -1270,9 +1405,9 @@ impl Core {
             last_fence: 0,
             queue: BTreeSet::new(),
             last_activity: now,
-            idle_at: None,
             records: 0,
             space,
+            filed: false,
         };
         let res = match self.free_slots.pop() {
             Some(res) => {
@@ -1302,12 +1437,14 @@ impl Core {
         let token = Token::parse(token)?;
         let res = self.lookup(space, key)?;
         let h = self.holders.get(&token.fence)?;
-        (h.res == res && token == self.token(token.fence)).then_some(token.fence)
+        (h.res == res && self.live(h) && token == self.token(token.fence)).then_some(token.fence)
     }
 
     /// Whether `fence` is a live holder of `res`.
     fn holds(&self, res: ResId, fence: u64) -> bool {
-        self.holders.get(&fence).is_some_and(|h| h.res == res)
+        self.holders
+            .get(&fence)
+            .is_some_and(|h| h.res == res && self.live(h))
     }
 
     /// Removes a holder as of `at` (release: `cause` `None`, or disconnect),
@@ -1324,7 +1461,7 @@ impl Core {
         self.leases.remove(&(h.expires, fence));
         let mut dropped_record = false;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.held.remove(&fence);
+            c.unhold(res, fence);
             if let Some(Record::Granted { fence: f, .. }) = c.records.get(&res) {
                 if *f == fence {
                     c.records.remove(&res);

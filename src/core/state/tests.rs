@@ -129,7 +129,8 @@ fn holders_by_fence_on_one_big_semaphore() {
         .collect();
     let other = h.grant(0, 2, l("other", 0, 60));
     assert_eq!(h.core.holders.len(), N + 1);
-    assert_eq!(h.core.conns[&ConnId(1)].held.len(), N);
+    let sem = h.core.lookup(Space::Sem, &key("s")).unwrap();
+    assert_eq!(h.core.conns[&ConnId(1)].held[&sem].len(), N);
     // Another key's token, and a forged salt, are not holders of `s`.
     let forged = Token {
         fence: held[7].fence,
@@ -193,14 +194,13 @@ fn disconnect_releases_its_own_holdings_in_token_order_and_nothing_else() {
     assert!(h.send(0, 3, l("a", 10, 5)).is_empty());
     assert!(h.send(0, 4, sl("s", 10, 2, 5)).is_empty());
     assert!(h.send(0, 5, l("c", 10, 5)).is_empty());
-    assert_eq!(
-        h.core.conns[&ConnId(1)]
-            .held
-            .iter()
-            .copied()
-            .collect::<Vec<_>>(),
-        vec![a1.fence, b1.fence, c1.fence]
-    );
+    let mut held: Vec<u64> = h.core.conns[&ConnId(1)]
+        .held
+        .values()
+        .flat_map(|f| f.iter().collect::<Vec<_>>())
+        .collect();
+    held.sort_unstable();
+    assert_eq!(held, vec![a1.fence, b1.fence, c1.fence]);
     let mut out = Vec::new();
     h.core.disconnect(Time(1), ConnId(1), &mut out);
     h.core.verify();
@@ -215,6 +215,81 @@ fn disconnect_releases_its_own_holdings_in_token_order_and_nothing_else() {
     );
     assert_eq!(h.core.conns[&ConnId(2)].held.len(), 2, "c2 keeps its slots");
     assert_eq!(h.core.holders.len(), 5);
+}
+
+#[test]
+fn disconnect_replays_only_the_releases_that_grant_and_retires_the_rest() {
+    // c1 holds S (limit 4) fences 1, 3, 5 and lock L fence 2; c4 holds S
+    // fence 4. S has two waiters, L one. Released one by one in token
+    // order: 1 grants S's first waiter, 2 grants L's, 3 grants S's second;
+    // 5 grants nothing and is released in bulk.
+    let mut h = Harness::new(cfg(), 4);
+    let s1 = h.grant(0, 1, sl("S", 0, 4, 60));
+    let l2 = h.grant(0, 1, l("L", 0, 60));
+    let s3 = h.grant(0, 1, sl("S", 0, 4, 60));
+    let _s4 = h.grant(0, 4, sl("S", 0, 4, 60));
+    let s5 = h.grant(0, 1, sl("S", 0, 4, 60));
+    assert_eq!((s1.fence, l2.fence, s3.fence, s5.fence), (1, 2, 3, 5));
+    assert!(h.send(0, 2, sl("S", 10, 4, 7)).is_empty());
+    assert!(h.send(0, 3, sl("S", 10, 4, 7)).is_empty());
+    assert!(h.send(0, 4, l("L", 10, 7)).is_empty());
+    let mut out = Vec::new();
+    h.core.disconnect(Time(1), ConnId(1), &mut out);
+    h.core.verify();
+    assert_eq!(
+        replies(&out),
+        vec![
+            (2, "ok #6".into()),
+            (4, "ok #7".into()),
+            (3, "ok #8".into())
+        ]
+    );
+    let s = h.core.lookup(Space::Sem, &key("S")).unwrap();
+    assert_eq!(h.core.res_mut(s).holders, 3, "c4's slot and two grants");
+    assert_eq!(h.core.retired_pending, 0, "a small batch is purged at once");
+    assert_eq!(h.core.holders.len(), 4);
+}
+
+#[test]
+fn a_big_disconnect_releases_at_once_and_purges_in_bounded_steps() {
+    // 3 × PURGE_PER_INPUT slots of one semaphore, nobody waiting: the
+    // disconnect releases them all in the counts at once; their index
+    // entries go a bounded batch per input; nothing about them is visible
+    // meanwhile.
+    let n = 3 * PURGE_PER_INPUT + 5;
+    let mut h = Harness::new(cfg(), 2);
+    let mut tokens = Vec::new();
+    for _ in 0..n {
+        tokens.push(h.grant(0, 1, sl("s", 0, n as u64, 2)));
+    }
+    let mut out = Vec::new();
+    h.core.disconnect(Time(1), ConnId(1), &mut out);
+    assert!(out.is_empty());
+    h.core.verify();
+    let s = h.core.lookup(Space::Sem, &key("s")).unwrap();
+    assert_eq!(h.core.res_mut(s).holders, 0);
+    assert_eq!(h.core.retired_pending, n - PURGE_PER_INPUT);
+    assert_eq!(h.core.poll_timeout(), Some(Time(1)), "purging is due now");
+    // A retired token is not a holder.
+    let out = h.send(1, 2, release(Space::Sem, "s", &tokens[n - 1]));
+    assert_eq!(replies(&out), vec![(2, "error".into())]);
+    assert_eq!(h.core.retired_pending, n - 2 * PURGE_PER_INPUT);
+    // Their lease timers (2 s) come due before the purge ends: no effect.
+    let mut out = Vec::new();
+    h.core.handle_timeout(Time(2000), &mut out);
+    h.core.verify();
+    assert!(out.is_empty());
+    h.core.handle_timeout(Time(2000), &mut out);
+    assert_eq!(h.core.retired_pending, 0);
+    assert!(h.core.holders.is_empty() && h.core.leases.is_empty());
+    h.core.verify();
+    assert_eq!(
+        h.core.metrics.evictions(Cause::Disconnect),
+        n as u64,
+        "every slot counted as released by disconnect"
+    );
+    assert_eq!(h.core.metrics.hold(Space::Sem).count(), n as u64);
+    assert_eq!(h.core.poll_timeout(), Some(h.core.next_gc));
 }
 
 #[test]
@@ -345,7 +420,7 @@ fn verify_names_a_record_counter_off_by_one() {
 #[should_panic(expected = "each holder is in its connection's holdings")]
 fn verify_names_a_holder_missing_from_its_connection() {
     let mut h = populated();
-    h.core.conn_mut(ConnId(1)).held.pop_first();
+    h.core.conn_mut(ConnId(1)).held.clear();
     h.core.verify();
 }
 

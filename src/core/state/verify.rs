@@ -143,19 +143,26 @@ impl Core {
         Ok(())
     }
 
-    /// Each holder is counted by its resource, has exactly one lease timer,
-    /// and is in its connection's holdings.
+    /// Each live holder is counted by its resource, has exactly one lease
+    /// timer, and is in its connection's holdings; retired slots (released
+    /// in bulk, waiting for `purge`) are exactly as many as still pending.
     fn check_holders(&self) -> Result<(), Broken> {
         let mut per_res: HashMap<ResId, u64, IdBuild> = HashMap::default();
+        let mut retired = 0;
         for (&fence, h) in &self.holders {
+            ensure(fence <= self.fence, "fences were issued", || {
+                format!("holder fence {fence} > last fence {}", self.fence)
+            })?;
+            if !self.live(h) {
+                // Its resource may be collected already, its timer popped.
+                retired += 1;
+                continue;
+            }
             let r = self.resources.get(h.res as usize).and_then(Option::as_ref);
             ensure(r.is_some(), "holders name live resources", || {
                 format!("fence {fence} names slot {}", h.res)
             })?;
             *per_res.entry(h.res).or_default() += 1;
-            ensure(fence <= self.fence, "fences were issued", || {
-                format!("holder fence {fence} > last fence {}", self.fence)
-            })?;
             ensure(h.expires > self.now, "expired leases are gone", || {
                 format!(
                     "fence {fence} expired at {:?}, now {:?}",
@@ -167,30 +174,31 @@ impl Core {
                 "each holder has one lease timer",
                 || format!("fence {fence} has no timer at {:?}", h.expires),
             )?;
-            match self.conns.get(&h.conn) {
-                Some(c) => ensure(
-                    c.held.contains(&fence),
+            if let Some(c) = self.conns.get(&h.conn) {
+                ensure(
+                    c.held.get(&h.res).is_some_and(|f| f.contains(fence)),
                     "each holder is in its connection's holdings",
                     || format!("fence {fence} missing from {:?}", h.conn),
-                )?,
-                None => ensure(
-                    !self.cfg.auto_release_on_disconnect,
-                    "holders of gone connections are released",
-                    || format!("fence {fence} of gone {:?}", h.conn),
-                )?,
+                )?;
             }
         }
         ensure(
-            self.leases.len() == self.holders.len(),
-            "each holder has one lease timer",
+            retired == self.retired_pending,
+            "retired slots are pending purge",
             || {
                 format!(
-                    "{} timers, {} holders",
-                    self.leases.len(),
-                    self.holders.len()
+                    "{retired} retired holders, {} pending",
+                    self.retired_pending
                 )
             },
         )?;
+        for &(t, fence) in &self.leases {
+            ensure(
+                self.holders.get(&fence).is_some_and(|h| h.expires == t),
+                "each holder has one lease timer",
+                || format!("timer {t:?} names fence {fence}"),
+            )?;
+        }
         for (id, r) in self.resources.iter().enumerate() {
             let Some(r) = r else { continue };
             let n = per_res.get(&(id as ResId)).copied().unwrap_or(0);
@@ -201,7 +209,7 @@ impl Core {
                 ensure(
                     self.holders
                         .get(&r.last_fence)
-                        .is_some_and(|h| h.res == id as ResId),
+                        .is_some_and(|h| h.res == id as ResId && self.live(h)),
                     "a lock's last fence is its holder",
                     || format!("{:?}: last fence {}", r.key, r.last_fence),
                 )?;
@@ -209,14 +217,21 @@ impl Core {
         }
         let mut held = 0;
         for (id, c) in &self.conns {
-            for fence in &c.held {
-                ensure(
-                    self.holders.get(fence).is_some_and(|h| h.conn == *id),
-                    "holdings name own live holders",
-                    || format!("{id:?} holds fence {fence}"),
-                )?;
+            for (&res, fences) in &c.held {
+                ensure(fences.len() > 0, "holdings name own live holders", || {
+                    format!("{id:?} keeps an empty entry for slot {res}")
+                })?;
+                for fence in fences.iter() {
+                    ensure(
+                        self.holders
+                            .get(&fence)
+                            .is_some_and(|h| h.conn == *id && h.res == res),
+                        "holdings name own live holders",
+                        || format!("{id:?} holds fence {fence} on slot {res}"),
+                    )?;
+                }
+                held += fences.len();
             }
-            held += c.held.len();
         }
         let live_owned = self
             .holders
@@ -367,14 +382,14 @@ impl Core {
         let mut unreferenced = 0;
         for (id, r) in self.resources.iter().enumerate() {
             let Some(r) = r else { continue };
-            let want = r.unreferenced().then_some(r.last_activity);
-            ensure(r.idle_at == want, "idle index and resources agree", || {
-                format!("{:?}: filed at {:?}, should be {want:?}", r.key, r.idle_at)
+            let want = r.unreferenced();
+            ensure(r.filed == want, "idle index and resources agree", || {
+                format!("{:?}: filed {}, unreferenced {want}", r.key, r.filed)
             })?;
-            if let Some(t) = want {
+            if want {
                 unreferenced += 1;
                 ensure(
-                    self.idle.contains(&(t, id as ResId)),
+                    self.idle.contains(&(r.last_activity, id as ResId)),
                     "idle index and resources agree",
                     || format!("{:?} missing from the idle index", r.key),
                 )?;
@@ -438,11 +453,16 @@ impl Core {
     /// Counters agree with the state: every grant either still holds or
     /// has ended (and was observed by the hold histogram once).
     fn check_metrics(&self) -> Result<(), Broken> {
+        // Live holders by the space of their resource; retired ones (still
+        // to be counted as ended by `purge`) by the space they were filed in.
         let mut live = [0u64; 2];
-        for h in self.holders.values() {
+        for h in self.holders.values().filter(|h| self.live(h)) {
             if let Some(r) = self.resources.get(h.res as usize).and_then(Option::as_ref) {
                 live[usize::from(r.space == Space::Sem)] += 1;
             }
+        }
+        for r in &self.retired {
+            live[usize::from(r.space == Space::Sem)] += r.fences.len() as u64;
         }
         for (i, space) in [Space::Lock, Space::Sem].into_iter().enumerate() {
             let m = &self.metrics;

@@ -47,12 +47,14 @@ use super::stats;
 use super::{token_salt, ConnId, Time};
 use crate::wire::{Key, Reply, Request, Space, Status, Token};
 
+mod compact;
 mod holdings;
 #[cfg(test)]
 mod tests;
 mod verify;
 
-use holdings::{Fences, Retired};
+use compact::{Queue, ResKey};
+use holdings::Retired;
 /// Core configuration: every limit and policy the transition function needs.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -141,7 +143,7 @@ struct Holder {
 }
 
 struct Resource {
-    key: Key,
+    key: ResKey,
     limit: u64,
     /// Live holders (they are in `Core::holders`).
     holders: u64,
@@ -150,7 +152,7 @@ struct Resource {
     last_fence: u64,
     /// Arrival numbers of the live waiters, oldest first (FIFO order is
     /// arrival order).
-    queue: BTreeSet<u64>,
+    queue: Queue,
     last_activity: Time,
     /// Two-phase records naming this resource. A resource with records is
     /// never collected, which bounds the records by `max_locks`.
@@ -191,8 +193,9 @@ enum Record {
 #[derive(Default)]
 struct Conn {
     authed: bool,
-    /// Fences of the slots it holds, by resource.
-    held: HashMap<ResId, Fences, IdBuild>,
+    /// The slots it holds, as (resource, fence): grouped by resource for
+    /// disconnect.
+    held: BTreeSet<(ResId, u64)>,
     /// Arrival numbers of this connection's live waiters.
     waiters: BTreeSet<u64>,
     /// Two-phase records by resource.
@@ -205,25 +208,6 @@ struct Conn {
     outstanding: usize,
     /// Closed as a slow consumer: receives nothing more.
     evicted: bool,
-}
-
-impl Conn {
-    fn hold(&mut self, res: ResId, fence: u64) {
-        match self.held.entry(res) {
-            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().insert(fence),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Fences::One(fence));
-            }
-        }
-    }
-
-    fn unhold(&mut self, res: ResId, fence: u64) {
-        if let Some(f) = self.held.get_mut(&res) {
-            if f.remove(fence) {
-                self.held.remove(&res);
-            }
-        }
-    }
 }
 
 /// Under `debug_assertions`, the state items `verify` may check per input
@@ -697,19 +681,27 @@ impl Core {
     /// count: they go at once, per resource, and their slots are retired.
     /// Costs O(log n) per resource and per replayed slot; the retired
     /// slots are purged later, `PURGE_PER_INPUT` per input.
-    fn release_all(
-        &mut self,
-        now: Time,
-        held: HashMap<ResId, Fences, IdBuild>,
-        out: &mut Vec<Effect>,
-    ) {
+    fn release_all(&mut self, now: Time, held: BTreeSet<(ResId, u64)>, out: &mut Vec<Effect>) {
         let mut replay: Vec<(u64, ResId)> = Vec::new();
-        let mut rest: Vec<(ResId, Fences)> = Vec::new();
-        for (res, fences) in held {
-            let q = self.res_mut(res).queue.len();
-            let (first, later) = fences.split(q);
-            replay.extend(first.into_iter().map(|f| (f, res)));
-            rest.extend(later.map(|l| (res, l)));
+        // (resource, slots released at once), and their fences by key space.
+        let mut at_once: Vec<(ResId, u64)> = Vec::new();
+        let mut retired: [Vec<u64>; 2] = Default::default();
+        let mut slots = held.into_iter().peekable();
+        while let Some(&(res, _)) = slots.peek() {
+            let r = self.res_mut(res);
+            let (q, space) = (r.queue.len(), r.space);
+            let mut n = 0;
+            while let Some((_, fence)) = slots.next_if(|&(r2, _)| r2 == res) {
+                if n < q {
+                    replay.push((fence, res));
+                } else {
+                    retired[space_index(space)].push(fence);
+                }
+                n += 1;
+            }
+            if n > q {
+                at_once.push((res, (n - q) as u64));
+            }
         }
         replay.sort_unstable();
         for (fence, res) in replay {
@@ -717,23 +709,15 @@ impl Core {
             self.touch(res, now);
             self.hand_off(now, res, out);
         }
-        // Single slots of many resources retire in one list per key space.
-        let mut singles: [Vec<u64>; 2] = Default::default();
-        for (res, fences) in rest {
-            let r = self.res_mut(res);
-            r.holders -= fences.len() as u64;
-            let space = r.space;
+        for (res, n) in at_once {
+            self.res_mut(res).holders -= n;
             self.touch(res, now);
             self.hand_off(now, res, out);
-            self.retired_pending += fences.len();
-            match fences {
-                Fences::One(f) => singles[space_index(space)].push(f),
-                many => self.retired.push_back(Retired::new(now, space, many)),
-            }
         }
-        for (space, list) in [Space::Lock, Space::Sem].into_iter().zip(singles) {
-            if !list.is_empty() {
-                self.retired.push_back(Retired::list(now, space, list));
+        for (space, fences) in [Space::Lock, Space::Sem].into_iter().zip(retired) {
+            if !fences.is_empty() {
+                self.retired_pending += fences.len();
+                self.retired.push_back(Retired::new(now, space, fences));
             }
         }
     }
@@ -1155,7 +1139,7 @@ impl Core {
         r.holders -= 1;
         let space = r.space;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.unhold(h.res, fence);
+            c.held.remove(&(h.res, fence));
         }
         self.metrics
             .holder_ended(space, at.0.saturating_sub(h.granted.0), Some(Cause::Expiry));
@@ -1246,7 +1230,7 @@ impl Core {
         assert!(prior.is_none(), "a fence was issued twice");
         self.leases.insert((expires, fence));
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.hold(res, fence);
+            c.held.insert((res, fence));
         }
         Some(token)
     }
@@ -1259,7 +1243,7 @@ impl Core {
             if r.holders >= r.limit {
                 return;
             }
-            let Some(&head) = r.queue.first() else {
+            let Some(head) = r.queue.first() else {
                 return;
             };
             let w = self
@@ -1369,13 +1353,17 @@ impl Core {
 
     /// The resource of (space, key), if it exists. One hash lookup.
     fn lookup(&self, space: Space, key: &Key) -> Option<ResId> {
-        let hash = self.key_hash.hash_one(key.as_bytes());
+        self.lookup_bytes(space, key.as_bytes())
+    }
+
+    fn lookup_bytes(&self, space: Space, key: &[u8]) -> Option<ResId> {
+        let hash = self.key_hash.hash_one(key);
         let resources = &self.resources;
         self.by_key[space_index(space)]
             .find(hash, |&id| {
                 resources[id as usize]
                     .as_ref()
-                    .is_some_and(|r| r.key == *key)
+                    .is_some_and(|r| r.key.as_bytes() == key)
             })
             .copied()
     }
@@ -1399,11 +1387,11 @@ impl Core {
         }
         let hash = self.key_hash.hash_one(key.as_bytes());
         let r = Resource {
-            key,
+            key: ResKey::new(&key),
             limit,
             holders: 0,
             last_fence: 0,
-            queue: BTreeSet::new(),
+            queue: Queue::default(),
             last_activity: now,
             records: 0,
             space,
@@ -1461,7 +1449,7 @@ impl Core {
         self.leases.remove(&(h.expires, fence));
         let mut dropped_record = false;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.unhold(res, fence);
+            c.held.remove(&(res, fence));
             if let Some(Record::Granted { fence: f, .. }) = c.records.get(&res) {
                 if *f == fence {
                     c.records.remove(&res);
@@ -1540,7 +1528,7 @@ impl Core {
         if let Some(d) = waiter.deadline {
             self.deadlines.remove(&(d, w));
         }
-        self.res_mut(waiter.res).queue.remove(&w);
+        self.res_mut(waiter.res).queue.remove(w);
         self.touch(waiter.res, at);
         if let Some(c) = self.conns.get_mut(&waiter.conn) {
             c.waiters.remove(&w);

@@ -110,7 +110,7 @@ impl Core {
         for (id, r) in self.resources.iter().enumerate() {
             let Some(r) = r else { continue };
             ensure(
-                self.lookup(r.space, &r.key) == Some(id as ResId),
+                self.lookup_bytes(r.space, r.key.as_bytes()) == Some(id as ResId),
                 "key index and resources agree",
                 || format!("{:?} {:?} does not find slot {id}", r.space, r.key),
             )?;
@@ -176,7 +176,7 @@ impl Core {
             )?;
             if let Some(c) = self.conns.get(&h.conn) {
                 ensure(
-                    c.held.get(&h.res).is_some_and(|f| f.contains(fence)),
+                    c.held.contains(&(h.res, fence)),
                     "each holder is in its connection's holdings",
                     || format!("fence {fence} missing from {:?}", h.conn),
                 )?;
@@ -217,21 +217,16 @@ impl Core {
         }
         let mut held = 0;
         for (id, c) in &self.conns {
-            for (&res, fences) in &c.held {
-                ensure(fences.len() > 0, "holdings name own live holders", || {
-                    format!("{id:?} keeps an empty entry for slot {res}")
-                })?;
-                for fence in fences.iter() {
-                    ensure(
-                        self.holders
-                            .get(&fence)
-                            .is_some_and(|h| h.conn == *id && h.res == res),
-                        "holdings name own live holders",
-                        || format!("{id:?} holds fence {fence} on slot {res}"),
-                    )?;
-                }
-                held += fences.len();
+            for &(res, fence) in &c.held {
+                ensure(
+                    self.holders
+                        .get(&fence)
+                        .is_some_and(|h| h.conn == *id && h.res == res),
+                    "holdings name own live holders",
+                    || format!("{id:?} holds fence {fence} on slot {res}"),
+                )?;
             }
+            held += c.held.len();
         }
         let live_owned = self
             .holders
@@ -264,7 +259,7 @@ impl Core {
                 .get(waiter.res as usize)
                 .and_then(Option::as_ref);
             ensure(
-                r.is_some_and(|r| r.queue.contains(&w)),
+                r.is_some_and(|r| r.queue.contains(w)),
                 "queues hold the live waiters",
                 || format!("waiter {w} not in the queue of slot {}", waiter.res),
             )?;

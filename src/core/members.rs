@@ -13,6 +13,10 @@
 //! `k` is found in O(log n) and a removal costs O(log n). When holes
 //! outnumber members the slots are compacted, in O(n) once per as many
 //! removals: amortized O(1). `pos` maps each member to its slot.
+//!
+//! Most lists are tiny (one listener on a pattern). Up to [`SMALL`] slots,
+//! the list is just its slots, searched in order (at most `SMALL` steps, so
+//! O(1)); the tree and the positions are built when it grows past that.
 
 use std::collections::HashMap;
 
@@ -25,10 +29,20 @@ const HOLE: ConnId = ConnId(0);
 /// Holes tolerated before a compaction, whatever the live count.
 const SLACK: usize = 16;
 
+/// Slots a list may have before it builds its tree and positions.
+const SMALL: usize = 16;
+
 #[derive(Default)]
 pub struct Members {
     /// Join order; `HOLE` where a member left.
     slots: Vec<ConnId>,
+    /// Live members.
+    len: usize,
+    /// Once `slots` outgrew `SMALL`: the tree and the positions.
+    big: Option<Box<Big>>,
+}
+
+struct Big {
     /// Fenwick tree over `slots` (1-based: node `i` is `tree[i - 1]`): node
     /// `i` counts the live slots in `(i - lowbit(i), i]`.
     tree: Vec<u32>,
@@ -43,46 +57,68 @@ fn lowbit(i: usize) -> usize {
 impl Members {
     /// Number of live members.
     pub fn len(&self) -> usize {
-        self.pos.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pos.is_empty()
+        self.len == 0
+    }
+
+    /// The slot of `conn`, if it is a member. O(1).
+    fn slot(&self, conn: ConnId) -> Option<usize> {
+        match &self.big {
+            Some(big) => big.pos.get(&conn).map(|&s| s as usize),
+            None => self.slots.iter().position(|&c| c == conn),
+        }
     }
 
     pub fn contains(&self, conn: ConnId) -> bool {
-        self.pos.contains_key(&conn)
+        self.slot(conn).is_some()
     }
 
     /// Adds `conn` after every current member. O(log n). The caller checked
     /// it is not a member.
     pub fn push(&mut self, conn: ConnId) {
         assert!(conn != HOLE, "connection id 0 is reserved");
+        debug_assert!(!self.contains(conn), "a connection joined a group twice");
         let slot = self.slots.len();
-        let prior = self.pos.insert(conn, slot as u32);
-        assert!(prior.is_none(), "a connection joined a group twice");
         self.slots.push(conn);
-        // Node `i = slot + 1` covers `(i - lowbit(i), i]`: this slot plus the
-        // live ones in `(i - lowbit(i), i - 1]`.
-        let i = slot + 1;
-        let below = self.prefix(i - 1) - self.prefix(i - lowbit(i));
-        self.tree.push(below + 1);
+        self.len += 1;
+        match &mut self.big {
+            Some(big) => {
+                let prior = big.pos.insert(conn, slot as u32);
+                assert!(prior.is_none(), "a connection joined a group twice");
+                // Node `i = slot + 1` covers `(i - lowbit(i), i]`: this slot
+                // plus the live ones in `(i - lowbit(i), i - 1]`.
+                let i = slot + 1;
+                let below = prefix(&big.tree, i - 1) - prefix(&big.tree, i - lowbit(i));
+                big.tree.push(below + 1);
+            }
+            None if self.slots.len() > SMALL => self.build(),
+            None => {}
+        }
     }
 
     /// Removes `conn`; false if it was not a member. Amortized O(log n).
     pub fn remove(&mut self, conn: ConnId) -> bool {
-        let Some(slot) = self.pos.remove(&conn) else {
+        let Some(slot) = self.slot(conn) else {
             return false;
         };
-        let slot = slot as usize;
         self.slots[slot] = HOLE;
-        let mut i = slot + 1;
-        while i <= self.tree.len() {
-            self.tree[i - 1] -= 1;
-            i += lowbit(i);
+        self.len -= 1;
+        if let Some(big) = &mut self.big {
+            big.pos.remove(&conn);
+            let mut i = slot + 1;
+            while i <= big.tree.len() {
+                big.tree[i - 1] -= 1;
+                i += lowbit(i);
+            }
         }
-        let holes = self.slots.len() - self.pos.len();
-        if holes > SLACK && holes > self.pos.len() {
+        let holes = self.slots.len() - self.len;
+        if self.len == 0 {
+            self.slots = Vec::new();
+            self.big = None;
+        } else if holes > SLACK && holes > self.len {
             self.compact();
         }
         true
@@ -110,82 +146,124 @@ impl Members {
         (rank < self.len()).then(|| self.slots[self.slot_of_rank(rank)])
     }
 
-    /// Live slots in `[0, i)`.
-    fn prefix(&self, mut i: usize) -> u32 {
-        let mut sum = 0;
-        while i > 0 {
-            sum += self.tree[i - 1];
-            i -= lowbit(i);
-        }
-        sum
-    }
-
     /// The slot index of the live member of rank `rank < len`.
     fn slot_of_rank(&self, rank: usize) -> usize {
+        let Some(big) = &self.big else {
+            return self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c != HOLE)
+                .nth(rank)
+                .map_or(0, |(i, _)| i);
+        };
         // Descend the implicit tree: find the largest `pos` with
         // `prefix(pos) <= rank`; the member is then slot `pos`.
-        let n = self.tree.len();
+        let n = big.tree.len();
         let mut pos = 0;
         let mut rem = rank as u32;
         let mut step = if n == 0 { 0 } else { 1 << n.ilog2() };
         while step > 0 {
             let next = pos + step;
-            if next <= n && self.tree[next - 1] <= rem {
+            if next <= n && big.tree[next - 1] <= rem {
                 pos = next;
-                rem -= self.tree[next - 1];
+                rem -= big.tree[next - 1];
             }
             step >>= 1;
         }
         pos
     }
 
-    /// Drops the holes and rebuilds the tree and positions in O(n).
+    /// Drops the holes; rebuilds the tree and positions, or drops them if
+    /// the list is small again. O(n).
     fn compact(&mut self) {
         self.slots.retain(|&c| c != HOLE);
         self.slots.shrink_to(self.slots.len() * 2);
-        self.tree.clear();
-        self.tree.resize(self.slots.len(), 1);
-        for i in 1..=self.tree.len() {
-            let parent = i + lowbit(i);
-            if parent <= self.tree.len() {
-                self.tree[parent - 1] += self.tree[i - 1];
-            }
-        }
-        self.tree.shrink_to(self.tree.len() * 2);
-        for (slot, c) in self.slots.iter().enumerate() {
-            self.pos.insert(*c, slot as u32);
+        if self.slots.len() > SMALL {
+            self.build();
+        } else {
+            self.big = None;
         }
     }
 
-    /// Checks the internal bookkeeping (for `Core::verify`): positions and
-    /// slots agree both ways, and every tree node counts its range.
-    pub fn check(&self) -> Result<(), String> {
-        let live = self.slots.iter().filter(|&&c| c != HOLE).count();
-        if live != self.pos.len() {
-            return Err(format!("{live} live slots, {} positions", self.pos.len()));
+    /// Builds the tree and positions over the current slots. O(n).
+    fn build(&mut self) {
+        let mut tree: Vec<u32> = self.slots.iter().map(|&c| u32::from(c != HOLE)).collect();
+        for i in 1..=tree.len() {
+            let parent = i + lowbit(i);
+            if parent <= tree.len() {
+                tree[parent - 1] += tree[i - 1];
+            }
         }
-        for (c, &slot) in &self.pos {
+        let pos = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c != HOLE)
+            .map(|(slot, &c)| (c, slot as u32))
+            .collect();
+        self.big = Some(Box::new(Big { tree, pos }));
+    }
+
+    /// Checks the internal bookkeeping (for `Core::verify`): the count, no
+    /// member twice, positions and slots agree both ways, and every tree
+    /// node counts its range.
+    pub fn check(&self) -> Result<(), String> {
+        let live: Vec<ConnId> = self.iter().collect();
+        if live.len() != self.len {
+            return Err(format!(
+                "{} live slots, count says {}",
+                live.len(),
+                self.len
+            ));
+        }
+        let mut sorted = live.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err("a member is listed twice".into());
+        }
+        let Some(big) = &self.big else {
+            return if self.slots.len() > SMALL {
+                Err(format!("{} slots without an index", self.slots.len()))
+            } else {
+                Ok(())
+            };
+        };
+        if big.pos.len() != self.len {
+            return Err(format!("{} positions, {} members", big.pos.len(), self.len));
+        }
+        for (c, &slot) in &big.pos {
             if self.slots.get(slot as usize) != Some(c) {
                 return Err(format!("{c:?} is not in its slot {slot}"));
             }
         }
-        if self.tree.len() != self.slots.len() {
+        if big.tree.len() != self.slots.len() {
             return Err("tree and slots differ in length".into());
         }
-        for i in 1..=self.tree.len() {
+        for i in 1..=big.tree.len() {
             let want = self.slots[i - lowbit(i)..i]
                 .iter()
                 .filter(|&&c| c != HOLE)
                 .count();
-            if self.tree[i - 1] as usize != want {
+            if big.tree[i - 1] as usize != want {
                 return Err(format!(
                     "tree node {i} counts {}, not {want}",
-                    self.tree[i - 1]
+                    big.tree[i - 1]
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// Live slots in `[0, i)`.
+fn prefix(tree: &[u32], mut i: usize) -> u32 {
+    let mut sum = 0;
+    while i > 0 {
+        sum += tree[i - 1];
+        i -= lowbit(i);
+    }
+    sum
 }
 
 #[cfg(test)]

@@ -2,27 +2,33 @@
 //!
 //! Subscriptions live in a token trie, the structure NATS uses for its
 //! subject list: a pattern is split on `.`, and each token is an edge from
-//! one node to the next: a literal token through the node's `literal` map,
-//! `*` through its `star` child, a final `>` through its `rest` child. The
-//! node where a pattern ends holds that pattern's [`Subs`]: its groups by
-//! name (the empty name is the ungrouped listeners, and sorts first), each a
-//! join-ordered [`Members`] list with a round-robin counter.
+//! one node to the next: a literal token through the node's `literal` table
+//! (hashed with the core's secret key, as peers choose the tokens), `*`
+//! through its `star` child, a final `>` through its `rest` child. The node
+//! where a pattern ends holds that pattern's [`Subs`]: its ungrouped
+//! listeners and its queue groups by name, each a join-ordered [`Members`]
+//! list (a group also has a round-robin counter).
 //!
 //! Costs (n subscriptions, d tokens in the pattern or channel):
-//! * `listen`/`unlisten`: one walk down the pattern's path, O(d log n), plus
-//!   O(log n) in the member list; empty nodes are pruned on the way back.
+//! * `listen`/`unlisten`: one walk down the pattern's path, O(d) hash
+//!   lookups, plus O(log n) in the member list; empty nodes are pruned on
+//!   the way back.
 //! * matching a channel: a walk that follows, at each level, the literal
 //!   edge, the `*` edge and the `>` edge. It visits only nodes whose path
-//!   matches a prefix of the channel, so its cost is O(d log n) per
-//!   pattern prefix that matches, independent of the subscriptions that do
-//!   not; the matched patterns are then sorted, O(m log m) for m matches.
+//!   matches a prefix of the channel, so its cost is O(d) per pattern
+//!   prefix that matches, independent of the subscriptions that do not; the
+//!   matched patterns are then sorted, O(m log m) for m matches.
 //!
 //! Everything is ordered (`BTreeMap`s, join-order members) so that the
 //! recipients, the order of pushes and the stats are deterministic and the
 //! same as the model's.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
+
+use super::hash::KeyBuild;
 use super::members::Members;
 use super::ConnId;
 
@@ -39,13 +45,27 @@ pub struct Group {
     pub next: u64,
 }
 
-/// A pattern's groups by name (empty = ungrouped, sorts first).
-pub type Groups = BTreeMap<Box<[u8]>, Group>;
-
 /// Everything subscribed under one pattern.
 pub struct Subs {
     pub pattern: Box<[u8]>,
-    pub groups: Groups,
+    /// Listeners without a group: each receives every signal.
+    pub ungrouped: Members,
+    /// Queue groups by (non-empty) name: one member of each receives.
+    pub groups: BTreeMap<Box<[u8]>, Group>,
+}
+
+impl Subs {
+    fn is_empty(&self) -> bool {
+        self.ungrouped.is_empty() && self.groups.is_empty()
+    }
+
+    fn members(&self, group: &[u8]) -> Option<&Members> {
+        if group.is_empty() {
+            Some(&self.ungrouped)
+        } else {
+            self.groups.get(group).map(|g| &g.members)
+        }
+    }
 }
 
 type NodeId = u32;
@@ -53,7 +73,8 @@ const ROOT: NodeId = 0;
 
 #[derive(Default)]
 struct Node {
-    literal: BTreeMap<Box<[u8]>, NodeId>,
+    /// (token, child) by token.
+    literal: HashTable<(Box<[u8]>, NodeId)>,
     star: Option<NodeId>,
     rest: Option<NodeId>,
     subs: Option<Box<Subs>>,
@@ -89,14 +110,18 @@ pub struct Index {
     free: Vec<NodeId>,
     /// Members over all (pattern, group) pairs.
     members: usize,
+    /// Hashes literal tokens (SipHash with the core's secret key).
+    hash: KeyBuild,
 }
 
-impl Default for Index {
-    fn default() -> Self {
+impl Index {
+    /// An empty index hashing tokens with `key`.
+    pub fn new(key: [u64; 2]) -> Index {
         Index {
             nodes: vec![Node::default()],
             free: Vec::new(),
             members: 0,
+            hash: KeyBuild(key),
         }
     }
 }
@@ -116,7 +141,10 @@ impl Index {
     fn child(&self, node: NodeId, e: Edge<'_>) -> Option<NodeId> {
         let n = &self.nodes[node as usize];
         match e {
-            Edge::Literal(t) => n.literal.get(t).copied(),
+            Edge::Literal(t) => n
+                .literal
+                .find(self.hash.hash_one(t), |(k, _)| **k == *t)
+                .map(|&(_, id)| id),
             Edge::Star => n.star,
             Edge::Rest => n.rest,
         }
@@ -151,10 +179,15 @@ impl Index {
                 Some(next) => next,
                 None => {
                     let next = self.alloc();
+                    let hash = &self.hash;
                     let n = &mut self.nodes[node as usize];
                     match e {
                         Edge::Literal(t) => {
-                            n.literal.insert(t.into(), next);
+                            n.literal.insert_unique(
+                                hash.hash_one(t),
+                                (t.into(), next),
+                                |(k, _)| hash.hash_one(&**k),
+                            );
                         }
                         Edge::Star => n.star = Some(next),
                         Edge::Rest => n.rest = Some(next),
@@ -166,14 +199,19 @@ impl Index {
         let subs = self.nodes[node as usize].subs.get_or_insert_with(|| {
             Box::new(Subs {
                 pattern: pattern.into(),
-                groups: Groups::new(),
+                ungrouped: Members::default(),
+                groups: BTreeMap::new(),
             })
         });
-        subs.groups
-            .entry(group.into())
-            .or_default()
-            .members
-            .push(conn);
+        if group.is_empty() {
+            subs.ungrouped.push(conn);
+        } else {
+            subs.groups
+                .entry(group.into())
+                .or_default()
+                .members
+                .push(conn);
+        }
         self.members += 1;
     }
 
@@ -195,17 +233,23 @@ impl Index {
         let Some(subs) = n.subs.as_mut() else {
             return;
         };
-        let Some(g) = subs.groups.get_mut(group) else {
-            return;
-        };
-        if !g.members.remove(conn) {
-            return;
+        if group.is_empty() {
+            if !subs.ungrouped.remove(conn) {
+                return;
+            }
+        } else {
+            let Some(g) = subs.groups.get_mut(group) else {
+                return;
+            };
+            if !g.members.remove(conn) {
+                return;
+            }
+            if g.members.is_empty() {
+                subs.groups.remove(group);
+            }
         }
         self.members -= 1;
-        if g.members.is_empty() {
-            subs.groups.remove(group);
-        }
-        if subs.groups.is_empty() {
+        if subs.is_empty() {
             n.subs = None;
         }
         // Prune: unhook every node on the path that is now empty.
@@ -213,10 +257,13 @@ impl Index {
             if !self.nodes[node as usize].is_empty() {
                 break;
             }
+            let hash = &self.hash;
             let p = &mut self.nodes[parent as usize];
             match e {
                 Edge::Literal(t) => {
-                    p.literal.remove(t);
+                    if let Ok(entry) = p.literal.find_entry(hash.hash_one(t), |(k, _)| **k == *t) {
+                        entry.remove();
+                    }
                 }
                 Edge::Star => p.star = None,
                 Edge::Rest => p.rest = None,
@@ -230,8 +277,8 @@ impl Index {
     pub fn is_member(&self, pattern: &[u8], group: &[u8], conn: ConnId) -> bool {
         self.find(pattern)
             .and_then(|n| self.nodes[n as usize].subs.as_ref())
-            .and_then(|s| s.groups.get(group))
-            .is_some_and(|g| g.members.contains(conn))
+            .and_then(|s| s.members(group))
+            .is_some_and(|m| m.contains(conn))
     }
 
     /// The subscriptions a signal on `channel` reaches (semantics §12: the
@@ -263,7 +310,10 @@ impl Index {
             if let Some(star) = n.star {
                 stack.push((star, i + 1, true));
             }
-            if let Some(&next) = n.literal.get(*token) {
+            if let Some(&(_, next)) = n
+                .literal
+                .find(self.hash.hash_one(*token), |(k, _)| **k == **token)
+            {
                 stack.push((next, i + 1, via_wild));
             }
         }
@@ -281,13 +331,12 @@ impl Index {
             .map_or(&[][..], |s| &s.pattern[..])
     }
 
-    /// The groups of a pattern found by [`Index::matches`].
-    pub fn groups_mut(&mut self, found: Found) -> &mut Groups {
-        &mut self.nodes[found.0 as usize]
+    /// The subscriptions of a pattern found by [`Index::matches`].
+    pub fn subs_mut(&mut self, found: Found) -> &mut Subs {
+        self.nodes[found.0 as usize]
             .subs
             .as_mut()
             .expect("a match names a node with subscriptions")
-            .groups
     }
 
     /// Members over all (pattern, group) pairs.
@@ -306,9 +355,13 @@ impl Index {
         let mut v: Vec<(&[u8], &[u8], usize)> = self
             .all_subs()
             .flat_map(|s| {
-                s.groups
-                    .iter()
-                    .map(move |(g, m)| (&s.pattern[..], &g[..], m.members.len()))
+                let ungrouped = (!s.ungrouped.is_empty())
+                    .then(|| (&s.pattern[..], &b""[..], s.ungrouped.len()));
+                ungrouped.into_iter().chain(
+                    s.groups
+                        .iter()
+                        .map(move |(g, m)| (&s.pattern[..], &g[..], m.members.len())),
+                )
             })
             .collect();
         v.sort_unstable();
@@ -341,10 +394,15 @@ impl Index {
                         String::from_utf8_lossy(&path)
                     ));
                 }
-                if s.groups.is_empty() {
-                    return Err("a pattern without groups was kept".into());
+                if s.is_empty() {
+                    return Err("a pattern without listeners was kept".into());
                 }
+                s.ungrouped.check()?;
+                members += s.ungrouped.len();
                 for (g, grp) in &s.groups {
+                    if g.is_empty() {
+                        return Err("a queue group without a name".into());
+                    }
                     if grp.members.is_empty() {
                         return Err(format!("group {g:?} without members was kept"));
                     }
@@ -360,7 +418,7 @@ impl Index {
                 p.extend_from_slice(t);
                 p
             };
-            for (t, &c) in &n.literal {
+            for (t, c) in n.literal.iter().map(|(t, c)| (t, *c)) {
                 if t[..] == b"*"[..] || t[..] == b">"[..] {
                     return Err("a wildcard token stored as a literal".into());
                 }
@@ -476,7 +534,7 @@ mod tests {
 
     #[test]
     fn trie_matching_agrees_with_plain_matching() {
-        let mut idx = Index::default();
+        let mut idx = Index::new([1, 2]);
         let mut subscribed: Vec<&str> = Vec::new();
         // Add patterns one at a time, then remove them in another order,
         // comparing every channel at every step.
@@ -508,7 +566,7 @@ mod tests {
 
     #[test]
     fn groups_and_members_are_kept_per_pattern() {
-        let mut idx = Index::default();
+        let mut idx = Index::new([1, 2]);
         idx.add(b"a.*", b"", ConnId(1));
         idx.add(b"a.*", b"g", ConnId(2));
         idx.add(b"a.*", b"g", ConnId(3));
@@ -526,11 +584,12 @@ mod tests {
         );
         let m = idx.matches(b"a.z");
         assert!(m.exact.is_none());
-        let groups = idx.groups_mut(m.wild[0]);
-        let names: Vec<&[u8]> = groups.keys().map(|g| &g[..]).collect();
-        assert_eq!(names, vec![&b""[..], b"g", b"h"], "ungrouped sorts first");
+        let subs = idx.subs_mut(m.wild[0]);
+        assert_eq!(subs.ungrouped.iter().collect::<Vec<_>>(), vec![ConnId(1)]);
+        let names: Vec<&[u8]> = subs.groups.keys().map(|g| &g[..]).collect();
+        assert_eq!(names, vec![&b"g"[..], b"h"], "groups in name order");
         // Round robin over the group, counter kept while it has members.
-        let g = groups.get_mut(&b"g"[..]).unwrap();
+        let g = subs.groups.get_mut(&b"g"[..]).unwrap();
         let picks: Vec<u64> = (0..4)
             .map(|_| match pick(g, |_| false, |_| false) {
                 Route::Deliver(c) => c.0,
@@ -562,7 +621,7 @@ mod tests {
 
     #[test]
     fn removing_what_is_not_there_changes_nothing() {
-        let mut idx = Index::default();
+        let mut idx = Index::new([1, 2]);
         idx.add(b"x.y", b"", ConnId(1));
         idx.remove(b"x.y", b"", ConnId(2));
         idx.remove(b"x.y", b"g", ConnId(1));
@@ -577,7 +636,7 @@ mod tests {
     fn a_channel_reaches_only_the_patterns_of_its_branch() {
         // 10 000 patterns under their own first token: a channel under
         // another first token visits a handful of nodes, not 10 000.
-        let mut idx = Index::default();
+        let mut idx = Index::new([1, 2]);
         for i in 0..10_000u64 {
             idx.add(format!("p{i}.*").as_bytes(), b"", ConnId(1));
         }

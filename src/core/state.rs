@@ -41,6 +41,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 
 use super::hash::{IdBuild, KeyBuild};
+use super::members::Members;
 use super::metrics::{Cause, CoreMetrics};
 use super::signals::{self, Route, PUSH_QUEUE_FRAMES};
 use super::stats;
@@ -340,29 +341,27 @@ impl Delivery<'_> {
         self.delivered += 1;
     }
 
-    /// Delivers along one (pattern, group) route: to every ungrouped
-    /// listener not served yet, or to one member of a group.
-    fn route(&mut self, ungrouped: bool, g: &mut signals::Group) {
-        if ungrouped {
-            for to in g.members.iter() {
-                if !self.served.insert(to) || Self::evicted(self.conns, to) {
-                    continue;
-                }
-                if Self::full(self.conns, to) {
-                    self.slow_consumers += u64::from(evict(self.conns, to, self.out));
-                } else {
-                    self.push(to);
-                }
+    /// Delivers to every ungrouped listener of a pattern not served yet.
+    fn everyone(&mut self, members: &Members) {
+        for to in members.iter() {
+            if !self.served.insert(to) || Self::evicted(self.conns, to) {
+                continue;
             }
-        } else {
-            let conns = &*self.conns;
-            match signals::pick(g, |c| Self::full(conns, c), |c| Self::evicted(conns, c)) {
-                Route::Deliver(to) => self.push(to),
-                Route::Evict(to) => {
-                    self.slow_consumers += u64::from(evict(self.conns, to, self.out))
-                }
-                Route::Skip => {}
+            if Self::full(self.conns, to) {
+                self.slow_consumers += u64::from(evict(self.conns, to, self.out));
+            } else {
+                self.push(to);
             }
+        }
+    }
+
+    /// Delivers to one member of a queue group.
+    fn one_of(&mut self, g: &mut signals::Group) {
+        let conns = &*self.conns;
+        match signals::pick(g, |c| Self::full(conns, c), |c| Self::evicted(conns, c)) {
+            Route::Deliver(to) => self.push(to),
+            Route::Evict(to) => self.slow_consumers += u64::from(evict(self.conns, to, self.out)),
+            Route::Skip => {}
         }
     }
 }
@@ -395,7 +394,10 @@ impl Core {
             starved: BTreeSet::new(),
             retired: VecDeque::new(),
             retired_pending: 0,
-            signals: signals::Index::default(),
+            signals: signals::Index::new([
+                cfg.salt_key[0].rotate_left(29) ^ 0x7472_6965_6e6f_6465,
+                cfg.salt_key[1] ^ 0x7369_676e_616c_7321,
+            ]),
             metrics: CoreMetrics::default(),
             #[cfg(debug_assertions)]
             verify_credit: 0,
@@ -1052,27 +1054,23 @@ impl Core {
             delivered: 0,
             slow_consumers: 0,
         };
-        // Steps 1 and 2: the exact channel (the empty, ungrouped name sorts
-        // first).
+        // Steps 1 and 2: the exact channel's ungrouped listeners, then its
+        // groups in name order.
         if let Some(f) = found.exact {
-            for (name, g) in index.groups_mut(f).iter_mut() {
-                d.route(name.is_empty(), g);
+            let subs = index.subs_mut(f);
+            d.everyone(&subs.ungrouped);
+            for g in subs.groups.values_mut() {
+                d.one_of(g);
             }
         }
         // Step 3: matching wildcard patterns' ungrouped listeners.
         for &f in &found.wild {
-            if let Some(g) = index.groups_mut(f).get_mut(&[][..]) {
-                d.route(true, g);
-            }
+            d.everyone(&index.subs_mut(f).ungrouped);
         }
         // Step 4: matching wildcard patterns' groups.
         for &f in &found.wild {
-            for (_, g) in index
-                .groups_mut(f)
-                .iter_mut()
-                .filter(|(n, _)| !n.is_empty())
-            {
-                d.route(false, g);
+            for g in index.subs_mut(f).groups.values_mut() {
+                d.one_of(g);
             }
         }
         let (delivered, slow) = (d.delivered, d.slow_consumers);

@@ -2940,4 +2940,58 @@ mod tests {
         }
         assert!(parse(&["--client", "--connections", "2"]).is_ok());
     }
+
+    #[test]
+    fn scaling_freeze_and_rss_flags() {
+        let cfg = parse(&[
+            "--scaling",
+            "--sizes",
+            "10,100",
+            "--dims",
+            "keys,holders",
+            "--samples",
+            "5",
+            "--server-bin",
+            "/x/dflockd",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.mode,
+            Mode::Scaling(scaling::Plan {
+                server_bin: "/x/dflockd".into(),
+                sizes: vec![10, 100],
+                dims: vec![scaling::Dim::Keys, scaling::Dim::Holders],
+                samples: 5,
+            })
+        );
+        let Mode::Scaling(plan) = parse(&["-scaling=true"]).unwrap().mode else {
+            panic!("not scaling");
+        };
+        assert_eq!(plan.sizes, vec![1000, 10_000, 100_000, 1_000_000]);
+        assert_eq!(plan.dims, scaling::Dim::ALL.to_vec());
+        assert!(plan.server_bin.ends_with("dflockd"), "next to the bench");
+        assert_eq!(
+            parse(&["--freeze", "400000", "--server-bin", "s"])
+                .unwrap()
+                .mode,
+            Mode::Freeze {
+                slots: 400_000,
+                server_bin: "s".into()
+            }
+        );
+        let cfg = parse(&["--idle-connections", "3", "--server-pid", "42"]).unwrap();
+        assert_eq!(cfg.server_pid, Some(42));
+        for bad in [
+            &["--scaling", "--freeze", "3"][..],
+            &["--scaling", "--hold", "3"],
+            &["--scaling", "--sizes", "100,10"],
+            &["--scaling", "--sizes", "0"],
+            &["--scaling", "--dims", "keys,queues"],
+            &["--scaling", "--samples", "0"],
+            &["--freeze", "0"],
+            &["--server-pid", "42"],
+        ] {
+            assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
+        }
+    }
 }

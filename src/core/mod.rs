@@ -13,6 +13,10 @@
 //! `<= now` expire, waiters whose deadline is `<= now` time out, and the idle
 //! GC runs if due. So the answer to a request never depends on how late the
 //! driver's timer fired (Decisions D18, D19).
+//!
+//! No input scans the state: each costs O(log n) per thing it changes (the
+//! table is in spec/ARCHITECTURE.md, "Costs"), and [`Core::verify`] checks
+//! that every index agrees with what it indexes.
 
 mod hash;
 mod members;

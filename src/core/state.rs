@@ -8,19 +8,21 @@
 //!
 //! * resources live in a slab (`resources`, ids reused through
 //!   `free_slots`); `by_key` finds one by its key with one hash lookup and
-//!   stores only the id: the key itself is kept once, in the resource;
+//!   stores only the id: the key itself is kept once, in the resource,
+//!   inline when short (`compact.rs`);
 //! * holders are indexed by fence in `holders`, the one map that a token,
 //!   a lease timer and a connection's holdings all lead to; a resource
 //!   keeps only its holder count (and, for a lock, the fence of its holder);
 //! * a resource's queue is the ordered set of its waiters' arrival numbers
-//!   (FIFO order is arrival order), so a waiter leaves from anywhere in
-//!   O(log n); waiters themselves are in `waiters` by arrival number;
-//! * each connection keeps what it owns: held fences grouped by resource
-//!   (`holdings.rs`), waiter arrival numbers, two-phase records by resource,
-//!   and its subscriptions, so a disconnect costs what the connection owns,
-//!   counted in resources rather than slots: the slots a disconnect releases
-//!   on a resource nobody waits for go with one subtraction, and their index
-//!   entries are purged a bounded number per input afterwards (`retired`);
+//!   (FIFO order is arrival order; allocated only while someone waits), so
+//!   a waiter leaves from anywhere in O(log n); waiters themselves are in
+//!   `waiters` by arrival number;
+//! * each connection keeps what it owns: its slots as (resource, fence),
+//!   waiter arrival numbers, two-phase records by resource, and its
+//!   subscriptions, so a disconnect costs what the connection owns. The
+//!   slots a disconnect releases on a resource nobody waits for go with one
+//!   subtraction per resource; their index entries are purged a bounded
+//!   number per input afterwards (`retired`, `holdings.rs`);
 //! * `leases` and `deadlines` order lease expiries and blocked waiters'
 //!   deadlines; `idle` orders unreferenced resources by last activity, so
 //!   the idle GC visits only what it collects;
@@ -56,6 +58,7 @@ mod verify;
 
 use compact::{Queue, ResKey};
 use holdings::Retired;
+
 /// Core configuration: every limit and policy the transition function needs.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {

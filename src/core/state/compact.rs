@@ -51,7 +51,10 @@ impl std::fmt::Debug for ResKey {
 
 /// Arrival numbers of a resource's live waiters, oldest first (FIFO order
 /// is arrival order). O(log n) for every operation.
+/// The set is boxed on purpose: an absent queue then costs the record 8
+/// bytes rather than the 24 of an empty `BTreeSet`.
 #[derive(Default)]
+#[allow(clippy::box_collection)]
 pub(super) struct Queue(Option<Box<BTreeSet<u64>>>);
 
 impl Queue {

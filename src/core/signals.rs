@@ -565,6 +565,50 @@ mod tests {
     }
 
     #[test]
+    fn random_patterns_and_channels_agree_with_the_model() {
+        // Patterns of 1-4 tokens from a small alphabet (so that they
+        // overlap), `>` only last; channels from the same literals.
+        let mut x: u64 = 0x853c_49e6_748f_ea9b;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let literals = ["a", "b", "", "ab"];
+        let mut idx = Index::new([3, 4]);
+        let mut subscribed: Vec<String> = Vec::new();
+        for round in 0..400 {
+            let depth = 1 + next(4) as usize;
+            let tokens: Vec<&str> = (0..depth)
+                .map(|i| match next(6) {
+                    0 => "*",
+                    1 if i + 1 == depth => ">",
+                    k => literals[(k % 4) as usize],
+                })
+                .collect();
+            let p = tokens.join(".");
+            if let Some(i) = subscribed.iter().position(|s| *s == p) {
+                subscribed.remove(i);
+                idx.remove(p.as_bytes(), b"", ConnId(1));
+            } else {
+                idx.add(p.as_bytes(), b"", ConnId(1));
+                subscribed.push(p);
+            }
+            if round % 10 == 0 {
+                idx.check().unwrap();
+            }
+            let refs: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+            for _ in 0..8 {
+                let depth = 1 + next(5) as usize;
+                let ch: Vec<&str> = (0..depth).map(|_| literals[next(4) as usize]).collect();
+                let ch = ch.join(".");
+                assert_eq!(trie(&idx, &ch), plain(&refs, &ch), "channel {ch:?}");
+            }
+        }
+    }
+
+    #[test]
     fn groups_and_members_are_kept_per_pattern() {
         let mut idx = Index::new([1, 2]);
         idx.add(b"a.*", b"", ConnId(1));

@@ -28,7 +28,7 @@
 //! item. The run fails (exit 1) when, for some operation, the median at the largest size is
 //! more than 3 times the median at the smallest (stall per item for stalls; the stall itself
 //! for the GC ticks). Figures under the measurement's resolution count as that resolution
-//! (50 µs for round trips, 2 ms for the lease timer, 1 ms for a stall, 5 ms for the longest
+//! (50 µs for round trips, 5 ms for the lease timer, 1 ms for a stall, 5 ms for the longest
 //! of thousands of quiet pings), so noise at the microsecond level is not a failure.
 //!
 //! `--freeze N` is issue #10's reproduction: one connection pipelines N times
@@ -52,8 +52,9 @@ use super::{parse_response, percentile, push_http_post, say};
 const MAX_GROWTH: f64 = 3.0;
 /// Round trips below this are treated as this (resolution of a loopback round trip).
 const FLOOR_RTT_MS: f64 = 0.05;
-/// The lease timer works in milliseconds: hand-off latencies below this are resolution.
-const FLOOR_TIMER_MS: f64 = 2.0;
+/// The lease timer works in milliseconds, and its wake-up on a loaded machine varies by a few
+/// more from run to run (the same at every size): hand-off latencies below this are noise.
+const FLOOR_TIMER_MS: f64 = 5.0;
 /// Stalls below this are scheduling noise.
 const FLOOR_STALL_MS: f64 = 1.0;
 /// The longest of a few thousand pings on a shared machine: below this it is noise.

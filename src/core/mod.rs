@@ -49,6 +49,11 @@ impl Time {
     pub fn millis(self) -> u64 {
         self.0
     }
+
+    /// `self + ms` milliseconds, saturating.
+    pub fn plus_millis(self, ms: u64) -> Time {
+        Time(self.0.saturating_add(ms))
+    }
 }
 
 /// A connection (TCP) or session (HTTP) identity. Allocated by the core from

@@ -144,6 +144,8 @@ struct Holder {
     /// When the slot was granted (for the hold-time histogram).
     granted: Time,
     res: ResId,
+    /// Its resource's key space (for the metrics, also once retired).
+    space: Space,
 }
 
 struct Resource {
@@ -197,9 +199,12 @@ enum Record {
 #[derive(Default)]
 struct Conn {
     authed: bool,
-    /// The slots it holds, as (resource, fence): grouped by resource for
-    /// disconnect.
+    /// The slots it holds, as (resource, fence): grouped by resource, in
+    /// token order within one.
     held: BTreeSet<(ResId, u64)>,
+    /// How many of them are on each resource (a disconnect releases a
+    /// resource's slots with one subtraction).
+    held_on: HashMap<ResId, u32, IdBuild>,
     /// Arrival numbers of this connection's live waiters.
     waiters: BTreeSet<u64>,
     /// Two-phase records by resource.
@@ -214,6 +219,23 @@ struct Conn {
     evicted: bool,
 }
 
+impl Conn {
+    fn hold(&mut self, res: ResId, fence: u64) {
+        self.held.insert((res, fence));
+        *self.held_on.entry(res).or_default() += 1;
+    }
+
+    fn unhold(&mut self, res: ResId, fence: u64) {
+        if self.held.remove(&(res, fence)) {
+            let n = self.held_on.get_mut(&res).expect("counted with the slot");
+            *n -= 1;
+            if *n == 0 {
+                self.held_on.remove(&res);
+            }
+        }
+    }
+}
+
 /// Under `debug_assertions`, the state items `verify` may check per input
 /// on average: states up to this size are verified after every input,
 /// larger ones after every `size / VERIFY_CREDIT_PER_INPUT` inputs, so
@@ -222,8 +244,9 @@ struct Conn {
 const VERIFY_CREDIT_PER_INPUT: usize = 32;
 
 /// Retired slots (see `holdings.rs`) purged from the indexes after each
-/// input: bounds the work one input adds for a large disconnect (about a
-/// millisecond), while purging faster than any client can take slots.
+/// input (and each millisecond while any are left): bounds the work one
+/// input adds for a large disconnect to about a millisecond, while purging
+/// faster than any client can take slots.
 const PURGE_PER_INPUT: usize = 4096;
 
 /// The lock manager.
@@ -668,7 +691,7 @@ impl Core {
             self.signals.remove(pattern.as_bytes(), group, conn);
         }
         if self.cfg.auto_release_on_disconnect {
-            self.release_all(now, c.held, out);
+            self.release_all(now, c.held, c.held_on, out);
         }
         for res in touched {
             self.hand_off(now, res, out);
@@ -686,30 +709,27 @@ impl Core {
     /// count: they go at once, per resource, and their slots are retired.
     /// Costs O(log n) per resource and per replayed slot; the retired
     /// slots are purged later, `PURGE_PER_INPUT` per input.
-    fn release_all(&mut self, now: Time, held: BTreeSet<(ResId, u64)>, out: &mut Vec<Effect>) {
+    fn release_all(
+        &mut self,
+        now: Time,
+        held: BTreeSet<(ResId, u64)>,
+        held_on: HashMap<ResId, u32, IdBuild>,
+        out: &mut Vec<Effect>,
+    ) {
         let mut replay: Vec<(u64, ResId)> = Vec::new();
-        // (resource, slots released at once), and their fences by key space.
+        // (resource, slots released at once).
         let mut at_once: Vec<(ResId, u64)> = Vec::new();
-        let mut retired: [Vec<u64>; 2] = Default::default();
-        let mut slots = held.into_iter().peekable();
-        while let Some(&(res, _)) = slots.peek() {
-            let r = self.res_mut(res);
-            let (q, space) = (r.queue.len(), r.space);
-            let mut n = 0;
-            while let Some((_, fence)) = slots.next_if(|&(r2, _)| r2 == res) {
-                if n < q {
-                    replay.push((fence, res));
-                } else {
-                    retired[space_index(space)].push(fence);
-                }
-                n += 1;
-            }
-            if n > q {
-                at_once.push((res, (n - q) as u64));
+        for (res, n) in held_on {
+            let q = self.res_mut(res).queue.len();
+            let first = held.range((res, 0)..=(res, u64::MAX)).take(q);
+            replay.extend(first.map(|&(_, fence)| (fence, res)));
+            let n = u64::from(n);
+            if n > q as u64 {
+                at_once.push((res, n - q as u64));
             }
         }
         replay.sort_unstable();
-        for (fence, res) in replay {
+        for &(fence, res) in &replay {
             self.remove_holder(now, fence, Some(Cause::Disconnect));
             self.touch(res, now);
             self.hand_off(now, res, out);
@@ -719,11 +739,11 @@ impl Core {
             self.touch(res, now);
             self.hand_off(now, res, out);
         }
-        for (space, fences) in [Space::Lock, Space::Sem].into_iter().zip(retired) {
-            if !fences.is_empty() {
-                self.retired_pending += fences.len();
-                self.retired.push_back(Retired::new(now, space, fences));
-            }
+        // The set goes whole: `purge` skips the slots replayed above.
+        let retired = held.len() - replay.len();
+        if retired > 0 {
+            self.retired_pending += retired;
+            self.retired.push_back(Retired::new(now, held));
         }
     }
 
@@ -734,20 +754,20 @@ impl Core {
             let Some(r) = self.retired.front_mut() else {
                 return;
             };
-            let Some(fence) = r.fences.next() else {
+            let Some((_, fence)) = r.fences.next() else {
                 self.retired.pop_front();
                 continue;
             };
-            let (at, space) = (r.at, r.space);
+            let at = r.at;
             budget -= 1;
+            // A slot the disconnect replayed is gone already.
+            let Some(h) = self.holders.remove(&fence) else {
+                continue;
+            };
             self.retired_pending -= 1;
-            let h = self
-                .holders
-                .remove(&fence)
-                .expect("a retired fence names a held slot");
             self.leases.remove(&(h.expires, fence));
             self.metrics.holder_ended(
-                space,
+                h.space,
                 at.0.saturating_sub(h.granted.0),
                 Some(Cause::Disconnect),
             );
@@ -782,8 +802,15 @@ impl Core {
     /// The next instant at which [`Core::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Time> {
         if self.retired_pending > 0 {
-            // Purging is work to do now, in bounded steps.
-            return Some(self.now);
+            // Purging goes on in bounded steps, one per millisecond when no
+            // other input comes: the core lock is free most of the time in
+            // between, whoever wins it.
+            let purge = self.now.plus_millis(1);
+            return Some(
+                self.next_due()
+                    .map_or(purge, |(t, _)| t.min(purge))
+                    .min(self.next_gc),
+            );
         }
         Some(
             self.next_due()
@@ -1140,7 +1167,7 @@ impl Core {
         r.holders -= 1;
         let space = r.space;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.held.remove(&(h.res, fence));
+            c.unhold(h.res, fence);
         }
         self.metrics
             .holder_ended(space, at.0.saturating_sub(h.granted.0), Some(Cause::Expiry));
@@ -1226,12 +1253,13 @@ impl Core {
                 expires,
                 granted: at,
                 res,
+                space,
             },
         );
         assert!(prior.is_none(), "a fence was issued twice");
         self.leases.insert((expires, fence));
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.held.insert((res, fence));
+            c.hold(res, fence);
         }
         Some(token)
     }
@@ -1450,7 +1478,7 @@ impl Core {
         self.leases.remove(&(h.expires, fence));
         let mut dropped_record = false;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.held.remove(&(res, fence));
+            c.unhold(res, fence);
             if let Some(Record::Granted { fence: f, .. }) = c.records.get(&res) {
                 if *f == fence {
                     c.records.remove(&res);

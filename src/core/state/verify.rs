@@ -163,6 +163,11 @@ impl Core {
                 format!("fence {fence} names slot {}", h.res)
             })?;
             *per_res.entry(h.res).or_default() += 1;
+            ensure(
+                r.is_some_and(|r| r.space == h.space),
+                "holders name live resources",
+                || format!("fence {fence} filed under the wrong key space"),
+            )?;
             ensure(h.expires > self.now, "expired leases are gone", || {
                 format!(
                     "fence {fence} expired at {:?}, now {:?}",
@@ -227,6 +232,13 @@ impl Core {
                 )?;
             }
             held += c.held.len();
+            let mut on: HashMap<ResId, u32, IdBuild> = HashMap::default();
+            for &(res, _) in &c.held {
+                *on.entry(res).or_default() += 1;
+            }
+            ensure(on == c.held_on, "holdings are counted per resource", || {
+                format!("{id:?}: counts {:?}, slots give {on:?}", c.held_on)
+            })?;
         }
         let live_owned = self
             .holders
@@ -448,16 +460,10 @@ impl Core {
     /// Counters agree with the state: every grant either still holds or
     /// has ended (and was observed by the hold histogram once).
     fn check_metrics(&self) -> Result<(), Broken> {
-        // Live holders by the space of their resource; retired ones (still
-        // to be counted as ended by `purge`) by the space they were filed in.
+        // Retired holders count as holding until `purge` counts them ended.
         let mut live = [0u64; 2];
-        for h in self.holders.values().filter(|h| self.live(h)) {
-            if let Some(r) = self.resources.get(h.res as usize).and_then(Option::as_ref) {
-                live[usize::from(r.space == Space::Sem)] += 1;
-            }
-        }
-        for r in &self.retired {
-            live[usize::from(r.space == Space::Sem)] += r.fences.len() as u64;
+        for h in self.holders.values() {
+            live[usize::from(h.space == Space::Sem)] += 1;
         }
         for (i, space) in [Space::Lock, Space::Sem].into_iter().enumerate() {
             let m = &self.metrics;

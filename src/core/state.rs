@@ -719,10 +719,16 @@ impl Core {
         let mut replay: Vec<(u64, ResId)> = Vec::new();
         // (resource, slots released at once).
         let mut at_once: Vec<(ResId, u64)> = Vec::new();
-        for (res, n) in held_on {
+        // In resource order: the slab and the idle index are then walked in
+        // order, not at random, when a connection held many keys.
+        let mut on: Vec<(ResId, u32)> = held_on.into_iter().collect();
+        on.sort_unstable();
+        for (res, n) in on {
             let q = self.res_mut(res).queue.len();
-            let first = held.range((res, 0)..=(res, u64::MAX)).take(q);
-            replay.extend(first.map(|&(_, fence)| (fence, res)));
+            if q > 0 {
+                let first = held.range((res, 0)..=(res, u64::MAX)).take(q);
+                replay.extend(first.map(|&(_, fence)| (fence, res)));
+            }
             let n = u64::from(n);
             if n > q as u64 {
                 at_once.push((res, n - q as u64));

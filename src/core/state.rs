@@ -285,7 +285,7 @@ pub struct Core {
     /// Slots released in bulk by disconnects, oldest first, whose entries
     /// in `holders` and `leases` are still to be purged.
     retired: VecDeque<Retired>,
-    /// Fences left in `retired`.
+    /// Slots in `retired` not purged yet.
     retired_pending: usize,
     /// Signal subscriptions by pattern and group.
     signals: signals::Index,

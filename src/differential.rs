@@ -7,6 +7,8 @@
 //! the reply lines, signal pushes (as their `sig ...` lines) and closes of
 //! each step (in order), whether a connection is blocked, each connection's
 //! count of unwritten pushes, the next deadline, and the `stats` snapshot.
+//! After every step it also runs [`Core::verify`], which panics naming the
+//! first of the core's own invariants that broke.
 //!
 //! The proptest in `tests/differential.rs` and the cargo-fuzz target
 //! `core_vs_model` both call [`run`]; they differ only in how they generate
@@ -707,6 +709,9 @@ pub fn run(s: &Scenario) -> Result<(), Divergence> {
             }
         }
         p.check_state(i)?;
+        // Every index of the core agrees with what it indexes (panics
+        // naming the broken invariant).
+        p.core.verify();
     }
     Ok(())
 }

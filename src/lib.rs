@@ -17,9 +17,13 @@
 //! 7. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
 //! 8. [`sync`]: the std/loom facade for the server's own concurrency.
+//! 9. [`cluster`]: cluster mode's replication layer (Raft over opaque
+//!    entries: storage in `--raft-dir`, the member transport, the replica
+//!    driver), spec/cluster.md.
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conformance;
 pub mod core;

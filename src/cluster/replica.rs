@@ -819,7 +819,11 @@ impl<S: StateMachine> Replica<S> {
             commit_index: raft.raft_log.committed,
             applied_index: self.applied,
             snapshot_index: self.node.store().snapshot_index(),
-            voters: raft.prs().conf().voters().ids().iter().collect(),
+            voters: {
+                let mut v: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+                v.sort_unstable();
+                v
+            },
             pending_proposals: self.pending.len() + usize::from(self.pending_change.is_some()),
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,

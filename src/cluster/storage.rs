@@ -679,9 +679,15 @@ impl raft::Storage for LogStore {
         Ok(self.last_index_inner())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A snapshot older than a member's admission does not name it, and
+        // the member would refuse it: such a member needs a newer one.
+        let names = |meta: &SnapshotMetadata| {
+            let cs = meta.get_conf_state();
+            cs.voters.iter().chain(&cs.learners).any(|id| *id == to)
+        };
         match &self.snapshot {
-            Some(s) if s.meta.index >= request_index && s.meta.index >= self.truncated.0 => {
+            Some(s) if s.meta.index >= request_index && names(&s.meta) => {
                 let mut snap = Snapshot::default();
                 snap.set_metadata(s.meta.clone());
                 snap.data = s.data.clone();
@@ -810,4 +816,4 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -177,6 +177,12 @@ fn a_snapshot_compacts_the_log_and_keeps_a_tail() {
     let snap = s.snapshot(0, 2).unwrap();
     assert_eq!(snap.get_metadata().index, 9);
     assert_eq!(&snap.data[..], b"state@9");
+    // Member 4 joined after it was taken: it needs a newer snapshot.
+    assert!(!s.take_snapshot_request());
+    assert!(s.snapshot(0, 4).is_err());
+    assert!(s.take_snapshot_request());
+    // So does a request past it.
+    assert!(s.snapshot(10, 2).is_err());
     assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
     let files: Vec<String> = fs::read_dir(&dir.0)
         .unwrap()

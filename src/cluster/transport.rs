@@ -490,7 +490,10 @@ async fn accept_loop(
     // The newest connection of each member wins; older ones are dropped
     // (a member that reconnects does not hold two slots).
     let by_member: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
-    let open = Arc::new(AtomicU64::new(0));
+    // The connections' tasks live here, so that dropping the transport
+    // (and with it this loop) ends them too: a stopped member must not
+    // keep reading its peers' connections into a closed inbox.
+    let mut conns: Vec<smol::Task<()>> = Vec::new();
     let mut serial = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -503,12 +506,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= cfg.max_inbound as u64 {
+        conns.retain(|t| !t.is_finished());
+        if conns.len() >= cfg.max_inbound {
             stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let _ = stream.set_nodelay(true);
-        open.fetch_add(1, Ordering::Relaxed);
         serial += 1;
         let conn = Inbound {
             cfg: cfg.clone(),
@@ -518,12 +521,7 @@ async fn accept_loop(
             serial,
             peer,
         };
-        let open = open.clone();
-        ex.spawn(async move {
-            conn.run(stream).await;
-            open.fetch_sub(1, Ordering::Relaxed);
-        })
-        .detach();
+        conns.push(ex.spawn(conn.run(stream)));
     }
 }
 
@@ -620,8 +618,13 @@ impl Inbound {
                 return self.bad_message(r);
             }
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            if self.inbox.try_send(msg).is_err() {
-                self.stats.dropped_receive.fetch_add(1, Ordering::Relaxed);
+            match self.inbox.try_send(msg) {
+                Ok(()) => {}
+                Err(smol::channel::TrySendError::Full(_)) => {
+                    self.stats.dropped_receive.fetch_add(1, Ordering::Relaxed);
+                }
+                // The replica is gone: so is this member.
+                Err(smol::channel::TrySendError::Closed(_)) => return,
             }
         }
     }
@@ -864,4 +867,4 @@ pub fn load_member_tls(cert: &Path, key: &Path, ca: &Path) -> Result<MemberTls, 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

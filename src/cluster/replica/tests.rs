@@ -571,3 +571,180 @@ fn snapshot_data_carries_the_member_addresses() {
     assert!(decode_snapshot(&[0, 0, 0, 9, b'x']).is_err());
     assert!(decode_snapshot(&[0, 0, 0, 1, b'x']).is_err());
 }
+
+// ---------------------------------------------------------------------------
+// Real members: smol tasks, TCP on loopback, the token.
+
+mod loopback {
+    use super::*;
+    use crate::cluster::transport::tests::Runtime;
+    use crate::cluster::transport::{MemberAuth, TransportConfig};
+
+    const TOKEN: &[u8] = b"loopback-cluster-token-0123456789abcdef";
+
+    struct Node {
+        dir: TempDir,
+        handle: Option<ReplicaHandle<usize>>,
+        listen: String,
+    }
+
+    fn free_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    fn fast(mut cfg: ReplicaConfig) -> ReplicaConfig {
+        cfg.tick = Duration::from_millis(10);
+        cfg.snapshot_entries = 30;
+        cfg.keep_entries = 5;
+        cfg
+    }
+
+    fn start(rt: &Runtime, node: &mut Node, cfg: ReplicaConfig) {
+        let store = LogStore::open(&node.dir.0).unwrap();
+        let tcfg = TransportConfig::new(
+            cfg.node_id,
+            MemberAuth {
+                token: Some(Arc::from(TOKEN)),
+                tls: None,
+            },
+        );
+        node.handle =
+            Some(spawn(cfg, List::default(), store, tcfg, &node.listen, rt.ex.clone()).unwrap());
+    }
+
+    fn leader(nodes: &BTreeMap<u64, Node>) -> Option<(u64, ReplicaHandle<usize>)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            for (id, n) in nodes {
+                if let Some(h) = &n.handle {
+                    let (_, led) = smol::block_on(h.wait_for(Duration::from_millis(50), |s| {
+                        s.role == Role::Leader
+                    }));
+                    if led {
+                        return Some((*id, h.clone()));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Proposes until one is acknowledged (a leader may lose the lead
+    /// between being found and being asked).
+    fn commit(nodes: &BTreeMap<u64, Node>, data: &str) -> usize {
+        for _ in 0..20 {
+            let (_, h) = leader(nodes).expect("a leader");
+            match smol::block_on(h.propose(data.as_bytes().to_vec())) {
+                Ok(pos) => return pos,
+                Err(ProposeError::NotLeader { .. } | ProposeError::Unknown) => continue,
+                Err(e) => panic!("{data}: {e}"),
+            }
+        }
+        panic!("{data} never committed");
+    }
+
+    fn wait_applied(h: &ReplicaHandle<usize>, index: u64) -> Status {
+        let (s, ok) =
+            smol::block_on(h.wait_for(Duration::from_secs(20), |s| s.applied_index >= index));
+        assert!(ok, "member {} stuck at {s:?}", s.node_id);
+        s
+    }
+
+    #[test]
+    fn three_members_on_loopback_fail_over_and_change_voters() {
+        let rt = Runtime::new();
+        let mut nodes: BTreeMap<u64, Node> = (1..=3)
+            .map(|id| {
+                (
+                    id,
+                    Node {
+                        dir: TempDir::new(&format!("loop-{id}")),
+                        handle: None,
+                        listen: free_addr(),
+                    },
+                )
+            })
+            .collect();
+        let peers: Vec<Peer> = nodes
+            .iter()
+            .map(|(id, n)| Peer {
+                id: *id,
+                raft_addr: n.listen.clone(),
+                client_addr: format!("127.0.0.1:{}", 6400 + id),
+            })
+            .collect();
+        let cfg = |id: u64| fast(ReplicaConfig::new(id, peers.clone(), Bootstrap::New(vec![1, 2, 3])));
+        for id in 1..=3 {
+            let c = cfg(id);
+            start(&rt, nodes.get_mut(&id).unwrap(), c);
+        }
+        for i in 0..10 {
+            assert_eq!(commit(&nodes, &format!("a{i}")), i);
+        }
+        // A follower names the leader's client address.
+        let (l, lh) = leader(&nodes).unwrap();
+        let f = (1..=3).find(|&i| i != l).unwrap();
+        let fh = nodes[&f].handle.clone().unwrap();
+        let s = wait_applied(&fh, lh.status().applied_index);
+        assert_eq!(s.leader_client_addr, Some(format!("127.0.0.1:{}", 6400 + l)));
+        match smol::block_on(fh.propose(b"x".to_vec())) {
+            Err(ProposeError::NotLeader { client_addr, .. }) => {
+                assert_eq!(client_addr, Some(format!("127.0.0.1:{}", 6400 + l)))
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // The leader dies (its task and transport dropped).
+        drop(lh);
+        nodes.get_mut(&l).unwrap().handle = None;
+        for i in 10..40 {
+            assert_eq!(commit(&nodes, &format!("b{i}")), i);
+        }
+        let (l2, _) = leader(&nodes).unwrap();
+        assert_ne!(l, l2);
+        // It comes back and is caught up (by snapshot: 30 entries passed).
+        let c = cfg(l);
+        start(&rt, nodes.get_mut(&l).unwrap(), c);
+        let (_, lh2) = leader(&nodes).unwrap();
+        let target = lh2.status().applied_index;
+        let back = wait_applied(nodes[&l].handle.as_ref().unwrap(), target);
+        assert!(back.snapshot_index > 0, "{back:?}");
+
+        // Member 4 joins as a voter.
+        let mut n4 = Node {
+            dir: TempDir::new("loop-4"),
+            handle: None,
+            listen: free_addr(),
+        };
+        let p4 = Peer {
+            id: 4,
+            raft_addr: n4.listen.clone(),
+            client_addr: "127.0.0.1:6404".into(),
+        };
+        let mut peers4 = peers.clone();
+        peers4.push(p4.clone());
+        start(&rt, &mut n4, fast(ReplicaConfig::new(4, peers4, Bootstrap::Join)));
+        nodes.insert(4, n4);
+        let (_, lh) = leader(&nodes).unwrap();
+        smol::block_on(lh.change_voters(VoterChange::Add(p4))).unwrap();
+        let pos = commit(&nodes, "after-join");
+        let s4 = wait_applied(nodes[&4].handle.as_ref().unwrap(), lh.status().applied_index);
+        assert_eq!(s4.voters, vec![1, 2, 3, 4]);
+        assert_eq!(pos, 40);
+
+        // And leaves again.
+        let (_, lh) = leader(&nodes).unwrap();
+        smol::block_on(lh.change_voters(VoterChange::Remove(4))).unwrap();
+        nodes.get_mut(&4).unwrap().handle = None;
+        assert_eq!(commit(&nodes, "after-leave"), 41);
+        let (_, lh) = leader(&nodes).unwrap();
+        assert_eq!(lh.status().voters, vec![1, 2, 3]);
+        // Every member still running applied the same 42 entries.
+        let applied = lh.status().applied_index;
+        for id in 1..=3 {
+            let s = wait_applied(nodes[&id].handle.as_ref().unwrap(), applied);
+            assert_eq!(s.voters, vec![1, 2, 3]);
+        }
+    }
+}

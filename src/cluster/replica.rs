@@ -356,11 +356,11 @@ impl<S: StateMachine> Replica<S> {
             applied = meta.index;
             peers.extend(known.into_iter().map(|p| (p.id, p)));
         }
-        // Addresses from the configuration fill in members the snapshot
-        // does not know; the replicated ones win (a member's addresses
-        // change only through a membership change).
+        // The configuration wins for the members it lists (it is this
+        // member's own view: how it reaches each of them); the snapshot
+        // fills in members added later by membership changes.
         for p in &cfg.peers {
-            peers.entry(p.id).or_insert_with(|| p.clone());
+            peers.insert(p.id, p.clone());
         }
         let raft_cfg = raft::Config {
             id: cfg.node_id,
@@ -744,9 +744,11 @@ impl<S: StateMachine> Replica<S> {
     fn restore(&mut self, data: &[u8]) -> Result<Vec<Peer>, ReplicaError> {
         let (known, sm_data) = decode_snapshot(data).map_err(ReplicaError::Restore)?;
         self.sm.restore(sm_data).map_err(ReplicaError::Restore)?;
+        // Only members this one knows nothing of: the addresses it has are
+        // its own view (its configuration, or changes it applied).
         let mut learnt = Vec::new();
         for p in known {
-            if p.id != self.cfg.node_id && self.peers.get(&p.id) != Some(&p) {
+            if p.id != self.cfg.node_id && !self.peers.contains_key(&p.id) {
                 self.peers.insert(p.id, p.clone());
                 learnt.push(p);
             }

@@ -1,0 +1,122 @@
+//! Member processes: started from this test binary (it re-runs itself as
+//! a toy member, see `toy.rs`), stopped, frozen and resumed always by PID,
+//! never by name: other engineers run the same binaries on this machine.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::toy::{MemberSpec, MEMBER_ENV};
+
+/// The test that becomes a member process when [`MEMBER_ENV`] is set.
+const MEMBER_TEST: &str = "toy_member_process";
+
+/// One member process (or none, while it is down).
+pub struct Member {
+    pub spec: MemberSpec,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+impl Member {
+    pub fn new(spec: MemberSpec) -> Member {
+        Member {
+            spec,
+            child: None,
+            stopped: false,
+        }
+    }
+
+    /// Starts the process and waits (bounded) until it serves.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "member {} is running", self.spec.id);
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = Command::new(exe)
+            .args([MEMBER_TEST, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(MEMBER_ENV, self.spec.encode())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a member");
+        // The member prints `TOY-MEMBER-READY ID` once it serves.
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("TOY-MEMBER-READY ") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let pid = child.id();
+        self.child = Some(child);
+        self.stopped = false;
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            self.kill9();
+            panic!("member {} (pid {pid}) did not become ready", self.spec.id);
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            let pid = c.id() as libc::pid_t;
+            // SAFETY: kill(2) on the PID of a child we started and have
+            // not reaped: it cannot name another process.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// `kill -9`, then reaps the process.
+    pub fn kill9(&mut self) {
+        if self.stopped {
+            // A stopped process dies of SIGKILL as well; no SIGCONT needed.
+            self.stopped = false;
+        }
+        self.signal(libc::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// `SIGSTOP`: the process freezes with its sockets open.
+    pub fn freeze(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.stopped = true;
+    }
+
+    /// `SIGCONT`.
+    pub fn thaw(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.stopped = false;
+    }
+
+    /// Whether the process is still alive (not exited on its own).
+    pub fn alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `f` holds, polling every few ms, or panics after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -12,6 +12,8 @@
 //! * `--http ADDR`: the same loop over the HTTP REST front (spec/http.md), one session and one
 //!   keep-alive HTTP/1.1 connection per worker, through a minimal hand-written client
 //!   (`Content-Length` bodies only). Non-2xx answers and acquire timeouts are counted, not fatal.
+//! * `--etcd ADDR`: the same loop against etcd's lock API (the cluster-mode baseline,
+//!   `bench/etcd.rs`), over the same HTTP client.
 //! * `--client`: the same loop through this crate's client library, `dflockd::client`
 //!   (`--client-api connection` or `lock`), so the library's overhead over the hand-written
 //!   loop is visible.
@@ -50,6 +52,8 @@ use argh::FromArgs;
 
 #[path = "bench/scaling.rs"]
 mod scaling;
+#[path = "bench/etcd.rs"]
+mod etcd;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use smol::lock::Barrier;
@@ -149,6 +153,11 @@ struct Args {
     /// (--servers is not used)
     #[argh(option)]
     http: Option<String>,
+
+    /// etcd mode: the same loop against etcd's lock API (v3 JSON gateway at this host:port):
+    /// one lease per worker, /v3/lock/lock + /v3/lock/unlock over one keep-alive connection
+    #[argh(option)]
+    etcd: Option<String>,
 
     /// client mode: the same loop driven through this crate's client library (dflockd::client)
     #[argh(switch)]
@@ -256,6 +265,8 @@ enum Driver {
     Protocol,
     /// The HTTP REST front at this address.
     Http { addr: String },
+    /// etcd's lock API at this address (the cluster baseline).
+    Etcd { addr: String },
     /// This crate's client library.
     Client(ClientApi),
 }
@@ -356,6 +367,7 @@ impl Config {
             ("--idle-connections", args.idle_connections.is_some()),
             ("--hold", args.hold.is_some()),
             ("--http", args.http.is_some()),
+            ("--etcd", args.etcd.is_some()),
             ("--client", args.client),
             ("--fanout", args.fanout),
             ("--scaling", args.scaling),
@@ -439,6 +451,13 @@ impl Config {
                     Driver::Http {
                         addr: addr.trim().to_string(),
                     }
+                } else if let Some(addr) = args.etcd {
+                    if addr.trim().is_empty() {
+                        return Err("--etcd needs a host:port".into());
+                    }
+                    Driver::Etcd {
+                        addr: addr.trim().to_string(),
+                    }
                 } else if args.client {
                     Driver::Client(client_api)
                 } else {
@@ -449,7 +468,7 @@ impl Config {
                 }
                 let one_connection = matches!(
                     driver,
-                    Driver::Http { .. } | Driver::Client(ClientApi::Lock)
+                    Driver::Http { .. } | Driver::Etcd { .. } | Driver::Client(ClientApi::Lock)
                 );
                 if one_connection && conns_per_worker > 1 {
                     return Err(
@@ -1179,6 +1198,9 @@ fn worker_on_thread(
     match driver {
         Driver::Protocol => future::block_on(bench_worker::<Blocking>(id, cfg, gate)),
         Driver::Http { addr } => future::block_on(http_worker::<Blocking>(id, cfg, gate, addr)),
+        Driver::Etcd { addr } => {
+            future::block_on(etcd::etcd_worker::<Blocking>(id, cfg, gate, addr))
+        }
         // The library's sockets are async-io's: `smol::block_on` runs the reactor on this
         // thread instead of handing every wake-up over from async-io's fallback thread.
         Driver::Client(api) => smol::block_on(client_worker(id, cfg, gate, *api)),
@@ -1195,6 +1217,7 @@ async fn worker_on_loop(
     match driver {
         Driver::Protocol => bench_worker::<Evented>(id, cfg, gate).await,
         Driver::Http { addr } => http_worker::<Evented>(id, cfg, gate, addr).await,
+        Driver::Etcd { addr } => etcd::etcd_worker::<Evented>(id, cfg, gate, addr).await,
         Driver::Client(api) => client_worker(id, cfg, gate, *api).await,
     }
 }
@@ -2340,6 +2363,9 @@ fn header(cfg: &Config) -> String {
             driver: Driver::Http { addr },
         } => mode.push_str(&format!(", http {addr}")),
         Mode::Bench {
+            driver: Driver::Etcd { addr },
+        } => mode.push_str(&format!(", etcd lock API {addr}")),
+        Mode::Bench {
             driver: Driver::Client(api),
         } => mode.push_str(&format!(", client library ({api:?} API)")),
         _ => {}
@@ -2416,7 +2442,7 @@ fn main() -> ExitCode {
                 .flat_map(|o| o.latencies_ns.iter().map(|&ns| ns as f64 / 1e6))
                 .collect();
             say(&report(&cfg, &summarize(ms), wall_s));
-            if matches!(driver, Driver::Http { .. }) {
+            if matches!(driver, Driver::Http { .. } | Driver::Etcd { .. }) {
                 let mut failures = Failures::default();
                 for outcome in outcomes {
                     failures.merge(outcome.failures);

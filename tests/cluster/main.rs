@@ -84,11 +84,21 @@ impl Drop for TempDir {
     }
 }
 
+/// A port for a member's listener that a restart can bind again. Below the
+/// kernel's ephemeral range (32768 and up here), so that no outgoing
+/// connection takes it while its member is down; checked free now.
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = 20_000 + (std::process::id() as u64 * 97) % 10_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base + n * 7919) % 12_000;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// Three members and the six proxies between them.

@@ -36,7 +36,11 @@ impl Member {
             .env(MEMBER_ENV, self.spec.encode())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Panics and bind failures, kept beside the member's directory.
+            .stderr(
+                std::fs::File::create(self.spec.dir.with_extension("stderr"))
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+            )
             .spawn()
             .expect("start a member");
         // The member prints `TOY-MEMBER-READY ID` once it serves.
@@ -52,9 +56,21 @@ impl Member {
         let pid = child.id();
         self.child = Some(child);
         self.stopped = false;
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            self.kill9();
-            panic!("member {} (pid {pid}) did not become ready", self.spec.id);
+        // Ready, or dead (a port it could not bind): whichever comes first.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => return,
+                Err(_) if !self.alive() => {
+                    self.kill9();
+                    panic!("member {} (pid {pid}) exited before it served", self.spec.id);
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    self.kill9();
+                    panic!("member {} (pid {pid}) did not become ready", self.spec.id);
+                }
+                Err(_) => {}
+            }
         }
     }
 

@@ -532,3 +532,24 @@ fn member_tls_files_that_do_not_load_name_the_setting() {
         }
     }
 }
+
+/// RUSTSEC-2024-0437 (protobuf 2.x, uncontrolled recursion on nested
+/// unknown groups): the largest message a frame can carry, made of nothing
+/// but nested group starts, is refused as undecodable on a small (2 MiB)
+/// stack instead of overflowing it. The transport's other defences (only
+/// members are parsed, frames are capped) stand in front of this.
+#[test]
+fn nested_unknown_groups_in_a_full_frame_are_refused_without_overflow() {
+    // Field 1000, wire type 3 (start group): tag 8003, varint c3 3e.
+    let mut frame = vec![WHOLE];
+    while frame.len() + 2 <= MAX_FRAME_BYTES {
+        frame.extend_from_slice(&[0xc3, 0x3e]);
+    }
+    let refused = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || Reassembly::new(MAX_FRAME_BYTES).push(&frame))
+        .unwrap()
+        .join()
+        .expect("no panic");
+    assert_eq!(refused, Err(Refusal::Undecodable));
+}

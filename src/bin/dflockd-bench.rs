@@ -50,10 +50,10 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 
-#[path = "bench/scaling.rs"]
-mod scaling;
 #[path = "bench/etcd.rs"]
 mod etcd;
+#[path = "bench/scaling.rs"]
+mod scaling;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use smol::lock::Barrier;

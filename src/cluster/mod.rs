@@ -67,10 +67,7 @@ impl fmt::Display for PeersError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PeersError::Empty => f.write_str("names no member"),
-            PeersError::Shape(m) => write!(
-                f,
-                "{m:?} is not id=raftHost:port@clientHost:port"
-            ),
+            PeersError::Shape(m) => write!(f, "{m:?} is not id=raftHost:port@clientHost:port"),
             PeersError::Id(id) => write!(f, "member id {id:?} is not an integer > 0"),
             PeersError::Addr(a) => write!(f, "{a:?} is not host:port with a port 1-65535"),
             PeersError::DuplicateId(id) => write!(f, "member id {id} is listed twice"),
@@ -187,6 +184,9 @@ mod tests {
         check("1=::1:7@b:2", PeersError::Addr("::1:7".into()));
         check("1=[zz]:7@b:2", PeersError::Addr("[zz]:7".into()));
         check("1=a:1@b:2,1=c:1@d:2", PeersError::DuplicateId(1));
-        check("1=a:1@b:2,2=a:1@d:2", PeersError::DuplicateAddr("a:1".into()));
+        check(
+            "1=a:1@b:2,2=a:1@d:2",
+            PeersError::DuplicateAddr("a:1".into()),
+        );
     }
 }

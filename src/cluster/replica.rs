@@ -237,7 +237,10 @@ pub enum ReplicaError {
     Restore(String),
     /// A committed entry this replica cannot apply (a conf change that
     /// does not decode): every member would stop on it alike.
-    BadEntry { index: u64, detail: String },
+    BadEntry {
+        index: u64,
+        detail: String,
+    },
     /// A planted crash (tests of the cycle's crash safety).
     Crashed(CrashPoint),
 }
@@ -338,9 +341,11 @@ impl<S: StateMachine> Replica<S> {
             if let Bootstrap::New(voters) = &cfg.bootstrap {
                 // Every initial member writes the same first snapshot, of
                 // a fresh state machine, so they agree from index 1 on.
-                let mut meta = SnapshotMetadata::default();
-                meta.index = 1;
-                meta.term = 1;
+                let mut meta = SnapshotMetadata {
+                    index: 1,
+                    term: 1,
+                    ..Default::default()
+                };
                 meta.mut_conf_state().voters = voters.clone();
                 let mut snap = raft::eraftpb::Snapshot::default();
                 snap.set_metadata(meta);
@@ -427,7 +432,8 @@ impl<S: StateMachine> Replica<S> {
         let leader_id = (leader != raft::INVALID_ID).then_some(leader);
         ProposeError::NotLeader {
             leader_id,
-            client_addr: leader_id.and_then(|id| self.peers.get(&id).map(|p| p.client_addr.clone())),
+            client_addr: leader_id
+                .and_then(|id| self.peers.get(&id).map(|p| p.client_addr.clone())),
         }
     }
 
@@ -509,10 +515,14 @@ impl<S: StateMachine> Replica<S> {
             }
             VoterChange::Remove(id) => {
                 if !voters.contains(id) {
-                    return Err(ProposeError::BadChange(format!("member {id} is not a voter")));
+                    return Err(ProposeError::BadChange(format!(
+                        "member {id} is not a voter"
+                    )));
                 }
                 if voters.len() == 1 {
-                    return Err(ProposeError::BadChange("cannot remove the last voter".into()));
+                    return Err(ProposeError::BadChange(
+                        "cannot remove the last voter".into(),
+                    ));
                 }
                 single.set_change_type(ConfChangeType::RemoveNode);
                 single.node_id = *id;
@@ -694,7 +704,9 @@ impl<S: StateMachine> Replica<S> {
             if *at <= index {
                 let (at, p) = self.pending_change.take().expect("checked");
                 let result = if at == index && p.term == term {
-                    applied.map(|_| ()).map_err(|e| ProposeError::BadChange(e.to_string()))
+                    applied
+                        .map(|_| ())
+                        .map_err(|e| ProposeError::BadChange(e.to_string()))
                 } else {
                     Err(ProposeError::Unknown)
                 };
@@ -729,7 +741,11 @@ impl<S: StateMachine> Replica<S> {
             }
             let _ = entry.remove().reply.try_send(Err(ProposeError::Unknown));
         }
-        if self.pending_change.as_ref().is_some_and(|(at, _)| *at <= index) {
+        if self
+            .pending_change
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= index)
+        {
             let (_, p) = self.pending_change.take().expect("checked");
             let _ = p.reply.try_send(Err(ProposeError::Unknown));
         }
@@ -778,9 +794,7 @@ impl<S: StateMachine> Replica<S> {
         let store = self.node.store();
         let wanted = store.take_snapshot_request();
         let since = self.applied.saturating_sub(store.snapshot_index());
-        if !(wanted && self.applied > store.snapshot_index())
-            && since < self.cfg.snapshot_entries
-        {
+        if !(wanted && self.applied > store.snapshot_index()) && since < self.cfg.snapshot_entries {
             return Ok(());
         }
         if since == 0 {
@@ -795,9 +809,11 @@ impl<S: StateMachine> Replica<S> {
         let index = self.applied;
         let term = raft::Storage::term(self.node.store(), index)
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(self.node.raft.prs().conf().to_conf_state());
         let data = Bytes::from(encode_snapshot(self.peers.values(), &self.sm.snapshot()));
         let keep = self.cfg.keep_entries;
@@ -847,7 +863,6 @@ impl<S: StateMachine> Replica<S> {
     pub fn peers(&self) -> impl Iterator<Item = &Peer> {
         self.peers.values()
     }
-
 }
 
 /// A snapshot's data: the members' addresses (the replication layer's own
@@ -867,9 +882,7 @@ pub fn encode_snapshot<'a>(peers: impl Iterator<Item = &'a Peer>, sm: &[u8]) -> 
 
 /// The inverse of [`encode_snapshot`]; typed errors for damaged data.
 pub fn decode_snapshot(data: &[u8]) -> Result<(Vec<Peer>, &[u8]), String> {
-    let len = data
-        .get(..4)
-        .ok_or("snapshot shorter than its header")?;
+    let len = data.get(..4).ok_or("snapshot shorter than its header")?;
     let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
     let list = data
         .get(4..4 + len)
@@ -932,7 +945,12 @@ impl<T: Send + 'static> ReplicaHandle<T> {
     /// Adds or removes a voter and waits until the change is applied here.
     pub async fn change_voters(&self, change: VoterChange) -> Result<(), ProposeError> {
         let (tx, rx) = smol::channel::bounded(1);
-        if self.commands.send(Command::Change(change, tx)).await.is_err() {
+        if self
+            .commands
+            .send(Command::Change(change, tx))
+            .await
+            .is_err()
+        {
             return Err(ProposeError::Stopped);
         }
         rx.recv().await.unwrap_or(Err(ProposeError::Stopped))
@@ -945,7 +963,10 @@ impl<T: Send + 'static> ReplicaHandle<T> {
 
     /// The member's current view.
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until `pred` holds for the status, or `timeout` passes;
@@ -1005,13 +1026,15 @@ pub fn spawn<S: StateMachine>(
 ) -> Result<ReplicaHandle<S::Output>, ReplicaError> {
     let (inbox_tx, inbox) = smol::channel::bounded(INBOX);
     let (events_tx, events) = smol::channel::bounded(INBOX);
-    let mut transport = Transport::start(transport_cfg, raft_listen, ex.clone(), inbox_tx, events_tx)
-        .map_err(|e| {
-            ReplicaError::Store(StoreError::Io {
-                path: raft_listen.into(),
-                source: e,
-            })
-        })?;
+    let mut transport =
+        Transport::start(transport_cfg, raft_listen, ex.clone(), inbox_tx, events_tx).map_err(
+            |e| {
+                ReplicaError::Store(StoreError::Io {
+                    path: raft_listen.into(),
+                    source: e,
+                })
+            },
+        )?;
     let replica = Replica::open(cfg, sm, store)?;
     for p in replica.peers() {
         transport.set_peer(p.id, &p.raft_addr);

@@ -63,7 +63,10 @@ const KEY_SNAPSHOT: &str = "snapshot";
 #[derive(Debug)]
 pub enum StoreError {
     /// A file system operation failed.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// redb refused to open or write the database.
     Db { path: PathBuf, detail: String },
     /// Something in `--raft-dir` is not what this module wrote: a damaged
@@ -229,9 +232,11 @@ impl LogStore {
         }
         match rx.open_table(LOG) {
             Ok(log) => {
-                let mut expect = self.truncated.0 + 1;
-                let range = log.range(expect..).map_err(|e| classify_db_error(&path, &e))?;
-                for item in range {
+                let first = self.truncated.0 + 1;
+                let range = log
+                    .range(first..)
+                    .map_err(|e| classify_db_error(&path, &e))?;
+                for (expect, item) in (first..).zip(range) {
                     let (k, v) = item.map_err(|e| classify_db_error(&path, &e))?;
                     let index = k.value();
                     if index != expect {
@@ -245,7 +250,6 @@ impl LogStore {
                         return Err(corrupt(format!("log entry {index} says it is {}", e.index)));
                     }
                     self.entries.push_back(e);
-                    expect += 1;
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -312,8 +316,10 @@ impl LogStore {
                 "bootstrap of a member that already has Raft state".into(),
             ));
         }
-        let mut cs = ConfState::default();
-        cs.voters = voters.to_vec();
+        let cs = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
         self.write(|w| w.put(KEY_CONF_STATE, &pb(&cs)?))?;
         self.conf_state = cs;
         Ok(())
@@ -359,7 +365,8 @@ impl LogStore {
                     log.remove(index).map_err(|e| w.err(&e))?;
                 }
                 for e in entries {
-                    log.insert(e.index, pb(e)?.as_slice()).map_err(|e| w.err(&e))?;
+                    log.insert(e.index, pb(e)?.as_slice())
+                        .map_err(|e| w.err(&e))?;
                 }
             }
             if let Some(hs) = hs {
@@ -455,7 +462,10 @@ impl LogStore {
             )));
         }
         let file = self.write_snapshot_file(&meta, &data)?;
-        let compact_to = meta.index.saturating_sub(keep_entries).max(self.truncated.0);
+        let compact_to = meta
+            .index
+            .saturating_sub(keep_entries)
+            .max(self.truncated.0);
         let compact_term = self.term_inner(compact_to).unwrap_or(self.truncated.1);
         // The conf state stored is the snapshot's: a restarted member
         // restores the snapshot and replays from its index, so Raft must

@@ -455,11 +455,9 @@ impl Reassembly {
     pub fn push(&mut self, frame: &[u8]) -> Result<Option<Message>, Refusal> {
         let (&kind, body) = frame.split_first().ok_or(Refusal::BadFrame)?;
         match kind {
-            WHOLE if self.buf.is_empty() => {
-                Message::parse_from_bytes(body)
-                    .map(Some)
-                    .map_err(|_| Refusal::Undecodable)
-            }
+            WHOLE if self.buf.is_empty() => Message::parse_from_bytes(body)
+                .map(Some)
+                .map_err(|_| Refusal::Undecodable),
             PART | LAST_PART => {
                 if self.buf.len() + body.len() > self.max_message {
                     return Err(Refusal::MessageTooLarge);
@@ -558,16 +556,19 @@ impl Inbound {
     }
 
     fn refused(&self, why: &str) {
-        self.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
-        if let Some(n) = allow(log::Level::Warn, Cause::RaftPeerRefused, Some(self.peer.ip())) {
+        self.stats
+            .refused_handshakes
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = allow(
+            log::Level::Warn,
+            Cause::RaftPeerRefused,
+            Some(self.peer.ip()),
+        ) {
             log::warn!(peer:% = self.peer, reason = why, suppressed = n; "raft port: connection refused");
         }
     }
 
-    async fn serve<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin>(
-        &self,
-        mut s: S,
-    ) {
+    async fn serve<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin>(&self, mut s: S) {
         let me = self.cfg.node_id;
         let hello = read_frame(&mut s, MAX_HELLO_BYTES)
             .or(async {
@@ -631,7 +632,11 @@ impl Inbound {
 
     fn bad_message(&self, r: Refusal) {
         self.stats.refused_messages.fetch_add(1, Ordering::Relaxed);
-        if let Some(n) = allow(log::Level::Warn, Cause::RaftPeerRefused, Some(self.peer.ip())) {
+        if let Some(n) = allow(
+            log::Level::Warn,
+            Cause::RaftPeerRefused,
+            Some(self.peer.ip()),
+        ) {
             log::warn!(peer:% = self.peer, reason:% = r, suppressed = n; "raft port: connection closed");
         }
     }
@@ -763,7 +768,10 @@ async fn handshake<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin
         )
     })?;
     if &ok != ACCEPTED {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad handshake answer"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad handshake answer",
+        ));
     }
     Ok(())
 }
@@ -787,7 +795,13 @@ pub struct TlsLoadError {
 
 impl fmt::Display for TlsLoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.setting, self.file.display(), self.detail)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.setting,
+            self.file.display(),
+            self.detail
+        )
     }
 }
 
@@ -844,10 +858,12 @@ pub fn load_member_tls(cert: &Path, key: &Path, ca: &Path) -> Result<MemberTls, 
     // panics at run time if two providers are ever enabled.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| err(CA, ca, e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| err(CA, ca, e.to_string()))?;
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| err(CERT, cert, e.to_string()))?

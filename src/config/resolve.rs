@@ -537,23 +537,22 @@ fn resolve_cluster(
     let (node_id, node_origin) = node_id.ok_or(missing("--node-id (DFLOCKD_NODE_ID)"))?;
     let (raft_addr, raft_addr_origin) =
         raft_addr.ok_or(missing("--raft-addr (DFLOCKD_RAFT_ADDR)"))?;
-    let (peers, peers_origin) =
-        peers.ok_or(missing("--cluster-peers (DFLOCKD_CLUSTER_PEERS)"))?;
-    let raft_addr = crate::cluster::check_addr(raft_addr.trim()).map_err(|_| {
-        ConfigError::ClusterAddr {
+    let (peers, peers_origin) = peers.ok_or(missing("--cluster-peers (DFLOCKD_CLUSTER_PEERS)"))?;
+    let raft_addr =
+        crate::cluster::check_addr(raft_addr.trim()).map_err(|_| ConfigError::ClusterAddr {
             origin: raft_addr_origin,
             value: raft_addr.clone(),
-        }
-    })?;
-    let advertise_addr = match advertise {
-        None => None,
-        Some((a, origin)) => Some(crate::cluster::check_addr(a.trim()).map_err(|_| {
-            ConfigError::ClusterAddr {
-                origin,
-                value: a.clone(),
-            }
-        })?),
-    };
+        })?;
+    let advertise_addr =
+        match advertise {
+            None => None,
+            Some((a, origin)) => Some(crate::cluster::check_addr(a.trim()).map_err(|_| {
+                ConfigError::ClusterAddr {
+                    origin,
+                    value: a.clone(),
+                }
+            })?),
+        };
     let peers = crate::cluster::parse_peers(&peers).map_err(|e| ConfigError::ClusterPeers {
         origin: peers_origin,
         problem: e.to_string(),
@@ -613,4 +612,3 @@ fn resolve_cluster(
     };
     Ok((Some(cluster), orphan_ttl_s))
 }
-

@@ -817,7 +817,11 @@ fn defaults_of_the_structs_come_from_the_table() {
         match s.kind {
             // A member's id and addresses have no default.
             Kind::Int { .. } | Kind::Text if s.default == table::Default::Unset => {
-                assert!(s.flag == "node-id" || s.help.contains("cluster mode"), "--{}", s.flag);
+                assert!(
+                    s.flag == "node-id" || s.help.contains("cluster mode"),
+                    "--{}",
+                    s.flag
+                );
             }
             Kind::Int { min, max, .. } => {
                 let d = s.int_default() as i64;
@@ -929,7 +933,10 @@ fn cluster_err(args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_cluster_member_is_configured_and_then_refused_by_this_build() {
-    let cfg = config(&member(&["--admin-token", "adm1n", "--orphan-ttl", "45"]), &[]);
+    let cfg = config(
+        &member(&["--admin-token", "adm1n", "--orphan-ttl", "45"]),
+        &[],
+    );
     let c = cfg.cluster.as_ref().expect("cluster mode");
     assert_eq!(c.raft_dir, PathBuf::from("/var/lib/dflockd/raft"));
     assert_eq!((c.node_id, c.raft_addr.as_str()), (2, "127.0.0.1:7002"));
@@ -937,12 +944,18 @@ fn a_cluster_member_is_configured_and_then_refused_by_this_build() {
     assert_eq!(c.peers[2].client_addr, "127.0.0.1:6403");
     assert_eq!(c.raft_auth_token.as_deref(), Some(RAFT_TOKEN));
     assert_eq!(c.admin_token.as_deref(), Some("adm1n"));
-    assert_eq!((c.advertise_addr.as_ref(), c.raft_tls.as_ref()), (None, None));
+    assert_eq!(
+        (c.advertise_addr.as_ref(), c.raft_tls.as_ref()),
+        (None, None)
+    );
     assert_eq!(cfg.orphan_ttl_s, 45);
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     // Secrets stay out of Debug output and the start-up line.
     let shown = format!("{cfg:?} {:?}", cfg.effective);
-    assert!(!shown.contains(RAFT_TOKEN) && !shown.contains("adm1n"), "{shown}");
+    assert!(
+        !shown.contains(RAFT_TOKEN) && !shown.contains("adm1n"),
+        "{shown}"
+    );
     let msg = cfg.unsupported().expect("refused for now");
     assert!(
         msg.starts_with("cluster mode is not available in this build yet"),
@@ -979,13 +992,20 @@ fn every_cluster_setting_has_its_variable() {
             ca: "ca.pem".into()
         })
     );
-    assert_eq!((c.raft_auth_token, c.admin_token.as_deref()), (None, Some("a")));
+    assert_eq!(
+        (c.raft_auth_token, c.admin_token.as_deref()),
+        (None, Some("a"))
+    );
     assert_eq!(cfg.orphan_ttl_s, 5);
     // The token from the environment, and from a file.
     let mut env2 = env[..5].to_vec();
     env2.push(("DFLOCKD_RAFT_AUTH_TOKEN", RAFT_TOKEN));
     assert_eq!(
-        config(&[], &env2).cluster.unwrap().raft_auth_token.as_deref(),
+        config(&[], &env2)
+            .cluster
+            .unwrap()
+            .raft_auth_token
+            .as_deref(),
         Some(RAFT_TOKEN)
     );
     let dir = TempDir::new();
@@ -993,12 +1013,22 @@ fn every_cluster_setting_has_its_variable() {
     let mut env3 = env[..5].to_vec();
     env3.push(("DFLOCKD_RAFT_AUTH_TOKEN_FILE", &file));
     assert_eq!(
-        config(&[], &env3).cluster.unwrap().raft_auth_token.as_deref(),
+        config(&[], &env3)
+            .cluster
+            .unwrap()
+            .raft_auth_token
+            .as_deref(),
         Some(RAFT_TOKEN)
     );
     // The flag wins over the file.
-    let flagged = config(&member(&[]), &[("DFLOCKD_RAFT_AUTH_TOKEN_FILE", "/nonexistent")]);
-    assert_eq!(flagged.cluster.unwrap().raft_auth_token.as_deref(), Some(RAFT_TOKEN));
+    let flagged = config(
+        &member(&[]),
+        &[("DFLOCKD_RAFT_AUTH_TOKEN_FILE", "/nonexistent")],
+    );
+    assert_eq!(
+        flagged.cluster.unwrap().raft_auth_token.as_deref(),
+        Some(RAFT_TOKEN)
+    );
 }
 
 #[test]
@@ -1065,5 +1095,7 @@ fn cluster_settings_without_raft_dir_are_warned_about() {
         ]
     );
     // A fence state file without --raft-dir is fine, as ever.
-    assert!(config(&["--fence-state-file", "/f"], &[]).warnings.is_empty());
+    assert!(config(&["--fence-state-file", "/f"], &[])
+        .warnings
+        .is_empty());
 }

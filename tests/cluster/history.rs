@@ -26,8 +26,14 @@ use std::time::Instant;
 /// What a client asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
-    Acquire { key: String, lease_ms: u64 },
-    Release { key: String, fence: u64 },
+    Acquire {
+        key: String,
+        lease_ms: u64,
+    },
+    Release {
+        key: String,
+        fence: u64,
+    },
     /// Reads the fence counter through the log.
     Fence,
 }
@@ -220,7 +226,8 @@ pub fn check(h: &History, restore_bound_ms: u64, end_ms: u64) -> Vec<String> {
         .collect();
     let served_in = |from: u64, to: u64| oks.iter().any(|&t| from <= t && t <= to);
     for f in &h.faults {
-        if f.end_ms + restore_bound_ms <= end_ms && !served_in(f.end_ms, f.end_ms + restore_bound_ms)
+        if f.end_ms + restore_bound_ms <= end_ms
+            && !served_in(f.end_ms, f.end_ms + restore_bound_ms)
         {
             bad.push(format!(
                 "unavailable: nothing succeeded within {restore_bound_ms}ms after {} ended at {}ms",
@@ -392,7 +399,10 @@ mod tests {
         let mut h = clean();
         h.events.push(acq("d", "k", 20, 30, 9));
         let bad = check(&h, 10_000, 1500);
-        assert!(bad.iter().any(|b| b.starts_with("mutual exclusion")), "{bad:?}");
+        assert!(
+            bad.iter().any(|b| b.starts_with("mutual exclusion")),
+            "{bad:?}"
+        );
     }
 
     #[test]
@@ -401,7 +411,10 @@ mod tests {
         h.events.push(acq("d", "other", 1500, 1510, 2));
         let bad = check(&h, 10_000, 1600);
         assert!(bad.iter().any(|b| b.starts_with("fence order")), "{bad:?}");
-        assert!(bad.iter().any(|b| b.starts_with("fence 2 given to")), "{bad:?}");
+        assert!(
+            bad.iter().any(|b| b.starts_with("fence 2 given to")),
+            "{bad:?}"
+        );
     }
 
     #[test]
@@ -417,12 +430,16 @@ mod tests {
             Outcome::Fail("not_holder".into()),
         ));
         let bad = check(&h, 10_000, 1700);
-        assert!(bad.iter().any(|b| b.starts_with("lost grant: d")), "{bad:?}");
+        assert!(
+            bad.iter().any(|b| b.starts_with("lost grant: d")),
+            "{bad:?}"
+        );
         let mut h = clean();
         h.events.push(fence_read(1500, 2));
         let bad = check(&h, 10_000, 1600);
         assert!(
-            bad.iter().any(|b| b.starts_with("lost grant: the fence counter")),
+            bad.iter()
+                .any(|b| b.starts_with("lost grant: the fence counter")),
             "{bad:?}"
         );
     }

@@ -118,7 +118,9 @@ impl Cluster {
         let links: Vec<Vec<Option<Proxy>>> = (0..n)
             .map(|i| {
                 (0..n)
-                    .map(|j| (i != j).then(|| Proxy::start(raft[j], seed * 31 + (i * n + j) as u64)))
+                    .map(|j| {
+                        (i != j).then(|| Proxy::start(raft[j], seed * 31 + (i * n + j) as u64))
+                    })
                     .collect()
             })
             .collect();
@@ -516,9 +518,11 @@ fn run_schedule(seed: u64, faults: usize) -> Vec<String> {
     let quiet_until = Instant::now() + Duration::from_millis(RESTORE_BOUND_MS);
     let last_fault_end = rec.history().faults.last().map_or(0, |f| f.end_ms);
     while Instant::now() < quiet_until {
-        let served = rec.history().events.iter().any(|e| {
-            matches!(e.outcome, Outcome::Ok(_)) && e.complete_ms >= last_fault_end
-        });
+        let served = rec
+            .history()
+            .events
+            .iter()
+            .any(|e| matches!(e.outcome, Outcome::Ok(_)) && e.complete_ms >= last_fault_end);
         if served {
             break;
         }
@@ -532,10 +536,17 @@ fn run_schedule(seed: u64, faults: usize) -> Vec<String> {
     let mut reader = Client::new("reader", &cluster.client_addrs, rec.clone());
     let read_deadline = Instant::now() + Duration::from_millis(RESTORE_BOUND_MS);
     while !matches!(reader.run(Call::Fence), Outcome::Ok(_)) {
-        assert!(Instant::now() < read_deadline, "schedule {seed}: no final read");
+        assert!(
+            Instant::now() < read_deadline,
+            "schedule {seed}: no final read"
+        );
     }
     for m in &mut cluster.members {
-        assert!(m.alive(), "schedule {seed}: member {} exited by itself", m.spec.id);
+        assert!(
+            m.alive(),
+            "schedule {seed}: member {} exited by itself",
+            m.spec.id
+        );
     }
     let h = rec.history();
     let grants = h

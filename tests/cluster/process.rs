@@ -32,7 +32,13 @@ impl Member {
         assert!(self.child.is_none(), "member {} is running", self.spec.id);
         let exe = std::env::current_exe().expect("the test binary");
         let mut child = Command::new(exe)
-            .args([MEMBER_TEST, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                MEMBER_TEST,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(MEMBER_ENV, self.spec.encode())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -63,7 +69,10 @@ impl Member {
                 Ok(()) => return,
                 Err(_) if !self.alive() => {
                     self.kill9();
-                    panic!("member {} (pid {pid}) exited before it served", self.spec.id);
+                    panic!(
+                        "member {} (pid {pid}) exited before it served",
+                        self.spec.id
+                    );
                 }
                 Err(_) if Instant::now() >= deadline => {
                     self.kill9();

@@ -138,10 +138,11 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
         };
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
-        shared.open.lock().unwrap().push((
-            client.try_clone().unwrap(),
-            server.try_clone().unwrap(),
-        ));
+        shared
+            .open
+            .lock()
+            .unwrap()
+            .push((client.try_clone().unwrap(), server.try_clone().unwrap()));
         for (from, to) in [
             (client.try_clone().unwrap(), server.try_clone().unwrap()),
             (server, client),

@@ -602,14 +602,20 @@ fn cluster_mode_is_checked_then_refused_by_this_build() {
         "--cluster-peers",
         peers,
     ];
-    let token = [("DFLOCKD_RAFT_AUTH_TOKEN", "0123456789abcdef0123456789abcdef")];
+    let token = [(
+        "DFLOCKD_RAFT_AUTH_TOKEN",
+        "0123456789abcdef0123456789abcdef",
+    )];
     let (code, stderr) = run_to_exit(&member, &token);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.starts_with("configuration error: cluster mode is not available in this build yet"),
         "{stderr}"
     );
-    assert!(!stderr.contains("0123456789abcdef"), "the token leaked: {stderr}");
+    assert!(
+        !stderr.contains("0123456789abcdef"),
+        "the token leaked: {stderr}"
+    );
     // Errors name the setting at fault.
     let (code, stderr) = run_to_exit(&member, &[("DFLOCKD_RAFT_AUTH_TOKEN", "too-short")]);
     assert_eq!(code, Some(1));
@@ -622,7 +628,8 @@ fn cluster_mode_is_checked_then_refused_by_this_build() {
     let (code, stderr) = run_to_exit(&with_fence, &token);
     assert_eq!(code, Some(1));
     assert!(
-        stderr.starts_with("configuration error: --fence-state-file: cannot be used with --raft-dir"),
+        stderr
+            .starts_with("configuration error: --fence-state-file: cannot be used with --raft-dir"),
         "{stderr}"
     );
 }

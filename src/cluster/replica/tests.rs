@@ -2,6 +2,8 @@
 //! messages, members that are down or cut off), real storage on disk, a
 //! toy state machine (an append-only list). Time is `tick()`; nothing
 //! sleeps.
+// Protobuf messages are built field by field, as raft-proto's own code does.
+#![allow(clippy::field_reassign_with_default)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -60,6 +62,9 @@ struct Member {
     replica: Option<Replica<List>>,
 }
 
+/// Where a proposal's answer arrives.
+type Answer = smol::channel::Receiver<Result<usize, ProposeError>>;
+
 /// Members on a simulated network.
 struct Sim {
     members: BTreeMap<u64, Member>,
@@ -69,7 +74,7 @@ struct Sim {
     /// Every successful answer: data → position, from any leader.
     acked: BTreeMap<Vec<u8>, usize>,
     /// Replies not yet seen.
-    waiting: Vec<(Vec<u8>, smol::channel::Receiver<Result<usize, ProposeError>>)>,
+    waiting: Vec<(Vec<u8>, Answer)>,
     unknown: usize,
 }
 
@@ -327,7 +332,10 @@ fn three_members_elect_commit_and_agree() {
     assert_eq!(s.voters, vec![1, 2, 3]);
     assert_eq!(s.leader_id, Some(l));
     assert_eq!(s.leader_client_addr, Some(peer(l).client_addr));
-    assert!(s.commit_index >= 11 && s.applied_index == s.commit_index, "{s:?}");
+    assert!(
+        s.commit_index >= 11 && s.applied_index == s.commit_index,
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -444,8 +452,7 @@ fn a_voter_is_added_and_removed() {
     sim.replica(l).change_voters(VoterChange::Add(peer(4)), tx);
     // A second change while the first is in flight is refused.
     let (tx2, rx2) = smol::channel::bounded(1);
-    sim.replica(l)
-        .change_voters(VoterChange::Remove(3), tx2);
+    sim.replica(l).change_voters(VoterChange::Remove(3), tx2);
     assert_eq!(rx2.try_recv().unwrap(), Err(ProposeError::ChangeInProgress));
     sim.tick(10);
     assert_eq!(rx.try_recv().unwrap(), Ok(()));
@@ -534,7 +541,11 @@ fn a_crash_at_any_step_of_the_cycle_loses_no_acknowledged_entry() {
             if point == CrashPoint::AfterSnapshot {
                 // Only a member that receives a snapshot passes there:
                 // make the victim lag, then come back.
-                if let Some(r) = sim.members.get_mut(&victim).and_then(|m| m.replica.as_mut()) {
+                if let Some(r) = sim
+                    .members
+                    .get_mut(&victim)
+                    .and_then(|m| m.replica.as_mut())
+                {
                     r.crash_at(None);
                 }
                 sim.kill(victim);
@@ -609,8 +620,17 @@ mod loopback {
                 tls: None,
             },
         );
-        node.handle =
-            Some(spawn(cfg, List::default(), store, tcfg, &node.listen, rt.ex.clone()).unwrap());
+        node.handle = Some(
+            spawn(
+                cfg,
+                List::default(),
+                store,
+                tcfg,
+                &node.listen,
+                rt.ex.clone(),
+            )
+            .unwrap(),
+        );
     }
 
     fn leader(nodes: &BTreeMap<u64, Node>) -> Option<(u64, ReplicaHandle<usize>)> {
@@ -618,9 +638,9 @@ mod loopback {
         while std::time::Instant::now() < deadline {
             for (id, n) in nodes {
                 if let Some(h) = &n.handle {
-                    let (_, led) = smol::block_on(h.wait_for(Duration::from_millis(50), |s| {
-                        s.role == Role::Leader
-                    }));
+                    let (_, led) = smol::block_on(
+                        h.wait_for(Duration::from_millis(50), |s| s.role == Role::Leader),
+                    );
                     if led {
                         return Some((*id, h.clone()));
                     }
@@ -674,7 +694,13 @@ mod loopback {
                 client_addr: format!("127.0.0.1:{}", 6400 + id),
             })
             .collect();
-        let cfg = |id: u64| fast(ReplicaConfig::new(id, peers.clone(), Bootstrap::New(vec![1, 2, 3])));
+        let cfg = |id: u64| {
+            fast(ReplicaConfig::new(
+                id,
+                peers.clone(),
+                Bootstrap::New(vec![1, 2, 3]),
+            ))
+        };
         for id in 1..=3 {
             let c = cfg(id);
             start(&rt, nodes.get_mut(&id).unwrap(), c);
@@ -687,7 +713,10 @@ mod loopback {
         let f = (1..=3).find(|&i| i != l).unwrap();
         let fh = nodes[&f].handle.clone().unwrap();
         let s = wait_applied(&fh, lh.status().applied_index);
-        assert_eq!(s.leader_client_addr, Some(format!("127.0.0.1:{}", 6400 + l)));
+        assert_eq!(
+            s.leader_client_addr,
+            Some(format!("127.0.0.1:{}", 6400 + l))
+        );
         match smol::block_on(fh.propose(b"x".to_vec())) {
             Err(ProposeError::NotLeader { client_addr, .. }) => {
                 assert_eq!(client_addr, Some(format!("127.0.0.1:{}", 6400 + l)))
@@ -724,12 +753,19 @@ mod loopback {
         };
         let mut peers4 = peers.clone();
         peers4.push(p4.clone());
-        start(&rt, &mut n4, fast(ReplicaConfig::new(4, peers4, Bootstrap::Join)));
+        start(
+            &rt,
+            &mut n4,
+            fast(ReplicaConfig::new(4, peers4, Bootstrap::Join)),
+        );
         nodes.insert(4, n4);
         let (_, lh) = leader(&nodes).unwrap();
         smol::block_on(lh.change_voters(VoterChange::Add(p4))).unwrap();
         let pos = commit(&nodes, "after-join");
-        let s4 = wait_applied(nodes[&4].handle.as_ref().unwrap(), lh.status().applied_index);
+        let s4 = wait_applied(
+            nodes[&4].handle.as_ref().unwrap(),
+            lh.status().applied_index,
+        );
         assert_eq!(s4.voters, vec![1, 2, 3, 4]);
         assert_eq!(pos, 40);
 

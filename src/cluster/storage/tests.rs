@@ -1,3 +1,6 @@
+// Protobuf messages are built field by field, as raft-proto's own code does.
+#![allow(clippy::field_reassign_with_default)]
+
 use raft::Storage as _;
 
 use super::*;
@@ -9,10 +12,8 @@ impl TempDir {
     pub(crate) fn new(name: &str) -> TempDir {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "dflockd-store-{name}-{}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("dflockd-store-{name}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -101,7 +102,8 @@ fn a_new_leaders_entries_replace_the_suffix_on_disk_too() {
 fn entries_respect_the_size_cap_but_return_at_least_one() {
     let dir = TempDir::new("maxsize");
     let mut s = LogStore::open(&dir.0).unwrap();
-    s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None).unwrap();
+    s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+        .unwrap();
     assert_eq!(s.entries(1, 4, Some(0), ctx()).unwrap().len(), 1);
     let one = u64::from(entry(1, 1).compute_size());
     assert_eq!(s.entries(1, 4, Some(2 * one), ctx()).unwrap().len(), 2);
@@ -154,8 +156,12 @@ fn a_snapshot_compacts_the_log_and_keeps_a_tail() {
         let mut s = LogStore::open(&dir.0).unwrap();
         let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 6)).collect();
         s.append(&ents, Some(&hs(2, 1, 9))).unwrap();
-        s.save_snapshot(snapshot_meta(8, 2, &[1, 2, 3]), Bytes::from_static(b"state@8"), 3)
-            .unwrap();
+        s.save_snapshot(
+            snapshot_meta(8, 2, &[1, 2, 3]),
+            Bytes::from_static(b"state@8"),
+            3,
+        )
+        .unwrap();
         assert_eq!(s.truncated(), (5, 1));
         assert_eq!(s.first_index().unwrap(), 6);
         assert_eq!(s.term(5).unwrap(), 1);
@@ -168,8 +174,12 @@ fn a_snapshot_compacts_the_log_and_keeps_a_tail() {
             Err(raft::Error::Store(raft::StorageError::Compacted))
         ));
         // A newer snapshot replaces the older file.
-        s.save_snapshot(snapshot_meta(9, 2, &[1, 2, 3]), Bytes::from_static(b"state@9"), 0)
-            .unwrap();
+        s.save_snapshot(
+            snapshot_meta(9, 2, &[1, 2, 3]),
+            Bytes::from_static(b"state@9"),
+            0,
+        )
+        .unwrap();
     }
     let s = LogStore::open(&dir.0).unwrap();
     assert_eq!(s.truncated(), (9, 2));
@@ -245,7 +255,9 @@ fn stray_snapshot_files_are_removed_on_open() {
     // one in the middle of writing the temporary file.
     let newer = dir.0.join(format!("snapshot-{:020}-{:020}.snap", 9, 9));
     fs::write(&newer, b"whatever").unwrap();
-    let tmp = dir.0.join(format!("snapshot-{:020}-{:020}.snap.tmp", 10, 9));
+    let tmp = dir
+        .0
+        .join(format!("snapshot-{:020}-{:020}.snap.tmp", 10, 9));
     fs::write(&tmp, b"half").unwrap();
     let s = LogStore::open(&dir.0).unwrap();
     assert_eq!(s.snapshot_index(), 2);
@@ -258,8 +270,12 @@ fn populated(name: &str) -> TempDir {
     let mut s = LogStore::open(&dir.0).unwrap();
     let ents: Vec<Entry> = (1..=40).map(|i| entry(i, 1)).collect();
     s.append(&ents, Some(&hs(1, 1, 40))).unwrap();
-    s.save_snapshot(snapshot_meta(30, 1, &[1, 2, 3]), Bytes::from(vec![7u8; 3000]), 5)
-        .unwrap();
+    s.save_snapshot(
+        snapshot_meta(30, 1, &[1, 2, 3]),
+        Bytes::from(vec![7u8; 3000]),
+        5,
+    )
+    .unwrap();
     dir
 }
 
@@ -280,7 +296,13 @@ fn open_without_panic(dir: &Path, what: &str) -> bool {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => {
             assert!(
-                matches!(e, StoreError::Corrupt { .. } | StoreError::Db { .. } | StoreError::Io { .. } | StoreError::Format { .. }),
+                matches!(
+                    e,
+                    StoreError::Corrupt { .. }
+                        | StoreError::Db { .. }
+                        | StoreError::Io { .. }
+                        | StoreError::Format { .. }
+                ),
                 "{what}: {e:?}"
             );
             // The error names the file it is about.
@@ -324,7 +346,10 @@ fn a_damaged_database_is_a_typed_error_or_reads_back_whole() {
             // Opened: the bytes hit unused space, so the contents are
             // intact (redb checksums every page it uses).
             let s = LogStore::open(&dir.0).unwrap();
-            assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (26, 40));
+            assert_eq!(
+                (s.first_index().unwrap(), s.last_index().unwrap()),
+                (26, 40)
+            );
         } else {
             refused += 1;
         }
@@ -339,14 +364,19 @@ fn a_damaged_or_truncated_snapshot_file_is_a_typed_error() {
     let whole = fs::read(&file).unwrap();
     for len in (0..whole.len()).step_by(97).chain([whole.len() - 1]) {
         fs::write(&file, &whole[..len]).unwrap();
-        assert!(!open_without_panic(&dir.0, &format!("snapshot cut to {len}")));
+        assert!(!open_without_panic(
+            &dir.0,
+            &format!("snapshot cut to {len}")
+        ));
     }
     for at in (0..whole.len()).step_by(101) {
         let mut bad = whole.clone();
         bad[at] ^= 1;
         fs::write(&file, &bad).unwrap();
         match LogStore::open(&dir.0) {
-            Err(StoreError::Corrupt { detail, .. }) => assert!(detail.contains("snapshot"), "{detail}"),
+            Err(StoreError::Corrupt { detail, .. }) => {
+                assert!(detail.contains("snapshot"), "{detail}")
+            }
             other => panic!("flipping snapshot byte {at}: {:?}", other.err()),
         }
     }
@@ -399,7 +429,9 @@ fn garbage_values_are_typed_errors() {
         {
             let s = LogStore::open(&dir.0).unwrap();
             s.write(|w| {
-                w.log()?.insert(index, bytes.as_slice()).map_err(|e| w.err(&e))?;
+                w.log()?
+                    .insert(index, bytes.as_slice())
+                    .map_err(|e| w.err(&e))?;
                 Ok(())
             })
             .unwrap();

@@ -1,6 +1,8 @@
 //! The transport's pure parts (hello, frames, filters) and real loopback
 //! connections: delivery, refusals, parts of a large snapshot, mutual TLS,
 //! reconnecting to a member that comes up late.
+// Protobuf messages are built field by field, as raft-proto's own code does.
+#![allow(clippy::field_reassign_with_default)]
 
 use std::time::Instant;
 
@@ -269,7 +271,11 @@ fn a_wrong_token_is_refused_before_any_message() {
     b.transport.send(msg(MessageType::MsgHeartbeat, 2, 1));
     assert_eq!(recv(&b.events), Some(TransportEvent::Unreachable(1)));
     eventually("the refusal", || {
-        a.transport.stats().refused_handshakes.load(Ordering::Relaxed) >= 1
+        a.transport
+            .stats()
+            .refused_handshakes
+            .load(Ordering::Relaxed)
+            >= 1
     });
     assert!(a.inbox.is_empty());
 }
@@ -332,7 +338,9 @@ fn bad_frames_and_messages_close_the_connection() {
     // The listener still serves members.
     let good = frame(
         WHOLE,
-        &msg(MessageType::MsgHeartbeat, 2, 1).write_to_bytes().unwrap(),
+        &msg(MessageType::MsgHeartbeat, 2, 1)
+            .write_to_bytes()
+            .unwrap(),
     );
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -340,7 +348,10 @@ fn bad_frames_and_messages_close_the_connection() {
     s.write_all(&(hello.len() as u32).to_be_bytes()).unwrap();
     s.write_all(&hello).unwrap();
     s.write_all(&good).unwrap();
-    assert_eq!(recv(&a.inbox).unwrap().get_msg_type(), MessageType::MsgHeartbeat);
+    assert_eq!(
+        recv(&a.inbox).unwrap().get_msg_type(),
+        MessageType::MsgHeartbeat
+    );
 }
 
 #[test]
@@ -363,7 +374,11 @@ fn a_silent_or_garbage_peer_is_dropped_at_the_handshake() {
     big.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
     assert_eq!(big.read(&mut buf).unwrap_or(0), 0);
     eventually("both refusals", || {
-        a.transport.stats().refused_handshakes.load(Ordering::Relaxed) >= 2
+        a.transport
+            .stats()
+            .refused_handshakes
+            .load(Ordering::Relaxed)
+            >= 2
     });
 }
 
@@ -498,7 +513,11 @@ fn members_talk_over_mutual_tls() {
     c.transport.send(msg(MessageType::MsgHeartbeat, 3, 1));
     assert_eq!(recv(&c.events), Some(TransportEvent::Unreachable(1)));
     eventually("the TLS refusal", || {
-        a.transport.stats().refused_handshakes.load(Ordering::Relaxed) >= 1
+        a.transport
+            .stats()
+            .refused_handshakes
+            .load(Ordering::Relaxed)
+            >= 1
     });
     // A plain client without any certificate is refused too.
     let mut plain = end(&rt, TransportConfig::new(4, token_auth()), "127.0.0.1:0");

@@ -227,6 +227,10 @@ struct Conn {
     records: HashMap<ResId, Record, IdBuild>,
     /// The waiter this connection is blocked on, if any.
     blocked: Option<u64>,
+    /// The fence of the grant that answered its last blocked request, kept
+    /// until its next input: what a cancel that lost the race releases
+    /// (semantics §9.1).
+    answered: Option<u64>,
     /// Signal subscriptions: (pattern, group), group empty when ungrouped.
     subs: BTreeSet<(Key, Box<[u8]>)>,
     /// Pushes emitted and not yet reported written by the driver.
@@ -581,6 +585,7 @@ impl Core {
             .get_mut(&conn)
             .expect("input for an unknown connection");
         assert!(c.blocked.is_none(), "request from a blocked connection");
+        c.answered = None;
         if draining {
             status(out, conn, Status::ErrorDraining);
             out.push(Effect::Close { conn });
@@ -657,6 +662,7 @@ impl Core {
         self.advance(now, out);
         let c = self.conn_mut(conn);
         assert!(c.blocked.is_none(), "request from a blocked connection");
+        c.answered = None;
         let authed = c.authed;
         if self.draining {
             status(out, conn, Status::ErrorDraining);
@@ -832,6 +838,34 @@ impl Core {
         self.advance(now, out);
         if let Some(w) = self.conns.get(&conn).and_then(|c| c.blocked) {
             self.time_out(now, w, out);
+        }
+        self.finish();
+    }
+
+    /// Withdraws `conn`'s blocked request as one input (semantics §9.1):
+    /// if it is still blocked, it is cancelled as [`Core::cancel_blocked`]
+    /// does (`timeout` for `conn`, which the driver discards); if the grant
+    /// came first (its reply is on its way to `conn`) and nothing else came
+    /// from `conn` since, that grant is released, with hand-off, as an
+    /// `r` with its token would. Nothing happens otherwise. O(log n).
+    pub fn cancel(&mut self, now: Time, conn: ConnId, out: &mut Vec<Effect>) {
+        self.advance(now, out);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return self.finish();
+        };
+        let answered = c.answered.take();
+        if let Some(w) = c.blocked {
+            self.time_out(now, w, out);
+        } else if let Some(fence) = answered {
+            if self
+                .holders
+                .get(&fence)
+                .is_some_and(|h| h.conn == conn && self.live(h))
+            {
+                let res = self.remove_holder(now, fence, None);
+                self.touch(res, now);
+                self.hand_off(now, res, out);
+            }
         }
         self.finish();
     }
@@ -1358,7 +1392,9 @@ impl Core {
                 .grant(at, res, conn, lease_s, Some(queued))
                 .expect("fence headroom checked above");
             if blocking {
-                self.conn_mut(conn).blocked = None;
+                let c = self.conn_mut(conn);
+                c.blocked = None;
+                c.answered = Some(token.fence);
                 reply(out, conn, Reply::Granted { token, lease_s });
             } else if two_phase {
                 self.set_record(

@@ -213,7 +213,7 @@ fn the_goodbye_is_closed_not_a_refusal() {
     // The connection owns nothing and says nothing: after the read timeout
     // the server sends `error` and closes it. Wait until the server has
     // registered it, then until it has closed it.
-    let count = || server.handle().shared().lock().core.connection_count();
+    let count = || server.handle().engine().connection_count();
     wait_until(DEADLINE, || count() == 1);
     wait_until(DEADLINE, || count() == 0);
     // The request meets the goodbye where its reply should be.

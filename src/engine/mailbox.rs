@@ -14,14 +14,14 @@
 //! connection with [`crate::core::PUSH_QUEUE_FRAMES`] pushes not yet
 //! written (it closes it instead).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::core::{ConnId, Core, Effect, Time};
-use crate::sync::{lock, Arc, Mutex};
-use crate::wire::{Key, Reply, Request, Space};
+use crate::core::{ConnId, Effect};
+use crate::sync::{lock, Mutex};
+use crate::wire::Reply;
 
 /// Something for a connection's task to act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,77 +124,35 @@ impl Future for Recv<'_> {
     }
 }
 
-/// Delivers every effect addressed to a connection other than `me` to that
-/// connection's mailbox (dropping it if the connection is gone) and leaves
-/// only `me`'s effects in `effects`, in their original order. Called with
-/// the core's lock held, so deliveries to one mailbox are in core order.
-pub fn route(
-    mailboxes: &HashMap<ConnId, Arc<Mailbox>>,
-    effects: &mut Vec<Effect>,
+/// Moves every effect of `fx` out: those addressed to `me` are appended to
+/// `out`, in their original order; every other one is delivered to its
+/// connection's mailbox (`mailbox_of`), or dropped when that connection is
+/// gone or has none. Called with the engine's lock held, so deliveries to
+/// one mailbox are in core order.
+pub fn route<'m>(
+    mailbox_of: impl Fn(ConnId) -> Option<&'m Mailbox>,
+    fx: &mut Vec<Effect>,
     me: Option<ConnId>,
+    out: &mut Vec<Effect>,
 ) {
-    effects.retain_mut(|e| {
+    for e in fx.drain(..) {
         let (conn, d) = match e {
-            Effect::Reply { conn, reply } if Some(*conn) != me => {
-                // Moved out, not cloned: the effect is dropped right after.
-                (*conn, Delivery::Reply(std::mem::replace(reply, Reply::Ok)))
+            Effect::Reply { conn, .. } | Effect::Close { conn } | Effect::Push { conn, .. }
+                if Some(conn) == me =>
+            {
+                out.push(e);
+                continue;
             }
-            Effect::Close { conn } if Some(*conn) != me => (*conn, Delivery::Close),
+            Effect::Reply { conn, reply } => (conn, Delivery::Reply(reply)),
+            Effect::Close { conn } => (conn, Delivery::Close),
             Effect::Push {
                 conn,
                 channel,
                 payload,
-            } if Some(*conn) != me => (
-                *conn,
-                Delivery::Push {
-                    channel: channel.clone(),
-                    payload: payload.clone(),
-                },
-            ),
-            _ => return true,
+            } => (conn, Delivery::Push { channel, payload }),
         };
-        if let Some(mb) = mailboxes.get(&conn) {
+        if let Some(mb) = mailbox_of(conn) {
             mb.push(d);
         }
-        false
-    });
-}
-
-/// Withdraws `conn`'s blocked request on `key` because nobody will read its
-/// answer (the HTTP client of a long poll went away). Call with the core's
-/// lock held, then route `out` with `me = Some(conn)` and discard `conn`'s
-/// own effects.
-///
-/// The core cancels the request (semantics §9.1: its waiter leaves the
-/// queue, answered `timeout`). If the grant won the race, it is already in
-/// `mailbox` (replies are routed under the same lock) and is released here,
-/// so the slot passes on. Afterwards `mailbox` is empty and nothing is held
-/// or queued for that request. Returns whether a close was delivered too
-/// (the connection is being shut down).
-pub fn withdraw_blocked(
-    core: &mut Core,
-    now: Time,
-    conn: ConnId,
-    mailbox: &Mailbox,
-    space: Space,
-    key: &Key,
-    out: &mut Vec<Effect>,
-) -> bool {
-    core.cancel_blocked(now, conn, out);
-    let mut closed = false;
-    while let Some(d) = mailbox.try_recv() {
-        match d {
-            Delivery::Reply(Reply::Granted { token, .. }) => {
-                let release = Request::Release {
-                    space,
-                    key: key.clone(),
-                    token: token.to_string().into_bytes().into(),
-                };
-                core.handle(now, conn, release, out);
-            }
-            Delivery::Close => closed = true,
-            Delivery::Reply(_) | Delivery::Push { .. } => {}
-        }
     }
-    closed
 }

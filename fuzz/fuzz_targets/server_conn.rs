@@ -94,9 +94,9 @@ fuzz_target!(|input: Input| {
             max_waiters: usize::from(input.max_waiters % 4),
             max_locks: usize::from(input.max_locks % 8) + 1,
             auth_token: input.auth.then(|| b"secret".to_vec()),
+            auth_failure_pause_ms: 0,
             ..CoreConfig::default()
         },
-        auth_failure_pause_ms: 0,
         ..ServerConfig::default()
     };
     let engine = Engine::new(cfg.core.clone(), None, Box::new(MonotonicClock::new()));

@@ -469,6 +469,7 @@ impl Config {
             fence_ceiling,
             salt_key,
             max_subscriptions: self.max_subscriptions,
+            auth_failure_pause_ms: crate::core::AUTH_FAILURE_PAUSE_MS,
         }
     }
 

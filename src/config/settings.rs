@@ -30,9 +30,6 @@ pub struct ServerConfig {
     pub fence_reserve: u64,
     /// Executor threads; 0 = one per available core.
     pub threads: usize,
-    /// Pause before closing a connection that failed authentication
-    /// (slows down guessing; upstream waits about 100 ms).
-    pub auth_failure_pause_ms: u64,
     /// When set, every connection is TLS (protocol.md §1.1); see [`crate::net::tls::load`].
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Seconds a TLS client has to finish its handshake, on both listeners.
@@ -57,7 +54,6 @@ impl Default for ServerConfig {
             fence_state_file: None,
             fence_reserve: t::FENCE_RESERVE.int_default(),
             threads: 0,
-            auth_failure_pause_ms: 100,
             tls: None,
             tls_handshake_timeout_s: t::TLS_HANDSHAKE_TIMEOUT.int_default(),
             http: None,

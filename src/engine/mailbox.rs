@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::core::{ConnId, Effect};
+use crate::core::{CloseReason, ConnId, Effect};
 use crate::sync::{lock, Mutex};
 use crate::wire::Reply;
 
@@ -28,8 +28,12 @@ use crate::wire::Reply;
 pub enum Delivery {
     /// Write this reply (the answer to the blocked request).
     Reply(Reply),
-    /// Close the connection (forced shutdown, slow-consumer eviction).
-    Close,
+    /// The core closed the connection (a slow-consumer eviction by another
+    /// connection's signal): write what was delivered before, then close.
+    Close(CloseReason),
+    /// The server closes the connection at once, whatever it is doing (the
+    /// end of a drain's `--shutdown-timeout`, or a server dropped).
+    Abort,
     /// Write the push line `sig <channel> <payload>`.
     Push {
         channel: crate::wire::Key,
@@ -90,14 +94,24 @@ impl Mailbox {
         Recv { mailbox: self }
     }
 
-    /// Polls for a queued [`Delivery::Close`] without taking anything from
-    /// the queue, registering `cx`'s waker if there is none. The task polls
-    /// this while it is writing (and so not receiving), so that a forced
-    /// close also ends a write the peer never drains.
-    pub fn poll_close_requested(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Polls for the end of the connection without taking anything from the
+    /// queue, for a task that is writing (and so not receiving): `Some` of
+    /// a queued [`Delivery::Close`]'s reason (unless `close_seen`: the task
+    /// knows already), `None` for a queued [`Delivery::Abort`]. Registers
+    /// `cx`'s waker whenever it returns `Pending`, so a forced close also
+    /// ends a write the peer never drains.
+    pub fn poll_ending(&self, cx: &mut Context<'_>, close_seen: bool) -> Poll<Option<CloseReason>> {
         let mut s = lock(&self.state);
-        if s.queue.contains(&Delivery::Close) {
-            return Poll::Ready(());
+        let mut close = None;
+        for d in &s.queue {
+            match d {
+                Delivery::Abort => return Poll::Ready(None),
+                Delivery::Close(reason) if close.is_none() => close = Some(*reason),
+                _ => {}
+            }
+        }
+        if let Some(reason) = close.filter(|_| !close_seen) {
+            return Poll::Ready(Some(reason));
         }
         match &s.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -106,10 +120,24 @@ impl Mailbox {
         Poll::Pending
     }
 
-    /// Waits until a [`Delivery::Close`] is queued (see
-    /// [`Mailbox::poll_close_requested`]).
-    pub async fn close_requested(&self) {
-        std::future::poll_fn(|cx| self.poll_close_requested(cx)).await
+    /// Waits until a [`Delivery::Close`] or [`Delivery::Abort`] is queued,
+    /// taking nothing (for a task that cannot receive while it writes).
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| {
+            let mut s = lock(&self.state);
+            if s.queue
+                .iter()
+                .any(|d| matches!(d, Delivery::Close(_) | Delivery::Abort))
+            {
+                return Poll::Ready(());
+            }
+            match &s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => s.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -137,14 +165,14 @@ pub fn route<'m>(
 ) {
     for e in fx.drain(..) {
         let (conn, d) = match e {
-            Effect::Reply { conn, .. } | Effect::Close { conn } | Effect::Push { conn, .. }
+            Effect::Reply { conn, .. } | Effect::Close { conn, .. } | Effect::Push { conn, .. }
                 if Some(conn) == me =>
             {
                 out.push(e);
                 continue;
             }
             Effect::Reply { conn, reply } => (conn, Delivery::Reply(reply)),
-            Effect::Close { conn } => (conn, Delivery::Close),
+            Effect::Close { conn, reason } => (conn, Delivery::Close(reason)),
             Effect::Push {
                 conn,
                 channel,

@@ -197,7 +197,7 @@ impl Engine {
         let inner = lock(&self.inner);
         for r in inner.routes.values() {
             if let Some(mb) = &r.mailbox {
-                mb.push(Delivery::Close);
+                mb.push(Delivery::Abort);
             }
         }
     }
@@ -210,6 +210,11 @@ impl Engine {
     /// Live connections and sessions.
     pub fn connection_count(&self) -> usize {
         lock(&self.inner).core.connection_count()
+    }
+
+    /// Requests blocked in a queue right now (the core says which are).
+    pub fn blocked_requests(&self) -> usize {
+        lock(&self.inner).core.blocked_requests()
     }
 
     /// Live connections that came through `transport`.
@@ -314,9 +319,7 @@ impl Door<'_> {
                 Some(conn)
             }
             Input::ReadDeadline { partial } => {
-                if partial || !core.owns_anything(conn) {
-                    core.handle_invalid(at, conn, true, &mut fx);
-                }
+                core.read_deadline(at, conn, partial, &mut fx);
                 Some(conn)
             }
             Input::Cancel => {

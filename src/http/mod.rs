@@ -288,11 +288,11 @@ impl HttpFront {
     /// with `spawn`. It keeps accepting while the server drains, so
     /// `/ready` and the 503 `draining` answers are served (Decision D10).
     pub async fn accept_loop(
-        self: &Arc<Self>,
+        this: &Arc<Self>,
         listener: async_net::TcpListener,
         spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
     ) {
-        spawn(Box::pin(sweeper(self.clone())));
+        spawn(Box::pin(sweeper(this.clone())));
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 rt::sleep(Duration::from_millis(20)).await;
@@ -300,22 +300,22 @@ impl HttpFront {
             };
             let ip = peer.ip();
             // `--http-max-connections-per-ip`: closed at once, nothing written.
-            if !lock(&self.conns).try_add(ip, self.settings.max_connections_per_ip) {
-                self.conns_rejected.fetch_add(1, Ordering::Relaxed);
+            if !lock(&this.conns).try_add(ip, this.settings.max_connections_per_ip) {
+                this.conns_rejected.fetch_add(1, Ordering::Relaxed);
                 drop(stream);
                 crate::net::warn_cap(
                     ip,
                     "--http-max-connections-per-ip",
-                    self.settings.max_connections_per_ip,
+                    this.settings.max_connections_per_ip,
                 );
                 continue;
             }
             let slot = ConnSlot {
-                front: self.clone(),
+                front: this.clone(),
                 ip,
             };
             let _ = stream.set_nodelay(true);
-            let front = self.clone();
+            let front = this.clone();
             spawn(Box::pin(async move {
                 let _slot = slot;
                 match &front.tls {
@@ -993,7 +993,7 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
                     Delivery::Reply(r) => break r,
                     // Lock-route sessions never listen; no push comes here.
                     Delivery::Push { .. } => {}
-                    Delivery::Close => {
+                    Delivery::Close(_) | Delivery::Abort => {
                         guard.unblock();
                         front.sessions.kill(engine, session);
                         return if engine.is_draining() {

@@ -158,7 +158,7 @@ impl Sessions {
             return false;
         }
         engine.apply(session.conn, Input::Disconnect);
-        session.mailbox.push(Delivery::Close);
+        session.mailbox.push(Delivery::Abort);
         removed.is_some()
     }
 
@@ -246,7 +246,7 @@ impl<'a> InFlight<'a> {
         // lock before the cancel released it: drop its reply.
         let mut closed = false;
         while let Some(d) = session.mailbox.try_recv() {
-            closed |= d == Delivery::Close;
+            closed |= matches!(d, Delivery::Close(_) | Delivery::Abort);
         }
         if closed {
             self.sessions.kill(engine, session);

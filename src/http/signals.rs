@@ -345,8 +345,12 @@ impl hyper::body::Body for SseBody {
                         break;
                     }
                 }
-                Delivery::Close => {
+                Delivery::Close(_) => {
                     note_eviction(&this.front.engine, &this.session);
+                    this.done = true;
+                    break;
+                }
+                Delivery::Abort => {
                     this.done = true;
                     break;
                 }
@@ -415,7 +419,7 @@ pub(super) async fn cut_when_stuck(front: &Front, slot: &StreamSlot) {
             continue;
         };
         let close = async {
-            session.mailbox.close_requested().await;
+            session.mailbox.closed().await;
             note_eviction(&front.engine, &session);
             true
         };

@@ -184,14 +184,14 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
             let http = http.map(|(front, l)| {
                 let ex3 = ex2.clone();
                 ex2.spawn(async move {
-                    front
-                        .accept_loop(l, move |task| ex3.spawn(task).detach())
-                        .await
+                    crate::http::HttpFront::accept_loop(&front, l, move |task| {
+                        ex3.spawn(task).detach()
+                    })
+                    .await
                 })
             });
             let ex3 = ex2.clone();
-            tcp.accept_loop(listener, move |task| ex3.spawn(task).detach())
-                .await;
+            TcpFront::accept_loop(&tcp, listener, move |task| ex3.spawn(task).detach()).await;
             drain(&engine, &tcp, shutdown_timeout_s).await;
             drop(http);
             drop(timer);

@@ -27,6 +27,12 @@
 //! owner is the core's decision. A started request must make progress, one
 //! line per `--read-timeout`.
 //!
+//! Closing: a close from the core (its own effect, or a slow-subscriber
+//! eviction through the mailbox) says why. Everything the connection was
+//! sent before it is still written, within `--write-timeout`; only then is
+//! the socket closed, after the pause the reason asks for (a failed
+//! `auth`). Only the server's abort at the end of a drain cuts a write.
+//!
 //! The handler is generic over the byte stream (TCP, TLS, or an in-memory
 //! stream in the fuzz target and, later, the simulator) and takes its time
 //! and sleeps from [`crate::rt`].
@@ -39,19 +45,21 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use log::Level;
 
-use crate::core::{ConnId, Effect, Owned};
+use crate::core::{CloseReason, ConnId, Effect, Owned};
 use crate::engine::mailbox::{Delivery, Mailbox};
 use crate::engine::{Engine, Input, Transport};
 use crate::logging::{self, Cause};
 use crate::rt;
 use crate::sync::Arc;
-use crate::wire::{decode_request, encode_push, encode_reply, Decoded, Reply, Status};
+use crate::wire::{decode_request, encode_push, encode_reply, Decoded};
 
 /// Bytes read ahead behind a blocked request before reading pauses.
 pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
@@ -62,14 +70,13 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
 
-/// The deadlines a connection keeps (from `--read-timeout`,
-/// `--write-timeout`, and the pause after a failed `auth`).
+/// The deadlines a connection keeps (from `--read-timeout` and
+/// `--write-timeout`).
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     pub read: Duration,
     /// `None`: writes may take forever.
     pub write: Option<Duration>,
-    pub auth_failure_pause: Duration,
 }
 
 impl Timeouts {
@@ -80,7 +87,6 @@ impl Timeouts {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
-            auth_failure_pause: Duration::from_millis(cfg.auth_failure_pause_ms),
         }
     }
 }
@@ -146,6 +152,38 @@ fn warn_peer(cause: Cause, peer: Peer, what: impl FnOnce(u64)) {
     }
 }
 
+/// The core closes the connection for `reason`: noted in `noticed` and
+/// logged, once, as soon as the handler learns of it (a slow consumer's
+/// last writes may take until the write timeout, or fail).
+fn note_close(noticed: &mut Option<CloseReason>, reason: CloseReason, peer: Peer) {
+    if noticed.is_some() {
+        return;
+    }
+    *noticed = Some(reason);
+    match reason {
+        CloseReason::SlowConsumer => warn_slow_consumer(peer),
+        CloseReason::AuthFailed { .. } => warn_peer(Cause::AuthFailure, peer, |suppressed| {
+            log::warn!(peer:% = peer, suppressed; "authentication failed");
+        }),
+        CloseReason::Draining
+        | CloseReason::Overlong
+        | CloseReason::Stalled
+        | CloseReason::Idle => {}
+    }
+}
+
+/// How a connection the core closed for `reason` ended (for the log).
+fn close_end(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::SlowConsumer => "evicted as a slow subscriber",
+        CloseReason::AuthFailed { .. } => "authentication failed",
+        CloseReason::Draining
+        | CloseReason::Overlong
+        | CloseReason::Stalled
+        | CloseReason::Idle => "closed by the server",
+    }
+}
+
 fn warn_slow_consumer(peer: Peer) {
     warn_peer(Cause::SlowConsumer, peer, |suppressed| {
         log::warn!(
@@ -178,12 +216,15 @@ pub(crate) struct Handler<'e, S> {
     effects: Vec<Effect>,
     /// Its request waits in a queue.
     blocked: bool,
-    /// The core closed it: write what is buffered, then end.
-    closing: bool,
+    /// The core closed it, for this reason: write what was sent before the
+    /// close (within the write timeout), then end (`Effect::Close`'s
+    /// promise). Nothing more is read, decoded or encoded.
+    closing: Option<CloseReason>,
+    /// A close the handler has learnt of and logged, perhaps while still
+    /// writing (before it reached the close in its mailbox).
+    noticed: Option<CloseReason>,
     /// The write buffer filled mid-batch: continue without waiting.
     more_work: bool,
-    auth_failed: bool,
-    evicted: bool,
     /// The read deadline (protocol.md §2.4). It moves with every request,
     /// so the timer is not re-armed each time: it stays armed at an earlier
     /// instant and, when it fires early, is re-armed to `deadline`.
@@ -218,10 +259,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             pending: VecDeque::new(),
             effects: Vec::new(),
             blocked: false,
-            closing: false,
+            closing: None,
+            noticed: None,
             more_work: false,
-            auth_failed: false,
-            evicted: false,
             deadline: Instant::now() + timeouts.read,
             partial: false,
             answered: false,
@@ -240,8 +280,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             if let Err(end) = self.flush().await {
                 return end;
             }
-            if self.closing {
-                return self.close().await;
+            if let Some(reason) = self.closing {
+                return self.close(reason).await;
             }
             if std::mem::take(&mut self.more_work) || (!self.blocked && !self.pending.is_empty()) {
                 // A batch boundary: keep processing before waiting.
@@ -293,7 +333,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
     /// order under one acquisition of the engine's lock, until one blocks,
     /// closes the connection, or the write buffer is full.
     fn decode_and_apply(&mut self) {
-        while !self.blocked && !self.closing {
+        while !self.blocked && self.closing.is_none() {
             let mut consumed = 0;
             while self.pending.len() < BATCH {
                 match decode_request(&self.rbuf[consumed..]) {
@@ -329,8 +369,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
                 let mut door = self.engine.door();
                 while let Some(input) = self.pending.pop_front() {
                     let outcome = door.apply(self.id, input, &mut self.effects);
+                    if outcome.gone {
+                        // Only this handler disconnects its connection.
+                        self.closing_for(CloseReason::Draining);
+                    }
                     if outcome.closed || outcome.gone {
-                        self.closing = true;
                         self.pending.clear();
                         break;
                     }
@@ -343,7 +386,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
                     }
                 }
             }
-            self.closing |= self.encode_own();
+            self.encode_own();
             if self.wbuf.len() >= WRITE_BATCH_BYTES {
                 self.more_work = true;
                 break;
@@ -351,28 +394,29 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         }
     }
 
-    /// Writes what is buffered and reports the pushes it carried.
+    /// Writes what is buffered and reports the pushes it carried. Only the
+    /// server's abort cuts a write short; the core's own close waits for
+    /// it (within the write timeout).
     async fn flush(&mut self) -> Result<(), &'static str> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        match write(
+        let (noticed, peer) = (&mut self.noticed, self.peer);
+        let noticed = |reason| note_close(noticed, reason, peer);
+        let written = write(
             &mut self.stream,
             &self.wbuf,
             self.timeouts.write,
             &self.mailbox,
-        )
-        .await
-        {
+            noticed,
+        );
+        match written.await {
             Ok(()) => {}
-            Err(WriteEnd::Failed) => return Err("write failed or timed out"),
-            Err(WriteEnd::CloseRequested) if self.engine.is_draining() => {
-                return Err("closed at the end of the drain")
+            // Closing anyway: the reason is the better account.
+            Err(WriteEnd::Failed) => {
+                return Err(self.noticed.map_or("write failed or timed out", close_end))
             }
-            Err(WriteEnd::CloseRequested) => {
-                warn_slow_consumer(self.peer);
-                return Err("evicted as a slow subscriber");
-            }
+            Err(WriteEnd::Aborted) => return Err("closed at the end of the drain"),
         }
         self.wbuf.clear();
         if self.pushes > 0 {
@@ -385,41 +429,37 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         Ok(())
     }
 
-    /// The core closed the connection and what it was sent is written: log
-    /// why, pause after a failed `auth`, and end.
-    async fn close(&mut self) -> &'static str {
-        if self.evicted {
-            warn_slow_consumer(self.peer);
-            return "evicted as a slow subscriber";
-        }
-        if self.auth_failed {
-            let peer = self.peer;
-            warn_peer(Cause::AuthFailure, peer, |suppressed| {
-                log::warn!(peer:% = peer, suppressed; "authentication failed");
-            });
-            if !self.timeouts.auth_failure_pause.is_zero() {
-                rt::sleep(self.timeouts.auth_failure_pause).await;
-            }
-            return "authentication failed";
-        }
-        "closed by the server"
+    /// The core closes the connection for `reason`, after what came before
+    /// (see [`note_close`] for the log line).
+    fn closing_for(&mut self, reason: CloseReason) {
+        note_close(&mut self.noticed, reason, self.peer);
+        self.closing.get_or_insert(reason);
     }
 
-    /// Takes everything delivered so far (one write for a burst). Returns
-    /// how the connection ends, if a delivery ended it.
+    /// The core closed the connection for `reason` and what it was sent
+    /// before is written: wait as long as the reason says (after a failed
+    /// `auth`), and end.
+    async fn close(&mut self, reason: CloseReason) -> &'static str {
+        let linger = reason.linger_ms();
+        if linger > 0 {
+            rt::sleep(Duration::from_millis(linger)).await;
+        }
+        close_end(reason)
+    }
+
+    /// Takes everything delivered so far (one write for a burst), up to a
+    /// close. Returns how the connection ends, if the server aborted it.
     fn take_mail(&mut self, first: Delivery) -> Option<&'static str> {
         let mut next = Some(first);
         while let Some(d) = next {
             match d {
-                // Another connection's input closed this one: only a
-                // slow-subscriber eviction does (or a forced close at the
-                // end of a drain).
-                Delivery::Close if self.engine.is_draining() => {
-                    return Some("closed at the end of the drain")
-                }
-                Delivery::Close => {
-                    warn_slow_consumer(self.peer);
-                    return Some("evicted as a slow subscriber");
+                Delivery::Abort => return Some("closed at the end of the drain"),
+                // Another connection's input closed this one (a
+                // slow-subscriber eviction): what came before is written
+                // first, nothing after it is taken.
+                Delivery::Close(reason) => {
+                    self.closing_for(reason);
+                    return None;
                 }
                 Delivery::Reply(reply) => {
                     self.blocked = false;
@@ -449,6 +489,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
                 .door()
                 .apply(self.id, Input::ReadDeadline { partial }, &mut self.effects);
         if !outcome.closed && !outcome.gone {
+            self.effects.clear();
             self.deadline = Instant::now() + self.timeouts.read;
             return true;
         }
@@ -463,47 +504,35 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         } else {
             log::debug!(conn = self.id.0, peer:% = self.peer; "closing an idle connection that owns nothing");
         }
-        self.closing = true;
         self.encode_own();
+        if outcome.gone {
+            self.closing_for(CloseReason::Draining);
+        }
         self.rbuf.clear();
         false
     }
 
     /// Encodes this connection's own effects into `wbuf`, in order, and
     /// empties `effects`. Everything up to its own close is sent, nothing
-    /// after it (a publisher evicted as a slow consumer of its own signal).
-    /// Counts the pushes, notes an `error_auth`, and returns whether a
-    /// close was among them. A close that does not follow an error status
-    /// (draining, auth, an overlong line, a read deadline) is that
-    /// self-eviction, noted in `evicted`.
-    fn encode_own(&mut self) -> bool {
-        let mut closed = false;
-        let mut after_error = false;
-        for e in self.effects.drain(..) {
+    /// after it (a publisher evicted as a slow consumer of its own signal);
+    /// the close's reason is kept in `closing`. Counts the pushes.
+    fn encode_own(&mut self) {
+        let mut effects = std::mem::take(&mut self.effects);
+        for e in effects.drain(..) {
             match e {
-                _ if closed => {}
-                Effect::Reply { reply, .. } => {
-                    self.auth_failed |= reply == Reply::Status(Status::ErrorAuth);
-                    after_error = matches!(
-                        reply,
-                        Reply::Status(Status::Error | Status::ErrorAuth | Status::ErrorDraining)
-                    );
-                    encode_reply(&reply, &mut self.wbuf);
-                }
+                _ if self.closing.is_some() => {}
+                Effect::Reply { reply, .. } => encode_reply(&reply, &mut self.wbuf),
                 Effect::Push {
                     channel, payload, ..
                 } => {
                     encode_push(channel.as_bytes(), &payload, &mut self.wbuf);
                     self.pushes += 1;
-                    after_error = false;
                 }
-                Effect::Close { .. } => {
-                    closed = true;
-                    self.evicted |= !after_error;
-                }
+                Effect::Close { reason, .. } => self.closing_for(reason),
             }
         }
-        closed
+        // Back, empty, to keep its allocation.
+        self.effects = effects;
     }
 }
 
@@ -553,40 +582,51 @@ async fn wait<S: AsyncRead + Unpin>(
 enum WriteEnd {
     /// The socket failed, or the write did not finish within the timeout.
     Failed,
-    /// Another input closed the connection (an eviction, or the forced
-    /// close at the end of a drain) while the write was stuck.
-    CloseRequested,
+    /// The server aborted the connection (the end of a drain) while the
+    /// write was stuck.
+    Aborted,
 }
 
 /// Writes all of `buf`, giving up (and so closing) after `timeout` or when
-/// the connection is force-closed: a peer that never reads must not hold
-/// up the end of a shutdown, nor keep an evicted subscriber open.
+/// the server aborts the connection: a peer that never reads must not hold
+/// up the end of a shutdown. A close from the core that arrives meanwhile
+/// (a slow consumer evicted) is reported to `closed` at once but does not
+/// cut the write: what was sent before it is written first, within the
+/// write timeout (`Effect::Close`'s promise).
 async fn write<S: AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &[u8],
     timeout: Option<Duration>,
     mailbox: &Mailbox,
+    mut closed: impl FnMut(CloseReason),
 ) -> Result<(), WriteEnd> {
     // The flush is a no-op on TCP; on TLS it sends records that
     // `write_all` left inside the session (see `net::tls`).
-    let write = async {
-        match stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok() {
-            true => Ok(()),
-            false => Err(WriteEnd::Failed),
+    let mut write = std::pin::pin!(async {
+        stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok()
+    });
+    let mut timer = timeout.map(|t| rt::Sleep::until(Instant::now() + t));
+    let mut close_seen = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(ok) = write.as_mut().poll(cx) {
+            return Poll::Ready(if ok { Ok(()) } else { Err(WriteEnd::Failed) });
         }
-    };
-    let closed = async {
-        mailbox.close_requested().await;
-        Err(WriteEnd::CloseRequested)
-    };
-    let timer = async {
-        match timeout {
-            Some(t) => {
-                rt::sleep(t).await;
-                Err(WriteEnd::Failed)
+        loop {
+            match mailbox.poll_ending(cx, close_seen) {
+                Poll::Ready(None) => return Poll::Ready(Err(WriteEnd::Aborted)),
+                Poll::Ready(Some(reason)) => {
+                    close_seen = true;
+                    closed(reason);
+                }
+                Poll::Pending => break,
             }
-            None => std::future::pending().await,
         }
-    };
-    futures_lite::future::or(write, futures_lite::future::or(closed, timer)).await
+        if let Some(t) = timer.as_mut() {
+            if std::pin::Pin::new(t).poll(cx).is_ready() {
+                return Poll::Ready(Err(WriteEnd::Failed));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }

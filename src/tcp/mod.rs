@@ -58,7 +58,7 @@ impl TcpFront {
     /// Accepts connections until the drain begins, spawning a task per
     /// connection with `spawn`.
     pub async fn accept_loop(
-        self: &Arc<Self>,
+        this: &Arc<Self>,
         listener: async_net::TcpListener,
         spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
     ) {
@@ -66,7 +66,7 @@ impl TcpFront {
         loop {
             let accepted =
                 futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                    self.engine.drain_begun().await;
+                    this.engine.drain_begun().await;
                     None
                 })
                 .await;
@@ -86,11 +86,11 @@ impl TcpFront {
                     continue;
                 }
             };
-            if !self.admit(peer.ip()) {
+            if !this.admit(peer.ip()) {
                 drop(stream);
                 continue;
             }
-            let front = self.clone();
+            let front = this.clone();
             spawn(Box::pin(async move {
                 front.serve(stream, peer).await;
                 front.release_admission(peer.ip());

@@ -259,7 +259,7 @@ fn pushes_between_a_request_and_its_reply() {
 fn auth_comes_first() {
     let server = Server::start(|c| {
         c.core.auth_token = Some(b"s3cret".to_vec());
-        c.auth_failure_pause_ms = 0;
+        c.core.auth_failure_pause_ms = 0;
     });
     let addr = server.addr().to_string();
     let mut ok = Connection::connect(&addr, Some("s3cret")).expect("authenticated");

@@ -5,21 +5,25 @@
 //! 1. [`wire`]: the line protocol as data; a push parser and encoders.
 //! 2. [`core`]: the sans-IO transition function (locks, semaphores, leases,
 //!    FIFO, two-phase, GC, stats). Time and token salt are arguments.
-//! 3. [`server`]: the smol driver that moves bytes between sockets and the core.
-//!    [`http`]: the HTTP REST front, another driver of the same core.
-//! 4. [`config`]: the settings table, flags, environment variables and
+//! 3. [`engine`]: the only door to the core: inputs as values in, effects
+//!    routed out, the clock, the timer and the fence file around it.
+//! 4. The fronts, which move bytes between sockets and the engine:
+//!    [`tcp`] (the line protocol) and [`http`] (the REST API and SSE), on
+//!    [`net`] (TLS, per-IP admission) and [`rt`] (the runtime seam);
+//!    [`server`] starts the engine with both fronts and drains them.
+//! 5. [`config`]: the settings table, flags, environment variables and
 //!    their validation; [`logging`]: log lines and their rate limits.
-//! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
-//! 6. [`client`]: the client library (connections, lock and semaphore
+//! 6. [`conformance`]: the transcript runner for `spec/conformance/`.
+//! 7. [`client`]: the client library (connections, lock and semaphore
 //!    handles with background renewal, CRC-32 sharding).
 //!    [`cli`]: the client subcommands of `dflockd` (`lock`, `stats`,
 //!    `signal`, `listen`), built on it.
-//! 7. `differential` (feature `differential`): the model-versus-core
+//! 8. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
-//! 8. [`sync`]: the std/loom facade for the server's own concurrency.
-//! 9. [`cluster`]: cluster mode's replication layer (Raft over opaque
-//!    entries: storage in `--raft-dir`, the member transport, the replica
-//!    driver), spec/cluster.md.
+//! 9. [`sync`]: the std/loom facade for the server's own concurrency.
+//! 10. [`cluster`]: cluster mode (spec/cluster.md): Raft storage in
+//!    `--raft-dir`, the member transport, the replica driver, and the
+//!    engine's inputs as the replicated log.
 
 pub mod cli;
 pub mod client;
@@ -29,8 +33,12 @@ pub mod conformance;
 pub mod core;
 #[cfg(feature = "differential")]
 pub mod differential;
+pub mod engine;
 pub mod http;
 pub mod logging;
+pub mod net;
+pub mod rt;
 pub mod server;
 pub mod sync;
+pub mod tcp;
 pub mod wire;

@@ -5,7 +5,7 @@
 //!
 //! `PROPTEST_CASES` overrides the case count (CI uses the default below).
 
-use dflockd::differential::{run, Req, Scenario, Settings, Step, Tok};
+use dflockd::differential::{run, run_against, Req, Scenario, Settings, Step, Tok};
 use proptest::prelude::*;
 
 fn settings() -> impl Strategy<Value = Settings> {
@@ -77,11 +77,14 @@ fn req() -> impl Strategy<Value = Req> {
     ]
 }
 
-fn step() -> impl Strategy<Value = Step> {
+/// One step; `cancels` weighs cancels and read deadlines against the
+/// 26 of everything else.
+fn step(cancels: u32) -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => Just(Step::Connect),
         1 => (0u8..4).prop_map(|conn| Step::Disconnect { conn }),
-        1 => (0u8..4).prop_map(|conn| Step::Cancel { conn }),
+        cancels => (0u8..4).prop_map(|conn| Step::Cancel { conn }),
+        cancels => (0u8..4, any::<bool>()).prop_map(|(conn, partial)| Step::ReadDeadline { conn, partial }),
         // Whole seconds make deadlines coincide; odd milliseconds split them.
         2 => prop_oneof![Just(1000u16), Just(500u16), 1u16..3000].prop_map(|ms| Step::Advance { ms }),
         2 => Just(Step::ToNextDeadline),
@@ -93,7 +96,12 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    (settings(), prop::collection::vec(step(), 1..60)).prop_map(|(settings, mut steps)| {
+    scenario_with(1)
+}
+
+/// Scenarios whose steps are [`step`]`(cancels)`.
+fn scenario_with(cancels: u32) -> impl Strategy<Value = Scenario> {
+    (settings(), prop::collection::vec(step(cancels), 1..60)).prop_map(|(settings, mut steps)| {
         // Start with a few connections so requests have somewhere to go, and
         // keep draining rare (it ends most of the interesting behaviour).
         let mut start = vec![Step::Connect, Step::Connect, Step::Connect];
@@ -126,6 +134,57 @@ proptest! {
         if let Err(d) = run(&s) {
             prop_assert!(false, "{}", d);
         }
+    }
+}
+
+/// The comparator covers the decisions the drivers used to make (semantics
+/// §9.1, §9.2, §10): a model with one of them planted wrong must disagree
+/// with the core on some generated scenario, and that scenario must agree
+/// with the correct model, so the difference is the planted bug's.
+mod planted {
+    use super::*;
+    use dflockd_model::Bug;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    /// Scenarios tried before giving up on finding the bug.
+    const TRIES: usize = 3000;
+
+    fn caught(bug: Bug) {
+        let mut runner = TestRunner::deterministic();
+        // Cancels and read deadlines are what these bugs are about: more
+        // of them finds them sooner.
+        let strategy = scenario_with(6);
+        for _ in 0..TRIES {
+            let s = strategy
+                .new_tree(&mut runner)
+                .expect("a scenario")
+                .current();
+            if let Err(d) = run_against(&s, bug) {
+                assert!(
+                    run(&s).is_ok(),
+                    "the scenario that caught {bug:?} fails anyway"
+                );
+                eprintln!("{bug:?} caught: {d}");
+                return;
+            }
+        }
+        panic!("{bug:?} was never caught in {TRIES} scenarios");
+    }
+
+    #[test]
+    fn cutting_an_idle_owner_is_caught() {
+        caught(Bug::IdleCutsOwner);
+    }
+
+    #[test]
+    fn leaving_a_failed_auth_open_is_caught() {
+        caught(Bug::AuthFailureStaysOpen);
+    }
+
+    #[test]
+    fn keeping_a_grant_that_lost_to_a_cancel_is_caught() {
+        caught(Bug::CancelIgnoresGrant);
     }
 }
 

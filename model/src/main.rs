@@ -1,7 +1,7 @@
 //! `dflockd-model`: runs the stateright model of `spec/semantics.md`.
 //!
 //! ```text
-//! dflockd-model check [--clients N] [--keys K] [--depth D] [--horizon S]
+//! dflockd-model check [--driver] [--clients N] [--keys K] [--depth D] [--horizon S]
 //!                     [--ops O] [--drops R] [--cancels C] [--drain] [--eager-timers]
 //!                     [--no-auto-release] [--max-waiters W] [--bug NAME]
 //! dflockd-model explore [--addr 127.0.0.1:3000] [same model options]
@@ -15,7 +15,10 @@
 //! property's result; it exits 1 if a property fails. `explore` serves
 //! stateright's web explorer, on loopback unless told otherwise. `cluster`
 //! checks the cluster-mode model (`spec/cluster.md` §8), starting from the
-//! CI configuration (`--orphans`: the orphan-TTL one).
+//! CI configuration (`--orphans`: the orphan-TTL one). `--driver` starts
+//! from the configuration of the decisions the drivers used to make (read
+//! deadlines, failed authentication, cancel versus grant) instead of the
+//! CI one; options after it adjust it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -25,7 +28,8 @@ use dflockd_model::cluster::{checker as cl, ClusterBug, ClusterConfig, ClusterMo
 use dflockd_model::Bug;
 use stateright::{Checker, Model};
 
-const USAGE: &str = "usage: dflockd-model check|explore [--clients N] [--keys K] [--depth D] \
+const USAGE: &str =
+    "usage: dflockd-model check|explore [--driver] [--clients N] [--keys K] [--depth D] \
 [--horizon S] [--ops O] [--drops R] [--cancels C] [--drain] [--eager-timers] [--no-auto-release] \
 [--max-waiters W] [--bug NAME] [--threads T] [--addr HOST:PORT]";
 
@@ -62,6 +66,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             "--ops" => cfg.ops_per_client = number(value()?)?,
             "--drops" => cfg.drops_per_client = number(value()?)?,
             "--cancels" => cfg.cancels_per_client = number(value()?)?,
+            "--driver" => cfg = ModelConfig::driver(),
             "--max-waiters" => cfg.machine.max_waiters = number(value()?)?,
             "--threads" => threads = number(value()?)?,
             "--addr" => addr = value()?.clone(),

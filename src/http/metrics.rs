@@ -20,7 +20,6 @@ use hyper::StatusCode;
 use super::{lock, raw_resp, Front, RequestCounts, Resp};
 use crate::core::metrics::{kind_label, Cause, Histogram, How};
 use crate::core::CoreMetrics;
-use crate::server::Shared;
 use crate::wire::Space;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -56,9 +55,9 @@ struct Scrape {
 
 impl Scrape {
     fn take(front: &Front) -> Scrape {
-        let shared = &front.shared;
-        let (stats, core, fence_headroom) = core_state(shared);
-        let fence_failures = shared
+        let engine = &front.engine;
+        let (stats, core, fence_headroom) = engine.scrape();
+        let fence_failures = engine
             .fence_status()
             .map_or(0, |f| f.persist_failures_total);
         let (http_open, http_accepted) = {
@@ -66,12 +65,12 @@ impl Scrape {
             (conns.total(), conns.added())
         };
         Scrape {
-            ready: !shared.is_shutting_down(),
+            ready: !engine.is_draining(),
             uptime_s: front.started.elapsed().as_secs_f64(),
             stats: serde_json::from_str(&stats).unwrap_or_default(),
             core,
-            tcp_open: shared.tcp_connections(),
-            tcp_accepted: shared.tcp_accepted(),
+            tcp_open: engine.fronts.tcp_open.load(Ordering::SeqCst),
+            tcp_accepted: engine.fronts.tcp_accepted.load(Ordering::Relaxed),
             http_open,
             http_accepted,
             sessions: front.sessions.len(),
@@ -84,22 +83,6 @@ impl Scrape {
             fence_failures,
         }
     }
-}
-
-/// The stats JSON, the core's counters and the fence headroom as of now,
-/// under one lock: the core is first advanced to the current time
-/// (expiring what is due), like the `stats` request.
-fn core_state(shared: &Shared) -> (String, CoreMetrics, u64) {
-    let mut effects = Vec::new();
-    let mut inner = shared.lock();
-    let now = shared.clock(&inner);
-    inner.core.handle_timeout(now, &mut effects);
-    shared.after_core(&mut inner, &mut effects, None);
-    (
-        inner.core.stats_json(),
-        inner.core.metrics().clone(),
-        inner.core.fence_headroom(),
-    )
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a family.
@@ -389,51 +372,58 @@ fn core_series(out: &mut String, m: &CoreMetrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Core, CoreConfig, Effect, Time};
+    use crate::core::{ConnId, CoreConfig, Effect, Time};
     use crate::wire::{Key, Reply, Request};
     use std::collections::{BTreeMap, HashMap};
 
     /// A scrape with every series non-trivial: a contended lock handed off
-    /// after 1.5 s, a semaphore timeout and expiry, some requests.
+    /// after 1.5 s, a semaphore timeout and expiry, some requests. Driven
+    /// through the engine's door on a manual clock, as a server would.
     fn sample() -> Scrape {
-        let mut core = Core::new(CoreConfig::default(), Time(0));
-        let mut out: Vec<Effect> = Vec::new();
-        let a = core.connect(Time(0), &mut out);
-        let b = core.connect(Time(0), &mut out);
-        let acquire = |space, timeout_s, limit, lease_s| Request::Acquire {
-            space,
-            key: Key::new(b"k").expect("key"),
-            timeout_s,
-            limit,
-            lease_s,
+        use crate::engine::{Engine, Input, ManualClock, Transport};
+        let clock = std::sync::Arc::new(ManualClock::new(Time(0)));
+        let engine = Engine::new(CoreConfig::default(), None, Box::new(clock.clone()));
+        let a = engine.connect(Transport::Tcp, None);
+        let b = engine.connect(Transport::Tcp, None);
+        let acquire = |space, timeout_s, limit, lease_s| {
+            Input::Request(Request::Acquire {
+                space,
+                key: Key::new(b"k").expect("key"),
+                timeout_s,
+                limit,
+                lease_s,
+            })
         };
-        core.handle(Time(0), a, acquire(Space::Lock, 0, 1, None), &mut out);
         let Some(Effect::Reply {
             reply: Reply::Granted { token, .. },
             ..
-        }) = out.pop()
+        }) = engine.apply(a, acquire(Space::Lock, 0, 1, None)).0.pop()
         else {
             panic!("granted")
         };
-        core.handle(Time(0), b, acquire(Space::Lock, 10, 1, None), &mut out);
+        engine.apply(b, acquire(Space::Lock, 10, 1, None));
         let release = Request::Release {
             space: Space::Lock,
             key: Key::new(b"k").expect("key"),
             token: token.to_string().into_bytes().into(),
         };
-        core.handle(Time(1500), a, release, &mut out);
-        core.handle(Time(1500), a, acquire(Space::Sem, 0, 1, Some(1)), &mut out);
-        core.handle(Time(1500), b, acquire(Space::Sem, 0, 1, None), &mut out);
-        core.handle_timeout(Time(2500), &mut out);
-        core.disconnect(Time(2600), b, &mut out);
+        clock.set(Time(1500));
+        engine.apply(a, Input::Request(release));
+        engine.apply(a, acquire(Space::Sem, 0, 1, Some(1)));
+        engine.apply(b, acquire(Space::Sem, 0, 1, None));
+        clock.set(Time(2500));
+        engine.apply(ConnId::ENGINE, Input::Tick);
+        clock.set(Time(2600));
+        engine.apply(b, Input::Disconnect);
+        let (stats, core, _) = engine.scrape();
         let mut requests: RequestCounts = BTreeMap::new();
         requests.insert(("GET", "/v1/locks/{key}", 405), (2, 0.25));
         requests.insert(("GET", "/metrics", 200), (1, 0.001));
         Scrape {
             ready: true,
             uptime_s: 12.5,
-            stats: serde_json::from_str(&core.stats_json()).expect("stats"),
-            core: core.metrics().clone(),
+            stats: serde_json::from_str(&stats).expect("stats"),
+            core,
             tcp_open: 2,
             tcp_accepted: 5,
             http_open: 1,

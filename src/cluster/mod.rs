@@ -22,6 +22,7 @@
 //! travel in its conf change in the same syntax).
 
 pub mod logger;
+pub mod machine;
 pub mod replica;
 pub mod storage;
 pub mod transport;

@@ -23,6 +23,7 @@
 
 pub mod logger;
 pub mod machine;
+pub mod node;
 pub mod replica;
 pub mod storage;
 pub mod transport;

@@ -942,6 +942,26 @@ impl<T: Send + 'static> ReplicaHandle<T> {
         rx.recv().await.unwrap_or(Err(ProposeError::Stopped))
     }
 
+    /// Queues `data` for proposal now (proposals queued by one thread are
+    /// proposed in that order) and returns the wait for its answer.
+    pub fn enqueue(
+        &self,
+        data: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<T, ProposeError>> + Send + 'static {
+        let (tx, rx) = smol::channel::bounded(1);
+        let refused = match self.commands.try_send(Command::Propose(data, tx)) {
+            Ok(()) => None,
+            Err(_) if self.commands.is_closed() => Some(ProposeError::Stopped),
+            Err(_) => Some(ProposeError::Busy),
+        };
+        async move {
+            match refused {
+                Some(e) => Err(e),
+                None => rx.recv().await.unwrap_or(Err(ProposeError::Stopped)),
+            }
+        }
+    }
+
     /// Adds or removes a voter and waits until the change is applied here.
     pub async fn change_voters(&self, change: VoterChange) -> Result<(), ProposeError> {
         let (tx, rx) = smol::channel::bounded(1);

@@ -49,7 +49,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use settings::{HttpSettings, ServerConfig};
+pub use settings::{ClusterSettings, HttpSettings, ServerConfig};
 pub use table::{Setting, MAX_DURATION_S, SETTINGS};
 
 use crate::core::CoreConfig;
@@ -593,6 +593,14 @@ impl Config {
             tls,
             tls_handshake_timeout_s: self.tls_handshake_timeout_s,
             http: self.http_settings(),
+            cluster: self
+                .cluster
+                .clone()
+                .map(|member| settings::ClusterSettings {
+                    member,
+                    orphan_ttl_ms: self.orphan_ttl_s.saturating_mul(1000),
+                    tick_ms: 100,
+                }),
             ..ServerConfig::default()
         }
     }
@@ -602,18 +610,11 @@ impl Config {
     /// than the port do nothing while the port is 0 (as upstream), so they
     /// only produce a warning in [`Config::warnings`].
     ///
-    /// Cluster mode is refused for now: its replication layer
-    /// (`crate::cluster`) exists and is tested, but the server does not run
-    /// on it until the engine's single door is wired in (spec/cluster.md,
-    /// Status). Its settings are validated in full before this refusal, so
-    /// a configuration that is accepted here will be accepted then.
+    /// Nothing is refused in this build (cluster mode runs since the
+    /// engine's door logs its inputs); kept so that `main` has one place
+    /// to refuse a combination a build cannot serve.
     pub fn unsupported(&self) -> Option<String> {
-        self.cluster.as_ref().map(|_| {
-            "cluster mode is not available in this build yet: --raft-dir (DFLOCKD_RAFT_DIR) \
-             is accepted and checked, but the server cannot run as a cluster member until \
-             the replication layer is wired to the engine; start without --raft-dir"
-                .to_owned()
-        })
+        None
     }
 
     /// The listeners that accept connections from other machines while no

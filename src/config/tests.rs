@@ -956,12 +956,8 @@ fn a_cluster_member_is_configured_and_then_refused_by_this_build() {
         !shown.contains(RAFT_TOKEN) && !shown.contains("adm1n"),
         "{shown}"
     );
-    let msg = cfg.unsupported().expect("refused for now");
-    assert!(
-        msg.starts_with("cluster mode is not available in this build yet"),
-        "{msg}"
-    );
-    // Without --raft-dir nothing is refused.
+    // Cluster mode runs in this build: nothing is refused.
+    assert_eq!(cfg.unsupported(), None);
     assert_eq!(config(&[], &[]).unsupported(), None);
     assert_eq!(config(&[], &[]).orphan_ttl_s, 30);
 }

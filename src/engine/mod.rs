@@ -42,6 +42,35 @@ pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use input::{Entry, Input, Transport};
 use mailbox::{Delivery, Mailbox};
 
+/// Cluster mode's side of the door (`crate::cluster::node`): the requests
+/// that go through the replicated log, and what it must hear about the
+/// connections that sent them (spec/cluster.md §3, §7). A single node has
+/// none, and the door is exactly as without it.
+pub trait Replicator: Send + Sync {
+    /// An authenticated request of `conn`. `None`: not the replicator's
+    /// (the local core answers it: `auth`, `ping`, and signals on the
+    /// leader). `Some(Some(reply))`: answer this now (`error_not_leader`,
+    /// `stats`). `Some(None)`: the answer comes later through `mailbox`.
+    fn request(
+        &self,
+        conn: ConnId,
+        mailbox: Option<&Arc<Mailbox>>,
+        req: &crate::wire::Request,
+    ) -> Option<Option<crate::wire::Reply>>;
+    /// `conn` closed. `shutting_down`: this server is stopping, so the
+    /// session is left to become an orphan (its client reclaims it from the
+    /// next leader) rather than released.
+    fn disconnect(&self, conn: ConnId, shutting_down: bool);
+    /// Withdraw `conn`'s blocked request; `false` when it has none here.
+    fn cancel(&self, conn: ConnId) -> bool;
+    /// Whether `conn` has a session in the replicated state (it must not
+    /// be closed as idle).
+    fn keeps(&self, conn: ConnId) -> bool;
+    /// `None` while this member serves as leader; otherwise the leader's
+    /// client address, when known.
+    fn leader_hint(&self) -> Option<Option<String>>;
+}
+
 /// What one input meant for the connection that sent it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -108,6 +137,8 @@ pub struct Engine {
     /// Wakes the timer task when a nearer deadline appears.
     timer_event: Event,
     draining: AtomicBool,
+    /// Cluster mode, once set ([`Engine::set_replicator`]).
+    replicator: std::sync::OnceLock<std::sync::Arc<dyn Replicator>>,
     /// Fires when the drain begins.
     drain_event: Event,
     pub fronts: Fronts,
@@ -130,9 +161,20 @@ impl Engine {
             clock,
             timer_event: Event::new(),
             draining: AtomicBool::new(false),
+            replicator: std::sync::OnceLock::new(),
             drain_event: Event::new(),
             fronts: Fronts::default(),
         }
+    }
+
+    /// Turns cluster mode on (once, before the fronts start).
+    pub fn set_replicator(&self, r: std::sync::Arc<dyn Replicator>) {
+        let _ = self.replicator.set(r);
+    }
+
+    /// Cluster mode's side, when on.
+    pub fn replicator(&self) -> Option<&std::sync::Arc<dyn Replicator>> {
+        self.replicator.get()
     }
 
     /// Takes the lock: inputs applied through the returned door are applied
@@ -303,6 +345,9 @@ impl Door<'_> {
                 ..Outcome::default()
             };
         }
+        if let Some(outcome) = self.replicated(conn, &input, out) {
+            return outcome;
+        }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let core = &mut self.inner.core;
         let me = match input {
@@ -359,6 +404,45 @@ impl Door<'_> {
             blocked,
             closed,
             gone: false,
+        }
+    }
+
+    /// Cluster mode: what the replicator takes instead of the local core.
+    /// The local core keeps authentication, `ping` and signals.
+    fn replicated(
+        &mut self,
+        conn: ConnId,
+        input: &Input,
+        out: &mut Vec<Effect>,
+    ) -> Option<Outcome> {
+        let rep = self.engine.replicator.get()?;
+        match input {
+            Input::Request(req)
+                if self.inner.core.is_authed(conn) && !self.engine.is_draining() =>
+            {
+                let mailbox = self
+                    .inner
+                    .routes
+                    .get(&conn)
+                    .and_then(|r| r.mailbox.as_ref());
+                match rep.request(conn, mailbox, req)? {
+                    Some(reply) => {
+                        out.push(Effect::Reply { conn, reply });
+                        Some(Outcome::default())
+                    }
+                    None => Some(Outcome {
+                        blocked: true,
+                        ..Outcome::default()
+                    }),
+                }
+            }
+            Input::Disconnect => {
+                rep.disconnect(conn, self.engine.is_draining());
+                None
+            }
+            Input::Cancel => rep.cancel(conn).then(Outcome::default),
+            Input::ReadDeadline { partial: false } => rep.keeps(conn).then(Outcome::default),
+            _ => None,
         }
     }
 

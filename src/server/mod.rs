@@ -32,6 +32,8 @@ pub use crate::net::tls;
 /// A running server.
 pub struct ServerHandle {
     engine: Arc<Engine>,
+    /// Cluster mode's member, when `--raft-dir` is set.
+    node: Option<std::sync::Arc<crate::cluster::node::Node>>,
     addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -52,6 +54,11 @@ impl ServerHandle {
     /// Begins graceful shutdown (as SIGTERM does).
     pub fn shutdown(&self) {
         begin_shutdown(&self.engine);
+    }
+
+    /// Cluster mode's member (status, admin routes, metrics).
+    pub fn node(&self) -> Option<&std::sync::Arc<crate::cluster::node::Node>> {
+        self.node.as_ref()
     }
 
     /// The engine, for tests that look at the lock manager's state.
@@ -101,6 +108,8 @@ impl Drop for ServerHandle {
 pub enum StartError {
     Bind(String, io::Error),
     FenceFile(String),
+    /// Cluster mode could not start (storage, member TLS, Raft).
+    Cluster(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -108,6 +117,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::FenceFile(e) => f.write_str(e),
+            StartError::Cluster(e) => write!(f, "cluster mode: {e}"),
         }
     }
 }
@@ -169,6 +179,10 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let http = http_listener.map(|(l, _)| (crate::http::HttpFront::new(engine.clone(), &cfg), l));
 
     let ex = Arc::new(smol::Executor::new());
+    let node = match &cfg.cluster {
+        Some(c) => Some(start_member(c, &cfg, ex.clone(), &engine)?),
+        None => None,
+    };
     let done = Arc::new(Event::new());
     let finished = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(Event::new());
@@ -238,12 +252,70 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     }
     Ok(ServerHandle {
         engine,
+        node,
         addr,
         http_addr,
         threads,
         done,
         finished,
     })
+}
+
+/// Starts cluster mode (spec/cluster.md §2.5): the Raft storage in
+/// `--raft-dir`, the member transport, the replica task, and the member
+/// as the engine's replicator.
+fn start_member(
+    c: &crate::config::ClusterSettings,
+    cfg: &ServerConfig,
+    ex: Arc<smol::Executor<'static>>,
+    engine: &Arc<Engine>,
+) -> Result<std::sync::Arc<crate::cluster::node::Node>, StartError> {
+    use crate::cluster::machine::Machine;
+    use crate::cluster::node::{Node, NodeConfig};
+    use crate::cluster::replica::{self, Bootstrap, ReplicaConfig};
+    use crate::cluster::storage::LogStore;
+    use crate::cluster::transport::{load_member_tls, MemberAuth, TransportConfig};
+    let m = &c.member;
+    let err = |e: &dyn std::fmt::Display| StartError::Cluster(e.to_string());
+    let store = LogStore::open(&m.raft_dir).map_err(|e| err(&e))?;
+    // Every member listed at start is a voter of the new cluster; the
+    // stored state wins once there is one.
+    let voters = m.peers.iter().map(|p| p.id).collect();
+    let mut rcfg = ReplicaConfig::new(m.node_id, m.peers.clone(), Bootstrap::New(voters));
+    rcfg.tick = Duration::from_millis(c.tick_ms.max(1));
+    let tls = match &m.raft_tls {
+        Some(t) => Some(load_member_tls(&t.cert, &t.key, &t.ca).map_err(|e| err(&e))?),
+        None => None,
+    };
+    let auth = MemberAuth {
+        token: m
+            .raft_auth_token
+            .as_ref()
+            .map(|t| std::sync::Arc::from(t.as_bytes())),
+        tls,
+    };
+    let tcfg = TransportConfig::new(m.node_id, auth);
+    let (applier, shared) = Node::applier(Machine::new(cfg.core.clone()));
+    let handle = replica::spawn(rcfg, applier, store, tcfg, &m.raft_addr, ex.clone())
+        .map_err(|e| err(&e))?;
+    let client_addr = m.advertise_addr.clone().unwrap_or_else(|| {
+        m.peers
+            .iter()
+            .find(|p| p.id == m.node_id)
+            .map_or_else(|| cfg.listen.clone(), |p| p.client_addr.clone())
+    });
+    let node = Node::new(
+        shared,
+        handle,
+        NodeConfig {
+            orphan_ttl_ms: c.orphan_ttl_ms,
+            client_addr,
+        },
+        ex,
+    );
+    node.spawn_tasks();
+    engine.set_replicator(node.clone());
+    Ok(node)
 }
 
 /// Connections the kernel may queue before `accept` takes them; it clamps

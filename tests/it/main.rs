@@ -35,6 +35,7 @@ mod auth;
 mod bad_input;
 mod client;
 mod client_guide;
+mod cluster;
 mod commands;
 mod contention;
 mod disconnect;

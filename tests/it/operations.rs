@@ -588,13 +588,19 @@ fn fence_file_failing_after_start_up_read_only_directory() {
 /// server does not run on the replication layer yet): a process someone
 /// took for a cluster member never serves as a lone node.
 #[test]
-fn cluster_mode_is_checked_then_refused_by_this_build() {
+fn cluster_mode_is_checked_and_a_bad_raft_dir_stops_the_start() {
     let peers = "1=127.0.0.1:7001@127.0.0.1:6401,2=127.0.0.1:7002@127.0.0.1:6402";
+    // A file where the Raft directory should be: the member cannot open
+    // its storage and exits, naming cluster mode, never the token.
+    let not_a_dir =
+        std::env::temp_dir().join(format!("dflockd-it-raft-file-{}", std::process::id()));
+    std::fs::write(&not_a_dir, b"x").expect("scratch file");
+    let not_a_dir = not_a_dir.to_str().expect("utf-8").to_owned();
     let member = [
         "--port",
         "0",
         "--raft-dir",
-        "/nonexistent/raft",
+        &not_a_dir,
         "--node-id",
         "1",
         "--raft-addr",
@@ -608,10 +614,8 @@ fn cluster_mode_is_checked_then_refused_by_this_build() {
     )];
     let (code, stderr) = run_to_exit(&member, &token);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.starts_with("configuration error: cluster mode is not available in this build yet"),
-        "{stderr}"
-    );
+    let _ = std::fs::remove_file(&not_a_dir);
+    assert!(stderr.contains("cluster mode"), "{stderr}");
     assert!(
         !stderr.contains("0123456789abcdef"),
         "the token leaked: {stderr}"

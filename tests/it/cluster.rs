@@ -1,0 +1,173 @@
+//! Cluster mode in process: three members on loopback, each a whole server
+//! with `--raft-dir` (spec/cluster.md). The leader answers after commit,
+//! followers name it, a failover keeps fences increasing and gives held
+//! locks back through `stable-ref`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dflockd::cluster::replica::Role;
+use dflockd::cluster::Peer;
+use dflockd::config::{ClusterConfig, ClusterSettings};
+use dflockd::server::{spawn, ServerConfig, ServerHandle};
+
+use crate::support::{fence, grant, wait_until, Client};
+
+const TOKEN: &str = "a-member-token-of-at-least-32-bytes!";
+
+fn free() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A scratch directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Cluster {
+    members: Vec<Option<ServerHandle>>,
+    _dir: Scratch,
+    configs: Vec<ServerConfig>,
+}
+
+impl Cluster {
+    fn start(n: u64, orphan_ttl_ms: u64) -> Cluster {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n_dir = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = Scratch(
+            std::env::temp_dir().join(format!("dflockd-it-cluster-{}-{n_dir}", std::process::id())),
+        );
+        let peers: Vec<Peer> = (1..=n)
+            .map(|id| Peer {
+                id,
+                raft_addr: format!("127.0.0.1:{}", free()),
+                client_addr: format!("127.0.0.1:{}", free()),
+            })
+            .collect();
+        let configs: Vec<ServerConfig> = peers
+            .iter()
+            .map(|p| ServerConfig {
+                listen: p.client_addr.clone(),
+                threads: 1,
+                cluster: Some(ClusterSettings {
+                    member: ClusterConfig {
+                        raft_dir: dir.0.join(p.id.to_string()),
+                        node_id: p.id,
+                        raft_addr: p.raft_addr.clone(),
+                        peers: peers.clone(),
+                        advertise_addr: None,
+                        raft_auth_token: Some(TOKEN.into()),
+                        raft_tls: None,
+                        admin_token: None,
+                    },
+                    orphan_ttl_ms,
+                    tick_ms: 20,
+                }),
+                ..ServerConfig::default()
+            })
+            .collect();
+        let members = configs
+            .iter()
+            .map(|c| Some(spawn(c.clone()).expect("member starts")))
+            .collect();
+        Cluster {
+            _dir: dir,
+            members,
+            configs,
+        }
+    }
+
+    /// The member that serves as leader (its `LeaderStart` applied).
+    fn leader(&self) -> usize {
+        let mut found = None;
+        wait_until(Duration::from_secs(20), || {
+            found = self.members.iter().position(|m| {
+                m.as_ref().is_some_and(|m| {
+                    let s = m.node().expect("clustered").replica().status();
+                    s.role == Role::Leader
+                        && ping_lock(m.local_addr()).is_some_and(|r| !r.starts_with("error"))
+                })
+            });
+            found.is_some()
+        });
+        found.expect("found")
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.configs[i].listen.parse().expect("addr")
+    }
+}
+
+/// A barrier on a fresh connection: `ok` on a serving leader.
+fn ping_lock(addr: SocketAddr) -> Option<String> {
+    let mut c = Client::connect(addr);
+    Some(c.req("barrier", "_", ""))
+}
+
+#[test]
+fn a_cluster_serves_from_its_leader_and_survives_losing_it() {
+    let mut cluster = Cluster::start(3, 60_000);
+    let leader = cluster.leader();
+    let follower = (leader + 1) % 3;
+
+    // A follower names the leader; auth, ping and stats are its own.
+    let mut f = Client::connect(cluster.addr(follower));
+    let expected = format!("error_not_leader {}", cluster.configs[leader].listen);
+    assert_eq!(f.req("l", "k", "5"), expected);
+    assert_eq!(f.req("ping", "_", ""), "ok");
+    let stats = f.req("stats", "_", "");
+    assert!(stats.contains("\"cluster\""), "{stats}");
+    assert!(stats.contains("\"role\":\"follower\""), "{stats}");
+
+    // The leader grants after commit; the grant is on every member.
+    let mut c = Client::connect(cluster.addr(leader));
+    assert_eq!(c.req("stable-ref", "client-a", ""), "ok");
+    let (tok, _) = grant(&c.req("l", "k", "5 60"));
+    let first = fence(&tok);
+    assert_eq!(c.req("n", "k", &format!("{tok} 60")), "ok 60");
+    let mut other = Client::connect(cluster.addr(leader));
+    assert_eq!(other.req("l", "k", "0"), "timeout");
+    let stats = other.req("stats", "_", "");
+    assert!(stats.contains("\"role\":\"leader\""), "{stats}");
+    wait_until(Duration::from_secs(10), || {
+        let s = Client::connect(cluster.addr(follower)).req("stats", "_", "");
+        s.contains("\"locks\":[{") || s.contains(&tok[..0]) && s.contains("\"key\":\"k\"")
+    });
+
+    // The leader goes away; another takes over.
+    cluster.members[leader] = None;
+    let next = cluster.leader();
+    assert_ne!(next, leader);
+    // The lock is still held (by the orphan)...
+    let mut d = Client::connect(cluster.addr(next));
+    assert_eq!(d.req("l", "k", "0"), "timeout");
+    // ...and comes back to its client by stable-ref, with its token.
+    let mut back = Client::connect(cluster.addr(next));
+    assert_eq!(back.req("stable-ref", "client-a", ""), "ok");
+    assert_eq!(back.req("n", "k", &format!("{tok} 60")), "ok 60");
+    assert_eq!(back.req("r", "k", &tok), "ok");
+    // Fences keep increasing across the failover.
+    let (tok2, _) = grant(&d.req("l", "k", "5 60"));
+    assert!(fence(&tok2) > first, "{tok2} after {tok}");
+}
+
+#[test]
+fn an_orphan_is_released_after_its_ttl() {
+    let mut cluster = Cluster::start(3, 1_500);
+    let leader = cluster.leader();
+    let mut c = Client::connect(cluster.addr(leader));
+    grant(&c.req("l", "orphaned", "5 600"));
+    cluster.members[leader] = None;
+    let next = cluster.leader();
+    let mut d = Client::connect(cluster.addr(next));
+    // Held by the orphan until its TTL, then granted to the waiter.
+    assert_eq!(d.req("l", "orphaned", "0"), "timeout");
+    grant(&d.req("l", "orphaned", "10 60"));
+}

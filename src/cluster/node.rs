@@ -404,7 +404,7 @@ impl Node {
     }
 
     /// What `/metrics` adds: `(name, help, value)`.
-    pub fn metrics(&self) -> Vec<(&'static str, &'static str, u64)> {
+    pub fn raft_metrics(&self) -> Vec<(&'static str, &'static str, u64)> {
         let s = self.handle.status();
         let m = lock(&self.shared.machine);
         vec![
@@ -625,6 +625,10 @@ impl Replicator for Node {
 
     fn keeps(&self, conn: ConnId) -> bool {
         lock(&self.shared.local).by_conn.contains_key(&conn)
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.raft_metrics()
     }
 
     fn leader_hint(&self) -> Option<Option<String>> {

@@ -69,6 +69,8 @@ pub trait Replicator: Send + Sync {
     /// `None` while this member serves as leader; otherwise the leader's
     /// client address, when known.
     fn leader_hint(&self) -> Option<Option<String>>;
+    /// The `dflockd_raft_*` gauges for `/metrics`: (name, help, value).
+    fn metrics(&self) -> Vec<(&'static str, &'static str, u64)>;
 }
 
 /// What one input meant for the connection that sent it.

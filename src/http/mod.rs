@@ -1030,6 +1030,14 @@ fn render(engine: &Engine, op: Op, reply: Reply) -> Resp {
             json_resp(StatusCode::OK, &json!({ "remaining_s": l }))
         }
         Reply::Ok if op == Op::Release => no_content(),
+        // A cluster member that does not lead (spec/cluster.md §7).
+        Reply::NotLeader { leader } => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "not_leader", "");
+            if let Some(v) = leader.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                r.headers_mut().insert("x-dflockd-leader", v);
+            }
+            r
+        }
         // No fence left to issue (semantics §6): the acquire could not be
         // granted whatever the queue did, so say why instead of `timeout`.
         Reply::Status(Status::Timeout)

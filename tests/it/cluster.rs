@@ -56,6 +56,7 @@ impl Cluster {
             .map(|p| ServerConfig {
                 listen: p.client_addr.clone(),
                 threads: 1,
+                http: Some(dflockd::config::HttpSettings::default()),
                 cluster: Some(ClusterSettings {
                     member: ClusterConfig {
                         raft_dir: dir.0.join(p.id.to_string()),
@@ -125,6 +126,30 @@ fn a_cluster_serves_from_its_leader_and_survives_losing_it() {
     let stats = f.req("stats", "_", "");
     assert!(stats.contains("\"cluster\""), "{stats}");
     assert!(stats.contains("\"role\":\"follower\""), "{stats}");
+
+    // Over HTTP: 503 not_leader naming the leader; the metrics show Raft.
+    let fh = cluster.members[follower]
+        .as_ref()
+        .expect("up")
+        .http_addr()
+        .expect("http");
+    let r = crate::http_client::call(fh, "POST", "/v1/sessions", &[], b"");
+    let sid = r.json()["session_id"].as_str().expect("session").to_owned();
+    let r = crate::http_client::call(
+        fh,
+        "POST",
+        "/v1/locks/k",
+        &[("X-Dflockd-Session", &sid)],
+        b"{\"acquire_timeout_s\":0}",
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["error"], "not_leader");
+    assert_eq!(
+        r.header("x-dflockd-leader"),
+        Some(cluster.configs[leader].listen.as_str())
+    );
+    let m = crate::http_client::get(fh, "/metrics");
+    assert!(m.body.contains("dflockd_raft_is_leader 0"), "{}", m.body);
 
     // The leader grants after commit; the grant is on every member.
     let mut c = Client::connect(cluster.addr(leader));

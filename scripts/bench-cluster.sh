@@ -11,9 +11,9 @@
 #   2. hand-offs/s: 10 workers contending on one name (--shared-key), each op one hand-off.
 # Every worker talks to the etcd leader, as a dflockd client talks to the leader.
 #
-# The dflockd side (a 3-member dflockd cluster measured in the same run) is added once the
-# server runs on the replication layer (src/cluster); until then this prints etcd's figures
-# only. Needs Debian's etcd-server (apt-get install etcd-server etcd-client).
+# Then, in the same run, dflockd's side (scripts/bench-cluster-dflockd.py): a single node and a
+# 3-member dflockd cluster at 1, 10 and 50 workers, and failover time over 20 leader kills.
+# Needs Debian's etcd-server (apt-get install etcd-server etcd-client).
 #
 # Knobs (environment): BENCH_SECONDS (per run, default 5), REPEATS (median of, default 3),
 # ETCD_BASE_PORT (default 23790: clients on +1..+3, peers on +11..+13). Everything binds
@@ -69,6 +69,7 @@ if [[ ! -x $BENCH ]]; then
     log "building dflockd-bench (release)"
     cargo build --release --quiet --bin dflockd-bench
 fi
+[[ -x ${BENCH%-bench} ]] || cargo build --release --quiet --bin dflockd
 
 # ---------------------------------------------------------------------------------------------
 # A 3-member etcd on loopback
@@ -160,4 +161,8 @@ printf '\netcd lock API, 3 members on loopback (median of %s runs of ~%ss):\n' "
 for name in "1 worker" "10 workers" "hand-offs, 10 workers, one name"; do
     printf '  %-34s %10s ops/s   p50 %s ms   p99 %s ms\n' "$name" "${OPS[$name]}" "${P50[$name]}" "${P99[$name]}"
 done
-printf '  (one op = /v3/lock/lock + /v3/lock/unlock; dflockd cluster figures: after integration)\n'
+printf '  (one op = /v3/lock/lock + /v3/lock/unlock)\n'
+measure "50 workers" 50
+printf '  %-34s %10s ops/s   p50 %s ms   p99 %s ms\n' "50 workers" "${OPS[50 workers]}" "${P50[50 workers]}" "${P99[50 workers]}"
+
+TARGET=${CARGO_TARGET_DIR:-target} python3 scripts/bench-cluster-dflockd.py

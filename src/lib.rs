@@ -22,8 +22,8 @@
 //!    comparator used by the proptest and the fuzzer.
 //! 9. [`sync`]: the std/loom facade for the server's own concurrency.
 //! 10. [`cluster`]: cluster mode (spec/cluster.md): Raft storage in
-//!    `--raft-dir`, the member transport, the replica driver, and the
-//!    engine's inputs as the replicated log.
+//!     `--raft-dir`, the member transport, the replica driver, and the
+//!     engine's inputs as the replicated log.
 
 pub mod cli;
 pub mod client;

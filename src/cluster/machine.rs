@@ -197,7 +197,9 @@ impl Machine {
     /// connection, see [`Machine::session_of`]) are appended to `out`.
     pub fn apply(&mut self, entry: &LogEntry, out: &mut Vec<Effect>) -> Applied {
         let s = &mut self.state;
-        if entry.stamp < s.clock {
+        // A `LeaderStart` applies at the clock the log reached, whatever
+        // its stamp (§4); any other entry stamped below it is an alarm.
+        if entry.stamp < s.clock && !matches!(entry.op, Op::LeaderStart { .. }) {
             self.clock_alarms += 1;
         }
         let at = entry.stamp.max(s.clock);

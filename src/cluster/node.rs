@@ -293,8 +293,9 @@ impl Node {
             let (status, _) = self
                 .handle
                 .wait_for(Duration::from_secs(1), |s| {
-                    (s.role == Role::Leader) != (started == s.term && started != 0)
-                        || s.stopped.is_some()
+                    s.stopped.is_some()
+                        || (s.role != Role::Leader && started != 0)
+                        || (s.role == Role::Leader && started != s.term)
                 })
                 .await;
             if status.stopped.is_some() {

@@ -442,6 +442,7 @@ mod tests {
             requests,
             fence_headroom: 7,
             fence_failures: 2,
+            raft: Vec::new(),
         }
     }
 

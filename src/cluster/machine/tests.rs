@@ -144,7 +144,7 @@ fn random_log(seed: u64, n: usize) -> Vec<LogEntry> {
                         | Request::Enqueue { space, key, .. } => (*space, key.clone()),
                         _ => continue,
                     };
-                    tokens.push((s, space, key, token.clone()));
+                    tokens.push((s, space, key, *token));
                 }
             }
         }

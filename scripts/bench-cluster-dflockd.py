@@ -83,7 +83,7 @@ def bench(addr, workers):
              "--warmup", "5", "--timeout", "10"],
             capture_output=True, text=True, timeout=300).stdout
         ops = float(next(l.split()[1] for l in out.splitlines() if "throughput:" in l))
-        errs = next(l for l in out.splitlines() if "errors" in l)
+        errs = next((l for l in out.splitlines() if "errors" in l), "errors    : 0")
         return ops, errs
     probe, _ = run(max(20, 200 // workers))
     rounds = max(20, int(probe * SECONDS / workers))

@@ -341,7 +341,23 @@ impl Status {
 
 /// The command words of the protocol, in the order `spec/protocol.md`
 /// lists them (a test checks the two agree).
-pub const COMMANDS: [&str; 16] = [
-    "l", "r", "n", "e", "w", "sl", "sr", "sn", "se", "sw", "stats", "auth", "ping", "listen",
-    "unlisten", "signal",
+pub const COMMANDS: [&str; 18] = [
+    "l",
+    "r",
+    "n",
+    "e",
+    "w",
+    "sl",
+    "sr",
+    "sn",
+    "se",
+    "sw",
+    "stats",
+    "auth",
+    "ping",
+    "listen",
+    "unlisten",
+    "signal",
+    "barrier",
+    "stable-ref",
 ];

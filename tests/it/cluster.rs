@@ -196,3 +196,111 @@ fn an_orphan_is_released_after_its_ttl() {
     assert_eq!(d.req("l", "orphaned", "0"), "timeout");
     grant(&d.req("l", "orphaned", "10 60"));
 }
+
+/// The client addresses of every member, the leader last, so that a
+/// cluster client has to be redirected to find it.
+fn members_leader_last(cluster: &Cluster, leader: usize) -> Vec<String> {
+    let mut all: Vec<String> = (0..cluster.configs.len())
+        .filter(|&i| i != leader)
+        .map(|i| cluster.configs[i].listen.clone())
+        .collect();
+    all.push(cluster.configs[leader].listen.clone());
+    all
+}
+
+/// The `dflockd_raft_orphans` gauge of member `i`.
+fn orphans(cluster: &Cluster, i: usize) -> Option<u64> {
+    let http = cluster.members[i].as_ref()?.http_addr()?;
+    let m = crate::http_client::get(http, "/metrics");
+    m.body
+        .lines()
+        .find_map(|l| l.strip_prefix("dflockd_raft_orphans "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_cluster_client_keeps_its_lock_and_token_across_a_failover() {
+    use dflockd::client::{Client as ClusterClient, Error};
+    let mut cluster = Cluster::start(3, 60_000);
+    let leader = cluster.leader();
+    // A 4 s lease renewed every second: the background renewal meets the
+    // failover within a second of it.
+    let client = ClusterClient::cluster(members_leader_last(&cluster, leader))
+        .with_lease(Duration::from_secs(4))
+        .with_renewal(0.25, 0.0);
+    let mut lock = client.lock("k");
+    let mut two = client.lock("k2");
+    let (token, token2) = smol::block_on(async {
+        let t = lock.acquire(Duration::from_secs(5)).await?;
+        let t2 = two.acquire(Duration::from_secs(5)).await?;
+        Ok::<_, Error>((t, t2))
+    })
+    .expect("granted through the redirect");
+    assert_eq!(
+        client.leader_hint().as_deref(),
+        Some(cluster.configs[leader].listen.as_str())
+    );
+
+    cluster.members[leader] = None;
+    let next = cluster.leader();
+    // Both holdings were orphaned by the new leader's `LeaderStart`; the
+    // background renewal of `lock` and the explicit renewal of `two` take
+    // them over (nothing else can: the orphan TTL is a minute).
+    let renewed = smol::block_on(two.renew()).expect("reclaimed by the renewal");
+    assert_eq!(renewed, 4);
+    wait_until(Duration::from_secs(20), || orphans(&cluster, next) == Some(0));
+    assert!(!lock.is_lost() && !two.is_lost());
+    assert_eq!(lock.token(), Some(token));
+    assert_eq!(two.token(), Some(token2));
+    assert_eq!(
+        client.leader_hint().as_deref(),
+        Some(cluster.configs[next].listen.as_str())
+    );
+    // Still held: nobody else gets it; the holders release with their
+    // first tokens.
+    let mut other = Client::connect(cluster.addr(next));
+    assert_eq!(other.req("l", "k", "0"), "timeout");
+    smol::block_on(async {
+        lock.release().await?;
+        two.release().await
+    })
+    .expect("released with the tokens granted before the failover");
+    let (tok, _) = grant(&other.req("l", "k", "5"));
+    assert!(fence(&tok) > token.fence.max(token2.fence));
+}
+
+#[test]
+fn a_cluster_client_whose_orphan_was_released_reports_the_lock_lost() {
+    use dflockd::client::{Client as ClusterClient, Error};
+    use futures_lite::FutureExt;
+    let mut cluster = Cluster::start(3, 1_500);
+    let leader = cluster.leader();
+    // No background renewal during the test (59 s of a 60 s lease).
+    let client = ClusterClient::cluster(members_leader_last(&cluster, leader))
+        .with_lease(Duration::from_secs(60))
+        .with_renewal(0.99, 0.0);
+    let mut lock = client.lock("orphaned");
+    smol::block_on(lock.acquire(Duration::from_secs(5))).expect("granted");
+    let lost = lock.lost();
+
+    cluster.members[leader] = None;
+    let next = cluster.leader();
+    // The orphan outlives its TTL: the waiter gets the lock.
+    let mut d = Client::connect(cluster.addr(next));
+    grant(&d.req("l", "orphaned", "10 60"));
+    // The reclaim finds nothing to take over: the renewal is refused and
+    // the lock is lost.
+    assert!(matches!(smol::block_on(lock.renew()), Err(Error::Server)));
+    assert!(lock.is_lost());
+    let fired = smol::block_on(
+        async {
+            lost.await;
+            true
+        }
+        .or(async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            false
+        }),
+    );
+    assert!(fired, "the lost signal fired");
+}

@@ -670,6 +670,11 @@ impl StatsJob {
         (start, self.bytes.len())
     }
 
+    /// Entries and channels listed so far.
+    pub fn listed(&self) -> usize {
+        self.entries.len() + self.channels.len()
+    }
+
     /// The totals counted (complete once the job is done).
     pub fn totals_so_far(&self) -> Totals {
         self.totals

@@ -585,7 +585,7 @@ enum Row {
 }
 
 struct Entry {
-    /// Range of the key in `StatsJob::bytes`.
+    /// Range of the key in its chunk's `bytes`.
     key: (usize, usize),
     space: Space,
     /// The step that read it: the latest reading wins.
@@ -624,9 +624,11 @@ pub struct StatsJob {
     res_cursor: usize,
     node_cursor: usize,
     steps: u32,
-    bytes: Vec<u8>,
-    entries: Vec<Entry>,
-    channels: Vec<Channel>,
+    /// What each step listed: many small buffers rather than one that
+    /// grows, so that no step copies what earlier steps listed (a
+    /// reallocation of tens of megabytes under the core lock).
+    chunks: Vec<Chunk>,
+    listed: usize,
     totals: Totals,
     resources_done: bool,
     done: bool,
@@ -655,24 +657,17 @@ impl StatsJob {
             res_cursor: 0,
             node_cursor: 0,
             steps: 0,
-            bytes: Vec::new(),
-            entries: Vec::new(),
-            channels: Vec::new(),
+            chunks: Vec::new(),
+            listed: 0,
             totals: Totals::default(),
             resources_done: false,
             done: false,
         }
     }
 
-    fn push_bytes(&mut self, b: &[u8]) -> (usize, usize) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(b);
-        (start, self.bytes.len())
-    }
-
     /// Entries and channels listed so far.
     pub fn listed(&self) -> usize {
-        self.entries.len() + self.channels.len()
+        self.listed
     }
 
     /// The totals counted (complete once the job is done).
@@ -682,39 +677,44 @@ impl StatsJob {
 
     /// The `stats` JSON (one line). Sorting and rendering happen here,
     /// without the core.
-    pub fn render(mut self) -> String {
-        let bytes = std::mem::take(&mut self.bytes);
-        let key = |r: (usize, usize)| &bytes[r.0..r.1];
-        // Sort by (key, space), the latest reading last, and keep it.
-        self.entries.sort_by(|a, b| {
-            (key(a.key), a.space, a.step).cmp(&(key(b.key), b.space, b.step))
-        });
-        let mut entries: Vec<&Entry> = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
+    pub fn render(self) -> String {
+        // Every reading as (key, space, step, row); sorted by (key, space),
+        // the latest reading last, and that one kept.
+        let mut rows: Vec<(&[u8], Space, u32, &Row)> = Vec::with_capacity(self.listed);
+        let mut subs: Vec<(&[u8], &[u8], u32, usize)> = Vec::new();
+        for c in &self.chunks {
+            let text = |r: (usize, usize)| &c.bytes[r.0..r.1];
+            rows.extend(c.entries.iter().map(|e| (text(e.key), e.space, e.step, &e.row)));
+            subs.extend(
+                c.channels
+                    .iter()
+                    .map(|ch| (text(ch.pattern), text(ch.group), ch.step, ch.listeners)),
+            );
+        }
+        rows.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        let mut entries: Vec<(&[u8], Space, &Row)> = Vec::with_capacity(rows.len());
+        for (k, space, _, row) in rows {
             match entries.last_mut() {
-                Some(last) if key(last.key) == key(e.key) && last.space == e.space => *last = e,
-                _ => entries.push(e),
+                Some(last) if last.0 == k && last.1 == space => *last = (k, space, row),
+                _ => entries.push((k, space, row)),
             }
         }
-        self.channels.sort_by(|a, b| {
-            (key(a.pattern), key(a.group), a.step).cmp(&(key(b.pattern), key(b.group), b.step))
-        });
-        let mut channels: Vec<&Channel> = Vec::with_capacity(self.channels.len());
-        for c in &self.channels {
+        subs.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        let mut channels: Vec<(&[u8], &[u8], usize)> = Vec::with_capacity(subs.len());
+        for (pattern, group, _, listeners) in subs {
             match channels.last_mut() {
-                Some(last) if key(last.pattern) == key(c.pattern) && key(last.group) == key(c.group) => {
-                    *last = c
+                Some(last) if last.0 == pattern && last.1 == group => {
+                    *last = (pattern, group, listeners)
                 }
-                _ => channels.push(c),
+                _ => channels.push((pattern, group, listeners)),
             }
         }
         let mut snap = stats::Snapshot {
             connections: self.totals.connections,
             ..Default::default()
         };
-        for e in entries {
-            let (k, space) = (key(e.key), e.space);
-            match e.row {
+        for (k, space, row) in entries {
+            match *row {
                 Row::Lock {
                     owner,
                     lease_s,
@@ -749,11 +749,11 @@ impl StatsJob {
                 }),
             }
         }
-        for c in channels {
+        for (pattern, group, listeners) in channels {
             snap.signal_channels.push(stats::ChannelEntry {
-                pattern: key(c.pattern),
-                group: key(c.group),
-                listeners: c.listeners,
+                pattern,
+                group,
+                listeners,
             });
         }
         stats::render(snap)
@@ -776,6 +776,34 @@ impl Job for StatsJob {
         let now = core.now;
         self.steps += 1;
         let step = self.steps;
+        let mut chunk = Chunk::default();
+        let done = self.step_into(core, now, step, &mut chunk);
+        if !chunk.entries.is_empty() || !chunk.channels.is_empty() {
+            self.listed += chunk.entries.len() + chunk.channels.len();
+            self.chunks.push(chunk);
+        }
+        done
+    }
+}
+
+/// What one step of a [`StatsJob`] listed.
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    channels: Vec<Channel>,
+}
+
+impl Chunk {
+    fn push_bytes(&mut self, b: &[u8]) -> (usize, usize) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(b);
+        (start, self.bytes.len())
+    }
+}
+
+impl StatsJob {
+    fn step_into(&mut self, core: &Core, now: Time, step: u32, chunk: &mut Chunk) -> bool {
         if !self.resources_done {
             let mut cursor = self.res_cursor;
             let mut rows: Vec<(ResId, Row)> = Vec::new();
@@ -823,8 +851,8 @@ impl Job for StatsJob {
                         Row::IdleLock { .. } | Row::IdleSem { .. } => {}
                     }
                 } else {
-                    let key = self.push_bytes(r.key.as_bytes());
-                    self.entries.push(Entry {
+                    let key = chunk.push_bytes(r.key.as_bytes());
+                    chunk.entries.push(Entry {
                         key,
                         space: r.space,
                         step,
@@ -843,9 +871,9 @@ impl Job for StatsJob {
                 if self.totals_only {
                     self.totals.signal_listeners += listeners as u64;
                 } else {
-                    let pattern = self.push_bytes(pattern);
-                    let group = self.push_bytes(group);
-                    self.channels.push(Channel {
+                    let pattern = chunk.push_bytes(pattern);
+                    let group = chunk.push_bytes(group);
+                    chunk.channels.push(Channel {
                         pattern,
                         group,
                         step,

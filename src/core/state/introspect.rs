@@ -993,6 +993,7 @@ pub struct TopJob {
     oldest_order: BTreeSet<(Time, ResId)>,
     scanned: u64,
     result: Vec<KeyEntry>,
+    connections: usize,
     done: bool,
 }
 
@@ -1019,6 +1020,7 @@ impl TopJob {
             oldest_order: BTreeSet::new(),
             scanned: 0,
             result: Vec::new(),
+            connections: 0,
             done: false,
         }
     }
@@ -1026,6 +1028,11 @@ impl TopJob {
     /// Items visited by the scan (0 when answered from the index).
     pub fn scanned(&self) -> u64 {
         self.scanned
+    }
+
+    /// Connections (and sessions) at the last step.
+    pub fn connections(&self) -> usize {
+        self.connections
     }
 
     /// The keys, best first.
@@ -1074,6 +1081,7 @@ impl TopJob {
 
     fn finish(&mut self, core: &Core) {
         let now = core.now;
+        self.connections = core.connection_count();
         let mut found: Vec<(Rank, KeyEntry)> = Vec::new();
         if self.q.sort == Sort::HeldFor {
             for &(granted, res) in &self.oldest_order {

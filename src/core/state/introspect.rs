@@ -315,10 +315,25 @@ impl Core {
 
 // ----- views -------------------------------------------------------------------
 
+/// Fences are written as decimal strings: they exceed 2^53 (they start
+/// from the clock in nanoseconds), which a JSON number read by JavaScript
+/// cannot hold exactly.
+fn fence_text<S: serde::Serializer>(fence: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(fence)
+}
+
+fn some_fence_text<S: serde::Serializer>(fence: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match fence {
+        Some(f) => s.collect_str(f),
+        None => s.serialize_none(),
+    }
+}
+
 /// A holder as the views show it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HolderView {
     pub conn: u64,
+    #[serde(serialize_with = "fence_text")]
     pub fence: u64,
     pub held_for_s: f64,
     pub lease_expires_in_s: f64,
@@ -343,7 +358,10 @@ pub struct EventView {
     pub ago_s: f64,
     pub event: &'static str,
     pub conn: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "some_fence_text"
+    )]
     pub fence: Option<u64>,
     /// `granted`: queued for; `released`, `expired`, `disconnected`: held
     /// for; `timed_out`, `left_queue`: waited for.

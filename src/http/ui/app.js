@@ -61,9 +61,9 @@
   function secs(s) {
     if (s === null || s === undefined) return '–';
     if (s < 1) return Math.round(s * 1000) + ' ms';
-    if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + ' s';
+    if (s < 60) return (Number.isInteger(s) ? String(s) : s.toFixed(s < 10 ? 1 : 0)) + ' s';
     const m = Math.floor(s / 60);
-    if (m < 60) return m + ' m ' + Math.floor(s % 60) + ' s';
+    if (m < 60) return m + ' m' + (s % 60 >= 1 ? ' ' + Math.floor(s % 60) + ' s' : '');
     const h = Math.floor(m / 60);
     if (h < 48) return h + ' h ' + (m % 60) + ' m';
     return Math.floor(h / 24) + ' d ' + (h % 24) + ' h';

@@ -378,14 +378,15 @@ pub fn render(v: &View<'_>) -> Vec<String> {
     let a = v.activity;
     let c = &a["connections"];
     let n = |x: &Value| x.as_u64().unwrap_or(0);
+    let plural = |k: u64, one: &str| format!("{k} {one}{}", if k == 1 { "" } else { "s" });
     let mut lines = vec![
         format!(
-            "dflockd top · {} · up {} · {} connections ({} TCP, {} HTTP sessions){}",
+            "dflockd top · {} · up {} · {} ({} TCP, {}){}",
             v.addr,
             secs(a["uptime_s"].as_f64().unwrap_or(0.0)),
-            n(&c["total"]),
+            plural(n(&c["total"]), "connection"),
             n(&c["tcp"]),
-            n(&c["http_sessions"]),
+            plural(n(&c["http_sessions"]), "HTTP session"),
             if a["draining"] == true { " · draining" } else { "" }
         ),
         format!(
@@ -841,7 +842,7 @@ mod tests {
         });
         assert_eq!(
             lines[0],
-            "dflockd top · 127.0.0.1:6389 · up 2 m 5 s · 9 connections (8 TCP, 1 HTTP sessions)"
+            "dflockd top · 127.0.0.1:6389 · up 2 m 5 s · 9 connections (8 TCP, 1 HTTP session)"
         );
         assert_eq!(
             lines[1],

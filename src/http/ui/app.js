@@ -75,6 +75,10 @@
     return String(n);
   }
 
+  function plural(n, one) {
+    return n + ' ' + one + (n === 1 ? '' : 's');
+  }
+
   function rate(r) {
     if (r === null || r === undefined) return '–';
     return r >= 100 ? r.toFixed(0) : r.toFixed(1);
@@ -295,8 +299,9 @@
 
   function drawActivity(a) {
     const c = a.connections;
-    $('summary').textContent = c.total + ' connections (' + c.tcp + ' TCP, ' + c.http_sessions +
-      ' HTTP sessions) · up ' + secs(a.uptime_s) + (a.draining ? ' · draining' : '');
+    $('summary').textContent = plural(c.total, 'connection') + ' (' + c.tcp + ' TCP, ' +
+      plural(c.http_sessions, 'HTTP session') + ') · up ' + secs(a.uptime_s) +
+      (a.draining ? ' · draining' : '');
     const h = a.history;
     lineChart($('rates-plot'), [
       { name: 'grants/s', values: h.grants },
@@ -314,7 +319,7 @@
       { name: 'HTTP sessions', values: h.http_sessions },
     ], '');
     const s = a.signals;
-    $('signals-count').textContent = s.subscriptions + ' subscriptions (pattern, group)';
+    $('signals-count').textContent = plural(s.subscriptions, 'subscription') + ' (pattern, group)';
     fill($('signals-table').tBodies[0], s.top.map((ch) => el('tr', {},
       el('td', {}, el('code', { text: ch.pattern })),
       el('td', { text: ch.group || '–' }),

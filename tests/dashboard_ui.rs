@@ -65,7 +65,10 @@ fn tool(names: &[&str], env: &str, what: &str) -> Option<PathBuf> {
          apt-get install {}",
         names[0]
     );
-    eprintln!("{what} is not installed ({}): test skipped", names.join(", "));
+    eprintln!(
+        "{what} is not installed ({}): test skipped",
+        names.join(", ")
+    );
     None
 }
 
@@ -263,7 +266,7 @@ fn contention(server: &ServerHandle) -> Contention {
                 if let Some(tok) = reply.split(' ').nth(1) {
                     c.call("r", "ticks", tok);
                 }
-                if i % 5 == 0 {
+                if i.is_multiple_of(5) {
                     c.call("signal", "orders.created", &format!("order {i}"));
                 }
                 i += 1;
@@ -378,7 +381,10 @@ fn the_dashboard_in_a_browser_shows_the_contention() {
     let first = element(keys, "<tr data-key=", "</tr>");
     assert_eq!(attr(first, "data-key"), Some("orders"), "{first}");
     assert_eq!(attr(first, "data-waiters"), Some("3"), "{first}");
-    assert!(first.contains(r#"<td class="num waiters hot">3</td>"#), "{first}");
+    assert!(
+        first.contains(r#"<td class="num waiters hot">3</td>"#),
+        "{first}"
+    );
     assert!(keys.contains(r#"data-key="payments""#) && keys.contains(r#"data-key="pool""#));
     // Plots with data: the wait distribution has bars, the rates lines.
     let wait = element(&dom, r#"<svg id="wait-plot""#, "</svg>");
@@ -397,8 +403,12 @@ fn the_dashboard_in_a_browser_shows_the_contention() {
         chromium(&bin, &format!("http://{http}/ui#/key/orders"), "--dump-dom").stdout,
     )
     .expect("UTF-8");
-    let res = element(&page, r#"<div class="resource" data-kind="lock">"#, "</div>\n");
-    assert_eq!(res.matches("<td>conn ").count() >= 4, true, "{res}");
+    let res = element(
+        &page,
+        r#"<div class="resource" data-kind="lock">"#,
+        "</div>\n",
+    );
+    assert!(res.matches("<td>conn ").count() >= 4, "{res}");
     assert!(res.contains(r#"<tr data-event="granted">"#), "{res}");
     assert!(res.contains(r#"<tr data-event="timed_out">"#), "{res}");
     // The picture for the README.
@@ -497,9 +507,23 @@ fn dflockd_top_in_a_terminal_shows_the_busiest_keys_and_quits_on_q() {
     };
     let top = format!("{} top --addr {http}", env!("CARGO_BIN_EXE_dflockd"));
     let out = tmux.cmd(&[
-        "-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "132", "-y", "24", &top,
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "132",
+        "-y",
+        "24",
+        &top,
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tmux.cmd(&["set-option", "-t", "top", "remain-on-exit", "on"]);
     let mut screen = String::new();
     wait_for("top shows orders with its 3 waiters", || {
@@ -507,9 +531,16 @@ fn dflockd_top_in_a_terminal_shows_the_busiest_keys_and_quits_on_q() {
         row(&screen, "orders").is_some_and(|r| r[1] == "lock" && r[2] == "1/1" && r[3] == "3")
     });
     let lines: Vec<&str> = screen.lines().collect();
-    assert!(lines[0].starts_with(&format!("dflockd top · {http} · up ")), "{screen}");
+    assert!(
+        lines[0].starts_with(&format!("dflockd top · {http} · up ")),
+        "{screen}"
+    );
     assert!(lines[1].starts_with("grants/s "), "{screen}");
-    assert_eq!(row(&screen, "payments").map(|r| r[3]), Some("1"), "{screen}");
+    assert_eq!(
+        row(&screen, "payments").map(|r| r[3]),
+        Some("1"),
+        "{screen}"
+    );
     assert_eq!(row(&screen, "pool").map(|r| r[2]), Some("3/3"), "{screen}");
     assert!(screen.contains("sorted by longest queue · w queue  h held  f full · q quit"));
     let capture: String = screen
@@ -519,7 +550,12 @@ fn dflockd_top_in_a_terminal_shows_the_busiest_keys_and_quits_on_q() {
         .trim_end()
         .to_string()
         + "\n";
-    keep("top.txt", capture.replace(&http.to_string(), "127.0.0.1:6389").as_bytes());
+    keep(
+        "top.txt",
+        capture
+            .replace(&http.to_string(), "127.0.0.1:6389")
+            .as_bytes(),
+    );
     // The README shows this layout: the same header and footer lines, the
     // same keys in the same order.
     let (command, shown) = readme_top();
@@ -532,7 +568,14 @@ fn dflockd_top_in_a_terminal_shows_the_busiest_keys_and_quits_on_q() {
     };
     let shown_refs: Vec<&str> = shown.iter().map(String::as_str).collect();
     assert_eq!(header(&shown_refs), header(&lines), "README header line");
-    assert_eq!(shown.last().map(String::as_str), lines.iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim_end()));
+    assert_eq!(
+        shown.last().map(String::as_str),
+        lines
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim_end())
+    );
     let keys_of = |ls: &[&str]| -> Vec<String> {
         let from = ls.iter().position(|l| l.starts_with("KEY ")).unwrap_or(0) + 1;
         ls[from..]
@@ -549,11 +592,16 @@ fn dflockd_top_in_a_terminal_shows_the_busiest_keys_and_quits_on_q() {
     });
     // `q` quits, with status 0, and leaves the alternate screen.
     tmux.cmd(&["send-keys", "-t", "top", "q"]);
-    let mut panes = String::new();
     let start = Instant::now();
     loop {
-        let out = tmux.cmd(&["list-panes", "-t", "top", "-F", "#{pane_dead} #{pane_dead_status}"]);
-        panes = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let out = tmux.cmd(&[
+            "list-panes",
+            "-t",
+            "top",
+            "-F",
+            "#{pane_dead} #{pane_dead_status}",
+        ]);
+        let panes = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if panes == "1 0" {
             break;
         }
@@ -600,7 +648,14 @@ fn dflockd_top_without_a_terminal_prints_plain_text_once() {
     assert!(!text.contains('\x1b'), "no escape sequences: {text:?}");
     assert_eq!(text.matches("dflockd top · ").count(), 1, "once: {text}");
     assert_eq!(text.lines().last(), Some("sorted by longest queue"));
-    let twice = top(&["--auth-token-file", &tok, "--count", "2", "--sort", "held_for"]);
+    let twice = top(&[
+        "--auth-token-file",
+        &tok,
+        "--count",
+        "2",
+        "--sort",
+        "held_for",
+    ]);
     let text = String::from_utf8(twice.stdout).expect("UTF-8");
     assert_eq!(text.matches("sorted by longest held").count(), 2, "{text}");
     // Without the token: refused, status 77 (EX_NOPERM), said why.

@@ -200,9 +200,9 @@ fn run(
             top
         };
         let activity = http.json("/v1/activity")?;
-        let stale = keys.as_ref().is_none_or(|(o, _, at)| {
-            *o != order || !order.scans() || at.elapsed() >= SCAN_EVERY
-        });
+        let stale = keys
+            .as_ref()
+            .is_none_or(|(o, _, at)| *o != order || !order.scans() || at.elapsed() >= SCAN_EVERY);
         if stale {
             keys = Some((order, http.json(&order.query(rows))?, Instant::now()));
         }
@@ -309,9 +309,17 @@ pub fn secs(s: f64) -> String {
             format!("{m} m {r} s")
         }
     } else if s < 48.0 * 3600.0 {
-        format!("{} h {} m", (s / 3600.0).floor(), ((s % 3600.0) / 60.0).floor())
+        format!(
+            "{} h {} m",
+            (s / 3600.0).floor(),
+            ((s % 3600.0) / 60.0).floor()
+        )
     } else {
-        format!("{} d {} h", (s / 86400.0).floor(), ((s % 86400.0) / 3600.0).floor())
+        format!(
+            "{} d {} h",
+            (s / 86400.0).floor(),
+            ((s % 86400.0) / 3600.0).floor()
+        )
     }
 }
 
@@ -387,7 +395,11 @@ pub fn render(v: &View<'_>) -> Vec<String> {
             plural(n(&c["total"]), "connection"),
             n(&c["tcp"]),
             plural(n(&c["http_sessions"]), "HTTP session"),
-            if a["draining"] == true { " · draining" } else { "" }
+            if a["draining"] == true {
+                " · draining"
+            } else {
+                ""
+            }
         ),
         format!(
             "grants/s {}   timeouts/s {}   expiries/s {}   releases/s {}   signals/s {}",
@@ -848,15 +860,23 @@ mod tests {
             lines[1],
             "grants/s 52   timeouts/s 1   expiries/s 0   releases/s 50   signals/s 2"
         );
-        assert_eq!(lines[2], "acquire wait p50 ≤1 ms  p99 ≤250 ms   hold none yet");
+        assert_eq!(
+            lines[2],
+            "acquire wait p50 ≤1 ms  p99 ≤250 ms   hold none yet"
+        );
         assert!(lines[4].starts_with("KEY     KIND"), "{}", lines[4]);
         assert_eq!(
             lines[5],
             "orders  lock             1/1        3       12 s  conn 1 (lease 22 s)       \
              conn 2 3.1 s, conn 3 250 ms, +1"
         );
-        assert!(lines[6].starts_with("pool    semaphore        2/2        1          -  2 slots held"));
-        assert_eq!(lines.last().unwrap(), "sorted by longest queue · w queue  h held  f full · q quit");
+        assert!(
+            lines[6].starts_with("pool    semaphore        2/2        1          -  2 slots held")
+        );
+        assert_eq!(
+            lines.last().unwrap(),
+            "sorted by longest queue · w queue  h held  f full · q quit"
+        );
         let narrow = render(&View {
             addr: "a",
             activity: &a,

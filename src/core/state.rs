@@ -1252,7 +1252,10 @@ impl Core {
         }
         let held = at.0.saturating_sub(h.granted.0);
         self.metrics.holder_ended(space, held, Some(Cause::Expiry));
-        self.note(h.res, Event::new(at, EventKind::Expired, h.conn, fence, held));
+        self.note(
+            h.res,
+            Event::new(at, EventKind::Expired, h.conn, fence, held),
+        );
         // The holder's two-phase record stays so that `w` can answer
         // `error_lease_expired` (D18).
         self.touch(h.res, at);

@@ -379,9 +379,8 @@ pub(super) async fn activity(front: &Front) -> Resp {
             .map(|w| f(&w[1]).saturating_sub(f(&w[0])))
             .collect()
     };
-    let gauge = |f: &dyn Fn(&Sample) -> usize| -> Vec<usize> {
-        history.iter().skip(1).map(f).collect()
-    };
+    let gauge =
+        |f: &dyn Fn(&Sample) -> usize| -> Vec<usize> { history.iter().skip(1).map(f).collect() };
     let (signals, subscriptions, walked_s_ago) = channels(front).await;
     let evictions: serde_json::Map<String, serde_json::Value> = Cause::ALL
         .iter()
@@ -454,7 +453,11 @@ mod tests {
     #[test]
     fn top_queries_parse() {
         assert_eq!(q("").unwrap(), None);
-        assert_eq!(q("_=123").unwrap(), None, "unknown alone: the plain listing");
+        assert_eq!(
+            q("_=123").unwrap(),
+            None,
+            "unknown alone: the plain listing"
+        );
         let t = q("top=5&sort=held_for&prefix=ord%2Fers&kind=semaphore")
             .unwrap()
             .unwrap();

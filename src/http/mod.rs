@@ -241,9 +241,21 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
         Route::SignalPublish,
         &[Method::POST],
     ),
-    ("/v1/keys/{key}", Route::KeyView, &[Method::GET, Method::HEAD]),
-    ("/v1/activity", Route::Activity, &[Method::GET, Method::HEAD]),
-    ("/ui", Route::Ui(ui::Asset::Page), &[Method::GET, Method::HEAD]),
+    (
+        "/v1/keys/{key}",
+        Route::KeyView,
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/v1/activity",
+        Route::Activity,
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/ui",
+        Route::Ui(ui::Asset::Page),
+        &[Method::GET, Method::HEAD],
+    ),
     (
         "/ui/app.js",
         Route::Ui(ui::Asset::Script),

@@ -45,7 +45,11 @@ pub(super) fn serve(asset: Asset) -> Resp {
         Asset::Script => ("text/javascript; charset=utf-8", SCRIPT),
         Asset::Style => ("text/css; charset=utf-8", STYLE),
     };
-    let mut r = raw_resp(StatusCode::OK, content_type, Bytes::from_static(body.as_bytes()));
+    let mut r = raw_resp(
+        StatusCode::OK,
+        content_type,
+        Bytes::from_static(body.as_bytes()),
+    );
     let h = r.headers_mut();
     h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));

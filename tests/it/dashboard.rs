@@ -31,7 +31,8 @@ fn contention(server: &Server) -> Contention {
         // Each connection's id, from the stats entry of a key it holds alone.
         c.send("l", "whoami", "0");
         let (tok, _) = grant(&c.recv_line());
-        let id = crate::support::entry(&c.stats(), "locks", "whoami").expect("held")["owner_conn_id"]
+        let id = crate::support::entry(&c.stats(), "locks", "whoami").expect("held")
+            ["owner_conn_id"]
             .as_u64()
             .expect("id");
         c.send("r", "whoami", &tok);
@@ -86,7 +87,11 @@ fn top_lists_show_the_busiest_keys_with_holder_and_queue() {
     assert_eq!(top["scanned"], 0, "answered from the index");
     let keys = top["keys"].as_array().expect("keys");
     let names: Vec<&str> = keys.iter().map(|k| k["key"].as_str().unwrap()).collect();
-    assert_eq!(names, ["orders", "pool"], "only contended keys, longest queue first");
+    assert_eq!(
+        names,
+        ["orders", "pool"],
+        "only contended keys, longest queue first"
+    );
     let orders = &keys[0];
     assert_eq!(orders["waiters"], 3);
     assert_eq!(orders["kind"], "lock");
@@ -150,7 +155,10 @@ fn a_key_view_lists_holders_waiters_and_events() {
     let v = json(addr, "/v1/keys/orders");
     assert_eq!(v["key"], "orders");
     let r = &v["resources"][0];
-    assert_eq!((r["kind"].as_str(), r["waiters"].as_u64()), (Some("lock"), Some(3)));
+    assert_eq!(
+        (r["kind"].as_str(), r["waiters"].as_u64()),
+        (Some("lock"), Some(3))
+    );
     assert_eq!(r["holder_list"][0]["conn"].as_u64(), Some(c.holder));
     let queue: Vec<u64> = r["queue"]
         .as_array()
@@ -170,7 +178,10 @@ fn a_key_view_lists_holders_waiters_and_events() {
     assert!(holders[0]["held_for_s"].as_f64() >= holders[1]["held_for_s"].as_f64());
     assert_eq!(v["resources"][0]["waiters"], 1);
     let v = json(addr, "/v1/keys/pool?kind=semaphore&holders=1");
-    assert_eq!(v["resources"][0]["holder_list"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["resources"][0]["holder_list"].as_array().unwrap().len(),
+        1
+    );
     get(addr, "/v1/keys/none").err(404, "no_such_key");
     get(addr, "/v1/keys/pool?kind=lock").err(404, "no_such_key");
     // The key `whoami` was granted and released by every client.
@@ -192,14 +203,21 @@ fn activity_reports_counters_histograms_connections_and_channels() {
     p.send("signal", "orders.new", "hi");
     assert_eq!(p.recv_line(), "ok 1");
     let a = json(addr, "/v1/activity");
-    assert_eq!(a["totals"]["grants"], 8, "whoami 4 times, orders, pool twice, free");
+    assert_eq!(
+        a["totals"]["grants"], 8,
+        "whoami 4 times, orders, pool twice, free"
+    );
     assert_eq!(a["totals"]["signal_deliveries"], 1);
     assert!(a["connections"]["tcp"].as_u64().unwrap() >= 10);
     assert!(a["connections"]["total"].as_u64().unwrap() >= 10);
     let bounds = a["histograms"]["bounds_s"].as_array().unwrap().len();
     let wait = a["histograms"]["acquire_wait"]["lock"].as_array().unwrap();
     assert_eq!(wait.len(), bounds + 1);
-    assert_eq!(wait.iter().map(|n| n.as_u64().unwrap()).sum::<u64>(), 6, "lock grants");
+    assert_eq!(
+        wait.iter().map(|n| n.as_u64().unwrap()).sum::<u64>(),
+        6,
+        "lock grants"
+    );
     assert!(a["history"]["grants"].is_array());
     assert_eq!(a["signals"]["subscriptions"], 1);
     assert_eq!(a["signals"]["top"][0]["pattern"], "orders.*");
@@ -212,7 +230,10 @@ fn the_ui_is_public_with_a_strict_policy_and_its_data_needs_the_token() {
     let (_server, addr) = start(|cfg| cfg.core.auth_token = Some(b"s3cret".to_vec()));
     let page = get(addr, "/ui");
     assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let csp = page.header("content-security-policy").expect("a policy");
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
     assert!(!csp.contains("unsafe"));
@@ -227,7 +248,13 @@ fn the_ui_is_public_with_a_strict_policy_and_its_data_needs_the_token() {
     }
     for path in ["/v1/activity", "/v1/stats?top=3", "/v1/keys/k"] {
         get(addr, path).err(401, "unauthorized");
-        let r = call(addr, "GET", path, &[("Authorization", "Bearer s3cret")], b"");
+        let r = call(
+            addr,
+            "GET",
+            path,
+            &[("Authorization", "Bearer s3cret")],
+            b"",
+        );
         assert_ne!(r.status, 401, "{path}");
     }
 }
@@ -263,5 +290,8 @@ fn stats_over_many_slices_lists_every_key_once() {
     assert_eq!(top["keys"][1]["key"], "k00001");
     assert_eq!(top["scanned"].as_u64(), Some(N as u64));
     let metrics = get(addr, "/metrics").body;
-    assert!(metrics.contains(&format!("\ndflockd_locks_held {N}\n")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("\ndflockd_locks_held {N}\n")),
+        "{metrics}"
+    );
 }

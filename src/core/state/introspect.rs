@@ -268,7 +268,9 @@ impl Core {
         let (conn, held_ms) = held
             .range((res, 0)..=(res, u64::MAX))
             .find_map(|(_, f)| self.holders.get(f))
-            .map_or((ConnId(0), 0), |h| (h.conn, at.0.saturating_sub(h.granted.0)));
+            .map_or((ConnId(0), 0), |h| {
+                (h.conn, at.0.saturating_sub(h.granted.0))
+            });
         let mut e = Event::new(at, EventKind::Disconnected, conn, 0, held_ms);
         e.count = u32::try_from(n).unwrap_or(u32::MAX);
         self.note(res, e);
@@ -511,9 +513,9 @@ impl Core {
     pub fn stats_gate(&mut self, now: Time, conn: ConnId, out: &mut Vec<Effect>) -> bool {
         let before = out.len();
         self.handle(now, conn, Request::Ping, out);
-        let pong = out[before..].iter().position(|e| {
-            matches!(e, Effect::Reply { conn: c, reply: Reply::Ok } if *c == conn)
-        });
+        let pong = out[before..]
+            .iter()
+            .position(|e| matches!(e, Effect::Reply { conn: c, reply: Reply::Ok } if *c == conn));
         match pong {
             Some(i) => {
                 out.remove(before + i);
@@ -567,12 +569,10 @@ fn walk_leases(
         Some(c) => Bound::Excluded(c),
         None => Bound::Unbounded,
     };
-    let mut n = 0;
-    for &(t, fence) in core.leases.range((from, Bound::Unbounded)) {
+    for (n, &(t, fence)) in core.leases.range((from, Bound::Unbounded)).enumerate() {
         if n == budget {
             return false;
         }
-        n += 1;
         *cursor = Some((t, fence));
         if let Some(h) = core.holders.get(&fence).filter(|h| core.live(h)) {
             f(fence, h.res, h.granted);
@@ -702,7 +702,11 @@ impl StatsJob {
         let mut subs: Vec<(&[u8], &[u8], u32, usize)> = Vec::new();
         for c in &self.chunks {
             let text = |r: (usize, usize)| &c.bytes[r.0..r.1];
-            rows.extend(c.entries.iter().map(|e| (text(e.key), e.space, e.step, &e.row)));
+            rows.extend(
+                c.entries
+                    .iter()
+                    .map(|e| (text(e.key), e.space, e.step, &e.row)),
+            );
             subs.extend(
                 c.channels
                     .iter()
@@ -970,10 +974,13 @@ enum Rank {
     Key(Reverse<Box<[u8]>>),
 }
 
+/// A candidate of a top list: its rank and (space, key).
+type Candidate = (Rank, Space, Box<[u8]>);
+
 /// The `top` largest candidates seen, each (space, key) once.
 struct Best {
     top: usize,
-    heap: BinaryHeap<Reverse<(Rank, Space, Box<[u8]>)>>,
+    heap: BinaryHeap<Reverse<Candidate>>,
 }
 
 impl Best {
@@ -1109,7 +1116,7 @@ impl TopJob {
                 }
             }
         } else {
-            let best = std::mem::replace(&mut self.best.heap, BinaryHeap::new());
+            let best = std::mem::take(&mut self.best.heap);
             for Reverse((_, space, key)) in best {
                 let Some(res) = core.lookup_bytes(space, &key) else {
                     continue;
@@ -1146,9 +1153,13 @@ impl Job for TopJob {
                     Some(c) => Bound::Excluded(c),
                     None => Bound::Unbounded,
                 };
-                let mut visited = 0;
                 let mut exhausted = true;
-                for &(len, res) in core.insight.contended.range((Bound::Unbounded, upper)).rev() {
+                let longest_first = core
+                    .insight
+                    .contended
+                    .range((Bound::Unbounded, upper))
+                    .rev();
+                for (visited, &(len, res)) in longest_first.enumerate() {
                     if self.best.heap.len() == self.q.top {
                         break;
                     }
@@ -1156,7 +1167,6 @@ impl Job for TopJob {
                         exhausted = false;
                         break;
                     }
-                    visited += 1;
                     self.index_cursor = Some((len, res));
                     if let Some(r) = core.resources[res as usize].as_ref() {
                         if self.wanted(r) {

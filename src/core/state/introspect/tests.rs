@@ -87,7 +87,13 @@ impl H {
         run_to_end(job, &mut self.core, self.now, &mut out);
     }
 
-    fn top(&mut self, sort: Sort, top: usize, prefix: Option<&str>, space: Option<Space>) -> Vec<KeyEntry> {
+    fn top(
+        &mut self,
+        sort: Sort,
+        top: usize,
+        prefix: Option<&str>,
+        space: Option<Space>,
+    ) -> Vec<KeyEntry> {
         let mut job = TopJob::new(TopQuery {
             sort,
             top,
@@ -114,32 +120,44 @@ fn busy() -> H {
     }
     let w = h.conn();
     h.send(w, l("lock-00", 10, 30));
-    h.send(c, Request::Enqueue {
-        space: Space::Lock,
-        key: key("lock-01"),
-        limit: 1,
-        lease_s: None,
-    });
+    h.send(
+        c,
+        Request::Enqueue {
+            space: Space::Lock,
+            key: key("lock-01"),
+            limit: 1,
+            lease_s: None,
+        },
+    );
     h.token(b, sl("pool", 0, 3, 30));
     h.token(c, sl("pool", 0, 3, 30));
     h.token(c, sl("lock-05", 0, 2, 30));
     let t = h.token(c, l("idle-lock", 0, 30));
-    h.send(c, Request::Release {
-        space: Space::Lock,
-        key: key("idle-lock"),
-        token: t.to_string().into_bytes().into(),
-    });
+    h.send(
+        c,
+        Request::Release {
+            space: Space::Lock,
+            key: key("idle-lock"),
+            token: t.to_string().into_bytes().into(),
+        },
+    );
     let t = h.token(c, sl("idle-sem", 0, 4, 30));
-    h.send(c, Request::Release {
-        space: Space::Sem,
-        key: key("idle-sem"),
-        token: t.to_string().into_bytes().into(),
-    });
+    h.send(
+        c,
+        Request::Release {
+            space: Space::Sem,
+            key: key("idle-sem"),
+            token: t.to_string().into_bytes().into(),
+        },
+    );
     for (p, g) in [("jobs.*", None), ("jobs.*", Some("g")), ("a.>", None)] {
-        h.send(c, Request::Listen {
-            pattern: key(p),
-            group: g.map(|g: &str| g.as_bytes().into()),
-        });
+        h.send(
+            c,
+            Request::Listen {
+                pattern: key(p),
+                group: g.map(|g: &str| g.as_bytes().into()),
+            },
+        );
     }
     h.at(1500);
     h
@@ -193,7 +211,9 @@ fn a_sliced_stats_lists_each_key_once_whatever_happens_between_steps() {
     let mut h = H::new(c);
     let a = h.conn();
     // Slots 0..6: k0..k5 held, and k0x (slot 6).
-    let tokens: Vec<_> = (0..6).map(|i| h.token(a, l(&format!("k{i}"), 0, 3600))).collect();
+    let tokens: Vec<_> = (0..6)
+        .map(|i| h.token(a, l(&format!("k{i}"), 0, 3600)))
+        .collect();
     let t = h.token(a, l("k0x", 0, 3600));
     let mut job = StatsJob::new().sliced(2);
     let mut out = Vec::new();
@@ -201,15 +221,21 @@ fn a_sliced_stats_lists_each_key_once_whatever_happens_between_steps() {
     // k0 (read already) and k0x go; the idle GC frees slots 0 and 6, 6
     // last, so k0 comes back in slot 6, ahead of the walk.
     for (k, t) in [("k0", tokens[0]), ("k0x", t)] {
-        h.send(a, Request::Release {
-            space: Space::Lock,
-            key: key(k),
-            token: t.to_string().into_bytes().into(),
-        });
+        h.send(
+            a,
+            Request::Release {
+                space: Space::Lock,
+                key: key(k),
+                token: t.to_string().into_bytes().into(),
+            },
+        );
     }
     h.at(2_000);
     h.core.handle_timeout(h.now, &mut h.out);
-    assert!(h.core.lookup(Space::Lock, &key("k0")).is_none(), "collected");
+    assert!(
+        h.core.lookup(Space::Lock, &key("k0")).is_none(),
+        "collected"
+    );
     let b = h.conn();
     h.token(b, l("k0", 0, 3600));
     assert_eq!(h.core.lookup(Space::Lock, &key("k0")), Some(6));
@@ -218,7 +244,11 @@ fn a_sliced_stats_lists_each_key_once_whatever_happens_between_steps() {
     let locks = got["locks"].as_array().unwrap();
     let names: Vec<&str> = locks.iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert_eq!(names, ["k0", "k1", "k2", "k3", "k4", "k5"]);
-    assert_eq!(locks[0]["owner_conn_id"].as_u64(), Some(b.0), "the latest reading");
+    assert_eq!(
+        locks[0]["owner_conn_id"].as_u64(),
+        Some(b.0),
+        "the latest reading"
+    );
     assert_eq!(got["connections"].as_u64(), Some(2));
 }
 
@@ -234,9 +264,12 @@ fn the_stats_gate_answers_as_stats_would() {
         let (ca, cb) = (a.conn(), b.conn());
         if draining {
             for h in [&mut a, &mut b] {
-                h.send(ConnId(1), Request::Auth {
-                    token: b"s3cret".to_vec().into(),
-                });
+                h.send(
+                    ConnId(1),
+                    Request::Auth {
+                        token: b"s3cret".to_vec().into(),
+                    },
+                );
                 let now = h.now;
                 h.core.start_drain(now, &mut h.out);
             }
@@ -257,9 +290,12 @@ fn the_stats_gate_answers_as_stats_would() {
     }
     let mut h = H::new(c);
     let a = h.conn();
-    h.send(a, Request::Auth {
-        token: b"s3cret".to_vec().into(),
-    });
+    h.send(
+        a,
+        Request::Auth {
+            token: b"s3cret".to_vec().into(),
+        },
+    );
     let mut out = Vec::new();
     assert!(h.core.stats_gate(h.now, a, &mut out));
     assert!(out.is_empty(), "{out:?}");
@@ -294,7 +330,10 @@ fn busiest_keys_come_from_the_contended_index_longest_queue_first() {
     let holder = top[0].holder.as_ref().expect("a lock shows its holder");
     assert_eq!((holder.conn, holder.held_for_s), (owner.0, 2.0));
     assert_eq!(keys(&h.top(Sort::Waiters, 2, None, None)), ["q3", "q2"]);
-    assert_eq!(keys(&h.top(Sort::Waiters, 10, None, Some(Space::Sem))), ["q2"]);
+    assert_eq!(
+        keys(&h.top(Sort::Waiters, 10, None, Some(Space::Sem))),
+        ["q2"]
+    );
     assert_eq!(keys(&h.top(Sort::Waiters, 10, Some("q1"), None)), ["q1"]);
     // The index follows the queues: q3's head times out, q1's waiter is
     // granted when its holder releases.
@@ -322,13 +361,19 @@ fn longest_held_fullest_and_key_order_come_from_scans() {
     assert_eq!(top[0].held_for_s, Some(5.0));
     assert_eq!(top[1].held_for_s, Some(4.0), "a semaphore's oldest holder");
     assert_eq!(keys(&h.top(Sort::HeldFor, 2, None, None)), ["old", "sem"]);
-    assert_eq!(keys(&h.top(Sort::HeldFor, 10, None, Some(Space::Sem))), ["sem", "full"]);
+    assert_eq!(
+        keys(&h.top(Sort::HeldFor, 10, None, Some(Space::Sem))),
+        ["sem", "full"]
+    );
     assert_eq!(
         keys(&h.top(Sort::Fill, 10, None, None)),
         ["full", "new", "old", "sem"],
         "full first (most holders first among them, then by key), then by fill"
     );
-    assert_eq!(keys(&h.top(Sort::Key, 3, None, None)), ["full", "new", "old"]);
+    assert_eq!(
+        keys(&h.top(Sort::Key, 3, None, None)),
+        ["full", "new", "old"]
+    );
     assert_eq!(keys(&h.top(Sort::Key, 10, Some("n"), None)), ["new"]);
     assert!(h.top(Sort::Key, 10, Some("zzz"), None).is_empty());
 }
@@ -340,12 +385,15 @@ fn a_key_view_shows_holder_queue_and_recent_events() {
     let t = h.token(a, l("k", 0, 10));
     h.at(1_000);
     assert_eq!(h.send(b, l("k", 5, 10)), None);
-    h.send(c, Request::Enqueue {
-        space: Space::Lock,
-        key: key("k"),
-        limit: 1,
-        lease_s: None,
-    });
+    h.send(
+        c,
+        Request::Enqueue {
+            space: Space::Lock,
+            key: key("k"),
+            limit: 1,
+            lease_s: None,
+        },
+    );
     let v = h.core.key_view(Space::Lock, &key("k"), 10).expect("exists");
     assert_eq!((v.kind, v.limit, v.holders, v.waiters), ("lock", 1, 1, 2));
     assert_eq!(v.holder_list[0].fence, t.fence);
@@ -356,8 +404,18 @@ fn a_key_view_shows_holder_queue_and_recent_events() {
         .map(|w| (w.conn, w.two_phase, w.timeout_in_s))
         .collect();
     assert_eq!(q, [(b.0, false, Some(5.0)), (c.0, true, None)]);
-    assert_eq!(h.core.key_view(Space::Lock, &key("k"), 1).unwrap().queue.len(), 1);
-    assert!(h.core.key_view(Space::Sem, &key("k"), 10).is_none(), "other space");
+    assert_eq!(
+        h.core
+            .key_view(Space::Lock, &key("k"), 1)
+            .unwrap()
+            .queue
+            .len(),
+        1
+    );
+    assert!(
+        h.core.key_view(Space::Sem, &key("k"), 10).is_none(),
+        "other space"
+    );
     // b times out at 6 s; a's lease expires at 10 s and c is granted; c's
     // connection goes away with it.
     h.at(10_000);
@@ -393,16 +451,27 @@ fn disconnects_and_zero_timeouts_are_events() {
     for _ in 0..3 {
         h.token(a, sl("s", 0, 3, 60));
     }
-    assert_eq!(h.send(b, sl("s", 0, 3, 60)), Some(Reply::Status(Status::Timeout)));
+    assert_eq!(
+        h.send(b, sl("s", 0, 3, 60)),
+        Some(Reply::Status(Status::Timeout))
+    );
     h.send(c, sl("s", 60, 3, 60));
     h.at(3_000);
     h.core.disconnect(h.now, c, &mut h.out);
     h.core.disconnect(h.now, a, &mut h.out);
     let v = h.core.key_view(Space::Sem, &key("s"), 10).unwrap();
-    let events: Vec<(&str, u64, u32)> = v.events.iter().map(|e| (e.event, e.conn, e.count)).collect();
+    let events: Vec<(&str, u64, u32)> = v
+        .events
+        .iter()
+        .map(|e| (e.event, e.conn, e.count))
+        .collect();
     assert_eq!(
         events[..3],
-        [("disconnected", a.0, 3), ("left_queue", c.0, 1), ("timed_out", b.0, 1)]
+        [
+            ("disconnected", a.0, 3),
+            ("left_queue", c.0, 1),
+            ("timed_out", b.0, 1)
+        ]
     );
     assert_eq!(v.events[1].seconds, 3.0, "c waited 3 s");
 }
@@ -417,23 +486,36 @@ fn event_rings_are_bounded_and_forget_collected_keys() {
     let a = h.conn();
     for i in 0..50u64 {
         let t = h.token(a, l("busy", 0, 60));
-        h.send(a, Request::Release {
-            space: Space::Lock,
-            key: key("busy"),
-            token: t.to_string().into_bytes().into(),
-        });
+        h.send(
+            a,
+            Request::Release {
+                space: Space::Lock,
+                key: key("busy"),
+                token: t.to_string().into_bytes().into(),
+            },
+        );
         h.at(i);
     }
     let t = h.token(a, l("quiet", 0, 60));
     assert_eq!(h.core.insight.events.len(), EVENTS_PER_BUCKET);
     let v = h.core.key_view(Space::Lock, &key("quiet"), 0).unwrap();
     assert_eq!(v.events.len(), 1, "its own event only");
-    assert_eq!(h.core.key_view(Space::Lock, &key("busy"), 0).unwrap().events.len(), 15);
-    h.send(a, Request::Release {
-        space: Space::Lock,
-        key: key("quiet"),
-        token: t.to_string().into_bytes().into(),
-    });
+    assert_eq!(
+        h.core
+            .key_view(Space::Lock, &key("busy"), 0)
+            .unwrap()
+            .events
+            .len(),
+        15
+    );
+    h.send(
+        a,
+        Request::Release {
+            space: Space::Lock,
+            key: key("quiet"),
+            token: t.to_string().into_bytes().into(),
+        },
+    );
     h.at(5_000);
     h.core.handle_timeout(h.now, &mut h.out);
     assert!(h.core.key_view(Space::Lock, &key("busy"), 0).is_none());
@@ -443,7 +525,12 @@ fn event_rings_are_bounded_and_forget_collected_keys() {
     let mut h = H::new(none);
     let a = h.conn();
     h.token(a, l("k", 0, 60));
-    assert!(h.core.key_view(Space::Lock, &key("k"), 0).unwrap().events.is_empty());
+    assert!(h
+        .core
+        .key_view(Space::Lock, &key("k"), 0)
+        .unwrap()
+        .events
+        .is_empty());
 }
 
 #[test]
@@ -464,7 +551,11 @@ fn a_semaphores_holders_come_from_a_lease_walk() {
         .iter()
         .map(|v| (v.conn, v.held_for_s))
         .collect();
-    assert_eq!(got, [(a.0, 2.0), (b.0, 1.0), (a.0, 0.0)], "longest held first");
+    assert_eq!(
+        got,
+        [(a.0, 2.0), (b.0, 1.0), (a.0, 0.0)],
+        "longest held first"
+    );
     let mut job = HoldersJob::new(Space::Sem, key("s"), 2);
     h.run(&mut job);
     let fences: Vec<u64> = job.into_result().iter().map(|v| v.fence).collect();
@@ -490,10 +581,13 @@ fn channels_count_their_pushes() {
     h.send(c, listen("jobs.*", Some("workers")));
     h.send(c, listen("other", None));
     for _ in 0..3 {
-        let r = h.send(p, Request::Signal {
-            channel: key("jobs.x"),
-            payload: b"hi".to_vec().into(),
-        });
+        let r = h.send(
+            p,
+            Request::Signal {
+                channel: key("jobs.x"),
+                payload: b"hi".to_vec().into(),
+            },
+        );
         assert_eq!(r, Some(Reply::OkInt(3)));
     }
     let mut job = ChannelsJob::new(10).sliced(1);
@@ -505,7 +599,11 @@ fn channels_count_their_pushes() {
         .collect();
     assert_eq!(
         got,
-        [("jobs.*", "", 2, 6), ("jobs.*", "workers", 2, 3), ("other", "", 1, 0)]
+        [
+            ("jobs.*", "", 2, 6),
+            ("jobs.*", "workers", 2, 3),
+            ("other", "", 1, 0)
+        ]
     );
     assert_eq!(total, 3);
     let mut job = ChannelsJob::new(1);

@@ -9,7 +9,7 @@
 //!
 //! `/v1/activity` adds what the core does not keep: a per-second history
 //! of its counters (the last [`HISTORY_SECONDS`] seconds), sampled by a
-//! task of the front ([`sample`]) with one O(1) read a second, and the
+//! task of the front (`sample`) with one O(1) read a second, and the
 //! busiest signal subscriptions, walked at most once per
 //! [`CHANNELS_MAX_AGE`] however many viewers ask (the others get the
 //! last walk), with delivery rates from the walk before.

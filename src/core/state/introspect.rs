@@ -11,7 +11,7 @@
 //!   for contended keys (about 20 bytes each) and O(log c) per change of a
 //!   queue's length. A key's view is one key lookup, its lock holder by
 //!   fence (`last_fence`), its queue in FIFO order, and its recent events
-//!   ([`Events`], below).
+//!   (`Events`, below).
 //! * **Chunked scans** ([`Job`]) for everything without an index: the full
 //!   `stats` listing, the `/metrics` totals, a key prefix search, the
 //!   longest-held keys (oldest live grant: a walk of `leases`), the fullest
@@ -35,7 +35,7 @@
 //! with no other input between its steps is an exact snapshot (the tests
 //! compare it with the one-piece `stats`).
 //!
-//! **Recent events per key** ([`Events`]): grants, releases, expiries,
+//! **Recent events per key** (`Events`): grants, releases, expiries,
 //! timeouts, and what disconnects took, kept in a fixed number of small
 //! rings (`EVENTS_PER_BUCKET` each) indexed by resource slot, so the total
 //! is bounded by `--key-events` (48 bytes an event), allocated per ring on
@@ -59,7 +59,7 @@ use crate::wire::{Key, Reply, Request, Space};
 /// Each costs a slab read and at most one or two hash lookups, so a step
 /// stays well under a millisecond with a million of each.
 pub const SLICE: usize = 4096;
-/// Events kept per ring (see [`Events`]).
+/// Events kept per ring (see `Events`).
 pub const EVENTS_PER_BUCKET: usize = 16;
 /// Waiters shown with each key of a top list, oldest first.
 pub const QUEUE_PREVIEW: usize = 5;

@@ -306,7 +306,11 @@ impl Core {
         for (i, ring) in self.insight.events.rings.iter().enumerate() {
             for e in ring {
                 let n = self.insight.events.rings.len();
-                if e.res as usize % n != i || self.resources.get(e.res as usize).is_none() {
+                let live = self
+                    .resources
+                    .get(e.res as usize)
+                    .is_some_and(Option::is_some);
+                if e.res as usize % n != i || !live {
                     return Err(format!("an event of slot {} in ring {i}", e.res));
                 }
             }

@@ -610,3 +610,90 @@ fn channels_count_their_pushes() {
     h.run(&mut job);
     assert_eq!(job.into_result().0.len(), 1);
 }
+
+/// `verify` checks the contended index against the queues.
+#[test]
+#[should_panic(expected = "introspection indexes")]
+fn verify_catches_a_stale_contended_entry() {
+    let mut h = H::new(cfg());
+    let a = h.conn();
+    h.token(a, l("k", 0, 60));
+    h.core.insight.contended.insert((1, 0));
+    h.core.verify();
+}
+
+/// A random mix of acquires, two-phase waits, releases, timeouts and
+/// disconnects over a few keys: after every input the index names exactly
+/// the keys with waiters (`verify`), and the longest queue is first.
+#[test]
+fn the_contended_index_follows_random_traffic() {
+    let mut h = H::new(cfg());
+    let conns: Vec<ConnId> = (0..12).map(|_| h.conn()).collect();
+    let mut live = conns.clone();
+    let mut held: Vec<(ConnId, &str, crate::wire::Token)> = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let names = ["a", "b", "c", "d"];
+    let mut queues_seen = 0;
+    for step in 0..400u64 {
+        h.at(step * 100);
+        let c = live[next(live.len() as u64) as usize];
+        let k = names[next(4) as usize];
+        if h.core.is_blocked(c) {
+            continue;
+        }
+        match next(6) {
+            0 | 1 => {
+                if let Some(Reply::Granted { token, .. }) = h.send(c, l(k, 1 + next(3), 60)) {
+                    held.push((c, k, token));
+                }
+            }
+            2 => {
+                h.send(
+                    c,
+                    Request::Enqueue {
+                        space: Space::Lock,
+                        key: key(k),
+                        limit: 1,
+                        lease_s: None,
+                    },
+                );
+            }
+            3 if !held.is_empty() => {
+                let (hc, hk, t) = held.swap_remove(next(held.len() as u64) as usize);
+                if live.contains(&hc) && !h.core.is_blocked(hc) {
+                    h.send(
+                        hc,
+                        Request::Release {
+                            space: Space::Lock,
+                            key: key(hk),
+                            token: t.to_string().into_bytes().into(),
+                        },
+                    );
+                }
+            }
+            4 if live.len() > 4 => {
+                let now = h.now;
+                h.core.disconnect(now, c, &mut h.out);
+                live.retain(|x| *x != c);
+                let fresh = h.conn();
+                live.push(fresh);
+            }
+            _ => {
+                let now = h.now;
+                h.core.handle_timeout(now, &mut h.out);
+            }
+        }
+        h.core.verify();
+        let top = h.top(Sort::Waiters, 4, None, None);
+        assert!(top.windows(2).all(|w| w[0].waiters >= w[1].waiters));
+        assert!(top.iter().all(|e| e.waiters > 0));
+        queues_seen += usize::from(top.first().is_some_and(|e| e.waiters >= 2));
+    }
+    assert!(queues_seen > 50, "the traffic formed queues: {queues_seen}");
+}

@@ -196,6 +196,7 @@ impl Settings {
             fence_ceiling: u64::MAX,
             salt_key: SALT_KEY,
             max_subscriptions: m.max_subscriptions,
+            ..CoreConfig::default()
         }
     }
 }

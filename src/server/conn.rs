@@ -215,9 +215,26 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             if pending.is_empty() {
                 break;
             }
-            {
+            if matches!(pending.front(), Some(Pending::Request(Request::Stats))) {
+                // Built in slices with the core lock released in between
+                // (`server::introspect`), so answered on its own, in order.
+                pending.pop_front();
+                let before = effects.len();
+                super::introspect::stats_reply(shared, id, &mut effects).await;
+                if effects[before..]
+                    .iter()
+                    .any(|e| matches!(e, Effect::Close { .. }))
+                {
+                    closing = true;
+                    pending.clear();
+                }
+            } else {
                 let mut inner = shared.lock();
                 while let Some(p) = pending.pop_front() {
+                    if matches!(p, Pending::Request(Request::Stats)) {
+                        pending.push_front(p);
+                        break;
+                    }
                     let now = shared.clock(&inner);
                     let before = effects.len();
                     match p {

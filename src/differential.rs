@@ -1,12 +1,15 @@
 //! Differential testing: one comparator, two harnesses (STYLE convention 7).
 //!
 //! A [`Scenario`] is a configuration and a list of [`Step`]s: connections
-//! opening and closing, requests, time jumps, draining. [`run`] applies it
-//! to the reference machine of `dflockd-model` (the executable spec) and to
-//! the production [`Core`] in lockstep and fails at the first difference in:
+//! opening and closing, requests, time jumps (with the timer firing, or
+//! late so that the next input reaches a core that has not caught up),
+//! draining, raising the fence ceiling. [`run`] applies it to the
+//! reference machine of `dflockd-model` (the executable spec) and to the
+//! production [`Core`] in lockstep and fails at the first difference in:
 //! the reply lines, signal pushes (as their `sig ...` lines) and closes of
 //! each step (in order), whether a connection is blocked, each connection's
-//! count of unwritten pushes, the next deadline, and the `stats` snapshot.
+//! count of unwritten pushes, the next deadline, the instant each has
+//! advanced to, the fence headroom, and the `stats` snapshot.
 //!
 //! The proptest in `tests/differential.rs` and the cargo-fuzz target
 //! `core_vs_model` both call [`run`]; they differ only in how they generate
@@ -33,6 +36,12 @@ pub struct Settings {
     pub gc_max_idle_s: u8,
     pub auth: bool,
     pub max_subscriptions: u8,
+    /// The fence ceiling (semantics §6): unlimited, or this many fences
+    /// (mod 8) above the start, so that grants stop and wait for a
+    /// [`Step::RaiseCeiling`].
+    pub fence_ceiling: Option<u8>,
+    /// Fences start a few below `u64::MAX` instead of at 1000.
+    pub fences_near_max: bool,
 }
 
 /// One step of a scenario. Indices are taken modulo what exists.
@@ -74,6 +83,31 @@ pub enum Step {
         conn: u8,
         channel: u8,
         count: u8,
+    },
+    /// Time moves forward by this many milliseconds and the timer does not
+    /// fire: the next input reaches a core that has not caught up, which
+    /// must answer as if it had (semantics §1, §8; D18, D19).
+    Late {
+        ms: u16,
+    },
+    /// Time moves to the next deadline and the timer does not fire: the
+    /// next input lands exactly on it.
+    LateToNextDeadline,
+    /// The driver raises the fence ceiling to the last fence issued plus
+    /// `by` (0 or less than the ceiling changes nothing; semantics §6).
+    RaiseCeiling {
+        by: u8,
+    },
+    /// A live connection acquires each key of the bit set `keys` in turn,
+    /// with one timeout and one lease, so that its leases end at one instant
+    /// (it stops once a request blocks).
+    Grab {
+        conn: u8,
+        sem: bool,
+        keys: u8,
+        timeout_s: u8,
+        limit: u8,
+        lease_s: Option<u8>,
     },
 }
 
@@ -163,8 +197,45 @@ fn pick(table: &[&'static str], i: u8) -> &'static str {
 const AUTH_TOKEN: &[u8] = b"s3cret";
 const SALT_KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
 const FENCE_START: u64 = 1000;
+/// With [`Settings::fences_near_max`]: the last fence a scenario can issue
+/// is `u64::MAX`, after six grants.
+const FENCE_START_NEAR_MAX: u64 = u64::MAX - 6;
+/// Leases and timeouts for the arguments 250..=255: the wire's largest
+/// (`wire::MAX_SECONDS`) and other large values, so deadline arithmetic
+/// meets its edges.
+const HUGE_SECONDS: [u64; 6] = [
+    crate::wire::MAX_SECONDS,
+    crate::wire::MAX_SECONDS - 1,
+    1 << 32,
+    (1 << 32) - 1,
+    1_000_000_000,
+    86_400,
+];
+
+/// A lease or timeout argument: the arguments 250..=255 are huge values,
+/// the rest are small ones (`small(n)`).
+fn seconds(n: u8, small: impl Fn(u8) -> u64) -> u64 {
+    match n {
+        250..=255 => HUGE_SECONDS[usize::from(n - 250)],
+        _ => small(n),
+    }
+}
 
 impl Settings {
+    fn fence_start(&self) -> u64 {
+        if self.fences_near_max {
+            FENCE_START_NEAR_MAX
+        } else {
+            FENCE_START
+        }
+    }
+
+    fn fence_ceiling(&self) -> u64 {
+        self.fence_ceiling.map_or(u64::MAX, |n| {
+            self.fence_start().saturating_add(u64::from(n % 8))
+        })
+    }
+
     fn model(&self) -> model::Config {
         model::Config {
             default_lease_s: u64::from(self.default_lease_s % 5) + 1,
@@ -174,7 +245,8 @@ impl Settings {
             gc_interval_s: u64::from(self.gc_interval_s % 3) + 1,
             gc_max_idle_s: u64::from(self.gc_max_idle_s % 4),
             auth_token: self.auth.then(|| AUTH_TOKEN.to_vec()),
-            fence_start: FENCE_START,
+            fence_start: self.fence_start(),
+            fence_ceiling: self.fence_ceiling(),
             salt_key: SALT_KEY,
             max_subscriptions: usize::from(self.max_subscriptions % 3),
         }
@@ -190,8 +262,8 @@ impl Settings {
             gc_interval_s: m.gc_interval_s,
             gc_max_idle_s: m.gc_max_idle_s,
             auth_token: m.auth_token,
-            fence_start: FENCE_START,
-            fence_ceiling: u64::MAX,
+            fence_start: m.fence_start,
+            fence_ceiling: m.fence_ceiling,
             salt_key: SALT_KEY,
             max_subscriptions: m.max_subscriptions,
         }
@@ -241,7 +313,11 @@ fn limit(sem: bool, n: u8) -> u64 {
 }
 
 fn lease(l: Option<u8>) -> Option<u64> {
-    l.map(|l| u64::from(l % 5) + 1)
+    l.map(|l| seconds(l, |l| u64::from(l % 5) + 1))
+}
+
+fn timeout(t: u8) -> u64 {
+    seconds(t, |t| u64::from(t % 4))
 }
 
 fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
@@ -394,7 +470,7 @@ impl Pair {
             } => {
                 let (cs, ms) = space(*sem);
                 let (mk, ck) = k(*key);
-                let t = u64::from(timeout_s % 4);
+                let t = timeout(*timeout_s);
                 let (n, l) = (limit(*sem, *n), lease(*lease_s));
                 (
                     model::Op::Acquire {
@@ -486,7 +562,7 @@ impl Pair {
             } => {
                 let (cs, ms) = space(*sem);
                 let (mk, ck) = k(*key);
-                let t = u64::from(timeout_s % 4);
+                let t = timeout(*timeout_s);
                 (
                     model::Op::Wait {
                         space: ms,
@@ -561,6 +637,22 @@ impl Pair {
     }
 
     fn check_state(&self, step: usize) -> Result<(), Divergence> {
+        // Both stand where their last input advanced them (a late step
+        // moves only the harness's clock).
+        let (mn, cn) = (self.model.now_ms(), self.core.now().0);
+        if mn != cn {
+            return Err(Divergence {
+                step,
+                what: format!("advanced to: model {mn}, core {cn}"),
+            });
+        }
+        let (mh, ch) = (self.model.fence_headroom(), self.core.fence_headroom());
+        if mh != ch {
+            return Err(Divergence {
+                step,
+                what: format!("fence headroom: model {mh}, core {ch}"),
+            });
+        }
         let md = self.model.next_deadline();
         let cd = self.core.poll_timeout().map(|t| t.0);
         if md != cd {
@@ -594,7 +686,7 @@ impl Pair {
                 });
             }
         }
-        let mj = json(&model::stats::to_json(&self.model.stats_view(self.now)));
+        let mj = json(&model::stats::to_json(&self.model.stats_view(mn)));
         let cj = json(&self.core.stats_json());
         if mj != cj {
             return Err(Divergence {
@@ -608,8 +700,14 @@ impl Pair {
 
 /// Runs `s` through the model and the core; `Err` at the first difference.
 pub fn run(s: &Scenario) -> Result<(), Divergence> {
+    run_against(s, model::Bug::None)
+}
+
+/// [`run`] with a deliberately broken model (`model::Bug::DIFFERENTIAL`),
+/// to show that the comparator and the generators find what it breaks.
+pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
     let mut p = Pair {
-        model: model::Machine::new(s.settings.model(), 0),
+        model: model::Machine::with_bug(s.settings.model(), 0, bug),
         core: Core::new(s.settings.core(), Time(0)),
         now: 0,
         live: Vec::new(),
@@ -701,6 +799,45 @@ pub fn run(s: &Scenario) -> Result<(), Divergence> {
                     let req = Req::Signal {
                         channel: *channel,
                         payload: k,
+                    };
+                    p.send(i, conn, &req)?;
+                }
+            }
+            Step::Late { ms } => p.now += u64::from(*ms),
+            Step::LateToNextDeadline => {
+                if let Some(t) = p.core.poll_timeout() {
+                    p.now = p.now.max(t.0);
+                }
+            }
+            Step::RaiseCeiling { by } => {
+                let ceiling = p.model.last_fence().saturating_add(u64::from(*by));
+                let m = p.model.raise_fence_ceiling(p.now, ceiling);
+                let mut c = Vec::new();
+                p.core.raise_fence_ceiling(Time(p.now), ceiling, &mut c);
+                p.compare(i, "raise the fence ceiling", m, c)?;
+            }
+            Step::Grab {
+                conn,
+                sem,
+                keys,
+                timeout_s,
+                limit,
+                lease_s,
+            } => {
+                if p.live.is_empty() {
+                    continue;
+                }
+                let conn = p.live[usize::from(*conn) % p.live.len()];
+                for key in (0..KEYS).filter(|k| keys & (1 << k) != 0) {
+                    if !p.live.contains(&conn) || p.core.is_blocked(ConnId(conn)) {
+                        break;
+                    }
+                    let req = Req::Acquire {
+                        sem: *sem,
+                        key,
+                        timeout_s: *timeout_s,
+                        limit: *limit,
+                        lease_s: *lease_s,
                     };
                     p.send(i, conn, &req)?;
                 }

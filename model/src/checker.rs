@@ -95,6 +95,7 @@ impl ModelConfig {
                 gc_max_idle_s: 1,
                 auth_token: None,
                 fence_start: 0,
+                fence_ceiling: u64::MAX,
                 salt_key: [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
                 max_subscriptions: 0,
             },
@@ -672,7 +673,7 @@ impl LockModel {
                                 Cause::Release => g.step.handoff_by_release = true,
                                 Cause::Expiry => g.step.handoff_by_expiry = true,
                                 Cause::Disconnect => g.step.handoff_by_disconnect = true,
-                                Cause::Request | Cause::WaiterLeft => {}
+                                Cause::Request | Cause::WaiterLeft | Cause::CeilingRaised => {}
                             }
                         }
                     }

@@ -586,6 +586,37 @@ impl Machine {
         self.last_fence
     }
 
+    /// The same state with every connection id `c` replaced by `rename(c)`,
+    /// a bijection on the ids issued so far, and re-sorted where the order
+    /// is by id. For the model checker's symmetry reduction: the rules use
+    /// connection ids only to tell connections apart (their order decides
+    /// nothing a client can see, except the ids `stats` shows), so the
+    /// renamed machine behaves the same, renamed.
+    pub fn rename_conns(&self, rename: impl Fn(u64) -> u64) -> Machine {
+        let mut m = self.clone();
+        for c in &mut m.conns {
+            c.id = rename(c.id);
+        }
+        m.conns.sort_by_key(|c| c.id);
+        for r in &mut m.resources {
+            for h in &mut r.holders {
+                h.conn = rename(h.conn);
+            }
+            for w in &mut r.waiters {
+                w.conn = rename(w.conn);
+            }
+        }
+        for rec in &mut m.records {
+            rec.conn = rename(rec.conn);
+        }
+        m.records
+            .sort_by(|a, b| (a.conn, &a.key, a.space).cmp(&(b.conn, &b.key, b.space)));
+        for sub in &mut m.subs {
+            sub.conn = rename(sub.conn);
+        }
+        m
+    }
+
     /// Starts recording [`Event`]s.
     pub fn enable_trace(&mut self) {
         self.trace_enabled = true;

@@ -206,7 +206,7 @@ pub enum Bug {
 impl Bug {
     /// The broken variants the stateright model catches (see
     /// `model/tests/model/check.rs`).
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 15] = [
         Bug::GrantFromBack,
         Bug::DoubleGrant,
         Bug::LeaseNeverExpires,
@@ -219,6 +219,9 @@ impl Bug {
         Bug::WaiterLeftInQueue,
         Bug::NoHandoffOnExpiry,
         Bug::CancelKeepsWaiter,
+        Bug::TimeoutUntold,
+        Bug::GrantUntold,
+        Bug::SignalTwice,
     ];
 
     /// The broken variants only the differential comparator catches (see

@@ -11,6 +11,14 @@
 //! count of unwritten pushes, the next deadline, the instant each has
 //! advanced to, the fence headroom, and the `stats` snapshot.
 //!
+//! A second core runs alongside, driven *eagerly*: before each input its
+//! timer fires at every deadline on time, so each of its outputs happens at
+//! the instant of the call that gave it. It must give the same outputs as
+//! the first (semantics §8: answers do not depend on how late a timer
+//! fires), and a [`model::monitor::Monitor`] watches its trace for the
+//! safety properties of semantics §11, from the clients' side: the core is
+//! checked against the properties themselves, not only against the model.
+//!
 //! The proptest in `tests/differential.rs` and the cargo-fuzz target
 //! `core_vs_model` both call [`run`]; they differ only in how they generate
 //! scenarios. Steps refer to connections and tokens by small indices that
@@ -283,10 +291,13 @@ impl std::fmt::Display for Divergence {
     }
 }
 
-/// Both machines plus the harness's view of the world.
+/// The machines plus the harness's view of the world.
 struct Pair {
     model: model::Machine,
     core: Core,
+    /// The same core, its timer always on time (see the module docs).
+    eager: Core,
+    monitor: model::monitor::Monitor,
     now: u64,
     live: Vec<u64>,
     tokens: Vec<Vec<u8>>,
@@ -378,18 +389,76 @@ fn json(s: &str) -> Option<serde_json::Value> {
 }
 
 impl Pair {
+    /// Applies an input to the eager core at `self.now`: first its timer
+    /// fires at every deadline up to then, each on time, and the monitor
+    /// sees each call's outputs at that call's instant; `told` tells the
+    /// monitor of the input just before it is applied. All the outputs, in
+    /// order.
+    fn eager(
+        &mut self,
+        told: impl FnOnce(&mut model::monitor::Monitor),
+        input: impl FnOnce(&mut Core, &mut Vec<Effect>),
+    ) -> Vec<model::Output> {
+        let mut all = Vec::new();
+        while let Some(t) = self.eager.poll_timeout().filter(|t| t.0 <= self.now) {
+            let mut out = Vec::new();
+            self.eager.handle_timeout(t, &mut out);
+            let out = core_outputs(out);
+            self.monitor.outputs(t.0, &out);
+            all.extend(out);
+        }
+        told(&mut self.monitor);
+        let mut out = Vec::new();
+        input(&mut self.eager, &mut out);
+        let out = core_outputs(out);
+        self.monitor.outputs(self.now, &out);
+        all.extend(out);
+        all
+    }
+
+    /// Applies an input other than a request to both cores and compares
+    /// their outputs with the model's `m`.
+    fn apply(
+        &mut self,
+        step: usize,
+        what: &str,
+        m: Vec<model::Output>,
+        input: impl Fn(&mut Core, Time, &mut Vec<Effect>),
+    ) -> Result<(), Divergence> {
+        let now = Time(self.now);
+        let e = self.eager(|_| {}, |core, out| input(core, now, out));
+        let mut c = Vec::new();
+        input(&mut self.core, now, &mut c);
+        self.compare(step, what, m, c, e)
+    }
+
+    /// Compares the outputs of one input: the model's `m`, the core's `c`
+    /// and the eager core's `e` (after its timer caught up).
     fn compare(
         &mut self,
         step: usize,
         what: &str,
         m: Vec<model::Output>,
         c: Vec<Effect>,
+        e: Vec<model::Output>,
     ) -> Result<(), Divergence> {
         let c = core_outputs(c);
         if !same(&m, &c) {
             return Err(Divergence {
                 step,
                 what: format!("{what}: model {m:?}, core {c:?}"),
+            });
+        }
+        if !same(&c, &e) {
+            return Err(Divergence {
+                step,
+                what: format!("{what}: core {c:?}, core with its timer on time {e:?}"),
+            });
+        }
+        if let Some(v) = self.monitor.violation() {
+            return Err(Divergence {
+                step,
+                what: format!("{what}: the core breaks \"{}\": {}", v.property, v.what),
             });
         }
         // Remember tokens for later release/renew steps.
@@ -422,25 +491,30 @@ impl Pair {
         }
         let (mop, creq) = self.request(req);
         let what = format!("{req:?} from conn {conn}");
+        let (now, id) = (Time(self.now), ConnId(conn));
+        let apply = |core: &mut Core, c: &mut Vec<Effect>| match req {
+            Req::Invalid { fatal } => core.handle_invalid(now, id, *fatal, c),
+            _ => core.handle(now, id, creq.clone(), c),
+        };
+        let e = self.eager(|mon| mon.request(conn, &mop), apply);
         let m = self.model.handle(self.now, conn, mop);
         let mut c = Vec::new();
-        match req {
-            Req::Invalid { fatal } => {
-                self.core
-                    .handle_invalid(Time(self.now), ConnId(conn), *fatal, &mut c)
-            }
-            _ => self.core.handle(Time(self.now), ConnId(conn), creq, &mut c),
-        }
-        self.compare(step, &what, m, c)
+        apply(&mut self.core, &mut c);
+        self.compare(step, &what, m, c, e)
     }
 
     fn drop_conn(&mut self, step: usize, conn: u64) -> Result<(), Divergence> {
         if let Some(i) = self.live.iter().position(|c| *c == conn) {
             self.live.remove(i);
+            let (now, id) = (Time(self.now), ConnId(conn));
+            let e = self.eager(
+                |mon| mon.disconnect(now.0, conn),
+                |core, c| core.disconnect(now, id, c),
+            );
             let m = self.model.disconnect(self.now, conn);
             let mut c = Vec::new();
-            self.core.disconnect(Time(self.now), ConnId(conn), &mut c);
-            self.compare(step, "disconnect", m, c)?;
+            self.core.disconnect(now, id, &mut c);
+            self.compare(step, "disconnect", m, c, e)?;
         }
         Ok(())
     }
@@ -661,6 +735,21 @@ impl Pair {
                 what: format!("next deadline: model {md:?}, core {cd:?}"),
             });
         }
+        // The eager core fired the timers the core has not: it agrees once
+        // both stand at the same instant.
+        if self.eager.now() == self.core.now() {
+            let ed = self.eager.poll_timeout().map(|t| t.0);
+            let (cj, ej) = (self.core.stats_json(), self.eager.stats_json());
+            if ed != cd || cj != ej {
+                return Err(Divergence {
+                    step,
+                    what: format!(
+                        "core with its timer on time: next deadline {ed:?}, stats {ej}; \
+                         core: {cd:?}, {cj}"
+                    ),
+                });
+            }
+        }
         for &conn in &self.live {
             let mp = self
                 .model
@@ -709,6 +798,8 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
     let mut p = Pair {
         model: model::Machine::with_bug(s.settings.model(), 0, bug),
         core: Core::new(s.settings.core(), Time(0)),
+        eager: Core::new(s.settings.core(), Time(0)),
+        monitor: model::monitor::Monitor::new(s.settings.auto_release_on_disconnect),
         now: 0,
         live: Vec::new(),
         tokens: Vec::new(),
@@ -717,17 +808,21 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
         match step {
             Step::Connect => {
                 let m_id = p.model.connect(p.now);
+                let now = Time(p.now);
                 let mut c = Vec::new();
-                let c_id = p.core.connect(Time(p.now), &mut c);
-                if m_id != c_id.0 {
+                let c_id = p.core.connect(now, &mut c);
+                let mut e_id = None;
+                let e = p.eager(|_| {}, |core, out| e_id = Some(core.connect(now, out)));
+                if Some(c_id) != e_id || m_id != c_id.0 {
                     return Err(Divergence {
                         step: i,
-                        what: format!("connection id: model {m_id}, core {}", c_id.0),
+                        what: format!("connection id: model {m_id}, cores {c_id:?} {e_id:?}"),
                     });
                 }
+                p.monitor.connect(m_id);
                 // Connecting advances time: compare what came due.
                 let m = p.model.advance(p.now);
-                p.compare(i, "connect", m, c)?;
+                p.compare(i, "connect", m, c, e)?;
                 p.live.push(m_id);
             }
             Step::Disconnect { conn } => {
@@ -740,32 +835,26 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
                 if !p.live.is_empty() {
                     let conn = p.live[usize::from(*conn) % p.live.len()];
                     let m = p.model.cancel(p.now, conn);
-                    let mut c = Vec::new();
-                    p.core.cancel_blocked(Time(p.now), ConnId(conn), &mut c);
-                    p.compare(i, "cancel", m, c)?;
+                    p.apply(i, "cancel", m, |core, now, out| {
+                        core.cancel_blocked(now, ConnId(conn), out)
+                    })?;
                 }
             }
             Step::Advance { ms } => {
                 p.now += u64::from(*ms);
                 let m = p.model.advance(p.now);
-                let mut c = Vec::new();
-                p.core.handle_timeout(Time(p.now), &mut c);
-                p.compare(i, "advance", m, c)?;
+                p.apply(i, "advance", m, Core::handle_timeout)?;
             }
             Step::ToNextDeadline => {
                 if let Some(t) = p.core.poll_timeout() {
                     p.now = p.now.max(t.0);
                 }
                 let m = p.model.advance(p.now);
-                let mut c = Vec::new();
-                p.core.handle_timeout(Time(p.now), &mut c);
-                p.compare(i, "advance to deadline", m, c)?;
+                p.apply(i, "advance to deadline", m, Core::handle_timeout)?;
             }
             Step::Drain => {
                 let m = p.model.start_drain(p.now);
-                let mut c = Vec::new();
-                p.core.start_drain(Time(p.now), &mut c);
-                p.compare(i, "drain", m, c)?;
+                p.apply(i, "drain", m, Core::start_drain)?;
             }
             Step::Send { conn, req } => {
                 if p.live.is_empty() {
@@ -781,6 +870,7 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
                 let conn = p.live[usize::from(*conn) % p.live.len()];
                 p.model.pushes_written(conn, usize::from(*n));
                 p.core.pushes_written(ConnId(conn), usize::from(*n));
+                p.eager.pushes_written(ConnId(conn), usize::from(*n));
             }
             Step::Burst {
                 conn,
@@ -812,9 +902,9 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
             Step::RaiseCeiling { by } => {
                 let ceiling = p.model.last_fence().saturating_add(u64::from(*by));
                 let m = p.model.raise_fence_ceiling(p.now, ceiling);
-                let mut c = Vec::new();
-                p.core.raise_fence_ceiling(Time(p.now), ceiling, &mut c);
-                p.compare(i, "raise the fence ceiling", m, c)?;
+                p.apply(i, "raise the fence ceiling", m, |core, now, out| {
+                    core.raise_fence_ceiling(now, ceiling, out)
+                })?;
             }
             Step::Grab {
                 conn,

@@ -21,8 +21,19 @@
 //! the machine's timers: `Fire` does, whenever something is due, so the
 //! checker also explores requests that arrive before a late timer fires
 //! (the machine must answer as if the timer had been on time, §8).
+//!
+//! With `signals`, clients also subscribe (`listen`) and publish on one
+//! channel (§12), so pushes interleave with replies on the same connection.
+//!
+//! Clients are interchangeable, so [`State`] implements stateright's
+//! [`Representative`]: with `checker().symmetry()` (depth-first only in
+//! stateright 0.31), states that differ only by a permutation of the
+//! clients, and the matching renaming of connection ids, count once. That
+//! is what makes three clients with three requests each checkable.
 
-use stateright::{Model, Property};
+use std::hash::{Hash, Hasher};
+
+use stateright::{Model, Property, Representative};
 
 use crate::machine::{Cause, Event, Machine, RecordState};
 use crate::types::{Bug, Config, Op, Output, Space};
@@ -58,6 +69,9 @@ pub struct ModelConfig {
     pub drain: bool,
     /// Whether timers may fire late (see the module docs).
     pub lazy_timers: bool,
+    /// Whether clients listen and signal (see [`SUBSCRIPTIONS`]); each
+    /// `listen` and `signal` counts as a request.
+    pub signals: bool,
     /// The machine's configuration.
     pub machine: Config,
     /// A deliberately broken machine, or `Bug::None`.
@@ -86,6 +100,7 @@ impl ModelConfig {
             renew: true,
             drain: true,
             lazy_timers: true,
+            signals: false,
             machine: Config {
                 default_lease_s: 2,
                 max_locks: 16,
@@ -95,13 +110,70 @@ impl ModelConfig {
                 gc_max_idle_s: 1,
                 auth_token: None,
                 fence_start: 0,
+                fence_ceiling: u64::MAX,
                 salt_key: [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
                 max_subscriptions: 0,
             },
             bug: Bug::None,
         }
     }
+
+    /// The CI configuration with signals and a waiter cap of 1: a client
+    /// may listen (exactly, by wildcard, or in a queue group) and publish;
+    /// a second waiter on a key is refused. No two-phase requests, no
+    /// renewals and no draining, to keep the space below the CI one (with
+    /// them it is 2.6 million states).
+    pub fn signals() -> ModelConfig {
+        let mut cfg = ModelConfig::ci();
+        cfg.signals = true;
+        cfg.machine.max_waiters = 1;
+        cfg.two_phase = false;
+        cfg.renew = false;
+        cfg.drain = false;
+        cfg
+    }
+
+    /// The CI configuration with a cancel and a drop per client, in any
+    /// order (semantics §9, §9.1).
+    pub fn cancels_and_drops() -> ModelConfig {
+        let mut cfg = ModelConfig::ci();
+        cfg.cancels_per_client = 1;
+        cfg.drops_per_client = 1;
+        cfg
+    }
+
+    /// The reachability properties this configuration cannot reach: a
+    /// waiter cap needs `max_waiters`, a signal needs `signals`, a hand-off
+    /// by disconnect needs drops and auto-release.
+    pub fn unreachable(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.machine.max_waiters == 0 {
+            names.push(CAP_REFUSES);
+        }
+        if !self.signals {
+            names.push(SIGNAL_DELIVERED);
+        }
+        if self.drops_per_client == 0 || !self.machine.auto_release_on_disconnect {
+            names.push(BY_DISCONNECT);
+        }
+        names
+    }
+
+    /// The nightly configuration: three clients with three requests each.
+    /// Checkable only with symmetry reduction (`--symmetry`).
+    pub fn nightly() -> ModelConfig {
+        let mut cfg = ModelConfig::ci();
+        cfg.clients = 3;
+        cfg.ops_per_client = 3;
+        cfg
+    }
 }
+
+/// What a client may subscribe to with `signals` (pattern, group): all
+/// three match the channel clients publish on, [`CHANNEL`].
+pub const SUBSCRIPTIONS: [(&str, &str); 3] = [("c", ""), ("*", ""), ("c", "g")];
+/// The channel clients publish on.
+pub const CHANNEL: &str = "c";
 
 /// The stateright model over the reference machine.
 #[derive(Clone, Debug)]
@@ -175,6 +247,8 @@ pub struct Client {
     /// (key, token) the client believes it holds (some may have expired).
     pub tokens: Vec<(usize, String)>,
     pub enqueued: Vec<(usize, Belief)>,
+    /// Indices into [`SUBSCRIPTIONS`] answered `ok`, in that order.
+    pub subs: Vec<usize>,
 }
 
 /// Facts about the last transition only (reset on every step).
@@ -184,6 +258,8 @@ pub struct StepFacts {
     pub handoff_by_expiry: bool,
     pub handoff_by_disconnect: bool,
     pub queued_granted: bool,
+    pub refused_at_cap: bool,
+    pub signal_delivered: bool,
 }
 
 /// History the safety properties need.
@@ -211,6 +287,9 @@ pub struct State {
     pub clock_ms: u64,
     pub machine: Machine,
     pub clients: Vec<Client>,
+    /// The client each connection id belongs to (`conn_owner[id - 1]`), so
+    /// that [`Representative`] can rename connections with their clients.
+    pub conn_owner: Vec<usize>,
     pub drained: bool,
     pub ghost: Ghost,
 }
@@ -248,6 +327,10 @@ pub enum Action {
         key: usize,
         timeout_s: u64,
     },
+    /// `listen` to `SUBSCRIPTIONS[sub]`.
+    Listen { client: usize, sub: usize },
+    /// `signal` on [`CHANNEL`].
+    Signal { client: usize },
 }
 
 const MUTUAL_EXCLUSION: &str = "mutual exclusion";
@@ -257,16 +340,20 @@ const NO_DEAD_GRANT: &str = "no grant to a dead waiter";
 const RENEW_HONOURED: &str = "renewed lease honoured";
 const FENCES_INCREASE: &str = "fencing tokens increase";
 const NO_WAITER_HOLDER: &str = "no waiter is also a holder";
+const ANSWERED_ONCE: &str = "every blocked request is answered exactly once";
+const SIGNAL_ONCE: &str = "a signal reaches each listener once";
 const BY_RELEASE: &str = "lock changes hands by release";
 const BY_EXPIRY: &str = "lock changes hands by expiry";
 const BY_DISCONNECT: &str = "lock changes hands by disconnect";
 const QUEUED_GRANTED: &str = "queued waiter granted";
 const SEM_FULL: &str = "semaphore full with waiters";
+const CAP_REFUSES: &str = "a full queue refuses a waiter";
+const SIGNAL_DELIVERED: &str = "a signal reaches a listener";
 const RECLAIMED: &str = "expired lease is reclaimed";
 const HEAD_SERVED: &str = "head waiter granted or timed out";
 
 /// The names of the safety (`always`) properties, as in `spec/semantics.md` §11.
-pub const ALWAYS: [&str; 7] = [
+pub const ALWAYS: [&str; 9] = [
     MUTUAL_EXCLUSION,
     SEMAPHORE_WITHIN_LIMIT,
     FIFO,
@@ -274,14 +361,18 @@ pub const ALWAYS: [&str; 7] = [
     RENEW_HONOURED,
     FENCES_INCREASE,
     NO_WAITER_HOLDER,
+    ANSWERED_ONCE,
+    SIGNAL_ONCE,
 ];
 /// The names of the reachability (`sometimes`) properties.
-pub const SOMETIMES: [&str; 5] = [
+pub const SOMETIMES: [&str; 7] = [
     BY_RELEASE,
     BY_EXPIRY,
     BY_DISCONNECT,
     QUEUED_GRANTED,
     SEM_FULL,
+    CAP_REFUSES,
+    SIGNAL_DELIVERED,
 ];
 /// The names of the liveness (`eventually`) properties.
 pub const EVENTUALLY: [&str; 2] = [RECLAIMED, HEAD_SERVED];
@@ -292,6 +383,8 @@ struct Sent {
     client: usize,
     action: Action,
     answered: bool,
+    /// The connections a `sig` push went to during this step, in order.
+    pushes: Vec<u64>,
 }
 
 impl Model for LockModel {
@@ -310,12 +403,14 @@ impl Model for LockModel {
                 pending: None,
                 tokens: Vec::new(),
                 enqueued: Vec::new(),
+                subs: Vec::new(),
             })
             .collect();
         vec![State {
             clock_ms: 0,
             machine,
             clients,
+            conn_owner: (0..self.cfg.clients).collect(),
             drained: false,
             ghost: Ghost {
                 max_fence: self.cfg.machine.fence_start,
@@ -347,7 +442,10 @@ impl Model for LockModel {
             let Some(conn) = c.conn else { continue };
             // Dropping a connection that owns nothing is indistinguishable
             // from not dropping it, so only owners drop.
-            let owns = c.pending.is_some() || !c.tokens.is_empty() || !c.enqueued.is_empty();
+            let owns = c.pending.is_some()
+                || !c.tokens.is_empty()
+                || !c.enqueued.is_empty()
+                || !c.subs.is_empty();
             if c.drops_left > 0 && owns {
                 actions.push(Action::Drop { client: ci });
             }
@@ -374,6 +472,14 @@ impl Model for LockModel {
                 if self.cfg.renew {
                     actions.push(Action::Renew { client: ci, token });
                 }
+            }
+            if self.cfg.signals {
+                for sub in 0..SUBSCRIPTIONS.len() {
+                    if !c.subs.contains(&sub) {
+                        actions.push(Action::Listen { client: ci, sub });
+                    }
+                }
+                actions.push(Action::Signal { client: ci });
             }
             if self.cfg.two_phase {
                 for key in 0..self.cfg.keys {
@@ -442,10 +548,12 @@ impl Model for LockModel {
                 if self.cfg.machine.auto_release_on_disconnect {
                     c.tokens.clear();
                 }
+                c.subs.clear();
                 s.ghost.dead_conns.push(conn);
                 s.ghost.dead_arrivals.extend(dead);
                 s.machine.disconnect(now, conn);
                 s.clients[*client].conn = Some(s.machine.connect(now));
+                s.conn_owner.push(*client);
             }
             Action::Cancel { client } => {
                 // The `timeout` it answers (if the request was still queued)
@@ -466,6 +574,7 @@ impl Model for LockModel {
                     client,
                     action: action.clone(),
                     answered: false,
+                    pushes: Vec::new(),
                 });
             }
         }
@@ -482,6 +591,7 @@ impl Model for LockModel {
                 c.conn = None;
                 c.pending = None;
                 c.enqueued.clear();
+                c.subs.clear();
             }
             s.ghost.dead_conns.push(conn);
             s.machine.disconnect(s.clock_ms, conn);
@@ -525,6 +635,22 @@ impl Model for LockModel {
                         .all(|w| r.holders.iter().all(|h| h.arrival != w.arrival))
                 })
             }),
+            // The client's view: a reply never reaches a client that is not
+            // waiting for one (see `deliver`), and once the server's timers
+            // have run, no client is still waiting past its own deadline.
+            Property::always(ANSWERED_ONCE, |_, s: &State| {
+                let caught_up = s.machine.next_deadline().is_none_or(|d| d > s.clock_ms);
+                let overdue = s.clients.iter().any(|c| {
+                    c.pending
+                        .as_ref()
+                        .is_some_and(|p| p.deadline_ms <= s.clock_ms)
+                });
+                let lost = caught_up && overdue;
+                !lost && !s.ghost.violated.contains(&ANSWERED_ONCE)
+            }),
+            Property::always(SIGNAL_ONCE, |_, s: &State| {
+                !s.ghost.violated.contains(&SIGNAL_ONCE)
+            }),
             Property::sometimes(BY_RELEASE, |_, s: &State| s.ghost.step.handoff_by_release),
             Property::sometimes(BY_EXPIRY, |_, s: &State| s.ghost.step.handoff_by_expiry),
             Property::sometimes(BY_DISCONNECT, |_, s: &State| {
@@ -537,6 +663,10 @@ impl Model for LockModel {
                         && r.holders.len() as u64 == r.limit
                         && !r.waiters.is_empty()
                 })
+            }),
+            Property::sometimes(CAP_REFUSES, |_, s: &State| s.ghost.step.refused_at_cap),
+            Property::sometimes(SIGNAL_DELIVERED, |_, s: &State| {
+                s.ghost.step.signal_delivered
             }),
             // Liveness, judged once the clock has stopped at the horizon and
             // the timers have caught up: by then every lease whose (expected)
@@ -640,6 +770,21 @@ impl LockModel {
                 };
                 (client, op)
             }
+            Action::Listen { client, sub } => {
+                let (pattern, group) = SUBSCRIPTIONS[sub];
+                let op = Op::Listen {
+                    pattern: pattern.as_bytes().to_vec(),
+                    group: group.as_bytes().to_vec(),
+                };
+                (client, op)
+            }
+            Action::Signal { client } => {
+                let op = Op::Signal {
+                    channel: CHANNEL.as_bytes().to_vec(),
+                    payload: b"p".to_vec(),
+                };
+                (client, op)
+            }
             _ => unreachable!("not a request"),
         }
     }
@@ -672,7 +817,7 @@ impl LockModel {
                                 Cause::Release => g.step.handoff_by_release = true,
                                 Cause::Expiry => g.step.handoff_by_expiry = true,
                                 Cause::Disconnect => g.step.handoff_by_disconnect = true,
-                                Cause::Request | Cause::WaiterLeft => {}
+                                Cause::Request | Cause::WaiterLeft | Cause::CeilingRaised => {}
                             }
                         }
                     }
@@ -691,6 +836,12 @@ impl LockModel {
                     s.ghost.leases.retain(|&(f, _)| f != fence);
                 }
                 Event::Output(Output::Close { conn }) => closed.push(conn),
+                // A push answers nothing (§12): the publisher's reply checks it.
+                Event::Output(Output::Reply { conn, line }) if line.starts_with("sig ") => {
+                    if let Some(x) = sent.as_mut() {
+                        x.pushes.push(conn);
+                    }
+                }
                 Event::Output(Output::Reply { conn, line }) => self.deliver(s, conn, &line, sent),
             }
         }
@@ -736,19 +887,60 @@ impl LockModel {
         let fresh = sent.as_mut().filter(|x| x.client == ci && !x.answered);
         if let Some(x) = fresh {
             x.answered = true;
-            let action = x.action.clone();
+            let (action, pushes) = (x.action.clone(), x.pushes.clone());
+            if line == "error_max_waiters" {
+                s.ghost.step.refused_at_cap = true;
+            }
+            if let (Action::Signal { .. }, Some(n)) = (&action, line.strip_prefix("ok ")) {
+                self.check_signal(s, n, &pushes);
+            }
             return self.answer(s, ci, &action, line);
         }
         let c = &mut s.clients[ci];
-        let p = c
-            .pending
-            .take()
-            .unwrap_or_else(|| panic!("reply {line:?} to client {ci} that is not waiting"));
+        let Some(p) = c.pending.take() else {
+            // "answered exactly once": nothing was waiting for this reply.
+            return violate(&mut s.ghost, ANSWERED_ONCE);
+        };
         let words: Vec<&str> = line.split(' ').collect();
         match words.as_slice() {
             ["ok", tok, _] => c.tokens.push((p.key, tok.to_string())),
             // `timeout`, or `error` from draining: the waiter is dead.
             _ => s.ghost.dead_arrivals.push(p.arrival),
+        }
+    }
+
+    /// "a signal reaches each listener once" (§12, with no push queue near
+    /// full): each client with an ungrouped subscription gets exactly one
+    /// push, the group `g` exactly one among its members, nobody else any,
+    /// and `ok n` counts them.
+    fn check_signal(&self, s: &mut State, n: &str, pushes: &[u64]) {
+        let mut ok = true;
+        // Pushes through the group: each member gets at most one.
+        let mut group_pushes = 0;
+        let mut group_members = 0;
+        let mut ungrouped_listeners = 0;
+        for c in &s.clients {
+            let Some(conn) = c.conn else { continue };
+            let ungrouped = c.subs.iter().any(|&i| SUBSCRIPTIONS[i].1.is_empty());
+            let in_group = c.subs.iter().any(|&i| !SUBSCRIPTIONS[i].1.is_empty());
+            let got = pushes.iter().filter(|&&p| p == conn).count();
+            match got.checked_sub(usize::from(ungrouped)) {
+                Some(through_group) if through_group <= usize::from(in_group) => {
+                    group_pushes += through_group;
+                }
+                _ => ok = false,
+            }
+            ungrouped_listeners += usize::from(ungrouped);
+            group_members += usize::from(in_group);
+        }
+        let expected = ungrouped_listeners + usize::from(group_members > 0);
+        ok &= group_pushes == usize::from(group_members > 0);
+        ok &= pushes.len() == expected && n == expected.to_string();
+        if !ok {
+            violate(&mut s.ghost, SIGNAL_ONCE);
+        }
+        if !pushes.is_empty() {
+            s.ghost.step.signal_delivered = true;
         }
     }
 
@@ -786,6 +978,7 @@ impl LockModel {
                     },
                 ));
             }
+            (Action::Listen { sub, .. }, ["ok"]) => c.subs.push(*sub),
             (Action::Enqueue { key, .. }, ["queued"]) => {
                 let conn = c.conn.expect("open");
                 let (space, k, _) = &self.resources[*key];
@@ -860,6 +1053,90 @@ impl LockModel {
             deadline_ms: s.clock_ms + timeout_s * 1000,
         });
     }
+}
+
+impl Representative for State {
+    /// Of the states that differ from this one by a permutation of the
+    /// clients, the one with the smallest hash: the same for every member
+    /// of the class, which is all stateright needs (it keeps exploring from
+    /// the state itself and stores only the representative's fingerprint).
+    fn representative(&self) -> Self {
+        permutations(self.clients.len())
+            .iter()
+            .map(|perm| self.permuted(perm))
+            .min_by_key(hash_of)
+            .expect("at least one permutation")
+    }
+}
+
+impl State {
+    /// This state with client `perm[i]` in place `i`, its connections
+    /// renamed to match (ids issued in the order of (new client index, old
+    /// id)), and the histories that are sets listed in sorted order.
+    fn permuted(&self, perm: &[usize]) -> State {
+        let mut place = vec![0; perm.len()];
+        for (new, &old) in perm.iter().enumerate() {
+            place[old] = new;
+        }
+        let mut ids: Vec<(usize, u64)> = (1u64..)
+            .zip(&self.conn_owner)
+            .map(|(id, &owner)| (place[owner], id))
+            .collect();
+        ids.sort_unstable();
+        let mut new_id = vec![0; ids.len()];
+        for (rank, &(_, old)) in (1u64..).zip(&ids) {
+            new_id[(old - 1) as usize] = rank;
+        }
+        let rename = |c: u64| new_id[(c - 1) as usize];
+        let clients = perm
+            .iter()
+            .map(|&old| {
+                let mut c = self.clients[old].clone();
+                c.conn = c.conn.map(rename);
+                c.tokens.sort();
+                c.enqueued.sort_by_key(|e| e.0);
+                c.subs.sort_unstable();
+                c
+            })
+            .collect();
+        let mut ghost = self.ghost.clone();
+        ghost.dead_conns = ghost.dead_conns.iter().map(|&c| rename(c)).collect();
+        ghost.dead_conns.sort_unstable();
+        ghost.dead_arrivals.sort_unstable();
+        ghost.leases.sort_unstable();
+        ghost.violated.sort_unstable();
+        State {
+            clock_ms: self.clock_ms,
+            machine: self.machine.rename_conns(rename),
+            clients,
+            conn_owner: ids.iter().map(|&(owner, _)| owner).collect(),
+            drained: self.drained,
+            ghost,
+        }
+    }
+}
+
+/// Every permutation of `0..n`.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    let mut all = Vec::new();
+    for shorter in permutations(n - 1) {
+        for at in 0..n {
+            let mut p = shorter.clone();
+            p.insert(at, n - 1);
+            all.push(p);
+        }
+    }
+    all
+}
+
+fn hash_of<T: Hash>(value: &T) -> u64 {
+    // A fixed-key hasher, so representatives are the same on every run.
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 /// A renew or `w` reset succeeded at `now` for `lease_s`: a live lease's

@@ -29,6 +29,7 @@ mod tests;
 
 pub use metrics::CoreMetrics;
 pub use signals::PUSH_QUEUE_FRAMES;
+pub use state::introspect;
 pub use state::{
     CloseReason, Core, CoreConfig, CoreImage, Effect, ImageError, Owned, AUTH_FAILURE_PAUSE_MS,
 };

@@ -55,7 +55,7 @@ use log::Level;
 
 use crate::core::{CloseReason, ConnId, Effect, Owned};
 use crate::engine::mailbox::{Delivery, Mailbox};
-use crate::engine::{Engine, Input, Transport};
+use crate::engine::{Engine, Input, Outcome, Transport};
 use crate::logging::{self, Cause};
 use crate::rt;
 use crate::sync::Arc;
@@ -193,6 +193,11 @@ fn warn_slow_consumer(peer: Peer) {
     });
 }
 
+/// Whether `input` is a `stats` request.
+fn is_stats(input: &Input) -> bool {
+    matches!(input, Input::Request(crate::wire::Request::Stats))
+}
+
 /// One decoded request, valid or not, waiting for its turn in the core.
 type Pending = Input;
 
@@ -236,6 +241,8 @@ pub(crate) struct Handler<'e, S> {
     answered: bool,
     /// Signal pushes in `wbuf`, reported to the engine once written (D13).
     pushes: usize,
+    /// A `stats` request heads `pending`, to be answered in slices.
+    stats_due: bool,
 }
 
 impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
@@ -266,6 +273,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             partial: false,
             answered: false,
             pushes: 0,
+            stats_due: false,
         }
     }
 
@@ -275,6 +283,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         loop {
             // 1. Decode what we can, then apply it.
             self.decode_and_apply();
+            if self.stats_due {
+                self.stats().await;
+            }
 
             // 2. Write everything answered so far.
             if let Err(end) = self.flush().await {
@@ -368,30 +379,60 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             {
                 let mut door = self.engine.door();
                 while let Some(input) = self.pending.pop_front() {
+                    if is_stats(&input) {
+                        // Built in slices with the lock released between
+                        // them (`engine::introspect`): answered on its own,
+                        // in order, by `stats`.
+                        self.pending.push_front(input);
+                        self.stats_due = true;
+                        break;
+                    }
                     let outcome = door.apply(self.id, input, &mut self.effects);
-                    if outcome.gone {
-                        // Only this handler disconnects its connection.
-                        self.closing_for(CloseReason::Draining);
-                    }
-                    if outcome.closed || outcome.gone {
-                        self.pending.clear();
-                        break;
-                    }
-                    if outcome.blocked {
-                        self.blocked = true;
-                        break;
-                    }
-                    if self.effects.len() >= BATCH {
+                    if self.outcome(outcome) || self.effects.len() >= BATCH {
                         break;
                     }
                 }
             }
             self.encode_own();
+            if self.stats_due {
+                break;
+            }
             if self.wbuf.len() >= WRITE_BATCH_BYTES {
                 self.more_work = true;
                 break;
             }
         }
+    }
+
+    /// Takes in what one input meant for this connection; returns whether
+    /// to stop applying the ones behind it.
+    fn outcome(&mut self, outcome: Outcome) -> bool {
+        if outcome.gone {
+            // Only this handler disconnects its connection.
+            self.closing_for(CloseReason::Draining);
+        }
+        if outcome.closed || outcome.gone {
+            self.pending.clear();
+            return true;
+        }
+        if outcome.blocked {
+            self.blocked = true;
+            return true;
+        }
+        false
+    }
+
+    /// Answers the `stats` request at the head of `pending` (see
+    /// `decode_and_apply`).
+    async fn stats(&mut self) {
+        self.stats_due = false;
+        if self.pending.pop_front().is_none() {
+            return;
+        }
+        let (effects, outcome) = self.engine.stats_reply(self.id).await;
+        self.effects.extend(effects);
+        self.outcome(outcome);
+        self.encode_own();
     }
 
     /// Writes what is buffered and reports the pushes it carried. Only the

@@ -435,6 +435,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Seconds an orphaned session is kept (cluster mode, §5).
     pub orphan_ttl_s: u64,
+    /// Milliseconds per Raft tick (cluster mode, §2.5).
+    pub raft_tick_ms: u64,
     /// Every setting's value and where it came from, in table order.
     pub effective: Vec<Effective>,
     /// Things the operator should hear about but that do not stop startup
@@ -479,6 +481,7 @@ impl fmt::Debug for Config {
             .field("debug", &self.debug)
             .field("cluster", &self.cluster)
             .field("orphan_ttl_s", &self.orphan_ttl_s)
+            .field("raft_tick_ms", &self.raft_tick_ms)
             .field("warnings", &self.warnings)
             .finish_non_exhaustive()
     }
@@ -603,7 +606,7 @@ impl Config {
                 .map(|member| settings::ClusterSettings {
                     member,
                     orphan_ttl_ms: self.orphan_ttl_s.saturating_mul(1000),
-                    tick_ms: 100,
+                    tick_ms: self.raft_tick_ms,
                 }),
             ..ServerConfig::default()
         }

@@ -384,7 +384,7 @@ pub(super) fn resolve(
         log_level
     };
 
-    let (cluster, orphan_ttl_s) = resolve_cluster(&mut r, fence_state_file.is_some())?;
+    let (cluster, orphan_ttl_s, raft_tick_ms) = resolve_cluster(&mut r, fence_state_file.is_some())?;
 
     // Rules involving two settings.
     if http_port != 0 && http_port == port {
@@ -478,6 +478,7 @@ pub(super) fn resolve(
         debug,
         cluster,
         orphan_ttl_s,
+        raft_tick_ms,
         effective: r.effective,
         warnings: r.warnings,
     })
@@ -493,7 +494,7 @@ fn port_of(value: u64) -> u16 {
 fn resolve_cluster(
     r: &mut Resolver<'_>,
     fence_state_file: bool,
-) -> Result<(Option<ClusterConfig>, u64), ConfigError> {
+) -> Result<(Option<ClusterConfig>, u64, u64), ConfigError> {
     let raft_dir = r.path(&t::RAFT_DIR)?;
     let node_id = r.opt_int(&t::NODE_ID)?;
     let raft_addr = r.opt_text(&t::RAFT_ADDR)?;
@@ -505,6 +506,7 @@ fn resolve_cluster(
     let tls_ca = r.path(&t::RAFT_TLS_CA)?;
     let admin = r.token(&t::ADMIN_TOKEN, None)?;
     let (orphan_ttl_s, orphan_origin) = r.int(&t::ORPHAN_TTL)?;
+    let (tick_ms, tick_origin) = r.int(&t::RAFT_TICK)?;
 
     let Some((raft_dir, _)) = raft_dir else {
         let given = [
@@ -518,6 +520,7 @@ fn resolve_cluster(
             tls_ca.as_ref().map(|(_, o)| (*o, &t::RAFT_TLS_CA)),
             admin.as_ref().map(|(_, o)| (*o, &t::ADMIN_TOKEN)),
             (!orphan_origin.is_default()).then_some((orphan_origin, &t::ORPHAN_TTL)),
+            (!tick_origin.is_default()).then_some((tick_origin, &t::RAFT_TICK)),
         ];
         for (origin, s) in given.into_iter().flatten() {
             r.warnings.push(format!(
@@ -525,7 +528,7 @@ fn resolve_cluster(
                 origin.with_flag(s.flag)
             ));
         }
-        return Ok((None, orphan_ttl_s));
+        return Ok((None, orphan_ttl_s, tick_ms));
     };
     if fence_state_file {
         let origin = if r.flags.contains_key(t::FENCE_STATE_FILE.flag) {
@@ -612,5 +615,5 @@ fn resolve_cluster(
         raft_tls,
         admin_token: admin.map(|(t, _)| t),
     };
-    Ok((Some(cluster), orphan_ttl_s))
+    Ok((Some(cluster), orphan_ttl_s, tick_ms))
 }

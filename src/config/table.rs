@@ -610,6 +610,20 @@ pub const ORPHAN_TTL: Setting = Setting {
     ..ROW
 };
 
+pub const RAFT_TICK: Setting = Setting {
+    flag: "raft-tick",
+    env: "DFLOCKD_RAFT_TICK_MS",
+    kind: Kind::Int {
+        min: 1,
+        max: 10_000,
+        rule: "must be between 1 and 10000 milliseconds",
+    },
+    default: Default::Int(100),
+    arg: "ms",
+    help: "cluster mode: milliseconds per Raft tick; a leader is elected after 10-20 ticks without one and sends heartbeats every 2, 1-10000",
+    ..ROW
+};
+
 /// Every setting, in `--help` order.
 pub const SETTINGS: &[&Setting] = &[
     &HOST,
@@ -660,6 +674,7 @@ pub const SETTINGS: &[&Setting] = &[
     &RAFT_TLS_CA,
     &ADMIN_TOKEN,
     &ORPHAN_TTL,
+    &RAFT_TICK,
 ];
 
 /// The row of `--flag` (given without its dashes).

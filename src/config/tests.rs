@@ -111,6 +111,7 @@ fn int_field(cfg: &Config, flag: &str) -> Option<u64> {
         "http-rate-limit-burst" => h.rate_limit_burst,
         "http-sse-ping-interval" => h.sse_ping_interval_s,
         "orphan-ttl" => cfg.orphan_ttl_s,
+        "raft-tick" => cfg.raft_tick_ms,
         _ => return None,
     })
 }

@@ -1,8 +1,10 @@
-//! Fault tests of the replication layer, Jepsen-style, on loopback only.
+//! Fault tests of cluster mode, Jepsen-style, on loopback only.
 //!
-//! Three member processes (this binary re-run as a toy lock service on
-//! `dflockd::cluster`, see `toy.rs`) talk to each other through one
-//! fault-injecting proxy per directed link (`proxy.rs`). Clients take and
+//! Three member processes talk to each other through one fault-injecting
+//! proxy per directed link (`proxy.rs`). The members are the real `dflockd`
+//! binary in cluster mode (`--raft-dir`, the line protocol's `l` and `r`),
+//! or, to test the harness and the replication layer alone, this binary
+//! re-run as a toy lock service on `dflockd::cluster` (`toy.rs`). Clients take and
 //! release locks and record every operation (`history.rs`) while a nemesis
 //! follows a random schedule of faults: `kill -9` of the leader or of any
 //! member and a restart, `SIGSTOP` of the leader past its election timeout
@@ -17,9 +19,11 @@
 //! * `proxy`: the per-link faults;
 //! * `history`: the recorder and the checker, with planted-bug tests.
 //!
-//! CI runs `DFLOCKD_FAULT_SCHEDULES` schedules (default 20, about a minute
-//! on two cores); `scripts/cluster-soak.sh` runs many more. Every schedule
-//! prints its seed; `DFLOCKD_FAULT_SEED` replays one.
+//! CI runs `DFLOCKD_FAULT_SCHEDULES` schedules against the real server
+//! (default 20) and `DFLOCKD_TOY_SCHEDULES` against the toy (default 5),
+//! about two minutes together on two cores; `scripts/cluster-soak.sh`
+//! runs many more. Every schedule prints its seed; `DFLOCKD_FAULT_SEED`
+//! replays one (against both kinds of member).
 
 mod history;
 mod process;
@@ -35,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use dflockd::cluster::Peer;
 use history::{Call, Event, Fault as FaultRecord, Outcome, Recorder};
-use process::{wait_until, Member};
+use process::{wait_until, Launch, Member};
 use proxy::{Fault, Proxy};
 use toy::MemberSpec;
 
@@ -57,8 +61,26 @@ const TICK_MS: u64 = 20;
 /// continue once a minority fault began (an election, a process start, a
 /// busy two-core machine).
 const RESTORE_BOUND_MS: u64 = 6_000;
-/// Lease of every grant.
-const LEASE_MS: u64 = 700;
+/// Lease of every grant: the toy takes milliseconds; the server whole
+/// seconds, of which one is the least.
+const TOY_LEASE_MS: u64 = 700;
+const SERVER_LEASE_MS: u64 = 1_000;
+
+/// Which service the members run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Toy,
+    Server,
+}
+
+impl Kind {
+    fn lease_ms(self) -> u64 {
+        match self {
+            Kind::Toy => TOY_LEASE_MS,
+            Kind::Server => SERVER_LEASE_MS,
+        }
+    }
+}
 /// One client operation's limit before its outcome is unknown.
 const OP_TIMEOUT: Duration = Duration::from_millis(1_000);
 
@@ -103,6 +125,7 @@ fn free_addr() -> SocketAddr {
 
 /// Three members and the six proxies between them.
 struct Cluster {
+    kind: Kind,
     _dir: TempDir,
     members: Vec<Member>,
     /// `links[i][j]`: the proxy member `i` goes through to reach `j`.
@@ -111,8 +134,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(n: usize, seed: u64) -> Cluster {
-        let dir = TempDir::new(&format!("s{seed}"));
+    fn start(kind: Kind, n: usize, seed: u64) -> Cluster {
+        let dir = TempDir::new(&format!("{kind:?}-s{seed}"));
         let raft: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let client: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let links: Vec<Vec<Option<Proxy>>> = (0..n)
@@ -137,23 +160,50 @@ impl Cluster {
                     client_addr: client[j].to_string(),
                 })
                 .collect();
-            let spec = MemberSpec {
-                id: i as u64 + 1,
-                dir: dir.0.join(format!("m{}", i + 1)),
-                raft_listen: raft[i].to_string(),
-                client_listen: client[i].to_string(),
-                peers,
-                voters: voters.clone(),
-                token: TOKEN.to_owned(),
-                tick_ms: TICK_MS,
-                snapshot_entries: 40,
+            let id = i as u64 + 1;
+            let member_dir = dir.0.join(format!("m{id}"));
+            let launch = match kind {
+                Kind::Toy => Launch::Toy(MemberSpec {
+                    id,
+                    dir: member_dir,
+                    raft_listen: raft[i].to_string(),
+                    client_listen: client[i].to_string(),
+                    peers,
+                    voters: voters.clone(),
+                    token: TOKEN.to_owned(),
+                    tick_ms: TICK_MS,
+                    snapshot_entries: 40,
+                }),
+                Kind::Server => {
+                    let peers: Vec<String> = peers.iter().map(Peer::to_string).collect();
+                    let args = [
+                        ("--host", "127.0.0.1".to_owned()),
+                        ("--port", client[i].port().to_string()),
+                        ("--raft-dir", member_dir.display().to_string()),
+                        ("--node-id", id.to_string()),
+                        ("--raft-addr", raft[i].to_string()),
+                        ("--cluster-peers", peers.join(",")),
+                        ("--raft-auth-token", TOKEN.to_owned()),
+                        ("--raft-tick", TICK_MS.to_string()),
+                        ("--log-level", "warn".to_owned()),
+                    ];
+                    Launch::Server {
+                        dir: member_dir,
+                        args: args
+                            .iter()
+                            .flat_map(|(f, v)| [f.to_string(), v.clone()])
+                            .collect(),
+                        client: client[i],
+                    }
+                }
             };
-            members.push(Member::new(spec));
+            members.push(Member::new(id, launch));
         }
         for m in &mut members {
             m.start();
         }
         Cluster {
+            kind,
             _dir: dir,
             members,
             links,
@@ -187,13 +237,23 @@ impl Cluster {
             if !self.members[i].is_up() {
                 continue;
             }
-            if let Some(reply) = request(addr, "role") {
-                let mut w = reply.split(' ');
-                if w.next() == Some("leader") {
-                    let term: u64 = w.next().and_then(|t| t.parse().ok()).unwrap_or(0);
-                    if best.is_none_or(|(_, t)| term > t) {
-                        best = Some((i, term));
-                    }
+            let role = match self.kind {
+                Kind::Toy => request(addr, "role").and_then(|reply| {
+                    let mut w = reply.split(' ');
+                    let role = w.next()?.to_owned();
+                    Some((role, w.next()?.parse().ok()?))
+                }),
+                // `stats` carries the member's own view in `cluster`.
+                Kind::Server => request(addr, "stats\n_\n").and_then(|reply| {
+                    let v: serde_json::Value =
+                        serde_json::from_str(reply.strip_prefix("ok ")?).ok()?;
+                    let c = &v["cluster"];
+                    Some((c["role"].as_str()?.to_owned(), c["term"].as_u64()?))
+                }),
+            };
+            if let Some((role, term)) = role {
+                if role == "leader" && best.is_none_or(|(_, t)| term > t) {
+                    best = Some((i, term));
                 }
             }
         }
@@ -236,21 +296,94 @@ enum Exchange {
 /// apply it twice (a release) or report the second attempt's answer as
 /// the first's.
 struct Client {
+    kind: Kind,
     name: String,
     members: Vec<String>,
     target: String,
     conn: Option<(TcpStream, BufReader<TcpStream>)>,
     rec: Recorder,
+    /// The server's tokens of the grants this client holds, by fence (a
+    /// release names its token; the history names grants by fence).
+    tokens: std::collections::HashMap<u64, String>,
+    /// Final reads so far (each takes a fresh key on the server).
+    reads: u64,
 }
 
 impl Client {
-    fn new(name: &str, members: &[String], rec: Recorder) -> Client {
+    fn new(kind: Kind, name: &str, members: &[String], rec: Recorder) -> Client {
         Client {
+            kind,
             name: name.to_owned(),
             members: members.to_vec(),
             target: members[0].clone(),
             conn: None,
             rec,
+            tokens: Default::default(),
+            reads: 0,
+        }
+    }
+
+    /// The request line(s) of `call`.
+    fn line(&mut self, call: &Call) -> String {
+        match (self.kind, call) {
+            (Kind::Toy, Call::Acquire { key, lease_ms }) => {
+                format!("acquire {key} {} {lease_ms}", self.name)
+            }
+            (Kind::Toy, Call::Release { key, fence }) => {
+                format!("release {key} {} {fence}", self.name)
+            }
+            (Kind::Toy, Call::Fence) => "fence".to_owned(),
+            // Try once (timeout 0): a busy key is a definite "no".
+            (Kind::Server, Call::Acquire { key, lease_ms }) => {
+                format!("l\n{key}\n0 {}", lease_ms.div_ceil(1000))
+            }
+            (Kind::Server, Call::Release { key, fence }) => {
+                let token = self.tokens.get(fence).cloned().unwrap_or_default();
+                format!("r\n{key}\n{token}")
+            }
+            // The server has no fence read: a grant on a key never used
+            // before carries a fence above every fence issued so far.
+            (Kind::Server, Call::Fence) => {
+                self.reads += 1;
+                format!("l\nfinal-read-{}-{}\n0 1", self.name, self.reads)
+            }
+        }
+    }
+
+    /// A reply of the server in the toy's words: `ok FENCE`, `ok`, `busy`,
+    /// `not_holder`, `not_leader [ADDR]`, or anything else (unknown).
+    fn translate(&mut self, call: &Call, reply: &str) -> String {
+        if self.kind == Kind::Toy {
+            return reply.to_owned();
+        }
+        let w: Vec<&str> = reply.split(' ').collect();
+        match (call, w.as_slice()) {
+            (Call::Acquire { .. } | Call::Fence, ["ok", token, _lease]) => {
+                match token.get(..16).and_then(|f| u64::from_str_radix(f, 16).ok()) {
+                    Some(fence) => {
+                        if matches!(call, Call::Acquire { .. }) {
+                            self.tokens.insert(fence, token.to_string());
+                        }
+                        format!("ok {fence}")
+                    }
+                    None => format!("bad grant {reply}"),
+                }
+            }
+            (Call::Acquire { .. } | Call::Fence, ["timeout"]) => "busy".to_owned(),
+            (Call::Release { fence, .. }, ["ok"]) => {
+                self.tokens.remove(fence);
+                "ok".to_owned()
+            }
+            // The token is not a live holder: the grant is gone.
+            (Call::Release { fence, .. }, ["error"]) => {
+                self.tokens.remove(fence);
+                "not_holder".to_owned()
+            }
+            (_, ["error_not_leader"]) => "not_leader".to_owned(),
+            (_, ["error_not_leader", addr]) => format!("not_leader {addr}"),
+            // `error` to an acquire: the session was unknown to the log,
+            // or the leader was too busy; left as unknown.
+            _ => format!("error {reply}"),
         }
     }
 
@@ -302,16 +435,12 @@ impl Client {
 
     /// Runs `call` to a definite answer, or until the timeout (unknown).
     fn run(&mut self, call: Call) -> Outcome {
-        let line = match &call {
-            Call::Acquire { key, lease_ms } => format!("acquire {key} {} {lease_ms}", self.name),
-            Call::Release { key, fence } => format!("release {key} {} {fence}", self.name),
-            Call::Fence => "fence".to_owned(),
-        };
+        let line = self.line(&call);
         let invoke_ms = self.rec.now_ms();
         let deadline = Instant::now() + OP_TIMEOUT;
         let outcome = loop {
             let reply = match self.exchange(&line, deadline) {
-                Exchange::Reply(r) => r,
+                Exchange::Reply(r) => self.translate(&call, &r),
                 // It may have been applied: never retried, never guessed.
                 Exchange::Lost => {
                     self.next_member();
@@ -372,11 +501,12 @@ impl Client {
 /// little, give it back.
 fn workload(mut c: Client, stop: Arc<AtomicBool>, seed: u64) {
     let mut rng = Rng(seed | 1);
+    let lease_ms = c.kind.lease_ms();
     while !stop.load(Ordering::Relaxed) {
         let key = if rng.below(2) == 0 { "k1" } else { "k2" };
         let outcome = c.run(Call::Acquire {
             key: key.into(),
-            lease_ms: LEASE_MS,
+            lease_ms,
         });
         match outcome {
             Outcome::Ok(fence) => {
@@ -489,15 +619,15 @@ fn inject(c: &mut Cluster, n: Nemesis, rng: &mut Rng, hold: Duration, rec: &Reco
 
 /// One schedule: a cluster, four clients, `faults` random faults, then a
 /// quiet spell and the final read; returns the checker's findings.
-fn run_schedule(seed: u64, faults: usize) -> Vec<String> {
+fn run_schedule(kind: Kind, seed: u64, faults: usize) -> Vec<String> {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut cluster = Cluster::start(3, seed);
+    let mut cluster = Cluster::start(kind, 3, seed);
     cluster.wait_leader();
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
         .map(|i| {
-            let c = Client::new(&format!("c{i}"), &cluster.client_addrs, rec.clone());
+            let c = Client::new(kind, &format!("c{i}"), &cluster.client_addrs, rec.clone());
             let stop = stop.clone();
             let s = seed * 101 + i;
             std::thread::spawn(move || workload(c, stop, s))
@@ -509,7 +639,7 @@ fn run_schedule(seed: u64, faults: usize) -> Vec<String> {
         let hold = Duration::from_millis(500 + rng.below(1000));
         plan.push((n, hold));
     }
-    eprintln!("schedule {seed}: {plan:?}");
+    eprintln!("{kind:?} schedule {seed}: {plan:?}");
     for (n, hold) in plan {
         std::thread::sleep(Duration::from_millis(200 + rng.below(400)));
         inject(&mut cluster, n, &mut rng, hold, &rec);
@@ -533,7 +663,7 @@ fn run_schedule(seed: u64, faults: usize) -> Vec<String> {
         c.join().expect("a client panicked");
     }
     // The final read of the fence counter, after every grant.
-    let mut reader = Client::new("reader", &cluster.client_addrs, rec.clone());
+    let mut reader = Client::new(kind, "reader", &cluster.client_addrs, rec.clone());
     let read_deadline = Instant::now() + Duration::from_millis(RESTORE_BOUND_MS);
     while !matches!(reader.run(Call::Fence), Outcome::Ok(_)) {
         assert!(
@@ -545,7 +675,7 @@ fn run_schedule(seed: u64, faults: usize) -> Vec<String> {
         assert!(
             m.alive(),
             "schedule {seed}: member {} exited by itself",
-            m.spec.id
+            m.id
         );
     }
     let h = rec.history();
@@ -580,39 +710,75 @@ fn run_schedule(seed: u64, faults: usize) -> Vec<String> {
     bad
 }
 
-/// Random fault schedules against three toy members; every history must
-/// pass the checker.
-#[test]
-fn random_fault_schedules_keep_locks_safe_and_service_restored() {
-    let count: u64 = std::env::var("DFLOCKD_FAULT_SCHEDULES")
+/// The seeds to run: `DFLOCKD_FAULT_SEED` alone, else 1..=`count` (from
+/// `var`, or `default`).
+fn seeds(var: &str, default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("DFLOCKD_FAULT_SEED") {
+        return vec![s.parse().expect("DFLOCKD_FAULT_SEED is a number")];
+    }
+    let count: u64 = std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seeds: Vec<u64> = match std::env::var("DFLOCKD_FAULT_SEED") {
-        Ok(s) => vec![s.parse().expect("DFLOCKD_FAULT_SEED is a number")],
-        Err(_) => (1..=count).collect(),
-    };
+        .unwrap_or(default);
+    (1..=count).collect()
+}
+
+/// Runs `seeds` as schedules of two faults each against `kind`; every
+/// history must pass the checker. Prints each seed and the time taken.
+fn run_schedules(kind: Kind, seeds: Vec<u64>) {
+    let started = Instant::now();
     let mut failures = Vec::new();
-    for seed in seeds {
-        let bad = run_schedule(seed, 2);
+    for &seed in &seeds {
+        let bad = run_schedule(kind, seed, 2);
         if !bad.is_empty() {
-            failures.push(format!("schedule {seed}:\n  {}", bad.join("\n  ")));
+            failures.push(format!(
+                "{kind:?} schedule {seed} (replay: DFLOCKD_FAULT_SEED={seed}):\n  {}",
+                bad.join("\n  ")
+            ));
         }
     }
+    eprintln!(
+        "{kind:?}: {} fault schedules in {:.1}s, {} failed",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Random fault schedules against three `dflockd` members: every history
+/// must pass the checker.
+#[test]
+fn random_fault_schedules_against_the_server_keep_locks_safe_and_service_restored() {
+    run_schedules(Kind::Server, seeds("DFLOCKD_FAULT_SCHEDULES", 20));
+}
+
+/// The same against three toy members: the replication layer alone.
+#[test]
+fn random_fault_schedules_against_the_toy_keep_locks_safe_and_service_restored() {
+    run_schedules(Kind::Toy, seeds("DFLOCKD_TOY_SCHEDULES", 5));
+}
+
+#[test]
+fn every_kind_of_fault_once_against_the_server() {
+    every_kind_of_fault_once(Kind::Server);
+}
+
+#[test]
+fn every_kind_of_fault_once_against_the_toy() {
+    every_kind_of_fault_once(Kind::Toy);
 }
 
 /// Each kind of fault once, in a fixed order, with a longer hold: every
 /// nemesis is exercised in every run whatever the random draws.
-#[test]
-fn every_kind_of_fault_once() {
-    let mut cluster = Cluster::start(3, 1000);
+fn every_kind_of_fault_once(kind: Kind) {
+    let mut cluster = Cluster::start(kind, 3, 1000);
     cluster.wait_leader();
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..3)
         .map(|i| {
-            let c = Client::new(&format!("c{i}"), &cluster.client_addrs, rec.clone());
+            let c = Client::new(kind, &format!("c{i}"), &cluster.client_addrs, rec.clone());
             let stop = stop.clone();
             std::thread::spawn(move || workload(c, stop, 7 + i))
         })
@@ -629,7 +795,7 @@ fn every_kind_of_fault_once() {
     for c in clients {
         c.join().unwrap();
     }
-    let mut reader = Client::new("reader", &cluster.client_addrs, rec.clone());
+    let mut reader = Client::new(kind, "reader", &cluster.client_addrs, rec.clone());
     let deadline = Instant::now() + Duration::from_millis(RESTORE_BOUND_MS);
     while !matches!(reader.run(Call::Fence), Outcome::Ok(_)) {
         assert!(Instant::now() < deadline, "no final read");

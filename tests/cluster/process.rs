@@ -1,8 +1,11 @@
-//! Member processes: started from this test binary (it re-runs itself as
-//! a toy member, see `toy.rs`), stopped, frozen and resumed always by PID,
-//! never by name: other engineers run the same binaries on this machine.
+//! Member processes: the real `dflockd` binary in cluster mode, or this
+//! test binary re-run as a toy member (see `toy.rs`); started, stopped,
+//! frozen and resumed always by PID, never by name: other engineers run
+//! the same binaries on this machine.
 
 use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,17 +14,32 @@ use crate::toy::{MemberSpec, MEMBER_ENV};
 /// The test that becomes a member process when [`MEMBER_ENV`] is set.
 const MEMBER_TEST: &str = "toy_member_process";
 
+/// What a member process runs.
+pub enum Launch {
+    /// The toy service of `toy.rs` (this test binary).
+    Toy(MemberSpec),
+    /// The `dflockd` binary with these arguments; it serves once its
+    /// client port accepts connections.
+    Server {
+        dir: PathBuf,
+        args: Vec<String>,
+        client: SocketAddr,
+    },
+}
+
 /// One member process (or none, while it is down).
 pub struct Member {
-    pub spec: MemberSpec,
+    pub id: u64,
+    pub launch: Launch,
     child: Option<Child>,
     stopped: bool,
 }
 
 impl Member {
-    pub fn new(spec: MemberSpec) -> Member {
+    pub fn new(id: u64, launch: Launch) -> Member {
         Member {
-            spec,
+            id,
+            launch,
             child: None,
             stopped: false,
         }
@@ -29,26 +47,60 @@ impl Member {
 
     /// Starts the process and waits (bounded) until it serves.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "member {} is running", self.spec.id);
-        let exe = std::env::current_exe().expect("the test binary");
-        let mut child = Command::new(exe)
-            .args([
-                MEMBER_TEST,
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(MEMBER_ENV, self.spec.encode())
+        assert!(self.child.is_none(), "member {} is running", self.id);
+        let (mut command, dir) = match &self.launch {
+            Launch::Toy(spec) => {
+                let mut c = Command::new(std::env::current_exe().expect("the test binary"));
+                c.args([
+                    MEMBER_TEST,
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(MEMBER_ENV, spec.encode());
+                (c, spec.dir.clone())
+            }
+            Launch::Server { dir, args, .. } => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_dflockd"));
+                c.args(args);
+                (c, dir.clone())
+            }
+        };
+        // Panics, bind failures and log lines, kept beside the member's
+        // directory (appended across restarts).
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("stderr"))
+            .map_or_else(|_| Stdio::null(), Stdio::from);
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            // Panics and bind failures, kept beside the member's directory.
-            .stderr(
-                std::fs::File::create(self.spec.dir.with_extension("stderr"))
-                    .map_or_else(|_| Stdio::null(), Stdio::from),
-            )
+            .stderr(stderr)
             .spawn()
             .expect("start a member");
+        if let Launch::Server { client, .. } = &self.launch {
+            let client = *client;
+            let pid = child.id();
+            self.child = Some(child);
+            self.stopped = false;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if TcpStream::connect_timeout(&client, Duration::from_millis(200)).is_ok() {
+                    return;
+                }
+                if !self.alive() {
+                    self.kill9();
+                    panic!("member {} (pid {pid}) exited before it served", self.id);
+                }
+                if Instant::now() >= deadline {
+                    self.kill9();
+                    panic!("member {} (pid {pid}) did not become ready", self.id);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         // The member prints `TOY-MEMBER-READY ID` once it serves.
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -71,12 +123,12 @@ impl Member {
                     self.kill9();
                     panic!(
                         "member {} (pid {pid}) exited before it served",
-                        self.spec.id
+                        self.id
                     );
                 }
                 Err(_) if Instant::now() >= deadline => {
                     self.kill9();
-                    panic!("member {} (pid {pid}) did not become ready", self.spec.id);
+                    panic!("member {} (pid {pid}) did not become ready", self.id);
                 }
                 Err(_) => {}
             }

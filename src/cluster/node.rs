@@ -395,13 +395,16 @@ impl Node {
     /// `stats` with the `cluster` object (spec/cluster.md §7).
     pub fn stats_json(&self) -> String {
         let status = self.handle.status();
-        let core = lock(&self.shared.machine).stats_json();
-        let mut v: serde_json::Value =
-            serde_json::from_str(&core).unwrap_or_else(|_| serde_json::json!({}));
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("cluster".into(), status_json(&status));
+        let mut json = lock(&self.shared.machine).stats_json();
+        // Appended last, so the single node's members keep their order
+        // (protocol.md §8).
+        if json.ends_with('}') {
+            json.pop();
+            json.push_str(",\"cluster\":");
+            json.push_str(&status_json(&status).to_string());
+            json.push('}');
         }
-        v.to_string()
+        json
     }
 
     /// What `/metrics` adds: `(name, help, value)`.

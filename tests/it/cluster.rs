@@ -304,3 +304,40 @@ fn a_cluster_client_whose_orphan_was_released_reports_the_lock_lost() {
     );
     assert!(fired, "the lost signal fired");
 }
+
+/// The conformance kit (`dflockd conformance --addr`) passes against the
+/// leader of a cluster: every transcript that runs on a server with the
+/// default flags, none failed.
+#[test]
+fn the_conformance_kit_passes_against_the_leader() {
+    let cluster = Cluster::start(3, 60_000);
+    let leader = cluster.leader();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dflockd"))
+        .args([
+            "conformance",
+            "--dir",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/spec/conformance"),
+            "--addr",
+            &cluster.configs[leader].listen,
+        ])
+        .output()
+        .expect("run dflockd conformance");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        out.status.success() && summary.contains(" 0 failed"),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed: u64 = summary
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 40, "{summary}");
+}

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 
 use super::machine::{Applied, LogEntry, Machine, Op};
-use super::replica::{ProposeError, ReplicaHandle, Role, StateMachine, Status};
+use super::replica::{ProposeError, ReplicaHandle, Role, StateMachine, Status, VoterChange};
 use crate::core::{ConnId, Effect, Time};
 use crate::engine::mailbox::{Delivery, Mailbox};
-use crate::engine::Replicator;
+use crate::engine::{AdminError, AdminFuture, Replicator, VotersChange};
 use crate::sync::Arc as SArc;
 use crate::wire::{Reply, Request, Status as WireStatus};
 
@@ -487,6 +487,40 @@ pub fn status_json(s: &Status) -> serde_json::Value {
     })
 }
 
+/// How long a member added by the admin route has to catch up as a
+/// learner before it is promoted.
+const JOIN_CATCH_UP: Duration = Duration::from_secs(30);
+
+/// How long an admin answer waits for the member's shared status to show
+/// a change it applied (it is published at the end of the same cycle).
+const STATUS_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// A refused or lost membership change, for the admin routes.
+fn admin_error(e: ProposeError) -> AdminError {
+    match e {
+        ProposeError::NotLeader { client_addr, .. } => AdminError::NotLeader(client_addr),
+        ProposeError::ChangeInProgress => {
+            AdminError::Conflict("another membership change is in progress".into())
+        }
+        ProposeError::BadChange(why) => AdminError::Conflict(why),
+        other => AdminError::Unavailable(other.to_string()),
+    }
+}
+
+impl Node {
+    /// `Some(leader address)` unless this member leads and serves.
+    fn leader_addr_if_not_leading(&self) -> Option<Option<String>> {
+        let status = self.handle.status();
+        match self.serving(&status) {
+            Some(_) => None,
+            None => match self.not_leader(&status) {
+                Reply::NotLeader { leader } => Some(leader),
+                _ => Some(None),
+            },
+        }
+    }
+}
+
 /// A fresh salt key from the operating system (the first leader's draw,
 /// logged in its `LeaderStart`).
 fn random_key() -> [u64; 2] {
@@ -633,6 +667,92 @@ impl Replicator for Node {
 
     fn metrics(&self) -> Vec<(&'static str, &'static str, u64)> {
         self.raft_metrics()
+    }
+
+    fn change_voters(&self, change: VotersChange) -> AdminFuture {
+        let handle = self.handle.clone();
+        let leader = self.leader_addr_if_not_leading();
+        Box::pin(async move {
+            if let Some(addr) = leader {
+                return Err(AdminError::NotLeader(addr));
+            }
+            match change {
+                VotersChange::Add {
+                    id,
+                    raft_addr,
+                    client_addr,
+                } => {
+                    let peer = super::parse_peer(&format!("{id}={raft_addr}@{client_addr}"))
+                        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+                    // A learner first: it catches up without counting
+                    // towards the quorum, then it is promoted.
+                    handle
+                        .change_voters(VoterChange::AddLearner(peer.clone()))
+                        .await
+                        .map_err(admin_error)?;
+                    let (_, caught_up) = handle
+                        .wait_for(JOIN_CATCH_UP, |s| {
+                            s.caught_up.contains(&id) || s.role != Role::Leader
+                        })
+                        .await;
+                    let s = handle.status();
+                    if !caught_up || !s.caught_up.contains(&id) {
+                        return Err(AdminError::Unavailable(format!(
+                            "member {id} did not catch up within {}s; it stays a learner \
+                             (remove it, or add it again once it runs)",
+                            JOIN_CATCH_UP.as_secs()
+                        )));
+                    }
+                    handle
+                        .change_voters(VoterChange::Add(peer))
+                        .await
+                        .map_err(admin_error)?;
+                    // Applied; the shared status follows at the cycle's end.
+                    let (s, _) = handle
+                        .wait_for(STATUS_CATCH_UP, |s| s.voters.contains(&id))
+                        .await;
+                    return Ok(s.voters);
+                }
+                VotersChange::Remove(id) => {
+                    let s = handle.status();
+                    if !s.voters.contains(&id) && !s.learners.contains(&id) {
+                        return Err(AdminError::NotFound(format!("member {id} is not a voter")));
+                    }
+                    handle
+                        .change_voters(VoterChange::Remove(id))
+                        .await
+                        .map_err(admin_error)?;
+                    let (s, _) = handle
+                        .wait_for(STATUS_CATCH_UP, |s| {
+                            !s.voters.contains(&id) && !s.learners.contains(&id)
+                        })
+                        .await;
+                    return Ok(s.voters);
+                }
+            }
+        })
+    }
+
+    fn barrier(&self) -> AdminFuture {
+        let status = self.handle.status();
+        let Some(clock) = self.serving(&status) else {
+            let leader = match self.not_leader(&status) {
+                Reply::NotLeader { leader } => leader,
+                _ => None,
+            };
+            return Box::pin(async move { Err(AdminError::NotLeader(leader)) });
+        };
+        let data = LogEntry {
+            stamp: self.stamp(clock),
+            op: Op::Barrier,
+        }
+        .encode();
+        let applied = self.handle.enqueue(data);
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            applied.await.map_err(admin_error)?;
+            Ok(handle.status().voters)
+        })
     }
 
     fn leader_hint(&self) -> Option<Option<String>> {

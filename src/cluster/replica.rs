@@ -165,6 +165,11 @@ pub struct Status {
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub voters: Vec<u64>,
+    /// Members that receive the log without voting.
+    pub learners: Vec<u64>,
+    /// On the leader: the learners whose log matches up to the commit
+    /// index (ready to be promoted).
+    pub caught_up: Vec<u64>,
     /// Proposals waiting for their entry to apply.
     pub pending_proposals: usize,
     /// Snapshots taken by this member since start.
@@ -223,6 +228,10 @@ impl std::error::Error for ProposeError {}
 /// A membership change (spec/cluster.md §7, the admin routes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VoterChange {
+    /// Adds a member that receives the log but does not vote, so that it
+    /// can catch up without weakening the quorum.
+    AddLearner(Peer),
+    /// Adds a voter, or promotes a learner to one.
     Add(Peer),
     Remove(u64),
 }
@@ -497,9 +506,35 @@ impl<S: StateMachine> Replica<S> {
             return Err(ProposeError::ChangeInProgress);
         }
         let voters: BTreeSet<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        let learners: BTreeSet<u64> = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .to_conf_state()
+            .learners
+            .into_iter()
+            .collect();
         let mut single = ConfChangeSingle::default();
         let mut cc = ConfChangeV2::default();
         match &change {
+            VoterChange::AddLearner(peer) => {
+                if voters.contains(&peer.id) {
+                    return Err(ProposeError::BadChange(format!(
+                        "member {} is already a voter",
+                        peer.id
+                    )));
+                }
+                if learners.contains(&peer.id) {
+                    return Err(ProposeError::BadChange(format!(
+                        "member {} is already a learner",
+                        peer.id
+                    )));
+                }
+                single.set_change_type(ConfChangeType::AddLearnerNode);
+                single.node_id = peer.id;
+                cc.context = Bytes::from(peer.to_string());
+            }
             VoterChange::Add(peer) => {
                 if voters.contains(&peer.id) {
                     return Err(ProposeError::BadChange(format!(
@@ -841,6 +876,20 @@ impl<S: StateMachine> Replica<S> {
                 let mut v: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
                 v.sort_unstable();
                 v
+            },
+            learners: {
+                let mut l = raft.prs().conf().to_conf_state().learners;
+                l.sort_unstable();
+                l
+            },
+            caught_up: if raft.state == StateRole::Leader {
+                let committed = raft.raft_log.committed;
+                let mut l = raft.prs().conf().to_conf_state().learners;
+                l.retain(|id| raft.prs().get(*id).is_some_and(|p| p.matched >= committed));
+                l.sort_unstable();
+                l
+            } else {
+                Vec::new()
             },
             pending_proposals: self.pending.len() + usize::from(self.pending_change.is_some()),
             snapshots_taken: self.snapshots_taken,

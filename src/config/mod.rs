@@ -347,6 +347,10 @@ pub struct ClusterConfig {
     pub raft_tls: Option<RaftTlsConfig>,
     /// Hidden from `Debug`.
     pub admin_token: Option<String>,
+    /// `--join`: start empty and learn the cluster from its leader (this
+    /// member is added with `POST /v1/admin/voters`) instead of
+    /// bootstrapping a new cluster with every member of `--cluster-peers`.
+    pub join: bool,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -361,6 +365,7 @@ impl fmt::Debug for ClusterConfig {
             .field("raft_auth_token", &hidden(&self.raft_auth_token))
             .field("raft_tls", &self.raft_tls)
             .field("admin_token", &hidden(&self.admin_token))
+            .field("join", &self.join)
             .finish()
     }
 }

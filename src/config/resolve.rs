@@ -507,6 +507,7 @@ fn resolve_cluster(
     let admin = r.token(&t::ADMIN_TOKEN, None)?;
     let (orphan_ttl_s, orphan_origin) = r.int(&t::ORPHAN_TTL)?;
     let (tick_ms, tick_origin) = r.int(&t::RAFT_TICK)?;
+    let join = r.bool(&t::JOIN)?;
 
     let Some((raft_dir, _)) = raft_dir else {
         let given = [
@@ -527,6 +528,10 @@ fn resolve_cluster(
                 "{} has no effect without --raft-dir (cluster mode off)",
                 origin.with_flag(s.flag)
             ));
+        }
+        if join {
+            r.warnings
+                .push("--join has no effect without --raft-dir (cluster mode off)".into());
         }
         return Ok((None, orphan_ttl_s, tick_ms));
     };
@@ -614,6 +619,7 @@ fn resolve_cluster(
         raft_auth_token,
         raft_tls,
         admin_token: admin.map(|(t, _)| t),
+        join,
     };
     Ok((Some(cluster), orphan_ttl_s, tick_ms))
 }

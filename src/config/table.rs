@@ -610,6 +610,15 @@ pub const ORPHAN_TTL: Setting = Setting {
     ..ROW
 };
 
+pub const JOIN: Setting = Setting {
+    flag: "join",
+    env: "DFLOCKD_JOIN",
+    kind: Kind::Bool,
+    default: Default::Bool(false),
+    arg: "bool",
+    help: "cluster mode: join a running cluster (this member is added with POST /v1/admin/voters) instead of bootstrapping a new one; no effect once the Raft directory holds state; a bare flag means true",
+    ..ROW
+};
 pub const RAFT_TICK: Setting = Setting {
     flag: "raft-tick",
     env: "DFLOCKD_RAFT_TICK_MS",
@@ -675,6 +684,7 @@ pub const SETTINGS: &[&Setting] = &[
     &ADMIN_TOKEN,
     &ORPHAN_TTL,
     &RAFT_TICK,
+    &JOIN,
 ];
 
 /// The row of `--flag` (given without its dashes).

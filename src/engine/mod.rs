@@ -72,7 +72,48 @@ pub trait Replicator: Send + Sync {
     fn leader_hint(&self) -> Option<Option<String>>;
     /// The `dflockd_raft_*` gauges for `/metrics`: (name, help, value).
     fn metrics(&self) -> Vec<(&'static str, &'static str, u64)>;
+    /// A membership change from the admin routes (spec/cluster.md §7),
+    /// answered with the voters once it is applied.
+    fn change_voters(&self, change: VotersChange) -> AdminFuture;
+    /// A linearizable no-op (`GET /v1/readindex`): answers once everything
+    /// acknowledged before it is applied here.
+    fn barrier(&self) -> AdminFuture;
 }
+
+/// What the admin routes ask a cluster member to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VotersChange {
+    /// Adds member `id` (as a learner first, then a voter once it caught
+    /// up); every member learns its addresses.
+    Add {
+        id: u64,
+        raft_addr: String,
+        client_addr: String,
+    },
+    Remove(u64),
+}
+
+/// Why an admin request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminError {
+    /// This member does not lead; the leader's client address, if known.
+    NotLeader(Option<String>),
+    /// The request does not fit the configuration (already a voter, a
+    /// change in progress, the last voter).
+    Conflict(String),
+    /// No such voter.
+    NotFound(String),
+    /// A malformed id or address.
+    Invalid(String),
+    /// The change did not finish (the new member did not catch up, the
+    /// outcome was lost with the leadership, the member stopped).
+    Unavailable(String),
+}
+
+/// The answer to an admin request: the voters after it.
+pub type AdminFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<u64>, AdminError>> + Send + 'static>,
+>;
 
 /// What one input meant for the connection that sent it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

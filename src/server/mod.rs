@@ -377,8 +377,12 @@ fn start_member(
     let store = LogStore::open(&m.raft_dir).map_err(|e| err(&e))?;
     // Every member listed at start is a voter of the new cluster; the
     // stored state wins once there is one.
-    let voters = m.peers.iter().map(|p| p.id).collect();
-    let mut rcfg = ReplicaConfig::new(m.node_id, m.peers.clone(), Bootstrap::New(voters));
+    let bootstrap = if m.join {
+        Bootstrap::Join
+    } else {
+        Bootstrap::New(m.peers.iter().map(|p| p.id).collect())
+    };
+    let mut rcfg = ReplicaConfig::new(m.node_id, m.peers.clone(), bootstrap);
     rcfg.tick = Duration::from_millis(c.tick_ms.max(1));
     let tls = match &m.raft_tls {
         Some(t) => Some(load_member_tls(&t.cert, &t.key, &t.ca).map_err(|e| err(&e))?),

@@ -37,42 +37,60 @@ struct Cluster {
     configs: Vec<ServerConfig>,
 }
 
+fn member_config(
+    dir: &std::path::Path,
+    me: &Peer,
+    peers: &[Peer],
+    orphan_ttl_ms: u64,
+    admin_token: Option<&str>,
+    join: bool,
+) -> ServerConfig {
+    ServerConfig {
+        listen: me.client_addr.clone(),
+        threads: 1,
+        http: Some(dflockd::config::HttpSettings::default()),
+        cluster: Some(ClusterSettings {
+            member: ClusterConfig {
+                raft_dir: dir.join(me.id.to_string()),
+                node_id: me.id,
+                raft_addr: me.raft_addr.clone(),
+                peers: peers.to_vec(),
+                advertise_addr: None,
+                raft_auth_token: Some(TOKEN.into()),
+                raft_tls: None,
+                admin_token: admin_token.map(str::to_owned),
+                join,
+            },
+            orphan_ttl_ms,
+            tick_ms: 20,
+        }),
+        ..ServerConfig::default()
+    }
+}
+
+fn new_peer(id: u64) -> Peer {
+    Peer {
+        id,
+        raft_addr: format!("127.0.0.1:{}", free()),
+        client_addr: format!("127.0.0.1:{}", free()),
+    }
+}
+
 impl Cluster {
     fn start(n: u64, orphan_ttl_ms: u64) -> Cluster {
+        Cluster::start_with(n, orphan_ttl_ms, None)
+    }
+
+    fn start_with(n: u64, orphan_ttl_ms: u64, admin_token: Option<&str>) -> Cluster {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n_dir = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = Scratch(
             std::env::temp_dir().join(format!("dflockd-it-cluster-{}-{n_dir}", std::process::id())),
         );
-        let peers: Vec<Peer> = (1..=n)
-            .map(|id| Peer {
-                id,
-                raft_addr: format!("127.0.0.1:{}", free()),
-                client_addr: format!("127.0.0.1:{}", free()),
-            })
-            .collect();
+        let peers: Vec<Peer> = (1..=n).map(new_peer).collect();
         let configs: Vec<ServerConfig> = peers
             .iter()
-            .map(|p| ServerConfig {
-                listen: p.client_addr.clone(),
-                threads: 1,
-                http: Some(dflockd::config::HttpSettings::default()),
-                cluster: Some(ClusterSettings {
-                    member: ClusterConfig {
-                        raft_dir: dir.0.join(p.id.to_string()),
-                        node_id: p.id,
-                        raft_addr: p.raft_addr.clone(),
-                        peers: peers.clone(),
-                        advertise_addr: None,
-                        raft_auth_token: Some(TOKEN.into()),
-                        raft_tls: None,
-                        admin_token: None,
-                    },
-                    orphan_ttl_ms,
-                    tick_ms: 20,
-                }),
-                ..ServerConfig::default()
-            })
+            .map(|p| member_config(&dir.0, p, &peers, orphan_ttl_ms, admin_token, false))
             .collect();
         let members = configs
             .iter()
@@ -340,4 +358,134 @@ fn the_conformance_kit_passes_against_the_leader() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(passed >= 40, "{summary}");
+}
+
+const ADMIN: &str = "an-admin-token";
+
+/// `POST /v1/admin/voters` on `http` with `token` (None: no header).
+fn add_voter(http: SocketAddr, token: Option<&str>, p: &Peer) -> crate::http_client::Resp {
+    let body = format!(
+        r#"{{"id":{},"raft_addr":"{}","client_addr":"{}"}}"#,
+        p.id, p.raft_addr, p.client_addr
+    );
+    let headers: Vec<(&str, &str)> = token.map(|t| ("X-Dflockd-Admin", t)).into_iter().collect();
+    crate::http_client::call(http, "POST", "/v1/admin/voters", &headers, body.as_bytes())
+}
+
+#[test]
+fn the_admin_routes_are_off_without_an_admin_token() {
+    let cluster = Cluster::start(3, 60_000);
+    let leader = cluster.leader();
+    let http = cluster.members[leader].as_ref().unwrap().http_addr().unwrap();
+    let r = add_voter(http, Some("anything"), &new_peer(4));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["error"], "admin_disabled");
+    let r = crate::http_client::call(
+        http,
+        "DELETE",
+        "/v1/admin/voters/2",
+        &[("X-Dflockd-Admin", "anything")],
+        b"",
+    );
+    assert_eq!(r.json()["error"], "admin_disabled");
+    // `GET /v1/readindex` needs no admin token: a barrier on the leader,
+    // not_leader on a follower.
+    let r = crate::http_client::get(http, "/v1/readindex");
+    assert_eq!((r.status, r.json()["status"].clone()), (200, "ok".into()));
+    let f = (leader + 1) % 3;
+    let fh = cluster.members[f].as_ref().unwrap().http_addr().unwrap();
+    let r = crate::http_client::get(fh, "/v1/readindex");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "not_leader");
+    assert_eq!(
+        r.header("x-dflockd-leader"),
+        Some(cluster.configs[leader].listen.as_str())
+    );
+}
+
+/// A fourth member started with `--join` is added through the admin route
+/// (a learner, then a voter), receives the replicated state, and can be
+/// removed again; wrong tokens, followers and bad ids are refused.
+#[test]
+fn a_member_joins_a_running_cluster_and_leaves_it() {
+    let mut cluster = Cluster::start_with(3, 60_000, Some(ADMIN));
+    let leader = cluster.leader();
+    let http = cluster.members[leader].as_ref().unwrap().http_addr().unwrap();
+    // State to be replicated to the newcomer.
+    let mut c = Client::connect(cluster.addr(leader));
+    grant(&c.req("l", "before-the-join", "5 600"));
+
+    let fourth = new_peer(4);
+    // Refusals first: no token, a wrong one, a follower, a bad body.
+    let r = add_voter(http, None, &fourth);
+    assert_eq!((r.status, r.json()["error"].clone()), (401, "unauthorized".into()));
+    let r = add_voter(http, Some("an-admin-tokeN"), &fourth);
+    assert_eq!((r.status, r.json()["error"].clone()), (403, "forbidden".into()));
+    let f = (leader + 1) % 3;
+    let fh = cluster.members[f].as_ref().unwrap().http_addr().unwrap();
+    let r = add_voter(fh, Some(ADMIN), &fourth);
+    assert_eq!((r.status, r.json()["error"].clone()), (503, "not_leader".into()));
+    let r = crate::http_client::call(
+        http,
+        "POST",
+        "/v1/admin/voters",
+        &[("X-Dflockd-Admin", ADMIN)],
+        br#"{"id":0,"raft_addr":"127.0.0.1:1","client_addr":"127.0.0.1:2"}"#,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = add_voter(
+        http,
+        Some(ADMIN),
+        &Peer {
+            id: 4,
+            raft_addr: "no-port".into(),
+            client_addr: fourth.client_addr.clone(),
+        },
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // The newcomer starts empty with --join, then is added.
+    let mut peers: Vec<Peer> = cluster.configs[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .member
+        .peers
+        .clone();
+    peers.push(fourth.clone());
+    let dir = cluster._dir.0.clone();
+    let cfg = member_config(&dir, &fourth, &peers, 60_000, Some(ADMIN), true);
+    cluster.members.push(Some(spawn(cfg.clone()).expect("the fourth member starts")));
+    cluster.configs.push(cfg);
+    let r = add_voter(http, Some(ADMIN), &fourth);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["voters"], serde_json::json!([1, 2, 3, 4]));
+    // Adding it twice is a conflict.
+    let r = add_voter(http, Some(ADMIN), &fourth);
+    assert_eq!((r.status, r.json()["error"].clone()), (409, "conflict".into()));
+    // It holds the replicated state and counts itself a voter.
+    wait_until(Duration::from_secs(10), || {
+        let s = Client::connect(cluster.addr(3)).req("stats", "_", "");
+        s.contains("before-the-join") && s.contains("\"voters\":[1,2,3,4]")
+    });
+    // It serves as a follower: it names the leader.
+    let mut d = Client::connect(cluster.addr(3));
+    assert_eq!(
+        d.req("l", "k", "0"),
+        format!("error_not_leader {}", cluster.configs[leader].listen)
+    );
+
+    // Removal: a bad id, an unknown one, then the newcomer.
+    let del = |path: &str| {
+        crate::http_client::call(http, "DELETE", path, &[("X-Dflockd-Admin", ADMIN)], b"")
+    };
+    assert_eq!(del("/v1/admin/voters/x").status, 400);
+    let r = del("/v1/admin/voters/9");
+    assert_eq!((r.status, r.json()["error"].clone()), (404, "not_found".into()));
+    let r = del("/v1/admin/voters/4");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["voters"], serde_json::json!([1, 2, 3]));
+    // The three go on serving.
+    let (tok, _) = grant(&c.req("l", "after-the-leave", "5 60"));
+    assert_eq!(c.req("r", "after-the-leave", &tok), "ok");
 }

@@ -603,19 +603,45 @@ impl<S: StateMachine> Replica<S> {
     /// if one is due. An error is fatal: the member must stop (its durable
     /// state is consistent; a restart resumes from it).
     pub fn handle_ready(&mut self, out: &mut Outbox) -> Result<(), ReplicaError> {
+        let mut early = Vec::new();
+        let result = self.handle_ready_sending(out, &mut |m| early.extend(m));
+        // They left first, crash or not.
+        if !early.is_empty() {
+            early.append(&mut out.messages);
+            out.messages = early;
+        }
+        result
+    }
+
+    /// [`Replica::handle_ready`], handing the messages that may leave
+    /// before this cycle's write (the leader's appends) to `early` at once,
+    /// so that the followers write in parallel with the leader; the rest
+    /// are in `out` as usual.
+    pub fn handle_ready_sending(
+        &mut self,
+        out: &mut Outbox,
+        early: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<(), ReplicaError> {
         if self.node.has_ready() {
-            self.cycle(out)?;
+            self.cycle(out, early)?;
         }
         self.after_cycle();
         self.maybe_snapshot()?;
         Ok(())
     }
 
-    fn cycle(&mut self, out: &mut Outbox) -> Result<(), ReplicaError> {
+    fn cycle(
+        &mut self,
+        out: &mut Outbox,
+        early: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<(), ReplicaError> {
         let mut rd = self.node.ready();
         // (1) Messages that may leave before the write: the leader's
         // appends (it counts itself only once its own write is done).
-        out.messages.extend(rd.take_messages());
+        let first = rd.take_messages();
+        if !first.is_empty() {
+            early(first);
+        }
         self.check_crash(CrashPoint::AfterSend)?;
         // (2) A snapshot from the leader replaces the state machine.
         if !rd.snapshot().is_empty() {
@@ -1241,7 +1267,12 @@ impl<S: StateMachine> Driver<S> {
 
     fn cycle(&mut self) -> Result<(), ReplicaError> {
         let mut out = Outbox::default();
-        self.replica.handle_ready(&mut out)?;
+        let transport = &mut self.transport;
+        self.replica.handle_ready_sending(&mut out, &mut |msgs| {
+            for m in msgs {
+                transport.send(m);
+            }
+        })?;
         for p in &out.peers_added {
             self.transport.set_peer(p.id, &p.raft_addr);
         }

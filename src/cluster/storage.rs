@@ -357,7 +357,13 @@ impl LogStore {
             None => (u64::MAX, 0),
         };
         let new_last = entries.last().map(|e| e.index).unwrap_or(0);
-        self.write(|w| {
+        // Entries, a term and a vote must be on disk before anything that
+        // depends on them leaves; a commit index alone need not (a member
+        // learns it again from the leader), so it rides along with the
+        // next durable write instead of costing an fsync of its own.
+        let durable = !entries.is_empty()
+            || hs.is_some_and(|h| h.term != self.hard_state.term || h.vote != self.hard_state.vote);
+        self.write_as(durable, |w| {
             if !entries.is_empty() {
                 let mut log = w.log()?;
                 // Entries past the new last index belong to a log that lost.
@@ -599,10 +605,25 @@ impl LogStore {
         &self,
         f: impl FnOnce(&Writer<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let tx = self
+        self.write_as(true, f)
+    }
+
+    /// Runs `f` in one write transaction, committed durably (an fsync)
+    /// when `durable`; otherwise it reaches the disk with the next durable
+    /// commit, and a crash before that loses it.
+    fn write_as(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Writer<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
             .db
             .begin_write()
             .map_err(|e| classify_db_error(&self.db_path, &e))?;
+        if !durable {
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| classify_db_error(&self.db_path, &e))?;
+        }
         let w = Writer {
             tx: &tx,
             path: &self.db_path,

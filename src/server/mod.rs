@@ -328,34 +328,50 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     })
 }
 
-/// The thread that runs cluster mode's tasks (replica, member transport,
+/// The threads that run cluster mode's tasks (replica, member transport,
 /// the member's leader tasks) on a smol executor of their own: they are
 /// few, long-lived and do their own I/O through `async-io`, apart from the
 /// fronts' per-thread runtime.
+///
+/// Two threads: the replica's task blocks in its cycle's fsync, and the
+/// transport's tasks must meanwhile send the appends that cycle handed
+/// over early (spec/cluster.md §2.5), so that the followers write in
+/// parallel with the leader.
 struct RaftThread {
     stop: smol::channel::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// Threads running the member's executor.
+const RAFT_THREADS: usize = 2;
 
 impl RaftThread {
     fn start(ex: std::sync::Arc<smol::Executor<'static>>) -> Result<RaftThread, StartError> {
         let (stop, stopped) = smol::channel::bounded::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("dflockd-raft".into())
-            .spawn(move || {
-                smol::block_on(ex.run(async move {
-                    let _ = stopped.recv().await;
-                }))
-            })
-            .map_err(StartError::Runtime)?;
-        Ok(RaftThread { stop, thread })
+        let mut threads = Vec::new();
+        for i in 0..RAFT_THREADS {
+            let (ex, stopped) = (ex.clone(), stopped.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dflockd-raft-{i}"))
+                    .spawn(move || {
+                        smol::block_on(ex.run(async move {
+                            let _ = stopped.recv().await;
+                        }))
+                    })
+                    .map_err(StartError::Runtime)?,
+            );
+        }
+        Ok(RaftThread { stop, threads })
     }
 
     /// Stops running the member's tasks: from then on the member is silent,
     /// as a stopped process is to the others.
     fn stop(self) {
         drop(self.stop);
-        let _ = self.thread.join();
+        for t in self.threads {
+            let _ = t.join();
+        }
     }
 }
 

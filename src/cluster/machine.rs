@@ -43,6 +43,12 @@ pub enum Op {
         fence_start: u64,
         salt_key: [u64; 2],
         orphan_ttl_ms: u64,
+        /// The leader's settings that every member must share to apply the
+        /// log alike ([`Machine::settings_text`]); empty in entries written
+        /// before it was added. A member whose own differ counts and logs
+        /// it (`dflockd_raft_settings_mismatches`).
+        #[serde(default)]
+        settings: String,
     },
     /// Time passed: process what is due.
     Tick,
@@ -105,6 +111,8 @@ pub struct Machine {
     state: State,
     /// Clock alarms: stamps below the clock (a broken leader; local count).
     pub clock_alarms: u64,
+    /// `LeaderStart` entries whose settings differ from this member's.
+    pub settings_mismatches: u64,
 }
 
 /// Serialized only through [`Machine::snapshot_bytes`].
@@ -143,6 +151,7 @@ impl Machine {
                 core: None,
             },
             clock_alarms: 0,
+            settings_mismatches: 0,
         }
     }
 
@@ -186,6 +195,24 @@ impl Machine {
         }
     }
 
+    /// The settings that change what applying an entry does, as one line:
+    /// members whose lines differ would reach different states from the
+    /// same log (spec/cluster.md §3).
+    pub fn settings_text(&self) -> String {
+        let c = &self.template;
+        format!(
+            "default-lease-ttl={} max-locks={} max-waiters={} auto-release-on-disconnect={} \
+             gc-interval={} gc-max-idle={} key-events={}",
+            c.default_lease_s,
+            c.max_locks,
+            c.max_waiters,
+            c.auto_release_on_disconnect,
+            c.gc_interval_s,
+            c.gc_max_idle_s,
+            c.key_events
+        )
+    }
+
     fn config(&self) -> CoreConfig {
         let mut cfg = self.template.clone();
         cfg.salt_key = self.state.salt_key.unwrap_or_default();
@@ -209,8 +236,19 @@ impl Machine {
             fence_start,
             salt_key,
             orphan_ttl_ms,
+            settings,
         } = &entry.op
         {
+            if !settings.is_empty() && *settings != self.settings_text() {
+                self.settings_mismatches += 1;
+                // Once per term at most: LeaderStart is a term's first entry.
+                log::error!(
+                    leader:% = settings, member:% = self.settings_text();
+                    "this member's settings differ from the leader's: members must share them, \
+                     or they apply the same log differently"
+                );
+            }
+            let s = &mut self.state;
             if s.core.is_none() {
                 s.salt_key = Some(*salt_key);
                 s.fence_start = *fence_start;

@@ -21,6 +21,22 @@
 //! the configuration and by membership changes (a new voter's addresses
 //! travel in its conf change in the same syntax).
 
+/// The largest semaphore limit cluster mode accepts (upstream's bound,
+/// spec/cluster.md §7): it bounds what one entry can make a snapshot hold.
+/// A larger one is refused before it reaches the log: `error` over TCP,
+/// `400 bad_request` over HTTP.
+pub const MAX_SEMAPHORE_LIMIT: u64 = 1 << 20;
+
+/// Whether `req` asks for a semaphore limit above [`MAX_SEMAPHORE_LIMIT`].
+pub fn limit_too_large(req: &crate::wire::Request) -> bool {
+    use crate::wire::Request;
+    matches!(
+        req,
+        Request::Acquire { limit, .. } | Request::Enqueue { limit, .. }
+            if *limit > MAX_SEMAPHORE_LIMIT
+    )
+}
+
 pub mod logger;
 pub mod machine;
 pub mod node;

@@ -321,6 +321,7 @@ impl Node {
                     fence_start: crate::engine::fence::wall_clock_nanos(),
                     salt_key: random_key(),
                     orphan_ttl_ms: self.cfg.orphan_ttl_ms,
+                    settings: lock(&self.shared.machine).settings_text(),
                 },
             }
             .encode();
@@ -464,6 +465,11 @@ impl Node {
                 m.clock_alarms,
             ),
             (
+                "dflockd_raft_settings_mismatches",
+                "LeaderStart entries whose settings differ from this member's.",
+                m.settings_mismatches,
+            ),
+            (
                 "dflockd_raft_clock_ms",
                 "The replicated clock.",
                 m.clock().0,
@@ -555,6 +561,9 @@ impl Replicator for Node {
         let Some(clock) = self.serving(&status) else {
             return Some(Some(self.not_leader(&status)));
         };
+        if super::limit_too_large(req) {
+            return Some(Some(Reply::Status(WireStatus::Error)));
+        }
         if matches!(
             req,
             Request::Listen { .. } | Request::Unlisten { .. } | Request::Signal { .. }

@@ -767,6 +767,12 @@ async fn handle(
                 Ok(r) => r,
                 Err(detail) => return bad_request(&detail),
             };
+            if engine.replicator().is_some() && crate::cluster::limit_too_large(&request) {
+                return bad_request(&format!(
+                    "limit: at most {} in cluster mode",
+                    crate::cluster::MAX_SEMAPHORE_LIMIT
+                ));
+            }
             on_session(front, &session, op, request).await
         }
         Route::VoterAdd => admin::add_voter(front, ip, req).await,

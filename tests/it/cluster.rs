@@ -489,3 +489,28 @@ fn a_member_joins_a_running_cluster_and_leaves_it() {
     let (tok, _) = grant(&c.req("l", "after-the-leave", "5 60"));
     assert_eq!(c.req("r", "after-the-leave", &tok), "ok");
 }
+
+/// A semaphore limit above 1,048,576 is refused in cluster mode (TCP
+/// `error`, HTTP `400 bad_request`); the bound itself is accepted.
+#[test]
+fn a_semaphore_limit_above_the_cluster_bound_is_refused() {
+    let cluster = Cluster::start(3, 60_000);
+    let leader = cluster.leader();
+    let mut c = Client::connect(cluster.addr(leader));
+    assert_eq!(c.req("sl", "big", "0 1048577"), "error");
+    assert_eq!(c.req("se", "big", "1048577"), "error");
+    let (tok, _) = grant(&c.req("sl", "big", "0 1048576"));
+    assert_eq!(c.req("sr", "big", &tok), "ok");
+    let http = cluster.members[leader].as_ref().unwrap().http_addr().unwrap();
+    let r = crate::http_client::call(http, "POST", "/v1/sessions", &[], b"");
+    let sid = r.json()["session_id"].as_str().expect("session").to_owned();
+    let r = crate::http_client::call(
+        http,
+        "POST",
+        "/v1/semaphores/big",
+        &[("X-Dflockd-Session", &sid)],
+        br#"{"acquire_timeout_s":0,"limit":1048577}"#,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["error"], "bad_request");
+}

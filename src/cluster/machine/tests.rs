@@ -34,6 +34,7 @@ fn start(stamp: u64) -> LogEntry {
             fence_start: 1_000_000,
             salt_key: [7, 11],
             orphan_ttl_ms: 3_000,
+            settings: String::new(),
         },
     )
 }
@@ -61,6 +62,7 @@ fn random_log(seed: u64, n: usize) -> Vec<LogEntry> {
                 fence_start: 5,
                 salt_key: [1, 2],
                 orphan_ttl_ms: 1_000 + rng.below(4_000),
+                settings: String::new(),
             },
             1..=3 => {
                 let s = (1 << 32) | next_session;
@@ -332,6 +334,33 @@ fn the_clock_never_goes_back_and_a_late_stamp_counts_an_alarm() {
         m.apply(&entry(6_000, Op::Barrier), &mut fx).clock,
         Time(6_000)
     );
+}
+
+#[test]
+fn a_leader_start_with_other_settings_is_counted() {
+    let mut m = Machine::new(CoreConfig::default());
+    let mut other = CoreConfig::default();
+    other.max_locks += 1;
+    let theirs = Machine::new(other).settings_text();
+    assert_ne!(theirs, m.settings_text());
+    let leader_start = |settings: String| {
+        entry(
+            1_000,
+            Op::LeaderStart {
+                fence_start: 1,
+                salt_key: [1, 2],
+                orphan_ttl_ms: 1_000,
+                settings,
+            },
+        )
+    };
+    let mut fx = Vec::new();
+    m.apply(&leader_start(m.settings_text()), &mut fx);
+    assert_eq!(m.settings_mismatches, 0);
+    m.apply(&leader_start(String::new()), &mut fx);
+    assert_eq!(m.settings_mismatches, 0, "an entry from before the field");
+    m.apply(&leader_start(theirs), &mut fx);
+    assert_eq!(m.settings_mismatches, 1);
 }
 
 #[test]

@@ -593,6 +593,9 @@ impl Inbound {
             .unwrap_or_else(|e| e.into_inner())
             .insert(from, self.serial);
         let mut parts = Reassembly::new(self.cfg.max_message_bytes);
+        // Buffered from here on: a frame's head and body, and the frames
+        // that arrived together, in one read.
+        let mut s = futures_lite::io::BufReader::with_capacity(IO_BUFFER, s);
         loop {
             let frame = match read_frame(&mut s, self.cfg.max_frame_bytes).await {
                 Ok(Some(f)) => f,
@@ -731,8 +734,15 @@ fn lost(msg: &Message, events: &smol::channel::Sender<TransportEvent>) {
     }
 }
 
-/// A writable connection to a member, plain or TLS.
+/// A writable connection to a member, plain or TLS, buffered: the sender
+/// flushes once its queue is empty, so the messages of one cycle leave in
+/// one write.
 type Conn = Box<dyn futures_lite::AsyncWrite + Send + Unpin>;
+
+/// Buffer of a member connection, each way.
+const IO_BUFFER: usize = 64 << 10;
+
+use futures_lite::io::BufWriter;
 
 async fn dial(addr: &str, to: u64, cfg: &TransportConfig) -> io::Result<Conn> {
     let stream = async_net::TcpStream::connect(addr).await?;
@@ -744,12 +754,12 @@ async fn dial(addr: &str, to: u64, cfg: &TransportConfig) -> io::Result<Conn> {
             let connector = futures_rustls::TlsConnector::from(tls.client.clone());
             let mut s = connector.connect(name, stream).await?;
             handshake(&mut s, &hello).await?;
-            Ok(Box::new(s))
+            Ok(Box::new(BufWriter::with_capacity(IO_BUFFER, s)))
         }
         None => {
             let mut s = stream;
             handshake(&mut s, &hello).await?;
-            Ok(Box::new(s))
+            Ok(Box::new(BufWriter::with_capacity(IO_BUFFER, s)))
         }
     }
 }

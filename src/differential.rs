@@ -9,7 +9,9 @@
 //! the reply lines, signal pushes (as their `sig ...` lines) and closes of
 //! each step (in order), whether a connection is blocked, each connection's
 //! count of unwritten pushes, the next deadline, the instant each has
-//! advanced to, the fence headroom, and the `stats` snapshot.
+//! advanced to, the fence headroom, and the `stats` snapshot. After every
+//! step it also runs [`Core::verify`], which panics naming the first of the
+//! core's own invariants that broke.
 //!
 //! A second core runs alongside, driven *eagerly*: before each input its
 //! timer fires at every deadline on time, so each of its outputs happens at
@@ -274,6 +276,7 @@ impl Settings {
             fence_ceiling: m.fence_ceiling,
             salt_key: SALT_KEY,
             max_subscriptions: m.max_subscriptions,
+            ..CoreConfig::default()
         }
     }
 }
@@ -934,6 +937,9 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
             }
         }
         p.check_state(i)?;
+        // Every index of the core agrees with what it indexes (panics
+        // naming the broken invariant).
+        p.core.verify();
     }
     Ok(())
 }

@@ -4,16 +4,18 @@
 //! Layout and reading order:
 //! 1. [`wire`]: the line protocol as data; a push parser and encoders.
 //! 2. [`core`]: the sans-IO transition function (locks, semaphores, leases,
-//!    FIFO, two-phase, GC, stats). Time and token salt are arguments.
+//!    FIFO, two-phase, GC, stats), and its bounded introspection
+//!    ([`core::introspect`]). Time and token salt are arguments.
 //! 3. [`server`]: the smol driver that moves bytes between sockets and the core.
-//!    [`http`]: the HTTP REST front, another driver of the same core.
+//!    [`http`]: the HTTP REST front, another driver of the same core, with
+//!    the read-only views and the `/ui` dashboard.
 //! 4. [`config`]: the settings table, flags, environment variables and
 //!    their validation; [`logging`]: log lines and their rate limits.
 //! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
 //! 6. [`client`]: the client library (connections, lock and semaphore
 //!    handles with background renewal, CRC-32 sharding).
 //!    [`cli`]: the client subcommands of `dflockd` (`lock`, `stats`,
-//!    `signal`, `listen`), built on it.
+//!    `signal`, `listen`, `top`), built on it.
 //! 7. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
 //! 8. [`sync`]: the std/loom facade for the server's own concurrency.

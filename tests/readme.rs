@@ -666,8 +666,13 @@ fn cli_blocks() -> Vec<String> {
         .into_iter()
         .filter(|(info, text)| info == "sh" && text.contains("dflockd ") && !text.contains("curl "))
         .filter(|(_, text)| {
-            text.lines()
-                .any(|l| l.trim_start().starts_with("dflockd ") && !l.contains("--http-port"))
+            text.lines().any(|l| {
+                l.trim_start().starts_with("dflockd ")
+                    && !l.contains("--http-port")
+                    // The daemon itself (flags, no subcommand) is started by
+                    // `readme_production_example_starts`.
+                    && !l.trim_start().starts_with("dflockd --")
+            })
         })
         .map(|(_, text)| text)
         .collect()
@@ -872,4 +877,95 @@ fn readme_shell_sessions_print_what_they_show() {
     let _ = listener.kill();
     let _ = listener.wait();
     stop(server);
+}
+
+/// "Running in production": the example command line starts a server as
+/// written, with its paths pointed at scratch files (a token, a generated
+/// certificate and key, a fence state file), its address at loopback and
+/// its ports at free ones. It must log both listeners in JSON and stop on
+/// SIGTERM.
+#[test]
+fn readme_production_example_starts() {
+    let block = fenced_blocks()
+        .into_iter()
+        .find(|(info, text)| info == "sh" && text.trim_start().starts_with("dflockd --host"))
+        .map(|(_, text)| text)
+        .expect("the README's production example");
+    let dir = std::env::temp_dir().join(format!("dflockd-readme-prod-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let file = |name: &str, contents: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).expect("write scratch file");
+        path.display().to_string()
+    };
+    let token = file("token", "a-long-random-secret\n");
+    let cert = file("cert.pem", &ck.cert.pem());
+    let key = file("key.pem", &ck.signing_key.serialize_pem());
+    let fence = dir.join("fence").display().to_string();
+    let words: Vec<String> = block
+        .replace("\\\n", " ")
+        .split_whitespace()
+        .map(|w| match w {
+            "10.0.0.5" => "127.0.0.1".to_owned(),
+            "/etc/dflockd/token" => token.clone(),
+            "/etc/dflockd/cert.pem" => cert.clone(),
+            "/etc/dflockd/key.pem" => key.clone(),
+            "/var/lib/dflockd/fence" => fence.clone(),
+            "6389" => free_port().to_string(),
+            w => w.to_owned(),
+        })
+        .collect();
+    assert_eq!(words[0], "dflockd", "{block}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dflockd"))
+        .args(&words[1..])
+        .args(["--port", &free_port().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dflockd");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut listening = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while listening.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            // SAFETY: kill(2) on the PID of the child this test started.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("no two `listening` lines within 60 s; saw {listening:?}");
+        };
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("--log-format json printed a non-JSON line {line:?}: {e}"));
+        if v["msg"] == "listening" {
+            assert_eq!(v["tls"], true, "{line}");
+            listening.push(v["transport"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    listening.sort();
+    assert_eq!(listening, ["http", "tcp"]);
+    // SAFETY: kill(2) on the PID of the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().expect("wait for dflockd");
+    assert!(
+        status.success(),
+        "SIGTERM ends the server cleanly: {status}"
+    );
+    assert!(
+        std::path::Path::new(&fence).exists(),
+        "the fence state file was written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

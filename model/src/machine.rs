@@ -1489,8 +1489,9 @@ impl Machine {
 pub const PUSH_QUEUE_FRAMES: usize = 64;
 
 /// protocol.md §9.1: tokens split on `.`; `*` matches one token, a final `>` one or
-/// more; otherwise tokens are equal and counts agree.
-fn pattern_matches(pattern: &[u8], channel: &[u8]) -> bool {
+/// more; otherwise tokens are equal and counts agree. Public so that the
+/// production core's subscription trie can be tested against it.
+pub fn pattern_matches(pattern: &[u8], channel: &[u8]) -> bool {
     let p: Vec<&[u8]> = pattern.split(|&b| b == b'.').collect();
     let c: Vec<&[u8]> = channel.split(|&b| b == b'.').collect();
     if p.last() == Some(&&b">"[..]) {

@@ -20,6 +20,11 @@
 //!   signals in flight, optionally paced by `--rate`. Each payload carries its send time, so
 //!   subscribers measure publish-to-receipt latency; a subscriber the server closes (the
 //!   64-frame slow-consumer rule) is reported as an eviction.
+//! * `--scaling`, `--freeze N` and `--stats-stall SIZES` (in `bench/scaling.rs`): how the server's cost grows with its
+//!   state. All three start the server themselves; see that module.
+//!
+//! The memory helpers (`--idle-connections`, `--hold`) print the server's resident memory per
+//! connection or per lock when given its `--server-pid`.
 //!
 //! The tool is deliberately self-contained: apart from `--client`, it shares no code with the
 //! server, so it cannot inherit the server's bugs, and it works against any implementation of
@@ -42,6 +47,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argh::FromArgs;
+
+#[path = "bench/scaling.rs"]
+mod scaling;
 use futures_lite::future;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use smol::lock::Barrier;
@@ -168,6 +176,48 @@ struct Args {
     /// allows (default 0)
     #[argh(option, default = "0")]
     rate: u64,
+
+    /// memory helpers: the server's PID, to print its resident memory per connection or lock
+    #[argh(option)]
+    server_pid: Option<u32>,
+
+    /// scaling mode: grow each dimension through --sizes on a server this bench starts and
+    /// measure the operations that touch it; exit 1 if one grows more than 3x
+    #[argh(switch)]
+    scaling: bool,
+
+    /// freeze mode: one connection takes N slots of one semaphore with 2 s leases; print the
+    /// longest ping stall while they expire and while their owner disconnects (exit 1 above
+    /// 50 ms)
+    #[argh(option)]
+    freeze: Option<usize>,
+
+    /// stats-stall mode: for each of these comma-separated sizes n, one connection holds n
+    /// locks while another asks for `stats`; print the longest ping stall meanwhile (exit 1
+    /// above 10 ms)
+    #[argh(option)]
+    stats_stall: Option<String>,
+
+    /// scaling mode: comma-separated sizes (default 1000,10000,100000,1000000)
+    #[argh(option, default = "String::from(\"1000,10000,100000,1000000\")")]
+    sizes: String,
+
+    /// scaling mode: comma-separated dimensions among holders, waiters, keys, subscriptions
+    /// (default all)
+    #[argh(
+        option,
+        default = "String::from(\"holders,waiters,keys,subscriptions\")"
+    )]
+    dims: String,
+
+    /// scaling mode: samples per operation and size (default 1000)
+    #[argh(option, default = "1000")]
+    samples: usize,
+
+    /// scaling and freeze modes: the server binary to start (default: dflockd next to this
+    /// binary)
+    #[argh(option)]
+    server_bin: Option<String>,
 }
 
 /// How the workers drive their sockets.
@@ -198,6 +248,15 @@ enum Mode {
         locks: usize,
     },
     Fanout(FanoutConfig),
+    Scaling(scaling::Plan),
+    Freeze {
+        slots: usize,
+        server_bin: std::path::PathBuf,
+    },
+    StatsStall {
+        sizes: Vec<usize>,
+        server_bin: std::path::PathBuf,
+    },
 }
 
 /// What a lock-bench worker talks through.
@@ -248,6 +307,7 @@ struct Config {
     io: IoEngine,
     io_threads: usize,
     hold_secs: u64,
+    server_pid: Option<u32>,
 }
 
 impl Config {
@@ -308,6 +368,9 @@ impl Config {
             ("--http", args.http.is_some()),
             ("--client", args.client),
             ("--fanout", args.fanout),
+            ("--scaling", args.scaling),
+            ("--freeze", args.freeze.is_some()),
+            ("--stats-stall", args.stats_stall.is_some()),
         ]
         .iter()
         .filter(|(_, on)| *on)
@@ -328,7 +391,39 @@ impl Config {
                 ))
             }
         };
+        if args.server_pid.is_some() && args.idle_connections.is_none() && args.hold.is_none() {
+            return Err("--server-pid is for --idle-connections and --hold".into());
+        }
+        let server_bin = args
+            .server_bin
+            .map_or_else(scaling::sibling_server, std::path::PathBuf::from);
         let mode = match (args.idle_connections, args.hold) {
+            _ if args.scaling => {
+                if args.samples == 0 {
+                    return Err("--samples must be > 0".into());
+                }
+                let dims = args
+                    .dims
+                    .split(',')
+                    .map(|d| scaling::Dim::parse(d.trim()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("--dims: {e}"))?;
+                Mode::Scaling(scaling::Plan {
+                    server_bin,
+                    sizes: scaling::parse_sizes(&args.sizes)?,
+                    dims,
+                    samples: args.samples,
+                })
+            }
+            _ if args.stats_stall.is_some() => Mode::StatsStall {
+                sizes: scaling::parse_sizes(args.stats_stall.as_deref().unwrap_or_default())
+                    .map_err(|e| format!("--stats-stall: {e}"))?,
+                server_bin,
+            },
+            _ if args.freeze.is_some() => match args.freeze {
+                Some(0) | None => return Err("--freeze must be > 0".into()),
+                Some(slots) => Mode::Freeze { slots, server_bin },
+            },
             (Some(0), _) => return Err("--idle-connections must be > 0".into()),
             (_, Some(0)) => return Err("--hold must be > 0".into()),
             (Some(n), _) => Mode::Idle { connections: n },
@@ -409,6 +504,7 @@ impl Config {
             io,
             io_threads: args.io_threads,
             hold_secs: args.hold_secs,
+            server_pid: args.server_pid,
         };
         let longest = cfg.longest_key_len();
         if longest > MAX_KEY_BYTES {
@@ -464,7 +560,7 @@ impl Config {
 /// Accept Go `flag` spellings too (`-workers 5`, `--workers=5`, `-shared-key=true`), since the
 /// upstream tool is a Go program and scripts written for it should run unchanged.
 fn normalize_args(raw: &[String]) -> Result<Vec<String>, String> {
-    const SWITCHES: [&str; 4] = ["shared-key", "client", "fanout", "help"];
+    const SWITCHES: [&str; 5] = ["shared-key", "client", "fanout", "scaling", "help"];
     let mut out = Vec::with_capacity(raw.len());
     let mut value_expected = false;
     for arg in raw {
@@ -2156,6 +2252,24 @@ fn keep_open(cfg: &Config, clients: &mut [Client<Blocking>]) -> Result<(), Bench
     }
 }
 
+/// With `--server-pid`: the server's resident memory before and after, and the growth per
+/// item (a settle pause first, so that the server has processed everything it answered).
+fn rss_note(cfg: &Config, before: Option<u64>, items: usize, what: &str) -> String {
+    let Some(pid) = cfg.server_pid else {
+        return String::new();
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    match (before, scaling::rss_bytes(pid)) {
+        (Some(b), Some(a)) => format!(
+            "rss: server {pid} {:.1} MiB -> {:.1} MiB: {:.0} bytes per {what}\n",
+            b as f64 / 1048576.0,
+            a as f64 / 1048576.0,
+            a.saturating_sub(b) as f64 / items as f64
+        ),
+        _ => format!("rss: cannot read /proc/{pid}/status\n"),
+    }
+}
+
 fn holding_note(cfg: &Config) -> String {
     if cfg.hold_secs == 0 {
         "until killed".to_string()
@@ -2339,6 +2453,7 @@ fn main() -> ExitCode {
             say(&fanout_report(fan, result));
         }
         Mode::Idle { connections } => {
+            let before = cfg.server_pid.and_then(scaling::rss_bytes);
             let t0 = Instant::now();
             let mut clients = open_idle(&cfg, *connections).unwrap_or_else(|e| fail(0, &e));
             say(&format!(
@@ -2346,9 +2461,11 @@ fn main() -> ExitCode {
                 t0.elapsed().as_secs_f64(),
                 holding_note(&cfg)
             ));
+            say(&rss_note(&cfg, before, *connections, "idle connection"));
             keep_open(&cfg, &mut clients).unwrap_or_else(|e| fail(0, &e));
         }
         Mode::Hold { locks } => {
+            let before = cfg.server_pid.and_then(scaling::rss_bytes);
             let t0 = Instant::now();
             let mut clients = acquire_held(&cfg, *locks);
             let took = t0.elapsed().as_secs_f64();
@@ -2358,7 +2475,13 @@ fn main() -> ExitCode {
                 *locks as f64 / took.max(f64::MIN_POSITIVE),
                 holding_note(&cfg)
             ));
+            say(&rss_note(&cfg, before, *locks, "held lock"));
             keep_open(&cfg, &mut clients).unwrap_or_else(|e| fail(0, &e));
+        }
+        Mode::Scaling(plan) => return scaling::run_scaling(plan),
+        Mode::Freeze { slots, server_bin } => return scaling::run_freeze(server_bin, *slots),
+        Mode::StatsStall { sizes, server_bin } => {
+            return scaling::run_stats_stall(server_bin, sizes)
         }
     }
     ExitCode::SUCCESS
@@ -2835,5 +2958,70 @@ mod tests {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
         }
         assert!(parse(&["--client", "--connections", "2"]).is_ok());
+    }
+
+    #[test]
+    fn scaling_freeze_and_rss_flags() {
+        let cfg = parse(&[
+            "--scaling",
+            "--sizes",
+            "10,100",
+            "--dims",
+            "keys,holders",
+            "--samples",
+            "5",
+            "--server-bin",
+            "/x/dflockd",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.mode,
+            Mode::Scaling(scaling::Plan {
+                server_bin: "/x/dflockd".into(),
+                sizes: vec![10, 100],
+                dims: vec![scaling::Dim::Keys, scaling::Dim::Holders],
+                samples: 5,
+            })
+        );
+        let Mode::Scaling(plan) = parse(&["-scaling=true"]).unwrap().mode else {
+            panic!("not scaling");
+        };
+        assert_eq!(plan.sizes, vec![1000, 10_000, 100_000, 1_000_000]);
+        assert_eq!(plan.dims, scaling::Dim::ALL.to_vec());
+        assert!(plan.server_bin.ends_with("dflockd"), "next to the bench");
+        assert_eq!(
+            parse(&["--freeze", "400000", "--server-bin", "s"])
+                .unwrap()
+                .mode,
+            Mode::Freeze {
+                slots: 400_000,
+                server_bin: "s".into()
+            }
+        );
+        assert_eq!(
+            parse(&["--stats-stall", "100000,1000000", "--server-bin", "s"])
+                .unwrap()
+                .mode,
+            Mode::StatsStall {
+                sizes: vec![100_000, 1_000_000],
+                server_bin: "s".into()
+            }
+        );
+        let cfg = parse(&["--idle-connections", "3", "--server-pid", "42"]).unwrap();
+        assert_eq!(cfg.server_pid, Some(42));
+        for bad in [
+            &["--scaling", "--freeze", "3"][..],
+            &["--scaling", "--hold", "3"],
+            &["--scaling", "--sizes", "100,10"],
+            &["--scaling", "--sizes", "0"],
+            &["--scaling", "--dims", "keys,queues"],
+            &["--scaling", "--samples", "0"],
+            &["--freeze", "0"],
+            &["--stats-stall", "10,1"],
+            &["--stats-stall", "5", "--freeze", "3"],
+            &["--server-pid", "42"],
+        ] {
+            assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
+        }
     }
 }

@@ -13,7 +13,13 @@
 //! `<= now` expire, waiters whose deadline is `<= now` time out, and the idle
 //! GC runs if due. So the answer to a request never depends on how late the
 //! driver's timer fired (Decisions D18, D19).
+//!
+//! No input scans the state: each costs O(log n) per thing it changes (the
+//! table is in spec/ARCHITECTURE.md, "Costs"), and [`Core::verify`] checks
+//! that every index agrees with what it indexes.
 
+mod hash;
+mod members;
 pub mod metrics;
 mod signals;
 mod state;
@@ -23,6 +29,7 @@ mod tests;
 
 pub use metrics::CoreMetrics;
 pub use signals::PUSH_QUEUE_FRAMES;
+pub use state::introspect;
 pub use state::{Core, CoreConfig, Effect, Owned};
 
 /// Milliseconds since an arbitrary origin (the server's start). Monotonic:
@@ -42,6 +49,11 @@ impl Time {
 
     pub fn millis(self) -> u64 {
         self.0
+    }
+
+    /// `self + ms` milliseconds, saturating.
+    pub fn plus_millis(self, ms: u64) -> Time {
+        Time(self.0.saturating_add(ms))
     }
 }
 

@@ -1,28 +1,65 @@
 //! Core state and transitions.
 //!
-//! Data layout, chosen for the uncontended fast path (acquire + release on a
-//! key nobody else wants): a resource is found by one hash lookup of its key;
-//! a grant pushes one holder and one timer entry; a release scans the
-//! resource's holders (at most `limit`, usually 1) and removes the timer
-//! entry. Waiters live in a map by arrival number; a resource's queue holds
-//! arrival numbers and may contain stale ones (removed waiters), which are
-//! skipped lazily, so removing a waiter from the middle of a long queue is
-//! amortised O(1); stale entries are compacted away once they outnumber the
-//! live ones, so a queue stays O(`live_waiters`). `live_waiters` is the
-//! exact count.
+//! Every input costs O(log n) in the size of the state, or amortized O(1),
+//! plus O(log n) per item it changes (a grant, a timeout, a released slot,
+//! a push); nothing scans holders, waiters, keys, connections or
+//! subscriptions that the input does not touch. The table of costs per
+//! input is in spec/ARCHITECTURE.md ("Costs"). The structures that give it:
 //!
-//! Invariants checked at run time (a lock server stops rather than
-//! double-grants): a grant never makes `holders > limit`; a granted waiter is
-//! removed from the queue before it becomes a holder; `now` never goes back.
+//! * resources live in a slab (`resources`, ids reused through
+//!   `free_slots`); `by_key` finds one by its key with one hash lookup and
+//!   stores only the id: the key itself is kept once, in the resource,
+//!   inline when short (`compact.rs`);
+//! * holders are indexed by fence in `holders`, the one map that a token,
+//!   a lease timer and a connection's holdings all lead to; a resource
+//!   keeps only its holder count (and, for a lock, the fence of its holder);
+//! * a resource's queue is the ordered set of its waiters' arrival numbers
+//!   (FIFO order is arrival order; allocated only while someone waits), so
+//!   a waiter leaves from anywhere in O(log n); waiters themselves are in
+//!   `waiters` by arrival number;
+//! * each connection keeps what it owns: its slots as (resource, fence),
+//!   waiter arrival numbers, two-phase records by resource, and its
+//!   subscriptions, so a disconnect costs what the connection owns. The
+//!   slots a disconnect releases on a resource nobody waits for go with one
+//!   subtraction per resource; their index entries are purged a bounded
+//!   number per input afterwards (`retired`, `holdings.rs`);
+//! * `leases` and `deadlines` order lease expiries and blocked waiters'
+//!   deadlines; `idle` orders unreferenced resources by last activity, so
+//!   the idle GC visits only what it collects;
+//! * signal subscriptions are a token trie (`signals.rs`).
+//!
+//! [`Core::verify`] checks that all of these agree with each other after
+//! every input under `debug_assertions` (sampled for large states, see
+//! `finish`) and after every step of the differential tests and the fuzzer.
+//!
+//! Invariants checked at run time in every build (a lock server stops rather
+//! than double-grants): a grant never makes `holders > limit`; a granted
+//! waiter is removed from the queue before it becomes a holder; `now` never
+//! goes back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
+
+use super::hash::{IdBuild, KeyBuild};
+use super::members::Members;
 use super::metrics::{Cause, CoreMetrics};
 use super::signals::{self, Route, PUSH_QUEUE_FRAMES};
 use super::stats;
 use super::{token_salt, ConnId, Time};
 use crate::wire::{Key, Reply, Request, Space, Status, Token};
+
+mod compact;
+mod holdings;
+pub mod introspect;
+#[cfg(test)]
+mod tests;
+mod verify;
+
+use compact::{Queue, ResKey};
+use holdings::Retired;
+use introspect::{Event, EventKind, Insight};
 
 /// Core configuration: every limit and policy the transition function needs.
 #[derive(Clone, Debug)]
@@ -50,6 +87,8 @@ pub struct CoreConfig {
     pub salt_key: [u64; 2],
     /// Listen registrations per connection; 0 = unlimited (`--max-subscriptions`).
     pub max_subscriptions: usize,
+    /// Recent events kept for key views, over all keys; 0 = none (`--key-events`).
+    pub key_events: usize,
 }
 
 impl Default for CoreConfig {
@@ -69,6 +108,7 @@ impl Default for CoreConfig {
             fence_ceiling: u64::MAX,
             salt_key: [0, 0],
             max_subscriptions: t::MAX_SUBSCRIPTIONS.count_default(),
+            key_events: t::KEY_EVENTS.count_default(),
         }
     }
 }
@@ -106,36 +146,55 @@ pub enum Effect {
 /// Index of a resource in the slab.
 type ResId = u32;
 
-/// Timer kinds, in the order due items with equal deadlines are processed
-/// (spec/semantics.md §8).
-const KIND_LEASE: u8 = 0;
-const KIND_WAITER: u8 = 1;
-const KIND_GC: u8 = 2;
+/// What comes due, in the order items with equal deadlines are processed
+/// (spec/semantics.md §8): lease expiries, then waiter timeouts, then GC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// The lease with this fence.
+    Lease(u64),
+    /// The blocked waiter with this arrival number.
+    Waiter(u64),
+    Gc,
+}
 
-/// A timer entry: (deadline, kind, sequence, resource). The sequence is the
-/// fence for a lease and the arrival number for a waiter.
-type TimerKey = (Time, u8, u64, ResId);
-
+/// One held slot, filed in `Core::holders` under its fence. The token's
+/// salt is not stored: it is `token_salt(salt_key, fence)`.
 struct Holder {
-    token: Token,
     conn: ConnId,
     expires: Time,
     /// When the slot was granted (for the hold-time histogram).
     granted: Time,
+    res: ResId,
+    /// Its resource's key space (for the metrics, also once retired).
+    space: Space,
 }
 
 struct Resource {
-    space: Space,
-    key: Key,
+    key: ResKey,
     limit: u64,
-    holders: Vec<Holder>,
-    /// Arrival numbers, oldest first; may contain removed waiters.
-    queue: VecDeque<u64>,
-    live_waiters: usize,
+    /// Live holders (they are in `Core::holders`).
+    holders: u64,
+    /// The fence of the latest grant: with `limit` 1 and one holder, the
+    /// holder's (`stats` shows it).
+    last_fence: u64,
+    /// Arrival numbers of the live waiters, oldest first (FIFO order is
+    /// arrival order).
+    queue: Queue,
     last_activity: Time,
     /// Two-phase records naming this resource. A resource with records is
     /// never collected, which bounds the records by `max_locks`.
-    records: usize,
+    records: u32,
+    space: Space,
+    /// Filed in `Core::idle` under `(last_activity, id)`: once settled,
+    /// exactly when it has no holder, waiter or record.
+    filed: bool,
+}
+
+impl Resource {
+    /// Nothing refers to it: the idle GC may collect it once it is old.
+    fn unreferenced(&self) -> bool {
+        self.holders == 0 && self.queue.is_empty() && self.records == 0
+    }
 }
 
 struct Waiter {
@@ -152,7 +211,7 @@ struct Waiter {
     queued: Time,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Record {
     Queued { waiter: u64 },
     Granted { fence: u64, lease_s: u64 },
@@ -161,57 +220,55 @@ enum Record {
 #[derive(Default)]
 struct Conn {
     authed: bool,
-    /// Held slots by fence (so disconnect releases in token order).
-    held: BTreeMap<u64, ResId>,
+    /// The slots it holds, as (resource, fence): grouped by resource, in
+    /// token order within one.
+    held: BTreeSet<(ResId, u64)>,
+    /// How many of them are on each resource (a disconnect releases a
+    /// resource's slots with one subtraction).
+    held_on: HashMap<ResId, u32, IdBuild>,
     /// Arrival numbers of this connection's live waiters.
-    waiters: Vec<u64>,
+    waiters: BTreeSet<u64>,
     /// Two-phase records by resource.
     records: HashMap<ResId, Record, IdBuild>,
     /// The waiter this connection is blocked on, if any.
     blocked: Option<u64>,
     /// Signal subscriptions: (pattern, group), group empty when ungrouped.
-    subs: Vec<(Key, Box<[u8]>)>,
+    subs: BTreeSet<(Key, Box<[u8]>)>,
     /// Pushes emitted and not yet reported written by the driver.
     outstanding: usize,
     /// Closed as a slow consumer: receives nothing more.
     evicted: bool,
 }
 
-/// Multiplicative hasher for internal integer ids (never peer-chosen).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl Conn {
+    fn hold(&mut self, res: ResId, fence: u64) {
+        self.held.insert((res, fence));
+        *self.held_on.entry(res).or_default() += 1;
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+
+    fn unhold(&mut self, res: ResId, fence: u64) {
+        if self.held.remove(&(res, fence)) {
+            let n = self.held_on.get_mut(&res).expect("counted with the slot");
+            *n -= 1;
+            if *n == 0 {
+                self.held_on.remove(&res);
+            }
         }
     }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
 }
 
-type IdBuild = BuildHasherDefault<IdHasher>;
+/// Under `debug_assertions`, the state items `verify` may check per input
+/// on average: states up to this size are verified after every input,
+/// larger ones after every `size / VERIFY_CREDIT_PER_INPUT` inputs, so
+/// debug builds stay amortized O(1) per input even with a million locks.
+#[cfg(debug_assertions)]
+const VERIFY_CREDIT_PER_INPUT: usize = 32;
 
-/// SipHash-1-3 with a secret key for peer-chosen keys (HashDoS resistance
-/// without the core drawing randomness).
-#[derive(Clone)]
-struct KeyBuild([u64; 2]);
-
-impl BuildHasher for KeyBuild {
-    type Hasher = siphasher::sip::SipHasher13;
-    fn build_hasher(&self) -> Self::Hasher {
-        siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1])
-    }
-}
+/// Retired slots (see `holdings.rs`) purged from the indexes after each
+/// input (and each millisecond while any are left): bounds the work one
+/// input adds for a large disconnect to about a millisecond, while purging
+/// faster than any client can take slots.
+const PURGE_PER_INPUT: usize = 4096;
 
 /// The lock manager.
 pub struct Core {
@@ -226,17 +283,42 @@ pub struct Core {
     resources: Vec<Option<Resource>>,
     free_slots: Vec<ResId>,
     resource_count: usize,
-    by_key: [HashMap<Key, ResId, KeyBuild>; 2],
+    /// Hashes peer-chosen keys for `by_key`.
+    key_hash: KeyBuild,
+    /// Resource ids by key, one table per space; the key is read from the
+    /// resource, not stored here.
+    by_key: [HashTable<ResId>; 2],
+    /// Every live holder, by fence.
+    holders: HashMap<u64, Holder, IdBuild>,
     waiters: HashMap<u64, Waiter, IdBuild>,
     conns: HashMap<ConnId, Conn, IdBuild>,
-    timers: BTreeSet<TimerKey>,
+    /// (expiry, fence) of every holder.
+    leases: BTreeSet<(Time, u64)>,
+    /// (deadline, arrival) of every blocked waiter.
+    deadlines: BTreeSet<(Time, u64)>,
+    /// (last activity, id) of every unreferenced resource.
+    idle: BTreeSet<(Time, ResId)>,
+    /// Resources changed by the current input, to be re-filed in `idle`
+    /// when it ends (`settle`).
+    dirty: Vec<ResId>,
     /// Resources whose grants stopped at the fence ceiling: free capacity
     /// and waiters, but no fence to issue. Resumed by `raise_fence_ceiling`.
     starved: BTreeSet<ResId>,
+    /// Slots released in bulk by disconnects, oldest first, whose entries
+    /// in `holders` and `leases` are still to be purged.
+    retired: VecDeque<Retired>,
+    /// Slots in `retired` not purged yet.
+    retired_pending: usize,
     /// Signal subscriptions by pattern and group.
     signals: signals::Index,
     /// Counters and histograms for `/metrics`; never read by a transition.
     metrics: CoreMetrics,
+    /// Indexes and recent events for introspection (`introspect.rs`); never
+    /// read by a transition.
+    insight: Insight,
+    /// Verification work earned and not yet spent (see `finish`).
+    #[cfg(debug_assertions)]
+    verify_credit: usize,
 }
 
 fn space_index(space: Space) -> usize {
@@ -275,9 +357,78 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// One signal's delivery in progress: who was reached and what was counted.
+struct Delivery<'a> {
+    conns: &'a mut HashMap<ConnId, Conn, IdBuild>,
+    out: &'a mut Vec<Effect>,
+    channel: &'a Key,
+    payload: std::sync::Arc<[u8]>,
+    /// Connections an ungrouped route of this signal already reached.
+    served: std::collections::HashSet<ConnId, IdBuild>,
+    delivered: u64,
+    slow_consumers: u64,
+}
+
+impl Delivery<'_> {
+    fn full(conns: &HashMap<ConnId, Conn, IdBuild>, c: ConnId) -> bool {
+        conns
+            .get(&c)
+            .is_none_or(|c| c.evicted || c.outstanding >= PUSH_QUEUE_FRAMES)
+    }
+
+    fn evicted(conns: &HashMap<ConnId, Conn, IdBuild>, c: ConnId) -> bool {
+        conns.get(&c).is_none_or(|c| c.evicted)
+    }
+
+    fn push(&mut self, to: ConnId) {
+        if let Some(c) = self.conns.get_mut(&to) {
+            c.outstanding += 1;
+        }
+        self.out.push(Effect::Push {
+            conn: to,
+            channel: self.channel.clone(),
+            payload: self.payload.clone(),
+        });
+        self.delivered += 1;
+    }
+
+    /// Delivers to every ungrouped listener of a pattern not served yet;
+    /// returns the pushes made.
+    fn everyone(&mut self, members: &Members) -> u64 {
+        let before = self.delivered;
+        for to in members.iter() {
+            if !self.served.insert(to) || Self::evicted(self.conns, to) {
+                continue;
+            }
+            if Self::full(self.conns, to) {
+                self.slow_consumers += u64::from(evict(self.conns, to, self.out));
+            } else {
+                self.push(to);
+            }
+        }
+        self.delivered - before
+    }
+
+    /// Delivers to one member of a queue group; returns the pushes made.
+    fn one_of(&mut self, g: &mut signals::Group) -> u64 {
+        let conns = &*self.conns;
+        match signals::pick(g, |c| Self::full(conns, c), |c| Self::evicted(conns, c)) {
+            Route::Deliver(to) => {
+                self.push(to);
+                1
+            }
+            Route::Evict(to) => {
+                self.slow_consumers += u64::from(evict(self.conns, to, self.out));
+                0
+            }
+            Route::Skip => 0,
+        }
+    }
+}
+
 impl Core {
     pub fn new(cfg: CoreConfig, now: Time) -> Core {
-        let hb = KeyBuild([
+        let key_hash = KeyBuild([
             cfg.salt_key[0] ^ 0x6b65_7973_7061_6365,
             cfg.salt_key[1].rotate_left(17),
         ]);
@@ -291,13 +442,26 @@ impl Core {
             resources: Vec::new(),
             free_slots: Vec::new(),
             resource_count: 0,
-            by_key: [HashMap::with_hasher(hb.clone()), HashMap::with_hasher(hb)],
+            key_hash,
+            by_key: [HashTable::new(), HashTable::new()],
+            holders: HashMap::default(),
             waiters: HashMap::default(),
             conns: HashMap::default(),
-            timers: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            idle: BTreeSet::new(),
+            dirty: Vec::new(),
             starved: BTreeSet::new(),
-            signals: signals::Index::default(),
+            retired: VecDeque::new(),
+            retired_pending: 0,
+            signals: signals::Index::new([
+                cfg.salt_key[0].rotate_left(29) ^ 0x7472_6965_6e6f_6465,
+                cfg.salt_key[1] ^ 0x7369_676e_616c_7321,
+            ]),
             metrics: CoreMetrics::default(),
+            insight: Insight::new(cfg.key_events),
+            #[cfg(debug_assertions)]
+            verify_credit: 0,
             cfg,
         }
     }
@@ -326,6 +490,7 @@ impl Core {
             ..Conn::default()
         };
         self.conns.insert(id, conn);
+        self.finish();
         id
     }
 
@@ -400,21 +565,19 @@ impl Core {
             self.cfg.fence_ceiling = ceiling;
         }
         let starved = std::mem::take(&mut self.starved);
-        // The oldest live waiter: the queue's front, since `remove_waiter`
-        // pops removed entries from the front.
-        let waiters = &self.waiters;
+        // Each stopped key's oldest live waiter: its queue's first entry.
         let mut by_arrival: Vec<(u64, ResId)> = starved
             .into_iter()
             .filter_map(|res| {
                 let r = self.resources[res as usize].as_ref()?;
-                let head = r.queue.iter().find(|w| waiters.contains_key(w))?;
-                Some((*head, res))
+                Some((r.queue.first()?, res))
             })
             .collect();
         by_arrival.sort_unstable();
         for (_, res) in by_arrival {
             self.hand_off(now, res, out);
         }
+        self.finish();
     }
 
     /// Applies one request from `conn`. The reply to `conn` (unless the
@@ -425,6 +588,11 @@ impl Core {
     /// `conn` while it is blocked.
     pub fn handle(&mut self, now: Time, conn: ConnId, req: Request, out: &mut Vec<Effect>) {
         self.advance(now, out);
+        self.apply(now, conn, req, out);
+        self.finish();
+    }
+
+    fn apply(&mut self, now: Time, conn: ConnId, req: Request, out: &mut Vec<Effect>) {
         let draining = self.draining;
         let c = self
             .conns
@@ -487,15 +655,13 @@ impl Core {
             Request::Auth { .. } => status(out, conn, Status::Error),
             Request::Listen { pattern, group } => self.listen(conn, pattern, group, out),
             Request::Unlisten { pattern, group } => {
-                let group = group.unwrap_or_default();
-                let c = self.conn_mut(conn);
-                if let Some(i) = c
-                    .subs
-                    .iter()
-                    .position(|(p, g)| *p == pattern && *g == group)
-                {
-                    c.subs.remove(i);
-                    self.signals.remove(pattern.as_bytes(), &group, conn);
+                let sub = (pattern, group.unwrap_or_default());
+                let c = self
+                    .conns
+                    .get_mut(&conn)
+                    .expect("input for an unknown connection");
+                if c.subs.remove(&sub) {
+                    self.signals.remove(sub.0.as_bytes(), &sub.1, conn);
                 }
                 reply(out, conn, Reply::Ok);
             }
@@ -522,18 +688,21 @@ impl Core {
                 out.push(Effect::Close { conn });
             }
         }
+        self.finish();
     }
 
     /// Starts graceful shutdown: every blocked request answers `error`;
     /// every later request answers `error_draining` and closes.
+    /// O(b log n) for b blocked requests.
     pub fn start_drain(&mut self, now: Time, out: &mut Vec<Effect>) {
         self.advance(now, out);
         self.draining = true;
-        // Answered in the order the waiters arrived.
+        // The blocked requests are exactly the waiters with a deadline;
+        // they are answered in the order the waiters arrived.
         let mut blocked: Vec<(u64, ConnId)> = self
-            .conns
+            .deadlines
             .iter()
-            .filter_map(|(id, c)| c.blocked.map(|w| (w, *id)))
+            .map(|&(_, w)| (w, self.waiters[&w].conn))
             .collect();
         blocked.sort_unstable();
         let mut touched = Vec::new();
@@ -547,39 +716,133 @@ impl Core {
         for res in touched {
             self.hand_off(now, res, out);
         }
+        self.finish();
     }
 
     /// The connection went away (EOF, error, or closed by the driver). Its
     /// waiters and records go; its held slots are released in token order
-    /// when auto-release is on (Decision D6).
+    /// when auto-release is on (Decision D6). Costs O(log n) per thing the
+    /// connection owned, plus the hand-offs that follow.
     pub fn disconnect(&mut self, now: Time, conn: ConnId, out: &mut Vec<Effect>) {
         self.advance(now, out);
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
+        if let Some(c) = self.conns.remove(&conn) {
+            self.forget(now, conn, c, out);
+        }
+        self.finish();
+    }
+
+    fn forget(&mut self, now: Time, conn: ConnId, c: Conn, out: &mut Vec<Effect>) {
         let mut touched = BTreeSet::new();
         for w in c.waiters {
+            let queued = self.waiters.get(&w).map_or(now, |w| w.queued);
             if let Some(res) = self.remove_waiter(w, now) {
                 touched.insert(res);
                 self.metrics.evicted(Cause::DisconnectWaiter, 1);
+                let waited = now.0.saturating_sub(queued.0);
+                self.note(res, Event::new(now, EventKind::LeftQueue, conn, 0, waited));
             }
         }
         for res in c.records.keys() {
-            self.res_mut(*res).records -= 1;
+            self.record_removed(*res);
         }
         for (pattern, group) in &c.subs {
             self.signals.remove(pattern.as_bytes(), group, conn);
         }
         if self.cfg.auto_release_on_disconnect {
-            for (fence, res) in c.held {
-                self.remove_holder(now, res, fence, Some(Cause::Disconnect));
-                self.touch(res, now);
-                self.hand_off(now, res, out);
-            }
+            self.release_all(now, c.held, c.held_on, out);
         }
         for res in touched {
             self.hand_off(now, res, out);
         }
+    }
+
+    /// Releases a gone connection's slots (Decision D6) as releasing them
+    /// one by one in token order would, with a hand-off after each; but
+    /// only a release that frees a slot for a waiter has an effect. On a
+    /// resource with q waiters (after the connection's own left), each of
+    /// the first q releases grants one waiter (the queue waits only when
+    /// the resource is full, or at the fence ceiling when no release grants
+    /// anything), so those are replayed one by one, interleaved with the
+    /// other resources' in token order. Every later release only lowers a
+    /// count: they go at once, per resource, and their slots are retired.
+    /// Costs O(log n) per resource and per replayed slot; the retired
+    /// slots are purged later, `PURGE_PER_INPUT` per input.
+    fn release_all(
+        &mut self,
+        now: Time,
+        held: BTreeSet<(ResId, u64)>,
+        held_on: HashMap<ResId, u32, IdBuild>,
+        out: &mut Vec<Effect>,
+    ) {
+        let mut replay: Vec<(u64, ResId)> = Vec::new();
+        // (resource, slots released at once).
+        let mut at_once: Vec<(ResId, u64)> = Vec::new();
+        // In resource order: the slab and the idle index are then walked in
+        // order, not at random, when a connection held many keys.
+        let mut on: Vec<(ResId, u32)> = held_on.into_iter().collect();
+        on.sort_unstable();
+        for (res, n) in on {
+            let q = self.res_mut(res).queue.len();
+            if q > 0 {
+                let first = held.range((res, 0)..=(res, u64::MAX)).take(q);
+                replay.extend(first.map(|&(_, fence)| (fence, res)));
+            }
+            let n = u64::from(n);
+            if n > q as u64 {
+                at_once.push((res, n - q as u64));
+            }
+        }
+        replay.sort_unstable();
+        for &(fence, res) in &replay {
+            self.remove_holder(now, fence, Some(Cause::Disconnect));
+            self.touch(res, now);
+            self.hand_off(now, res, out);
+        }
+        for (res, n) in at_once {
+            self.note_dropped(res, now, &held, n);
+            self.res_mut(res).holders -= n;
+            self.touch(res, now);
+            self.hand_off(now, res, out);
+        }
+        // The set goes whole: `purge` skips the slots replayed above.
+        let retired = held.len() - replay.len();
+        if retired > 0 {
+            self.retired_pending += retired;
+            self.retired.push_back(Retired::new(now, held));
+        }
+    }
+
+    /// Purges up to `budget` retired slots from `holders` and `leases`,
+    /// counting each as a release by disconnect in the metrics.
+    fn purge(&mut self, mut budget: usize) {
+        while budget > 0 {
+            let Some(r) = self.retired.front_mut() else {
+                return;
+            };
+            let Some((_, fence)) = r.fences.next() else {
+                self.retired.pop_front();
+                continue;
+            };
+            let at = r.at;
+            budget -= 1;
+            // A slot the disconnect replayed is gone already.
+            let Some(h) = self.holders.remove(&fence) else {
+                continue;
+            };
+            self.retired_pending -= 1;
+            self.leases.remove(&(h.expires, fence));
+            self.metrics.holder_ended(
+                h.space,
+                at.0.saturating_sub(h.granted.0),
+                Some(Cause::Disconnect),
+            );
+        }
+    }
+
+    /// Whether `h` is a live holder: not a slot a disconnect released in
+    /// bulk and `purge` has not reached yet.
+    fn live(&self, h: &Holder) -> bool {
+        !self.cfg.auto_release_on_disconnect || self.conns.contains_key(&h.conn)
     }
 
     /// Cancels `conn`'s blocked request (semantics §9.1): it ends as its
@@ -592,17 +855,63 @@ impl Core {
         if let Some(w) = self.conns.get(&conn).and_then(|c| c.blocked) {
             self.time_out(now, w, out);
         }
+        self.finish();
     }
 
     /// Processes everything due at or before `now`.
     pub fn handle_timeout(&mut self, now: Time, out: &mut Vec<Effect>) {
         self.advance(now, out);
+        self.finish();
     }
 
     /// The next instant at which [`Core::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let timer = self.timers.first().map(|t| t.0);
-        Some(timer.map_or(self.next_gc, |t| t.min(self.next_gc)))
+        if self.retired_pending > 0 {
+            // Purging goes on in bounded steps, one per millisecond when no
+            // other input comes: the core lock is free most of the time in
+            // between, whoever wins it.
+            let purge = self.now.plus_millis(1);
+            return Some(
+                self.next_due()
+                    .map_or(purge, |(t, _)| t.min(purge))
+                    .min(self.next_gc),
+            );
+        }
+        Some(
+            self.next_due()
+                .map_or(self.next_gc, |(t, _)| t.min(self.next_gc)),
+        )
+    }
+
+    /// Ends every input: re-files the resources it changed in the idle
+    /// index, and under `debug_assertions` runs [`Core::verify`]. Verifying
+    /// is O(state), so in debug builds it runs after every input while the
+    /// state is small and, for larger states, once per `size /
+    /// VERIFY_CREDIT_PER_INPUT` inputs (amortized O(1) per input). The
+    /// differential tests and the fuzzer call `verify` after every step
+    /// themselves.
+    fn finish(&mut self) {
+        self.purge(PURGE_PER_INPUT);
+        self.settle();
+        #[cfg(debug_assertions)]
+        {
+            self.verify_credit = self.verify_credit.saturating_add(VERIFY_CREDIT_PER_INPUT);
+            if self.verify_credit >= self.state_size() {
+                self.verify_credit = 0;
+                self.verify();
+            }
+        }
+    }
+
+    /// Items `verify` walks: resources, holders, waiters, connections,
+    /// subscriptions.
+    #[cfg(debug_assertions)]
+    fn state_size(&self) -> usize {
+        self.resources.len()
+            + self.holders.len()
+            + self.waiters.len()
+            + self.conns.len()
+            + self.signals.member_count()
     }
 
     // ----- requests -------------------------------------------------------
@@ -626,9 +935,9 @@ impl Core {
         };
         let max_waiters = self.cfg.max_waiters;
         let fenced_out = self.fence >= self.cfg.fence_ceiling;
+        self.touch(res, now);
         let r = self.res_mut(res);
-        r.last_activity = r.last_activity.max(now);
-        let free = (r.holders.len() as u64) < r.limit && r.live_waiters == 0;
+        let free = r.holders < r.limit && r.queue.is_empty();
         if free && !fenced_out {
             let token = self
                 .grant(now, res, conn, lease_s, None)
@@ -637,11 +946,12 @@ impl Core {
         }
         // Free but no fence to issue (§6): queue like any waiter, and the
         // ceiling's rise grants it.
-        if max_waiters > 0 && r.live_waiters >= max_waiters {
+        if max_waiters > 0 && r.queue.len() >= max_waiters {
             return status(out, conn, Status::ErrorMaxWaiters);
         }
         if timeout_s == 0 {
             self.metrics.timed_out(space);
+            self.note(res, Event::new(now, EventKind::TimedOut, conn, 0, 0));
             return status(out, conn, Status::Timeout);
         }
         let w = self.add_waiter(
@@ -668,11 +978,10 @@ impl Core {
         token: &[u8],
         out: &mut Vec<Effect>,
     ) {
-        let found = self.find_holder(space, key, token);
-        let Some((res, fence)) = found else {
+        let Some(fence) = self.find_holder(space, key, token) else {
             return status(out, conn, Status::Error);
         };
-        self.remove_holder(now, res, fence, None);
+        let res = self.remove_holder(now, fence, None);
         self.touch(res, now);
         self.hand_off(now, res, out);
         reply(out, conn, Reply::Ok);
@@ -690,10 +999,10 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
-        let Some((res, fence)) = self.find_holder(space, key, token) else {
+        let Some(fence) = self.find_holder(space, key, token) else {
             return status(out, conn, Status::Error);
         };
-        self.set_expiry(res, fence, now.plus_secs(lease_s));
+        let res = self.set_expiry(fence, now.plus_secs(lease_s));
         self.touch(res, now);
         reply(out, conn, Reply::OkInt(lease_s));
     }
@@ -710,18 +1019,18 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let lease_s = lease_s.unwrap_or(self.cfg.default_lease_s);
-        if let Some(&res) = self.by_key[space_index(space)].get(&key) {
+        if let Some(res) = self.lookup(space, &key) {
             if let Some(&rec) = self.conn_mut(conn).records.get(&res) {
                 let live = match rec {
                     Record::Queued { .. } => true,
-                    Record::Granted { fence, .. } => self.holder_index(res, fence).is_some(),
+                    Record::Granted { fence, .. } => self.holds(res, fence),
                 };
                 if live {
                     return status(out, conn, Status::ErrorAlreadyEnqueued);
                 }
                 // A granted record whose lease is gone never blocks a new `e` (D18).
                 self.conn_mut(conn).records.remove(&res);
-                self.res_mut(res).records -= 1;
+                self.record_removed(res);
             }
         }
         let res = match self.get_or_create(now, space, key, limit) {
@@ -730,9 +1039,9 @@ impl Core {
         };
         let max_waiters = self.cfg.max_waiters;
         let fenced_out = self.fence >= self.cfg.fence_ceiling;
+        self.touch(res, now);
         let r = self.res_mut(res);
-        r.last_activity = r.last_activity.max(now);
-        let free = (r.holders.len() as u64) < r.limit && r.live_waiters == 0;
+        let free = r.holders < r.limit && r.queue.is_empty();
         if free && !fenced_out {
             let token = self
                 .grant(now, res, conn, lease_s, None)
@@ -749,7 +1058,7 @@ impl Core {
         }
         // Free but no fence to issue (§6): queued, granted when the
         // ceiling rises.
-        if max_waiters > 0 && r.live_waiters >= max_waiters {
+        if max_waiters > 0 && r.queue.len() >= max_waiters {
             return status(out, conn, Status::ErrorMaxWaiters);
         }
         let w = self.add_waiter(now, conn, res, lease_s, None, false, true);
@@ -769,26 +1078,30 @@ impl Core {
         timeout_s: u64,
         out: &mut Vec<Effect>,
     ) {
-        let res = self.by_key[space_index(space)].get(key).copied();
+        let res = self.lookup(space, key);
         let rec = res.and_then(|res| self.conn_mut(conn).records.remove(&res));
         let (Some(res), Some(rec)) = (res, rec) else {
             return status(out, conn, Status::ErrorNotEnqueued);
         };
-        self.res_mut(res).records -= 1;
+        self.record_removed(res);
         match rec {
-            Record::Granted { fence, lease_s } => match self.holder_index(res, fence) {
-                Some(i) => {
-                    let token = self.res_mut(res).holders[i].token;
-                    self.set_expiry(res, fence, now.plus_secs(lease_s));
+            Record::Granted { fence, lease_s } => {
+                if self.holds(res, fence) {
+                    let token = self.token(fence);
+                    self.set_expiry(fence, now.plus_secs(lease_s));
                     self.touch(res, now);
                     reply(out, conn, Reply::Granted { token, lease_s });
+                } else {
+                    status(out, conn, Status::ErrorLeaseExpired)
                 }
-                None => status(out, conn, Status::ErrorLeaseExpired),
-            },
+            }
             Record::Queued { waiter } => {
                 if timeout_s == 0 {
+                    let queued = self.waiters.get(&waiter).map_or(now, |w| w.queued);
                     self.remove_waiter(waiter, now);
                     self.metrics.timed_out(space);
+                    let waited = now.0.saturating_sub(queued.0);
+                    self.note(res, Event::new(now, EventKind::TimedOut, conn, 0, waited));
                     self.hand_off(now, res, out);
                     return status(out, conn, Status::Timeout);
                 }
@@ -799,7 +1112,7 @@ impl Core {
                     .expect("queued record names a live waiter");
                 w.deadline = Some(deadline);
                 w.blocking = true;
-                self.timers.insert((deadline, KIND_WAITER, waiter, res));
+                self.deadlines.insert((deadline, waiter));
                 self.touch(res, now);
                 self.conn_mut(conn).blocked = Some(waiter);
             }
@@ -815,107 +1128,82 @@ impl Core {
         group: Option<Box<[u8]>>,
         out: &mut Vec<Effect>,
     ) {
-        let group = group.unwrap_or_default();
+        let sub = (pattern, group.unwrap_or_default());
         let max = self.cfg.max_subscriptions;
-        let c = self.conn_mut(conn);
-        if c.subs.iter().any(|(p, g)| *p == pattern && *g == group) {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .expect("input for an unknown connection");
+        if c.subs.contains(&sub) {
             // Already subscribed: a no-op, even at the cap (Decision D12).
             return reply(out, conn, Reply::Ok);
         }
         if max > 0 && c.subs.len() >= max {
             return status(out, conn, Status::Error);
         }
-        c.subs.push((pattern.clone(), group.clone()));
-        self.signals.add(pattern.as_bytes(), &group, conn);
+        self.signals.add(sub.0.as_bytes(), &sub.1, conn);
+        c.subs.insert(sub);
         reply(out, conn, Reply::Ok);
     }
 
     /// Delivers a signal (spec/semantics.md §12): exact ungrouped listeners,
     /// exact groups (one member each), wildcard ungrouped listeners not yet
     /// served by an ungrouped route, wildcard groups. Answers `ok <n>` with
-    /// the number of pushes emitted.
+    /// the number of pushes emitted. Costs the trie walk (see `signals.rs`)
+    /// plus O(log n) per route and O(1) per listener reached.
     fn signal(&mut self, conn: ConnId, channel: Key, payload: Box<[u8]>, out: &mut Vec<Effect>) {
-        let payload: std::sync::Arc<[u8]> = payload.into();
-        let ch = channel.as_bytes();
-        let conns = &mut self.conns;
+        let found = self.signals.matches(channel.as_bytes());
         let index = &mut self.signals;
-        let mut slow_consumers = 0u64;
-        // Connections an ungrouped route of this signal already reached.
-        let mut served: std::collections::HashSet<ConnId, IdBuild> = Default::default();
-        let mut delivered = 0u64;
-        let mut push =
-            |conns: &mut HashMap<ConnId, Conn, IdBuild>, to: ConnId, out: &mut Vec<Effect>| {
-                if let Some(c) = conns.get_mut(&to) {
-                    c.outstanding += 1;
-                }
-                out.push(Effect::Push {
-                    conn: to,
-                    channel: channel.clone(),
-                    payload: payload.clone(),
-                });
-                delivered += 1;
-            };
-        let full = |conns: &HashMap<ConnId, Conn, IdBuild>, c: ConnId| {
-            conns
-                .get(&c)
-                .is_none_or(|c| c.evicted || c.outstanding >= PUSH_QUEUE_FRAMES)
+        let mut d = Delivery {
+            conns: &mut self.conns,
+            out: &mut *out,
+            channel: &channel,
+            payload: payload.into(),
+            served: Default::default(),
+            delivered: 0,
+            slow_consumers: 0,
         };
-        let evicted = |conns: &HashMap<ConnId, Conn, IdBuild>, c: ConnId| {
-            conns.get(&c).is_none_or(|c| c.evicted)
-        };
-        let exact = index.exact.get_mut(ch);
-        let mut wild: Vec<&mut signals::Groups> = index
-            .wild
-            .iter_mut()
-            .filter(|(p, _)| signals::matches(p, ch))
-            .map(|(_, g)| g)
-            .collect();
-        // Steps 1 and 2: the exact channel. Step 3 and 4: matching wildcards.
-        let mut steps: Vec<(bool, &mut signals::Group)> = Vec::new();
-        if let Some(groups) = exact {
-            // The empty (ungrouped) name sorts first.
-            steps.extend(groups.iter_mut().map(|(g, m)| (g.is_empty(), m)));
-        }
-        let mut wild_groups = Vec::new();
-        for groups in wild.iter_mut() {
-            for (g, m) in groups.iter_mut() {
-                if g.is_empty() {
-                    steps.push((true, m));
-                } else {
-                    wild_groups.push((false, m));
-                }
+        // Steps 1 and 2: the exact channel's ungrouped listeners, then its
+        // groups in name order.
+        // (Each route counts its pushes for introspection.)
+        if let Some(f) = found.exact {
+            let subs = index.subs_mut(f);
+            subs.pushes += d.everyone(&subs.ungrouped);
+            for g in subs.groups.values_mut() {
+                g.pushes += d.one_of(g);
             }
         }
-        steps.extend(wild_groups);
-        for (ungrouped, g) in steps {
-            if ungrouped {
-                for &to in &g.members {
-                    if !served.insert(to) || evicted(conns, to) {
-                        continue;
-                    }
-                    if full(conns, to) {
-                        slow_consumers += u64::from(evict(conns, to, out));
-                    } else {
-                        push(conns, to, out);
-                    }
-                }
-            } else {
-                match signals::pick(g, |c| full(conns, c), |c| evicted(conns, c)) {
-                    Route::Deliver(to) => push(conns, to, out),
-                    Route::Evict(to) => slow_consumers += u64::from(evict(conns, to, out)),
-                    Route::Skip => {}
-                }
+        // Step 3: matching wildcard patterns' ungrouped listeners.
+        for &f in &found.wild {
+            let subs = index.subs_mut(f);
+            subs.pushes += d.everyone(&subs.ungrouped);
+        }
+        // Step 4: matching wildcard patterns' groups.
+        for &f in &found.wild {
+            for g in index.subs_mut(f).groups.values_mut() {
+                g.pushes += d.one_of(g);
             }
         }
-        self.metrics.evicted(Cause::SlowConsumer, slow_consumers);
+        let (delivered, slow) = (d.delivered, d.slow_consumers);
+        self.metrics.evicted(Cause::SlowConsumer, slow);
         self.metrics.signal(delivered);
         reply(out, conn, Reply::OkInt(delivered));
     }
 
     // ----- time -----------------------------------------------------------
 
+    /// The earliest lease expiry or waiter deadline, if any.
+    fn next_due(&self) -> Option<(Time, Due)> {
+        let lease = self.leases.first().map(|&(t, f)| (t, Due::Lease(f)));
+        let waiter = self.deadlines.first().map(|&(t, w)| (t, Due::Waiter(w)));
+        match (lease, waiter) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Processes every item due at or before `now`, each as of its own
-    /// deadline (spec/semantics.md §8).
+    /// deadline (spec/semantics.md §8). O(log n) per item.
     fn advance(&mut self, now: Time, out: &mut Vec<Effect>) {
         assert!(
             now >= self.now,
@@ -925,17 +1213,21 @@ impl Core {
         );
         self.now = now;
         loop {
-            let timer = self.timers.first().copied();
-            match timer {
-                Some(t) if t.0 <= now && (t.0, t.1) < (self.next_gc, KIND_GC) => {
-                    self.timers.remove(&t);
-                    let (at, kind, seq, res) = t;
-                    if kind == KIND_LEASE {
-                        self.expire(at, res, seq, out);
-                    } else {
-                        self.time_out(at, seq, out);
+            match self.next_due() {
+                Some((at, due)) if at <= now && (at, due) < (self.next_gc, Due::Gc) => match due {
+                    Due::Lease(fence) => {
+                        self.leases.pop_first();
+                        // A retired slot's timer: `purge` removes the rest.
+                        if self.holders.get(&fence).is_some_and(|h| self.live(h)) {
+                            self.expire(at, fence, out);
+                        }
                     }
-                }
+                    Due::Waiter(w) => {
+                        self.deadlines.pop_first();
+                        self.time_out(at, w, out);
+                    }
+                    Due::Gc => unreachable!("GC is not a timer entry"),
+                },
                 _ if self.next_gc <= now => {
                     let at = self.next_gc;
                     self.gc(at);
@@ -946,57 +1238,71 @@ impl Core {
         }
     }
 
-    /// Lease `fence` on `res` reached its deadline `at`.
-    fn expire(&mut self, at: Time, res: ResId, fence: u64, out: &mut Vec<Effect>) {
-        let r = self.res_mut(res);
-        let i = r
+    /// Lease `fence` reached its deadline `at`.
+    fn expire(&mut self, at: Time, fence: u64, out: &mut Vec<Effect>) {
+        let h = self
             .holders
-            .iter()
-            .position(|h| h.token.fence == fence)
+            .remove(&fence)
             .expect("lease timer names a live holder");
-        let h = r.holders.swap_remove(i);
+        let r = self.res_mut(h.res);
+        r.holders -= 1;
         let space = r.space;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.held.remove(&fence);
+            c.unhold(h.res, fence);
         }
-        self.metrics
-            .holder_ended(space, at.0.saturating_sub(h.granted.0), Some(Cause::Expiry));
+        let held = at.0.saturating_sub(h.granted.0);
+        self.metrics.holder_ended(space, held, Some(Cause::Expiry));
+        self.note(
+            h.res,
+            Event::new(at, EventKind::Expired, h.conn, fence, held),
+        );
         // The holder's two-phase record stays so that `w` can answer
         // `error_lease_expired` (D18).
-        self.touch(res, at);
-        self.hand_off(at, res, out);
+        self.touch(h.res, at);
+        self.hand_off(at, h.res, out);
     }
 
     /// Waiter `w` reached its deadline `at`.
     fn time_out(&mut self, at: Time, w: u64, out: &mut Vec<Effect>) {
         let waiter = &self.waiters[&w];
-        let (conn, blocking) = (waiter.conn, waiter.blocking);
+        let (conn, blocking, queued) = (waiter.conn, waiter.blocking, waiter.queued);
         if let Some(res) = self.remove_waiter(w, at) {
             if blocking {
                 self.conn_mut(conn).blocked = None;
                 let space = self.res_mut(res).space;
                 self.metrics.timed_out(space);
+                let waited = at.0.saturating_sub(queued.0);
+                self.note(res, Event::new(at, EventKind::TimedOut, conn, 0, waited));
                 status(out, conn, Status::Timeout);
             }
             self.hand_off(at, res, out);
         }
     }
 
+    /// Collects the resources idle for longer than `gc_max_idle_s` at `at`.
+    /// They are the oldest entries of `idle`: O(log n) per resource
+    /// collected, nothing for the others.
     fn gc(&mut self, at: Time) {
+        self.settle();
         let max_idle_ms = self.cfg.gc_max_idle_s.saturating_mul(1000);
-        for id in 0..self.resources.len() {
-            let collect = self.resources[id].as_ref().is_some_and(|r| {
-                r.holders.is_empty()
-                    && r.live_waiters == 0
-                    && r.records == 0
-                    && at.0.saturating_sub(r.last_activity.0) > max_idle_ms
-            });
-            if collect {
-                let r = self.resources[id].take().expect("checked above");
-                self.by_key[space_index(r.space)].remove(&r.key);
-                self.free_slots.push(id as ResId);
-                self.resource_count -= 1;
+        while let Some(&(last, res)) = self.idle.first() {
+            if at.0.saturating_sub(last.0) <= max_idle_ms {
+                break;
             }
+            self.idle.pop_first();
+            let r = self.resources[res as usize]
+                .take()
+                .expect("the idle index names a live resource");
+            let hash = self.key_hash.hash_one(r.key.as_bytes());
+            match self.by_key[space_index(r.space)].find_entry(hash, |&id| id == res) {
+                Ok(entry) => {
+                    entry.remove();
+                }
+                Err(_) => panic!("a collected resource was not in the key index"),
+            }
+            self.free_slots.push(res);
+            self.resource_count -= 1;
+            self.forget_events(res);
         }
     }
 
@@ -1018,56 +1324,62 @@ impl Core {
         }
         self.fence += 1;
         let fence = self.fence;
-        let token = Token {
-            fence,
-            salt: token_salt(self.cfg.salt_key, fence),
-        };
+        let token = self.token(fence);
         let expires = at.plus_secs(lease_s);
         let r = self.res_mut(res);
-        assert!(
-            (r.holders.len() as u64) < r.limit,
-            "grant would exceed the limit"
-        );
-        r.holders.push(Holder {
-            token,
-            conn,
-            expires,
-            granted: at,
-        });
-        r.last_activity = r.last_activity.max(at);
+        assert!(r.holders < r.limit, "grant would exceed the limit");
+        r.holders += 1;
+        r.last_fence = fence;
         let space = r.space;
-        self.metrics
-            .granted(space, queued.map(|q| at.0.saturating_sub(q.0)));
-        self.timers.insert((expires, KIND_LEASE, fence, res));
+        self.touch(res, at);
+        let waited = queued.map(|q| at.0.saturating_sub(q.0));
+        self.metrics.granted(space, waited);
+        let e = Event::new(at, EventKind::Granted, conn, fence, waited.unwrap_or(0));
+        self.note(res, e);
+        let prior = self.holders.insert(
+            fence,
+            Holder {
+                conn,
+                expires,
+                granted: at,
+                res,
+                space,
+            },
+        );
+        assert!(prior.is_none(), "a fence was issued twice");
+        self.leases.insert((expires, fence));
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.held.insert(fence, res);
+            c.hold(res, fence);
         }
         Some(token)
     }
 
     /// Grants waiters from the head of `res`'s queue while capacity lasts
-    /// (spec/semantics.md §7).
+    /// (spec/semantics.md §7). O(log n) per waiter granted or timed out.
     fn hand_off(&mut self, at: Time, res: ResId, out: &mut Vec<Effect>) {
         loop {
             let r = self.res_mut(res);
-            if r.live_waiters == 0 || (r.holders.len() as u64) >= r.limit {
+            if r.holders >= r.limit {
                 return;
             }
-            let head = *r.queue.front().expect("live waiters are queued");
-            let Some(w) = self.waiters.get(&head) else {
-                // A removed waiter: skip it.
-                self.res_mut(res).queue.pop_front();
-                continue;
+            let Some(head) = r.queue.first() else {
+                return;
             };
+            let w = self
+                .waiters
+                .get(&head)
+                .expect("a queued arrival names a live waiter");
             if w.deadline.is_some_and(|d| d <= at) {
                 // Dead at `at`: a timed-out waiter is never granted. Timed out
                 // here rather than through `time_out`, which would hand off
                 // again: one loop, not one stack frame per dead waiter.
-                let (conn, blocking) = (w.conn, w.blocking);
+                let (conn, blocking, queued) = (w.conn, w.blocking, w.queued);
                 self.remove_waiter(head, at);
                 if blocking {
                     let space = self.res_mut(res).space;
                     self.metrics.timed_out(space);
+                    let waited = at.0.saturating_sub(queued.0);
+                    self.note(res, Event::new(at, EventKind::TimedOut, conn, 0, waited));
                     status(out, conn, Status::Timeout);
                 }
                 continue;
@@ -1102,11 +1414,50 @@ impl Core {
 
     // ----- bookkeeping ------------------------------------------------------
 
+    /// The token of `fence`.
+    fn token(&self, fence: u64) -> Token {
+        Token {
+            fence,
+            salt: token_salt(self.cfg.salt_key, fence),
+        }
+    }
+
     /// Records activity on `res` at `t` (spec/semantics.md §2: creation, a
     /// request reaching it, any change of its holders, leases or queue).
     fn touch(&mut self, res: ResId, t: Time) {
-        let r = self.res_mut(res);
-        r.last_activity = r.last_activity.max(t);
+        let r = self.resources[res as usize]
+            .as_mut()
+            .expect("dangling resource id");
+        if t > r.last_activity {
+            if r.filed {
+                // Filed under the old time: unfile; `settle` refiles.
+                self.idle.remove(&(r.last_activity, res));
+                r.filed = false;
+            }
+            r.last_activity = t;
+        }
+        if self.dirty.last() != Some(&res) {
+            self.dirty.push(res);
+        }
+    }
+
+    /// Re-files every resource changed since the last call in the idle
+    /// index: O(log n) per changed resource.
+    fn settle(&mut self) {
+        while let Some(res) = self.dirty.pop() {
+            let Some(r) = self.resources[res as usize].as_mut() else {
+                continue;
+            };
+            let want = r.unreferenced();
+            if want != r.filed {
+                if want {
+                    self.idle.insert((r.last_activity, res));
+                } else {
+                    self.idle.remove(&(r.last_activity, res));
+                }
+                r.filed = want;
+            }
+        }
     }
 
     fn conn_mut(&mut self, conn: ConnId) -> &mut Conn {
@@ -1121,6 +1472,23 @@ impl Core {
             .expect("dangling resource id")
     }
 
+    /// The resource of (space, key), if it exists. One hash lookup.
+    fn lookup(&self, space: Space, key: &Key) -> Option<ResId> {
+        self.lookup_bytes(space, key.as_bytes())
+    }
+
+    fn lookup_bytes(&self, space: Space, key: &[u8]) -> Option<ResId> {
+        let hash = self.key_hash.hash_one(key);
+        let resources = &self.resources;
+        self.by_key[space_index(space)]
+            .find(hash, |&id| {
+                resources[id as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.key.as_bytes() == key)
+            })
+            .copied()
+    }
+
     fn get_or_create(
         &mut self,
         now: Time,
@@ -1128,8 +1496,7 @@ impl Core {
         key: Key,
         limit: u64,
     ) -> Result<ResId, Status> {
-        let map = &self.by_key[space_index(space)];
-        if let Some(&res) = map.get(&key) {
+        if let Some(res) = self.lookup(space, &key) {
             return if self.res_mut(res).limit == limit {
                 Ok(res)
             } else {
@@ -1139,15 +1506,17 @@ impl Core {
         if self.resource_count >= self.cfg.max_locks {
             return Err(Status::ErrorMaxLocks);
         }
+        let hash = self.key_hash.hash_one(key.as_bytes());
         let r = Resource {
-            space,
-            key: key.clone(),
+            key: ResKey::new(&key),
             limit,
-            holders: Vec::new(),
-            queue: VecDeque::new(),
-            live_waiters: 0,
+            holders: 0,
+            last_fence: 0,
+            queue: Queue::default(),
             last_activity: now,
             records: 0,
+            space,
+            filed: false,
         };
         let res = match self.free_slots.pop() {
             Some(res) => {
@@ -1160,42 +1529,53 @@ impl Core {
             }
         };
         self.resource_count += 1;
-        self.by_key[space_index(space)].insert(key, res);
+        let (resources, key_hash) = (&self.resources, &self.key_hash);
+        self.by_key[space_index(space)].insert_unique(hash, res, |&id| {
+            let r = resources[id as usize]
+                .as_ref()
+                .expect("the key index names live resources");
+            key_hash.hash_one(r.key.as_bytes())
+        });
+        self.dirty.push(res);
         Ok(res)
     }
 
-    /// Finds a live holder of (space, key) with exactly this token.
-    fn find_holder(&mut self, space: Space, key: &Key, token: &[u8]) -> Option<(ResId, u64)> {
+    /// The fence of the live holder of (space, key) whose token is exactly
+    /// `token`. O(1): one key lookup and one fence lookup.
+    fn find_holder(&self, space: Space, key: &Key, token: &[u8]) -> Option<u64> {
         let token = Token::parse(token)?;
-        let res = *self.by_key[space_index(space)].get(key)?;
-        let r = self.res_mut(res);
-        r.holders
-            .iter()
-            .any(|h| h.token == token)
-            .then_some((res, token.fence))
+        let res = self.lookup(space, key)?;
+        let h = self.holders.get(&token.fence)?;
+        (h.res == res && self.live(h) && token == self.token(token.fence)).then_some(token.fence)
     }
 
-    fn holder_index(&mut self, res: ResId, fence: u64) -> Option<usize> {
-        self.res_mut(res)
-            .holders
-            .iter()
-            .position(|h| h.token.fence == fence)
+    /// Whether `fence` is a live holder of `res`.
+    fn holds(&self, res: ResId, fence: u64) -> bool {
+        self.holders
+            .get(&fence)
+            .is_some_and(|h| h.res == res && self.live(h))
     }
 
     /// Removes a holder as of `at` (release: `cause` `None`, or disconnect),
-    /// its timer, its place in its connection's held set, and the
-    /// connection's record naming it.
-    fn remove_holder(&mut self, at: Time, res: ResId, fence: u64, cause: Option<Cause>) {
-        let i = self.holder_index(res, fence).expect("holder exists");
+    /// its lease timer, its place in its connection's holdings, and the
+    /// connection's record naming it. Returns its resource. O(log n).
+    fn remove_holder(&mut self, at: Time, fence: u64, cause: Option<Cause>) -> ResId {
+        let h = self.holders.remove(&fence).expect("holder exists");
+        let res = h.res;
         let r = self.res_mut(res);
-        let h = r.holders.swap_remove(i);
+        r.holders -= 1;
         let space = r.space;
-        self.metrics
-            .holder_ended(space, at.0.saturating_sub(h.granted.0), cause);
-        self.timers.remove(&(h.expires, KIND_LEASE, fence, res));
+        let held = at.0.saturating_sub(h.granted.0);
+        self.metrics.holder_ended(space, held, cause);
+        let kind = match cause {
+            None => EventKind::Released,
+            Some(_) => EventKind::Disconnected,
+        };
+        self.note(res, Event::new(at, kind, h.conn, fence, held));
+        self.leases.remove(&(h.expires, fence));
         let mut dropped_record = false;
         if let Some(c) = self.conns.get_mut(&h.conn) {
-            c.held.remove(&fence);
+            c.unhold(res, fence);
             if let Some(Record::Granted { fence: f, .. }) = c.records.get(&res) {
                 if *f == fence {
                     c.records.remove(&res);
@@ -1204,22 +1584,33 @@ impl Core {
             }
         }
         if dropped_record {
-            self.res_mut(res).records -= 1;
+            self.record_removed(res);
         }
+        self.dirty.push(res);
+        res
     }
 
-    fn set_expiry(&mut self, res: ResId, fence: u64, expires: Time) {
-        let i = self.holder_index(res, fence).expect("holder exists");
-        let h = &mut self.res_mut(res).holders[i];
+    /// Moves the lease of `fence` to `expires`; returns its resource.
+    fn set_expiry(&mut self, fence: u64, expires: Time) -> ResId {
+        let h = self.holders.get_mut(&fence).expect("holder exists");
         let old = std::mem::replace(&mut h.expires, expires);
-        self.timers.remove(&(old, KIND_LEASE, fence, res));
-        self.timers.insert((expires, KIND_LEASE, fence, res));
+        let res = h.res;
+        self.leases.remove(&(old, fence));
+        self.leases.insert((expires, fence));
+        res
     }
 
     fn set_record(&mut self, conn: ConnId, res: ResId, rec: Record) {
         if self.conn_mut(conn).records.insert(res, rec).is_none() {
             self.res_mut(res).records += 1;
+            self.dirty.push(res);
         }
+    }
+
+    /// A record naming `res` was dropped from its connection.
+    fn record_removed(&mut self, res: ResId) {
+        self.res_mut(res).records -= 1;
+        self.dirty.push(res);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1247,43 +1638,26 @@ impl Core {
                 queued: now,
             },
         );
-        let r = self.res_mut(res);
-        r.queue.push_back(w);
-        r.live_waiters += 1;
+        self.queue_insert(res, w);
+        self.dirty.push(res);
         if let Some(d) = deadline {
-            self.timers.insert((d, KIND_WAITER, w, res));
+            self.deadlines.insert((d, w));
         }
-        self.conn_mut(conn).waiters.push(w);
+        self.conn_mut(conn).waiters.insert(w);
         w
     }
 
-    /// Removes waiter `w` from every index. Returns its resource, or `None`
-    /// if it was already gone. Its queue entry is left for lazy skipping.
+    /// Removes waiter `w` from every index as of `at`. Returns its
+    /// resource, or `None` if it was already gone. O(log n).
     fn remove_waiter(&mut self, w: u64, at: Time) -> Option<ResId> {
         let waiter = self.waiters.remove(&w)?;
         if let Some(d) = waiter.deadline {
-            self.timers.remove(&(d, KIND_WAITER, w, waiter.res));
+            self.deadlines.remove(&(d, w));
         }
-        let r = self.resources[waiter.res as usize]
-            .as_mut()
-            .expect("dangling resource id");
-        r.live_waiters -= 1;
-        r.last_activity = r.last_activity.max(at);
-        // Removed entries are skipped lazily, but must not pile up behind a
-        // long-lived head waiter: drop them from the front, and compact once
-        // they outnumber the live ones (amortised O(1) per removal, and the
-        // queue never holds more than `2 * live_waiters + 8` entries).
-        let live = &self.waiters;
-        while r.queue.front().is_some_and(|id| !live.contains_key(id)) {
-            r.queue.pop_front();
-        }
-        if r.queue.len() > 2 * r.live_waiters + 8 {
-            r.queue.retain(|id| live.contains_key(id));
-        }
+        self.queue_remove(waiter.res, w);
+        self.touch(waiter.res, at);
         if let Some(c) = self.conns.get_mut(&waiter.conn) {
-            if let Some(i) = c.waiters.iter().position(|x| *x == w) {
-                c.waiters.swap_remove(i);
-            }
+            c.waiters.remove(&w);
             if c.blocked == Some(w) {
                 c.blocked = None;
             }
@@ -1297,6 +1671,8 @@ impl Core {
         stats::render(self.snapshot(self.now))
     }
 
+    /// The `stats` snapshot: O(n log n) in resources and subscriptions, as
+    /// the reply lists every one of them.
     fn snapshot(&self, now: Time) -> stats::Snapshot<'_> {
         let mut snap = stats::Snapshot {
             connections: self.conns.len(),
@@ -1304,26 +1680,26 @@ impl Core {
         };
         for r in self.resources.iter().flatten() {
             let key = r.key.as_bytes();
-            let active = !r.holders.is_empty() || r.live_waiters > 0;
+            let active = r.holders > 0 || !r.queue.is_empty();
             let idle_s = now.0.saturating_sub(r.last_activity.0) as f64 / 1000.0;
             match (r.limit == 1, active) {
                 (true, true) => {
-                    let h = r.holders.first();
+                    let h = (r.holders > 0).then(|| &self.holders[&r.last_fence]);
                     snap.locks.push(stats::LockEntry {
                         key,
                         space: r.space,
                         owner_conn_id: h.map_or(0, |h| h.conn.0),
                         lease_expires_in_s: h
                             .map_or(0.0, |h| h.expires.0.saturating_sub(now.0) as f64 / 1000.0),
-                        waiters: r.live_waiters,
+                        waiters: r.queue.len(),
                     })
                 }
                 (false, true) => snap.semaphores.push(stats::SemEntry {
                     key,
                     space: r.space,
                     limit: r.limit,
-                    holders: r.holders.len(),
-                    waiters: r.live_waiters,
+                    holders: r.holders as usize,
+                    waiters: r.queue.len(),
                 }),
                 (true, false) => snap.idle_locks.push(stats::IdleEntry {
                     key,
@@ -1350,12 +1726,11 @@ impl Core {
 
 #[cfg(test)]
 impl Core {
-    /// Entries in the queue of (space, key), removed waiters included: lets
-    /// tests bound the memory a queue holds.
+    /// Entries in the queue of (space, key): lets tests bound the memory a
+    /// queue holds.
     pub(super) fn queue_entries(&self, space: Space, key: &Key) -> usize {
-        self.by_key[space_index(space)]
-            .get(key)
-            .and_then(|&res| self.resources[res as usize].as_ref())
+        self.lookup(space, key)
+            .and_then(|res| self.resources[res as usize].as_ref())
             .map_or(0, |r| r.queue.len())
     }
 }

@@ -2,8 +2,10 @@
 //! §6).
 //!
 //! A scrape reads everything it reports first ([`Scrape::take`]: the core
-//! is advanced to now, as any input does, and its stats and counters are
-//! copied under one lock), then renders it with no lock held ([`text`]).
+//! is advanced to now, as any input does; the totals behind the gauges are
+//! counted by a walk of the keys and subscriptions in bounded slices, as
+//! `stats` is built, and the counters copied at its last slice), then
+//! renders it with no lock held ([`text`]).
 //! Every family is written once, contiguously, with its `# HELP` and
 //! `# TYPE` lines, so the output parses with any Prometheus client.
 //!
@@ -18,16 +20,18 @@ use std::sync::atomic::Ordering;
 use hyper::StatusCode;
 
 use super::{lock, raw_resp, Front, RequestCounts, Resp};
+use crate::core::introspect::{StatsJob, Totals};
 use crate::core::metrics::{kind_label, Cause, Histogram, How};
 use crate::core::CoreMetrics;
+use crate::server::introspect as slices;
 use crate::server::Shared;
 use crate::wire::Space;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Answers `GET /metrics`.
-pub(super) fn render(front: &Front) -> Resp {
-    let scrape = Scrape::take(front);
+pub(super) async fn render(front: &Front) -> Resp {
+    let scrape = Scrape::take(front).await;
     raw_resp(StatusCode::OK, CONTENT_TYPE, text(&scrape).into())
 }
 
@@ -35,8 +39,8 @@ pub(super) fn render(front: &Front) -> Resp {
 struct Scrape {
     ready: bool,
     uptime_s: f64,
-    /// The `stats` JSON, parsed.
-    stats: serde_json::Value,
+    /// Totals over what `stats` would list.
+    totals: Totals,
     core: CoreMetrics,
     tcp_open: usize,
     tcp_accepted: u64,
@@ -55,9 +59,9 @@ struct Scrape {
 }
 
 impl Scrape {
-    fn take(front: &Front) -> Scrape {
+    async fn take(front: &Front) -> Scrape {
         let shared = &front.shared;
-        let (stats, core, fence_headroom) = core_state(shared);
+        let (totals, core, fence_headroom) = core_state(shared).await;
         let fence_failures = shared
             .fence_status()
             .map_or(0, |f| f.persist_failures_total);
@@ -68,7 +72,7 @@ impl Scrape {
         Scrape {
             ready: !shared.is_shutting_down(),
             uptime_s: front.started.elapsed().as_secs_f64(),
-            stats: serde_json::from_str(&stats).unwrap_or_default(),
+            totals,
             core,
             tcp_open: shared.tcp_connections(),
             tcp_accepted: shared.tcp_accepted(),
@@ -86,20 +90,15 @@ impl Scrape {
     }
 }
 
-/// The stats JSON, the core's counters and the fence headroom as of now,
-/// under one lock: the core is first advanced to the current time
-/// (expiring what is due), like the `stats` request.
-fn core_state(shared: &Shared) -> (String, CoreMetrics, u64) {
-    let mut effects = Vec::new();
-    let mut inner = shared.lock();
-    let now = shared.clock(&inner);
-    inner.core.handle_timeout(now, &mut effects);
-    shared.after_core(&mut inner, &mut effects, None);
-    (
-        inner.core.stats_json(),
-        inner.core.metrics().clone(),
-        inner.core.fence_headroom(),
-    )
+/// The totals over the `stats` arrays (counted in slices), then the
+/// core's counters and the fence headroom as of the end of that walk.
+async fn core_state(shared: &Shared) -> (Totals, CoreMetrics, u64) {
+    let mut job = StatsJob::totals();
+    slices::run(shared, &mut job).await;
+    let (core, headroom) = slices::read(shared, |core| {
+        (core.metrics().clone(), core.fence_headroom())
+    });
+    (job.totals_so_far(), core, headroom)
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a family.
@@ -132,21 +131,7 @@ fn histogram(out: &mut String, name: &str, help: &str, h: impl Fn(Space) -> Hist
 }
 
 fn text(s: &Scrape) -> String {
-    let arr = |name: &str| {
-        s.stats
-            .get(name)
-            .and_then(|a| a.as_array())
-            .cloned()
-            .unwrap_or_default()
-    };
-    let sum = |items: &[serde_json::Value], field: &str| -> u64 {
-        items
-            .iter()
-            .map(|i| i.get(field).and_then(|x| x.as_u64()).unwrap_or(0))
-            .sum()
-    };
-    let locks = arr("locks");
-    let sems = arr("semaphores");
+    let t = &s.totals;
     let gauges: [(&str, &str, f64); 12] = [
         (
             "dflockd_ready",
@@ -161,10 +146,7 @@ fn text(s: &Scrape) -> String {
         (
             "dflockd_connections",
             "Core connections: TCP connections plus HTTP sessions.",
-            s.stats
-                .get("connections")
-                .and_then(|c| c.as_u64())
-                .unwrap_or(0) as f64,
+            t.connections as f64,
         ),
         (
             "dflockd_tcp_connections",
@@ -189,27 +171,27 @@ fn text(s: &Scrape) -> String {
         (
             "dflockd_locks_held",
             "Locks currently held.",
-            locks.len() as f64,
+            t.locks as f64,
         ),
         (
             "dflockd_lock_waiters",
             "Waiters queued on locks.",
-            sum(&locks, "waiters") as f64,
+            t.lock_waiters as f64,
         ),
         (
             "dflockd_semaphore_holders",
             "Semaphore slots currently held.",
-            sum(&sems, "holders") as f64,
+            t.semaphore_holders as f64,
         ),
         (
             "dflockd_semaphore_waiters",
             "Waiters queued on semaphores.",
-            sum(&sems, "waiters") as f64,
+            t.semaphore_waiters as f64,
         ),
         (
             "dflockd_signal_listeners",
             "Signal subscriptions (TCP listeners, summed over patterns and groups).",
-            sum(&arr("signal_channels"), "listeners") as f64,
+            t.signal_listeners as f64,
         ),
     ];
     let mut out = String::new();
@@ -432,7 +414,12 @@ mod tests {
         Scrape {
             ready: true,
             uptime_s: 12.5,
-            stats: serde_json::from_str(&core.stats_json()).expect("stats"),
+            totals: {
+                let mut job = StatsJob::totals();
+                let mut out = Vec::new();
+                crate::core::introspect::run_to_end(&mut job, &mut core, Time(2600), &mut out);
+                job.totals_so_far()
+            },
             core: core.metrics().clone(),
             tcp_open: 2,
             tcp_accepted: 5,

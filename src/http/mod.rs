@@ -13,16 +13,22 @@
 //! protocol's `signal`; `GET /v1/signals` is a Server-Sent Events stream fed
 //! by a hidden session that issued `listen`.
 //!
+//! Views ([`introspect`], [`ui`]): `GET /v1/stats` (whole, or a bounded
+//! top list), `GET /v1/keys/{key}`, `GET /v1/activity`, and the dashboard
+//! at `/ui`; every read of the core in bounded slices.
+//!
 //! Request path (reference §7.2): CORS → metrics → per-IP rate limit →
 //! bearer auth → route/404/405 → handler. Everything answers JSON
 //! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
 //! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
 
+pub mod introspect;
 mod lenient;
 pub mod limits;
 mod metrics;
 pub mod sessions;
 pub mod signals;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -152,6 +158,12 @@ pub enum Route {
     SignalPublish,
     /// `GET /v1/signals` (SSE)
     SignalStream,
+    /// `GET /v1/keys/{key}`
+    KeyView,
+    /// `GET /v1/activity`
+    Activity,
+    /// `GET /ui`, `/ui/app.js`, `/ui/app.css`
+    Ui(ui::Asset),
 }
 
 /// Every route: path template, what it is, the methods it allows.
@@ -229,6 +241,31 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
         Route::SignalPublish,
         &[Method::POST],
     ),
+    (
+        "/v1/keys/{key}",
+        Route::KeyView,
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/v1/activity",
+        Route::Activity,
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/ui",
+        Route::Ui(ui::Asset::Page),
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/ui/app.js",
+        Route::Ui(ui::Asset::Script),
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/ui/app.css",
+        Route::Ui(ui::Asset::Style),
+        &[Method::GET, Method::HEAD],
+    ),
 ];
 
 type Router = matchit::Router<(Route, &'static [Method], &'static str)>;
@@ -266,6 +303,8 @@ struct Front {
     conns_rejected: AtomicU64,
     /// TLS handshakes that failed, were late, or were cut by shutdown.
     tls_failures: AtomicU64,
+    /// History and caches of `/v1/activity`.
+    activity: introspect::Activity,
 }
 
 /// An open HTTP connection counted in [`Front::conns`]; uncounted on drop.
@@ -313,6 +352,7 @@ pub async fn run(
         rate_limited: AtomicU64::new(0),
         conns_rejected: AtomicU64::new(0),
         tls_failures: AtomicU64::new(0),
+        activity: introspect::Activity::default(),
     });
     let tls = shared
         .cfg
@@ -320,6 +360,7 @@ pub async fn run(
         .clone()
         .map(futures_rustls::TlsAcceptor::from);
     let _sweeper = ex.spawn(sweeper(front.clone()));
+    let _history = ex.spawn(introspect::sample(front.clone()));
     loop {
         // Keeps accepting while the server drains, so `/ready` and the 503
         // `draining` answers are served (Decision D10); the task is dropped
@@ -648,6 +689,7 @@ async fn handle(
                 Bytes::from_static(OPENAPI.as_bytes()),
             )
         }
+        Route::Ui(asset) => return ui::serve(asset),
         _ => {}
     }
     if shared.is_shutting_down() {
@@ -662,15 +704,13 @@ async fn handle(
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "");
     }
     match route {
-        Route::Metrics => metrics(front),
-        Route::Stats => {
-            let json = current_stats(shared);
-            raw_resp(
-                StatusCode::OK,
-                "application/json",
-                format!("{json}\n").into(),
-            )
-        }
+        Route::Metrics => metrics::render(front).await,
+        Route::Stats => introspect::stats(front, req.uri().query()).await,
+        Route::KeyView => match path_key(param.as_deref(), "key") {
+            Ok(key) => introspect::key(front, key, req.uri().query()).await,
+            Err(r) => *r,
+        },
+        Route::Activity => introspect::activity(front).await,
         Route::SessionCreate => match front.sessions.create(
             shared,
             front.settings.max_sessions,
@@ -741,7 +781,7 @@ async fn handle(
             Ok(request) => signals::subscribe(front, ip, slot, request),
             Err(detail) => bad_request(&detail),
         },
-        Route::Health | Route::Ready | Route::OpenApi => unreachable_route(),
+        Route::Health | Route::Ready | Route::OpenApi | Route::Ui(_) => unreachable_route(),
     }
 }
 
@@ -1135,23 +1175,6 @@ fn unexpected(reply: Option<Reply>) -> Resp {
         "unexpected_protocol_response",
         &line,
     )
-}
-
-// ----- metrics -----------------------------------------------------------
-
-/// The stats JSON as of now: the core is first advanced to the current time
-/// (expiring what is due, as any input does), like the `stats` request.
-fn current_stats(shared: &Shared) -> String {
-    let mut effects = Vec::new();
-    let mut inner = shared.lock();
-    let now = shared.clock(&inner);
-    inner.core.handle_timeout(now, &mut effects);
-    shared.after_core(&mut inner, &mut effects, None);
-    inner.core.stats_json()
-}
-
-fn metrics(front: &Front) -> Resp {
-    metrics::render(front)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use log::Level;
 
 use super::mailbox::{Delivery, Mailbox};
@@ -56,6 +56,8 @@ pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
 const BATCH: usize = 64;
 /// Replies buffered before a write is forced mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
 
 /// One decoded request, valid or not.
 enum Pending {
@@ -161,7 +163,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // little memory.
     let mut rbuf: Vec<u8> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::new();
-    let mut scratch = vec![0u8; 4096];
     let mut more_work = false;
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut effects: Vec<Effect> = Vec::new();
@@ -214,9 +215,26 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             if pending.is_empty() {
                 break;
             }
-            {
+            if matches!(pending.front(), Some(Pending::Request(Request::Stats))) {
+                // Built in slices with the core lock released in between
+                // (`server::introspect`), so answered on its own, in order.
+                pending.pop_front();
+                let before = effects.len();
+                super::introspect::stats_reply(shared, id, &mut effects).await;
+                if effects[before..]
+                    .iter()
+                    .any(|e| matches!(e, Effect::Close { .. }))
+                {
+                    closing = true;
+                    pending.clear();
+                }
+            } else {
                 let mut inner = shared.lock();
                 while let Some(p) = pending.pop_front() {
+                    if matches!(p, Pending::Request(Request::Stats)) {
+                        pending.push_front(p);
+                        break;
+                    }
                     let now = shared.clock(&inner);
                     let before = effects.len();
                     match p {
@@ -313,7 +331,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let wake = wait(
             stream,
             &mut rbuf,
-            &mut scratch,
             mailbox,
             can_read,
             (!blocked).then_some(&mut timer),
@@ -449,7 +466,6 @@ fn encode_own(
 async fn wait<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut Vec<u8>,
-    scratch: &mut [u8],
     mailbox: &Mailbox,
     can_read: bool,
     timer: Option<&mut async_io::Timer>,
@@ -471,12 +487,19 @@ async fn wait<S: AsyncRead + Unpin>(
         if !can_read {
             return std::future::pending().await;
         }
-        // Read into scratch space: if another branch wins, the dropped read
-        // has changed nothing.
-        let r = stream.read(scratch).await;
-        if let Ok(n) = r {
-            rbuf.extend_from_slice(&scratch[..n]);
-        }
+        // Read into a chunk on the stack of one poll, not a buffer kept per
+        // connection: a waiting connection then holds no read buffer at
+        // all. A poll that returns `Pending` has read nothing, so if another
+        // branch wins, the dropped read has changed nothing.
+        let r = std::future::poll_fn(|cx| {
+            let mut chunk = [0u8; READ_CHUNK];
+            let r = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut chunk);
+            if let std::task::Poll::Ready(Ok(n)) = r {
+                rbuf.extend_from_slice(&chunk[..n]);
+            }
+            r
+        })
+        .await;
         Wake::Read(r)
     };
     futures_lite::future::or(read, futures_lite::future::or(mail, timer)).await

@@ -13,6 +13,7 @@
 
 pub mod conn;
 pub mod fence_file;
+pub mod introspect;
 pub mod mailbox;
 pub mod per_ip;
 pub mod timer;

@@ -63,7 +63,10 @@ mod tests {
         assert_eq!(hashes(&b, 0..1000u64), 1000);
         assert_eq!(hashes(&b, 0..1000u32), 1000);
         assert_eq!(hashes(&b, (0..1000u64).map(|i| (i, 7u32))), 1000);
-        assert_eq!(hashes(&b, (0..1000usize).map(|i| [i as u8, (i >> 8) as u8])), 1000);
+        assert_eq!(
+            hashes(&b, (0..1000usize).map(|i| [i as u8, (i >> 8) as u8])),
+            1000
+        );
     }
 
     /// Peer-chosen keys hash with the configured secret: two secrets give

@@ -341,6 +341,13 @@ mod tests {
             m
         };
         long().check().unwrap();
+        // Exactly SMALL slots need no index yet.
+        let mut full = Members::default();
+        for id in 1..=SMALL as u64 {
+            full.push(ConnId(id));
+        }
+        assert!(full.big.is_none());
+        full.check().unwrap();
         let mut unindexed = long();
         unindexed.big = None;
         let err = unindexed.check().unwrap_err();

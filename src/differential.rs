@@ -1,13 +1,13 @@
 //! Differential testing: one comparator, two harnesses (STYLE convention 7).
 //!
 //! A [`Scenario`] is a configuration and a list of [`Step`]s: connections
-//! opening and closing, requests, time jumps (with the timer firing, or
+//! opening and closing, requests, read deadlines, cancels, time jumps (with the timer firing, or
 //! late so that the next input reaches a core that has not caught up),
 //! draining, raising the fence ceiling. [`run`] applies it to the
 //! reference machine of `dflockd-model` (the executable spec) and to the
 //! production [`Core`] in lockstep and fails at the first difference in:
-//! the reply lines, signal pushes (as their `sig ...` lines) and closes of
-//! each step (in order), whether a connection is blocked, each connection's
+//! the reply lines, signal pushes (as their `sig ...` lines) and closes
+//! (with their reason) of each step (in order), whether a connection is blocked, each connection's
 //! count of unwritten pushes, the next deadline, the instant each has
 //! advanced to, the fence headroom, and the `stats` snapshot. After every
 //! step it also runs [`Core::verify`], which panics naming the first of the
@@ -31,7 +31,7 @@
 
 use dflockd_model as model;
 
-use crate::core::{ConnId, Core, CoreConfig, Effect, Time};
+use crate::core::{CloseReason, ConnId, Core, CoreConfig, Effect, Time};
 use crate::wire::{encode_push, encode_reply, Key, Request, Space};
 
 /// Server settings for one scenario, small enough to hit every limit.
@@ -63,10 +63,16 @@ pub enum Step {
     Disconnect {
         conn: u8,
     },
-    /// The driver cancels a live connection's blocked request, if any
-    /// (semantics §9.1).
+    /// The driver cancels a live connection's blocked request, or the
+    /// grant that just answered it (semantics §9.1).
     Cancel {
         conn: u8,
+    },
+    /// A live connection reaches its read deadline, with part of a request
+    /// buffered or idle (semantics §9.2).
+    ReadDeadline {
+        conn: u8,
+        partial: bool,
     },
     /// Time moves forward by this many milliseconds.
     Advance {
@@ -205,6 +211,7 @@ fn pick(table: &[&'static str], i: u8) -> &'static str {
     table[usize::from(i) % table.len()]
 }
 const AUTH_TOKEN: &[u8] = b"s3cret";
+const AUTH_FAILURE_PAUSE_MS: u64 = 100;
 const SALT_KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
 const FENCE_START: u64 = 1000;
 /// With [`Settings::fences_near_max`]: the last fence a scenario can issue
@@ -259,6 +266,7 @@ impl Settings {
             fence_ceiling: self.fence_ceiling(),
             salt_key: SALT_KEY,
             max_subscriptions: usize::from(self.max_subscriptions % 3),
+            auth_failure_pause_ms: AUTH_FAILURE_PAUSE_MS,
         }
     }
 
@@ -276,6 +284,7 @@ impl Settings {
             fence_ceiling: m.fence_ceiling,
             salt_key: SALT_KEY,
             max_subscriptions: m.max_subscriptions,
+            auth_failure_pause_ms: m.auth_failure_pause_ms,
             ..CoreConfig::default()
         }
     }
@@ -347,7 +356,10 @@ fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
                     line: String::from_utf8_lossy(&line).into_owned(),
                 }
             }
-            Effect::Close { conn } => model::Output::Close { conn: conn.0 },
+            Effect::Close { conn, reason } => model::Output::Close {
+                conn: conn.0,
+                why: why(reason),
+            },
             // A push is compared as the line it becomes on the wire.
             Effect::Push {
                 conn,
@@ -364,6 +376,18 @@ fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
             }
         })
         .collect()
+}
+
+/// The model's name for a close reason.
+fn why(reason: CloseReason) -> model::Why {
+    match reason {
+        CloseReason::Draining => model::Why::Draining,
+        CloseReason::AuthFailed { pause_ms } => model::Why::AuthFailed { pause_ms },
+        CloseReason::Overlong => model::Why::Overlong,
+        CloseReason::Stalled => model::Why::Stalled,
+        CloseReason::Idle => model::Why::Idle,
+        CloseReason::SlowConsumer => model::Why::SlowConsumer,
+    }
 }
 
 /// Replies are compared as lines, except `stats`, compared as JSON values.
@@ -479,7 +503,7 @@ impl Pair {
         }
         // A closed connection is then reported gone, as the driver does.
         for o in m {
-            if let model::Output::Close { conn } = o {
+            if let model::Output::Close { conn, .. } = o {
                 self.drop_conn(step, conn)?;
             }
         }
@@ -795,8 +819,9 @@ pub fn run(s: &Scenario) -> Result<(), Divergence> {
     run_against(s, model::Bug::None)
 }
 
-/// [`run`] with a deliberately broken model (`model::Bug::DIFFERENTIAL`),
-/// to show that the comparator and the generators find what it breaks.
+/// [`run`] with a deliberately broken model: how the tests show that the
+/// comparator and the generators find what a wrong decision breaks (a
+/// planted bug must make some scenario diverge).
 pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
     let mut p = Pair {
         model: model::Machine::with_bug(s.settings.model(), 0, bug),
@@ -838,9 +863,28 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
                 if !p.live.is_empty() {
                     let conn = p.live[usize::from(*conn) % p.live.len()];
                     let m = p.model.cancel(p.now, conn);
-                    p.apply(i, "cancel", m, |core, now, out| {
-                        core.cancel_blocked(now, ConnId(conn), out)
-                    })?;
+                    let now = Time(p.now);
+                    let e = p.eager(
+                        |mon| mon.cancel(conn),
+                        |core, out| core.cancel(now, ConnId(conn), out),
+                    );
+                    let mut c = Vec::new();
+                    p.core.cancel(now, ConnId(conn), &mut c);
+                    p.compare(i, "cancel", m, c, e)?;
+                }
+            }
+            Step::ReadDeadline { conn, partial } => {
+                if !p.live.is_empty() {
+                    let conn = p.live[usize::from(*conn) % p.live.len()];
+                    let m = p.model.read_deadline(p.now, conn, *partial);
+                    let (now, partial) = (Time(p.now), *partial);
+                    let e = p.eager(
+                        |mon| mon.read_deadline(conn),
+                        |core, out| core.read_deadline(now, ConnId(conn), partial, out),
+                    );
+                    let mut c = Vec::new();
+                    p.core.read_deadline(now, ConnId(conn), partial, &mut c);
+                    p.compare(i, "read deadline", m, c, e)?;
                 }
             }
             Step::Advance { ms } => {

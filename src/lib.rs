@@ -6,19 +6,23 @@
 //! 2. [`core`]: the sans-IO transition function (locks, semaphores, leases,
 //!    FIFO, two-phase, GC, stats), and its bounded introspection
 //!    ([`core::introspect`]). Time and token salt are arguments.
-//! 3. [`server`]: the smol driver that moves bytes between sockets and the core.
-//!    [`http`]: the HTTP REST front, another driver of the same core, with
-//!    the read-only views and the `/ui` dashboard.
-//! 4. [`config`]: the settings table, flags, environment variables and
+//! 3. [`engine`]: the only door to the core: inputs as values in, effects
+//!    routed out, the clock, the timer and the fence file around it.
+//! 4. The fronts, which move bytes between sockets and the engine:
+//!    [`tcp`] (the line protocol) and [`http`] (the REST API and SSE, with
+//!    the read-only views and the `/ui` dashboard), on [`net`] (TLS,
+//!    per-IP admission) and [`rt`] (the per-thread runtime); [`server`]
+//!    starts the engine with both fronts and drains them.
+//! 5. [`config`]: the settings table, flags, environment variables and
 //!    their validation; [`logging`]: log lines and their rate limits.
-//! 5. [`conformance`]: the transcript runner for `spec/conformance/`.
-//! 6. [`client`]: the client library (connections, lock and semaphore
+//! 6. [`conformance`]: the transcript runner for `spec/conformance/`.
+//! 7. [`client`]: the client library (connections, lock and semaphore
 //!    handles with background renewal, CRC-32 sharding).
 //!    [`cli`]: the client subcommands of `dflockd` (`lock`, `stats`,
 //!    `signal`, `listen`, `top`), built on it.
-//! 7. `differential` (feature `differential`): the model-versus-core
+//! 8. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
-//! 8. [`sync`]: the std/loom facade for the server's own concurrency.
+//! 9. [`sync`]: the std/loom facade for the server's own concurrency.
 
 pub mod cli;
 pub mod client;
@@ -27,8 +31,12 @@ pub mod conformance;
 pub mod core;
 #[cfg(feature = "differential")]
 pub mod differential;
+pub mod engine;
 pub mod http;
 pub mod logging;
+pub mod net;
+pub mod rt;
 pub mod server;
 pub mod sync;
+pub mod tcp;
 pub mod wire;

@@ -121,7 +121,7 @@ fn main() {
         log::info!(transport = "http", addr:% = a, tls = cfg.tls.is_some(); "listening");
     }
 
-    let shared = handle.shared().clone();
+    let engine = handle.engine().clone();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -141,7 +141,7 @@ fn main() {
                     signal = sig, shutdown_timeout_s = cfg.shutdown_timeout_s;
                     "draining: refusing new requests, waiting for clients to leave"
                 );
-                server::begin_shutdown(&shared);
+                server::begin_shutdown(&engine);
             } else {
                 log::warn!(signal = sig; "second signal: exiting now");
                 exit(130);

@@ -102,11 +102,14 @@ fn ms() -> impl Strategy<Value = u16> {
     prop_oneof![Just(1000u16), Just(500u16), 1u16..3000]
 }
 
-fn step() -> impl Strategy<Value = Step> {
+/// One step; `cancels` weighs cancels and read deadlines against the
+/// others.
+fn step(cancels: u32) -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => Just(Step::Connect),
         1 => (0u8..4).prop_map(|conn| Step::Disconnect { conn }),
-        1 => (0u8..4).prop_map(|conn| Step::Cancel { conn }),
+        cancels => (0u8..4).prop_map(|conn| Step::Cancel { conn }),
+        cancels => (0u8..4, any::<bool>()).prop_map(|(conn, partial)| Step::ReadDeadline { conn, partial }),
         2 => ms().prop_map(|ms| Step::Advance { ms }),
         2 => Just(Step::ToNextDeadline),
         // The timer is late: the next requests reach a core behind time.
@@ -181,14 +184,20 @@ fn contention() -> impl Strategy<Value = Vec<Step>> {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    scenario_where(|_| true)
+    scenario_with(1, |_| true)
 }
 
 /// Scenarios with only the steps `keep` keeps (to show what a kind of step
 /// is needed for).
 fn scenario_where(keep: fn(&Step) -> bool) -> impl Strategy<Value = Scenario> {
+    scenario_with(1, keep)
+}
+
+/// Scenarios of [`step`]`(cancels)` and [`contention`] fragments, with
+/// only the steps `keep` keeps.
+fn scenario_with(cancels: u32, keep: fn(&Step) -> bool) -> impl Strategy<Value = Scenario> {
     let piece = prop_oneof![
-        12 => step().prop_map(|s| vec![s]),
+        12 => step(cancels).prop_map(|s| vec![s]),
         1 => contention(),
     ];
     (settings(), prop::collection::vec(piece, 1..50)).prop_map(move |(settings, pieces)| {
@@ -544,6 +553,29 @@ mod planted {
         timeout_before_expiry_is_caught: TimeoutBeforeExpiry;
         // §9: one connection holding several keys, each with a waiter.
         disconnect_releasing_in_reverse_is_caught: DisconnectReleasesReversed;
+    }
+
+    /// The decisions the drivers used to make (semantics §9.1, §9.2, §10),
+    /// each planted wrong, on scenarios with more cancels and read
+    /// deadlines (what these bugs are about).
+    fn driver_bug_caught(bug: Bug) {
+        let found = caught(bug, super::scenario_with(6, |_| true));
+        assert!(found.is_some(), "{bug:?} survived {BUDGET} cases");
+    }
+
+    #[test]
+    fn cutting_an_idle_owner_is_caught() {
+        driver_bug_caught(Bug::IdleCutsOwner);
+    }
+
+    #[test]
+    fn leaving_a_failed_auth_open_is_caught() {
+        driver_bug_caught(Bug::AuthFailureStaysOpen);
+    }
+
+    #[test]
+    fn keeping_a_grant_that_lost_to_a_cancel_is_caught() {
+        driver_bug_caught(Bug::CancelIgnoresGrant);
     }
 
     /// Without late steps, every request reaches a machine that has caught

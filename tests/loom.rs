@@ -1,123 +1,124 @@
-//! loom checks of the concurrency the server adds around the core: the
-//! mailbox hand-off between tasks, and the races between a grant and the
-//! waiter's own departure (disconnect, timeout, shutdown, and the HTTP
-//! front's cancel when a long poll's client goes away). Every
-//! interleaving of the threads below is explored.
+//! loom checks of the engine's hand-offs between threads: the mailbox
+//! hand-off between tasks, and the races between a grant and the waiter's
+//! own departure (disconnect, timeout, shutdown, and the HTTP front's
+//! cancel when a long poll's client goes away). They run the real door
+//! (`engine::Engine`, `engine::mailbox`) through the `src/sync.rs` facade,
+//! so every interleaving of the threads below is explored on the code the
+//! server runs, not a copy of it.
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg dflockd_loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom`
 //!
-//! The core itself is single-threaded behind one mutex; what can go wrong is
-//! in what surrounds it: a reply routed to a mailbox whose receiver is
-//! leaving, a wake-up lost between checking the queue and parking, a waiter
-//! answered twice.
+//! The core itself is single-threaded behind the engine's one lock; what can
+//! go wrong is in what surrounds it: a reply routed to a mailbox whose
+//! receiver is leaving, a wake-up lost between checking the queue and
+//! parking, a waiter answered twice, a cancel that loses the race to the
+//! grant and leaves it held.
 #![cfg(dflockd_loom)]
 
-use std::collections::HashMap;
-
-use dflockd::core::{ConnId, Core, CoreConfig, Effect, Time};
-use dflockd::server::mailbox::{route, withdraw_blocked, Delivery, Mailbox};
-use dflockd::sync::{lock, Arc, Mutex};
+use dflockd::core::{CloseReason, ConnId, CoreConfig, Effect, Time};
+use dflockd::engine::mailbox::{Delivery, Mailbox};
+use dflockd::engine::{Engine, Input, ManualClock, Transport};
+use dflockd::sync::Arc;
 use dflockd::wire::{Key, Reply, Request, Space, Status};
 
 use loom::thread;
-
-/// The server's shared state reduced to what the races involve.
-struct Hub {
-    core: Core,
-    mailboxes: HashMap<ConnId, Arc<Mailbox>>,
-}
 
 fn key() -> Key {
     Key::new(b"k").unwrap()
 }
 
-fn acquire(timeout_s: u64) -> Request {
-    Request::Acquire {
+fn acquire(timeout_s: u64) -> Input {
+    Input::Request(Request::Acquire {
         space: Space::Lock,
         key: key(),
         timeout_s,
         limit: 1,
         lease_s: Some(30),
-    }
+    })
 }
 
-/// A holder, a blocked waiter, and the holder's token.
-fn setup() -> (Arc<Mutex<Hub>>, ConnId, ConnId, Arc<Mailbox>, Vec<u8>) {
-    let mut core = Core::new(CoreConfig::default(), Time(0));
-    let mut out = Vec::new();
-    let holder = core.connect(Time(0), &mut out);
-    let waiter = core.connect(Time(0), &mut out);
-    core.handle(Time(0), holder, acquire(0), &mut out);
-    let token = match out.pop() {
+/// The parts of one scenario: the engine, the holder and the waiter (each
+/// with its mailbox), and the holder's token.
+struct World {
+    engine: Arc<Engine>,
+    clock: std::sync::Arc<ManualClock>,
+    holder: ConnId,
+    waiter: ConnId,
+    waiter_mb: Arc<Mailbox>,
+    token: Vec<u8>,
+}
+
+/// A holder and a blocked waiter on `k`.
+fn setup() -> World {
+    let clock = std::sync::Arc::new(ManualClock::new(Time(0)));
+    let engine = Arc::new(Engine::new(
+        CoreConfig::default(),
+        None,
+        Box::new(clock.clone()),
+    ));
+    let holder = engine.connect(Transport::Tcp, Some(Arc::new(Mailbox::new())));
+    let waiter_mb = Arc::new(Mailbox::new());
+    let waiter = engine.connect(Transport::Http, Some(waiter_mb.clone()));
+    let token = match engine.apply(holder, acquire(0)).0.pop() {
         Some(Effect::Reply {
             reply: Reply::Granted { token, .. },
             ..
         }) => token.to_string().into_bytes(),
         other => panic!("expected a grant, got {other:?}"),
     };
-    core.handle(Time(0), waiter, acquire(10), &mut out);
-    assert!(out.is_empty(), "the waiter blocks");
-    let mb = Arc::new(Mailbox::new());
-    let mut mailboxes = HashMap::new();
-    mailboxes.insert(waiter, mb.clone());
-    mailboxes.insert(holder, Arc::new(Mailbox::new()));
-    (
-        Arc::new(Mutex::new(Hub { core, mailboxes })),
+    let (fx, outcome) = engine.apply(waiter, acquire(10));
+    assert!(fx.is_empty() && outcome.blocked, "the waiter blocks");
+    World {
+        engine,
+        clock,
         holder,
         waiter,
-        mb,
+        waiter_mb,
         token,
-    )
+    }
 }
 
-/// Releases `token` as `holder` at `clock`, read under the lock and clamped
-/// to the core's time, as the server does.
-fn release_from(hub: &Mutex<Hub>, holder: ConnId, token: Vec<u8>, clock: Time) {
-    let mut h = lock(hub);
-    let now = h.core.now().max(clock);
-    let mut out = Vec::new();
-    h.core.handle(
-        now,
+/// The holder releases its token through the door; it gets only its own
+/// answer back (`ok`, or `error_draining` and a close once the drain
+/// began); the grant goes to the waiter's mailbox.
+fn release(engine: &Engine, holder: ConnId, token: Vec<u8>) {
+    let (fx, _) = engine.apply(
         holder,
-        Request::Release {
+        Input::Request(Request::Release {
             space: Space::Lock,
             key: key(),
             token: token.into(),
+        }),
+    );
+    let ok = [Effect::Reply {
+        conn: holder,
+        reply: Reply::Ok,
+    }];
+    let refused = [
+        Effect::Reply {
+            conn: holder,
+            reply: Reply::Status(Status::ErrorDraining),
         },
-        &mut out,
-    );
-    let hub = &mut *h;
-    route(&hub.mailboxes, &mut out, Some(holder));
+        Effect::Close {
+            conn: holder,
+            reason: CloseReason::Draining,
+        },
+    ];
     assert!(
-        out.iter().all(
-            |e| matches!(e, Effect::Reply { conn, .. } | Effect::Close { conn } if *conn == holder)
-        ),
-        "only the releaser's own effects stay: {out:?}"
+        fx == ok || (engine.is_draining() && fx == refused),
+        "only the releaser's own effects stay: {fx:?}"
     );
-}
-
-/// Runs one core input on `hub` as the server does: under the lock, with
-/// the clock clamped to the core's time, routing every effect (none is the
-/// caller's own).
-fn apply(hub: &Mutex<Hub>, clock: Time, input: impl FnOnce(&mut Hub, Time, &mut Vec<Effect>)) {
-    let mut h = lock(hub);
-    let now = h.core.now().max(clock);
-    let mut out = Vec::new();
-    input(&mut h, now, &mut out);
-    route(&h.mailboxes, &mut out, None);
 }
 
 fn drain_mailbox(mb: &Mailbox) -> Vec<Delivery> {
     std::iter::from_fn(|| mb.try_recv()).collect()
 }
 
-fn holders(hub: &Mutex<Hub>) -> usize {
-    let mut h = lock(hub);
-    let mut out = Vec::new();
-    let c = h.core.connect(Time(20_000), &mut out);
-    h.core.handle(Time(20_000), c, Request::Stats, &mut out);
-    let json = match out.pop() {
+/// Live holders of `k`, from a fresh connection's `stats`.
+fn holders(engine: &Engine) -> usize {
+    let c = engine.connect(Transport::Tcp, None);
+    let json = match engine.apply(c, Input::Request(Request::Stats)).0.pop() {
         Some(Effect::Reply {
             reply: Reply::Stats(j),
             ..
@@ -155,52 +156,56 @@ fn mailbox_two_pushers() {
         let a = mb.clone();
         let b = mb.clone();
         let ta = thread::spawn(move || a.push(Delivery::Reply(Reply::Ok)));
-        let tb = thread::spawn(move || b.push(Delivery::Close));
+        let tb = thread::spawn(move || b.push(Delivery::Abort));
         let first = loom::future::block_on(mb.recv());
         let second = loom::future::block_on(mb.recv());
         ta.join().unwrap();
         tb.join().unwrap();
         let mut got = vec![first, second];
-        got.sort_by_key(|d| matches!(d, Delivery::Close));
-        assert_eq!(got, vec![Delivery::Reply(Reply::Ok), Delivery::Close]);
+        got.sort_by_key(|d| matches!(d, Delivery::Abort));
+        assert_eq!(got, vec![Delivery::Reply(Reply::Ok), Delivery::Abort]);
     });
 }
 
-/// A grant handed off by a release races the waiter's disconnect. Either
-/// the waiter leaves first (no grant is made to it) or the grant lands in
-/// its mailbox and the disconnect releases it. Never a leaked holder.
+/// A grant handed off by a release on one thread races the waiter's
+/// connection closing on another (its handler reports the disconnect and
+/// stops reading its mailbox). Either the waiter leaves first (no grant is
+/// made to it) or the grant lands in its mailbox and the disconnect
+/// releases it. Never a leaked holder.
 #[test]
 fn grant_races_disconnect() {
     loom::model(|| {
-        let (hub, holder, waiter, mb, token) = setup();
-        let h1 = hub.clone();
-        let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(1_000)));
-        apply(&hub, Time(1_000), |h, now, out| {
-            h.core.disconnect(now, waiter, out);
-            h.mailboxes.remove(&waiter);
-        });
+        let w = setup();
+        let (engine, holder, token) = (w.engine.clone(), w.holder, w.token.clone());
+        w.clock.set(Time(1_000));
+        let releaser = thread::spawn(move || release(&engine, holder, token));
+        w.engine.apply(w.waiter, Input::Disconnect);
         releaser.join().unwrap();
-        let got = drain_mailbox(&mb);
+        let got = drain_mailbox(&w.waiter_mb);
         assert!(got.len() <= 1, "at most one answer: {got:?}");
-        assert_eq!(holders(&hub), 0, "nothing stays held");
+        assert_eq!(holders(&w.engine), 0, "nothing stays held");
+        assert_eq!(w.engine.connection_count(), 2, "holder and the stats probe");
     });
 }
 
 /// A release at 9.999 s races the timer task firing at the waiter's
-/// deadline (10 s). Each thread reads its clock under the lock, as the
-/// server does, clamped to the core's time. The waiter gets exactly one
+/// deadline (10 s), each through the door, which reads the clock under its
+/// lock and never lets the core's time go back. The waiter gets exactly one
 /// answer: the grant if the release went first, `timeout` otherwise.
 #[test]
 fn grant_races_timeout() {
     loom::model(|| {
-        let (hub, holder, _waiter, mb, token) = setup();
-        let h1 = hub.clone();
-        let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(9_999)));
-        apply(&hub, Time(10_000), |h, now, out| {
-            h.core.handle_timeout(now, out)
+        let w = setup();
+        let (engine, holder, token) = (w.engine.clone(), w.holder, w.token.clone());
+        let clock = w.clock.clone();
+        let releaser = thread::spawn(move || {
+            clock.set(Time(9_999));
+            release(&engine, holder, token)
         });
+        w.clock.set(Time(10_000));
+        w.engine.apply(ConnId::ENGINE, Input::Tick);
         releaser.join().unwrap();
-        let got = drain_mailbox(&mb);
+        let got = drain_mailbox(&w.waiter_mb);
         assert_eq!(got.len(), 1, "exactly one answer: {got:?}");
         assert!(matches!(
             got[0],
@@ -215,52 +220,52 @@ fn grant_races_timeout() {
 #[test]
 fn grant_races_drain() {
     loom::model(|| {
-        let (hub, holder, _waiter, mb, token) = setup();
-        let h1 = hub.clone();
-        let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(1_000)));
-        apply(&hub, Time(1_000), |h, now, out| {
-            h.core.start_drain(now, out)
-        });
+        let w = setup();
+        let (engine, holder, token) = (w.engine.clone(), w.holder, w.token.clone());
+        w.clock.set(Time(1_000));
+        let releaser = thread::spawn(move || release(&engine, holder, token));
+        assert!(w.engine.drain());
         releaser.join().unwrap();
-        let got = drain_mailbox(&mb);
+        let got = drain_mailbox(&w.waiter_mb);
         assert_eq!(got.len(), 1, "exactly one answer: {got:?}");
         assert!(matches!(
             got[0],
             Delivery::Reply(Reply::Granted { .. }) | Delivery::Reply(Reply::Status(Status::Error))
         ));
+        assert!(w.engine.is_draining());
     });
 }
 
-/// The HTTP front withdraws a long poll whose client went away while a
-/// release hands the lock to that very request. Either the cancel comes
-/// first (the waiter leaves, nothing is granted to it) or the grant does
-/// and is released by the withdrawal. Either way the connection lives on,
-/// owning nothing, with nothing left in its mailbox, and the lock is free.
+/// The HTTP front withdraws a long poll whose client went away (one
+/// `Cancel` input) while a release on another thread hands the lock to
+/// that very request. Either the cancel comes first (the waiter leaves,
+/// nothing is granted to it) or the grant does and the cancel releases it.
+/// Either way the connection lives on owning nothing, the only thing left
+/// in its mailbox is at most the stale grant the front discards, and the
+/// lock is free.
 #[test]
 fn grant_races_cancel() {
     loom::model(|| {
-        let (hub, holder, waiter, mb, token) = setup();
-        let h1 = hub.clone();
-        let releaser = thread::spawn(move || release_from(&h1, holder, token, Time(1_000)));
-        {
-            let mut h = lock(&hub);
-            let now = h.core.now().max(Time(1_000));
-            let mut out = Vec::new();
-            let closed =
-                withdraw_blocked(&mut h.core, now, waiter, &mb, Space::Lock, &key(), &mut out);
-            assert!(!closed);
-            let hub = &mut *h;
-            route(&hub.mailboxes, &mut out, Some(waiter));
-            assert!(
-                out.iter()
-                    .all(|e| matches!(e, Effect::Reply { conn, .. } if *conn == waiter)),
-                "only the waiter's own answers stay: {out:?}"
-            );
-            assert!(!hub.core.is_blocked(waiter));
-        }
+        let w = setup();
+        let (engine, holder, token) = (w.engine.clone(), w.holder, w.token.clone());
+        w.clock.set(Time(1_000));
+        let releaser = thread::spawn(move || release(&engine, holder, token));
+        let (fx, outcome) = w.engine.apply(w.waiter, Input::Cancel);
+        assert!(!outcome.blocked && !outcome.closed && !outcome.gone);
+        assert!(
+            fx.iter()
+                .all(|e| matches!(e, Effect::Reply { conn, .. } if *conn == w.waiter)),
+            "only the waiter's own answers stay: {fx:?}"
+        );
         releaser.join().unwrap();
-        assert!(drain_mailbox(&mb).is_empty(), "nothing left to deliver");
-        assert!(!lock(&hub).core.owns_anything(waiter));
-        assert_eq!(holders(&hub), 0, "nothing stays held");
+        let left = drain_mailbox(&w.waiter_mb);
+        assert!(
+            left.iter()
+                .all(|d| matches!(d, Delivery::Reply(Reply::Granted { .. }))),
+            "{left:?}"
+        );
+        assert!(left.len() <= 1);
+        assert_eq!(w.engine.owned(w.waiter).held, 0);
+        assert_eq!(holders(&w.engine), 0, "nothing stays held");
     });
 }

@@ -541,11 +541,11 @@ fn run_scene(scene: &Scene) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let settled = {
-                let inner = server.shared().lock();
-                inner.core.connection_count() == terminals.len()
+                let door = server.engine().door();
+                door.connection_count() == terminals.len()
                     && terminals
                         .values()
-                        .all(|t| !t.fresh || inner.core.is_blocked(t.conn))
+                        .all(|t| !t.fresh || door.is_blocked(t.conn))
             };
             if settled {
                 // Queued requests may be answered by what later blocks do.

@@ -335,3 +335,132 @@ fn semantics_properties_match_the_model() {
     assert_eq!(group("Sometimes", Some("Eventually:")), names(&SOMETIMES));
     assert_eq!(group("Eventually:", None), names(&EVENTUALLY));
 }
+
+// ---------------------------------------------------------------------------
+// Only the engine calls the core.
+
+/// `text` without comments and without the contents of string literals:
+/// what the compiler sees as code (close enough for a name search: raw
+/// strings and char literals holding a quote are not used where it runs).
+fn code_only(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut in_string = false;
+        let mut escaped = false;
+        let mut prev = '\0';
+        for c in line.chars() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                    out.push('"');
+                }
+                continue;
+            }
+            if c == '/' && prev == '/' {
+                out.pop();
+                break;
+            }
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+            prev = c;
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Lines of `text` (1-based) whose code names the core's type `Core`
+/// (`CoreConfig`, `CoreMetrics` and the module path `core::` are fine: they
+/// are data and a namespace, not the transition function).
+fn core_mentions(text: &str) -> Vec<usize> {
+    code_only(text)
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.match_indices("Core").any(|(at, _)| {
+                let before = line[..at].chars().next_back();
+                let after = line[at + 4..].chars().next();
+                !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+            })
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// spec/ARCHITECTURE.md, "The engine": `src/engine` is the only door to the
+/// core. Outside `src/core` and `src/engine`, no code of the server, its
+/// fronts or its integration tests names the `Core` type, so none can call
+/// it; they apply `engine::Input`s through the door. The differential
+/// comparator (`src/differential.rs`) is the one exception by design: it
+/// drives the bare core against the model.
+#[test]
+fn only_the_engine_calls_the_core() {
+    let mut files = Vec::new();
+    rust_files(Path::new("src"), &mut files);
+    rust_files(Path::new("tests/it"), &mut files);
+    files.push(PathBuf::from("fuzz/fuzz_targets/server_conn.rs"));
+    let exempt = |p: &Path| {
+        p.starts_with("src/core")
+            || p.starts_with("src/engine")
+            || p == Path::new("src/differential.rs")
+    };
+    let mut checked = 0;
+    let mut violations = Vec::new();
+    for file in files.iter().filter(|f| !exempt(f)) {
+        let text = std::fs::read_to_string(file).expect("read source");
+        checked += 1;
+        for line in core_mentions(&text) {
+            violations.push(format!("{}:{line}", file.display()));
+        }
+    }
+    assert!(checked > 20, "found only {checked} sources to check");
+    assert!(
+        violations.is_empty(),
+        "only src/engine may call the core; apply an engine::Input through the door instead:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn core_mentions_are_code_not_comments_or_strings() {
+    let text = "use crate::core::{Core, Time};\n// Core in a comment\nlet s = \"Core\"; let c = CoreConfig::default();\nlet x = Core::new(cfg, now); // Core\nlet y = self.core.now();";
+    assert_eq!(core_mentions(text), vec![1, 4]);
+}
+
+/// The arrows of spec/ARCHITECTURE.md point one way: a front never imports
+/// the other front or the server that composes them, and the engine
+/// imports no front.
+#[test]
+fn fronts_do_not_import_each_other() {
+    let rules: [(&str, &[&str]); 3] = [
+        ("src/tcp", &["crate::http", "crate::server"]),
+        ("src/http", &["crate::tcp", "crate::server"]),
+        (
+            "src/engine",
+            &["crate::tcp", "crate::http", "crate::server"],
+        ),
+    ];
+    let mut violations = Vec::new();
+    for (dir, banned) in rules {
+        let mut files = Vec::new();
+        rust_files(Path::new(dir), &mut files);
+        assert!(!files.is_empty(), "no sources under {dir}");
+        for file in files {
+            let code = code_only(&std::fs::read_to_string(&file).expect("read source"));
+            for (i, line) in code.lines().enumerate() {
+                for b in banned {
+                    if line.contains(b) {
+                        violations.push(format!("{}:{}: `{b}`", file.display(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}

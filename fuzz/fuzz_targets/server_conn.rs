@@ -1,4 +1,4 @@
-//! The real per-connection server logic (`server::conn::serve_stream`) fed
+//! The real per-connection handler (`tcp::conn::serve_stream`) fed
 //! arbitrary bytes over an in-memory stream, in arbitrary chunks, on two
 //! connections that share one lock manager. After both streams end, the
 //! server must hold nothing for them: no connections, no holders (with
@@ -10,8 +10,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use arbitrary::Arbitrary;
-use dflockd::core::{CoreConfig, Effect, Time};
-use dflockd::server::{conn::serve_stream, ServerConfig, Shared};
+use dflockd::core::{CoreConfig, Effect};
+use dflockd::engine::{Engine, Input, MonotonicClock, Transport};
+use dflockd::server::ServerConfig;
+use dflockd::tcp::conn::{serve_stream, Timeouts};
 use dflockd::wire::{Reply, Request};
 use futures_lite::{AsyncRead, AsyncWrite};
 use libfuzzer_sys::fuzz_target;
@@ -92,33 +94,27 @@ fuzz_target!(|input: Input| {
             max_waiters: usize::from(input.max_waiters % 4),
             max_locks: usize::from(input.max_locks % 8) + 1,
             auth_token: input.auth.then(|| b"secret".to_vec()),
+            auth_failure_pause_ms: 0,
             ..CoreConfig::default()
         },
-        auth_failure_pause_ms: 0,
         ..ServerConfig::default()
     };
-    let shared = Shared::new(cfg, None);
-    let a = serve_stream(&shared, stream(input.a));
-    let b = serve_stream(&shared, stream(input.b));
+    let engine = Engine::new(cfg.core.clone(), None, Box::new(MonotonicClock::new()));
+    let timeouts = Timeouts::of(&cfg);
+    let a = serve_stream(&engine, timeouts, stream(input.a), None);
+    let b = serve_stream(&engine, timeouts, stream(input.b), None);
     smol::block_on(futures_lite::future::zip(a, b));
 
-    let mut inner = shared.lock();
-    assert_eq!(inner.core.connection_count(), 0, "a connection leaked");
-    let mut out = Vec::new();
-    let now = inner.core.now().max(Time(0));
-    let id = inner.core.connect(now, &mut out);
-    out.clear();
+    assert_eq!(engine.connection_count(), 0, "a connection leaked");
+    let id = engine.connect(Transport::Tcp, None);
     // A fresh connection may need to authenticate first.
-    inner.core.handle(
-        now,
+    engine.apply(
         id,
-        Request::Auth {
+        Input::Request(Request::Auth {
             token: b"secret".to_vec().into(),
-        },
-        &mut out,
+        }),
     );
-    out.clear();
-    inner.core.handle(now, id, Request::Stats, &mut out);
+    let (out, _) = engine.apply(id, Input::Request(Request::Stats));
     let json = out
         .iter()
         .find_map(|e| match e {

@@ -36,7 +36,7 @@ use std::hash::{Hash, Hasher};
 use stateright::{Model, Property, Representative};
 
 use crate::machine::{Cause, Event, Machine, RecordState};
-use crate::types::{Bug, Config, Op, Output, Space};
+use crate::types::{Bug, Config, Op, Output, Space, Why};
 
 /// The bounds and knobs of one model.
 #[derive(Clone, Debug)]
@@ -54,8 +54,16 @@ pub struct ModelConfig {
     /// Times each client's connection may drop (it reconnects as a new id).
     pub drops_per_client: u8,
     /// Times each client may cancel its blocked request (semantics §9.1,
-    /// what the HTTP front does when its client goes away).
+    /// what the HTTP front does when its client goes away), also just
+    /// after the grant reached it (the race the cancel may lose).
     pub cancels_per_client: u8,
+    /// Times each client's connection may reach its read deadline while
+    /// idle (semantics §9.2).
+    pub idles_per_client: u8,
+    /// Connections from outside that fail authentication (semantics §10);
+    /// needs `machine.auth_token`, with which every client authenticates
+    /// when it connects.
+    pub intruders: u8,
     /// Timeouts offered to `l`/`sl`.
     pub acquire_timeouts_s: Vec<u64>,
     /// Leases offered to `l`/`sl`/`e`/`se`.
@@ -93,6 +101,8 @@ impl ModelConfig {
             ops_per_client: 2,
             drops_per_client: 1,
             cancels_per_client: 0,
+            idles_per_client: 0,
+            intruders: 0,
             acquire_timeouts_s: vec![0, 2],
             leases_s: vec![1],
             two_phase: true,
@@ -113,6 +123,7 @@ impl ModelConfig {
                 fence_ceiling: u64::MAX,
                 salt_key: [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
                 max_subscriptions: 0,
+                auth_failure_pause_ms: 100,
             },
             bug: Bug::None,
         }
@@ -165,6 +176,27 @@ impl ModelConfig {
         let mut cfg = ModelConfig::ci();
         cfg.clients = 3;
         cfg.ops_per_client = 3;
+        cfg
+    }
+
+    /// The decisions the drivers used to make, now the machine's (semantics
+    /// §9.1, §9.2, §10): one lock and one semaphore, two clients that
+    /// authenticate, may idle at their read deadline and cancel a blocked
+    /// request (also after its grant), and an intruder that fails
+    /// authentication. No drops, no draining, no two-phase: those are the
+    /// CI configuration's.
+    pub fn driver() -> ModelConfig {
+        let mut cfg = ModelConfig::ci();
+        cfg.horizon_s = 3;
+        cfg.drops_per_client = 0;
+        cfg.cancels_per_client = 1;
+        cfg.idles_per_client = 1;
+        cfg.intruders = 1;
+        cfg.two_phase = false;
+        cfg.renew = false;
+        cfg.drain = false;
+        cfg.acquire_timeouts_s = vec![2];
+        cfg.machine.auth_token = Some(b"s3cret".to_vec());
         cfg
     }
 }
@@ -243,7 +275,12 @@ pub struct Client {
     pub ops_left: u8,
     pub drops_left: u8,
     pub cancels_left: u8,
+    pub idles_left: u8,
     pub pending: Option<Pending>,
+    /// With cancels: the grant that just answered its blocked request,
+    /// until the client's next action (key, token, arrival). A cancel may
+    /// still come for that request (semantics §9.1).
+    pub answered: Option<(usize, String, u64)>,
     /// (key, token) the client believes it holds (some may have expired).
     pub tokens: Vec<(usize, String)>,
     pub enqueued: Vec<(usize, Belief)>,
@@ -276,10 +313,15 @@ pub struct Ghost {
     /// (fence, expected deadline) of every live lease: grant instant + L,
     /// moved by a renew or `w` reset that the client saw succeed in time.
     pub leases: Vec<(u64, u64)>,
+    /// Arrival numbers of the requests that were cancelled (semantics §9.1).
+    pub cancelled: Vec<u64>,
     /// Names of the history properties some step violated.
     pub violated: Vec<&'static str>,
     pub step: StepFacts,
 }
+
+/// The owner of an intruder's connection in [`State::conn_owner`].
+pub const INTRUDER: usize = usize::MAX;
 
 /// A model state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -288,10 +330,20 @@ pub struct State {
     pub machine: Machine,
     pub clients: Vec<Client>,
     /// The client each connection id belongs to (`conn_owner[id - 1]`), so
-    /// that [`Representative`] can rename connections with their clients.
+    /// that [`Representative`] can rename connections with their clients;
+    /// [`INTRUDER`] for an intruder's (they keep their order, after every
+    /// client's).
     pub conn_owner: Vec<usize>,
     pub drained: bool,
+    /// Intruders that have tried their wrong `auth`.
+    pub intruded: u8,
     pub ghost: Ghost,
+}
+
+impl State {
+    fn intruders_left(&self, m: &LockModel) -> u8 {
+        m.cfg.intruders.saturating_sub(self.intruded)
+    }
 }
 
 /// One step of the model.
@@ -307,6 +359,10 @@ pub enum Action {
     Drop { client: usize },
     /// The driver cancels the client's blocked request (§9.1).
     Cancel { client: usize },
+    /// The client's connection reaches its read deadline, idle (§9.2).
+    Idle { client: usize },
+    /// A new connection sends a wrong `auth` (§10).
+    Intrude,
     Acquire {
         client: usize,
         key: usize,
@@ -351,9 +407,12 @@ const CAP_REFUSES: &str = "a full queue refuses a waiter";
 const SIGNAL_DELIVERED: &str = "a signal reaches a listener";
 const RECLAIMED: &str = "expired lease is reclaimed";
 const HEAD_SERVED: &str = "head waiter granted or timed out";
+const OWNER_KEPT: &str = "an owner is not cut for idleness";
+const AUTH_FAILURE_CLOSES: &str = "failed authentication closes after the pause";
+const CANCELLED_HOLDS_NOTHING: &str = "a cancelled request holds nothing";
 
 /// The names of the safety (`always`) properties, as in `spec/semantics.md` §11.
-pub const ALWAYS: [&str; 9] = [
+pub const ALWAYS: [&str; 12] = [
     MUTUAL_EXCLUSION,
     SEMAPHORE_WITHIN_LIMIT,
     FIFO,
@@ -363,6 +422,9 @@ pub const ALWAYS: [&str; 9] = [
     NO_WAITER_HOLDER,
     ANSWERED_ONCE,
     SIGNAL_ONCE,
+    OWNER_KEPT,
+    AUTH_FAILURE_CLOSES,
+    CANCELLED_HOLDS_NOTHING,
 ];
 /// The names of the reachability (`sometimes`) properties.
 pub const SOMETIMES: [&str; 7] = [
@@ -396,11 +458,13 @@ impl Model for LockModel {
         machine.enable_trace();
         let clients = (0..self.cfg.clients)
             .map(|_| Client {
-                conn: Some(machine.connect(0)),
+                conn: Some(self.connect(&mut machine, 0)),
                 ops_left: self.cfg.ops_per_client,
                 drops_left: self.cfg.drops_per_client,
                 cancels_left: self.cfg.cancels_per_client,
+                idles_left: self.cfg.idles_per_client,
                 pending: None,
+                answered: None,
                 tokens: Vec::new(),
                 enqueued: Vec::new(),
                 subs: Vec::new(),
@@ -412,12 +476,14 @@ impl Model for LockModel {
             clients,
             conn_owner: (0..self.cfg.clients).collect(),
             drained: false,
+            intruded: 0,
             ghost: Ghost {
                 max_fence: self.cfg.machine.fence_start,
                 last_grant_arrival: vec![0; self.cfg.keys],
                 dead_conns: Vec::new(),
                 dead_arrivals: Vec::new(),
                 leases: Vec::new(),
+                cancelled: Vec::new(),
                 violated: Vec::new(),
                 step: StepFacts::default(),
             },
@@ -438,6 +504,9 @@ impl Model for LockModel {
         if self.cfg.drain && !s.drained {
             actions.push(Action::Drain);
         }
+        if s.intruders_left(self) > 0 {
+            actions.push(Action::Intrude);
+        }
         for (ci, c) in s.clients.iter().enumerate() {
             let Some(conn) = c.conn else { continue };
             // Dropping a connection that owns nothing is indistinguishable
@@ -449,8 +518,11 @@ impl Model for LockModel {
             if c.drops_left > 0 && owns {
                 actions.push(Action::Drop { client: ci });
             }
-            if c.cancels_left > 0 && c.pending.is_some() {
+            if c.cancels_left > 0 && (c.pending.is_some() || c.answered.is_some()) {
                 actions.push(Action::Cancel { client: ci });
+            }
+            if c.idles_left > 0 && c.pending.is_none() {
+                actions.push(Action::Idle { client: ci });
             }
             if c.ops_left == 0 || c.pending.is_some() || s.machine.is_blocked(conn) {
                 continue;
@@ -514,6 +586,7 @@ impl Model for LockModel {
         s.ghost.step = StepFacts::default();
         let now = s.clock_ms;
         let mut sent = None;
+        let mut closed_early = Vec::new();
         match &action {
             Action::Tick => {
                 s.clock_ms += 1000;
@@ -548,26 +621,104 @@ impl Model for LockModel {
                 if self.cfg.machine.auto_release_on_disconnect {
                     c.tokens.clear();
                 }
+                c.answered = None;
                 c.subs.clear();
+                // Gone: a reply to the old connection reaches nobody.
+                c.conn = None;
                 s.ghost.dead_conns.push(conn);
                 s.ghost.dead_arrivals.extend(dead);
                 s.machine.disconnect(now, conn);
-                s.clients[*client].conn = Some(s.machine.connect(now));
+                // What the disconnect handed off reaches the others before
+                // the client's new connection authenticates.
+                let trace = s.machine.take_trace();
+                let closed = self.absorb(&mut s, trace, &mut None);
+                assert!(closed.is_empty(), "disconnecting closed a connection");
+                s.clients[*client].conn = Some(self.connect(&mut s.machine, now));
                 s.conn_owner.push(*client);
             }
             Action::Cancel { client } => {
                 // The `timeout` it answers (if the request was still queued)
                 // reaches the client as the end of its pending request, and
-                // the waiter joins the dead: no grant may reach it later.
+                // the waiter joins the dead: no grant may reach it later. If
+                // the grant came first, the client never learns of it (the
+                // front discards it): its token is forgotten, and the
+                // machine must release it.
                 let c = &mut s.clients[*client];
                 c.cancels_left -= 1;
                 let conn = c.conn.expect("cancel on a closed client");
+                if let Some(p) = &c.pending {
+                    s.ghost.cancelled.push(p.arrival);
+                }
+                if let Some((_, token, arrival)) = c.answered.take() {
+                    c.tokens.retain(|(_, t)| *t != token);
+                    s.ghost.cancelled.push(arrival);
+                }
                 s.machine.cancel(now, conn);
+            }
+            Action::Idle { client } => {
+                // Time first: what is due before the deadline still counts
+                // (a lease that ended makes the connection own nothing).
+                s.machine.advance(now);
+                let trace = s.machine.take_trace();
+                let closed = self.absorb(&mut s, trace, &mut None);
+                assert!(closed.is_empty(), "advancing closed a connection");
+                let c = &mut s.clients[*client];
+                c.idles_left -= 1;
+                c.answered = None;
+                let conn = c.conn.expect("idle on a closed client");
+                let owner = s.machine.owns_anything(conn);
+                let out = s.machine.read_deadline(now, conn, false);
+                let cut = out.iter().any(|o| matches!(o, Output::Close { .. }));
+                if owner && cut {
+                    violate(&mut s.ghost, OWNER_KEPT);
+                }
+                // The closing `error` answers no request: the client reads
+                // it as the end of the connection, which the close is.
+                let trace = s.machine.take_trace().into_iter().filter(
+                    |e| !matches!(e, Event::Output(Output::Reply { conn: c, .. }) if *c == conn),
+                );
+                closed_early = self.absorb(&mut s, trace.collect(), &mut None);
+            }
+            Action::Intrude => {
+                // Time first, so that the intruder's own outputs are all
+                // there is in the trace afterwards.
+                s.machine.advance(now);
+                let trace = s.machine.take_trace();
+                let closed = self.absorb(&mut s, trace, &mut None);
+                assert!(closed.is_empty(), "advancing closed a connection");
+                s.intruded += 1;
+                let conn = s.machine.connect(now);
+                s.conn_owner.push(INTRUDER);
+                let out = s.machine.handle(
+                    now,
+                    conn,
+                    Op::Auth {
+                        token: b"wrong".to_vec(),
+                    },
+                );
+                let pause_ms = self.cfg.machine.auth_failure_pause_ms;
+                let expected = [
+                    Output::Reply {
+                        conn,
+                        line: "error_auth".into(),
+                    },
+                    Output::Close {
+                        conn,
+                        why: Why::AuthFailed { pause_ms },
+                    },
+                ];
+                if out != expected {
+                    violate(&mut s.ghost, AUTH_FAILURE_CLOSES);
+                }
+                // Its outputs reach nobody; the driver closes it either way.
+                s.machine.take_trace();
+                s.machine.disconnect(now, conn);
             }
             request => {
                 let (client, op) = self.op_for(&s, request);
                 let c = &mut s.clients[client];
                 c.ops_left -= 1;
+                c.answered = None;
                 let conn = c.conn.expect("request from a closed client");
                 s.machine.handle(now, conn, op);
                 sent = Some(Sent {
@@ -579,7 +730,8 @@ impl Model for LockModel {
             }
         }
         let trace = s.machine.take_trace();
-        let closed = self.absorb(&mut s, trace, &mut sent);
+        let mut closed = self.absorb(&mut s, trace, &mut sent);
+        closed.extend(closed_early);
         if let Some(sent) = sent {
             if !sent.answered {
                 self.became_blocked(&mut s, &sent);
@@ -651,6 +803,21 @@ impl Model for LockModel {
             Property::always(SIGNAL_ONCE, |_, s: &State| {
                 !s.ghost.violated.contains(&SIGNAL_ONCE)
             }),
+            Property::always(OWNER_KEPT, |_, s: &State| {
+                !s.ghost.violated.contains(&OWNER_KEPT)
+            }),
+            Property::always(AUTH_FAILURE_CLOSES, |_, s: &State| {
+                !s.ghost.violated.contains(&AUTH_FAILURE_CLOSES)
+            }),
+            // A cancelled request is never left holding a slot, whether the
+            // cancel or the grant came first.
+            Property::always(CANCELLED_HOLDS_NOTHING, |_, s: &State| {
+                s.machine.resources().iter().all(|r| {
+                    r.holders
+                        .iter()
+                        .all(|h| !s.ghost.cancelled.contains(&h.arrival))
+                })
+            }),
             Property::sometimes(BY_RELEASE, |_, s: &State| s.ghost.step.handoff_by_release),
             Property::sometimes(BY_EXPIRY, |_, s: &State| s.ghost.step.handoff_by_expiry),
             Property::sometimes(BY_DISCONNECT, |_, s: &State| {
@@ -702,6 +869,31 @@ fn fence_of(token: &str) -> u64 {
 }
 
 impl LockModel {
+    /// Connects a client, authenticating it when the machine has a token.
+    /// The handshake's own outputs are nobody's business but the client's.
+    fn connect(&self, machine: &mut Machine, now: u64) -> u64 {
+        let conn = machine.connect(now);
+        if let Some(token) = &self.cfg.machine.auth_token {
+            let out = machine.handle(
+                now,
+                conn,
+                Op::Auth {
+                    token: token.clone(),
+                },
+            );
+            assert_eq!(
+                out,
+                [Output::Reply {
+                    conn,
+                    line: "ok".into()
+                }],
+                "a client's handshake"
+            );
+            machine.take_trace();
+        }
+        conn
+    }
+
     /// The request an action sends, and the client sending it.
     fn op_for(&self, s: &State, action: &Action) -> (usize, Op) {
         let res = |key: usize| &self.resources[key];
@@ -835,7 +1027,7 @@ impl LockModel {
                 Event::Release { fence, .. } => {
                     s.ghost.leases.retain(|&(f, _)| f != fence);
                 }
-                Event::Output(Output::Close { conn }) => closed.push(conn),
+                Event::Output(Output::Close { conn, .. }) => closed.push(conn),
                 // A push answers nothing (§12): the publisher's reply checks it.
                 Event::Output(Output::Reply { conn, line }) if line.starts_with("sig ") => {
                     if let Some(x) = sent.as_mut() {
@@ -903,7 +1095,12 @@ impl LockModel {
         };
         let words: Vec<&str> = line.split(' ').collect();
         match words.as_slice() {
-            ["ok", tok, _] => c.tokens.push((p.key, tok.to_string())),
+            ["ok", tok, _] => {
+                c.tokens.push((p.key, tok.to_string()));
+                if self.cfg.cancels_per_client > 0 {
+                    c.answered = Some((p.key, tok.to_string(), p.arrival));
+                }
+            }
             // `timeout`, or `error` from draining: the waiter is dead.
             _ => s.ghost.dead_arrivals.push(p.arrival),
         }
@@ -1080,7 +1277,7 @@ impl State {
         }
         let mut ids: Vec<(usize, u64)> = (1u64..)
             .zip(&self.conn_owner)
-            .map(|(id, &owner)| (place[owner], id))
+            .map(|(id, &owner)| (place.get(owner).copied().unwrap_or(INTRUDER), id))
             .collect();
         ids.sort_unstable();
         let mut new_id = vec![0; ids.len()];
@@ -1111,6 +1308,7 @@ impl State {
             clients,
             conn_owner: ids.iter().map(|&(owner, _)| owner).collect(),
             drained: self.drained,
+            intruded: self.intruded,
             ghost,
         }
     }

@@ -44,4 +44,4 @@ pub mod types;
 
 pub use machine::{Cause, Event, Machine};
 pub use stats::StatsView;
-pub use types::{Bug, Config, Op, Output, Space};
+pub use types::{Bug, Config, Op, Output, Space, Why};

@@ -17,7 +17,9 @@
 
 use crate::stats::{self, StatsView};
 use crate::token;
-use crate::types::{Bug, Config, Op, Output, Space};
+use crate::types::{Bug, Config, Op, Output, Space, Why};
+
+mod driver;
 
 /// One holder of a resource slot (§2).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -99,6 +101,10 @@ pub struct Conn {
     pub pushed: usize,
     /// Closed as a slow consumer (§12, D13): it receives nothing more.
     pub evicted: bool,
+    /// The fence of the grant that answered its last blocked request, until
+    /// its next request or read deadline (§9.1: what a cancel that lost the
+    /// race releases).
+    pub answered: Option<u64>,
 }
 
 /// One signal subscription (§12).
@@ -262,6 +268,7 @@ impl Machine {
             closing: false,
             pushed: 0,
             evicted: false,
+            answered: None,
         });
         id
     }
@@ -284,11 +291,13 @@ impl Machine {
             .expect("request from an unknown connection");
         assert!(!self.conns[c].closing, "request after Close");
         assert!(!self.is_blocked(conn), "request from a blocked connection");
+        // §9.1: a grant is remembered only until the connection's next input.
+        self.conns[c].answered = None;
 
         // §10: once draining, every request is refused and the connection closed.
         if self.draining {
             self.reply(&mut out, conn, "error_draining");
-            self.close(&mut out, conn);
+            self.close(&mut out, conn, Why::Draining);
             return out;
         }
         // §10: with an auth token, the first request must be a matching `auth`.
@@ -302,7 +311,10 @@ impl Machine {
                 self.reply(&mut out, conn, "ok");
             } else {
                 self.reply(&mut out, conn, "error_auth");
-                self.close(&mut out, conn);
+                if self.bug != Bug::AuthFailureStaysOpen {
+                    let pause_ms = self.cfg.auth_failure_pause_ms;
+                    self.close(&mut out, conn, Why::AuthFailed { pause_ms });
+                }
             }
             return out;
         }
@@ -355,7 +367,7 @@ impl Machine {
             Op::Invalid { fatal } => {
                 self.reply(&mut out, conn, "error");
                 if fatal {
-                    self.close(&mut out, conn);
+                    self.close(&mut out, conn, Why::Overlong);
                 }
             }
         }
@@ -431,12 +443,17 @@ impl Machine {
         out
     }
 
-    /// §9.1: the driver cancels `conn`'s blocked request: it ends as its
-    /// waiter timing out at `now_ms` would. Nothing happens when `conn` is
-    /// unknown or not blocked.
+    /// §9.1: the driver cancels `conn`'s blocked request, as one input
+    /// whichever came first, the cancel or the grant: a request still
+    /// blocked ends as its waiter timing out at `now_ms` would; a grant that
+    /// answered it (with nothing from `conn` since) is released. Nothing
+    /// happens otherwise, or when `conn` is unknown.
     pub fn cancel(&mut self, now_ms: u64, conn: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.advance_to(now_ms, &mut out);
+        let answered = self
+            .conn_index(conn)
+            .and_then(|c| self.conns[c].answered.take());
         let blocked = self.resources.iter().find_map(|r| {
             r.waiters
                 .iter()
@@ -451,6 +468,10 @@ impl Machine {
                 self.reply(&mut out, conn, "timeout");
             } else {
                 self.time_out(now_ms, arrival, &mut out);
+            }
+        } else if let Some(fence) = answered {
+            if self.bug != Bug::CancelIgnoresGrant {
+                self.release_answered(now_ms, conn, fence, &mut out);
             }
         }
         self.check_invariants();
@@ -1081,7 +1102,11 @@ impl Machine {
             }
             let token = self.grant(ri, w.conn, w.lease_s, w.arrival, at, true, cause);
             if w.deadline_ms.is_some() {
-                // A blocked `l`/`sl`/`w`/`sw` is answered.
+                // A blocked `l`/`sl`/`w`/`sw` is answered, and the grant
+                // remembered for a cancel that loses the race (§9.1).
+                if let Some(c) = self.conn_index(w.conn) {
+                    self.conns[c].answered = Some(self.last_fence);
+                }
                 if self.bug != Bug::GrantUntold {
                     self.reply(out, w.conn, &format!("ok {token} {}", w.lease_s));
                 }
@@ -1293,11 +1318,11 @@ impl Machine {
         out.push(o);
     }
 
-    fn close(&mut self, out: &mut Vec<Output>, conn: u64) {
+    fn close(&mut self, out: &mut Vec<Output>, conn: u64, why: Why) {
         if let Some(c) = self.conn_index(conn) {
             self.conns[c].closing = true;
         }
-        let o = Output::Close { conn };
+        let o = Output::Close { conn, why };
         self.event(Event::Output(o.clone()));
         out.push(o);
     }
@@ -1399,7 +1424,7 @@ impl Machine {
         if let Some(c) = self.conn_index(conn) {
             self.conns[c].evicted = true;
         }
-        self.close(out, conn);
+        self.close(out, conn, Why::SlowConsumer);
     }
 
     /// Delivery (§12): (1) exact ungrouped listeners, (2) exact groups,

@@ -1,7 +1,7 @@
 //! `dflockd-model`: runs the stateright model of `spec/semantics.md`.
 //!
 //! ```text
-//! dflockd-model check [--preset ci|signals|cancels-and-drops|nightly]
+//! dflockd-model check [--preset ci|signals|cancels-and-drops|driver|nightly]
 //!                     [--clients N] [--keys K] [--depth D] [--horizon S]
 //!                     [--ops O] [--drops R] [--cancels C] [--drain] [--no-drain] [--eager-timers]
 //!                     [--no-auto-release] [--max-waiters W] [--signals] [--bug NAME]
@@ -21,7 +21,10 @@
 //! needs it (see `ModelConfig::nightly`). `explore` serves
 //! stateright's web explorer, on loopback unless told otherwise. `cluster`
 //! checks the cluster-mode model (`spec/cluster.md` §8), starting from the
-//! CI configuration (`--orphans`: the orphan-TTL one).
+//! CI configuration (`--orphans`: the orphan-TTL one). `--preset driver`
+//! (or `--driver`) starts from the configuration of the decisions the
+//! drivers used to make (read deadlines, failed authentication, cancel
+//! versus grant); options after a preset adjust it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -32,7 +35,7 @@ use dflockd_model::Bug;
 use stateright::{Checker, Model};
 
 const USAGE: &str =
-    "usage: dflockd-model check|explore [--preset ci|signals|cancels-and-drops|nightly] \
+    "usage: dflockd-model check|explore [--preset ci|signals|cancels-and-drops|driver|nightly] \
 [--clients N] [--keys K] [--depth D] [--horizon S] [--ops O] [--drops R] [--cancels C] [--drain] [--no-drain] \
 [--eager-timers] [--no-auto-release] [--max-waiters W] [--signals] [--bug NAME] [--symmetry] \
 [--threads T] [--addr HOST:PORT]";
@@ -69,6 +72,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                     "ci" => ModelConfig::ci(),
                     "signals" => ModelConfig::signals(),
                     "cancels-and-drops" => ModelConfig::cancels_and_drops(),
+                    "driver" => ModelConfig::driver(),
                     "nightly" => ModelConfig::nightly(),
                     other => return Err(format!("unknown preset {other}")),
                 }
@@ -80,6 +84,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             "--ops" => cfg.ops_per_client = number(value()?)?,
             "--drops" => cfg.drops_per_client = number(value()?)?,
             "--cancels" => cfg.cancels_per_client = number(value()?)?,
+            "--driver" => cfg = ModelConfig::driver(),
             "--max-waiters" => cfg.machine.max_waiters = number(value()?)?,
             "--threads" => threads = number(value()?)?,
             "--addr" => addr = value()?.clone(),

@@ -4,9 +4,9 @@
 //! A [`Monitor`] is told what each connection sent and what came back, at
 //! the instant it came back, and reports the first violation under its §11
 //! name. It sees only what clients see: requests, reply lines, and when
-//! connections go away (a cancelled request, §9.1, ends with its `timeout`
-//! like any other). It never looks inside the machine
-//! it watches, so it can watch the production core as well as
+//! connections go away or cancel (a cancelled request, §9.1, ends with its
+//! `timeout` like any other, or releases the grant that answered it first:
+//! [`Monitor::cancel`]). It never looks inside the machine it watches, so it can watch the production core as well as
 //! [`crate::Machine`]; the differential tests (`src/differential.rs`) run
 //! it over the core on every scenario.
 //!
@@ -105,6 +105,13 @@ enum Record {
 struct Conn {
     id: u64,
     outstanding: Option<Outstanding>,
+    /// The token of the grant that answered its last blocked request, until
+    /// it sends anything else: what a cancel that lost the race releases
+    /// (§9.1).
+    answered: Option<String>,
+    /// Its read deadline passed in the current call: an `error` that
+    /// answers no request may come before the close (§9.2).
+    idle_error: bool,
     records: Vec<(Space, Vec<u8>, Record)>,
 }
 
@@ -146,6 +153,8 @@ impl Monitor {
         self.conns.push(Conn {
             id: conn,
             outstanding: None,
+            answered: None,
+            idle_error: false,
             records: Vec::new(),
         });
     }
@@ -169,12 +178,44 @@ impl Monitor {
             if c.outstanding.is_some() {
                 return self.fail(ANSWERED_ONCE, format!("conn {conn} sent while waiting"));
             }
+            c.answered = None;
             c.outstanding = Some(Outstanding {
                 op: op.clone(),
                 blocked_until: None,
                 arrival: None,
                 limit,
             });
+        }
+    }
+
+    /// `conn`'s driver cancels its blocked request (§9.1; call this before
+    /// the call that applies it, after the timers due at `now` have run).
+    /// A request still blocked ends with its `timeout` like any other; if
+    /// a grant answered it first, with nothing sent since, that lease ends
+    /// now: the server releases it.
+    pub fn cancel(&mut self, conn: u64) {
+        let Some(c) = self.conn_mut(conn) else {
+            return;
+        };
+        if c.outstanding.is_some() {
+            return;
+        }
+        if let Some(token) = c.answered.take() {
+            self.leases.retain(|l| l.token != token);
+            for c in &mut self.conns {
+                c.records
+                    .retain(|r| !matches!(&r.2, Record::Acquired { token: t } if *t == token));
+            }
+        }
+    }
+
+    /// `conn`'s read deadline passed (§9.2; call this before the call that
+    /// applies it): an idle connection that owns nothing is told `error`
+    /// and closed (`error_draining` while draining), which answers no
+    /// request.
+    pub fn read_deadline(&mut self, conn: u64) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.idle_error = true;
         }
     }
 
@@ -220,6 +261,7 @@ impl Monitor {
         let mut joined = Vec::new();
         let mut lost = Vec::new();
         for c in &mut self.conns {
+            c.idle_error = false;
             let Some(o) = c.outstanding.as_mut() else {
                 continue;
             };
@@ -303,6 +345,10 @@ impl Monitor {
             };
             return self.fail(property, format!("{line:?} to conn {conn}, which is gone"));
         };
+        if c.outstanding.is_none() && c.idle_error && line.starts_with("error") {
+            c.idle_error = false;
+            return;
+        }
         let Some(o) = c.outstanding.take() else {
             return self.fail(
                 ANSWERED_ONCE,
@@ -310,6 +356,15 @@ impl Monitor {
             );
         };
         let words: Vec<&str> = line.split(' ').collect();
+        // A grant that ends a blocked `l` or `w` is what a cancel releases.
+        c.answered = match (&o.op, words.as_slice()) {
+            (Op::Acquire { .. } | Op::Wait { .. }, ["ok", token, _])
+                if o.blocked_until.is_some() =>
+            {
+                Some(token.to_string())
+            }
+            _ => None,
+        };
         match (&o.op, words.as_slice()) {
             (Op::Acquire { space, key, .. }, ["ok", token, lease]) => {
                 self.grant(now, conn, *space, key, &o, token, lease);

@@ -33,6 +33,9 @@ pub struct Config {
     pub salt_key: [u64; 2],
     /// Listen registrations per connection; 0 = unlimited (§12, D12).
     pub max_subscriptions: usize,
+    /// How long after a failed authentication its connection is closed
+    /// (§10; slows down guessing).
+    pub auth_failure_pause_ms: u64,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             fence_ceiling: u64::MAX,
             salt_key: [0, 0],
             max_subscriptions: 0,
+            auth_failure_pause_ms: 100,
         }
     }
 }
@@ -132,9 +136,27 @@ pub enum Output {
     /// nothing and counts against `conn`'s push queue until the driver
     /// reports it written ([`crate::Machine::pushes_written`]).
     Reply { conn: u64, line: String },
-    /// Close `conn` after everything sent before. The driver then reports
-    /// the closed connection back with `disconnect`.
-    Close { conn: u64 },
+    /// Close `conn` after everything sent before, for `why`. The driver
+    /// then reports the closed connection back with `disconnect`.
+    Close { conn: u64, why: Why },
+}
+
+/// Why the machine closes a connection: what the driver logs, and for a
+/// failed authentication, how long it waits before closing (§10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Why {
+    /// A request after draining began (§10).
+    Draining,
+    /// A failed authentication: closed `pause_ms` after the reply (§10).
+    AuthFailed { pause_ms: u64 },
+    /// An overlong line (D1).
+    Overlong,
+    /// A started request not complete at its read deadline (§9.2, D11).
+    Stalled,
+    /// An idle connection that owns nothing, at its read deadline (§9.2).
+    Idle,
+    /// A slow consumer with a full push queue (§12, D13).
+    SlowConsumer,
 }
 
 /// Deliberately broken variants of the machine, used only to show that
@@ -181,6 +203,16 @@ pub enum Bug {
     /// Signal delivery forgets which connections an ungrouped route already
     /// reached, so a connection subscribed twice gets the signal twice (§12).
     SignalTwice,
+    // ----- the decisions a driver used to make (§9.1, §9.2, §10) -----
+    /// A read deadline closes an idle connection even when it owns
+    /// something, as upstream did (§9.2, D11).
+    IdleCutsOwner,
+    /// A failed authentication answers `error_auth` but leaves the
+    /// connection open, free to guess again (§10).
+    AuthFailureStaysOpen,
+    /// A cancel that lost the race to the grant does nothing: the slot
+    /// stays held for a request nobody waits for (§9.1).
+    CancelIgnoresGrant,
 
     // The variants below change replies, not the properties the stateright
     // model checks; the differential tests (`tests/differential.rs`) catch
@@ -206,7 +238,7 @@ pub enum Bug {
 impl Bug {
     /// The broken variants the stateright model catches (see
     /// `model/tests/model/check.rs`).
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 18] = [
         Bug::GrantFromBack,
         Bug::DoubleGrant,
         Bug::LeaseNeverExpires,
@@ -222,6 +254,9 @@ impl Bug {
         Bug::TimeoutUntold,
         Bug::GrantUntold,
         Bug::SignalTwice,
+        Bug::IdleCutsOwner,
+        Bug::AuthFailureStaysOpen,
+        Bug::CancelIgnoresGrant,
     ];
 
     /// The broken variants only the differential comparator catches (see

@@ -38,6 +38,7 @@
 
 mod args;
 mod resolve;
+mod settings;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -46,12 +47,11 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use settings::{HttpSettings, ServerConfig};
 pub use table::{Setting, MAX_DURATION_S, SETTINGS};
 
 use crate::core::CoreConfig;
-use crate::http::HttpSettings;
 use crate::logging::Format as LogFormat;
-use crate::server::ServerConfig;
 
 /// The program name used in `--help` output.
 const COMMAND: &str = "dflockd";
@@ -264,7 +264,7 @@ impl std::error::Error for ConfigError {}
 
 /// TLS certificate and key paths. The type holds both or neither, which is
 /// the rule upstream enforces at startup (v1.10.1+). The files themselves
-/// are read and checked by [`crate::server::tls::load`] when `main` starts.
+/// are read and checked by [`crate::net::tls::load`] when `main` starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -452,7 +452,7 @@ impl Config {
     }
 
     /// The core's configuration. The fence values come from the fence
-    /// policy (`server::fence_file`) and the salt key from the OS RNG, so
+    /// policy (`engine::fence`) and the salt key from the OS RNG, so
     /// the caller supplies them.
     pub fn core_config(
         &self,
@@ -472,6 +472,7 @@ impl Config {
             fence_ceiling,
             salt_key,
             max_subscriptions: self.max_subscriptions,
+            auth_failure_pause_ms: crate::core::AUTH_FAILURE_PAUSE_MS,
             key_events: self.key_events,
         }
     }

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::table::{self as t, Default, Kind, Setting};
+use super::HttpSettings;
 use super::{
     check_token, join_host_port, parse_bool, read_token_file, Config, ConfigError, Effective,
     HttpConfig, Origin, TlsConfig,
 };
-use crate::http::HttpSettings;
 use crate::logging::Format as LogFormat;
 
 /// A value found on the command line or in the environment, not yet parsed.

@@ -30,11 +30,24 @@ mod tests;
 pub use metrics::CoreMetrics;
 pub use signals::PUSH_QUEUE_FRAMES;
 pub use state::introspect;
-pub use state::{Core, CoreConfig, Effect, Owned};
+pub use state::{CloseReason, Core, CoreConfig, Effect, Owned, AUTH_FAILURE_PAUSE_MS};
 
 /// Milliseconds since an arbitrary origin (the server's start). Monotonic:
 /// the core panics if it ever goes back.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Time(pub u64);
 
 impl Time {
@@ -59,8 +72,17 @@ impl Time {
 
 /// A connection (TCP) or session (HTTP) identity. Allocated by the core from
 /// a counter starting at 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// Never a connection (ids start at 1): the engine itself, in log
+    /// entries of inputs that belong to no connection.
+    pub const ENGINE: ConnId = ConnId(0);
+}
 
 /// Derives the salt half of a fencing token from the fence and a secret key
 /// (SipHash-2-4). Deterministic so the model and tests can predict tokens;

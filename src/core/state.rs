@@ -87,6 +87,9 @@ pub struct CoreConfig {
     pub salt_key: [u64; 2],
     /// Listen registrations per connection; 0 = unlimited (`--max-subscriptions`).
     pub max_subscriptions: usize,
+    /// How long after a failed authentication its connection is closed
+    /// (slows down guessing; upstream waits about 100 ms).
+    pub auth_failure_pause_ms: u64,
     /// Recent events kept for key views, over all keys; 0 = none (`--key-events`).
     pub key_events: usize,
 }
@@ -108,10 +111,15 @@ impl Default for CoreConfig {
             fence_ceiling: u64::MAX,
             salt_key: [0, 0],
             max_subscriptions: t::MAX_SUBSCRIPTIONS.count_default(),
+            auth_failure_pause_ms: AUTH_FAILURE_PAUSE_MS,
             key_events: t::KEY_EVENTS.count_default(),
         }
     }
 }
+
+/// The pause before a connection that failed authentication is closed, as
+/// upstream's (about 100 ms); not a setting of its own.
+pub const AUTH_FAILURE_PAUSE_MS: u64 = 100;
 
 /// What a connection owns (see [`Core::owned`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -131,8 +139,9 @@ pub struct Owned {
 pub enum Effect {
     /// Send this reply line to `conn` (its answer to its oldest unanswered request).
     Reply { conn: ConnId, reply: Reply },
-    /// Close `conn` after sending everything queued for it before this effect.
-    Close { conn: ConnId },
+    /// Close `conn` after sending everything queued for it before this
+    /// effect, for `reason` (which also says how long to wait first).
+    Close { conn: ConnId, reason: CloseReason },
     /// Push `sig <channel> <payload>` to `conn`, in order with its replies.
     /// The push counts as outstanding for `conn` until the driver reports it
     /// written ([`Core::pushes_written`]).
@@ -141,6 +150,38 @@ pub enum Effect {
         channel: Key,
         payload: std::sync::Arc<[u8]>,
     },
+}
+
+/// Why the core closes a connection. The driver logs by it, and waits
+/// before closing when the reason says so; both are decided here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// A request after the drain began (`error_draining`, protocol.md §2.6).
+    Draining,
+    /// A failed authentication (`error_auth`, protocol.md §2.2). The
+    /// connection is closed `pause_ms` after the reply
+    /// (`CoreConfig::auth_failure_pause_ms`), which slows down guessing.
+    AuthFailed { pause_ms: u64 },
+    /// An overlong line (D1).
+    Overlong,
+    /// A started request not complete at its read deadline (D11).
+    Stalled,
+    /// An idle connection that owns nothing, at its read deadline (D11).
+    Idle,
+    /// A slow consumer whose push queue was full (D13). Nothing is sent to
+    /// it after its close.
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// How long the driver waits after writing what precedes the close
+    /// before it closes the socket.
+    pub fn linger_ms(self) -> u64 {
+        match self {
+            CloseReason::AuthFailed { pause_ms } => pause_ms,
+            _ => 0,
+        }
+    }
 }
 
 /// Index of a resource in the slab.
@@ -232,6 +273,10 @@ struct Conn {
     records: HashMap<ResId, Record, IdBuild>,
     /// The waiter this connection is blocked on, if any.
     blocked: Option<u64>,
+    /// The fence of the grant that answered its last blocked request, kept
+    /// until its next input: what a cancel that lost the race releases
+    /// (semantics §9.1).
+    answered: Option<u64>,
     /// Signal subscriptions: (pattern, group), group empty when ungrouped.
     subs: BTreeSet<(Key, Box<[u8]>)>,
     /// Pushes emitted and not yet reported written by the driver.
@@ -342,7 +387,10 @@ fn evict(conns: &mut HashMap<ConnId, Conn, IdBuild>, conn: ConnId, out: &mut Vec
     let newly = conns
         .get_mut(&conn)
         .is_some_and(|c| !std::mem::replace(&mut c.evicted, true));
-    out.push(Effect::Close { conn });
+    out.push(Effect::Close {
+        conn,
+        reason: CloseReason::SlowConsumer,
+    });
     newly
 }
 
@@ -545,6 +593,12 @@ impl Core {
         self.draining
     }
 
+    /// Requests blocked in a queue right now, over all connections: the
+    /// waiters with a deadline. O(1).
+    pub fn blocked_requests(&self) -> usize {
+        self.deadlines.len()
+    }
+
     /// The last fence issued.
     pub fn last_fence(&self) -> u64 {
         self.fence
@@ -599,10 +653,10 @@ impl Core {
             .get_mut(&conn)
             .expect("input for an unknown connection");
         assert!(c.blocked.is_none(), "request from a blocked connection");
+        c.answered = None;
         if draining {
-            status(out, conn, Status::ErrorDraining);
-            out.push(Effect::Close { conn });
-            return;
+            // `error_draining` and a close.
+            return self.closing_answer(conn, CloseReason::Draining, out);
         }
         if !c.authed {
             let ok = match (&req, &self.cfg.auth_token) {
@@ -613,8 +667,8 @@ impl Core {
                 c.authed = true;
                 reply(out, conn, Reply::Ok);
             } else {
-                status(out, conn, Status::ErrorAuth);
-                out.push(Effect::Close { conn });
+                // Not authenticated: `error_auth`, closed after the pause.
+                self.closing_answer(conn, CloseReason::Overlong, out);
             }
             return;
         }
@@ -669,26 +723,61 @@ impl Core {
         }
     }
 
-    /// A request from `conn` that could not be parsed, or a read timeout.
-    /// `fatal` requests (overlong line, read timeout) close the connection.
+    /// A request from `conn` that could not be parsed: `error`, and for a
+    /// `fatal` one (an overlong line) a close (D1).
     pub fn handle_invalid(&mut self, now: Time, conn: ConnId, fatal: bool, out: &mut Vec<Effect>) {
         self.advance(now, out);
+        let draining = self.draining;
         let c = self.conn_mut(conn);
         assert!(c.blocked.is_none(), "request from a blocked connection");
-        let authed = c.authed;
-        if self.draining {
-            status(out, conn, Status::ErrorDraining);
-            out.push(Effect::Close { conn });
-        } else if !authed {
-            status(out, conn, Status::ErrorAuth);
-            out.push(Effect::Close { conn });
+        c.answered = None;
+        if fatal || draining || !c.authed {
+            self.closing_answer(conn, CloseReason::Overlong, out);
         } else {
             status(out, conn, Status::Error);
-            if fatal {
-                out.push(Effect::Close { conn });
-            }
         }
         self.finish();
+    }
+
+    /// `conn`'s read deadline passed (protocol.md §2.4, D11); `partial`
+    /// when part of a request was buffered, otherwise it sat idle since its
+    /// last answer (or since it opened). A started request that stalled is
+    /// cut: `error` and a close. An idle connection that owns something (a
+    /// held slot, a queue position, a two-phase record, a subscription) is
+    /// kept: nothing is answered, and the driver starts a new period. Any
+    /// other idle connection is closed with `error`. (`error_auth` before
+    /// authentication, `error_draining` once draining, as for any request.)
+    /// A blocked connection has no read deadline; nothing happens. O(1).
+    pub fn read_deadline(&mut self, now: Time, conn: ConnId, partial: bool, out: &mut Vec<Effect>) {
+        self.advance(now, out);
+        if self.is_blocked(conn) || !self.conns.contains_key(&conn) {
+            return self.finish();
+        }
+        self.conn_mut(conn).answered = None;
+        if partial {
+            self.closing_answer(conn, CloseReason::Stalled, out);
+        } else if !self.owns_anything(conn) {
+            self.closing_answer(conn, CloseReason::Idle, out);
+        }
+        self.finish();
+    }
+
+    /// The last answer to `conn` before the core closes it: `error_draining`
+    /// and [`CloseReason::Draining`] while draining, else `error_auth` and
+    /// [`CloseReason::AuthFailed`] (a close after the configured pause)
+    /// before authentication, else `error` and `reason`.
+    fn closing_answer(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Effect>) {
+        let authed = self.conns.get(&conn).is_some_and(|c| c.authed);
+        let (s, reason) = if self.draining {
+            (Status::ErrorDraining, CloseReason::Draining)
+        } else if !authed {
+            let pause_ms = self.cfg.auth_failure_pause_ms;
+            (Status::ErrorAuth, CloseReason::AuthFailed { pause_ms })
+        } else {
+            (Status::Error, reason)
+        };
+        status(out, conn, s);
+        out.push(Effect::Close { conn, reason });
     }
 
     /// Starts graceful shutdown: every blocked request answers `error`;
@@ -854,6 +943,34 @@ impl Core {
         self.advance(now, out);
         if let Some(w) = self.conns.get(&conn).and_then(|c| c.blocked) {
             self.time_out(now, w, out);
+        }
+        self.finish();
+    }
+
+    /// Withdraws `conn`'s blocked request as one input (semantics §9.1):
+    /// if it is still blocked, it is cancelled as [`Core::cancel_blocked`]
+    /// does (`timeout` for `conn`, which the driver discards); if the grant
+    /// came first (its reply is on its way to `conn`) and nothing else came
+    /// from `conn` since, that grant is released, with hand-off, as an
+    /// `r` with its token would. Nothing happens otherwise. O(log n).
+    pub fn cancel(&mut self, now: Time, conn: ConnId, out: &mut Vec<Effect>) {
+        self.advance(now, out);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return self.finish();
+        };
+        let answered = c.answered.take();
+        if let Some(w) = c.blocked {
+            self.time_out(now, w, out);
+        } else if let Some(fence) = answered {
+            if self
+                .holders
+                .get(&fence)
+                .is_some_and(|h| h.conn == conn && self.live(h))
+            {
+                let res = self.remove_holder(now, fence, None);
+                self.touch(res, now);
+                self.hand_off(now, res, out);
+            }
         }
         self.finish();
     }
@@ -1397,7 +1514,9 @@ impl Core {
                 .grant(at, res, conn, lease_s, Some(queued))
                 .expect("fence headroom checked above");
             if blocking {
-                self.conn_mut(conn).blocked = None;
+                let c = self.conn_mut(conn);
+                c.blocked = None;
+                c.answered = Some(token.fence);
                 reply(out, conn, Reply::Granted { token, lease_s });
             } else if two_phase {
                 self.set_record(

@@ -12,7 +12,7 @@
 //! the core and through a naive reference transition function written from
 //! `spec/semantics.md`, and checks invariants after every step.
 
-use super::{token_salt, ConnId, Core, CoreConfig, Effect, Time};
+use super::{token_salt, CloseReason, ConnId, Core, CoreConfig, Effect, Time};
 use crate::wire::{Key, Reply, Request, Space, Status, Token};
 use serde_json::{json, Value};
 
@@ -172,14 +172,26 @@ fn show_reply(reply: &Reply) -> String {
 
 fn effect_conn(e: &Effect) -> ConnId {
     match e {
-        Effect::Reply { conn, .. } | Effect::Close { conn } | Effect::Push { conn, .. } => *conn,
+        Effect::Reply { conn, .. } | Effect::Close { conn, .. } | Effect::Push { conn, .. } => {
+            *conn
+        }
     }
 }
 
 fn show_effect(e: &Effect) -> String {
     match e {
         Effect::Reply { conn, reply } => format!("c{}: {}", conn.0, show_reply(reply)),
-        Effect::Close { conn } => format!("c{}: close", conn.0),
+        Effect::Close { conn, reason } => {
+            let why = match reason {
+                CloseReason::Draining => "draining".to_string(),
+                CloseReason::AuthFailed { pause_ms } => format!("auth {pause_ms}ms"),
+                CloseReason::Overlong => "overlong".to_string(),
+                CloseReason::Stalled => "stalled".to_string(),
+                CloseReason::Idle => "idle".to_string(),
+                CloseReason::SlowConsumer => "slow".to_string(),
+            };
+            format!("c{}: close ({why})", conn.0)
+        }
         Effect::Push {
             conn,
             channel,
@@ -225,6 +237,10 @@ enum In {
     Connect,
     /// `pushes_written(conn, n)`: the driver wrote `n` of `conn`'s pushes.
     Written(u64, usize),
+    /// `read_deadline(conn, partial)`.
+    Deadline(u64, bool),
+    /// `cancel(conn)`.
+    Cancel(u64),
 }
 
 fn c(conn: u64, req: Request) -> In {
@@ -271,6 +287,11 @@ impl H {
             In::Drain => self.core.start_drain(now, &mut out),
             In::Raise(ceiling) => self.core.raise_fence_ceiling(now, ceiling, &mut out),
             In::Written(conn, n) => self.core.pushes_written(ConnId(conn), n),
+            In::Deadline(conn, partial) => {
+                self.core
+                    .read_deadline(now, ConnId(conn), partial, &mut out)
+            }
+            In::Cancel(conn) => self.core.cancel(now, ConnId(conn), &mut out),
             In::Connect => {
                 let id = self.core.connect(now, &mut out);
                 out.push(Effect::Reply {
@@ -1364,13 +1385,37 @@ fn auth_first_request_must_be_auth_with_the_right_token() {
             (0, c(1, auth("sekrit")), "c1: ok"),
             (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
             (0, c(1, auth("sekrit")), "c1: error"),
-            (0, c(2, auth("wrong")), "c2: error_auth | c2: close"),
-            (0, c(3, auth("sekri")), "c3: error_auth | c3: close"),
-            (0, c(4, auth("sekrit2")), "c4: error_auth | c4: close"),
-            (0, c(5, l("a", 0, 10)), "c5: error_auth | c5: close"),
-            (0, c(6, Request::Ping), "c6: error_auth | c6: close"),
-            (0, In::Bad(7, false), "c7: error_auth | c7: close"),
-            (0, c(8, auth("")), "c8: error_auth | c8: close"),
+            (
+                0,
+                c(2, auth("wrong")),
+                "c2: error_auth | c2: close (auth 100ms)",
+            ),
+            (
+                0,
+                c(3, auth("sekri")),
+                "c3: error_auth | c3: close (auth 100ms)",
+            ),
+            (
+                0,
+                c(4, auth("sekrit2")),
+                "c4: error_auth | c4: close (auth 100ms)",
+            ),
+            (
+                0,
+                c(5, l("a", 0, 10)),
+                "c5: error_auth | c5: close (auth 100ms)",
+            ),
+            (
+                0,
+                c(6, Request::Ping),
+                "c6: error_auth | c6: close (auth 100ms)",
+            ),
+            (
+                0,
+                In::Bad(7, false),
+                "c7: error_auth | c7: close (auth 100ms)",
+            ),
+            (0, c(8, auth("")), "c8: error_auth | c8: close (auth 100ms)"),
         ],
     );
 }
@@ -1408,13 +1453,29 @@ fn draining_answers_blocked_requests_error_then_error_draining_and_close() {
     run(
         &mut h,
         vec![
-            (1000, c(1, r("a", 1)), "c1: error_draining | c1: close"),
-            (1000, c(5, Request::Ping), "c5: error_draining | c5: close"),
-            (1000, In::Bad(6, true), "c6: error_draining | c6: close"),
+            (
+                1000,
+                c(1, r("a", 1)),
+                "c1: error_draining | c1: close (draining)",
+            ),
+            (
+                1000,
+                c(5, Request::Ping),
+                "c5: error_draining | c5: close (draining)",
+            ),
+            (
+                1000,
+                In::Bad(6, true),
+                "c6: error_draining | c6: close (draining)",
+            ),
             // Leases still expire; the remaining two-phase waiter is granted
             // silently, nobody else is.
             (10000, In::Tick, ""),
-            (10000, c(4, w("a", 0)), "c4: error_draining | c4: close"),
+            (
+                10000,
+                c(4, w("a", 0)),
+                "c4: error_draining | c4: close (draining)",
+            ),
         ],
     );
 }
@@ -1427,9 +1488,118 @@ fn invalid_request_non_fatal_keeps_the_connection_fatal_closes_it() {
         vec![
             (0, In::Bad(1, false), "c1: error"),
             (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
-            (0, In::Bad(2, true), "c2: error | c2: close"),
+            (0, In::Bad(2, true), "c2: error | c2: close (overlong)"),
         ],
     );
+}
+
+// ----- read deadlines, cancel (the decisions drivers used to make) --------------------------------------
+
+/// Semantics §9.2, D11: an owner stays at its read deadline (a slot, a
+/// two-phase record even after its lease, a subscription); an idle
+/// connection that owns nothing is closed with `error`; a stalled request
+/// is cut, owner or not; a blocked connection has no read deadline.
+#[test]
+fn read_deadline_keeps_owners_and_cuts_the_rest() {
+    let listen = Request::Listen {
+        pattern: key("x"),
+        group: None,
+    };
+    check(
+        cfg(),
+        5,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(4, listen), "c4: ok"),
+            (0, c(5, l("a", 60, 10)), ""),
+            (5000, In::Deadline(1, false), ""),
+            (5000, In::Deadline(4, false), ""),
+            (5000, In::Deadline(5, false), ""),
+            (5000, In::Deadline(2, false), "c2: error | c2: close (idle)"),
+            (5000, c(3, e("b", 10)), "c3: acquired #2 10"),
+            // c1's lease ended at 10 s (and c5 got the lock): c1 owns nothing.
+            (
+                11000,
+                In::Deadline(1, false),
+                "c1: error | c1: close (idle) | c5: ok #3 10",
+            ),
+            (30000, In::Deadline(3, false), ""),
+            (
+                30000,
+                In::Deadline(3, true),
+                "c3: error | c3: close (stalled)",
+            ),
+        ],
+    );
+}
+
+/// Before authentication the closing answer is `error_auth`, and the close
+/// waits the configured pause; while draining it is `error_draining`.
+#[test]
+fn read_deadline_before_auth_and_while_draining() {
+    let cfg = CoreConfig {
+        auth_failure_pause_ms: 250,
+        ..auth_cfg()
+    };
+    check(
+        cfg,
+        3,
+        vec![
+            (0, c(1, auth("sekrit")), "c1: ok"),
+            (
+                0,
+                In::Deadline(2, true),
+                "c2: error_auth | c2: close (auth 250ms)",
+            ),
+            (
+                0,
+                c(3, Request::Ping),
+                "c3: error_auth | c3: close (auth 250ms)",
+            ),
+            (1000, In::Drain, ""),
+            (
+                1000,
+                In::Deadline(1, false),
+                "c1: error_draining | c1: close (draining)",
+            ),
+        ],
+    );
+}
+
+/// Semantics §9.1: a cancel is one input whichever came first. Still
+/// blocked: withdrawn (`timeout`). Granted since, with nothing sent after:
+/// the grant is released and the queue moves on. Anything sent since makes
+/// the grant the connection's own.
+#[test]
+fn cancel_withdraws_or_releases_the_grant_that_beat_it() {
+    let mut h = check(
+        cfg(),
+        4,
+        vec![
+            (0, c(1, l("a", 0, 10)), "c1: ok #1 10"),
+            (0, c(2, l("a", 30, 10)), ""),
+            (0, c(3, l("a", 30, 10)), ""),
+            (0, c(4, l("a", 30, 10)), ""),
+            (1000, c(1, r("a", 1)), "c1: ok | c2: ok #2 10"),
+            (1000, In::Cancel(2), "c3: ok #3 10"),
+            (1000, In::Cancel(2), ""),
+            (2000, In::Cancel(4), "c4: timeout"),
+            (2000, c(3, Request::Ping), "c3: ok"),
+            (2000, In::Cancel(3), ""),
+        ],
+    );
+    assert_eq!(h.core.owned(ConnId(2)).held, 0);
+    assert_eq!(h.core.owned(ConnId(3)).held, 1);
+    // A grant released or expired before the cancel leaves nothing to do.
+    run(
+        &mut h,
+        vec![
+            (2000, c(1, l("a", 30, 10)), ""),
+            (12000, In::Tick, "c1: ok #4 10"),
+            (23000, In::Cancel(1), ""),
+        ],
+    );
+    assert_eq!(h.core.owned(ConnId(1)).held, 0);
 }
 
 // ----- fencing tokens ---------------------------------------------------------------------------------
@@ -1983,7 +2153,7 @@ mod signals {
         h.apply(0, In::Written(2, 1000));
         assert_eq!(
             h.send(0, 3, sig("s", "q")),
-            "c1: close | c2: sig s q | c3: ok 1"
+            "c1: close (slow) | c2: sig s q | c3: ok 1"
         );
         // Evicted once: later signals skip it until the driver disconnects it.
         assert_eq!(h.send(0, 3, sig("s", "r")), "c2: sig s r | c3: ok 1");
@@ -2008,9 +2178,9 @@ mod signals {
         h.apply(0, In::Written(2, 2));
         fill(&mut h, 4, 2, "only2");
         // Both full: the primary (counter 2 → c1) is closed, nothing counted.
-        assert_eq!(h.send(0, 4, sig("g", "c")), "c1: close | c4: ok 0");
+        assert_eq!(h.send(0, 4, sig("g", "c")), "c1: close (slow) | c4: ok 0");
         // Next primary is c2 (full): closed too.
-        assert_eq!(h.send(0, 4, sig("g", "d")), "c2: close | c4: ok 0");
+        assert_eq!(h.send(0, 4, sig("g", "d")), "c2: close (slow) | c4: ok 0");
         // Both evicted: nothing more happens.
         assert_eq!(h.send(0, 4, sig("g", "e")), "c4: ok 0");
     }

@@ -3,8 +3,8 @@
 //! bounded top list), `GET /v1/keys/{key}` and `GET /v1/activity`. The
 //! dashboard (`/ui`, [`super::ui`]) and `dflockd top` are built on them.
 //!
-//! Every read goes through `server::introspect`: an O(log n) read under
-//! one short lock hold, or a core [`Job`] run in bounded slices with the
+//! Every read goes through the engine (`engine::introspect`): an
+//! O(log n) read under one short lock hold, or a core [`Job`] run in bounded slices with the
 //! lock released between them. Nothing here walks the state itself.
 //!
 //! `/v1/activity` adds what the core does not keep: a per-second history
@@ -29,7 +29,8 @@ use crate::core::introspect::{
 };
 use crate::core::metrics::{Cause, Histogram, BUCKET_BOUNDS_MS};
 use crate::core::CoreMetrics;
-use crate::server::introspect as slices;
+use crate::engine::introspect::Counters;
+use crate::rt;
 use crate::sync::Arc;
 use crate::wire::{Key, Space};
 
@@ -147,9 +148,9 @@ pub(super) async fn stats(front: &Front, query: Option<&str>) -> Resp {
         Ok(q) => q,
         Err(detail) => return bad_request(&detail),
     };
-    let shared = &front.shared;
+    let engine = &front.engine;
     let Some(q) = q else {
-        let json = slices::stats_json(shared).await;
+        let json = engine.stats_json().await;
         return raw_resp(
             StatusCode::OK,
             "application/json",
@@ -166,7 +167,7 @@ pub(super) async fn stats(front: &Front, query: Option<&str>) -> Resp {
         Space::Sem => "semaphore",
     });
     let mut job = TopJob::new(q);
-    slices::run(shared, &mut job).await;
+    engine.run_job(&mut job).await;
     let (connections, scanned) = (job.connections(), job.scanned());
     let keys = job.into_result();
     json_ok(&TopJson {
@@ -199,13 +200,8 @@ pub(super) async fn key(front: &Front, key: Key, query: Option<&str>) -> Resp {
             return bad_request(&detail);
         }
     }
-    let shared = &front.shared;
-    let mut views: Vec<KeyView> = slices::read(shared, |core| {
-        spaces
-            .iter()
-            .filter_map(|&s| core.key_view(s, &key, waiters))
-            .collect()
-    });
+    let engine = &front.engine;
+    let mut views: Vec<KeyView> = engine.key_views(&spaces, &key, waiters);
     if views.is_empty() {
         return error(
             StatusCode::NOT_FOUND,
@@ -216,7 +212,7 @@ pub(super) async fn key(front: &Front, key: Key, query: Option<&str>) -> Resp {
     for v in &mut views {
         if v.kind == "semaphore" && v.holders > 0 {
             let mut job = HoldersJob::new(Space::Sem, key.clone(), holders);
-            slices::run(shared, &mut job).await;
+            engine.run_job(&mut job).await;
             v.holder_list = job.into_result();
         }
         v.holder_list.truncate(holders);
@@ -281,10 +277,18 @@ pub(super) struct Activity {
 
 /// Samples the core's counters once a second for `/v1/activity` (one
 /// O(1) read under the core lock each time).
-pub(super) async fn sample(front: Arc<Front>) {
+pub async fn sample(front: Arc<Front>) {
     loop {
-        let m = slices::read(&front.shared, |core| core.metrics().clone());
-        let s = Sample::of(&m, front.shared.tcp_connections(), front.sessions.len());
+        let m = front.engine.counters().metrics;
+        let s = Sample::of(
+            &m,
+            front
+                .engine
+                .fronts
+                .tcp_open
+                .load(std::sync::atomic::Ordering::SeqCst),
+            front.sessions.len(),
+        );
         {
             let mut h = lock(&front.activity.history);
             h.push_back(s);
@@ -292,7 +296,7 @@ pub(super) async fn sample(front: Arc<Front>) {
                 h.pop_front();
             }
         }
-        async_io::Timer::after(Duration::from_secs(1)).await;
+        rt::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -305,7 +309,7 @@ async fn channels(front: &Front) -> (Vec<serde_json::Value>, usize, f64) {
         .is_none_or(|c| c.at.elapsed() >= CHANNELS_MAX_AGE);
     if stale {
         let mut job = ChannelsJob::new(CHANNELS_LISTED);
-        slices::run(&front.shared, &mut job).await;
+        front.engine.run_job(&mut job).await;
         let (views, total) = job.into_result();
         let at = Instant::now();
         let before: HashMap<(&str, &str), (u64, Instant)> = cache
@@ -364,14 +368,12 @@ fn buckets(h: &Histogram) -> Vec<u64> {
 
 /// `GET /v1/activity`.
 pub(super) async fn activity(front: &Front) -> Resp {
-    let shared = &front.shared;
-    let (m, headroom, connections) = slices::read(shared, |core| {
-        (
-            core.metrics().clone(),
-            core.fence_headroom(),
-            core.connection_count(),
-        )
-    });
+    let engine = &front.engine;
+    let Counters {
+        metrics: m,
+        fence_headroom: headroom,
+        connections,
+    } = engine.counters();
     let history: Vec<Sample> = lock(&front.activity.history).iter().copied().collect();
     let per_second = |f: &dyn Fn(&Sample) -> u64| -> Vec<u64> {
         history
@@ -393,7 +395,15 @@ pub(super) async fn activity(front: &Front) -> Resp {
             "sum_s": (lock.sum_ms() + sem.sum_ms()) as f64 / 1000.0,
         })
     };
-    let now = Sample::of(&m, shared.tcp_connections(), front.sessions.len());
+    let now = Sample::of(
+        &m,
+        front
+            .engine
+            .fronts
+            .tcp_open
+            .load(std::sync::atomic::Ordering::SeqCst),
+        front.sessions.len(),
+    );
     let http_open = lock(&front.conns).total();
     json_ok(&json!({
         "uptime_s": front.started.elapsed().as_secs_f64(),
@@ -435,7 +445,7 @@ pub(super) async fn activity(front: &Front) -> Resp {
             "walked_s_ago": walked_s_ago,
         },
         "fence_headroom": headroom,
-        "draining": shared.is_shutting_down(),
+        "draining": engine.is_draining(),
         // A single node: the replicated mode (spec/cluster.md) would list
         // its members, roles, leader and commit/applied index here.
         "cluster": null,

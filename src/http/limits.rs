@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-pub use crate::server::per_ip::PerIp;
+pub use crate::net::per_ip::PerIp;
 
 /// A bucket idle this long is forgotten (a returning IP starts afresh,
 /// which is what a full bucket would give it anyway).

@@ -20,11 +20,9 @@ use std::sync::atomic::Ordering;
 use hyper::StatusCode;
 
 use super::{lock, raw_resp, Front, RequestCounts, Resp};
-use crate::core::introspect::{StatsJob, Totals};
+use crate::core::introspect::Totals;
 use crate::core::metrics::{kind_label, Cause, Histogram, How};
 use crate::core::CoreMetrics;
-use crate::server::introspect as slices;
-use crate::server::Shared;
 use crate::wire::Space;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -60,9 +58,10 @@ struct Scrape {
 
 impl Scrape {
     async fn take(front: &Front) -> Scrape {
-        let shared = &front.shared;
-        let (totals, core, fence_headroom) = core_state(shared).await;
-        let fence_failures = shared
+        let engine = &front.engine;
+        let (totals, counters) = engine.scrape().await;
+        let (core, fence_headroom) = (counters.metrics, counters.fence_headroom);
+        let fence_failures = engine
             .fence_status()
             .map_or(0, |f| f.persist_failures_total);
         let (http_open, http_accepted) = {
@@ -70,12 +69,12 @@ impl Scrape {
             (conns.total(), conns.added())
         };
         Scrape {
-            ready: !shared.is_shutting_down(),
+            ready: !engine.is_draining(),
             uptime_s: front.started.elapsed().as_secs_f64(),
             totals,
             core,
-            tcp_open: shared.tcp_connections(),
-            tcp_accepted: shared.tcp_accepted(),
+            tcp_open: engine.fronts.tcp_open.load(Ordering::SeqCst),
+            tcp_accepted: engine.fronts.tcp_accepted.load(Ordering::Relaxed),
             http_open,
             http_accepted,
             sessions: front.sessions.len(),
@@ -88,17 +87,6 @@ impl Scrape {
             fence_failures,
         }
     }
-}
-
-/// The totals over the `stats` arrays (counted in slices), then the
-/// core's counters and the fence headroom as of the end of that walk.
-async fn core_state(shared: &Shared) -> (Totals, CoreMetrics, u64) {
-    let mut job = StatsJob::totals();
-    slices::run(shared, &mut job).await;
-    let (core, headroom) = slices::read(shared, |core| {
-        (core.metrics().clone(), core.fence_headroom())
-    });
-    (job.totals_so_far(), core, headroom)
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a family.
@@ -371,56 +359,58 @@ fn core_series(out: &mut String, m: &CoreMetrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Core, CoreConfig, Effect, Time};
+    use crate::core::{ConnId, CoreConfig, Effect, Time};
     use crate::wire::{Key, Reply, Request};
     use std::collections::{BTreeMap, HashMap};
 
     /// A scrape with every series non-trivial: a contended lock handed off
-    /// after 1.5 s, a semaphore timeout and expiry, some requests.
+    /// after 1.5 s, a semaphore timeout and expiry, some requests. Driven
+    /// through the engine's door on a manual clock, as a server would.
     fn sample() -> Scrape {
-        let mut core = Core::new(CoreConfig::default(), Time(0));
-        let mut out: Vec<Effect> = Vec::new();
-        let a = core.connect(Time(0), &mut out);
-        let b = core.connect(Time(0), &mut out);
-        let acquire = |space, timeout_s, limit, lease_s| Request::Acquire {
-            space,
-            key: Key::new(b"k").expect("key"),
-            timeout_s,
-            limit,
-            lease_s,
+        use crate::engine::{Engine, Input, ManualClock, Transport};
+        let clock = std::sync::Arc::new(ManualClock::new(Time(0)));
+        let engine = Engine::new(CoreConfig::default(), None, Box::new(clock.clone()));
+        let a = engine.connect(Transport::Tcp, None);
+        let b = engine.connect(Transport::Tcp, None);
+        let acquire = |space, timeout_s, limit, lease_s| {
+            Input::Request(Request::Acquire {
+                space,
+                key: Key::new(b"k").expect("key"),
+                timeout_s,
+                limit,
+                lease_s,
+            })
         };
-        core.handle(Time(0), a, acquire(Space::Lock, 0, 1, None), &mut out);
         let Some(Effect::Reply {
             reply: Reply::Granted { token, .. },
             ..
-        }) = out.pop()
+        }) = engine.apply(a, acquire(Space::Lock, 0, 1, None)).0.pop()
         else {
             panic!("granted")
         };
-        core.handle(Time(0), b, acquire(Space::Lock, 10, 1, None), &mut out);
+        engine.apply(b, acquire(Space::Lock, 10, 1, None));
         let release = Request::Release {
             space: Space::Lock,
             key: Key::new(b"k").expect("key"),
             token: token.to_string().into_bytes().into(),
         };
-        core.handle(Time(1500), a, release, &mut out);
-        core.handle(Time(1500), a, acquire(Space::Sem, 0, 1, Some(1)), &mut out);
-        core.handle(Time(1500), b, acquire(Space::Sem, 0, 1, None), &mut out);
-        core.handle_timeout(Time(2500), &mut out);
-        core.disconnect(Time(2600), b, &mut out);
+        clock.set(Time(1500));
+        engine.apply(a, Input::Request(release));
+        engine.apply(a, acquire(Space::Sem, 0, 1, Some(1)));
+        engine.apply(b, acquire(Space::Sem, 0, 1, None));
+        clock.set(Time(2500));
+        engine.apply(ConnId::ENGINE, Input::Tick);
+        clock.set(Time(2600));
+        engine.apply(b, Input::Disconnect);
+        let (totals, counters) = futures_lite::future::block_on(engine.scrape());
         let mut requests: RequestCounts = BTreeMap::new();
         requests.insert(("GET", "/v1/locks/{key}", 405), (2, 0.25));
         requests.insert(("GET", "/metrics", 200), (1, 0.001));
         Scrape {
             ready: true,
             uptime_s: 12.5,
-            totals: {
-                let mut job = StatsJob::totals();
-                let mut out = Vec::new();
-                crate::core::introspect::run_to_end(&mut job, &mut core, Time(2600), &mut out);
-                job.totals_so_far()
-            },
-            core: core.metrics().clone(),
+            totals,
+            core: counters.metrics,
             tcp_open: 2,
             tcp_accepted: 5,
             http_open: 1,

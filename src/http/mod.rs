@@ -1,11 +1,13 @@
-//! The HTTP REST front (reference §7, `spec/http.md`): another driver of
-//! the same core, not another core. Every lock and semaphore route becomes
-//! one [`Request`] applied under the [`Shared`] lock exactly as the TCP
-//! connection task applies it; an HTTP session is a core connection.
+//! The HTTP REST front (reference §7, `spec/http.md`): another front of
+//! the same engine, not another core. Every lock and semaphore route
+//! becomes one [`Request`], applied through the engine's door
+//! ([`Input::Request`]) exactly as the TCP front applies it; an HTTP
+//! session is a core connection. It imports the engine and `net`, never the
+//! TCP front.
 //!
-//! Shape: one accept loop ([`run`]) that applies the per-IP connection cap
-//! and, with `--tls-cert`/`--tls-key`, the TLS handshake of the TCP port
-//! (`server::tls::handshake`); one hyper HTTP/1 connection per
+//! Shape: one accept loop ([`HttpFront::accept_loop`]) that applies the
+//! per-IP connection cap and, with `--tls-cert`/`--tls-key`, the TLS
+//! handshake of the TCP port (`net::tls::handshake`); one hyper HTTP/1 connection per
 //! socket (smol-hyper I/O and timer); a matchit router; a session table
 //! with an idle sweeper ([`sessions`]); per-IP admission ([`limits`]).
 //!
@@ -25,6 +27,8 @@
 pub mod introspect;
 mod lenient;
 pub mod limits;
+
+pub use crate::config::HttpSettings;
 mod metrics;
 pub mod sessions;
 pub mod signals;
@@ -49,10 +53,12 @@ use log::Level;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::ServerConfig;
 use crate::core::Effect;
+use crate::engine::mailbox::Delivery;
+use crate::engine::{Engine, Input};
 use crate::logging::{self, Cause};
-use crate::server::mailbox::Delivery;
-use crate::server::Shared;
+use crate::rt;
 use crate::sync::Arc;
 use crate::wire::{Key, Reply, Request, Space, Status, MAX_LINE_BYTES, MAX_SECONDS};
 use limits::{PerIp, RateLimiter};
@@ -64,51 +70,6 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const OPENAPI: &str = include_str!("../../spec/openapi.json");
 /// The session header of every lock and semaphore route.
 pub const SESSION_HEADER: &str = "x-dflockd-session";
-
-/// Settings of the HTTP front, already validated (from `--http-*`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpSettings {
-    /// `host:port` to listen on.
-    pub listen: String,
-    /// `--http-session-idle-timeout`; 0 = sessions are never reaped.
-    pub session_idle_timeout_s: u64,
-    /// `--http-max-sessions`; 0 = unlimited.
-    pub max_sessions: usize,
-    /// `--http-max-sessions-per-ip`; 0 = unlimited.
-    pub max_sessions_per_ip: usize,
-    /// `--http-max-connections-per-ip`; 0 = unlimited.
-    pub max_connections_per_ip: usize,
-    /// `--http-rate-limit-per-ip`: requests per second; 0 = unlimited.
-    pub rate_limit_per_ip: u64,
-    /// `--http-rate-limit-burst`; 0 = the rate.
-    pub rate_limit_burst: u64,
-    /// `--http-cors-allowed-origins`, split; empty = CORS off; `*` = any.
-    pub cors_allowed_origins: Vec<String>,
-    /// `--http-sse-ping-interval`: an SSE stream refreshes its hidden
-    /// session this often, so the idle sweeper keeps it; 0 = the stream
-    /// counts as a request in flight instead (never swept).
-    pub sse_ping_interval_s: u64,
-}
-
-impl Default for HttpSettings {
-    /// Loopback on an ephemeral port; everything else from the settings
-    /// table (`config::table`): 20 s idle timeout, no limits, no CORS, SSE
-    /// keep-alive every 15 s.
-    fn default() -> Self {
-        use crate::config::table as t;
-        HttpSettings {
-            listen: "127.0.0.1:0".into(),
-            session_idle_timeout_s: t::HTTP_SESSION_IDLE_TIMEOUT.int_default(),
-            max_sessions: t::HTTP_MAX_SESSIONS.count_default(),
-            max_sessions_per_ip: t::HTTP_MAX_SESSIONS_PER_IP.count_default(),
-            max_connections_per_ip: t::HTTP_MAX_CONNECTIONS_PER_IP.count_default(),
-            rate_limit_per_ip: t::HTTP_RATE_LIMIT_PER_IP.int_default(),
-            rate_limit_burst: t::HTTP_RATE_LIMIT_BURST.int_default(),
-            cors_allowed_origins: Vec::new(),
-            sse_ping_interval_s: t::HTTP_SSE_PING_INTERVAL.int_default(),
-        }
-    }
-}
 
 /// Methods announced to CORS clients.
 const CORS_METHODS: &str = "GET, POST, DELETE, OPTIONS";
@@ -283,10 +244,15 @@ fn router() -> Router {
 /// (method, route template, status) → (requests, seconds spent).
 type RequestCounts = BTreeMap<(&'static str, &'static str, u16), (u64, f64)>;
 
-/// State of the HTTP front.
-struct Front {
-    shared: Arc<Shared>,
+/// The HTTP front of one server.
+pub struct HttpFront {
+    engine: Arc<Engine>,
     settings: HttpSettings,
+    /// `--auth-token`: every route but `/health`, `/ready` and the OpenAPI
+    /// document needs it as a bearer token.
+    auth_token: Option<Vec<u8>>,
+    tls: Option<futures_rustls::TlsAcceptor>,
+    tls_handshake_timeout: Duration,
     sessions: Sessions,
     router: Router,
     started: Instant,
@@ -307,6 +273,9 @@ struct Front {
     activity: introspect::Activity,
 }
 
+/// The front's state, as the route handlers call it.
+type Front = HttpFront;
+
 /// An open HTTP connection counted in [`Front::conns`]; uncounted on drop.
 struct ConnSlot {
     front: Arc<Front>,
@@ -323,86 +292,96 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Accepts HTTP connections until the server stops, with the session
-/// sweeper alongside.
-pub async fn run(
-    shared: Arc<Shared>,
-    ex: Arc<smol::Executor<'static>>,
-    listener: async_net::TcpListener,
-) {
-    let Some(settings) = shared.cfg.http.clone() else {
-        return;
-    };
-    let limiter = (settings.rate_limit_per_ip > 0).then(|| {
-        std::sync::Mutex::new(RateLimiter::new(
-            settings.rate_limit_per_ip,
-            settings.rate_limit_burst,
-            Instant::now(),
-        ))
-    });
-    let front = Arc::new(Front {
-        shared: shared.clone(),
-        settings,
-        sessions: Sessions::default(),
-        router: router(),
-        started: Instant::now(),
-        requests: std::sync::Mutex::new(BTreeMap::new()),
-        limiter,
-        conns: std::sync::Mutex::new(PerIp::default()),
-        rate_limited: AtomicU64::new(0),
-        conns_rejected: AtomicU64::new(0),
-        tls_failures: AtomicU64::new(0),
-        activity: introspect::Activity::default(),
-    });
-    let tls = shared
-        .cfg
-        .tls
-        .clone()
-        .map(futures_rustls::TlsAcceptor::from);
-    let _sweeper = ex.spawn(sweeper(front.clone()));
-    let _history = ex.spawn(introspect::sample(front.clone()));
-    loop {
-        // Keeps accepting while the server drains, so `/ready` and the 503
-        // `draining` answers are served (Decision D10); the task is dropped
-        // when the server stops.
-        let Ok((stream, peer)) = listener.accept().await else {
-            async_io::Timer::after(Duration::from_millis(20)).await;
-            continue;
-        };
-        let ip = peer.ip();
-        // `--http-max-connections-per-ip`: closed at once, nothing written.
-        if !lock(&front.conns).try_add(ip, front.settings.max_connections_per_ip) {
-            front.conns_rejected.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            crate::server::warn_cap(
+impl HttpFront {
+    /// The HTTP front of a server configured with `cfg` (whose `http` is
+    /// set), on `engine`.
+    pub fn new(engine: Arc<Engine>, cfg: &ServerConfig) -> Arc<HttpFront> {
+        let settings = cfg.http.clone().unwrap_or_default();
+        let limiter = (settings.rate_limit_per_ip > 0).then(|| {
+            std::sync::Mutex::new(RateLimiter::new(
+                settings.rate_limit_per_ip,
+                settings.rate_limit_burst,
+                Instant::now(),
+            ))
+        });
+        Arc::new(HttpFront {
+            engine,
+            settings,
+            auth_token: cfg.core.auth_token.clone(),
+            tls: cfg.tls.clone().map(futures_rustls::TlsAcceptor::from),
+            tls_handshake_timeout: Duration::from_secs(cfg.tls_handshake_timeout_s),
+            sessions: Sessions::default(),
+            router: router(),
+            started: Instant::now(),
+            requests: std::sync::Mutex::new(BTreeMap::new()),
+            limiter,
+            conns: std::sync::Mutex::new(PerIp::default()),
+            rate_limited: AtomicU64::new(0),
+            conns_rejected: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
+            activity: introspect::Activity::default(),
+        })
+    }
+
+    /// Accepts HTTP connections until the task is dropped (when the server
+    /// stops), handing each to `spawn` as a task that takes the socket over
+    /// on whichever runtime thread runs it. It keeps accepting while the
+    /// server drains, so `/ready` and the 503 `draining` answers are served
+    /// (Decision D10).
+    pub async fn accept_loop(this: &Arc<Self>, listener: rt::net::TcpListener, spawn: &rt::Spawn) {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                rt::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let ip = peer.ip();
+            // `--http-max-connections-per-ip`: closed at once, nothing written.
+            if !lock(&this.conns).try_add(ip, this.settings.max_connections_per_ip) {
+                this.conns_rejected.fetch_add(1, Ordering::Relaxed);
+                drop(stream);
+                crate::net::warn_cap(
+                    ip,
+                    "--http-max-connections-per-ip",
+                    this.settings.max_connections_per_ip,
+                );
+                continue;
+            }
+            let slot = ConnSlot {
+                front: this.clone(),
                 ip,
-                "--http-max-connections-per-ip",
-                front.settings.max_connections_per_ip,
-            );
-            continue;
-        }
-        let slot = ConnSlot {
-            front: front.clone(),
-            ip,
-        };
-        let _ = stream.set_nodelay(true);
-        let front = front.clone();
-        let tls = tls.clone();
-        ex.spawn(async move {
-            let _slot = slot;
-            match tls {
-                None => serve_connection(front, ip, stream).await,
-                Some(acceptor) => {
-                    match crate::server::tls::handshake(&front.shared, stream, &acceptor).await {
-                        Some(tls) => serve_connection(front, ip, tls).await,
-                        None => {
-                            front.tls_failures.fetch_add(1, Ordering::Relaxed);
+            };
+            let front = this.clone();
+            spawn(Box::pin(async move {
+                let _slot = slot;
+                let stream = match rt::net::TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!(error:% = e; "cannot register an accepted HTTP connection");
+                        return;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                match &front.tls {
+                    None => serve_connection(front.clone(), ip, stream).await,
+                    Some(acceptor) => {
+                        let deadline = front.tls_handshake_timeout;
+                        let handshake = crate::net::tls::handshake(
+                            &front.engine,
+                            stream,
+                            Some(peer),
+                            acceptor,
+                            deadline,
+                        );
+                        match handshake.await {
+                            Some(tls) => serve_connection(front.clone(), ip, tls).await,
+                            None => {
+                                front.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
-            }
-        })
-        .detach();
+            }));
+        }
     }
 }
 
@@ -425,7 +404,7 @@ where
     };
     let io = lenient::Lenient::new(signals::WriteDeadline::new(io, signals::WRITE_DEADLINE));
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(smol_hyper::rt::SmolTimer::new())
+        .timer(rt::HyperTimer)
         .header_read_timeout(Duration::from_secs(10))
         .serve_connection(smol_hyper::rt::FuturesIo::new(io), svc);
     futures_lite::future::or(
@@ -437,8 +416,9 @@ where
     .await;
 }
 
-/// Reaps sessions idle for more than 2 × the idle timeout (Decision D9).
-async fn sweeper(front: Arc<Front>) {
+/// Reaps sessions idle for more than 2 × the idle timeout (Decision D9);
+/// one task per front.
+pub async fn sweeper(front: Arc<Front>) {
     let idle = front.settings.session_idle_timeout_s;
     if idle == 0 {
         return;
@@ -446,8 +426,8 @@ async fn sweeper(front: Arc<Front>) {
     let max_idle = Duration::from_secs(idle.saturating_mul(2));
     let period = Duration::from_millis((idle * 1000 / 4).clamp(100, 30_000));
     loop {
-        async_io::Timer::after(period).await;
-        front.sessions.sweep(&front.shared, max_idle);
+        rt::sleep(period).await;
+        front.sessions.sweep(&front.engine, max_idle);
     }
 }
 
@@ -663,12 +643,12 @@ async fn handle(
         }
         return r;
     }
-    let shared = &front.shared;
+    let engine = &front.engine;
     match route {
         Route::Health => return json_resp(StatusCode::OK, &json!({"status": "ok"})),
         Route::Ready => {
-            let fence_unready = shared.fence_status().and_then(|f| f.unready);
-            return if shared.is_shutting_down() {
+            let fence_unready = engine.fence_status().and_then(|f| f.unready);
+            return if engine.is_draining() {
                 json_resp(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "draining"}),
@@ -692,10 +672,10 @@ async fn handle(
         Route::Ui(asset) => return ui::serve(asset),
         _ => {}
     }
-    if shared.is_shutting_down() {
+    if engine.is_draining() {
         return draining();
     }
-    if !authorized(shared, &req) {
+    if !authorized(front, &req) {
         warn_ip(
             Cause::AuthFailure,
             ip,
@@ -711,12 +691,7 @@ async fn handle(
             Err(r) => *r,
         },
         Route::Activity => introspect::activity(front).await,
-        Route::SessionCreate => match front.sessions.create(
-            shared,
-            front.settings.max_sessions,
-            front.settings.max_sessions_per_ip,
-            ip,
-        ) {
+        Route::SessionCreate => match front.sessions.create(front, ip) {
             Ok(s) => json_resp(
                 StatusCode::OK,
                 &json!({
@@ -744,7 +719,7 @@ async fn handle(
                 return session_gone();
             };
             if route == Route::Session {
-                if front.sessions.kill(shared, &s) {
+                if front.sessions.kill(engine, &s) {
                     no_content()
                 } else {
                     session_gone()
@@ -812,8 +787,8 @@ fn unreachable_route() -> Resp {
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "")
 }
 
-fn authorized(shared: &Shared, req: &hyper::Request<Incoming>) -> bool {
-    let Some(expected) = &shared.cfg.core.auth_token else {
+fn authorized(front: &Front, req: &hyper::Request<Incoming>) -> bool {
+    let Some(expected) = &front.auth_token else {
         return true;
     };
     let Some(given) = req
@@ -1029,43 +1004,22 @@ fn build_request(space: Space, op: Op, key: Key, body: &[u8]) -> Result<Request,
 // ----- applying a request on a session -----------------------------------
 
 /// Applies `request` on `session`'s core connection, as the TCP connection
-/// task does, waiting on the session's mailbox if the core blocks it.
+/// handler does, waiting on the session's mailbox if the engine reports it
+/// blocked.
 async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Request) -> Resp {
-    let shared = &front.shared;
-    let mut guard = InFlight::new(&front.sessions, shared, session);
+    let engine = &front.engine;
+    let mut guard = InFlight::new(&front.sessions, engine, session);
     guard.take_turn().await;
-    // What the request would block on: only an acquire or wait with a
-    // timeout can (the key is kept to withdraw it, see `InFlight`).
-    let blocked_on = match &request {
-        Request::Acquire {
-            space,
-            key,
-            timeout_s,
-            ..
-        }
-        | Request::Wait {
-            space,
-            key,
-            timeout_s,
-        } if *timeout_s > 0 => Some((*space, key.clone())),
-        _ => None,
-    };
-    let mut effects: Vec<Effect> = Vec::new();
-    {
-        let mut inner = shared.lock();
-        if session.dead.load(Ordering::SeqCst) {
-            return session_gone();
-        }
-        let now = shared.clock(&inner);
-        inner.core.handle(now, session.conn, request, &mut effects);
-        shared.after_core(&mut inner, &mut effects, Some(session.conn));
+    let (effects, outcome) = engine.apply(session.conn, Input::Request(request));
+    if outcome.gone {
+        return session_gone();
     }
     let mut reply = None;
-    let mut close = false;
     for e in effects {
         match e {
             Effect::Reply { reply: r, .. } => reply = Some(r),
-            Effect::Close { .. } => close = true,
+            // A close comes with the reply it follows (draining).
+            Effect::Close { .. } => {}
             // Sessions of lock routes never listen (only an SSE stream's
             // hidden session does), so nothing is pushed to them.
             Effect::Push { .. } => {}
@@ -1073,19 +1027,19 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
     }
     let reply = match reply {
         Some(r) => r,
-        None => {
+        None if outcome.blocked => {
             // Blocked: the answer comes through the mailbox. If this future
             // is dropped meanwhile, the guard withdraws the request.
-            guard.block(blocked_on);
+            guard.block();
             let r = loop {
                 match session.mailbox.recv().await {
                     Delivery::Reply(r) => break r,
                     // Lock-route sessions never listen; no push comes here.
                     Delivery::Push { .. } => {}
-                    Delivery::Close => {
+                    Delivery::Close(_) | Delivery::Abort => {
                         guard.unblock();
-                        front.sessions.kill(shared, session);
-                        return if shared.is_shutting_down() {
+                        front.sessions.kill(engine, session);
+                        return if engine.is_draining() {
                             draining()
                         } else {
                             session_gone()
@@ -1096,15 +1050,16 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
             guard.unblock();
             r
         }
+        None => return unexpected(None),
     };
-    if close {
-        front.sessions.kill(shared, session);
+    if outcome.closed {
+        front.sessions.kill(engine, session);
     }
-    render(shared, op, reply)
+    render(engine, op, reply)
 }
 
 /// Renders a protocol reply as an HTTP response (reference §7.5, §7.6).
-fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
+fn render(engine: &Engine, op: Op, reply: Reply) -> Resp {
     let grant = |status: &str, token: crate::wire::Token, lease_s: u64| {
         json_resp(
             StatusCode::OK,
@@ -1121,7 +1076,7 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
         // No fence left to issue (semantics §6): the acquire could not be
         // granted whatever the queue did, so say why instead of `timeout`.
         Reply::Status(Status::Timeout)
-            if matches!(op, Op::Acquire | Op::Wait) && shared.lock().core.fence_headroom() == 0 =>
+            if matches!(op, Op::Acquire | Op::Wait) && engine.fence_headroom() == 0 =>
         {
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1142,7 +1097,7 @@ fn render(shared: &Shared, op: Op, reply: Reply) -> Resp {
                 Status::ErrorAuth => (StatusCode::UNAUTHORIZED, "unauthorized"),
                 Status::ErrorDraining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
                 // A blocked request cancelled by the start of a drain.
-                Status::Error if shared.is_shutting_down() => {
+                Status::Error if engine.is_draining() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "draining")
                 }
                 // Only a release or renew of a token that is not held

@@ -1,6 +1,6 @@
-//! HTTP sessions: each one is a core connection (Decision D8), registered
-//! with `server::register` and ended with `server::unregister`, exactly
-//! as a TCP connection is.
+//! HTTP sessions: each one is a core connection (Decision D8), connected
+//! and disconnected through the engine's door exactly as a TCP connection
+//! is.
 //!
 //! Lifetime (Decision D9): a session dies on `DELETE`, or when the sweeper
 //! finds it without a request for 2 × the idle timeout (and none in
@@ -14,11 +14,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::core::{ConnId, Effect};
-use crate::server::mailbox::{withdraw_blocked, Delivery, Mailbox};
-use crate::server::{register, unregister, Shared};
+use crate::core::ConnId;
+use crate::engine::mailbox::{Delivery, Mailbox};
+use crate::engine::{Engine, Input, Transport};
 use crate::sync::Arc;
-use crate::wire::{Key, Request, Space};
+use crate::wire::Request;
 
 use super::limits::PerIp;
 
@@ -31,8 +31,7 @@ pub struct Session {
     pub mailbox: Arc<Mailbox>,
     /// Serialises the session's requests.
     pub gate: smol::lock::Mutex<()>,
-    /// Set (before the core forgets the connection) when the session ends;
-    /// checked under the core lock before every core input.
+    /// Set (before the core forgets the connection) when the session ends.
     pub dead: AtomicBool,
     /// Requests currently being served on this session.
     pub in_flight: AtomicUsize,
@@ -96,13 +95,9 @@ impl Sessions {
     /// token already).
     /// `max` caps the sessions, `max_per_ip` those created from `ip` (0 =
     /// unlimited).
-    pub fn create(
-        &self,
-        shared: &Shared,
-        max: usize,
-        max_per_ip: usize,
-        ip: IpAddr,
-    ) -> Result<Arc<Session>, CreateError> {
+    pub fn create(&self, front: &super::Front, ip: IpAddr) -> Result<Arc<Session>, CreateError> {
+        let max = front.settings.max_sessions;
+        let max_per_ip = front.settings.max_sessions_per_ip;
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|_| CreateError::Random)?;
         let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
@@ -119,16 +114,13 @@ impl Sessions {
             return Err(CreateError::MaxSessionsPerIp);
         }
         let mailbox = Arc::new(Mailbox::new());
-        let conn = register(shared, mailbox.clone());
-        if let Some(token) = shared.cfg.core.auth_token.clone() {
-            let mut effects: Vec<Effect> = Vec::new();
-            let mut inner = shared.lock();
-            let now = shared.clock(&inner);
+        let engine = &front.engine;
+        let conn = engine.connect(Transport::Http, Some(mailbox.clone()));
+        if let Some(token) = front.auth_token.clone() {
             let req = Request::Auth {
                 token: token.into_boxed_slice(),
             };
-            inner.core.handle(now, conn, req, &mut effects);
-            shared.after_core(&mut inner, &mut effects, Some(conn));
+            engine.apply(conn, Input::Request(req));
         }
         let s = Arc::new(Session {
             id: id.clone(),
@@ -148,7 +140,7 @@ impl Sessions {
     /// held slots are released as for a closed TCP connection) and a request
     /// still waiting on the session's mailbox is woken with a close.
     /// Returns whether the session was alive.
-    pub fn kill(&self, shared: &Shared, session: &Session) -> bool {
+    pub fn kill(&self, engine: &Engine, session: &Session) -> bool {
         let removed = {
             let mut map = self.map();
             match map.get(&session.id) {
@@ -165,14 +157,14 @@ impl Sessions {
         if session.dead.swap(true, Ordering::SeqCst) {
             return false;
         }
-        unregister(shared, session.conn);
-        session.mailbox.push(Delivery::Close);
+        engine.apply(session.conn, Input::Disconnect);
+        session.mailbox.push(Delivery::Abort);
         removed.is_some()
     }
 
     /// Kills every session idle for longer than `max_idle` with no request
     /// in flight.
-    pub fn sweep(&self, shared: &Shared, max_idle: Duration) {
+    pub fn sweep(&self, engine: &Engine, max_idle: Duration) {
         let stale: Vec<Arc<Session>> = self
             .map()
             .values()
@@ -182,7 +174,7 @@ impl Sessions {
         for s in stale {
             // Re-check: a request may have started since.
             if s.in_flight.load(Ordering::SeqCst) == 0 && s.idle_for() > max_idle {
-                self.kill(shared, &s);
+                self.kill(engine, &s);
             }
         }
     }
@@ -191,47 +183,47 @@ impl Sessions {
 /// Marks a request in flight on a session for as long as it lives, and
 /// holds the session's turn (its `gate`) once [`InFlight::take_turn`] got it.
 ///
-/// If it is dropped while a request is blocked in the core (`blocked_on`
-/// set: the HTTP client went away, so hyper dropped the handler), only that
-/// request is withdrawn, before the turn passes to the session's next
-/// request: the core cancels it (semantics §9.1: its waiter leaves the
-/// queue as if it timed out), and a grant that reached the session's
-/// mailbox first is released. The session and its other holdings stay.
+/// If it is dropped while a request is blocked in the core (the HTTP client
+/// went away, so hyper dropped the handler), only that request is
+/// withdrawn, before the turn passes to the session's next request: the
+/// engine applies [`Input::Cancel`], with which the core withdraws the
+/// waiter (semantics §9.1) or, if the grant won the race, releases it. The
+/// grant's reply, already in the session's mailbox, is discarded. The
+/// session and its other holdings stay.
 pub struct InFlight<'a> {
     pub sessions: &'a Sessions,
-    pub shared: &'a Shared,
+    pub engine: &'a Engine,
     pub session: &'a Session,
-    /// The key of the blocked request, while it is blocked.
-    blocked_on: Option<(Space, Key)>,
+    /// The request is blocked in the core.
+    blocked: bool,
     turn: Option<smol::lock::MutexGuard<'a, ()>>,
 }
 
 impl<'a> InFlight<'a> {
-    pub fn new(sessions: &'a Sessions, shared: &'a Shared, session: &'a Session) -> Self {
+    pub fn new(sessions: &'a Sessions, engine: &'a Engine, session: &'a Session) -> Self {
         session.in_flight.fetch_add(1, Ordering::SeqCst);
         session.touch();
         InFlight {
             sessions,
-            shared,
+            engine,
             session,
-            blocked_on: None,
+            blocked: false,
             turn: None,
         }
     }
 
-    /// The request is blocked in the core on `key` (or, with `None`, no
-    /// longer is): from now until [`InFlight::unblock`], dropping the guard
-    /// withdraws it.
-    pub fn block(&mut self, on: Option<(Space, Key)>) {
-        if on.is_some() && self.blocked_on.is_none() {
+    /// The request is blocked in the core: from now until
+    /// [`InFlight::unblock`], dropping the guard withdraws it.
+    pub fn block(&mut self) {
+        if !self.blocked {
             self.sessions.blocked.fetch_add(1, Ordering::Relaxed);
         }
-        self.blocked_on = on;
+        self.blocked = true;
     }
 
     /// The blocked request was answered (or its session ended).
     pub fn unblock(&mut self) {
-        if self.blocked_on.take().is_some() {
+        if std::mem::take(&mut self.blocked) {
             self.sessions.blocked.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -241,40 +233,31 @@ impl<'a> InFlight<'a> {
         self.turn = Some(self.session.gate.lock().await);
     }
 
-    /// Withdraws the blocked request on `key` (see the type's docs).
-    fn withdraw(&self, space: Space, key: Key) {
-        let (shared, session) = (self.shared, self.session);
-        let mut effects = Vec::new();
-        let closed = {
-            let mut inner = shared.lock();
-            if session.dead.load(Ordering::SeqCst) {
-                return;
-            }
-            let now = shared.clock(&inner);
-            let closed = withdraw_blocked(
-                &mut inner.core,
-                now,
-                session.conn,
-                &session.mailbox,
-                space,
-                &key,
-                &mut effects,
-            );
-            shared.after_core(&mut inner, &mut effects, Some(session.conn));
-            // What is left is our own: the `timeout` answering the cancelled
-            // request and the answer to the release, which nobody awaits.
-            closed
-        };
+    /// Withdraws the blocked request (see the type's docs).
+    fn withdraw(&self) {
+        let (engine, session) = (self.engine, self.session);
+        // What the cancel leaves for the session itself (the `timeout`
+        // answering the withdrawn request) is nobody's to read.
+        let (_, outcome) = engine.apply(session.conn, Input::Cancel);
+        if outcome.gone {
+            return;
+        }
+        // A grant that beat the cancel was routed here under the engine's
+        // lock before the cancel released it: drop its reply.
+        let mut closed = false;
+        while let Some(d) = session.mailbox.try_recv() {
+            closed |= matches!(d, Delivery::Close(_) | Delivery::Abort);
+        }
         if closed {
-            self.sessions.kill(shared, session);
+            self.sessions.kill(engine, session);
         }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some((space, key)) = self.blocked_on.take() {
-            self.withdraw(space, key);
+        if std::mem::take(&mut self.blocked) {
+            self.withdraw();
             self.sessions.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         // Only now may the session's next request reach the core.

@@ -12,7 +12,7 @@
 //! connection's, and [`SseBody`] turns each push into one SSE event.
 //!
 //! Back-pressure is the core's: the body reports the pushes it has handed to
-//! hyper with [`crate::core::Core::pushes_written`], so a client that stops
+//! hyper with [`crate::engine::Input::PushesWritten`], so a client that stops
 //! reading fills its 64-frame queue and the core evicts it. hyper polls a
 //! body only while its write buffer has room, so an evicted stream whose
 //! client never reads cannot notice the eviction itself; `cut_when_stuck`,
@@ -45,9 +45,10 @@ use super::{
     read_body, unexpected, Front, Resp,
 };
 use crate::core::Effect;
+use crate::engine::mailbox::Delivery;
+use crate::engine::{Engine, Input, Transport};
 use crate::logging::{self, Cause};
-use crate::server::mailbox::Delivery;
-use crate::server::Shared;
+use crate::rt;
 use crate::sync::Arc;
 use crate::wire::{
     listen_request, max_signal_payload, signal_request, Key, ParseError, Reply, Request, Status,
@@ -101,7 +102,7 @@ pub(super) async fn publish(front: &Front, param: Option<String>, body: Incoming
         }
         Err(_) => return bad_request("payload must not be blank"),
     };
-    match signal_once(&front.shared, request) {
+    match signal_once(front, request) {
         Some(Reply::OkInt(n)) => json_resp(StatusCode::OK, &json!({ "delivered": n })),
         Some(Reply::Status(Status::ErrorDraining)) => draining(),
         other => unexpected(other),
@@ -112,24 +113,19 @@ pub(super) async fn publish(front: &Front, param: Option<String>, body: Incoming
 /// it: connected, authenticated when the server has a token, and
 /// disconnected under the same lock, so no one ever sees it and nothing of
 /// it is left behind. Returns the core's last reply to it.
-fn signal_once(shared: &Shared, request: Request) -> Option<Reply> {
+fn signal_once(front: &Front, request: Request) -> Option<Reply> {
     let mut effects: Vec<Effect> = Vec::new();
-    let mut inner = shared.lock();
-    let now = shared.clock(&inner);
-    let conn = inner.core.connect(now, &mut effects);
-    shared.after_core(&mut inner, &mut effects, Some(conn));
-    if let Some(token) = shared.cfg.core.auth_token.clone() {
+    let mut door = front.engine.door();
+    let conn = door.connect(Transport::Http, None);
+    if let Some(token) = front.auth_token.clone() {
         let auth = Request::Auth {
             token: token.into_boxed_slice(),
         };
-        inner.core.handle(now, conn, auth, &mut effects);
-        shared.after_core(&mut inner, &mut effects, Some(conn));
+        door.apply(conn, Input::Request(auth), &mut effects);
     }
-    inner.core.handle(now, conn, request, &mut effects);
-    shared.after_core(&mut inner, &mut effects, Some(conn));
-    inner.core.disconnect(now, conn, &mut effects);
-    shared.after_core(&mut inner, &mut effects, Some(conn));
-    drop(inner);
+    door.apply(conn, Input::Request(request), &mut effects);
+    door.apply(conn, Input::Disconnect, &mut effects);
+    drop(door);
     // Only this connection's effects are left; it subscribed to nothing, so
     // they are its replies (and a close if the server is draining).
     effects.into_iter().rev().find_map(|e| match e {
@@ -191,13 +187,8 @@ pub(super) fn subscribe(
     slot: &Arc<StreamSlot>,
     request: Request,
 ) -> Resp {
-    let shared = &front.shared;
-    let session = match front.sessions.create(
-        shared,
-        front.settings.max_sessions,
-        front.settings.max_sessions_per_ip,
-        ip,
-    ) {
+    let engine = &front.engine;
+    let session = match front.sessions.create(front, ip) {
         Ok(s) => s,
         Err(e) => {
             if !matches!(e, super::sessions::CreateError::Random) {
@@ -210,21 +201,13 @@ pub(super) fn subscribe(
             return create_error(e);
         }
     };
-    let mut effects: Vec<Effect> = Vec::new();
-    {
-        let mut inner = shared.lock();
-        if !session.dead.load(Ordering::SeqCst) {
-            let now = shared.clock(&inner);
-            inner.core.handle(now, session.conn, request, &mut effects);
-            shared.after_core(&mut inner, &mut effects, Some(session.conn));
-        }
-    }
+    let (effects, _) = engine.apply(session.conn, Input::Request(request));
     let reply = effects.into_iter().find_map(|e| match e {
         Effect::Reply { reply, .. } => Some(reply),
         _ => None,
     });
     if reply != Some(Reply::Ok) {
-        front.sessions.kill(shared, &session);
+        front.sessions.kill(engine, &session);
         return match reply {
             // The pattern was checked above, so a refusal is the
             // subscription cap. (A fresh session has no other subscription,
@@ -238,7 +221,7 @@ pub(super) fn subscribe(
             Some(Reply::Status(Status::ErrorAuth)) => {
                 error(StatusCode::UNAUTHORIZED, "unauthorized", "")
             }
-            None if shared.is_shutting_down() => draining(),
+            None if engine.is_draining() => draining(),
             other => unexpected(other),
         };
     }
@@ -285,7 +268,7 @@ pub struct SseBody {
     handed: usize,
     /// `--http-sse-ping-interval` > 0: each tick refreshes the session, so
     /// the idle sweeper sees a live stream.
-    ping: Option<async_io::Timer>,
+    ping: Option<rt::Interval>,
     /// Interval 0: the stream counts as a request in flight instead, which
     /// the sweeper never reaps.
     pinned: bool,
@@ -300,7 +283,7 @@ impl SseBody {
         }
         slot.set(session.clone());
         SseBody {
-            ping: (interval > 0).then(|| async_io::Timer::interval(Duration::from_secs(interval))),
+            ping: (interval > 0).then(|| rt::Interval::new(Duration::from_secs(interval))),
             front,
             session,
             slot,
@@ -330,11 +313,10 @@ impl hyper::body::Body for SseBody {
         }
         if this.handed > 0 {
             let n = std::mem::take(&mut this.handed);
+            let n = n.try_into().unwrap_or(u32::MAX);
             this.front
-                .shared
-                .lock()
-                .core
-                .pushes_written(this.session.conn, n);
+                .engine
+                .apply(this.session.conn, Input::PushesWritten(n));
         }
         if let Some(t) = this.ping.as_mut() {
             while let Poll::Ready(Some(_)) = Pin::new(&mut *t).poll_next(cx) {
@@ -364,8 +346,12 @@ impl hyper::body::Body for SseBody {
                         break;
                     }
                 }
-                Delivery::Close => {
-                    note_eviction(&this.front.shared, &this.session);
+                Delivery::Close(_) => {
+                    note_eviction(&this.front.engine, &this.session);
+                    this.done = true;
+                    break;
+                }
+                Delivery::Abort => {
                     this.done = true;
                     break;
                 }
@@ -383,7 +369,7 @@ impl hyper::body::Body for SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
-        self.front.sessions.kill(&self.front.shared, &self.session);
+        self.front.sessions.kill(&self.front.engine, &self.session);
         if self.pinned {
             self.session.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
@@ -434,13 +420,13 @@ pub(super) async fn cut_when_stuck(front: &Front, slot: &StreamSlot) {
             continue;
         };
         let close = async {
-            session.mailbox.close_requested().await;
-            note_eviction(&front.shared, &session);
+            session.mailbox.closed().await;
+            note_eviction(&front.engine, &session);
             true
         };
         let drain = async {
-            front.shared.shutdown_begun().await;
-            front.sessions.kill(&front.shared, &session);
+            front.engine.drain_begun().await;
+            front.sessions.kill(&front.engine, &session);
             std::future::pending().await
         };
         let other = async {
@@ -457,8 +443,8 @@ pub(super) async fn cut_when_stuck(front: &Front, slot: &StreamSlot) {
 /// peer). The core closed the session while it was alive and the server
 /// was not draining: only an eviction does that (a kill marks the session
 /// dead before its close).
-fn note_eviction(shared: &Shared, session: &Session) {
-    if session.dead.load(Ordering::SeqCst) || shared.is_shutting_down() {
+fn note_eviction(engine: &Engine, session: &Session) {
+    if session.dead.load(Ordering::SeqCst) || engine.is_draining() {
         return;
     }
     let ip = session.ip;
@@ -478,7 +464,7 @@ fn note_eviction(shared: &Shared, session: &Session) {
 pub struct WriteDeadline<I> {
     io: I,
     limit: Duration,
-    timer: Option<async_io::Timer>,
+    timer: Option<rt::Sleep>,
 }
 
 impl<I> WriteDeadline<I> {
@@ -496,9 +482,7 @@ impl<I> WriteDeadline<I> {
             return r;
         }
         let limit = self.limit;
-        let t = self
-            .timer
-            .get_or_insert_with(|| async_io::Timer::after(limit));
+        let t = self.timer.get_or_insert_with(|| rt::Sleep::after(limit));
         if Pin::new(t).poll(cx).is_ready() {
             self.timer = None;
             return Poll::Ready(Err(io::Error::new(

@@ -33,7 +33,9 @@ pub const MAX_SECONDS: u64 = 9_223_372_036;
 
 /// Which key space a keyed command addresses. Locks and semaphores live in
 /// separate key spaces (Decision D5): `l k` and `sl k` never meet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Space {
     Lock,
     Sem,
@@ -41,8 +43,23 @@ pub enum Space {
 
 /// A validated key, channel or pattern: 1..=256 bytes, no space, tab, CR or
 /// LF. Any other byte (including non-UTF-8) is allowed (Decision D15).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(into = "Vec<u8>", try_from = "Vec<u8>")]
 pub struct Key(Box<[u8]>);
+
+impl From<Key> for Vec<u8> {
+    fn from(k: Key) -> Vec<u8> {
+        k.0.into_vec()
+    }
+}
+
+/// Deserializing checks the key rules, as decoding does.
+impl TryFrom<Vec<u8>> for Key {
+    type Error = &'static str;
+    fn try_from(bytes: Vec<u8>) -> Result<Key, &'static str> {
+        Key::new(&bytes).map_err(|_| "not a valid key: 1 to 256 bytes, no space, tab, CR or LF")
+    }
+}
 
 impl Key {
     /// Validates `bytes` as a key.
@@ -120,7 +137,7 @@ impl std::fmt::Display for Token {
 
 /// One decoded request. Lock commands are the semaphore commands with
 /// `space: Space::Lock` and a limit of 1.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
     /// `l key T [L]` / `sl key T N [L]`
     Acquire {
@@ -178,7 +195,7 @@ pub enum Request {
 
 /// Why a request was rejected. The numbers are upstream's internal protocol
 /// error codes; on the wire every one of them is just `error`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ParseError {
     /// 3: unknown command.
     UnknownCommand,

@@ -213,7 +213,7 @@ fn the_goodbye_is_closed_not_a_refusal() {
     // The connection owns nothing and says nothing: after the read timeout
     // the server sends `error` and closes it. Wait until the server has
     // registered it, then until it has closed it.
-    let count = || server.handle().shared().lock().core.connection_count();
+    let count = || server.handle().engine().connection_count();
     wait_until(DEADLINE, || count() == 1);
     wait_until(DEADLINE, || count() == 0);
     // The request meets the goodbye where its reply should be.
@@ -259,7 +259,7 @@ fn pushes_between_a_request_and_its_reply() {
 fn auth_comes_first() {
     let server = Server::start(|c| {
         c.core.auth_token = Some(b"s3cret".to_vec());
-        c.auth_failure_pause_ms = 0;
+        c.core.auth_failure_pause_ms = 0;
     });
     let addr = server.addr().to_string();
     let mut ok = Connection::connect(&addr, Some("s3cret")).expect("authenticated");

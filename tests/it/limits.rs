@@ -167,13 +167,13 @@ fn idle_gc_returns_budget() {
 
 // Regression: the listener used std's backlog of 128, so while the server
 // was busy the 129th connect of a burst found the accept queue full and its
-// SYN was dropped (a one-second retransmit at best). Holding the core lock
+// SYN was dropped (a one-second retransmit at best). Holding the engine's lock
 // freezes the server's tasks, so only the kernel's queue can take the burst.
 #[test]
 fn burst_of_connects_queues_while_the_server_is_busy() {
     let server = Server::plain();
     let mut conns = Vec::new();
-    let frozen = server.handle().shared().lock();
+    let frozen = server.handle().engine().door();
     // No panicking while the lock is held: poisoning it aborts the server
     // (and the test process) by design.
     let failed = (0..600).find_map(|i| {

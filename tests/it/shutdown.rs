@@ -41,7 +41,9 @@ fn drain_cancels_blocked_requests_and_refuses_new_ones() {
     b.send("l", "k", "30");
     assert_eq!(w.req("e", "k", ""), "queued");
     w.send("w", "k", "30");
-    server.wait_lock_waiters("k", 2);
+    // Both `l` and `w` blocked: the `e` alone already made two waiters, so
+    // counting waiters would not tell that `w` had reached the core.
+    server.wait_blocked(2);
 
     server.shutdown();
     assert_eq!(b.recv_line(), "error", "blocked l is cancelled");

@@ -108,6 +108,65 @@ fn slow_consumer_is_evicted_and_not_counted() {
     assert_eq!(publisher.req("signal", "firehose", "again"), "ok 0");
 }
 
+/// `Effect::Close`'s promise: everything sent to a connection before the
+/// core closes it is written before the socket closes, within the write
+/// timeout. A subscriber pipelines far more `stats` than the socket buffers
+/// hold and does not read, so its connection is stuck writing; the small
+/// pushes sent meanwhile wait in its mailbox until its queue is full and it
+/// is evicted, so the mailbox holds them and the close in one burst. Once
+/// it reads again it receives every push counted for it (each `ok 1`),
+/// then the end of the stream. (Before, a close taken from the mailbox in
+/// the same burst as pushes ended the connection with them unwritten.)
+#[test]
+fn an_evicted_subscriber_gets_everything_sent_before_its_close() {
+    let server = Server::start(|cfg| cfg.write_timeout_s = 60);
+    // About 140 KB of `stats` per request.
+    let mut holder = server.client();
+    let long = "k".repeat(200);
+    let mut setup = String::new();
+    for i in 0..500 {
+        setup.push_str(&crate::support::wire("l", &format!("{i:04}{long}"), "0"));
+    }
+    holder.send_raw(setup.as_bytes());
+    for _ in 0..500 {
+        grant(&holder.recv_line());
+    }
+    let mut slow = small_buffer_client(server.addr());
+    assert_eq!(slow.req("listen", "firehose", ""), "ok");
+    let stats = 150;
+    slow.send_raw(
+        crate::support::wire("stats", "_", "")
+            .repeat(stats)
+            .as_bytes(),
+    );
+    let mut publisher = server.client();
+    let mut delivered = 0;
+    let mut evicted = false;
+    for i in 0..2_000 {
+        match publisher.req("signal", "firehose", &i.to_string()).as_str() {
+            "ok 1" => delivered += 1,
+            "ok 0" => {
+                evicted = true;
+                break;
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    assert!(evicted, "never evicted after {delivered} deliveries");
+    let (mut pushes, mut answers) = (0, 0);
+    while pushes + answers < delivered + stats {
+        let line = slow.recv_line();
+        if line.starts_with("ok {") {
+            answers += 1;
+        } else {
+            assert_eq!(line, format!("sig firehose {pushes}"));
+            pushes += 1;
+        }
+    }
+    assert_eq!((pushes, answers), (delivered, stats));
+    slow.expect_eof();
+}
+
 pub(crate) fn small_buffer_client(addr: SocketAddr) -> Client {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");

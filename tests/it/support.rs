@@ -193,6 +193,15 @@ impl Server {
         }
     }
 
+    /// Waits until exactly `n` requests are blocked in the core, over all
+    /// connections (the engine says which are: not inferred from a missing
+    /// reply).
+    #[track_caller]
+    pub fn wait_blocked(&self, n: usize) {
+        let engine = self.handle().engine();
+        wait_until(DEADLINE, || engine.blocked_requests() == n);
+    }
+
     /// Waits until the lock `key` has exactly `n` queued waiters.
     #[track_caller]
     pub fn wait_lock_waiters(&self, key: &str, n: u64) {

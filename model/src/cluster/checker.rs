@@ -143,6 +143,7 @@ impl ClusterConfig {
                 fence_ceiling: u64::MAX,
                 salt_key: [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
                 max_subscriptions: 0,
+                auth_failure_pause_ms: 100,
             },
             bug: ClusterBug::None,
         }

@@ -354,9 +354,9 @@ transcripts! {
         0 c1 ping           => c1 ok
         0 c1 auth sekrit    => c1 error
         0 c1 l a 0          => c1 ok T1 33
-        0 c2 auth wrong     => c2 error_auth; close c2
-        0 c3 ping           => c3 error_auth; close c3
-        0 c4 invalid        => c4 error_auth; close c4
+        0 c2 auth wrong     => c2 error_auth; close c2 auth
+        0 c3 ping           => c3 error_auth; close c3 auth
+        0 c4 invalid        => c4 error_auth; close c4 auth
     ");
 
     auth_without_a_server_token_is_an_error, cfg(), &with_conns("
@@ -368,7 +368,7 @@ transcripts! {
     invalid_requests_answer_error_and_only_fatal_ones_close, cfg(), &with_conns("
         0 c1 invalid        => c1 error
         0 c1 ping           => c1 ok
-        0 c1 fatal          => c1 error; close c1
+        0 c1 fatal          => c1 error; close c1 overlong
     ");
 
     // §10: blocked requests answer `error`; later requests are refused and
@@ -380,10 +380,10 @@ transcripts! {
         0    c4 l b 10      => c4 ok T2 33
         0    c4 l b 10
         1000 - drain        => c2 error; c4 error
-        1000 c1 r a T1      => c1 error_draining; close c1
+        1000 c1 r a T1      => c1 error_draining; close c1 draining
         1000 c1 bye
-        1000 c3 w a 0       => c3 error_draining; close c3
-        1000 c4 ping        => c4 error_draining; close c4
+        1000 c3 w a 0       => c3 error_draining; close c3 draining
+        1000 c4 ping        => c4 error_draining; close c4 draining
     ");
 
     // §8 before draining: what was due is answered first.
@@ -448,6 +448,49 @@ transcripts! {
     Config { fence_start: 41, ..cfg() }, &with_conns("
         0 c1 l a 0      => c1 ok T42 33
         0 c1 e b        => c1 acquired T43 33
+    ");
+
+    // §9.2, D11: at its read deadline an owner stays (a held slot, a
+    // two-phase record even after its lease, a subscription), an idle
+    // connection that owns nothing is closed with `error`, and a stalled
+    // request is cut, owner or not.
+    read_deadline_keeps_owners_and_cuts_the_rest, cfg(), &with_conns("
+        0     c1 l a 0       => c1 ok T1 33
+        0     c4 listen x    => c4 ok
+        23000 c1 idle
+        23000 c4 idle
+        23000 c2 idle        => c2 error; close c2 idle
+        23000 c3 e b         => c3 acquired T2 33
+        34000 c1 idle        => c1 error; close c1 idle
+        60000 c3 idle
+        60000 c3 stall       => c3 error; close c3 stalled
+    ");
+
+    // §9.2 with §10: before authentication the closing answer is
+    // `error_auth`, closed after the pause; while draining, `error_draining`.
+    read_deadline_before_auth_and_while_draining,
+    Config { auth_token: Some(b"sekrit".to_vec()), ..cfg() }, &with_conns("
+        0     c1 auth sekrit => c1 ok
+        0     c2 stall       => c2 error_auth; close c2 auth
+        0     c3 idle        => c3 error_auth; close c3 auth
+        1000  - drain
+        1000  c1 idle        => c1 error_draining; close c1 draining
+    ");
+
+    // §9.1: a cancel that comes after the grant releases it, and the queue
+    // moves on; once the connection has sent anything since, the grant is
+    // its own and a cancel does nothing.
+    cancel_after_the_grant_releases_it, cfg(), &with_conns("
+        0    c1 l a 0       => c1 ok T1 33
+        0    c2 l a 10
+        0    c3 l a 10
+        0    c4 l a 10
+        1000 c1 r a T1      => c2 ok T2 33; c1 ok
+        1000 c2 cancel      => c3 ok T3 33
+        2000 c3 ping        => c3 ok
+        2000 c3 cancel
+        2000 c1 l a 0       => c1 timeout
+        2000 c2 cancel
     ");
 }
 

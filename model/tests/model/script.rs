@@ -11,15 +11,19 @@
 //!   `advance`, `drain`, `raise N` (the fence ceiling to N).
 //! * Connection commands, as on the wire: `l KEY T [L]`, `sl KEY T N [L]`,
 //!   `r|sr KEY TOK`, `n|sn KEY TOK [L]`, `e KEY [L]`, `se KEY N [L]`,
-//!   `w|sw KEY T`, `stats`, `ping`, `auth TOKEN`, `invalid` (a malformed
+//!   `w|sw KEY T`, `stats`, `ping`, `listen PATTERN`, `auth TOKEN`, `invalid` (a malformed
 //!   request), `fatal` (an overlong line), `bye` (the connection goes away).
-//! * Expected outputs: `cN <reply line>` or `close cN`, in order. Nothing
+//!   What the driver reports about the transport: `idle` and `stall` (the
+//!   read deadline, without and with part of a request buffered), `cancel`.
+//! * Expected outputs: `cN <reply line>` or `close cN WHY`, in order, WHY
+//!   one of `draining`, `auth` (with the default 100 ms pause), `overlong`,
+//!   `stalled`, `idle`, `slow`. Nothing
 //!   after `=>` (or no `=>`) expects no output at all. `stats` replies are
 //!   best checked with [`Machine::stats_view`] instead.
 //! * `T<n>` anywhere stands for the token with fence `n`; `#` starts a comment.
 
 use dflockd_model::token::token_text;
-use dflockd_model::{Config, Machine, Op, Output, Space};
+use dflockd_model::{Config, Machine, Op, Output, Space, Why};
 
 /// Runs `script` on a new machine started at 0 and compares every output.
 /// Returns the machine for further checks.
@@ -68,6 +72,10 @@ pub fn check(cfg: Config, script: &str) -> Machine {
                 .unwrap_or_else(|| panic!("{}", at("bad connection")));
             if cmd == ["bye"] {
                 m.disconnect(now, conn)
+            } else if cmd == ["idle"] || cmd == ["stall"] {
+                m.read_deadline(now, conn, cmd == ["stall"])
+            } else if cmd == ["cancel"] {
+                m.cancel(now, conn)
             } else {
                 let op = parse_op(&cmd).unwrap_or_else(|| panic!("{}", at("bad request")));
                 m.handle(now, conn, op)
@@ -104,7 +112,16 @@ fn parse_outputs(expect: &str, salt_key: [u64; 2]) -> Vec<Output> {
                 .collect();
             if words[0] == "close" {
                 let conn = words[1][1..].parse().expect("close cN");
-                Output::Close { conn }
+                let why = match words.get(2).map(String::as_str) {
+                    Some("draining") => Why::Draining,
+                    Some("auth") => Why::AuthFailed { pause_ms: 100 },
+                    Some("overlong") => Why::Overlong,
+                    Some("stalled") => Why::Stalled,
+                    Some("idle") => Why::Idle,
+                    Some("slow") => Why::SlowConsumer,
+                    other => panic!("close c{conn}: unknown reason {other:?}"),
+                };
+                Output::Close { conn, why }
             } else {
                 let conn = words[0][1..].parse().expect("cN line");
                 Output::Reply {
@@ -120,7 +137,7 @@ fn render(outs: &[Output]) -> Vec<String> {
     outs.iter()
         .map(|o| match o {
             Output::Reply { conn, line } => format!("c{conn} {line}"),
-            Output::Close { conn } => format!("close c{conn}"),
+            Output::Close { conn, why } => format!("close c{conn} {why:?}"),
         })
         .collect()
 }
@@ -212,6 +229,10 @@ fn parse_op(cmd: &[&str]) -> Option<Op> {
         },
         ["stats"] => Op::Stats,
         ["ping"] => Op::Ping,
+        ["listen", p] => Op::Listen {
+            pattern: key(p),
+            group: Vec::new(),
+        },
         ["auth", tok] => Op::Auth {
             token: tok.as_bytes().to_vec(),
         },

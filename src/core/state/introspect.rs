@@ -19,7 +19,7 @@
 //!   [`Job::step`] first advances the core to `now` (as any input does),
 //!   then visits at most [`SLICE`] items from where the previous step
 //!   stopped, and returns; the driver releases the core lock between steps
-//!   (`server::introspect`). A scan of n items therefore holds the lock
+//!   (`engine::introspect`). A scan of n items therefore holds the lock
 //!   n / [`SLICE`] times, each for O(SLICE log n), and the requests of
 //!   everyone else run in between.
 //!

@@ -352,7 +352,10 @@ fn signals_count_publishes_deliveries_and_slow_consumers() {
         h.apply(0, In::Written(2, usize::MAX));
         sent += 1;
     }
-    assert_eq!(h.send(0, 4, sig("x")), "c1: close | c2: sig x p | c4: ok 1");
+    assert_eq!(
+        h.send(0, 4, sig("x")),
+        "c1: close (slow) | c2: sig x p | c4: ok 1"
+    );
     assert_eq!(h.send(0, 4, sig("x")), "c2: sig x p | c4: ok 1");
     let m = h.core.metrics();
     assert_eq!(m.evictions(Cause::SlowConsumer), 1);

@@ -16,7 +16,7 @@
 //! reserve of grants.
 //!
 //! [`Keeper`] is the running server's side: it writes a new ceiling once
-//! half the reserve is used, and when a write fails (a full disk, a
+//! half the reserve is used (the engine's door calls it after every input), and when a write fails (a full disk, a
 //! read-only mount) it retries with backoff instead of on every request,
 //! logs the failure once and then at most once per 10 s with a count, and
 //! reports what `/ready` and `/metrics` show. While no fence is left, the
@@ -185,9 +185,76 @@ impl std::error::Error for FenceFileError {
     }
 }
 
+/// The file operations the fence state file needs, behind a seam: the
+/// server uses [`RealDisk`]; a simulator can give the engine a disk that
+/// fails, stalls or loses an unsynced write on command.
+pub trait Disk: Send + fmt::Debug {
+    /// The file's content, reading at most `limit + 1` bytes (so a longer
+    /// file is noticed without reading it whole); `None` if it does not
+    /// exist.
+    fn read(&self, path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>>;
+    /// Creates or truncates `path`, writes `bytes` and fsyncs the file.
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes a rename in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealDisk;
+
+impl Disk for RealDisk {
+    fn read(&self, path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        file.take(limit + 1).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    #[cfg(unix)]
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    #[cfg(not(unix))]
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
 /// An open fence state file: where it lives, and the ceiling it last held.
 #[derive(Debug)]
 pub struct FenceFile {
+    disk: Box<dyn Disk>,
     path: PathBuf,
     /// The temporary file used for atomic replacement: `<name>.tmp` in
     /// the same directory, so that the rename never crosses filesystems.
@@ -202,6 +269,14 @@ impl FenceFile {
     /// [`FenceFile::persist`]. A file that cannot be read or parsed is an
     /// error.
     pub fn open(path: impl AsRef<Path>) -> Result<(FenceFile, u64), FenceFileError> {
+        FenceFile::open_on(Box::new(RealDisk), path)
+    }
+
+    /// [`FenceFile::open`] on another [`Disk`].
+    pub fn open_on(
+        disk: Box<dyn Disk>,
+        path: impl AsRef<Path>,
+    ) -> Result<(FenceFile, u64), FenceFileError> {
         let path = path.as_ref().to_path_buf();
         let Some(name) = path.file_name() else {
             return Err(FenceFileError::Io {
@@ -217,8 +292,9 @@ impl FenceFile {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let ceiling = read_ceiling(&path)?;
+        let ceiling = read_ceiling(&*disk, &path)?;
         let file = FenceFile {
+            disk,
             path,
             tmp_path,
             dir,
@@ -249,30 +325,34 @@ impl FenceFile {
                 requested: ceiling,
             });
         }
-        if ceiling == self.ceiling && self.path.exists() {
+        if ceiling == self.ceiling && self.disk.exists(&self.path) {
             return Ok(());
         }
         let line = encode(ceiling);
-        if let Err(source) = write_synced(&self.tmp_path, line.as_bytes()) {
+        if let Err(source) = self.disk.write_synced(&self.tmp_path, line.as_bytes()) {
             // Best effort: a leftover temporary file is harmless, since the
             // next persist truncates it.
-            let _ = fs::remove_file(&self.tmp_path);
+            let _ = self.disk.remove(&self.tmp_path);
             return Err(FenceFileError::Io {
                 path: self.tmp_path.clone(),
                 op: "write temporary file",
                 source,
             });
         }
-        fs::rename(&self.tmp_path, &self.path).map_err(|source| FenceFileError::Io {
-            path: self.path.clone(),
-            op: "rename temporary file over",
-            source,
-        })?;
-        sync_dir(&self.dir).map_err(|source| FenceFileError::Io {
-            path: self.dir.clone(),
-            op: "fsync directory of the fence state file",
-            source,
-        })?;
+        self.disk
+            .rename(&self.tmp_path, &self.path)
+            .map_err(|source| FenceFileError::Io {
+                path: self.path.clone(),
+                op: "rename temporary file over",
+                source,
+            })?;
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|source| FenceFileError::Io {
+                path: self.dir.clone(),
+                op: "fsync directory of the fence state file",
+                source,
+            })?;
         self.ceiling = ceiling;
         Ok(())
     }
@@ -337,21 +417,18 @@ fn decode(bytes: &[u8]) -> Result<u64, String> {
 }
 
 /// Reads the ceiling at `path`; 0 if the file does not exist.
-fn read_ceiling(path: &Path) -> Result<u64, FenceFileError> {
-    let io_error = |source| FenceFileError::Io {
-        path: path.to_path_buf(),
-        op: "read",
-        source,
+fn read_ceiling(disk: &dyn Disk, path: &Path) -> Result<u64, FenceFileError> {
+    let bytes = match disk.read(path, MAX_FILE_BYTES) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(0),
+        Err(source) => {
+            return Err(FenceFileError::Io {
+                path: path.to_path_buf(),
+                op: "read",
+                source,
+            })
+        }
     };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_error(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(FenceFileError::Corrupt {
             path: path.to_path_buf(),
@@ -364,28 +441,6 @@ fn read_ceiling(path: &Path) -> Result<u64, FenceFileError> {
     })
 }
 
-/// Creates or truncates `path`, writes `bytes` and fsyncs the file.
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Makes a rename in `dir` durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
-}
-
 /// Backoff after the first failed write of the state file.
 const RETRY_FIRST_MS: u64 = 100;
 /// The longest wait between two attempts: a fixed disk is noticed within
@@ -394,7 +449,7 @@ const RETRY_MAX_MS: u64 = 5_000;
 
 /// The fence state file of a running server: when to write the next
 /// ceiling, and what happened the last times. Lives under the core's lock
-/// (`server::Inner`); every method is O(1) unless it writes the file.
+/// (`engine::Inner`); every method is O(1) unless it writes the file.
 #[derive(Debug)]
 pub struct Keeper {
     file: FenceFile,

@@ -1,5 +1,5 @@
-//! TLS on the TCP port (protocol.md §1.1): loading the certificate and key,
-//! and the per-connection handshake.
+//! TLS on both listeners (protocol.md §1.1, http.md): loading the
+//! certificate and key, and the per-connection handshake.
 //!
 //! With `--tls-cert` and `--tls-key` every connection on the port is TLS:
 //! TLS 1.2 or 1.3 only, no client certificates. The handshake must finish
@@ -8,19 +8,21 @@
 //! client, a TLS 1.1-only client, garbage, silence) is closed without a
 //! protocol byte and never reaches the core.
 //!
-//! Cancel safety: [`super::conn`] races each read against the mailbox and
-//! a timer, dropping the read future of the loser. `futures_rustls`'s
+//! Cancel safety: the TCP front's connection handler (`crate::tcp::conn`)
+//! races each read against the mailbox and a timer, dropping the read
+//! future of the loser. `futures_rustls`'s
 //! `TlsStream::poll_read` pulls ciphertext from the socket into the rustls
 //! session (which keeps it, decrypted, in its own buffer) and only returns
 //! `Ready(Ok(n))` after copying `n` plaintext bytes into the caller's
 //! buffer; `Pending` means nothing was copied. A read future dropped while
 //! pending therefore loses no decrypted bytes: the next read yields them.
 //! The write side is different: `poll_write` may accept plaintext into the
-//! session without having sent its records, so [`super::conn`] flushes
+//! session without having sent its records, so the handler flushes
 //! after every `write_all`.
 
 use std::fmt;
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,9 +32,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use log::Level;
 
-use super::{conn, Shared};
+use crate::engine::Engine;
 use crate::logging::{self, Cause};
-use crate::sync::Arc;
+use crate::rt;
 
 /// The most read from a certificate or key file. Real PEM chains are a few
 /// KiB; this only keeps a wrong path (a device, a huge file) from
@@ -206,26 +208,27 @@ enum Handshake<S> {
 }
 
 /// Runs the server side of the TLS handshake on an accepted socket,
-/// bounded by `--tls-handshake-timeout` and abandoned when shutdown
-/// begins. `None` when it failed, was late, or shutdown began (the caller
-/// just drops the socket). Shared by the TCP port and the HTTP front.
-pub(crate) async fn handshake(
-    shared: &Shared,
-    stream: async_net::TcpStream,
+/// bounded by `deadline` (`--tls-handshake-timeout`) and abandoned when
+/// the drain begins. `None` when it failed, was late, or the drain began
+/// (the caller just drops the socket). Shared by the TCP port and the HTTP
+/// front.
+pub async fn handshake<S>(
+    engine: &Engine,
+    stream: S,
+    peer: Option<SocketAddr>,
     acceptor: &TlsAcceptor,
-) -> Option<futures_rustls::server::TlsStream<async_net::TcpStream>> {
-    let deadline = Duration::from_secs(shared.cfg.tls_handshake_timeout_s);
-    let peer = stream.peer_addr().ok();
+    deadline: Duration,
+) -> Option<futures_rustls::server::TlsStream<S>>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
     let handshake = async { Handshake::Done(acceptor.accept(stream).await) };
     let timer = async {
-        async_io::Timer::after(deadline).await;
+        rt::sleep(deadline).await;
         Handshake::Late
     };
     let shutdown = async {
-        let l = shared.shutdown_event.listen();
-        if !shared.is_shutting_down() {
-            l.await;
-        }
+        engine.drain_begun().await;
         Handshake::ShuttingDown
     };
     let outcome =
@@ -248,25 +251,6 @@ pub(crate) async fn handshake(
             None
         }
         Handshake::ShuttingDown => None,
-    }
-}
-
-/// Serves one accepted TCP connection over TLS: the [`handshake`], then
-/// the same connection task as plain TCP. A failed or late handshake just
-/// closes the socket, and so does shutdown: a connection still in its
-/// handshake has nothing in the core to drain.
-pub(super) async fn serve(
-    shared: &Arc<Shared>,
-    stream: async_net::TcpStream,
-    acceptor: TlsAcceptor,
-) {
-    conn::tune(&stream);
-    let peer = stream.peer_addr().ok();
-    if let Some(mut tls) = handshake(shared, stream, &acceptor).await {
-        conn::serve_from(shared, &mut tls, peer).await;
-        // Best effort, without waiting: a close_notify alert if the
-        // socket takes it at once, then the FIN.
-        let _ = futures_lite::future::poll_once(futures_lite::AsyncWriteExt::close(&mut tls)).await;
     }
 }
 

@@ -166,13 +166,14 @@ pub const ACCEPT: Accept = Accept::Pin;
 /// the accepting thread ([`Accept::ReusePort`]).
 struct Placement {
     mode: Accept,
-    workers: Vec<Arc<rt::Worker>>,
+    /// The runtime's own (std) `Arc`s: the runtime is not model-checked.
+    workers: Vec<std::sync::Arc<rt::Worker>>,
     /// Connection tasks alive per thread.
     load: Vec<AtomicUsize>,
 }
 
 impl Placement {
-    fn spawn(self: &Arc<Self>, task: rt::BoxTask) {
+    fn spawn(self: &std::sync::Arc<Self>, task: rt::BoxTask) {
         let i = match self.mode {
             Accept::ReusePort => rt::Worker::current().map_or(0, |w| w.index()),
             Accept::Pin => (0..self.workers.len())
@@ -193,9 +194,10 @@ impl Placement {
 /// Binds the listeners and starts the server on its own threads.
 pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let fence = open_fence(&mut cfg)?;
-    let threads_n = match cfg.threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
+    let threads_n = match (cfg.threads, bench_threads()) {
+        (0, Some(n)) => n,
+        (0, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        (n, _) => n,
     };
     let mode = accept_mode();
     let listeners_n = match mode {
@@ -237,7 +239,7 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     };
     let tcp = TcpFront::new(engine.clone(), &cfg);
     let runtime = rt::Runtime::start(threads_n, "dflockd").map_err(StartError::Runtime)?;
-    let place = Arc::new(Placement {
+    let place = std::sync::Arc::new(Placement {
         mode,
         workers: runtime.workers().to_vec(),
         load: (0..threads_n).map(|_| AtomicUsize::new(0)).collect(),
@@ -446,6 +448,17 @@ fn accept_mode() -> Accept {
         Ok("reuseport") => Accept::ReusePort,
         _ => ACCEPT,
     }
+}
+
+/// `DFLOCKD_BENCH_THREADS`: the runtime's thread count for the benchmark
+/// comparing thread models (only it sets this; the server otherwise runs
+/// one thread per core).
+fn bench_threads() -> Option<usize> {
+    std::env::var("DFLOCKD_BENCH_THREADS")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&n| (1..=1024).contains(&n))
 }
 
 /// Connections the kernel may queue before `accept` takes them; it clamps

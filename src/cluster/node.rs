@@ -156,6 +156,9 @@ pub struct NodeConfig {
     /// This member's own client address (for the hint while it starts
     /// leading).
     pub client_addr: String,
+    /// The members known at start (`--cluster-peers`), for the dashboard's
+    /// addresses; members added later are listed without one.
+    pub peers: Vec<super::Peer>,
 }
 
 /// A member: the engine's [`Replicator`] (see the module documentation).
@@ -761,6 +764,49 @@ impl Replicator for Node {
         Box::pin(async move {
             applied.await.map_err(admin_error)?;
             Ok(handle.status().voters)
+        })
+    }
+
+    fn view(&self) -> serde_json::Value {
+        let s = self.handle.status();
+        let mut ids: Vec<u64> = s.voters.iter().chain(&s.learners).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let members: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|&id| {
+                let me = id == s.node_id;
+                let role = if me {
+                    s.role.as_str()
+                } else if s.leader_id == Some(id) {
+                    "leader"
+                } else if s.learners.contains(&id) {
+                    "learner"
+                } else {
+                    "follower"
+                };
+                let addr = self
+                    .cfg
+                    .peers
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map(|p| p.client_addr.clone());
+                // Only this member's own indexes are known here.
+                serde_json::json!({
+                    "id": id,
+                    "addr": addr,
+                    "role": role,
+                    "self": me,
+                    "commit_index": me.then_some(s.commit_index),
+                    "applied_index": me.then_some(s.applied_index),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": s.node_id,
+            "term": s.term,
+            "leader": s.leader_client_addr.clone().or_else(|| s.leader_id.map(|i| i.to_string())),
+            "members": members,
         })
     }
 

@@ -75,6 +75,10 @@ pub trait Replicator: Send + Sync {
     /// A membership change from the admin routes (spec/cluster.md §7),
     /// answered with the voters once it is applied.
     fn change_voters(&self, change: VotersChange) -> AdminFuture;
+    /// The dashboard's view of the cluster (`/v1/activity`'s `cluster`):
+    /// this member's idea of the members, their roles, the leader and its
+    /// own commit and applied index.
+    fn view(&self) -> serde_json::Value;
     /// A linearizable no-op (`GET /v1/readindex`): answers once everything
     /// acknowledged before it is applied here.
     fn barrier(&self) -> AdminFuture;

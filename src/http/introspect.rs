@@ -446,9 +446,11 @@ pub(super) async fn activity(front: &Front) -> Resp {
         },
         "fence_headroom": headroom,
         "draining": engine.is_draining(),
-        // A single node: the replicated mode (spec/cluster.md) would list
-        // its members, roles, leader and commit/applied index here.
-        "cluster": null,
+        // Cluster mode: this member's view (spec/http.md §8.3); a single
+        // node has none.
+        "cluster": engine
+            .replicator()
+            .map_or(serde_json::Value::Null, |r| r.view()),
     }))
 }
 

@@ -401,6 +401,21 @@ fn the_admin_routes_are_off_without_an_admin_token() {
         r.header("x-dflockd-leader"),
         Some(cluster.configs[leader].listen.as_str())
     );
+    // The dashboard's view: three members, the leader named, this
+    // member's own indexes only.
+    let a = crate::http_client::get(http, "/v1/activity").json();
+    let c = &a["cluster"];
+    assert_eq!(c["leader"], cluster.configs[leader].listen.as_str(), "{c}");
+    let members = c["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{c}");
+    let me: Vec<&serde_json::Value> = members.iter().filter(|m| m["self"] == true).collect();
+    assert_eq!(me.len(), 1, "{c}");
+    assert_eq!(me[0]["role"], "leader");
+    assert!(me[0]["commit_index"].as_u64().is_some_and(|i| i > 1), "{c}");
+    assert!(members
+        .iter()
+        .filter(|m| m["self"] == false)
+        .all(|m| m["role"] == "follower" && m["commit_index"].is_null() && m["addr"].is_string()));
 }
 
 /// A fourth member started with `--join` is added through the admin route

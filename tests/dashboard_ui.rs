@@ -740,7 +740,10 @@ fn on_a_cluster_member_the_dashboard_shows_the_members_and_the_leader() {
         if let Some(i) = found {
             break i;
         }
-        assert!(std::time::Instant::now() < deadline, "no leader within 20 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader within 20 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let follower = (leader + 1) % 3;
@@ -753,7 +756,11 @@ fn on_a_cluster_member_the_dashboard_shows_the_members_and_the_leader() {
         "{text}"
     );
     let table = element(&dom, r#"<table id="cluster-table""#, "</table>");
-    assert_eq!(table.matches("<tr>").count(), 4, "a header and three members: {table}");
+    assert_eq!(
+        table.matches("<tr>").count(),
+        4,
+        "a header and three members: {table}"
+    );
     assert!(table.contains("<td>leader</td>"), "{table}");
     assert!(table.contains("<td>follower</td>"), "{table}");
     assert!(table.contains("(this member)"), "{table}");

@@ -990,7 +990,9 @@ fn readme_cluster_example_runs_as_written() {
         .map(|(_, text)| text)
         .expect("the README's cluster example");
     // Two prefixes whose ports 1-3 are free now, below the ephemeral range.
-    let free = |p: u32| (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", (p * 10 + i) as u16)).is_ok());
+    let free = |p: u32| {
+        (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", (p * 10 + i) as u16)).is_ok())
+    };
     let mut prefixes = (2000 + std::process::id() % 1000..3200).filter(|&p| free(p));
     let a = prefixes.next().expect("free ports");
     let b = prefixes.next().expect("free ports");

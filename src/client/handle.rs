@@ -690,7 +690,9 @@ impl Call<'_> {
             Call::Renew(space, key, token, lease_s) => {
                 conn.renew_in(space, key, token, lease_s).await
             }
-            Call::Release(space, key, token) => conn.release_in(space, key, token).await.map(|()| 0),
+            Call::Release(space, key, token) => {
+                conn.release_in(space, key, token).await.map(|()| 0)
+            }
         }
     }
 }
@@ -725,14 +727,22 @@ async fn on_session(
         return call.send(conn).await;
     };
     let now = Instant::now();
-    let first = before(now + deadline.saturating_duration_since(now) / 2, call.send(conn)).await;
+    let first = before(
+        now + deadline.saturating_duration_since(now) / 2,
+        call.send(conn),
+    )
+    .await;
     match first {
         Err(Error::Io(_) | Error::NotLeader(_)) => {}
         other => return other,
     }
     // Closed first: a leader that still serves the old connection would
     // refuse the reference while that session is live.
-    let _ = before(deadline, async { Ok(conn.shutdown().await) }).await;
+    let _ = before(deadline, async {
+        conn.shutdown().await;
+        Ok(())
+    })
+    .await;
     *conn = client.connect_leader(reference, deadline).await?;
     before(deadline, call.send(conn)).await
 }

@@ -723,7 +723,7 @@ impl Replicator for Node {
                     let (s, _) = handle
                         .wait_for(STATUS_CATCH_UP, |s| s.voters.contains(&id))
                         .await;
-                    return Ok(s.voters);
+                    Ok(s.voters)
                 }
                 VotersChange::Remove(id) => {
                     let s = handle.status();
@@ -739,7 +739,7 @@ impl Replicator for Node {
                             !s.voters.contains(&id) && !s.learners.contains(&id)
                         })
                         .await;
-                    return Ok(s.voters);
+                    Ok(s.voters)
                 }
             }
         })

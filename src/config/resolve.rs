@@ -384,7 +384,8 @@ pub(super) fn resolve(
         log_level
     };
 
-    let (cluster, orphan_ttl_s, raft_tick_ms) = resolve_cluster(&mut r, fence_state_file.is_some())?;
+    let (cluster, orphan_ttl_s, raft_tick_ms) =
+        resolve_cluster(&mut r, fence_state_file.is_some())?;
 
     // Rules involving two settings.
     if http_port != 0 && http_port == port {

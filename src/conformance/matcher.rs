@@ -151,9 +151,7 @@ pub fn stats_shape(v: &Value) -> Result<(), String> {
 
 /// A cluster member's `cluster` object (protocol.md §8, cluster.md §7).
 fn cluster_shape(v: &Value) -> Result<(), String> {
-    let obj = v
-        .as_object()
-        .ok_or("`cluster` is not an object")?;
+    let obj = v.as_object().ok_or("`cluster` is not an object")?;
     let ints = [
         "node_id",
         "term",
@@ -418,10 +416,7 @@ mod tests {
                 "`signal_channels[0].group` is 3",
             ),
             (json!({"cluster": []}), "`cluster` is not an object"),
-            (
-                json!({"cluster": {"node_id": 1}}),
-                "`cluster` lacks `term`",
-            ),
+            (json!({"cluster": {"node_id": 1}}), "`cluster` lacks `term`"),
             (
                 json!({"cluster": {"node_id": 1, "term": -2, "commit_index": 3, "applied_index": 3,
                     "snapshot_index": 1, "role": "leader", "leader_id": 1,

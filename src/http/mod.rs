@@ -220,7 +220,11 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
         &[Method::GET, Method::HEAD],
     ),
     ("/v1/admin/voters", Route::VoterAdd, &[Method::POST]),
-    ("/v1/admin/voters/{id}", Route::VoterRemove, &[Method::DELETE]),
+    (
+        "/v1/admin/voters/{id}",
+        Route::VoterRemove,
+        &[Method::DELETE],
+    ),
     ("/v1/readindex", Route::ReadIndex, &[Method::GET]),
     (
         "/ui",

@@ -359,7 +359,10 @@ impl Client {
         let w: Vec<&str> = reply.split(' ').collect();
         match (call, w.as_slice()) {
             (Call::Acquire { .. } | Call::Fence, ["ok", token, _lease]) => {
-                match token.get(..16).and_then(|f| u64::from_str_radix(f, 16).ok()) {
+                match token
+                    .get(..16)
+                    .and_then(|f| u64::from_str_radix(f, 16).ok())
+                {
                     Some(fence) => {
                         if matches!(call, Call::Acquire { .. }) {
                             self.tokens.insert(fence, token.to_string());

@@ -121,10 +121,7 @@ impl Member {
                 Ok(()) => return,
                 Err(_) if !self.alive() => {
                     self.kill9();
-                    panic!(
-                        "member {} (pid {pid}) exited before it served",
-                        self.id
-                    );
+                    panic!("member {} (pid {pid}) exited before it served", self.id);
                 }
                 Err(_) if Instant::now() >= deadline => {
                     self.kill9();

@@ -266,7 +266,9 @@ fn a_cluster_client_keeps_its_lock_and_token_across_a_failover() {
     // them over (nothing else can: the orphan TTL is a minute).
     let renewed = smol::block_on(two.renew()).expect("reclaimed by the renewal");
     assert_eq!(renewed, 4);
-    wait_until(Duration::from_secs(20), || orphans(&cluster, next) == Some(0));
+    wait_until(Duration::from_secs(20), || {
+        orphans(&cluster, next) == Some(0)
+    });
     assert!(!lock.is_lost() && !two.is_lost());
     assert_eq!(lock.token(), Some(token));
     assert_eq!(two.token(), Some(token2));
@@ -376,7 +378,11 @@ fn add_voter(http: SocketAddr, token: Option<&str>, p: &Peer) -> crate::http_cli
 fn the_admin_routes_are_off_without_an_admin_token() {
     let cluster = Cluster::start(3, 60_000);
     let leader = cluster.leader();
-    let http = cluster.members[leader].as_ref().unwrap().http_addr().unwrap();
+    let http = cluster.members[leader]
+        .as_ref()
+        .unwrap()
+        .http_addr()
+        .unwrap();
     let r = add_voter(http, Some("anything"), &new_peer(4));
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.json()["error"], "admin_disabled");
@@ -425,7 +431,11 @@ fn the_admin_routes_are_off_without_an_admin_token() {
 fn a_member_joins_a_running_cluster_and_leaves_it() {
     let mut cluster = Cluster::start_with(3, 60_000, Some(ADMIN));
     let leader = cluster.leader();
-    let http = cluster.members[leader].as_ref().unwrap().http_addr().unwrap();
+    let http = cluster.members[leader]
+        .as_ref()
+        .unwrap()
+        .http_addr()
+        .unwrap();
     // State to be replicated to the newcomer.
     let mut c = Client::connect(cluster.addr(leader));
     grant(&c.req("l", "before-the-join", "5 600"));
@@ -433,13 +443,22 @@ fn a_member_joins_a_running_cluster_and_leaves_it() {
     let fourth = new_peer(4);
     // Refusals first: no token, a wrong one, a follower, a bad body.
     let r = add_voter(http, None, &fourth);
-    assert_eq!((r.status, r.json()["error"].clone()), (401, "unauthorized".into()));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, "unauthorized".into())
+    );
     let r = add_voter(http, Some("an-admin-tokeN"), &fourth);
-    assert_eq!((r.status, r.json()["error"].clone()), (403, "forbidden".into()));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (403, "forbidden".into())
+    );
     let f = (leader + 1) % 3;
     let fh = cluster.members[f].as_ref().unwrap().http_addr().unwrap();
     let r = add_voter(fh, Some(ADMIN), &fourth);
-    assert_eq!((r.status, r.json()["error"].clone()), (503, "not_leader".into()));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (503, "not_leader".into())
+    );
     let r = crate::http_client::call(
         http,
         "POST",
@@ -470,14 +489,19 @@ fn a_member_joins_a_running_cluster_and_leaves_it() {
     peers.push(fourth.clone());
     let dir = cluster._dir.0.clone();
     let cfg = member_config(&dir, &fourth, &peers, 60_000, Some(ADMIN), true);
-    cluster.members.push(Some(spawn(cfg.clone()).expect("the fourth member starts")));
+    cluster
+        .members
+        .push(Some(spawn(cfg.clone()).expect("the fourth member starts")));
     cluster.configs.push(cfg);
     let r = add_voter(http, Some(ADMIN), &fourth);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["voters"], serde_json::json!([1, 2, 3, 4]));
     // Adding it twice is a conflict.
     let r = add_voter(http, Some(ADMIN), &fourth);
-    assert_eq!((r.status, r.json()["error"].clone()), (409, "conflict".into()));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (409, "conflict".into())
+    );
     // It holds the replicated state and counts itself a voter.
     wait_until(Duration::from_secs(10), || {
         let s = Client::connect(cluster.addr(3)).req("stats", "_", "");
@@ -496,7 +520,10 @@ fn a_member_joins_a_running_cluster_and_leaves_it() {
     };
     assert_eq!(del("/v1/admin/voters/x").status, 400);
     let r = del("/v1/admin/voters/9");
-    assert_eq!((r.status, r.json()["error"].clone()), (404, "not_found".into()));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (404, "not_found".into())
+    );
     let r = del("/v1/admin/voters/4");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["voters"], serde_json::json!([1, 2, 3]));
@@ -516,7 +543,11 @@ fn a_semaphore_limit_above_the_cluster_bound_is_refused() {
     assert_eq!(c.req("se", "big", "1048577"), "error");
     let (tok, _) = grant(&c.req("sl", "big", "0 1048576"));
     assert_eq!(c.req("sr", "big", &tok), "ok");
-    let http = cluster.members[leader].as_ref().unwrap().http_addr().unwrap();
+    let http = cluster.members[leader]
+        .as_ref()
+        .unwrap()
+        .http_addr()
+        .unwrap();
     let r = crate::http_client::call(http, "POST", "/v1/sessions", &[], b"");
     let sid = r.json()["session_id"].as_str().expect("session").to_owned();
     let r = crate::http_client::call(

@@ -29,10 +29,13 @@ pub mod conformance;
 pub mod core;
 #[cfg(feature = "differential")]
 pub mod differential;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod engine;
 pub mod http;
 pub mod logging;
 pub mod net;
+pub mod planted;
 pub mod rt;
 pub mod server;
 pub mod sync;

@@ -65,6 +65,9 @@ impl Mailbox {
             s.waker.take()
         };
         if let Some(w) = waker {
+            if crate::planted::is(crate::planted::Bug::LostWakeup) {
+                return;
+            }
             w.wake();
         }
     }

@@ -111,7 +111,13 @@ pub struct Engine {
     /// Fires when the drain begins.
     drain_event: Event,
     pub fronts: Fronts,
+    /// Sees every entry the door applies, in order (the simulator's
+    /// record of what the core was given).
+    journal: Option<Journal>,
 }
+
+/// A callback given each applied [`Entry`] (see [`Engine::with_journal`]).
+pub type Journal = Box<dyn Fn(&Entry) + Send + Sync>;
 
 impl Engine {
     /// An engine over a fresh core. `fence` keeps the fence state file
@@ -132,7 +138,16 @@ impl Engine {
             draining: AtomicBool::new(false),
             drain_event: Event::new(),
             fronts: Fronts::default(),
+            journal: None,
         }
+    }
+
+    /// The same engine, calling `journal` with each entry it applies, under
+    /// its lock, in the order applied: the connection's `Connect` (stamped
+    /// with its id) and every input that reached the core.
+    pub fn with_journal(mut self, journal: Journal) -> Engine {
+        self.journal = Some(journal);
+        self
     }
 
     /// Takes the lock: inputs applied through the returned door are applied
@@ -275,6 +290,13 @@ impl Door<'_> {
         let at = self.clock();
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let id = self.inner.core.connect(at, &mut fx);
+        if let Some(j) = &self.engine.journal {
+            j(&Entry {
+                at,
+                conn: id,
+                input: Input::Connect { transport },
+            });
+        }
         self.inner.routes.insert(id, Route { mailbox, transport });
         self.inner.open[transport as usize] += 1;
         let mut out = Vec::new();
@@ -302,6 +324,13 @@ impl Door<'_> {
                 gone: true,
                 ..Outcome::default()
             };
+        }
+        if let Some(j) = &self.engine.journal {
+            j(&Entry {
+                at,
+                conn,
+                input: input.clone(),
+            });
         }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let core = &mut self.inner.core;
@@ -382,7 +411,8 @@ impl Door<'_> {
             out,
         );
         let next = inner.next_wake();
-        if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
+        let planted = crate::planted::is(crate::planted::Bug::DeadlineNotRearmed);
+        if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) && !planted {
             inner.timer_at = next;
             self.engine.timer_event.notify(1);
         }

@@ -29,8 +29,6 @@ pub mod conformance;
 pub mod core;
 #[cfg(feature = "differential")]
 pub mod differential;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod engine;
 pub mod http;
 pub mod logging;
@@ -38,6 +36,8 @@ pub mod net;
 pub mod planted;
 pub mod rt;
 pub mod server;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod sync;
 pub mod tcp;
 pub mod wire;

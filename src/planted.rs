@@ -39,7 +39,10 @@ impl Bug {
     }
 
     pub fn from_name(s: &str) -> Option<Bug> {
-        [Bug::None].into_iter().chain(Bug::ALL).find(|b| b.name() == s)
+        [Bug::None]
+            .into_iter()
+            .chain(Bug::ALL)
+            .find(|b| b.name() == s)
     }
 }
 

@@ -46,7 +46,9 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
                 seeds = Some(a..b);
             }
             "--seconds" => {
-                let s: u64 = val("--seconds")?.parse().map_err(|_| "--seconds: not a number")?;
+                let s: u64 = val("--seconds")?
+                    .parse()
+                    .map_err(|_| "--seconds: not a number")?;
                 template.duration_ms = s.max(20) * 1000;
             }
             "--clients" => {
@@ -87,6 +89,9 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
             }
         }
     }
-    println!("{ran} seeds, {:.2} simulated hours: all checks held", ms as f64 / 3.6e6);
+    println!(
+        "{ran} seeds, {:.2} simulated hours: all checks held",
+        ms as f64 / 3.6e6
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,10 @@ pub fn all(world: &World) -> Result<(), String> {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            format!("incarnation {}: the model refused the journal: {why}", s.inc)
+            format!(
+                "incarnation {}: the model refused the journal: {why}",
+                s.inc
+            )
         })??;
         for (pid, c) in conns.iter().enumerate().filter(|(_, c)| c.inc == s.inc) {
             let Some(&conn) = replay.conn_of.get(&(pid as u64)) else {
@@ -36,7 +39,9 @@ pub fn all(world: &World) -> Result<(), String> {
             };
             let what = |m: String| format!("incarnation {} conn {conn} (pipe {pid}): {m}", s.inc);
             let expected = replay.out.get(&conn).cloned().unwrap_or_default();
-            let closed_by_core = expected.iter().any(|o| matches!(o, model::Output::Close { .. }));
+            let closed_by_core = expected
+                .iter()
+                .any(|o| matches!(o, model::Output::Close { .. }));
             let lines: Vec<&str> = expected
                 .iter()
                 .filter_map(|o| match o {
@@ -48,7 +53,13 @@ pub fn all(world: &World) -> Result<(), String> {
             // order, pushes in order (protocol §9.3 leaves the two streams'
             // interleaving free).
             let slow = expected.iter().any(|o| {
-                matches!(o, model::Output::Close { why: model::Why::SlowConsumer, .. })
+                matches!(
+                    o,
+                    model::Output::Close {
+                        why: model::Why::SlowConsumer,
+                        ..
+                    }
+                )
             });
             let (want_sig, want): (Vec<&str>, Vec<&str>) =
                 lines.iter().partition(|l| l.starts_with("sig "));
@@ -234,7 +245,11 @@ pub fn op(req: &Request) -> model::Op {
             limit: *limit,
             lease_s: *lease_s,
         },
-        Request::Release { space: s, key, token } => model::Op::Release {
+        Request::Release {
+            space: s,
+            key,
+            token,
+        } => model::Op::Release {
             space: space(*s),
             key: k(key),
             token: token.to_vec(),
@@ -321,7 +336,10 @@ fn replay(
                 break;
             }
             let outs = m.advance(d);
-            if outs.iter().any(|o| matches!(o, model::Output::Reply { .. } | model::Output::Close { .. })) {
+            if outs
+                .iter()
+                .any(|o| matches!(o, model::Output::Reply { .. } | model::Output::Close { .. }))
+            {
                 return Err(format!(
                     "an answer due at {d} ms was still not given at {at} ms (timer lateness allowed: {slack_ms} ms): {outs:?}"
                 ));
@@ -395,8 +413,11 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
         }
         drop(p);
         // Replies in order, skipping pushes.
-        let replies: Vec<&(String, u64)> =
-            c.lines.iter().filter(|(l, _)| !l.starts_with("sig ")).collect();
+        let replies: Vec<&(String, u64)> = c
+            .lines
+            .iter()
+            .filter(|(l, _)| !l.starts_with("sig "))
+            .collect();
         let mut enqueued: HashMap<(bool, Vec<u8>), u64> = HashMap::new();
         // token -> index into this connection's list
         let mut mine: Vec<((bool, Vec<u8>), u64, u64, u64, String)> = Vec::new();
@@ -432,11 +453,7 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
                         let l: u64 = l.parse().unwrap_or(0);
                         let from = enqueued.get(&id).copied().unwrap_or(*t_sent);
                         // The limit of a two-phase grant: as enqueued.
-                        let lim = mine
-                            .iter()
-                            .rev()
-                            .find(|m| m.0 == id)
-                            .map_or(1, |m| m.3);
+                        let lim = mine.iter().rev().find(|m| m.0 == id).map_or(1, |m| m.3);
                         // A `w` after `acquired` reports the same grant.
                         if !mine.iter().any(|m| m.4 == tok) {
                             mine.push((id, t_read, from + l * 1000, lim, tok.to_string()));

@@ -143,7 +143,10 @@ fn request_text(rng: &mut Rng, held: &Held) -> String {
             let h = mine[rng.below(mine.len() as u64) as usize];
             (h.1.clone(), h.2.clone())
         } else {
-            (key.to_string(), "0123456789abcdef0123456789abcdef".to_string())
+            (
+                key.to_string(),
+                "0123456789abcdef0123456789abcdef".to_string(),
+            )
         }
     };
     match rng.below(22) {
@@ -163,7 +166,10 @@ fn request_text(rng: &mut Rng, held: &Held) -> String {
             let (k, tk) = tok(rng, true);
             format!("sr\n{}\n{tk}\n", if k == key { "s" } else { &k })
         }
-        13 => format!("listen\n{}\n\n", ["ch.*", "ch.1", ">"][rng.below(3) as usize]),
+        13 => format!(
+            "listen\n{}\n\n",
+            ["ch.*", "ch.1", ">"][rng.below(3) as usize]
+        ),
         14 => format!("unlisten\n{}\n\n", ["ch.*", "ch.1"][rng.below(2) as usize]),
         15 => format!(
             "signal\n{}\np{}\n",
@@ -172,8 +178,13 @@ fn request_text(rng: &mut Rng, held: &Held) -> String {
         ),
         16 => "ping\n_\n\n".to_string(),
         17 => "stats\n_\n\n".to_string(),
-        18 => ["bogus\n_\n\n", "l\nk\nabc\n", "l\n\n1\n", "sl\ns\n1 0\n", "r\na\n\n"]
-            [rng.below(5) as usize]
+        18 => [
+            "bogus\n_\n\n",
+            "l\nk\nabc\n",
+            "l\n\n1\n",
+            "sl\ns\n1 0\n",
+            "r\na\n\n",
+        ][rng.below(5) as usize]
             .to_string(),
         19 => format!("l\na b\n{t}\n"),
         _ => "ping\n_\n\n".to_string(),
@@ -200,7 +211,11 @@ pub async fn run(world: Rc<World>, client: usize, mut rng: Rng) {
                         // Which key: the client does not track it exactly;
                         // a release with the wrong key is valid traffic.
                         let sem = rng.chance(300);
-                        let key = if sem { "s" } else { LOCKS[rng.below(2) as usize] };
+                        let key = if sem {
+                            "s"
+                        } else {
+                            LOCKS[rng.below(2) as usize]
+                        };
                         held.tokens.push((sem, key.to_string(), t));
                         if held.tokens.len() > 8 {
                             held.tokens.remove(0);

@@ -32,7 +32,10 @@ impl Wake for TaskWaker {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).insert(self.id);
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.id);
     }
 }
 
@@ -75,7 +78,9 @@ impl Hook for Time {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let ms = self.ms_of(at);
-        self.timers.borrow_mut().insert((ms, id), cx.waker().clone());
+        self.timers
+            .borrow_mut()
+            .insert((ms, id), cx.waker().clone());
         self.by_id.borrow_mut().insert(id, ms);
         id
     }
@@ -138,7 +143,10 @@ impl Exec {
             fut: Some(Box::pin(f)),
             group,
         });
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
     }
 
     /// Drops every task whose group `f` selects (a crash of the server

@@ -149,9 +149,8 @@ impl World {
     /// disk failed (the process exits, to be restarted).
     pub fn start_server(self: &Rc<Self>) -> Result<(), String> {
         let now = self.exec.now();
-        let (file, persisted) =
-            fence::FenceFile::open_on(Box::new(self.disk.clone()), FENCE_PATH)
-                .map_err(|e| e.to_string())?;
+        let (file, persisted) = fence::FenceFile::open_on(Box::new(self.disk.clone()), FENCE_PATH)
+            .map_err(|e| e.to_string())?;
         // The wall clock may have been stepped back since the last run.
         let wall = now * 1_000_000 + self.rng.borrow_mut().below(1 << 20);
         let (start, ceiling) = fence::startup_fence(persisted, wall, self.reserve);

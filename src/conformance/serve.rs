@@ -236,6 +236,13 @@ impl ScriptedServer {
         start_scenario(&self.state, name)
     }
 
+    /// A handle that starts runs like [`ScriptedServer::start_scenario`],
+    /// for use from a verdict callback.
+    pub fn starter(&self) -> impl Fn(&str) -> Result<(), String> + Send + 'static {
+        let state = self.state.clone();
+        move |name| start_scenario(&state, name)
+    }
+
     /// Waits for the current run to finish and returns its verdict.
     pub fn verdict(&self) -> Result<Verdict, String> {
         verdict(&self.state)
@@ -624,23 +631,26 @@ pub fn main(command: &str, args: &[&str]) -> u8 {
         server.control_addr()
     );
     let _ = io::stdout().flush();
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<String>();
+    let again = args.scenario.clone().map(|name| (name, server.starter()));
     server.on_verdict(move |name, verdict| {
+        // Each finished run of --scenario starts the next one before its
+        // verdict is printed, so a client that reads the verdict and
+        // connects again finds the next run waiting.
+        if let Some((name, start)) = &again {
+            if let Err(e) = start(name) {
+                let _ = tx.send(e);
+            }
+        }
         match verdict {
             Ok(()) => println!("pass  {name}"),
             Err(why) => println!("FAIL  {name}: {why}"),
         }
         let _ = io::stdout().flush();
-        let _ = tx.send(());
     });
-    // Each finished run of --scenario starts the next one.
-    for () in rx {
-        if let Some(name) = &args.scenario {
-            if let Err(e) = server.start_scenario(name) {
-                eprintln!("{command}: {e}");
-                return 2;
-            }
-        }
+    if let Ok(e) = rx.recv() {
+        eprintln!("{command}: {e}");
+        return 2;
     }
     0
 }

@@ -284,15 +284,11 @@ impl HttpFront {
     }
 
     /// Accepts HTTP connections until the task is dropped (when the server
-    /// stops), spawning a task per connection, and the session sweeper,
-    /// with `spawn`. It keeps accepting while the server drains, so
-    /// `/ready` and the 503 `draining` answers are served (Decision D10).
-    pub async fn accept_loop(
-        this: &Arc<Self>,
-        listener: async_net::TcpListener,
-        spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
-    ) {
-        spawn(Box::pin(sweeper(this.clone())));
+    /// stops), handing each to `spawn` as a task that takes the socket over
+    /// on whichever runtime thread runs it. It keeps accepting while the
+    /// server drains, so `/ready` and the 503 `draining` answers are served
+    /// (Decision D10).
+    pub async fn accept_loop(this: &Arc<Self>, listener: rt::net::TcpListener, spawn: &rt::Spawn) {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 rt::sleep(Duration::from_millis(20)).await;
@@ -314,10 +310,17 @@ impl HttpFront {
                 front: this.clone(),
                 ip,
             };
-            let _ = stream.set_nodelay(true);
             let front = this.clone();
             spawn(Box::pin(async move {
                 let _slot = slot;
+                let stream = match rt::net::TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!(error:% = e; "cannot register an accepted HTTP connection");
+                        return;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
                 match &front.tls {
                     None => serve_connection(front.clone(), ip, stream).await,
                     Some(acceptor) => {
@@ -361,7 +364,7 @@ where
     };
     let io = lenient::Lenient::new(signals::WriteDeadline::new(io, signals::WRITE_DEADLINE));
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(smol_hyper::rt::SmolTimer::new())
+        .timer(rt::HyperTimer)
         .header_read_timeout(Duration::from_secs(10))
         .serve_connection(smol_hyper::rt::FuturesIo::new(io), svc);
     futures_lite::future::or(
@@ -373,8 +376,9 @@ where
     .await;
 }
 
-/// Reaps sessions idle for more than 2 × the idle timeout (Decision D9).
-async fn sweeper(front: Arc<Front>) {
+/// Reaps sessions idle for more than 2 × the idle timeout (Decision D9);
+/// one task per front.
+pub async fn sweeper(front: Arc<Front>) {
     let idle = front.settings.session_idle_timeout_s;
     if idle == 0 {
         return;

@@ -48,6 +48,7 @@ use crate::core::Effect;
 use crate::engine::mailbox::Delivery;
 use crate::engine::{Engine, Input, Transport};
 use crate::logging::{self, Cause};
+use crate::rt;
 use crate::sync::Arc;
 use crate::wire::{
     listen_request, max_signal_payload, signal_request, Key, ParseError, Reply, Request, Status,
@@ -267,7 +268,7 @@ pub struct SseBody {
     handed: usize,
     /// `--http-sse-ping-interval` > 0: each tick refreshes the session, so
     /// the idle sweeper sees a live stream.
-    ping: Option<async_io::Timer>,
+    ping: Option<rt::Interval>,
     /// Interval 0: the stream counts as a request in flight instead, which
     /// the sweeper never reaps.
     pinned: bool,
@@ -282,7 +283,7 @@ impl SseBody {
         }
         slot.set(session.clone());
         SseBody {
-            ping: (interval > 0).then(|| async_io::Timer::interval(Duration::from_secs(interval))),
+            ping: (interval > 0).then(|| rt::Interval::new(Duration::from_secs(interval))),
             front,
             session,
             slot,
@@ -463,7 +464,7 @@ fn note_eviction(engine: &Engine, session: &Session) {
 pub struct WriteDeadline<I> {
     io: I,
     limit: Duration,
-    timer: Option<async_io::Timer>,
+    timer: Option<rt::Sleep>,
 }
 
 impl<I> WriteDeadline<I> {
@@ -481,9 +482,7 @@ impl<I> WriteDeadline<I> {
             return r;
         }
         let limit = self.limit;
-        let t = self
-            .timer
-            .get_or_insert_with(|| async_io::Timer::after(limit));
+        let t = self.timer.get_or_insert_with(|| rt::Sleep::after(limit));
         if Pin::new(t).poll(cx).is_ready() {
             self.timer = None;
             return Poll::Ready(Err(io::Error::new(

@@ -1,79 +1,380 @@
-//! The runtime seam: how the server's tasks sleep and spawn. Handlers and
-//! the engine's timer take time from here rather than from a runtime crate
-//! directly, so that another runtime (the per-thread one, or a simulator's
-//! seeded scheduler with a simulated clock) can run the same code.
+//! The server's runtime: one executor per thread, each with its own poller,
+//! so that a connection's read, its engine call and its reply run on one
+//! thread and an uncontended request wakes no other thread.
 //!
-//! The simulator's seam is [`sim_hook`]: a thread with a [`sim_hook::Hook`]
-//! installed reads [`now`] from it and its sleeps wait on it; every other
-//! thread uses the monotonic clock and async-io's timers.
+//! Why not smol's shared executor: async-io has one global reactor, so a
+//! socket that becomes readable while another thread holds the reactor
+//! lock costs a wake-up of that thread and then of the task's; and the
+//! shared `Executor` notifies a sibling thread on every task wake. On the
+//! 2-core machine this measured 3 to 3.7 context switches per
+//! acquire+release and an erratic single connection (spec/ARCHITECTURE.md,
+//! "The runtime"). Here:
+//!
+//! * each runtime thread ([`Worker`]) owns a poller (its own epoll, used
+//!   directly and edge-triggered: [`reactor`]), a run queue of its tasks,
+//!   a queue other threads inject into, and its timers;
+//! * a task is spawned on one thread and only ever runs there (it is
+//!   *pinned*): its waker pushes it onto that thread's local queue when it
+//!   is woken there, or into that thread's injector plus one notification
+//!   of its poller when woken from another thread (a grant handed off to
+//!   a connection served elsewhere: one wake-up of that thread);
+//! * sockets ([`net`]) register with the poller of the thread that made
+//!   them and implement futures-io `AsyncRead`/`AsyncWrite`, so rustls
+//!   (futures-rustls) and hyper (smol-hyper's adapter) run over them
+//!   unchanged;
+//! * a thread sleeps in `epoll_wait` until its nearest timer
+//!   ([`time::Sleep`]) or an event.
+//!
+//! Code that is not on a runtime thread (a test's `block_on`, the fuzz
+//! target, the client library) still works: [`time::Sleep`] falls back to
+//! async-io's timer there. The deterministic simulator (`src/sim`) runs the
+//! same code on its seeded single-threaded scheduler through [`sim_hook`]:
+//! on its thread [`now`] is the simulated clock and sleeps wait on its
+//! timers (it spawns the driver's tasks itself, so [`spawn`] is not part of
+//! the seam).
+//!
+//! Built from smol-rs parts: `async-task` (tasks), `concurrent-queue` (the
+//! injector), and `polling` where there is no epoll.
 
+pub mod net;
+mod reactor;
 pub mod sim_hook;
+pub mod time;
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
-/// The current instant: the simulated one on a simulator's thread.
+use async_task::{Runnable, Task};
+use concurrent_queue::ConcurrentQueue;
+use slab::Slab;
+
+pub use reactor::Backend;
+pub use time::{sleep, sleep_until, HyperTimer, Interval, Sleep};
+
+/// The current instant: the simulated one on a simulator's thread (see
+/// [`sim_hook`]), else the monotonic clock. Driver code that measures
+/// deadlines reads time here, never `Instant::now()` directly.
+#[inline]
 pub fn now() -> Instant {
     sim_hook::now().unwrap_or_else(Instant::now)
 }
 
-/// Resolves after `d`.
-pub async fn sleep(d: Duration) {
-    Sleep::until(now() + d).await;
+/// A future the fronts hand over to run as a task of its own.
+pub type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where a front's new connection tasks go (the server decides: the
+/// accepting thread, or the least loaded one).
+pub type Spawn = dyn Fn(BoxTask) + Send + Sync;
+
+/// Tasks run from the local queue before the thread looks at the poller
+/// again, so a busy thread still serves its sockets.
+const RUN_BUDGET: usize = 256;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Resolves at `at`.
-pub async fn sleep_until(at: Instant) {
-    Sleep::until(at).await;
+/// One runtime thread: what other threads may touch.
+pub struct Worker {
+    index: usize,
+    poller: reactor::Poller,
+    /// Tasks woken from other threads.
+    injector: ConcurrentQueue<Runnable>,
+    /// A notification is pending or the thread is awake: injecting needs no
+    /// `Poller::notify`.
+    notified: AtomicBool,
+    /// Registered sockets by poller key (see [`net`]).
+    sources: Mutex<Slab<Arc<net::Source>>>,
+    /// Pending sleeps: (deadline, id) → waker.
+    timers: Mutex<BTreeMap<(Instant, u64), Waker>>,
+    next_timer: AtomicU64,
+    /// A waker of every live task, so that stopping can cancel them all.
+    active: Mutex<Slab<Option<Waker>>>,
+    stopping: AtomicBool,
 }
 
-/// A resettable sleep: resolves at its deadline, and can be moved to
-/// another one (the read deadline of a connection moves with every request).
-#[derive(Debug)]
-pub enum Sleep {
-    Io(async_io::Timer),
-    /// On a simulator's thread: the deadline, and the simulator's timer id
-    /// once registered.
-    Sim(Instant, Option<u64>),
+thread_local! {
+    /// The runtime thread running here, and its local run queue.
+    static CURRENT: RefCell<Option<Local>> = const { RefCell::new(None) };
 }
 
-impl Sleep {
-    pub fn until(at: Instant) -> Sleep {
-        if sim_hook::active() {
-            Sleep::Sim(at, None)
-        } else {
-            Sleep::Io(async_io::Timer::at(at))
+struct Local {
+    worker: Arc<Worker>,
+    queue: VecDeque<Runnable>,
+}
+
+impl Worker {
+    fn new(index: usize, backend: Backend) -> std::io::Result<Arc<Worker>> {
+        Ok(Arc::new(Worker {
+            index,
+            poller: reactor::Poller::new(backend)?,
+            injector: ConcurrentQueue::unbounded(),
+            notified: AtomicBool::new(true),
+            sources: Mutex::new(Slab::new()),
+            timers: Mutex::new(BTreeMap::new()),
+            next_timer: AtomicU64::new(0),
+            active: Mutex::new(Slab::new()),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    /// The worker of the runtime thread this code runs on, if any.
+    pub fn current() -> Option<Arc<Worker>> {
+        CURRENT.with(|c| c.borrow().as_ref().map(|l| l.worker.clone()))
+    }
+
+    /// Which thread of its runtime this is (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Queues a woken task: locally when woken on its own thread, else
+    /// through the injector, waking the thread if it may be asleep.
+    fn schedule(self: &Arc<Self>, r: Runnable) {
+        let r = match CURRENT.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => match c.as_mut() {
+                Some(l) if Arc::ptr_eq(&l.worker, self) => {
+                    l.queue.push_back(r);
+                    None
+                }
+                _ => Some(r),
+            },
+            // The queue is being drained right here (a task dropped while
+            // stopping woke another): inject it.
+            Err(_) => Some(r),
+        }) {
+            None => return,
+            Some(r) => r,
+        };
+        // Unbounded: a push fails only once the queue is closed, when the
+        // worker has stopped; the task is then cancelled by dropping it.
+        let _ = self.injector.push(r);
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            let _ = self.poller.notify();
         }
     }
 
-    /// Moves the deadline to `at`.
-    pub fn reset(&mut self, at: Instant) {
-        match self {
-            Sleep::Io(t) => t.set_at(at),
-            Sleep::Sim(deadline, id) => {
-                *deadline = at;
-                sim_hook::cancel(id.take());
+    /// Spawns `future` on this thread.
+    pub fn spawn<F>(self: &Arc<Self>, future: F) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let slot = lock(&self.active).insert(None);
+        let guard = ActiveSlot {
+            worker: self.clone(),
+            slot,
+        };
+        let future = async move {
+            let _guard = guard;
+            future.await
+        };
+        let worker = self.clone();
+        let (runnable, task) = async_task::spawn(future, move |r| worker.schedule(r));
+        if let Some(w) = lock(&self.active).get_mut(slot) {
+            *w = Some(runnable.waker());
+        }
+        runnable.schedule();
+        task
+    }
+
+    /// The next time a timer is due.
+    fn next_timer(&self) -> Option<Instant> {
+        lock(&self.timers).keys().next().map(|&(at, _)| at)
+    }
+
+    /// Wakes every timer due at `now`.
+    fn fire_timers(&self, now: Instant) {
+        let due: Vec<Waker> = {
+            let mut timers = lock(&self.timers);
+            let later = timers.split_off(&(now, u64::MAX));
+            std::mem::replace(&mut *timers, later)
+                .into_values()
+                .collect()
+        };
+        for w in due {
+            w.wake();
+        }
+    }
+
+    /// The thread's loop: run queued tasks, then wait on the poller until
+    /// an event, the nearest timer or a notification; until stopped.
+    fn run(self: Arc<Self>) {
+        CURRENT.with(|c| {
+            *c.borrow_mut() = Some(Local {
+                worker: self.clone(),
+                queue: VecDeque::new(),
+            })
+        });
+        let mut events = Vec::new();
+        loop {
+            for _ in 0..RUN_BUDGET {
+                let next =
+                    CURRENT.with(|c| c.borrow_mut().as_mut().and_then(|l| l.queue.pop_front()));
+                match next {
+                    Some(r) => {
+                        r.run();
+                    }
+                    None => break,
+                }
+            }
+            let mut busy = false;
+            while let Ok(r) = self.injector.pop() {
+                CURRENT.with(|c| {
+                    if let Some(l) = c.borrow_mut().as_mut() {
+                        l.queue.push_back(r)
+                    }
+                });
+                busy = true;
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            busy |= CURRENT.with(|c| c.borrow().as_ref().is_some_and(|l| !l.queue.is_empty()));
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                // About to sleep: from now on, injecting must notify. Look
+                // at the injector once more after saying so.
+                self.notified.store(false, Ordering::SeqCst);
+                if self.injector.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+                    self.next_timer()
+                        .map(|at| at.saturating_duration_since(Instant::now()))
+                } else {
+                    Some(Duration::ZERO)
+                }
+            };
+            events.clear();
+            let _ = self.poller.wait(&mut events, timeout);
+            self.notified.store(true, Ordering::SeqCst);
+            for ev in events.drain(..) {
+                net::dispatch(&self, ev);
+            }
+            self.fire_timers(Instant::now());
+        }
+        self.cancel_all();
+        CURRENT.with(|c| *c.borrow_mut() = None);
+    }
+
+    /// Stopping: every live task is woken and then dropped without being
+    /// run, which drops its future (closing its sockets) on this thread.
+    fn cancel_all(&self) {
+        loop {
+            let wakers: Vec<Waker> = lock(&self.active).drain().flatten().collect();
+            for w in wakers {
+                w.wake();
+            }
+            let mut dropped = false;
+            loop {
+                let next =
+                    CURRENT.with(|c| c.borrow_mut().as_mut().and_then(|l| l.queue.pop_front()));
+                let Some(r) = next.or_else(|| self.injector.pop().ok()) else {
+                    break;
+                };
+                drop(r);
+                dropped = true;
+            }
+            if !dropped && lock(&self.active).is_empty() {
+                break;
             }
         }
+        self.injector.close();
     }
 }
 
-impl Drop for Sleep {
+/// A task's entry in [`Worker::active`], removed when its future ends or
+/// is dropped.
+struct ActiveSlot {
+    worker: Arc<Worker>,
+    slot: usize,
+}
+
+impl Drop for ActiveSlot {
     fn drop(&mut self) {
-        if let Sleep::Sim(_, id) = self {
-            sim_hook::cancel(id.take());
+        let mut active = lock(&self.worker.active);
+        if active.contains(self.slot) {
+            active.remove(self.slot);
         }
     }
 }
 
-impl std::future::Future for Sleep {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        match &mut *self {
-            Sleep::Io(t) => std::pin::Pin::new(t).poll(cx).map(|_| ()),
-            Sleep::Sim(at, id) => sim_hook::poll_sleep(*at, id, cx),
+/// A set of runtime threads.
+pub struct Runtime {
+    workers: Vec<Arc<Worker>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Starts `n` threads named `{name}-{i}`, on the best poller.
+    pub fn start(n: usize, name: &str) -> std::io::Result<Runtime> {
+        Runtime::start_with(n, name, Backend::best())
+    }
+
+    /// Starts `n` threads named `{name}-{i}` on `backend`.
+    pub fn start_with(n: usize, name: &str, backend: Backend) -> std::io::Result<Runtime> {
+        let mut workers = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..n.max(1) {
+            let w = Worker::new(i, backend)?;
+            workers.push(w.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || w.run())?,
+            );
+        }
+        Ok(Runtime { workers, threads })
+    }
+
+    /// The threads' workers, in order.
+    pub fn workers(&self) -> &[Arc<Worker>] {
+        &self.workers
+    }
+
+    /// Spawns `future` on thread `i` (modulo the thread count).
+    pub fn spawn_on<F>(&self, i: usize, future: F) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.workers[i % self.workers.len()].spawn(future)
+    }
+
+    /// Stops every thread: each cancels its tasks and ends. Returns at once.
+    pub fn stop(&self) {
+        for w in &self.workers {
+            w.stopping.store(true, Ordering::SeqCst);
+            let _ = w.poller.notify();
+        }
+    }
+
+    /// Waits for the threads to end (after [`Runtime::stop`]).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }
+
+/// Spawns `future` on the runtime thread this code runs on.
+///
+/// # Panics
+///
+/// When called outside a runtime thread.
+pub fn spawn<F>(future: F) -> Task<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    Worker::current()
+        .expect("rt::spawn outside a runtime thread")
+        .spawn(future)
+}
+
+#[cfg(test)]
+mod tests;

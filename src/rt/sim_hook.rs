@@ -1,12 +1,11 @@
 //! The simulator's seam in the runtime: a per-thread [`Hook`] that, when
 //! installed, is the clock ([`super::now`]) and the timer ([`super::Sleep`])
 //! of the code running on that thread. The deterministic simulator
-//! (`src/sim`) installs one on its single thread; nothing else does, and
-//! without one every call here is a thread-local read that finds nothing.
+//! (`src/sim`) installs one on its single thread; nothing else does. Without
+//! the `sim` feature there is no hook at all: [`now`] is a constant `None`
+//! and [`active`] a constant `false`, so the server pays nothing for it.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Instant;
 
 /// A simulated clock and timer wheel.
@@ -19,46 +18,56 @@ pub trait Hook {
     fn cancel(&self, id: u64);
 }
 
-thread_local! {
-    static HOOK: RefCell<Option<Rc<dyn Hook>>> = const { RefCell::new(None) };
+#[cfg(feature = "sim")]
+mod imp {
+    use super::Hook;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Rc<dyn Hook>>> = const { RefCell::new(None) };
+    }
+
+    /// Installs `hook` on this thread (`None` removes it).
+    pub fn install(hook: Option<Rc<dyn Hook>>) {
+        HOOK.with(|h| *h.borrow_mut() = hook);
+    }
+
+    pub(super) fn with<R>(f: impl FnOnce(&dyn Hook) -> R) -> Option<R> {
+        HOOK.with(|h| h.borrow().clone()).map(|h| f(&*h))
+    }
 }
 
-/// Installs `hook` on this thread (`None` removes it).
-pub fn install(hook: Option<Rc<dyn Hook>>) {
-    HOOK.with(|h| *h.borrow_mut() = hook);
+#[cfg(feature = "sim")]
+pub use imp::install;
+
+#[cfg(feature = "sim")]
+use imp::with;
+
+#[cfg(not(feature = "sim"))]
+#[inline(always)]
+fn with<R>(_: impl FnOnce(&dyn Hook) -> R) -> Option<R> {
+    None
 }
 
-fn with<R>(f: impl FnOnce(&dyn Hook) -> R) -> Option<R> {
-    HOOK.with(|h| h.borrow().clone()).map(|h| f(&*h))
-}
-
+/// Whether this thread runs on a simulator's clock.
+#[inline]
 pub fn active() -> bool {
-    HOOK.with(|h| h.borrow().is_some())
+    with(|_| ()).is_some()
 }
 
+/// The simulated instant, on a simulator's thread.
+#[inline]
 pub(crate) fn now() -> Option<Instant> {
     with(|h| h.now())
 }
 
-pub(crate) fn cancel(id: Option<u64>) {
-    if let Some(id) = id {
-        with(|h| h.cancel(id));
-    }
+/// Registers (again) a wake-up of `cx`'s task at `at`; `None` off a
+/// simulator's thread.
+pub(crate) fn register(at: Instant, id: Option<u64>, cx: &mut Context<'_>) -> Option<u64> {
+    with(|h| h.register(at, id, cx))
 }
 
-pub(crate) fn poll_sleep(at: Instant, id: &mut Option<u64>, cx: &mut Context<'_>) -> Poll<()> {
-    let r = with(|h| {
-        if h.now() >= at {
-            if let Some(i) = id.take() {
-                h.cancel(i);
-            }
-            Poll::Ready(())
-        } else {
-            *id = Some(h.register(at, *id, cx));
-            Poll::Pending
-        }
-    });
-    // A simulated sleep polled off the simulator's thread (it never is):
-    // over at once rather than never.
-    r.unwrap_or(Poll::Ready(()))
+pub(crate) fn cancel(id: u64) {
+    with(|h| h.cancel(id));
 }

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use event_listener::Event;
@@ -101,6 +101,8 @@ impl Drop for ServerHandle {
 pub enum StartError {
     Bind(String, io::Error),
     FenceFile(String),
+    /// The runtime's threads or pollers could not be created.
+    Runtime(io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -108,6 +110,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::FenceFile(e) => f.write_str(e),
+            StartError::Runtime(e) => write!(f, "cannot start the runtime threads: {e}"),
         }
     }
 }
@@ -132,118 +135,181 @@ fn open_fence(cfg: &mut ServerConfig) -> Result<Option<fence::Keeper>, StartErro
     Ok(Some(fence::Keeper::new(ff, cfg.fence_reserve)))
 }
 
+/// How accepted connections are spread over the runtime threads
+/// (spec/ARCHITECTURE.md, "The runtime", says which one the server uses and
+/// why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// One listener, accepted on thread 0; each connection is handed to the
+    /// thread serving the fewest connections, and stays there.
+    Pin,
+    /// One `SO_REUSEPORT` listener per thread; the kernel spreads
+    /// connections by hashing their addresses, and the accepting thread
+    /// serves them.
+    ReusePort,
+}
+
+/// The accept mode the server uses.
+pub const ACCEPT: Accept = Accept::Pin;
+
+/// Where connection tasks go: the least loaded thread ([`Accept::Pin`]) or
+/// the accepting thread ([`Accept::ReusePort`]).
+struct Placement {
+    mode: Accept,
+    workers: Vec<Arc<rt::Worker>>,
+    /// Connection tasks alive per thread.
+    load: Vec<AtomicUsize>,
+}
+
+impl Placement {
+    fn spawn(self: &Arc<Self>, task: rt::BoxTask) {
+        let i = match self.mode {
+            Accept::ReusePort => rt::Worker::current().map_or(0, |w| w.index()),
+            Accept::Pin => (0..self.workers.len())
+                .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+                .unwrap_or(0),
+        };
+        self.load[i].fetch_add(1, Ordering::Relaxed);
+        let place = self.clone();
+        self.workers[i]
+            .spawn(async move {
+                task.await;
+                place.load[i].fetch_sub(1, Ordering::Relaxed);
+            })
+            .detach();
+    }
+}
+
 /// Binds the listeners and starts the server on its own threads.
 pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let fence = open_fence(&mut cfg)?;
-    let std_listener = bind(&cfg.listen).map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
-    let addr = std_listener
-        .local_addr()
-        .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
-    let listener = async_net::TcpListener::try_from(std_listener)
-        .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
-
-    let http_listener = match &cfg.http {
-        Some(h) => {
-            let l = bind(&h.listen).map_err(|e| StartError::Bind(h.listen.clone(), e))?;
-            let a = l
-                .local_addr()
-                .map_err(|e| StartError::Bind(h.listen.clone(), e))?;
-            let l = async_net::TcpListener::try_from(l)
-                .map_err(|e| StartError::Bind(h.listen.clone(), e))?;
-            Some((l, a))
-        }
-        None => None,
-    };
-    let http_addr = http_listener.as_ref().map(|(_, a)| *a);
-
     let threads_n = match cfg.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
+    let mode = accept_mode();
+    let listeners_n = match mode {
+        Accept::Pin => 1,
+        Accept::ReusePort => threads_n,
+    };
+    let tcp_listeners =
+        bind(&cfg.listen, listeners_n).map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+    let addr = tcp_listeners[0]
+        .local_addr()
+        .map_err(|e| StartError::Bind(cfg.listen.clone(), e))?;
+    let http_listeners = match &cfg.http {
+        Some(h) => {
+            Some(bind(&h.listen, listeners_n).map_err(|e| StartError::Bind(h.listen.clone(), e))?)
+        }
+        None => None,
+    };
+    let http_addr = match &http_listeners {
+        Some(l) => Some(l[0].local_addr().map_err(|e| {
+            StartError::Bind(
+                cfg.http
+                    .as_ref()
+                    .map(|h| h.listen.clone())
+                    .unwrap_or_default(),
+                e,
+            )
+        })?),
+        None => None,
+    };
+
     let engine = Arc::new(Engine::new(
         cfg.core.clone(),
         fence,
         Box::new(MonotonicClock::new()),
     ));
     let tcp = TcpFront::new(engine.clone(), &cfg);
-    let http = http_listener.map(|(l, _)| (crate::http::HttpFront::new(engine.clone(), &cfg), l));
+    let runtime = rt::Runtime::start(threads_n, "dflockd").map_err(StartError::Runtime)?;
+    let place = Arc::new(Placement {
+        mode,
+        workers: runtime.workers().to_vec(),
+        load: (0..threads_n).map(|_| AtomicUsize::new(0)).collect(),
+    });
 
-    let ex = Arc::new(smol::Executor::new());
-    let done = Arc::new(Event::new());
-    let finished = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(Event::new());
-    let stopped = Arc::new(AtomicBool::new(false));
-
-    // The supervisor: the timer, both fronts, and the shutdown sequence.
-    let main_task = {
-        let engine = engine.clone();
-        let ex2 = ex.clone();
-        let shutdown_timeout_s = cfg.shutdown_timeout_s;
-        ex.spawn(async move {
-            let timer = ex2.spawn(crate::engine::timer::run(engine.clone()));
-            let http = http.map(|(front, l)| {
-                let ex3 = ex2.clone();
-                ex2.spawn(async move {
-                    crate::http::HttpFront::accept_loop(&front, l, move |task| {
-                        ex3.spawn(task).detach()
-                    })
-                    .await
+    runtime
+        .spawn_on(0, crate::engine::timer::run(engine.clone()))
+        .detach();
+    let mut accepts = Vec::new();
+    for (i, l) in tcp_listeners.into_iter().enumerate() {
+        let (tcp, place) = (tcp.clone(), place.clone());
+        accepts.push(runtime.spawn_on(i, async move {
+            match rt::net::TcpListener::from_std(l) {
+                Ok(l) => TcpFront::accept_loop(&tcp, l, &move |t| place.spawn(t)).await,
+                Err(e) => log::error!(error:% = e; "cannot register the TCP listener"),
+            }
+        }));
+    }
+    if let Some(listeners) = http_listeners {
+        let front = crate::http::HttpFront::new(engine.clone(), &cfg);
+        runtime
+            .spawn_on(0, crate::http::sweeper(front.clone()))
+            .detach();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let (front, place) = (front.clone(), place.clone());
+            runtime
+                .spawn_on(i, async move {
+                    match rt::net::TcpListener::from_std(l) {
+                        Ok(l) => {
+                            let spawn = move |t| place.spawn(t);
+                            crate::http::HttpFront::accept_loop(&front, l, &spawn).await
+                        }
+                        Err(e) => log::error!(error:% = e; "cannot register the HTTP listener"),
+                    }
                 })
-            });
-            let ex3 = ex2.clone();
-            TcpFront::accept_loop(&tcp, listener, move |task| ex3.spawn(task).detach()).await;
+                .detach();
+        }
+    }
+
+    // The supervisor: once every TCP accept loop has ended (the drain
+    // began), wait for the connections, then stop the runtime.
+    let shutdown_timeout_s = cfg.shutdown_timeout_s;
+    let supervisor = {
+        let engine = engine.clone();
+        runtime.spawn_on(0, async move {
+            for a in accepts {
+                a.await;
+            }
             drain(&engine, &tcp, shutdown_timeout_s).await;
-            drop(http);
-            drop(timer);
         })
     };
-    let mut threads = Vec::new();
-    for i in 0..threads_n {
-        let ex = ex.clone();
-        let stop = stop.clone();
-        let stopped = stopped.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("dflockd-{i}"))
-                .spawn(move || {
-                    smol::block_on(ex.run(async {
-                        loop {
-                            let l = stop.listen();
-                            if stopped.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            l.await;
-                        }
-                    }))
-                })
-                .expect("spawn executor thread"),
-        );
-    }
-    // A watcher thread ends the executor threads when the supervisor ends.
-    {
+    let done = Arc::new(Event::new());
+    let finished = Arc::new(AtomicBool::new(false));
+    let watcher = {
         let done = done.clone();
         let finished = finished.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("dflockd-main".into())
-                .spawn(move || {
-                    smol::block_on(main_task);
-                    stopped.store(true, Ordering::SeqCst);
-                    stop.notify(usize::MAX);
-                    finished.store(true, Ordering::SeqCst);
-                    done.notify(usize::MAX);
-                })
-                .expect("spawn supervisor thread"),
-        );
-    }
+        std::thread::Builder::new()
+            .name("dflockd-main".into())
+            .spawn(move || {
+                futures_lite::future::block_on(supervisor);
+                runtime.stop();
+                runtime.join();
+                finished.store(true, Ordering::SeqCst);
+                done.notify(usize::MAX);
+            })
+            .map_err(StartError::Runtime)?
+    };
     Ok(ServerHandle {
         engine,
         addr,
         http_addr,
-        threads,
+        threads: vec![watcher],
         done,
         finished,
     })
+}
+
+/// The accept mode: [`ACCEPT`], unless `DFLOCKD_BENCH_ACCEPT` (`pin` or
+/// `reuseport`) asks otherwise, which only the benchmark comparing the two
+/// does.
+fn accept_mode() -> Accept {
+    match std::env::var("DFLOCKD_BENCH_ACCEPT").as_deref() {
+        Ok("pin") => Accept::Pin,
+        Ok("reuseport") => Accept::ReusePort,
+        _ => ACCEPT,
+    }
 }
 
 /// Connections the kernel may queue before `accept` takes them; it clamps
@@ -253,13 +319,22 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
 /// retransmit.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// Binds the first address `listen` resolves to that accepts a bind, like
-/// `std::net::TcpListener::bind` but with [`LISTEN_BACKLOG`].
-fn bind(listen: &str) -> io::Result<std::net::TcpListener> {
+/// Binds `n` listeners on the first address `listen` resolves to that
+/// accepts a bind, like `std::net::TcpListener::bind` but with
+/// [`LISTEN_BACKLOG`]. With `n` > 1 they share one port through
+/// `SO_REUSEPORT` (the first one's, when `listen` asks for port 0).
+fn bind(listen: &str, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let mut last_error = None;
     for addr in std::net::ToSocketAddrs::to_socket_addrs(listen)? {
-        match bind_one(addr) {
-            Ok(listener) => return Ok(listener),
+        match bind_one(addr, n > 1) {
+            Ok(first) => {
+                let port = first.local_addr()?.port();
+                let mut all = vec![first];
+                for _ in 1..n {
+                    all.push(bind_one(SocketAddr::new(addr.ip(), port), true)?);
+                }
+                return Ok(all);
+            }
             Err(e) => last_error = Some(e),
         }
     }
@@ -268,13 +343,15 @@ fn bind(listen: &str) -> io::Result<std::net::TcpListener> {
     }))
 }
 
-fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // As std does on Unix: a restart may rebind while old connections
     // linger in TIME_WAIT.
-    #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())

@@ -55,13 +55,10 @@ impl TcpFront {
         self.engine.fronts.tcp_open.load(Ordering::SeqCst)
     }
 
-    /// Accepts connections until the drain begins, spawning a task per
-    /// connection with `spawn`.
-    pub async fn accept_loop(
-        this: &Arc<Self>,
-        listener: async_net::TcpListener,
-        spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
-    ) {
+    /// Accepts connections until the drain begins, handing each to
+    /// `spawn` as a task that takes the socket over on whichever runtime
+    /// thread runs it (see `server::Placement`).
+    pub async fn accept_loop(this: &Arc<Self>, listener: rt::net::TcpListener, spawn: &rt::Spawn) {
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted =
@@ -92,14 +89,17 @@ impl TcpFront {
             }
             let front = this.clone();
             spawn(Box::pin(async move {
-                front.serve(stream, peer).await;
+                match rt::net::TcpStream::from_std(stream) {
+                    Ok(stream) => front.serve(stream, peer).await,
+                    Err(e) => log::warn!(error:% = e; "cannot register an accepted TCP connection"),
+                }
                 front.release_admission(peer.ip());
             }));
         }
     }
 
     /// Serves one admitted connection: TLS first when configured.
-    async fn serve(&self, stream: async_net::TcpStream, peer: SocketAddr) {
+    async fn serve(&self, stream: rt::net::TcpStream, peer: SocketAddr) {
         net::tune(&stream);
         match &self.tls {
             None => conn::serve_stream(&self.engine, self.timeouts, stream, Some(peer)).await,

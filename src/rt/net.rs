@@ -1,0 +1,250 @@
+//! Sockets on a runtime thread's own poller.
+//!
+//! [`Async<T>`] wraps a non-blocking socket registered once with the
+//! poller of the thread that made it, edge-triggered for reads and writes
+//! ([`super::reactor`]): it is never re-armed. A read or write is tried
+//! first; only when it would block does the task leave its waker, and an
+//! edge that arrived between the failed attempt and leaving the waker is
+//! not lost: each edge bumps a counter, and an attempt that saw an older
+//! counter tries again instead of waiting. Reads and writes are futures-io
+//! `AsyncRead`/`AsyncWrite`, so TLS and HTTP run over it unchanged. Its
+//! wakers are woken by the same thread's loop ([`dispatch`]), which puts
+//! the task back on that thread's local queue: no other thread is involved.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+
+use super::reactor::Ready;
+use super::{lock, Worker};
+
+/// A registered socket's wakers and edge counters.
+pub(crate) struct Source {
+    key: usize,
+    worker: Arc<Worker>,
+    state: Mutex<Edges>,
+}
+
+#[derive(Default)]
+struct Edges {
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+    /// Readable (writable) edges seen so far.
+    read_edges: u64,
+    write_edges: u64,
+}
+
+impl Edges {
+    fn edges(&self, write: bool) -> u64 {
+        if write {
+            self.write_edges
+        } else {
+            self.read_edges
+        }
+    }
+}
+
+/// Wakes the tasks waiting on the socket an event is about.
+pub(crate) fn dispatch(worker: &Worker, ev: Ready) {
+    let Some(source) = lock(&worker.sources).get(ev.key).cloned() else {
+        return;
+    };
+    let (reader, writer) = {
+        let mut s = lock(&source.state);
+        let mut reader = None;
+        let mut writer = None;
+        if ev.readable {
+            s.read_edges += 1;
+            reader = s.reader.take();
+        }
+        if ev.writable {
+            s.write_edges += 1;
+            writer = s.writer.take();
+        }
+        (reader, writer)
+    };
+    if let Some(w) = reader {
+        w.wake();
+    }
+    if let Some(w) = writer {
+        w.wake();
+    }
+}
+
+/// A non-blocking socket registered with the current runtime thread.
+pub struct Async<T: AsFd> {
+    io: Option<T>,
+    source: Arc<Source>,
+}
+
+impl<T: AsFd> Async<T> {
+    /// Registers `io` (made non-blocking by the caller) with the poller of
+    /// the runtime thread this runs on.
+    fn register(io: T) -> io::Result<Async<T>> {
+        let worker = Worker::current()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not on a runtime thread"))?;
+        let fd = io.as_fd().as_raw_fd();
+        let source = {
+            let mut sources = lock(&worker.sources);
+            let entry = sources.vacant_entry();
+            let source = Arc::new(Source {
+                key: entry.key(),
+                worker: worker.clone(),
+                state: Mutex::new(Edges::default()),
+            });
+            // SAFETY: the fd is deleted from the poller in `Drop`, before
+            // `io` (which owns it) is closed.
+            unsafe {
+                worker.poller.add(fd, source.key)?;
+            }
+            entry.insert(source.clone());
+            source
+        };
+        Ok(Async {
+            io: Some(io),
+            source,
+        })
+    }
+
+    fn get_ref(&self) -> &T {
+        self.io.as_ref().expect("present until dropped")
+    }
+
+    /// Runs a non-blocking operation, waiting for readiness (`write` picks
+    /// which) whenever it would block.
+    fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        write: bool,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            let seen = lock(&self.source.state).edges(write);
+            match op(self.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut s = lock(&self.source.state);
+                    if s.edges(write) != seen {
+                        // An edge came after the attempt began: the socket
+                        // may be ready again, and no later edge will say so.
+                        continue;
+                    }
+                    let slot = if write { &mut s.writer } else { &mut s.reader };
+                    match slot {
+                        Some(old) if old.will_wake(cx.waker()) => {}
+                        _ => *slot = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl<T: AsFd> Drop for Async<T> {
+    fn drop(&mut self) {
+        if let Some(io) = self.io.take() {
+            let worker = &self.source.worker;
+            let _ = worker.poller.delete(io.as_fd());
+            let mut sources = lock(&worker.sources);
+            if sources
+                .get(self.source.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.source))
+            {
+                sources.remove(self.source.key);
+            }
+            drop(sources);
+            drop(io);
+        }
+    }
+}
+
+impl<T: AsFd> AsFd for Async<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.get_ref().as_fd()
+    }
+}
+
+/// A TCP connection on a runtime thread.
+pub type TcpStream = Async<std::net::TcpStream>;
+
+impl TcpStream {
+    /// Takes over an accepted or connected std socket; it is served by the
+    /// runtime thread this runs on.
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
+        s.set_nonblocking(true)?;
+        Async::register(s)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.get_ref().peer_addr()
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.get_ref().set_nodelay(on)
+    }
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, false, |mut s| s.read(buf))
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, true, |mut s| s.write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, true, |mut s| s.write_vectored(bufs))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.get_ref().shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// A TCP listener on a runtime thread.
+pub type TcpListener = Async<std::net::TcpListener>;
+
+impl TcpListener {
+    /// Takes over a bound, listening std socket; its accepts wake the
+    /// runtime thread this runs on.
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<TcpListener> {
+        l.set_nonblocking(true)?;
+        Async::register(l)
+    }
+
+    /// Accepts a connection, as a std socket (blocking mode untouched): it
+    /// becomes a [`TcpStream`] on whichever thread will serve it.
+    pub async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+        std::future::poll_fn(|cx| self.poll_io(cx, false, |l| l.accept())).await
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.get_ref().local_addr()
+    }
+}

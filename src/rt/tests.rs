@@ -1,0 +1,216 @@
+//! The runtime on its own: tasks run on the thread they were spawned on,
+//! wakes from other threads arrive, timers fire, sockets echo, and
+//! stopping drops every task's future.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// Waits for a value on `rx`, at most a few seconds.
+fn recv<T>(rx: &mpsc::Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the runtime answered")
+}
+
+#[test]
+fn tasks_stay_on_the_thread_they_were_spawned_on() {
+    let rt = Runtime::start(2, "rt-test").expect("start");
+    let (tx, rx) = mpsc::channel();
+    for i in 0..2 {
+        let tx = tx.clone();
+        rt.spawn_on(i, async move {
+            let first = std::thread::current().id();
+            for _ in 0..10 {
+                futures_lite::future::yield_now().await;
+                assert_eq!(std::thread::current().id(), first);
+            }
+            let index = Worker::current().expect("on a runtime thread").index();
+            tx.send(index).expect("send");
+        })
+        .detach();
+    }
+    let mut got = [recv(&rx), recv(&rx)];
+    got.sort();
+    assert_eq!(got, [0, 1]);
+    rt.stop();
+    rt.join();
+}
+
+/// A waker used from another thread puts the task back on its own thread
+/// (through the injector and one notify).
+#[test]
+fn a_wake_from_another_thread_runs_the_task_on_its_own() {
+    let rt = Runtime::start(2, "rt-test").expect("start");
+    let (tx, rx) = mpsc::channel();
+    let event = std::sync::Arc::new(event_listener::Event::new());
+    let e2 = event.clone();
+    rt.spawn_on(0, async move {
+        let home = std::thread::current().id();
+        let l = e2.listen();
+        tx.send(home).expect("send");
+        l.await;
+        tx.send(std::thread::current().id()).expect("send");
+    })
+    .detach();
+    let home = recv(&rx);
+    // Notify from this (non-runtime) thread.
+    event.notify(1);
+    assert_eq!(recv(&rx), home);
+    rt.stop();
+    rt.join();
+}
+
+#[test]
+fn sleeps_fire_in_order_and_resets_move_them() {
+    let rt = Runtime::start(1, "rt-test").expect("start");
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    for (name, ms) in [("b", 60u64), ("a", 20)] {
+        let tx = tx.clone();
+        rt.spawn_on(0, async move {
+            sleep(Duration::from_millis(ms)).await;
+            tx.send(name).expect("send");
+        })
+        .detach();
+    }
+    let tx2 = tx.clone();
+    rt.spawn_on(0, async move {
+        let mut s = Sleep::after(Duration::from_secs(3600));
+        s.reset(Instant::now() + Duration::from_millis(40));
+        s.await;
+        tx2.send("reset").expect("send");
+    })
+    .detach();
+    assert_eq!([recv(&rx), recv(&rx), recv(&rx)], ["a", "reset", "b"]);
+    assert!(start.elapsed() >= Duration::from_millis(60));
+    rt.stop();
+    rt.join();
+}
+
+/// Off the runtime (a plain `block_on`), a sleep still sleeps.
+#[test]
+fn sleeps_work_off_the_runtime() {
+    let start = Instant::now();
+    futures_lite::future::block_on(sleep(Duration::from_millis(20)));
+    assert!(start.elapsed() >= Duration::from_millis(20));
+}
+
+#[test]
+fn sockets_echo_on_their_thread() {
+    echo_on(Backend::best());
+}
+
+/// The portable poller (`polling`, edge mode) drives the same readiness
+/// logic.
+#[test]
+fn sockets_echo_on_the_portable_poller() {
+    echo_on(Backend::Portable);
+}
+
+fn echo_on(backend: Backend) {
+    let rt = Runtime::start_with(2, "rt-test", backend).expect("start");
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = std_listener.local_addr().expect("addr");
+    rt.spawn_on(1, async move {
+        let listener = net::TcpListener::from_std(std_listener).expect("register");
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            rt_echo(s).await;
+        }
+    })
+    .detach();
+    for round in 0..3 {
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let msg = format!("hello {round}\n");
+        c.write_all(msg.as_bytes()).expect("write");
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).expect("read");
+        assert_eq!(back, msg.as_bytes());
+    }
+    rt.stop();
+    rt.join();
+}
+
+/// A write larger than the socket buffers blocks and resumes on writable
+/// edges; a read resumes on readable ones; nothing is lost in between.
+#[test]
+fn large_transfers_resume_on_edges() {
+    for backend in [Backend::best(), Backend::Portable] {
+        let rt = Runtime::start_with(1, "rt-test", backend).expect("start");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        const LEN: usize = 8 << 20;
+        let (tx, rx) = mpsc::channel();
+        rt.spawn_on(0, async move {
+            let listener = net::TcpListener::from_std(std_listener).expect("register");
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut s = net::TcpStream::from_std(s).expect("register");
+            let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            s.write_all(&data).await.expect("write");
+            // Then read back what the peer sends after it has read it all.
+            let mut back = vec![0u8; LEN];
+            s.read_exact(&mut back).await.expect("read");
+            tx.send(back == data).expect("send");
+        })
+        .detach();
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut got = vec![0u8; LEN];
+        // 8 MiB exceeds loopback's socket buffers, so the server's write
+        // blocks and resumes at least once.
+        c.read_exact(&mut got).expect("read");
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        c.write_all(&got).expect("write back");
+        assert!(recv(&rx), "{backend:?}: the echo came back intact");
+        rt.stop();
+        rt.join();
+    }
+}
+
+async fn rt_echo(s: std::net::TcpStream) {
+    let mut s = net::TcpStream::from_std(s).expect("register");
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.expect("read");
+    s.write_all(&buf[..n]).await.expect("write");
+}
+
+/// Stopping drops the futures of tasks that never finished (their sockets
+/// close, their guards run).
+#[test]
+fn stopping_drops_every_unfinished_task() {
+    struct Counted(std::sync::Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let rt = Runtime::start(2, "rt-test").expect("start");
+    let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    for i in 0..4 {
+        let c = Counted(dropped.clone());
+        let tx = tx.clone();
+        rt.spawn_on(i, async move {
+            let _c = c;
+            tx.send(()).expect("send");
+            std::future::pending::<()>().await;
+        })
+        .detach();
+    }
+    for _ in 0..4 {
+        recv(&rx);
+    }
+    rt.stop();
+    rt.join();
+    assert_eq!(dropped.load(Ordering::SeqCst), 4);
+}

@@ -1,0 +1,216 @@
+//! Sleeps: on a runtime thread, a timer of that thread's loop (its poller
+//! waits no longer than the nearest one); on a simulator's thread, a timer
+//! of its simulated clock ([`super::sim_hook`]); anywhere else, async-io's
+//! timer. The choice is made at the first poll, on the thread the future
+//! runs on. Deadlines are read from [`super::now`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::{lock, Worker};
+
+/// A resettable sleep until a deadline.
+#[derive(Debug)]
+pub struct Sleep {
+    at: Instant,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Not polled yet (or reset): no timer registered anywhere.
+    Idle,
+    /// Registered with a runtime thread under (deadline, id).
+    Runtime(Arc<Worker>, (Instant, u64)),
+    /// Registered with the simulator's clock under this id.
+    Sim(u64),
+    /// Not on a runtime thread.
+    Io(async_io::Timer),
+    Done,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Worker({})", self.index)
+    }
+}
+
+impl Sleep {
+    pub fn until(at: Instant) -> Sleep {
+        Sleep {
+            at,
+            state: State::Idle,
+        }
+    }
+
+    pub fn after(d: Duration) -> Sleep {
+        Sleep::until(super::now() + d)
+    }
+
+    /// The deadline.
+    pub fn deadline(&self) -> Instant {
+        self.at
+    }
+
+    /// Moves the deadline to `at` (the sleep may be pending again).
+    pub fn reset(&mut self, at: Instant) {
+        self.unregister();
+        self.at = at;
+        self.state = State::Idle;
+    }
+
+    fn unregister(&mut self) {
+        match &self.state {
+            State::Runtime(worker, key) => {
+                lock(&worker.timers).remove(key);
+            }
+            State::Sim(id) => super::sim_hook::cancel(*id),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if matches!(this.state, State::Done) {
+            return Poll::Ready(());
+        }
+        if super::now() >= this.at {
+            this.unregister();
+            this.state = State::Done;
+            return Poll::Ready(());
+        }
+        match &mut this.state {
+            State::Io(t) => {
+                if Pin::new(t).poll(cx).is_ready() {
+                    this.state = State::Done;
+                    return Poll::Ready(());
+                }
+            }
+            State::Runtime(worker, key) => {
+                // Keep the registered waker current (the task may have moved
+                // to another future's waker, e.g. inside a select).
+                let mut timers = lock(&worker.timers);
+                match timers.get_mut(key) {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    Some(w) => *w = cx.waker().clone(),
+                    // Fired, but the deadline is not reached on this clock
+                    // reading: register again.
+                    None => {
+                        timers.insert(*key, cx.waker().clone());
+                    }
+                }
+            }
+            State::Sim(id) => {
+                // Re-registered so that the waker is the current one.
+                if let Some(id2) = super::sim_hook::register(this.at, Some(*id), cx) {
+                    *id = id2;
+                }
+            }
+            State::Idle if super::sim_hook::active() => {
+                if let Some(id) = super::sim_hook::register(this.at, None, cx) {
+                    this.state = State::Sim(id);
+                }
+            }
+            State::Idle => match Worker::current() {
+                Some(worker) => {
+                    let key = (this.at, worker.next_timer.fetch_add(1, Ordering::Relaxed));
+                    lock(&worker.timers).insert(key, cx.waker().clone());
+                    this.state = State::Runtime(worker, key);
+                }
+                None => {
+                    let mut t = async_io::Timer::at(this.at);
+                    if Pin::new(&mut t).poll(cx).is_ready() {
+                        this.state = State::Done;
+                        return Poll::Ready(());
+                    }
+                    this.state = State::Io(t);
+                }
+            },
+            State::Done => unreachable!("checked above"),
+        }
+        Poll::Pending
+    }
+}
+
+/// Resolves after `d`.
+pub async fn sleep(d: Duration) {
+    Sleep::after(d).await
+}
+
+/// Resolves at `at`.
+pub async fn sleep_until(at: Instant) {
+    Sleep::until(at).await
+}
+
+/// Ticks every `period` (the first tick one period from now); a stream
+/// that never ends. Missed ticks are not made up.
+#[derive(Debug)]
+pub struct Interval {
+    period: Duration,
+    sleep: Sleep,
+}
+
+impl Interval {
+    pub fn new(period: Duration) -> Interval {
+        Interval {
+            period,
+            sleep: Sleep::after(period),
+        }
+    }
+}
+
+impl futures_lite::Stream for Interval {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.sleep).poll(cx) {
+            Poll::Ready(()) => {
+                let next = (this.sleep.deadline() + this.period).max(super::now());
+                this.sleep.reset(next);
+                Poll::Ready(Some(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// hyper's timer (header read deadlines, keep-alive) on these sleeps, so
+/// that an HTTP connection's timers fire on its own thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HyperTimer;
+
+struct HyperSleep(Sleep);
+
+impl Future for HyperSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HyperSleep {}
+
+impl hyper::rt::Timer for HyperTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HyperSleep(Sleep::after(duration)))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HyperSleep(Sleep::until(deadline)))
+    }
+}

@@ -77,6 +77,11 @@ impl Mailbox {
         lock(&self.state).queue.pop_front()
     }
 
+    /// Whether a delivery is queued.
+    pub fn has_mail(&self) -> bool {
+        !lock(&self.state).queue.is_empty()
+    }
+
     /// Polls for the oldest delivery, registering `cx`'s waker if none.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Delivery> {
         let mut s = lock(&self.state);

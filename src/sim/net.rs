@@ -29,10 +29,11 @@ pub struct Pipe {
     pub client_closed: bool,
     /// The client reset the connection (reads and writes fail).
     pub reset: bool,
-    /// When the server's end was closed or dropped, and whether its send
-    /// buffer was full then (a write that timed out on a stalled reader).
+    /// When the server's end was closed or dropped, and whether a write
+    /// of the server's was waiting for room in the full send buffer then
+    /// (it outlasted `--write-timeout` on a reader that stalled).
     pub server_closed_at: Option<u64>,
-    pub server_closed_full: bool,
+    pub server_write_stuck: bool,
     /// Split reads and writes at random points.
     pub split: bool,
     rng: Rng,
@@ -51,7 +52,7 @@ pub fn pipe(rng: Rng, cap: usize, split: bool) -> Shared {
         client_closed: false,
         reset: false,
         server_closed_at: None,
-        server_closed_full: false,
+        server_write_stuck: false,
         split,
         rng,
     }))
@@ -107,7 +108,7 @@ impl Pipe {
     fn server_close(&mut self, now: u64) {
         if self.server_closed_at.is_none() {
             self.server_closed_at = Some(now);
-            self.server_closed_full = self.down.len() >= self.cap;
+            self.server_write_stuck = self.down.len() >= self.cap && self.down_writer.is_some();
         }
         wake(&mut self.down_reader);
     }

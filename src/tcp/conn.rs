@@ -15,7 +15,11 @@
 //! Signal pushes for this connection arrive as effects of its own requests
 //! (a connection signalling itself) or through the mailbox; either way they
 //! are encoded into the same output buffer as replies, in core order, so a
-//! line is never split. A blocked connection still wakes for them. After
+//! line is never split. Core order holds because the handler, holding the
+//! engine's lock, first takes what its mailbox holds (delivered by earlier
+//! inputs of other connections) and only then applies its own inputs, whose
+//! effects come after (protocol §9.3: per subscriber, pushes in the order
+//! the signals were processed). A blocked connection still wakes for them. After
 //! each write the number of pushes it carried is reported to the engine
 //! ([`Input::PushesWritten`]), which bounds the pushes a connection may
 //! have unwritten (Decision D13).
@@ -236,6 +240,9 @@ pub(crate) struct Handler<'e, S> {
     answered: bool,
     /// Signal pushes in `wbuf`, reported to the engine once written (D13).
     pushes: usize,
+    /// The server aborted the connection (found while taking the mailbox
+    /// under the engine's lock): how it ended.
+    aborted: Option<&'static str>,
 }
 
 impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
@@ -266,6 +273,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             partial: false,
             answered: false,
             pushes: 0,
+            aborted: None,
         }
     }
 
@@ -275,6 +283,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         loop {
             // 1. Decode what we can, then apply it.
             self.decode_and_apply();
+            if let Some(end) = self.aborted {
+                return end;
+            }
 
             // 2. Write everything answered so far.
             if let Err(end) = self.flush().await {
@@ -367,6 +378,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             }
             {
                 let mut door = self.engine.door();
+                if !self.take_mail_held() {
+                    break;
+                }
                 while let Some(input) = self.pending.pop_front() {
                     let outcome = door.apply(self.id, input, &mut self.effects);
                     if outcome.gone {
@@ -480,14 +494,42 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         None
     }
 
+    /// With the engine's lock held: takes what the mailbox holds, all of
+    /// it delivered by inputs applied before the one this connection is
+    /// about to apply, so that its lines go out in core order. Returns
+    /// whether the connection may apply inputs now: not after a close or an
+    /// abort, nor while deliveries are left over a full write buffer (the
+    /// caller writes first and comes back: `more_work`).
+    fn take_mail_held(&mut self) -> bool {
+        let Some(first) = self.mailbox.try_recv() else {
+            return true;
+        };
+        if let Some(end) = self.take_mail(first) {
+            self.aborted = Some(end);
+            return false;
+        }
+        if self.closing.is_some() {
+            return false;
+        }
+        if self.mailbox.has_mail() {
+            self.more_work = true;
+            return false;
+        }
+        true
+    }
+
     /// The read deadline passed: the engine decides. Returns whether the
-    /// connection stays (a fresh period starts).
+    /// connection stays (a fresh period starts). Does nothing (returns
+    /// `false`) when the mailbox held something to write or act on first:
+    /// the loop does that and the deadline, still passed, fires again.
     fn read_deadline(&mut self) -> bool {
         let partial = !self.rbuf.is_empty();
-        let outcome =
-            self.engine
-                .door()
-                .apply(self.id, Input::ReadDeadline { partial }, &mut self.effects);
+        let mut door = self.engine.door();
+        if !self.take_mail_held() {
+            return false;
+        }
+        let outcome = door.apply(self.id, Input::ReadDeadline { partial }, &mut self.effects);
+        drop(door);
         if !outcome.closed && !outcome.gone {
             self.effects.clear();
             self.deadline = rt::now() + self.timeouts.read;

@@ -480,7 +480,9 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
                 }
                 continue;
             }
-            let Some(reply) = replies.get(k) else { continue };
+            let Some(reply) = replies.get(k) else {
+                continue;
+            };
             let (line, t_read) = (&reply.0, reply.1);
             let mut w = line.split(' ');
             let (a, b, cc) = (w.next(), w.next(), w.next());

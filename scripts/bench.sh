@@ -15,15 +15,27 @@
 #      API (dflockd-bench --http) and through the client library (--client) at 1 and 10
 #      workers, and signal fan-out, 1 publisher to FANOUT_SUBSCRIBERS subscribers (--fanout),
 #      once unpaced (--pipeline 8) and once paced at FANOUT_RATE signals/s.
+#   6. The engine's targets (issue #11), on one server with --http-port, redis beside it,
+#      dflockd and redis runs interleaved: 1 worker own key unpipelined, ENGINE_REPEATS runs
+#      (median and slowest/median) with the server's context switches per acquire+release
+#      (voluntary + nonvoluntary over every thread in /proc/PID/task, before and after each
+#      run); 10 and 50 workers; --shared-key at 10 workers against own key; --http at 10
+#      workers against the line protocol, and its p99. Ratios are against redis PING_INLINE
+#      rps / 2 with the same client count.
 #
 # Knobs (environment): BENCH_SECONDS (per run, default 5), REPEATS (median of, default 3),
 # IDLE_CONNS (default 10000), HOLD_LOCKS (default 1000000), SKIP_REDIS=1, DFLOCKD_BIN (another
 # server binary taking --host/--port/--max-locks, e.g. the Go upstream), DFLOCKD_PORT,
 # REDIS_PORT. Everything binds 127.0.0.1; every process started here is stopped on exit.
 # Parts can be skipped: SKIP_TCP=1 (1-3), SKIP_MEMORY=1 (4), SKIP_HTTP=1, SKIP_CLIENT=1,
-# SKIP_FANOUT=1 (5); HTTP_PORT, FANOUT_SUBSCRIBERS (default 100), FANOUT_RATE (default 1000).
+# SKIP_FANOUT=1 (5), SKIP_ENGINE=1 (6); HTTP_PORT, FANOUT_SUBSCRIBERS (default 100),
+# FANOUT_RATE (default 1000), ENGINE_REPEATS (default 5). BUSY_LOOPS=N runs N shell busy loops
+# at normal priority for the whole run (the "two busy loops beside it" condition).
+# ACCEPT=pin|reuseport starts the server with that thread model (DFLOCKD_BENCH_ACCEPT;
+# spec/ARCHITECTURE.md, "The runtime").
 #
 #   SKIP_TCP=1 SKIP_MEMORY=1 REPEATS=1 scripts/bench.sh   # only the HTTP/client/fan-out part
+#   ONLY_ENGINE=1 BUSY_LOOPS=2 scripts/bench.sh            # only part 6, with two busy loops
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -38,10 +50,18 @@ SKIP_MEMORY=${SKIP_MEMORY:-0}
 SKIP_HTTP=${SKIP_HTTP:-0}
 SKIP_CLIENT=${SKIP_CLIENT:-0}
 SKIP_FANOUT=${SKIP_FANOUT:-0}
+SKIP_ENGINE=${SKIP_ENGINE:-0}
+if [[ ${ONLY_ENGINE:-0} == 1 ]]; then
+    SKIP_TCP=1 SKIP_MEMORY=1 SKIP_HTTP=1 SKIP_CLIENT=1 SKIP_FANOUT=1
+fi
+ENGINE_REPEATS=${ENGINE_REPEATS:-5}
+BUSY_LOOPS=${BUSY_LOOPS:-0}
+ACCEPT=${ACCEPT:-}
 FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-100}
 FANOUT_RATE=${FANOUT_RATE:-1000}
-DFLOCKD_BIN=${DFLOCKD_BIN:-target/release/dflockd}
-BENCH=target/release/dflockd-bench
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+DFLOCKD_BIN=${DFLOCKD_BIN:-$TARGET_DIR/release/dflockd}
+BENCH=$TARGET_DIR/release/dflockd-bench
 HOST=127.0.0.1
 # Upper bound for any single command; the script as a whole stays within a few minutes.
 STEP_TIMEOUT=180
@@ -127,7 +147,7 @@ meets() { awk "BEGIN {exit !($1 >= $2)}" && echo "ok" || echo "BELOW TARGET"; }
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ((IDLE_CONNS + 1000 <= $(ulimit -n))) || die "ulimit -n $(ulimit -n) is too low for IDLE_CONNS=$IDLE_CONNS"
 
-if [[ $SKIP_TCP == 1 ]]; then
+if [[ $SKIP_TCP == 1 && $SKIP_ENGINE == 1 ]]; then
     SKIP_REDIS=1
 fi
 if [[ $SKIP_REDIS != 1 ]] && ! command -v redis-server >/dev/null; then
@@ -147,7 +167,7 @@ SERVER_PID=""
 
 # Extra arguments go to the server.
 start_dflockd() {
-    "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
+    DFLOCKD_BENCH_ACCEPT=$ACCEPT "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
         >"$WORK/dflockd.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -174,6 +194,25 @@ rounds_for() {
 
 declare -A OURS REDIS P50 P99
 
+for _ in $(seq 1 "$BUSY_LOOPS"); do
+    bash -c 'while :; do :; done' &
+    PIDS+=("$!")
+done
+((BUSY_LOOPS == 0)) || log "running $BUSY_LOOPS busy loops beside the benchmark"
+
+start_redis() {
+    redis-server --bind "$HOST" --port "$REDIS_PORT" --save '' --appendonly no \
+        --daemonize no --logfile "$WORK/redis.log" &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start on $HOST:$REDIS_PORT"
+}
+
+redis_rps() {
+    timeout --kill-after=5 "$STEP_TIMEOUT" redis-benchmark -h "$HOST" -p "$REDIS_PORT" -q "$@" |
+        tr '\r' '\n' | sed -nE 's/.*[: ]([0-9.]+) requests per second.*/\1/p' | tail -n 1
+}
+
 # ---------------------------------------------------------------------------------------------
 # 1. Request throughput against redis PING_INLINE
 # ---------------------------------------------------------------------------------------------
@@ -181,17 +220,8 @@ declare -A OURS REDIS P50 P99
 if [[ $SKIP_TCP != 1 ]]; then
 start_dflockd
 if [[ $SKIP_REDIS != 1 ]]; then
-    redis-server --bind "$HOST" --port "$REDIS_PORT" --save '' --appendonly no \
-        --daemonize no --logfile "$WORK/redis.log" &
-    REDIS_PID=$!
-    PIDS+=("$REDIS_PID")
-    wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start on $HOST:$REDIS_PORT"
+    start_redis
 fi
-
-redis_rps() {
-    timeout --kill-after=5 "$STEP_TIMEOUT" redis-benchmark -h "$HOST" -p "$REDIS_PORT" -q "$@" |
-        tr '\r' '\n' | sed -nE 's/.*[: ]([0-9.]+) requests per second.*/\1/p' | tail -n 1
-}
 
 for W in 1 10 50; do
     rounds=$(rounds_for "$W")
@@ -367,6 +397,89 @@ if [[ $SKIP_HTTP != 1 || $SKIP_CLIENT != 1 || $SKIP_FANOUT != 1 ]]; then
     stop_dflockd
 fi
 
+
+# ---------------------------------------------------------------------------------------------
+# 6. The engine's targets (issue #11)
+# ---------------------------------------------------------------------------------------------
+
+# Voluntary + nonvoluntary context switches of every thread of process $1 so far.
+ctx_switches() {
+    cat /proc/"$1"/task/*/status 2>/dev/null |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {s += $2} END {print s + 0}'
+}
+
+# Field $2 of the first line of $3 matching awk pattern $1.
+field() { awk "$1 {gsub(/,/, \"\", \$$2); print \$$2; exit}" <<<"$3"; }
+
+declare -A ENG
+if [[ $SKIP_ENGINE != 1 ]]; then
+    start_dflockd --http-port "$HTTP_PORT"
+    wait_port "$HTTP_PORT" "$SERVER_PID" || die "$DFLOCKD_BIN did not open its HTTP port $HOST:$HTTP_PORT"
+    start_redis
+    log "engine: server threads: $(ls /proc/"$SERVER_PID"/task | wc -l)"
+
+    # 1 worker: ENGINE_REPEATS runs each of dflockd and redis, interleaved.
+    rounds=$(rounds_for 1)
+    probe=$(redis_rps -t ping_inline -c 1 -n 20000)
+    numeric "$probe"
+    n=$(calc "$probe * $BENCH_SECONDS" 0)
+    log "engine, 1 worker: $ENGINE_REPEATS x (dflockd-bench --workers 1 --rounds $rounds, redis -c 1 -n $n)"
+    ours=() theirs=() ctx=()
+    for _ in $(seq 1 "$ENGINE_REPEATS"); do
+        before=$(ctx_switches "$SERVER_PID")
+        out=$(bench --workers 1 --rounds "$rounds" --warmup 100)
+        after=$(ctx_switches "$SERVER_PID")
+        ours+=("$(field '/throughput:/' 2 "$out")")
+        ctx+=("$(calc "($after - $before) / ($rounds + 100)" 3)")
+        theirs+=("$(redis_rps -t ping_inline -c 1 -n "$n")")
+    done
+    log "engine, 1 worker: dflockd ops/s ${ours[*]}; redis rps ${theirs[*]}; ctx/op ${ctx[*]}"
+    ENG[1,ours]=$(median "${ours[@]}")
+    ENG[1,slowest]=$(printf '%s\n' "${ours[@]}" | sort -g | head -n 1)
+    ENG[1,redis]=$(median "${theirs[@]}")
+    ENG[1,ctx]=$(median "${ctx[@]}")
+    ENG[1,ctxmax]=$(printf '%s\n' "${ctx[@]}" | sort -g | tail -n 1)
+
+    for W in 10 50; do
+        rounds=$(rounds_for "$W")
+        probe=$(redis_rps -t ping_inline -c "$W" -n 20000)
+        numeric "$probe"
+        n=$(calc "$probe * $BENCH_SECONDS" 0)
+        log "engine, $W workers: $REPEATS x (dflockd-bench --workers $W --rounds $rounds, redis -c $W -n $n)"
+        ours=() theirs=()
+        for _ in $(seq 1 "$REPEATS"); do
+            ours+=("$(field '/throughput:/' 2 "$(bench --workers "$W" --rounds "$rounds" --warmup 100)")")
+            theirs+=("$(redis_rps -t ping_inline -c "$W" -n "$n")")
+        done
+        ENG[$W,ours]=$(median "${ours[@]}")
+        ENG[$W,redis]=$(median "${theirs[@]}")
+    done
+
+    # One hot key against own keys, and HTTP against the line protocol, at 10 workers,
+    # interleaved run by run with the own-key line-protocol runs they are compared with.
+    rounds=$(rounds_for 10)
+    shared_rounds=$(rounds_for 10 --shared-key)
+    http_rounds=$(rounds_for 10 --http "$HOST:$HTTP_PORT")
+    log "engine, 10 workers: $REPEATS x (own key, --shared-key, --http)"
+    own=() shared=() http=() http99=() line99=()
+    for _ in $(seq 1 "$REPEATS"); do
+        out=$(bench --workers 10 --rounds "$rounds" --warmup 100)
+        own+=("$(field '/throughput:/' 2 "$out")")
+        line99+=("$(field '/p99/' 3 "$out")")
+        shared+=("$(field '/throughput:/' 2 "$(bench --workers 10 --shared-key --rounds "$shared_rounds" --warmup 100)")")
+        out=$(bench --http "$HOST:$HTTP_PORT" --workers 10 --rounds "$http_rounds" --warmup 100)
+        http+=("$(field '/throughput:/' 2 "$out")")
+        http99+=("$(field '/p99/' 3 "$out")")
+    done
+    ENG[own]=$(median "${own[@]}")
+    ENG[shared]=$(median "${shared[@]}")
+    ENG[http]=$(median "${http[@]}")
+    ENG[http99]=$(median "${http99[@]}")
+    ENG[line99]=$(median "${line99[@]}")
+    stop "$REDIS_PID"
+    stop_dflockd
+fi
+
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
@@ -432,4 +545,28 @@ if [[ $SKIP_FANOUT != 1 ]]; then
     done
     echo "(deliveries = sum of the publisher's ok <n>; received = push lines read by subscribers;"
     echo " latency = publish to receipt; an eviction is a subscriber the server closed, §9.4)"
+fi
+if [[ $SKIP_ENGINE != 1 ]]; then
+    r1=$(calc "${ENG[1,ours]} / (${ENG[1,redis]} / 2)" 3)
+    spread=$(calc "${ENG[1,slowest]} / ${ENG[1,ours]}" 3)
+    echo
+    echo "engine targets (issue #11; one server with --http-port, accept model ${ACCEPT:-default}," \
+        "$BUSY_LOOPS busy loops beside it; dflockd and redis runs interleaved):"
+    printf '%-44s %12s %12s %10s %8s\n' check dflockd peer ratio target
+    printf '%-44s %12s %12s %10s %8s\n' "1 worker, median of $ENGINE_REPEATS (ops/s vs PING/2)" \
+        "${ENG[1,ours]}" "${ENG[1,redis]}" "$r1" "$( ((BUSY_LOOPS > 0)) && echo 0.8 || echo 1.0)"
+    printf '%-44s %12s %12s %10s %8s\n' "1 worker, slowest / median" "${ENG[1,slowest]}" \
+        "${ENG[1,ours]}" "$spread" 0.7
+    printf '%-44s %12s %12s %10s %8s\n' "1 worker, server ctx switches per l+r" "${ENG[1,ctx]}" \
+        "(max ${ENG[1,ctxmax]})" - "≤ 2.2"
+    for W in 10 50; do
+        printf '%-44s %12s %12s %10s %8s\n' "$W workers (ops/s vs PING/2)" "${ENG[$W,ours]}" \
+            "${ENG[$W,redis]}" "$(calc "${ENG[$W,ours]} / (${ENG[$W,redis]} / 2)" 3)" 1.15
+    done
+    printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[shared]}" \
+        "${ENG[own]}" "$(calc "${ENG[shared]} / ${ENG[own]}" 3)" 0.7
+    printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[http]}" \
+        "${ENG[own]}" "$(calc "${ENG[http]} / ${ENG[own]}" 3)" 0.7
+    printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms (line p99)" "${ENG[http99]}" \
+        "${ENG[line99]}" - "≤ 1"
 fi

@@ -1,14 +1,25 @@
 //! Differential testing: one comparator, two harnesses (STYLE convention 7).
 //!
 //! A [`Scenario`] is a configuration and a list of [`Step`]s: connections
-//! opening and closing, requests, time jumps, draining. [`run`] applies it
-//! to the reference machine of `dflockd-model` (the executable spec) and to
-//! the production [`Core`] in lockstep and fails at the first difference in:
+//! opening and closing, requests, read deadlines, cancels, time jumps (with the timer firing, or
+//! late so that the next input reaches a core that has not caught up),
+//! draining, raising the fence ceiling. [`run`] applies it to the
+//! reference machine of `dflockd-model` (the executable spec) and to the
+//! production [`Core`] in lockstep and fails at the first difference in:
 //! the reply lines, signal pushes (as their `sig ...` lines) and closes
-//! (with their reason) of each step, in order, whether a connection is blocked, each connection's
-//! count of unwritten pushes, the next deadline, and the `stats` snapshot.
-//! After every step it also runs [`Core::verify`], which panics naming the
-//! first of the core's own invariants that broke.
+//! (with their reason) of each step (in order), whether a connection is blocked, each connection's
+//! count of unwritten pushes, the next deadline, the instant each has
+//! advanced to, the fence headroom, and the `stats` snapshot. After every
+//! step it also runs [`Core::verify`], which panics naming the first of the
+//! core's own invariants that broke.
+//!
+//! A second core runs alongside, driven *eagerly*: before each input its
+//! timer fires at every deadline on time, so each of its outputs happens at
+//! the instant of the call that gave it. It must give the same outputs as
+//! the first (semantics §8: answers do not depend on how late a timer
+//! fires), and a [`model::monitor::Monitor`] watches its trace for the
+//! safety properties of semantics §11, from the clients' side: the core is
+//! checked against the properties themselves, not only against the model.
 //!
 //! The proptest in `tests/differential.rs` and the cargo-fuzz target
 //! `core_vs_model` both call [`run`]; they differ only in how they generate
@@ -35,6 +46,12 @@ pub struct Settings {
     pub gc_max_idle_s: u8,
     pub auth: bool,
     pub max_subscriptions: u8,
+    /// The fence ceiling (semantics §6): unlimited, or this many fences
+    /// (mod 8) above the start, so that grants stop and wait for a
+    /// [`Step::RaiseCeiling`].
+    pub fence_ceiling: Option<u8>,
+    /// Fences start a few below `u64::MAX` instead of at 1000.
+    pub fences_near_max: bool,
 }
 
 /// One step of a scenario. Indices are taken modulo what exists.
@@ -82,6 +99,31 @@ pub enum Step {
         conn: u8,
         channel: u8,
         count: u8,
+    },
+    /// Time moves forward by this many milliseconds and the timer does not
+    /// fire: the next input reaches a core that has not caught up, which
+    /// must answer as if it had (semantics §1, §8; D18, D19).
+    Late {
+        ms: u16,
+    },
+    /// Time moves to the next deadline and the timer does not fire: the
+    /// next input lands exactly on it.
+    LateToNextDeadline,
+    /// The driver raises the fence ceiling to the last fence issued plus
+    /// `by` (0 or less than the ceiling changes nothing; semantics §6).
+    RaiseCeiling {
+        by: u8,
+    },
+    /// A live connection acquires each key of the bit set `keys` in turn,
+    /// with one timeout and one lease, so that its leases end at one instant
+    /// (it stops once a request blocks).
+    Grab {
+        conn: u8,
+        sem: bool,
+        keys: u8,
+        timeout_s: u8,
+        limit: u8,
+        lease_s: Option<u8>,
     },
 }
 
@@ -172,8 +214,45 @@ const AUTH_TOKEN: &[u8] = b"s3cret";
 const AUTH_FAILURE_PAUSE_MS: u64 = 100;
 const SALT_KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
 const FENCE_START: u64 = 1000;
+/// With [`Settings::fences_near_max`]: the last fence a scenario can issue
+/// is `u64::MAX`, after six grants.
+const FENCE_START_NEAR_MAX: u64 = u64::MAX - 6;
+/// Leases and timeouts for the arguments 250..=255: the wire's largest
+/// (`wire::MAX_SECONDS`) and other large values, so deadline arithmetic
+/// meets its edges.
+const HUGE_SECONDS: [u64; 6] = [
+    crate::wire::MAX_SECONDS,
+    crate::wire::MAX_SECONDS - 1,
+    1 << 32,
+    (1 << 32) - 1,
+    1_000_000_000,
+    86_400,
+];
+
+/// A lease or timeout argument: the arguments 250..=255 are huge values,
+/// the rest are small ones (`small(n)`).
+fn seconds(n: u8, small: impl Fn(u8) -> u64) -> u64 {
+    match n {
+        250..=255 => HUGE_SECONDS[usize::from(n - 250)],
+        _ => small(n),
+    }
+}
 
 impl Settings {
+    fn fence_start(&self) -> u64 {
+        if self.fences_near_max {
+            FENCE_START_NEAR_MAX
+        } else {
+            FENCE_START
+        }
+    }
+
+    fn fence_ceiling(&self) -> u64 {
+        self.fence_ceiling.map_or(u64::MAX, |n| {
+            self.fence_start().saturating_add(u64::from(n % 8))
+        })
+    }
+
     fn model(&self) -> model::Config {
         model::Config {
             default_lease_s: u64::from(self.default_lease_s % 5) + 1,
@@ -183,7 +262,8 @@ impl Settings {
             gc_interval_s: u64::from(self.gc_interval_s % 3) + 1,
             gc_max_idle_s: u64::from(self.gc_max_idle_s % 4),
             auth_token: self.auth.then(|| AUTH_TOKEN.to_vec()),
-            fence_start: FENCE_START,
+            fence_start: self.fence_start(),
+            fence_ceiling: self.fence_ceiling(),
             salt_key: SALT_KEY,
             max_subscriptions: usize::from(self.max_subscriptions % 3),
             auth_failure_pause_ms: AUTH_FAILURE_PAUSE_MS,
@@ -200,11 +280,12 @@ impl Settings {
             gc_interval_s: m.gc_interval_s,
             gc_max_idle_s: m.gc_max_idle_s,
             auth_token: m.auth_token,
-            fence_start: FENCE_START,
-            fence_ceiling: u64::MAX,
+            fence_start: m.fence_start,
+            fence_ceiling: m.fence_ceiling,
             salt_key: SALT_KEY,
             max_subscriptions: m.max_subscriptions,
             auth_failure_pause_ms: m.auth_failure_pause_ms,
+            ..CoreConfig::default()
         }
     }
 }
@@ -222,10 +303,13 @@ impl std::fmt::Display for Divergence {
     }
 }
 
-/// Both machines plus the harness's view of the world.
+/// The machines plus the harness's view of the world.
 struct Pair {
     model: model::Machine,
     core: Core,
+    /// The same core, its timer always on time (see the module docs).
+    eager: Core,
+    monitor: model::monitor::Monitor,
     now: u64,
     live: Vec<u64>,
     tokens: Vec<Vec<u8>>,
@@ -252,7 +336,11 @@ fn limit(sem: bool, n: u8) -> u64 {
 }
 
 fn lease(l: Option<u8>) -> Option<u64> {
-    l.map(|l| u64::from(l % 5) + 1)
+    l.map(|l| seconds(l, |l| u64::from(l % 5) + 1))
+}
+
+fn timeout(t: u8) -> u64 {
+    seconds(t, |t| u64::from(t % 4))
 }
 
 fn core_outputs(effects: Vec<Effect>) -> Vec<model::Output> {
@@ -328,18 +416,76 @@ fn json(s: &str) -> Option<serde_json::Value> {
 }
 
 impl Pair {
+    /// Applies an input to the eager core at `self.now`: first its timer
+    /// fires at every deadline up to then, each on time, and the monitor
+    /// sees each call's outputs at that call's instant; `told` tells the
+    /// monitor of the input just before it is applied. All the outputs, in
+    /// order.
+    fn eager(
+        &mut self,
+        told: impl FnOnce(&mut model::monitor::Monitor),
+        input: impl FnOnce(&mut Core, &mut Vec<Effect>),
+    ) -> Vec<model::Output> {
+        let mut all = Vec::new();
+        while let Some(t) = self.eager.poll_timeout().filter(|t| t.0 <= self.now) {
+            let mut out = Vec::new();
+            self.eager.handle_timeout(t, &mut out);
+            let out = core_outputs(out);
+            self.monitor.outputs(t.0, &out);
+            all.extend(out);
+        }
+        told(&mut self.monitor);
+        let mut out = Vec::new();
+        input(&mut self.eager, &mut out);
+        let out = core_outputs(out);
+        self.monitor.outputs(self.now, &out);
+        all.extend(out);
+        all
+    }
+
+    /// Applies an input other than a request to both cores and compares
+    /// their outputs with the model's `m`.
+    fn apply(
+        &mut self,
+        step: usize,
+        what: &str,
+        m: Vec<model::Output>,
+        input: impl Fn(&mut Core, Time, &mut Vec<Effect>),
+    ) -> Result<(), Divergence> {
+        let now = Time(self.now);
+        let e = self.eager(|_| {}, |core, out| input(core, now, out));
+        let mut c = Vec::new();
+        input(&mut self.core, now, &mut c);
+        self.compare(step, what, m, c, e)
+    }
+
+    /// Compares the outputs of one input: the model's `m`, the core's `c`
+    /// and the eager core's `e` (after its timer caught up).
     fn compare(
         &mut self,
         step: usize,
         what: &str,
         m: Vec<model::Output>,
         c: Vec<Effect>,
+        e: Vec<model::Output>,
     ) -> Result<(), Divergence> {
         let c = core_outputs(c);
         if !same(&m, &c) {
             return Err(Divergence {
                 step,
                 what: format!("{what}: model {m:?}, core {c:?}"),
+            });
+        }
+        if !same(&c, &e) {
+            return Err(Divergence {
+                step,
+                what: format!("{what}: core {c:?}, core with its timer on time {e:?}"),
+            });
+        }
+        if let Some(v) = self.monitor.violation() {
+            return Err(Divergence {
+                step,
+                what: format!("{what}: the core breaks \"{}\": {}", v.property, v.what),
             });
         }
         // Remember tokens for later release/renew steps.
@@ -372,25 +518,30 @@ impl Pair {
         }
         let (mop, creq) = self.request(req);
         let what = format!("{req:?} from conn {conn}");
+        let (now, id) = (Time(self.now), ConnId(conn));
+        let apply = |core: &mut Core, c: &mut Vec<Effect>| match req {
+            Req::Invalid { fatal } => core.handle_invalid(now, id, *fatal, c),
+            _ => core.handle(now, id, creq.clone(), c),
+        };
+        let e = self.eager(|mon| mon.request(conn, &mop), apply);
         let m = self.model.handle(self.now, conn, mop);
         let mut c = Vec::new();
-        match req {
-            Req::Invalid { fatal } => {
-                self.core
-                    .handle_invalid(Time(self.now), ConnId(conn), *fatal, &mut c)
-            }
-            _ => self.core.handle(Time(self.now), ConnId(conn), creq, &mut c),
-        }
-        self.compare(step, &what, m, c)
+        apply(&mut self.core, &mut c);
+        self.compare(step, &what, m, c, e)
     }
 
     fn drop_conn(&mut self, step: usize, conn: u64) -> Result<(), Divergence> {
         if let Some(i) = self.live.iter().position(|c| *c == conn) {
             self.live.remove(i);
+            let (now, id) = (Time(self.now), ConnId(conn));
+            let e = self.eager(
+                |mon| mon.disconnect(now.0, conn),
+                |core, c| core.disconnect(now, id, c),
+            );
             let m = self.model.disconnect(self.now, conn);
             let mut c = Vec::new();
-            self.core.disconnect(Time(self.now), ConnId(conn), &mut c);
-            self.compare(step, "disconnect", m, c)?;
+            self.core.disconnect(now, id, &mut c);
+            self.compare(step, "disconnect", m, c, e)?;
         }
         Ok(())
     }
@@ -420,7 +571,7 @@ impl Pair {
             } => {
                 let (cs, ms) = space(*sem);
                 let (mk, ck) = k(*key);
-                let t = u64::from(timeout_s % 4);
+                let t = timeout(*timeout_s);
                 let (n, l) = (limit(*sem, *n), lease(*lease_s));
                 (
                     model::Op::Acquire {
@@ -512,7 +663,7 @@ impl Pair {
             } => {
                 let (cs, ms) = space(*sem);
                 let (mk, ck) = k(*key);
-                let t = u64::from(timeout_s % 4);
+                let t = timeout(*timeout_s);
                 (
                     model::Op::Wait {
                         space: ms,
@@ -587,6 +738,22 @@ impl Pair {
     }
 
     fn check_state(&self, step: usize) -> Result<(), Divergence> {
+        // Both stand where their last input advanced them (a late step
+        // moves only the harness's clock).
+        let (mn, cn) = (self.model.now_ms(), self.core.now().0);
+        if mn != cn {
+            return Err(Divergence {
+                step,
+                what: format!("advanced to: model {mn}, core {cn}"),
+            });
+        }
+        let (mh, ch) = (self.model.fence_headroom(), self.core.fence_headroom());
+        if mh != ch {
+            return Err(Divergence {
+                step,
+                what: format!("fence headroom: model {mh}, core {ch}"),
+            });
+        }
         let md = self.model.next_deadline();
         let cd = self.core.poll_timeout().map(|t| t.0);
         if md != cd {
@@ -594,6 +761,21 @@ impl Pair {
                 step,
                 what: format!("next deadline: model {md:?}, core {cd:?}"),
             });
+        }
+        // The eager core fired the timers the core has not: it agrees once
+        // both stand at the same instant.
+        if self.eager.now() == self.core.now() {
+            let ed = self.eager.poll_timeout().map(|t| t.0);
+            let (cj, ej) = (self.core.stats_json(), self.eager.stats_json());
+            if ed != cd || cj != ej {
+                return Err(Divergence {
+                    step,
+                    what: format!(
+                        "core with its timer on time: next deadline {ed:?}, stats {ej}; \
+                         core: {cd:?}, {cj}"
+                    ),
+                });
+            }
         }
         for &conn in &self.live {
             let mp = self
@@ -620,7 +802,7 @@ impl Pair {
                 });
             }
         }
-        let mj = json(&model::stats::to_json(&self.model.stats_view(self.now)));
+        let mj = json(&model::stats::to_json(&self.model.stats_view(mn)));
         let cj = json(&self.core.stats_json());
         if mj != cj {
             return Err(Divergence {
@@ -637,13 +819,15 @@ pub fn run(s: &Scenario) -> Result<(), Divergence> {
     run_against(s, model::Bug::None)
 }
 
-/// Runs `s` through a deliberately broken model (`bug`) and the core: how
-/// the tests show that the comparator notices a wrong decision (a planted
-/// bug must make some scenario diverge).
+/// [`run`] with a deliberately broken model: how the tests show that the
+/// comparator and the generators find what a wrong decision breaks (a
+/// planted bug must make some scenario diverge).
 pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
     let mut p = Pair {
         model: model::Machine::with_bug(s.settings.model(), 0, bug),
         core: Core::new(s.settings.core(), Time(0)),
+        eager: Core::new(s.settings.core(), Time(0)),
+        monitor: model::monitor::Monitor::new(s.settings.auto_release_on_disconnect),
         now: 0,
         live: Vec::new(),
         tokens: Vec::new(),
@@ -652,17 +836,21 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
         match step {
             Step::Connect => {
                 let m_id = p.model.connect(p.now);
+                let now = Time(p.now);
                 let mut c = Vec::new();
-                let c_id = p.core.connect(Time(p.now), &mut c);
-                if m_id != c_id.0 {
+                let c_id = p.core.connect(now, &mut c);
+                let mut e_id = None;
+                let e = p.eager(|_| {}, |core, out| e_id = Some(core.connect(now, out)));
+                if Some(c_id) != e_id || m_id != c_id.0 {
                     return Err(Divergence {
                         step: i,
-                        what: format!("connection id: model {m_id}, core {}", c_id.0),
+                        what: format!("connection id: model {m_id}, cores {c_id:?} {e_id:?}"),
                     });
                 }
+                p.monitor.connect(m_id);
                 // Connecting advances time: compare what came due.
                 let m = p.model.advance(p.now);
-                p.compare(i, "connect", m, c)?;
+                p.compare(i, "connect", m, c, e)?;
                 p.live.push(m_id);
             }
             Step::Disconnect { conn } => {
@@ -675,42 +863,45 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
                 if !p.live.is_empty() {
                     let conn = p.live[usize::from(*conn) % p.live.len()];
                     let m = p.model.cancel(p.now, conn);
+                    let now = Time(p.now);
+                    let e = p.eager(
+                        |mon| mon.cancel(conn),
+                        |core, out| core.cancel(now, ConnId(conn), out),
+                    );
                     let mut c = Vec::new();
-                    p.core.cancel(Time(p.now), ConnId(conn), &mut c);
-                    p.compare(i, "cancel", m, c)?;
+                    p.core.cancel(now, ConnId(conn), &mut c);
+                    p.compare(i, "cancel", m, c, e)?;
                 }
             }
             Step::ReadDeadline { conn, partial } => {
                 if !p.live.is_empty() {
                     let conn = p.live[usize::from(*conn) % p.live.len()];
                     let m = p.model.read_deadline(p.now, conn, *partial);
+                    let (now, partial) = (Time(p.now), *partial);
+                    let e = p.eager(
+                        |mon| mon.read_deadline(conn),
+                        |core, out| core.read_deadline(now, ConnId(conn), partial, out),
+                    );
                     let mut c = Vec::new();
-                    p.core
-                        .read_deadline(Time(p.now), ConnId(conn), *partial, &mut c);
-                    p.compare(i, "read deadline", m, c)?;
+                    p.core.read_deadline(now, ConnId(conn), partial, &mut c);
+                    p.compare(i, "read deadline", m, c, e)?;
                 }
             }
             Step::Advance { ms } => {
                 p.now += u64::from(*ms);
                 let m = p.model.advance(p.now);
-                let mut c = Vec::new();
-                p.core.handle_timeout(Time(p.now), &mut c);
-                p.compare(i, "advance", m, c)?;
+                p.apply(i, "advance", m, Core::handle_timeout)?;
             }
             Step::ToNextDeadline => {
                 if let Some(t) = p.core.poll_timeout() {
                     p.now = p.now.max(t.0);
                 }
                 let m = p.model.advance(p.now);
-                let mut c = Vec::new();
-                p.core.handle_timeout(Time(p.now), &mut c);
-                p.compare(i, "advance to deadline", m, c)?;
+                p.apply(i, "advance to deadline", m, Core::handle_timeout)?;
             }
             Step::Drain => {
                 let m = p.model.start_drain(p.now);
-                let mut c = Vec::new();
-                p.core.start_drain(Time(p.now), &mut c);
-                p.compare(i, "drain", m, c)?;
+                p.apply(i, "drain", m, Core::start_drain)?;
             }
             Step::Send { conn, req } => {
                 if p.live.is_empty() {
@@ -726,6 +917,7 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
                 let conn = p.live[usize::from(*conn) % p.live.len()];
                 p.model.pushes_written(conn, usize::from(*n));
                 p.core.pushes_written(ConnId(conn), usize::from(*n));
+                p.eager.pushes_written(ConnId(conn), usize::from(*n));
             }
             Step::Burst {
                 conn,
@@ -744,6 +936,45 @@ pub fn run_against(s: &Scenario, bug: model::Bug) -> Result<(), Divergence> {
                     let req = Req::Signal {
                         channel: *channel,
                         payload: k,
+                    };
+                    p.send(i, conn, &req)?;
+                }
+            }
+            Step::Late { ms } => p.now += u64::from(*ms),
+            Step::LateToNextDeadline => {
+                if let Some(t) = p.core.poll_timeout() {
+                    p.now = p.now.max(t.0);
+                }
+            }
+            Step::RaiseCeiling { by } => {
+                let ceiling = p.model.last_fence().saturating_add(u64::from(*by));
+                let m = p.model.raise_fence_ceiling(p.now, ceiling);
+                p.apply(i, "raise the fence ceiling", m, |core, now, out| {
+                    core.raise_fence_ceiling(now, ceiling, out)
+                })?;
+            }
+            Step::Grab {
+                conn,
+                sem,
+                keys,
+                timeout_s,
+                limit,
+                lease_s,
+            } => {
+                if p.live.is_empty() {
+                    continue;
+                }
+                let conn = p.live[usize::from(*conn) % p.live.len()];
+                for key in (0..KEYS).filter(|k| keys & (1 << k) != 0) {
+                    if !p.live.contains(&conn) || p.core.is_blocked(ConnId(conn)) {
+                        break;
+                    }
+                    let req = Req::Acquire {
+                        sem: *sem,
+                        key,
+                        timeout_s: *timeout_s,
+                        limit: *limit,
+                        lease_s: *lease_s,
                     };
                     p.send(i, conn, &req)?;
                 }

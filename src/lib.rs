@@ -4,20 +4,22 @@
 //! Layout and reading order:
 //! 1. [`wire`]: the line protocol as data; a push parser and encoders.
 //! 2. [`core`]: the sans-IO transition function (locks, semaphores, leases,
-//!    FIFO, two-phase, GC, stats). Time and token salt are arguments.
+//!    FIFO, two-phase, GC, stats), and its bounded introspection
+//!    ([`core::introspect`]). Time and token salt are arguments.
 //! 3. [`engine`]: the only door to the core: inputs as values in, effects
 //!    routed out, the clock, the timer and the fence file around it.
 //! 4. The fronts, which move bytes between sockets and the engine:
-//!    [`tcp`] (the line protocol) and [`http`] (the REST API and SSE), on
-//!    [`net`] (TLS, per-IP admission) and [`rt`] (the runtime seam);
-//!    [`server`] starts the engine with both fronts and drains them.
+//!    [`tcp`] (the line protocol) and [`http`] (the REST API and SSE, with
+//!    the read-only views and the `/ui` dashboard), on [`net`] (TLS,
+//!    per-IP admission) and [`rt`] (the per-thread runtime); [`server`]
+//!    starts the engine with both fronts and drains them.
 //! 5. [`config`]: the settings table, flags, environment variables and
 //!    their validation; [`logging`]: log lines and their rate limits.
 //! 6. [`conformance`]: the transcript runner for `spec/conformance/`.
 //! 7. [`client`]: the client library (connections, lock and semaphore
 //!    handles with background renewal, CRC-32 sharding).
 //!    [`cli`]: the client subcommands of `dflockd` (`lock`, `stats`,
-//!    `signal`, `listen`), built on it.
+//!    `signal`, `listen`, `top`), built on it.
 //! 8. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
 //! 9. [`sync`]: the std/loom facade for the server's own concurrency.

@@ -3,7 +3,7 @@
 //!
 //! A first argument naming a subcommand runs that instead (`dflockd::cli`):
 //! `dflockd lock KEY -- COMMAND`, `dflockd stats`, `dflockd signal`,
-//! `dflockd listen`, and `dflockd conformance ...` (the conformance runner,
+//! `dflockd listen`, `dflockd top`, and `dflockd conformance ...` (the conformance runner,
 //! the same as the `dflockd-conformance` binary, and its scripted server).
 //!
 //! Configuration errors go to stderr as `configuration error: ...` with

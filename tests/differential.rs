@@ -1,11 +1,17 @@
 //! Differential property test: random scenarios through the model and the
 //! core (see `src/differential.rs`), biased toward the edges where lock
 //! servers go wrong: timeout 0, lease 1, limit 1, the waiter cap, equal
-//! deadlines, a holder disconnecting with waiters queued.
+//! deadlines (on one key and across keys), a connection holding several
+//! keys, a holder disconnecting with waiters queued, timers firing late,
+//! a small fence ceiling, huge leases and timeouts, fences near `u64::MAX`.
 //!
 //! `PROPTEST_CASES` overrides the case count (CI uses the default below).
+//!
+//! The `planted` module shows the generators reach what they are meant to:
+//! each deliberately broken model of `Bug::DIFFERENTIAL` is told apart from
+//! the core within a fixed budget of cases.
 
-use dflockd::differential::{run, run_against, Req, Scenario, Settings, Step, Tok};
+use dflockd::differential::{run, Req, Scenario, Settings, Step, Tok};
 use proptest::prelude::*;
 
 fn settings() -> impl Strategy<Value = Settings> {
@@ -18,6 +24,10 @@ fn settings() -> impl Strategy<Value = Settings> {
         0u8..4,
         prop::bool::weighted(0.15),
         0u8..3,
+        // Unlimited fences most of the time; otherwise a ceiling a few
+        // grants away (0: fenced out from the start).
+        prop_oneof![3 => Just(None), 2 => (0u8..8).prop_map(Some)],
+        prop::bool::weighted(0.1),
     )
         .prop_map(
             |(
@@ -29,6 +39,8 @@ fn settings() -> impl Strategy<Value = Settings> {
                 gc_max_idle_s,
                 auth,
                 max_subscriptions,
+                fence_ceiling,
+                fences_near_max,
             )| Settings {
                 default_lease_s,
                 max_locks: max_locks + 1,
@@ -38,6 +50,8 @@ fn settings() -> impl Strategy<Value = Settings> {
                 gc_max_idle_s,
                 auth,
                 max_subscriptions,
+                fence_ceiling,
+                fences_near_max,
             },
         )
 }
@@ -46,14 +60,20 @@ fn tok() -> impl Strategy<Value = Tok> {
     prop_oneof![8 => (0u8..4).prop_map(Tok::Seen), 1 => Just(Tok::Bogus)]
 }
 
-/// Timeouts: 0 (try once) often, otherwise short.
+/// Timeouts: 0 (try once) often, otherwise short, rarely huge (the
+/// arguments 250..=255, see `differential::seconds`).
 fn timeout() -> impl Strategy<Value = u8> {
-    prop_oneof![3 => Just(0u8), 2 => Just(1u8), 1 => 2u8..4]
+    prop_oneof![30 => Just(0u8), 20 => Just(1u8), 10 => 2u8..4, 1 => 250u8..=255]
 }
 
-/// Leases: absent (server default), 1 s often, else short.
+/// Leases: absent (server default), 1 s often, else short, rarely huge.
 fn lease() -> impl Strategy<Value = Option<u8>> {
-    prop_oneof![2 => Just(None), 3 => Just(Some(0u8)), 1 => (1u8..5).prop_map(Some)]
+    prop_oneof![
+        20 => Just(None),
+        30 => Just(Some(0u8)),
+        10 => (1u8..5).prop_map(Some),
+        1 => (250u8..=255).prop_map(Some),
+    ]
 }
 
 fn req() -> impl Strategy<Value = Req> {
@@ -77,42 +97,128 @@ fn req() -> impl Strategy<Value = Req> {
     ]
 }
 
+/// Whole seconds make deadlines coincide; odd milliseconds split them.
+fn ms() -> impl Strategy<Value = u16> {
+    prop_oneof![Just(1000u16), Just(500u16), 1u16..3000]
+}
+
 /// One step; `cancels` weighs cancels and read deadlines against the
-/// 26 of everything else.
+/// others.
 fn step(cancels: u32) -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => Just(Step::Connect),
         1 => (0u8..4).prop_map(|conn| Step::Disconnect { conn }),
         cancels => (0u8..4).prop_map(|conn| Step::Cancel { conn }),
         cancels => (0u8..4, any::<bool>()).prop_map(|(conn, partial)| Step::ReadDeadline { conn, partial }),
-        // Whole seconds make deadlines coincide; odd milliseconds split them.
-        2 => prop_oneof![Just(1000u16), Just(500u16), 1u16..3000].prop_map(|ms| Step::Advance { ms }),
+        2 => ms().prop_map(|ms| Step::Advance { ms }),
         2 => Just(Step::ToNextDeadline),
+        // The timer is late: the next requests reach a core behind time.
+        1 => ms().prop_map(|ms| Step::Late { ms }),
+        1 => Just(Step::LateToNextDeadline),
         1 => Just(Step::Drain).prop_filter("rare", |_| true),
         12 => (0u8..4, req()).prop_map(|(conn, req)| Step::Send { conn, req }),
         1 => (0u8..4, 0u8..80).prop_map(|(conn, n)| Step::Written { conn, n }),
         1 => (0u8..4, 0u8..4, 60u8..70).prop_map(|(conn, channel, count)| Step::Burst { conn, channel, count }),
+        1 => (0u8..4).prop_map(|by| Step::RaiseCeiling { by }),
+        2 => (0u8..4, any::<bool>(), 1u8..8, timeout(), 0u8..3, lease())
+            .prop_map(|(conn, sem, keys, timeout_s, limit, lease_s)| Step::Grab { conn, sem, keys, timeout_s, limit, lease_s }),
     ]
 }
 
-fn scenario() -> impl Strategy<Value = Scenario> {
-    scenario_with(1)
+/// A fragment that puts several keys under contention at one instant: a
+/// connection grabs a set of keys with one lease of `l + 1` seconds, the
+/// next connections queue on them (one per key, in order) with timeouts of
+/// `l`, `l + 1` or `l + 2` seconds, so that expiries and timeouts fall on
+/// one instant on one key and across keys; then the instant comes (with
+/// the timer, late, or with a request landing on it) or the holder leaves.
+fn contention() -> impl Strategy<Value = Vec<Step>> {
+    (
+        0u8..4,
+        any::<bool>(),
+        prop::sample::select(vec![3u8, 5, 6, 7]),
+        0u8..3,
+        prop::collection::vec((prop::bool::weighted(0.8), 0u8..3), 3),
+        0u8..6,
+        (0u8..4, req()),
+    )
+        .prop_map(|(holder, sem, keys, l, waiters, end, (conn, req))| {
+            let lease_s = Some(l);
+            // Limit 1, so that every grabbed key is full.
+            let mut steps = vec![Step::Grab {
+                conn: holder,
+                sem,
+                keys,
+                timeout_s: 0,
+                limit: 0,
+                lease_s,
+            }];
+            let held = (0..3u8).filter(|k| keys & (1 << k) != 0);
+            for (n, (key, (present, dt))) in held.zip(waiters).enumerate() {
+                if present {
+                    steps.push(Step::Send {
+                        conn: holder.wrapping_add(1 + n as u8),
+                        req: Req::Acquire {
+                            sem,
+                            key,
+                            timeout_s: l + dt,
+                            limit: 0,
+                            lease_s,
+                        },
+                    });
+                }
+            }
+            let lease_ms = (u16::from(l) + 1) * 1000;
+            match end {
+                0 => steps.push(Step::ToNextDeadline),
+                1 => steps.push(Step::Advance { ms: lease_ms }),
+                2 => steps.extend([Step::LateToNextDeadline, Step::Send { conn, req }]),
+                3 => steps.extend([Step::Late { ms: lease_ms }, Step::Send { conn, req }]),
+                4 => steps.push(Step::Disconnect { conn: holder }),
+                _ => steps.extend([
+                    Step::Late { ms: lease_ms },
+                    Step::Disconnect { conn: holder },
+                ]),
+            }
+            steps
+        })
 }
 
-/// Scenarios whose steps are [`step`]`(cancels)`.
-fn scenario_with(cancels: u32) -> impl Strategy<Value = Scenario> {
-    (settings(), prop::collection::vec(step(cancels), 1..60)).prop_map(|(settings, mut steps)| {
+fn scenario() -> impl Strategy<Value = Scenario> {
+    scenario_with(1, |_| true)
+}
+
+/// Scenarios with only the steps `keep` keeps (to show what a kind of step
+/// is needed for).
+fn scenario_where(keep: fn(&Step) -> bool) -> impl Strategy<Value = Scenario> {
+    scenario_with(1, keep)
+}
+
+/// Scenarios of [`step`]`(cancels)` and [`contention`] fragments, with
+/// only the steps `keep` keeps.
+fn scenario_with(cancels: u32, keep: fn(&Step) -> bool) -> impl Strategy<Value = Scenario> {
+    let piece = prop_oneof![
+        12 => step(cancels).prop_map(|s| vec![s]),
+        1 => contention(),
+    ];
+    (settings(), prop::collection::vec(piece, 1..50)).prop_map(move |(settings, pieces)| {
+        let mut steps: Vec<Step> = pieces.into_iter().flatten().filter(keep).collect();
         // Start with a few connections so requests have somewhere to go, and
-        // keep draining rare (it ends most of the interesting behaviour).
+        // keep draining rare (it ends most of the interesting behaviour):
+        // at most one drain, and only in the second half.
         let mut start = vec![Step::Connect, Step::Connect, Step::Connect];
+        let half = steps.len() / 2;
         let mut drained = false;
-        steps.retain(|s| match s {
-            Step::Drain if drained => false,
-            Step::Drain => {
-                drained = true;
-                true
+        let mut i = 0;
+        steps.retain(|s| {
+            i += 1;
+            match s {
+                Step::Drain if drained || i <= half => false,
+                Step::Drain => {
+                    drained = true;
+                    true
+                }
+                _ => true,
             }
-            _ => true,
         });
         start.append(&mut steps);
         Scenario {
@@ -137,57 +243,6 @@ proptest! {
     }
 }
 
-/// The comparator covers the decisions the drivers used to make (semantics
-/// §9.1, §9.2, §10): a model with one of them planted wrong must disagree
-/// with the core on some generated scenario, and that scenario must agree
-/// with the correct model, so the difference is the planted bug's.
-mod planted {
-    use super::*;
-    use dflockd_model::Bug;
-    use proptest::strategy::ValueTree;
-    use proptest::test_runner::TestRunner;
-
-    /// Scenarios tried before giving up on finding the bug.
-    const TRIES: usize = 3000;
-
-    fn caught(bug: Bug) {
-        let mut runner = TestRunner::deterministic();
-        // Cancels and read deadlines are what these bugs are about: more
-        // of them finds them sooner.
-        let strategy = scenario_with(6);
-        for _ in 0..TRIES {
-            let s = strategy
-                .new_tree(&mut runner)
-                .expect("a scenario")
-                .current();
-            if let Err(d) = run_against(&s, bug) {
-                assert!(
-                    run(&s).is_ok(),
-                    "the scenario that caught {bug:?} fails anyway"
-                );
-                eprintln!("{bug:?} caught: {d}");
-                return;
-            }
-        }
-        panic!("{bug:?} was never caught in {TRIES} scenarios");
-    }
-
-    #[test]
-    fn cutting_an_idle_owner_is_caught() {
-        caught(Bug::IdleCutsOwner);
-    }
-
-    #[test]
-    fn leaving_a_failed_auth_open_is_caught() {
-        caught(Bug::AuthFailureStaysOpen);
-    }
-
-    #[test]
-    fn keeping_a_grant_that_lost_to_a_cancel_is_caught() {
-        caught(Bug::CancelIgnoresGrant);
-    }
-}
-
 /// The minimal scenarios the proptest shrank to when the core and the model
 /// first disagreed, kept as named regression tests.
 mod regressions {
@@ -203,6 +258,8 @@ mod regressions {
             gc_max_idle_s: 0,
             auth: false,
             max_subscriptions: 0,
+            fence_ceiling: None,
+            fences_near_max: false,
         }
     }
 
@@ -407,5 +464,118 @@ mod cancel {
         );
         assert!(granted(&out, c).is_some(), "{out:?}");
         assert!(granted(&out, b).is_none(), "{out:?}");
+    }
+}
+
+/// Each deliberately broken model of `Bug::DIFFERENTIAL` plants one bug the
+/// differential generators were extended to reach (a late timer, a small
+/// fence ceiling, equal deadlines across keys, a connection holding several
+/// keys). Each must be told apart from the core within `BUDGET` cases of
+/// the generator above, from a fixed seed, so the test is deterministic;
+/// the proptest itself runs 10,000 fresh cases.
+mod planted {
+    use std::cell::Cell;
+
+    use dflockd::differential::{run_against, Scenario, Step};
+    use dflockd_model::Bug;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
+
+    /// Cases per broken model (the worst needs about a tenth of it).
+    const BUDGET: u32 = 2_000;
+
+    /// The number of the first case that tells `bug` apart, if any.
+    fn caught(bug: Bug, scenarios: impl Strategy<Value = Scenario>) -> Option<u32> {
+        let config = Config {
+            cases: BUDGET,
+            max_shrink_iters: 0,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        let cases = Cell::new(0u32);
+        let result = runner.run(&scenarios, |s| {
+            cases.set(cases.get() + 1);
+            run_against(&s, bug).map_err(|d| TestCaseError::fail(d.to_string()))
+        });
+        match result {
+            Ok(()) => None,
+            Err(TestError::Fail(why, _)) => {
+                eprintln!("{bug:?}: case {}: {why}", cases.get());
+                Some(cases.get())
+            }
+            Err(e) => panic!("{bug:?}: {e}"),
+        }
+    }
+
+    fn is_late(s: &Step) -> bool {
+        matches!(s, Step::Late { .. } | Step::LateToNextDeadline)
+    }
+
+    macro_rules! planted {
+        ($($name:ident: $bug:ident;)*) => {
+            $(
+                #[test]
+                fn $name() {
+                    let found = caught(Bug::$bug, super::scenario());
+                    assert!(found.is_some(), "{:?} survived {BUDGET} cases", Bug::$bug);
+                }
+            )*
+            /// Every differential bug has a test above.
+            #[test]
+            fn every_differential_bug_is_tested() {
+                let tested = [$(Bug::$bug),*];
+                assert_eq!(tested, Bug::DIFFERENTIAL);
+            }
+        };
+    }
+
+    planted! {
+        // Semantics §1, §8: a request reaching a core behind time.
+        handle_without_advancing_is_caught: HandleSkipsAdvance;
+        // §6, with small ceilings.
+        ceiling_off_by_one_is_caught: CeilingOffByOne;
+        headroom_zero_is_caught: HeadroomZero;
+        raising_in_key_order_is_caught: RaiseInKeyOrder;
+        // §8.1: a lease and a waiter on different keys due at one instant.
+        timeout_before_expiry_is_caught: TimeoutBeforeExpiry;
+        // §9: one connection holding several keys, each with a waiter.
+        disconnect_releasing_in_reverse_is_caught: DisconnectReleasesReversed;
+    }
+
+    /// The decisions the drivers used to make (semantics §9.1, §9.2, §10),
+    /// each planted wrong, on scenarios with more cancels and read
+    /// deadlines (what these bugs are about).
+    fn driver_bug_caught(bug: Bug) {
+        let found = caught(bug, super::scenario_with(6, |_| true));
+        assert!(found.is_some(), "{bug:?} survived {BUDGET} cases");
+    }
+
+    #[test]
+    fn cutting_an_idle_owner_is_caught() {
+        driver_bug_caught(Bug::IdleCutsOwner);
+    }
+
+    #[test]
+    fn leaving_a_failed_auth_open_is_caught() {
+        driver_bug_caught(Bug::AuthFailureStaysOpen);
+    }
+
+    #[test]
+    fn keeping_a_grant_that_lost_to_a_cancel_is_caught() {
+        driver_bug_caught(Bug::CancelIgnoresGrant);
+    }
+
+    /// Without late steps, every request reaches a machine that has caught
+    /// up, so a machine that forgets to advance cannot be told apart: the
+    /// late steps are what checks semantics §8 for requests.
+    #[test]
+    fn only_late_steps_catch_a_request_that_does_not_advance() {
+        let found = caught(
+            Bug::HandleSkipsAdvance,
+            super::scenario_where(|s| !is_late(s)),
+        );
+        assert_eq!(found, None);
     }
 }

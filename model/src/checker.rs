@@ -21,8 +21,19 @@
 //! the machine's timers: `Fire` does, whenever something is due, so the
 //! checker also explores requests that arrive before a late timer fires
 //! (the machine must answer as if the timer had been on time, §8).
+//!
+//! With `signals`, clients also subscribe (`listen`) and publish on one
+//! channel (§12), so pushes interleave with replies on the same connection.
+//!
+//! Clients are interchangeable, so [`State`] implements stateright's
+//! [`Representative`]: with `checker().symmetry()` (depth-first only in
+//! stateright 0.31), states that differ only by a permutation of the
+//! clients, and the matching renaming of connection ids, count once. That
+//! is what makes three clients with three requests each checkable.
 
-use stateright::{Model, Property};
+use std::hash::{Hash, Hasher};
+
+use stateright::{Model, Property, Representative};
 
 use crate::machine::{Cause, Event, Machine, RecordState};
 use crate::types::{Bug, Config, Op, Output, Space, Why};
@@ -66,6 +77,9 @@ pub struct ModelConfig {
     pub drain: bool,
     /// Whether timers may fire late (see the module docs).
     pub lazy_timers: bool,
+    /// Whether clients listen and signal (see [`SUBSCRIPTIONS`]); each
+    /// `listen` and `signal` counts as a request.
+    pub signals: bool,
     /// The machine's configuration.
     pub machine: Config,
     /// A deliberately broken machine, or `Bug::None`.
@@ -96,6 +110,7 @@ impl ModelConfig {
             renew: true,
             drain: true,
             lazy_timers: true,
+            signals: false,
             machine: Config {
                 default_lease_s: 2,
                 max_locks: 16,
@@ -105,12 +120,63 @@ impl ModelConfig {
                 gc_max_idle_s: 1,
                 auth_token: None,
                 fence_start: 0,
+                fence_ceiling: u64::MAX,
                 salt_key: [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
                 max_subscriptions: 0,
                 auth_failure_pause_ms: 100,
             },
             bug: Bug::None,
         }
+    }
+
+    /// The CI configuration with signals and a waiter cap of 1: a client
+    /// may listen (exactly, by wildcard, or in a queue group) and publish;
+    /// a second waiter on a key is refused. No two-phase requests, no
+    /// renewals and no draining, to keep the space below the CI one (with
+    /// them it is 2.6 million states).
+    pub fn signals() -> ModelConfig {
+        let mut cfg = ModelConfig::ci();
+        cfg.signals = true;
+        cfg.machine.max_waiters = 1;
+        cfg.two_phase = false;
+        cfg.renew = false;
+        cfg.drain = false;
+        cfg
+    }
+
+    /// The CI configuration with a cancel and a drop per client, in any
+    /// order (semantics §9, §9.1).
+    pub fn cancels_and_drops() -> ModelConfig {
+        let mut cfg = ModelConfig::ci();
+        cfg.cancels_per_client = 1;
+        cfg.drops_per_client = 1;
+        cfg
+    }
+
+    /// The reachability properties this configuration cannot reach: a
+    /// waiter cap needs `max_waiters`, a signal needs `signals`, a hand-off
+    /// by disconnect needs drops and auto-release.
+    pub fn unreachable(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.machine.max_waiters == 0 {
+            names.push(CAP_REFUSES);
+        }
+        if !self.signals {
+            names.push(SIGNAL_DELIVERED);
+        }
+        if self.drops_per_client == 0 || !self.machine.auto_release_on_disconnect {
+            names.push(BY_DISCONNECT);
+        }
+        names
+    }
+
+    /// The nightly configuration: three clients with three requests each.
+    /// Checkable only with symmetry reduction (`--symmetry`).
+    pub fn nightly() -> ModelConfig {
+        let mut cfg = ModelConfig::ci();
+        cfg.clients = 3;
+        cfg.ops_per_client = 3;
+        cfg
     }
 
     /// The decisions the drivers used to make, now the machine's (semantics
@@ -134,6 +200,12 @@ impl ModelConfig {
         cfg
     }
 }
+
+/// What a client may subscribe to with `signals` (pattern, group): all
+/// three match the channel clients publish on, [`CHANNEL`].
+pub const SUBSCRIPTIONS: [(&str, &str); 3] = [("c", ""), ("*", ""), ("c", "g")];
+/// The channel clients publish on.
+pub const CHANNEL: &str = "c";
 
 /// The stateright model over the reference machine.
 #[derive(Clone, Debug)]
@@ -212,6 +284,8 @@ pub struct Client {
     /// (key, token) the client believes it holds (some may have expired).
     pub tokens: Vec<(usize, String)>,
     pub enqueued: Vec<(usize, Belief)>,
+    /// Indices into [`SUBSCRIPTIONS`] answered `ok`, in that order.
+    pub subs: Vec<usize>,
 }
 
 /// Facts about the last transition only (reset on every step).
@@ -221,6 +295,8 @@ pub struct StepFacts {
     pub handoff_by_expiry: bool,
     pub handoff_by_disconnect: bool,
     pub queued_granted: bool,
+    pub refused_at_cap: bool,
+    pub signal_delivered: bool,
 }
 
 /// History the safety properties need.
@@ -244,12 +320,20 @@ pub struct Ghost {
     pub step: StepFacts,
 }
 
+/// The owner of an intruder's connection in [`State::conn_owner`].
+pub const INTRUDER: usize = usize::MAX;
+
 /// A model state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct State {
     pub clock_ms: u64,
     pub machine: Machine,
     pub clients: Vec<Client>,
+    /// The client each connection id belongs to (`conn_owner[id - 1]`), so
+    /// that [`Representative`] can rename connections with their clients;
+    /// [`INTRUDER`] for an intruder's (they keep their order, after every
+    /// client's).
+    pub conn_owner: Vec<usize>,
     pub drained: bool,
     /// Intruders that have tried their wrong `auth`.
     pub intruded: u8,
@@ -299,6 +383,10 @@ pub enum Action {
         key: usize,
         timeout_s: u64,
     },
+    /// `listen` to `SUBSCRIPTIONS[sub]`.
+    Listen { client: usize, sub: usize },
+    /// `signal` on [`CHANNEL`].
+    Signal { client: usize },
 }
 
 const MUTUAL_EXCLUSION: &str = "mutual exclusion";
@@ -308,11 +396,15 @@ const NO_DEAD_GRANT: &str = "no grant to a dead waiter";
 const RENEW_HONOURED: &str = "renewed lease honoured";
 const FENCES_INCREASE: &str = "fencing tokens increase";
 const NO_WAITER_HOLDER: &str = "no waiter is also a holder";
+const ANSWERED_ONCE: &str = "every blocked request is answered exactly once";
+const SIGNAL_ONCE: &str = "a signal reaches each listener once";
 const BY_RELEASE: &str = "lock changes hands by release";
 const BY_EXPIRY: &str = "lock changes hands by expiry";
 const BY_DISCONNECT: &str = "lock changes hands by disconnect";
 const QUEUED_GRANTED: &str = "queued waiter granted";
 const SEM_FULL: &str = "semaphore full with waiters";
+const CAP_REFUSES: &str = "a full queue refuses a waiter";
+const SIGNAL_DELIVERED: &str = "a signal reaches a listener";
 const RECLAIMED: &str = "expired lease is reclaimed";
 const HEAD_SERVED: &str = "head waiter granted or timed out";
 const OWNER_KEPT: &str = "an owner is not cut for idleness";
@@ -320,7 +412,7 @@ const AUTH_FAILURE_CLOSES: &str = "failed authentication closes after the pause"
 const CANCELLED_HOLDS_NOTHING: &str = "a cancelled request holds nothing";
 
 /// The names of the safety (`always`) properties, as in `spec/semantics.md` §11.
-pub const ALWAYS: [&str; 10] = [
+pub const ALWAYS: [&str; 12] = [
     MUTUAL_EXCLUSION,
     SEMAPHORE_WITHIN_LIMIT,
     FIFO,
@@ -328,17 +420,21 @@ pub const ALWAYS: [&str; 10] = [
     RENEW_HONOURED,
     FENCES_INCREASE,
     NO_WAITER_HOLDER,
+    ANSWERED_ONCE,
+    SIGNAL_ONCE,
     OWNER_KEPT,
     AUTH_FAILURE_CLOSES,
     CANCELLED_HOLDS_NOTHING,
 ];
 /// The names of the reachability (`sometimes`) properties.
-pub const SOMETIMES: [&str; 5] = [
+pub const SOMETIMES: [&str; 7] = [
     BY_RELEASE,
     BY_EXPIRY,
     BY_DISCONNECT,
     QUEUED_GRANTED,
     SEM_FULL,
+    CAP_REFUSES,
+    SIGNAL_DELIVERED,
 ];
 /// The names of the liveness (`eventually`) properties.
 pub const EVENTUALLY: [&str; 2] = [RECLAIMED, HEAD_SERVED];
@@ -349,6 +445,8 @@ struct Sent {
     client: usize,
     action: Action,
     answered: bool,
+    /// The connections a `sig` push went to during this step, in order.
+    pushes: Vec<u64>,
 }
 
 impl Model for LockModel {
@@ -369,12 +467,14 @@ impl Model for LockModel {
                 answered: None,
                 tokens: Vec::new(),
                 enqueued: Vec::new(),
+                subs: Vec::new(),
             })
             .collect();
         vec![State {
             clock_ms: 0,
             machine,
             clients,
+            conn_owner: (0..self.cfg.clients).collect(),
             drained: false,
             intruded: 0,
             ghost: Ghost {
@@ -411,7 +511,10 @@ impl Model for LockModel {
             let Some(conn) = c.conn else { continue };
             // Dropping a connection that owns nothing is indistinguishable
             // from not dropping it, so only owners drop.
-            let owns = c.pending.is_some() || !c.tokens.is_empty() || !c.enqueued.is_empty();
+            let owns = c.pending.is_some()
+                || !c.tokens.is_empty()
+                || !c.enqueued.is_empty()
+                || !c.subs.is_empty();
             if c.drops_left > 0 && owns {
                 actions.push(Action::Drop { client: ci });
             }
@@ -441,6 +544,14 @@ impl Model for LockModel {
                 if self.cfg.renew {
                     actions.push(Action::Renew { client: ci, token });
                 }
+            }
+            if self.cfg.signals {
+                for sub in 0..SUBSCRIPTIONS.len() {
+                    if !c.subs.contains(&sub) {
+                        actions.push(Action::Listen { client: ci, sub });
+                    }
+                }
+                actions.push(Action::Signal { client: ci });
             }
             if self.cfg.two_phase {
                 for key in 0..self.cfg.keys {
@@ -511,6 +622,7 @@ impl Model for LockModel {
                     c.tokens.clear();
                 }
                 c.answered = None;
+                c.subs.clear();
                 // Gone: a reply to the old connection reaches nobody.
                 c.conn = None;
                 s.ghost.dead_conns.push(conn);
@@ -522,6 +634,7 @@ impl Model for LockModel {
                 let closed = self.absorb(&mut s, trace, &mut None);
                 assert!(closed.is_empty(), "disconnecting closed a connection");
                 s.clients[*client].conn = Some(self.connect(&mut s.machine, now));
+                s.conn_owner.push(*client);
             }
             Action::Cancel { client } => {
                 // The `timeout` it answers (if the request was still queued)
@@ -575,6 +688,7 @@ impl Model for LockModel {
                 assert!(closed.is_empty(), "advancing closed a connection");
                 s.intruded += 1;
                 let conn = s.machine.connect(now);
+                s.conn_owner.push(INTRUDER);
                 let out = s.machine.handle(
                     now,
                     conn,
@@ -611,6 +725,7 @@ impl Model for LockModel {
                     client,
                     action: action.clone(),
                     answered: false,
+                    pushes: Vec::new(),
                 });
             }
         }
@@ -628,6 +743,7 @@ impl Model for LockModel {
                 c.conn = None;
                 c.pending = None;
                 c.enqueued.clear();
+                c.subs.clear();
             }
             s.ghost.dead_conns.push(conn);
             s.machine.disconnect(s.clock_ms, conn);
@@ -671,6 +787,22 @@ impl Model for LockModel {
                         .all(|w| r.holders.iter().all(|h| h.arrival != w.arrival))
                 })
             }),
+            // The client's view: a reply never reaches a client that is not
+            // waiting for one (see `deliver`), and once the server's timers
+            // have run, no client is still waiting past its own deadline.
+            Property::always(ANSWERED_ONCE, |_, s: &State| {
+                let caught_up = s.machine.next_deadline().is_none_or(|d| d > s.clock_ms);
+                let overdue = s.clients.iter().any(|c| {
+                    c.pending
+                        .as_ref()
+                        .is_some_and(|p| p.deadline_ms <= s.clock_ms)
+                });
+                let lost = caught_up && overdue;
+                !lost && !s.ghost.violated.contains(&ANSWERED_ONCE)
+            }),
+            Property::always(SIGNAL_ONCE, |_, s: &State| {
+                !s.ghost.violated.contains(&SIGNAL_ONCE)
+            }),
             Property::always(OWNER_KEPT, |_, s: &State| {
                 !s.ghost.violated.contains(&OWNER_KEPT)
             }),
@@ -698,6 +830,10 @@ impl Model for LockModel {
                         && r.holders.len() as u64 == r.limit
                         && !r.waiters.is_empty()
                 })
+            }),
+            Property::sometimes(CAP_REFUSES, |_, s: &State| s.ghost.step.refused_at_cap),
+            Property::sometimes(SIGNAL_DELIVERED, |_, s: &State| {
+                s.ghost.step.signal_delivered
             }),
             // Liveness, judged once the clock has stopped at the horizon and
             // the timers have caught up: by then every lease whose (expected)
@@ -826,6 +962,21 @@ impl LockModel {
                 };
                 (client, op)
             }
+            Action::Listen { client, sub } => {
+                let (pattern, group) = SUBSCRIPTIONS[sub];
+                let op = Op::Listen {
+                    pattern: pattern.as_bytes().to_vec(),
+                    group: group.as_bytes().to_vec(),
+                };
+                (client, op)
+            }
+            Action::Signal { client } => {
+                let op = Op::Signal {
+                    channel: CHANNEL.as_bytes().to_vec(),
+                    payload: b"p".to_vec(),
+                };
+                (client, op)
+            }
             _ => unreachable!("not a request"),
         }
     }
@@ -858,7 +1009,7 @@ impl LockModel {
                                 Cause::Release => g.step.handoff_by_release = true,
                                 Cause::Expiry => g.step.handoff_by_expiry = true,
                                 Cause::Disconnect => g.step.handoff_by_disconnect = true,
-                                Cause::Request | Cause::WaiterLeft => {}
+                                Cause::Request | Cause::WaiterLeft | Cause::CeilingRaised => {}
                             }
                         }
                     }
@@ -877,6 +1028,12 @@ impl LockModel {
                     s.ghost.leases.retain(|&(f, _)| f != fence);
                 }
                 Event::Output(Output::Close { conn, .. }) => closed.push(conn),
+                // A push answers nothing (§12): the publisher's reply checks it.
+                Event::Output(Output::Reply { conn, line }) if line.starts_with("sig ") => {
+                    if let Some(x) = sent.as_mut() {
+                        x.pushes.push(conn);
+                    }
+                }
                 Event::Output(Output::Reply { conn, line }) => self.deliver(s, conn, &line, sent),
             }
         }
@@ -922,14 +1079,20 @@ impl LockModel {
         let fresh = sent.as_mut().filter(|x| x.client == ci && !x.answered);
         if let Some(x) = fresh {
             x.answered = true;
-            let action = x.action.clone();
+            let (action, pushes) = (x.action.clone(), x.pushes.clone());
+            if line == "error_max_waiters" {
+                s.ghost.step.refused_at_cap = true;
+            }
+            if let (Action::Signal { .. }, Some(n)) = (&action, line.strip_prefix("ok ")) {
+                self.check_signal(s, n, &pushes);
+            }
             return self.answer(s, ci, &action, line);
         }
         let c = &mut s.clients[ci];
-        let p = c
-            .pending
-            .take()
-            .unwrap_or_else(|| panic!("reply {line:?} to client {ci} that is not waiting"));
+        let Some(p) = c.pending.take() else {
+            // "answered exactly once": nothing was waiting for this reply.
+            return violate(&mut s.ghost, ANSWERED_ONCE);
+        };
         let words: Vec<&str> = line.split(' ').collect();
         match words.as_slice() {
             ["ok", tok, _] => {
@@ -940,6 +1103,41 @@ impl LockModel {
             }
             // `timeout`, or `error` from draining: the waiter is dead.
             _ => s.ghost.dead_arrivals.push(p.arrival),
+        }
+    }
+
+    /// "a signal reaches each listener once" (§12, with no push queue near
+    /// full): each client with an ungrouped subscription gets exactly one
+    /// push, the group `g` exactly one among its members, nobody else any,
+    /// and `ok n` counts them.
+    fn check_signal(&self, s: &mut State, n: &str, pushes: &[u64]) {
+        let mut ok = true;
+        // Pushes through the group: each member gets at most one.
+        let mut group_pushes = 0;
+        let mut group_members = 0;
+        let mut ungrouped_listeners = 0;
+        for c in &s.clients {
+            let Some(conn) = c.conn else { continue };
+            let ungrouped = c.subs.iter().any(|&i| SUBSCRIPTIONS[i].1.is_empty());
+            let in_group = c.subs.iter().any(|&i| !SUBSCRIPTIONS[i].1.is_empty());
+            let got = pushes.iter().filter(|&&p| p == conn).count();
+            match got.checked_sub(usize::from(ungrouped)) {
+                Some(through_group) if through_group <= usize::from(in_group) => {
+                    group_pushes += through_group;
+                }
+                _ => ok = false,
+            }
+            ungrouped_listeners += usize::from(ungrouped);
+            group_members += usize::from(in_group);
+        }
+        let expected = ungrouped_listeners + usize::from(group_members > 0);
+        ok &= group_pushes == usize::from(group_members > 0);
+        ok &= pushes.len() == expected && n == expected.to_string();
+        if !ok {
+            violate(&mut s.ghost, SIGNAL_ONCE);
+        }
+        if !pushes.is_empty() {
+            s.ghost.step.signal_delivered = true;
         }
     }
 
@@ -977,6 +1175,7 @@ impl LockModel {
                     },
                 ));
             }
+            (Action::Listen { sub, .. }, ["ok"]) => c.subs.push(*sub),
             (Action::Enqueue { key, .. }, ["queued"]) => {
                 let conn = c.conn.expect("open");
                 let (space, k, _) = &self.resources[*key];
@@ -1051,6 +1250,91 @@ impl LockModel {
             deadline_ms: s.clock_ms + timeout_s * 1000,
         });
     }
+}
+
+impl Representative for State {
+    /// Of the states that differ from this one by a permutation of the
+    /// clients, the one with the smallest hash: the same for every member
+    /// of the class, which is all stateright needs (it keeps exploring from
+    /// the state itself and stores only the representative's fingerprint).
+    fn representative(&self) -> Self {
+        permutations(self.clients.len())
+            .iter()
+            .map(|perm| self.permuted(perm))
+            .min_by_key(hash_of)
+            .expect("at least one permutation")
+    }
+}
+
+impl State {
+    /// This state with client `perm[i]` in place `i`, its connections
+    /// renamed to match (ids issued in the order of (new client index, old
+    /// id)), and the histories that are sets listed in sorted order.
+    fn permuted(&self, perm: &[usize]) -> State {
+        let mut place = vec![0; perm.len()];
+        for (new, &old) in perm.iter().enumerate() {
+            place[old] = new;
+        }
+        let mut ids: Vec<(usize, u64)> = (1u64..)
+            .zip(&self.conn_owner)
+            .map(|(id, &owner)| (place.get(owner).copied().unwrap_or(INTRUDER), id))
+            .collect();
+        ids.sort_unstable();
+        let mut new_id = vec![0; ids.len()];
+        for (rank, &(_, old)) in (1u64..).zip(&ids) {
+            new_id[(old - 1) as usize] = rank;
+        }
+        let rename = |c: u64| new_id[(c - 1) as usize];
+        let clients = perm
+            .iter()
+            .map(|&old| {
+                let mut c = self.clients[old].clone();
+                c.conn = c.conn.map(rename);
+                c.tokens.sort();
+                c.enqueued.sort_by_key(|e| e.0);
+                c.subs.sort_unstable();
+                c
+            })
+            .collect();
+        let mut ghost = self.ghost.clone();
+        ghost.dead_conns = ghost.dead_conns.iter().map(|&c| rename(c)).collect();
+        ghost.dead_conns.sort_unstable();
+        ghost.dead_arrivals.sort_unstable();
+        ghost.leases.sort_unstable();
+        ghost.violated.sort_unstable();
+        State {
+            clock_ms: self.clock_ms,
+            machine: self.machine.rename_conns(rename),
+            clients,
+            conn_owner: ids.iter().map(|&(owner, _)| owner).collect(),
+            drained: self.drained,
+            intruded: self.intruded,
+            ghost,
+        }
+    }
+}
+
+/// Every permutation of `0..n`.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    let mut all = Vec::new();
+    for shorter in permutations(n - 1) {
+        for at in 0..n {
+            let mut p = shorter.clone();
+            p.insert(at, n - 1);
+            all.push(p);
+        }
+    }
+    all
+}
+
+fn hash_of<T: Hash>(value: &T) -> u64 {
+    // A fixed-key hasher, so representatives are the same on every run.
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 /// A renew or `w` reset succeeded at `now` for `lease_s`: a live lease's

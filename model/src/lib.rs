@@ -12,7 +12,9 @@
 //! 2. [`machine`]: the state and every rule, each citing its section of the spec.
 //! 3. [`token`] and [`stats`]: the token format and the `stats` snapshot.
 //! 4. [`checker`]: the model, its actions and the properties.
-//! 5. [`cluster`]: cluster mode: the replicated state machine around the
+//! 5. [`monitor`]: the safety properties from the clients' side, for traces
+//!    of any implementation (the differential tests watch the core with it).
+//! 6. [`cluster`]: cluster mode: the replicated state machine around the
 //!    same [`Machine`], and a model of it across leader failures.
 //!
 //! Driving the machine (what a differential test must respect):
@@ -35,6 +37,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod machine;
+pub mod monitor;
 pub mod stats;
 pub mod token;
 pub mod types;

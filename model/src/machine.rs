@@ -4,7 +4,8 @@
 //! cached or clever, so that the code can be checked against the prose by
 //! reading it. `src/core` must give the same replies, faster.
 //!
-//! Contract: every input (`handle`, `disconnect`, `advance`, `start_drain`)
+//! Contract: every input (`handle`, `disconnect`, `cancel`, `advance`,
+//! `start_drain`, `raise_fence_ceiling`)
 //! takes `now` in milliseconds and first *advances* to it (§8): everything
 //! whose deadline is `<= now` is processed one item at a time, in
 //! (deadline, kind, sequence) order, each as of its own deadline. Only then
@@ -128,6 +129,8 @@ pub enum Cause {
     Disconnect,
     /// Hand-off after a waiter left the queue (§7).
     WaiterLeft,
+    /// Hand-off after the fence ceiling was raised (§6).
+    CeilingRaised,
 }
 
 /// What happened inside the machine, for the model checker. Recorded only
@@ -171,6 +174,16 @@ struct Due {
     kind: u8,
     /// The fence of a lease, the arrival number of a waiter, 0 for GC.
     seq: u64,
+    /// What to do when it is due (the same as `kind`, except in the broken
+    /// machine `Bug::TimeoutBeforeExpiry`).
+    what: DueWhat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum DueWhat {
+    Expiry,
+    Timeout,
+    Gc,
 }
 
 /// The reference state of the lock manager.
@@ -191,6 +204,8 @@ pub struct Machine {
     records: Vec<Record>,
     /// The fence of the last grant (`fence_start` before the first) (§6).
     last_fence: u64,
+    /// No grant issues a fence above it (§6); only ever raised.
+    fence_ceiling: u64,
     /// Arrival numbers for queued or granted requests, from 1.
     next_arrival: u64,
     /// `start_drain` was called (§12).
@@ -220,6 +235,7 @@ impl Machine {
         };
         Machine {
             last_fence: cfg.fence_start,
+            fence_ceiling: cfg.fence_ceiling,
             cfg,
             bug,
             now_ms,
@@ -267,7 +283,7 @@ impl Machine {
     pub fn handle(&mut self, now_ms: u64, conn: u64, op: Op) -> Vec<Output> {
         let mut out = Vec::new();
         let renew_first = self.bug == Bug::RenewResurrectsExpired && matches!(op, Op::Renew { .. });
-        if !renew_first {
+        if !renew_first && self.bug != Bug::HandleSkipsAdvance {
             self.advance_to(now_ms, &mut out);
         }
         let c = self
@@ -383,8 +399,8 @@ impl Machine {
                     touched.push((self.resources[ri].space, self.resources[ri].key.clone()));
                 }
             }
-            // §7: a waiter leaving may let the queue move (it cannot here
-            // without a fence ceiling, but the rule is applied uniformly).
+            // §7: a waiter leaving may let the queue move (only when the
+            // fence ceiling stopped it, but the rule is applied uniformly).
             for (space, key) in touched {
                 let ri = self.find(space, &key).expect("resource vanished");
                 self.hand_off(ri, now_ms, Cause::WaiterLeft, &mut out);
@@ -407,6 +423,9 @@ impl Machine {
                 }
             }
             held.sort();
+            if self.bug == Bug::DisconnectReleasesReversed {
+                held.reverse();
+            }
             for (fence, space, key) in held {
                 let ri = self.find(space, &key).expect("resource vanished");
                 let hi = self.resources[ri]
@@ -465,6 +484,43 @@ impl Machine {
         self.advance_to(now_ms, &mut out);
         self.check_invariants();
         out
+    }
+
+    /// §6: the driver raises the fence ceiling to `ceiling` (a lower value
+    /// changes nothing). Then every resource with free capacity and a
+    /// waiter (only a fenced-out server has such resources) hands off, one
+    /// after another in the arrival order of each one's oldest waiter,
+    /// until the fences run out again.
+    pub fn raise_fence_ceiling(&mut self, now_ms: u64, ceiling: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.advance_to(now_ms, &mut out);
+        self.fence_ceiling = self.fence_ceiling.max(ceiling);
+        // After advancing, every waiter is live: its oldest is its head.
+        let mut stopped: Vec<(u64, Space, Vec<u8>)> = self
+            .resources
+            .iter()
+            .filter(|r| self.has_room(r) && !r.waiters.is_empty())
+            .map(|r| (r.waiters[0].arrival, r.space, r.key.clone()))
+            .collect();
+        if self.bug == Bug::RaiseInKeyOrder {
+            stopped.sort_by(|a, b| (&a.2, a.1).cmp(&(&b.2, b.1)));
+        } else {
+            stopped.sort();
+        }
+        for (_, space, key) in stopped {
+            let ri = self.find(space, &key).expect("resource vanished");
+            self.hand_off(ri, now_ms, Cause::CeilingRaised, &mut out);
+        }
+        self.check_invariants();
+        out
+    }
+
+    /// How many more grants fit under the fence ceiling (§6).
+    pub fn fence_headroom(&self) -> u64 {
+        if self.bug == Bug::HeadroomZero {
+            return 0;
+        }
+        self.fence_ceiling.saturating_sub(self.last_fence)
     }
 
     /// The earliest deadline of anything pending: a lease, a blocked
@@ -551,6 +607,37 @@ impl Machine {
         self.last_fence
     }
 
+    /// The same state with every connection id `c` replaced by `rename(c)`,
+    /// a bijection on the ids issued so far, and re-sorted where the order
+    /// is by id. For the model checker's symmetry reduction: the rules use
+    /// connection ids only to tell connections apart (their order decides
+    /// nothing a client can see, except the ids `stats` shows), so the
+    /// renamed machine behaves the same, renamed.
+    pub fn rename_conns(&self, rename: impl Fn(u64) -> u64) -> Machine {
+        let mut m = self.clone();
+        for c in &mut m.conns {
+            c.id = rename(c.id);
+        }
+        m.conns.sort_by_key(|c| c.id);
+        for r in &mut m.resources {
+            for h in &mut r.holders {
+                h.conn = rename(h.conn);
+            }
+            for w in &mut r.waiters {
+                w.conn = rename(w.conn);
+            }
+        }
+        for rec in &mut m.records {
+            rec.conn = rename(rec.conn);
+        }
+        m.records
+            .sort_by(|a, b| (a.conn, &a.key, a.space).cmp(&(b.conn, &b.key, b.space)));
+        for sub in &mut m.subs {
+            sub.conn = rename(sub.conn);
+        }
+        m
+    }
+
     /// Starts recording [`Event`]s.
     pub fn enable_trace(&mut self) {
         self.trace_enabled = true;
@@ -628,6 +715,10 @@ impl Machine {
             }
         }
         assert!(self.resources.len() <= self.cfg.max_locks);
+        assert!(
+            self.last_fence <= self.fence_ceiling || self.last_fence == self.cfg.fence_start,
+            "a fence above the ceiling"
+        );
     }
 
     // ----- Requests -----
@@ -653,12 +744,9 @@ impl Machine {
         };
         self.touch(ri, now);
         let r = &self.resources[ri];
-        if self.has_room(r) && r.waiters.is_empty() {
-            // §3.2: free capacity and nobody queued: grant now, if a fence
-            // is left to issue (§6).
-            if !self.fence_available() {
-                return self.reply(out, conn, "error");
-            }
+        if self.has_room(r) && r.waiters.is_empty() && self.fence_available() {
+            // §3.2: free capacity, nobody queued and a fence left to issue
+            // (§6): grant now. Without a fence, continue as if busy.
             let arrival = self.take_arrival();
             let token = self.grant(ri, conn, lease_s, arrival, now, false, Cause::Request);
             self.reply(out, conn, &format!("ok {token} {lease_s}"));
@@ -773,12 +861,9 @@ impl Machine {
         };
         self.touch(ri, now);
         let r = &self.resources[ri];
-        if self.has_room(r) && r.waiters.is_empty() {
-            // §5.3: immediate grant (if a fence is left, §6); the record
-            // remembers the token.
-            if !self.fence_available() {
-                return self.reply(out, conn, "error");
-            }
+        if self.has_room(r) && r.waiters.is_empty() && self.fence_available() {
+            // §5.3: immediate grant (a fence left to issue, §6); the record
+            // remembers the token. Without a fence, continue as if busy.
             let arrival = self.take_arrival();
             let token = self.grant(ri, conn, lease_s, arrival, now, false, Cause::Request);
             self.add_record(Record {
@@ -871,14 +956,20 @@ impl Machine {
 
     /// Every item that could become due: leases, blocked waiters, GC.
     fn due_items(&self) -> Vec<Due> {
+        let (lease_kind, waiter_kind) = if self.bug == Bug::TimeoutBeforeExpiry {
+            (1, 0)
+        } else {
+            (0, 1)
+        };
         let mut items = Vec::new();
         for r in &self.resources {
             if self.bug != Bug::LeaseNeverExpires {
                 for h in &r.holders {
                     items.push(Due {
                         deadline_ms: h.deadline_ms,
-                        kind: 0,
+                        kind: lease_kind,
                         seq: h.fence,
+                        what: DueWhat::Expiry,
                     });
                 }
             }
@@ -886,8 +977,9 @@ impl Machine {
                 if let Some(d) = w.deadline_ms {
                     items.push(Due {
                         deadline_ms: d,
-                        kind: 1,
+                        kind: waiter_kind,
                         seq: w.arrival,
+                        what: DueWhat::Timeout,
                     });
                 }
             }
@@ -897,6 +989,7 @@ impl Machine {
                 deadline_ms: d,
                 kind: 2,
                 seq: 0,
+                what: DueWhat::Gc,
             });
         }
         items
@@ -916,10 +1009,10 @@ impl Machine {
             // Items are due no earlier than where we stand (everything
             // earlier was processed by a previous advance).
             self.now_ms = self.now_ms.max(d);
-            match item.kind {
-                0 => self.expire(d, item.seq, out),
-                1 => self.time_out(d, item.seq, out),
-                _ => self.collect_garbage(d),
+            match item.what {
+                DueWhat::Expiry => self.expire(d, item.seq, out),
+                DueWhat::Timeout => self.time_out(d, item.seq, out),
+                DueWhat::Gc => self.collect_garbage(d),
             }
         }
         self.now_ms = now;
@@ -955,7 +1048,9 @@ impl Machine {
             self.resources[ri].waiters.remove(wi);
         }
         self.touch(ri, d);
-        self.reply(out, conn, "timeout");
+        if self.bug != Bug::TimeoutUntold {
+            self.reply(out, conn, "timeout");
+        }
         self.hand_off(ri, d, Cause::WaiterLeft, out);
     }
 
@@ -979,28 +1074,31 @@ impl Machine {
     // ----- Grants (§6, §7) -----
 
     /// §7: grant from the head of the queue while there is room, as of `at`.
-    /// Without a fence left to issue, the queue waits (§6).
+    /// A head waiter dead at `at` times out instead. Without a fence left
+    /// to issue, the live head stays where it is until the ceiling rises (§6).
     fn hand_off(&mut self, ri: usize, at: u64, cause: Cause, out: &mut Vec<Output>) {
-        while self.has_room(&self.resources[ri])
-            && !self.resources[ri].waiters.is_empty()
-            && self.fence_available()
-        {
-            let w = match self.bug {
-                Bug::GrantFromBack => self.resources[ri].waiters.pop().expect("non-empty"),
-                Bug::WaiterLeftInQueue => {
-                    // Broken: grant the head but keep an undue copy queued.
-                    let w = self.resources[ri].waiters[0].clone();
-                    self.resources[ri].waiters[0].deadline_ms = None;
-                    w
-                }
-                _ => self.resources[ri].waiters.remove(0),
+        while self.has_room(&self.resources[ri]) && !self.resources[ri].waiters.is_empty() {
+            let wi = match self.bug {
+                Bug::GrantFromBack => self.resources[ri].waiters.len() - 1,
+                _ => 0,
             };
+            let w = self.resources[ri].waiters[wi].clone();
             let dead = matches!(w.deadline_ms, Some(d) if d <= at);
             if dead && self.bug != Bug::GrantTimedOutWaiter {
                 // Its deadline has passed: it times out instead.
+                self.resources[ri].waiters.remove(wi);
                 self.touch(ri, at);
                 self.reply(out, w.conn, "timeout");
                 continue;
+            }
+            if !self.fence_available() {
+                return;
+            }
+            if self.bug == Bug::WaiterLeftInQueue {
+                // Broken: grant the head but keep an undue copy queued.
+                self.resources[ri].waiters[wi].deadline_ms = None;
+            } else {
+                self.resources[ri].waiters.remove(wi);
             }
             let token = self.grant(ri, w.conn, w.lease_s, w.arrival, at, true, cause);
             if w.deadline_ms.is_some() {
@@ -1009,7 +1107,9 @@ impl Machine {
                 if let Some(c) = self.conn_index(w.conn) {
                     self.conns[c].answered = Some(self.last_fence);
                 }
-                self.reply(out, w.conn, &format!("ok {token} {}", w.lease_s));
+                if self.bug != Bug::GrantUntold {
+                    self.reply(out, w.conn, &format!("ok {token} {}", w.lease_s));
+                }
             } else {
                 // A two-phase waiter not yet waited on: its record becomes granted.
                 let (space, key) = (self.resources[ri].space, self.resources[ri].key.clone());
@@ -1132,10 +1232,12 @@ impl Machine {
         }
     }
 
-    /// §6: a grant never issues a fence above the ceiling. `Config` has no
-    /// ceiling (no fence state file), so the ceiling is the largest fence.
+    /// §6: a grant never issues a fence above the ceiling.
     fn fence_available(&self) -> bool {
-        self.last_fence < FENCE_CEILING
+        if self.bug == Bug::CeilingOffByOne {
+            return self.last_fence < self.fence_ceiling.saturating_add(1);
+        }
+        self.last_fence < self.fence_ceiling
     }
 
     fn queue_full(&self, ri: usize) -> bool {
@@ -1357,7 +1459,7 @@ impl Machine {
             let members = self.members(&p, &g);
             if ungrouped {
                 for to in members {
-                    if served.contains(&to) {
+                    if served.contains(&to) && self.bug != Bug::SignalTwice {
                         continue;
                     }
                     served.push(to);
@@ -1423,9 +1525,6 @@ pub fn pattern_matches(pattern: &[u8], channel: &[u8]) -> bool {
     }
     p.len() == c.len() && p.iter().zip(&c).all(|(a, b)| *a == b"*" || a == b)
 }
-
-/// The largest fence a grant may issue (§6).
-const FENCE_CEILING: u64 = u64::MAX;
 
 /// Seconds to milliseconds, saturating.
 fn secs(s: u64) -> u64 {

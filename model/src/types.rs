@@ -25,6 +25,10 @@ pub struct Config {
     pub auth_token: Option<Vec<u8>>,
     /// The first grant has fence `fence_start + 1` (§6).
     pub fence_start: u64,
+    /// No grant issues a fence above this (§6): `u64::MAX` without a fence
+    /// state file; the driver raises it with
+    /// [`crate::Machine::raise_fence_ceiling`].
+    pub fence_ceiling: u64,
     /// SipHash-2-4 key for the salt half of tokens (§6).
     pub salt_key: [u64; 2],
     /// Listen registrations per connection; 0 = unlimited (§12, D12).
@@ -47,6 +51,7 @@ impl Default for Config {
             gc_max_idle_s: 60,
             auth_token: None,
             fence_start: 0,
+            fence_ceiling: u64::MAX,
             salt_key: [0, 0],
             max_subscriptions: 0,
             auth_failure_pause_ms: 100,
@@ -189,6 +194,15 @@ pub enum Bug {
     NoHandoffOnExpiry,
     /// Cancel answers `timeout` but leaves the waiter queued (§9.1).
     CancelKeepsWaiter,
+    /// A waiter timeout removes the waiter without telling its blocked
+    /// client (§8.3): a lost reply.
+    TimeoutUntold,
+    /// A hand-off grants a blocked waiter without telling it (§7): a lost
+    /// reply, and a lease nobody knows it holds.
+    GrantUntold,
+    /// Signal delivery forgets which connections an ungrouped route already
+    /// reached, so a connection subscribed twice gets the signal twice (§12).
+    SignalTwice,
     // ----- the decisions a driver used to make (§9.1, §9.2, §10) -----
     /// A read deadline closes an idle connection even when it owns
     /// something, as upstream did (§9.2, D11).
@@ -199,11 +213,32 @@ pub enum Bug {
     /// A cancel that lost the race to the grant does nothing: the slot
     /// stays held for a request nobody waits for (§9.1).
     CancelIgnoresGrant,
+
+    // The variants below change replies, not the properties the stateright
+    // model checks; the differential tests (`tests/differential.rs`) catch
+    // them by comparing the machine with the core (`Bug::DIFFERENTIAL`).
+    /// A request is applied without advancing time first (§1, §8): a request
+    /// that arrives before a late timer sees leases and waiters that are
+    /// already dead.
+    HandleSkipsAdvance,
+    /// Grants may issue the fence one above the ceiling (§6).
+    CeilingOffByOne,
+    /// [`crate::Machine::fence_headroom`] always says 0.
+    HeadroomZero,
+    /// Raising the ceiling resumes stopped resources in key order instead
+    /// of the arrival order of their oldest waiter (§6).
+    RaiseInKeyOrder,
+    /// At one instant, waiter timeouts are processed before lease expiries
+    /// (§8.1 orders lease expiry first).
+    TimeoutBeforeExpiry,
+    /// Disconnect releases held slots in reverse token order (§9).
+    DisconnectReleasesReversed,
 }
 
 impl Bug {
-    /// Every broken variant (not `Bug::None`).
-    pub const ALL: [Bug; 15] = [
+    /// The broken variants the stateright model catches (see
+    /// `model/tests/model/check.rs`).
+    pub const ALL: [Bug; 18] = [
         Bug::GrantFromBack,
         Bug::DoubleGrant,
         Bug::LeaseNeverExpires,
@@ -216,8 +251,23 @@ impl Bug {
         Bug::WaiterLeftInQueue,
         Bug::NoHandoffOnExpiry,
         Bug::CancelKeepsWaiter,
+        Bug::TimeoutUntold,
+        Bug::GrantUntold,
+        Bug::SignalTwice,
         Bug::IdleCutsOwner,
         Bug::AuthFailureStaysOpen,
         Bug::CancelIgnoresGrant,
+    ];
+
+    /// The broken variants only the differential comparator catches (see
+    /// `tests/differential.rs`): each changes what some reply says or when,
+    /// and the core shows the difference.
+    pub const DIFFERENTIAL: [Bug; 6] = [
+        Bug::HandleSkipsAdvance,
+        Bug::CeilingOffByOne,
+        Bug::HeadroomZero,
+        Bug::RaiseInKeyOrder,
+        Bug::TimeoutBeforeExpiry,
+        Bug::DisconnectReleasesReversed,
     ];
 }

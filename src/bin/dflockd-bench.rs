@@ -20,8 +20,8 @@
 //!   signals in flight, optionally paced by `--rate`. Each payload carries its send time, so
 //!   subscribers measure publish-to-receipt latency; a subscriber the server closes (the
 //!   64-frame slow-consumer rule) is reported as an eviction.
-//! * `--scaling` and `--freeze N` (in `bench/scaling.rs`): how the server's cost grows with its
-//!   state. Both start the server themselves; see that module.
+//! * `--scaling`, `--freeze N` and `--stats-stall SIZES` (in `bench/scaling.rs`): how the server's cost grows with its
+//!   state. All three start the server themselves; see that module.
 //!
 //! The memory helpers (`--idle-connections`, `--hold`) print the server's resident memory per
 //! connection or per lock when given its `--server-pid`.
@@ -192,6 +192,12 @@ struct Args {
     #[argh(option)]
     freeze: Option<usize>,
 
+    /// stats-stall mode: for each of these comma-separated sizes n, one connection holds n
+    /// locks while another asks for `stats`; print the longest ping stall meanwhile (exit 1
+    /// above 10 ms)
+    #[argh(option)]
+    stats_stall: Option<String>,
+
     /// scaling mode: comma-separated sizes (default 1000,10000,100000,1000000)
     #[argh(option, default = "String::from(\"1000,10000,100000,1000000\")")]
     sizes: String,
@@ -245,6 +251,10 @@ enum Mode {
     Scaling(scaling::Plan),
     Freeze {
         slots: usize,
+        server_bin: std::path::PathBuf,
+    },
+    StatsStall {
+        sizes: Vec<usize>,
         server_bin: std::path::PathBuf,
     },
 }
@@ -360,6 +370,7 @@ impl Config {
             ("--fanout", args.fanout),
             ("--scaling", args.scaling),
             ("--freeze", args.freeze.is_some()),
+            ("--stats-stall", args.stats_stall.is_some()),
         ]
         .iter()
         .filter(|(_, on)| *on)
@@ -404,6 +415,11 @@ impl Config {
                     samples: args.samples,
                 })
             }
+            _ if args.stats_stall.is_some() => Mode::StatsStall {
+                sizes: scaling::parse_sizes(args.stats_stall.as_deref().unwrap_or_default())
+                    .map_err(|e| format!("--stats-stall: {e}"))?,
+                server_bin,
+            },
             _ if args.freeze.is_some() => match args.freeze {
                 Some(0) | None => return Err("--freeze must be > 0".into()),
                 Some(slots) => Mode::Freeze { slots, server_bin },
@@ -2464,6 +2480,9 @@ fn main() -> ExitCode {
         }
         Mode::Scaling(plan) => return scaling::run_scaling(plan),
         Mode::Freeze { slots, server_bin } => return scaling::run_freeze(server_bin, *slots),
+        Mode::StatsStall { sizes, server_bin } => {
+            return scaling::run_stats_stall(server_bin, sizes)
+        }
     }
     ExitCode::SUCCESS
 }
@@ -2979,6 +2998,15 @@ mod tests {
                 server_bin: "s".into()
             }
         );
+        assert_eq!(
+            parse(&["--stats-stall", "100000,1000000", "--server-bin", "s"])
+                .unwrap()
+                .mode,
+            Mode::StatsStall {
+                sizes: vec![100_000, 1_000_000],
+                server_bin: "s".into()
+            }
+        );
         let cfg = parse(&["--idle-connections", "3", "--server-pid", "42"]).unwrap();
         assert_eq!(cfg.server_pid, Some(42));
         for bad in [
@@ -2989,6 +3017,8 @@ mod tests {
             &["--scaling", "--dims", "keys,queues"],
             &["--scaling", "--samples", "0"],
             &["--freeze", "0"],
+            &["--stats-stall", "10,1"],
+            &["--stats-stall", "5", "--freeze", "3"],
             &["--server-pid", "42"],
         ] {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");

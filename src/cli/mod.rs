@@ -7,6 +7,8 @@
 //! * `dflockd stats` ([`stats`]), `dflockd signal CHANNEL PAYLOAD`
 //!   ([`signal`]) and `dflockd listen PATTERN` ([`listen`]): small
 //!   companions in the same style;
+//! * `dflockd top` ([`top`]): a refreshing terminal view of the busiest
+//!   keys, read from the HTTP port's bounded views;
 //! * `dflockd conformance ...`: the conformance runner and the scripted
 //!   server ([`crate::conformance::cli`]).
 //!
@@ -19,6 +21,7 @@ pub mod listen;
 pub mod lock;
 pub mod signal;
 pub mod stats;
+pub mod top;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -75,6 +78,7 @@ pub fn run_subcommand(args: &[OsString]) -> Option<u8> {
         "stats" => with_str_args("dflockd stats", rest, stats::main),
         "signal" => with_str_args("dflockd signal", rest, signal::main),
         "listen" => with_str_args("dflockd listen", rest, listen::main),
+        "top" => with_str_args("dflockd top", rest, top::main),
         "conformance" => with_str_args("dflockd conformance", rest, |c, a| {
             crate::conformance::cli::main(c, a)
         }),

@@ -315,6 +315,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     pub max_waiters: usize,
     pub max_subscriptions: usize,
+    /// Recent events kept for key views (`--key-events`); 0 = none.
+    pub key_events: usize,
     pub read_timeout_s: u64,
     /// 0 = writes have no deadline.
     pub write_timeout_s: u64,
@@ -357,6 +359,7 @@ impl fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_waiters", &self.max_waiters)
             .field("max_subscriptions", &self.max_subscriptions)
+            .field("key_events", &self.key_events)
             .field("read_timeout_s", &self.read_timeout_s)
             .field("write_timeout_s", &self.write_timeout_s)
             .field("shutdown_timeout_s", &self.shutdown_timeout_s)
@@ -470,6 +473,7 @@ impl Config {
             salt_key,
             max_subscriptions: self.max_subscriptions,
             auth_failure_pause_ms: crate::core::AUTH_FAILURE_PAUSE_MS,
+            key_events: self.key_events,
         }
     }
 

@@ -278,6 +278,7 @@ pub(super) fn resolve(
     let (max_connections_per_ip, _) = r.count(&t::MAX_CONNECTIONS_PER_IP)?;
     let (max_waiters, _) = r.count(&t::MAX_WAITERS)?;
     let (max_subscriptions, _) = r.count(&t::MAX_SUBSCRIPTIONS)?;
+    let (key_events, _) = r.count(&t::KEY_EVENTS)?;
     let (read_timeout_s, _) = r.int(&t::READ_TIMEOUT)?;
     let (write_timeout_s, _) = r.int(&t::WRITE_TIMEOUT)?;
     let (shutdown_timeout_s, _) = r.int(&t::SHUTDOWN_TIMEOUT)?;
@@ -421,6 +422,7 @@ pub(super) fn resolve(
         max_connections_per_ip,
         max_waiters,
         max_subscriptions,
+        key_events,
         read_timeout_s,
         write_timeout_s,
         shutdown_timeout_s,

@@ -262,6 +262,18 @@ pub const MAX_SUBSCRIPTIONS: Setting = Setting {
     help: "maximum signal subscriptions per connection, 0 = unlimited",
     ..ROW
 };
+pub const KEY_EVENTS: Setting = Setting {
+    flag: "key-events",
+    env: "DFLOCKD_KEY_EVENTS",
+    kind: Kind::Int {
+        min: 0,
+        max: 1 << 24,
+        rule: "must be between 0 and 16777216",
+    },
+    default: Default::Int(16_384),
+    help: "recent events (grants, releases, expiries, timeouts, disconnects) kept for key views, over all keys (48 bytes each), 0 = none",
+    ..ROW
+};
 pub const READ_TIMEOUT: Setting = Setting {
     flag: "read-timeout",
     env: "DFLOCKD_READ_TIMEOUT_S",
@@ -489,6 +501,7 @@ pub const SETTINGS: &[&Setting] = &[
     &MAX_CONNECTIONS_PER_IP,
     &MAX_WAITERS,
     &MAX_SUBSCRIPTIONS,
+    &KEY_EVENTS,
     &READ_TIMEOUT,
     &WRITE_TIMEOUT,
     &SHUTDOWN_TIMEOUT,

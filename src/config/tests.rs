@@ -96,6 +96,7 @@ fn int_field(cfg: &Config, flag: &str) -> Option<u64> {
         "max-connections-per-ip" => cfg.max_connections_per_ip as u64,
         "max-waiters" => cfg.max_waiters as u64,
         "max-subscriptions" => cfg.max_subscriptions as u64,
+        "key-events" => cfg.key_events as u64,
         "read-timeout" => cfg.read_timeout_s,
         "write-timeout" => cfg.write_timeout_s,
         "shutdown-timeout" => cfg.shutdown_timeout_s,

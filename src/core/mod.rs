@@ -29,6 +29,7 @@ mod tests;
 
 pub use metrics::CoreMetrics;
 pub use signals::PUSH_QUEUE_FRAMES;
+pub use state::introspect;
 pub use state::{CloseReason, Core, CoreConfig, Effect, Owned, AUTH_FAILURE_PAUSE_MS};
 
 /// Milliseconds since an arbitrary origin (the server's start). Monotonic:

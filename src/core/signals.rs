@@ -43,6 +43,8 @@ pub struct Group {
     pub members: Members,
     /// Round-robin counter: the next signal starts at `next % members.len()`.
     pub next: u64,
+    /// Pushes delivered through the group (for introspection only).
+    pub pushes: u64,
 }
 
 /// Everything subscribed under one pattern.
@@ -52,6 +54,8 @@ pub struct Subs {
     pub ungrouped: Members,
     /// Queue groups by (non-empty) name: one member of each receives.
     pub groups: BTreeMap<Box<[u8]>, Group>,
+    /// Pushes delivered to the ungrouped listeners (for introspection only).
+    pub pushes: u64,
 }
 
 impl Subs {
@@ -201,6 +205,7 @@ impl Index {
                 pattern: pattern.into(),
                 ungrouped: Members::default(),
                 groups: BTreeMap::new(),
+                pushes: 0,
             })
         });
         if group.is_empty() {
@@ -342,6 +347,27 @@ impl Index {
     /// Members over all (pattern, group) pairs.
     pub fn member_count(&self) -> usize {
         self.members
+    }
+
+    /// Trie nodes, live and free (for a chunked walk by node id).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `(pattern, group, listeners, pushes)` of each subscription at trie
+    /// node `node` (none for a free node or one without subscriptions):
+    /// the ungrouped listeners first, then the groups in name order.
+    pub fn subs_at(&self, node: usize) -> impl Iterator<Item = (&[u8], &[u8], usize, u64)> {
+        let subs = self.nodes.get(node).and_then(|n| n.subs.as_deref());
+        subs.into_iter().flat_map(|s| {
+            let ungrouped = (!s.ungrouped.is_empty())
+                .then(|| (&s.pattern[..], &b""[..], s.ungrouped.len(), s.pushes));
+            ungrouped.into_iter().chain(
+                s.groups
+                    .iter()
+                    .map(move |(g, m)| (&s.pattern[..], &g[..], m.members.len(), m.pushes)),
+            )
+        })
     }
 
     /// Every pattern's subscriptions (free nodes are empty, so they hold none).

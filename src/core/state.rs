@@ -52,12 +52,14 @@ use crate::wire::{Key, Reply, Request, Space, Status, Token};
 
 mod compact;
 mod holdings;
+pub mod introspect;
 #[cfg(test)]
 mod tests;
 mod verify;
 
 use compact::{Queue, ResKey};
 use holdings::Retired;
+use introspect::{Event, EventKind, Insight};
 
 /// Core configuration: every limit and policy the transition function needs.
 #[derive(Clone, Debug)]
@@ -88,6 +90,8 @@ pub struct CoreConfig {
     /// How long after a failed authentication its connection is closed
     /// (slows down guessing; upstream waits about 100 ms).
     pub auth_failure_pause_ms: u64,
+    /// Recent events kept for key views, over all keys; 0 = none (`--key-events`).
+    pub key_events: usize,
 }
 
 impl Default for CoreConfig {
@@ -108,6 +112,7 @@ impl Default for CoreConfig {
             salt_key: [0, 0],
             max_subscriptions: t::MAX_SUBSCRIPTIONS.count_default(),
             auth_failure_pause_ms: AUTH_FAILURE_PAUSE_MS,
+            key_events: t::KEY_EVENTS.count_default(),
         }
     }
 }
@@ -353,6 +358,9 @@ pub struct Core {
     signals: signals::Index,
     /// Counters and histograms for `/metrics`; never read by a transition.
     metrics: CoreMetrics,
+    /// Indexes and recent events for introspection (`introspect.rs`); never
+    /// read by a transition.
+    insight: Insight,
     /// Verification work earned and not yet spent (see `finish`).
     #[cfg(debug_assertions)]
     verify_credit: usize,
@@ -432,8 +440,10 @@ impl Delivery<'_> {
         self.delivered += 1;
     }
 
-    /// Delivers to every ungrouped listener of a pattern not served yet.
-    fn everyone(&mut self, members: &Members) {
+    /// Delivers to every ungrouped listener of a pattern not served yet;
+    /// returns the pushes made.
+    fn everyone(&mut self, members: &Members) -> u64 {
+        let before = self.delivered;
         for to in members.iter() {
             if !self.served.insert(to) || Self::evicted(self.conns, to) {
                 continue;
@@ -444,15 +454,22 @@ impl Delivery<'_> {
                 self.push(to);
             }
         }
+        self.delivered - before
     }
 
-    /// Delivers to one member of a queue group.
-    fn one_of(&mut self, g: &mut signals::Group) {
+    /// Delivers to one member of a queue group; returns the pushes made.
+    fn one_of(&mut self, g: &mut signals::Group) -> u64 {
         let conns = &*self.conns;
         match signals::pick(g, |c| Self::full(conns, c), |c| Self::evicted(conns, c)) {
-            Route::Deliver(to) => self.push(to),
-            Route::Evict(to) => self.slow_consumers += u64::from(evict(self.conns, to, self.out)),
-            Route::Skip => {}
+            Route::Deliver(to) => {
+                self.push(to);
+                1
+            }
+            Route::Evict(to) => {
+                self.slow_consumers += u64::from(evict(self.conns, to, self.out));
+                0
+            }
+            Route::Skip => 0,
         }
     }
 }
@@ -490,6 +507,7 @@ impl Core {
                 cfg.salt_key[1] ^ 0x7369_676e_616c_7321,
             ]),
             metrics: CoreMetrics::default(),
+            insight: Insight::new(cfg.key_events),
             #[cfg(debug_assertions)]
             verify_credit: 0,
             cfg,
@@ -805,9 +823,12 @@ impl Core {
     fn forget(&mut self, now: Time, conn: ConnId, c: Conn, out: &mut Vec<Effect>) {
         let mut touched = BTreeSet::new();
         for w in c.waiters {
+            let queued = self.waiters.get(&w).map_or(now, |w| w.queued);
             if let Some(res) = self.remove_waiter(w, now) {
                 touched.insert(res);
                 self.metrics.evicted(Cause::DisconnectWaiter, 1);
+                let waited = now.0.saturating_sub(queued.0);
+                self.note(res, Event::new(now, EventKind::LeftQueue, conn, 0, waited));
             }
         }
         for res in c.records.keys() {
@@ -867,6 +888,7 @@ impl Core {
             self.hand_off(now, res, out);
         }
         for (res, n) in at_once {
+            self.note_dropped(res, now, &held, n);
             self.res_mut(res).holders -= n;
             self.touch(res, now);
             self.hand_off(now, res, out);
@@ -1046,6 +1068,7 @@ impl Core {
         }
         if timeout_s == 0 {
             self.metrics.timed_out(space);
+            self.note(res, Event::new(now, EventKind::TimedOut, conn, 0, 0));
             return status(out, conn, Status::Timeout);
         }
         let w = self.add_waiter(
@@ -1191,8 +1214,11 @@ impl Core {
             }
             Record::Queued { waiter } => {
                 if timeout_s == 0 {
+                    let queued = self.waiters.get(&waiter).map_or(now, |w| w.queued);
                     self.remove_waiter(waiter, now);
                     self.metrics.timed_out(space);
+                    let waited = now.0.saturating_sub(queued.0);
+                    self.note(res, Event::new(now, EventKind::TimedOut, conn, 0, waited));
                     self.hand_off(now, res, out);
                     return status(out, conn, Status::Timeout);
                 }
@@ -1256,21 +1282,23 @@ impl Core {
         };
         // Steps 1 and 2: the exact channel's ungrouped listeners, then its
         // groups in name order.
+        // (Each route counts its pushes for introspection.)
         if let Some(f) = found.exact {
             let subs = index.subs_mut(f);
-            d.everyone(&subs.ungrouped);
+            subs.pushes += d.everyone(&subs.ungrouped);
             for g in subs.groups.values_mut() {
-                d.one_of(g);
+                g.pushes += d.one_of(g);
             }
         }
         // Step 3: matching wildcard patterns' ungrouped listeners.
         for &f in &found.wild {
-            d.everyone(&index.subs_mut(f).ungrouped);
+            let subs = index.subs_mut(f);
+            subs.pushes += d.everyone(&subs.ungrouped);
         }
         // Step 4: matching wildcard patterns' groups.
         for &f in &found.wild {
             for g in index.subs_mut(f).groups.values_mut() {
-                d.one_of(g);
+                g.pushes += d.one_of(g);
             }
         }
         let (delivered, slow) = (d.delivered, d.slow_consumers);
@@ -1339,8 +1367,12 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&h.conn) {
             c.unhold(h.res, fence);
         }
-        self.metrics
-            .holder_ended(space, at.0.saturating_sub(h.granted.0), Some(Cause::Expiry));
+        let held = at.0.saturating_sub(h.granted.0);
+        self.metrics.holder_ended(space, held, Some(Cause::Expiry));
+        self.note(
+            h.res,
+            Event::new(at, EventKind::Expired, h.conn, fence, held),
+        );
         // The holder's two-phase record stays so that `w` can answer
         // `error_lease_expired` (D18).
         self.touch(h.res, at);
@@ -1350,12 +1382,14 @@ impl Core {
     /// Waiter `w` reached its deadline `at`.
     fn time_out(&mut self, at: Time, w: u64, out: &mut Vec<Effect>) {
         let waiter = &self.waiters[&w];
-        let (conn, blocking) = (waiter.conn, waiter.blocking);
+        let (conn, blocking, queued) = (waiter.conn, waiter.blocking, waiter.queued);
         if let Some(res) = self.remove_waiter(w, at) {
             if blocking {
                 self.conn_mut(conn).blocked = None;
                 let space = self.res_mut(res).space;
                 self.metrics.timed_out(space);
+                let waited = at.0.saturating_sub(queued.0);
+                self.note(res, Event::new(at, EventKind::TimedOut, conn, 0, waited));
                 status(out, conn, Status::Timeout);
             }
             self.hand_off(at, res, out);
@@ -1385,6 +1419,7 @@ impl Core {
             }
             self.free_slots.push(res);
             self.resource_count -= 1;
+            self.forget_events(res);
         }
     }
 
@@ -1414,8 +1449,10 @@ impl Core {
         r.last_fence = fence;
         let space = r.space;
         self.touch(res, at);
-        self.metrics
-            .granted(space, queued.map(|q| at.0.saturating_sub(q.0)));
+        let waited = queued.map(|q| at.0.saturating_sub(q.0));
+        self.metrics.granted(space, waited);
+        let e = Event::new(at, EventKind::Granted, conn, fence, waited.unwrap_or(0));
+        self.note(res, e);
         let prior = self.holders.insert(
             fence,
             Holder {
@@ -1453,11 +1490,13 @@ impl Core {
                 // Dead at `at`: a timed-out waiter is never granted. Timed out
                 // here rather than through `time_out`, which would hand off
                 // again: one loop, not one stack frame per dead waiter.
-                let (conn, blocking) = (w.conn, w.blocking);
+                let (conn, blocking, queued) = (w.conn, w.blocking, w.queued);
                 self.remove_waiter(head, at);
                 if blocking {
                     let space = self.res_mut(res).space;
                     self.metrics.timed_out(space);
+                    let waited = at.0.saturating_sub(queued.0);
+                    self.note(res, Event::new(at, EventKind::TimedOut, conn, 0, waited));
                     status(out, conn, Status::Timeout);
                 }
                 continue;
@@ -1645,8 +1684,13 @@ impl Core {
         let r = self.res_mut(res);
         r.holders -= 1;
         let space = r.space;
-        self.metrics
-            .holder_ended(space, at.0.saturating_sub(h.granted.0), cause);
+        let held = at.0.saturating_sub(h.granted.0);
+        self.metrics.holder_ended(space, held, cause);
+        let kind = match cause {
+            None => EventKind::Released,
+            Some(_) => EventKind::Disconnected,
+        };
+        self.note(res, Event::new(at, kind, h.conn, fence, held));
         self.leases.remove(&(h.expires, fence));
         let mut dropped_record = false;
         if let Some(c) = self.conns.get_mut(&h.conn) {
@@ -1713,7 +1757,7 @@ impl Core {
                 queued: now,
             },
         );
-        self.res_mut(res).queue.insert(w);
+        self.queue_insert(res, w);
         self.dirty.push(res);
         if let Some(d) = deadline {
             self.deadlines.insert((d, w));
@@ -1729,7 +1773,7 @@ impl Core {
         if let Some(d) = waiter.deadline {
             self.deadlines.remove(&(d, w));
         }
-        self.res_mut(waiter.res).queue.remove(w);
+        self.queue_remove(waiter.res, w);
         self.touch(waiter.res, at);
         if let Some(c) = self.conns.get_mut(&waiter.conn) {
             c.waiters.remove(&w);

@@ -27,6 +27,7 @@
 mod clock;
 pub mod fence;
 mod input;
+pub mod introspect;
 pub mod mailbox;
 pub mod timer;
 
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use event_listener::Event;
 
-use crate::core::{ConnId, Core, CoreConfig, CoreMetrics, Effect, Owned, Time};
+use crate::core::{ConnId, Core, CoreConfig, Effect, Owned, Time};
 use crate::sync::{lock, Arc, Mutex, MutexGuard};
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
@@ -248,27 +249,6 @@ impl Engine {
         let inner = lock(&self.inner);
         let headroom = inner.core.fence_headroom();
         inner.fence.as_ref().map(|k| k.status(headroom))
-    }
-
-    /// The `stats` JSON as of now: the core first processes what is due, as
-    /// any input does.
-    pub fn stats(&self) -> String {
-        let mut door = self.door();
-        door.apply(ConnId::ENGINE, Input::Tick, &mut Vec::new());
-        door.inner.core.stats_json()
-    }
-
-    /// What `/metrics` reads, as of now, under one lock: the `stats` JSON,
-    /// the core's counters and the fence headroom.
-    pub fn scrape(&self) -> (String, CoreMetrics, u64) {
-        let mut door = self.door();
-        door.apply(ConnId::ENGINE, Input::Tick, &mut Vec::new());
-        let core = &door.inner.core;
-        (
-            core.stats_json(),
-            core.metrics().clone(),
-            core.fence_headroom(),
-        )
     }
 }
 

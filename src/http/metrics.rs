@@ -2,8 +2,10 @@
 //! §6).
 //!
 //! A scrape reads everything it reports first ([`Scrape::take`]: the core
-//! is advanced to now, as any input does, and its stats and counters are
-//! copied under one lock), then renders it with no lock held ([`text`]).
+//! is advanced to now, as any input does; the totals behind the gauges are
+//! counted by a walk of the keys and subscriptions in bounded slices, as
+//! `stats` is built, and the counters copied at its last slice), then
+//! renders it with no lock held ([`text`]).
 //! Every family is written once, contiguously, with its `# HELP` and
 //! `# TYPE` lines, so the output parses with any Prometheus client.
 //!
@@ -18,6 +20,7 @@ use std::sync::atomic::Ordering;
 use hyper::StatusCode;
 
 use super::{lock, raw_resp, Front, RequestCounts, Resp};
+use crate::core::introspect::Totals;
 use crate::core::metrics::{kind_label, Cause, Histogram, How};
 use crate::core::CoreMetrics;
 use crate::wire::Space;
@@ -25,8 +28,8 @@ use crate::wire::Space;
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Answers `GET /metrics`.
-pub(super) fn render(front: &Front) -> Resp {
-    let scrape = Scrape::take(front);
+pub(super) async fn render(front: &Front) -> Resp {
+    let scrape = Scrape::take(front).await;
     raw_resp(StatusCode::OK, CONTENT_TYPE, text(&scrape).into())
 }
 
@@ -34,8 +37,8 @@ pub(super) fn render(front: &Front) -> Resp {
 struct Scrape {
     ready: bool,
     uptime_s: f64,
-    /// The `stats` JSON, parsed.
-    stats: serde_json::Value,
+    /// Totals over what `stats` would list.
+    totals: Totals,
     core: CoreMetrics,
     tcp_open: usize,
     tcp_accepted: u64,
@@ -54,9 +57,10 @@ struct Scrape {
 }
 
 impl Scrape {
-    fn take(front: &Front) -> Scrape {
+    async fn take(front: &Front) -> Scrape {
         let engine = &front.engine;
-        let (stats, core, fence_headroom) = engine.scrape();
+        let (totals, counters) = engine.scrape().await;
+        let (core, fence_headroom) = (counters.metrics, counters.fence_headroom);
         let fence_failures = engine
             .fence_status()
             .map_or(0, |f| f.persist_failures_total);
@@ -67,7 +71,7 @@ impl Scrape {
         Scrape {
             ready: !engine.is_draining(),
             uptime_s: front.started.elapsed().as_secs_f64(),
-            stats: serde_json::from_str(&stats).unwrap_or_default(),
+            totals,
             core,
             tcp_open: engine.fronts.tcp_open.load(Ordering::SeqCst),
             tcp_accepted: engine.fronts.tcp_accepted.load(Ordering::Relaxed),
@@ -115,21 +119,7 @@ fn histogram(out: &mut String, name: &str, help: &str, h: impl Fn(Space) -> Hist
 }
 
 fn text(s: &Scrape) -> String {
-    let arr = |name: &str| {
-        s.stats
-            .get(name)
-            .and_then(|a| a.as_array())
-            .cloned()
-            .unwrap_or_default()
-    };
-    let sum = |items: &[serde_json::Value], field: &str| -> u64 {
-        items
-            .iter()
-            .map(|i| i.get(field).and_then(|x| x.as_u64()).unwrap_or(0))
-            .sum()
-    };
-    let locks = arr("locks");
-    let sems = arr("semaphores");
+    let t = &s.totals;
     let gauges: [(&str, &str, f64); 12] = [
         (
             "dflockd_ready",
@@ -144,10 +134,7 @@ fn text(s: &Scrape) -> String {
         (
             "dflockd_connections",
             "Core connections: TCP connections plus HTTP sessions.",
-            s.stats
-                .get("connections")
-                .and_then(|c| c.as_u64())
-                .unwrap_or(0) as f64,
+            t.connections as f64,
         ),
         (
             "dflockd_tcp_connections",
@@ -172,27 +159,27 @@ fn text(s: &Scrape) -> String {
         (
             "dflockd_locks_held",
             "Locks currently held.",
-            locks.len() as f64,
+            t.locks as f64,
         ),
         (
             "dflockd_lock_waiters",
             "Waiters queued on locks.",
-            sum(&locks, "waiters") as f64,
+            t.lock_waiters as f64,
         ),
         (
             "dflockd_semaphore_holders",
             "Semaphore slots currently held.",
-            sum(&sems, "holders") as f64,
+            t.semaphore_holders as f64,
         ),
         (
             "dflockd_semaphore_waiters",
             "Waiters queued on semaphores.",
-            sum(&sems, "waiters") as f64,
+            t.semaphore_waiters as f64,
         ),
         (
             "dflockd_signal_listeners",
             "Signal subscriptions (TCP listeners, summed over patterns and groups).",
-            sum(&arr("signal_channels"), "listeners") as f64,
+            t.signal_listeners as f64,
         ),
     ];
     let mut out = String::new();
@@ -415,15 +402,15 @@ mod tests {
         engine.apply(ConnId::ENGINE, Input::Tick);
         clock.set(Time(2600));
         engine.apply(b, Input::Disconnect);
-        let (stats, core, _) = engine.scrape();
+        let (totals, counters) = futures_lite::future::block_on(engine.scrape());
         let mut requests: RequestCounts = BTreeMap::new();
         requests.insert(("GET", "/v1/locks/{key}", 405), (2, 0.25));
         requests.insert(("GET", "/metrics", 200), (1, 0.001));
         Scrape {
             ready: true,
             uptime_s: 12.5,
-            stats: serde_json::from_str(&stats).expect("stats"),
-            core,
+            totals,
+            core: counters.metrics,
             tcp_open: 2,
             tcp_accepted: 5,
             http_open: 1,

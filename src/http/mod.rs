@@ -15,11 +15,16 @@
 //! protocol's `signal`; `GET /v1/signals` is a Server-Sent Events stream fed
 //! by a hidden session that issued `listen`.
 //!
+//! Views ([`introspect`], [`ui`]): `GET /v1/stats` (whole, or a bounded
+//! top list), `GET /v1/keys/{key}`, `GET /v1/activity`, and the dashboard
+//! at `/ui`; every read of the core in bounded slices.
+//!
 //! Request path (reference §7.2): CORS → metrics → per-IP rate limit →
 //! bearer auth → route/404/405 → handler. Everything answers JSON
 //! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
 //! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
 
+pub mod introspect;
 mod lenient;
 pub mod limits;
 
@@ -27,6 +32,7 @@ pub use crate::config::HttpSettings;
 mod metrics;
 pub mod sessions;
 pub mod signals;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -113,6 +119,12 @@ pub enum Route {
     SignalPublish,
     /// `GET /v1/signals` (SSE)
     SignalStream,
+    /// `GET /v1/keys/{key}`
+    KeyView,
+    /// `GET /v1/activity`
+    Activity,
+    /// `GET /ui`, `/ui/app.js`, `/ui/app.css`
+    Ui(ui::Asset),
 }
 
 /// Every route: path template, what it is, the methods it allows.
@@ -190,6 +202,31 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
         Route::SignalPublish,
         &[Method::POST],
     ),
+    (
+        "/v1/keys/{key}",
+        Route::KeyView,
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/v1/activity",
+        Route::Activity,
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/ui",
+        Route::Ui(ui::Asset::Page),
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/ui/app.js",
+        Route::Ui(ui::Asset::Script),
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/ui/app.css",
+        Route::Ui(ui::Asset::Style),
+        &[Method::GET, Method::HEAD],
+    ),
 ];
 
 type Router = matchit::Router<(Route, &'static [Method], &'static str)>;
@@ -232,6 +269,8 @@ pub struct HttpFront {
     conns_rejected: AtomicU64,
     /// TLS handshakes that failed, were late, or were cut by shutdown.
     tls_failures: AtomicU64,
+    /// History and caches of `/v1/activity`.
+    activity: introspect::Activity,
 }
 
 /// The front's state, as the route handlers call it.
@@ -280,6 +319,7 @@ impl HttpFront {
             rate_limited: AtomicU64::new(0),
             conns_rejected: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            activity: introspect::Activity::default(),
         })
     }
 
@@ -629,6 +669,7 @@ async fn handle(
                 Bytes::from_static(OPENAPI.as_bytes()),
             )
         }
+        Route::Ui(asset) => return ui::serve(asset),
         _ => {}
     }
     if engine.is_draining() {
@@ -643,15 +684,13 @@ async fn handle(
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "");
     }
     match route {
-        Route::Metrics => metrics(front),
-        Route::Stats => {
-            let json = engine.stats();
-            raw_resp(
-                StatusCode::OK,
-                "application/json",
-                format!("{json}\n").into(),
-            )
-        }
+        Route::Metrics => metrics::render(front).await,
+        Route::Stats => introspect::stats(front, req.uri().query()).await,
+        Route::KeyView => match path_key(param.as_deref(), "key") {
+            Ok(key) => introspect::key(front, key, req.uri().query()).await,
+            Err(r) => *r,
+        },
+        Route::Activity => introspect::activity(front).await,
         Route::SessionCreate => match front.sessions.create(front, ip) {
             Ok(s) => json_resp(
                 StatusCode::OK,
@@ -717,7 +756,7 @@ async fn handle(
             Ok(request) => signals::subscribe(front, ip, slot, request),
             Err(detail) => bad_request(&detail),
         },
-        Route::Health | Route::Ready | Route::OpenApi => unreachable_route(),
+        Route::Health | Route::Ready | Route::OpenApi | Route::Ui(_) => unreachable_route(),
     }
 }
 
@@ -1091,12 +1130,6 @@ fn unexpected(reply: Option<Reply>) -> Resp {
         "unexpected_protocol_response",
         &line,
     )
-}
-
-// ----- metrics -----------------------------------------------------------
-
-fn metrics(front: &Front) -> Resp {
-    metrics::render(front)
 }
 
 #[cfg(test)]

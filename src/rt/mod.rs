@@ -154,6 +154,10 @@ impl Worker {
         // Unbounded: a push fails only once the queue is closed, when the
         // worker has stopped; the task is then cancelled by dropping it.
         let _ = self.injector.push(r);
+        // Pairs with the fence in `run` before the thread looks at the
+        // injector one last time: either it sees this task there, or this
+        // swap sees its `notified = false` and rings.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !self.notified.swap(true, Ordering::SeqCst) {
             let _ = self.poller.notify();
         }
@@ -242,6 +246,7 @@ impl Worker {
                 // About to sleep: from now on, injecting must notify. Look
                 // at the injector once more after saying so.
                 self.notified.store(false, Ordering::SeqCst);
+                std::sync::atomic::fence(Ordering::SeqCst);
                 if self.injector.is_empty() && !self.stopping.load(Ordering::SeqCst) {
                     self.next_timer()
                         .map(|at| at.saturating_duration_since(Instant::now()))

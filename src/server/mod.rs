@@ -247,6 +247,9 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         runtime
             .spawn_on(0, crate::http::sweeper(front.clone()))
             .detach();
+        runtime
+            .spawn_on(0, crate::http::introspect::sample(front.clone()))
+            .detach();
         for (i, l) in listeners.into_iter().enumerate() {
             let (front, place) = (front.clone(), place.clone());
             runtime

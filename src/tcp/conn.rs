@@ -59,11 +59,11 @@ use log::Level;
 
 use crate::core::{CloseReason, ConnId, Effect, Owned};
 use crate::engine::mailbox::{Delivery, Mailbox};
-use crate::engine::{Engine, Input, Transport};
+use crate::engine::{Engine, Input, Outcome, Transport};
 use crate::logging::{self, Cause};
 use crate::rt;
 use crate::sync::Arc;
-use crate::wire::{decode_request, encode_push, encode_reply, Decoded};
+use crate::wire::{decode_request, encode_push, encode_reply, Decoded, Reply};
 
 /// Bytes read ahead behind a blocked request before reading pauses.
 pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
@@ -197,6 +197,11 @@ fn warn_slow_consumer(peer: Peer) {
     });
 }
 
+/// Whether `input` is a `stats` request.
+fn is_stats(input: &Input) -> bool {
+    matches!(input, Input::Request(crate::wire::Request::Stats))
+}
+
 /// One decoded request, valid or not, waiting for its turn in the core.
 type Pending = Input;
 
@@ -243,6 +248,8 @@ pub(crate) struct Handler<'e, S> {
     /// The server aborted the connection (found while taking the mailbox
     /// under the engine's lock): how it ended.
     aborted: Option<&'static str>,
+    /// A `stats` request heads `pending`, to be answered in slices.
+    stats_due: bool,
 }
 
 impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
@@ -274,6 +281,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             answered: false,
             pushes: 0,
             aborted: None,
+            stats_due: false,
         }
     }
 
@@ -285,6 +293,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             self.decode_and_apply();
             if let Some(end) = self.aborted {
                 return end;
+            }
+            if self.stats_due {
+                self.stats().await;
             }
 
             // 2. Write everything answered so far.
@@ -382,30 +393,73 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
                     break;
                 }
                 while let Some(input) = self.pending.pop_front() {
+                    if is_stats(&input) {
+                        // Built in slices with the lock released between
+                        // them (`engine::introspect`): answered on its own,
+                        // in order, by `stats`.
+                        self.pending.push_front(input);
+                        self.stats_due = true;
+                        break;
+                    }
                     let outcome = door.apply(self.id, input, &mut self.effects);
-                    if outcome.gone {
-                        // Only this handler disconnects its connection.
-                        self.closing_for(CloseReason::Draining);
-                    }
-                    if outcome.closed || outcome.gone {
-                        self.pending.clear();
-                        break;
-                    }
-                    if outcome.blocked {
-                        self.blocked = true;
-                        break;
-                    }
-                    if self.effects.len() >= BATCH {
+                    if self.outcome(outcome) || self.effects.len() >= BATCH {
                         break;
                     }
                 }
             }
             self.encode_own();
+            if self.stats_due {
+                break;
+            }
             if self.wbuf.len() >= WRITE_BATCH_BYTES {
                 self.more_work = true;
                 break;
             }
         }
+    }
+
+    /// Takes in what one input meant for this connection; returns whether
+    /// to stop applying the ones behind it.
+    fn outcome(&mut self, outcome: Outcome) -> bool {
+        if outcome.gone {
+            // Only this handler disconnects its connection.
+            self.closing_for(CloseReason::Draining);
+        }
+        if outcome.closed || outcome.gone {
+            self.pending.clear();
+            return true;
+        }
+        if outcome.blocked {
+            self.blocked = true;
+            return true;
+        }
+        false
+    }
+
+    /// Answers the `stats` request at the head of `pending` (see
+    /// `decode_and_apply`): its gate under the engine's lock, after taking
+    /// the mailbox as any input does (core order), then the listing in
+    /// slices.
+    async fn stats(&mut self) {
+        self.stats_due = false;
+        let (passed, outcome) = {
+            let mut door = self.engine.door();
+            if !self.take_mail_held() || self.pending.pop_front().is_none() {
+                // Still at the head of `pending`: the loop writes what was
+                // taken and comes back.
+                return;
+            }
+            door.stats_gate(self.id, &mut self.effects)
+        };
+        if passed {
+            let json = self.engine.stats_json().await;
+            self.effects.push(Effect::Reply {
+                conn: self.id,
+                reply: Reply::Stats(json),
+            });
+        }
+        self.outcome(outcome);
+        self.encode_own();
     }
 
     /// Writes what is buffered and reports the pushes it carried. Only the

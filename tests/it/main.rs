@@ -24,6 +24,8 @@
 //!   across transports, caps, cleanup, eviction and drain.
 //! * `signals`: pub/sub: wildcards, queue groups, pushes, slow consumers.
 //! * `metrics`: `/metrics` counters and histograms after real traffic.
+//! * `dashboard`: the views behind `/ui` (top lists, key views, activity),
+//!   the `/ui` files, and `stats` built in slices.
 //! * `operations`: the real binary (`daemon`): configuration rules, log
 //!   lines, the fence state file failing after start-up.
 
@@ -37,6 +39,7 @@ mod client;
 mod client_guide;
 mod commands;
 mod contention;
+mod dashboard;
 mod disconnect;
 mod fifo;
 mod http;

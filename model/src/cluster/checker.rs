@@ -140,6 +140,7 @@ impl ClusterConfig {
                 gc_max_idle_s: 60,
                 auth_token: None,
                 fence_start: 0,
+                fence_ceiling: u64::MAX,
                 salt_key: [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
                 max_subscriptions: 0,
                 auth_failure_pause_ms: 100,

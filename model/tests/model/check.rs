@@ -9,6 +9,10 @@
 //! checker has to find a counterexample for the property meant to catch
 //! it, and the counterexample must replay. Together these show that no
 //! property is vacuous.
+//!
+//! Symmetry reduction (depth-first) is checked against the plain
+//! breadth-first run of the CI configuration: the same verdicts from fewer
+//! states, and a planted bug still caught.
 
 use std::collections::BTreeSet;
 
@@ -17,9 +21,16 @@ use dflockd_model::Bug;
 use stateright::{Checker, HasDiscoveries, Model};
 
 /// Explores `cfg` completely and checks every property's verdict; the
-/// reachability properties in `unreachable` are expected *not* to be found.
-fn check_all(cfg: ModelConfig, unreachable: &[&str]) -> usize {
+/// reachability properties the configuration cannot reach
+/// (`ModelConfig::unreachable`) are expected *not* to be found.
+fn check_all(cfg: ModelConfig) -> usize {
+    let unreachable = cfg.unreachable();
     let checker = LockModel::new(cfg).checker().spawn_bfs().join();
+    verdicts(&checker, &unreachable);
+    checker.unique_state_count()
+}
+
+fn verdicts(checker: &impl Checker<LockModel>, unreachable: &[&str]) {
     assert!(checker.is_done());
     for name in ALWAYS.iter().chain(&EVENTUALLY) {
         if let Some(path) = checker.discovery(name) {
@@ -34,7 +45,6 @@ fn check_all(cfg: ModelConfig, unreachable: &[&str]) -> usize {
             "{name:?} reached: {found}"
         );
     }
-    checker.unique_state_count()
 }
 
 // The counts grew when the machine started to remember the grant that
@@ -43,7 +53,40 @@ fn check_all(cfg: ModelConfig, unreachable: &[&str]) -> usize {
 // only in that memory are now told apart.
 #[test]
 fn ci_configuration_satisfies_every_property() {
-    assert_eq!(check_all(ModelConfig::ci(), &[]), 1_472_536);
+    assert_eq!(check_all(ModelConfig::ci()), 1_472_536);
+}
+
+// Clients are interchangeable: counting states up to a permutation of the
+// clients gives the same verdicts from about half the states (2 clients).
+#[test]
+fn symmetry_reduction_keeps_every_verdict() {
+    let cfg = ModelConfig::ci();
+    let unreachable = cfg.unreachable();
+    let checker = LockModel::new(cfg).checker().symmetry().spawn_dfs().join();
+    verdicts(&checker, &unreachable);
+    assert_eq!(checker.unique_state_count(), 699_527);
+}
+
+#[test]
+fn symmetry_reduction_still_catches_a_planted_bug() {
+    let mut cfg = ModelConfig::ci();
+    cfg.bug = Bug::GrantUntold;
+    let property = "every blocked request is answered exactly once";
+    let checker = LockModel::new(cfg)
+        .checker()
+        .symmetry()
+        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([property])))
+        .spawn_dfs()
+        .join();
+    let path = checker.discovery(property).expect("caught");
+    checker.assert_discovery(property, path.into_actions());
+}
+
+// Semantics §12 and §3.3: clients listen and signal between lock requests,
+// and a second waiter on a key is refused.
+#[test]
+fn with_signals_and_a_waiter_cap_every_property_still_holds() {
+    assert_eq!(check_all(ModelConfig::signals()), 378_743);
 }
 
 // D6: without auto-release a disconnect never hands a lock over, and the
@@ -53,19 +96,14 @@ fn without_auto_release_every_property_still_holds() {
     let mut cfg = ModelConfig::ci();
     cfg.machine.auto_release_on_disconnect = false;
     cfg.drain = false;
-    assert_eq!(
-        check_all(cfg, &["lock changes hands by disconnect"]),
-        885_245
-    );
+    assert_eq!(check_all(cfg), 885_245);
 }
 
-// Semantics §9.1: a driver cancelling a blocked request (the HTTP front,
-// when its client goes away) instead of dropping the connection.
+// Semantics §9.1 with §9: a driver cancelling a blocked request (the HTTP
+// front, when its client goes away), and connections dropping, in any order.
 #[test]
-fn with_cancels_every_property_still_holds() {
-    let mut cfg = ModelConfig::ci();
-    cancels(&mut cfg);
-    assert_eq!(check_all(cfg, &[]), 995_782);
+fn with_cancels_and_drops_every_property_still_holds() {
+    assert_eq!(check_all(ModelConfig::cancels_and_drops()), 2_689_982);
 }
 
 // Semantics §9.1, §9.2, §10: the decisions the drivers used to make (the
@@ -73,18 +111,15 @@ fn with_cancels_every_property_still_holds() {
 // that loses the race to the grant), on clients that authenticate.
 #[test]
 fn driver_decisions_satisfy_every_property() {
-    assert_eq!(
-        check_all(ModelConfig::driver(), &["lock changes hands by disconnect"]),
-        290_261
-    );
+    assert_eq!(check_all(ModelConfig::driver()), 290_261);
 }
 
 /// Runs the checker on a broken machine until it finds a counterexample for
 /// `property`, then replays it.
 fn catch(bug: Bug, property: &'static str, tweak: fn(&mut ModelConfig)) {
     let mut cfg = ModelConfig::ci();
-    cfg.bug = bug;
     tweak(&mut cfg);
+    cfg.bug = bug;
     let checker = LockModel::new(cfg)
         .checker()
         .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([property])))
@@ -109,6 +144,10 @@ fn driver(cfg: &mut ModelConfig) {
 fn cancels(cfg: &mut ModelConfig) {
     cfg.cancels_per_client = 1;
     cfg.drops_per_client = 0;
+}
+
+fn signals(cfg: &mut ModelConfig) {
+    *cfg = ModelConfig::signals();
 }
 
 /// Liveness counterexamples end at the horizon: a shorter one is found sooner.
@@ -159,6 +198,9 @@ caught! {
     resurrecting_renew_is_caught: RenewResurrectsExpired by "expired lease is reclaimed", short;
     missing_hand_off_on_expiry_is_caught: NoHandoffOnExpiry by "head waiter granted or timed out", short;
     keeping_a_cancelled_waiter_is_caught: CancelKeepsWaiter by "no grant to a dead waiter", cancels;
+    untold_timeout_is_caught: TimeoutUntold by "every blocked request is answered exactly once";
+    untold_grant_is_caught: GrantUntold by "every blocked request is answered exactly once";
+    signal_twice_is_caught: SignalTwice by "a signal reaches each listener once", signals;
     cutting_an_idle_owner_is_caught: IdleCutsOwner by "an owner is not cut for idleness", driver;
     an_open_connection_after_failed_auth_is_caught: AuthFailureStaysOpen by "failed authentication closes after the pause", driver;
     keeping_a_grant_that_lost_to_a_cancel_is_caught: CancelIgnoresGrant by "a cancelled request holds nothing", driver;

@@ -394,18 +394,53 @@ transcripts! {
         1000 - drain        => c2 ok T2 33; c3 error
     ");
 
-    // §6: no fence above the ceiling (here the largest u64): a request that
-    // needs one answers `error`; a queue waits instead of being granted.
+    // §6: no fence above the ceiling (here the largest u64). While none is
+    // left, nothing is granted and nothing refused for want of one: a free
+    // key answers as a busy one would, and a queue waits at its head.
     fences_run_out_at_the_ceiling,
     Config { fence_start: u64::MAX - 1, ..cfg() }, &with_conns("
         0    c1 l a 0       => c1 ok T18446744073709551615 33
-        0    c2 l b 0       => c2 error
-        0    c2 e b         => c2 error
+        0    c2 l b 0       => c2 timeout
+        0    c2 e b         => c2 queued
         0    c2 l a 5
         0    c3 e a         => c3 queued
         1000 c1 r a T18446744073709551615 => c1 ok
         1000 c4 l a 0       => c4 timeout
         5000 - advance      => c2 timeout
+    ");
+
+    // §6: raising the ceiling resumes the stopped resources in the arrival
+    // order of each one's oldest waiter, until the fences run out again; a
+    // lower ceiling changes nothing; dead waiters in front of a stopped
+    // head still time out.
+    raising_the_ceiling_resumes_in_arrival_order,
+    Config { fence_start: 10, fence_ceiling: 11, ..cfg() }, &with_conns("
+        0    c1 l a 0 2     => c1 ok T11 2
+        0    c2 l b 9
+        0    c3 se c 2      => c3 queued
+        0    c4 l a 9
+        100  - raise 5
+        200  - raise 12     => c2 ok T12 33
+        300  - raise 14
+        300  c3 sw c 0      => c3 ok T13 33
+        2000 - advance      => c4 ok T14 33
+        2000 c1 l d 0       => c1 timeout
+    ");
+
+    // §6: with the ceiling reached, `l k 0` on a free key answers `timeout`
+    // and a waiter there is granted when the ceiling rises; one that timed
+    // out meanwhile never is; a dead waiter in front of the head is removed.
+    fenced_out_free_key_waits_for_the_ceiling,
+    Config { fence_start: 10, fence_ceiling: 10, ..cfg() }, &with_conns("
+        0    c1 l a 0       => c1 timeout
+        0    c1 l a 1
+        0    c2 l a 5
+        1000 - advance      => c1 timeout
+        1500 c3 l b 1
+        1500 - raise 11     => c2 ok T11 33
+        2500 - advance      => c3 timeout
+        3000 - raise 20
+        3000 c3 l b 0       => c3 ok T12 33
     ");
 
     // §6: the first fence is fence_start + 1.

@@ -7,6 +7,7 @@
 //! * `check`: the stateright model: the CI configuration passes every
 //!   property with a pinned state count, and each deliberately broken
 //!   machine is caught by the property meant to catch it;
+//! * `monitor`: the client-side monitor of §11 fires on broken machines;
 //! * `cluster`: the cluster-mode model (`spec/cluster.md` §8), the same
 //!   way: two configurations pinned, every planted bug caught.
 //!
@@ -15,4 +16,5 @@
 mod check;
 mod cluster;
 mod edge_cases;
+mod monitor;
 mod script;

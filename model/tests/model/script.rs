@@ -8,7 +8,7 @@
 //! * `<ms>`: the virtual clock, in milliseconds (never goes back).
 //! * `<who>`: `cN` for connection N, or `-` for the server.
 //! * Server commands: `connect` (expects `=> cN`, the id it returns),
-//!   `advance`, `drain`.
+//!   `advance`, `drain`, `raise N` (the fence ceiling to N).
 //! * Connection commands, as on the wire: `l KEY T [L]`, `sl KEY T N [L]`,
 //!   `r|sr KEY TOK`, `n|sn KEY TOK [L]`, `e KEY [L]`, `se KEY N [L]`,
 //!   `w|sw KEY T`, `stats`, `ping`, `listen PATTERN`, `auth TOKEN`, `invalid` (a malformed
@@ -58,6 +58,11 @@ pub fn check(cfg: Config, script: &str) -> Machine {
                 }
                 ["advance"] => m.advance(now),
                 ["drain"] => m.start_drain(now),
+                ["raise", c] => m.raise_fence_ceiling(
+                    now,
+                    c.parse()
+                        .unwrap_or_else(|_| panic!("{}", at("bad ceiling"))),
+                ),
                 _ => panic!("{}", at("unknown server command")),
             }
         } else {

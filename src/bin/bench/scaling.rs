@@ -31,6 +31,11 @@
 //! (50 µs for round trips, 5 ms for the lease timer, 1 ms for a stall, 5 ms for the longest
 //! of thousands of quiet pings), so noise at the microsecond level is not a failure.
 //!
+//! `--stats-stall SIZES` is issue #15's: for each size n, one connection holds n locks on n keys
+//! (`l k<i> 0 3600`), another asks for `stats` three times, and a third pings every millisecond.
+//! It prints how long each `stats` reply took, its size, and the longest `ping` stall while a
+//! `stats` reply was being built, and fails (exit 1) when that stall is above 10 ms.
+//!
 //! `--freeze N` is issue #10's reproduction: one connection pipelines N times
 //! `sl q 0 1000000000 2` (N slots of one semaphore, 2 s leases); another pings every
 //! millisecond. It prints the longest `ping` stall while the N leases expire, and after a
@@ -61,6 +66,10 @@ const FLOOR_STALL_MS: f64 = 1.0;
 const FLOOR_QUIET_STALL_MS: f64 = 5.0;
 /// The freeze target of issue #10.
 const FREEZE_TARGET_MS: f64 = 50.0;
+/// The longest `ping` stall `--stats-stall` accepts while `stats` is built.
+const STATS_STALL_TARGET_MS: f64 = 10.0;
+/// `stats` requests per size in `--stats-stall`.
+const STATS_ROUNDS: usize = 3;
 /// Requests in flight per pipelined fill.
 const WINDOW: usize = 512;
 /// Probe connections queued ahead of the sessions in the `waiters` dimension (hand-off samples).
@@ -249,18 +258,23 @@ impl Conn {
 
     /// The next line, pushed `sig` lines included.
     fn line(&mut self) -> Result<String, String> {
+        // Bytes after `start` already searched for a newline: a long line (a `stats` reply of
+        // many megabytes) is scanned once, not once per read.
+        let mut searched = 0;
         loop {
-            if let Some(i) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
-                let raw = &self.buf[self.start..self.start + i];
+            let from = self.start + searched;
+            if let Some(i) = self.buf[from..].iter().position(|&b| b == b'\n') {
+                let raw = &self.buf[self.start..from + i];
                 let line = String::from_utf8_lossy(raw)
                     .trim_end_matches('\r')
                     .to_string();
-                self.start += i + 1;
+                self.start = from + i + 1;
                 return Ok(line);
             }
+            searched = self.buf.len() - self.start;
             self.buf.drain(..self.start);
             self.start = 0;
-            let mut chunk = [0u8; 16 * 1024];
+            let mut chunk = [0u8; 64 * 1024];
             let n = self.stream.read(&mut chunk).map_err(io_err)?;
             if n == 0 {
                 return Err("the server closed the connection".into());
@@ -1100,6 +1114,109 @@ fn freeze(bin: &Path, n: usize) -> Result<(f64, f64), String> {
     .fold(0.0, f64::max);
     drop(server);
     Ok((expiry, disconnect))
+}
+
+/// Runs `--stats-stall`: exit 1 when a `ping` stalls more than 10 ms behind `stats`.
+pub fn run_stats_stall(server_bin: &Path, sizes: &[usize]) -> ExitCode {
+    say(&format!(
+        "stats-stall: one connection holds n locks; another asks for `stats` {STATS_ROUNDS} times; \
+         a third pings every ms\n  server {}\n  \
+         (quiet: the longest ping over as long again with no `stats`: the machine's own noise)\n  \
+         {:>9} {:>10} {:>9} {:>12} {:>12} {:>12}\n",
+        server_bin.display(),
+        "n",
+        "stats ms",
+        "reply MB",
+        "stall ms",
+        "quiet ms",
+        "median ping"
+    ));
+    let mut ok = true;
+    for &n in sizes {
+        match stats_stall(server_bin, n) {
+            Ok(m) => {
+                say(&format!(
+                    "  {n:>9} {:>10.1} {:>9.1} {:>12.3} {:>12.3} {:>12.3}\n",
+                    m.reply_ms, m.reply_mb, m.stall_ms, m.quiet_ms, m.median_ping_ms
+                ));
+                ok &= m.stall_ms <= STATS_STALL_TARGET_MS;
+            }
+            Err(e) => {
+                say(&format!("  {n:>9} failed: {e}\n"));
+                ok = false;
+            }
+        }
+    }
+    say(&format!(
+        "  target: longest stall at most {STATS_STALL_TARGET_MS} ms\n"
+    ));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+struct StatsStall {
+    /// Median time from sending `stats` to its whole reply.
+    reply_ms: f64,
+    reply_mb: f64,
+    /// The longest ping round trip that overlapped a `stats` build.
+    stall_ms: f64,
+    /// The longest ping round trip over as long again with no `stats` in flight.
+    quiet_ms: f64,
+    median_ping_ms: f64,
+}
+
+fn stats_stall(bin: &Path, n: usize) -> Result<StatsStall, String> {
+    let max_locks = (n + 16).to_string();
+    let server = Server::start(bin, &["--max-locks", &max_locks])?;
+    let addr = server.addr.as_str();
+    let mut holder = Conn::connect(addr)?;
+    holder.pipeline(
+        n,
+        |i, out| out.extend_from_slice(format!("l\nk{i}\n0 3600\n").as_bytes()),
+        |_, r| expect("l", r, "ok "),
+    )?;
+    let mut asker = Conn::connect(addr)?;
+    let pinger = Pinger::start(addr)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let mut rounds = Vec::new();
+    for _ in 0..STATS_ROUNDS {
+        let t0 = Instant::now();
+        asker.send(b"stats\n_\n\n")?;
+        let reply = asker.reply()?;
+        let t1 = Instant::now();
+        if !reply.starts_with("ok {") {
+            return Err(format!("stats: unexpected reply {:.60}", reply));
+        }
+        rounds.push((t0, t1, reply.len()));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let busy: Duration = rounds.iter().map(|&(t0, t1, _)| t1 - t0).sum();
+    let quiet_from = Instant::now();
+    std::thread::sleep(busy);
+    let quiet_to = Instant::now();
+    let samples = pinger.finish()?;
+    let quiet_ms = stall_window(&samples, quiet_from, quiet_to)
+        .into_iter()
+        .fold(0.0, f64::max);
+    let stall_ms = rounds
+        .iter()
+        .flat_map(|&(t0, t1, _)| stall_window(&samples, t0, t1))
+        .fold(0.0, f64::max);
+    let mut times: Vec<f64> = rounds.iter().map(|&(t0, t1, _)| ms(t1 - t0)).collect();
+    times.sort_by(f64::total_cmp);
+    let mut pings: Vec<f64> = samples.iter().map(|&(_, rtt)| rtt).collect();
+    pings.sort_by(f64::total_cmp);
+    drop(server);
+    Ok(StatsStall {
+        reply_ms: percentile(&times, 50.0),
+        reply_mb: rounds.last().map_or(0, |r| r.2) as f64 / 1e6,
+        stall_ms,
+        quiet_ms,
+        median_ping_ms: percentile(&pings, 50.0),
+    })
 }
 
 #[cfg(test)]

@@ -71,6 +71,11 @@ impl Queue {
         self.0.as_ref().and_then(|q| q.first().copied())
     }
 
+    /// The waiters, oldest first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().flat_map(|q| q.iter().copied())
+    }
+
     pub(super) fn contains(&self, w: u64) -> bool {
         self.0.as_ref().is_some_and(|q| q.contains(&w))
     }

@@ -59,7 +59,11 @@ impl Core {
         self.check_idle()?;
         self.check_connections()?;
         self.check_subscriptions()?;
-        self.check_metrics()
+        self.check_metrics()?;
+        let insight = self.check_insight();
+        ensure(insight.is_ok(), "introspection indexes", || {
+            insight.err().unwrap_or_default()
+        })
     }
 
     fn check_time(&self) -> Result<(), Broken> {

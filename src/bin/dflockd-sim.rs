@@ -66,6 +66,7 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
     }
     let seeds = seeds.ok_or("--seed or --seeds is required")?;
     let (mut ran, mut ms) = (0u64, 0u64);
+    let mut total = dflockd::sim::Report::default();
     for seed in seeds {
         let opts = Options {
             seed,
@@ -75,11 +76,15 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
             Ok(r) => {
                 ran += 1;
                 ms += r.simulated_ms;
+                total.requests += r.requests;
+                total.crashes += r.crashes;
+                total.disk_failures += r.disk_failures;
+                total.ceiling_raises += r.ceiling_raises;
                 if !quiet {
                     println!(
-                        "seed {seed}: ok ({} s simulated, {} connections, {} requests, {} replies, {} crashes, {} disk faults, {} entries)",
+                        "seed {seed}: ok ({} s simulated, {} connections, {} requests, {} replies, {} crashes, {} disk faults, {} ceiling raises, {} entries)",
                         r.simulated_ms / 1000, r.connections, r.requests, r.replies, r.crashes,
-                        r.disk_failures, r.entries
+                        r.disk_failures, r.ceiling_raises, r.entries
                     );
                 }
             }
@@ -90,8 +95,12 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
         }
     }
     println!(
-        "{ran} seeds, {:.2} simulated hours: all checks held",
-        ms as f64 / 3.6e6
+        "{ran} seeds, {:.2} simulated hours, {} requests, {} crashes, {} disk faults, {} fence ceiling raises: all checks held",
+        ms as f64 / 3.6e6,
+        total.requests,
+        total.crashes,
+        total.disk_failures,
+        total.ceiling_raises
     );
     Ok(ExitCode::SUCCESS)
 }

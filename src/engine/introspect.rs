@@ -49,6 +49,14 @@ impl Door<'_> {
     /// Returns whether the job is done.
     fn job_step(&mut self, job: &mut (dyn Job + Send)) -> bool {
         let at = self.clock();
+        if let Some(j) = &self.engine.journal {
+            // A step starts as a `Tick` does (`handle_timeout`).
+            j(&super::Record::Entry(super::Entry {
+                at,
+                conn: ConnId::ENGINE,
+                input: Input::Tick,
+            }));
+        }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let done = job.step(&mut self.inner.core, at, &mut fx);
         self.finish(at, None, &mut fx, &mut Vec::new());
@@ -150,11 +158,11 @@ impl Door<'_> {
         }
         let at = self.clock();
         if let Some(j) = &self.engine.journal {
-            j(&super::Entry {
+            j(&super::Record::Entry(super::Entry {
                 at,
                 conn,
                 input: Input::Request(crate::wire::Request::Stats),
-            });
+            }));
         }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let passed = self.inner.core.stats_gate(at, conn, &mut fx);

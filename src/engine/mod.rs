@@ -117,8 +117,19 @@ pub struct Engine {
     journal: Option<Journal>,
 }
 
-/// A callback given each applied [`Entry`] (see [`Engine::with_journal`]).
-pub type Journal = Box<dyn Fn(&Entry) + Send + Sync>;
+/// A callback given each [`Record`] (see [`Engine::with_journal`]).
+pub type Journal = Box<dyn Fn(&Record) + Send + Sync>;
+
+/// What the journal sees, in the order it happened under the lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An entry, as about to be applied (a `stats` request at its gate, an
+    /// introspection step as the `Tick` it starts with).
+    Entry(Entry),
+    /// The fence keeper installed a higher ceiling after the entry before
+    /// it (`fence::Keeper::top_up`; it may grant what waited for a fence).
+    Ceiling { at: Time, ceiling: u64 },
+}
 
 impl Engine {
     /// An engine over a fresh core. `fence` keeps the fence state file
@@ -145,7 +156,8 @@ impl Engine {
 
     /// The same engine, calling `journal` with each entry it applies, under
     /// its lock, in the order applied: the connection's `Connect` (stamped
-    /// with its id) and every input that reached the core.
+    /// with its id), every input that reached the core, and every raise of
+    /// the fence ceiling.
     pub fn with_journal(mut self, journal: Journal) -> Engine {
         self.journal = Some(journal);
         self
@@ -271,11 +283,11 @@ impl Door<'_> {
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let id = self.inner.core.connect(at, &mut fx);
         if let Some(j) = &self.engine.journal {
-            j(&Entry {
+            j(&Record::Entry(Entry {
                 at,
                 conn: id,
                 input: Input::Connect { transport },
-            });
+            }));
         }
         self.inner.routes.insert(id, Route { mailbox, transport });
         self.inner.open[transport as usize] += 1;
@@ -306,11 +318,11 @@ impl Door<'_> {
             };
         }
         if let Some(j) = &self.engine.journal {
-            j(&Entry {
+            j(&Record::Entry(Entry {
                 at,
                 conn,
                 input: input.clone(),
-            });
+            }));
         }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let core = &mut self.inner.core;
@@ -382,7 +394,12 @@ impl Door<'_> {
     ) {
         let inner = &mut *self.inner;
         if let Some(keeper) = inner.fence.as_mut() {
+            let before = inner.core.config().fence_ceiling;
             keeper.top_up(&mut inner.core, at, fx);
+            let ceiling = inner.core.config().fence_ceiling;
+            if let Some(j) = self.engine.journal.as_ref().filter(|_| ceiling != before) {
+                j(&Record::Ceiling { at, ceiling });
+            }
         }
         mailbox::route(
             |c| inner.routes.get(&c).and_then(|r| r.mailbox.as_deref()),

@@ -6,7 +6,7 @@ use dflockd_model as model;
 
 use super::World;
 use crate::core::{CloseReason, CoreConfig};
-use crate::engine::Input;
+use crate::engine::{Input, Record};
 use crate::wire::{Request, Space};
 
 pub fn all(world: &World) -> Result<(), String> {
@@ -55,7 +55,8 @@ pub fn all(world: &World) -> Result<(), String> {
                         p.server_write_stuck,
                         p.down.len()
                     );
-                    for (g, e) in journal.iter().filter(|(_, e)| e.conn.0 == conn) {
+                    let of_conn = |r: &Record| matches!(r, Record::Entry(e) if e.conn.0 == conn);
+                    for (g, e) in journal.iter().filter(|(_, r)| of_conn(r)) {
                         eprintln!("  journal {g}: {e:?}");
                     }
                     for o in replay.out.get(&conn).into_iter().flatten() {
@@ -233,6 +234,7 @@ pub fn model_config(cfg: &CoreConfig) -> model::Config {
         gc_max_idle_s: cfg.gc_max_idle_s,
         auth_token: cfg.auth_token.clone(),
         fence_start: cfg.fence_start,
+        fence_ceiling: cfg.fence_ceiling,
         salt_key: cfg.salt_key,
         max_subscriptions: cfg.max_subscriptions,
         auth_failure_pause_ms: cfg.auth_failure_pause_ms,
@@ -330,7 +332,7 @@ pub fn op(req: &Request) -> model::Op {
 fn replay(
     cfg: &CoreConfig,
     started: u64,
-    journal: &[(u64, crate::engine::Entry)],
+    journal: &[(u64, Record)],
     end: u64,
     slack_ms: u64,
 ) -> Result<Replay, String> {
@@ -367,7 +369,16 @@ fn replay(
         }
         Ok(())
     };
-    for (group, e) in journal {
+    for (group, rec) in journal {
+        let e = match rec {
+            Record::Entry(e) => e,
+            Record::Ceiling { at, ceiling } => {
+                on_time(&mut m, &mut r, at.0)?;
+                let outs = m.raise_fence_ceiling(at.0, *ceiling);
+                push(&mut r, outs);
+                continue;
+            }
+        };
         let at = e.at.0;
         on_time(&mut m, &mut r, at)?;
         let conn = e.conn.0;

@@ -369,7 +369,27 @@ fn replay(
         }
         Ok(())
     };
-    for (group, rec) in journal {
+    // A `stats` reply lists the state as of its first slice (protocol §8),
+    // which comes after the fence keeper's raise that its gate set off:
+    // replayed in that order. (No other input comes between the gate and
+    // the first slice here: the simulator runs one task at a time.)
+    let mut journal = journal.to_vec();
+    for i in 1..journal.len() {
+        let stats_then_raise = matches!(
+            (&journal[i - 1].1, &journal[i].1),
+            (
+                Record::Entry(crate::engine::Entry {
+                    input: Input::Request(Request::Stats),
+                    ..
+                }),
+                Record::Ceiling { .. },
+            )
+        );
+        if stats_then_raise {
+            journal.swap(i - 1, i);
+        }
+    }
+    for (group, rec) in &journal {
         let e = match rec {
             Record::Entry(e) => e,
             Record::Ceiling { at, ceiling } => {

@@ -31,8 +31,8 @@
 # SKIP_FANOUT=1 (5), SKIP_ENGINE=1 (6); HTTP_PORT, FANOUT_SUBSCRIBERS (default 100),
 # FANOUT_RATE (default 1000), ENGINE_REPEATS (default 5). BUSY_LOOPS=N runs N shell busy loops
 # at normal priority for the whole run (the "two busy loops beside it" condition).
-# ACCEPT=pin|reuseport starts the server with that thread model (DFLOCKD_BENCH_ACCEPT;
-# spec/ARCHITECTURE.md, "The runtime").
+# ACCEPT=pin|reuseport starts the server with that thread model (DFLOCKD_BENCH_ACCEPT) and
+# THREADS=N with N runtime threads (DFLOCKD_BENCH_THREADS; spec/ARCHITECTURE.md, "The runtime").
 #
 #   SKIP_TCP=1 SKIP_MEMORY=1 REPEATS=1 scripts/bench.sh   # only the HTTP/client/fan-out part
 #   ONLY_ENGINE=1 BUSY_LOOPS=2 scripts/bench.sh            # only part 6, with two busy loops
@@ -57,6 +57,7 @@ fi
 ENGINE_REPEATS=${ENGINE_REPEATS:-5}
 BUSY_LOOPS=${BUSY_LOOPS:-0}
 ACCEPT=${ACCEPT:-}
+THREADS=${THREADS:-}
 FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-100}
 FANOUT_RATE=${FANOUT_RATE:-1000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -167,7 +168,7 @@ SERVER_PID=""
 
 # Extra arguments go to the server.
 start_dflockd() {
-    DFLOCKD_BENCH_ACCEPT=$ACCEPT "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
+    DFLOCKD_BENCH_ACCEPT=$ACCEPT DFLOCKD_BENCH_THREADS=$THREADS "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
         >"$WORK/dflockd.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -437,6 +438,12 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     ENG[1,ours]=$(median "${ours[@]}")
     ENG[1,slowest]=$(printf '%s\n' "${ours[@]}" | sort -g | head -n 1)
     ENG[1,redis]=$(median "${theirs[@]}")
+    pairs=()
+    for i in "${!ours[@]}"; do
+        pairs+=("$(calc "${ours[$i]} / (${theirs[$i]} / 2)" 3)")
+    done
+    ENG[1,pairs]="${pairs[*]}"
+    ENG[1,pairmed]=$(median "${pairs[@]}")
     ENG[1,ctx]=$(median "${ctx[@]}")
     ENG[1,ctxmax]=$(printf '%s\n' "${ctx[@]}" | sort -g | tail -n 1)
 
@@ -551,10 +558,13 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     spread=$(calc "${ENG[1,slowest]} / ${ENG[1,ours]}" 3)
     echo
     echo "engine targets (issue #11; one server with --http-port, accept model ${ACCEPT:-default}," \
+        "${THREADS:-default} threads," \
         "$BUSY_LOOPS busy loops beside it; dflockd and redis runs interleaved):"
     printf '%-44s %12s %12s %10s %8s\n' check dflockd peer ratio target
     printf '%-44s %12s %12s %10s %8s\n' "1 worker, median of $ENGINE_REPEATS (ops/s vs PING/2)" \
         "${ENG[1,ours]}" "${ENG[1,redis]}" "$r1" "$( ((BUSY_LOOPS > 0)) && echo 0.8 || echo 1.0)"
+    printf '%-44s %12s %12s %10s %8s\n' "1 worker, median of run-by-run ratios" "(${ENG[1,pairs]})" \
+        "" "${ENG[1,pairmed]}" "$( ((BUSY_LOOPS > 0)) && echo 0.8 || echo 1.0)"
     printf '%-44s %12s %12s %10s %8s\n' "1 worker, slowest / median" "${ENG[1,slowest]}" \
         "${ENG[1,ours]}" "$spread" 0.7
     printf '%-44s %12s %12s %10s %8s\n' "1 worker, server ctx switches per l+r" "${ENG[1,ctx]}" \

@@ -228,9 +228,20 @@ fn scenario_with(cancels: u32, keep: fn(&Step) -> bool) -> impl Strategy<Value =
     })
 }
 
+/// `PROPTEST_CASES` when set, else `default`: an explicit `cases` in a
+/// `proptest_config` would otherwise win over the variable.
+fn cases_or(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
+    // 10,000 cases unless PROPTEST_CASES says otherwise (scripts/mutants.sh
+    // runs 1,000 per mutant).
     #![proptest_config(ProptestConfig {
-        cases: 10_000,
+        cases: cases_or(10_000),
         max_shrink_iters: 20_000,
         ..ProptestConfig::default()
     })]

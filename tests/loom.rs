@@ -1,7 +1,8 @@
 //! loom checks of the engine's hand-offs between threads: the mailbox
 //! hand-off between tasks, and the races between a grant and the waiter's
-//! own departure (disconnect, timeout, shutdown, and the HTTP front's
-//! cancel when a long poll's client goes away). They run the real door
+//! own departure (disconnect, timeout, shutdown, the end of a drain's
+//! abort, a handler woken by the grant that then closes, and the HTTP
+//! front's cancel when a long poll's client goes away). They run the real door
 //! (`engine::Engine`, `engine::mailbox`) through the `src/sync.rs` facade,
 //! so every interleaving of the threads below is explored on the code the
 //! server runs, not a copy of it.
@@ -267,5 +268,65 @@ fn grant_races_cancel() {
         assert!(left.len() <= 1);
         assert_eq!(w.engine.owned(w.waiter).held, 0);
         assert_eq!(holders(&w.engine), 0, "nothing stays held");
+    });
+}
+
+/// The end of a drain aborts every connection (`Engine::abort_all`) while a
+/// release on another thread hands the lock to the blocked waiter. The
+/// waiter's handler takes its mail until the abort and reports its
+/// disconnect: whatever order the grant and the abort landed in, nothing
+/// stays held and the waiter saw at most one grant.
+#[test]
+fn grant_races_abort() {
+    loom::model(|| {
+        let w = setup();
+        let (engine, holder, token) = (w.engine.clone(), w.holder, w.token.clone());
+        w.clock.set(Time(1_000));
+        let releaser = thread::spawn(move || release(&engine, holder, token));
+        w.engine.abort_all();
+        let mut grants = 0;
+        loop {
+            match loom::future::block_on(w.waiter_mb.recv()) {
+                Delivery::Abort => break,
+                Delivery::Reply(Reply::Granted { .. }) => grants += 1,
+                other => panic!("unexpected delivery {other:?}"),
+            }
+        }
+        w.engine.apply(w.waiter, Input::Disconnect);
+        releaser.join().unwrap();
+        assert!(grants <= 1, "{grants} grants");
+        let late = drain_mailbox(&w.waiter_mb);
+        assert!(
+            late.iter()
+                .all(|d| matches!(d, Delivery::Reply(Reply::Granted { .. }))),
+            "{late:?}"
+        );
+        assert!(grants + late.len() <= 1);
+        assert_eq!(holders(&w.engine), 0, "nothing stays held");
+    });
+}
+
+/// The waiter's handler is parked on its mailbox (the real waker path)
+/// when a release on another thread hands it the lock; it wakes, takes the
+/// grant, and closes at once (its peer went away meanwhile): the
+/// disconnect releases what was granted, and the lock ends free.
+#[test]
+fn grant_wakes_a_handler_that_then_closes() {
+    loom::model(|| {
+        let w = setup();
+        let (engine, holder, token) = (w.engine.clone(), w.holder, w.token.clone());
+        w.clock.set(Time(1_000));
+        let releaser = thread::spawn(move || release(&engine, holder, token));
+        let got = loom::future::block_on(w.waiter_mb.recv());
+        assert!(
+            matches!(got, Delivery::Reply(Reply::Granted { .. })),
+            "{got:?}"
+        );
+        assert_eq!(w.engine.owned(w.waiter).held, 1);
+        let (fx, outcome) = w.engine.apply(w.waiter, Input::Disconnect);
+        assert!(fx.is_empty() && !outcome.gone, "{fx:?} {outcome:?}");
+        releaser.join().unwrap();
+        assert!(w.waiter_mb.try_recv().is_none());
+        assert_eq!(holders(&w.engine), 0, "the disconnect released the grant");
     });
 }

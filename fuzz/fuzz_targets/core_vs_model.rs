@@ -1,7 +1,9 @@
 //! The differential comparator (`dflockd::differential::run`) over
 //! scenarios built by libFuzzer: the production core and the reference
 //! model must give the same replies, closes, deadlines and stats at every
-//! step. The proptest in `tests/differential.rs` drives the same function.
+//! step, a second core with its timer on time the same outputs, and the
+//! model's client-side monitor must find the properties of semantics §11
+//! kept. The proptest in `tests/differential.rs` drives the same function.
 #![no_main]
 
 use dflockd::differential::{run, Scenario};

@@ -3,7 +3,7 @@
 //! ```text
 //! dflockd-model check [--preset ci|signals|cancels-and-drops|driver|nightly]
 //!                     [--clients N] [--keys K] [--depth D] [--horizon S]
-//!                     [--ops O] [--drops R] [--cancels C] [--drain] [--eager-timers]
+//!                     [--ops O] [--drops R] [--cancels C] [--drain] [--no-drain] [--eager-timers]
 //!                     [--no-auto-release] [--max-waiters W] [--signals] [--bug NAME]
 //!                     [--symmetry] [--threads T]
 //! dflockd-model explore [--addr 127.0.0.1:3000] [same model options]
@@ -36,7 +36,7 @@ use stateright::{Checker, Model};
 
 const USAGE: &str =
     "usage: dflockd-model check|explore [--preset ci|signals|cancels-and-drops|driver|nightly] \
-[--clients N] [--keys K] [--depth D] [--horizon S] [--ops O] [--drops R] [--cancels C] [--drain] \
+[--clients N] [--keys K] [--depth D] [--horizon S] [--ops O] [--drops R] [--cancels C] [--drain] [--no-drain] \
 [--eager-timers] [--no-auto-release] [--max-waiters W] [--signals] [--bug NAME] [--symmetry] \
 [--threads T] [--addr HOST:PORT]";
 
@@ -96,6 +96,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             "--no-two-phase" => cfg.two_phase = false,
             "--no-renew" => cfg.renew = false,
             "--drain" => cfg.drain = true,
+            "--no-drain" => cfg.drain = false,
             "--signals" => cfg.signals = true,
             "--symmetry" => symmetry = true,
             "--eager-timers" => cfg.lazy_timers = false,

@@ -44,3 +44,42 @@ impl BuildHasher for KeyBuild {
         siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::hash::Hash;
+
+    fn hashes<T: Hash>(b: &impl BuildHasher, items: impl Iterator<Item = T>) -> usize {
+        items.map(|x| b.hash_one(x)).collect::<HashSet<u64>>().len()
+    }
+
+    /// Distinct ids hash apart whatever their width (the core keys maps by
+    /// u64 and u32 ids, and by pairs), so its maps never degrade to lists.
+    #[test]
+    fn ids_of_every_width_hash_apart() {
+        let b = IdBuild::default();
+        assert_eq!(hashes(&b, 0..1000u64), 1000);
+        assert_eq!(hashes(&b, 0..1000u32), 1000);
+        assert_eq!(hashes(&b, (0..1000u64).map(|i| (i, 7u32))), 1000);
+        assert_eq!(
+            hashes(&b, (0..1000usize).map(|i| [i as u8, (i >> 8) as u8])),
+            1000
+        );
+    }
+
+    /// Peer-chosen keys hash with the configured secret: two secrets give
+    /// unrelated hashes (HashDoS resistance needs the secret to matter).
+    #[test]
+    fn key_hashes_depend_on_the_secret() {
+        let (a, b) = (KeyBuild([1, 2]), KeyBuild([3, 4]));
+        assert_eq!(a.hash_one(b"key"), KeyBuild([1, 2]).hash_one(b"key"));
+        assert_ne!(a.hash_one(b"key"), b.hash_one(b"key"));
+        assert_ne!(
+            a.hash_one(b"key"),
+            KeyBuild([0, 0]).hash_one(b"key"),
+            "the secret is used"
+        );
+    }
+}

@@ -328,6 +328,35 @@ mod tests {
         );
     }
 
+    /// `check` notices each kind of broken bookkeeping it names (so that
+    /// `Core::verify` would): a wrong count, and a long list without its
+    /// index, however long.
+    #[test]
+    fn check_catches_broken_bookkeeping() {
+        let long = || {
+            let mut m = Members::default();
+            for id in 1..=(SMALL as u64 + 5) {
+                m.push(ConnId(id));
+            }
+            m
+        };
+        long().check().unwrap();
+        // Exactly SMALL slots need no index yet.
+        let mut full = Members::default();
+        for id in 1..=SMALL as u64 {
+            full.push(ConnId(id));
+        }
+        assert!(full.big.is_none());
+        full.check().unwrap();
+        let mut unindexed = long();
+        unindexed.big = None;
+        let err = unindexed.check().unwrap_err();
+        assert!(err.contains("without an index"), "{err}");
+        let mut miscounted = long();
+        miscounted.len += 1;
+        assert!(miscounted.check().unwrap_err().contains("count says"));
+    }
+
     #[test]
     fn empty_and_single() {
         let mut m = Members::default();

@@ -1957,6 +1957,10 @@ fn owns_anything_for_each_kind_of_ownership() {
 
 mod metrics;
 
+// ----- accessors ----------------------------------------------------------------
+
+mod accessors;
+
 // ----- signals ------------------------------------------------------------------
 
 mod signals {

@@ -6,7 +6,11 @@
 //! first; only when it would block does the task leave its waker, and an
 //! edge that arrived between the failed attempt and leaving the waker is
 //! not lost: each edge bumps a counter, and an attempt that saw an older
-//! counter tries again instead of waiting. Reads and writes are futures-io
+//! counter tries again instead of waiting. A short read or write (less
+//! than asked) means the socket had no more to give, so the next attempt
+//! waits for an edge without a system call: a request costs the server
+//! one `recv` and one `send`, not a third `recv` that says `WouldBlock`.
+//! Reads and writes are futures-io
 //! `AsyncRead`/`AsyncWrite`, so TLS and HTTP run over it unchanged. Its
 //! wakers are woken by the same thread's loop ([`dispatch`]), which puts
 //! the task back on that thread's local queue: no other thread is involved.
@@ -30,13 +34,29 @@ pub(crate) struct Source {
     state: Mutex<Edges>,
 }
 
-#[derive(Default)]
 struct Edges {
     reader: Option<Waker>,
     writer: Option<Waker>,
     /// Readable (writable) edges seen so far.
     read_edges: u64,
     write_edges: u64,
+    /// Whether a read (write) may succeed: false from a `WouldBlock` or a
+    /// short transfer until the next edge.
+    readable: bool,
+    writable: bool,
+}
+
+impl Default for Edges {
+    fn default() -> Edges {
+        Edges {
+            reader: None,
+            writer: None,
+            read_edges: 0,
+            write_edges: 0,
+            readable: true,
+            writable: true,
+        }
+    }
 }
 
 impl Edges {
@@ -45,6 +65,35 @@ impl Edges {
             self.write_edges
         } else {
             self.read_edges
+        }
+    }
+
+    fn ready(&self, write: bool) -> bool {
+        if write {
+            self.writable
+        } else {
+            self.readable
+        }
+    }
+
+    fn set_ready(&mut self, write: bool, ready: bool) {
+        if write {
+            self.writable = ready;
+        } else {
+            self.readable = ready;
+        }
+    }
+
+    /// Leaves `cx`'s waker for the next edge.
+    fn park(&mut self, cx: &Context<'_>, write: bool) {
+        let slot = if write {
+            &mut self.writer
+        } else {
+            &mut self.reader
+        };
+        match slot {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            _ => *slot = Some(cx.waker().clone()),
         }
     }
 }
@@ -60,10 +109,12 @@ pub(crate) fn dispatch(worker: &Worker, ev: Ready) {
         let mut writer = None;
         if ev.readable {
             s.read_edges += 1;
+            s.readable = true;
             reader = s.reader.take();
         }
         if ev.writable {
             s.write_edges += 1;
+            s.writable = true;
             writer = s.writer.take();
         }
         (reader, writer)
@@ -116,15 +167,26 @@ impl<T: AsFd> Async<T> {
     }
 
     /// Runs a non-blocking operation, waiting for readiness (`write` picks
-    /// which) whenever it would block.
+    /// which) whenever it would block. `drained` tells from a result that
+    /// the socket had no more to give (a short read or write): the next
+    /// attempt then waits for an edge instead of making a system call
+    /// that would only say `WouldBlock`.
     fn poll_io<R>(
         &self,
         cx: &mut Context<'_>,
         write: bool,
         mut op: impl FnMut(&T) -> io::Result<R>,
+        drained: impl Fn(&R) -> bool,
     ) -> Poll<io::Result<R>> {
         loop {
-            let seen = lock(&self.source.state).edges(write);
+            let seen = {
+                let mut s = lock(&self.source.state);
+                if !s.ready(write) {
+                    s.park(cx, write);
+                    return Poll::Pending;
+                }
+                s.edges(write)
+            };
             match op(self.get_ref()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut s = lock(&self.source.state);
@@ -133,14 +195,23 @@ impl<T: AsFd> Async<T> {
                         // may be ready again, and no later edge will say so.
                         continue;
                     }
-                    let slot = if write { &mut s.writer } else { &mut s.reader };
-                    match slot {
-                        Some(old) if old.will_wake(cx.waker()) => {}
-                        _ => *slot = Some(cx.waker().clone()),
-                    }
+                    s.set_ready(write, false);
+                    s.park(cx, write);
                     return Poll::Pending;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(r) => {
+                    if drained(&r) {
+                        // A stream socket that gave less than asked had
+                        // nothing more at that moment; whatever comes later
+                        // raises an edge.
+                        let mut s = lock(&self.source.state);
+                        if s.edges(write) == seen {
+                            s.set_ready(write, false);
+                        }
+                    }
+                    return Poll::Ready(Ok(r));
+                }
                 r => return Poll::Ready(r),
             }
         }
@@ -197,7 +268,8 @@ impl AsyncRead for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, false, |mut s| s.read(buf))
+        let len = buf.len();
+        self.poll_io(cx, false, |mut s| s.read(buf), |&n| n > 0 && n < len)
     }
 }
 
@@ -207,7 +279,8 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, true, |mut s| s.write(buf))
+        let len = buf.len();
+        self.poll_io(cx, true, |mut s| s.write(buf), |&n| n < len)
     }
 
     fn poll_write_vectored(
@@ -215,7 +288,8 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, true, |mut s| s.write_vectored(bufs))
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        self.poll_io(cx, true, |mut s| s.write_vectored(bufs), |&n| n < len)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -241,7 +315,7 @@ impl TcpListener {
     /// Accepts a connection, as a std socket (blocking mode untouched): it
     /// becomes a [`TcpStream`] on whichever thread will serve it.
     pub async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-        std::future::poll_fn(|cx| self.poll_io(cx, false, |l| l.accept())).await
+        std::future::poll_fn(|cx| self.poll_io(cx, false, |l| l.accept(), |_| false)).await
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

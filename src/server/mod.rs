@@ -183,9 +183,10 @@ impl Placement {
 /// Binds the listeners and starts the server on its own threads.
 pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let fence = open_fence(&mut cfg)?;
-    let threads_n = match cfg.threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
+    let threads_n = match (cfg.threads, bench_threads()) {
+        (0, Some(n)) => n,
+        (0, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        (n, _) => n,
     };
     let mode = accept_mode();
     let listeners_n = match mode {
@@ -313,6 +314,17 @@ fn accept_mode() -> Accept {
         Ok("reuseport") => Accept::ReusePort,
         _ => ACCEPT,
     }
+}
+
+/// `DFLOCKD_BENCH_THREADS`: the runtime's thread count for the benchmark
+/// comparing thread models (only it sets this; the server otherwise runs
+/// one thread per core).
+fn bench_threads() -> Option<usize> {
+    std::env::var("DFLOCKD_BENCH_THREADS")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&n| (1..=1024).contains(&n))
 }
 
 /// Connections the kernel may queue before `accept` takes them; it clamps

@@ -611,6 +611,40 @@ fn channels_count_their_pushes() {
     assert_eq!(job.into_result().0.len(), 1);
 }
 
+/// Pushes to an exact channel's own listeners and its groups are counted
+/// on that channel's rows, as wildcard patterns' are.
+#[test]
+fn exact_channels_count_their_pushes() {
+    let mut h = H::new(cfg());
+    let (a, b, p) = (h.conn(), h.conn(), h.conn());
+    let listen = |pattern: &str, group: Option<&str>| Request::Listen {
+        pattern: key(pattern),
+        group: group.map(|g| g.as_bytes().into()),
+    };
+    h.send(a, listen("jobs.x", None));
+    h.send(a, listen("jobs.x", Some("workers")));
+    h.send(b, listen("jobs.x", Some("workers")));
+    for _ in 0..2 {
+        let r = h.send(
+            p,
+            Request::Signal {
+                channel: key("jobs.x"),
+                payload: b"hi".to_vec().into(),
+            },
+        );
+        assert_eq!(r, Some(Reply::OkInt(2)));
+    }
+    let mut job = ChannelsJob::new(10);
+    h.run(&mut job);
+    let (views, _) = job.into_result();
+    let got: Vec<(&str, &str, usize, u64)> = views
+        .iter()
+        .map(|v| (v.pattern.as_str(), v.group.as_str(), v.listeners, v.pushes))
+        .collect();
+    // Equal pushes: the row with more listeners first.
+    assert_eq!(got, [("jobs.x", "workers", 2, 2), ("jobs.x", "", 1, 2)]);
+}
+
 /// `verify` checks the contended index against the queues.
 #[test]
 #[should_panic(expected = "introspection indexes")]

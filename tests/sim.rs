@@ -69,7 +69,10 @@ fn seeds_that_found_bugs() {
         ),
         (350, "checker: a renew can shorten a lease"),
         (3107, "checker: nothing is written after the core's close"),
-        (30214, "checker: a stats reply lists the state after its gate's ceiling raise"),
+        (
+            30214,
+            "checker: a stats reply lists the state after its gate's ceiling raise",
+        ),
     ] {
         if let Err(f) = run(&Options::new(seed)) {
             panic!("{what}: {f}");

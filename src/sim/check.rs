@@ -238,7 +238,6 @@ pub fn model_config(cfg: &CoreConfig) -> model::Config {
         salt_key: cfg.salt_key,
         max_subscriptions: cfg.max_subscriptions,
         auth_failure_pause_ms: cfg.auth_failure_pause_ms,
-        ..model::Config::default()
     }
 }
 
@@ -444,6 +443,13 @@ fn replay(
     Ok(r)
 }
 
+/// A resource: (semaphore space, key).
+type Res = (bool, Vec<u8>);
+/// A client-observed hold: (start ms, end ms, limit, pipe).
+type Held = (u64, u64, u64, usize);
+/// One connection's grant: (resource, start ms, end ms, limit, token).
+type Mine = (Res, u64, u64, u64, String);
+
 /// Client-observed leases never overlap beyond their limit. A client
 /// counts a grant as held from when it read it until the earliest of: its
 /// lease counted from when the request was sent (the server's lease starts
@@ -453,7 +459,7 @@ fn replay(
 fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String> {
     let conns = world.conns.borrow();
     // (space, key) -> (limit, [(start, end, who)])
-    let mut leases: BTreeMap<(bool, Vec<u8>), Vec<(u64, u64, u64, usize)>> = BTreeMap::new();
+    let mut leases: BTreeMap<Res, Vec<Held>> = BTreeMap::new();
     for (pid, c) in conns.iter().enumerate().filter(|(_, c)| c.inc == s.inc) {
         let sent = c.decoded();
         let p = c.pipe.borrow();
@@ -470,7 +476,7 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
             .collect();
         let mut enqueued: HashMap<(bool, Vec<u8>), u64> = HashMap::new();
         // token -> index into this connection's list
-        let mut mine: Vec<((bool, Vec<u8>), u64, u64, u64, String)> = Vec::new();
+        let mut mine: Vec<Mine> = Vec::new();
         // Every request sent, with its reply if one was read: a release
         // ends the client's view of a lease when it is sent, answered or
         // not (a release pipelined behind a blocked request is applied

@@ -284,7 +284,7 @@ fn run_inner(opts: &Options) -> Result<Report, Failure> {
             gc_interval_s: 1 + r.below(3),
             gc_max_idle_s: r.below(4),
             max_subscriptions: [0, 1, 3][r.below(3) as usize],
-            salt_key: [r.next(), r.next()],
+            salt_key: [r.next_u64(), r.next_u64()],
             ..CoreConfig::default()
         }
     };

@@ -113,14 +113,6 @@ fn main() {
             exit(1)
         }
     };
-    log::info!(
-        transport = "tcp", addr:% = handle.local_addr(), tls = cfg.tls.is_some();
-        "listening"
-    );
-    if let Some(a) = handle.http_addr() {
-        log::info!(transport = "http", addr:% = a, tls = cfg.tls.is_some(); "listening");
-    }
-
     let engine = handle.engine().clone();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -132,6 +124,16 @@ fn main() {
             exit(1)
         }
     };
+    // Announced only once SIGINT/SIGTERM are handled: a supervisor that
+    // stops the server as soon as it listens gets a graceful shutdown.
+    log::info!(
+        transport = "tcp", addr:% = handle.local_addr(), tls = cfg.tls.is_some();
+        "listening"
+    );
+    if let Some(a) = handle.http_addr() {
+        log::info!(transport = "http", addr:% = a, tls = cfg.tls.is_some(); "listening");
+    }
+
     std::thread::spawn(move || {
         let mut seen = 0;
         for sig in signals.forever() {

@@ -10,6 +10,8 @@
 //! than asked) means the socket had no more to give, so the next attempt
 //! waits for an edge without a system call: a request costs the server
 //! one `recv` and one `send`, not a third `recv` that says `WouldBlock`.
+//! Once the peer has hung up, transfers are always tried: the end of the
+//! stream may have come with the last bytes, and no later edge announces it.
 //! Reads and writes are futures-io
 //! `AsyncRead`/`AsyncWrite`, so TLS and HTTP run over it unchanged. Its
 //! wakers are woken by the same thread's loop ([`dispatch`]), which puts
@@ -44,6 +46,9 @@ struct Edges {
     /// short transfer until the next edge.
     readable: bool,
     writable: bool,
+    /// The peer hung up (or the socket failed): an end of stream or an
+    /// error is always there to read, so transfers are always tried.
+    hung_up: bool,
 }
 
 impl Default for Edges {
@@ -55,6 +60,7 @@ impl Default for Edges {
             write_edges: 0,
             readable: true,
             writable: true,
+            hung_up: false,
         }
     }
 }
@@ -69,11 +75,7 @@ impl Edges {
     }
 
     fn ready(&self, write: bool) -> bool {
-        if write {
-            self.writable
-        } else {
-            self.readable
-        }
+        self.hung_up || if write { self.writable } else { self.readable }
     }
 
     fn set_ready(&mut self, write: bool, ready: bool) {
@@ -107,6 +109,7 @@ pub(crate) fn dispatch(worker: &Worker, ev: Ready) {
         let mut s = lock(&source.state);
         let mut reader = None;
         let mut writer = None;
+        s.hung_up |= ev.hup;
         if ev.readable {
             s.read_edges += 1;
             s.readable = true;

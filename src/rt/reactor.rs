@@ -20,6 +20,9 @@ pub(crate) struct Ready {
     pub key: usize,
     pub readable: bool,
     pub writable: bool,
+    /// The peer hung up or the socket failed: reads (writes) will not
+    /// block from now on, whatever the last transfer looked like.
+    pub hup: bool,
 }
 
 /// Which poller a runtime uses.
@@ -103,6 +106,10 @@ impl Poller {
                     key: ev.key,
                     readable: ev.readable,
                     writable: ev.writable,
+                    // `polling` does not say hang-up apart from
+                    // readability: count every event as one, which turns
+                    // the short-transfer shortcut of `net` off here.
+                    hup: true,
                 }));
                 Ok(())
             }
@@ -237,10 +244,12 @@ mod epoll {
                     continue;
                 }
                 let hup = events & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+                let rdhup = events & libc::EPOLLRDHUP as u32 != 0;
                 out.push(Ready {
                     key: data as usize,
-                    readable: hup || events & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0,
+                    readable: hup || rdhup || events & libc::EPOLLIN as u32 != 0,
                     writable: hup || events & libc::EPOLLOUT as u32 != 0,
+                    hup: hup || rdhup,
                 });
             }
             Ok(())

@@ -214,3 +214,37 @@ fn stopping_drops_every_unfinished_task() {
     rt.join();
     assert_eq!(dropped.load(Ordering::SeqCst), 4);
 }
+
+/// A peer that sends a few bytes and hangs up at once: the short read that
+/// takes the bytes must not leave the reader waiting for an edge that
+/// already came (the end of stream is always readable). Both pollers.
+#[test]
+fn a_short_read_before_a_hang_up_still_sees_the_end() {
+    for backend in [Backend::best(), Backend::Portable] {
+        let rt = Runtime::start_with(1, "rt-test", backend).expect("start");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::channel();
+        rt.spawn_on(0, async move {
+            let listener = net::TcpListener::from_std(std_listener).expect("register");
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut s = net::TcpStream::from_std(s).expect("register");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            tx.send(got).expect("send");
+        })
+        .detach();
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.write_all(b"l orders 60\n").expect("write");
+        c.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        assert_eq!(recv(&rx), b"l orders 60\n", "{backend:?}");
+        rt.stop();
+        rt.join();
+    }
+}

@@ -156,13 +156,14 @@ pub const ACCEPT: Accept = Accept::Pin;
 /// the accepting thread ([`Accept::ReusePort`]).
 struct Placement {
     mode: Accept,
-    workers: Vec<Arc<rt::Worker>>,
+    /// The runtime's own (std) `Arc`s: the runtime is not model-checked.
+    workers: Vec<std::sync::Arc<rt::Worker>>,
     /// Connection tasks alive per thread.
     load: Vec<AtomicUsize>,
 }
 
 impl Placement {
-    fn spawn(self: &Arc<Self>, task: rt::BoxTask) {
+    fn spawn(self: &std::sync::Arc<Self>, task: rt::BoxTask) {
         let i = match self.mode {
             Accept::ReusePort => rt::Worker::current().map_or(0, |w| w.index()),
             Accept::Pin => (0..self.workers.len())
@@ -224,7 +225,7 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     ));
     let tcp = TcpFront::new(engine.clone(), &cfg);
     let runtime = rt::Runtime::start(threads_n, "dflockd").map_err(StartError::Runtime)?;
-    let place = Arc::new(Placement {
+    let place = std::sync::Arc::new(Placement {
         mode,
         workers: runtime.workers().to_vec(),
         load: (0..threads_n).map(|_| AtomicUsize::new(0)).collect(),

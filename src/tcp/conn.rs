@@ -291,11 +291,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         loop {
             // 1. Decode what we can, then apply it.
             self.decode_and_apply();
-            if let Some(end) = self.aborted {
-                return end;
-            }
             if self.stats_due {
                 self.stats().await;
+            }
+            if let Some(end) = self.aborted {
+                return end;
             }
 
             // 2. Write everything answered so far.

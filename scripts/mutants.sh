@@ -75,6 +75,8 @@ fi
 
 missed="$out/mutants.out/missed.txt"
 caught=$(cat "$out"/mutants.out/{caught,timeout}.txt 2>/dev/null | wc -l)
+missed_n=$(cat "$missed" 2>/dev/null | wc -l)
+echo "mutants: score $caught of $((caught + missed_n)) viable mutants tested caught"
 if [ -s "$missed" ]; then
   echo "mutants: missed (a test to write, or an equivalent mutant to list in .cargo/mutants.toml):" >&2
   cat "$missed" >&2

@@ -39,8 +39,11 @@ pub mod engine;
 pub mod http;
 pub mod logging;
 pub mod net;
+pub mod planted;
 pub mod rt;
 pub mod server;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod sync;
 pub mod tcp;
 pub mod wire;

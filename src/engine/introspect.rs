@@ -49,6 +49,14 @@ impl Door<'_> {
     /// Returns whether the job is done.
     fn job_step(&mut self, job: &mut (dyn Job + Send)) -> bool {
         let at = self.clock();
+        if let Some(j) = &self.engine.journal {
+            // A step starts as a `Tick` does (`handle_timeout`).
+            j(&super::Record::Entry(super::Entry {
+                at,
+                conn: ConnId::ENGINE,
+                input: Input::Tick,
+            }));
+        }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let done = job.step(&mut self.inner.core, at, &mut fx);
         self.finish(at, None, &mut fx, &mut Vec::new());
@@ -148,7 +156,7 @@ impl Door<'_> {
     /// The gate a `stats` request passes before its listing (see
     /// `Core::stats_gate`): nothing is appended for `conn` when it passes;
     /// its refusal (and close) otherwise. Returns whether it passed.
-    fn stats_gate(&mut self, conn: ConnId, out: &mut Vec<Effect>) -> (bool, Outcome) {
+    pub fn stats_gate(&mut self, conn: ConnId, out: &mut Vec<Effect>) -> (bool, Outcome) {
         if !self.inner.routes.contains_key(&conn) {
             let gone = Outcome {
                 gone: true,
@@ -157,6 +165,13 @@ impl Door<'_> {
             return (false, gone);
         }
         let at = self.clock();
+        if let Some(j) = &self.engine.journal {
+            j(&super::Record::Entry(super::Entry {
+                at,
+                conn,
+                input: Input::Request(crate::wire::Request::Stats),
+            }));
+        }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let passed = self.inner.core.stats_gate(at, conn, &mut fx);
         let start = out.len();

@@ -65,6 +65,9 @@ impl Mailbox {
             s.waker.take()
         };
         if let Some(w) = waker {
+            if crate::planted::is(crate::planted::Bug::LostWakeup) {
+                return;
+            }
             w.wake();
         }
     }
@@ -72,6 +75,11 @@ impl Mailbox {
     /// Takes the oldest delivery without waiting.
     pub fn try_recv(&self) -> Option<Delivery> {
         lock(&self.state).queue.pop_front()
+    }
+
+    /// Whether a delivery is queued.
+    pub fn has_mail(&self) -> bool {
+        !lock(&self.state).queue.is_empty()
     }
 
     /// Polls for the oldest delivery, registering `cx`'s waker if none.

@@ -190,6 +190,23 @@ pub struct Engine {
     /// Fires when the drain begins.
     drain_event: Event,
     pub fronts: Fronts,
+    /// Sees every entry the door applies, in order (the simulator's
+    /// record of what the core was given).
+    journal: Option<Journal>,
+}
+
+/// A callback given each [`Record`] (see [`Engine::with_journal`]).
+pub type Journal = Box<dyn Fn(&Record) + Send + Sync>;
+
+/// What the journal sees, in the order it happened under the lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An entry, as about to be applied (a `stats` request at its gate, an
+    /// introspection step as the `Tick` it starts with).
+    Entry(Entry),
+    /// The fence keeper installed a higher ceiling after the entry before
+    /// it (`fence::Keeper::top_up`; it may grant what waited for a fence).
+    Ceiling { at: Time, ceiling: u64 },
 }
 
 impl Engine {
@@ -212,6 +229,7 @@ impl Engine {
             replicator: std::sync::OnceLock::new(),
             drain_event: Event::new(),
             fronts: Fronts::default(),
+            journal: None,
         }
     }
 
@@ -223,6 +241,15 @@ impl Engine {
     /// Cluster mode's side, when on.
     pub fn replicator(&self) -> Option<&std::sync::Arc<dyn Replicator>> {
         self.replicator.get()
+    }
+
+    /// The same engine, calling `journal` with each entry it applies, under
+    /// its lock, in the order applied: the connection's `Connect` (stamped
+    /// with its id), every input that reached the core, and every raise of
+    /// the fence ceiling.
+    pub fn with_journal(mut self, journal: Journal) -> Engine {
+        self.journal = Some(journal);
+        self
     }
 
     /// Takes the lock: inputs applied through the returned door are applied
@@ -344,6 +371,13 @@ impl Door<'_> {
         let at = self.clock();
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let id = self.inner.core.connect(at, &mut fx);
+        if let Some(j) = &self.engine.journal {
+            j(&Record::Entry(Entry {
+                at,
+                conn: id,
+                input: Input::Connect { transport },
+            }));
+        }
         self.inner.routes.insert(id, Route { mailbox, transport });
         self.inner.open[transport as usize] += 1;
         let mut out = Vec::new();
@@ -374,6 +408,15 @@ impl Door<'_> {
         }
         if let Some(outcome) = self.replicated(conn, &input, out) {
             return outcome;
+        }
+        // Cluster mode's inputs went to the log above; the journal
+        // records what reaches this engine's own core.
+        if let Some(j) = &self.engine.journal {
+            j(&Record::Entry(Entry {
+                at,
+                conn,
+                input: input.clone(),
+            }));
         }
         let mut fx = std::mem::take(&mut self.inner.scratch);
         let core = &mut self.inner.core;
@@ -484,7 +527,12 @@ impl Door<'_> {
     ) {
         let inner = &mut *self.inner;
         if let Some(keeper) = inner.fence.as_mut() {
+            let before = inner.core.config().fence_ceiling;
             keeper.top_up(&mut inner.core, at, fx);
+            let ceiling = inner.core.config().fence_ceiling;
+            if let Some(j) = self.engine.journal.as_ref().filter(|_| ceiling != before) {
+                j(&Record::Ceiling { at, ceiling });
+            }
         }
         mailbox::route(
             |c| inner.routes.get(&c).and_then(|r| r.mailbox.as_deref()),
@@ -493,7 +541,8 @@ impl Door<'_> {
             out,
         );
         let next = inner.next_wake();
-        if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
+        let planted = crate::planted::is(crate::planted::Bug::DeadlineNotRearmed);
+        if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) && !planted {
             inner.timer_at = next;
             self.engine.timer_event.notify(1);
         }

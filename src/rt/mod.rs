@@ -27,14 +27,18 @@
 //!
 //! Code that is not on a runtime thread (a test's `block_on`, the fuzz
 //! target, the client library) still works: [`time::Sleep`] falls back to
-//! async-io's timer there. A simulator can provide the same seam (sleeps,
-//! spawns) on a seeded single-threaded scheduler.
+//! async-io's timer there. The deterministic simulator (`src/sim`) runs the
+//! same code on its seeded single-threaded scheduler through [`sim_hook`]:
+//! on its thread [`now`] is the simulated clock and sleeps wait on its
+//! timers (it spawns the driver's tasks itself, so [`spawn`] is not part of
+//! the seam).
 //!
 //! Built from smol-rs parts: `async-task` (tasks), `concurrent-queue` (the
 //! injector), and `polling` where there is no epoll.
 
 pub mod net;
 mod reactor;
+pub mod sim_hook;
 pub mod time;
 
 use std::cell::RefCell;
@@ -51,6 +55,14 @@ use slab::Slab;
 
 pub use reactor::Backend;
 pub use time::{sleep, sleep_until, HyperTimer, Interval, Sleep};
+
+/// The current instant: the simulated one on a simulator's thread (see
+/// [`sim_hook`]), else the monotonic clock. Driver code that measures
+/// deadlines reads time here, never `Instant::now()` directly.
+#[inline]
+pub fn now() -> Instant {
+    sim_hook::now().unwrap_or_else(Instant::now)
+}
 
 /// A future the fronts hand over to run as a task of its own.
 pub type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -1,6 +1,8 @@
 //! Sleeps: on a runtime thread, a timer of that thread's loop (its poller
-//! waits no longer than the nearest one); anywhere else, async-io's timer.
-//! The choice is made at the first poll, on the thread the future runs on.
+//! waits no longer than the nearest one); on a simulator's thread, a timer
+//! of its simulated clock ([`super::sim_hook`]); anywhere else, async-io's
+//! timer. The choice is made at the first poll, on the thread the future
+//! runs on. Deadlines are read from [`super::now`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +26,8 @@ enum State {
     Idle,
     /// Registered with a runtime thread under (deadline, id).
     Runtime(Arc<Worker>, (Instant, u64)),
+    /// Registered with the simulator's clock under this id.
+    Sim(u64),
     /// Not on a runtime thread.
     Io(async_io::Timer),
     Done,
@@ -44,7 +48,7 @@ impl Sleep {
     }
 
     pub fn after(d: Duration) -> Sleep {
-        Sleep::until(Instant::now() + d)
+        Sleep::until(super::now() + d)
     }
 
     /// The deadline.
@@ -60,8 +64,12 @@ impl Sleep {
     }
 
     fn unregister(&mut self) {
-        if let State::Runtime(worker, key) = &self.state {
-            lock(&worker.timers).remove(key);
+        match &self.state {
+            State::Runtime(worker, key) => {
+                lock(&worker.timers).remove(key);
+            }
+            State::Sim(id) => super::sim_hook::cancel(*id),
+            _ => {}
         }
     }
 }
@@ -80,7 +88,7 @@ impl Future for Sleep {
         if matches!(this.state, State::Done) {
             return Poll::Ready(());
         }
-        if Instant::now() >= this.at {
+        if super::now() >= this.at {
             this.unregister();
             this.state = State::Done;
             return Poll::Ready(());
@@ -104,6 +112,17 @@ impl Future for Sleep {
                     None => {
                         timers.insert(*key, cx.waker().clone());
                     }
+                }
+            }
+            State::Sim(id) => {
+                // Re-registered so that the waker is the current one.
+                if let Some(id2) = super::sim_hook::register(this.at, Some(*id), cx) {
+                    *id = id2;
+                }
+            }
+            State::Idle if super::sim_hook::active() => {
+                if let Some(id) = super::sim_hook::register(this.at, None, cx) {
+                    this.state = State::Sim(id);
                 }
             }
             State::Idle => match Worker::current() {
@@ -161,7 +180,7 @@ impl futures_lite::Stream for Interval {
         let this = &mut *self;
         match Pin::new(&mut this.sleep).poll(cx) {
             Poll::Ready(()) => {
-                let next = (this.sleep.deadline() + this.period).max(Instant::now());
+                let next = (this.sleep.deadline() + this.period).max(super::now());
                 this.sleep.reset(next);
                 Poll::Ready(Some(()))
             }

@@ -15,7 +15,11 @@
 //! Signal pushes for this connection arrive as effects of its own requests
 //! (a connection signalling itself) or through the mailbox; either way they
 //! are encoded into the same output buffer as replies, in core order, so a
-//! line is never split. A blocked connection still wakes for them. After
+//! line is never split. Core order holds because the handler, holding the
+//! engine's lock, first takes what its mailbox holds (delivered by earlier
+//! inputs of other connections) and only then applies its own inputs, whose
+//! effects come after (protocol §9.3: per subscriber, pushes in the order
+//! the signals were processed). A blocked connection still wakes for them. After
 //! each write the number of pushes it carried is reported to the engine
 //! ([`Input::PushesWritten`]), which bounds the pushes a connection may
 //! have unwritten (Decision D13).
@@ -59,7 +63,7 @@ use crate::engine::{Engine, Input, Outcome, Transport};
 use crate::logging::{self, Cause};
 use crate::rt;
 use crate::sync::Arc;
-use crate::wire::{decode_request, encode_push, encode_reply, Decoded};
+use crate::wire::{decode_request, encode_push, encode_reply, Decoded, Reply};
 
 /// Bytes read ahead behind a blocked request before reading pauses.
 pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
@@ -107,7 +111,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mailbox = Arc::new(Mailbox::new());
     let id = engine.connect(Transport::Tcp, Some(mailbox.clone()));
-    let opened = Instant::now();
+    let opened = rt::now();
     let peer = Peer(peer);
     log::debug!(conn = id.0, peer:% = peer; "connection opened");
     let mut handler = Handler::new(engine, timeouts, stream, id, mailbox, peer);
@@ -241,6 +245,9 @@ pub(crate) struct Handler<'e, S> {
     answered: bool,
     /// Signal pushes in `wbuf`, reported to the engine once written (D13).
     pushes: usize,
+    /// The server aborted the connection (found while taking the mailbox
+    /// under the engine's lock): how it ended.
+    aborted: Option<&'static str>,
     /// A `stats` request heads `pending`, to be answered in slices.
     stats_due: bool,
 }
@@ -269,10 +276,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             closing: None,
             noticed: None,
             more_work: false,
-            deadline: Instant::now() + timeouts.read,
+            deadline: rt::now() + timeouts.read,
             partial: false,
             answered: false,
             pushes: 0,
+            aborted: None,
             stats_due: false,
         }
     }
@@ -285,6 +293,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             self.decode_and_apply();
             if self.stats_due {
                 self.stats().await;
+            }
+            if let Some(end) = self.aborted {
+                return end;
             }
 
             // 2. Write everything answered so far.
@@ -303,7 +314,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             // request, and one period for a partial request from when it was
             // first seen (not extended by further bytes: slowloris guard).
             if std::mem::take(&mut self.answered) || (!self.rbuf.is_empty() && !self.partial) {
-                self.deadline = Instant::now() + self.timeouts.read;
+                self.deadline = rt::now() + self.timeouts.read;
             }
             self.partial = !self.blocked && !self.rbuf.is_empty();
 
@@ -327,7 +338,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
                         return end;
                     }
                 }
-                Wake::Deadline if Instant::now() < self.deadline => {
+                Wake::Deadline if rt::now() < self.deadline => {
                     // The timer was armed for an earlier deadline.
                     timer.reset(self.deadline);
                 }
@@ -378,6 +389,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             }
             {
                 let mut door = self.engine.door();
+                if !self.take_mail_held() {
+                    break;
+                }
                 while let Some(input) = self.pending.pop_front() {
                     if is_stats(&input) {
                         // Built in slices with the lock released between
@@ -423,14 +437,27 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
     }
 
     /// Answers the `stats` request at the head of `pending` (see
-    /// `decode_and_apply`).
+    /// `decode_and_apply`): its gate under the engine's lock, after taking
+    /// the mailbox as any input does (core order), then the listing in
+    /// slices.
     async fn stats(&mut self) {
         self.stats_due = false;
-        if self.pending.pop_front().is_none() {
-            return;
+        let (passed, outcome) = {
+            let mut door = self.engine.door();
+            if !self.take_mail_held() || self.pending.pop_front().is_none() {
+                // Still at the head of `pending`: the loop writes what was
+                // taken and comes back.
+                return;
+            }
+            door.stats_gate(self.id, &mut self.effects)
+        };
+        if passed {
+            let json = self.engine.stats_json().await;
+            self.effects.push(Effect::Reply {
+                conn: self.id,
+                reply: Reply::Stats(json),
+            });
         }
-        let (effects, outcome) = self.engine.stats_reply(self.id).await;
-        self.effects.extend(effects);
         self.outcome(outcome);
         self.encode_own();
     }
@@ -521,17 +548,45 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         None
     }
 
+    /// With the engine's lock held: takes what the mailbox holds, all of
+    /// it delivered by inputs applied before the one this connection is
+    /// about to apply, so that its lines go out in core order. Returns
+    /// whether the connection may apply inputs now: not after a close or an
+    /// abort, nor while deliveries are left over a full write buffer (the
+    /// caller writes first and comes back: `more_work`).
+    fn take_mail_held(&mut self) -> bool {
+        let Some(first) = self.mailbox.try_recv() else {
+            return true;
+        };
+        if let Some(end) = self.take_mail(first) {
+            self.aborted = Some(end);
+            return false;
+        }
+        if self.closing.is_some() {
+            return false;
+        }
+        if self.mailbox.has_mail() {
+            self.more_work = true;
+            return false;
+        }
+        true
+    }
+
     /// The read deadline passed: the engine decides. Returns whether the
-    /// connection stays (a fresh period starts).
+    /// connection stays (a fresh period starts). Does nothing (returns
+    /// `false`) when the mailbox held something to write or act on first:
+    /// the loop does that and the deadline, still passed, fires again.
     fn read_deadline(&mut self) -> bool {
         let partial = !self.rbuf.is_empty();
-        let outcome =
-            self.engine
-                .door()
-                .apply(self.id, Input::ReadDeadline { partial }, &mut self.effects);
+        let mut door = self.engine.door();
+        if !self.take_mail_held() {
+            return false;
+        }
+        let outcome = door.apply(self.id, Input::ReadDeadline { partial }, &mut self.effects);
+        drop(door);
         if !outcome.closed && !outcome.gone {
             self.effects.clear();
-            self.deadline = Instant::now() + self.timeouts.read;
+            self.deadline = rt::now() + self.timeouts.read;
             return true;
         }
         if partial {
@@ -569,7 +624,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
                     encode_push(channel.as_bytes(), &payload, &mut self.wbuf);
                     self.pushes += 1;
                 }
-                Effect::Close { reason, .. } => self.closing_for(reason),
+                Effect::Close { reason, .. } => {
+                    if crate::planted::is(crate::planted::Bug::ReplyDroppedOnClose) {
+                        self.wbuf.clear();
+                    }
+                    self.closing_for(reason)
+                }
             }
         }
         // Back, empty, to keep its allocation.
@@ -646,7 +706,7 @@ async fn write<S: AsyncWrite + Unpin>(
     let mut write = std::pin::pin!(async {
         stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok()
     });
-    let mut timer = timeout.map(|t| rt::Sleep::until(Instant::now() + t));
+    let mut timer = timeout.map(|t| rt::Sleep::until(rt::now() + t));
     let mut close_seen = false;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(ok) = write.as_mut().poll(cx) {

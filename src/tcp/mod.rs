@@ -8,6 +8,8 @@
 //! protocol outcome; it imports the engine and `net`, never the HTTP front.
 
 pub mod conn;
+#[cfg(test)]
+mod conn_tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;

@@ -114,9 +114,12 @@ fn slow_consumer_is_evicted_and_not_counted() {
 /// hold and does not read, so its connection is stuck writing; the small
 /// pushes sent meanwhile wait in its mailbox until its queue is full and it
 /// is evicted, so the mailbox holds them and the close in one burst. Once
-/// it reads again it receives every push counted for it (each `ok 1`),
-/// then the end of the stream. (Before, a close taken from the mailbox in
-/// the same burst as pushes ended the connection with them unwritten.)
+/// it reads again it receives every push counted for it (each `ok 1`), in
+/// order, and the answers to the `stats` requests the core took before the
+/// eviction (the first at least; none after it, as nothing follows a
+/// close: the handler takes its mailbox before applying a request), then
+/// the end of the stream. (Before, a close taken from the mailbox in the
+/// same burst as pushes ended the connection with them unwritten.)
 #[test]
 fn an_evicted_subscriber_gets_everything_sent_before_its_close() {
     let server = Server::start(|cfg| cfg.write_timeout_s = 60);
@@ -154,8 +157,7 @@ fn an_evicted_subscriber_gets_everything_sent_before_its_close() {
     }
     assert!(evicted, "never evicted after {delivered} deliveries");
     let (mut pushes, mut answers) = (0, 0);
-    while pushes + answers < delivered + stats {
-        let line = slow.recv_line();
+    while let Some(line) = slow.recv_line_or_eof() {
         if line.starts_with("ok {") {
             answers += 1;
         } else {
@@ -163,8 +165,8 @@ fn an_evicted_subscriber_gets_everything_sent_before_its_close() {
             pushes += 1;
         }
     }
-    assert_eq!((pushes, answers), (delivered, stats));
-    slow.expect_eof();
+    assert_eq!(pushes, delivered);
+    assert!((1..=stats).contains(&answers), "{answers} stats answered");
 }
 
 pub(crate) fn small_buffer_client(addr: SocketAddr) -> Client {

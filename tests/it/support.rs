@@ -323,6 +323,17 @@ impl Client {
         Ok(Some(String::from_utf8(buf).expect("replies are UTF-8")))
     }
 
+    /// Reads one line, or `None` when the server closed the connection
+    /// (EOF, or a reset when it closed with our bytes unread).
+    #[track_caller]
+    pub fn recv_line_or_eof(&mut self) -> Option<String> {
+        match self.read_line() {
+            Ok(line) => line,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("no line and no close within {IO_TIMEOUT:?}: {e}"),
+        }
+    }
+
     /// Waits up to `wait` for a reply line; `None` if none arrived.
     #[track_caller]
     pub fn try_recv_line(&mut self, wait: Duration) -> Option<String> {

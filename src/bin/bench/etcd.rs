@@ -7,9 +7,10 @@
 //! `--shared-key` makes every worker contend on one name, so the rate is
 //! the hand-off rate. etcd's JSON fields are base64 bytes.
 
-use super::{
-    show_response, BenchError, Config, Failures, Gate, HttpClient, Transport, WorkerOutcome,
-};
+use crate::args::Config;
+use crate::http::{show_response, HttpClient};
+use crate::line::{BenchError, Transport};
+use crate::lock_loop::{Failures, Gate, WorkerOutcome};
 use std::time::Instant;
 
 /// Lease of each worker's session with etcd, seconds (renewed by nobody:
@@ -50,7 +51,7 @@ pub(super) async fn etcd_worker<T: Transport>(
         for _ in 0..phase_ops {
             let t0 = Instant::now();
             match etcd_lock_op(&mut http, lock_body.as_bytes()).await? {
-                Ok(()) => latencies_ns.push(super::elapsed_ns(t0, Instant::now())),
+                Ok(()) => latencies_ns.push(crate::lock_loop::elapsed_ns(t0, Instant::now())),
                 Err(what) => failures.add(what),
             }
         }

@@ -51,7 +51,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{parse_response, percentile, push_http_post, say};
+use crate::http::{parse_response, push_http_post};
+use crate::report::{percentile, say};
 
 /// Growth allowed between the smallest and the largest size.
 const MAX_GROWTH: f64 = 3.0;

@@ -2,7 +2,7 @@
 //! holdings, queues as ordered sets, the idle index, and `verify` catching
 //! each kind of corruption by name. They sit inside `state` so that they can
 //! look at (and break) the private structures; behaviour seen through
-//! replies is tested in `core/tests.rs` and against the model.
+//! replies is tested in `core/tests/` (one file per topic) and against the model.
 
 use super::*;
 

@@ -1,0 +1,72 @@
+//! Driver bugs planted on purpose, so that the simulator (`src/sim`) can
+//! show it catches them, as the model's broken variants (`Bug` in
+//! `dflockd-model`) show the properties can fail. Each is one line at its
+//! site, guarded by [`is`], which is a constant `false` unless the crate is
+//! built with the `sim` feature, and even then `false` until a test or
+//! `dflockd-sim --bug NAME` sets one on its thread.
+
+/// The bugs that can be planted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bug {
+    #[default]
+    None,
+    /// A mailbox push does not wake its connection's task: a grant handed
+    /// over by another connection's release waits for some other wake-up.
+    LostWakeup,
+    /// A connection the core closes drops the replies buffered before the
+    /// close instead of writing them (`Effect::Close`'s promise broken).
+    ReplyDroppedOnClose,
+    /// The engine does not wake its timer task when the next deadline
+    /// moves earlier: a lease expiry or a waiter's timeout fires late, or
+    /// never.
+    DeadlineNotRearmed,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 3] = [
+        Bug::LostWakeup,
+        Bug::ReplyDroppedOnClose,
+        Bug::DeadlineNotRearmed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::None => "none",
+            Bug::LostWakeup => "lost-wakeup",
+            Bug::ReplyDroppedOnClose => "reply-dropped-on-close",
+            Bug::DeadlineNotRearmed => "deadline-not-rearmed",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Bug> {
+        [Bug::None]
+            .into_iter()
+            .chain(Bug::ALL)
+            .find(|b| b.name() == s)
+    }
+}
+
+#[cfg(feature = "sim")]
+thread_local! {
+    static PLANTED: std::cell::Cell<Bug> = const { std::cell::Cell::new(Bug::None) };
+}
+
+/// Plants `bug` on this thread (`Bug::None` removes it).
+#[cfg(feature = "sim")]
+pub fn set(bug: Bug) {
+    PLANTED.with(|p| p.set(bug));
+}
+
+/// Whether `bug` is planted on this thread.
+#[inline]
+pub fn is(bug: Bug) -> bool {
+    #[cfg(feature = "sim")]
+    {
+        PLANTED.with(|p| p.get() == bug)
+    }
+    #[cfg(not(feature = "sim"))]
+    {
+        let _ = bug;
+        false
+    }
+}

@@ -150,7 +150,7 @@ pub(super) async fn stats(front: &Front, query: Option<&str>) -> Resp {
     };
     let engine = &front.engine;
     let Some(q) = q else {
-        let json = engine.stats_json().await;
+        let json = engine.stats_listing().await;
         return raw_resp(
             StatusCode::OK,
             "application/json",

@@ -407,6 +407,12 @@ fn the_admin_routes_are_off_without_an_admin_token() {
         r.header("x-dflockd-leader"),
         Some(cluster.configs[leader].listen.as_str())
     );
+    // `GET /v1/stats` lists the replicated state, with `cluster` last.
+    let mut c = Client::connect(cluster.addr(leader));
+    grant(&c.req("l", "seen-over-http", "5 60"));
+    let r = crate::http_client::get(http, "/v1/stats");
+    assert!(r.body.contains("\"key\":\"seen-over-http\""), "{}", r.body);
+    assert!(r.body.contains(",\"cluster\":{"), "{}", r.body);
     // The dashboard's view: three members, the leader named, this
     // member's own indexes only.
     let a = crate::http_client::get(http, "/v1/activity").json();

@@ -23,9 +23,13 @@
 //! 8. `differential` (feature `differential`): the model-versus-core
 //!    comparator used by the proptest and the fuzzer.
 //! 9. [`sync`]: the std/loom facade for the server's own concurrency.
+//! 10. [`cluster`]: cluster mode (spec/cluster.md): Raft storage in
+//!     `--raft-dir`, the member transport, the replica driver, and the
+//!     engine's inputs as the replicated log.
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conformance;
 pub mod core;

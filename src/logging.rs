@@ -212,6 +212,13 @@ pub enum Cause {
     FencePersist,
     /// `accept` failed on a listener (out of file descriptors, usually).
     Accept,
+    /// A warning or error of the Raft library (cluster mode).
+    RaftLibrary,
+    /// A connection to the Raft port that failed its handshake or sent
+    /// something a member would not send (cluster mode).
+    RaftPeerRefused,
+    /// A member that could not be reached or dropped its connection.
+    RaftPeerUnreachable,
 }
 
 /// At most one line per (cause, peer) per window.

@@ -672,3 +672,98 @@ fn dflockd_top_without_a_terminal_prints_plain_text_once() {
     assert_eq!(out.status.code(), Some(64));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a cluster member the dashboard's Cluster panel lists the three
+/// members with their roles and names the leader.
+#[test]
+fn on_a_cluster_member_the_dashboard_shows_the_members_and_the_leader() {
+    let Some(bin) = tool(
+        &["chromium", "chromium-browser", "google-chrome"],
+        "DFLOCKD_CHROMIUM",
+        "Chromium",
+    ) else {
+        return;
+    };
+    use dflockd::cluster::Peer;
+    use dflockd::config::{ClusterConfig, ClusterSettings};
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let dir = tempdir("cluster");
+    let peers: Vec<Peer> = (1..=3)
+        .map(|id| Peer {
+            id,
+            raft_addr: format!("127.0.0.1:{}", free()),
+            client_addr: format!("127.0.0.1:{}", free()),
+        })
+        .collect();
+    let members: Vec<ServerHandle> = peers
+        .iter()
+        .map(|p| {
+            spawn(ServerConfig {
+                listen: p.client_addr.clone(),
+                threads: 1,
+                http: Some(HttpSettings::default()),
+                cluster: Some(ClusterSettings {
+                    member: ClusterConfig {
+                        raft_dir: dir.join(p.id.to_string()),
+                        node_id: p.id,
+                        raft_addr: p.raft_addr.clone(),
+                        peers: peers.clone(),
+                        advertise_addr: None,
+                        raft_auth_token: Some("a-member-token-of-at-least-32-bytes!".into()),
+                        raft_tls: None,
+                        admin_token: None,
+                        join: false,
+                    },
+                    orphan_ttl_ms: 60_000,
+                    tick_ms: 20,
+                }),
+                ..ServerConfig::default()
+            })
+            .expect("member starts")
+        })
+        .collect();
+    // Wait (bounded) until a leader serves, then look at a follower's page.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let found = members.iter().position(|m| {
+            let mut s = TcpStream::connect(m.local_addr()).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            s.write_all(b"barrier\n_\n\n").expect("write");
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).is_ok() && line.trim() == "ok"
+        });
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let follower = (leader + 1) % 3;
+    let http = members[follower].http_addr().expect("HTTP");
+    let dom = String::from_utf8(chromium(&bin, &format!("http://{http}/ui"), "--dump-dom").stdout)
+        .expect("UTF-8");
+    let text = element(&dom, r#"<p id="cluster-text">"#, "</p>");
+    assert!(
+        text.contains(&format!("Leader: {}", peers[leader].client_addr)),
+        "{text}"
+    );
+    let table = element(&dom, r#"<table id="cluster-table""#, "</table>");
+    assert_eq!(
+        table.matches("<tr>").count(),
+        4,
+        "a header and three members: {table}"
+    );
+    assert!(table.contains("<td>leader</td>"), "{table}");
+    assert!(table.contains("<td>follower</td>"), "{table}");
+    assert!(table.contains("(this member)"), "{table}");
+    drop(members);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -664,7 +664,13 @@ fn path_with_dflockd() -> String {
 fn cli_blocks() -> Vec<String> {
     fenced_blocks()
         .into_iter()
-        .filter(|(info, text)| info == "sh" && text.contains("dflockd ") && !text.contains("curl "))
+        .filter(|(info, text)| {
+            info == "sh"
+                && text.contains("dflockd ")
+                && !text.contains("curl ")
+                // The cluster runs in `readme_cluster_example_runs_as_written`.
+                && !text.contains("--raft-dir")
+        })
         .filter(|(_, text)| {
             text.lines().any(|l| {
                 l.trim_start().starts_with("dflockd ")
@@ -968,4 +974,61 @@ fn readme_production_example_starts() {
         "the fence state file was written"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// "Run a 3-member cluster on one machine": the block runs in bash as
+/// written, with `dflockd` first on PATH and its six ports moved to free
+/// ones (`700N` and `710N` become `{a}N` and `{b}N`). It starts three
+/// members (stopped by PID, by the block itself or, if it fails, here),
+/// takes a lock through the leader, kills the leader with `kill -9`, takes
+/// the lock through the next one, and prints what its comments promise.
+#[test]
+fn readme_cluster_example_runs_as_written() {
+    let block = fenced_blocks()
+        .into_iter()
+        .find(|(info, text)| info == "sh" && text.contains("--raft-dir"))
+        .map(|(_, text)| text)
+        .expect("the README's cluster example");
+    // Two prefixes whose ports 1-3 are free now, below the ephemeral range.
+    let free = |p: u32| {
+        (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", (p * 10 + i) as u16)).is_ok())
+    };
+    let mut prefixes = (2000 + std::process::id() % 1000..3200).filter(|&p| free(p));
+    let a = prefixes.next().expect("free ports");
+    let b = prefixes.next().expect("free ports");
+    let script = block
+        .replace("700", &a.to_string())
+        .replace("710", &b.to_string());
+    // Whatever the block leaves running if it fails midway is stopped by
+    // PID: the members' PIDs are printed to a file as they start.
+    let pids = std::env::temp_dir().join(format!("dflockd-readme-cluster-{}", std::process::id()));
+    let traced = script.replace(
+        "    pids[$i]=$!\n",
+        &format!("    pids[$i]=$!; echo $! >>{}\n", pids.display()),
+    );
+    assert_ne!(traced, script, "the block records each member's PID");
+    let out = run_bash(&format!("set -e\n{traced}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if let Ok(text) = std::fs::read_to_string(&pids) {
+        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill(2) on a PID the block started; after a clean
+            // run it is gone and this is a harmless ESRCH.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&pids);
+    assert!(
+        out.status.success(),
+        "README cluster block failed ({}):\n{script}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for promised in block.lines().filter_map(|l| l.strip_prefix("# ")) {
+        assert!(
+            stdout.lines().any(|l| l == promised),
+            "README promises the line {promised:?}; the block printed:\n{stdout}"
+        );
+    }
 }

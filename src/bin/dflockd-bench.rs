@@ -12,6 +12,8 @@
 //! * `--http ADDR`: the same loop over the HTTP REST front (spec/http.md), one session and one
 //!   keep-alive HTTP/1.1 connection per worker, through a minimal hand-written client
 //!   (`Content-Length` bodies only). Non-2xx answers and acquire timeouts are counted, not fatal.
+//! * `--etcd ADDR`: the same loop against etcd's lock API (the cluster-mode baseline,
+//!   `bench/etcd.rs`), over the same HTTP client.
 //! * `--client`: the same loop through this crate's client library, `dflockd::client`
 //!   (`--client-api connection` or `lock`), so the library's overhead over the hand-written
 //!   loop is visible.
@@ -45,6 +47,8 @@ use std::time::Instant;
 mod args;
 #[path = "bench/client.rs"]
 mod client;
+#[path = "bench/etcd.rs"]
+mod etcd;
 #[path = "bench/fanout.rs"]
 mod fanout;
 #[path = "bench/http.rs"]
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
                 .flat_map(|o| o.latencies_ns.iter().map(|&ns| ns as f64 / 1e6))
                 .collect();
             say(&report(&cfg, &summarize(ms), wall_s));
-            if matches!(driver, Driver::Http { .. }) {
+            if matches!(driver, Driver::Http { .. } | Driver::Etcd { .. }) {
                 let mut failures = Failures::default();
                 for outcome in outcomes {
                     failures.merge(outcome.failures);

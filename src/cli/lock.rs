@@ -9,6 +9,10 @@
 //! ended it). Signals sent to `dflockd lock` (HUP, INT, QUIT, TERM, USR1,
 //! USR2, WINCH) are passed on to the command.
 //!
+//! With `--cluster`, the `--addr` servers are the members of one cluster
+//! (spec/cluster.md §7): the lock is taken from the leader, and renewals
+//! reclaim it from the next leader after a failover.
+//!
 //! When the lock cannot be had within `--timeout`, it exits 75
 //! (`EX_TEMPFAIL`) without running the command. When the lock is lost
 //! while the command runs (a renewal fails: the lease ran out, someone
@@ -58,6 +62,11 @@ struct Args {
     /// (default 127.0.0.1:6388)
     #[argh(option)]
     addr: Vec<String>,
+    /// the --addr servers are the members of one cluster, not shards:
+    /// ask its leader, and reclaim the lock from the next leader after a
+    /// failover
+    #[argh(switch)]
+    cluster: bool,
     /// connect over TLS (needs --tls-ca)
     #[argh(switch)]
     tls: bool,
@@ -153,7 +162,11 @@ fn run(command: &str, args: &Args, program: &[OsString]) -> Result<u8, Failure> 
         path(&args.auth_token_file),
     )
     .map_err(usage)?;
-    let mut client = endpoint.client();
+    let mut client = if args.cluster {
+        endpoint.cluster_client()
+    } else {
+        endpoint.client()
+    };
     if let Some(lease) = args.lease {
         client = client.with_lease(Duration::from_secs(lease));
     }

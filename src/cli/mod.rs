@@ -184,7 +184,16 @@ impl Endpoint {
 
     /// A client for these servers, with TLS and the token when set.
     pub fn client(&self) -> crate::client::Client {
-        let mut c = crate::client::Client::new(self.servers.iter().cloned());
+        self.configure(crate::client::Client::new(self.servers.iter().cloned()))
+    }
+
+    /// A client for the members of one cluster (`Client::cluster`): it
+    /// follows the leader and reclaims its holdings after a failover.
+    pub fn cluster_client(&self) -> crate::client::Client {
+        self.configure(crate::client::Client::cluster(self.servers.iter().cloned()))
+    }
+
+    fn configure(&self, mut c: crate::client::Client) -> crate::client::Client {
         if let Some(tls) = &self.tls {
             c = c.with_tls_options(tls.clone());
         }

@@ -37,6 +37,20 @@ impl Client {
         Client(super::Client::new(servers))
     }
 
+    /// See [`super::Client::cluster`].
+    pub fn cluster<I, S>(members: I) -> Client
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Client(super::Client::cluster(members))
+    }
+
+    /// See [`super::Client::with_failover_timeout`].
+    pub fn with_failover_timeout(self, timeout: Duration) -> Client {
+        Client(self.0.with_failover_timeout(timeout))
+    }
+
     /// See [`super::Client::with_auth_token`].
     pub fn with_auth_token(self, token: impl Into<String>) -> Client {
         Client(self.0.with_auth_token(token))

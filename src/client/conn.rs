@@ -239,6 +239,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
+    /// Closes the stream in place (errors ignored): the connection is then
+    /// unusable. For replacing a connection behind a shared reference.
+    pub(super) async fn shutdown(&mut self) {
+        let _ = self.stream.close().await;
+        self.in_flight = true;
+    }
+
     /// `auth`: authenticates with `token`. Must be the first request on a
     /// server with `--auth-token`. Anything but `ok` is [`Error::Auth`]
     /// (except `error_draining`, which is [`Error::Draining`]).
@@ -261,6 +268,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// `ping`: answers `ok`.
     pub async fn ping(&mut self) -> Result<()> {
         let reply = self.request(&Request::Ping).await?;
+        expect_ok(reply)
+    }
+
+    /// `stable-ref`: tags this connection's session with `reference` (1 to
+    /// 64 printable ASCII characters) on a cluster member. Once per
+    /// connection, before anything is held or queued. If the leader keeps
+    /// an orphaned session with the same reference (its connection was
+    /// lost in a failover), this connection takes it over, holdings and
+    /// tokens included (spec/cluster.md §5); renew a token to learn
+    /// whether it came back. A follower answers [`Error::NotLeader`]; a
+    /// single node, and a leader where a connected session already carries
+    /// the reference, answer [`Error::Server`].
+    pub async fn stable_ref(&mut self, reference: &str) -> Result<()> {
+        let ok = !reference.is_empty()
+            && reference.len() <= 64
+            && reference.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "stable reference {reference:?}: must be 1 to 64 printable ASCII characters"
+            )));
+        }
+        let reply = self
+            .request(&Request::StableRef {
+                reference: reference.as_bytes().into(),
+            })
+            .await?;
+        expect_ok(reply)
+    }
+
+    /// `barrier`: on a cluster leader, answers once everything acknowledged
+    /// before it is applied on this member (a linearizable no-op). A
+    /// follower answers [`Error::NotLeader`], a single node [`Error::Server`].
+    pub async fn barrier(&mut self) -> Result<()> {
+        let reply = self.request(&Request::Barrier).await?;
         expect_ok(reply)
     }
 

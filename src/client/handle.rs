@@ -18,10 +18,37 @@
 //! A member of a cluster that is not the leader answers an acquire or an
 //! enqueue with `error_not_leader [ADDR]`. The handle then closes its
 //! connection and asks again: at `ADDR` when the member named the leader,
-//! else at the next server of the list (in cluster mode the list holds
-//! the members, not shards). It makes at most [`MAX_REDIRECTS`] such hops
-//! per call, without pausing, then returns [`Error::NotLeader`]; the
-//! leader it found is kept for the handle's next acquire.
+//! else at the next server of the list. It makes at most [`MAX_REDIRECTS`]
+//! such hops per call, without pausing, then returns [`Error::NotLeader`];
+//! the leader it found is kept for the handle's next acquire.
+//!
+//! A client made with [`Client::cluster`] knows that its list holds the
+//! members of one cluster (spec/cluster.md §7), not shards, and survives a
+//! change of leader:
+//! * every connection is tagged with a fresh `stable-ref` right after
+//!   `auth` (the client's random id and a counter), which also finds the
+//!   leader: a member that refuses it is left for the member it names,
+//!   one that cannot be reached or names nobody for the next of the list,
+//!   with a short pause after each miss (25 ms doubling to 500 ms) until
+//!   the client's failover time ([`Client::with_failover_timeout`], 10 s)
+//!   runs out. The member found is remembered for the client's next
+//!   connection.
+//! * when a renewal (background or [`Lock::renew`]) or a release finds
+//!   the connection gone or its member no longer leading, the handle
+//!   *reclaims*: it dials the leader again, presents the same reference
+//!   (taking over the orphaned session that kept its holding, §5) and
+//!   repeats the request with the same token. A holding that did not come
+//!   back (its orphan was released after `--orphan-ttl`, or the leader saw
+//!   the connection close and released it) answers `error` to the renewal:
+//!   the handle is lost and [`Lock::lost`] fires, as it does when no leader
+//!   answers before the lease would end.
+//! * a background renewal that gets no answer within half the lease left
+//!   counts as a lost connection, so that a frozen leader leaves time to
+//!   reclaim from the next one.
+//! * an acquire whose connection fails after the request was sent returns
+//!   the error: the grant may have been committed, and it stays with the
+//!   orphan (released with its lease or the orphan) rather than being
+//!   asked for twice.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,7 +80,32 @@ pub struct Client {
     renew_ratio: f64,
     jitter: f64,
     tls: Option<TlsOptions>,
+    /// Set by [`Client::cluster`]: the list holds the members of one cluster.
+    cluster: Option<Arc<Members>>,
+    failover: Duration,
 }
+
+/// What the handles of one cluster client share: the member that last
+/// served as leader, and where stable references come from.
+#[derive(Debug)]
+struct Members {
+    leader: std::sync::Mutex<Option<String>>,
+    /// Random per client, so two clients never draw the same reference.
+    id: u64,
+    next_ref: std::sync::atomic::AtomicU64,
+}
+
+/// How long a cluster client keeps looking for a leader (for one
+/// connection, or one reclaim) unless told otherwise.
+pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pauses between misses while a cluster client looks for a leader.
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// How long one member gets to accept a connection and answer its
+/// `stable-ref`: a frozen member must not hold up the search.
+const MEMBER_ATTEMPT: Duration = Duration::from_secs(2);
 
 impl Client {
     /// A client for the given servers (`host:port` each). Keys are sharded
@@ -75,6 +127,132 @@ impl Client {
             renew_ratio: 0.5,
             jitter: 0.1,
             tls: None,
+            cluster: None,
+            failover: FAILOVER_TIMEOUT,
+        }
+    }
+
+    /// A client for the members of one cluster (`host:port` of each
+    /// member's client port). Every key goes to the leader, whichever
+    /// member that is; see the [module docs](self) for how it finds the
+    /// leader, tags its connections with `stable-ref` and reclaims a
+    /// holding after a failover.
+    ///
+    /// # Panics
+    /// If the list is empty.
+    pub fn cluster<I, S>(members: I) -> Client
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut client = Client::new(members);
+        let mut b = [0u8; 8];
+        // A client whose id cannot be drawn still works: references then
+        // differ by the process id and the time.
+        let id = match getrandom::fill(&mut b) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                t ^ (u64::from(std::process::id()) << 32)
+            }
+        };
+        client.cluster = Some(Arc::new(Members {
+            leader: std::sync::Mutex::new(None),
+            id,
+            next_ref: std::sync::atomic::AtomicU64::new(0),
+        }));
+        client
+    }
+
+    /// How long a cluster client looks for a leader before it gives up on
+    /// one connection or one reclaim (default [`FAILOVER_TIMEOUT`]). No
+    /// effect on a client made with [`Client::new`].
+    pub fn with_failover_timeout(mut self, timeout: Duration) -> Client {
+        self.failover = timeout;
+        self
+    }
+
+    /// Whether the client was made with [`Client::cluster`].
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The member this cluster client last found leading, if any.
+    pub fn leader_hint(&self) -> Option<String> {
+        let m = self.cluster.as_ref()?;
+        m.leader.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_leader_hint(&self, addr: Option<&str>) {
+        if let Some(m) = &self.cluster {
+            *m.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr.map(str::to_owned);
+        }
+    }
+
+    /// A fresh stable reference, unique to this client and connection.
+    fn fresh_reference(&self) -> Option<String> {
+        let m = self.cluster.as_ref()?;
+        let n = m.next_ref.fetch_add(1, Ordering::Relaxed);
+        Some(format!("dflockd-{:016x}-{n}", m.id))
+    }
+
+    /// A connection to the cluster's leader, tagged with `reference`
+    /// (which takes over an orphan carrying it), found before `deadline`
+    /// as the [module docs](self) say.
+    pub async fn connect_leader(&self, reference: &str, deadline: Instant) -> Result<Connection> {
+        let servers = &self.servers;
+        let mut candidate = self.leader_hint().unwrap_or_else(|| servers[0].clone());
+        let mut pause = FIRST_PAUSE;
+        let mut hops = 0;
+        loop {
+            let attempt_end = deadline.min(Instant::now() + MEMBER_ATTEMPT);
+            let attempt = async {
+                let mut c = self.connect_to(&candidate).await?;
+                c.stable_ref(reference).await?;
+                Ok(c)
+            };
+            let timeout = async {
+                smol::Timer::at(attempt_end).await;
+                Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{candidate} did not answer in time"),
+                )))
+            };
+            let err = match attempt.or(timeout).await {
+                Ok(c) => {
+                    self.set_leader_hint(Some(&candidate));
+                    return Ok(c);
+                }
+                Err(e) => e,
+            };
+            let next = match &err {
+                // Followed at once, unless it names itself (a new leader
+                // that does not serve yet) or the hops go round in circles.
+                Error::NotLeader(Some(addr)) if *addr != candidate && hops < servers.len() => {
+                    hops += 1;
+                    candidate = addr.clone();
+                    continue;
+                }
+                Error::NotLeader(Some(addr)) => addr.clone(),
+                // Unreachable, frozen, without a leader, or still keeping a
+                // live session under this reference: the next member.
+                Error::NotLeader(None) | Error::Io(_) | Error::Server => {
+                    let at = servers.iter().position(|s| *s == candidate);
+                    servers[at.map_or(0, |i| (i + 1) % servers.len())].clone()
+                }
+                _ => return Err(err),
+            };
+            hops = 0;
+            self.set_leader_hint(None);
+            if Instant::now() + pause >= deadline {
+                return Err(err);
+            }
+            smol::Timer::after(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+            candidate = next;
         }
     }
 
@@ -217,6 +395,8 @@ struct Handle {
     /// Where to dial instead of the key's shard: the leader (or the next
     /// member) an `error_not_leader` pointed to.
     redirected: Option<String>,
+    /// In a cluster: the stable reference of the current connection.
+    reference: Option<String>,
 }
 
 impl Handle {
@@ -230,6 +410,7 @@ impl Handle {
             held: None,
             lost: Arc::new(LostFlag::default()),
             redirected: None,
+            reference: None,
         }
     }
 
@@ -245,6 +426,11 @@ impl Handle {
     /// the current one in the list.
     fn redirect(&mut self, leader: Option<String>) {
         self.reset();
+        if self.client.is_cluster() {
+            // The next connection looks for the leader itself.
+            self.client.set_leader_hint(leader.as_deref());
+            return;
+        }
         let next = leader.unwrap_or_else(|| {
             let servers = &self.client.servers;
             let at = servers
@@ -260,7 +446,16 @@ impl Handle {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let c = Arc::new(Mutex::new(self.client.connect_to(self.server()).await?));
+        let conn = match self.client.fresh_reference() {
+            Some(reference) => {
+                let deadline = Instant::now() + self.client.failover;
+                let conn = self.client.connect_leader(&reference, deadline).await?;
+                self.reference = Some(reference);
+                conn
+            }
+            None => self.client.connect_to(self.server()).await?,
+        };
+        let c = Arc::new(Mutex::new(conn));
         self.conn = Some(c.clone());
         Ok(c)
     }
@@ -279,6 +474,7 @@ impl Handle {
     fn reset(&mut self) {
         self.held = None;
         self.conn = None;
+        self.reference = None;
     }
 
     async fn acquire(&mut self, timeout: Duration) -> Result<Token> {
@@ -357,12 +553,18 @@ impl Handle {
         let mut guard = conn.lock().await;
         let held = self.held.take().expect("checked above");
         drop(held.renewer);
-        let res = guard
-            .release_in(self.space, &self.key, held.grant.token)
-            .await;
+        let deadline = Instant::now() + self.client.failover;
+        let res = on_session(
+            &mut guard,
+            &self.client,
+            self.reference.as_deref(),
+            deadline,
+            Call::Release(self.space, &self.key, held.grant.token),
+        )
+        .await;
         drop(guard);
         self.reset();
-        res
+        res.map(|_| ())
     }
 
     async fn renew(&mut self) -> Result<u64> {
@@ -370,11 +572,15 @@ impl Handle {
             return Err(Error::Invalid(format!("{} is not held", self.key)));
         };
         let token = held.grant.token;
-        let res = conn
-            .lock()
-            .await
-            .renew_in(self.space, &self.key, token, self.client.lease_s)
-            .await;
+        let deadline = Instant::now() + self.client.failover;
+        let res = on_session(
+            &mut *conn.lock().await,
+            &self.client,
+            self.reference.as_deref(),
+            deadline,
+            Call::Renew(self.space, &self.key, token, self.client.lease_s),
+        )
+        .await;
         if res.is_err() {
             self.lost.set();
         }
@@ -406,6 +612,7 @@ impl Handle {
             self.space,
             self.key.clone(),
             grant,
+            self.reference.clone(),
             self.lost.clone(),
         ));
         self.held = Some(Held {
@@ -430,6 +637,7 @@ async fn renew_loop(
     space: Space,
     key: String,
     grant: Grant,
+    reference: Option<String>,
     lost: Arc<LostFlag>,
 ) {
     let mut lease_s = grant.lease_s;
@@ -439,11 +647,14 @@ async fn renew_loop(
         smol::Timer::after(client.renew_interval(lease_s)).await;
         let renew = async {
             let sent = Instant::now();
-            let l = conn
-                .lock()
-                .await
-                .renew_in(space, &key, grant.token, client.lease_s)
-                .await?;
+            let l = on_session(
+                &mut *conn.lock().await,
+                &client,
+                reference.as_deref(),
+                expires,
+                Call::Renew(space, &key, grant.token, client.lease_s),
+            )
+            .await?;
             Ok((sent, l))
         };
         // A server that does not answer before the lease ends has lost us
@@ -463,6 +674,77 @@ async fn renew_loop(
             }
         }
     }
+}
+
+/// A request on a held session that a cluster client repeats after a
+/// reclaim.
+enum Call<'a> {
+    Renew(Space, &'a str, Token, Option<u64>),
+    Release(Space, &'a str, Token),
+}
+
+impl Call<'_> {
+    /// The renewed lease, or 0 for a release.
+    async fn send(&self, conn: &mut Connection) -> Result<u64> {
+        match *self {
+            Call::Renew(space, key, token, lease_s) => {
+                conn.renew_in(space, key, token, lease_s).await
+            }
+            Call::Release(space, key, token) => {
+                conn.release_in(space, key, token).await.map(|()| 0)
+            }
+        }
+    }
+}
+
+/// `future`, or a timeout error once `deadline` passes.
+async fn before<T>(deadline: Instant, future: impl Future<Output = Result<T>>) -> Result<T> {
+    future
+        .or(async {
+            smol::Timer::at(deadline).await;
+            Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer in time",
+            )))
+        })
+        .await
+}
+
+/// Sends `call` on a held session. Without a stable reference that is
+/// all. With one (a cluster client), a connection that fails, a member
+/// that stopped leading, or no answer within half the time left before
+/// `deadline`, leads to a reclaim: the old connection is closed, a new one
+/// to the leader presents the reference (taking over the orphan that kept
+/// the holding) and replaces it, and `call` is sent once more.
+async fn on_session(
+    conn: &mut Connection,
+    client: &Client,
+    reference: Option<&str>,
+    deadline: Instant,
+    call: Call<'_>,
+) -> Result<u64> {
+    let Some(reference) = reference else {
+        return call.send(conn).await;
+    };
+    let now = Instant::now();
+    let first = before(
+        now + deadline.saturating_duration_since(now) / 2,
+        call.send(conn),
+    )
+    .await;
+    match first {
+        Err(Error::Io(_) | Error::NotLeader(_)) => {}
+        other => return other,
+    }
+    // Closed first: a leader that still serves the old connection would
+    // refuse the reference while that session is live.
+    let _ = before(deadline, async {
+        conn.shutdown().await;
+        Ok(())
+    })
+    .await;
+    *conn = client.connect_leader(reference, deadline).await?;
+    before(deadline, call.send(conn)).await
 }
 
 macro_rules! handle_methods {

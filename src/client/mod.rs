@@ -14,6 +14,10 @@
 //!   lease (minus up to 10 % early jitter), a failed renewal marks the handle
 //!   [lost](Lock::is_lost) and wakes [`Lock::lost`], and release sends
 //!   `r`/`sr` and then closes the connection.
+//! * [`Client::cluster`]: the same handles against the members of a
+//!   cluster: they find the leader, tag each connection with
+//!   `stable-ref`, and after a failover reclaim their holdings from the
+//!   new leader, or report them lost.
 //! * [`Subscriber`]: signals (`listen`/`unlisten`, pushed `sig` lines) on a
 //!   connection of its own, with a heartbeat `ping`; publish with
 //!   [`Connection::publish`].
@@ -56,7 +60,7 @@ mod tls;
 pub use crate::wire::Token;
 pub use conn::{Connection, Enqueued, Grant, CONNECT_TIMEOUT};
 pub use crc::{crc32, shard};
-pub use handle::{Client, Lock, Semaphore, MAX_REDIRECTS};
+pub use handle::{Client, Lock, Semaphore, FAILOVER_TIMEOUT, MAX_REDIRECTS};
 pub use subscriber::{Signal, Subscriber, HEARTBEAT, SIGNAL_BUFFER};
 pub use tls::{client_config_from_ca_file, client_config_from_roots, Stream, TlsOptions};
 

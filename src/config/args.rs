@@ -128,8 +128,9 @@ dflockd: a lock server with strict FIFO ordering, leases, counting
 semaphores and fencing tokens. Every flag falls back to its DFLOCKD_*
 environment variable, and a flag given on the command line wins. An empty
 or blank variable counts as unset, except for the security settings (auth
-token, token file, TLS certificate and key, fence state file), where it is
-an error. Durations are whole seconds. Go syntax works too: -flag value,
+token, token file, TLS certificate and key, fence state file, and the
+cluster's directory, tokens and TLS files), where it is an error.
+Durations are whole seconds. Go syntax works too: -flag value,
 -flag=value, a bare boolean flag (= true) and -flag=false. Run
 `dflockd conformance --help` for the conformance runner.";
 

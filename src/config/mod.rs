@@ -16,7 +16,9 @@
 //!
 //! "Present but empty" (the README's configuration section says the same):
 //! * a **security setting** (auth token, token file, TLS certificate and
-//!   key, fence state file) given as an empty or blank flag or variable is
+//!   key, fence state file; in cluster mode `--raft-dir`, the member and
+//!   admin tokens, the member token file and the `--raft-tls-*` files)
+//!   given as an empty or blank flag or variable is
 //!   an error naming it, never "off": a deployment that injects an
 //!   undefined secret must not run open;
 //! * any **other variable** that is empty or blank counts as unset (the
@@ -47,7 +49,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use settings::{HttpSettings, ServerConfig};
+pub use settings::{ClusterSettings, HttpSettings, ServerConfig};
 pub use table::{Setting, MAX_DURATION_S, SETTINGS};
 
 use crate::core::CoreConfig;
@@ -125,6 +127,8 @@ pub enum AuthTokenProblem {
     TooLong,
     /// The token file is not UTF-8 text.
     NotUtf8,
+    /// Shorter than the member token's minimum (cluster mode).
+    TooShort,
 }
 
 impl fmt::Display for AuthTokenProblem {
@@ -136,6 +140,11 @@ impl fmt::Display for AuthTokenProblem {
                 write!(f, "token is longer than {MAX_AUTH_TOKEN_BYTES} bytes")
             }
             AuthTokenProblem::NotUtf8 => f.write_str("token file is not valid UTF-8"),
+            AuthTokenProblem::TooShort => write!(
+                f,
+                "token is shorter than {} bytes",
+                crate::cluster::transport::MIN_TOKEN_BYTES
+            ),
         }
     }
 }
@@ -196,6 +205,22 @@ pub enum ConfigError {
         file: PathBuf,
         reason: String,
     },
+    /// `--raft-dir` is set but a setting cluster mode needs is not.
+    ClusterMissing { missing: &'static str },
+    /// `--cluster-peers` does not parse, or does not name this member.
+    ClusterPeers { origin: Origin, problem: String },
+    /// An address setting of cluster mode is not `host:port`.
+    ClusterAddr { origin: Origin, value: String },
+    /// Cluster mode without member authentication.
+    RaftAuthMissing,
+    /// Some but not all of `--raft-tls-cert`, `--raft-tls-key`,
+    /// `--raft-tls-ca`.
+    RaftTlsIncomplete {
+        given: Origin,
+        missing: &'static str,
+    },
+    /// `--fence-state-file` with `--raft-dir`.
+    FenceFileInCluster { origin: Origin },
 }
 
 impl fmt::Display for ConfigError {
@@ -256,6 +281,30 @@ impl fmt::Display for ConfigError {
                 file,
                 reason,
             } => write!(f, "{origin}: cannot read {}: {reason}", file.display()),
+            ConfigError::ClusterMissing { missing } => write!(
+                f,
+                "--raft-dir is set but {missing} is not: cluster mode needs it"
+            ),
+            ConfigError::ClusterPeers { origin, problem } => write!(f, "{origin}: {problem}"),
+            ConfigError::ClusterAddr { origin, value } => write!(
+                f,
+                "{origin}: {value:?} is not host:port with a port 1-65535"
+            ),
+            ConfigError::RaftAuthMissing => f.write_str(
+                "--raft-dir is set but the members are not authenticated: set \
+                 --raft-auth-token (or --raft-auth-token-file), or --raft-tls-cert, \
+                 --raft-tls-key and --raft-tls-ca, or both",
+            ),
+            ConfigError::RaftTlsIncomplete { given, missing } => write!(
+                f,
+                "{given} is set but {missing} is not: mutual TLS between members needs \
+                 --raft-tls-cert, --raft-tls-key and --raft-tls-ca, or none of them"
+            ),
+            ConfigError::FenceFileInCluster { origin } => write!(
+                f,
+                "{origin}: cannot be used with --raft-dir: in cluster mode the fence counter \
+                 is part of the replicated state"
+            ),
         }
     }
 }
@@ -269,6 +318,56 @@ impl std::error::Error for ConfigError {}
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// The member TLS files (`--raft-tls-*`): all three or none. Loaded by
+/// [`crate::cluster::transport::load_member_tls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// Cluster mode's settings (spec/cluster.md §9), present when `--raft-dir`
+/// is set, validated together.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub raft_dir: PathBuf,
+    pub node_id: u64,
+    /// Where the member transport listens.
+    pub raft_addr: String,
+    /// Every member, this one included, sorted by id.
+    pub peers: Vec<crate::cluster::Peer>,
+    /// This member's client address as given out to clients, when it
+    /// differs from its `--cluster-peers` entry.
+    pub advertise_addr: Option<String>,
+    /// At least 32 bytes. Hidden from `Debug`.
+    pub raft_auth_token: Option<String>,
+    pub raft_tls: Option<RaftTlsConfig>,
+    /// Hidden from `Debug`.
+    pub admin_token: Option<String>,
+    /// `--join`: start empty and learn the cluster from its leader (this
+    /// member is added with `POST /v1/admin/voters`) instead of
+    /// bootstrapping a new cluster with every member of `--cluster-peers`.
+    pub join: bool,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ClusterConfig")
+            .field("raft_dir", &self.raft_dir)
+            .field("node_id", &self.node_id)
+            .field("raft_addr", &self.raft_addr)
+            .field("peers", &self.peers)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("raft_auth_token", &hidden(&self.raft_auth_token))
+            .field("raft_tls", &self.raft_tls)
+            .field("admin_token", &hidden(&self.admin_token))
+            .field("join", &self.join)
+            .finish()
+    }
 }
 
 /// Options of the HTTP REST + SSE API (§7), all used by the HTTP front
@@ -337,6 +436,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `--debug` as given; already folded into `log_level`.
     pub debug: bool,
+    /// Cluster mode, when `--raft-dir` is set.
+    pub cluster: Option<ClusterConfig>,
+    /// Seconds an orphaned session is kept (cluster mode, §5).
+    pub orphan_ttl_s: u64,
+    /// Milliseconds per Raft tick (cluster mode, §2.5).
+    pub raft_tick_ms: u64,
     /// Every setting's value and where it came from, in table order.
     pub effective: Vec<Effective>,
     /// Things the operator should hear about but that do not stop startup
@@ -379,6 +484,9 @@ impl fmt::Debug for Config {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("debug", &self.debug)
+            .field("cluster", &self.cluster)
+            .field("orphan_ttl_s", &self.orphan_ttl_s)
+            .field("raft_tick_ms", &self.raft_tick_ms)
             .field("warnings", &self.warnings)
             .finish_non_exhaustive()
     }
@@ -497,15 +605,26 @@ impl Config {
             tls,
             tls_handshake_timeout_s: self.tls_handshake_timeout_s,
             http: self.http_settings(),
+            cluster: self
+                .cluster
+                .clone()
+                .map(|member| settings::ClusterSettings {
+                    member,
+                    orphan_ttl_ms: self.orphan_ttl_s.saturating_mul(1000),
+                    tick_ms: self.raft_tick_ms,
+                }),
             ..ServerConfig::default()
         }
     }
 
     /// Returns a message if the configuration asks for something this build
-    /// cannot do; `main` must refuse to start with it. Nothing is refused
-    /// at present (the HTTP API serves TLS like the TCP port). HTTP options
-    /// other than the port do nothing while the port is 0 (as upstream), so
-    /// they only produce a warning in [`Config::warnings`].
+    /// cannot do; `main` must refuse to start with it. HTTP options other
+    /// than the port do nothing while the port is 0 (as upstream), so they
+    /// only produce a warning in [`Config::warnings`].
+    ///
+    /// Nothing is refused in this build (cluster mode runs since the
+    /// engine's door logs its inputs); kept so that `main` has one place
+    /// to refuse a combination a build cannot serve.
     pub fn unsupported(&self) -> Option<String> {
         None
     }

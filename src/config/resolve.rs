@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use super::table::{self as t, Default, Kind, Setting};
 use super::HttpSettings;
 use super::{
-    check_token, join_host_port, parse_bool, read_token_file, Config, ConfigError, Effective,
-    HttpConfig, Origin, TlsConfig,
+    check_token, join_host_port, parse_bool, read_token_file, AuthTokenProblem, ClusterConfig,
+    Config, ConfigError, Effective, HttpConfig, Origin, RaftTlsConfig, TlsConfig,
 };
 use crate::logging::Format as LogFormat;
 
@@ -133,6 +133,27 @@ impl Resolver<'_> {
         Ok((n, origin))
     }
 
+    /// An integer row without a default: `None` when unset.
+    fn opt_int(&mut self, s: &'static Setting) -> Result<Option<(u64, Origin)>, ConfigError> {
+        debug_assert!(s.default == Default::Unset);
+        if self.flags.contains_key(s.flag) || self.env_var(s, s.env)?.is_some() {
+            return self.int(s).map(Some);
+        }
+        self.record(s, "unset".to_owned(), Origin::Default(s.flag));
+        Ok(None)
+    }
+
+    /// A text row without a default: `None` when unset.
+    fn opt_text(&mut self, s: &'static Setting) -> Result<Option<(String, Origin)>, ConfigError> {
+        debug_assert!(s.default == Default::Unset);
+        let found = self.lookup(s)?;
+        match &found {
+            Some(raw) => self.record(s, raw.value.clone(), raw.origin),
+            None => self.record(s, "unset".to_owned(), Origin::Default(s.flag)),
+        }
+        Ok(found.map(|raw| (raw.value, raw.origin)))
+    }
+
     fn count(&mut self, s: &'static Setting) -> Result<(usize, Origin), ConfigError> {
         let (n, origin) = self.int(s)?;
         match usize::try_from(n) {
@@ -212,7 +233,19 @@ impl Resolver<'_> {
     /// Only the winning source is read; an empty one that is consulted is
     /// an error (an operator who set a token meant to require one).
     fn auth_token(&mut self) -> Result<Option<String>, ConfigError> {
-        let (token_s, file_s) = (&t::AUTH_TOKEN, &t::AUTH_TOKEN_FILE);
+        Ok(self
+            .token(&t::AUTH_TOKEN, Some(&t::AUTH_TOKEN_FILE))?
+            .map(|(token, _)| token))
+    }
+
+    /// A token and its file (if it has one), in the order of
+    /// [`Resolver::auth_token`]; the token and where it came from.
+    fn token(
+        &mut self,
+        token_s: &'static Setting,
+        file_s: Option<&'static Setting>,
+    ) -> Result<Option<(String, Origin)>, ConfigError> {
+        let file_flag = file_s.and_then(|f| self.flags.get(f.flag).cloned());
         // (token, where the token came from, the file it was read from)
         let found = if let Some(raw) = self.flags.get(token_s.flag).cloned() {
             let origin = Origin::Flag(token_s.flag);
@@ -220,7 +253,7 @@ impl Resolver<'_> {
                 return Err(ConfigError::EmptySecurity { origin });
             }
             Some((check_token(&raw, origin, None)?, origin, None))
-        } else if let Some(file) = self.flags.get(file_s.flag).cloned() {
+        } else if let (Some(file_s), Some(file)) = (file_s, file_flag) {
             let origin = Origin::Flag(file_s.flag);
             if file.trim().is_empty() {
                 return Err(ConfigError::EmptySecurity { origin });
@@ -229,27 +262,32 @@ impl Resolver<'_> {
             Some((token, origin, Some(file)))
         } else if let Some(raw) = self.env_var(token_s, token_s.env)? {
             Some((check_token(&raw.value, raw.origin, None)?, raw.origin, None))
-        } else if let Some(raw) = self.env_var(file_s, file_s.env)? {
+        } else if let Some(raw) = match file_s {
+            Some(f) => self.env_var(f, f.env)?,
+            None => None,
+        } {
             let token = read_token_file(Path::new(&raw.value), raw.origin)?;
             Some((token, raw.origin, Some(raw.value)))
         } else {
             None
         };
-        match found {
+        let (token, origin, file) = match found {
             None => {
                 self.record(token_s, "unset".to_owned(), Origin::Default(token_s.flag));
-                self.record(file_s, "unset".to_owned(), Origin::Default(file_s.flag));
-                Ok(None)
+                (None, Origin::Default(token_s.flag), None)
             }
             Some((token, origin, file)) => {
                 self.record(token_s, String::new(), origin);
-                match file {
-                    Some(path) => self.record(file_s, path, origin),
-                    None => self.record(file_s, "unset".to_owned(), Origin::Default(file_s.flag)),
-                }
-                Ok(Some(token))
+                (Some(token), origin, file)
+            }
+        };
+        if let Some(file_s) = file_s {
+            match file {
+                Some(path) => self.record(file_s, path, origin),
+                None => self.record(file_s, "unset".to_owned(), Origin::Default(file_s.flag)),
             }
         }
+        Ok(token.map(|t| (t, origin)))
     }
 }
 
@@ -346,6 +384,9 @@ pub(super) fn resolve(
         log_level
     };
 
+    let (cluster, orphan_ttl_s, raft_tick_ms) =
+        resolve_cluster(&mut r, fence_state_file.is_some())?;
+
     // Rules involving two settings.
     if http_port != 0 && http_port == port {
         return Err(ConfigError::HttpPortConflict {
@@ -436,6 +477,9 @@ pub(super) fn resolve(
         log_level,
         log_format,
         debug,
+        cluster,
+        orphan_ttl_s,
+        raft_tick_ms,
         effective: r.effective,
         warnings: r.warnings,
     })
@@ -444,4 +488,139 @@ pub(super) fn resolve(
 fn port_of(value: u64) -> u16 {
     // The row's range (0-65535) was checked first, so it always fits.
     u16::try_from(value).unwrap_or(u16::MAX)
+}
+
+/// The cluster rows (spec/cluster.md §9), validated together when
+/// `--raft-dir` is set; without it, each one given is a warning.
+fn resolve_cluster(
+    r: &mut Resolver<'_>,
+    fence_state_file: bool,
+) -> Result<(Option<ClusterConfig>, u64, u64), ConfigError> {
+    let raft_dir = r.path(&t::RAFT_DIR)?;
+    let node_id = r.opt_int(&t::NODE_ID)?;
+    let raft_addr = r.opt_text(&t::RAFT_ADDR)?;
+    let peers = r.opt_text(&t::CLUSTER_PEERS)?;
+    let advertise = r.opt_text(&t::ADVERTISE_ADDR)?;
+    let token = r.token(&t::RAFT_AUTH_TOKEN, Some(&t::RAFT_AUTH_TOKEN_FILE))?;
+    let tls_cert = r.path(&t::RAFT_TLS_CERT)?;
+    let tls_key = r.path(&t::RAFT_TLS_KEY)?;
+    let tls_ca = r.path(&t::RAFT_TLS_CA)?;
+    let admin = r.token(&t::ADMIN_TOKEN, None)?;
+    let (orphan_ttl_s, orphan_origin) = r.int(&t::ORPHAN_TTL)?;
+    let (tick_ms, tick_origin) = r.int(&t::RAFT_TICK)?;
+    let join = r.bool(&t::JOIN)?;
+
+    let Some((raft_dir, _)) = raft_dir else {
+        let given = [
+            node_id.map(|(_, o)| (o, &t::NODE_ID)),
+            raft_addr.as_ref().map(|(_, o)| (*o, &t::RAFT_ADDR)),
+            peers.as_ref().map(|(_, o)| (*o, &t::CLUSTER_PEERS)),
+            advertise.as_ref().map(|(_, o)| (*o, &t::ADVERTISE_ADDR)),
+            token.as_ref().map(|(_, o)| (*o, &t::RAFT_AUTH_TOKEN)),
+            tls_cert.as_ref().map(|(_, o)| (*o, &t::RAFT_TLS_CERT)),
+            tls_key.as_ref().map(|(_, o)| (*o, &t::RAFT_TLS_KEY)),
+            tls_ca.as_ref().map(|(_, o)| (*o, &t::RAFT_TLS_CA)),
+            admin.as_ref().map(|(_, o)| (*o, &t::ADMIN_TOKEN)),
+            (!orphan_origin.is_default()).then_some((orphan_origin, &t::ORPHAN_TTL)),
+            (!tick_origin.is_default()).then_some((tick_origin, &t::RAFT_TICK)),
+        ];
+        for (origin, s) in given.into_iter().flatten() {
+            r.warnings.push(format!(
+                "{} has no effect without --raft-dir (cluster mode off)",
+                origin.with_flag(s.flag)
+            ));
+        }
+        if join {
+            r.warnings
+                .push("--join has no effect without --raft-dir (cluster mode off)".into());
+        }
+        return Ok((None, orphan_ttl_s, tick_ms));
+    };
+    if fence_state_file {
+        let origin = if r.flags.contains_key(t::FENCE_STATE_FILE.flag) {
+            Origin::Flag(t::FENCE_STATE_FILE.flag)
+        } else {
+            Origin::Env(t::FENCE_STATE_FILE.env)
+        };
+        return Err(ConfigError::FenceFileInCluster { origin });
+    }
+    let missing = |what| ConfigError::ClusterMissing { missing: what };
+    let (node_id, node_origin) = node_id.ok_or(missing("--node-id (DFLOCKD_NODE_ID)"))?;
+    let (raft_addr, raft_addr_origin) =
+        raft_addr.ok_or(missing("--raft-addr (DFLOCKD_RAFT_ADDR)"))?;
+    let (peers, peers_origin) = peers.ok_or(missing("--cluster-peers (DFLOCKD_CLUSTER_PEERS)"))?;
+    let raft_addr =
+        crate::cluster::check_addr(raft_addr.trim()).map_err(|_| ConfigError::ClusterAddr {
+            origin: raft_addr_origin,
+            value: raft_addr.clone(),
+        })?;
+    let advertise_addr =
+        match advertise {
+            None => None,
+            Some((a, origin)) => Some(crate::cluster::check_addr(a.trim()).map_err(|_| {
+                ConfigError::ClusterAddr {
+                    origin,
+                    value: a.clone(),
+                }
+            })?),
+        };
+    let peers = crate::cluster::parse_peers(&peers).map_err(|e| ConfigError::ClusterPeers {
+        origin: peers_origin,
+        problem: e.to_string(),
+    })?;
+    if !peers.iter().any(|p| p.id == node_id) {
+        return Err(ConfigError::ClusterPeers {
+            origin: peers_origin,
+            problem: format!(
+                "does not list this member ({} is {node_id})",
+                node_origin.with_flag(t::NODE_ID.flag)
+            ),
+        });
+    }
+    let raft_auth_token = match token {
+        Some((tok, origin)) if tok.len() < crate::cluster::transport::MIN_TOKEN_BYTES => {
+            return Err(ConfigError::AuthToken {
+                origin,
+                file: None,
+                problem: AuthTokenProblem::TooShort,
+            })
+        }
+        Some((tok, _)) => Some(tok),
+        None => None,
+    };
+    let raft_tls = match (tls_cert, tls_key, tls_ca) {
+        (None, None, None) => None,
+        (Some((cert, _)), Some((key, _)), Some((ca, _))) => Some(RaftTlsConfig { cert, key, ca }),
+        (cert, key, ca) => {
+            let given = [&cert, &key, &ca]
+                .into_iter()
+                .flatten()
+                .map(|(_, o)| *o)
+                .next()
+                .expect("one is set");
+            let missing = if cert.is_none() {
+                "--raft-tls-cert (DFLOCKD_RAFT_TLS_CERT)"
+            } else if key.is_none() {
+                "--raft-tls-key (DFLOCKD_RAFT_TLS_KEY)"
+            } else {
+                "--raft-tls-ca (DFLOCKD_RAFT_TLS_CA)"
+            };
+            return Err(ConfigError::RaftTlsIncomplete { given, missing });
+        }
+    };
+    if raft_auth_token.is_none() && raft_tls.is_none() {
+        return Err(ConfigError::RaftAuthMissing);
+    }
+    let cluster = ClusterConfig {
+        raft_dir,
+        node_id,
+        raft_addr,
+        peers,
+        advertise_addr,
+        raft_auth_token,
+        raft_tls,
+        admin_token: admin.map(|(t, _)| t),
+        join,
+    };
+    Ok((Some(cluster), orphan_ttl_s, tick_ms))
 }

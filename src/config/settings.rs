@@ -36,6 +36,18 @@ pub struct ServerConfig {
     pub tls_handshake_timeout_s: u64,
     /// The HTTP REST front (`--http-port` ≠ 0); `None` = off.
     pub http: Option<HttpSettings>,
+    /// Cluster mode (`--raft-dir`); `None` = a single node.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Cluster mode's settings, already validated (spec/cluster.md §9).
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    pub member: super::ClusterConfig,
+    /// `--orphan-ttl` in milliseconds.
+    pub orphan_ttl_ms: u64,
+    /// One Raft tick (100 ms; tests shorten it).
+    pub tick_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +69,7 @@ impl Default for ServerConfig {
             tls: None,
             tls_handshake_timeout_s: t::TLS_HANDSHAKE_TIMEOUT.int_default(),
             http: None,
+            cluster: None,
         }
     }
 }

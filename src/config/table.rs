@@ -44,7 +44,9 @@ pub enum Default {
     Bool(bool),
     /// Text or a choice word.
     Text(&'static str),
-    /// No value: the feature is off (paths, the auth token).
+    /// No value: the feature is off (paths, the auth token), or the
+    /// setting has no sensible default (a member's id and addresses in
+    /// cluster mode).
     Unset,
 }
 
@@ -488,6 +490,149 @@ pub const DEBUG: Setting = Setting {
     ..ROW
 };
 
+// Cluster mode (spec/cluster.md §9). Every row is inert without
+// `--raft-dir` (a warning says so).
+
+pub const RAFT_DIR: Setting = Setting {
+    flag: "raft-dir",
+    env: "DFLOCKD_RAFT_DIR",
+    kind: Kind::Path,
+    default: Default::Unset,
+    arg: "path",
+    help: "turns cluster mode on: the directory of this member's Raft log, state and snapshots",
+    security: true,
+    ..ROW
+};
+pub const NODE_ID: Setting = Setting {
+    flag: "node-id",
+    env: "DFLOCKD_NODE_ID",
+    kind: POSITIVE,
+    default: Default::Unset,
+    arg: "id",
+    help: "cluster mode: this member's id in --cluster-peers, > 0",
+    ..ROW
+};
+pub const RAFT_ADDR: Setting = Setting {
+    flag: "raft-addr",
+    env: "DFLOCKD_RAFT_ADDR",
+    kind: Kind::Text,
+    default: Default::Unset,
+    arg: "host:port",
+    help: "cluster mode: host:port the member transport listens on",
+    ..ROW
+};
+pub const CLUSTER_PEERS: Setting = Setting {
+    flag: "cluster-peers",
+    env: "DFLOCKD_CLUSTER_PEERS",
+    kind: Kind::Text,
+    default: Default::Unset,
+    arg: "list",
+    help: "cluster mode: every member, this one included, as id=raftHost:port@clientHost:port,...",
+    ..ROW
+};
+pub const ADVERTISE_ADDR: Setting = Setting {
+    flag: "advertise-addr",
+    env: "DFLOCKD_ADVERTISE_ADDR",
+    kind: Kind::Text,
+    default: Default::Unset,
+    default_shown: Some("from --cluster-peers"),
+    arg: "host:port",
+    help: "cluster mode: the client address other members give out for this one, when it differs from its --cluster-peers entry",
+    ..ROW
+};
+pub const RAFT_AUTH_TOKEN: Setting = Setting {
+    flag: "raft-auth-token",
+    env: "DFLOCKD_RAFT_AUTH_TOKEN",
+    kind: Kind::Secret,
+    default: Default::Unset,
+    arg: "token",
+    help: "cluster mode: shared secret of the members, at least 32 bytes; wins over the token file",
+    security: true,
+    ..ROW
+};
+pub const RAFT_AUTH_TOKEN_FILE: Setting = Setting {
+    flag: "raft-auth-token-file",
+    env: "DFLOCKD_RAFT_AUTH_TOKEN_FILE",
+    kind: Kind::Path,
+    default: Default::Unset,
+    arg: "path",
+    help: "cluster mode: file holding the members' token, whitespace trimmed",
+    security: true,
+    ..ROW
+};
+pub const RAFT_TLS_CERT: Setting = Setting {
+    flag: "raft-tls-cert",
+    env: "DFLOCKD_RAFT_TLS_CERT",
+    kind: Kind::Path,
+    default: Default::Unset,
+    arg: "path",
+    help: "cluster mode: this member's certificate chain (PEM) for mutual TLS between members; all three --raft-tls-* or none",
+    security: true,
+    ..ROW
+};
+pub const RAFT_TLS_KEY: Setting = Setting {
+    flag: "raft-tls-key",
+    env: "DFLOCKD_RAFT_TLS_KEY",
+    kind: Kind::Path,
+    default: Default::Unset,
+    arg: "path",
+    help: "cluster mode: this member's private key (PEM) for mutual TLS between members",
+    security: true,
+    ..ROW
+};
+pub const RAFT_TLS_CA: Setting = Setting {
+    flag: "raft-tls-ca",
+    env: "DFLOCKD_RAFT_TLS_CA",
+    kind: Kind::Path,
+    default: Default::Unset,
+    arg: "path",
+    help: "cluster mode: the CA (PEM) that signs every member's certificate",
+    security: true,
+    ..ROW
+};
+pub const ADMIN_TOKEN: Setting = Setting {
+    flag: "admin-token",
+    env: "DFLOCKD_ADMIN_TOKEN",
+    kind: Kind::Secret,
+    default: Default::Unset,
+    arg: "token",
+    help: "cluster mode: enables the membership routes, sent as the X-Dflockd-Admin header",
+    security: true,
+    ..ROW
+};
+pub const ORPHAN_TTL: Setting = Setting {
+    flag: "orphan-ttl",
+    env: "DFLOCKD_ORPHAN_TTL_S",
+    kind: POSITIVE_SECS,
+    default: Default::Int(30),
+    arg: "secs",
+    help: "cluster mode: seconds the holdings of a failed leader's clients are kept for them to reclaim, > 0",
+    ..ROW
+};
+
+pub const JOIN: Setting = Setting {
+    flag: "join",
+    env: "DFLOCKD_JOIN",
+    kind: Kind::Bool,
+    default: Default::Bool(false),
+    arg: "bool",
+    help: "cluster mode: join a running cluster (this member is added with POST /v1/admin/voters) instead of bootstrapping a new one; no effect once the Raft directory holds state; a bare flag means true",
+    ..ROW
+};
+pub const RAFT_TICK: Setting = Setting {
+    flag: "raft-tick",
+    env: "DFLOCKD_RAFT_TICK_MS",
+    kind: Kind::Int {
+        min: 1,
+        max: 10_000,
+        rule: "must be between 1 and 10000 milliseconds",
+    },
+    default: Default::Int(100),
+    arg: "ms",
+    help: "cluster mode: milliseconds per Raft tick; a leader is elected after 10-20 ticks without one and sends heartbeats every 2, 1-10000",
+    ..ROW
+};
+
 /// Every setting, in `--help` order.
 pub const SETTINGS: &[&Setting] = &[
     &HOST,
@@ -526,6 +671,20 @@ pub const SETTINGS: &[&Setting] = &[
     &LOG_LEVEL,
     &LOG_FORMAT,
     &DEBUG,
+    &RAFT_DIR,
+    &NODE_ID,
+    &RAFT_ADDR,
+    &CLUSTER_PEERS,
+    &ADVERTISE_ADDR,
+    &RAFT_AUTH_TOKEN,
+    &RAFT_AUTH_TOKEN_FILE,
+    &RAFT_TLS_CERT,
+    &RAFT_TLS_KEY,
+    &RAFT_TLS_CA,
+    &ADMIN_TOKEN,
+    &ORPHAN_TTL,
+    &RAFT_TICK,
+    &JOIN,
 ];
 
 /// The row of `--flag` (given without its dashes).

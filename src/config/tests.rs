@@ -110,6 +110,8 @@ fn int_field(cfg: &Config, flag: &str) -> Option<u64> {
         "http-rate-limit-per-ip" => h.rate_limit_per_ip,
         "http-rate-limit-burst" => h.rate_limit_burst,
         "http-sse-ping-interval" => h.sse_ping_interval_s,
+        "orphan-ttl" => cfg.orphan_ttl_s,
+        "raft-tick" => cfg.raft_tick_ms,
         _ => return None,
     })
 }
@@ -177,6 +179,9 @@ fn ints() -> Vec<(
 )> {
     SETTINGS
         .iter()
+        // Rows without a default (a member's id) are checked by the
+        // cluster tests.
+        .filter(|s| s.default != table::Default::Unset)
         .filter_map(|s| match s.kind {
             Kind::Int { min, max, rule } => {
                 Some((s.dashed(), s.env, s.flag, s.int_default(), min, max, rule))
@@ -812,6 +817,14 @@ fn every_row_is_a_flag_and_in_the_help() {
 fn defaults_of_the_structs_come_from_the_table() {
     for s in SETTINGS {
         match s.kind {
+            // A member's id and addresses have no default.
+            Kind::Int { .. } | Kind::Text if s.default == table::Default::Unset => {
+                assert!(
+                    s.flag == "node-id" || s.help.contains("cluster mode"),
+                    "--{}",
+                    s.flag
+                );
+            }
             Kind::Int { min, max, .. } => {
                 let d = s.int_default() as i64;
                 assert!(
@@ -888,4 +901,199 @@ fn listen_addresses() {
     assert_eq!(cfg.http_listen_addr().as_deref(), Some("[::1]:2"));
     let cfg = config(&["--http-host", "127.0.0.2", "--http-port", "2"], &[]);
     assert_eq!(cfg.http_listen_addr().as_deref(), Some("127.0.0.2:2"));
+}
+
+// ---------------------------------------------------------------------------
+// Cluster mode (spec/cluster.md §9).
+
+const RAFT_TOKEN: &str = "a-member-token-of-at-least-32-bytes!";
+
+/// A valid cluster member's flags plus `extra`.
+fn member(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec![
+        "--raft-dir",
+        "/var/lib/dflockd/raft",
+        "--node-id",
+        "2",
+        "--raft-addr",
+        "127.0.0.1:7002",
+        "--cluster-peers",
+        "1=127.0.0.1:7001@127.0.0.1:6401,2=127.0.0.1:7002@127.0.0.1:6402,3=127.0.0.1:7003@127.0.0.1:6403",
+        "--raft-auth-token",
+        RAFT_TOKEN,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn cluster_err(args: &[&str], env: &[(&str, &str)]) -> String {
+    match run(args, env) {
+        Err(e) => e.to_string(),
+        Ok(p) => panic!("{args:?}: expected an error, got {p:?}"),
+    }
+}
+
+#[test]
+fn a_cluster_member_is_configured_and_then_refused_by_this_build() {
+    let cfg = config(
+        &member(&["--admin-token", "adm1n", "--orphan-ttl", "45"]),
+        &[],
+    );
+    let c = cfg.cluster.as_ref().expect("cluster mode");
+    assert_eq!(c.raft_dir, PathBuf::from("/var/lib/dflockd/raft"));
+    assert_eq!((c.node_id, c.raft_addr.as_str()), (2, "127.0.0.1:7002"));
+    assert_eq!(c.peers.len(), 3);
+    assert_eq!(c.peers[2].client_addr, "127.0.0.1:6403");
+    assert_eq!(c.raft_auth_token.as_deref(), Some(RAFT_TOKEN));
+    assert_eq!(c.admin_token.as_deref(), Some("adm1n"));
+    assert_eq!(
+        (c.advertise_addr.as_ref(), c.raft_tls.as_ref()),
+        (None, None)
+    );
+    assert_eq!(cfg.orphan_ttl_s, 45);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    // Secrets stay out of Debug output and the start-up line.
+    let shown = format!("{cfg:?} {:?}", cfg.effective);
+    assert!(
+        !shown.contains(RAFT_TOKEN) && !shown.contains("adm1n"),
+        "{shown}"
+    );
+    // Cluster mode runs in this build: nothing is refused.
+    assert_eq!(cfg.unsupported(), None);
+    assert_eq!(config(&[], &[]).unsupported(), None);
+    assert_eq!(config(&[], &[]).orphan_ttl_s, 30);
+}
+
+#[test]
+fn every_cluster_setting_has_its_variable() {
+    let env = [
+        ("DFLOCKD_RAFT_DIR", "/d"),
+        ("DFLOCKD_NODE_ID", "1"),
+        ("DFLOCKD_RAFT_ADDR", "[::1]:7001"),
+        ("DFLOCKD_CLUSTER_PEERS", "1=[::1]:7001@[::1]:6401"),
+        ("DFLOCKD_ADVERTISE_ADDR", "db1.example:6388"),
+        ("DFLOCKD_RAFT_TLS_CERT", "c.pem"),
+        ("DFLOCKD_RAFT_TLS_KEY", "k.pem"),
+        ("DFLOCKD_RAFT_TLS_CA", "ca.pem"),
+        ("DFLOCKD_ADMIN_TOKEN", "a"),
+        ("DFLOCKD_ORPHAN_TTL_S", "5"),
+    ];
+    let cfg = config(&[], &env);
+    let c = cfg.cluster.unwrap();
+    assert_eq!((c.node_id, c.raft_addr.as_str()), (1, "[::1]:7001"));
+    assert_eq!(c.advertise_addr.as_deref(), Some("db1.example:6388"));
+    assert_eq!(
+        c.raft_tls,
+        Some(RaftTlsConfig {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            ca: "ca.pem".into()
+        })
+    );
+    assert_eq!(
+        (c.raft_auth_token, c.admin_token.as_deref()),
+        (None, Some("a"))
+    );
+    assert_eq!(cfg.orphan_ttl_s, 5);
+    // The token from the environment, and from a file.
+    let mut env2 = env[..5].to_vec();
+    env2.push(("DFLOCKD_RAFT_AUTH_TOKEN", RAFT_TOKEN));
+    assert_eq!(
+        config(&[], &env2)
+            .cluster
+            .unwrap()
+            .raft_auth_token
+            .as_deref(),
+        Some(RAFT_TOKEN)
+    );
+    let dir = TempDir::new();
+    let file = dir.file("raft-token", format!("  {RAFT_TOKEN}\n").as_bytes());
+    let mut env3 = env[..5].to_vec();
+    env3.push(("DFLOCKD_RAFT_AUTH_TOKEN_FILE", &file));
+    assert_eq!(
+        config(&[], &env3)
+            .cluster
+            .unwrap()
+            .raft_auth_token
+            .as_deref(),
+        Some(RAFT_TOKEN)
+    );
+    // The flag wins over the file.
+    let flagged = config(
+        &member(&[]),
+        &[("DFLOCKD_RAFT_AUTH_TOKEN_FILE", "/nonexistent")],
+    );
+    assert_eq!(
+        flagged.cluster.unwrap().raft_auth_token.as_deref(),
+        Some(RAFT_TOKEN)
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn cluster_errors_name_the_setting() {
+    let without = |flag: &str| -> Vec<&'static str> {
+        let args = member(&[]);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            if args[i] == flag { i += 2; continue; }
+            out.push(args[i]);
+            i += 1;
+        }
+        out
+    };
+    assert_eq!(cluster_err(&without("--node-id"), &[]), "--raft-dir is set but --node-id (DFLOCKD_NODE_ID) is not: cluster mode needs it");
+    assert_eq!(cluster_err(&without("--raft-addr"), &[]), "--raft-dir is set but --raft-addr (DFLOCKD_RAFT_ADDR) is not: cluster mode needs it");
+    assert_eq!(cluster_err(&without("--cluster-peers"), &[]), "--raft-dir is set but --cluster-peers (DFLOCKD_CLUSTER_PEERS) is not: cluster mode needs it");
+    assert!(cluster_err(&without("--raft-auth-token"), &[]).starts_with("--raft-dir is set but the members are not authenticated"));
+    assert_eq!(cluster_err(&member(&["--node-id", "0"]), &[]), "--node-id: must be > 0, got 0");
+    assert_eq!(cluster_err(&member(&["--node-id", "x"]), &[]), "--node-id: invalid integer \"x\"");
+    assert_eq!(cluster_err(&member(&["--node-id", "4"]), &[]), "--cluster-peers: does not list this member (--node-id is 4)");
+    assert_eq!(cluster_err(&without("--node-id"), &[("DFLOCKD_NODE_ID", "9")]), "--cluster-peers: does not list this member (DFLOCKD_NODE_ID (--node-id) is 9)");
+    assert_eq!(cluster_err(&member(&["--cluster-peers", "1=a:1@b:2,1=c:3@d:4"]), &[]), "--cluster-peers: member id 1 is listed twice");
+    assert_eq!(cluster_err(&without("--cluster-peers"), &[("DFLOCKD_CLUSTER_PEERS", "2=nope")]), "DFLOCKD_CLUSTER_PEERS: \"2=nope\" is not id=raftHost:port@clientHost:port");
+    assert_eq!(cluster_err(&member(&["--raft-addr", "7002"]), &[]), "--raft-addr: \"7002\" is not host:port with a port 1-65535");
+    assert_eq!(cluster_err(&member(&["--advertise-addr", "h:0"]), &[]), "--advertise-addr: \"h:0\" is not host:port with a port 1-65535");
+    assert_eq!(cluster_err(&member(&["--raft-auth-token", "short"]), &[]), "--raft-auth-token: token is shorter than 32 bytes");
+    assert_eq!(cluster_err(&member(&["--raft-tls-cert", "c"]), &[]), "--raft-tls-cert is set but --raft-tls-key (DFLOCKD_RAFT_TLS_KEY) is not: mutual TLS between members needs --raft-tls-cert, --raft-tls-key and --raft-tls-ca, or none of them");
+    assert_eq!(cluster_err(&member(&[]), &[("DFLOCKD_RAFT_TLS_KEY", "k"), ("DFLOCKD_RAFT_TLS_CERT", "c")]), "DFLOCKD_RAFT_TLS_CERT is set but --raft-tls-ca (DFLOCKD_RAFT_TLS_CA) is not: mutual TLS between members needs --raft-tls-cert, --raft-tls-key and --raft-tls-ca, or none of them");
+    assert_eq!(cluster_err(&member(&["--fence-state-file", "/f"]), &[]), "--fence-state-file: cannot be used with --raft-dir: in cluster mode the fence counter is part of the replicated state");
+    assert_eq!(cluster_err(&member(&[]), &[("DFLOCKD_FENCE_STATE_FILE", "/f")]), "DFLOCKD_FENCE_STATE_FILE: cannot be used with --raft-dir: in cluster mode the fence counter is part of the replicated state");
+    assert_eq!(cluster_err(&member(&["--orphan-ttl", "0"]), &[]), "--orphan-ttl: must be between 1 and 9223372036 seconds, got 0");
+    // Empty security settings are errors, never "off".
+    for flag in ["--raft-dir=", "--raft-auth-token=", "--raft-tls-ca=", "--admin-token="] {
+        let e = cluster_err(&member(&[flag]), &[]);
+        assert!(e.ends_with(EMPTY), "{flag}: {e}");
+    }
+    let mut no_token = without("--raft-auth-token");
+    no_token.push("--raft-auth-token-file= ");
+    assert!(cluster_err(&no_token, &[]).ends_with(EMPTY));
+    // A short token from a file names the variable and the file.
+    let dir = TempDir::new();
+    let file = dir.file("short", b"tiny\n");
+    let e = cluster_err(&without("--raft-auth-token"), &[("DFLOCKD_RAFT_AUTH_TOKEN_FILE", &file)]);
+    assert_eq!(e, "DFLOCKD_RAFT_AUTH_TOKEN_FILE: token is shorter than 32 bytes");
+}
+
+#[test]
+fn cluster_settings_without_raft_dir_are_warned_about() {
+    let cfg = config(
+        &["--node-id", "3", "--admin-token", "x"],
+        &[("DFLOCKD_ORPHAN_TTL_S", "9")],
+    );
+    assert_eq!(cfg.cluster, None);
+    assert_eq!(cfg.unsupported(), None);
+    assert_eq!(
+        cfg.warnings,
+        [
+            "--node-id has no effect without --raft-dir (cluster mode off)",
+            "--admin-token has no effect without --raft-dir (cluster mode off)",
+            "DFLOCKD_ORPHAN_TTL_S (--orphan-ttl) has no effect without --raft-dir (cluster mode off)",
+        ]
+    );
+    // A fence state file without --raft-dir is fine, as ever.
+    assert!(config(&["--fence-state-file", "/f"], &[])
+        .warnings
+        .is_empty());
 }

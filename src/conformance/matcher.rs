@@ -115,13 +115,17 @@ pub(crate) fn quoted(b: &[u8]) -> String {
 }
 
 /// Checks the shape of a `stats` object (protocol.md §8): exactly the six
-/// members, and every array entry with exactly its members and types.
+/// members (and `cluster` from a cluster member), and every array entry
+/// with exactly its members and types.
 pub fn stats_shape(v: &Value) -> Result<(), String> {
     let obj = v.as_object().ok_or("not an object")?;
     let mut want: Vec<&str> = StatsArray::ALL.iter().map(|a| a.name()).collect();
     want.push("connections");
-    exact_members(obj, &want, &[], "the stats object")?;
+    exact_members(obj, &want, &["cluster"], "the stats object")?;
     check_kind(&obj["connections"], Kind::Int, "connections")?;
+    if let Some(cluster) = obj.get("cluster") {
+        cluster_shape(cluster)?;
+    }
     for array in StatsArray::ALL {
         let entries = obj[array.name()]
             .as_array()
@@ -141,6 +145,39 @@ pub fn stats_shape(v: &Value) -> Result<(), String> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// A cluster member's `cluster` object (protocol.md §8, cluster.md §7).
+fn cluster_shape(v: &Value) -> Result<(), String> {
+    let obj = v.as_object().ok_or("`cluster` is not an object")?;
+    let ints = [
+        "node_id",
+        "term",
+        "commit_index",
+        "applied_index",
+        "snapshot_index",
+    ];
+    let mut all: Vec<&str> = ints.to_vec();
+    all.extend(["role", "leader_id", "leader_addr", "voters"]);
+    exact_members(obj, &all, &[], "`cluster`")?;
+    for name in ints {
+        check_kind(&obj[name], Kind::Int, &format!("cluster.{name}"))?;
+    }
+    check_kind(&obj["role"], Kind::Str, "cluster.role")?;
+    // No leader known: both null.
+    if !obj["leader_id"].is_null() {
+        check_kind(&obj["leader_id"], Kind::Int, "cluster.leader_id")?;
+    }
+    if !obj["leader_addr"].is_null() {
+        check_kind(&obj["leader_addr"], Kind::Str, "cluster.leader_addr")?;
+    }
+    let voters = obj["voters"]
+        .as_array()
+        .ok_or("`cluster.voters` is not an array")?;
+    for (i, id) in voters.iter().enumerate() {
+        check_kind(id, Kind::Int, &format!("cluster.voters[{i}]"))?;
     }
     Ok(())
 }
@@ -340,6 +377,15 @@ mod tests {
         stats_shape(&good_stats()).unwrap();
         let example = r#"{"connections":2,"locks":[{"key":"job-7","owner_conn_id":1,"lease_expires_in_s":31.874,"waiters":1}],"semaphores":[{"key":"pool","limit":3,"holders":2,"waiters":0}],"idle_locks":[{"key":"job-1","idle_s":12.5}],"idle_semaphores":[],"signal_channels":[]}"#;
         stats_shape(&serde_json::from_str(example).unwrap()).unwrap();
+        // A cluster member's, with and without a known leader.
+        let mut v = good_stats();
+        v["cluster"] = json!({"node_id": 2, "role": "follower", "term": 3, "leader_id": 1,
+            "leader_addr": "127.0.0.1:7001", "commit_index": 9, "applied_index": 9,
+            "snapshot_index": 1, "voters": [1, 2, 3]});
+        stats_shape(&v).unwrap();
+        v["cluster"]["leader_id"] = Value::Null;
+        v["cluster"]["leader_addr"] = Value::Null;
+        stats_shape(&v).unwrap();
     }
 
     #[test]
@@ -368,6 +414,20 @@ mod tests {
             (
                 json!({"signal_channels": [{"pattern": "a", "group": 3, "listeners": 1}]}),
                 "`signal_channels[0].group` is 3",
+            ),
+            (json!({"cluster": []}), "`cluster` is not an object"),
+            (json!({"cluster": {"node_id": 1}}), "`cluster` lacks `term`"),
+            (
+                json!({"cluster": {"node_id": 1, "term": -2, "commit_index": 3, "applied_index": 3,
+                    "snapshot_index": 1, "role": "leader", "leader_id": 1,
+                    "leader_addr": "127.0.0.1:7001", "voters": [1, 2, 3]}}),
+                "`cluster.term` is -2",
+            ),
+            (
+                json!({"cluster": {"node_id": 1, "term": 2, "commit_index": 3, "applied_index": 3,
+                    "snapshot_index": 1, "role": "leader", "leader_id": 1,
+                    "leader_addr": 7001, "voters": [1, 2, 3]}}),
+                "`cluster.leader_addr` is 7001",
             ),
         ] {
             let mut v = good_stats();

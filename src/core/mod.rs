@@ -30,7 +30,9 @@ mod tests;
 pub use metrics::CoreMetrics;
 pub use signals::PUSH_QUEUE_FRAMES;
 pub use state::introspect;
-pub use state::{CloseReason, Core, CoreConfig, Effect, Owned, AUTH_FAILURE_PAUSE_MS};
+pub use state::{
+    CloseReason, Core, CoreConfig, CoreImage, Effect, ImageError, Owned, AUTH_FAILURE_PAUSE_MS,
+};
 
 /// Milliseconds since an arbitrary origin (the server's start). Monotonic:
 /// the core panics if it ever goes back.

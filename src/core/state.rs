@@ -52,6 +52,7 @@ use crate::wire::{Key, Reply, Request, Space, Status, Token};
 
 mod compact;
 mod holdings;
+mod image;
 pub mod introspect;
 #[cfg(test)]
 mod tests;
@@ -59,6 +60,7 @@ mod verify;
 
 use compact::{Queue, ResKey};
 use holdings::Retired;
+pub use image::{CoreImage, ImageError};
 use introspect::{Event, EventKind, Insight};
 
 /// Core configuration: every limit and policy the transition function needs.
@@ -542,6 +544,13 @@ impl Core {
         id
     }
 
+    /// Whether `conn` may send requests other than `auth` (it
+    /// authenticated, or no token is configured). Cluster mode asks before
+    /// it logs a request: only authenticated requests are replicated.
+    pub fn is_authed(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.authed)
+    }
+
     /// Number of live connections and sessions.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
@@ -705,6 +714,9 @@ impl Core {
                 reply(out, conn, Reply::Stats(json));
             }
             Request::Ping => reply(out, conn, Reply::Ok),
+            // Cluster commands: a single node answers them as it answers
+            // an unknown command (cluster mode serves them before the core).
+            Request::Barrier | Request::StableRef { .. } => status(out, conn, Status::Error),
             // `auth` after the handshake, or without a configured token.
             Request::Auth { .. } => status(out, conn, Status::Error),
             Request::Listen { pattern, group } => self.listen(conn, pattern, group, out),

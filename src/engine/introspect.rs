@@ -118,6 +118,20 @@ impl Engine {
         }
     }
 
+    /// The `stats` listing clients see (TCP `stats`, `GET /v1/stats`): in
+    /// cluster mode the replicated state machine's, built by the member
+    /// with its `cluster` section last; otherwise [`Engine::stats_json`].
+    pub async fn stats_listing(&self) -> String {
+        if let Some(rep) = self.replicator() {
+            if let Some(Some(Reply::Stats(json))) =
+                rep.request(ConnId(0), None, &crate::wire::Request::Stats)
+            {
+                return json;
+            }
+        }
+        self.stats_json().await
+    }
+
     /// What `/metrics` reads: the totals over the `stats` arrays (counted
     /// in slices), then the counters as of the end of that walk.
     pub async fn scrape(&self) -> (Totals, Counters) {
@@ -135,7 +149,7 @@ impl Engine {
         if !passed {
             return (out, outcome);
         }
-        let json = self.stats_json().await;
+        let json = self.stats_listing().await;
         out.push(Effect::Reply {
             conn,
             reply: Reply::Stats(json),

@@ -43,6 +43,82 @@ pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use input::{Entry, Input, Transport};
 use mailbox::{Delivery, Mailbox};
 
+/// Cluster mode's side of the door (`crate::cluster::node`): the requests
+/// that go through the replicated log, and what it must hear about the
+/// connections that sent them (spec/cluster.md §3, §7). A single node has
+/// none, and the door is exactly as without it.
+pub trait Replicator: Send + Sync {
+    /// An authenticated request of `conn`. `None`: not the replicator's
+    /// (the local core answers it: `auth`, `ping`, and signals on the
+    /// leader). `Some(Some(reply))`: answer this now (`error_not_leader`,
+    /// `stats`). `Some(None)`: the answer comes later through `mailbox`.
+    fn request(
+        &self,
+        conn: ConnId,
+        mailbox: Option<&Arc<Mailbox>>,
+        req: &crate::wire::Request,
+    ) -> Option<Option<crate::wire::Reply>>;
+    /// `conn` closed. `shutting_down`: this server is stopping, so the
+    /// session is left to become an orphan (its client reclaims it from the
+    /// next leader) rather than released.
+    fn disconnect(&self, conn: ConnId, shutting_down: bool);
+    /// Withdraw `conn`'s blocked request; `false` when it has none here.
+    fn cancel(&self, conn: ConnId) -> bool;
+    /// Whether `conn` has a session in the replicated state (it must not
+    /// be closed as idle).
+    fn keeps(&self, conn: ConnId) -> bool;
+    /// `None` while this member serves as leader; otherwise the leader's
+    /// client address, when known.
+    fn leader_hint(&self) -> Option<Option<String>>;
+    /// The `dflockd_raft_*` gauges for `/metrics`: (name, help, value).
+    fn metrics(&self) -> Vec<(&'static str, &'static str, u64)>;
+    /// A membership change from the admin routes (spec/cluster.md §7),
+    /// answered with the voters once it is applied.
+    fn change_voters(&self, change: VotersChange) -> AdminFuture;
+    /// The dashboard's view of the cluster (`/v1/activity`'s `cluster`):
+    /// this member's idea of the members, their roles, the leader and its
+    /// own commit and applied index.
+    fn view(&self) -> serde_json::Value;
+    /// A linearizable no-op (`GET /v1/readindex`): answers once everything
+    /// acknowledged before it is applied here.
+    fn barrier(&self) -> AdminFuture;
+}
+
+/// What the admin routes ask a cluster member to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VotersChange {
+    /// Adds member `id` (as a learner first, then a voter once it caught
+    /// up); every member learns its addresses.
+    Add {
+        id: u64,
+        raft_addr: String,
+        client_addr: String,
+    },
+    Remove(u64),
+}
+
+/// Why an admin request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminError {
+    /// This member does not lead; the leader's client address, if known.
+    NotLeader(Option<String>),
+    /// The request does not fit the configuration (already a voter, a
+    /// change in progress, the last voter).
+    Conflict(String),
+    /// No such voter.
+    NotFound(String),
+    /// A malformed id or address.
+    Invalid(String),
+    /// The change did not finish (the new member did not catch up, the
+    /// outcome was lost with the leadership, the member stopped).
+    Unavailable(String),
+}
+
+/// The answer to an admin request: the voters after it.
+pub type AdminFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<u64>, AdminError>> + Send + 'static>,
+>;
+
 /// What one input meant for the connection that sent it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -109,6 +185,8 @@ pub struct Engine {
     /// Wakes the timer task when a nearer deadline appears.
     timer_event: Event,
     draining: AtomicBool,
+    /// Cluster mode, once set ([`Engine::set_replicator`]).
+    replicator: std::sync::OnceLock<std::sync::Arc<dyn Replicator>>,
     /// Fires when the drain begins.
     drain_event: Event,
     pub fronts: Fronts,
@@ -148,10 +226,21 @@ impl Engine {
             clock,
             timer_event: Event::new(),
             draining: AtomicBool::new(false),
+            replicator: std::sync::OnceLock::new(),
             drain_event: Event::new(),
             fronts: Fronts::default(),
             journal: None,
         }
+    }
+
+    /// Turns cluster mode on (once, before the fronts start).
+    pub fn set_replicator(&self, r: std::sync::Arc<dyn Replicator>) {
+        let _ = self.replicator.set(r);
+    }
+
+    /// Cluster mode's side, when on.
+    pub fn replicator(&self) -> Option<&std::sync::Arc<dyn Replicator>> {
+        self.replicator.get()
     }
 
     /// The same engine, calling `journal` with each entry it applies, under
@@ -317,6 +406,11 @@ impl Door<'_> {
                 ..Outcome::default()
             };
         }
+        if let Some(outcome) = self.replicated(conn, &input, out) {
+            return outcome;
+        }
+        // Cluster mode's inputs went to the log above; the journal
+        // records what reaches this engine's own core.
         if let Some(j) = &self.engine.journal {
             j(&Record::Entry(Entry {
                 at,
@@ -380,6 +474,45 @@ impl Door<'_> {
             blocked,
             closed,
             gone: false,
+        }
+    }
+
+    /// Cluster mode: what the replicator takes instead of the local core.
+    /// The local core keeps authentication, `ping` and signals.
+    fn replicated(
+        &mut self,
+        conn: ConnId,
+        input: &Input,
+        out: &mut Vec<Effect>,
+    ) -> Option<Outcome> {
+        let rep = self.engine.replicator.get()?;
+        match input {
+            Input::Request(req)
+                if self.inner.core.is_authed(conn) && !self.engine.is_draining() =>
+            {
+                let mailbox = self
+                    .inner
+                    .routes
+                    .get(&conn)
+                    .and_then(|r| r.mailbox.as_ref());
+                match rep.request(conn, mailbox, req)? {
+                    Some(reply) => {
+                        out.push(Effect::Reply { conn, reply });
+                        Some(Outcome::default())
+                    }
+                    None => Some(Outcome {
+                        blocked: true,
+                        ..Outcome::default()
+                    }),
+                }
+            }
+            Input::Disconnect => {
+                rep.disconnect(conn, self.engine.is_draining());
+                None
+            }
+            Input::Cancel => rep.cancel(conn).then(Outcome::default),
+            Input::ReadDeadline { partial: false } => rep.keeps(conn).then(Outcome::default),
+            _ => None,
         }
     }
 

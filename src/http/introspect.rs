@@ -150,7 +150,7 @@ pub(super) async fn stats(front: &Front, query: Option<&str>) -> Resp {
     };
     let engine = &front.engine;
     let Some(q) = q else {
-        let json = engine.stats_json().await;
+        let json = engine.stats_listing().await;
         return raw_resp(
             StatusCode::OK,
             "application/json",
@@ -446,9 +446,11 @@ pub(super) async fn activity(front: &Front) -> Resp {
         },
         "fence_headroom": headroom,
         "draining": engine.is_draining(),
-        // A single node: the replicated mode (spec/cluster.md) would list
-        // its members, roles, leader and commit/applied index here.
-        "cluster": null,
+        // Cluster mode: this member's view (spec/http.md §8.3); a single
+        // node has none.
+        "cluster": engine
+            .replicator()
+            .map_or(serde_json::Value::Null, |r| r.view()),
     }))
 }
 

@@ -54,6 +54,8 @@ struct Scrape {
     fence_headroom: u64,
     /// Failed writes of the fence state file (0 without one).
     fence_failures: u64,
+    /// Cluster mode's `dflockd_raft_*` gauges (empty on a single node).
+    raft: Vec<(&'static str, &'static str, u64)>,
 }
 
 impl Scrape {
@@ -85,6 +87,7 @@ impl Scrape {
             requests: lock(&front.requests).clone(),
             fence_headroom,
             fence_failures,
+            raft: engine.replicator().map(|r| r.metrics()).unwrap_or_default(),
         }
     }
 }
@@ -248,6 +251,9 @@ fn text(s: &Scrape) -> String {
     }
     connections(&mut out, s);
     core_series(&mut out, &s.core);
+    for (name, help, value) in &s.raft {
+        single(&mut out, name, "gauge", help, value);
+    }
     out
 }
 
@@ -423,6 +429,7 @@ mod tests {
             requests,
             fence_headroom: 7,
             fence_failures: 2,
+            raft: Vec::new(),
         }
     }
 

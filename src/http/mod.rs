@@ -24,6 +24,7 @@
 //! (`Content-Type: application/json`, `X-Content-Type-Options: nosniff`,
 //! body + `\n`) except `/metrics`. Errors are `{"error":"<code>","detail":".."}`.
 
+mod admin;
 pub mod introspect;
 mod lenient;
 pub mod limits;
@@ -125,6 +126,12 @@ pub enum Route {
     Activity,
     /// `GET /ui`, `/ui/app.js`, `/ui/app.css`
     Ui(ui::Asset),
+    /// `POST /v1/admin/voters` (cluster mode)
+    VoterAdd,
+    /// `DELETE /v1/admin/voters/{id}` (cluster mode)
+    VoterRemove,
+    /// `GET /v1/readindex` (cluster mode)
+    ReadIndex,
 }
 
 /// Every route: path template, what it is, the methods it allows.
@@ -212,6 +219,13 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
         Route::Activity,
         &[Method::GET, Method::HEAD],
     ),
+    ("/v1/admin/voters", Route::VoterAdd, &[Method::POST]),
+    (
+        "/v1/admin/voters/{id}",
+        Route::VoterRemove,
+        &[Method::DELETE],
+    ),
+    ("/v1/readindex", Route::ReadIndex, &[Method::GET]),
     (
         "/ui",
         Route::Ui(ui::Asset::Page),
@@ -251,6 +265,9 @@ pub struct HttpFront {
     /// `--auth-token`: every route but `/health`, `/ready` and the OpenAPI
     /// document needs it as a bearer token.
     auth_token: Option<Vec<u8>>,
+    /// `--admin-token` (cluster mode): the membership routes need it in
+    /// `X-Dflockd-Admin`; without it they are off.
+    admin_token: Option<Vec<u8>>,
     tls: Option<futures_rustls::TlsAcceptor>,
     tls_handshake_timeout: Duration,
     sessions: Sessions,
@@ -308,6 +325,11 @@ impl HttpFront {
             engine,
             settings,
             auth_token: cfg.core.auth_token.clone(),
+            admin_token: cfg
+                .cluster
+                .as_ref()
+                .and_then(|c| c.member.admin_token.as_ref())
+                .map(|t| t.as_bytes().to_vec()),
             tls: cfg.tls.clone().map(futures_rustls::TlsAcceptor::from),
             tls_handshake_timeout: Duration::from_secs(cfg.tls_handshake_timeout_s),
             sessions: Sessions::default(),
@@ -749,8 +771,17 @@ async fn handle(
                 Ok(r) => r,
                 Err(detail) => return bad_request(&detail),
             };
+            if engine.replicator().is_some() && crate::cluster::limit_too_large(&request) {
+                return bad_request(&format!(
+                    "limit: at most {} in cluster mode",
+                    crate::cluster::MAX_SEMAPHORE_LIMIT
+                ));
+            }
             on_session(front, &session, op, request).await
         }
+        Route::VoterAdd => admin::add_voter(front, ip, req).await,
+        Route::VoterRemove => admin::remove_voter(front, ip, req, param).await,
+        Route::ReadIndex => admin::read_index(front).await,
         Route::SignalPublish => signals::publish(front, param, req.into_body()).await,
         Route::SignalStream => match signals::stream_request(req.uri().query()) {
             Ok(request) => signals::subscribe(front, ip, slot, request),
@@ -1073,6 +1104,14 @@ fn render(engine: &Engine, op: Op, reply: Reply) -> Resp {
             json_resp(StatusCode::OK, &json!({ "remaining_s": l }))
         }
         Reply::Ok if op == Op::Release => no_content(),
+        // A cluster member that does not lead (spec/cluster.md §7).
+        Reply::NotLeader { leader } => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "not_leader", "");
+            if let Some(v) = leader.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                r.headers_mut().insert("x-dflockd-leader", v);
+            }
+            r
+        }
         // No fence left to issue (semantics §6): the acquire could not be
         // granted whatever the queue did, so say why instead of `timeout`.
         Reply::Status(Status::Timeout)

@@ -34,6 +34,8 @@ pub struct ServerHandle {
     engine: Arc<Engine>,
     addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    /// Cluster mode's member, when `--raft-dir` is set.
+    node: Option<std::sync::Arc<crate::cluster::node::Node>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     done: Arc<Event>,
     finished: Arc<AtomicBool>,
@@ -47,6 +49,11 @@ impl ServerHandle {
     /// The HTTP listener's address, when the HTTP front is on.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Cluster mode's member (status, admin routes, metrics).
+    pub fn node(&self) -> Option<&std::sync::Arc<crate::cluster::node::Node>> {
+        self.node.as_ref()
     }
 
     /// Begins graceful shutdown (as SIGTERM does).
@@ -101,6 +108,8 @@ impl Drop for ServerHandle {
 pub enum StartError {
     Bind(String, io::Error),
     FenceFile(String),
+    /// Cluster mode could not start (storage, member TLS, Raft).
+    Cluster(String),
     /// The runtime's threads or pollers could not be created.
     Runtime(io::Error),
 }
@@ -110,6 +119,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::FenceFile(e) => f.write_str(e),
+            StartError::Cluster(e) => write!(f, "cluster mode: {e}"),
             StartError::Runtime(e) => write!(f, "cannot start the runtime threads: {e}"),
         }
     }
@@ -223,6 +233,10 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
         fence,
         Box::new(MonotonicClock::new()),
     ));
+    let member = match &cfg.cluster {
+        Some(c) => Some(start_member(c, &cfg, &engine)?),
+        None => None,
+    };
     let tcp = TcpFront::new(engine.clone(), &cfg);
     let runtime = rt::Runtime::start(threads_n, "dflockd").map_err(StartError::Runtime)?;
     let place = std::sync::Arc::new(Placement {
@@ -282,6 +296,10 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     };
     let done = Arc::new(Event::new());
     let finished = Arc::new(AtomicBool::new(false));
+    let (node, raft) = match member {
+        Some((node, raft)) => (Some(node.clone()), Some((node, raft))),
+        None => (None, None),
+    };
     let watcher = {
         let done = done.clone();
         let finished = finished.clone();
@@ -291,6 +309,11 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
                 futures_lite::future::block_on(supervisor);
                 runtime.stop();
                 runtime.join();
+                // The member outlives the fronts: the drain's disconnects
+                // go through its log.
+                if let Some((_, raft)) = raft {
+                    raft.stop();
+                }
                 finished.store(true, Ordering::SeqCst);
                 done.notify(usize::MAX);
             })
@@ -298,12 +321,123 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     };
     Ok(ServerHandle {
         engine,
+        node,
         addr,
         http_addr,
         threads: vec![watcher],
         done,
         finished,
     })
+}
+
+/// The threads that run cluster mode's tasks (replica, member transport,
+/// the member's leader tasks) on a smol executor of their own: they are
+/// few, long-lived and do their own I/O through `async-io`, apart from the
+/// fronts' per-thread runtime.
+///
+/// Two threads: the replica's task blocks in its cycle's fsync, and the
+/// transport's tasks must meanwhile send the appends that cycle handed
+/// over early (spec/cluster.md §2.5), so that the followers write in
+/// parallel with the leader.
+struct RaftThread {
+    stop: smol::channel::Sender<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Threads running the member's executor.
+const RAFT_THREADS: usize = 2;
+
+impl RaftThread {
+    fn start(ex: std::sync::Arc<smol::Executor<'static>>) -> Result<RaftThread, StartError> {
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let mut threads = Vec::new();
+        for i in 0..RAFT_THREADS {
+            let (ex, stopped) = (ex.clone(), stopped.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dflockd-raft-{i}"))
+                    .spawn(move || {
+                        smol::block_on(ex.run(async move {
+                            let _ = stopped.recv().await;
+                        }))
+                    })
+                    .map_err(StartError::Runtime)?,
+            );
+        }
+        Ok(RaftThread { stop, threads })
+    }
+
+    /// Stops running the member's tasks: from then on the member is silent,
+    /// as a stopped process is to the others.
+    fn stop(self) {
+        drop(self.stop);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts cluster mode (spec/cluster.md §2.5): the Raft storage in
+/// `--raft-dir`, the member transport, the replica task, and the member
+/// as the engine's replicator.
+fn start_member(
+    c: &crate::config::ClusterSettings,
+    cfg: &ServerConfig,
+    engine: &Arc<Engine>,
+) -> Result<(std::sync::Arc<crate::cluster::node::Node>, RaftThread), StartError> {
+    use crate::cluster::machine::Machine;
+    use crate::cluster::node::{Node, NodeConfig};
+    use crate::cluster::replica::{self, Bootstrap, ReplicaConfig};
+    use crate::cluster::storage::LogStore;
+    use crate::cluster::transport::{load_member_tls, MemberAuth, TransportConfig};
+    let m = &c.member;
+    let err = |e: &dyn std::fmt::Display| StartError::Cluster(e.to_string());
+    let store = LogStore::open(&m.raft_dir).map_err(|e| err(&e))?;
+    // Every member listed at start is a voter of the new cluster; the
+    // stored state wins once there is one.
+    let bootstrap = if m.join {
+        Bootstrap::Join
+    } else {
+        Bootstrap::New(m.peers.iter().map(|p| p.id).collect())
+    };
+    let mut rcfg = ReplicaConfig::new(m.node_id, m.peers.clone(), bootstrap);
+    rcfg.tick = Duration::from_millis(c.tick_ms.max(1));
+    let tls = match &m.raft_tls {
+        Some(t) => Some(load_member_tls(&t.cert, &t.key, &t.ca).map_err(|e| err(&e))?),
+        None => None,
+    };
+    let auth = MemberAuth {
+        token: m
+            .raft_auth_token
+            .as_ref()
+            .map(|t| std::sync::Arc::from(t.as_bytes())),
+        tls,
+    };
+    let tcfg = TransportConfig::new(m.node_id, auth);
+    let ex = std::sync::Arc::new(smol::Executor::new());
+    let (applier, shared) = Node::applier(Machine::new(cfg.core.clone()));
+    let handle = replica::spawn(rcfg, applier, store, tcfg, &m.raft_addr, ex.clone())
+        .map_err(|e| err(&e))?;
+    let client_addr = m.advertise_addr.clone().unwrap_or_else(|| {
+        m.peers
+            .iter()
+            .find(|p| p.id == m.node_id)
+            .map_or_else(|| cfg.listen.clone(), |p| p.client_addr.clone())
+    });
+    let node = Node::new(
+        shared,
+        handle,
+        NodeConfig {
+            orphan_ttl_ms: c.orphan_ttl_ms,
+            client_addr,
+            peers: m.peers.clone(),
+        },
+        ex.clone(),
+    );
+    node.spawn_tasks();
+    engine.set_replicator(node.clone());
+    let raft = RaftThread::start(ex)?;
+    Ok((node, raft))
 }
 
 /// The accept mode: [`ACCEPT`], unless `DFLOCKD_BENCH_ACCEPT` (`pin` or

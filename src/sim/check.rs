@@ -322,6 +322,10 @@ pub fn op(req: &Request) -> model::Op {
             channel: k(channel),
             payload: payload.to_vec(),
         },
+        // Cluster-only commands: a single node answers them `error`, as
+        // the model answers a request it cannot parse (the simulator's
+        // workload never sends them).
+        Request::Barrier | Request::StableRef { .. } => model::Op::Invalid { fatal: false },
     }
 }
 

@@ -452,7 +452,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             door.stats_gate(self.id, &mut self.effects)
         };
         if passed {
-            let json = self.engine.stats_json().await;
+            let json = self.engine.stats_listing().await;
             self.effects.push(Effect::Reply {
                 conn: self.id,
                 reply: Reply::Stats(json),

@@ -131,6 +131,8 @@ enum Command {
     Stats,
     Auth,
     Ping,
+    Barrier,
+    StableRef,
     Keyed(Keyed),
 }
 
@@ -157,6 +159,8 @@ impl Command {
             b"stats" => return Some(Command::Stats),
             b"auth" => return Some(Command::Auth),
             b"ping" => return Some(Command::Ping),
+            b"barrier" => return Some(Command::Barrier),
+            b"stable-ref" => return Some(Command::StableRef),
             b"l" => Keyed::Acquire(Lock),
             b"r" => Keyed::Release(Lock),
             b"n" => Keyed::Renew(Lock),
@@ -183,6 +187,20 @@ fn parse(cmd: Command, key: &[u8], arg: &[u8]) -> Result<Request, ParseError> {
     match cmd {
         Command::Stats => Ok(Request::Stats),
         Command::Ping => Ok(Request::Ping),
+        Command::Barrier => Ok(Request::Barrier),
+        // 1-64 printable ASCII, no spaces: the reference is a credential
+        // that the server compares byte for byte.
+        Command::StableRef => {
+            let ok = (1..=super::MAX_STABLE_REF).contains(&key.len())
+                && key.iter().all(|b| (0x21..=0x7e).contains(b));
+            if ok {
+                Ok(Request::StableRef {
+                    reference: key.into(),
+                })
+            } else {
+                Err(ParseError::BadKey)
+            }
+        }
         // The server decides what an empty token means (§1.6).
         Command::Auth => Ok(Request::Auth {
             token: trim_space(arg).into(),

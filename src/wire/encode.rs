@@ -74,6 +74,8 @@ pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
         }
         Request::Stats => head(out, "stats", b"_"),
         Request::Ping => head(out, "ping", b"_"),
+        Request::Barrier => head(out, "barrier", b"_"),
+        Request::StableRef { reference } => head(out, "stable-ref", reference),
         Request::Auth { token } => {
             head(out, "auth", b"_");
             out.extend_from_slice(token);

@@ -191,7 +191,15 @@ pub enum Request {
     },
     /// `signal channel payload`
     Signal { channel: Key, payload: Box<[u8]> },
+    /// `barrier`: cluster mode's linearizable no-op (spec/cluster.md §7).
+    Barrier,
+    /// `stable-ref REF`: tags the connection with a client-chosen
+    /// reference of 1-64 printable ASCII characters (spec/cluster.md §5).
+    StableRef { reference: Box<[u8]> },
 }
+
+/// Longest `stable-ref` reference.
+pub const MAX_STABLE_REF: usize = 64;
 
 /// Why a request was rejected. The numbers are upstream's internal protocol
 /// error codes; on the wire every one of them is just `error`.
@@ -333,7 +341,23 @@ impl Status {
 
 /// The command words of the protocol, in the order `spec/protocol.md`
 /// lists them (a test checks the two agree).
-pub const COMMANDS: [&str; 16] = [
-    "l", "r", "n", "e", "w", "sl", "sr", "sn", "se", "sw", "stats", "auth", "ping", "listen",
-    "unlisten", "signal",
+pub const COMMANDS: [&str; 18] = [
+    "l",
+    "r",
+    "n",
+    "e",
+    "w",
+    "sl",
+    "sr",
+    "sn",
+    "se",
+    "sw",
+    "stats",
+    "auth",
+    "ping",
+    "listen",
+    "unlisten",
+    "signal",
+    "barrier",
+    "stable-ref",
 ];

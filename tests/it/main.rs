@@ -37,6 +37,7 @@ mod auth;
 mod bad_input;
 mod client;
 mod client_guide;
+mod cluster;
 mod commands;
 mod contention;
 mod dashboard;

@@ -582,3 +582,58 @@ fn fence_file_failing_after_start_up_read_only_directory() {
     fence_failure_and_recovery(&mount.0, &ReadOnlyMount(mount.0.clone()));
     drop(mount);
 }
+
+/// Cluster mode's settings are checked in full by the real binary, and a
+/// valid member is then refused with the message the README quotes (the
+/// server does not run on the replication layer yet): a process someone
+/// took for a cluster member never serves as a lone node.
+#[test]
+fn cluster_mode_is_checked_and_a_bad_raft_dir_stops_the_start() {
+    let peers = "1=127.0.0.1:7001@127.0.0.1:6401,2=127.0.0.1:7002@127.0.0.1:6402";
+    // A file where the Raft directory should be: the member cannot open
+    // its storage and exits, naming cluster mode, never the token.
+    let not_a_dir =
+        std::env::temp_dir().join(format!("dflockd-it-raft-file-{}", std::process::id()));
+    std::fs::write(&not_a_dir, b"x").expect("scratch file");
+    let not_a_dir = not_a_dir.to_str().expect("utf-8").to_owned();
+    let member = [
+        "--port",
+        "0",
+        "--raft-dir",
+        &not_a_dir,
+        "--node-id",
+        "1",
+        "--raft-addr",
+        "127.0.0.1:7001",
+        "--cluster-peers",
+        peers,
+    ];
+    let token = [(
+        "DFLOCKD_RAFT_AUTH_TOKEN",
+        "0123456789abcdef0123456789abcdef",
+    )];
+    let (code, stderr) = run_to_exit(&member, &token);
+    assert_eq!(code, Some(1), "{stderr}");
+    let _ = std::fs::remove_file(&not_a_dir);
+    assert!(stderr.contains("cluster mode"), "{stderr}");
+    assert!(
+        !stderr.contains("0123456789abcdef"),
+        "the token leaked: {stderr}"
+    );
+    // Errors name the setting at fault.
+    let (code, stderr) = run_to_exit(&member, &[("DFLOCKD_RAFT_AUTH_TOKEN", "too-short")]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr.trim(),
+        "configuration error: DFLOCKD_RAFT_AUTH_TOKEN: token is shorter than 32 bytes"
+    );
+    let mut with_fence = member.to_vec();
+    with_fence.extend(["--fence-state-file", "/tmp/f"]);
+    let (code, stderr) = run_to_exit(&with_fence, &token);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr
+            .starts_with("configuration error: --fence-state-file: cannot be used with --raft-dir"),
+        "{stderr}"
+    );
+}

@@ -93,6 +93,11 @@ struct Args {
     #[argh(option)]
     http: Option<String>,
 
+    /// etcd mode: the same loop against etcd's lock API (v3 JSON gateway at this host:port):
+    /// one lease per worker, /v3/lock/lock + /v3/lock/unlock over one keep-alive connection
+    #[argh(option)]
+    etcd: Option<String>,
+
     /// client mode: the same loop driven through this crate's client library (dflockd::client)
     #[argh(switch)]
     client: bool,
@@ -209,6 +214,8 @@ pub(crate) enum Driver {
     Protocol,
     /// The HTTP REST front at this address.
     Http { addr: String },
+    /// etcd's lock API at this address (the cluster baseline).
+    Etcd { addr: String },
     /// This crate's client library.
     Client(ClientApi),
 }
@@ -309,6 +316,7 @@ impl Config {
             ("--idle-connections", args.idle_connections.is_some()),
             ("--hold", args.hold.is_some()),
             ("--http", args.http.is_some()),
+            ("--etcd", args.etcd.is_some()),
             ("--client", args.client),
             ("--fanout", args.fanout),
             ("--scaling", args.scaling),
@@ -398,6 +406,13 @@ impl Config {
                     Driver::Http {
                         addr: addr.trim().to_string(),
                     }
+                } else if let Some(addr) = args.etcd {
+                    if addr.trim().is_empty() {
+                        return Err("--etcd needs a host:port".into());
+                    }
+                    Driver::Etcd {
+                        addr: addr.trim().to_string(),
+                    }
                 } else if args.client {
                     Driver::Client(client_api)
                 } else {
@@ -408,7 +423,7 @@ impl Config {
                 }
                 let one_connection = matches!(
                     driver,
-                    Driver::Http { .. } | Driver::Client(ClientApi::Lock)
+                    Driver::Http { .. } | Driver::Etcd { .. } | Driver::Client(ClientApi::Lock)
                 );
                 if one_connection && conns_per_worker > 1 {
                     return Err(

@@ -204,7 +204,7 @@ pub(crate) fn push_http_post(
 }
 
 /// A response shown in a failure count: status and the start of the body.
-fn show_response(what: &str, response: &HttpResponse) -> String {
+pub(crate) fn show_response(what: &str, response: &HttpResponse) -> String {
     format!(
         "{what}: HTTP {} {}",
         response.status,
@@ -228,7 +228,7 @@ fn parse_acquired(body: &[u8]) -> Result<String, String> {
 
 /// One keep-alive HTTP/1.1 connection and the session it works in; reconnects after a
 /// response that announced a close.
-struct HttpClient<'a, T> {
+pub(crate) struct HttpClient<'a, T> {
     addr: &'a str,
     cfg: &'a Config,
     io: Option<T>,
@@ -240,7 +240,7 @@ struct HttpClient<'a, T> {
 }
 
 impl<'a, T: Transport> HttpClient<'a, T> {
-    fn new(addr: &'a str, cfg: &'a Config) -> Self {
+    pub(crate) fn new(addr: &'a str, cfg: &'a Config) -> Self {
         HttpClient {
             addr,
             cfg,
@@ -253,7 +253,7 @@ impl<'a, T: Transport> HttpClient<'a, T> {
     }
 
     /// Sends one `POST` and reads its response.
-    async fn post(
+    pub(crate) async fn post(
         &mut self,
         path: &str,
         with_session: bool,

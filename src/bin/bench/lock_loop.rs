@@ -238,6 +238,9 @@ fn worker_on_thread(
     match driver {
         Driver::Protocol => future::block_on(bench_worker::<Blocking>(id, cfg, gate)),
         Driver::Http { addr } => future::block_on(http_worker::<Blocking>(id, cfg, gate, addr)),
+        Driver::Etcd { addr } => {
+            future::block_on(crate::etcd::etcd_worker::<Blocking>(id, cfg, gate, addr))
+        }
         // The library's sockets are async-io's: `smol::block_on` runs the reactor on this
         // thread instead of handing every wake-up over from async-io's fallback thread.
         Driver::Client(api) => smol::block_on(client_worker(id, cfg, gate, *api)),
@@ -254,6 +257,7 @@ async fn worker_on_loop(
     match driver {
         Driver::Protocol => bench_worker::<Evented>(id, cfg, gate).await,
         Driver::Http { addr } => http_worker::<Evented>(id, cfg, gate, addr).await,
+        Driver::Etcd { addr } => crate::etcd::etcd_worker::<Evented>(id, cfg, gate, addr).await,
         Driver::Client(api) => client_worker(id, cfg, gate, *api).await,
     }
 }

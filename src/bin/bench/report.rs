@@ -80,6 +80,9 @@ pub(crate) fn header(cfg: &Config) -> String {
             driver: Driver::Http { addr },
         } => mode.push_str(&format!(", http {addr}")),
         Mode::Bench {
+            driver: Driver::Etcd { addr },
+        } => mode.push_str(&format!(", etcd lock API {addr}")),
+        Mode::Bench {
             driver: Driver::Client(api),
         } => mode.push_str(&format!(", client library ({api:?} API)")),
         _ => {}

@@ -331,10 +331,12 @@
     show($('cluster-table'), !!cl);
     if (cl) {
       $('cluster-text').textContent = 'Leader: ' + (cl.leader || 'none') + ', term ' + cl.term;
+      const known = (v) => (v === null || v === undefined ? '–' : String(v));
       fill($('cluster-table').tBodies[0], cl.members.map((m) => el('tr', {},
-        el('td', { text: m.id }), el('td', { text: m.role }),
-        el('td', { class: 'num', text: String(m.commit_index) }),
-        el('td', { class: 'num', text: String(m.applied_index) }))));
+        el('td', { text: m.id + (m.addr ? ' · ' + m.addr : '') + (m.self ? ' (this member)' : '') }),
+        el('td', { text: m.role }),
+        el('td', { class: 'num', text: known(m.commit_index) }),
+        el('td', { class: 'num', text: known(m.applied_index) }))));
     } else {
       $('cluster-text').textContent = 'Single node (not clustered).';
     }

@@ -1,0 +1,850 @@
+//! The member's durable Raft state in `--raft-dir`: the log, the hard
+//! state, the conf state and the latest snapshot, behind `raft::Storage`.
+//!
+//! Layout (spec/cluster.md §2.6):
+//! * `raft.redb`: one redb database. Table `log` maps an index to the
+//!   protobuf bytes of its entry; table `state` holds the format version,
+//!   the hard state, the conf state as of the snapshot (or the bootstrap
+//!   voters), the compaction point (index and term of the entry before
+//!   the first one kept) and the name of the current snapshot file.
+//! * `snapshot-<index>-<term>.snap`: the current snapshot, a file of its
+//!   own (magic, version, metadata, data, checksum) written to a temporary
+//!   name, synced, renamed and the directory synced before redb names it.
+//!
+//! Every write is one redb transaction committed with
+//! `Durability::Immediate` (an fsync): a `Ready`'s entries and hard state
+//! together, so a crash leaves either all of a cycle's write or none of it.
+//! The replica (`replica.rs`) sends votes and append acknowledgements only
+//! after that write returns.
+//!
+//! Reads never touch the disk: the entries not yet compacted are mirrored
+//! in memory (bounded by the snapshot interval plus the uncommitted cap),
+//! so `entries`, `term` and the indexes are answered from the mirror.
+//!
+//! Untrusted bytes: a file in `--raft-dir` may be truncated or damaged.
+//! Everything read back is parsed into typed errors ([`StoreError`]);
+//! redb's own checks run on open. Nothing here panics on file contents.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// The database file inside `--raft-dir`.
+pub const DB_FILE: &str = "raft.redb";
+
+/// Bumped when the layout changes; an unknown version is refused.
+const FORMAT_VERSION: u32 = 1;
+const SNAP_MAGIC: &[u8; 8] = b"DFLKSNAP";
+const SNAP_VERSION: u32 = 1;
+/// Metadata larger than this is a damaged file, not a snapshot (it holds
+/// two integers and the voter lists).
+const MAX_SNAP_META_BYTES: u32 = 1 << 20;
+
+const KEY_VERSION: &str = "version";
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_CONF_STATE: &str = "conf_state";
+const KEY_TRUNCATED: &str = "truncated";
+const KEY_SNAPSHOT: &str = "snapshot";
+
+/// Why the Raft state could not be read or written. Display never shows
+/// entry contents.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A file system operation failed.
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// redb refused to open or write the database.
+    Db { path: PathBuf, detail: String },
+    /// Something in `--raft-dir` is not what this module wrote: a damaged
+    /// or truncated file, a value that does not parse, an inconsistency
+    /// between the parts.
+    Corrupt { path: PathBuf, detail: String },
+    /// Written by a newer (or unknown) layout.
+    Format { path: PathBuf, version: u32 },
+    /// A caller broke the storage contract (an append with a gap, a
+    /// snapshot behind the log's start): a bug, reported rather than
+    /// panicking inside the library.
+    Contract(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StoreError::Db { path, detail } => write!(f, "{}: {detail}", path.display()),
+            StoreError::Corrupt { path, detail } => {
+                write!(f, "{}: damaged Raft state: {detail}", path.display())
+            }
+            StoreError::Format { path, version } => write!(
+                f,
+                "{}: Raft state format {version} is not supported (this build reads {FORMAT_VERSION})",
+                path.display()
+            ),
+            StoreError::Contract(detail) => write!(f, "Raft storage misuse: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<StoreError> for raft::Error {
+    fn from(e: StoreError) -> raft::Error {
+        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+    }
+}
+
+/// The durable Raft state of one member.
+pub struct LogStore {
+    dir: PathBuf,
+    db_path: PathBuf,
+    db: Database,
+    hard_state: HardState,
+    /// The configuration as of the snapshot's index (or the bootstrap
+    /// voters): a restarted member starts Raft from it and replays the log
+    /// after the snapshot, conf changes included (spec/cluster.md §2.6).
+    conf_state: ConfState,
+    /// Index and term of the entry just before `entries` (0, 0 when
+    /// nothing was ever compacted).
+    truncated: (u64, u64),
+    /// Every entry after `truncated`, in index order, without gaps.
+    entries: VecDeque<Entry>,
+    /// The current snapshot: metadata, file name and data.
+    snapshot: Option<StoredSnapshot>,
+    /// Set by `raft::Storage::snapshot` when a follower needs a snapshot
+    /// newer than the one kept; the replica takes one after its cycle.
+    snapshot_wanted: AtomicBool,
+}
+
+#[derive(Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMetadata,
+    file: String,
+    data: Bytes,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the Raft state in `dir`. Every part is
+    /// read and checked: the result either holds a consistent state or is a
+    /// typed error naming the file.
+    pub fn open(dir: &Path) -> Result<LogStore, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
+        let db_path = dir.join(DB_FILE);
+        let db_err = |e: &dyn fmt::Display| classify_db_error(&db_path, e);
+        // Verifying every page's checksum on open turns a damaged file into
+        // an error here instead of a surprise in the middle of a cycle. The
+        // log is compacted, so the file stays small and this stays cheap.
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(&db_path)
+            .map_err(|e| db_err(&e))?;
+        let mut store = LogStore {
+            dir: dir.to_path_buf(),
+            db_path: db_path.clone(),
+            db,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            truncated: (0, 0),
+            entries: VecDeque::new(),
+            snapshot: None,
+            snapshot_wanted: AtomicBool::new(false),
+        };
+        store.load()?;
+        store.remove_stray_snapshot_files();
+        Ok(store)
+    }
+
+    fn load(&mut self) -> Result<(), StoreError> {
+        let path = self.db_path.clone();
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: path.clone(),
+            detail,
+        };
+        let rx = self
+            .db
+            .begin_read()
+            .map_err(|e| classify_db_error(&path, &e))?;
+        let state = match rx.open_table(STATE) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(classify_db_error(&path, &e)),
+        };
+        let Some(state) = state else {
+            // A new database: nothing written yet.
+            return Ok(());
+        };
+        let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            state
+                .get(key)
+                .map(|v| v.map(|g| g.value().to_vec()))
+                .map_err(|e| classify_db_error(&path, &e))
+        };
+        match get(KEY_VERSION)? {
+            None => return Err(corrupt("no format version".into())),
+            Some(v) => {
+                let version = u32::from_be_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| corrupt("format version is not 4 bytes".into()))?,
+                );
+                if version != FORMAT_VERSION {
+                    return Err(StoreError::Format { path, version });
+                }
+            }
+        }
+        if let Some(b) = get(KEY_HARD_STATE)? {
+            self.hard_state =
+                HardState::parse_from_bytes(&b).map_err(|e| corrupt(format!("hard state: {e}")))?;
+        }
+        if let Some(b) = get(KEY_CONF_STATE)? {
+            self.conf_state =
+                ConfState::parse_from_bytes(&b).map_err(|e| corrupt(format!("conf state: {e}")))?;
+        }
+        if let Some(b) = get(KEY_TRUNCATED)? {
+            if b.len() != 16 {
+                return Err(corrupt("compaction point is not 16 bytes".into()));
+            }
+            self.truncated = (
+                u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
+            );
+        }
+        if let Some(b) = get(KEY_SNAPSHOT)? {
+            let file = String::from_utf8(b).map_err(|_| corrupt("snapshot name".into()))?;
+            if !is_snapshot_name(&file) {
+                return Err(corrupt(format!("snapshot name {file:?}")));
+            }
+            let (meta, data) = read_snapshot_file(&self.dir.join(&file))?;
+            self.snapshot = Some(StoredSnapshot { meta, file, data });
+        }
+        match rx.open_table(LOG) {
+            Ok(log) => {
+                let first = self.truncated.0 + 1;
+                let range = log
+                    .range(first..)
+                    .map_err(|e| classify_db_error(&path, &e))?;
+                for (expect, item) in (first..).zip(range) {
+                    let (k, v) = item.map_err(|e| classify_db_error(&path, &e))?;
+                    let index = k.value();
+                    if index != expect {
+                        return Err(corrupt(format!(
+                            "log has a gap: entry {index} where {expect} was expected"
+                        )));
+                    }
+                    let e = Entry::parse_from_bytes(v.value())
+                        .map_err(|e| corrupt(format!("log entry {index}: {e}")))?;
+                    if e.index != index {
+                        return Err(corrupt(format!("log entry {index} says it is {}", e.index)));
+                    }
+                    self.entries.push_back(e);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(classify_db_error(&path, &e)),
+        }
+        // The parts must agree with each other.
+        if let Some(s) = &self.snapshot {
+            if s.meta.index < self.truncated.0 {
+                return Err(corrupt(format!(
+                    "snapshot at {} is behind the compaction point {}",
+                    s.meta.index, self.truncated.0
+                )));
+            }
+            if s.meta.index > self.last_index_inner() {
+                return Err(corrupt(format!(
+                    "snapshot at {} is past the log's end {}",
+                    s.meta.index,
+                    self.last_index_inner()
+                )));
+            }
+        }
+        if self.hard_state.commit > self.last_index_inner() {
+            return Err(corrupt(format!(
+                "commit index {} is past the log's end {}",
+                self.hard_state.commit,
+                self.last_index_inner()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes snapshot files that the database does not name: left by a
+    /// crash between writing a new snapshot and recording it, or between
+    /// recording it and deleting the old one. Best effort.
+    fn remove_stray_snapshot_files(&self) {
+        let keep = self.snapshot.as_ref().map(|s| s.file.as_str());
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stray_tmp = name.starts_with("snapshot-") && name.ends_with(".tmp");
+            if (is_snapshot_name(name) && Some(name) != keep) || stray_tmp {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Whether this member has Raft state already (it was bootstrapped, or
+    /// it received anything from a leader).
+    pub fn is_initialized(&self) -> bool {
+        !self.conf_state.voters.is_empty()
+            || self.hard_state.term > 0
+            || self.snapshot.is_some()
+            || !self.entries.is_empty()
+    }
+
+    /// Writes the first configuration of a new cluster: `voters` at index
+    /// 0. Only on an uninitialized store.
+    pub fn bootstrap(&mut self, voters: &[u64]) -> Result<(), StoreError> {
+        if self.is_initialized() {
+            return Err(StoreError::Contract(
+                "bootstrap of a member that already has Raft state".into(),
+            ));
+        }
+        let cs = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        self.write(|w| w.put(KEY_CONF_STATE, &pb(&cs)?))?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Makes a cycle's new entries and hard state durable in one
+    /// transaction (spec/cluster.md §2.5 step 4). Entries may overwrite a
+    /// suffix of the log (a new leader's log wins).
+    pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let (drop_from, old_last) = match entries.first() {
+            Some(first) => {
+                if first.index <= self.truncated.0 {
+                    return Err(StoreError::Contract(format!(
+                        "append at {} overwrites the compacted log (up to {})",
+                        first.index, self.truncated.0
+                    )));
+                }
+                if first.index > self.last_index_inner() + 1 {
+                    return Err(StoreError::Contract(format!(
+                        "append at {} leaves a gap after {}",
+                        first.index,
+                        self.last_index_inner()
+                    )));
+                }
+                for pair in entries.windows(2) {
+                    if pair[1].index != pair[0].index + 1 {
+                        return Err(StoreError::Contract("entries not consecutive".into()));
+                    }
+                }
+                (first.index, self.last_index_inner())
+            }
+            None => (u64::MAX, 0),
+        };
+        let new_last = entries.last().map(|e| e.index).unwrap_or(0);
+        // Entries, a term and a vote must be on disk before anything that
+        // depends on them leaves; a commit index alone need not (a member
+        // learns it again from the leader), so it rides along with the
+        // next durable write instead of costing an fsync of its own.
+        let durable = !entries.is_empty()
+            || hs.is_some_and(|h| h.term != self.hard_state.term || h.vote != self.hard_state.vote);
+        self.write_as(durable, |w| {
+            if !entries.is_empty() {
+                let mut log = w.log()?;
+                // Entries past the new last index belong to a log that lost.
+                for index in drop_from.max(new_last + 1)..=old_last {
+                    log.remove(index).map_err(|e| w.err(&e))?;
+                }
+                for e in entries {
+                    log.insert(e.index, pb(e)?.as_slice())
+                        .map_err(|e| w.err(&e))?;
+                }
+            }
+            if let Some(hs) = hs {
+                w.put(KEY_HARD_STATE, &pb(hs)?)?;
+            }
+            Ok(())
+        })?;
+        if let Some(first) = entries.first() {
+            let keep = (first.index - self.truncated.0 - 1) as usize;
+            self.entries.truncate(keep);
+            self.entries.extend(entries.iter().cloned());
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index (spec/cluster.md §2.5 step 6).
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        if commit == self.hard_state.commit {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.append(&[], Some(&hs))
+    }
+
+    /// Installs a snapshot received from the leader (step 2): its file,
+    /// then in one transaction the log emptied, the compaction point and
+    /// conf state set to the snapshot's, the commit index raised to it.
+    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+        let meta = snap.get_metadata().clone();
+        if meta.index < self.truncated.0 {
+            return Err(StoreError::Contract(format!(
+                "snapshot at {} is older than the compaction point {}",
+                meta.index, self.truncated.0
+            )));
+        }
+        let file = self.write_snapshot_file(&meta, &snap.data)?;
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        let conf = meta.get_conf_state().clone();
+        let (first, last) = (self.truncated.0 + 1, self.last_index_inner());
+        let result = self.write(|w| {
+            let mut log = w.log()?;
+            for index in first..=last {
+                log.remove(index).map_err(|e| w.err(&e))?;
+            }
+            drop(log);
+            w.put(KEY_HARD_STATE, &pb(&hs)?)?;
+            w.put(KEY_CONF_STATE, &pb(&conf)?)?;
+            w.put(KEY_TRUNCATED, &truncated_bytes(meta.index, meta.term))?;
+            w.put(KEY_SNAPSHOT, file.as_bytes())
+        });
+        if let Err(e) = result {
+            let _ = fs::remove_file(self.dir.join(&file));
+            return Err(e);
+        }
+        self.entries.clear();
+        self.truncated = (meta.index, meta.term);
+        self.hard_state = hs;
+        self.conf_state = conf;
+        self.replace_snapshot(StoredSnapshot {
+            meta,
+            file,
+            data: snap.data.clone(),
+        });
+        Ok(())
+    }
+
+    /// Keeps a snapshot this member made of its state at `meta.index` (an
+    /// applied, hence committed, index) and compacts the log behind it,
+    /// keeping the last `keep_entries` entries before it so that a
+    /// follower just behind needs no snapshot.
+    pub fn save_snapshot(
+        &mut self,
+        meta: SnapshotMetadata,
+        data: Bytes,
+        keep_entries: u64,
+    ) -> Result<(), StoreError> {
+        if meta.index > self.hard_state.commit || meta.index < self.truncated.0 {
+            return Err(StoreError::Contract(format!(
+                "snapshot at {} outside [{}, commit {}]",
+                meta.index, self.truncated.0, self.hard_state.commit
+            )));
+        }
+        if self.term_inner(meta.index) != Some(meta.term) {
+            return Err(StoreError::Contract(format!(
+                "snapshot at {} with term {} that the log does not have",
+                meta.index, meta.term
+            )));
+        }
+        let file = self.write_snapshot_file(&meta, &data)?;
+        let compact_to = meta
+            .index
+            .saturating_sub(keep_entries)
+            .max(self.truncated.0);
+        let compact_term = self.term_inner(compact_to).unwrap_or(self.truncated.1);
+        // The conf state stored is the snapshot's: a restarted member
+        // restores the snapshot and replays from its index, so Raft must
+        // start from the configuration as of that index. The kept entries
+        // before it are only sent to followers, never applied again.
+        let conf = meta.get_conf_state().clone();
+        let first = self.truncated.0 + 1;
+        let result = self.write(|w| {
+            let mut log = w.log()?;
+            for index in first..=compact_to {
+                log.remove(index).map_err(|e| w.err(&e))?;
+            }
+            drop(log);
+            w.put(KEY_CONF_STATE, &pb(&conf)?)?;
+            w.put(KEY_TRUNCATED, &truncated_bytes(compact_to, compact_term))?;
+            w.put(KEY_SNAPSHOT, file.as_bytes())
+        });
+        if let Err(e) = result {
+            let _ = fs::remove_file(self.dir.join(&file));
+            return Err(e);
+        }
+        let drop_n = (compact_to - self.truncated.0) as usize;
+        self.entries.drain(..drop_n);
+        self.truncated = (compact_to, compact_term);
+        self.conf_state = conf;
+        self.replace_snapshot(StoredSnapshot { meta, file, data });
+        Ok(())
+    }
+
+    fn replace_snapshot(&mut self, new: StoredSnapshot) {
+        if let Some(old) = self.snapshot.replace(new) {
+            if Some(&old.file) != self.snapshot.as_ref().map(|s| &s.file) {
+                // Best effort: a leftover is removed at the next open.
+                let _ = fs::remove_file(self.dir.join(old.file));
+            }
+        }
+    }
+
+    /// The snapshot to restore the state machine from at start-up, if any.
+    pub fn snapshot_for_restore(&self) -> Option<(SnapshotMetadata, Bytes)> {
+        self.snapshot
+            .as_ref()
+            .map(|s| (s.meta.clone(), s.data.clone()))
+    }
+
+    /// The compaction point (index and term of the entry before the first
+    /// one kept). The state machine restored from the snapshot must replay
+    /// from the snapshot's index; entries between this point and it are
+    /// kept for followers.
+    pub fn truncated(&self) -> (u64, u64) {
+        self.truncated
+    }
+
+    /// The index of the current snapshot (0 if none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.meta.index)
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Entries kept in the log (after the compaction point).
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether `raft::Storage::snapshot` asked for a newer snapshot since
+    /// the last call; clears the request.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    fn last_index_inner(&self) -> u64 {
+        self.truncated.0 + self.entries.len() as u64
+    }
+
+    fn term_inner(&self, index: u64) -> Option<u64> {
+        if index == self.truncated.0 {
+            return Some(self.truncated.1);
+        }
+        if index < self.truncated.0 {
+            return None;
+        }
+        self.entries
+            .get((index - self.truncated.0 - 1) as usize)
+            .map(|e| e.term)
+    }
+
+    /// Writes a snapshot file durably: temporary name, fsync, rename,
+    /// directory fsync. Returns its name.
+    fn write_snapshot_file(
+        &self,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+    ) -> Result<String, StoreError> {
+        let name = format!("snapshot-{:020}-{:020}.snap", meta.index, meta.term);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let meta_bytes = pb(meta)?;
+        let mut body = Vec::with_capacity(SNAP_MAGIC.len() + 24 + meta_bytes.len() + data.len());
+        body.extend_from_slice(SNAP_MAGIC);
+        body.extend_from_slice(&SNAP_VERSION.to_be_bytes());
+        body.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
+        body.extend_from_slice(&meta_bytes);
+        body.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        body.extend_from_slice(data);
+        let sum = checksum(&body);
+        body.extend_from_slice(&sum.to_be_bytes());
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()
+        };
+        write().map_err(|source| io(&tmp, source))?;
+        let path = self.dir.join(&name);
+        fs::rename(&tmp, &path).map_err(|source| io(&path, source))?;
+        sync_dir(&self.dir)?;
+        Ok(name)
+    }
+
+    /// Runs `f` in one write transaction committed durably.
+    fn write(
+        &self,
+        f: impl FnOnce(&Writer<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.write_as(true, f)
+    }
+
+    /// Runs `f` in one write transaction, committed durably (an fsync)
+    /// when `durable`; otherwise it reaches the disk with the next durable
+    /// commit, and a crash before that loses it.
+    fn write_as(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Writer<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .db
+            .begin_write()
+            .map_err(|e| classify_db_error(&self.db_path, &e))?;
+        if !durable {
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| classify_db_error(&self.db_path, &e))?;
+        }
+        let w = Writer {
+            tx: &tx,
+            path: &self.db_path,
+        };
+        f(&w)?;
+        w.put(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        tx.commit()
+            .map_err(|e| classify_db_error(&self.db_path, &e))
+    }
+}
+
+/// One open write transaction.
+struct Writer<'a> {
+    tx: &'a redb::WriteTransaction,
+    path: &'a Path,
+}
+
+impl Writer<'_> {
+    fn err(&self, e: &dyn fmt::Display) -> StoreError {
+        classify_db_error(self.path, e)
+    }
+
+    fn log(&self) -> Result<redb::Table<'_, u64, &'static [u8]>, StoreError> {
+        self.tx.open_table(LOG).map_err(|e| self.err(&e))
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(STATE).map_err(|e| self.err(&e))?;
+        t.insert(key, value).map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.0 {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last_index_inner() + 1 || low > high {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let start = (low - self.truncated.0 - 1) as usize;
+        let end = (high - self.truncated.0 - 1) as usize;
+        let mut out = Vec::with_capacity(end - start);
+        let mut size = 0u64;
+        for e in self.entries.range(start..end) {
+            size += u64::from(e.compute_size());
+            // At least one entry, whatever its size (the trait's contract).
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx < self.truncated.0 {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        self.term_inner(idx)
+            .ok_or(raft::Error::Store(raft::StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index_inner())
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A snapshot older than a member's admission does not name it, and
+        // the member would refuse it: such a member needs a newer one.
+        let names = |meta: &SnapshotMetadata| {
+            let cs = meta.get_conf_state();
+            cs.voters.iter().chain(&cs.learners).any(|id| *id == to)
+        };
+        match &self.snapshot {
+            Some(s) if s.meta.index >= request_index && names(&s.meta) => {
+                let mut snap = Snapshot::default();
+                snap.set_metadata(s.meta.clone());
+                snap.data = s.data.clone();
+                Ok(snap)
+            }
+            _ => {
+                self.snapshot_wanted.store(true, Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+}
+
+/// Reads and checks a snapshot file.
+fn read_snapshot_file(path: &Path) -> Result<(SnapshotMetadata, Bytes), StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.to_owned(),
+    };
+    let mut body = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut body))
+        .map_err(|source| io(path, source))?;
+    if body.len() < SNAP_MAGIC.len() + 4 + 4 + 8 + 16 {
+        return Err(corrupt("snapshot file is truncated"));
+    }
+    let (content, sum) = body.split_at(body.len() - 16);
+    if checksum(content).to_be_bytes() != sum {
+        return Err(corrupt("snapshot file checksum does not match"));
+    }
+    if &content[..8] != SNAP_MAGIC {
+        return Err(corrupt("not a snapshot file"));
+    }
+    let version = u32::from_be_bytes(content[8..12].try_into().expect("4 bytes"));
+    if version != SNAP_VERSION {
+        return Err(StoreError::Format {
+            path: path.to_path_buf(),
+            version,
+        });
+    }
+    let meta_len = u32::from_be_bytes(content[12..16].try_into().expect("4 bytes"));
+    if meta_len > MAX_SNAP_META_BYTES {
+        return Err(corrupt("snapshot metadata too large"));
+    }
+    let meta_end = 16 + meta_len as usize;
+    if content.len() < meta_end + 8 {
+        return Err(corrupt("snapshot file is truncated"));
+    }
+    let meta = SnapshotMetadata::parse_from_bytes(&content[16..meta_end])
+        .map_err(|_| corrupt("snapshot metadata does not parse"))?;
+    let data_len = u64::from_be_bytes(content[meta_end..meta_end + 8].try_into().expect("8"));
+    let data = &content[meta_end + 8..];
+    if data.len() as u64 != data_len {
+        return Err(corrupt("snapshot data length does not match"));
+    }
+    Ok((meta, Bytes::copy_from_slice(data)))
+}
+
+fn is_snapshot_name(name: &str) -> bool {
+    name.len() == "snapshot-".len() + 20 + 1 + 20 + ".snap".len()
+        && name.starts_with("snapshot-")
+        && name.ends_with(".snap")
+        && name["snapshot-".len()..name.len() - ".snap".len()]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-')
+}
+
+/// A 128-bit SipHash with a fixed key: detects damage, not tampering (the
+/// directory is the member's own).
+fn checksum(bytes: &[u8]) -> u128 {
+    use std::hash::Hasher as _;
+    let mut h = siphasher::sip128::SipHasher::new_with_keys(0x6466_6c6f_636b_6421, 0x736e_6170);
+    h.write(bytes);
+    siphasher::sip128::Hasher128::finish128(&h).as_u128()
+}
+
+fn truncated_bytes(index: u64, term: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&index.to_be_bytes());
+    b[8..].copy_from_slice(&term.to_be_bytes());
+    b
+}
+
+fn pb(m: &impl protobuf::Message) -> Result<Vec<u8>, StoreError> {
+    m.write_to_bytes()
+        .map_err(|e| StoreError::Contract(format!("cannot encode: {e}")))
+}
+
+fn io(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// redb's errors as ours: damage is [`StoreError::Corrupt`], the rest
+/// [`StoreError::Db`].
+fn classify_db_error(path: &Path, e: &dyn fmt::Display) -> StoreError {
+    let detail = e.to_string();
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("corrupt")
+        || lower.contains("invalid data")
+        || lower.contains("not a redb")
+        || lower.contains("checksum")
+        || lower.contains("malformed")
+        || lower.contains("truncated")
+    {
+        StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        }
+    } else {
+        StoreError::Db {
+            path: path.to_path_buf(),
+            detail,
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| io(dir, source))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

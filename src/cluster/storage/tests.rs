@@ -1,0 +1,444 @@
+// Protobuf messages are built field by field, as raft-proto's own code does.
+#![allow(clippy::field_reassign_with_default)]
+
+use raft::Storage as _;
+
+use super::*;
+
+/// A fresh directory under the target's temp dir, removed on drop.
+pub(crate) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("dflockd-store-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = Bytes::from(format!("entry {index}@{term}"));
+    e
+}
+
+fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+    let mut h = HardState::default();
+    h.term = term;
+    h.vote = vote;
+    h.commit = commit;
+    h
+}
+
+fn ctx() -> GetEntriesContext {
+    GetEntriesContext::empty(false)
+}
+
+fn indexes(s: &LogStore, low: u64, high: u64) -> Vec<(u64, u64)> {
+    s.entries(low, high, None, ctx())
+        .unwrap()
+        .iter()
+        .map(|e| (e.index, e.term))
+        .collect()
+}
+
+#[test]
+fn entries_and_hard_state_survive_reopening() {
+    let dir = TempDir::new("reopen");
+    {
+        let mut s = LogStore::open(&dir.0).unwrap();
+        assert!(!s.is_initialized());
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
+        s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], Some(&hs(1, 2, 2)))
+            .unwrap();
+        s.set_commit(3).unwrap();
+    }
+    let s = LogStore::open(&dir.0).unwrap();
+    assert!(s.is_initialized());
+    assert_eq!(indexes(&s, 1, 4), vec![(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(s.hard_state(), &hs(1, 2, 3));
+    assert_eq!(s.term(0).unwrap(), 0);
+    assert_eq!(s.term(2).unwrap(), 1);
+    assert!(matches!(
+        s.term(4),
+        Err(raft::Error::Store(raft::StorageError::Unavailable))
+    ));
+    let e = s.entries(2, 3, None, ctx()).unwrap();
+    assert_eq!(&e[0].data[..], b"entry 2@1");
+}
+
+#[test]
+fn a_new_leaders_entries_replace_the_suffix_on_disk_too() {
+    let dir = TempDir::new("overwrite");
+    {
+        let mut s = LogStore::open(&dir.0).unwrap();
+        s.append(
+            &[entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 1)],
+            Some(&hs(1, 1, 1)),
+        )
+        .unwrap();
+        // Term 2 rewrites from index 3 and ends before the old log did.
+        s.append(&[entry(3, 2)], Some(&hs(2, 0, 1))).unwrap();
+        assert_eq!(indexes(&s, 1, 4), vec![(1, 1), (2, 1), (3, 2)]);
+    }
+    let s = LogStore::open(&dir.0).unwrap();
+    assert_eq!(s.last_index().unwrap(), 3);
+    assert_eq!(indexes(&s, 1, 4), vec![(1, 1), (2, 1), (3, 2)]);
+}
+
+#[test]
+fn entries_respect_the_size_cap_but_return_at_least_one() {
+    let dir = TempDir::new("maxsize");
+    let mut s = LogStore::open(&dir.0).unwrap();
+    s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+        .unwrap();
+    assert_eq!(s.entries(1, 4, Some(0), ctx()).unwrap().len(), 1);
+    let one = u64::from(entry(1, 1).compute_size());
+    assert_eq!(s.entries(1, 4, Some(2 * one), ctx()).unwrap().len(), 2);
+    assert!(matches!(
+        s.entries(1, 9, None, ctx()),
+        Err(raft::Error::Store(raft::StorageError::Unavailable))
+    ));
+}
+
+#[test]
+fn misuse_is_an_error_not_a_panic() {
+    let dir = TempDir::new("contract");
+    let mut s = LogStore::open(&dir.0).unwrap();
+    s.append(&[entry(1, 1)], None).unwrap();
+    assert!(matches!(
+        s.append(&[entry(3, 1)], None),
+        Err(StoreError::Contract(_))
+    ));
+    assert!(matches!(
+        s.append(&[entry(2, 1), entry(4, 1)], None),
+        Err(StoreError::Contract(_))
+    ));
+    assert!(matches!(s.bootstrap(&[1]), Err(StoreError::Contract(_))));
+    // A snapshot past the commit index is refused.
+    let mut meta = SnapshotMetadata::default();
+    meta.index = 1;
+    meta.term = 1;
+    assert!(matches!(
+        s.save_snapshot(meta, Bytes::new(), 0),
+        Err(StoreError::Contract(_))
+    ));
+    // Nothing was written by the refused calls.
+    drop(s);
+    let s = LogStore::open(&dir.0).unwrap();
+    assert_eq!(s.last_index().unwrap(), 1);
+}
+
+fn snapshot_meta(index: u64, term: u64, voters: &[u64]) -> SnapshotMetadata {
+    let mut meta = SnapshotMetadata::default();
+    meta.index = index;
+    meta.term = term;
+    meta.mut_conf_state().voters = voters.to_vec();
+    meta
+}
+
+#[test]
+fn a_snapshot_compacts_the_log_and_keeps_a_tail() {
+    let dir = TempDir::new("compact");
+    {
+        let mut s = LogStore::open(&dir.0).unwrap();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 6)).collect();
+        s.append(&ents, Some(&hs(2, 1, 9))).unwrap();
+        s.save_snapshot(
+            snapshot_meta(8, 2, &[1, 2, 3]),
+            Bytes::from_static(b"state@8"),
+            3,
+        )
+        .unwrap();
+        assert_eq!(s.truncated(), (5, 1));
+        assert_eq!(s.first_index().unwrap(), 6);
+        assert_eq!(s.term(5).unwrap(), 1);
+        assert!(matches!(
+            s.term(4),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        ));
+        assert!(matches!(
+            s.entries(5, 7, None, ctx()),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        ));
+        // A newer snapshot replaces the older file.
+        s.save_snapshot(
+            snapshot_meta(9, 2, &[1, 2, 3]),
+            Bytes::from_static(b"state@9"),
+            0,
+        )
+        .unwrap();
+    }
+    let s = LogStore::open(&dir.0).unwrap();
+    assert_eq!(s.truncated(), (9, 2));
+    assert_eq!(indexes(&s, 10, 11), vec![(10, 2)]);
+    let snap = s.snapshot(0, 2).unwrap();
+    assert_eq!(snap.get_metadata().index, 9);
+    assert_eq!(&snap.data[..], b"state@9");
+    // Member 4 joined after it was taken: it needs a newer snapshot.
+    assert!(!s.take_snapshot_request());
+    assert!(s.snapshot(0, 4).is_err());
+    assert!(s.take_snapshot_request());
+    // So does a request past it.
+    assert!(s.snapshot(10, 2).is_err());
+    assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+    let files: Vec<String> = fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+}
+
+#[test]
+fn an_installed_snapshot_replaces_the_log() {
+    let dir = TempDir::new("install");
+    {
+        let mut s = LogStore::open(&dir.0).unwrap();
+        s.append(&[entry(1, 1), entry(2, 1)], Some(&hs(1, 0, 1)))
+            .unwrap();
+        let mut snap = Snapshot::default();
+        snap.set_metadata(snapshot_meta(20, 3, &[1, 2, 4]));
+        snap.data = Bytes::from_static(b"leader state");
+        s.install_snapshot(&snap).unwrap();
+        assert_eq!(s.last_index().unwrap(), 20);
+        assert_eq!(s.hard_state(), &hs(3, 0, 20));
+        s.append(&[entry(21, 3)], None).unwrap();
+    }
+    let s = LogStore::open(&dir.0).unwrap();
+    assert_eq!(s.first_index().unwrap(), 21);
+    assert_eq!(s.term(20).unwrap(), 3);
+    assert_eq!(indexes(&s, 21, 22), vec![(21, 3)]);
+    assert_eq!(s.conf_state().voters, vec![1, 2, 4]);
+    let (meta, data) = s.snapshot_for_restore().unwrap();
+    assert_eq!((meta.index, &data[..]), (20, &b"leader state"[..]));
+}
+
+#[test]
+fn a_missing_snapshot_is_asked_for() {
+    let dir = TempDir::new("want");
+    let s = LogStore::open(&dir.0).unwrap();
+    assert!(!s.take_snapshot_request());
+    assert!(matches!(
+        s.snapshot(0, 2),
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+    assert!(s.take_snapshot_request());
+    assert!(!s.take_snapshot_request());
+}
+
+#[test]
+fn stray_snapshot_files_are_removed_on_open() {
+    let dir = TempDir::new("stray");
+    {
+        let mut s = LogStore::open(&dir.0).unwrap();
+        s.append(&[entry(1, 1), entry(2, 1)], Some(&hs(1, 0, 2)))
+            .unwrap();
+        s.save_snapshot(snapshot_meta(2, 1, &[1]), Bytes::from_static(b"s"), 0)
+            .unwrap();
+    }
+    // A crash after writing a newer snapshot but before recording it, and
+    // one in the middle of writing the temporary file.
+    let newer = dir.0.join(format!("snapshot-{:020}-{:020}.snap", 9, 9));
+    fs::write(&newer, b"whatever").unwrap();
+    let tmp = dir
+        .0
+        .join(format!("snapshot-{:020}-{:020}.snap.tmp", 10, 9));
+    fs::write(&tmp, b"half").unwrap();
+    let s = LogStore::open(&dir.0).unwrap();
+    assert_eq!(s.snapshot_index(), 2);
+    assert!(!newer.exists() && !tmp.exists());
+}
+
+/// A store with a snapshot and a few entries, and its directory.
+fn populated(name: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    let mut s = LogStore::open(&dir.0).unwrap();
+    let ents: Vec<Entry> = (1..=40).map(|i| entry(i, 1)).collect();
+    s.append(&ents, Some(&hs(1, 1, 40))).unwrap();
+    s.save_snapshot(
+        snapshot_meta(30, 1, &[1, 2, 3]),
+        Bytes::from(vec![7u8; 3000]),
+        5,
+    )
+    .unwrap();
+    dir
+}
+
+fn snapshot_file(dir: &Path) -> PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "snap"))
+        .expect("a snapshot file")
+}
+
+/// Opening must give a typed error or a consistent store: never a panic.
+/// Returns whether it opened.
+fn open_without_panic(dir: &Path, what: &str) -> bool {
+    let opened = std::panic::catch_unwind(|| LogStore::open(dir).map(|s| s.last_index().unwrap()));
+    match opened {
+        Err(_) => panic!("opening panicked after {what}"),
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            assert!(
+                matches!(
+                    e,
+                    StoreError::Corrupt { .. }
+                        | StoreError::Db { .. }
+                        | StoreError::Io { .. }
+                        | StoreError::Format { .. }
+                ),
+                "{what}: {e:?}"
+            );
+            // The error names the file it is about.
+            assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn a_truncated_database_is_a_typed_error() {
+    let dir = populated("trunc-db");
+    let path = dir.0.join(DB_FILE);
+    let whole = fs::read(&path).unwrap();
+    let mut refused = 0;
+    // Every length would take minutes in a debug build; a spread of them,
+    // the very short ones included, covers header, pages and tail.
+    let mut lengths: Vec<usize> = (0..64).collect();
+    lengths.extend((64..whole.len()).step_by(whole.len() / 48 + 1));
+    for len in lengths {
+        fs::write(&path, &whole[..len]).unwrap();
+        if !open_without_panic(&dir.0, &format!("truncating to {len}")) {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0);
+}
+
+#[test]
+fn a_damaged_database_is_a_typed_error_or_reads_back_whole() {
+    let dir = populated("flip-db");
+    let path = dir.0.join(DB_FILE);
+    let whole = fs::read(&path).unwrap();
+    let mut refused = 0;
+    let step = whole.len() / 96 + 1;
+    for at in (0..whole.len()).step_by(step) {
+        let mut bad = whole.clone();
+        bad[at] ^= 0x5a;
+        fs::write(&path, &bad).unwrap();
+        if open_without_panic(&dir.0, &format!("flipping byte {at}")) {
+            // Opened: the bytes hit unused space, so the contents are
+            // intact (redb checksums every page it uses).
+            let s = LogStore::open(&dir.0).unwrap();
+            assert_eq!(
+                (s.first_index().unwrap(), s.last_index().unwrap()),
+                (26, 40)
+            );
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no damage was detected");
+}
+
+#[test]
+fn a_damaged_or_truncated_snapshot_file_is_a_typed_error() {
+    let dir = populated("snap-file");
+    let file = snapshot_file(&dir.0);
+    let whole = fs::read(&file).unwrap();
+    for len in (0..whole.len()).step_by(97).chain([whole.len() - 1]) {
+        fs::write(&file, &whole[..len]).unwrap();
+        assert!(!open_without_panic(
+            &dir.0,
+            &format!("snapshot cut to {len}")
+        ));
+    }
+    for at in (0..whole.len()).step_by(101) {
+        let mut bad = whole.clone();
+        bad[at] ^= 1;
+        fs::write(&file, &bad).unwrap();
+        match LogStore::open(&dir.0) {
+            Err(StoreError::Corrupt { detail, .. }) => {
+                assert!(detail.contains("snapshot"), "{detail}")
+            }
+            other => panic!("flipping snapshot byte {at}: {:?}", other.err()),
+        }
+    }
+    fs::remove_file(&file).unwrap();
+    assert!(matches!(LogStore::open(&dir.0), Err(StoreError::Io { .. })));
+}
+
+#[test]
+fn a_newer_format_is_refused_by_name() {
+    let dir = TempDir::new("format");
+    {
+        let s = LogStore::open(&dir.0).unwrap();
+        s.write(|w| w.put(KEY_HARD_STATE, &[])).unwrap();
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(STATE)
+            .unwrap()
+            .insert(KEY_VERSION, &99u32.to_be_bytes()[..])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    match LogStore::open(&dir.0) {
+        Err(e @ StoreError::Format { version: 99, .. }) => {
+            assert!(e.to_string().contains("format 99"), "{e}")
+        }
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+#[test]
+fn garbage_values_are_typed_errors() {
+    for (key, value) in [
+        (KEY_HARD_STATE, &b"\xff\xff\xff"[..]),
+        (KEY_CONF_STATE, &b"\x0a\xff"[..]),
+        (KEY_TRUNCATED, &b"short"[..]),
+        (KEY_SNAPSHOT, &b"../etc/passwd"[..]),
+    ] {
+        let dir = TempDir::new("garbage");
+        {
+            let s = LogStore::open(&dir.0).unwrap();
+            s.write(|w| w.put(key, value)).unwrap();
+        }
+        assert!(
+            matches!(LogStore::open(&dir.0), Err(StoreError::Corrupt { .. })),
+            "{key}"
+        );
+    }
+    // A log entry that does not parse, and one filed under the wrong index.
+    for (index, bytes) in [(1u64, vec![0xffu8, 0xff]), (1, pb(&entry(2, 1)).unwrap())] {
+        let dir = TempDir::new("garbage-log");
+        {
+            let s = LogStore::open(&dir.0).unwrap();
+            s.write(|w| {
+                w.log()?
+                    .insert(index, bytes.as_slice())
+                    .map_err(|e| w.err(&e))?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert!(matches!(
+            LogStore::open(&dir.0),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

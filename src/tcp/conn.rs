@@ -63,7 +63,7 @@ use crate::engine::{Engine, Input, Outcome, Transport};
 use crate::logging::{self, Cause};
 use crate::rt;
 use crate::sync::Arc;
-use crate::wire::{decode_request, encode_push, encode_reply, Decoded, Reply};
+use crate::wire::{decode_request, encode_push, encode_reply, Decoded};
 
 /// Bytes read ahead behind a blocked request before reading pauses.
 pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
@@ -292,7 +292,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             // 1. Decode what we can, then apply it.
             self.decode_and_apply();
             if self.stats_due {
-                self.stats().await;
+                if let Err(end) = self.stats().await {
+                    return end;
+                }
             }
             if let Some(end) = self.aborted {
                 return end;
@@ -439,33 +441,63 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
     /// Answers the `stats` request at the head of `pending` (see
     /// `decode_and_apply`): its gate under the engine's lock, after taking
     /// the mailbox as any input does (core order), then the listing in
-    /// slices.
-    async fn stats(&mut self) {
+    /// slices, written piece by piece ([`Handler::write_stats`]). Returns
+    /// how the connection ends if a write of the reply failed.
+    async fn stats(&mut self) -> Result<(), &'static str> {
         self.stats_due = false;
         let (passed, outcome) = {
             let mut door = self.engine.door();
             if !self.take_mail_held() || self.pending.pop_front().is_none() {
                 // Still at the head of `pending`: the loop writes what was
                 // taken and comes back.
-                return;
+                return Ok(());
             }
             door.stats_gate(self.id, &mut self.effects)
         };
         if passed {
-            let json = self.engine.stats_listing().await;
-            self.effects.push(Effect::Reply {
-                conn: self.id,
-                reply: Reply::Stats(json),
-            });
+            let pieces = self.engine.stats_pieces(WRITE_BATCH_BYTES).await;
+            self.write_stats(pieces).await?;
         }
         self.outcome(outcome);
         self.encode_own();
+        Ok(())
+    }
+
+    /// Writes the `stats` reply `ok <json>` (what `encode_reply` makes of
+    /// `Reply::Stats`), after what was answered before it, one piece of
+    /// about [`WRITE_BATCH_BYTES`] at a time with a yield to the executor
+    /// between pieces, all within one write timeout as a one-piece reply
+    /// is. A listing of tens of megabytes is then never copied, reallocated
+    /// or written in one go, which held the runtime thread (and every
+    /// connection pinned to it) for tens of milliseconds at 1M locks. The
+    /// last piece and the line's end are left in `wbuf` for the loop's
+    /// flush.
+    async fn write_stats(&mut self, pieces: Vec<Vec<u8>>) -> Result<(), &'static str> {
+        self.encode_own();
+        let deadline = self.timeouts.write.map(|t| rt::now() + t);
+        self.wbuf.extend_from_slice(b"ok ");
+        for piece in pieces {
+            if self.wbuf.len() >= WRITE_BATCH_BYTES {
+                self.flush_until(deadline).await?;
+                futures_lite::future::yield_now().await;
+            }
+            self.wbuf.extend_from_slice(&piece);
+        }
+        self.wbuf.push(b'\n');
+        self.answered = true;
+        Ok(())
     }
 
     /// Writes what is buffered and reports the pushes it carried. Only the
     /// server's abort cuts a write short; the core's own close waits for
     /// it (within the write timeout).
     async fn flush(&mut self) -> Result<(), &'static str> {
+        self.flush_until(self.timeouts.write.map(|t| rt::now() + t))
+            .await
+    }
+
+    /// [`Handler::flush`], giving up at `deadline`.
+    async fn flush_until(&mut self, deadline: Option<Instant>) -> Result<(), &'static str> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -474,7 +506,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         let written = write(
             &mut self.stream,
             &self.wbuf,
-            self.timeouts.write,
+            deadline,
             &self.mailbox,
             noticed,
         );
@@ -688,7 +720,7 @@ enum WriteEnd {
     Aborted,
 }
 
-/// Writes all of `buf`, giving up (and so closing) after `timeout` or when
+/// Writes all of `buf`, giving up (and so closing) at `deadline` or when
 /// the server aborts the connection: a peer that never reads must not hold
 /// up the end of a shutdown. A close from the core that arrives meanwhile
 /// (a slow consumer evicted) is reported to `closed` at once but does not
@@ -697,7 +729,7 @@ enum WriteEnd {
 async fn write<S: AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &[u8],
-    timeout: Option<Duration>,
+    deadline: Option<Instant>,
     mailbox: &Mailbox,
     mut closed: impl FnMut(CloseReason),
 ) -> Result<(), WriteEnd> {
@@ -706,7 +738,7 @@ async fn write<S: AsyncWrite + Unpin>(
     let mut write = std::pin::pin!(async {
         stream.write_all(buf).await.is_ok() && stream.flush().await.is_ok()
     });
-    let mut timer = timeout.map(|t| rt::Sleep::until(rt::now() + t));
+    let mut timer = deadline.map(rt::Sleep::until);
     let mut close_seen = false;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(ok) = write.as_mut().poll(cx) {

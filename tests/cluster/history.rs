@@ -298,6 +298,9 @@ fn first_attempt(h: &History, e: &Event, key: &str, fence: u64) -> u64 {
             (Call::Acquire { key: k, .. }, Outcome::Ok(f)) if k == key && *f == fence => {
                 start = x.invoke_ms
             }
+            // `not_leader` or `unreachable`: that attempt did nothing, so
+            // an earlier unknown one may still be the grant; walk on.
+            (Call::Acquire { key: k, .. }, Outcome::Fail(why)) if k == key && why != "busy" => {}
             (Call::Acquire { key: k, .. }, _) if k == key => break,
             (Call::Release { key: k, .. }, Outcome::Ok(_)) if k == key => break,
             _ => {}
@@ -388,6 +391,14 @@ mod tests {
         h.events.push(acq("e", "y", 1600, 1610, 5));
         h.events.push(acq("d", "x", 2600, 2610, 4));
         assert_eq!(check(&h, 10_000, 2700), Vec::<String>::new());
+        // An attempt between them that did nothing (no leader) changes
+        // nothing; one answered `busy` would end the walk.
+        h.events.push(Event {
+            outcome: Outcome::Fail("not_leader".into()),
+            ..acq("d", "x", 2550, 2560, 0)
+        });
+        assert_eq!(check(&h, 10_000, 2700), Vec::<String>::new());
+        h.events.pop();
         // Without the lost first attempt it is one.
         h.events.retain(|e| e.outcome != Outcome::Unknown);
         let bad = check(&h, 10_000, 2700);

@@ -652,6 +652,9 @@ mod loopback {
 
     /// Proposes until one is acknowledged (a leader may lose the lead
     /// between being found and being asked).
+    /// Proposes `data` on whoever leads until an answer comes back. An
+    /// `Unknown` answer is asked again, so around a failover the entry may
+    /// apply twice: positions only increase, by one or more.
     fn commit(nodes: &BTreeMap<u64, Node>, data: &str) -> usize {
         for _ in 0..20 {
             let (_, h) = leader(nodes).expect("a leader");
@@ -727,8 +730,11 @@ mod loopback {
         // The leader dies (its task and transport dropped).
         drop(lh);
         nodes.get_mut(&l).unwrap().handle = None;
+        let mut last = 9;
         for i in 10..40 {
-            assert_eq!(commit(&nodes, &format!("b{i}")), i);
+            let pos = commit(&nodes, &format!("b{i}"));
+            assert!(pos > last && pos >= i, "b{i} at {pos} after {last}");
+            last = pos;
         }
         let (l2, _) = leader(&nodes).unwrap();
         assert_ne!(l, l2);
@@ -767,16 +773,16 @@ mod loopback {
             lh.status().applied_index,
         );
         assert_eq!(s4.voters, vec![1, 2, 3, 4]);
-        assert_eq!(pos, 40);
+        assert!(pos > last, "{pos} after {last}");
 
         // And leaves again.
         let (_, lh) = leader(&nodes).unwrap();
         smol::block_on(lh.change_voters(VoterChange::Remove(4))).unwrap();
         nodes.get_mut(&4).unwrap().handle = None;
-        assert_eq!(commit(&nodes, "after-leave"), 41);
+        assert!(commit(&nodes, "after-leave") > pos);
         let (_, lh) = leader(&nodes).unwrap();
         assert_eq!(lh.status().voters, vec![1, 2, 3]);
-        // Every member still running applied the same 42 entries.
+        // Every member still running applied the same entries.
         let applied = lh.status().applied_index;
         for id in 1..=3 {
             let s = wait_applied(nodes[&id].handle.as_ref().unwrap(), applied);

@@ -767,14 +767,7 @@ fn every_kind_of_fault_once_against_the_server() {
     every_kind_of_fault_once(Kind::Server);
 }
 
-// The toy (tests/cluster/toy.rs, the harness's own test double) once
-// answered a client's new grant with an older fence under this schedule
-// (c1 got 304 and 305, then 303 for a later request), on a loaded machine.
-// That is a fault of the toy, not of the server (the server's variant above
-// passes the same schedule); until the toy is fixed this runs by hand:
-// `cargo test --test cluster -- --ignored every_kind_of_fault_once_against_the_toy`.
 #[test]
-#[ignore = "the toy service can hand out an older fence under this schedule (see above)"]
 fn every_kind_of_fault_once_against_the_toy() {
     every_kind_of_fault_once(Kind::Toy);
 }

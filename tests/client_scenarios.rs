@@ -232,8 +232,28 @@ fn the_serve_command_prints_verdicts() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run dflockd conformance serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let first = lines.next().expect("a first line").expect("utf-8");
+    // The child's lines, read on a thread so that each wait has a deadline
+    // (a verdict that never comes fails the test instead of hanging it).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next_line = |what: &str| -> String {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("conformance serve printed no {what} within 30 s ({e})");
+            }
+        }
+    };
+    let first = next_line("first line");
     let words: Vec<&str> = first.split(' ').collect();
     let ["main", main, "peer", _, "control", _] = words.as_slice() else {
         panic!("first line: {first:?}");
@@ -244,11 +264,9 @@ fn the_serve_command_prints_verdicts() {
             lock.acquire(Duration::from_secs(5)),
             Err(Error::Draining)
         ));
-        assert_eq!(
-            lines.next().expect("a verdict").expect("utf-8"),
-            "pass  draining"
-        );
+        assert_eq!(next_line("verdict"), "pass  draining");
     }
+    drop(next_line);
     let _ = child.kill();
     let _ = child.wait();
 

@@ -266,7 +266,6 @@ fn the_serve_command_prints_verdicts() {
         ));
         assert_eq!(next_line("verdict"), "pass  draining");
     }
-    drop(next_line);
     let _ = child.kill();
     let _ = child.wait();
 

@@ -134,7 +134,7 @@ impl Client {
 
     /// A client for the members of one cluster (`host:port` of each
     /// member's client port). Every key goes to the leader, whichever
-    /// member that is; see the [module docs](self) for how it finds the
+    /// member that is; see the [module docs](crate::client) for how it finds the
     /// leader, tags its connections with `stable-ref` and reclaims a
     /// holding after a failover.
     ///
@@ -201,7 +201,7 @@ impl Client {
 
     /// A connection to the cluster's leader, tagged with `reference`
     /// (which takes over an orphan carrying it), found before `deadline`
-    /// as the [module docs](self) say.
+    /// as the [module docs](crate::client) say.
     pub async fn connect_leader(&self, reference: &str, deadline: Instant) -> Result<Connection> {
         let servers = &self.servers;
         let mut candidate = self.leader_hint().unwrap_or_else(|| servers[0].clone());

@@ -11,7 +11,7 @@
 //! "The runtime"). Here:
 //!
 //! * each runtime thread ([`Worker`]) owns a poller (its own epoll, used
-//!   directly and edge-triggered: [`reactor`]), a run queue of its tasks,
+//!   directly and edge-triggered: `reactor`), a run queue of its tasks,
 //!   a queue other threads inject into, and its timers;
 //! * a task is spawned on one thread and only ever runs there (it is
 //!   *pinned*): its waker pushes it onto that thread's local queue when it

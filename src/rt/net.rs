@@ -2,7 +2,7 @@
 //!
 //! [`Async<T>`] wraps a non-blocking socket registered once with the
 //! poller of the thread that made it, edge-triggered for reads and writes
-//! ([`super::reactor`]): it is never re-armed. A read or write is tried
+//! (`super::reactor`): it is never re-armed. A read or write is tried
 //! first; only when it would block does the task leave its waker, and an
 //! edge that arrived between the failed attempt and leaving the waker is
 //! not lost: each edge bumps a counter, and an attempt that saw an older
@@ -14,7 +14,7 @@
 //! stream may have come with the last bytes, and no later edge announces it.
 //! Reads and writes are futures-io
 //! `AsyncRead`/`AsyncWrite`, so TLS and HTTP run over it unchanged. Its
-//! wakers are woken by the same thread's loop ([`dispatch`]), which puts
+//! wakers are woken by the same thread's loop (`dispatch`), which puts
 //! the task back on that thread's local queue: no other thread is involved.
 
 use std::io::{self, IoSlice, Read, Write};

@@ -2,7 +2,7 @@
 //! installed, is the clock ([`super::now`]) and the timer ([`super::Sleep`])
 //! of the code running on that thread. The deterministic simulator
 //! (`src/sim`) installs one on its single thread; nothing else does. Without
-//! the `sim` feature there is no hook at all: [`now`] is a constant `None`
+//! the `sim` feature there is no hook at all: `now` is a constant `None`
 //! and [`active`] a constant `false`, so the server pays nothing for it.
 
 use std::task::Context;

@@ -1,4 +1,4 @@
-//! One TCP connection: a [`Handler`] and its [`Handler::run`] loop.
+//! One TCP connection: a `Handler` and its `Handler::run` loop.
 //!
 //! The loop is: decode every complete request in the read buffer, apply
 //! them through the engine's door in order under one lock acquisition,

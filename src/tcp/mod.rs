@@ -1,4 +1,4 @@
-//! The TCP front: the line protocol's listener and one [`conn::Handler`]
+//! The TCP front: the line protocol's listener and one `conn::Handler`
 //! per connection.
 //!
 //! The accept loop applies admission (`--max-connections`, per-IP cap:

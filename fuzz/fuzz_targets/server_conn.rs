@@ -19,7 +19,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
-struct Input {
+struct Case {
     /// Chunks of client bytes for connection A and B.
     a: Vec<Vec<u8>>,
     b: Vec<Vec<u8>>,
@@ -87,7 +87,7 @@ fn stream(chunks: Vec<Vec<u8>>) -> MemStream {
     }
 }
 
-fuzz_target!(|input: Input| {
+fuzz_target!(|input: Case| {
     let cfg = ServerConfig {
         listen: "127.0.0.1:0".into(),
         core: CoreConfig {

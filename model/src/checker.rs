@@ -389,14 +389,14 @@ pub enum Action {
     Signal { client: usize },
 }
 
-const MUTUAL_EXCLUSION: &str = "mutual exclusion";
-const SEMAPHORE_WITHIN_LIMIT: &str = "semaphore within limit";
-const FIFO: &str = "fifo grant order";
-const NO_DEAD_GRANT: &str = "no grant to a dead waiter";
-const RENEW_HONOURED: &str = "renewed lease honoured";
-const FENCES_INCREASE: &str = "fencing tokens increase";
+pub(crate) const MUTUAL_EXCLUSION: &str = "mutual exclusion";
+pub(crate) const SEMAPHORE_WITHIN_LIMIT: &str = "semaphore within limit";
+pub(crate) const FIFO: &str = "fifo grant order";
+pub(crate) const NO_DEAD_GRANT: &str = "no grant to a dead waiter";
+pub(crate) const RENEW_HONOURED: &str = "renewed lease honoured";
+pub(crate) const FENCES_INCREASE: &str = "fencing tokens increase";
 const NO_WAITER_HOLDER: &str = "no waiter is also a holder";
-const ANSWERED_ONCE: &str = "every blocked request is answered exactly once";
+pub(crate) const ANSWERED_ONCE: &str = "every blocked request is answered exactly once";
 const SIGNAL_ONCE: &str = "a signal reaches each listener once";
 const BY_RELEASE: &str = "lock changes hands by release";
 const BY_EXPIRY: &str = "lock changes hands by expiry";
@@ -405,7 +405,7 @@ const QUEUED_GRANTED: &str = "queued waiter granted";
 const SEM_FULL: &str = "semaphore full with waiters";
 const CAP_REFUSES: &str = "a full queue refuses a waiter";
 const SIGNAL_DELIVERED: &str = "a signal reaches a listener";
-const RECLAIMED: &str = "expired lease is reclaimed";
+pub(crate) const RECLAIMED: &str = "expired lease is reclaimed";
 const HEAD_SERVED: &str = "head waiter granted or timed out";
 const OWNER_KEPT: &str = "an owner is not cut for idleness";
 const AUTH_FAILURE_CLOSES: &str = "failed authentication closes after the pause";

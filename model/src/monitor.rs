@@ -49,14 +49,12 @@ pub struct Violation {
     pub what: String,
 }
 
-const MUTUAL_EXCLUSION: &str = "mutual exclusion";
-const SEMAPHORE_WITHIN_LIMIT: &str = "semaphore within limit";
-const FIFO: &str = "fifo grant order";
-const NO_DEAD_GRANT: &str = "no grant to a dead waiter";
-const RENEW_HONOURED: &str = "renewed lease honoured";
-const FENCES_INCREASE: &str = "fencing tokens increase";
-const ANSWERED_ONCE: &str = "every blocked request is answered exactly once";
-const RECLAIMED: &str = "expired lease is reclaimed";
+// The names are the checker's own, so a property reads the same wherever
+// it is reported.
+use crate::checker::{
+    ANSWERED_ONCE, FENCES_INCREASE, FIFO, MUTUAL_EXCLUSION, NO_DEAD_GRANT, RECLAIMED,
+    RENEW_HONOURED, SEMAPHORE_WITHIN_LIMIT,
+};
 
 /// The §11 names the monitor can report.
 pub const PROPERTIES: [&str; 8] = [

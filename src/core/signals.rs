@@ -703,6 +703,26 @@ mod tests {
     }
 
     #[test]
+    fn the_check_refuses_a_node_under_a_rest_wildcard() {
+        // `>` matches the rest of a channel, so nothing may hang below it;
+        // the check must say so even when only one kind of child is there.
+        for kind in ["star", "rest"] {
+            let mut idx = Index::new([1, 2]);
+            idx.add(b">", b"", ConnId(1));
+            idx.add(b"*", b"", ConnId(2));
+            idx.check().unwrap();
+            let rest = idx.nodes[ROOT as usize].rest.unwrap();
+            let star = idx.nodes[ROOT as usize].star.unwrap();
+            match kind {
+                "star" => idx.nodes[rest as usize].star = Some(star),
+                _ => idx.nodes[rest as usize].rest = Some(star),
+            }
+            let err = idx.check().unwrap_err();
+            assert!(err.contains("`>` is not the last token"), "{kind}: {err}");
+        }
+    }
+
+    #[test]
     fn a_channel_reaches_only_the_patterns_of_its_branch() {
         // 10 000 patterns under their own first token: a channel under
         // another first token visits a handful of nodes, not 10 000.

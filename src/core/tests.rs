@@ -227,7 +227,7 @@ fn show(effects: &[Effect]) -> String {
 // ----- harness ------------------------------------------------------------------
 
 /// One input of a table.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum In {
     /// A request from connection `n`.
     Req(u64, Request),
@@ -382,6 +382,7 @@ mod decisions;
 mod disconnect;
 mod fencing;
 mod gc;
+mod image;
 mod introspection;
 mod limits;
 mod metrics;

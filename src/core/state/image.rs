@@ -321,8 +321,10 @@ impl Core {
             }
         }
         for w in image.waiters {
-            let r = core.resource(w.res)?;
-            r.queue.insert(w.arrival);
+            core.resource(w.res)?;
+            // Through the hook that also files the key in the contended
+            // index, as a queued request does (`top` reads that index).
+            core.queue_insert(w.res, w.arrival);
             let conn = core
                 .conns
                 .get_mut(&w.conn)

@@ -501,3 +501,30 @@ fn per_lock_records_stay_small() {
     assert!(std::mem::size_of::<Option<Resource>>() <= 72);
     assert!(std::mem::size_of::<Holder>() <= 32);
 }
+
+#[test]
+fn verify_names_a_connection_blocked_on_a_waiter_it_may_not_block_on() {
+    // A connection may be blocked only on a blocking waiter of its own: a
+    // two-phase waiter does not block, and another connection's waiter is
+    // not its to wait on. Each half alone must be named.
+    let waiter_of = |h: &Harness, conn: u64| {
+        h.core
+            .waiters
+            .iter()
+            .find(|(_, w)| w.conn == ConnId(conn))
+            .map(|(&id, _)| id)
+            .expect("a waiter")
+    };
+    for (conn, owner) in [(3, 3), (1, 2)] {
+        let mut h = populated();
+        let w = waiter_of(&h, owner);
+        h.core.conn_mut(ConnId(conn)).blocked = Some(w);
+        let broken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.core.verify()))
+            .expect_err("verify refuses it");
+        let msg = broken.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains("blocked points at a blocking waiter"),
+            "c{conn} on c{owner}'s waiter: {msg}"
+        );
+    }
+}

@@ -816,7 +816,6 @@ impl Job for StatsJob {
         if self.done {
             return true;
         }
-        let core = &*core;
         let now = core.now;
         self.steps += 1;
         let step = self.steps;
@@ -1173,7 +1172,6 @@ impl Job for TopJob {
         if self.done {
             return true;
         }
-        let core = &*core;
         let over = match self.q.sort {
             Sort::Waiters if self.q.prefix.is_none() => {
                 // Longest queues first, straight from the index: done as
@@ -1308,7 +1306,6 @@ impl Job for HoldersJob {
         if self.done {
             return true;
         }
-        let core = &*core;
         let Some(res) = core.lookup(self.space, &self.key) else {
             self.done = true;
             return true;

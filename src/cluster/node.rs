@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 
 use super::machine::{Applied, LogEntry, Machine, Op};
-use super::replica::{ProposeError, ReplicaHandle, Role, StateMachine, Status, VoterChange};
+use super::replica::{
+    ProposeError, ReplicaHandle, Reply as ProposalReply, Role, StateMachine, Status, VoterChange,
+};
 use crate::core::{ConnId, Effect, Time};
 use crate::engine::mailbox::{Delivery, Mailbox};
 use crate::engine::{AdminError, AdminFuture, Replicator, VotersChange};
@@ -156,8 +158,7 @@ pub struct NodeConfig {
     /// This member's own client address (for the hint while it starts
     /// leading).
     pub client_addr: String,
-    /// The members known at start (`--cluster-peers`), for the dashboard's
-    /// addresses; members added later are listed without one.
+    /// The members known at start (`--cluster-peers`).
     pub peers: Vec<super::Peer>,
 }
 
@@ -252,12 +253,13 @@ impl Node {
             op,
         }
         .encode();
-        // Enqueued now, in the caller's order: a session's entries reach
-        // the log in the order its connection sent them.
-        let result = self.handle.enqueue(data);
-        self.ex
-            .spawn(async move {
-                let result = result.await;
+        // Queued now, in the caller's order: a session's entries reach
+        // the log in the order its connection sent them. The answer of an
+        // applied entry comes from the machine's effects (`Applier`); the
+        // callback only answers what the machine will not.
+        self.handle.submit(
+            data,
+            ProposalReply::new(move |result: Result<Applied, ProposeError>| {
                 let Some(mb) = answer else { return };
                 match result {
                     Ok(a) if a.unknown_session => {
@@ -276,8 +278,8 @@ impl Node {
                     // know its state any more; it reconnects and reclaims.
                     Err(_) => mb.push(Delivery::Abort),
                 }
-            })
-            .detach();
+            }),
+        );
     }
 
     /// Starts the leader's tasks on the executor.
@@ -361,7 +363,7 @@ impl Node {
     async fn tick(self: Arc<Node>) {
         loop {
             let moved = self.shared.deadline_moved.listen();
-            let status = self.handle.status();
+            let status = self.handle.status_ref();
             if status.stopped.is_some() {
                 return;
             }
@@ -493,7 +495,27 @@ pub fn status_json(s: &Status) -> serde_json::Value {
         "applied_index": s.applied_index,
         "snapshot_index": s.snapshot_index,
         "voters": s.voters,
+        "members": members_json(s),
     })
+}
+
+/// The `members` array of `stats`' `cluster`: each voter and learner with
+/// the addresses this member knows for it (null when it knows none).
+pub fn members_json(s: &Status) -> Vec<serde_json::Value> {
+    let mut ids: Vec<u64> = s.voters.iter().chain(&s.learners).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter()
+        .map(|&id| {
+            let p = s.members.iter().find(|p| p.id == id);
+            serde_json::json!({
+                "id": id,
+                "voter": s.voters.contains(&id),
+                "raft_addr": p.map(|p| p.raft_addr.clone()),
+                "client_addr": p.map(|p| p.client_addr.clone()),
+            })
+        })
+        .collect()
 }
 
 /// How long a member added by the admin route has to catch up as a
@@ -560,7 +582,7 @@ impl Replicator for Node {
         if !leader_only(req) {
             return None;
         }
-        let status = self.handle.status();
+        let status = self.handle.status_ref();
         let Some(clock) = self.serving(&status) else {
             return Some(Some(self.not_leader(&status)));
         };
@@ -617,11 +639,10 @@ impl Replicator for Node {
                 op,
             }
             .encode();
-            let r = self.handle.enqueue(data);
             let mb = mailbox.cloned();
-            self.ex
-                .spawn(async move {
-                    let r = r.await;
+            self.handle.submit(
+                data,
+                ProposalReply::new(move |r: Result<Applied, ProposeError>| {
                     if let Some(mb) = mb {
                         mb.push(match r {
                             Ok(_) => Delivery::Reply(Reply::Ok),
@@ -633,8 +654,8 @@ impl Replicator for Node {
                             Err(_) => Delivery::Reply(Reply::Status(WireStatus::Error)),
                         });
                     }
-                })
-                .detach();
+                }),
+            );
             return Some(None);
         }
         self.propose(clock, op, mailbox.cloned());
@@ -654,7 +675,7 @@ impl Replicator for Node {
         if shutting_down {
             return;
         }
-        let status = self.handle.status();
+        let status = self.handle.status_ref();
         if let Some(clock) = self.serving(&status) {
             self.propose(clock, Op::Disconnect { session: l.session }, None);
         }
@@ -666,7 +687,7 @@ impl Replicator for Node {
             .get(&conn)
             .map(|l| l.session);
         let Some(session) = session else { return false };
-        let status = self.handle.status();
+        let status = self.handle.status_ref();
         if let Some(clock) = self.serving(&status) {
             self.propose(clock, Op::Cancel { session }, None);
         }
@@ -785,9 +806,10 @@ impl Replicator for Node {
                 } else {
                     "follower"
                 };
-                let addr = self
-                    .cfg
-                    .peers
+                // The replica's list: the configured members and those
+                // added since (their addresses came with the change).
+                let addr = s
+                    .members
                     .iter()
                     .find(|p| p.id == id)
                     .map(|p| p.client_addr.clone());
@@ -810,8 +832,46 @@ impl Replicator for Node {
         })
     }
 
+    fn read_job(&self, job: &mut (dyn crate::core::introspect::Job + Send)) -> bool {
+        match lock(&self.shared.machine).core() {
+            Some(core) => job.read(core),
+            None => true,
+        }
+    }
+
+    fn replicated_counters(&self) -> Option<crate::engine::introspect::Counters> {
+        let m = lock(&self.shared.machine);
+        let core = m.core()?;
+        Some(crate::engine::introspect::Counters {
+            metrics: core.metrics().clone(),
+            fence_headroom: core.fence_headroom(),
+            connections: core.connection_count(),
+        })
+    }
+
+    fn replicated_key_views(
+        &self,
+        spaces: &[crate::wire::Space],
+        key: &crate::wire::Key,
+        max_waiters: usize,
+    ) -> Vec<crate::core::introspect::KeyView> {
+        let m = lock(&self.shared.machine);
+        let Some(core) = m.core() else {
+            return Vec::new();
+        };
+        spaces
+            .iter()
+            .filter_map(|&sp| core.key_view(sp, key, max_waiters))
+            .collect()
+    }
+
+    fn replica_label(&self) -> (&'static str, u64) {
+        let s = self.handle.status_ref();
+        (s.role.as_str(), s.applied_index)
+    }
+
     fn leader_hint(&self) -> Option<Option<String>> {
-        let status = self.handle.status();
+        let status = self.handle.status_ref();
         match self.serving(&status) {
             Some(_) => None,
             None => match self.not_leader(&status) {

@@ -161,7 +161,9 @@ fn cluster_shape(v: &Value) -> Result<(), String> {
     ];
     let mut all: Vec<&str> = ints.to_vec();
     all.extend(["role", "leader_id", "leader_addr", "voters"]);
-    exact_members(obj, &all, &[], "`cluster`")?;
+    // `members` (the voters' and learners' addresses) is ours; upstream's
+    // object has no such member.
+    exact_members(obj, &all, &["members"], "`cluster`")?;
     for name in ints {
         check_kind(&obj[name], Kind::Int, &format!("cluster.{name}"))?;
     }
@@ -178,6 +180,32 @@ fn cluster_shape(v: &Value) -> Result<(), String> {
         .ok_or("`cluster.voters` is not an array")?;
     for (i, id) in voters.iter().enumerate() {
         check_kind(id, Kind::Int, &format!("cluster.voters[{i}]"))?;
+    }
+    if let Some(members) = obj.get("members") {
+        let members = members
+            .as_array()
+            .ok_or("`cluster.members` is not an array")?;
+        for (i, m) in members.iter().enumerate() {
+            let at = format!("cluster.members[{i}]");
+            let m = m
+                .as_object()
+                .ok_or_else(|| format!("`{at}` is not an object"))?;
+            exact_members(
+                m,
+                &["id", "voter", "raft_addr", "client_addr"],
+                &[],
+                &format!("`{at}`"),
+            )?;
+            check_kind(&m["id"], Kind::Int, &format!("{at}.id"))?;
+            if !m["voter"].is_boolean() {
+                return Err(format!("`{at}.voter` is not a boolean"));
+            }
+            for name in ["raft_addr", "client_addr"] {
+                if !m[name].is_null() {
+                    check_kind(&m[name], Kind::Str, &format!("{at}.{name}"))?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -383,6 +411,10 @@ mod tests {
             "leader_addr": "127.0.0.1:7001", "commit_index": 9, "applied_index": 9,
             "snapshot_index": 1, "voters": [1, 2, 3]});
         stats_shape(&v).unwrap();
+        v["cluster"]["members"] = json!([{"id": 1, "voter": true,
+            "raft_addr": "127.0.0.1:7101", "client_addr": "127.0.0.1:7001"},
+            {"id": 4, "voter": false, "raft_addr": null, "client_addr": null}]);
+        stats_shape(&v).unwrap();
         v["cluster"]["leader_id"] = Value::Null;
         v["cluster"]["leader_addr"] = Value::Null;
         stats_shape(&v).unwrap();
@@ -428,6 +460,13 @@ mod tests {
                     "snapshot_index": 1, "role": "leader", "leader_id": 1,
                     "leader_addr": 7001, "voters": [1, 2, 3]}}),
                 "`cluster.leader_addr` is 7001",
+            ),
+            (
+                json!({"cluster": {"node_id": 1, "term": 2, "commit_index": 3, "applied_index": 3,
+                    "snapshot_index": 1, "role": "leader", "leader_id": 1,
+                    "leader_addr": null, "voters": [1],
+                    "members": [{"id": 1, "voter": "yes", "raft_addr": null, "client_addr": null}]}}),
+                "`cluster.members[0].voter` is not a boolean",
             ),
         ] {
             let mut v = good_stats();

@@ -209,6 +209,14 @@ impl CoreMetrics {
         self.evictions[cause as usize]
     }
 
+    /// Takes the signal counters of `other` in place of these (cluster
+    /// mode: the lock counters are the replicated core's, the signals the
+    /// member's own).
+    pub fn take_signals_from(&mut self, other: &CoreMetrics) {
+        self.signals_published = other.signals_published;
+        self.signal_deliveries = other.signal_deliveries;
+    }
+
     /// `signal` requests answered.
     pub fn signals_published(&self) -> u64 {
         self.signals_published

@@ -86,22 +86,50 @@ impl Engine {
         }
     }
 
-    /// The core's counters, as of now.
+    /// Runs `job` over the lock state: in cluster mode the replicated core
+    /// as applied on this member (read in slices, never advanced: only the
+    /// log changes it), otherwise [`Engine::run_job`]. Signals are not
+    /// replicated: their jobs use [`Engine::run_job`] in both modes.
+    pub async fn run_state_job(&self, job: &mut (dyn Job + Send)) {
+        let Some(rep) = self.replicator() else {
+            return self.run_job(job).await;
+        };
+        while !rep.read_job(job) {
+            rt::sleep(SLICE_PAUSE).await;
+        }
+    }
+
+    /// The core's counters, as of now. In cluster mode the lock counters,
+    /// histograms, fence headroom and sessions are the replicated core's as
+    /// applied here; the signal counters stay this member's own (signals
+    /// are served by the leader from its local table, spec/cluster.md §3).
     pub fn counters(&self) -> Counters {
-        let mut door = self.door();
-        door.catch_up();
-        let core = &door.inner.core;
-        Counters {
-            metrics: core.metrics().clone(),
-            fence_headroom: core.fence_headroom(),
-            connections: core.connection_count(),
+        let local = {
+            let mut door = self.door();
+            door.catch_up();
+            let core = &door.inner.core;
+            Counters {
+                metrics: core.metrics().clone(),
+                fence_headroom: core.fence_headroom(),
+                connections: core.connection_count(),
+            }
+        };
+        match self.replicator().and_then(|r| r.replicated_counters()) {
+            Some(mut c) => {
+                c.metrics.take_signals_from(&local.metrics);
+                c
+            }
+            None => local,
         }
     }
 
     /// The views of `key` in each of `spaces` where it exists, as of now,
     /// with at most `max_waiters` waiters listed each. O(log n +
-    /// max_waiters).
+    /// max_waiters). In cluster mode, the replicated core's as applied here.
     pub fn key_views(&self, spaces: &[Space], key: &Key, max_waiters: usize) -> Vec<KeyView> {
+        if let Some(rep) = self.replicator() {
+            return rep.replicated_key_views(spaces, key, max_waiters);
+        }
         let mut door = self.door();
         door.catch_up();
         let core = &door.inner.core;
@@ -166,8 +194,16 @@ impl Engine {
     /// in slices), then the counters as of the end of that walk.
     pub async fn scrape(&self) -> (Totals, Counters) {
         let mut job = StatsJob::totals();
-        self.run_job(&mut job).await;
-        (job.totals_so_far(), self.counters())
+        self.run_state_job(&mut job).await;
+        let mut totals = job.totals_so_far();
+        if self.replicator().is_some() {
+            // Signal listeners live in this member's own core (the leader
+            // serves signals); its lock tables are empty in cluster mode.
+            let mut local = StatsJob::totals();
+            self.run_job(&mut local).await;
+            totals.signal_listeners = local.totals_so_far().signal_listeners;
+        }
+        (totals, self.counters())
     }
 
     /// Answers a TCP `stats` request from `conn`: the core's gate first

@@ -82,6 +82,24 @@ pub trait Replicator: Send + Sync {
     /// A linearizable no-op (`GET /v1/readindex`): answers once everything
     /// acknowledged before it is applied here.
     fn barrier(&self) -> AdminFuture;
+    /// One slice of an introspection job on the replicated core as applied
+    /// on this member ([`crate::core::introspect::Job::read`]: the core is
+    /// not advanced, only the log changes it). Returns whether it is done;
+    /// before the cluster's first leader started there is nothing to read.
+    fn read_job(&self, job: &mut (dyn crate::core::introspect::Job + Send)) -> bool;
+    /// The replicated core's counters as applied here, O(1); `None` before
+    /// the cluster's first leader started.
+    fn replicated_counters(&self) -> Option<introspect::Counters>;
+    /// The views of `key` in the replicated core as applied here.
+    fn replicated_key_views(
+        &self,
+        spaces: &[crate::wire::Space],
+        key: &crate::wire::Key,
+        max_waiters: usize,
+    ) -> Vec<crate::core::introspect::KeyView>;
+    /// What the state views are read from on this member: its role and the
+    /// log index its replica has applied (spec/http.md §9).
+    fn replica_label(&self) -> (&'static str, u64);
 }
 
 /// What the admin routes ask a cluster member to do.

@@ -140,6 +140,9 @@ struct TopJson<'a> {
     /// Items the scan visited (0: answered from the index).
     scanned: u64,
     keys: &'a [crate::core::introspect::KeyEntry],
+    /// Cluster mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<&'a Replica>,
 }
 
 /// `GET /v1/stats[?top=N&sort=…&prefix=…&kind=…]`.
@@ -167,18 +170,57 @@ pub(super) async fn stats(front: &Front, query: Option<&str>) -> Resp {
         Space::Sem => "semaphore",
     });
     let mut job = TopJob::new(q);
-    engine.run_job(&mut job).await;
+    engine.run_state_job(&mut job).await;
     let (connections, scanned) = (job.connections(), job.scanned());
     let keys = job.into_result();
-    json_ok(&TopJson {
-        connections,
-        sort: sort.name(),
-        top,
-        prefix,
-        kind,
-        scanned,
-        keys: &keys,
+    let replica = replica(front);
+    labelled(
+        json_ok(&TopJson {
+            connections,
+            sort: sort.name(),
+            top,
+            prefix,
+            kind,
+            scanned,
+            keys: &keys,
+            replica: replica.as_ref(),
+        }),
+        replica.as_ref(),
+    )
+}
+
+/// In cluster mode, what a state view was read from (spec/http.md §9):
+/// this member's role and the log index its replica had applied. Every
+/// member answers from its own applied replica; a follower's may lag the
+/// leader's by what it has not applied yet.
+#[derive(Serialize)]
+struct Replica {
+    role: &'static str,
+    applied_index: u64,
+}
+
+fn replica(front: &Front) -> Option<Replica> {
+    front.engine.replicator().map(|r| {
+        let (role, applied_index) = r.replica_label();
+        Replica {
+            role,
+            applied_index,
+        }
     })
+}
+
+/// Adds the `X-Dflockd-Role` and `X-Dflockd-Applied-Index` headers of a
+/// cluster member's state view.
+fn labelled(mut resp: Resp, replica: Option<&Replica>) -> Resp {
+    if let Some(r) = replica {
+        let h = resp.headers_mut();
+        h.insert(
+            "x-dflockd-role",
+            hyper::header::HeaderValue::from_static(r.role),
+        );
+        h.insert("x-dflockd-applied-index", r.applied_index.into());
+    }
+    resp
 }
 
 /// `GET /v1/keys/{key}[?kind=…&waiters=N&holders=N]`.
@@ -202,25 +244,33 @@ pub(super) async fn key(front: &Front, key: Key, query: Option<&str>) -> Resp {
     }
     let engine = &front.engine;
     let mut views: Vec<KeyView> = engine.key_views(&spaces, &key, waiters);
+    let replica = replica(front);
     if views.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no_such_key",
-            "no lock or semaphore of that name: never used, or collected after --gc-max-idle",
+        return labelled(
+            error(
+                StatusCode::NOT_FOUND,
+                "no_such_key",
+                "no lock or semaphore of that name: never used, or collected after --gc-max-idle",
+            ),
+            replica.as_ref(),
         );
     }
     for v in &mut views {
         if v.kind == "semaphore" && v.holders > 0 {
             let mut job = HoldersJob::new(Space::Sem, key.clone(), holders);
-            engine.run_job(&mut job).await;
+            engine.run_state_job(&mut job).await;
             v.holder_list = job.into_result();
         }
         v.holder_list.truncate(holders);
     }
-    json_ok(&json!({
+    let mut body = json!({
         "key": String::from_utf8_lossy(key.as_bytes()),
         "resources": views,
-    }))
+    });
+    if let Some(r) = &replica {
+        body["replica"] = json!(r);
+    }
+    labelled(json_ok(&body), replica.as_ref())
 }
 
 // ----- activity --------------------------------------------------------------
@@ -405,7 +455,8 @@ pub(super) async fn activity(front: &Front) -> Resp {
         front.sessions.len(),
     );
     let http_open = lock(&front.conns).total();
-    json_ok(&json!({
+    let replica = replica(front);
+    let resp = json_ok(&json!({
         "uptime_s": front.started.elapsed().as_secs_f64(),
         "connections": {
             "total": connections,
@@ -451,7 +502,8 @@ pub(super) async fn activity(front: &Front) -> Resp {
         "cluster": engine
             .replicator()
             .map_or(serde_json::Value::Null, |r| r.view()),
-    }))
+    }));
+    labelled(resp, replica.as_ref())
 }
 
 #[cfg(test)]

@@ -513,6 +513,32 @@ fn a_member_joins_a_running_cluster_and_leaves_it() {
         let s = Client::connect(cluster.addr(3)).req("stats", "_", "");
         s.contains("before-the-join") && s.contains("\"voters\":[1,2,3,4]")
     });
+    // Every member knows its addresses (they came with the change): in
+    // `stats` and in the dashboard's view.
+    for i in 0..4 {
+        let addr = cluster.addr(i);
+        let mut known = serde_json::Value::Null;
+        wait_until(Duration::from_secs(10), || {
+            let s = Client::connect(addr).req("stats", "_", "");
+            let s = s.strip_prefix("ok ").expect("stats answered");
+            let s: serde_json::Value = serde_json::from_str(s).expect("stats is JSON");
+            known = s["cluster"]["members"][3].clone();
+            known["client_addr"] == fourth.client_addr.as_str()
+        });
+        assert_eq!(known["id"], 4, "member {i}: {known}");
+        assert_eq!(known["voter"], true, "member {i}: {known}");
+        assert_eq!(known["raft_addr"], fourth.raft_addr.as_str(), "member {i}");
+        let h = cluster.members[i].as_ref().unwrap().http_addr().unwrap();
+        let view = crate::http_client::call(h, "GET", "/v1/activity", &[], b"").json();
+        let m = view["cluster"]["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .find(|m| m["id"] == 4)
+            .cloned()
+            .expect("member 4 listed");
+        assert_eq!(m["addr"], fourth.client_addr.as_str(), "member {i}: {view}");
+    }
     // It serves as a follower: it names the leader.
     let mut d = Client::connect(cluster.addr(3));
     assert_eq!(
@@ -565,4 +591,79 @@ fn a_semaphore_limit_above_the_cluster_bound_is_refused() {
     );
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(r.json()["error"], "bad_request");
+}
+
+/// The state views over HTTP (`/v1/stats?top`, `/v1/keys/{key}`,
+/// `/v1/activity`, the `/metrics` totals) read the replicated core, on the
+/// leader and on a follower's applied replica, labelled with the member's
+/// role and applied index (spec/http.md §9).
+#[test]
+fn the_http_state_views_read_the_replicated_core_on_every_member() {
+    let cluster = Cluster::start(3, 60_000);
+    let leader = cluster.leader();
+    let mut c = Client::connect(cluster.addr(leader));
+    grant(&c.req("l", "viewed-lock", "5 600"));
+    grant(&c.req("sl", "viewed-sem", "5 3 600"));
+    let mut waiter = Client::connect(cluster.addr(leader));
+    waiter.send("l", "viewed-lock", "60 600");
+    let get = |i: usize, path: &str| {
+        let h = cluster.members[i].as_ref().unwrap().http_addr().unwrap();
+        crate::http_client::call(h, "GET", path, &[], b"")
+    };
+    for i in [leader, (leader + 1) % 3] {
+        let role = if i == leader { "leader" } else { "follower" };
+        // A follower shows what it has applied: wait for the waiter.
+        let mut top = None;
+        wait_until(Duration::from_secs(10), || {
+            let r = get(i, "/v1/stats?top=5&sort=waiters");
+            let ok = r.status == 200 && r.json()["keys"][0]["waiters"] == 1;
+            top = Some(r);
+            ok
+        });
+        let top = top.unwrap();
+        let j = top.json();
+        assert_eq!(j["keys"][0]["key"], "viewed-lock", "member {i}: {j}");
+        assert_eq!(j["replica"]["role"], role, "{j}");
+        assert!(j["replica"]["applied_index"].as_u64().unwrap() > 1, "{j}");
+        assert_eq!(top.header("x-dflockd-role"), Some(role));
+        assert!(top.header("x-dflockd-applied-index").is_some());
+
+        let k = get(i, "/v1/keys/viewed-sem");
+        assert_eq!(k.status, 200, "member {i}: {k:?}");
+        let kj = k.json();
+        assert_eq!(kj["resources"][0]["kind"], "semaphore", "{kj}");
+        assert_eq!(kj["resources"][0]["holders"], 1, "{kj}");
+        assert_eq!(
+            kj["resources"][0]["holder_list"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(kj["replica"]["role"], role);
+        let missing = get(i, "/v1/keys/never-used");
+        assert_eq!(missing.status, 404);
+        assert_eq!(missing.header("x-dflockd-role"), Some(role));
+
+        let a = get(i, "/v1/activity");
+        assert_eq!(a.status, 200);
+        let aj = a.json();
+        assert!(
+            aj["totals"]["grants"].as_u64().unwrap() >= 2,
+            "member {i}: {aj}"
+        );
+        assert_eq!(a.header("x-dflockd-role"), Some(role));
+
+        let m = get(i, "/metrics");
+        assert_eq!(m.status, 200);
+        for line in [
+            "dflockd_locks_held 1",
+            "dflockd_lock_waiters 1",
+            "dflockd_semaphore_holders 1",
+        ] {
+            assert!(
+                m.body.lines().any(|l| l == line),
+                "member {i} lacks {line:?}"
+            );
+        }
+    }
+    drop(waiter);
+    drop(c);
 }

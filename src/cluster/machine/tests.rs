@@ -385,3 +385,54 @@ fn fences_keep_increasing_across_leader_starts() {
         m.apply(&start(i * 100 + 50), &mut fx);
     }
 }
+
+/// The HTTP views read a member's replicated core with `Job::read`
+/// (spec/http.md §9): reading never changes it, so a member that was read
+/// mid-log goes on exactly as one that was not (same effects, same state),
+/// and the reads see what the log built.
+#[test]
+fn reading_the_core_in_slices_never_changes_the_replicated_state() {
+    use crate::core::introspect::{HoldersJob, Job, Sort, StatsJob, TopJob, TopQuery};
+    for seed in 1..=10 {
+        let log = random_log(300 + seed, 600);
+        let cut = 200 + (seed as usize * 23) % 300;
+        let mut read = Machine::new(CoreConfig::default());
+        let mut untouched = Machine::new(CoreConfig::default());
+        assert_eq!(
+            run(&mut read, &log[..cut]),
+            run(&mut untouched, &log[..cut])
+        );
+        let before = read.snapshot_bytes();
+        let core = read.core().expect("started");
+        let mut stats = StatsJob::new();
+        while !stats.read(core) {}
+        assert!(
+            stats.render().contains("\"k"),
+            "seed {seed}: the listing names keys"
+        );
+        for sort in [Sort::Waiters, Sort::HeldFor, Sort::Fill, Sort::Key] {
+            let mut top = TopJob::new(TopQuery {
+                sort,
+                top: 3,
+                prefix: None,
+                space: None,
+            });
+            while !top.read(core) {}
+        }
+        let mut holders = HoldersJob::new(Space::Sem, Key::new(b"k1").expect("key"), 10);
+        while !holders.read(core) {}
+        assert_eq!(
+            read.snapshot_bytes(),
+            before,
+            "seed {seed}: a read changed the state"
+        );
+        let a = run(&mut read, &log[cut..]);
+        let b = run(&mut untouched, &log[cut..]);
+        assert_eq!(a, b, "seed {seed}: effects after the read");
+        assert_eq!(
+            read.snapshot_bytes(),
+            untouched.snapshot_bytes(),
+            "seed {seed}"
+        );
+    }
+}

@@ -540,6 +540,11 @@ pub trait Job {
     /// then does at most one slice of the work. Returns whether the job is
     /// done.
     fn step(&mut self, core: &mut Core, now: Time, out: &mut Vec<Effect>) -> bool;
+
+    /// One slice of the work on `core` as it stands, without advancing it:
+    /// how a cluster member reads its replicated core, which only the log
+    /// may change (spec/cluster.md §3). Returns whether the job is done.
+    fn read(&mut self, core: &Core) -> bool;
 }
 
 /// Walks up to `budget` resource slots from `*cursor`; returns whether
@@ -804,7 +809,13 @@ impl Job for StatsJob {
             return true;
         }
         core.handle_timeout(now, out);
-        let core = &*core;
+        self.read(core)
+    }
+
+    fn read(&mut self, core: &Core) -> bool {
+        if self.done {
+            return true;
+        }
         let now = core.now;
         self.steps += 1;
         let step = self.steps;
@@ -1154,7 +1165,13 @@ impl Job for TopJob {
             return true;
         }
         core.handle_timeout(now, out);
-        let core = &*core;
+        self.read(core)
+    }
+
+    fn read(&mut self, core: &Core) -> bool {
+        if self.done {
+            return true;
+        }
         let over = match self.q.sort {
             Sort::Waiters if self.q.prefix.is_none() => {
                 // Longest queues first, straight from the index: done as
@@ -1282,7 +1299,13 @@ impl Job for HoldersJob {
             return true;
         }
         core.handle_timeout(now, out);
-        let core = &*core;
+        self.read(core)
+    }
+
+    fn read(&mut self, core: &Core) -> bool {
+        if self.done {
+            return true;
+        }
         let Some(res) = core.lookup(self.space, &self.key) else {
             self.done = true;
             return true;
@@ -1385,6 +1408,13 @@ impl Job for ChannelsJob {
             return true;
         }
         core.handle_timeout(now, out);
+        self.read(core)
+    }
+
+    fn read(&mut self, core: &Core) -> bool {
+        if self.done {
+            return true;
+        }
         let nodes = core.signals.node_count();
         let end = (self.cursor + self.slice).min(nodes);
         for node in self.cursor..end {

@@ -121,6 +121,30 @@ async fn render_aside<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .expect("rendering the stats listing panicked")
 }
 
+/// Render work between two rests of the render thread.
+const RENDER_BURST: Duration = Duration::from_millis(1);
+/// A rest of the render thread.
+const RENDER_REST: Duration = Duration::from_millis(1);
+
+/// The render thread's pacer: called often (see `stats::PACE_EVERY`), it
+/// sleeps [`RENDER_REST`] once [`RENDER_BURST`] has passed since the last
+/// rest, so a render takes at most about half a core. Why: with
+/// autogrouping (Linux's default for desktop and login sessions) or a CPU
+/// cgroup, the process's threads share one scheduling entity, whatever
+/// their nice values; a render that ran flat out for a quarter of a
+/// second at 1M keys spent the whole group's share on a busy machine, and
+/// the runtime threads then waited tens of milliseconds for a core
+/// (spec/ARCHITECTURE.md, "Costs").
+fn pacer() -> impl FnMut() {
+    let mut since = std::time::Instant::now();
+    move || {
+        if since.elapsed() >= RENDER_BURST {
+            std::thread::sleep(RENDER_REST);
+            since = std::time::Instant::now();
+        }
+    }
+}
+
 /// The core's counters and gauges that cost O(1) to read, as of now.
 #[derive(Clone, Debug)]
 pub struct Counters {
@@ -201,7 +225,7 @@ impl Engine {
         if job.listed() <= RENDER_INLINE_MAX {
             job.render()
         } else {
-            render_aside(move || job.render()).await
+            render_aside(move || job.render_paced(&mut pacer())).await
         }
     }
 
@@ -240,7 +264,7 @@ impl Engine {
             job.render_pieces(piece_bytes)
         } else {
             // The job (a million small readings) is dropped there too.
-            render_aside(move || job.render_pieces(piece_bytes)).await
+            render_aside(move || job.render_pieces_paced(piece_bytes, &mut pacer())).await
         }
     }
 

@@ -110,16 +110,34 @@ pub fn join(pieces: Vec<Vec<u8>>) -> String {
 /// entry is serialised on its own, exactly as serde_json writes it as an
 /// element of its array (compact: no spaces), so the concatenation is the
 /// struct serde_json would have written in one go.
-pub fn render_pieces(mut s: Snapshot<'_>, piece_bytes: usize) -> Vec<Vec<u8>> {
+pub fn render_pieces(s: Snapshot<'_>, piece_bytes: usize) -> Vec<Vec<u8>> {
+    render_pieces_paced(s, piece_bytes, &mut || {})
+}
+
+/// Entries serialised between two calls of the pacer.
+pub const PACE_EVERY: usize = 4096;
+
+/// [`render_pieces`], calling `pace` between the sorts and every
+/// [`PACE_EVERY`] entries: the render thread rests there
+/// (`engine::introspect`). The bytes are the same.
+pub fn render_pieces_paced(
+    mut s: Snapshot<'_>,
+    piece_bytes: usize,
+    pace: &mut dyn FnMut(),
+) -> Vec<Vec<u8>> {
     s.locks
         .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    pace();
     s.semaphores
         .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    pace();
     s.idle_locks
         .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
+    pace();
     s.idle_semaphores
         .sort_by(|a, b| (a.key, a.space).cmp(&(b.key, b.space)));
-    let mut w = Pieces::new(piece_bytes);
+    pace();
+    let mut w = Pieces::new(piece_bytes, pace);
     w.raw(b"{\"connections\":");
     w.entry(&s.connections);
     w.raw(b",\"locks\":");
@@ -158,18 +176,23 @@ pub fn render_pieces(mut s: Snapshot<'_>, piece_bytes: usize) -> Vec<Vec<u8>> {
 
 /// The pieces [`render_pieces`] fills: a new one starts once the current
 /// one reaches `limit` bytes.
-struct Pieces {
+struct Pieces<'p> {
     limit: usize,
     done: Vec<Vec<u8>>,
     cur: Vec<u8>,
+    pace: &'p mut dyn FnMut(),
+    /// Entries since the pacer was last called.
+    since_pace: usize,
 }
 
-impl Pieces {
-    fn new(limit: usize) -> Pieces {
+impl<'p> Pieces<'p> {
+    fn new(limit: usize, pace: &'p mut dyn FnMut()) -> Pieces<'p> {
         Pieces {
             limit,
             done: Vec::new(),
             cur: Vec::new(),
+            pace,
+            since_pace: 0,
         }
     }
 
@@ -190,6 +213,11 @@ impl Pieces {
         // Writing to a `Vec` cannot fail, nor can these types' serialisation.
         let _ = serde_json::to_writer(&mut self.cur, v);
         self.roll();
+        self.since_pace += 1;
+        if self.since_pace == PACE_EVERY {
+            self.since_pace = 0;
+            (self.pace)();
+        }
     }
 
     fn array<T: Serialize>(&mut self, items: impl Iterator<Item = T>) {
@@ -318,6 +346,35 @@ mod tests {
                 .collect(),
         };
         serde_json::to_string(&w).unwrap()
+    }
+
+    /// The pacer is called between the stages and every `PACE_EVERY`
+    /// entries, and the bytes are those of the unpaced render.
+    #[test]
+    fn a_paced_render_calls_the_pacer_and_gives_the_same_bytes() {
+        let keys: Vec<Vec<u8>> = (0..3 * PACE_EVERY + 5)
+            .map(|i| format!("k{i:06}").into_bytes())
+            .collect();
+        let big = || Snapshot {
+            connections: 1,
+            locks: keys
+                .iter()
+                .map(|k| LockEntry {
+                    key: k,
+                    space: Space::Lock,
+                    owner_conn_id: 1,
+                    lease_expires_in_s: 2.5,
+                    waiters: 0,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut calls = 0;
+        let paced = render_pieces_paced(big(), 1000, &mut || calls += 1);
+        assert_eq!(join(paced), join(render_pieces(big(), 1000)));
+        // Four sorts, then every PACE_EVERY entries (the connections count
+        // is one too).
+        assert_eq!(calls, 4 + (keys.len() + 1) / PACE_EVERY);
     }
 
     #[test]

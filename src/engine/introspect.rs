@@ -14,17 +14,21 @@
 //! waits at most about one step.
 //!
 //! The `stats` JSON is sorted and rendered after the last step, with no
-//! lock held; a large one is rendered on the blocking thread pool so that
-//! the runtime thread keeps serving its other connections. TCP `stats`
-//! takes it in pieces ([`Engine::stats_pieces`]) and writes them one at a
-//! time with a yield between them (`tcp::conn`): one 78 MB copy into the
-//! write buffer and one `write_all` of it (a loopback socket that keeps
-//! accepting never makes it yield) held the runtime thread, and every
-//! connection pinned to it, for tens of milliseconds at 1M locks.
+//! lock held; a large one is rendered on the render thread, at a lower CPU
+//! priority than the runtime threads (`render_aside`), so that the
+//! runtime thread keeps serving its other connections and wins the core
+//! whenever it wakes. TCP `stats` takes it in pieces
+//! ([`Engine::stats_pieces`]) and writes them one at a time, yielding to
+//! the thread's poller between them (`tcp::conn`, [`rt::yield_io`]): one
+//! 78 MB copy into the write buffer and one `write_all` of it (a loopback
+//! socket that keeps accepting never makes it yield) held the runtime
+//! thread, and every connection pinned to it, for tens of milliseconds at
+//! 1M locks.
 //!
 //! Reads that cost O(log n) (a key's view, the counters) are one short
 //! hold of the lock.
 
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use super::{Door, Engine, Input, Outcome};
@@ -38,6 +42,108 @@ pub const SLICE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Entries above which the `stats` JSON is rendered off the runtime.
 const RENDER_INLINE_MAX: usize = 16_384;
+
+/// How much lower than the process's the render thread's nice value is
+/// (capped at 19, the lowest priority).
+const RENDER_NICE: i32 = 10;
+
+type RenderTask = Box<dyn FnOnce() + Send>;
+
+/// The queue of the render thread, started at the first large listing;
+/// `None` if it could not be started.
+fn render_queue() -> Option<&'static mpsc::Sender<RenderTask>> {
+    static QUEUE: OnceLock<Option<mpsc::Sender<RenderTask>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<RenderTask>();
+            std::thread::Builder::new()
+                .name("dflockd-render".into())
+                .spawn(move || {
+                    lower_priority(RENDER_NICE);
+                    for task in rx {
+                        task();
+                    }
+                })
+                .ok()?;
+            Some(tx)
+        })
+        .as_ref()
+}
+
+/// Lowers the calling thread's CPU priority by `by` nice steps (Linux
+/// gives each thread its own nice value; elsewhere this does nothing, as
+/// `setpriority` there would renice the whole process). A failure leaves
+/// the priority as it was: rendering still works, only less politely.
+fn lower_priority(by: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id, no memory
+    // is passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // -1 is also a valid nice value: errno tells a failure apart, and
+        // then 0 is as good a base as any.
+        *libc::__errno_location() = 0;
+        let mut nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if nice == -1 && *libc::__errno_location() != 0 {
+            nice = 0;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, (nice + by).min(19));
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = by;
+}
+
+/// Runs `f` (sorting and rendering a large listing) on the render thread:
+/// one thread, at a lower CPU priority than the runtime threads, taking
+/// one listing at a time. On a machine with as many cores as runtime
+/// threads, a render at the same priority competes for a core with the
+/// runtime thread serving other clients' requests, and the scheduler may
+/// keep a waking runtime thread waiting for the render's time slice;
+/// lowered, the render yields the core to any runtime thread that wakes
+/// (spec/ARCHITECTURE.md, "Costs"). The blocking pool is the fallback
+/// when the thread cannot be started (its threads are shared: a priority
+/// lowered there could not be raised again without privileges).
+async fn render_aside<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let Some(queue) = render_queue() else {
+        return smol::unblock(f).await;
+    };
+    let (tx, rx) = smol::channel::bounded(1);
+    let task: RenderTask = Box::new(move || {
+        let _ = tx.send_blocking(f());
+    });
+    if let Err(mpsc::SendError(task)) = queue.send(task) {
+        // The thread is gone (it cannot be, short of a panic in a render):
+        // render on the blocking pool instead.
+        smol::unblock(task).await;
+    }
+    rx.recv()
+        .await
+        .expect("rendering the stats listing panicked")
+}
+
+/// Render work between two rests of the render thread.
+const RENDER_BURST: Duration = Duration::from_millis(1);
+/// A rest of the render thread.
+const RENDER_REST: Duration = Duration::from_millis(1);
+
+/// The render thread's pacer: called often (see `stats::PACE_EVERY`), it
+/// sleeps [`RENDER_REST`] once [`RENDER_BURST`] has passed since the last
+/// rest, so a render takes at most about half a core. Why: with
+/// autogrouping (Linux's default for desktop and login sessions) or a CPU
+/// cgroup, the process's threads share one scheduling entity, whatever
+/// their nice values; a render that ran flat out for a quarter of a
+/// second at 1M keys spent the whole group's share on a busy machine, and
+/// the runtime threads then waited tens of milliseconds for a core
+/// (spec/ARCHITECTURE.md, "Costs").
+fn pacer() -> impl FnMut() {
+    let mut since = std::time::Instant::now();
+    move || {
+        if since.elapsed() >= RENDER_BURST {
+            std::thread::sleep(RENDER_REST);
+            since = std::time::Instant::now();
+        }
+    }
+}
 
 /// The core's counters and gauges that cost O(1) to read, as of now.
 #[derive(Clone, Debug)]
@@ -147,7 +253,7 @@ impl Engine {
         if job.listed() <= RENDER_INLINE_MAX {
             job.render()
         } else {
-            smol::unblock(move || job.render()).await
+            render_aside(move || job.render_paced(&mut pacer())).await
         }
     }
 
@@ -186,7 +292,7 @@ impl Engine {
             job.render_pieces(piece_bytes)
         } else {
             // The job (a million small readings) is dropped there too.
-            smol::unblock(move || job.render_pieces(piece_bytes)).await
+            render_aside(move || job.render_pieces_paced(piece_bytes, &mut pacer())).await
         }
     }
 
@@ -260,5 +366,35 @@ impl Door<'_> {
                 gone: false,
             },
         )
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn my_nice() -> i32 {
+        // SAFETY: system calls on the calling thread's own id.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        }
+    }
+
+    /// Large listings render on a thread of their own whose nice value is
+    /// [`RENDER_NICE`] above the runtime's, and the result comes back.
+    #[test]
+    fn the_render_thread_runs_at_a_lower_priority() {
+        let mine = my_nice();
+        let (theirs, name) = futures_lite::future::block_on(render_aside(|| {
+            (my_nice(), std::thread::current().name().map(String::from))
+        }));
+        assert_eq!(theirs, (mine + RENDER_NICE).min(19));
+        assert_eq!(name.as_deref(), Some("dflockd-render"));
+        // One thread serves them all.
+        let again = futures_lite::future::block_on(render_aside(|| {
+            std::thread::current().name().map(String::from)
+        }));
+        assert_eq!(again.as_deref(), Some("dflockd-render"));
     }
 }

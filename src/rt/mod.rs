@@ -106,6 +106,9 @@ thread_local! {
 struct Local {
     worker: Arc<Worker>,
     queue: VecDeque<Runnable>,
+    /// Tasks waiting in [`yield_io`]: woken after the next look at the
+    /// poller and the timers.
+    after_poll: Vec<Waker>,
 }
 
 impl Worker {
@@ -213,6 +216,7 @@ impl Worker {
             *c.borrow_mut() = Some(Local {
                 worker: self.clone(),
                 queue: VecDeque::new(),
+                after_poll: Vec::new(),
             })
         });
         let mut events = Vec::new();
@@ -239,7 +243,11 @@ impl Worker {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            busy |= CURRENT.with(|c| c.borrow().as_ref().is_some_and(|l| !l.queue.is_empty()));
+            busy |= CURRENT.with(|c| {
+                c.borrow()
+                    .as_ref()
+                    .is_some_and(|l| !l.queue.is_empty() || !l.after_poll.is_empty())
+            });
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
@@ -261,6 +269,15 @@ impl Worker {
                 net::dispatch(&self, ev);
             }
             self.fire_timers(Instant::now());
+            // After what the poller and the timers woke, so those run first.
+            let yielded = CURRENT.with(|c| {
+                c.borrow_mut()
+                    .as_mut()
+                    .map(|l| std::mem::take(&mut l.after_poll))
+            });
+            for w in yielded.into_iter().flatten() {
+                w.wake();
+            }
         }
         self.cancel_all();
         CURRENT.with(|c| *c.borrow_mut() = None);
@@ -289,6 +306,50 @@ impl Worker {
             }
         }
         self.injector.close();
+    }
+}
+
+/// Yields to the thread's sockets and timers: the task runs again only
+/// after its thread has looked at its poller (without waiting) and fired
+/// its due timers, and after the tasks those woke. A long piece of work
+/// cut into parts (the `stats` reply's pieces) yields here between parts:
+/// `futures_lite::future::yield_now` only re-queues the task, and the
+/// thread runs up to [`RUN_BUDGET`] queued tasks before it looks at the
+/// poller, so a task that yields that way can keep a ready socket of the
+/// same thread waiting for 256 of its parts. Off a runtime thread (a
+/// test's `block_on`, the simulator) it is `yield_now`.
+pub fn yield_io() -> YieldIo {
+    YieldIo { yielded: false }
+}
+
+/// The future of [`yield_io`].
+#[derive(Debug)]
+pub struct YieldIo {
+    yielded: bool,
+}
+
+impl Future for YieldIo {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.yielded {
+            return std::task::Poll::Ready(());
+        }
+        self.yielded = true;
+        let parked = CURRENT.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => c
+                .as_mut()
+                .map(|l| l.after_poll.push(cx.waker().clone()))
+                .is_some(),
+            Err(_) => false,
+        });
+        if !parked {
+            cx.waker().wake_by_ref();
+        }
+        std::task::Poll::Pending
     }
 }
 

@@ -92,6 +92,49 @@ fn sleeps_fire_in_order_and_resets_move_them() {
     rt.join();
 }
 
+/// A task that yields with `yield_io` lets its thread fire a due timer
+/// (and run what it woke) before it runs again: once the deadline has
+/// passed, the yielding task runs at most twice before the sleeper does.
+/// (With `yield_now` it could run up to `RUN_BUDGET` times.)
+#[test]
+fn yield_io_lets_due_timers_and_their_tasks_run_first() {
+    let rt = Runtime::start(1, "rt-test").expect("start");
+    let (tx, rx) = mpsc::channel();
+    let woke = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_millis(20);
+    let w = woke.clone();
+    rt.spawn_on(0, async move {
+        sleep_until(deadline).await;
+        w.store(true, Ordering::SeqCst);
+    })
+    .detach();
+    rt.spawn_on(0, async move {
+        let mut late_turns = 0;
+        while !woke.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                late_turns += 1;
+            }
+            yield_io().await;
+        }
+        tx.send(late_turns).expect("send");
+    })
+    .detach();
+    let late_turns = recv(&rx);
+    assert!(late_turns <= 2, "ran {late_turns} times past the deadline");
+    rt.stop();
+    rt.join();
+}
+
+/// Off the runtime, `yield_io` yields once and completes.
+#[test]
+fn yield_io_works_off_the_runtime() {
+    futures_lite::future::block_on(async {
+        for _ in 0..3 {
+            yield_io().await;
+        }
+    });
+}
+
 /// Off the runtime (a plain `block_on`), a sleep still sleeps.
 #[test]
 fn sleeps_work_off_the_runtime() {

@@ -71,6 +71,11 @@ pub const BLOCKED_READ_CAP: usize = 64 * 1024 + 1024;
 const BATCH: usize = 64;
 /// Replies buffered before a write is forced mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Writing a `stats` reply rests [`STATS_WRITE_REST`] after this much
+/// time of writing pieces ([`Handler::write_stats`]).
+const STATS_WRITE_BURST: Duration = Duration::from_millis(1);
+/// See [`STATS_WRITE_BURST`].
+const STATS_WRITE_REST: Duration = Duration::from_millis(1);
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
 
@@ -465,10 +470,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
 
     /// Writes the `stats` reply `ok <json>` (what `encode_reply` makes of
     /// `Reply::Stats`), after what was answered before it, one piece of
-    /// about [`WRITE_BATCH_BYTES`] at a time with a yield to the executor
-    /// between pieces, all within one write timeout as a one-piece reply
-    /// is. A listing of tens of megabytes is then never copied, reallocated
-    /// or written in one go, which held the runtime thread (and every
+    /// about [`WRITE_BATCH_BYTES`] at a time with a yield to the thread's
+    /// poller between pieces ([`rt::yield_io`]: a plain `yield_now` let
+    /// the thread write up to 256 pieces before it looked at its other
+    /// sockets), and a rest of [`STATS_WRITE_REST`] after every
+    /// [`STATS_WRITE_BURST`] of writing (copying 78 MB into a loopback
+    /// socket flat out spent the process's share of a busy machine's
+    /// cores, and every thread of it then waited for one:
+    /// spec/ARCHITECTURE.md, "Costs"), all within one write timeout as a
+    /// one-piece reply is. A
+    /// listing of tens of megabytes is then never copied, reallocated or
+    /// written in one go, which held the runtime thread (and every
     /// connection pinned to it) for tens of milliseconds at 1M locks. The
     /// last piece and the line's end are left in `wbuf` for the loop's
     /// flush.
@@ -476,10 +488,16 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
         self.encode_own();
         let deadline = self.timeouts.write.map(|t| rt::now() + t);
         self.wbuf.extend_from_slice(b"ok ");
+        let mut burst = rt::now();
         for piece in pieces {
             if self.wbuf.len() >= WRITE_BATCH_BYTES {
                 self.flush_until(deadline).await?;
-                futures_lite::future::yield_now().await;
+                if rt::now().saturating_duration_since(burst) >= STATS_WRITE_BURST {
+                    rt::sleep(STATS_WRITE_REST).await;
+                    burst = rt::now();
+                } else {
+                    rt::yield_io().await;
+                }
             }
             self.wbuf.extend_from_slice(&piece);
         }

@@ -33,8 +33,12 @@
 //!
 //! `--stats-stall SIZES` is issue #15's: for each size n, one connection holds n locks on n keys
 //! (`l k<i> 0 3600`), another asks for `stats` three times, and a third pings every millisecond.
-//! It prints how long each `stats` reply took, its size, and the longest `ping` stall while a
-//! `stats` reply was being built, and fails (exit 1) when that stall is above 10 ms.
+//! It prints how long each `stats` reply took, its size, the longest `ping` stall while a
+//! `stats` reply was being built, and the server's resident memory before and at its peak, and
+//! fails (exit 1) when that stall is above 10 ms. The server shares the bench's session: under
+//! Linux's autogrouping the two are one scheduling entity, so on a machine busy with other
+//! sessions the bench's own reading of a 78 MB reply counts against the server's share too (the
+//! `quiet` column shows what the machine alone does).
 //!
 //! `--freeze N` is issue #10's reproduction: one connection pipelines N times
 //! `sl q 0 1000000000 2` (N slots of one semaphore, 2 s leases); another pings every
@@ -145,8 +149,13 @@ pub fn sibling_server() -> PathBuf {
 
 /// Resident memory of process `pid` in bytes (`VmRSS`), if it can be read.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A size field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`) in bytes, if it can be read.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -214,6 +223,11 @@ impl Server {
 
     fn rss(&self) -> Option<u64> {
         rss_bytes(self.child.id())
+    }
+
+    /// The peak resident memory so far (`VmHWM`).
+    fn peak_rss(&self) -> Option<u64> {
+        status_bytes(self.child.id(), "VmHWM:")
     }
 }
 
@@ -1123,22 +1137,31 @@ pub fn run_stats_stall(server_bin: &Path, sizes: &[usize]) -> ExitCode {
         "stats-stall: one connection holds n locks; another asks for `stats` {STATS_ROUNDS} times; \
          a third pings every ms\n  server {}\n  \
          (quiet: the longest ping over as long again with no `stats`: the machine's own noise)\n  \
-         {:>9} {:>10} {:>9} {:>12} {:>12} {:>12}\n",
+         (RSS: before the first `stats`, and the peak by the end)\n  \
+         {:>9} {:>10} {:>9} {:>12} {:>12} {:>12} {:>8} {:>8}\n",
         server_bin.display(),
         "n",
         "stats ms",
         "reply MB",
         "stall ms",
         "quiet ms",
-        "median ping"
+        "median ping",
+        "RSS MB",
+        "peak MB"
     ));
     let mut ok = true;
     for &n in sizes {
         match stats_stall(server_bin, n) {
             Ok(m) => {
                 say(&format!(
-                    "  {n:>9} {:>10.1} {:>9.1} {:>12.3} {:>12.3} {:>12.3}\n",
-                    m.reply_ms, m.reply_mb, m.stall_ms, m.quiet_ms, m.median_ping_ms
+                    "  {n:>9} {:>10.1} {:>9.1} {:>12.3} {:>12.3} {:>12.3} {:>8.0} {:>8.0}\n",
+                    m.reply_ms,
+                    m.reply_mb,
+                    m.stall_ms,
+                    m.quiet_ms,
+                    m.median_ping_ms,
+                    m.rss_mb,
+                    m.peak_mb
                 ));
                 ok &= m.stall_ms <= STATS_STALL_TARGET_MS;
             }
@@ -1167,6 +1190,9 @@ struct StatsStall {
     /// The longest ping round trip over as long again with no `stats` in flight.
     quiet_ms: f64,
     median_ping_ms: f64,
+    /// The server's resident memory before the first `stats`, and its peak by the end.
+    rss_mb: f64,
+    peak_mb: f64,
 }
 
 fn stats_stall(bin: &Path, n: usize) -> Result<StatsStall, String> {
@@ -1182,6 +1208,8 @@ fn stats_stall(bin: &Path, n: usize) -> Result<StatsStall, String> {
     let mut asker = Conn::connect(addr)?;
     let pinger = Pinger::start(addr)?;
     std::thread::sleep(Duration::from_millis(200));
+    let mb = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / 1e6);
+    let rss_mb = mb(server.rss());
     let mut rounds = Vec::new();
     for _ in 0..STATS_ROUNDS {
         let t0 = Instant::now();
@@ -1199,6 +1227,7 @@ fn stats_stall(bin: &Path, n: usize) -> Result<StatsStall, String> {
     std::thread::sleep(busy);
     let quiet_to = Instant::now();
     let samples = pinger.finish()?;
+    let peak_mb = mb(server.peak_rss());
     let quiet_ms = stall_window(&samples, quiet_from, quiet_to)
         .into_iter()
         .fold(0.0, f64::max);
@@ -1217,6 +1246,8 @@ fn stats_stall(bin: &Path, n: usize) -> Result<StatsStall, String> {
         stall_ms,
         quiet_ms,
         median_ping_ms: percentile(&pings, 50.0),
+        rss_mb,
+        peak_mb,
     })
 }
 

@@ -708,9 +708,22 @@ impl StatsJob {
         stats::join(self.render_pieces(usize::MAX))
     }
 
+    /// [`StatsJob::render`], calling `pace` now and then (see
+    /// [`StatsJob::render_pieces_paced`]).
+    pub fn render_paced(self, pace: &mut dyn FnMut()) -> String {
+        stats::join(self.render_pieces_paced(usize::MAX, pace))
+    }
+
     /// The same JSON as [`StatsJob::render`], in consecutive pieces of
     /// about `piece_bytes` (`stats::render_pieces`).
     pub fn render_pieces(self, piece_bytes: usize) -> Vec<Vec<u8>> {
+        self.render_pieces_paced(piece_bytes, &mut || {})
+    }
+
+    /// [`StatsJob::render_pieces`], calling `pace` between its stages and
+    /// every [`stats::PACE_EVERY`] entries of each (the render thread rests
+    /// there: `engine::introspect`). The bytes are the same.
+    pub fn render_pieces_paced(self, piece_bytes: usize, pace: &mut dyn FnMut()) -> Vec<Vec<u8>> {
         // Every reading as (key, space, step, row); sorted by (key, space),
         // the latest reading last, and that one kept.
         let mut rows: Vec<(&[u8], Space, u32, &Row)> = Vec::with_capacity(self.listed);
@@ -728,9 +741,14 @@ impl StatsJob {
                     .map(|ch| (text(ch.pattern), text(ch.group), ch.step, ch.listeners)),
             );
         }
+        pace();
         rows.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        pace();
         let mut entries: Vec<(&[u8], Space, &Row)> = Vec::with_capacity(rows.len());
-        for (k, space, _, row) in rows {
+        for (i, (k, space, _, row)) in rows.into_iter().enumerate() {
+            if i % stats::PACE_EVERY == stats::PACE_EVERY - 1 {
+                pace();
+            }
             match entries.last_mut() {
                 Some(last) if last.0 == k && last.1 == space => *last = (k, space, row),
                 _ => entries.push((k, space, row)),
@@ -750,7 +768,11 @@ impl StatsJob {
             connections: self.totals.connections,
             ..Default::default()
         };
-        for (k, space, row) in entries {
+        pace();
+        for (i, (k, space, row)) in entries.into_iter().enumerate() {
+            if i % stats::PACE_EVERY == stats::PACE_EVERY - 1 {
+                pace();
+            }
             match *row {
                 Row::Lock {
                     owner,
@@ -793,7 +815,7 @@ impl StatsJob {
                 listeners,
             });
         }
-        stats::render_pieces(snap, piece_bytes)
+        stats::render_pieces_paced(snap, piece_bytes, pace)
     }
 }
 

@@ -195,6 +195,23 @@ fn stats_in_pieces_join_to_the_one_piece_stats() {
     }
 }
 
+/// A paced render (the render thread's) gives the same bytes, and calls
+/// its pacer between its stages.
+#[test]
+fn a_paced_render_gives_the_one_piece_stats() {
+    let mut h = busy();
+    h.core.handle_timeout(h.now, &mut h.out);
+    let whole = h.core.stats_json();
+    let mut job = StatsJob::new().sliced(3);
+    h.run(&mut job);
+    let mut calls = 0;
+    let json = job.render_paced(&mut || calls += 1);
+    assert_eq!(json, whole);
+    // Before and after the sort of the readings, before the entries, then
+    // once after each sort of `stats::render_pieces_paced`.
+    assert!(calls >= 7, "{calls} calls");
+}
+
 #[test]
 fn totals_agree_with_the_stats_arrays() {
     let mut h = busy();

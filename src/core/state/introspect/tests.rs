@@ -416,6 +416,40 @@ fn longest_held_fullest_and_key_order_come_from_scans() {
 }
 
 #[test]
+fn more_contended_keys_than_a_slice_are_all_listed() {
+    // `top` runs in slices of 3 here: five contended keys take two steps,
+    // and a step that ends on its slice with room left is not the last.
+    let mut h = H::new(cfg());
+    let owner = h.conn();
+    for i in 0..5 {
+        let k = format!("k{i}");
+        h.token(owner, l(&k, 0, 60));
+        for _ in 0..=i {
+            let w = h.conn();
+            assert_eq!(h.send(w, l(&k, 30, 60)), None, "queued");
+        }
+    }
+    let top = h.top(Sort::Waiters, 10, None, None);
+    assert_eq!(keys(&top), ["k4", "k3", "k2", "k1", "k0"]);
+}
+
+#[test]
+fn a_semaphores_oldest_holder_is_found_whatever_the_lease_order() {
+    // The lease walk meets holders by expiry: the newer holder's short
+    // lease comes first, the older holder's long one later, and the older
+    // grant must still win.
+    let mut h = H::new(cfg());
+    let (a, b) = (h.conn(), h.conn());
+    h.token(a, sl("sem", 0, 2, 600));
+    h.at(1_000);
+    h.token(b, sl("sem", 0, 2, 10));
+    h.at(5_000);
+    let top = h.top(Sort::HeldFor, 10, None, None);
+    assert_eq!(keys(&top), ["sem"]);
+    assert_eq!(top[0].held_for_s, Some(5.0), "held since the first grant");
+}
+
+#[test]
 fn a_key_view_shows_holder_queue_and_recent_events() {
     let mut h = H::new(cfg());
     let (a, b, c) = (h.conn(), h.conn(), h.conn());

@@ -330,3 +330,50 @@ fn grant_wakes_a_handler_that_then_closes() {
         assert_eq!(holders(&w.engine), 0, "the disconnect released the grant");
     });
 }
+
+/// A blocked TCP handler lends its socket to its mailbox while a release
+/// on another thread hands it the lock, and ends the loan concurrently:
+/// the grant is answered exactly once, either written to the socket by
+/// the releasing thread (and reported by `take_sent`) or queued for the
+/// handler to write, never both, never lost, and nothing reaches the
+/// socket once the loan has ended.
+#[test]
+fn grant_races_the_end_of_a_lent_socket() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    loom::model(|| {
+        let w = setup();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let (engine, holder, token) = (w.engine.clone(), w.holder, w.token.clone());
+        w.clock.set(Time(1_000));
+        let releaser = thread::spawn(move || release(&engine, holder, token));
+        let loan = w.waiter_mb.lend(ours.as_raw_fd());
+        drop(loan);
+        let sent = w.waiter_mb.take_sent();
+        let mut written = Vec::new();
+        let _ = peer.read_to_end(&mut written);
+        releaser.join().unwrap();
+        let queued = drain_mailbox(&w.waiter_mb);
+        let late_sent = w.waiter_mb.take_sent();
+        assert!(late_sent.is_none(), "nothing sent after the loan ended");
+        let mut after = Vec::new();
+        let _ = peer.read_to_end(&mut after);
+        match sent {
+            Some(s) => {
+                assert!(queued.is_empty(), "answered twice: {queued:?}");
+                assert!(s.rest.is_empty());
+                assert!(written.starts_with(b"ok ") && written.ends_with(b"\n"));
+                assert!(after.is_empty());
+            }
+            None => {
+                assert!(written.is_empty() && after.is_empty(), "written unreported");
+                assert!(
+                    matches!(&queued[..], [Delivery::Reply(Reply::Granted { .. })]),
+                    "{queued:?}"
+                );
+            }
+        }
+        assert_eq!(w.engine.owned(w.waiter).held, 1, "granted once");
+    });
+}

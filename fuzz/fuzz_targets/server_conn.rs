@@ -101,8 +101,8 @@ fuzz_target!(|input: Case| {
     };
     let engine = Engine::new(cfg.core.clone(), None, Box::new(MonotonicClock::new()));
     let timeouts = Timeouts::of(&cfg);
-    let a = serve_stream(&engine, timeouts, stream(input.a), None);
-    let b = serve_stream(&engine, timeouts, stream(input.b), None);
+    let a = serve_stream(&engine, timeouts, stream(input.a), None, None);
+    let b = serve_stream(&engine, timeouts, stream(input.b), None, None);
     smol::block_on(futures_lite::future::zip(a, b));
 
     assert_eq!(engine.connection_count(), 0, "a connection leaked");

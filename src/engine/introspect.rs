@@ -311,23 +311,6 @@ impl Engine {
         }
         (totals, self.counters())
     }
-
-    /// Answers a TCP `stats` request from `conn`: the core's gate first
-    /// (authentication, draining: a refusal and its close come back as any
-    /// reply would), then the listing in slices, as the reply.
-    pub async fn stats_reply(&self, conn: ConnId) -> (Vec<Effect>, Outcome) {
-        let mut out = Vec::new();
-        let (passed, outcome) = self.door().stats_gate(conn, &mut out);
-        if !passed {
-            return (out, outcome);
-        }
-        let json = self.stats_listing().await;
-        out.push(Effect::Reply {
-            conn,
-            reply: Reply::Stats(json),
-        });
-        (out, outcome)
-    }
 }
 
 impl Door<'_> {

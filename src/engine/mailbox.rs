@@ -8,6 +8,25 @@
 //! forgot the connection). The receiver never misses a push: it registers
 //! its waker under the same lock it checks the queue with.
 //!
+//! **Answering a blocked connection from the releasing thread.** A
+//! connection whose request waits in a queue, with nothing else to write
+//! or read, may lend its mailbox its socket ([`Mailbox::lend`], plain TCP
+//! only). The answer to its request (a grant handed off by another
+//! connection's release, a timeout) is then written to the socket right
+//! where the core produced it, by the thread that applied the input, with
+//! one non-blocking `send`, instead of waking the connection's own thread
+//! to write it: on a hot key every hand-off would otherwise cost a
+//! cross-thread wake-up on the critical path (spec/ARCHITECTURE.md, "The
+//! runtime"). The owner is not woken at all when the whole line went out:
+//! it learns of it ([`Mailbox::take_sent`]) at its next wake-up, which the
+//! peer's next request brings. Order holds because the direct write is
+//! made only while the queue is empty (nothing delivered before it is
+//! still unwritten) and at most once per loan; a partial write leaves the
+//! rest to the owner, woken as for any delivery. The loan ends under the
+//! mailbox's lock ([`Lent`]'s drop) before the owner touches its socket
+//! again or closes it, so the socket is never written from two places nor
+//! after it is closed.
+//!
 //! The queue is bounded by construction, not by a check: the core sends a
 //! connection at most one deferred reply per blocked request, a connection
 //! has at most one blocked request, and the core stops pushing signals to a
@@ -45,6 +64,36 @@ pub enum Delivery {
 struct State {
     queue: VecDeque<Delivery>,
     waker: Option<Waker>,
+    /// The socket lent by a blocked owner (see the module docs).
+    lent: Option<RawSocket>,
+    /// The answer written through the lent socket, not yet seen by the owner.
+    sent: Option<Sent>,
+}
+
+/// A socket's descriptor, lent to the mailbox while its owner waits.
+pub type RawSocket = i32;
+
+/// The answer to a blocked request that another thread wrote to the
+/// owner's socket ([`Mailbox::lend`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// When it was written: the owner's read deadline runs from here.
+    pub at: std::time::Instant,
+    /// The end of the line the socket did not take at once (usually
+    /// empty): the owner writes it before anything else.
+    pub rest: Vec<u8>,
+}
+
+/// A loan of a socket to a mailbox ([`Mailbox::lend`]); dropping it ends
+/// the loan.
+pub struct Lent<'a> {
+    mailbox: &'a Mailbox,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        lock(&self.mailbox.state).lent = None;
+    }
 }
 
 #[derive(Default)]
@@ -57,11 +106,36 @@ impl Mailbox {
         Mailbox::default()
     }
 
-    /// Queues `d` and wakes the receiver.
+    /// Queues `d` and wakes the receiver; or, for a reply to an owner
+    /// that lent its socket, writes it there (see the module docs).
     pub fn push(&self, d: Delivery) {
         let waker = {
             let mut s = lock(&self.state);
-            s.queue.push_back(d);
+            match (d, s.lent) {
+                (Delivery::Reply(reply), Some(fd)) if s.queue.is_empty() && s.sent.is_none() => {
+                    let mut line = Vec::with_capacity(64);
+                    crate::wire::encode_reply(&reply, &mut line);
+                    match crate::rt::net::send_now(fd, &line) {
+                        Ok(n) if n > 0 => {
+                            s.lent = None;
+                            let rest = line.split_off(n);
+                            let whole = rest.is_empty();
+                            s.sent = Some(Sent {
+                                at: crate::rt::now(),
+                                rest,
+                            });
+                            if whole {
+                                // The owner learns of it at its next wake-up.
+                                return;
+                            }
+                        }
+                        // Nothing written (a full socket, an error the owner
+                        // will meet on its own): the owner writes it.
+                        _ => s.queue.push_back(Delivery::Reply(reply)),
+                    }
+                }
+                (d, _) => s.queue.push_back(d),
+            }
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -70,6 +144,21 @@ impl Mailbox {
             }
             w.wake();
         }
+    }
+
+    /// Lends the owner's socket `fd` to the mailbox until the returned
+    /// loan is dropped: a reply pushed meanwhile, with nothing queued
+    /// before it, is written to `fd` by the pushing thread. The owner must
+    /// be blocked with nothing of its own to write, and must drop the loan
+    /// before it writes to or closes `fd`.
+    pub fn lend(&self, fd: RawSocket) -> Lent<'_> {
+        lock(&self.state).lent = Some(fd);
+        Lent { mailbox: self }
+    }
+
+    /// The answer another thread wrote to the lent socket, if any (once).
+    pub fn take_sent(&self) -> Option<Sent> {
+        lock(&self.state).sent.take()
     }
 
     /// Takes the oldest delivery without waiting.

@@ -569,8 +569,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Lenient<I> {
                 }
                 return Poll::Ready(Ok(n));
             }
-            let mut chunk = [0u8; 8192];
-            match Pin::new(&mut this.io).poll_read(cx, &mut chunk) {
+            // Read into hyper's buffer (already initialized, and overwritten
+            // below with what is ready to pass on) rather than a zeroed
+            // chunk of our own each time.
+            let chunk = &mut *buf;
+            match Pin::new(&mut this.io).poll_read(cx, chunk) {
                 Poll::Ready(Ok(0)) => {
                     // End of stream: hand over what is left as it is, so
                     // hyper sees the truncated request it would have seen.

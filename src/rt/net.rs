@@ -263,6 +263,51 @@ impl TcpStream {
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         self.get_ref().set_nodelay(on)
     }
+
+    /// The descriptor a blocked connection lends its mailbox
+    /// (`engine::mailbox`, "Answering a blocked connection from the
+    /// releasing thread"); `None` where [`send_now`] is not supported.
+    pub fn lendable(&self) -> Option<crate::engine::mailbox::RawSocket> {
+        #[cfg(unix)]
+        {
+            Some(self.get_ref().as_raw_fd())
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+}
+
+/// Writes what the socket `fd` takes of `buf` at once, from any thread,
+/// without blocking and without `SIGPIPE`: the bytes written, or the
+/// error (`WouldBlock` when it took none). The caller guarantees that `fd`
+/// stays open for the call and that nobody else writes to it meanwhile
+/// (see `engine::mailbox`). The owner's readiness state is not touched: a
+/// write that filled the socket only makes the owner's next attempt meet
+/// `WouldBlock` and wait for an edge, as it would anyway.
+pub fn send_now(fd: crate::engine::mailbox::RawSocket, buf: &[u8]) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let flags = libc::MSG_DONTWAIT;
+        // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is open (the
+        // caller's guarantee). A closed or foreign descriptor would only
+        // fail the call.
+        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (fd, buf);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl AsyncRead for TcpStream {

@@ -237,7 +237,7 @@ impl World {
         };
         let timeouts = self.timeouts;
         self.exec.spawn(group(inc, pid as u64), async move {
-            crate::tcp::conn::serve_stream(&engine, timeouts, end, None).await;
+            crate::tcp::conn::serve_stream(&engine, timeouts, end, None, None).await;
         });
         Some(pid)
     }

@@ -58,7 +58,7 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use log::Level;
 
 use crate::core::{CloseReason, ConnId, Effect, Owned};
-use crate::engine::mailbox::{Delivery, Mailbox};
+use crate::engine::mailbox::{Delivery, Mailbox, RawSocket};
 use crate::engine::{Engine, Input, Outcome, Transport};
 use crate::logging::{self, Cause};
 use crate::rt;
@@ -113,6 +113,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     timeouts: Timeouts,
     stream: S,
     peer: Option<SocketAddr>,
+    lendable: Option<RawSocket>,
 ) {
     let mailbox = Arc::new(Mailbox::new());
     let id = engine.connect(Transport::Tcp, Some(mailbox.clone()));
@@ -120,6 +121,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let peer = Peer(peer);
     log::debug!(conn = id.0, peer:% = peer; "connection opened");
     let mut handler = Handler::new(engine, timeouts, stream, id, mailbox, peer);
+    handler.lendable = lendable;
     let end = handler.run().await;
     let owned = if log::log_enabled!(Level::Debug) {
         engine.owned(id)
@@ -255,6 +257,11 @@ pub(crate) struct Handler<'e, S> {
     aborted: Option<&'static str>,
     /// A `stats` request heads `pending`, to be answered in slices.
     stats_due: bool,
+    /// The plain TCP socket's descriptor, which the handler lends its
+    /// mailbox while blocked with nothing else to do, so that the answer is
+    /// written by the thread that produced it (`engine::mailbox`). `None`
+    /// for TLS and in-memory streams.
+    lendable: Option<RawSocket>,
 }
 
 impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
@@ -287,6 +294,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             pushes: 0,
             aborted: None,
             stats_due: false,
+            lendable: None,
         }
     }
 
@@ -325,18 +333,36 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             }
             self.partial = !self.blocked && !self.rbuf.is_empty();
 
-            // 4. Wait.
+            // 4. Wait. Blocked with nothing else to read, write or answer:
+            // lend the socket, so that the answer goes out from where it is
+            // made; the read deadline then runs again, as the answer may
+            // come without waking this task.
+            let lend = self.lendable.filter(|_| {
+                self.blocked
+                    && self.rbuf.is_empty()
+                    && self.pending.is_empty()
+                    && self.wbuf.is_empty()
+                    && self.closing.is_none()
+            });
             let can_read = !self.blocked || self.rbuf.len() < BLOCKED_READ_CAP;
-            let armed = (!self.blocked).then_some(&mut timer);
-            match wait(
+            let armed = (!self.blocked || lend.is_some()).then_some(&mut timer);
+            let woke = wait(
                 &mut self.stream,
                 &mut self.rbuf,
                 &self.mailbox,
                 can_read,
                 armed,
+                lend,
             )
-            .await
-            {
+            .await;
+            if let Some(sent) = self.mailbox.take_sent() {
+                // Answered through the lent socket: no longer blocked, and
+                // the read deadline runs from the answer.
+                self.blocked = false;
+                self.wbuf.extend_from_slice(&sent.rest);
+                self.deadline = sent.at + self.timeouts.read;
+            }
+            match woke {
                 Wake::Read(Ok(0)) => return "closed by the peer",
                 Wake::Read(Err(_)) => return "read failed",
                 Wake::Read(Ok(_)) => {}
@@ -345,6 +371,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
                         return end;
                     }
                 }
+                // Still blocked (the socket was lent): no deadline applies.
+                Wake::Deadline if self.blocked => timer.reset(rt::now() + self.timeouts.read),
                 Wake::Deadline if rt::now() < self.deadline => {
                     // The timer was armed for an earlier deadline.
                     timer.reset(self.deadline);
@@ -693,10 +721,14 @@ async fn wait<S: AsyncRead + Unpin>(
     mailbox: &Mailbox,
     can_read: bool,
     timer: Option<&mut rt::Sleep>,
+    lend: Option<RawSocket>,
 ) -> Wake {
     if let Some(d) = mailbox.try_recv() {
         return Wake::Mail(d);
     }
+    // Returned (ended under the mailbox's lock) before this function
+    // returns or its future is dropped: before the socket is touched again.
+    let _loan = lend.map(|fd| mailbox.lend(fd));
     let mail = async { Wake::Mail(mailbox.recv().await) };
     let timer = async {
         match timer {

@@ -93,7 +93,13 @@ impl<'e> Conn<'e> {
             read: Duration::from_secs(3600),
             write: Some(Duration::from_secs(3600)),
         };
-        let fut = Box::pin(serve_stream(engine, timeouts, Mem(wire.clone()), None));
+        let fut = Box::pin(serve_stream(
+            engine,
+            timeouts,
+            Mem(wire.clone()),
+            None,
+            None,
+        ));
         let mut c = Conn {
             wire,
             fut,

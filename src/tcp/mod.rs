@@ -104,13 +104,17 @@ impl TcpFront {
     async fn serve(&self, stream: rt::net::TcpStream, peer: SocketAddr) {
         net::tune(&stream);
         match &self.tls {
-            None => conn::serve_stream(&self.engine, self.timeouts, stream, Some(peer)).await,
+            None => {
+                let fd = stream.lendable();
+                conn::serve_stream(&self.engine, self.timeouts, stream, Some(peer), fd).await
+            }
             Some(acceptor) => {
                 let deadline = self.tls_handshake_timeout;
                 let handshake =
                     net::tls::handshake(&self.engine, stream, Some(peer), acceptor, deadline);
                 if let Some(mut tls) = handshake.await {
-                    conn::serve_stream(&self.engine, self.timeouts, &mut tls, Some(peer)).await;
+                    conn::serve_stream(&self.engine, self.timeouts, &mut tls, Some(peer), None)
+                        .await;
                     // Best effort, without waiting: a close_notify alert if
                     // the socket takes it at once, then the FIN.
                     let close = futures_lite::AsyncWriteExt::close(&mut tls);

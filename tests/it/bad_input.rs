@@ -398,6 +398,34 @@ fn idle_connection_is_cut_unless_it_owns_something() {
     grant(&blocked.recv_line());
 }
 
+// A waiter granted by a hand-off while it was blocked is answered by the
+// releasing connection's thread through its lent socket, without its own
+// handler waking (spec/ARCHITECTURE.md, "The runtime"); it is still held to
+// D11: once its lease is over it owns nothing, and, silent since the grant,
+// it is cut at its read deadline.
+#[test]
+fn a_waiter_answered_by_a_hand_off_is_still_held_to_the_read_deadline() {
+    let server = Server::start(|cfg| cfg.read_timeout_s = 1);
+    let mut holder = server.client();
+    let mut waiter = server.client();
+    let tok = holder.lock("k");
+    waiter.send("l", "k", "30 2");
+    server.wait_lock_waiters("k", 1);
+    assert_eq!(holder.req("r", "k", &tok), "ok");
+    let (_, lease) = grant(&waiter.recv_line());
+    assert_eq!(lease, 2);
+    let granted = Instant::now();
+    // An owner stays past its read deadline; once the lease has expired it
+    // owns nothing and is cut.
+    expect_fatal(&mut waiter);
+    assert!(
+        granted.elapsed() >= Duration::from_millis(1900),
+        "cut while it owned the lock"
+    );
+    let s = server.wait_stats(|s| s["connections"] == 1);
+    assert!(entry(&s, "idle_locks", "k").is_some(), "nothing left held");
+}
+
 #[test]
 fn owner_stalling_mid_request_is_cut() {
     let server = Server::start(|cfg| cfg.read_timeout_s = 1);

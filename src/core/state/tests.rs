@@ -4,7 +4,11 @@
 //! look at (and break) the private structures; behaviour seen through
 //! replies is tested in `core/tests/` (one file per topic) and against the model.
 
+use std::hash::BuildHasher;
+
 use super::*;
+use crate::core::metrics::Cause;
+use crate::wire::Token;
 
 const SALT: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
 

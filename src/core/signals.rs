@@ -723,6 +723,29 @@ mod tests {
     }
 
     #[test]
+    fn the_check_refuses_a_wildcard_stored_as_a_literal() {
+        // `*` and `>` have their own edges; either one filed among the
+        // literal tokens would be matched literally, so the check names it.
+        for wild in [&b"*"[..], &b">"[..]] {
+            let mut idx = Index::new([1, 2]);
+            idx.add(wild, b"", ConnId(1));
+            let root = &mut idx.nodes[ROOT as usize];
+            let node = root.star.take().or(root.rest.take()).unwrap();
+            let hash = &idx.hash;
+            idx.nodes[ROOT as usize].literal.insert_unique(
+                hash.hash_one(wild),
+                (wild.into(), node),
+                |(k, _)| hash.hash_one(&**k),
+            );
+            let err = idx.check().unwrap_err();
+            assert!(
+                err.contains("a wildcard token stored as a literal"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn a_channel_reaches_only_the_patterns_of_its_branch() {
         // 10 000 patterns under their own first token: a channel under
         // another first token visits a handful of nodes, not 10 000.

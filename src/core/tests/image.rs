@@ -69,3 +69,44 @@ fn an_image_whose_holders_exceed_a_limit_is_refused() {
     let bad: CoreImage = serde_json::from_value(v).expect("still well-formed");
     assert!(Core::from_image(cfg(), bad).is_err());
 }
+
+#[test]
+fn an_image_keeps_what_the_core_remembers_between_inputs() {
+    // The grant that answered c2's blocked request (remembered until c2's
+    // next input, to settle a cancel that races it) and an evicted slow
+    // consumer are state too: a restored core must know both.
+    let mut h = busy();
+    h.apply(2, c(1, r("a", 1)));
+    h.apply(2, In::Connect);
+    h.apply(
+        2,
+        c(
+            4,
+            Request::Listen {
+                pattern: key("ch"),
+                group: None,
+            },
+        ),
+    );
+    let signal = || Request::Signal {
+        channel: key("ch"),
+        payload: b"p"[..].into(),
+    };
+    while h.core.outstanding_pushes(ConnId(4)) < super::super::PUSH_QUEUE_FRAMES {
+        h.apply(2, c(1, signal()));
+    }
+    assert!(show(&h.apply(2, c(1, signal()))).contains("c4: close (slow)"));
+    let image = h.core.image();
+    let restored = Core::from_image(cfg(), image.clone()).expect("a valid image restores");
+    assert_eq!(restored.image(), image, "the round trip is exact");
+    let mut copy = H {
+        core: restored,
+        t: 2,
+    };
+    for input in [In::Cancel(2), c(1, signal())] {
+        assert_eq!(
+            show(&h.apply(3, input.clone())),
+            show(&copy.apply(3, input))
+        );
+    }
+}

@@ -20,13 +20,22 @@ pub enum Bug {
     /// moves earlier: a lease expiry or a waiter's timeout fires late, or
     /// never.
     DeadlineNotRearmed,
+    /// HTTP: a long poll (an acquire or wait blocked in the core) ignores
+    /// the grant delivered to its session's mailbox and keeps waiting: the
+    /// request is never answered.
+    LongPollLost,
+    /// HTTP: an SSE stream that gathers several waiting pushes into one
+    /// body chunk drops the last of them.
+    SseChunkDrop,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 5] = [
         Bug::LostWakeup,
         Bug::ReplyDroppedOnClose,
         Bug::DeadlineNotRearmed,
+        Bug::LongPollLost,
+        Bug::SseChunkDrop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +44,8 @@ impl Bug {
             Bug::LostWakeup => "lost-wakeup",
             Bug::ReplyDroppedOnClose => "reply-dropped-on-close",
             Bug::DeadlineNotRearmed => "deadline-not-rearmed",
+            Bug::LongPollLost => "long-poll-lost",
+            Bug::SseChunkDrop => "sse-chunk-drop",
         }
     }
 

@@ -165,6 +165,7 @@ pub fn all(world: &World) -> Result<(), String> {
                 }
             }
         }
+        super::http_check::connections(world, s, &replay, &mut fences)?;
         exclusion(world, s, &replay)?;
     }
     // 4. Fences strictly increase across crashes.
@@ -215,6 +216,8 @@ pub struct Replay {
     pub inputs: HashMap<u64, Vec<Input>>,
     /// Pipe index → connection id.
     pub conn_of: HashMap<u64, u64>,
+    /// Every connect: (pipe index, connection id), in order.
+    pub connects: Vec<(u64, u64)>,
     model: model::Machine,
 }
 
@@ -344,6 +347,7 @@ fn replay(
         out: HashMap::new(),
         inputs: HashMap::new(),
         conn_of: HashMap::new(),
+        connects: Vec::new(),
         model: model::Machine::new(model_config(cfg), started),
     };
     let push = |r: &mut Replay, outs: Vec<model::Output>| {
@@ -413,6 +417,7 @@ fn replay(
                     return Err(format!("connection ids differ: engine {conn}, model {id}"));
                 }
                 r.conn_of.insert(group & 0xFFFF_FFFF, conn);
+                r.connects.push((group & 0xFFFF_FFFF, conn));
                 outs.extend(Vec::new());
                 outs
             }
@@ -448,9 +453,9 @@ fn replay(
 }
 
 /// A resource: (semaphore space, key).
-type Res = (bool, Vec<u8>);
+pub(super) type Res = (bool, Vec<u8>);
 /// A client-observed hold: (start ms, end ms, limit, pipe).
-type Held = (u64, u64, u64, usize);
+pub(super) type Held = (u64, u64, u64, usize);
 /// One connection's grant: (resource, start ms, end ms, limit, token).
 type Mine = (Res, u64, u64, u64, String);
 
@@ -569,6 +574,9 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
                 leases.entry(id).or_default().push((start, end, lim, pid));
             }
         }
+    }
+    for (id, held) in super::http_check::leases(world, s) {
+        leases.entry(id).or_default().push(held);
     }
     for ((sem, key), list) in leases {
         for &(start, _, lim, who) in &list {

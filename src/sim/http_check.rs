@@ -1,0 +1,277 @@
+//! The checks of the HTTP clients' records (see [`super::http`]), run
+//! by [`super::check::all`] for each server incarnation:
+//!
+//! * every request is answered exactly once, or its connection was seen
+//!   closed (by either side, or by a crash), or it was never sent whole;
+//!   no response comes without a request; no `500`;
+//! * an SSE stream delivers exactly the pushes the model sent to its hidden
+//!   session, in order, each once (a wire-level differential on the
+//!   stream), and all of them unless the stream was cut;
+//! * fences in HTTP grants go into the fence check across crashes;
+//! * HTTP holders enter the mutual exclusion check beside the TCP ones
+//!   ([`leases`]).
+
+use std::collections::BTreeMap;
+
+use dflockd_model as model;
+
+use super::check::{Held, Replay, Res};
+use super::http::{grant, Kind, Req, PID_BASE};
+use super::{Server, World};
+use crate::engine::Input;
+use crate::http::Op;
+use crate::wire::Request;
+
+pub fn connections(
+    world: &World,
+    s: &Server,
+    replay: &Replay,
+    fences: &mut Vec<(u64, u64, u64)>,
+) -> Result<(), String> {
+    let recs = world.http.borrow();
+    for (hid, c) in recs.iter().enumerate().filter(|(_, c)| c.inc == s.inc) {
+        let what = |m: String| format!("incarnation {} HTTP connection {hid}: {m}", s.inc);
+        if let Some(e) = c.errors.first() {
+            return Err(what(e.clone()));
+        }
+        let p = c.pipe.borrow();
+        let cut = c.client_closed || s.crashed || p.server_closed_at.is_some();
+        drop(p);
+        for (k, r) in c.reqs.iter().enumerate() {
+            match &r.resp {
+                None if !cut && r.sent_ms.is_some() => {
+                    return Err(what(format!(
+                        "request {k} ({:?}, sent at {:?} ms) never answered",
+                        r.kind, r.sent_ms
+                    )));
+                }
+                Some(resp) if resp.status >= 500 && resp.status != 503 => {
+                    return Err(what(format!(
+                        "request {k} ({:?}) answered {} {:?}",
+                        r.kind, resp.status, resp.body
+                    )));
+                }
+                Some(resp) => {
+                    if let Some((_, tok, _)) = grant(resp) {
+                        if let Some(f) = tok.get(..16).and_then(|t| u64::from_str_radix(t, 16).ok())
+                        {
+                            fences.push((s.inc, f, 0));
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        // An SSE stream: the events read are the model's pushes to the
+        // stream's hidden session, in order, each once.
+        let streamed = c.reqs.first().is_some_and(|r| {
+            r.kind == Kind::Stream && r.resp.as_ref().is_some_and(|r| r.status == 200)
+        });
+        if !streamed {
+            continue;
+        }
+        let pid = PID_BASE + hid as u64;
+        let listening = |conn: u64| {
+            matches!(
+                replay.inputs.get(&conn).and_then(|i| i.first()),
+                Some(Input::Request(Request::Listen { .. }))
+            )
+        };
+        let Some(conn) = replay
+            .connects
+            .iter()
+            .filter(|(g, conn)| *g == pid && listening(*conn))
+            .map(|(_, conn)| *conn)
+            .next_back()
+        else {
+            return Err(what("a stream answered 200 but no session listened".into()));
+        };
+        let expected = replay.out.get(&conn).cloned().unwrap_or_default();
+        let slow = expected.iter().any(|o| {
+            matches!(
+                o,
+                model::Output::Close {
+                    why: model::Why::SlowConsumer,
+                    ..
+                }
+            )
+        });
+        let want: Vec<&str> = expected
+            .iter()
+            .take_while(|o| !matches!(o, model::Output::Close { .. }))
+            .filter_map(|o| match o {
+                model::Output::Reply { line, .. } if line.starts_with("sig ") => {
+                    Some(line.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let got: Vec<String> = c
+            .events
+            .iter()
+            .map(|(ch, p, _)| format!("sig {ch} {p}"))
+            .collect();
+        if got.len() > want.len() {
+            return Err(what(format!(
+                "stream (session conn {conn}) read {} events, the model pushed {}: extra {:?}",
+                got.len(),
+                want.len(),
+                &got[want.len()..]
+            )));
+        }
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            if g != w {
+                return Err(what(format!(
+                    "stream (session conn {conn}) event {k}: read {g:?}, model {w:?}"
+                )));
+            }
+        }
+        if !cut && !slow && !c.stream_ended && got.len() < want.len() {
+            return Err(what(format!(
+                "stream (session conn {conn}): {} events never arrived: first {:?}",
+                want.len() - got.len(),
+                want[got.len()]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The leases HTTP clients observed, per resource, for the mutual
+/// exclusion check. As for TCP, a client counts a grant as held from when
+/// it read it until the earliest of: its lease counted from when the
+/// request was sent, the release it sent, the crash; and, for a session
+/// (which a closed HTTP connection does not end): the `DELETE` it sent,
+/// and the earliest the idle sweeper could have reaped the session (2 ×
+/// the idle timeout after a request that surely refreshed it, with none
+/// in between). Each interval lies within the server's own.
+pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
+    let recs = world.http.borrow();
+    let idle_ms = world.http_settings.session_idle_timeout_s * 2_000;
+    let crash = s.ended_ms.unwrap_or(u64::MAX);
+    // (client, session) -> [(request, connection)] in the client's order.
+    let mut by_session: BTreeMap<(usize, &str), Vec<(&Req, usize)>> = BTreeMap::new();
+    for (hid, c) in recs.iter().enumerate().filter(|(_, c)| c.inc == s.inc) {
+        for r in &c.reqs {
+            if let (Some(sess), Some(_)) = (&r.session, r.sent_ms) {
+                by_session
+                    .entry((c.client, sess.as_str()))
+                    .or_default()
+                    .push((r, hid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (_, mut reqs) in by_session {
+        reqs.sort_by_key(|(r, _)| r.seq);
+        let sent = |r: &Req| r.sent_ms.unwrap_or(0);
+        // Requests that surely refreshed the session (they reached it).
+        let touches: Vec<u64> = reqs
+            .iter()
+            .filter(|(r, _)| match (&r.kind, &r.resp) {
+                (Kind::Lock { .. }, Some(resp)) => !matches!(resp.status, 400 | 410 | 500),
+                (Kind::Ping, Some(resp)) => resp.status == 204,
+                _ => false,
+            })
+            .map(|(r, _)| sent(r))
+            .collect();
+        let alive_until = |from: u64| {
+            if idle_ms == 0 {
+                return u64::MAX;
+            }
+            let mut until = from + idle_ms;
+            for &t in touches.iter().filter(|&&t| t > from) {
+                if t > until {
+                    break;
+                }
+                until = until.max(t + idle_ms);
+            }
+            until
+        };
+        let deleted = |from: u64| {
+            reqs.iter()
+                .filter(|(r, _)| r.kind == Kind::Delete && sent(r) >= from)
+                .map(|(r, _)| sent(r))
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        // (resource, start, end, limit, token, hid, from)
+        type Mine = (Res, u64, u64, u64, String, usize, u64);
+        let mut mine: Vec<Mine> = Vec::new();
+        // resource -> (enqueue sent, limit)
+        let mut enqueued: BTreeMap<Res, (u64, u64)> = BTreeMap::new();
+        for (r, hid) in &reqs {
+            let Kind::Lock {
+                sem,
+                op,
+                key,
+                limit,
+                lease_s,
+                token,
+            } = &r.kind
+            else {
+                continue;
+            };
+            let id: Res = (*sem, key.as_bytes().to_vec());
+            let t_sent = sent(r);
+            match op {
+                Op::Release => {
+                    if let Some(m) = mine
+                        .iter_mut()
+                        .rev()
+                        .find(|m| m.0 == id && Some(&m.4) == token.as_ref())
+                    {
+                        m.2 = m.2.min(t_sent);
+                    }
+                }
+                Op::Renew => {
+                    if let Some(m) = mine
+                        .iter_mut()
+                        .rev()
+                        .find(|m| m.0 == id && Some(&m.4) == token.as_ref())
+                    {
+                        let remaining = r
+                            .resp
+                            .as_ref()
+                            .filter(|resp| resp.status == 200)
+                            .and_then(|resp| super::http::json(resp)["remaining_s"].as_u64());
+                        match (remaining, &r.resp) {
+                            (Some(l), _) => m.2 = t_sent + l * 1000,
+                            (None, Some(_)) => {}
+                            (None, None) => {
+                                let l = lease_s.unwrap_or(s.cfg.default_lease_s);
+                                m.2 = m.2.min(t_sent + l * 1000);
+                            }
+                        }
+                    }
+                }
+                Op::Acquire | Op::Enqueue | Op::Wait => {
+                    let (from, lim) = match op {
+                        Op::Enqueue => {
+                            enqueued.insert(id.clone(), (t_sent, *limit));
+                            (t_sent, *limit)
+                        }
+                        Op::Wait => enqueued.get(&id).copied().unwrap_or((t_sent, 1)),
+                        _ => (t_sent, *limit),
+                    };
+                    let Some((_, tok, l)) = r.resp.as_ref().and_then(grant) else {
+                        continue;
+                    };
+                    if mine.iter().any(|m| m.4 == tok) {
+                        continue;
+                    }
+                    let start = r.resp.as_ref().map_or(0, |resp| resp.read_ms);
+                    mine.push((id, start, from + l * 1000, lim, tok, *hid, from));
+                }
+            }
+        }
+        for (id, start, end, lim, _, hid, from) in mine {
+            // The session's end bounds every lease of it, renewed or not.
+            let end = end.min(crash).min(alive_until(from)).min(deleted(from));
+            if start < end {
+                out.push((id, (start, end, lim, PID_BASE as usize + hid)));
+            }
+        }
+    }
+    out
+}

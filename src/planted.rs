@@ -25,7 +25,8 @@ pub enum Bug {
     /// request is never answered.
     LongPollLost,
     /// HTTP: an SSE stream that gathers several waiting pushes into one
-    /// body chunk drops the last of them.
+    /// body chunk keeps only the first of them (the others are reported
+    /// written, and lost).
     SseChunkDrop,
 }
 

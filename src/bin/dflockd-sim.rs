@@ -1,7 +1,7 @@
 //! `dflockd-sim`: runs the deterministic simulator (`src/sim`).
 //!
 //! ```text
-//! dflockd-sim --seed N [--seconds S] [--clients C] [--bug NAME]   # one seed, replayed exactly
+//! dflockd-sim --seed N [--seconds S] [--clients C] [--http-clients H] [--bug NAME]   # one seed, replayed exactly
 //! dflockd-sim --seeds FROM..TO [...]                                # a range of seeds
 //! ```
 //!
@@ -14,7 +14,8 @@ use dflockd::planted::Bug;
 use dflockd::sim::{run, Options};
 
 const USAGE: &str = "usage: dflockd-sim (--seed N | --seeds FROM..TO) [--seconds S] [--clients C] \
-[--bug none|lost-wakeup|reply-dropped-on-close|deadline-not-rearmed] [--quiet]";
+[--http-clients H] [--bug none|lost-wakeup|reply-dropped-on-close|deadline-not-rearmed|\
+long-poll-lost|sse-chunk-drop] [--quiet]";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {

@@ -166,6 +166,7 @@ pub fn all(world: &World) -> Result<(), String> {
             }
         }
         super::http_check::connections(world, s, &replay, &mut fences)?;
+        super::http_check::sessions(world, s, &replay)?;
         exclusion(world, s, &replay)?;
     }
     // 4. Fences strictly increase across crashes.

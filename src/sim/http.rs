@@ -35,6 +35,8 @@ pub enum Kind {
         key: String,
         limit: u64,
         lease_s: Option<u64>,
+        /// `acquire_timeout_s` or `timeout_s`.
+        timeout_s: u64,
         token: Option<String>,
     },
     /// `DELETE /v1/sessions/{id}`
@@ -404,6 +406,7 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
             key: key.to_string(),
             limit,
             lease_s,
+            timeout_s: t,
             token,
         }
     };

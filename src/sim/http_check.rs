@@ -16,11 +16,11 @@ use std::collections::BTreeMap;
 use dflockd_model as model;
 
 use super::check::{Held, Replay, Res};
-use super::http::{grant, Kind, Req, PID_BASE};
+use super::http::{grant, json, Kind, Req, Resp, PID_BASE};
 use super::{Server, World};
 use crate::engine::Input;
 use crate::http::Op;
-use crate::wire::Request;
+use crate::wire::{Key, Request, Space};
 
 pub fn connections(
     world: &World,
@@ -208,6 +208,7 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
                 limit,
                 lease_s,
                 token,
+                ..
             } = &r.kind
             else {
                 continue;
@@ -274,4 +275,222 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
         }
     }
     out
+}
+
+/// The protocol request a lock route stands for (as the front builds it).
+fn protocol(kind: &Kind) -> Option<Request> {
+    let Kind::Lock {
+        sem,
+        op,
+        key,
+        limit,
+        lease_s,
+        timeout_s,
+        token,
+    } = kind
+    else {
+        return None;
+    };
+    let space = if *sem { Space::Sem } else { Space::Lock };
+    let key = Key::new(key.as_bytes()).ok()?;
+    let token = || {
+        token
+            .clone()
+            .unwrap_or_default()
+            .into_bytes()
+            .into_boxed_slice()
+    };
+    Some(match op {
+        Op::Acquire => Request::Acquire {
+            space,
+            key,
+            timeout_s: *timeout_s,
+            limit: *limit,
+            lease_s: *lease_s,
+        },
+        Op::Release => Request::Release {
+            space,
+            key,
+            token: token(),
+        },
+        Op::Renew => Request::Renew {
+            space,
+            key,
+            token: token(),
+            lease_s: *lease_s,
+        },
+        Op::Enqueue => Request::Enqueue {
+            space,
+            key,
+            limit: *limit,
+            lease_s: *lease_s,
+        },
+        Op::Wait => Request::Wait {
+            space,
+            key,
+            timeout_s: *timeout_s,
+        },
+    })
+}
+
+/// The protocol reply line an HTTP response of a lock route renders
+/// (spec/http.md), or `None` for an answer the core did not give (`400`,
+/// `410`: refused before the core, or the session ended under it).
+fn as_line(resp: &Resp) -> Option<String> {
+    let v = json(resp);
+    match resp.status {
+        204 => Some("ok".into()),
+        200 => {
+            if let Some((status, token, lease)) = grant(resp) {
+                return Some(format!("{status} {token} {lease}"));
+            }
+            if let Some(n) = v["remaining_s"].as_u64() {
+                return Some(format!("ok {n}"));
+            }
+            v["status"].as_str().map(str::to_owned)
+        }
+        400 | 410 => None,
+        _ => Some(match v["error"].as_str()? {
+            // No fence could be issued: the core answered `timeout`.
+            "fence_unavailable" => "timeout".into(),
+            "not_held" => "error".into(),
+            other => format!("error_{other}"),
+        }),
+    }
+}
+
+/// The HTTP lock routes against the model: each session is found in the
+/// journal (the connections that connected on an HTTP connection's task,
+/// other than streams and publishes, are its `POST /v1/sessions` answered
+/// there, in order); the requests applied on it are the ones its client
+/// sent on it, in order (a request whose connection the client closed
+/// may be applied late, or not at all), and each response is the model's
+/// reply to it, rendered.
+pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String> {
+    let recs = world.http.borrow();
+    // session id -> core connection
+    let mut conn_of: BTreeMap<&str, u64> = BTreeMap::new();
+    for (hid, c) in recs.iter().enumerate().filter(|(_, c)| c.inc == s.inc) {
+        let pid = PID_BASE + hid as u64;
+        let first = |conn: u64| replay.inputs.get(&conn).and_then(|i| i.first());
+        let conns: Vec<u64> = replay
+            .connects
+            .iter()
+            .filter(|(g, conn)| {
+                *g == pid
+                    && !matches!(
+                        first(*conn),
+                        Some(Input::Request(
+                            Request::Listen { .. } | Request::Signal { .. }
+                        ))
+                    )
+            })
+            .map(|(_, conn)| *conn)
+            .collect();
+        let ids: Vec<&str> = c
+            .reqs
+            .iter()
+            .filter(|r| r.kind == Kind::Create)
+            .filter_map(|r| r.resp.as_ref())
+            .filter_map(|r| {
+                let at = r.body.find("\"session_id\":\"")? + 14;
+                r.body.get(at..at + 32)
+            })
+            .collect();
+        let last_unanswered_create = c
+            .reqs
+            .last()
+            .is_some_and(|r| r.kind == Kind::Create && r.resp.is_none());
+        let extra = conns.len().checked_sub(ids.len());
+        if !matches!(extra, Some(0)) && !(extra == Some(1) && last_unanswered_create) {
+            return Err(format!(
+                "incarnation {} HTTP connection {hid}: {} sessions created, {} core connections connected",
+                s.inc,
+                ids.len(),
+                conns.len()
+            ));
+        }
+        for (id, conn) in ids.into_iter().zip(conns) {
+            conn_of.insert(id, conn);
+        }
+    }
+    // A session's requests, in its client's order.
+    let mut by_session: BTreeMap<&str, Vec<&Req>> = BTreeMap::new();
+    for c in recs.iter().filter(|c| c.inc == s.inc) {
+        for r in &c.reqs {
+            if let (Some(sess), true) = (&r.session, matches!(r.kind, Kind::Lock { .. })) {
+                by_session.entry(sess.as_str()).or_default().push(r);
+            }
+        }
+    }
+    for (id, conn) in conn_of {
+        let mut reqs = by_session.remove(id).unwrap_or_default();
+        reqs.sort_by_key(|r| r.seq);
+        let what = |m: String| format!("incarnation {} session conn {conn}: {m}", s.inc);
+        let applied = replay.inputs.get(&conn).cloned().unwrap_or_default();
+        let replies: Vec<&str> = replay
+            .out
+            .get(&conn)
+            .into_iter()
+            .flatten()
+            .take_while(|o| !matches!(o, model::Output::Close { .. }))
+            .filter_map(|o| match o {
+                model::Output::Reply { line, .. } => Some(line.as_str()),
+                model::Output::Close { .. } => None,
+            })
+            .collect();
+        let mut next = 0;
+        // Requests passed over: unanswered ones may still be applied.
+        let mut skipped: Vec<usize> = Vec::new();
+        for (k, input) in applied.iter().enumerate() {
+            let Input::Request(req) = input else {
+                return Err(what(format!("applied {input:?}")));
+            };
+            let same = |r: &Req| protocol(&r.kind).as_ref() == Some(req);
+            if let Some(i) = skipped.iter().position(|&j| same(reqs[j])) {
+                skipped.remove(i);
+                continue;
+            }
+            loop {
+                let Some(r) = reqs.get(next) else {
+                    return Err(what(format!("applied request {k} {req:?}, never sent")));
+                };
+                next += 1;
+                if same(r) {
+                    break;
+                }
+                match r.resp.as_ref().and_then(as_line) {
+                    Some(line) => {
+                        return Err(what(format!(
+                            "{:?} answered {line:?} but was never applied",
+                            r.kind
+                        )))
+                    }
+                    None if r.resp.is_none() => skipped.push(next - 1),
+                    None => {}
+                }
+            }
+            let r = reqs[next - 1];
+            if let Some(line) = r.resp.as_ref().and_then(as_line) {
+                match replies.get(k) {
+                    Some(want) if *want == line => {}
+                    want => {
+                        return Err(what(format!(
+                            "request {k} {:?}: answered {line:?}, model {want:?}",
+                            r.kind
+                        )))
+                    }
+                }
+            }
+        }
+        for r in &reqs[next..] {
+            if let Some(line) = r.resp.as_ref().and_then(as_line) {
+                return Err(what(format!(
+                    "{:?} answered {line:?} but was never applied",
+                    r.kind
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -28,15 +28,19 @@ pub enum Bug {
     /// body chunk keeps only the first of them (the others are reported
     /// written, and lost).
     SseChunkDrop,
+    /// HTTP: the idle sweeper forgets an expired session without
+    /// disconnecting its core connection: its holdings and waiters stay.
+    SweepKeepsHoldings,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::LostWakeup,
         Bug::ReplyDroppedOnClose,
         Bug::DeadlineNotRearmed,
         Bug::LongPollLost,
         Bug::SseChunkDrop,
+        Bug::SweepKeepsHoldings,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Bug {
             Bug::DeadlineNotRearmed => "deadline-not-rearmed",
             Bug::LongPollLost => "long-poll-lost",
             Bug::SseChunkDrop => "sse-chunk-drop",
+            Bug::SweepKeepsHoldings => "sweep-keeps-holdings",
         }
     }
 

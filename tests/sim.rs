@@ -127,4 +127,5 @@ planted! {
     catches_a_deadline_not_rearmed: DeadlineNotRearmed,
     catches_a_lost_long_poll_answer: LongPollLost,
     catches_an_sse_event_dropped_from_a_chunk: SseChunkDrop,
+    catches_a_session_reaped_with_its_holdings: SweepKeepsHoldings,
 }

@@ -15,7 +15,7 @@ use dflockd::sim::{run, Options};
 
 const USAGE: &str = "usage: dflockd-sim (--seed N | --seeds FROM..TO) [--seconds S] [--clients C] \
 [--http-clients H] [--bug none|lost-wakeup|reply-dropped-on-close|deadline-not-rearmed|\
-long-poll-lost|sse-chunk-drop] [--quiet]";
+long-poll-lost|sse-chunk-drop|sweep-keeps-holdings] [--quiet]";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {

@@ -177,6 +177,10 @@ impl Sessions {
         for s in stale {
             // Re-check: a request may have started since.
             if s.in_flight.load(Ordering::SeqCst) == 0 && s.idle_for() > max_idle {
+                if crate::planted::is(crate::planted::Bug::SweepKeepsHoldings) {
+                    self.map().remove(&s.id);
+                    continue;
+                }
                 self.kill(engine, &s);
             }
         }

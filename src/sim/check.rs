@@ -219,6 +219,8 @@ pub struct Replay {
     pub conn_of: HashMap<u64, u64>,
     /// Every connect: (pipe index, connection id), in order.
     pub connects: Vec<(u64, u64)>,
+    /// When each connection was disconnected.
+    pub disconnected: HashMap<u64, u64>,
     model: model::Machine,
 }
 
@@ -349,6 +351,7 @@ fn replay(
         inputs: HashMap::new(),
         conn_of: HashMap::new(),
         connects: Vec::new(),
+        disconnected: HashMap::new(),
         model: model::Machine::new(model_config(cfg), started),
     };
     let push = |r: &mut Replay, outs: Vec<model::Output>| {
@@ -438,7 +441,10 @@ fn replay(
             }
             Input::ReadDeadline { partial } => m.read_deadline(at, conn, *partial),
             Input::Cancel => m.cancel(at, conn),
-            Input::Disconnect => m.disconnect(at, conn),
+            Input::Disconnect => {
+                r.disconnected.entry(conn).or_insert(at);
+                m.disconnect(at, conn)
+            }
             Input::PushesWritten(n) => {
                 m.pushes_written(conn, *n as usize);
                 Vec::new()

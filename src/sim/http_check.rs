@@ -365,7 +365,8 @@ fn as_line(resp: &Resp) -> Option<String> {
 /// there, in order); the requests applied on it are the ones its client
 /// sent on it, in order (a request whose connection the client closed
 /// may be applied late, or not at all), and each response is the model's
-/// reply to it, rendered.
+/// reply to it, rendered. A session answers `410` only once its core
+/// connection was disconnected (its holdings and waiters gone with it).
 pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String> {
     let recs = world.http.borrow();
     // session id -> core connection
@@ -439,6 +440,18 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
                 model::Output::Close { .. } => None,
             })
             .collect();
+        for r in &reqs {
+            let Some(resp) = r.resp.as_ref().filter(|resp| resp.status == 410) else {
+                continue;
+            };
+            let gone = replay.disconnected.get(&conn).is_some_and(|&at| at <= resp.read_ms);
+            if !gone && !s.crashed {
+                return Err(what(format!(
+                    "{:?} answered 410 at {} ms, but the session's core connection was not disconnected",
+                    r.kind, resp.read_ms
+                )));
+            }
+        }
         let mut next = 0;
         // Requests passed over: unanswered ones may still be applied.
         let mut skipped: Vec<usize> = Vec::new();

@@ -427,8 +427,22 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
     for (id, conn) in conn_of {
         let mut reqs = by_session.remove(id).unwrap_or_default();
         reqs.sort_by_key(|r| r.seq);
-        let what = |m: String| format!("incarnation {} session conn {conn}: {m}", s.inc);
         let applied = replay.inputs.get(&conn).cloned().unwrap_or_default();
+        let what = |m: String| {
+            if std::env::var_os("SIM_DEBUG").is_some() {
+                for r in &reqs {
+                    eprintln!("  sent #{} @{:?}: {:?} -> {:?}", r.seq, r.sent_ms, r.kind, r.resp);
+                }
+                for a in &applied {
+                    eprintln!("  applied {a:?}");
+                }
+                for o in replay.out.get(&conn).into_iter().flatten() {
+                    eprintln!("  model: {o:?}");
+                }
+                eprintln!("  disconnected at {:?}", replay.disconnected.get(&conn));
+            }
+            format!("incarnation {} session conn {conn}: {m}", s.inc)
+        };
         let replies: Vec<&str> = replay
             .out
             .get(&conn)
@@ -460,29 +474,35 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
                 return Err(what(format!("applied {input:?}")));
             };
             let same = |r: &Req| protocol(&r.kind).as_ref() == Some(req);
-            if let Some(i) = skipped.iter().position(|&j| same(reqs[j])) {
-                skipped.remove(i);
-                continue;
-            }
-            loop {
-                let Some(r) = reqs.get(next) else {
-                    return Err(what(format!("applied request {k} {req:?}, never sent")));
-                };
-                next += 1;
+            // In order first: the next request the core answered, past
+            // those it did not (refused before it, or never answered).
+            let mut found = None;
+            let mut stop = None;
+            for (j, r) in reqs.iter().enumerate().skip(next) {
                 if same(r) {
+                    found = Some(j);
                     break;
                 }
-                match r.resp.as_ref().and_then(as_line) {
-                    Some(line) => {
-                        return Err(what(format!(
-                            "{:?} answered {line:?} but was never applied",
-                            r.kind
-                        )))
-                    }
-                    None if r.resp.is_none() => skipped.push(next - 1),
-                    None => {}
+                if let Some(line) = r.resp.as_ref().and_then(as_line) {
+                    stop = Some((r, line));
+                    break;
                 }
             }
+            let Some(j) = found else {
+                // Else late: one whose client closed its connection.
+                if let Some(i) = skipped.iter().position(|&j| same(reqs[j])) {
+                    skipped.remove(i);
+                    continue;
+                }
+                return Err(what(match stop {
+                    Some((r, line)) => {
+                        format!("{:?} answered {line:?} but was never applied", r.kind)
+                    }
+                    None => format!("applied request {k} {req:?}, never sent"),
+                }));
+            };
+            skipped.extend((next..j).filter(|&i| reqs[i].resp.is_none()));
+            next = j + 1;
             let r = reqs[next - 1];
             if let Some(line) = r.resp.as_ref().and_then(as_line) {
                 match replies.get(k) {

@@ -7,10 +7,12 @@
 //! connections mid-request and mid-stream. It records what it sent and the
 //! responses and SSE events it read, with the simulated time of each.
 //!
-//! One request at a time per connection (no pipelining), and one request at
-//! a time per session: so each response belongs to the oldest unanswered
-//! request on its connection, and a session's requests reach the core in
-//! the order they were sent.
+//! A connection carries one request, or now and then two pipelined, and
+//! the client waits for their answers before it sends more; each response
+//! belongs to the oldest unanswered request on its connection. A session
+//! is used by one connection at a time, so its requests reach the core in
+//! the order they were sent (but for one its client abandoned, which may
+//! reach it late or never).
 
 use std::rc::Rc;
 
@@ -569,9 +571,13 @@ pub async fn run(world: Rc<World>, client: usize, mut rng: Rng) {
                 } else if !c.busy() {
                     match rng.below(100) {
                         0..=59 => {
-                            let (k, s, b) = request(&mut rng, &mut mind, client);
-                            mind.seq += 1;
-                            c.send(mind.seq, k, s, b, usize::MAX, now);
+                            // Now and then two, pipelined (hyper answers
+                            // them in order, one after the other).
+                            for _ in 0..if rng.chance(150) { 2 } else { 1 } {
+                                let (k, s, b) = request(&mut rng, &mut mind, client);
+                                mind.seq += 1;
+                                c.send(mind.seq, k, s, b, usize::MAX, now);
+                            }
                         }
                         60..=62 => {
                             let (k, s, b) = request(&mut rng, &mut mind, client);

@@ -77,6 +77,15 @@ fn seeds_that_found_bugs() {
             30214,
             "checker: a stats reply lists the state after its gate's ceiling raise",
         ),
+        (96, "checker: pipelined session creates left unanswered connect"),
+        (
+            253,
+            "checker: an abandoned HTTP request is matched in order before a late one",
+        ),
+        (
+            101334,
+            "checker: of identical HTTP requests, the answered one was applied",
+        ),
     ] {
         if let Err(f) = run(&Options::new(seed)) {
             panic!("{what}: {f}");

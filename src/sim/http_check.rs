@@ -479,19 +479,26 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
             let same = |r: &Req| protocol(&r.kind).as_ref() == Some(req);
             // In order first: the next request the core answered, past
             // those it did not (refused before it, or never answered).
+            // Of identical requests, an answered one before an abandoned
+            // one (which may also never be applied).
             let mut found = None;
+            let mut abandoned = None;
             let mut stop = None;
             for (j, r) in reqs.iter().enumerate().skip(next) {
-                if same(r) {
+                if same(r) && r.resp.is_some() {
                     found = Some(j);
                     break;
+                }
+                if same(r) {
+                    abandoned = abandoned.or(Some(j));
+                    continue;
                 }
                 if let Some(line) = r.resp.as_ref().and_then(as_line) {
                     stop = Some((r, line));
                     break;
                 }
             }
-            let Some(j) = found else {
+            let Some(j) = found.or(abandoned) else {
                 // Else late: one whose client closed its connection.
                 if let Some(i) = skipped.iter().position(|&j| same(reqs[j])) {
                     skipped.remove(i);

@@ -83,8 +83,12 @@ fn seeds_that_found_bugs() {
             "checker: an abandoned HTTP request is matched in order before a late one",
         ),
         (
-            101334,
-            "checker: of identical HTTP requests, the answered one was applied",
+            100016,
+            "checker: of identical HTTP requests, the one the reply fits was applied",
+        ),
+        (
+            101634,
+            "checker: an HTTP token released on another session ends the lease",
         ),
     ] {
         if let Err(f) = run(&Options::new(seed)) {

@@ -595,7 +595,9 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
             if holders.len() as u64 > lim {
                 if std::env::var_os("SIM_DEBUG").is_some() {
                     for &p in &holders {
-                        let c = &conns[p];
+                        let Some(c) = conns.get(p) else {
+                            continue;
+                        };
                         eprintln!("pipe {p}: sent {:?}", c.decoded());
                         eprintln!("pipe {p}: read {:?}", c.lines);
                     }

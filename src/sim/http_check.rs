@@ -140,7 +140,8 @@ pub fn connections(
 /// The leases HTTP clients observed, per resource, for the mutual
 /// exclusion check. As for TCP, a client counts a grant as held from when
 /// it read it until the earliest of: its lease counted from when the
-/// request was sent, the release it sent, the crash; and, for a session
+/// request was sent, a release of its token sent (on any session), the
+/// crash; and, for a session
 /// (which a closed HTTP connection does not end): the `DELETE` it sent,
 /// and the earliest the idle sweeper could have reaped the session (2 ×
 /// the idle timeout after a request that surely refreshed it, with none
@@ -161,7 +162,9 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
             }
         }
     }
-    let mut out = Vec::new();
+    // (resource, start, end, limit, token, connection, session's end)
+    type Mine = (Res, u64, u64, u64, String, usize, u64);
+    let mut all: Vec<Mine> = Vec::new();
     for (_, mut reqs) in by_session {
         reqs.sort_by_key(|(r, _)| r.seq);
         let sent = |r: &Req| r.sent_ms.unwrap_or(0);
@@ -195,9 +198,7 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
                 .min()
                 .unwrap_or(u64::MAX)
         };
-        // (resource, start, end, limit, token, hid, from)
-        type Mine = (Res, u64, u64, u64, String, usize, u64);
-        let mut mine: Vec<Mine> = Vec::new();
+        let mine = &mut all;
         // resource -> (enqueue sent, limit)
         let mut enqueued: BTreeMap<Res, (u64, u64)> = BTreeMap::new();
         for (r, hid) in &reqs {
@@ -206,8 +207,6 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
                 op,
                 key,
                 limit,
-                lease_s,
-                token,
                 ..
             } = &r.kind
             else {
@@ -216,36 +215,7 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
             let id: Res = (*sem, key.as_bytes().to_vec());
             let t_sent = sent(r);
             match op {
-                Op::Release => {
-                    if let Some(m) = mine
-                        .iter_mut()
-                        .rev()
-                        .find(|m| m.0 == id && Some(&m.4) == token.as_ref())
-                    {
-                        m.2 = m.2.min(t_sent);
-                    }
-                }
-                Op::Renew => {
-                    if let Some(m) = mine
-                        .iter_mut()
-                        .rev()
-                        .find(|m| m.0 == id && Some(&m.4) == token.as_ref())
-                    {
-                        let remaining = r
-                            .resp
-                            .as_ref()
-                            .filter(|resp| resp.status == 200)
-                            .and_then(|resp| super::http::json(resp)["remaining_s"].as_u64());
-                        match (remaining, &r.resp) {
-                            (Some(l), _) => m.2 = t_sent + l * 1000,
-                            (None, Some(_)) => {}
-                            (None, None) => {
-                                let l = lease_s.unwrap_or(s.cfg.default_lease_s);
-                                m.2 = m.2.min(t_sent + l * 1000);
-                            }
-                        }
-                    }
-                }
+                Op::Release | Op::Renew => {}
                 Op::Acquire | Op::Enqueue | Op::Wait => {
                     let (from, lim) = match op {
                         Op::Enqueue => {
@@ -258,20 +228,87 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
                     let Some((_, tok, l)) = r.resp.as_ref().and_then(grant) else {
                         continue;
                     };
-                    if mine.iter().any(|m| m.4 == tok) {
+                    if mine.iter().any(|m| m.4 == tok && m.5 == *hid) {
                         continue;
                     }
                     let start = r.resp.as_ref().map_or(0, |resp| resp.read_ms);
-                    mine.push((id, start, from + l * 1000, lim, tok, *hid, from));
+                    let bound = alive_until(from).min(deleted(from));
+                    mine.push((id, start, from + l * 1000, lim, tok, *hid, bound));
                 }
             }
         }
-        for (id, start, end, lim, _, hid, from) in mine {
-            // The session's end bounds every lease of it, renewed or not.
-            let end = end.min(crash).min(alive_until(from)).min(deleted(from));
-            if start < end {
-                out.push((id, (start, end, lim, PID_BASE as usize + hid)));
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            for (r, hid) in &reqs {
+                eprintln!(
+                    "http {hid} session {:?} #{} @{:?}: {:?} -> {:?}",
+                    r.session, r.seq, r.sent_ms, r.kind, r.resp
+                );
             }
+        }
+    }
+    // Releases and renews, by anyone (a token is not tied to the session
+    // it was granted to), in the order they were sent.
+    let mut ops: Vec<&Req> = recs
+        .iter()
+        .filter(|c| c.inc == s.inc)
+        .flat_map(|c| &c.reqs)
+        .filter(|r| {
+            r.sent_ms.is_some()
+                && matches!(
+                    r.kind,
+                    Kind::Lock {
+                        op: Op::Release | Op::Renew,
+                        ..
+                    }
+                )
+        })
+        .collect();
+    ops.sort_by_key(|r| r.sent_ms);
+    for r in ops {
+        let Kind::Lock {
+            sem,
+            op,
+            key,
+            lease_s,
+            token,
+            ..
+        } = &r.kind
+        else {
+            continue;
+        };
+        let id: Res = (*sem, key.as_bytes().to_vec());
+        let t_sent = r.sent_ms.unwrap_or(0);
+        let Some(m) = all
+            .iter_mut()
+            .rev()
+            .find(|m| m.0 == id && Some(&m.4) == token.as_ref() && m.1 <= t_sent)
+        else {
+            continue;
+        };
+        if *op == Op::Release {
+            m.2 = m.2.min(t_sent);
+            continue;
+        }
+        let remaining = r
+            .resp
+            .as_ref()
+            .filter(|resp| resp.status == 200)
+            .and_then(|resp| super::http::json(resp)["remaining_s"].as_u64());
+        match (remaining, &r.resp) {
+            (Some(l), _) => m.2 = t_sent + l * 1000,
+            (None, Some(_)) => {}
+            (None, None) => {
+                let l = lease_s.unwrap_or(s.cfg.default_lease_s);
+                m.2 = m.2.min(t_sent + l * 1000);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (id, start, end, lim, _, hid, bound) in all {
+        // The session's end bounds every lease of it, renewed or not.
+        let end = end.min(crash).min(bound);
+        if start < end {
+            out.push((id, (start, end, lim, PID_BASE as usize + hid)));
         }
     }
     out
@@ -477,10 +514,8 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
                 return Err(what(format!("applied {input:?}")));
             };
             let same = |r: &Req| protocol(&r.kind).as_ref() == Some(req);
-            // In order first: the next request the core answered, past
-            // those it did not (refused before it, or never answered).
-            // Of identical requests, an answered one before an abandoned
-            // one (which may also never be applied).
+            // In order: the next request the core answered, past those it
+            // did not (refused before it, or abandoned by the client).
             let mut found = None;
             let mut abandoned = None;
             let mut stop = None;
@@ -498,21 +533,32 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
                     break;
                 }
             }
-            let Some(j) = found.or(abandoned) else {
-                // Else late: one whose client closed its connection.
-                if let Some(i) = skipped.iter().position(|&j| same(reqs[j])) {
-                    skipped.remove(i);
-                    continue;
-                }
+            // An abandoned request (passed over before, or in the way) may
+            // be applied late, or never: of identical requests, the one
+            // the reply fits.
+            let late = skipped.iter().position(|&j| same(reqs[j]));
+            let fits = |j: usize| {
+                reqs[j].resp.as_ref().and_then(as_line).as_deref() == replies.get(k).copied()
+            };
+            let in_order = found.filter(|&j| fits(j) || (late.is_none() && abandoned.is_none()));
+            if let Some(j) = in_order {
+                skipped.extend((next..j).filter(|&i| reqs[i].resp.is_none()));
+                next = j + 1;
+            } else if let Some(i) = late {
+                skipped.remove(i);
+                continue;
+            } else if let Some(a) = abandoned {
+                skipped.extend((next..a).filter(|&i| reqs[i].resp.is_none()));
+                next = a + 1;
+                continue;
+            } else {
                 return Err(what(match stop {
                     Some((r, line)) => {
                         format!("{:?} answered {line:?} but was never applied", r.kind)
                     }
                     None => format!("applied request {k} {req:?}, never sent"),
                 }));
-            };
-            skipped.extend((next..j).filter(|&i| reqs[i].resp.is_none()));
-            next = j + 1;
+            }
             let r = reqs[next - 1];
             if let Some(line) = r.resp.as_ref().and_then(as_line) {
                 match replies.get(k) {

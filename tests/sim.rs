@@ -77,7 +77,10 @@ fn seeds_that_found_bugs() {
             30214,
             "checker: a stats reply lists the state after its gate's ceiling raise",
         ),
-        (96, "checker: pipelined session creates left unanswered connect"),
+        (
+            96,
+            "checker: pipelined session creates left unanswered connect",
+        ),
         (
             253,
             "checker: an abandoned HTTP request is matched in order before a late one",

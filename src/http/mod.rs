@@ -1066,7 +1066,8 @@ async fn on_session(front: &Front, session: &Arc<Session>, op: Op, request: Requ
             guard.block();
             let r = loop {
                 match session.mailbox.recv().await {
-                    Delivery::Reply(_) if crate::planted::is(crate::planted::Bug::LongPollLost) => {}
+                    Delivery::Reply(_) if crate::planted::is(crate::planted::Bug::LongPollLost) => {
+                    }
                     Delivery::Reply(r) => break r,
                     // Lock-route sessions never listen; no push comes here.
                     Delivery::Push { .. } => {}

@@ -149,7 +149,15 @@ impl HttpRec {
     }
 
     /// Sends a request whole, or (`cut`) only its first `cut` bytes.
-    fn send(&mut self, seq: u64, kind: Kind, session: Option<String>, bytes: Vec<u8>, cut: usize, now: u64) {
+    fn send(
+        &mut self,
+        seq: u64,
+        kind: Kind,
+        session: Option<String>,
+        bytes: Vec<u8>,
+        cut: usize,
+        now: u64,
+    ) {
         if !self.usable() {
             return;
         }
@@ -237,7 +245,8 @@ impl HttpRec {
                         .and_then(|l| l.split(' ').nth(1))
                         .and_then(|s| s.parse::<u16>().ok());
                     let Some(status) = status else {
-                        self.errors.push(format!("malformed response head {head:?}"));
+                        self.errors
+                            .push(format!("malformed response head {head:?}"));
                         self.buf.clear();
                         return out;
                     };
@@ -287,7 +296,8 @@ impl HttpRec {
                     let size_text = String::from_utf8_lossy(&self.buf[..i]).into_owned();
                     let size_text = size_text.split(';').next().unwrap_or("").trim();
                     let Ok(size) = usize::from_str_radix(size_text, 16) else {
-                        self.errors.push(format!("malformed chunk size {size_text:?}"));
+                        self.errors
+                            .push(format!("malformed chunk size {size_text:?}"));
                         self.buf.clear();
                         return out;
                     };
@@ -401,8 +411,8 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
     let lease = |rng: &mut Rng| rng.chance(500).then(|| 1 + rng.below(4));
     let lease_field = |l: Option<u64>| l.map_or(String::new(), |l| format!(",\"lease_ttl_s\":{l}"));
     let t = rng.below(4);
-    let lock = |sem: bool, op: Op, key: &str, limit: u64, lease_s, token: Option<String>| {
-        Kind::Lock {
+    let lock =
+        |sem: bool, op: Op, key: &str, limit: u64, lease_s, token: Option<String>| Kind::Lock {
             sem,
             op,
             key: key.to_string(),
@@ -410,8 +420,7 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
             lease_s,
             timeout_s: t,
             token,
-        }
-    };
+        };
     let path = |sem: bool, key: &str, op: Op| {
         let base = if sem { "semaphores" } else { "locks" };
         match op {
@@ -423,16 +432,28 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
         }
     };
     if mind.sessions.is_empty() && rng.chance(800) {
-        return (Kind::Create, None, http_request("POST", "/v1/sessions", None, ""));
+        return (
+            Kind::Create,
+            None,
+            http_request("POST", "/v1/sessions", None, ""),
+        );
     }
     match rng.below(24) {
-        0..=1 => (Kind::Create, None, http_request("POST", "/v1/sessions", None, "")),
+        0..=1 => (
+            Kind::Create,
+            None,
+            http_request("POST", "/v1/sessions", None, ""),
+        ),
         2..=6 => {
             let l = lease(rng);
             let body = format!("{{\"acquire_timeout_s\":{t}{}}}", lease_field(l));
             let p = path(false, &key, Op::Acquire);
             let k = lock(false, Op::Acquire, &key, 1, l, None);
-            (k, Some(session.clone()), http_request("POST", &p, Some(&session), &body))
+            (
+                k,
+                Some(session.clone()),
+                http_request("POST", &p, Some(&session), &body),
+            )
         }
         7..=8 => {
             let l = lease(rng);
@@ -443,7 +464,11 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
             );
             let p = path(true, "s", Op::Acquire);
             let k = lock(true, Op::Acquire, "s", limit, l, None);
-            (k, Some(session.clone()), http_request("POST", &p, Some(&session), &body))
+            (
+                k,
+                Some(session.clone()),
+                http_request("POST", &p, Some(&session), &body),
+            )
         }
         9..=11 => {
             // Release or renew one of its grants (mostly on the session
@@ -452,7 +477,12 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
             let (sem, k, tok, s) = if !mind.held.is_empty() && rng.chance(900) {
                 mind.held[rng.below(mind.held.len() as u64) as usize].clone()
             } else {
-                (false, key.clone(), BOGUS_SESSION.to_string(), session.clone())
+                (
+                    false,
+                    key.clone(),
+                    BOGUS_SESSION.to_string(),
+                    session.clone(),
+                )
             };
             let s = if rng.chance(50) { session.clone() } else { s };
             let op = if renew { Op::Renew } else { Op::Release };
@@ -460,7 +490,11 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
             let body = format!("{{\"token\":\"{tok}\"{}}}", lease_field(l));
             let p = path(sem, &k, op);
             let kind = lock(sem, op, &k, 1, l, Some(tok));
-            (kind, Some(s.clone()), http_request("POST", &p, Some(&s), &body))
+            (
+                kind,
+                Some(s.clone()),
+                http_request("POST", &p, Some(&s), &body),
+            )
         }
         12 => {
             let l = lease(rng);
@@ -471,21 +505,37 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
             };
             let p = path(false, &key, Op::Enqueue);
             let k = lock(false, Op::Enqueue, &key, 1, l, None);
-            (k, Some(session.clone()), http_request("POST", &p, Some(&session), &body))
+            (
+                k,
+                Some(session.clone()),
+                http_request("POST", &p, Some(&session), &body),
+            )
         }
         13 => {
             let body = format!("{{\"timeout_s\":{t}}}");
             let p = path(false, &key, Op::Wait);
             let k = lock(false, Op::Wait, &key, 1, None, None);
-            (k, Some(session.clone()), http_request("POST", &p, Some(&session), &body))
+            (
+                k,
+                Some(session.clone()),
+                http_request("POST", &p, Some(&session), &body),
+            )
         }
         14 => {
             let p = format!("/v1/sessions/{session}");
-            (Kind::Delete, Some(session.clone()), http_request("DELETE", &p, None, ""))
+            (
+                Kind::Delete,
+                Some(session.clone()),
+                http_request("DELETE", &p, None, ""),
+            )
         }
         15..=16 => {
             let p = format!("/v1/sessions/{session}/ping");
-            (Kind::Ping, Some(session.clone()), http_request("POST", &p, None, ""))
+            (
+                Kind::Ping,
+                Some(session.clone()),
+                http_request("POST", &p, None, ""),
+            )
         }
         17..=18 => {
             mind.published += 1;
@@ -495,11 +545,20 @@ fn request(rng: &mut Rng, mind: &mut Mind, client: usize) -> (Kind, Option<Strin
             (Kind::Publish, None, http_request("POST", &p, None, &body))
         }
         19 => (Kind::Other, None, http_request("GET", "/health", None, "")),
-        20 => (Kind::Other, None, http_request("GET", "/v1/stats", None, "")),
+        20 => (
+            Kind::Other,
+            None,
+            http_request("GET", "/v1/stats", None, ""),
+        ),
         _ => {
             // Invalid requests, each answered by the front.
             let (method, p, s, body): (&str, String, Option<&str>, &str) = match rng.below(7) {
-                0 => ("POST", path(false, &key, Op::Acquire), Some(&session), "{bad"),
+                0 => (
+                    "POST",
+                    path(false, &key, Op::Acquire),
+                    Some(&session),
+                    "{bad",
+                ),
                 1 => ("POST", path(false, &key, Op::Acquire), None, "{}"),
                 2 => ("GET", path(false, &key, Op::Acquire), Some(&session), ""),
                 3 => ("POST", "/v1/nowhere".into(), None, ""),

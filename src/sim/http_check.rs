@@ -228,7 +228,7 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
                     let Some((_, tok, l)) = r.resp.as_ref().and_then(grant) else {
                         continue;
                     };
-                    if mine.iter().any(|m| m.4 == tok && m.5 == *hid) {
+                    if mine.iter().any(|m| m.4 == tok) {
                         continue;
                     }
                     let start = r.resp.as_ref().map_or(0, |resp| resp.read_ms);
@@ -471,7 +471,10 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
         let what = |m: String| {
             if std::env::var_os("SIM_DEBUG").is_some() {
                 for r in &reqs {
-                    eprintln!("  sent #{} @{:?}: {:?} -> {:?}", r.seq, r.sent_ms, r.kind, r.resp);
+                    eprintln!(
+                        "  sent #{} @{:?}: {:?} -> {:?}",
+                        r.seq, r.sent_ms, r.kind, r.resp
+                    );
                 }
                 for a in &applied {
                     eprintln!("  applied {a:?}");
@@ -498,7 +501,10 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
             let Some(resp) = r.resp.as_ref().filter(|resp| resp.status == 410) else {
                 continue;
             };
-            let gone = replay.disconnected.get(&conn).is_some_and(|&at| at <= resp.read_ms);
+            let gone = replay
+                .disconnected
+                .get(&conn)
+                .is_some_and(|&at| at <= resp.read_ms);
             if !gone && !s.crashed {
                 return Err(what(format!(
                     "{:?} answered 410 at {} ms, but the session's core connection was not disconnected",

@@ -286,7 +286,12 @@ impl World {
         let pipe = net::pipe(fork, cap, split);
         let hid = {
             let mut recs = self.http.borrow_mut();
-            recs.push(http::HttpRec::new(client, inc, pipe.clone(), self.exec.now()));
+            recs.push(http::HttpRec::new(
+                client,
+                inc,
+                pipe.clone(),
+                self.exec.now(),
+            ));
             recs.len() - 1
         };
         let time = self.exec.time.clone();

@@ -93,6 +93,14 @@ fn seeds_that_found_bugs() {
             101634,
             "checker: an HTTP token released on another session ends the lease",
         ),
+        (
+            201212,
+            "checker: an HTTP wait reporting its enqueue's grant is the same lease",
+        ),
+        (
+            220800,
+            "checker: a `w` restarts a granted record's lease (semantics §5), even a renewed one",
+        ),
     ] {
         if let Err(f) = run(&Options::new(seed)) {
             panic!("{what}: {f}");

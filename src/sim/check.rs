@@ -534,6 +534,15 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
                 continue;
             }
             let Some(reply) = replies.get(k) else {
+                // An unanswered `w` may have restarted a granted record's
+                // lease, for its `L` (at least 1 s) from when it was
+                // applied (semantics §5), shortening a renewed one.
+                if let Request::Wait { space, key, .. } = req {
+                    let id = (*space == Space::Sem, key.as_bytes().to_vec());
+                    if let Some(m) = mine.iter_mut().rev().find(|m| m.0 == id) {
+                        m.2 = m.2.min(t_sent + 1000);
+                    }
+                }
                 continue;
             };
             let (line, t_read) = (&reply.0, reply.1);
@@ -566,9 +575,14 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
                         let from = enqueued.get(&id).copied().unwrap_or(*t_sent);
                         // The limit of a two-phase grant: as enqueued.
                         let lim = mine.iter().rev().find(|m| m.0 == id).map_or(1, |m| m.3);
-                        // A `w` after `acquired` reports the same grant.
-                        if !mine.iter().any(|m| m.4 == tok) {
-                            mine.push((id, t_read, from + l * 1000, lim, tok.to_string()));
+                        // A `w` after `acquired` reports the same grant,
+                        // its lease restarted (semantics §5): `L` from when
+                        // the `w` was applied, so no earlier than from when
+                        // it was sent (even when that is sooner than a
+                        // renew had made it).
+                        match mine.iter_mut().find(|m| m.4 == tok) {
+                            Some(m) => m.2 = t_sent + l * 1000,
+                            None => mine.push((id, t_read, from + l * 1000, lim, tok.to_string())),
                         }
                     }
                 }

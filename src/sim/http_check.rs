@@ -162,8 +162,9 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
             }
         }
     }
-    // (resource, start, end, limit, token, connection, session's end)
-    type Mine = (Res, u64, u64, u64, String, usize, u64);
+    // (resource, start, end, limit, token, connection, session's end,
+    // session)
+    type Mine = (Res, u64, u64, u64, String, usize, u64, String);
     let mut all: Vec<Mine> = Vec::new();
     for (_, mut reqs) in by_session {
         reqs.sort_by_key(|(r, _)| r.seq);
@@ -228,12 +229,14 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
                     let Some((_, tok, l)) = r.resp.as_ref().and_then(grant) else {
                         continue;
                     };
+                    // A wait that reports its enqueue's grant: below.
                     if mine.iter().any(|m| m.4 == tok) {
                         continue;
                     }
                     let start = r.resp.as_ref().map_or(0, |resp| resp.read_ms);
                     let bound = alive_until(from).min(deleted(from));
-                    mine.push((id, start, from + l * 1000, lim, tok, *hid, bound));
+                    let sess = r.session.clone().unwrap_or_default();
+                    mine.push((id, start, from + l * 1000, lim, tok, *hid, bound, sess));
                 }
             }
         }
@@ -247,7 +250,8 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
         }
     }
     // Releases and renews, by anyone (a token is not tied to the session
-    // it was granted to), in the order they were sent.
+    // it was granted to), and waits (which restart a granted record's
+    // lease: semantics §5), in the order they were sent.
     let mut ops: Vec<&Req> = recs
         .iter()
         .filter(|c| c.inc == s.inc)
@@ -257,7 +261,7 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
                 && matches!(
                     r.kind,
                     Kind::Lock {
-                        op: Op::Release | Op::Renew,
+                        op: Op::Release | Op::Renew | Op::Wait,
                         ..
                     }
                 )
@@ -278,6 +282,33 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
         };
         let id: Res = (*sem, key.as_bytes().to_vec());
         let t_sent = r.sent_ms.unwrap_or(0);
+        if *op == Op::Wait {
+            let sess = r.session.clone().unwrap_or_default();
+            match r.resp.as_ref().map(|resp| (resp, grant(resp))) {
+                // The enqueue's grant, its lease restarted: `L` from when
+                // the wait was applied, so from no earlier than sent.
+                Some((_, Some((_, tok, l)))) => {
+                    if let Some(m) = all
+                        .iter_mut()
+                        .find(|m| m.4 == tok && m.1 < r.resp.as_ref().map_or(0, |x| x.read_ms))
+                    {
+                        m.2 = t_sent + l * 1000;
+                    }
+                }
+                Some(_) => {}
+                // Unanswered: it may have restarted it, for at least 1 s.
+                None => {
+                    if let Some(m) = all
+                        .iter_mut()
+                        .rev()
+                        .find(|m| m.0 == id && m.7 == sess && m.1 <= t_sent)
+                    {
+                        m.2 = m.2.min(t_sent + 1000);
+                    }
+                }
+            }
+            continue;
+        }
         let Some(m) = all
             .iter_mut()
             .rev()
@@ -304,7 +335,7 @@ pub fn leases(world: &World, s: &Server) -> Vec<(Res, Held)> {
         }
     }
     let mut out = Vec::new();
-    for (id, start, end, lim, _, hid, bound) in all {
+    for (id, start, end, lim, _, hid, bound, _) in all {
         // The session's end bounds every lease of it, renewed or not.
         let end = end.min(crash).min(bound);
         if start < end {

@@ -1,5 +1,5 @@
 //! Simulated HTTP clients: each opens HTTP/1.1 connections to the real
-//! HTTP front ([`crate::http::serve_connection`], hyper included) over the
+//! HTTP front (`http::serve_connection`, hyper included) over the
 //! simulated connections, creates sessions, sends lock and semaphore
 //! requests on them (long polls included), deletes and pings them or lets
 //! them expire, publishes signals, subscribes to SSE streams on their own

@@ -474,7 +474,7 @@ pub fn sessions(world: &World, s: &Server, replay: &Replay) -> Result<(), String
             .filter(|r| r.kind == Kind::Create && r.resp.is_none())
             .count();
         let extra = conns.len().checked_sub(ids.len());
-        if !extra.is_some_and(|e| e <= unanswered) {
+        if extra.is_none_or(|e| e > unanswered) {
             return Err(format!(
                 "incarnation {} HTTP connection {hid}: {} sessions created, {} core connections connected",
                 s.inc,

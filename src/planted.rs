@@ -20,13 +20,27 @@ pub enum Bug {
     /// moves earlier: a lease expiry or a waiter's timeout fires late, or
     /// never.
     DeadlineNotRearmed,
+    /// HTTP: a long poll (an acquire or wait blocked in the core) ignores
+    /// the grant delivered to its session's mailbox and keeps waiting: the
+    /// request is never answered.
+    LongPollLost,
+    /// HTTP: an SSE stream that gathers several waiting pushes into one
+    /// body chunk keeps only the first of them (the others are reported
+    /// written, and lost).
+    SseChunkDrop,
+    /// HTTP: the idle sweeper forgets an expired session without
+    /// disconnecting its core connection: its holdings and waiters stay.
+    SweepKeepsHoldings,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 6] = [
         Bug::LostWakeup,
         Bug::ReplyDroppedOnClose,
         Bug::DeadlineNotRearmed,
+        Bug::LongPollLost,
+        Bug::SseChunkDrop,
+        Bug::SweepKeepsHoldings,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +49,9 @@ impl Bug {
             Bug::LostWakeup => "lost-wakeup",
             Bug::ReplyDroppedOnClose => "reply-dropped-on-close",
             Bug::DeadlineNotRearmed => "deadline-not-rearmed",
+            Bug::LongPollLost => "long-poll-lost",
+            Bug::SseChunkDrop => "sse-chunk-drop",
+            Bug::SweepKeepsHoldings => "sweep-keeps-holdings",
         }
     }
 

@@ -1,5 +1,5 @@
 //! The deterministic simulator (`src/sim`) over a fixed budget of seeds,
-//! and its planted driver bugs, each caught.
+//! and its planted driver bugs (TCP and HTTP paths), each caught.
 //!
 //! `SIM_SEED=N` runs seed N alone (a failure's replay); `SIM_SEEDS=K`
 //! and `SIM_FIRST=F` change the budget (seeds F..F+K).
@@ -24,6 +24,7 @@ fn seeds_pass_every_check() {
         }
     };
     let (mut ms, mut requests, mut crashes, mut raises) = (0, 0, 0, 0);
+    let (mut http, mut events) = (0, 0);
     for seed in seeds.clone() {
         match run(&Options::new(seed)) {
             Ok(r) => {
@@ -31,13 +32,16 @@ fn seeds_pass_every_check() {
                 requests += r.requests;
                 crashes += r.crashes;
                 raises += r.ceiling_raises;
+                http += r.http_requests;
+                events += r.sse_events;
             }
             Err(f) => panic!("{f}"),
         }
     }
     println!(
-        "simulator: seeds {}..{} ({}), {:.2} simulated hours, {requests} requests, \
-         {crashes} crashes, {raises} fence ceiling raises: all checks held",
+        "simulator: seeds {}..{} ({}), {:.2} simulated hours, {requests} TCP requests, \
+         {http} HTTP requests, {events} SSE events, {crashes} crashes, \
+         {raises} fence ceiling raises: all checks held",
         seeds.start,
         seeds.end,
         seeds.end - seeds.start,
@@ -73,6 +77,30 @@ fn seeds_that_found_bugs() {
             30214,
             "checker: a stats reply lists the state after its gate's ceiling raise",
         ),
+        (
+            96,
+            "checker: pipelined session creates left unanswered connect",
+        ),
+        (
+            253,
+            "checker: an abandoned HTTP request is matched in order before a late one",
+        ),
+        (
+            100016,
+            "checker: of identical HTTP requests, the one the reply fits was applied",
+        ),
+        (
+            101634,
+            "checker: an HTTP token released on another session ends the lease",
+        ),
+        (
+            201212,
+            "checker: an HTTP wait reporting its enqueue's grant is the same lease",
+        ),
+        (
+            220800,
+            "checker: a `w` restarts a granted record's lease (semantics §5), even a renewed one",
+        ),
     ] {
         if let Err(f) = run(&Options::new(seed)) {
             panic!("{what}: {f}");
@@ -88,6 +116,11 @@ fn the_same_seed_runs_the_same() {
         (a.steps, a.requests, a.replies, a.entries),
         (b.steps, b.requests, b.replies, b.entries)
     );
+    assert_eq!(
+        (a.http_requests, a.http_responses, a.sse_events),
+        (b.http_requests, b.http_responses, b.sse_events)
+    );
+    assert!(a.http_requests > 0, "seed 7 sent no HTTP request");
 }
 
 /// The first seed (of 200) on which the simulator catches `bug`.
@@ -116,4 +149,7 @@ planted! {
     catches_a_lost_wakeup: LostWakeup,
     catches_a_reply_dropped_on_close: ReplyDroppedOnClose,
     catches_a_deadline_not_rearmed: DeadlineNotRearmed,
+    catches_a_lost_long_poll_answer: LongPollLost,
+    catches_an_sse_event_dropped_from_a_chunk: SseChunkDrop,
+    catches_a_session_reaped_with_its_holdings: SweepKeepsHoldings,
 }

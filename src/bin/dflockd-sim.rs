@@ -1,7 +1,7 @@
 //! `dflockd-sim`: runs the deterministic simulator (`src/sim`).
 //!
 //! ```text
-//! dflockd-sim --seed N [--seconds S] [--clients C] [--bug NAME]   # one seed, replayed exactly
+//! dflockd-sim --seed N [--seconds S] [--clients C] [--http-clients H] [--bug NAME]   # one seed, replayed exactly
 //! dflockd-sim --seeds FROM..TO [...]                                # a range of seeds
 //! ```
 //!
@@ -14,7 +14,8 @@ use dflockd::planted::Bug;
 use dflockd::sim::{run, Options};
 
 const USAGE: &str = "usage: dflockd-sim (--seed N | --seeds FROM..TO) [--seconds S] [--clients C] \
-[--bug none|lost-wakeup|reply-dropped-on-close|deadline-not-rearmed] [--quiet]";
+[--http-clients H] [--bug none|lost-wakeup|reply-dropped-on-close|deadline-not-rearmed|\
+long-poll-lost|sse-chunk-drop|sweep-keeps-holdings] [--quiet]";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {
@@ -56,6 +57,11 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
                     .parse()
                     .map_err(|_| "--clients: not a number")?;
             }
+            "--http-clients" => {
+                template.http_clients = val("--http-clients")?
+                    .parse()
+                    .map_err(|_| "--http-clients: not a number")?;
+            }
             "--bug" => {
                 let v = val("--bug")?;
                 template.bug = Bug::from_name(&v).ok_or(format!("--bug: unknown bug {v:?}"))?;
@@ -80,11 +86,14 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
                 total.crashes += r.crashes;
                 total.disk_failures += r.disk_failures;
                 total.ceiling_raises += r.ceiling_raises;
+                total.http_requests += r.http_requests;
+                total.sse_events += r.sse_events;
                 if !quiet {
                     println!(
-                        "seed {seed}: ok ({} s simulated, {} connections, {} requests, {} replies, {} crashes, {} disk faults, {} ceiling raises, {} entries)",
+                        "seed {seed}: ok ({} s simulated, {} connections, {} requests, {} replies, {} crashes, {} disk faults, {} ceiling raises, {} entries; HTTP: {} connections, {} requests, {} responses, {} SSE events)",
                         r.simulated_ms / 1000, r.connections, r.requests, r.replies, r.crashes,
-                        r.disk_failures, r.ceiling_raises, r.entries
+                        r.disk_failures, r.ceiling_raises, r.entries, r.http_connections,
+                        r.http_requests, r.http_responses, r.sse_events
                     );
                 }
             }
@@ -95,9 +104,11 @@ fn parse(args: Vec<String>) -> Result<ExitCode, String> {
         }
     }
     println!(
-        "{ran} seeds, {:.2} simulated hours, {} requests, {} crashes, {} disk faults, {} fence ceiling raises: all checks held",
+        "{ran} seeds, {:.2} simulated hours, {} requests, {} HTTP requests, {} SSE events, {} crashes, {} disk faults, {} fence ceiling raises: all checks held",
         ms as f64 / 3.6e6,
         total.requests,
+        total.http_requests,
+        total.sse_events,
         total.crashes,
         total.disk_failures,
         total.ceiling_raises

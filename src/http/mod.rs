@@ -234,10 +234,12 @@ impl HttpFront {
 
 /// Serves HTTP/1 on one connection (plain or TLS) from `ip`. Every write
 /// has [`signals::WRITE_DEADLINE`]; an SSE stream on the connection may cut
-/// it short ([`signals::cut_when_stuck`]).
-async fn serve_connection<I>(front: Arc<Front>, ip: IpAddr, io: I)
+/// it short ([`signals::cut_when_stuck`]). The simulator (`src/sim`) runs
+/// it on its simulated connections (hence no `Send` bound here: the
+/// accept loop's spawn asks for it).
+pub(crate) async fn serve_connection<I>(front: Arc<Front>, ip: IpAddr, io: I)
 where
-    I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+    I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let slot = Arc::new(signals::StreamSlot::default());
     let svc = {

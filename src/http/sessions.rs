@@ -39,15 +39,15 @@ pub struct Session {
 }
 
 impl Session {
+    // The runtime's clock (`rt::now`), so that on the simulator's thread
+    // sessions idle and expire on the simulated clock.
     pub fn touch(&self) {
-        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = crate::rt::now();
     }
 
     fn idle_for(&self) -> Duration {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
+        let last = *self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+        crate::rt::now().saturating_duration_since(last)
     }
 }
 
@@ -130,7 +130,7 @@ impl Sessions {
             gate: smol::lock::Mutex::new(()),
             dead: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            last_seen: std::sync::Mutex::new(Instant::now()),
+            last_seen: std::sync::Mutex::new(crate::rt::now()),
         });
         map.insert(id, s.clone());
         Ok(s)
@@ -165,15 +165,22 @@ impl Sessions {
     /// Kills every session idle for longer than `max_idle` with no request
     /// in flight.
     pub fn sweep(&self, engine: &Engine, max_idle: Duration) {
-        let stale: Vec<Arc<Session>> = self
+        let mut stale: Vec<Arc<Session>> = self
             .map()
             .values()
             .filter(|s| s.in_flight.load(Ordering::SeqCst) == 0 && s.idle_for() > max_idle)
             .cloned()
             .collect();
+        // In connection order, not the map's (random) order: the core sees
+        // the same disconnects in the same order on a simulator's replay.
+        stale.sort_by_key(|s| s.conn.0);
         for s in stale {
             // Re-check: a request may have started since.
             if s.in_flight.load(Ordering::SeqCst) == 0 && s.idle_for() > max_idle {
+                if crate::planted::is(crate::planted::Bug::SweepKeepsHoldings) {
+                    self.map().remove(&s.id);
+                    continue;
+                }
                 self.kill(engine, &s);
             }
         }

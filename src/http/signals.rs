@@ -340,6 +340,10 @@ impl hyper::body::Body for SseBody {
             };
             match d {
                 Delivery::Push { channel, payload } => {
+                    if pushes > 0 && crate::planted::is(crate::planted::Bug::SseChunkDrop) {
+                        pushes += 1;
+                        continue;
+                    }
                     encode_event(channel.as_bytes(), &payload, &mut out);
                     pushes += 1;
                     if out.len() >= CHUNK_BYTES {

@@ -213,4 +213,11 @@ impl hyper::rt::Timer for HyperTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(HyperSleep(Sleep::until(deadline)))
     }
+
+    /// hyper computes its deadlines (the header read timeout) from this:
+    /// the runtime's clock, so that on a simulator's thread they are on
+    /// the simulated clock like the sleeps themselves.
+    fn now(&self) -> Instant {
+        super::now()
+    }
 }

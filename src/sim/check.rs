@@ -165,6 +165,8 @@ pub fn all(world: &World) -> Result<(), String> {
                 }
             }
         }
+        super::http_check::connections(world, s, &replay, &mut fences)?;
+        super::http_check::sessions(world, s, &replay)?;
         exclusion(world, s, &replay)?;
     }
     // 4. Fences strictly increase across crashes.
@@ -215,6 +217,10 @@ pub struct Replay {
     pub inputs: HashMap<u64, Vec<Input>>,
     /// Pipe index → connection id.
     pub conn_of: HashMap<u64, u64>,
+    /// Every connect: (pipe index, connection id), in order.
+    pub connects: Vec<(u64, u64)>,
+    /// When each connection was disconnected.
+    pub disconnected: HashMap<u64, u64>,
     model: model::Machine,
 }
 
@@ -344,6 +350,8 @@ fn replay(
         out: HashMap::new(),
         inputs: HashMap::new(),
         conn_of: HashMap::new(),
+        connects: Vec::new(),
+        disconnected: HashMap::new(),
         model: model::Machine::new(model_config(cfg), started),
     };
     let push = |r: &mut Replay, outs: Vec<model::Output>| {
@@ -413,6 +421,7 @@ fn replay(
                     return Err(format!("connection ids differ: engine {conn}, model {id}"));
                 }
                 r.conn_of.insert(group & 0xFFFF_FFFF, conn);
+                r.connects.push((group & 0xFFFF_FFFF, conn));
                 outs.extend(Vec::new());
                 outs
             }
@@ -432,7 +441,10 @@ fn replay(
             }
             Input::ReadDeadline { partial } => m.read_deadline(at, conn, *partial),
             Input::Cancel => m.cancel(at, conn),
-            Input::Disconnect => m.disconnect(at, conn),
+            Input::Disconnect => {
+                r.disconnected.entry(conn).or_insert(at);
+                m.disconnect(at, conn)
+            }
             Input::PushesWritten(n) => {
                 m.pushes_written(conn, *n as usize);
                 Vec::new()
@@ -448,9 +460,9 @@ fn replay(
 }
 
 /// A resource: (semaphore space, key).
-type Res = (bool, Vec<u8>);
+pub(super) type Res = (bool, Vec<u8>);
 /// A client-observed hold: (start ms, end ms, limit, pipe).
-type Held = (u64, u64, u64, usize);
+pub(super) type Held = (u64, u64, u64, usize);
 /// One connection's grant: (resource, start ms, end ms, limit, token).
 type Mine = (Res, u64, u64, u64, String);
 
@@ -522,6 +534,15 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
                 continue;
             }
             let Some(reply) = replies.get(k) else {
+                // An unanswered `w` may have restarted a granted record's
+                // lease, for its `L` (at least 1 s) from when it was
+                // applied (semantics §5), shortening a renewed one.
+                if let Request::Wait { space, key, .. } = req {
+                    let id = (*space == Space::Sem, key.as_bytes().to_vec());
+                    if let Some(m) = mine.iter_mut().rev().find(|m| m.0 == id) {
+                        m.2 = m.2.min(t_sent + 1000);
+                    }
+                }
                 continue;
             };
             let (line, t_read) = (&reply.0, reply.1);
@@ -554,9 +575,14 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
                         let from = enqueued.get(&id).copied().unwrap_or(*t_sent);
                         // The limit of a two-phase grant: as enqueued.
                         let lim = mine.iter().rev().find(|m| m.0 == id).map_or(1, |m| m.3);
-                        // A `w` after `acquired` reports the same grant.
-                        if !mine.iter().any(|m| m.4 == tok) {
-                            mine.push((id, t_read, from + l * 1000, lim, tok.to_string()));
+                        // A `w` after `acquired` reports the same grant,
+                        // its lease restarted (semantics §5): `L` from when
+                        // the `w` was applied, so no earlier than from when
+                        // it was sent (even when that is sooner than a
+                        // renew had made it).
+                        match mine.iter_mut().find(|m| m.4 == tok) {
+                            Some(m) => m.2 = t_sent + l * 1000,
+                            None => mine.push((id, t_read, from + l * 1000, lim, tok.to_string())),
                         }
                     }
                 }
@@ -570,6 +596,9 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
             }
         }
     }
+    for (id, held) in super::http_check::leases(world, s) {
+        leases.entry(id).or_default().push(held);
+    }
     for ((sem, key), list) in leases {
         for &(start, _, lim, who) in &list {
             let holders: Vec<usize> = list
@@ -580,7 +609,9 @@ fn exclusion(world: &World, s: &super::Server, _r: &Replay) -> Result<(), String
             if holders.len() as u64 > lim {
                 if std::env::var_os("SIM_DEBUG").is_some() {
                     for &p in &holders {
-                        let c = &conns[p];
+                        let Some(c) = conns.get(p) else {
+                            continue;
+                        };
                         eprintln!("pipe {p}: sent {:?}", c.decoded());
                         eprintln!("pipe {p}: read {:?}", c.lines);
                     }

@@ -34,6 +34,8 @@ pub mod check;
 pub mod client;
 pub mod disk;
 pub mod exec;
+pub mod http;
+pub mod http_check;
 pub mod net;
 pub mod rng;
 
@@ -60,6 +62,8 @@ pub struct Options {
     /// Simulated length of the run, in milliseconds.
     pub duration_ms: u64,
     pub clients: usize,
+    /// Simulated HTTP clients (besides the TCP ones, on the same engine).
+    pub http_clients: usize,
     pub bug: Bug,
 }
 
@@ -69,6 +73,7 @@ impl Options {
             seed,
             duration_ms: 120_000,
             clients: 4,
+            http_clients: 2,
             bug: Bug::None,
         }
     }
@@ -88,6 +93,11 @@ pub struct Report {
     pub entries: usize,
     /// Fence ceilings the keeper raised (each replayed into the model).
     pub ceiling_raises: usize,
+    /// HTTP connections, requests sent, responses read, SSE events read.
+    pub http_connections: usize,
+    pub http_requests: usize,
+    pub http_responses: usize,
+    pub sse_events: usize,
 }
 
 /// A check failed.
@@ -121,6 +131,8 @@ pub struct Server {
     pub journal: Journal,
     pub ended_ms: Option<u64>,
     pub crashed: bool,
+    /// The HTTP front on the same engine.
+    pub front: std::sync::Arc<crate::http::HttpFront>,
 }
 
 /// The world: scheduler, disk, server incarnations and client records.
@@ -131,6 +143,8 @@ pub struct World {
     pub servers: RefCell<Vec<Server>>,
     pub up: RefCell<Option<usize>>,
     pub conns: RefCell<Vec<ConnRec>>,
+    pub http: RefCell<Vec<http::HttpRec>>,
+    pub http_settings: crate::http::HttpSettings,
     pub timeouts: Timeouts,
     pub reserve: u64,
     pub quiesce_at: u64,
@@ -180,6 +194,16 @@ impl World {
             group(inc, u64::from(u32::MAX)),
             crate::engine::timer::run(engine.clone()),
         );
+        let server_cfg = crate::config::ServerConfig {
+            core: cfg.clone(),
+            http: Some(self.http_settings.clone()),
+            ..Default::default()
+        };
+        let front = crate::http::HttpFront::new(engine.clone(), &server_cfg);
+        self.exec.spawn(
+            group(inc, u64::from(u32::MAX) - 1),
+            crate::http::sweeper(front.clone()),
+        );
         self.servers.borrow_mut().push(Server {
             inc,
             engine,
@@ -188,6 +212,7 @@ impl World {
             journal,
             ended_ms: None,
             crashed: false,
+            front,
         });
         *self.up.borrow_mut() = Some(self.servers.borrow().len() - 1);
         Ok(())
@@ -243,6 +268,46 @@ impl World {
     }
 }
 
+impl World {
+    /// Opens an HTTP connection for HTTP client `client` to the running
+    /// server's HTTP front, if any: returns the record's index.
+    pub fn connect_http(self: &Rc<Self>, client: usize) -> Option<usize> {
+        let i = (*self.up.borrow())?;
+        let (inc, front) = {
+            let s = &self.servers.borrow()[i];
+            (s.inc, s.front.clone())
+        };
+        let (cap, split) = {
+            let mut rng = self.rng.borrow_mut();
+            let cap = [64, 512, 4096, 65536][rng.below(4) as usize];
+            (cap, rng.chance(700))
+        };
+        let fork = self.rng.borrow_mut().fork();
+        let pipe = net::pipe(fork, cap, split);
+        let hid = {
+            let mut recs = self.http.borrow_mut();
+            recs.push(http::HttpRec::new(
+                client,
+                inc,
+                pipe.clone(),
+                self.exec.now(),
+            ));
+            recs.len() - 1
+        };
+        let time = self.exec.time.clone();
+        let end = net::ServerEnd {
+            pipe,
+            now: Rc::new(move || time.now_ms.get()),
+        };
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        self.exec.spawn(
+            group(inc, http::PID_BASE + hid as u64),
+            crate::http::serve_connection(front, ip, end),
+        );
+        Some(hid)
+    }
+}
+
 impl Exec {
     /// Drops every task whose group satisfies `f`.
     pub fn kill_where(&self, f: impl Fn(u64) -> bool) {
@@ -292,6 +357,16 @@ fn run_inner(opts: &Options) -> Result<Report, Failure> {
         let mut r = rng.borrow_mut();
         (2 + r.below(4), 1 + r.below(3))
     };
+    // Drawn apart from the main stream (as the reserve is).
+    let http_settings = {
+        let mut r = Rng::new(opts.seed ^ 0x4817_7900);
+        crate::http::HttpSettings {
+            session_idle_timeout_s: [1, 2, 5, 0][r.below(4) as usize],
+            max_sessions: [0, 0, 3, 6][r.below(4) as usize],
+            sse_ping_interval_s: [0, 1, 3][r.below(3) as usize],
+            ..Default::default()
+        }
+    };
     let world = Rc::new(World {
         exec: exec.clone(),
         rng: rng.clone(),
@@ -299,6 +374,8 @@ fn run_inner(opts: &Options) -> Result<Report, Failure> {
         servers: RefCell::new(Vec::new()),
         up: RefCell::new(None),
         conns: RefCell::new(Vec::new()),
+        http: RefCell::new(Vec::new()),
+        http_settings,
         timeouts: Timeouts {
             read: Duration::from_secs(read_s),
             write: Some(Duration::from_secs(write_s)),
@@ -347,6 +424,10 @@ fn run_inner(opts: &Options) -> Result<Report, Failure> {
         let fork = rng.borrow_mut().fork();
         exec.spawn(0, client::run(world.clone(), c, fork));
     }
+    for c in 0..opts.http_clients {
+        let fork = rng.borrow_mut().fork();
+        exec.spawn(0, http::run(world.clone(), opts.clients + c, fork));
+    }
     exec.run_until(world.end_at);
     // The end: what is still running stops here, and the clients take
     // what was written to them.
@@ -354,6 +435,9 @@ fn run_inner(opts: &Options) -> Result<Report, Failure> {
         world.servers.borrow_mut()[i].ended_ms = Some(world.exec.now());
     }
     for c in world.conns.borrow_mut().iter_mut() {
+        c.take_input(world.exec.now());
+    }
+    for c in world.http.borrow_mut().iter_mut() {
         c.take_input(world.exec.now());
     }
     let steps = exec.steps.get();
@@ -385,6 +469,10 @@ fn run_inner(opts: &Options) -> Result<Report, Failure> {
                 })
             })
             .sum(),
+        http_connections: world.http.borrow().len(),
+        http_requests: world.http.borrow().iter().map(|c| c.reqs.len()).sum(),
+        http_responses: world.http.borrow().iter().map(|c| c.answered).sum(),
+        sse_events: world.http.borrow().iter().map(|c| c.events.len()).sum(),
     };
     exec.shutdown();
     drop(world);

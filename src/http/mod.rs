@@ -1,7 +1,7 @@
 //! The HTTP REST front (reference §7, `spec/http.md`): another front of
 //! the same engine, not another core. Every lock and semaphore route
-//! becomes one [`Request`], applied through the engine's door
-//! ([`Input::Request`]) exactly as the TCP front applies it; an HTTP
+//! becomes one [`Request`](crate::wire::Request), applied through the engine's door
+//! ([`Input::Request`](crate::engine::Input::Request)) exactly as the TCP front applies it; an HTTP
 //! session is a core connection. It imports the engine and `net`, never the
 //! TCP front.
 //!

@@ -314,7 +314,7 @@ impl Worker {
 /// its due timers, and after the tasks those woke. A long piece of work
 /// cut into parts (the `stats` reply's pieces) yields here between parts:
 /// `futures_lite::future::yield_now` only re-queues the task, and the
-/// thread runs up to [`RUN_BUDGET`] queued tasks before it looks at the
+/// thread runs up to `RUN_BUDGET` queued tasks before it looks at the
 /// poller, so a task that yields that way can keep a ready socket of the
 /// same thread waiting for 256 of its parts. Off a runtime thread (a
 /// test's `block_on`, the simulator) it is `yield_now`.

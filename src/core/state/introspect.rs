@@ -721,7 +721,7 @@ impl StatsJob {
     }
 
     /// [`StatsJob::render_pieces`], calling `pace` between its stages and
-    /// every [`stats::PACE_EVERY`] entries of each (the render thread rests
+    /// every `stats::PACE_EVERY` entries of each (the render thread rests
     /// there: `engine::introspect`). The bytes are the same.
     pub fn render_pieces_paced(self, piece_bytes: usize, pace: &mut dyn FnMut()) -> Vec<Vec<u8>> {
         // Every reading as (key, space, step, row); sorted by (key, space),

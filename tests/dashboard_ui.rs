@@ -693,40 +693,50 @@ fn on_a_cluster_member_the_dashboard_shows_the_members_and_the_leader() {
             .port()
     };
     let dir = tempdir("cluster");
-    let peers: Vec<Peer> = (1..=3)
-        .map(|id| Peer {
-            id,
-            raft_addr: format!("127.0.0.1:{}", free()),
-            client_addr: format!("127.0.0.1:{}", free()),
-        })
-        .collect();
-    let members: Vec<ServerHandle> = peers
-        .iter()
-        .map(|p| {
-            spawn(ServerConfig {
-                listen: p.client_addr.clone(),
-                threads: 1,
-                http: Some(HttpSettings::default()),
-                cluster: Some(ClusterSettings {
-                    member: ClusterConfig {
-                        raft_dir: dir.join(p.id.to_string()),
-                        node_id: p.id,
-                        raft_addr: p.raft_addr.clone(),
-                        peers: peers.clone(),
-                        advertise_addr: None,
-                        raft_auth_token: Some("a-member-token-of-at-least-32-bytes!".into()),
-                        raft_tls: None,
-                        admin_token: None,
-                        join: false,
-                    },
-                    orphan_ttl_ms: 60_000,
-                    tick_ms: 20,
-                }),
-                ..ServerConfig::default()
+    // The ports are chosen before the members bind them (each member must
+    // know the others' addresses), so another test may take one meanwhile:
+    // a member that cannot bind means new ports, a bounded number of times.
+    let start = |attempt: u32| -> Result<(Vec<Peer>, Vec<ServerHandle>), String> {
+        let peers: Vec<Peer> = (1..=3)
+            .map(|id| Peer {
+                id,
+                raft_addr: format!("127.0.0.1:{}", free()),
+                client_addr: format!("127.0.0.1:{}", free()),
             })
-            .expect("member starts")
-        })
-        .collect();
+            .collect();
+        let members = peers
+            .iter()
+            .map(|p| {
+                spawn(ServerConfig {
+                    listen: p.client_addr.clone(),
+                    threads: 1,
+                    http: Some(HttpSettings::default()),
+                    cluster: Some(ClusterSettings {
+                        member: ClusterConfig {
+                            raft_dir: dir.join(format!("{attempt}-{}", p.id)),
+                            node_id: p.id,
+                            raft_addr: p.raft_addr.clone(),
+                            peers: peers.clone(),
+                            advertise_addr: None,
+                            raft_auth_token: Some("a-member-token-of-at-least-32-bytes!".into()),
+                            raft_tls: None,
+                            admin_token: None,
+                            join: false,
+                        },
+                        orphan_ttl_ms: 60_000,
+                        tick_ms: 20,
+                    }),
+                    ..ServerConfig::default()
+                })
+                .map_err(|e| format!("member {} does not start: {e}", p.id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((peers, members))
+    };
+    let (peers, members) = (0..5)
+        .map(start)
+        .find_map(Result::ok)
+        .unwrap_or_else(|| panic!("no cluster started in 5 attempts: {:?}", start(5).err()));
     // Wait (bounded) until a leader serves, then look at a follower's page.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let leader = loop {

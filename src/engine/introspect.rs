@@ -32,8 +32,8 @@ use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use super::{Door, Engine, Input, Outcome};
-use crate::core::introspect::{Job, KeyView, StatsJob, Totals};
-use crate::core::{ConnId, CoreMetrics, Effect};
+use crate::core::introspect::{self, Job, KeyView, StatsJob, Totals};
+use crate::core::{ConnId, Core, CoreMetrics, Effect};
 use crate::rt;
 use crate::wire::{Key, Reply, Space};
 
@@ -155,6 +155,26 @@ pub struct Counters {
     pub connections: usize,
 }
 
+impl Counters {
+    /// `core`'s counters as of its last input.
+    pub fn of(core: &Core) -> Counters {
+        Counters {
+            metrics: core.metrics().clone(),
+            fence_headroom: core.fence_headroom(),
+            connections: core.connection_count(),
+        }
+    }
+}
+
+/// The views of `key` in `core` in each of `spaces` where it exists, with
+/// at most `max_waiters` waiters listed each. O(log n + max_waiters).
+pub fn key_views_of(core: &Core, spaces: &[Space], key: &Key, max_waiters: usize) -> Vec<KeyView> {
+    spaces
+        .iter()
+        .filter_map(|&s| core.key_view(s, key, max_waiters))
+        .collect()
+}
+
 impl Door<'_> {
     /// One step of `job`, applied like an input (see the module docs).
     /// Returns whether the job is done.
@@ -213,12 +233,7 @@ impl Engine {
         let local = {
             let mut door = self.door();
             door.catch_up();
-            let core = &door.inner.core;
-            Counters {
-                metrics: core.metrics().clone(),
-                fence_headroom: core.fence_headroom(),
-                connections: core.connection_count(),
-            }
+            Counters::of(&door.inner.core)
         };
         match self.replicator().and_then(|r| r.replicated_counters()) {
             Some(mut c) => {
@@ -238,22 +253,30 @@ impl Engine {
         }
         let mut door = self.door();
         door.catch_up();
-        let core = &door.inner.core;
-        spaces
-            .iter()
-            .filter_map(|&s| core.key_view(s, key, max_waiters))
-            .collect()
+        key_views_of(&door.inner.core, spaces, key, max_waiters)
     }
 
     /// The `stats` JSON, built in slices (protocol.md §8 says what such a
     /// reply is consistent with).
     pub async fn stats_json(&self) -> String {
+        self.own_stats(|job, pace| introspect::join(job.render_pieces_paced(usize::MAX, pace)))
+            .await
+    }
+
+    /// This member's own core's `stats`, listed in slices, then finished
+    /// by `render` (given the pacer to call now and then): here when the
+    /// listing is small, on the render thread otherwise, which then also
+    /// drops the job (a million small readings).
+    async fn own_stats<T: Send + 'static>(
+        &self,
+        render: impl FnOnce(StatsJob, &mut dyn FnMut()) -> T + Send + 'static,
+    ) -> T {
         let mut job = StatsJob::new();
         self.run_job(&mut job).await;
         if job.listed() <= RENDER_INLINE_MAX {
-            job.render()
+            render(job, &mut || {})
         } else {
-            render_aside(move || job.render_paced(&mut pacer())).await
+            render_aside(move || render(job, &mut pacer())).await
         }
     }
 
@@ -286,14 +309,8 @@ impl Engine {
                 .map(<[u8]>::to_vec)
                 .collect();
         }
-        let mut job = StatsJob::new();
-        self.run_job(&mut job).await;
-        if job.listed() <= RENDER_INLINE_MAX {
-            job.render_pieces(piece_bytes)
-        } else {
-            // The job (a million small readings) is dropped there too.
-            render_aside(move || job.render_pieces_paced(piece_bytes, &mut pacer())).await
-        }
+        self.own_stats(move |job, pace| job.render_pieces_paced(piece_bytes, pace))
+            .await
     }
 
     /// What `/metrics` reads: the totals over the `stats` arrays (counted

@@ -52,6 +52,8 @@ use serde::Serialize;
 
 use super::{Core, Effect, ResId, Resource};
 use crate::core::hash::IdBuild;
+/// Joins the pieces of [`StatsJob::render_pieces`] into the one-line JSON.
+pub use crate::core::stats::join;
 use crate::core::{stats, ConnId, Time};
 use crate::wire::{Key, Reply, Request, Space};
 
@@ -706,12 +708,6 @@ impl StatsJob {
     /// without the core.
     pub fn render(self) -> String {
         stats::join(self.render_pieces(usize::MAX))
-    }
-
-    /// [`StatsJob::render`], calling `pace` now and then (see
-    /// [`StatsJob::render_pieces_paced`]).
-    pub fn render_paced(self, pace: &mut dyn FnMut()) -> String {
-        stats::join(self.render_pieces_paced(usize::MAX, pace))
     }
 
     /// The same JSON as [`StatsJob::render`], in consecutive pieces of

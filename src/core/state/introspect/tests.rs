@@ -205,7 +205,7 @@ fn a_paced_render_gives_the_one_piece_stats() {
     let mut job = StatsJob::new().sliced(3);
     h.run(&mut job);
     let mut calls = 0;
-    let json = job.render_paced(&mut || calls += 1);
+    let json = stats::join(job.render_pieces_paced(usize::MAX, &mut || calls += 1));
     assert_eq!(json, whole);
     // Before and after the sort of the readings, before the entries, then
     // once after each sort of `stats::render_pieces_paced`.

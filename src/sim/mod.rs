@@ -235,6 +235,19 @@ impl World {
         self.disk.crash();
     }
 
+    /// A new simulated connection: a random socket buffer size, reads and
+    /// writes split at random points 70% of the time, and its own random
+    /// stream (drawn in this order, so that a seed replays exactly).
+    fn new_pipe(&self) -> net::Shared {
+        let (cap, split) = {
+            let mut rng = self.rng.borrow_mut();
+            let cap = [64, 512, 4096, 65536][rng.below(4) as usize];
+            (cap, rng.chance(700))
+        };
+        let fork = self.rng.borrow_mut().fork();
+        net::pipe(fork, cap, split)
+    }
+
     /// Opens a connection for client `client` to the running server, if
     /// any: returns the record's index.
     pub fn connect(self: &Rc<Self>, client: usize) -> Option<usize> {
@@ -243,13 +256,7 @@ impl World {
             let s = &self.servers.borrow()[i];
             (s.inc, s.engine.clone())
         };
-        let (cap, split) = {
-            let mut rng = self.rng.borrow_mut();
-            let cap = [64, 512, 4096, 65536][rng.below(4) as usize];
-            (cap, rng.chance(700))
-        };
-        let fork = self.rng.borrow_mut().fork();
-        let pipe = net::pipe(fork, cap, split);
+        let pipe = self.new_pipe();
         let pid = {
             let mut conns = self.conns.borrow_mut();
             conns.push(ConnRec::new(client, inc, pipe.clone(), self.exec.now()));
@@ -277,13 +284,7 @@ impl World {
             let s = &self.servers.borrow()[i];
             (s.inc, s.front.clone())
         };
-        let (cap, split) = {
-            let mut rng = self.rng.borrow_mut();
-            let cap = [64, 512, 4096, 65536][rng.below(4) as usize];
-            (cap, rng.chance(700))
-        };
-        let fork = self.rng.borrow_mut().fork();
-        let pipe = net::pipe(fork, cap, split);
+        let pipe = self.new_pipe();
         let hid = {
             let mut recs = self.http.borrow_mut();
             recs.push(http::HttpRec::new(

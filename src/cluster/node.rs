@@ -158,8 +158,6 @@ pub struct NodeConfig {
     /// This member's own client address (for the hint while it starts
     /// leading).
     pub client_addr: String,
-    /// The members known at start (`--cluster-peers`).
-    pub peers: Vec<super::Peer>,
 }
 
 /// A member: the engine's [`Replicator`] (see the module documentation).
@@ -841,12 +839,7 @@ impl Replicator for Node {
 
     fn replicated_counters(&self) -> Option<crate::engine::introspect::Counters> {
         let m = lock(&self.shared.machine);
-        let core = m.core()?;
-        Some(crate::engine::introspect::Counters {
-            metrics: core.metrics().clone(),
-            fence_headroom: core.fence_headroom(),
-            connections: core.connection_count(),
-        })
+        Some(crate::engine::introspect::Counters::of(m.core()?))
     }
 
     fn replicated_key_views(
@@ -856,13 +849,9 @@ impl Replicator for Node {
         max_waiters: usize,
     ) -> Vec<crate::core::introspect::KeyView> {
         let m = lock(&self.shared.machine);
-        let Some(core) = m.core() else {
-            return Vec::new();
-        };
-        spaces
-            .iter()
-            .filter_map(|&sp| core.key_view(sp, key, max_waiters))
-            .collect()
+        m.core().map_or_else(Vec::new, |core| {
+            crate::engine::introspect::key_views_of(core, spaces, key, max_waiters)
+        })
     }
 
     fn replica_label(&self) -> (&'static str, u64) {

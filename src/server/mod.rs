@@ -430,7 +430,6 @@ fn start_member(
         NodeConfig {
             orphan_ttl_ms: c.orphan_ttl_ms,
             client_addr,
-            peers: m.peers.clone(),
         },
         ex.clone(),
     );

@@ -92,7 +92,7 @@ pub fn render(s: Snapshot<'_>) -> String {
     join(render_pieces(s, usize::MAX))
 }
 
-/// The pieces of [`render_pieces`] as one string (no copy when there is
+/// The pieces of `render_pieces` as one string (no copy when there is
 /// one piece, as with an unbounded `piece_bytes`).
 pub fn join(pieces: Vec<Vec<u8>>) -> String {
     let bytes = if pieces.len() == 1 {

@@ -125,11 +125,34 @@ fn check(model: LockModel, depth: usize, threads: usize, symmetry: bool) -> Exit
         builder = builder.target_max_depth(depth);
     }
     if symmetry {
-        verdicts(&builder.symmetry().spawn_dfs().join(), start, &unreachable)
+        verdicts(&progress(builder.symmetry().spawn_dfs(), start), start, &unreachable)
     } else {
-        verdicts(&builder.spawn_bfs().join(), start, &unreachable)
+        verdicts(&progress(builder.spawn_bfs(), start), start, &unreachable)
     }
 }
+
+/// Waits for a check, printing its counts to stderr once a minute, so a
+/// nightly-size run shows how far it has come (and how fast it grows)
+/// before it ends.
+fn progress<C: Checker<LockModel>>(checker: C, start: Instant) -> C {
+    let mut next = Instant::now() + PROGRESS_EVERY;
+    while !checker.is_done() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if Instant::now() >= next {
+            next += PROGRESS_EVERY;
+            eprintln!(
+                "[{:>6.0?}] states explored: {}, unique: {}, max depth: {}",
+                start.elapsed(),
+                checker.state_count(),
+                checker.unique_state_count(),
+                checker.max_depth()
+            );
+        }
+    }
+    checker.join()
+}
+
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Prints the counts and each property's verdict; a reachability property
 /// in `unreachable` is expected not to be found.

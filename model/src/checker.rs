@@ -179,9 +179,10 @@ impl ModelConfig {
     /// is what a third client adds: FIFO among waiters, a middle waiter
     /// timing out or dropping, hand-off by release, expiry and disconnect
     /// along that queue. Two-phase requests, renewals, draining and the
-    /// semaphore stay in the two-client configurations: with them the
-    /// space grows past 20 million states (still unfinished after 40
-    /// minutes), without them it is checked in minutes. Checkable only
+    /// semaphore stay in the two-client configurations: with the semaphore
+    /// or two-phase requests added, the space passed 21 and 23 million
+    /// states in under half an hour and was still growing; without them
+    /// it is checked in minutes. Checkable only
     /// with symmetry reduction (`--symmetry`).
     pub fn nightly() -> ModelConfig {
         let mut cfg = ModelConfig::ci();

@@ -31,16 +31,26 @@ pub enum Bug {
     /// HTTP: the idle sweeper forgets an expired session without
     /// disconnecting its core connection: its holdings and waiters stay.
     SweepKeepsHoldings,
+    /// Cluster: a new leader adds its own uptime to the last stamp when it
+    /// fixes its clock (spec/cluster.md §4): the replicated clock jumps
+    /// ahead of real time and leases end early.
+    ClockAhead,
+    /// Cluster: a leader logs the orphan TTL in seconds where milliseconds
+    /// are due (spec/cluster.md §5): orphans are released at once, before
+    /// their clients can reclaim them.
+    OrphanTtlUnit,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 8] = [
         Bug::LostWakeup,
         Bug::ReplyDroppedOnClose,
         Bug::DeadlineNotRearmed,
         Bug::LongPollLost,
         Bug::SseChunkDrop,
         Bug::SweepKeepsHoldings,
+        Bug::ClockAhead,
+        Bug::OrphanTtlUnit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +62,8 @@ impl Bug {
             Bug::LongPollLost => "long-poll-lost",
             Bug::SseChunkDrop => "sse-chunk-drop",
             Bug::SweepKeepsHoldings => "sweep-keeps-holdings",
+            Bug::ClockAhead => "cluster-clock-ahead",
+            Bug::OrphanTtlUnit => "cluster-orphan-ttl-unit",
         }
     }
 

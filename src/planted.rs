@@ -39,10 +39,14 @@ pub enum Bug {
     /// are due (spec/cluster.md §5): orphans are released at once, before
     /// their clients can reclaim them.
     OrphanTtlUnit,
+    /// Cluster: the leader applies (and so answers) its new entries when
+    /// it appends them, before they are committed (spec/cluster.md §3
+    /// rule 2).
+    ReplyBeforeCommit,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::LostWakeup,
         Bug::ReplyDroppedOnClose,
         Bug::DeadlineNotRearmed,
@@ -51,6 +55,7 @@ impl Bug {
         Bug::SweepKeepsHoldings,
         Bug::ClockAhead,
         Bug::OrphanTtlUnit,
+        Bug::ReplyBeforeCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +69,7 @@ impl Bug {
             Bug::SweepKeepsHoldings => "sweep-keeps-holdings",
             Bug::ClockAhead => "cluster-clock-ahead",
             Bug::OrphanTtlUnit => "cluster-orphan-ttl-unit",
+            Bug::ReplyBeforeCommit => "cluster-reply-before-commit",
         }
     }
 

@@ -740,6 +740,11 @@ impl<S: StateMachine> Replica<S> {
 
     /// Steps 4 to 7 of a cycle.
     fn persist_ready(&mut self, mut rd: raft::Ready, out: &mut Outbox) -> Result<(), ReplicaError> {
+        if crate::planted::is(crate::planted::Bug::ReplyBeforeCommit)
+            && self.node.raft.state == StateRole::Leader
+        {
+            self.apply_entries(rd.entries().to_vec(), out)?;
+        }
         // (4) New entries and hard state: one durable transaction.
         self.node.mut_store().append(rd.entries(), rd.hs())?;
         self.check_crash(CrashPoint::AfterPersist)?;

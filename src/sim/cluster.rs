@@ -85,7 +85,7 @@ impl ClusterOptions {
     pub fn new(seed: u64) -> ClusterOptions {
         ClusterOptions {
             seed,
-            duration_ms: 40_000,
+            duration_ms: 30_000,
             clients: 4,
             bug: Bug::None,
         }
@@ -579,8 +579,20 @@ impl Client {
     /// Connects to the target and presents the reference: `Ok` on the
     /// leader; otherwise nothing was sent of the operation.
     async fn open(&mut self, deadline: u64) -> bool {
-        if self.conn.is_some() {
-            return true;
+        if let Some((pipe, buf)) = &self.conn {
+            // Closed by the member (it crashed or stopped leading) with
+            // nothing unread: nothing of the next request was sent, so it
+            // goes to the leader on a new connection, which presents the
+            // same reference when the client holds something (and so
+            // takes its orphan back).
+            let closed = {
+                let p = pipe.borrow();
+                p.server_closed_at.is_some() && p.down.is_empty()
+            };
+            if !(closed && buf.is_empty()) {
+                return true;
+            }
+            self.drop_conn();
         }
         let Some(pipe) = self.world.connect(self.target) else {
             self.target = (self.target + 1) % MEMBERS;

@@ -695,7 +695,6 @@ impl Client {
         let line = self.line(&call);
         let invoke_ms = self.now();
         let deadline = invoke_ms + OP_TIMEOUT_MS;
-        let reclaiming = self.broke_holding && matches!(call, Call::Release { .. });
         let outcome = loop {
             let reply = match self.exchange(&line, deadline).await {
                 Exchange::Reply(r) => self.translate(&call, &r),
@@ -729,6 +728,9 @@ impl Client {
                 }
             }
         };
+        // A release answered by a leader the client reached after its
+        // connection broke while it held: through its orphan.
+        let reclaiming = self.broke_holding && matches!(call, Call::Release { .. });
         if let Call::Release { fence, .. } = &call {
             // Whatever the answer, the client is done with that grant (an
             // unknown release leaves it to its lease).

@@ -149,9 +149,10 @@ fn run_cluster(
                 faults += r.faults;
                 if !quiet {
                     println!(
-                        "cluster seed {seed}: ok ({} s simulated, {} operations, {} grants, {} faults, {} crashes, {} pauses, {} terms served, {} reclaims, {} member messages ({} dropped, {} duplicated), {} steps)",
+                        "cluster seed {seed}: ok ({} s simulated, {} operations, {} grants, {} faults, {} crashes, {} pauses, {} terms served, {} reclaims, {} snapshots taken, {} installed, {} member messages ({} dropped, {} duplicated), {} steps)",
                         r.simulated_ms / 1000, r.operations, r.grants, r.faults, r.crashes,
-                        r.pauses, r.terms, r.reclaims, r.messages, r.dropped, r.duplicated, r.steps
+                        r.pauses, r.terms, r.reclaims, r.snapshots_taken, r.snapshots_installed,
+                        r.messages, r.dropped, r.duplicated, r.steps
                     );
                 }
             }

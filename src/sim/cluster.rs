@@ -111,6 +111,9 @@ pub struct ClusterReport {
     /// Releases that went to a new leader after the holder's connection
     /// broke, and came back `ok` (a reclaimed orphan).
     pub reclaims: usize,
+    /// Snapshots the members took, and installed from a leader.
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
 }
 
 thread_local! {
@@ -222,6 +225,9 @@ pub struct ClusterWorld {
     net: RefCell<NetState>,
     applies: Arc<Mutex<Applies>>,
     core: CoreConfig,
+    /// Entries between snapshots, and kept behind one.
+    snapshot_entries: u64,
+    keep_entries: u64,
     next_inc: Cell<u64>,
     next_pid: Cell<u64>,
     events: RefCell<Vec<Event>>,
@@ -229,6 +235,8 @@ pub struct ClusterWorld {
     /// Lines nobody asked for (a request answered twice).
     extra_lines: RefCell<Vec<String>>,
     reclaims: Cell<usize>,
+    /// Snapshots taken and installed by the incarnations that ended.
+    snapshots: Cell<(u64, u64)>,
     crashes: Cell<usize>,
     pauses: Cell<usize>,
 }
@@ -329,6 +337,8 @@ impl ClusterWorld {
         let e = 10 + self.rng.borrow_mut().below(10) as usize;
         rcfg.election_ticks = e;
         rcfg.election_ticks_max = Some(e + 1);
+        rcfg.snapshot_entries = self.snapshot_entries;
+        rcfg.keep_entries = self.keep_entries;
         let (applier, shared) = Node::applier(Machine::new(self.core.clone()));
         let sm = Journaled {
             inner: applier,
@@ -384,12 +394,20 @@ impl ClusterWorld {
     fn crash(&self, i: usize) {
         let up = self.members.borrow_mut()[i].up.take();
         if let Some(up) = up {
+            self.count_snapshots(&up);
             if up.paused {
                 self.exec.resume(up.inc);
             }
             self.exec.kill_where(|g| g >> 32 == up.inc);
             self.crashes.set(self.crashes.get() + 1);
         }
+    }
+
+    fn count_snapshots(&self, up: &Up) {
+        let st = up.node.replica().status_ref();
+        let (t, i) = self.snapshots.get();
+        self.snapshots
+            .set((t + st.snapshots_taken, i + st.snapshots_installed));
     }
 
     fn leader(&self) -> Option<usize> {
@@ -955,6 +973,9 @@ fn run_inner(opts: &ClusterOptions, dir: &std::path::Path) -> Result<ClusterRepo
             })
         })
         .collect::<Result<Vec<_>, Failure>>()?;
+    // Drawn apart from the main stream, so that the schedules stay.
+    let (snapshot_entries, keep_entries) =
+        [(10_000, 1_000), (300, 30), (60, 4)][Rng::new(opts.seed ^ 0x5A_945E).below(3) as usize];
     let world = Rc::new(ClusterWorld {
         exec: exec.clone(),
         rng: rng.clone(),
@@ -969,12 +990,15 @@ fn run_inner(opts: &ClusterOptions, dir: &std::path::Path) -> Result<ClusterRepo
             auto_release_on_disconnect: true,
             ..CoreConfig::default()
         },
+        snapshot_entries,
+        keep_entries,
         next_inc: Cell::new(1),
         next_pid: Cell::new(1),
         events: RefCell::new(Vec::new()),
         faults: RefCell::new(Vec::new()),
         extra_lines: RefCell::new(Vec::new()),
         reclaims: Cell::new(0),
+        snapshots: Cell::new((0, 0)),
         crashes: Cell::new(0),
         pauses: Cell::new(0),
     });
@@ -996,6 +1020,11 @@ fn run_inner(opts: &ClusterOptions, dir: &std::path::Path) -> Result<ClusterRepo
     exec.spawn(0, nemesis(world.clone(), fork, start_ms + 2_000, faults_until));
     exec.run_until(end_at);
     let steps = exec.steps.get();
+    for m in world.members.borrow().iter() {
+        if let Some(up) = &m.up {
+            world.count_snapshots(up);
+        }
+    }
 
     let h = history::History {
         events: world.events.borrow().clone(),
@@ -1052,6 +1081,8 @@ fn run_inner(opts: &ClusterOptions, dir: &std::path::Path) -> Result<ClusterRepo
         dropped: n.dropped,
         duplicated: n.duplicated,
         reclaims: world.reclaims.get(),
+        snapshots_taken: world.snapshots.get().0,
+        snapshots_installed: world.snapshots.get().1,
     };
     drop(n);
     exec.shutdown();

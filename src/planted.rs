@@ -43,10 +43,14 @@ pub enum Bug {
     /// it appends them, before they are committed (spec/cluster.md §3
     /// rule 2).
     ReplyBeforeCommit,
+    /// Cluster: a new leader starts its clock from zero instead of the
+    /// last stamp (spec/cluster.md §4); its stamps fall below the
+    /// replicated clock.
+    ClockRestart,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::LostWakeup,
         Bug::ReplyDroppedOnClose,
         Bug::DeadlineNotRearmed,
@@ -56,6 +60,7 @@ impl Bug {
         Bug::ClockAhead,
         Bug::OrphanTtlUnit,
         Bug::ReplyBeforeCommit,
+        Bug::ClockRestart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Bug {
             Bug::ClockAhead => "cluster-clock-ahead",
             Bug::OrphanTtlUnit => "cluster-orphan-ttl-unit",
             Bug::ReplyBeforeCommit => "cluster-reply-before-commit",
+            Bug::ClockRestart => "cluster-clock-restart",
         }
     }
 

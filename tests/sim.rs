@@ -255,5 +255,9 @@ mod cluster {
         catches_an_orphan_released_early: OrphanTtlUnit, ["mutual exclusion", "lost grant"],
         catches_a_reply_before_commit: ReplyBeforeCommit,
             ["mutual exclusion", "fence order", "given to", "applied different entries"],
+        // The stamps are clamped to the replicated clock (§4), so safety
+        // holds; the clock stands still, leases and orphans never end,
+        // and the service stops.
+        catches_a_new_leader_clock_restarted: ClockRestart, ["unavailable"],
     }
 }

@@ -350,6 +350,9 @@ impl Node {
                     if crate::planted::is(crate::planted::Bug::ClockAhead) {
                         c.offset += self.mono_ms();
                     }
+                    if crate::planted::is(crate::planted::Bug::ClockRestart) {
+                        c.offset = -self.mono_ms();
+                    }
                     self.last_stamp.store(applied.clock.0, Ordering::SeqCst);
                     log::info!(term = status.term, clock_ms = applied.clock.0; "serving as leader");
                 }

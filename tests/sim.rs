@@ -217,8 +217,22 @@ mod cluster {
         let a = run(&opts).expect("seed 3");
         let b = run(&opts).expect("seed 3");
         assert_eq!(
-            (a.steps, a.operations, a.grants, a.messages, a.dropped, a.terms),
-            (b.steps, b.operations, b.grants, b.messages, b.dropped, b.terms)
+            (
+                a.steps,
+                a.operations,
+                a.grants,
+                a.messages,
+                a.dropped,
+                a.terms
+            ),
+            (
+                b.steps,
+                b.operations,
+                b.grants,
+                b.messages,
+                b.dropped,
+                b.terms
+            )
         );
     }
 

@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use dflockd::planted::Bug;
 use dflockd::sim::{run, Options};
 
-const USAGE: &str = "usage: dflockd-sim (--seed N | --seeds FROM..TO) [--cluster] [--seconds S] [--clients C] \
+const USAGE: &str =
+    "usage: dflockd-sim (--seed N | --seeds FROM..TO) [--cluster] [--seconds S] [--clients C] \
 [--http-clients H] [--bug none|lost-wakeup|reply-dropped-on-close|deadline-not-rearmed|\
 long-poll-lost|sse-chunk-drop|sweep-keeps-holdings|cluster-clock-ahead|cluster-orphan-ttl-unit|\
 cluster-reply-before-commit|cluster-clock-restart] [--quiet]";

@@ -292,7 +292,9 @@ impl Node {
 
     /// The leader's two tasks ([`Node::spawn_tasks`] spawns them; the
     /// simulator runs them on its own scheduler).
-    pub fn tasks(self: &Arc<Node>) -> [std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>; 2] {
+    pub fn tasks(
+        self: &Arc<Node>,
+    ) -> [std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>; 2] {
         let (a, b) = (self.clone(), self.clone());
         [Box::pin(a.watch()), Box::pin(b.tick())]
     }

@@ -1237,15 +1237,13 @@ pub fn spawn<S: StateMachine>(
 ) -> Result<ReplicaHandle<S::Output>, ReplicaError> {
     let (inbox_tx, inbox) = smol::channel::bounded(INBOX);
     let (events_tx, events) = smol::channel::bounded(INBOX);
-    let transport =
-        Transport::start(transport_cfg, raft_listen, ex.clone(), inbox_tx, events_tx).map_err(
-            |e| {
-                ReplicaError::Store(StoreError::Io {
-                    path: raft_listen.into(),
-                    source: e,
-                })
-            },
-        )?;
+    let transport = Transport::start(transport_cfg, raft_listen, ex.clone(), inbox_tx, events_tx)
+        .map_err(|e| {
+        ReplicaError::Store(StoreError::Io {
+            path: raft_listen.into(),
+            source: e,
+        })
+    })?;
     let local_raft_addr = transport.local_addr();
     let stats = transport.stats().clone();
     let (mut handle, driver) = drive(cfg, sm, store, transport, inbox, events)?;
@@ -1289,7 +1287,13 @@ pub fn drive<S: StateMachine, N: MemberNet>(
     mut net: N,
     inbox: smol::channel::Receiver<Message>,
     events: smol::channel::Receiver<TransportEvent>,
-) -> Result<(ReplicaHandle<S::Output>, impl std::future::Future<Output = ()>), ReplicaError> {
+) -> Result<
+    (
+        ReplicaHandle<S::Output>,
+        impl std::future::Future<Output = ()>,
+    ),
+    ReplicaError,
+> {
     let replica = Replica::open(cfg, sm, store)?;
     for p in replica.peers() {
         net.set_peer(p.id, &p.raft_addr);

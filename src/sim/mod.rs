@@ -35,13 +35,13 @@ pub mod client;
 pub mod cluster;
 pub mod disk;
 pub mod exec;
-pub mod http;
-pub mod http_check;
 /// The fault tests' history and checker, shared with the simulated
 /// cluster ([`cluster`]).
 #[path = "../../tests/cluster/history.rs"]
-#[allow(dead_code)]
-pub mod history;
+#[allow(dead_code, clippy::new_without_default)]
+pub(crate) mod history;
+pub mod http;
+pub mod http_check;
 pub mod net;
 pub mod rng;
 

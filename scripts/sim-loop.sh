@@ -4,6 +4,7 @@
 # that replays it exactly.
 #
 #   scripts/sim-loop.sh [FIRST_SEED] [-- extra dflockd-sim options]
+#   scripts/sim-loop.sh [FIRST_SEED] -- --cluster   # the simulated 3-member cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed="${1:-$(date +%s)}"

@@ -31,16 +31,36 @@ pub enum Bug {
     /// HTTP: the idle sweeper forgets an expired session without
     /// disconnecting its core connection: its holdings and waiters stay.
     SweepKeepsHoldings,
+    /// Cluster: a new leader adds its own uptime to the last stamp when it
+    /// fixes its clock (spec/cluster.md §4): the replicated clock jumps
+    /// ahead of real time and leases end early.
+    ClockAhead,
+    /// Cluster: a leader logs the orphan TTL in seconds where milliseconds
+    /// are due (spec/cluster.md §5): orphans are released at once, before
+    /// their clients can reclaim them.
+    OrphanTtlUnit,
+    /// Cluster: the leader applies (and so answers) its new entries when
+    /// it appends them, before they are committed (spec/cluster.md §3
+    /// rule 2).
+    ReplyBeforeCommit,
+    /// Cluster: a new leader starts its clock from zero instead of the
+    /// last stamp (spec/cluster.md §4); its stamps fall below the
+    /// replicated clock.
+    ClockRestart,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 10] = [
         Bug::LostWakeup,
         Bug::ReplyDroppedOnClose,
         Bug::DeadlineNotRearmed,
         Bug::LongPollLost,
         Bug::SseChunkDrop,
         Bug::SweepKeepsHoldings,
+        Bug::ClockAhead,
+        Bug::OrphanTtlUnit,
+        Bug::ReplyBeforeCommit,
+        Bug::ClockRestart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +72,10 @@ impl Bug {
             Bug::LongPollLost => "long-poll-lost",
             Bug::SseChunkDrop => "sse-chunk-drop",
             Bug::SweepKeepsHoldings => "sweep-keeps-holdings",
+            Bug::ClockAhead => "cluster-clock-ahead",
+            Bug::OrphanTtlUnit => "cluster-orphan-ttl-unit",
+            Bug::ReplyBeforeCommit => "cluster-reply-before-commit",
+            Bug::ClockRestart => "cluster-clock-restart",
         }
     }
 

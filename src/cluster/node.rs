@@ -203,7 +203,8 @@ impl Node {
             shared,
             handle,
             cfg,
-            origin: Instant::now(),
+            // The runtime's clock: the simulator's on its thread.
+            origin: crate::rt::now(),
             leader: Mutex::new(LeaderClock::default()),
             counter: AtomicU64::new(0),
             last_stamp: AtomicU64::new(0),
@@ -217,7 +218,9 @@ impl Node {
     }
 
     fn mono_ms(&self) -> i128 {
-        self.origin.elapsed().as_millis() as i128
+        crate::rt::now()
+            .saturating_duration_since(self.origin)
+            .as_millis() as i128
     }
 
     /// The stamp for an entry proposed now, while serving `term`.
@@ -282,10 +285,18 @@ impl Node {
 
     /// Starts the leader's tasks on the executor.
     pub fn spawn_tasks(self: &Arc<Node>) {
-        let me = self.clone();
-        self.ex.spawn(async move { me.watch().await }).detach();
-        let me = self.clone();
-        self.ex.spawn(async move { me.tick().await }).detach();
+        for task in self.tasks() {
+            self.ex.spawn(task).detach();
+        }
+    }
+
+    /// The leader's two tasks ([`Node::spawn_tasks`] spawns them; the
+    /// simulator runs them on its own scheduler).
+    pub fn tasks(
+        self: &Arc<Node>,
+    ) -> [std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>; 2] {
+        let (a, b) = (self.clone(), self.clone());
+        [Box::pin(a.watch()), Box::pin(b.tick())]
     }
 
     /// Follows role changes: begins each term it wins with `LeaderStart`,
@@ -318,12 +329,17 @@ impl Node {
             // A new term won: stop serving the old one, then start.
             self.step_down();
             started = status.term;
+            let (fence_start, salt_key) = leader_start_draws();
+            let mut orphan_ttl_ms = self.cfg.orphan_ttl_ms;
+            if crate::planted::is(crate::planted::Bug::OrphanTtlUnit) {
+                orphan_ttl_ms /= 1000;
+            }
             let data = LogEntry {
                 stamp: Time(self.shared.clock.load(Ordering::SeqCst)),
                 op: Op::LeaderStart {
-                    fence_start: crate::engine::fence::wall_clock_nanos(),
-                    salt_key: random_key(),
-                    orphan_ttl_ms: self.cfg.orphan_ttl_ms,
+                    fence_start,
+                    salt_key,
+                    orphan_ttl_ms,
                     settings: lock(&self.shared.machine).settings_text(),
                 },
             }
@@ -333,6 +349,12 @@ impl Node {
                     let mut c = lock(&self.leader);
                     c.term = status.term;
                     c.offset = applied.clock.0 as i128 - self.mono_ms();
+                    if crate::planted::is(crate::planted::Bug::ClockAhead) {
+                        c.offset += self.mono_ms();
+                    }
+                    if crate::planted::is(crate::planted::Bug::ClockRestart) {
+                        c.offset = -self.mono_ms();
+                    }
                     self.last_stamp.store(applied.clock.0, Ordering::SeqCst);
                     log::info!(term = status.term, clock_ms = applied.clock.0; "serving as leader");
                 }
@@ -388,7 +410,7 @@ impl Node {
             };
             futures_lite::future::or(
                 async {
-                    smol::Timer::after(wait).await;
+                    crate::rt::sleep(wait).await;
                 },
                 moved,
             )
@@ -548,6 +570,17 @@ impl Node {
             },
         }
     }
+}
+
+/// The fence start and salt key a new leader logs in its `LeaderStart`:
+/// the wall clock and the operating system's randomness, or on a
+/// simulator's thread its seeded draws (so that a seed replays exactly).
+fn leader_start_draws() -> (u64, [u64; 2]) {
+    #[cfg(feature = "sim")]
+    if let Some(d) = crate::sim::cluster::leader_draws() {
+        return d;
+    }
+    (crate::engine::fence::wall_clock_nanos(), random_key())
 }
 
 /// A fresh salt key from the operating system (the first leader's draw,

@@ -85,6 +85,11 @@ pub struct ReplicaConfig {
     pub tick: Duration,
     /// Ticks without a leader before an election (randomized up to twice).
     pub election_ticks: usize,
+    /// The bound (exclusive) of the randomized election timeout, in ticks;
+    /// `None`: twice `election_ticks` (the library's default). The
+    /// simulator sets `election_ticks + 1`, with a timeout it drew from its
+    /// seed, because the library draws from the thread's RNG.
+    pub election_ticks_max: Option<usize>,
     pub heartbeat_ticks: usize,
     /// Take a snapshot after this many applied entries.
     pub snapshot_entries: u64,
@@ -109,6 +114,7 @@ impl ReplicaConfig {
             bootstrap,
             tick: Duration::from_millis(100),
             election_ticks: 10,
+            election_ticks_max: None,
             heartbeat_ticks: 2,
             snapshot_entries: 10_000,
             keep_entries: 1_000,
@@ -421,6 +427,8 @@ impl<S: StateMachine> Replica<S> {
         let raft_cfg = raft::Config {
             id: cfg.node_id,
             election_tick: cfg.election_ticks,
+            min_election_tick: cfg.election_ticks,
+            max_election_tick: cfg.election_ticks_max.unwrap_or(2 * cfg.election_ticks),
             heartbeat_tick: cfg.heartbeat_ticks,
             check_quorum: true,
             pre_vote: true,
@@ -732,6 +740,11 @@ impl<S: StateMachine> Replica<S> {
 
     /// Steps 4 to 7 of a cycle.
     fn persist_ready(&mut self, mut rd: raft::Ready, out: &mut Outbox) -> Result<(), ReplicaError> {
+        if crate::planted::is(crate::planted::Bug::ReplyBeforeCommit)
+            && self.node.raft.state == StateRole::Leader
+        {
+            self.apply_entries(rd.entries().to_vec(), out)?;
+        }
         // (4) New entries and hard state: one durable transaction.
         self.node.mut_store().append(rd.entries(), rd.hs())?;
         self.check_crash(CrashPoint::AfterPersist)?;
@@ -1059,7 +1072,9 @@ pub struct ReplicaHandle<T> {
     changed: Arc<event_listener::Event>,
     local_raft_addr: std::net::SocketAddr,
     stats: Arc<super::transport::TransportStats>,
-    _task: Arc<smol::Task<()>>,
+    /// The driver's task (`None` when the caller runs the driver itself,
+    /// as the simulator does through [`drive`]).
+    _task: Option<Arc<smol::Task<()>>>,
 }
 
 impl<T> Clone for ReplicaHandle<T> {
@@ -1169,20 +1184,21 @@ impl<T: Send + 'static> ReplicaHandle<T> {
         timeout: Duration,
         mut pred: impl FnMut(&Status) -> bool,
     ) -> (Status, bool) {
-        let deadline = std::time::Instant::now() + timeout;
+        // The runtime's clock and timer: the simulator's on its thread.
+        let deadline = crate::rt::now() + timeout;
         loop {
             let listener = self.changed.listen();
             let s = self.status();
             if pred(&s) {
                 return (s, true);
             }
-            let now = std::time::Instant::now();
+            let now = crate::rt::now();
             if now >= deadline {
                 return (s, false);
             }
             listener
                 .or(async {
-                    smol::Timer::at(deadline).await;
+                    crate::rt::sleep_until(deadline).await;
                 })
                 .await;
         }
@@ -1221,47 +1237,95 @@ pub fn spawn<S: StateMachine>(
 ) -> Result<ReplicaHandle<S::Output>, ReplicaError> {
     let (inbox_tx, inbox) = smol::channel::bounded(INBOX);
     let (events_tx, events) = smol::channel::bounded(INBOX);
-    let mut transport =
-        Transport::start(transport_cfg, raft_listen, ex.clone(), inbox_tx, events_tx).map_err(
-            |e| {
-                ReplicaError::Store(StoreError::Io {
-                    path: raft_listen.into(),
-                    source: e,
-                })
-            },
-        )?;
+    let transport = Transport::start(transport_cfg, raft_listen, ex.clone(), inbox_tx, events_tx)
+        .map_err(|e| {
+        ReplicaError::Store(StoreError::Io {
+            path: raft_listen.into(),
+            source: e,
+        })
+    })?;
+    let local_raft_addr = transport.local_addr();
+    let stats = transport.stats().clone();
+    let (mut handle, driver) = drive(cfg, sm, store, transport, inbox, events)?;
+    handle.local_raft_addr = local_raft_addr;
+    handle.stats = stats;
+    handle._task = Some(Arc::new(ex.spawn(driver)));
+    Ok(handle)
+}
+
+/// Where the driver sends messages and learns members' addresses: the
+/// TCP [`Transport`] in the server, the simulated network in `src/sim`.
+pub trait MemberNet: 'static {
+    /// Queues `msg` for its `to` member; never blocks.
+    fn send(&mut self, msg: Message);
+    /// Sets (or changes) where member `id` listens.
+    fn set_peer(&mut self, id: u64, addr: &str);
+    /// Forgets member `id`.
+    fn remove_peer(&mut self, id: u64);
+}
+
+impl MemberNet for Transport {
+    fn send(&mut self, msg: Message) {
+        Transport::send(self, msg)
+    }
+    fn set_peer(&mut self, id: u64, addr: &str) {
+        Transport::set_peer(self, id, addr)
+    }
+    fn remove_peer(&mut self, id: u64) {
+        Transport::remove_peer(self, id)
+    }
+}
+
+/// Opens a replica over `net` and returns its handle and its driver, the
+/// future that runs it (what [`spawn`] spawns; the simulator runs it on
+/// its own scheduler). `inbox` and `events` are what `net` delivers.
+#[allow(clippy::type_complexity)]
+pub fn drive<S: StateMachine, N: MemberNet>(
+    cfg: ReplicaConfig,
+    sm: S,
+    store: LogStore,
+    mut net: N,
+    inbox: smol::channel::Receiver<Message>,
+    events: smol::channel::Receiver<TransportEvent>,
+) -> Result<
+    (
+        ReplicaHandle<S::Output>,
+        impl std::future::Future<Output = ()>,
+    ),
+    ReplicaError,
+> {
     let replica = Replica::open(cfg, sm, store)?;
     for p in replica.peers() {
-        transport.set_peer(p.id, &p.raft_addr);
+        net.set_peer(p.id, &p.raft_addr);
     }
     let status = Arc::new(Mutex::new(Arc::new(replica.status())));
     let changed = Arc::new(event_listener::Event::new());
     let (commands, command_rx) = smol::channel::bounded(COMMAND_QUEUE);
-    let local_raft_addr = transport.local_addr();
-    let stats = transport.stats().clone();
     let driver = Driver {
         replica,
-        transport,
+        transport: net,
         inbox,
         events,
         commands: command_rx,
         status: status.clone(),
         changed: changed.clone(),
     };
-    let task = ex.spawn(driver.run());
-    Ok(ReplicaHandle {
-        commands,
-        status,
-        changed,
-        local_raft_addr,
-        stats,
-        _task: Arc::new(task),
-    })
+    Ok((
+        ReplicaHandle {
+            commands,
+            status,
+            changed,
+            local_raft_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            stats: Arc::default(),
+            _task: None,
+        },
+        driver.run(),
+    ))
 }
 
-struct Driver<S: StateMachine> {
+struct Driver<S: StateMachine, N: MemberNet> {
     replica: Replica<S>,
-    transport: Transport,
+    transport: N,
     inbox: smol::channel::Receiver<Message>,
     events: smol::channel::Receiver<TransportEvent>,
     commands: smol::channel::Receiver<Command<S::Output>>,
@@ -1277,13 +1341,14 @@ enum Wake<T> {
     Closed,
 }
 
-impl<S: StateMachine> Driver<S> {
+impl<S: StateMachine, N: MemberNet> Driver<S, N> {
     async fn run(mut self) {
         let tick = self.replica.cfg.tick;
-        let mut next_tick = std::time::Instant::now() + tick;
+        // The runtime's clock and timer: the simulator's on its thread.
+        let mut next_tick = crate::rt::now() + tick;
         loop {
             let wake = async {
-                smol::Timer::at(next_tick).await;
+                crate::rt::sleep_until(next_tick).await;
                 Wake::Tick
             }
             .or(async {
@@ -1326,7 +1391,7 @@ impl<S: StateMachine> Driver<S> {
                 };
                 self.take(w);
             }
-            let now = std::time::Instant::now();
+            let now = crate::rt::now();
             while now >= next_tick {
                 self.replica.tick();
                 next_tick += tick;

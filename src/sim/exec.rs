@@ -101,6 +101,11 @@ pub struct Exec {
     pub late_max_ms: Cell<u64>,
     pub late_per_mille: Cell<u64>,
     pub steps: Cell<u64>,
+    /// Groups whose tasks are frozen (a `SIGSTOP`ped process: `paused`
+    /// selects them by `group >> 32`), and the frozen tasks that were
+    /// woken meanwhile, run again when their group resumes.
+    paused: RefCell<BTreeSet<u64>>,
+    parked: RefCell<Vec<usize>>,
 }
 
 impl Exec {
@@ -122,6 +127,8 @@ impl Exec {
             late_max_ms: Cell::new(0),
             late_per_mille: Cell::new(0),
             steps: Cell::new(0),
+            paused: RefCell::new(BTreeSet::new()),
+            parked: RefCell::new(Vec::new()),
         })
     }
 
@@ -163,6 +170,22 @@ impl Exec {
         drop(dropped);
     }
 
+    /// Freezes the tasks of groups whose high half is `high`: woken, they
+    /// are not polled until [`Exec::resume`].
+    pub fn pause(&self, high: u64) {
+        self.paused.borrow_mut().insert(high);
+    }
+
+    /// Thaws what [`Exec::pause`] froze: the tasks woken meanwhile run.
+    pub fn resume(&self, high: u64) {
+        self.paused.borrow_mut().remove(&high);
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(parked);
+    }
+
     fn pick(&self) -> Option<usize> {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         if ready.is_empty() {
@@ -178,6 +201,10 @@ impl Exec {
         let (fut, group) = {
             let mut tasks = self.tasks.borrow_mut();
             match tasks.get_mut(id).and_then(Option::as_mut) {
+                Some(t) if self.paused.borrow().contains(&(t.group >> 32)) => {
+                    self.parked.borrow_mut().push(id);
+                    return;
+                }
                 Some(t) => match t.fut.take() {
                     Some(f) => (f, t.group),
                     None => return,

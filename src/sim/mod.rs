@@ -32,8 +32,14 @@
 
 pub mod check;
 pub mod client;
+pub mod cluster;
 pub mod disk;
 pub mod exec;
+/// The fault tests' history and checker, shared with the simulated
+/// cluster ([`cluster`]).
+#[path = "../../tests/cluster/history.rs"]
+#[allow(dead_code, clippy::new_without_default)]
+pub(crate) mod history;
 pub mod http;
 pub mod http_check;
 pub mod net;
@@ -109,6 +115,15 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A cluster run's failure begins with "cluster:" (sim::cluster).
+        if self.what.starts_with("cluster:") {
+            return write!(
+                f,
+                "cluster simulation seed {} failed: {}\nreplay: cargo run --features sim --bin dflockd-sim -- --cluster --seed {} \
+                 (or SIM_CLUSTER_SEED={} cargo test --all-features --test sim cluster)",
+                self.seed, self.what, self.seed, self.seed
+            );
+        }
         write!(
             f,
             "simulation seed {} failed: {}\nreplay: cargo run --features sim --bin dflockd-sim -- --seed {} \

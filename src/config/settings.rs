@@ -32,7 +32,7 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long an idle runtime thread polls its sockets without waiting
     /// before it sleeps in `epoll_wait` ([`crate::rt::Runtime::set_spin`];
-    /// default [`crate::rt::DEFAULT_SPIN`]); zero never spins. Ignored on a
+    /// default [`crate::rt::DEFAULT_SPIN`], zero: never). Ignored on a
     /// machine with one core, where a spinning thread would only delay the
     /// one it waits for.
     pub spin: std::time::Duration,

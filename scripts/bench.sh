@@ -32,7 +32,8 @@
 # FANOUT_RATE (default 1000), ENGINE_REPEATS (default 5). BUSY_LOOPS=N runs N shell busy loops
 # at normal priority for the whole run (the "two busy loops beside it" condition).
 # ACCEPT=pin|reuseport starts the server with that thread model (DFLOCKD_BENCH_ACCEPT) and
-# THREADS=N with N runtime threads (DFLOCKD_BENCH_THREADS; spec/ARCHITECTURE.md, "The runtime").
+# THREADS=N with N runtime threads (DFLOCKD_BENCH_THREADS; spec/ARCHITECTURE.md, "The runtime"),
+# SPIN_US=N with runtime threads polling N µs before they sleep (DFLOCKD_BENCH_SPIN_US; 0 = never).
 #
 #   SKIP_TCP=1 SKIP_MEMORY=1 REPEATS=1 scripts/bench.sh   # only the HTTP/client/fan-out part
 #   ONLY_ENGINE=1 BUSY_LOOPS=2 scripts/bench.sh            # only part 6, with two busy loops
@@ -58,6 +59,7 @@ ENGINE_REPEATS=${ENGINE_REPEATS:-5}
 BUSY_LOOPS=${BUSY_LOOPS:-0}
 ACCEPT=${ACCEPT:-}
 THREADS=${THREADS:-}
+SPIN_US=${SPIN_US:-}
 FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-100}
 FANOUT_RATE=${FANOUT_RATE:-1000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -168,7 +170,8 @@ SERVER_PID=""
 
 # Extra arguments go to the server.
 start_dflockd() {
-    DFLOCKD_BENCH_ACCEPT=$ACCEPT DFLOCKD_BENCH_THREADS=$THREADS "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
+    DFLOCKD_BENCH_ACCEPT=$ACCEPT DFLOCKD_BENCH_THREADS=$THREADS DFLOCKD_BENCH_SPIN_US=$SPIN_US \
+        "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
         >"$WORK/dflockd.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -418,6 +421,7 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     wait_port "$HTTP_PORT" "$SERVER_PID" || die "$DFLOCKD_BIN did not open its HTTP port $HOST:$HTTP_PORT"
     start_redis
     log "engine: server threads: $(ls /proc/"$SERVER_PID"/task | wc -l)"
+    ENG[load0]=$(cut -d' ' -f1-3 /proc/loadavg)
 
     # 1 worker: ENGINE_REPEATS runs each of dflockd and redis, interleaved.
     rounds=$(rounds_for 1)
@@ -483,6 +487,7 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     ENG[http]=$(median "${http[@]}")
     ENG[http99]=$(median "${http99[@]}")
     ENG[line99]=$(median "${line99[@]}")
+    ENG[load1]=$(cut -d' ' -f1-3 /proc/loadavg)
     stop "$REDIS_PID"
     stop_dflockd
 fi
@@ -558,8 +563,9 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     spread=$(calc "${ENG[1,slowest]} / ${ENG[1,ours]}" 3)
     echo
     echo "engine targets (issue #11; one server with --http-port, accept model ${ACCEPT:-default}," \
-        "${THREADS:-default} threads," \
-        "$BUSY_LOOPS busy loops beside it; dflockd and redis runs interleaved):"
+        "${THREADS:-default} threads, spin ${SPIN_US:-default} µs," \
+        "$BUSY_LOOPS busy loops beside it; dflockd and redis runs interleaved;" \
+        "load average ${ENG[load0]} before, ${ENG[load1]} after):"
     printf '%-44s %12s %12s %10s %8s\n' check dflockd peer ratio target
     printf '%-44s %12s %12s %10s %8s\n' "1 worker, median of $ENGINE_REPEATS (ops/s vs PING/2)" \
         "${ENG[1,ours]}" "${ENG[1,redis]}" "$r1" "$( ((BUSY_LOOPS > 0)) && echo 0.8 || echo 1.0)"

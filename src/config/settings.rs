@@ -30,6 +30,12 @@ pub struct ServerConfig {
     pub fence_reserve: u64,
     /// Executor threads; 0 = one per available core.
     pub threads: usize,
+    /// How long an idle runtime thread polls its sockets without waiting
+    /// before it sleeps in `epoll_wait` ([`crate::rt::Runtime::set_spin`];
+    /// default [`crate::rt::DEFAULT_SPIN`], zero: never). Ignored on a
+    /// machine with one core, where a spinning thread would only delay the
+    /// one it waits for.
+    pub spin: std::time::Duration,
     /// When set, every connection is TLS (protocol.md §1.1); see [`crate::net::tls::load`].
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Seconds a TLS client has to finish its handshake, on both listeners.
@@ -66,6 +72,7 @@ impl Default for ServerConfig {
             fence_state_file: None,
             fence_reserve: t::FENCE_RESERVE.int_default(),
             threads: 0,
+            spin: crate::rt::DEFAULT_SPIN,
             tls: None,
             tls_handshake_timeout_s: t::TLS_HANDSHAKE_TIMEOUT.int_default(),
             http: None,

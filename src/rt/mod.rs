@@ -71,6 +71,13 @@ pub type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// accepting thread, or the least loaded one).
 pub type Spawn = dyn Fn(BoxTask) + Send + Sync;
 
+/// How long a server's idle runtime thread polls without waiting before it
+/// sleeps: zero, never. A spin serves a request that arrives within it
+/// without a wake-up, but on the shared 2-core machine it measured no
+/// better than none and, without yielding, twice the CPU per operation
+/// (spec/ARCHITECTURE.md, "The runtime", "Spinning before sleeping").
+pub const DEFAULT_SPIN: Duration = Duration::ZERO;
+
 /// Tasks run from the local queue before the thread looks at the poller
 /// again, so a busy thread still serves its sockets.
 const RUN_BUDGET: usize = 256;
@@ -96,6 +103,9 @@ pub struct Worker {
     /// A waker of every live task, so that stopping can cancel them all.
     active: Mutex<Slab<Option<Waker>>>,
     stopping: AtomicBool,
+    /// How long the thread polls without waiting before it sleeps in the
+    /// poller, in nanoseconds (0: never; [`Runtime::set_spin`]).
+    spin_ns: AtomicU64,
 }
 
 thread_local! {
@@ -123,6 +133,7 @@ impl Worker {
             next_timer: AtomicU64::new(0),
             active: Mutex::new(Slab::new()),
             stopping: AtomicBool::new(false),
+            spin_ns: AtomicU64::new(0),
         }))
     }
 
@@ -248,7 +259,10 @@ impl Worker {
                     .as_ref()
                     .is_some_and(|l| !l.queue.is_empty() || !l.after_poll.is_empty())
             });
-            let timeout = if busy {
+            events.clear();
+            // Work found while spinning is in `events` (or the injector).
+            let spun = !busy && self.spin(&mut events);
+            let timeout = if busy || spun {
                 Some(Duration::ZERO)
             } else {
                 // About to sleep: from now on, injecting must notify. Look
@@ -262,8 +276,9 @@ impl Worker {
                     Some(Duration::ZERO)
                 }
             };
-            events.clear();
-            let _ = self.poller.wait(&mut events, timeout);
+            if !spun {
+                let _ = self.poller.wait(&mut events, timeout);
+            }
             self.notified.store(true, Ordering::SeqCst);
             for ev in events.drain(..) {
                 net::dispatch(&self, ev);
@@ -281,6 +296,39 @@ impl Worker {
         }
         self.cancel_all();
         CURRENT.with(|c| *c.borrow_mut() = None);
+    }
+
+    /// Before sleeping: polls without waiting for up to the spin time,
+    /// while the thread still counts as awake (`notified` stays true, so an
+    /// injecting thread writes no eventfd and this one is not woken).
+    /// Returns true when it found something to do: events (in `events`),
+    /// injected tasks, or a stop.
+    fn spin(&self, events: &mut Vec<reactor::Ready>) -> bool {
+        let ns = self.spin_ns.load(Ordering::Relaxed);
+        if ns == 0 {
+            return false;
+        }
+        let start = Instant::now();
+        let mut until = start + Duration::from_nanos(ns);
+        if let Some(at) = self.next_timer() {
+            until = until.min(at);
+        }
+        loop {
+            let _ = self.poller.wait(events, Some(Duration::ZERO));
+            if !events.is_empty()
+                || !self.injector.is_empty()
+                || self.stopping.load(Ordering::SeqCst)
+            {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            // Hands the core to any other runnable thread (on a machine
+            // that is busy, the client this thread waits for): a spin that
+            // only burns the time slice measured slower than none at all.
+            std::thread::yield_now();
+        }
     }
 
     /// Stopping: every live task is woken and then dropped without being
@@ -395,6 +443,17 @@ impl Runtime {
             );
         }
         Ok(Runtime { workers, threads })
+    }
+
+    /// Lets every thread poll without waiting for up to `spin` before it
+    /// sleeps in its poller (zero: never), so that a request arriving
+    /// within that time is served without a wake-up (spec/ARCHITECTURE.md,
+    /// "The runtime").
+    pub fn set_spin(&self, spin: Duration) {
+        let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        for w in &self.workers {
+            w.spin_ns.store(ns, Ordering::Relaxed);
+        }
     }
 
     /// The threads' workers, in order.

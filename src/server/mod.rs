@@ -239,6 +239,11 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     };
     let tcp = TcpFront::new(engine.clone(), &cfg);
     let runtime = rt::Runtime::start(threads_n, "dflockd").map_err(StartError::Runtime)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spin = bench_spin_us().map_or(cfg.spin, Duration::from_micros);
+    if cores > 1 {
+        runtime.set_spin(spin);
+    }
     let place = std::sync::Arc::new(Placement {
         mode,
         workers: runtime.workers().to_vec(),
@@ -459,6 +464,17 @@ fn bench_threads() -> Option<usize> {
         .parse()
         .ok()
         .filter(|&n| (1..=1024).contains(&n))
+}
+
+/// `DFLOCKD_BENCH_SPIN_US`: how long a runtime thread polls before it
+/// sleeps ([`ServerConfig::spin`]), for the benchmark comparing spin times
+/// (only it sets this).
+fn bench_spin_us() -> Option<u64> {
+    std::env::var("DFLOCKD_BENCH_SPIN_US")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&n| n <= 10_000)
 }
 
 /// Connections the kernel may queue before `accept` takes them; it clamps

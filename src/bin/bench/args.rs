@@ -65,8 +65,9 @@ struct Args {
     #[argh(option)]
     auth_token: Option<String>,
 
-    /// i/o engine: "threads" (one OS thread per worker, blocking sockets), "async" (event loop
-    /// on --io-threads threads) or "auto" (threads while workers <= cores) (default auto)
+    /// i/o engine: "threads" (one OS thread per worker, blocking sockets), "loop" (one event
+    /// loop of dflockd's runtime on --io-threads threads), "async" (smol event loops on
+    /// --io-threads threads) or "auto" (threads while workers <= cores, else loop) (default auto)
     #[argh(option, default = "String::from(\"auto\")")]
     io: String,
 
@@ -179,7 +180,10 @@ struct Args {
 pub(crate) enum IoEngine {
     /// One OS thread per worker, blocking `std::net::TcpStream`.
     Threads,
-    /// Non-blocking sockets on `io_threads` event-loop threads.
+    /// Non-blocking sockets on `io_threads` event-loop threads of the server's own runtime
+    /// (`dflockd::rt`): edge-triggered epoll, one `recv` per reply and no re-arm.
+    Loop,
+    /// Non-blocking sockets on `io_threads` smol event-loop threads (async-io's reactor).
     Async,
 }
 
@@ -438,11 +442,12 @@ impl Config {
         let io = match args.io.as_str() {
             "threads" => IoEngine::Threads,
             "async" => IoEngine::Async,
+            "loop" => IoEngine::Loop,
             "auto" if args.workers <= cores => IoEngine::Threads,
-            "auto" => IoEngine::Async,
+            "auto" => IoEngine::Loop,
             other => {
                 return Err(format!(
-                    "--io must be threads, async or auto, not {other:?}"
+                    "--io must be threads, loop, async or auto, not {other:?}"
                 ))
             }
         };

@@ -307,6 +307,30 @@ impl Transport for Evented {
     }
 }
 
+/// Non-blocking socket on a thread of the server's own runtime (`dflockd::rt`): registered
+/// once with that thread's epoll, edge-triggered, so a reply costs one `epoll_wait` (shared by
+/// every socket ready at once) and one `recv`, with no re-arm and no `recv` that says
+/// `WouldBlock` (async-io's sockets add both). For many workers on one thread (`--io loop`),
+/// like redis-benchmark's single event loop.
+pub(crate) struct Looped(dflockd::rt::net::TcpStream);
+
+impl Transport for Looped {
+    async fn connect(addr: &str, _reply_deadline: Duration) -> io::Result<Self> {
+        // A blocking connect, once per connection before the measured phase.
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Looped(dflockd::rt::net::TcpStream::from_std(stream)?))
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes).await
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).await
+    }
+}
+
 /// One connection: the socket, its reply buffer and its pending output.
 pub(crate) struct Client<T> {
     pub(crate) io: T,

@@ -15,7 +15,7 @@ use crate::client::client_worker;
 use crate::http::http_worker;
 use crate::line::{
     parse_grant, push_lock, push_release, show_reply, unexpected, BenchError, Blocking, Client,
-    Evented, Transport,
+    Evented, Looped, Transport,
 };
 
 /// The warm-up/measure boundary: every worker and the main thread meet at `warmed_up`, the
@@ -262,6 +262,45 @@ async fn worker_on_loop(
     }
 }
 
+/// Runs every worker as a task of one `dflockd::rt` runtime of `threads` threads (worker `i`
+/// on thread `i % threads`), from a thread of its own that returns the outcomes in order.
+/// The client library's sockets are async-io's, so `--client` runs on [`spawn_on_loops`].
+fn spawn_on_runtime(
+    cfg: &Arc<Config>,
+    driver: &Driver,
+    gate: &Arc<Gate>,
+) -> std::thread::JoinHandle<Vec<WorkerOutcome>> {
+    let (cfg, driver, gate) = (Arc::clone(cfg), driver.clone(), Arc::clone(gate));
+    std::thread::spawn(move || {
+        let runtime = match dflockd::rt::Runtime::start(cfg.io_threads, "bench-loop") {
+            Ok(runtime) => runtime,
+            Err(e) => fail(0, &BenchError::Io(e)),
+        };
+        let tasks: Vec<_> = (0..cfg.workers)
+            .map(|id| {
+                let (cfg, driver, gate) = (Arc::clone(&cfg), driver.clone(), Arc::clone(&gate));
+                runtime.spawn_on(id, async move {
+                    let outcome = match driver {
+                        Driver::Protocol => bench_worker::<Looped>(id, &cfg, &gate).await,
+                        Driver::Http { addr } => {
+                            http_worker::<Looped>(id, &cfg, &gate, &addr).await
+                        }
+                        Driver::Etcd { addr } => {
+                            crate::etcd::etcd_worker::<Looped>(id, &cfg, &gate, &addr).await
+                        }
+                        Driver::Client(_) => unreachable!("--client runs on spawn_on_loops"),
+                    };
+                    outcome.unwrap_or_else(|e| fail(id, &e))
+                })
+            })
+            .collect();
+        let outcomes = tasks.into_iter().map(future::block_on).collect();
+        runtime.stop();
+        runtime.join();
+        outcomes
+    })
+}
+
 /// Spreads tasks `0..count` over `threads` event-loop threads (task `i` on
 /// loop `i % threads`); each thread returns its tasks' outputs in order.
 pub(crate) fn spawn_on_loops<T, Fut>(
@@ -309,7 +348,10 @@ pub(crate) fn run_workers(cfg: &Arc<Config>, driver: &Driver) -> (Instant, Vec<W
                 })
             })
             .collect(),
-        IoEngine::Async => {
+        IoEngine::Loop if !matches!(driver, Driver::Client(_)) => {
+            vec![spawn_on_runtime(cfg, driver, &gate)]
+        }
+        IoEngine::Async | IoEngine::Loop => {
             let (shared_cfg, gate, driver) = (Arc::clone(cfg), Arc::clone(&gate), driver.clone());
             spawn_on_loops(cfg.io_threads, cfg.workers, move |id| {
                 let (cfg, gate, driver) =

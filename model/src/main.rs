@@ -125,7 +125,11 @@ fn check(model: LockModel, depth: usize, threads: usize, symmetry: bool) -> Exit
         builder = builder.target_max_depth(depth);
     }
     if symmetry {
-        verdicts(&progress(builder.symmetry().spawn_dfs(), start), start, &unreachable)
+        verdicts(
+            &progress(builder.symmetry().spawn_dfs(), start),
+            start,
+            &unreachable,
+        )
     } else {
         verdicts(&progress(builder.spawn_bfs(), start), start, &unreachable)
     }

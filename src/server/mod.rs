@@ -335,19 +335,17 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
 /// few, long-lived and do their own I/O through `async-io`, apart from the
 /// fronts' per-thread runtime.
 ///
-/// One thread: the appends a cycle hands over early still leave before
-/// its fsync, because the replica's task yields once before the write and
-/// the transport's tasks run then (spec/cluster.md §2.5). A second thread
-/// was measured to cost more than it saved: every wake-up of a task (an
-/// append, an acknowledgement, a reply) woke the other thread too, about
-/// half the CPU time of a follower per entry.
+/// Two threads: the replica's task blocks in its cycle's fsync, and the
+/// transport's tasks must meanwhile send the appends that cycle handed
+/// over early (spec/cluster.md §2.5), so that the followers write in
+/// parallel with the leader.
 struct RaftThread {
     stop: smol::channel::Sender<()>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Threads running the member's executor.
-const RAFT_THREADS: usize = 1;
+const RAFT_THREADS: usize = 2;
 
 impl RaftThread {
     fn start(ex: std::sync::Arc<smol::Executor<'static>>) -> Result<RaftThread, StartError> {

@@ -306,7 +306,7 @@ impl Node {
         loop {
             let (status, _) = self
                 .handle
-                .wait_for(Duration::from_secs(1), |s| {
+                .wait_for_role(Duration::from_secs(1), |s| {
                     s.stopped.is_some()
                         || (s.role != Role::Leader && started != 0)
                         || (s.role == Role::Leader && started != s.term)

@@ -435,6 +435,9 @@ impl<S: StateMachine> Replica<S> {
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
             max_uncommitted_size: cfg.max_uncommitted_bytes,
+            // The proposals of one cycle leave as one append per member
+            // (and one acknowledgement back), not one each.
+            batch_append: true,
             applied,
             ..Default::default()
         };
@@ -1070,6 +1073,10 @@ pub struct ReplicaHandle<T> {
     commands: smol::channel::Sender<Command<T>>,
     status: Arc<Mutex<Arc<Status>>>,
     changed: Arc<event_listener::Event>,
+    /// Notified only when the role, term, leader or stopped state change:
+    /// what the leader's duties follow, without a wake-up per cycle (the
+    /// indexes change on every one).
+    role_changed: Arc<event_listener::Event>,
     local_raft_addr: std::net::SocketAddr,
     stats: Arc<super::transport::TransportStats>,
     /// The driver's task (`None` when the caller runs the driver itself,
@@ -1083,6 +1090,7 @@ impl<T> Clone for ReplicaHandle<T> {
             commands: self.commands.clone(),
             status: self.status.clone(),
             changed: self.changed.clone(),
+            role_changed: self.role_changed.clone(),
             local_raft_addr: self.local_raft_addr,
             stats: self.stats.clone(),
             _task: self._task.clone(),
@@ -1182,12 +1190,32 @@ impl<T: Send + 'static> ReplicaHandle<T> {
     pub async fn wait_for(
         &self,
         timeout: Duration,
+        pred: impl FnMut(&Status) -> bool,
+    ) -> (Status, bool) {
+        self.wait_on(&self.changed, timeout, pred).await
+    }
+
+    /// [`ReplicaHandle::wait_for`] for a predicate on the role, term,
+    /// leader and stopped state only: it is re-checked when one of them
+    /// changes, not after every cycle.
+    pub async fn wait_for_role(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&Status) -> bool,
+    ) -> (Status, bool) {
+        self.wait_on(&self.role_changed, timeout, pred).await
+    }
+
+    async fn wait_on(
+        &self,
+        event: &event_listener::Event,
+        timeout: Duration,
         mut pred: impl FnMut(&Status) -> bool,
     ) -> (Status, bool) {
         // The runtime's clock and timer: the simulator's on its thread.
         let deadline = crate::rt::now() + timeout;
         loop {
-            let listener = self.changed.listen();
+            let listener = event.listen();
             let s = self.status();
             if pred(&s) {
                 return (s, true);
@@ -1300,6 +1328,7 @@ pub fn drive<S: StateMachine, N: MemberNet>(
     }
     let status = Arc::new(Mutex::new(Arc::new(replica.status())));
     let changed = Arc::new(event_listener::Event::new());
+    let role_changed = Arc::new(event_listener::Event::new());
     let (commands, command_rx) = smol::channel::bounded(COMMAND_QUEUE);
     let driver = Driver {
         replica,
@@ -1309,12 +1338,14 @@ pub fn drive<S: StateMachine, N: MemberNet>(
         commands: command_rx,
         status: status.clone(),
         changed: changed.clone(),
+        role_changed: role_changed.clone(),
     };
     Ok((
         ReplicaHandle {
             commands,
             status,
             changed,
+            role_changed,
             local_raft_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             stats: Arc::default(),
             _task: None,
@@ -1331,6 +1362,7 @@ struct Driver<S: StateMachine, N: MemberNet> {
     commands: smol::channel::Receiver<Command<S::Output>>,
     status: Arc<Mutex<Arc<Status>>>,
     changed: Arc<event_listener::Event>,
+    role_changed: Arc<event_listener::Event>,
 }
 
 enum Wake<T> {
@@ -1344,11 +1376,15 @@ enum Wake<T> {
 impl<S: StateMachine, N: MemberNet> Driver<S, N> {
     async fn run(mut self) {
         let tick = self.replica.cfg.tick;
-        // The runtime's clock and timer: the simulator's on its thread.
+        // The runtime's clock and timer (the simulator's on its thread).
         let mut next_tick = crate::rt::now() + tick;
+        // One timer for the task's life, moved only when the tick passes:
+        // a fresh timer per wake-up would register and cancel one on
+        // every cycle.
+        let mut ticker = crate::rt::Sleep::until(next_tick);
         loop {
             let wake = async {
-                crate::rt::sleep_until(next_tick).await;
+                (&mut ticker).await;
                 Wake::Tick
             }
             .or(async {
@@ -1392,9 +1428,12 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
                 self.take(w);
             }
             let now = crate::rt::now();
-            while now >= next_tick {
-                self.replica.tick();
-                next_tick += tick;
+            if now >= next_tick {
+                while now >= next_tick {
+                    self.replica.tick();
+                    next_tick += tick;
+                }
+                ticker.reset(next_tick);
             }
             // A cycle can leave another `Ready` behind (what its advance
             // produced): run it now rather than at the next wake, which
@@ -1416,6 +1455,7 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
                 self.replica.fail_all_pending();
                 *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
                 self.changed.notify(usize::MAX);
+                self.role_changed.notify(usize::MAX);
                 self.commands.close();
                 return;
             }
@@ -1469,9 +1509,17 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
         let s = self.replica.status();
         let mut shared = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if **shared != s {
+            let role = shared.role != s.role
+                || shared.term != s.term
+                || shared.leader_id != s.leader_id
+                || shared.leader_client_addr != s.leader_client_addr
+                || shared.stopped != s.stopped;
             *shared = Arc::new(s);
             drop(shared);
             self.changed.notify(usize::MAX);
+            if role {
+                self.role_changed.notify(usize::MAX);
+            }
         }
         Ok(())
     }

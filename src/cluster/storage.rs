@@ -15,7 +15,9 @@
 //! `Durability::Immediate` (an fsync): a `Ready`'s entries and hard state
 //! together, so a crash leaves either all of a cycle's write or none of it.
 //! The replica (`replica.rs`) sends votes and append acknowledgements only
-//! after that write returns.
+//! after that write returns. A change of the commit index alone costs no
+//! transaction: it is kept in memory and stored by the next one (a commit
+//! index lost in a crash is learnt again from the leader).
 //!
 //! Reads never touch the disk: the entries not yet compacted are mirrored
 //! in memory (bounded by the snapshot interval plus the uncommitted cap),
@@ -127,6 +129,11 @@ pub struct LogStore {
     /// Set by `raft::Storage::snapshot` when a follower needs a snapshot
     /// newer than the one kept; the replica takes one after its cycle.
     snapshot_wanted: AtomicBool,
+    /// `hard_state` differs from the stored one in its commit index only:
+    /// the next transaction writes it (spec/cluster.md §2.6 rule 3).
+    commit_unsaved: bool,
+    /// The format version is stored (written with the first transaction).
+    version_stored: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -161,6 +168,8 @@ impl LogStore {
             entries: VecDeque::new(),
             snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
+            commit_unsaved: false,
+            version_stored: AtomicBool::new(false),
         };
         store.load()?;
         store.remove_stray_snapshot_files();
@@ -203,6 +212,7 @@ impl LogStore {
                 if version != FORMAT_VERSION {
                     return Err(StoreError::Format { path, version });
                 }
+                self.version_stored.store(true, Ordering::Relaxed);
             }
         }
         if let Some(b) = get(KEY_HARD_STATE)? {
@@ -359,11 +369,26 @@ impl LogStore {
         let new_last = entries.last().map(|e| e.index).unwrap_or(0);
         // Entries, a term and a vote must be on disk before anything that
         // depends on them leaves; a commit index alone need not (a member
-        // learns it again from the leader), so it rides along with the
-        // next durable write instead of costing an fsync of its own.
-        let durable = !entries.is_empty()
-            || hs.is_some_and(|h| h.term != self.hard_state.term || h.vote != self.hard_state.vote);
-        self.write_as(durable, |w| {
+        // learns it again from the leader), so it costs no transaction of
+        // its own and rides along with the next one.
+        if entries.is_empty() {
+            if let Some(h) = hs {
+                if h.term == self.hard_state.term && h.vote == self.hard_state.vote {
+                    if h.commit != self.hard_state.commit {
+                        self.hard_state.commit = h.commit;
+                        self.commit_unsaved = true;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        // The hard state to store: the cycle's, or the one whose commit
+        // index is still unsaved.
+        let hs = hs
+            .or(self.commit_unsaved.then_some(&self.hard_state))
+            .cloned();
+        let hs = hs.as_ref();
+        self.write(|w| {
             if !entries.is_empty() {
                 let mut log = w.log()?;
                 // Entries past the new last index belong to a log that lost.
@@ -387,6 +412,7 @@ impl LogStore {
         }
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
+            self.commit_unsaved = false;
         }
         Ok(())
     }
@@ -436,6 +462,7 @@ impl LogStore {
         self.entries.clear();
         self.truncated = (meta.index, meta.term);
         self.hard_state = hs;
+        self.commit_unsaved = false;
         self.conf_state = conf;
         self.replace_snapshot(StoredSnapshot {
             meta,
@@ -479,12 +506,19 @@ impl LogStore {
         // before it are only sent to followers, never applied again.
         let conf = meta.get_conf_state().clone();
         let first = self.truncated.0 + 1;
+        // The stored commit index must not stay behind the snapshot: a
+        // restart resumes applying at the snapshot's index, which Raft
+        // requires to be committed.
+        let hs = self.commit_unsaved.then(|| self.hard_state.clone());
         let result = self.write(|w| {
             let mut log = w.log()?;
             for index in first..=compact_to {
                 log.remove(index).map_err(|e| w.err(&e))?;
             }
             drop(log);
+            if let Some(hs) = &hs {
+                w.put(KEY_HARD_STATE, &pb(hs)?)?;
+            }
             w.put(KEY_CONF_STATE, &pb(&conf)?)?;
             w.put(KEY_TRUNCATED, &truncated_bytes(compact_to, compact_term))?;
             w.put(KEY_SNAPSHOT, file.as_bytes())
@@ -492,6 +526,9 @@ impl LogStore {
         if let Err(e) = result {
             let _ = fs::remove_file(self.dir.join(&file));
             return Err(e);
+        }
+        if hs.is_some() {
+            self.commit_unsaved = false;
         }
         let drop_n = (compact_to - self.truncated.0) as usize;
         self.entries.drain(..drop_n);
@@ -600,38 +637,32 @@ impl LogStore {
         Ok(name)
     }
 
-    /// Runs `f` in one write transaction committed durably.
+    /// Runs `f` in one write transaction committed durably
+    /// (`Durability::Immediate`: one fsync).
     fn write(
         &self,
         f: impl FnOnce(&Writer<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.write_as(true, f)
-    }
-
-    /// Runs `f` in one write transaction, committed durably (an fsync)
-    /// when `durable`; otherwise it reaches the disk with the next durable
-    /// commit, and a crash before that loses it.
-    fn write_as(
-        &self,
-        durable: bool,
-        f: impl FnOnce(&Writer<'_>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self
+        let tx = self
             .db
             .begin_write()
             .map_err(|e| classify_db_error(&self.db_path, &e))?;
-        if !durable {
-            tx.set_durability(redb::Durability::None)
-                .map_err(|e| classify_db_error(&self.db_path, &e))?;
-        }
         let w = Writer {
             tx: &tx,
             path: &self.db_path,
         };
         f(&w)?;
-        w.put(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        // Once is enough: every later transaction leaves it in place.
+        let first = !self.version_stored.load(Ordering::Relaxed);
+        if first {
+            w.put(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        }
         tx.commit()
-            .map_err(|e| classify_db_error(&self.db_path, &e))
+            .map_err(|e| classify_db_error(&self.db_path, &e))?;
+        if first {
+            self.version_stored.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 

@@ -63,16 +63,27 @@ fn entries_and_hard_state_survive_reopening() {
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
         s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], Some(&hs(1, 2, 2)))
             .unwrap();
+        // A commit index alone costs no write (spec/cluster.md §2.6 rule
+        // 3): it is kept in memory...
         s.set_commit(3).unwrap();
+        assert_eq!(s.hard_state(), &hs(1, 2, 3));
+    }
+    {
+        let mut s = LogStore::open(&dir.0).unwrap();
+        assert_eq!(s.hard_state(), &hs(1, 2, 2));
+        s.set_commit(3).unwrap();
+        // ...and stored by the next transaction, here entries without a
+        // hard state of their own.
+        s.append(&[entry(4, 1)], None).unwrap();
     }
     let s = LogStore::open(&dir.0).unwrap();
     assert!(s.is_initialized());
-    assert_eq!(indexes(&s, 1, 4), vec![(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(indexes(&s, 1, 5), vec![(1, 1), (2, 1), (3, 1), (4, 1)]);
     assert_eq!(s.hard_state(), &hs(1, 2, 3));
     assert_eq!(s.term(0).unwrap(), 0);
     assert_eq!(s.term(2).unwrap(), 1);
     assert!(matches!(
-        s.term(4),
+        s.term(5),
         Err(raft::Error::Store(raft::StorageError::Unavailable))
     ));
     let e = s.entries(2, 3, None, ctx()).unwrap();
@@ -147,6 +158,25 @@ fn snapshot_meta(index: u64, term: u64, voters: &[u64]) -> SnapshotMetadata {
     meta.term = term;
     meta.mut_conf_state().voters = voters.to_vec();
     meta
+}
+
+#[test]
+fn a_snapshot_stores_a_commit_index_not_yet_written() {
+    // A restart resumes applying at the snapshot's index, which Raft
+    // requires to be committed: the stored commit index must cover it even
+    // when only memory had it.
+    let dir = TempDir::new("snapcommit");
+    {
+        let mut s = LogStore::open(&dir.0).unwrap();
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+        s.append(&ents, Some(&hs(1, 1, 2))).unwrap();
+        s.set_commit(4).unwrap();
+        s.save_snapshot(snapshot_meta(4, 1, &[1]), Bytes::from_static(b"state"), 1)
+            .unwrap();
+    }
+    let s = LogStore::open(&dir.0).unwrap();
+    assert_eq!(s.hard_state(), &hs(1, 1, 4));
+    assert_eq!(s.snapshot_index(), 4);
 }
 
 #[test]

@@ -128,6 +128,48 @@ struct Grant {
     valid_until_ms: u64,
     lease_until_ms: u64,
 }
+/// A member's reply to `call` in the checker's words: `ok FENCE` for a
+/// grant (its token kept in `tokens` under its fence, for the release),
+/// `busy`, `ok`, `not_holder` (the token is not a live holder: the grant
+/// is gone; its token is dropped), `not_leader [ADDR]`, or `error REPLY`
+/// (to an acquire: the session was unknown to the log, or the leader was
+/// too busy; left as unknown). The fault tests and the cluster simulator
+/// both translate with it.
+pub fn translate(
+    tokens: &mut std::collections::HashMap<u64, String>,
+    call: &Call,
+    reply: &str,
+) -> String {
+    let w: Vec<&str> = reply.split(' ').collect();
+    match (call, w.as_slice()) {
+        (Call::Acquire { .. } | Call::Fence, ["ok", token, _lease]) => {
+            match token
+                .get(..16)
+                .and_then(|f| u64::from_str_radix(f, 16).ok())
+            {
+                Some(fence) => {
+                    if matches!(call, Call::Acquire { .. }) {
+                        tokens.insert(fence, token.to_string());
+                    }
+                    format!("ok {fence}")
+                }
+                None => format!("bad grant {reply}"),
+            }
+        }
+        (Call::Acquire { .. } | Call::Fence, ["timeout"]) => "busy".to_owned(),
+        (Call::Release { fence, .. }, ["ok"]) => {
+            tokens.remove(fence);
+            "ok".to_owned()
+        }
+        (Call::Release { fence, .. }, ["error"]) => {
+            tokens.remove(fence);
+            "not_holder".to_owned()
+        }
+        (_, ["error_not_leader"]) => "not_leader".to_owned(),
+        (_, ["error_not_leader", addr]) => format!("not_leader {addr}"),
+        _ => format!("error {reply}"),
+    }
+}
 
 /// The checker's verdict: every violation found, in words.
 pub fn check(h: &History, restore_bound_ms: u64, end_ms: u64) -> Vec<String> {

@@ -356,38 +356,7 @@ impl Client {
         if self.kind == Kind::Toy {
             return reply.to_owned();
         }
-        let w: Vec<&str> = reply.split(' ').collect();
-        match (call, w.as_slice()) {
-            (Call::Acquire { .. } | Call::Fence, ["ok", token, _lease]) => {
-                match token
-                    .get(..16)
-                    .and_then(|f| u64::from_str_radix(f, 16).ok())
-                {
-                    Some(fence) => {
-                        if matches!(call, Call::Acquire { .. }) {
-                            self.tokens.insert(fence, token.to_string());
-                        }
-                        format!("ok {fence}")
-                    }
-                    None => format!("bad grant {reply}"),
-                }
-            }
-            (Call::Acquire { .. } | Call::Fence, ["timeout"]) => "busy".to_owned(),
-            (Call::Release { fence, .. }, ["ok"]) => {
-                self.tokens.remove(fence);
-                "ok".to_owned()
-            }
-            // The token is not a live holder: the grant is gone.
-            (Call::Release { fence, .. }, ["error"]) => {
-                self.tokens.remove(fence);
-                "not_holder".to_owned()
-            }
-            (_, ["error_not_leader"]) => "not_leader".to_owned(),
-            (_, ["error_not_leader", addr]) => format!("not_leader {addr}"),
-            // `error` to an acquire: the session was unknown to the log,
-            // or the leader was too busy; left as unknown.
-            _ => format!("error {reply}"),
-        }
+        history::translate(&mut self.tokens, call, reply)
     }
 
     fn next_member(&mut self) {

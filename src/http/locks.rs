@@ -217,7 +217,6 @@ pub(super) async fn on_session(
     render(engine, op, reply)
 }
 
-/// Renders a protocol reply as an HTTP response (reference §7.5, §7.6).
 /// A grant's JSON body, written directly rather than through a
 /// `serde_json::Value` (a map, its keys and the token as strings: about
 /// ten allocations on every acquire): the bytes `json!` renders, keys in
@@ -227,6 +226,7 @@ fn grant_body(status: &'static str, token: crate::wire::Token, lease_s: u64) -> 
     format!("{{\"lease_ttl_s\":{lease_s},\"status\":\"{status}\",\"token\":\"{token}\"}}\n")
 }
 
+/// Renders a protocol reply as an HTTP response (reference §7.5, §7.6).
 fn render(engine: &Engine, op: Op, reply: Reply) -> Resp {
     let grant = |status: &'static str, token: crate::wire::Token, lease_s: u64| {
         raw_resp(

@@ -913,15 +913,7 @@ fn run_inner(opts: &ClusterOptions, dir: &std::path::Path) -> Result<ClusterRepo
         seed: opts.seed,
         what,
     };
-    let rng = Rc::new(RefCell::new(Rng::new(opts.seed)));
-    let start_ms = 1_000 + rng.borrow_mut().below(1_000_000);
-    let exec = Exec::new(rng.clone(), start_ms);
-    let (late_max_ms, late_per_mille) = {
-        let mut r = rng.borrow_mut();
-        ([0, 2, 10][r.below(3) as usize], r.below(300))
-    };
-    exec.late_max_ms.set(late_max_ms);
-    exec.late_per_mille.set(late_per_mille);
+    let (rng, exec, start_ms) = super::seeded_exec(opts.seed, &[0, 2, 10], 300);
     let net_state = {
         let mut r = rng.borrow_mut();
         NetState {

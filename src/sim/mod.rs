@@ -339,20 +339,34 @@ pub fn run(opts: &Options) -> Result<Report, Failure> {
     out
 }
 
+/// The seed's RNG and a scheduler on it: the clock starts at a drawn
+/// instant, and timers fire late by up to one of `late_max_choices` ms,
+/// for a drawn share (below `late_per_mille_bound` per mille) of them.
+/// The draws, in this order, are the first of every run. Returns the RNG,
+/// the scheduler and the start instant (ms).
+pub(crate) fn seeded_exec(
+    seed: u64,
+    late_max_choices: &[u64],
+    late_per_mille_bound: u64,
+) -> (Rc<RefCell<Rng>>, Rc<Exec>, u64) {
+    let rng = Rc::new(RefCell::new(Rng::new(seed)));
+    let start_ms = 1_000 + rng.borrow_mut().below(1_000_000);
+    let exec = Exec::new(rng.clone(), start_ms);
+    {
+        let mut r = rng.borrow_mut();
+        let late_max_ms = late_max_choices[r.below(late_max_choices.len() as u64) as usize];
+        exec.late_max_ms.set(late_max_ms);
+        exec.late_per_mille.set(r.below(late_per_mille_bound));
+    }
+    (rng, exec, start_ms)
+}
+
 fn run_inner(opts: &Options) -> Result<Report, Failure> {
     let fail = |what: String| Failure {
         seed: opts.seed,
         what,
     };
-    let rng = Rc::new(RefCell::new(Rng::new(opts.seed)));
-    let start_ms = 1_000 + rng.borrow_mut().below(1_000_000);
-    let exec = Exec::new(rng.clone(), start_ms);
-    let (late_max_ms, late_per_mille) = {
-        let mut r = rng.borrow_mut();
-        ([0, 5, 50, 400][r.below(4) as usize], r.below(600))
-    };
-    exec.late_max_ms.set(late_max_ms);
-    exec.late_per_mille.set(late_per_mille);
+    let (rng, exec, start_ms) = seeded_exec(opts.seed, &[0, 5, 50, 400], 600);
     let disk_rng = rng.borrow_mut().fork();
     let fail_per_mille = [0, 20, 150][rng.borrow_mut().below(3) as usize];
     let cfg = {
@@ -402,7 +416,7 @@ fn run_inner(opts: &Options) -> Result<Report, Failure> {
         reserve: [3, 16, 1 << 20][Rng::new(opts.seed ^ 0x5EED_CE11).below(3) as usize],
         quiesce_at: start_ms + opts.duration_ms.saturating_sub(15_000),
         end_at: start_ms + opts.duration_ms,
-        late_max_ms,
+        late_max_ms: exec.late_max_ms.get(),
         cfg,
     });
 

@@ -699,19 +699,16 @@ impl Client {
                     continue;
                 }
             };
-            let mut w = reply.splitn(2, ' ');
-            match (w.next(), w.next()) {
-                (Some("ok"), f) => break Outcome::Ok(f.and_then(|f| f.parse().ok()).unwrap_or(0)),
-                (Some("busy"), _) => break Outcome::Fail("busy".into()),
-                (Some("not_holder"), _) => break Outcome::Fail("not_holder".into()),
-                (Some("not_leader"), hint) => {
+            match history::answer(&reply) {
+                history::Answer::Settled(outcome) => break outcome,
+                history::Answer::NotLeader(hint) => {
                     self.follow(hint);
                     if self.now() >= deadline {
                         break Outcome::Fail("not_leader".into());
                     }
                     sleep_ms(5 + self.rng.below(20)).await;
                 }
-                _ => {
+                history::Answer::Unknown => {
                     self.next_member();
                     break Outcome::Unknown;
                 }

@@ -128,6 +128,33 @@ struct Grant {
     valid_until_ms: u64,
     lease_until_ms: u64,
 }
+/// What a reply in the checker's words (see [`translate`]) means for a
+/// client's call.
+pub enum Answer<'a> {
+    /// Done: `ok` (with the fence of a grant, 0 otherwise), `busy` or
+    /// `not_holder`.
+    Settled(Outcome),
+    /// A definite "not here", with the leader's address when known.
+    NotLeader(Option<&'a str>),
+    /// Anything else: the entry may yet apply.
+    Unknown,
+}
+
+/// Reads a translated reply (the fault tests and the cluster simulator
+/// each then retry their own way).
+pub fn answer(translated: &str) -> Answer<'_> {
+    let mut w = translated.splitn(2, ' ');
+    match (w.next(), w.next()) {
+        (Some("ok"), f) => {
+            Answer::Settled(Outcome::Ok(f.and_then(|f| f.parse().ok()).unwrap_or(0)))
+        }
+        (Some("busy"), _) => Answer::Settled(Outcome::Fail("busy".into())),
+        (Some("not_holder"), _) => Answer::Settled(Outcome::Fail("not_holder".into())),
+        (Some("not_leader"), hint) => Answer::NotLeader(hint),
+        _ => Answer::Unknown,
+    }
+}
+
 /// A member's reply to `call` in the checker's words: `ok FENCE` for a
 /// grant (its token kept in `tokens` under its fence, for the release),
 /// `busy`, `ok`, `not_holder` (the token is not a live holder: the grant

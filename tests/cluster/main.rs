@@ -429,13 +429,10 @@ impl Client {
                     continue;
                 }
             };
-            let mut w = reply.splitn(2, ' ');
-            match (w.next(), w.next()) {
-                (Some("ok"), f) => break Outcome::Ok(f.and_then(|f| f.parse().ok()).unwrap_or(0)),
-                (Some("busy"), _) => break Outcome::Fail("busy".into()),
-                (Some("not_holder"), _) => break Outcome::Fail("not_holder".into()),
+            match history::answer(&reply) {
+                history::Answer::Settled(outcome) => break outcome,
                 // A definite "not here": follow the hint or try the next.
-                (Some("not_leader"), hint) => {
+                history::Answer::NotLeader(hint) => {
                     match hint {
                         Some(addr) if addr != self.target => {
                             self.target = addr.to_owned();
@@ -452,7 +449,7 @@ impl Client {
                 }
                 // `error`: the leader lost the lead with the entry in
                 // flight: it may yet apply.
-                _ => {
+                history::Answer::Unknown => {
                     self.next_member();
                     break Outcome::Unknown;
                 }

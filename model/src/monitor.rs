@@ -455,14 +455,17 @@ impl Monitor {
             Some(c.records.remove(i).2)
         });
         match (record, words) {
-            // Granted while queued and not waited on: told only now.
-            (Some(Record::Queued { .. }), ["ok", token, lease]) if o.blocked_until.is_none() => {
+            // Granted while queued and not waited on: told only now, under
+            // the limit its `e`/`se` gave (a `w` carries none of its own).
+            (Some(Record::Queued { limit, .. }), ["ok", token, lease])
+                if o.blocked_until.is_none() =>
+            {
                 let fence = fence_of(token).unwrap_or(0);
                 if self.fences.contains(&fence) {
                     return self.fail(FENCES_INCREASE, format!("fence {fence} told twice"));
                 }
                 self.fences.push(fence);
-                self.told(now, conn, space, key, o.limit, token, lease);
+                self.told(now, conn, space, key, limit, token, lease);
             }
             (Some(Record::Acquired { token: had }), ["ok", token, lease]) => {
                 match self.lease(space, key, token.as_bytes()) {

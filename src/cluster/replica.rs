@@ -435,12 +435,15 @@ impl<S: StateMachine> Replica<S> {
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
             max_uncommitted_size: cfg.max_uncommitted_bytes,
-            // Not `batch_append`: raft-rs then grows an append still
-            // queued for a member with later entries, and under reordered
-            // and duplicated member messages a follower panicked with a
-            // commit index past its last entry (the cluster simulator's
-            // seed 1001, `tests/sim.rs`). One cycle's proposals already
-            // leave together in one message per member without it.
+            // Not `batch_append`: raft-rs 0.7 then attaches entries to a
+            // queued append that has none without checking its previous
+            // index, so after a progress reset (an unreachable report, a
+            // rejection) in the same `Ready` a follower's answer claims
+            // more than it holds, and the leader commits on that claim
+            // (tests/it/raft_batching.rs shows an entry committed on the
+            // leader's copy alone; the cluster simulator's seed 1001 ended
+            // in a follower's panic from it). One cycle's proposals leave
+            // together in one message per member without it.
             batch_append: false,
             applied,
             ..Default::default()

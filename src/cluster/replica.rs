@@ -8,9 +8,11 @@
 //!   them through a simulated network, crash them between any two steps of
 //!   the cycle and reopen them from disk.
 //! * [`spawn`] runs a `Replica` as one smol task with a [`Transport`]: a
-//!   ticker, the transport's inbox, commands from [`ReplicaHandle`]s. It
-//!   batches whatever arrived together into one cycle, so one fsync covers
-//!   every proposal of a round.
+//!   ticker, the transport's inbox, commands from [`ReplicaHandle`]s, and
+//!   the reports of its [`StorageWorker`], the thread that runs the
+//!   cycles' writes in order. It batches whatever arrived together into
+//!   one cycle, and never waits for an fsync: what arrives during a write
+//!   joins the next cycle, and writes queued together share one fsync.
 //!
 //! The state machine is opaque ([`StateMachine`]): committed normal entries
 //! are applied in log order, each exactly once per incarnation; a snapshot

@@ -11,11 +11,15 @@
 //!   own (magic, version, metadata, data, checksum) written to a temporary
 //!   name, synced, renamed and the directory synced before redb names it.
 //!
-//! Every write is one redb transaction committed with
-//! `Durability::Immediate` (an fsync): a `Ready`'s entries and hard state
-//! together, so a crash leaves either all of a cycle's write or none of it.
-//! The replica (`replica.rs`) sends votes and append acknowledgements only
-//! after that write returns. A change of the commit index alone costs no
+//! A `Ready`'s entries and hard state are staged together
+//! ([`LogStore::stage`]: the mirror shows them at once) and written by
+//! [`DiskWriter::write`], on the member's storage worker, in the order
+//! staged: one redb transaction committed with `Durability::Immediate`
+//! (an fsync) for the writes queued together, so a crash leaves all of a
+//! cycle's write or none of it. The replica (`replica.rs`) sends votes and
+//! append acknowledgements, and tells raft-rs the entries are durable,
+//! only after that write returns. Snapshots are written with no write in
+//! flight. A change of the commit index alone costs no
 //! transaction: it is kept in memory and stored by the next one (a commit
 //! index lost in a crash is learnt again from the leader).
 //!
@@ -33,6 +37,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -113,7 +118,7 @@ impl From<StoreError> for raft::Error {
 pub struct LogStore {
     dir: PathBuf,
     db_path: PathBuf,
-    db: Database,
+    db: Arc<Database>,
     hard_state: HardState,
     /// The configuration as of the snapshot's index (or the bootstrap
     /// voters): a restarted member starts Raft from it and replays the log
@@ -161,7 +166,7 @@ impl LogStore {
         let mut store = LogStore {
             dir: dir.to_path_buf(),
             db_path: db_path.clone(),
-            db,
+            db: Arc::new(db),
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             truncated: (0, 0),
@@ -336,37 +341,52 @@ impl LogStore {
     }
 
     /// Makes a cycle's new entries and hard state durable in one
-    /// transaction (spec/cluster.md §2.5 step 4). Entries may overwrite a
-    /// suffix of the log (a new leader's log wins).
+    /// transaction (spec/cluster.md §2.5 step 4): [`LogStore::stage`],
+    /// then the write on this thread. Entries may overwrite a suffix of
+    /// the log (a new leader's log wins).
     pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
-        if entries.is_empty() && hs.is_none() {
-            return Ok(());
+        match self.stage(entries.to_vec(), hs)? {
+            Some(batch) => self.writer().write(std::slice::from_ref(&batch)),
+            None => Ok(()),
         }
-        let (drop_from, old_last) = match entries.first() {
-            Some(first) => {
-                if first.index <= self.truncated.0 {
-                    return Err(StoreError::Contract(format!(
-                        "append at {} overwrites the compacted log (up to {})",
-                        first.index, self.truncated.0
-                    )));
-                }
-                if first.index > self.last_index_inner() + 1 {
-                    return Err(StoreError::Contract(format!(
-                        "append at {} leaves a gap after {}",
-                        first.index,
-                        self.last_index_inner()
-                    )));
-                }
-                for pair in entries.windows(2) {
-                    if pair[1].index != pair[0].index + 1 {
-                        return Err(StoreError::Contract("entries not consecutive".into()));
-                    }
-                }
-                (first.index, self.last_index_inner())
+    }
+
+    /// Takes a cycle's new entries and hard state into the mirror and
+    /// returns the write that makes them durable, to be run (in order with
+    /// the writes staged before it) by [`DiskWriter::write`]; `None` when
+    /// nothing needs a write (a commit index alone). The mirror shows the
+    /// entries at once: raft-rs reads a `Ready`'s entries from the storage
+    /// as soon as it is handed back (`advance_append_async`), and counts
+    /// them as durable only when told (`on_persist_ready`), which the
+    /// replica does once the write returned.
+    pub fn stage(
+        &mut self,
+        entries: Vec<Entry>,
+        hs: Option<&HardState>,
+    ) -> Result<Option<WriteBatch>, StoreError> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(None);
+        }
+        let old_last = self.last_index_inner();
+        if let Some(first) = entries.first() {
+            if first.index <= self.truncated.0 {
+                return Err(StoreError::Contract(format!(
+                    "append at {} overwrites the compacted log (up to {})",
+                    first.index, self.truncated.0
+                )));
             }
-            None => (u64::MAX, 0),
-        };
-        let new_last = entries.last().map(|e| e.index).unwrap_or(0);
+            if first.index > old_last + 1 {
+                return Err(StoreError::Contract(format!(
+                    "append at {} leaves a gap after {old_last}",
+                    first.index,
+                )));
+            }
+            for pair in entries.windows(2) {
+                if pair[1].index != pair[0].index + 1 {
+                    return Err(StoreError::Contract("entries not consecutive".into()));
+                }
+            }
+        }
         // Entries, a term and a vote must be on disk before anything that
         // depends on them leaves; a commit index alone need not (a member
         // learns it again from the leader), so it costs no transaction of
@@ -378,43 +398,46 @@ impl LogStore {
                         self.hard_state.commit = h.commit;
                         self.commit_unsaved = true;
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
-        // The hard state to store: the cycle's, or the one whose commit
-        // index is still unsaved.
-        let hs = hs
-            .or(self.commit_unsaved.then_some(&self.hard_state))
-            .cloned();
-        let hs = hs.as_ref();
-        self.write(|w| {
-            if !entries.is_empty() {
-                let mut log = w.log()?;
-                // Entries past the new last index belong to a log that lost.
-                for index in drop_from.max(new_last + 1)..=old_last {
-                    log.remove(index).map_err(|e| w.err(&e))?;
-                }
-                for e in entries {
-                    log.insert(e.index, pb(e)?.as_slice())
-                        .map_err(|e| w.err(&e))?;
-                }
+        // Entries past the new last index belong to a log that lost.
+        let remove = match (entries.first(), entries.last()) {
+            (Some(first), Some(last)) => {
+                let from = first.index.max(last.index + 1);
+                (from <= old_last).then_some((from, old_last))
             }
-            if let Some(hs) = hs {
-                w.put(KEY_HARD_STATE, &pb(hs)?)?;
-            }
-            Ok(())
-        })?;
+            _ => None,
+        };
         if let Some(first) = entries.first() {
             let keep = (first.index - self.truncated.0 - 1) as usize;
             self.entries.truncate(keep);
             self.entries.extend(entries.iter().cloned());
         }
-        if let Some(hs) = hs {
-            self.hard_state = hs.clone();
-            self.commit_unsaved = false;
+        // The hard state to store: the cycle's, or the one whose commit
+        // index is still unsaved.
+        if let Some(h) = hs {
+            self.hard_state = h.clone();
         }
-        Ok(())
+        let hs = (hs.is_some() || self.commit_unsaved).then(|| self.hard_state.clone());
+        self.commit_unsaved = false;
+        // Once is enough: every later transaction leaves it in place.
+        let version = !self.version_stored.swap(true, Ordering::Relaxed);
+        Ok(Some(WriteBatch {
+            remove,
+            entries,
+            hs,
+            version,
+        }))
+    }
+
+    /// The writing half of the store, for a thread of its own.
+    pub fn writer(&self) -> DiskWriter {
+        DiskWriter {
+            db: self.db.clone(),
+            path: self.db_path.clone(),
+        }
     }
 
     /// Records a new commit index (spec/cluster.md §2.5 step 6).
@@ -580,6 +603,12 @@ impl LogStore {
         self.entries.len()
     }
 
+    /// Whether `raft::Storage::snapshot` asked for a newer snapshot (the
+    /// request stays).
+    pub fn snapshot_requested(&self) -> bool {
+        self.snapshot_wanted.load(Ordering::Relaxed)
+    }
+
     /// Whether `raft::Storage::snapshot` asked for a newer snapshot since
     /// the last call; clears the request.
     pub fn take_snapshot_request(&self) -> bool {
@@ -663,6 +692,80 @@ impl LogStore {
             self.version_stored.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// One staged write ([`LogStore::stage`]): what a cycle's transaction
+/// does to the database.
+#[derive(Debug)]
+pub struct WriteBatch {
+    /// Entries (an inclusive range of indexes) of a log that lost.
+    remove: Option<(u64, u64)>,
+    entries: Vec<Entry>,
+    hs: Option<HardState>,
+    /// The format version goes with the first transaction.
+    version: bool,
+}
+
+impl WriteBatch {
+    /// Entries it writes.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The database, shared with the thread (or simulated task) that runs
+/// the cycles' writes while the replica goes on (spec/cluster.md §2.5).
+#[derive(Clone)]
+pub struct DiskWriter {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl DiskWriter {
+    /// Runs `batches`, staged in this order, in one transaction committed
+    /// durably (`Durability::Immediate`: one fsync). A crash leaves all of
+    /// them or none: with every earlier transaction, a prefix of the
+    /// staged writes.
+    pub fn write(&self, batches: &[WriteBatch]) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .begin_write()
+            .map_err(|e| classify_db_error(&self.path, &e))?;
+        let w = Writer {
+            tx: &tx,
+            path: &self.path,
+        };
+        {
+            let mut log = w.log()?;
+            let mut state = tx.open_table(STATE).map_err(|e| w.err(&e))?;
+            let mut buf = Vec::new();
+            for b in batches {
+                if let Some((from, to)) = b.remove {
+                    for index in from..=to {
+                        log.remove(index).map_err(|e| w.err(&e))?;
+                    }
+                }
+                for e in &b.entries {
+                    buf.clear();
+                    e.write_to_vec(&mut buf)
+                        .map_err(|e| StoreError::Contract(format!("cannot encode: {e}")))?;
+                    log.insert(e.index, buf.as_slice()).map_err(|e| w.err(&e))?;
+                }
+                if b.version {
+                    state
+                        .insert(KEY_VERSION, FORMAT_VERSION.to_be_bytes().as_slice())
+                        .map_err(|e| w.err(&e))?;
+                }
+            }
+            // Only the last hard state counts.
+            if let Some(hs) = batches.iter().rev().find_map(|b| b.hs.as_ref()) {
+                state
+                    .insert(KEY_HARD_STATE, pb(hs)?.as_slice())
+                    .map_err(|e| w.err(&e))?;
+            }
+        }
+        tx.commit().map_err(|e| classify_db_error(&self.path, &e))
     }
 }
 

@@ -340,23 +340,28 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
 /// few, long-lived and do their own I/O through `async-io`, apart from the
 /// fronts' per-thread runtime.
 ///
-/// Two threads: the replica's task blocks in its cycle's fsync, and the
-/// transport's tasks must meanwhile send the appends that cycle handed
-/// over early (spec/cluster.md §2.5), so that the followers write in
-/// parallel with the leader.
+/// One thread: the replica's writes run on its storage thread
+/// (spec/cluster.md §2.5), so nothing here blocks, and the replica, the
+/// transport and the reactor hand work to each other without waking a
+/// second thread (measured at ten workers: about a quarter less CPU per
+/// entry on a follower, 10% on the leader, than with two threads).
 struct RaftThread {
     stop: smol::channel::Sender<()>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Threads running the member's executor.
-const RAFT_THREADS: usize = 2;
+const RAFT_THREADS: usize = 1;
 
 impl RaftThread {
     fn start(ex: std::sync::Arc<smol::Executor<'static>>) -> Result<RaftThread, StartError> {
         let (stop, stopped) = smol::channel::bounded::<()>(1);
         let mut threads = Vec::new();
-        for i in 0..RAFT_THREADS {
+        let n = std::env::var("DFLOCKD_EXP_RAFT_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RAFT_THREADS);
+        for i in 0..n {
             let (ex, stopped) = (ex.clone(), stopped.clone());
             threads.push(
                 std::thread::Builder::new()

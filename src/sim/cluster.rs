@@ -6,7 +6,8 @@
 //! (`tests/cluster/history.rs`, shared) reads afterwards.
 //!
 //! What runs for real, per member: the replica's driver and `RawNode`
-//! ([`crate::cluster::replica::drive`]), its Raft storage
+//! ([`crate::cluster::replica::drive`]) and its storage worker (a task
+//! here, a thread in the server), its Raft storage
 //! ([`crate::cluster::storage::LogStore`], redb in a directory of its own
 //! under a temporary directory, reopened after a crash), the member
 //! ([`crate::cluster::node::Node`]: sessions, stamps on the replicated
@@ -352,7 +353,7 @@ impl ClusterWorld {
             from: id,
             events: events_tx,
         };
-        let (handle, driver) =
+        let (handle, driver, worker) =
             replica::drive(rcfg, sm, store, net, inbox, events).map_err(|e| e.to_string())?;
         let node = Node::new(
             shared,
@@ -365,6 +366,11 @@ impl ClusterWorld {
             Arc::new(smol::Executor::new()),
         );
         self.exec.spawn(group(inc, u64::from(u32::MAX)), driver);
+        // The storage worker is a task of the member here: its writes run
+        // when the scheduler picks it (so a crash can come with writes
+        // staged and not run), each whole or not at all.
+        self.exec
+            .spawn(group(inc, u64::from(u32::MAX) - 16), worker.run());
         for (k, t) in node.tasks().into_iter().enumerate() {
             self.exec
                 .spawn(group(inc, u64::from(u32::MAX) - 1 - k as u64), t);

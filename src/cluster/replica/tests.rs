@@ -272,10 +272,13 @@ impl Sim {
                     );
                 }
                 Ok(Err(ProposeError::Unknown)) => self.unknown += 1,
+                // The member died with the proposal in flight (its
+                // replica dropped the reply: `Stopped`).
+                Ok(Err(ProposeError::Stopped)) | Err(smol::channel::TryRecvError::Closed) => {
+                    self.unknown += 1
+                }
                 Ok(Err(e)) => panic!("{data:?}: {e}"),
                 Err(smol::channel::TryRecvError::Empty) => still.push((data, rx)),
-                // The member died with the proposal in flight.
-                Err(smol::channel::TryRecvError::Closed) => self.unknown += 1,
             }
         }
         self.waiting = still;

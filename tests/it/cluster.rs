@@ -11,16 +11,9 @@ use dflockd::cluster::Peer;
 use dflockd::config::{ClusterConfig, ClusterSettings};
 use dflockd::server::{spawn, ServerConfig, ServerHandle};
 
-use crate::support::{fence, grant, wait_until, Client};
+use crate::support::{fence, grant, unused_port, wait_until, Client};
 
 const TOKEN: &str = "a-member-token-of-at-least-32-bytes!";
-
-fn free() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// A scratch directory removed when dropped.
 struct Scratch(std::path::PathBuf);
@@ -71,8 +64,8 @@ fn member_config(
 fn new_peer(id: u64) -> Peer {
     Peer {
         id,
-        raft_addr: format!("127.0.0.1:{}", free()),
-        client_addr: format!("127.0.0.1:{}", free()),
+        raft_addr: format!("127.0.0.1:{}", unused_port()),
+        client_addr: format!("127.0.0.1:{}", unused_port()),
     }
 }
 

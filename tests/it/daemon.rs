@@ -189,12 +189,9 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String)
 }
 
 /// A loopback port that was free a moment ago (for `--http-port`, where 0
-/// means "off"). Another process could take it before the daemon binds;
-/// the daemon then fails to start and the test says so.
+/// means "off"), below the ephemeral range (`support::unused_port`).
+/// Another process could still take it before the daemon binds; the
+/// daemon then fails to start and the test says so.
 pub fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-        .to_string()
+    crate::support::unused_port().to_string()
 }

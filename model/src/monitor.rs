@@ -285,9 +285,18 @@ impl Monitor {
                         }
                     };
                     o.blocked_until = Some(now.saturating_add(timeout_s.saturating_mul(1000)));
-                    // A `w` keeps the place its `e` took; an `l` joins now.
-                    let queued = c.records.iter().position(|r| r.0 == space && r.1 == key);
-                    match (&o.op, queued.map(|i| c.records.remove(i).2)) {
+                    // A `w` keeps the place its `e` took (and consumes its
+                    // record); an `l` joins now and leaves a pending `e` of
+                    // the same key where it is, for a later `w`.
+                    let queued = match &o.op {
+                        Op::Wait { .. } => c
+                            .records
+                            .iter()
+                            .position(|r| r.0 == space && r.1 == key)
+                            .map(|i| c.records.remove(i).2),
+                        _ => None,
+                    };
+                    match (&o.op, queued) {
                         (Op::Wait { .. }, Some(Record::Queued { arrival, limit })) => {
                             o.arrival = Some(arrival);
                             o.limit = limit;

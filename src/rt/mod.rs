@@ -28,7 +28,7 @@
 //!   first polls without waiting for a while, since that connection's
 //!   release is due: a hot key's chain of hand-offs then costs no wake-up
 //!   per step. A poll that finds the machine busy (its yield lost the core
-//!   for a time slice) stops all polling for a while ([`QUIET_AFTER`]).
+//!   for a time slice) stops all polling for a while (`QUIET_AFTER`).
 //!
 //! Code that is not on a runtime thread (a test's `block_on`, the fuzz
 //! target, the client library) still works: [`time::Sleep`] falls back to

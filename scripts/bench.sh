@@ -34,6 +34,8 @@
 # ACCEPT=pin|reuseport starts the server with that thread model (DFLOCKD_BENCH_ACCEPT) and
 # THREADS=N with N runtime threads (DFLOCKD_BENCH_THREADS; spec/ARCHITECTURE.md, "The runtime"),
 # SPIN_US=N with runtime threads polling N µs before they sleep (DFLOCKD_BENCH_SPIN_US; 0 = never).
+# HANDOFF_SPIN_US=N with a thread polling N µs after one of its connections was answered on a
+# contended key (DFLOCKD_BENCH_HANDOFF_SPIN_US; 0 = never).
 #
 #   SKIP_TCP=1 SKIP_MEMORY=1 REPEATS=1 scripts/bench.sh   # only the HTTP/client/fan-out part
 #   ONLY_ENGINE=1 BUSY_LOOPS=2 scripts/bench.sh            # only part 6, with two busy loops
@@ -60,6 +62,7 @@ BUSY_LOOPS=${BUSY_LOOPS:-0}
 ACCEPT=${ACCEPT:-}
 THREADS=${THREADS:-}
 SPIN_US=${SPIN_US:-}
+HANDOFF_SPIN_US=${HANDOFF_SPIN_US:-}
 FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-100}
 FANOUT_RATE=${FANOUT_RATE:-1000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -171,6 +174,7 @@ SERVER_PID=""
 # Extra arguments go to the server.
 start_dflockd() {
     DFLOCKD_BENCH_ACCEPT=$ACCEPT DFLOCKD_BENCH_THREADS=$THREADS DFLOCKD_BENCH_SPIN_US=$SPIN_US \
+        DFLOCKD_BENCH_HANDOFF_SPIN_US=$HANDOFF_SPIN_US \
         "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
         >"$WORK/dflockd.log" 2>&1 &
     SERVER_PID=$!
@@ -564,6 +568,7 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     echo
     echo "engine targets (issue #11; one server with --http-port, accept model ${ACCEPT:-default}," \
         "${THREADS:-default} threads, spin ${SPIN_US:-default} µs," \
+        "hand-off spin ${HANDOFF_SPIN_US:-default} µs," \
         "$BUSY_LOOPS busy loops beside it; dflockd and redis runs interleaved;" \
         "load average ${ENG[load0]} before, ${ENG[load1]} after):"
     printf '%-44s %12s %12s %10s %8s\n' check dflockd peer ratio target

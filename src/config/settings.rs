@@ -36,6 +36,12 @@ pub struct ServerConfig {
     /// machine with one core, where a spinning thread would only delay the
     /// one it waits for.
     pub spin: std::time::Duration,
+    /// How long a runtime thread keeps polling without waiting after one
+    /// of its connections was answered on a contended key, its release
+    /// being due ([`crate::rt::Worker::expect`]; default
+    /// [`crate::rt::DEFAULT_HANDOFF_SPIN`], zero: never). Ignored on one
+    /// core, as [`ServerConfig::spin`] is.
+    pub handoff_spin: std::time::Duration,
     /// When set, every connection is TLS (protocol.md §1.1); see [`crate::net::tls::load`].
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Seconds a TLS client has to finish its handshake, on both listeners.
@@ -73,6 +79,7 @@ impl Default for ServerConfig {
             fence_reserve: t::FENCE_RESERVE.int_default(),
             threads: 0,
             spin: crate::rt::DEFAULT_SPIN,
+            handoff_spin: crate::rt::DEFAULT_HANDOFF_SPIN,
             tls: None,
             tls_handshake_timeout_s: t::TLS_HANDSHAKE_TIMEOUT.int_default(),
             http: None,

@@ -27,6 +27,11 @@
 //! again or closes it, so the socket is never written from two places nor
 //! after it is closed.
 //!
+//! A mailbox made on a runtime thread ([`Mailbox::on`]) also tells that
+//! thread when an answer to a blocked request is delivered
+//! ([`crate::rt::Worker::expect`]): the connection's next request is due
+//! soon, and the thread polls for it for a while instead of sleeping.
+//!
 //! The queue is bounded by construction, not by a check: the core sends a
 //! connection at most one deferred reply per blocked request, a connection
 //! has at most one blocked request, and the core stops pushing signals to a
@@ -99,6 +104,10 @@ impl Drop for Lent<'_> {
 #[derive(Default)]
 pub struct Mailbox {
     state: Mutex<State>,
+    /// The runtime thread serving the connection, told when the answer to
+    /// its blocked request is delivered so that it polls for the next
+    /// request instead of sleeping ([`crate::rt::Worker::expect`]).
+    owner: Option<std::sync::Arc<crate::rt::Worker>>,
 }
 
 impl Mailbox {
@@ -106,9 +115,20 @@ impl Mailbox {
         Mailbox::default()
     }
 
+    /// A mailbox for a connection served on the runtime thread `owner`.
+    pub fn on(owner: Option<std::sync::Arc<crate::rt::Worker>>) -> Mailbox {
+        Mailbox {
+            state: Mutex::default(),
+            owner,
+        }
+    }
+
     /// Queues `d` and wakes the receiver; or, for a reply to an owner
     /// that lent its socket, writes it there (see the module docs).
     pub fn push(&self, d: Delivery) {
+        if let (Some(owner), Delivery::Reply(_)) = (&self.owner, &d) {
+            owner.expect();
+        }
         let waker = {
             let mut s = lock(&self.state);
             match (d, s.lent) {

@@ -23,7 +23,12 @@
 //!   (futures-rustls) and hyper (through `http::io`'s adapter) run over them
 //!   unchanged;
 //! * a thread sleeps in `epoll_wait` until its nearest timer
-//!   ([`time::Sleep`]) or an event.
+//!   ([`time::Sleep`]) or an event; but after one of its connections was
+//!   answered by a hand-off on a contended key ([`Worker::expect`]) it
+//!   first polls without waiting for a while, since that connection's
+//!   release is due: a hot key's chain of hand-offs then costs no wake-up
+//!   per step. A poll that finds the machine busy (its yield lost the core
+//!   for a time slice) stops all polling for a while (`QUIET_AFTER`).
 //!
 //! Code that is not on a runtime thread (a test's `block_on`, the fuzz
 //! target, the client library) still works: [`time::Sleep`] falls back to
@@ -78,6 +83,34 @@ pub type Spawn = dyn Fn(BoxTask) + Send + Sync;
 /// (spec/ARCHITECTURE.md, "The runtime", "Spinning before sleeping").
 pub const DEFAULT_SPIN: Duration = Duration::ZERO;
 
+/// How long a runtime thread keeps polling without waiting after one of
+/// its connections was answered by another connection's release (a
+/// hand-off on a contended key): that connection's release is due, and on
+/// a hot key the chain of hand-offs then runs without a wake-up per step.
+/// Nothing is spent while no key is contended (spec/ARCHITECTURE.md, "The
+/// runtime", "Polling while a hand-off is due").
+pub const DEFAULT_HANDOFF_SPIN: Duration = Duration::from_micros(500);
+
+/// A yield of a polling thread that took this long gave the core to
+/// another thread for a time slice (the scheduler's slices are
+/// milliseconds; our own client, woken by a reply, runs for microseconds
+/// before it sleeps again): the machine is busy.
+const YIELDED: Duration = Duration::from_micros(200);
+
+/// How long no thread polls after one found the machine busy.
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Until when (nanoseconds after [`base`]) no runtime thread polls before
+/// sleeping, because one found the machine busy. There, a polling thread
+/// does harm: its yield hands the core to another runnable thread for a
+/// whole time slice, during which it is runnable but not running, so the
+/// request it polls for waits for the slice instead of preempting at once
+/// as a woken sleeper does; and its polling counts against its share of
+/// the core. With two busy loops beside it, polling after a hand-off
+/// halved a hot key's throughput until this stopped it
+/// (spec/ARCHITECTURE.md, "The runtime").
+static QUIET_AFTER: AtomicU64 = AtomicU64::new(0);
+
 /// Tasks run from the local queue before the thread looks at the poller
 /// again, so a busy thread still serves its sockets.
 const RUN_BUDGET: usize = 256;
@@ -106,6 +139,25 @@ pub struct Worker {
     /// How long the thread polls without waiting before it sleeps in the
     /// poller, in nanoseconds (0: never; [`Runtime::set_spin`]).
     spin_ns: AtomicU64,
+    /// Until when (nanoseconds after [`base`]) the thread polls without
+    /// waiting because one of its connections was just answered on a
+    /// contended key and its next request (the release) is due
+    /// ([`Worker::expect`]).
+    expect_until: AtomicU64,
+    /// How long [`Worker::expect`] keeps the thread polling, in
+    /// nanoseconds (0: it does nothing; [`Runtime::set_handoff_spin`]).
+    handoff_spin_ns: AtomicU64,
+}
+
+/// The instant the runtime's nanosecond deadlines count from.
+fn base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// `at` in nanoseconds after [`base`] (0 before it).
+fn nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 thread_local! {
@@ -134,6 +186,8 @@ impl Worker {
             active: Mutex::new(Slab::new()),
             stopping: AtomicBool::new(false),
             spin_ns: AtomicU64::new(0),
+            expect_until: AtomicU64::new(0),
+            handoff_spin_ns: AtomicU64::new(0),
         }))
     }
 
@@ -175,6 +229,23 @@ impl Worker {
         if !self.notified.swap(true, Ordering::SeqCst) {
             let _ = self.poller.notify();
         }
+    }
+
+    /// One of this thread's connections was answered from elsewhere (a
+    /// grant handed off by another connection's release): its next
+    /// request, usually the release, is due soon, so the thread polls
+    /// without waiting for up to the hand-off spin before it sleeps, and
+    /// serves it without a wake-up. Costs nothing when no key is
+    /// contended (spec/ARCHITECTURE.md, "The runtime").
+    pub fn expect(&self) {
+        let ns = self.handoff_spin_ns.load(Ordering::Relaxed);
+        if ns == 0 {
+            return;
+        }
+        let until = nanos(Instant::now()).saturating_add(ns);
+        // A thread asleep now is not woken for this (measured: waking it
+        // cost more than it saved); it polls after the next thing it does.
+        self.expect_until.fetch_max(until, Ordering::Relaxed);
     }
 
     /// Spawns `future` on this thread.
@@ -305,11 +376,17 @@ impl Worker {
     /// injected tasks, or a stop.
     fn spin(&self, events: &mut Vec<reactor::Ready>) -> bool {
         let ns = self.spin_ns.load(Ordering::Relaxed);
-        if ns == 0 {
+        let expect = self.expect_until.load(Ordering::Relaxed);
+        if ns == 0 && expect == 0 {
             return false;
         }
         let start = Instant::now();
-        let mut until = start + Duration::from_nanos(ns);
+        let Some(mut until) = spin_until(start, ns, expect) else {
+            return false;
+        };
+        if nanos(start) < QUIET_AFTER.load(Ordering::Relaxed) {
+            return false;
+        }
         if let Some(at) = self.next_timer() {
             until = until.min(at);
         }
@@ -327,7 +404,17 @@ impl Worker {
             // Hands the core to any other runnable thread (on a machine
             // that is busy, the client this thread waits for): a spin that
             // only burns the time slice measured slower than none at all.
+            let before = Instant::now();
             std::thread::yield_now();
+            let after = Instant::now();
+            if after.saturating_duration_since(before) >= YIELDED {
+                // Another thread had this core for a time slice: the
+                // machine is busy. Polling there does harm (see
+                // `QUIET_AFTER`): sleep, and let no thread of the process
+                // poll for a while.
+                QUIET_AFTER.store(nanos(after + BUSY_BACKOFF), Ordering::Relaxed);
+                return false;
+            }
         }
     }
 
@@ -355,6 +442,19 @@ impl Worker {
         }
         self.injector.close();
     }
+}
+
+/// Until when a thread that goes idle at `start` polls: the plain spin
+/// (`spin_ns` from `start`) or the end of a due hand-off's window
+/// (`expect_until`, nanoseconds after [`base`]), whichever is later;
+/// `None` when neither reaches past `start`.
+fn spin_until(start: Instant, spin_ns: u64, expect_until: u64) -> Option<Instant> {
+    let plain = start + Duration::from_nanos(spin_ns);
+    let until = match expect_until.checked_sub(nanos(start)) {
+        Some(rest) => plain.max(start + Duration::from_nanos(rest)),
+        None => plain,
+    };
+    (until > start).then_some(until)
 }
 
 /// Yields to the thread's sockets and timers: the task runs again only
@@ -453,6 +553,16 @@ impl Runtime {
         let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
         for w in &self.workers {
             w.spin_ns.store(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a thread keeps polling after one of its connections was
+    /// answered on a contended key ([`Worker::expect`]; zero: not at
+    /// all).
+    pub fn set_handoff_spin(&self, spin: Duration) {
+        let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        for w in &self.workers {
+            w.handoff_spin_ns.store(ns, Ordering::Relaxed);
         }
     }
 

@@ -291,3 +291,55 @@ fn a_short_read_before_a_hang_up_still_sees_the_end() {
         rt.join();
     }
 }
+
+#[test]
+fn a_due_hand_off_keeps_an_idle_thread_polling_for_its_window() {
+    let start = base() + Duration::from_secs(1);
+    let at = |d: Duration| nanos(start + d);
+    // Neither a plain spin nor a window: sleep at once.
+    assert_eq!(spin_until(start, 0, 0), None);
+    // A window that already ended: sleep at once.
+    assert_eq!(spin_until(start, 0, at(Duration::ZERO)), None);
+    // A window still open: poll until its end.
+    let end = start + Duration::from_micros(300);
+    assert_eq!(
+        spin_until(start, 0, at(Duration::from_micros(300))),
+        Some(end)
+    );
+    // The plain spin and a window: the later end.
+    assert_eq!(
+        spin_until(start, 50_000, at(Duration::from_micros(300))),
+        Some(end)
+    );
+    assert_eq!(
+        spin_until(start, 500_000, at(Duration::from_micros(300))),
+        Some(start + Duration::from_micros(500))
+    );
+
+    // `expect` opens the window from now, only when a hand-off spin is set,
+    // and never shortens one already open.
+    let w = Worker::new(0, Backend::best()).unwrap();
+    w.expect();
+    assert_eq!(w.expect_until.load(Ordering::Relaxed), 0);
+    w.handoff_spin_ns.store(200_000, Ordering::Relaxed);
+    let before = nanos(Instant::now());
+    w.expect();
+    let until = w.expect_until.load(Ordering::Relaxed);
+    assert!(until >= before + 200_000, "{until} < {before} + 200µs");
+    w.expect_until.store(u64::MAX - 1, Ordering::Relaxed);
+    w.expect();
+    assert_eq!(w.expect_until.load(Ordering::Relaxed), u64::MAX - 1);
+
+    // A connection's mailbox tells its thread of an answer delivered to it
+    // (the grant a release handed off), not of a push.
+    use crate::engine::mailbox::{Delivery, Mailbox};
+    let mb = Mailbox::on(Some(w.clone()));
+    w.expect_until.store(0, Ordering::Relaxed);
+    mb.push(Delivery::Push {
+        channel: crate::wire::Key::new(b"c").unwrap(),
+        payload: std::sync::Arc::from(&b"x"[..]),
+    });
+    assert_eq!(w.expect_until.load(Ordering::Relaxed), 0);
+    mb.push(Delivery::Reply(crate::wire::Reply::Ok));
+    assert!(w.expect_until.load(Ordering::Relaxed) > 0);
+}

@@ -243,6 +243,8 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let spin = bench_spin_us().map_or(cfg.spin, Duration::from_micros);
     if cores > 1 {
         runtime.set_spin(spin);
+        let handoff = bench_handoff_spin_us().map_or(cfg.handoff_spin, Duration::from_micros);
+        runtime.set_handoff_spin(handoff);
     }
     let place = std::sync::Arc::new(Placement {
         mode,
@@ -476,6 +478,18 @@ fn bench_threads() -> Option<usize> {
 /// (only it sets this).
 fn bench_spin_us() -> Option<u64> {
     std::env::var("DFLOCKD_BENCH_SPIN_US")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&n| n <= 10_000)
+}
+
+/// `DFLOCKD_BENCH_HANDOFF_SPIN_US`: how long a runtime thread polls after
+/// one of its connections was answered on a contended key
+/// ([`ServerConfig::handoff_spin`]), for the benchmark comparing them
+/// (only it sets this).
+fn bench_handoff_spin_us() -> Option<u64> {
+    std::env::var("DFLOCKD_BENCH_HANDOFF_SPIN_US")
         .ok()?
         .parse()
         .ok()

@@ -115,7 +115,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     peer: Option<SocketAddr>,
     lendable: Option<RawSocket>,
 ) {
-    let mailbox = Arc::new(Mailbox::new());
+    let mailbox = Arc::new(Mailbox::on(rt::Worker::current()));
     let id = engine.connect(Transport::Tcp, Some(mailbox.clone()));
     let opened = rt::now();
     let peer = Peer(peer);

@@ -477,11 +477,7 @@ fn bench_threads() -> Option<usize> {
 /// sleeps ([`ServerConfig::spin`]), for the benchmark comparing spin times
 /// (only it sets this).
 fn bench_spin_us() -> Option<u64> {
-    std::env::var("DFLOCKD_BENCH_SPIN_US")
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&n| n <= 10_000)
+    bench_us("DFLOCKD_BENCH_SPIN_US")
 }
 
 /// `DFLOCKD_BENCH_HANDOFF_SPIN_US`: how long a runtime thread polls after
@@ -489,7 +485,12 @@ fn bench_spin_us() -> Option<u64> {
 /// ([`ServerConfig::handoff_spin`]), for the benchmark comparing them
 /// (only it sets this).
 fn bench_handoff_spin_us() -> Option<u64> {
-    std::env::var("DFLOCKD_BENCH_HANDOFF_SPIN_US")
+    bench_us("DFLOCKD_BENCH_HANDOFF_SPIN_US")
+}
+
+/// A benchmark's microseconds in `var`, up to 10 ms (anything else: unset).
+fn bench_us(var: &str) -> Option<u64> {
+    std::env::var(var)
         .ok()?
         .parse()
         .ok()

@@ -730,21 +730,20 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// The first half of a cycle: steps 1-3 (the early messages, a
-    /// received snapshot, the committed entries). Returns whether early
-    /// messages were handed over. The caller runs [`Replica::end_cycle`]
-    /// next, with nothing stepped, proposed or ticked in between. A
+    /// received snapshot, the committed entries). The caller runs
+    /// [`Replica::end_cycle`] next, with nothing stepped, proposed or ticked in between. A
     /// received snapshot is installed only with no write in flight: the
     /// caller waits for them first ([`Replica::wants_drain`]).
     pub fn begin_cycle(
         &mut self,
         out: &mut Outbox,
         early: &mut dyn FnMut(Vec<Message>),
-    ) -> Result<bool, ReplicaError> {
+    ) -> Result<(), ReplicaError> {
         debug_assert!(self.in_cycle.is_none(), "a cycle is half done");
         if !self.node.has_ready() {
-            return Ok(false);
+            return Ok(());
         }
-        if self.node.snap().is_some_and(|s| !s.is_empty()) && !self.flights.is_empty() {
+        if self.snapshot_to_install() && !self.flights.is_empty() {
             return Err(ReplicaError::Raft(
                 "a snapshot to install with writes in flight".into(),
             ));
@@ -753,14 +752,13 @@ impl<S: StateMachine> Replica<S> {
         // (1) Messages that may leave before the write: the leader's
         // appends (it counts itself only once its own write is done).
         let first = rd.take_messages();
-        let sent = !first.is_empty();
-        if sent {
+        if !first.is_empty() {
             early(first);
         }
         self.check_crash(CrashPoint::AfterSend)?;
         self.apply_ready(&mut rd, out)?;
         self.in_cycle = Some(rd);
-        Ok(sent)
+        Ok(())
     }
 
     /// The second half: step 4 of the cycle begun by
@@ -778,10 +776,7 @@ impl<S: StateMachine> Replica<S> {
     fn finish_cycle(&mut self) -> Result<(), ReplicaError> {
         self.after_cycle();
         self.check_crash(CrashPoint::AfterAdvance)?;
-        if self.flights.is_empty() {
-            self.maybe_snapshot()?;
-        }
-        Ok(())
+        self.snapshot_if_due()
     }
 
     /// The writes up to `seq` (and every one before it) are durable:
@@ -811,7 +806,12 @@ impl<S: StateMachine> Replica<S> {
     /// from the leader to install, or one of ours to take (both write the
     /// database outside the cycle's order).
     pub fn wants_drain(&self) -> bool {
-        self.node.snap().is_some_and(|s| !s.is_empty()) || self.snapshot_due()
+        self.snapshot_to_install() || self.snapshot_due()
+    }
+
+    /// Whether a snapshot from the leader waits to be installed.
+    fn snapshot_to_install(&self) -> bool {
+        self.node.snap().is_some_and(|s| !s.is_empty())
     }
 
     /// Takes a snapshot if one is due; only with no write in flight.
@@ -1077,16 +1077,15 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
-        let store = self.node.store();
-        let wanted = store.take_snapshot_request();
-        let since = self.applied.saturating_sub(store.snapshot_index());
-        if !(wanted && self.applied > store.snapshot_index()) && since < self.cfg.snapshot_entries {
-            return Ok(());
+        let due = self.snapshot_due();
+        // A request is answered either way: by this snapshot, or by the
+        // one already taken at the applied index.
+        self.node.store().take_snapshot_request();
+        if due {
+            self.take_snapshot()
+        } else {
+            Ok(())
         }
-        if since == 0 {
-            return Ok(());
-        }
-        self.take_snapshot()
     }
 
     /// Snapshots the state machine at its applied index and compacts the

@@ -359,11 +359,7 @@ impl RaftThread {
     fn start(ex: std::sync::Arc<smol::Executor<'static>>) -> Result<RaftThread, StartError> {
         let (stop, stopped) = smol::channel::bounded::<()>(1);
         let mut threads = Vec::new();
-        let n = std::env::var("DFLOCKD_EXP_RAFT_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(RAFT_THREADS);
-        for i in 0..n {
+        for i in 0..RAFT_THREADS {
             let (ex, stopped) = (ex.clone(), stopped.clone());
             threads.push(
                 std::thread::Builder::new()

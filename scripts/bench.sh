@@ -21,7 +21,9 @@
 #      (voluntary + nonvoluntary over every thread in /proc/PID/task, before and after each
 #      run); 10 and 50 workers; --shared-key at 10 workers against own key; --http at 10
 #      workers against the line protocol, and its p99. Ratios are against redis PING_INLINE
-#      rps / 2 with the same client count.
+#      rps / 2 with the same client count. Then the same client against both servers at 1, 10
+#      and 50 workers (dflockd-bench --redis-ping drives redis: two inline PINGs per op), with
+#      each server's context switches per op, so that the clients' difference is not measured.
 #
 # Knobs (environment): BENCH_SECONDS (per run, default 5), REPEATS (median of, default 3),
 # IDLE_CONNS (default 10000), HOLD_LOCKS (default 1000000), SKIP_REDIS=1, DFLOCKD_BIN (another
@@ -470,6 +472,30 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         ENG[$W,redis]=$(median "${theirs[@]}")
     done
 
+    # The same comparison with the client held fixed: dflockd-bench drives redis-server too
+    # (--redis-ping: two inline PINGs per op), so a difference between the two clients is not
+    # what is measured. Context switches of both servers per op, from /proc.
+    for W in 1 10 50; do
+        rounds=$(rounds_for "$W")
+        log "engine, same client, $W workers: $REPEATS x (dflockd, redis --redis-ping) --rounds $rounds"
+        ours=() theirs=() octx=() tctx=()
+        for _ in $(seq 1 "$REPEATS"); do
+            before=$(ctx_switches "$SERVER_PID")
+            ours+=("$(field '/throughput:/' 2 "$(bench --workers "$W" --rounds "$rounds" --warmup 100)")")
+            after=$(ctx_switches "$SERVER_PID")
+            octx+=("$(calc "($after - $before) / (($rounds + 100) * $W)" 3)")
+            before=$(ctx_switches "$REDIS_PID")
+            theirs+=("$(field '/throughput:/' 2 "$(timeout --kill-after=5 "$STEP_TIMEOUT" "$BENCH" \
+                --servers "$HOST:$REDIS_PORT" --redis-ping --workers "$W" --rounds "$rounds" --warmup 100)")")
+            after=$(ctx_switches "$REDIS_PID")
+            tctx+=("$(calc "($after - $before) / (($rounds + 100) * $W)" 3)")
+        done
+        ENG[$W,same]=$(median "${ours[@]}")
+        ENG[$W,sameredis]=$(median "${theirs[@]}")
+        ENG[$W,samectx]=$(median "${octx[@]}")
+        ENG[$W,sameredisctx]=$(median "${tctx[@]}")
+    done
+
     # One hot key against own keys, and HTTP against the line protocol, at 10 workers,
     # interleaved run by run with the own-key line-protocol runs they are compared with.
     rounds=$(rounds_for 10)
@@ -590,4 +616,13 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         "${ENG[own]}" "$(calc "${ENG[http]} / ${ENG[own]}" 3)" 0.7
     printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms (line p99)" "${ENG[http99]}" \
         "${ENG[line99]}" - "≤ 1"
+    echo
+    echo "the same client against both servers (dflockd-bench; --redis-ping for redis: one op = two"
+    echo "PINGs), so the ratio is the servers'; context switches per op of each whole server process:"
+    printf '%-44s %12s %12s %10s %8s\n' check dflockd redis ratio "ctx/op"
+    for W in 1 10 50; do
+        printf '%-44s %12s %12s %10s %8s\n' "$W workers, ops/s, same client" "${ENG[$W,same]}" \
+            "${ENG[$W,sameredis]}" "$(calc "${ENG[$W,same]} / ${ENG[$W,sameredis]}" 3)" \
+            "${ENG[$W,samectx]} / ${ENG[$W,sameredisctx]}"
+    done
 fi

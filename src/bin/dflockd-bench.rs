@@ -8,7 +8,7 @@
 //! of lock ops per connection on distinct keys), `--auth-token`, the choice of I/O engine
 //! (`--io`), and two helpers for memory measurements (`--idle-connections`, `--hold`).
 //!
-//! Three more modes measure other paths to the same core:
+//! More modes measure other paths to the same core:
 //! * `--http ADDR`: the same loop over the HTTP REST front (spec/http.md), one session and one
 //!   keep-alive HTTP/1.1 connection per worker, through a minimal hand-written client
 //!   (`Content-Length` bodies only). Non-2xx answers and acquire timeouts are counted, not fatal.
@@ -17,6 +17,9 @@
 //! * `--client`: the same loop through this crate's client library, `dflockd::client`
 //!   (`--client-api connection` or `lock`), so the library's overhead over the hand-written
 //!   loop is visible.
+//! * `--redis-ping`: the peer through the same loop: each op is two inline `PING` round trips
+//!   to redis-server at `--servers`, so a server is compared with redis with the client held
+//!   fixed (redis-benchmark is a different client, with its own cost per request).
 //! * `--fanout`: signal fan-out (spec/protocol.md §9). `--subscribers` connections `listen` on
 //!   channel `--key`; one publisher sends `signal` for `--duration` seconds, `--pipeline`
 //!   signals in flight, optionally paced by `--rate`. Each payload carries its send time, so

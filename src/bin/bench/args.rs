@@ -103,6 +103,11 @@ struct Args {
     #[argh(switch)]
     client: bool,
 
+    /// peer mode: the same loop against redis-server at --servers, each op two inline PING
+    /// round trips, so that a server is compared with redis through one client
+    #[argh(switch)]
+    redis_ping: bool,
+
     /// client mode: "connection" (one Connection per worker, lock + release on it) or "lock"
     /// (a Lock handle per worker: dial, l, r and close per op) (default connection)
     #[argh(option)]
@@ -222,6 +227,8 @@ pub(crate) enum Driver {
     Etcd { addr: String },
     /// This crate's client library.
     Client(ClientApi),
+    /// redis-server, two inline `PING`s per op (the peer, through the same client).
+    RedisPing,
 }
 
 /// Which layer of `dflockd::client` the client mode measures.
@@ -322,6 +329,7 @@ impl Config {
             ("--http", args.http.is_some()),
             ("--etcd", args.etcd.is_some()),
             ("--client", args.client),
+            ("--redis-ping", args.redis_ping),
             ("--fanout", args.fanout),
             ("--scaling", args.scaling),
             ("--freeze", args.freeze.is_some()),
@@ -419,6 +427,11 @@ impl Config {
                     }
                 } else if args.client {
                     Driver::Client(client_api)
+                } else if args.redis_ping {
+                    if args.shared_key || args.auth_token.is_some() {
+                        return Err("--redis-ping takes no --shared-key or --auth-token".into());
+                    }
+                    Driver::RedisPing
                 } else {
                     Driver::Protocol
                 };
@@ -523,7 +536,14 @@ impl Config {
 /// Accept Go `flag` spellings too (`-workers 5`, `--workers=5`, `-shared-key=true`), since the
 /// upstream tool is a Go program and scripts written for it should run unchanged.
 fn normalize_args(raw: &[String]) -> Result<Vec<String>, String> {
-    const SWITCHES: [&str; 5] = ["shared-key", "client", "fanout", "scaling", "help"];
+    const SWITCHES: [&str; 6] = [
+        "shared-key",
+        "client",
+        "redis-ping",
+        "fanout",
+        "scaling",
+        "help",
+    ];
     let mut out = Vec::with_capacity(raw.len());
     let mut value_expected = false;
     for arg in raw {
@@ -605,6 +625,27 @@ pub(crate) mod tests {
             header(&cfg),
             "bench: 10 workers x 50 rounds (key=\"bench_<id>\", conns/worker=1, unique per-worker keys)"
         );
+    }
+
+    #[test]
+    fn redis_ping_is_the_peer_through_the_same_loop() {
+        let cfg = parse(&["--redis-ping", "--servers", "127.0.0.1:6379"]).unwrap();
+        assert_eq!(
+            cfg.mode,
+            Mode::Bench {
+                driver: Driver::RedisPing
+            }
+        );
+        assert!(header(&cfg).ends_with("redis-server, two inline PINGs per op)"));
+        assert_eq!(parse(&["-redis-ping=true"]).unwrap().mode, cfg.mode);
+        for bad in [
+            &["--redis-ping", "--shared-key"][..],
+            &["--redis-ping", "--auth-token", "t"],
+            &["--redis-ping", "--pipeline", "2"],
+            &["--redis-ping", "--http", "h:1"],
+        ] {
+            assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
+        }
     }
 
     #[test]

@@ -85,6 +85,7 @@ async fn bench_worker<T: Transport>(
     id: usize,
     cfg: &Config,
     gate: &Gate,
+    driver: &Driver,
 ) -> Result<WorkerOutcome, BenchError> {
     let addr = &cfg.servers[id % cfg.servers.len()];
     let mut clients = Vec::with_capacity(cfg.conns_per_worker);
@@ -92,7 +93,13 @@ async fn bench_worker<T: Transport>(
         clients.push(Client::<T>::connect(addr, cfg).await?);
     }
     let mut latencies_ns = Vec::with_capacity(cfg.rounds.max(cfg.warmup));
-    if cfg.pipeline == 1 {
+    if *driver == Driver::RedisPing {
+        let client = &mut clients[0];
+        pings(client, cfg.warmup, &mut latencies_ns).await?;
+        latencies_ns.clear();
+        gate.pass().await;
+        pings(client, cfg.rounds, &mut latencies_ns).await?;
+    } else if cfg.pipeline == 1 {
         let key = cfg.worker_key(id);
         one_at_a_time(&mut clients, &key, cfg, cfg.warmup, &mut latencies_ns).await?;
         latencies_ns.clear();
@@ -139,6 +146,27 @@ async fn one_at_a_time<T: Transport>(
         let line = client.reply().await?;
         if line != b"ok" {
             return Err(unexpected("r", key, line));
+        }
+        latencies_ns.push(elapsed_ns(t0, Instant::now()));
+    }
+    Ok(())
+}
+
+/// `ops` pairs of inline `PING` round trips to redis-server: the peer's cost of two requests,
+/// through the same sockets, buffers and event loop as [`one_at_a_time`].
+async fn pings<T: Transport>(
+    client: &mut Client<T>,
+    ops: usize,
+    latencies_ns: &mut Vec<u64>,
+) -> Result<(), BenchError> {
+    for _ in 0..ops {
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            client.io.write_all(b"PING\r\n").await?;
+            let line = client.reply().await?;
+            if line.strip_suffix(b"\r").unwrap_or(line) != b"+PONG" {
+                return Err(unexpected("PING", "-", line));
+            }
         }
         latencies_ns.push(elapsed_ns(t0, Instant::now()));
     }
@@ -236,7 +264,9 @@ fn worker_on_thread(
     gate: &Gate,
 ) -> Result<WorkerOutcome, BenchError> {
     match driver {
-        Driver::Protocol => future::block_on(bench_worker::<Blocking>(id, cfg, gate)),
+        Driver::Protocol | Driver::RedisPing => {
+            future::block_on(bench_worker::<Blocking>(id, cfg, gate, driver))
+        }
         Driver::Http { addr } => future::block_on(http_worker::<Blocking>(id, cfg, gate, addr)),
         Driver::Etcd { addr } => {
             future::block_on(crate::etcd::etcd_worker::<Blocking>(id, cfg, gate, addr))
@@ -255,7 +285,9 @@ async fn worker_on_loop(
     gate: &Gate,
 ) -> Result<WorkerOutcome, BenchError> {
     match driver {
-        Driver::Protocol => bench_worker::<Evented>(id, cfg, gate).await,
+        Driver::Protocol | Driver::RedisPing => {
+            bench_worker::<Evented>(id, cfg, gate, driver).await
+        }
         Driver::Http { addr } => http_worker::<Evented>(id, cfg, gate, addr).await,
         Driver::Etcd { addr } => crate::etcd::etcd_worker::<Evented>(id, cfg, gate, addr).await,
         Driver::Client(api) => client_worker(id, cfg, gate, *api).await,
@@ -281,7 +313,9 @@ fn spawn_on_runtime(
                 let (cfg, driver, gate) = (Arc::clone(&cfg), driver.clone(), Arc::clone(&gate));
                 runtime.spawn_on(id, async move {
                     let outcome = match driver {
-                        Driver::Protocol => bench_worker::<Looped>(id, &cfg, &gate).await,
+                        Driver::Protocol | Driver::RedisPing => {
+                            bench_worker::<Looped>(id, &cfg, &gate, &driver).await
+                        }
                         Driver::Http { addr } => {
                             http_worker::<Looped>(id, &cfg, &gate, &addr).await
                         }

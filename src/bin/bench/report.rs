@@ -85,6 +85,9 @@ pub(crate) fn header(cfg: &Config) -> String {
         Mode::Bench {
             driver: Driver::Client(api),
         } => mode.push_str(&format!(", client library ({api:?} API)")),
+        Mode::Bench {
+            driver: Driver::RedisPing,
+        } => mode = "redis-server, two inline PINGs per op".to_string(),
         _ => {}
     }
     format!(

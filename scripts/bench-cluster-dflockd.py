@@ -164,6 +164,8 @@ def main():
             log(f"kill {k + 1}: leader {leader}, first grant after {granted * 1000:.0f} ms")
             cluster.start(leader)
             wait_port(cluster.client(leader))
+        if not times:
+            return
         times.sort()
         p99 = times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))]
         print(f"\nfailover, {KILLS} kills of the leader (kill -9 to the first granted l on another"

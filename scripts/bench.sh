@@ -418,6 +418,9 @@ ctx_switches() {
         awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {s += $2} END {print s + 0}'
 }
 
+# CPU time (user + system) of process $1 so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat 2>/dev/null || echo 0; }
+
 # Field $2 of the first line of $3 matching awk pattern $1.
 field() { awk "$1 {gsub(/,/, \"\", \$$2); print \$$2; exit}" <<<"$3"; }
 
@@ -478,22 +481,28 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     for W in 1 10 50; do
         rounds=$(rounds_for "$W")
         log "engine, same client, $W workers: $REPEATS x (dflockd, redis --redis-ping) --rounds $rounds"
-        ours=() theirs=() octx=() tctx=()
+        ours=() theirs=() octx=() tctx=() ocpu=() tcpu=()
+        ops=$(((rounds + 100) * W))
+        tick_us=$(calc "1000000 / $(getconf CLK_TCK)" 3)
         for _ in $(seq 1 "$REPEATS"); do
-            before=$(ctx_switches "$SERVER_PID")
+            before=$(ctx_switches "$SERVER_PID") cpu0=$(cpu_ticks "$SERVER_PID")
             ours+=("$(field '/throughput:/' 2 "$(bench --workers "$W" --rounds "$rounds" --warmup 100)")")
-            after=$(ctx_switches "$SERVER_PID")
-            octx+=("$(calc "($after - $before) / (($rounds + 100) * $W)" 3)")
-            before=$(ctx_switches "$REDIS_PID")
+            after=$(ctx_switches "$SERVER_PID") cpu1=$(cpu_ticks "$SERVER_PID")
+            octx+=("$(calc "($after - $before) / $ops" 3)")
+            ocpu+=("$(calc "($cpu1 - $cpu0) * $tick_us / $ops" 1)")
+            before=$(ctx_switches "$REDIS_PID") cpu0=$(cpu_ticks "$REDIS_PID")
             theirs+=("$(field '/throughput:/' 2 "$(timeout --kill-after=5 "$STEP_TIMEOUT" "$BENCH" \
                 --servers "$HOST:$REDIS_PORT" --redis-ping --workers "$W" --rounds "$rounds" --warmup 100)")")
-            after=$(ctx_switches "$REDIS_PID")
-            tctx+=("$(calc "($after - $before) / (($rounds + 100) * $W)" 3)")
+            after=$(ctx_switches "$REDIS_PID") cpu1=$(cpu_ticks "$REDIS_PID")
+            tctx+=("$(calc "($after - $before) / $ops" 3)")
+            tcpu+=("$(calc "($cpu1 - $cpu0) * $tick_us / $ops" 1)")
         done
         ENG[$W,same]=$(median "${ours[@]}")
         ENG[$W,sameredis]=$(median "${theirs[@]}")
         ENG[$W,samectx]=$(median "${octx[@]}")
         ENG[$W,sameredisctx]=$(median "${tctx[@]}")
+        ENG[$W,samecpu]=$(median "${ocpu[@]}")
+        ENG[$W,samerediscpu]=$(median "${tcpu[@]}")
     done
 
     # One hot key against own keys, and HTTP against the line protocol, at 10 workers,
@@ -618,11 +627,12 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         "${ENG[line99]}" - "≤ 1"
     echo
     echo "the same client against both servers (dflockd-bench; --redis-ping for redis: one op = two"
-    echo "PINGs), so the ratio is the servers'; context switches per op of each whole server process:"
-    printf '%-44s %12s %12s %10s %8s\n' check dflockd redis ratio "ctx/op"
+    echo "PINGs), so the ratio is the servers'; per op, context switches and CPU µs (user + system)"
+    echo "of each whole server process, dflockd / redis:"
+    printf '%-36s %10s %10s %7s %15s %13s\n' check dflockd redis ratio "ctx/op" "CPU µs/op"
     for W in 1 10 50; do
-        printf '%-44s %12s %12s %10s %8s\n' "$W workers, ops/s, same client" "${ENG[$W,same]}" \
+        printf '%-36s %10s %10s %7s %15s %13s\n' "$W workers, ops/s, same client" "${ENG[$W,same]}" \
             "${ENG[$W,sameredis]}" "$(calc "${ENG[$W,same]} / ${ENG[$W,sameredis]}" 3)" \
-            "${ENG[$W,samectx]} / ${ENG[$W,sameredisctx]}"
+            "${ENG[$W,samectx]} / ${ENG[$W,sameredisctx]}" "${ENG[$W,samecpu]} / ${ENG[$W,samerediscpu]}"
     done
 fi

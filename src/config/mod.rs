@@ -412,6 +412,8 @@ pub struct Config {
     pub max_locks: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Runtime threads (`--threads`); 0 = chosen from the core count.
+    pub threads: usize,
     pub max_waiters: usize,
     pub max_subscriptions: usize,
     /// Recent events kept for key views (`--key-events`); 0 = none.
@@ -462,6 +464,7 @@ impl fmt::Debug for Config {
             .field("max_locks", &self.max_locks)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("threads", &self.threads)
             .field("max_waiters", &self.max_waiters)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("key_events", &self.key_events)
@@ -600,6 +603,7 @@ impl Config {
             shutdown_timeout_s: self.shutdown_timeout_s,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            threads: self.threads,
             fence_state_file: self.fence_state_file.clone(),
             fence_reserve: self.fence_reserve,
             tls,

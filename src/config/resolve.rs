@@ -320,6 +320,7 @@ pub(super) fn resolve(
     let (read_timeout_s, _) = r.int(&t::READ_TIMEOUT)?;
     let (write_timeout_s, _) = r.int(&t::WRITE_TIMEOUT)?;
     let (shutdown_timeout_s, _) = r.int(&t::SHUTDOWN_TIMEOUT)?;
+    let (threads, _) = r.count(&t::THREADS)?;
     let auto_release_on_disconnect = r.bool(&t::AUTO_RELEASE_ON_DISCONNECT)?;
 
     let tls_cert = r.path(&t::TLS_CERT)?;
@@ -461,6 +462,7 @@ pub(super) fn resolve(
         max_locks,
         max_connections,
         max_connections_per_ip,
+        threads,
         max_waiters,
         max_subscriptions,
         key_events,

@@ -28,7 +28,8 @@ pub struct ServerConfig {
     /// Fences reserved by each write of the fence state file
     /// (`--fence-reserve`); a write happens once half of them are used.
     pub fence_reserve: u64,
-    /// Executor threads; 0 = one per available core.
+    /// Runtime threads (`--threads`); 0 = one per available core less
+    /// one, at least one ([`crate::server::auto_threads`]).
     pub threads: usize,
     /// How long an idle runtime thread polls its sockets without waiting
     /// before it sleeps in `epoll_wait` ([`crate::rt::Runtime::set_spin`];
@@ -77,7 +78,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: t::MAX_CONNECTIONS_PER_IP.count_default(),
             fence_state_file: None,
             fence_reserve: t::FENCE_RESERVE.int_default(),
-            threads: 0,
+            threads: t::THREADS.count_default(),
             spin: crate::rt::DEFAULT_SPIN,
             handoff_spin: crate::rt::DEFAULT_HANDOFF_SPIN,
             tls: None,

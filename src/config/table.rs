@@ -303,6 +303,19 @@ pub const SHUTDOWN_TIMEOUT: Setting = Setting {
     help: "seconds to wait for connections to finish at shutdown, 0 = forever",
     ..ROW
 };
+pub const THREADS: Setting = Setting {
+    flag: "threads",
+    env: "DFLOCKD_THREADS",
+    kind: Kind::Int {
+        min: 0,
+        max: 1024,
+        rule: "must be between 0 and 1024",
+    },
+    default: Default::Int(0),
+    default_shown: Some("0 (cores - 1, at least 1)"),
+    help: "runtime threads serving connections, each connection on one of them, 1-1024; 0 = one per core less one",
+    ..ROW
+};
 pub const AUTO_RELEASE_ON_DISCONNECT: Setting = Setting {
     flag: "auto-release-on-disconnect",
     env: "DFLOCKD_AUTO_RELEASE_ON_DISCONNECT",
@@ -650,6 +663,7 @@ pub const SETTINGS: &[&Setting] = &[
     &READ_TIMEOUT,
     &WRITE_TIMEOUT,
     &SHUTDOWN_TIMEOUT,
+    &THREADS,
     &AUTO_RELEASE_ON_DISCONNECT,
     &TLS_CERT,
     &TLS_KEY,

@@ -194,10 +194,9 @@ impl Placement {
 /// Binds the listeners and starts the server on its own threads.
 pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let fence = open_fence(&mut cfg)?;
-    let threads_n = match (cfg.threads, bench_threads()) {
-        (0, Some(n)) => n,
-        (0, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        (n, _) => n,
+    let threads_n = match cfg.threads {
+        0 => auto_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => n,
     };
     let mode = accept_mode();
     let listeners_n = match mode {
@@ -458,15 +457,18 @@ fn accept_mode() -> Accept {
     }
 }
 
-/// `DFLOCKD_BENCH_THREADS`: the runtime's thread count for the benchmark
-/// comparing thread models (only it sets this; the server otherwise runs
-/// one thread per core).
-fn bench_threads() -> Option<usize> {
-    std::env::var("DFLOCKD_BENCH_THREADS")
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&n| (1..=1024).contains(&n))
+/// The runtime's thread count when `--threads` is 0: one per core less
+/// one, at least one. A connection is pinned to its thread and no thread
+/// takes another's work, so a runtime thread that loses its core to any
+/// other runnable thread (a client on the same machine, the kernel's
+/// network processing, the Raft threads in cluster mode) stalls every
+/// connection it serves. On the 2-core machine with the client beside the
+/// server, two threads served 10 connections at 0.58 of redis-server's
+/// rate and one thread at 0.92, both driven by the same client
+/// (spec/ARCHITECTURE.md, "The runtime"); leaving a core spare costs at
+/// most one thread's share where the clients are elsewhere.
+pub fn auto_threads(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 /// `DFLOCKD_BENCH_SPIN_US`: how long a runtime thread polls before it
@@ -565,5 +567,19 @@ async fn drain(engine: &Engine, tcp: &TcpFront, timeout_s: u64) {
     if timed_out {
         engine.abort_all();
         tcp.all_closed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auto_threads;
+
+    #[test]
+    fn automatic_thread_count_leaves_a_core_spare() {
+        assert_eq!(auto_threads(0), 1);
+        assert_eq!(auto_threads(1), 1);
+        assert_eq!(auto_threads(2), 1);
+        assert_eq!(auto_threads(3), 2);
+        assert_eq!(auto_threads(64), 63);
     }
 }

@@ -55,10 +55,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use fjall::{KeyspaceCreateOptions, PersistMode};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
-use fjall::{KeyspaceCreateOptions, PersistMode};
 
 /// The database directory inside `--raft-dir`.
 pub const DB_DIR: &str = "raft-log";
@@ -246,11 +246,7 @@ impl LogStore {
         let Some(v) = get(KEY_VERSION)? else {
             // A new database, or one whose first write never completed:
             // nothing else may be there.
-            let empty = self
-                .db
-                .state
-                .first_key_value()
-                .is_none()
+            let empty = self.db.state.first_key_value().is_none()
                 && self.db.log.first_key_value().is_none();
             if !empty {
                 return Err(corrupt("no format version".into()));
@@ -293,7 +289,9 @@ impl LogStore {
         }
         let first = self.truncated.0 + 1;
         for (expect, item) in (first..).zip(self.db.log.range(first.to_be_bytes()..)) {
-            let (k, v) = item.into_inner().map_err(|e| classify_db_error(&path, &e))?;
+            let (k, v) = item
+                .into_inner()
+                .map_err(|e| classify_db_error(&path, &e))?;
             let index = u64::from_be_bytes(
                 k.as_ref()
                     .try_into()

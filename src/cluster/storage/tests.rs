@@ -586,7 +586,8 @@ fn garbage_values_are_typed_errors() {
     {
         let s = LogStore::open(&dir.0).unwrap();
         s.write(|w| {
-            w.batch.insert(&w.db.log, &b"\0\0\0\0\0\0\0\x01x"[..], &b""[..]);
+            w.batch
+                .insert(&w.db.log, &b"\0\0\0\0\0\0\0\x01x"[..], &b""[..]);
             Ok(())
         })
         .unwrap();

@@ -360,10 +360,10 @@ fn journals(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Every file of the database.
-fn db_files(dir: &Path) -> Vec<PathBuf> {
+/// Every file of the store: the database's and the snapshot's.
+fn store_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.join(DB_DIR)];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
@@ -413,34 +413,57 @@ fn a_torn_journal_tail_recovers_the_durable_prefix() {
     let saved = save_db(&dir.0);
     let path = journals(&dir.0).pop().expect("a journal");
     let whole = fs::read(&path).unwrap();
-    let mut lengths: Vec<usize> = (0..64).collect();
-    lengths.extend((64..whole.len()).step_by(whole.len() / 64 + 1));
-    lengths.push(whole.len() - 1);
+    // The journal is preallocated: its records end where the zeros begin.
+    let used = whole.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    assert!(used > 0 && used < whole.len(), "{used} of {}", whole.len());
+    let mut lengths: Vec<usize> = (0..used).step_by(used / 96 + 1).collect();
+    lengths.extend([used - 1, used, whole.len()]);
     let mut kinds = std::collections::BTreeSet::new();
-    for len in lengths {
-        restore_db(&dir.0, &saved);
-        fs::write(&path, &whole[..len]).unwrap();
-        if open_without_panic(&dir.0, &format!("truncating the journal to {len}")) {
+    // A torn write either leaves the file shorter, or (preallocated)
+    // leaves zeros where the rest of the record should be.
+    for zeroed in [false, true] {
+        for &len in &lengths {
+            let torn = if zeroed {
+                let mut t = whole.clone();
+                t[len..].fill(0);
+                t
+            } else {
+                whole[..len].to_vec()
+            };
+            let what = format!("journal torn at {len} (zero-filled: {zeroed})");
             restore_db(&dir.0, &saved);
-            fs::write(&path, &whole[..len]).unwrap();
-            let s = LogStore::open(&dir.0).unwrap();
-            assert!(
-                is_a_durable_prefix(&s),
-                "journal cut to {len}: {:?} {:?}",
-                (s.first_index(), s.last_index()),
-                s.hard_state()
-            );
-            kinds.insert((s.first_index().unwrap(), s.snapshot_index()));
+            fs::write(&path, &torn).unwrap();
+            if open_without_panic(&dir.0, &what) {
+                restore_db(&dir.0, &saved);
+                fs::write(&path, &torn).unwrap();
+                let s = LogStore::open(&dir.0).unwrap();
+                assert!(
+                    is_a_durable_prefix(&s),
+                    "{what}: {:?} {:?}",
+                    (s.first_index(), s.last_index()),
+                    s.hard_state()
+                );
+                kinds.insert((
+                    s.first_index().unwrap(),
+                    s.last_index().unwrap(),
+                    s.snapshot_index(),
+                ));
+            }
         }
     }
-    // The cuts fell inside each batch: each prefix was recovered.
-    assert!(kinds.contains(&(1, 0)), "{kinds:?}");
+    // The tears fell inside each batch: each prefix was recovered (empty,
+    // the entries alone, the entries and the snapshot).
+    for k in [(1, 0, 0), (1, 40, 0), (26, 40, 30)] {
+        assert!(kinds.contains(&k), "{k:?} not among {kinds:?}");
+    }
 }
 
-/// Every file of the database with its bytes, to put back exactly
-/// (opening may rewrite, add or remove files).
+/// Every file of the store with its bytes, to put back exactly (opening
+/// may rewrite, add or remove files: recovery cuts the journal, and a
+/// store that recovered a prefix removes the snapshot file it does not
+/// name).
 fn save_db(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    db_files(dir)
+    store_files(dir)
         .into_iter()
         .map(|p| {
             let b = fs::read(&p).unwrap();
@@ -450,16 +473,16 @@ fn save_db(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn restore_db(dir: &Path, saved: &[(PathBuf, Vec<u8>)]) {
-    fs::remove_dir_all(dir.join(DB_DIR)).unwrap();
+    fs::remove_dir_all(dir).unwrap();
     for (p, b) in saved {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, b).unwrap();
     }
 }
 
-/// Flips bytes across every file of the database (the used part of the
-/// preallocated journal, fjall's manifests, and with `flushed` the tables
-/// the memtables were written to): each open is a typed error or a
+/// Flips bytes across every file of the store (the used part of the
+/// preallocated journal, fjall's manifests, with `flushed` the tables the
+/// memtables were written to, and the snapshot file): each open is a typed error or a
 /// durable prefix, never a panic or an abort.
 fn damage_everywhere(name: &str, flushed: bool) {
     let dir = populated(name);

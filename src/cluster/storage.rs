@@ -146,6 +146,34 @@ impl From<StoreError> for raft::Error {
     }
 }
 
+thread_local! {
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside [`LogStore::open`]'s reading of the
+/// files, where a panic of the storage engine is caught and answered as
+/// [`StoreError::Corrupt`]: the server's panic hook, which aborts on any
+/// other panic (a broken invariant), lets this one unwind.
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(|c| c.get())
+}
+
+/// Sets [`panic_is_contained`] for its lifetime.
+struct Contained;
+
+impl Contained {
+    fn enter() -> Contained {
+        CONTAINED.with(|c| c.set(true));
+        Contained
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        CONTAINED.with(|c| c.set(false));
+    }
+}
+
 /// The durable Raft state of one member.
 pub struct LogStore {
     dir: PathBuf,
@@ -193,7 +221,9 @@ impl LogStore {
         let db_path = dir.join(DB_DIR);
         // fjall checks what it reads with checksums and returns errors, but
         // some of its checks are assertions: a panic while it opens or reads
-        // back the files is the files' fault, answered as damage.
+        // back the files is the files' fault, answered as damage. The flag
+        // tells the server's panic hook not to abort for it.
+        let _contained = Contained::enter();
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let db = Db::open(&db_path)?;
             let mut store = LogStore {

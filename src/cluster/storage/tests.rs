@@ -632,3 +632,24 @@ fn garbage_values_are_typed_errors() {
         Err(StoreError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn a_panic_of_the_engine_on_its_files_is_a_typed_error() {
+    // fjall asserts that every `*.jnl` in its directory is a file: a
+    // directory of that name makes it panic while opening. That is the
+    // directory's damage, answered as such.
+    let dir = populated("engine-panic");
+    fs::create_dir(dir.0.join(DB_DIR).join("99.jnl")).unwrap();
+    assert!(!panic_is_contained());
+    match LogStore::open(&dir.0) {
+        Err(StoreError::Corrupt { path, detail }) => {
+            assert_eq!(path, dir.0.join(DB_DIR));
+            assert!(detail.contains("storage engine"), "{detail}");
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    // The flag is down again once open returns.
+    assert!(!panic_is_contained());
+    fs::remove_dir(dir.0.join(DB_DIR).join("99.jnl")).unwrap();
+    assert!(is_a_durable_prefix(&LogStore::open(&dir.0).unwrap()));
+}

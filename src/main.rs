@@ -55,8 +55,13 @@ fn main() {
 
     // A panic means an invariant of the lock manager broke: stop the whole
     // process rather than keep serving from state that may grant wrongly.
+    // The one exception: the Raft storage engine reading damaged files at
+    // start-up, caught there and answered as a typed error naming the file.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if dflockd::cluster::storage::panic_is_contained() {
+            return;
+        }
         default_hook(info);
         log::error!("internal invariant violated; aborting");
         std::process::abort();

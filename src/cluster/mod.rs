@@ -10,7 +10,7 @@
 //!
 //! Reading order:
 //! 1. [`storage`]: the log, hard state, conf state and snapshots in
-//!    `--raft-dir` (redb), with the fsync rules of spec/cluster.md §2.6.
+//!    `--raft-dir` (fjall), with the fsync rules of spec/cluster.md §2.6.
 //! 2. [`transport`]: authenticated, size-capped TCP (optionally mutual
 //!    TLS) between members; only peer message types reach the library.
 //! 3. [`replica`]: the one task that owns the `RawNode`: ticks, steps,

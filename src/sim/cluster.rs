@@ -8,7 +8,7 @@
 //! What runs for real, per member: the replica's driver and `RawNode`
 //! ([`crate::cluster::replica::drive`]) and its storage worker (a task
 //! here, a thread in the server), its Raft storage
-//! ([`crate::cluster::storage::LogStore`], redb in a directory of its own
+//! ([`crate::cluster::storage::LogStore`], fjall in a directory of its own
 //! under a temporary directory, reopened after a crash), the member
 //! ([`crate::cluster::node::Node`]: sessions, stamps on the replicated
 //! clock, `LeaderStart`, ticks, orphans, `stable-ref`, stepping down) with
@@ -18,7 +18,7 @@
 //! members' network ([`SimNet`]: per-message delay, so reordering, loss,
 //! duplication, cut links), the client connections ([`super::net`]), and
 //! the process faults: a crash drops every task of the member (its
-//! connections reset, its redb database closed; what its cycle had not
+//! connections reset, its fjall database closed; what its cycle had not
 //! written is lost, as the cycle's write is the fsync), a restart reopens
 //! its directory, a pause freezes its tasks past the election timeout.
 //! The Raft transport (TCP, TLS, authentication) does not run here; it has

@@ -637,3 +637,52 @@ fn cluster_mode_is_checked_and_a_bad_raft_dir_stops_the_start() {
         "{stderr}"
     );
 }
+
+/// Raft state the member cannot use stops the start with exit 1 and a
+/// message naming the file (spec/cluster.md §2.6): the database of the
+/// earlier layout (`raft.redb`), and a directory that makes the storage
+/// engine panic while reading it, which is answered as damage instead of
+/// the abort a panic otherwise means.
+#[test]
+fn unusable_raft_state_exits_1_naming_the_file() {
+    use dflockd::cluster::storage::{LogStore, DB_DIR, LEGACY_DB_FILE};
+    let peers = "1=127.0.0.1:21471@127.0.0.1:21461";
+    let token = [(
+        "DFLOCKD_RAFT_AUTH_TOKEN",
+        "0123456789abcdef0123456789abcdef",
+    )];
+    let member = |dir: &str| {
+        [
+            "--port",
+            "0",
+            "--raft-dir",
+            dir,
+            "--node-id",
+            "1",
+            "--raft-addr",
+            "127.0.0.1:21471",
+            "--cluster-peers",
+            peers,
+        ]
+        .map(str::to_owned)
+    };
+    let old = Scratch::new("raft-legacy");
+    std::fs::write(old.0.join(LEGACY_DB_FILE), b"redb").expect("scratch file");
+    let args = member(&old.path(""));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = run_to_exit(&args, &token);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&old.path(LEGACY_DB_FILE)), "{stderr}");
+    assert!(stderr.contains("earlier layout"), "{stderr}");
+
+    let damaged = Scratch::new("raft-engine-panic");
+    drop(LogStore::open(&damaged.0).expect("a new store"));
+    std::fs::create_dir(damaged.0.join(DB_DIR).join("99.jnl")).expect("scratch dir");
+    let args = member(&damaged.path(""));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = run_to_exit(&args, &token);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("damaged Raft state"), "{stderr}");
+    assert!(stderr.contains(&damaged.path(DB_DIR)), "{stderr}");
+    assert!(!stderr.contains("invariant"), "{stderr}");
+}

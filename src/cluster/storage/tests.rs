@@ -342,49 +342,188 @@ fn open_without_panic(dir: &Path, what: &str) -> bool {
     }
 }
 
-#[test]
-fn a_truncated_database_is_a_typed_error() {
-    let dir = populated("trunc-db");
-    let path = dir.0.join(DB_FILE);
-    let whole = fs::read(&path).unwrap();
-    let mut refused = 0;
-    // Every length would take minutes in a debug build; a spread of them,
-    // the very short ones included, covers header, pages and tail.
-    let mut lengths: Vec<usize> = (0..64).collect();
-    lengths.extend((64..whole.len()).step_by(whole.len() / 48 + 1));
-    for len in lengths {
-        fs::write(&path, &whole[..len]).unwrap();
-        if !open_without_panic(&dir.0, &format!("truncating to {len}")) {
-            refused += 1;
+/// The journal files of the database, largest last (the active one).
+fn journals(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![dir.join(DB_DIR)];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "jnl") {
+                out.push(p);
+            }
         }
     }
-    assert!(refused > 0);
+    out.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    out
+}
+
+/// Every file of the store: the database's and the snapshot's.
+fn store_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What `populated` wrote, batch by batch: nothing, the 40 entries, then
+/// the snapshot that compacted them to 26..=40. A store that opens must
+/// show one of these (a prefix of the committed batches), never a mix.
+fn is_a_durable_prefix(s: &LogStore) -> bool {
+    let span = (s.first_index().unwrap(), s.last_index().unwrap());
+    match span {
+        (1, 0) => !s.is_initialized(),
+        (1, 40) => s.hard_state() == &hs(1, 1, 40) && s.snapshot_index() == 0,
+        (26, 40) => s.hard_state() == &hs(1, 1, 40) && s.snapshot_index() == 30,
+        _ => false,
+    }
 }
 
 #[test]
-fn a_damaged_database_is_a_typed_error_or_reads_back_whole() {
-    let dir = populated("flip-db");
-    let path = dir.0.join(DB_FILE);
+fn a_database_file_of_the_earlier_layout_is_refused_by_name() {
+    let dir = TempDir::new("legacy");
+    fs::write(dir.0.join(LEGACY_DB_FILE), b"redb").unwrap();
+    match LogStore::open(&dir.0) {
+        Err(e @ StoreError::Legacy { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(LEGACY_DB_FILE), "{msg}");
+            assert!(msg.contains("does not read"), "{msg}");
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    // Nothing was created beside it.
+    assert!(!dir.0.join(DB_DIR).exists());
+}
+
+#[test]
+fn a_torn_journal_tail_recovers_the_durable_prefix() {
+    let dir = populated("trunc-db");
+    let saved = save_db(&dir.0);
+    let path = journals(&dir.0).pop().expect("a journal");
     let whole = fs::read(&path).unwrap();
+    // The journal is preallocated: its records end where the zeros begin.
+    let used = whole.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    assert!(used > 0 && used < whole.len(), "{used} of {}", whole.len());
+    let mut lengths: Vec<usize> = (0..used).step_by(used / 96 + 1).collect();
+    lengths.extend([used - 1, used, whole.len()]);
+    let mut kinds = std::collections::BTreeSet::new();
+    // A torn write either leaves the file shorter, or (preallocated)
+    // leaves zeros where the rest of the record should be.
+    for zeroed in [false, true] {
+        for &len in &lengths {
+            let torn = if zeroed {
+                let mut t = whole.clone();
+                t[len..].fill(0);
+                t
+            } else {
+                whole[..len].to_vec()
+            };
+            let what = format!("journal torn at {len} (zero-filled: {zeroed})");
+            restore_db(&dir.0, &saved);
+            fs::write(&path, &torn).unwrap();
+            if open_without_panic(&dir.0, &what) {
+                restore_db(&dir.0, &saved);
+                fs::write(&path, &torn).unwrap();
+                let s = LogStore::open(&dir.0).unwrap();
+                assert!(
+                    is_a_durable_prefix(&s),
+                    "{what}: {:?} {:?}",
+                    (s.first_index(), s.last_index()),
+                    s.hard_state()
+                );
+                kinds.insert((
+                    s.first_index().unwrap(),
+                    s.last_index().unwrap(),
+                    s.snapshot_index(),
+                ));
+            }
+        }
+    }
+    // The tears fell inside each batch: each prefix was recovered (empty,
+    // the entries alone, the entries and the snapshot).
+    for k in [(1, 0, 0), (1, 40, 0), (26, 40, 30)] {
+        assert!(kinds.contains(&k), "{k:?} not among {kinds:?}");
+    }
+}
+
+/// Every file of the store with its bytes, to put back exactly (opening
+/// may rewrite, add or remove files: recovery cuts the journal, and a
+/// store that recovered a prefix removes the snapshot file it does not
+/// name).
+fn save_db(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    store_files(dir)
+        .into_iter()
+        .map(|p| {
+            let b = fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+fn restore_db(dir: &Path, saved: &[(PathBuf, Vec<u8>)]) {
+    fs::remove_dir_all(dir).unwrap();
+    for (p, b) in saved {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, b).unwrap();
+    }
+}
+
+/// Flips bytes across every file of the store (the used part of the
+/// preallocated journal, fjall's manifests, with `flushed` the tables the
+/// memtables were written to, and the snapshot file): each open is a typed error or a
+/// durable prefix, never a panic or an abort.
+fn damage_everywhere(name: &str, flushed: bool) {
+    let dir = populated(name);
+    if flushed {
+        let s = LogStore::open(&dir.0).unwrap();
+        s.db.log.rotate_memtable_and_wait().unwrap();
+        s.db.state.rotate_memtable_and_wait().unwrap();
+    }
+    let saved = save_db(&dir.0);
     let mut refused = 0;
-    let step = whole.len() / 96 + 1;
-    for at in (0..whole.len()).step_by(step) {
-        let mut bad = whole.clone();
-        bad[at] ^= 0x5a;
-        fs::write(&path, &bad).unwrap();
-        if open_without_panic(&dir.0, &format!("flipping byte {at}")) {
-            // Opened: the bytes hit unused space, so the contents are
-            // intact (redb checksums every page it uses).
-            let s = LogStore::open(&dir.0).unwrap();
-            assert_eq!(
-                (s.first_index().unwrap(), s.last_index().unwrap()),
-                (26, 40)
-            );
-        } else {
-            refused += 1;
+    for (path, whole) in &saved {
+        // The journal is preallocated: its zeroed tail is not read.
+        let used = whole.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        let step = used / 40 + 1;
+        for at in (0..used).step_by(step) {
+            restore_db(&dir.0, &saved);
+            let mut bad = whole.clone();
+            bad[at] ^= 0x5a;
+            fs::write(path, &bad).unwrap();
+            let what = format!("flipping byte {at} of {}", path.display());
+            if open_without_panic(&dir.0, &what) {
+                restore_db(&dir.0, &saved);
+                fs::write(path, &bad).unwrap();
+                let s = LogStore::open(&dir.0).unwrap();
+                assert!(is_a_durable_prefix(&s), "{what}");
+            } else {
+                refused += 1;
+            }
         }
     }
     assert!(refused > 0, "no damage was detected");
+}
+
+#[test]
+fn a_damaged_journal_is_a_typed_error_or_a_durable_prefix() {
+    damage_everywhere("flip-jnl", false);
+}
+
+#[test]
+fn a_damaged_table_is_a_typed_error_or_a_durable_prefix() {
+    damage_everywhere("flip-tables", true);
 }
 
 #[test]
@@ -420,12 +559,8 @@ fn a_newer_format_is_refused_by_name() {
     {
         let s = LogStore::open(&dir.0).unwrap();
         s.write(|w| w.put(KEY_HARD_STATE, &[])).unwrap();
-        let tx = s.db.begin_write().unwrap();
-        tx.open_table(STATE)
-            .unwrap()
-            .insert(KEY_VERSION, &99u32.to_be_bytes()[..])
+        s.write(|w| w.put(KEY_VERSION, &99u32.to_be_bytes()))
             .unwrap();
-        tx.commit().unwrap();
     }
     match LogStore::open(&dir.0) {
         Err(e @ StoreError::Format { version: 99, .. }) => {
@@ -453,15 +588,14 @@ fn garbage_values_are_typed_errors() {
             "{key}"
         );
     }
-    // A log entry that does not parse, and one filed under the wrong index.
+    // A log entry that does not parse, one filed under the wrong index,
+    // and a key that is not an index.
     for (index, bytes) in [(1u64, vec![0xffu8, 0xff]), (1, pb(&entry(2, 1)).unwrap())] {
         let dir = TempDir::new("garbage-log");
         {
             let s = LogStore::open(&dir.0).unwrap();
             s.write(|w| {
-                w.log()?
-                    .insert(index, bytes.as_slice())
-                    .map_err(|e| w.err(&e))?;
+                w.log_put(index, bytes.clone());
                 Ok(())
             })
             .unwrap();
@@ -471,4 +605,51 @@ fn garbage_values_are_typed_errors() {
             Err(StoreError::Corrupt { .. })
         ));
     }
+    let dir = TempDir::new("garbage-key");
+    {
+        let s = LogStore::open(&dir.0).unwrap();
+        s.write(|w| {
+            w.batch
+                .insert(&w.db.log, &b"\0\0\0\0\0\0\0\x01x"[..], &b""[..]);
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert!(matches!(
+        LogStore::open(&dir.0),
+        Err(StoreError::Corrupt { .. })
+    ));
+    // Values without a format version are not a new database.
+    let dir = TempDir::new("garbage-noversion");
+    {
+        let s = LogStore::open(&dir.0).unwrap();
+        let mut b = s.db.db.batch().durability(Some(PersistMode::SyncData));
+        b.insert(&s.db.state, KEY_HARD_STATE, pb(&hs(1, 1, 0)).unwrap());
+        b.commit().unwrap();
+    }
+    assert!(matches!(
+        LogStore::open(&dir.0),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_panic_of_the_engine_on_its_files_is_a_typed_error() {
+    // fjall asserts that every `*.jnl` in its directory is a file: a
+    // directory of that name makes it panic while opening. That is the
+    // directory's damage, answered as such.
+    let dir = populated("engine-panic");
+    fs::create_dir(dir.0.join(DB_DIR).join("99.jnl")).unwrap();
+    assert!(!panic_is_contained());
+    match LogStore::open(&dir.0) {
+        Err(StoreError::Corrupt { path, detail }) => {
+            assert_eq!(path, dir.0.join(DB_DIR));
+            assert!(detail.contains("storage engine"), "{detail}");
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    // The flag is down again once open returns.
+    assert!(!panic_is_contained());
+    fs::remove_dir(dir.0.join(DB_DIR).join("99.jnl")).unwrap();
+    assert!(is_a_durable_prefix(&LogStore::open(&dir.0).unwrap()));
 }

@@ -312,8 +312,7 @@ pub const THREADS: Setting = Setting {
         rule: "must be between 0 and 1024",
     },
     default: Default::Int(0),
-    default_shown: Some("0 (cores - 1, at least 1)"),
-    help: "runtime threads serving connections, each connection on one of them, 1-1024; 0 = one per core less one",
+    help: "runtime threads serving connections, each connection on one of them, 1-1024, 0 = one per core less one",
     ..ROW
 };
 pub const AUTO_RELEASE_ON_DISCONNECT: Setting = Setting {

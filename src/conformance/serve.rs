@@ -618,19 +618,6 @@ pub fn main(command: &str, args: &[&str]) -> u8 {
             return 2;
         }
     };
-    if let Some(name) = &args.scenario {
-        if let Err(e) = server.start_scenario(name) {
-            eprintln!("{command}: {e}");
-            return 2;
-        }
-    }
-    println!(
-        "main {} peer {} control {}",
-        server.main_addr(),
-        server.peer_addr(),
-        server.control_addr()
-    );
-    let _ = io::stdout().flush();
     let (tx, rx) = mpsc::channel::<String>();
     let again = args.scenario.clone().map(|name| (name, server.starter()));
     server.on_verdict(move |name, verdict| {
@@ -648,6 +635,22 @@ pub fn main(command: &str, args: &[&str]) -> u8 {
         }
         let _ = io::stdout().flush();
     });
+    // The verdict callback is in place before the first run starts: a run
+    // that ended before it was registered would print nothing and start no
+    // next run (a client that connected at once, on a busy machine).
+    if let Some(name) = &args.scenario {
+        if let Err(e) = server.start_scenario(name) {
+            eprintln!("{command}: {e}");
+            return 2;
+        }
+    }
+    println!(
+        "main {} peer {} control {}",
+        server.main_addr(),
+        server.peer_addr(),
+        server.control_addr()
+    );
+    let _ = io::stdout().flush();
     if let Ok(e) = rx.recv() {
         eprintln!("{command}: {e}");
         return 2;

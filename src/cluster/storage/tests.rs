@@ -570,6 +570,20 @@ fn a_newer_format_is_refused_by_name() {
     }
 }
 
+/// Opens a new store in a directory named after `what`, lets `damage`
+/// write to it, and requires the reopened store to be refused as damaged.
+fn refused_after(what: &str, damage: impl FnOnce(&LogStore)) {
+    let dir = TempDir::new(what);
+    {
+        let s = LogStore::open(&dir.0).unwrap();
+        damage(&s);
+    }
+    assert!(
+        matches!(LogStore::open(&dir.0), Err(StoreError::Corrupt { .. })),
+        "{what}"
+    );
+}
+
 #[test]
 fn garbage_values_are_typed_errors() {
     for (key, value) in [
@@ -578,59 +592,35 @@ fn garbage_values_are_typed_errors() {
         (KEY_TRUNCATED, &b"short"[..]),
         (KEY_SNAPSHOT, &b"../etc/passwd"[..]),
     ] {
-        let dir = TempDir::new("garbage");
-        {
-            let s = LogStore::open(&dir.0).unwrap();
+        refused_after(&format!("garbage-{key}"), |s| {
             s.write(|w| w.put(key, value)).unwrap();
-        }
-        assert!(
-            matches!(LogStore::open(&dir.0), Err(StoreError::Corrupt { .. })),
-            "{key}"
-        );
+        });
     }
     // A log entry that does not parse, one filed under the wrong index,
     // and a key that is not an index.
     for (index, bytes) in [(1u64, vec![0xffu8, 0xff]), (1, pb(&entry(2, 1)).unwrap())] {
-        let dir = TempDir::new("garbage-log");
-        {
-            let s = LogStore::open(&dir.0).unwrap();
+        refused_after("garbage-log", |s| {
             s.write(|w| {
                 w.log_put(index, bytes.clone());
                 Ok(())
             })
             .unwrap();
-        }
-        assert!(matches!(
-            LogStore::open(&dir.0),
-            Err(StoreError::Corrupt { .. })
-        ));
+        });
     }
-    let dir = TempDir::new("garbage-key");
-    {
-        let s = LogStore::open(&dir.0).unwrap();
+    refused_after("garbage-key", |s| {
         s.write(|w| {
             w.batch
                 .insert(&w.db.log, &b"\0\0\0\0\0\0\0\x01x"[..], &b""[..]);
             Ok(())
         })
         .unwrap();
-    }
-    assert!(matches!(
-        LogStore::open(&dir.0),
-        Err(StoreError::Corrupt { .. })
-    ));
+    });
     // Values without a format version are not a new database.
-    let dir = TempDir::new("garbage-noversion");
-    {
-        let s = LogStore::open(&dir.0).unwrap();
+    refused_after("garbage-noversion", |s| {
         let mut b = s.db.db.batch().durability(Some(PersistMode::SyncData));
         b.insert(&s.db.state, KEY_HARD_STATE, pb(&hs(1, 1, 0)).unwrap());
         b.commit().unwrap();
-    }
-    assert!(matches!(
-        LogStore::open(&dir.0),
-        Err(StoreError::Corrupt { .. })
-    ));
+    });
 }
 
 #[test]

@@ -404,7 +404,10 @@ impl LogStore {
             voters: voters.to_vec(),
             ..Default::default()
         };
-        self.write(|w| w.put(KEY_CONF_STATE, &pb(&cs)?))?;
+        self.write(|w| {
+            w.put(KEY_CONF_STATE, &pb(&cs)?);
+            Ok(())
+        })?;
         self.conf_state = cs;
         Ok(())
     }
@@ -540,10 +543,11 @@ impl LogStore {
             for index in first..=last {
                 w.log_remove(index);
             }
-            w.put(KEY_HARD_STATE, &pb(&hs)?)?;
-            w.put(KEY_CONF_STATE, &pb(&conf)?)?;
-            w.put(KEY_TRUNCATED, &truncated_bytes(meta.index, meta.term))?;
-            w.put(KEY_SNAPSHOT, file.as_bytes())
+            w.put(KEY_HARD_STATE, &pb(&hs)?);
+            w.put(KEY_CONF_STATE, &pb(&conf)?);
+            w.put(KEY_TRUNCATED, &truncated_bytes(meta.index, meta.term));
+            w.put(KEY_SNAPSHOT, file.as_bytes());
+            Ok(())
         });
         if let Err(e) = result {
             let _ = fs::remove_file(self.dir.join(&file));
@@ -605,11 +609,12 @@ impl LogStore {
                 w.log_remove(index);
             }
             if let Some(hs) = &hs {
-                w.put(KEY_HARD_STATE, &pb(hs)?)?;
+                w.put(KEY_HARD_STATE, &pb(hs)?);
             }
-            w.put(KEY_CONF_STATE, &pb(&conf)?)?;
-            w.put(KEY_TRUNCATED, &truncated_bytes(compact_to, compact_term))?;
-            w.put(KEY_SNAPSHOT, file.as_bytes())
+            w.put(KEY_CONF_STATE, &pb(&conf)?);
+            w.put(KEY_TRUNCATED, &truncated_bytes(compact_to, compact_term));
+            w.put(KEY_SNAPSHOT, file.as_bytes());
+            Ok(())
         });
         if let Err(e) = result {
             let _ = fs::remove_file(self.dir.join(&file));
@@ -737,19 +742,14 @@ impl LogStore {
         &self,
         f: impl FnOnce(&mut Writer<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut w = Writer {
-            batch: self.db.db.batch().durability(Some(PersistMode::SyncData)),
-            db: &self.db,
-        };
+        let mut w = Writer::new(&self.db);
         f(&mut w)?;
         // Once is enough: every later batch leaves it in place.
         let first = !self.version_stored.load(Ordering::Relaxed);
         if first {
-            w.put(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+            w.put_version();
         }
-        w.batch
-            .commit()
-            .map_err(|e| classify_db_error(&self.db_path, &e))?;
+        w.commit(&self.db_path)?;
         if first {
             self.version_stored.store(true, Ordering::Relaxed);
         }
@@ -820,10 +820,7 @@ impl DiskWriter {
     /// `fdatasync`). A crash leaves all of them or none: with every
     /// earlier batch, a prefix of the staged writes.
     pub fn write(&self, batches: &[WriteBatch]) -> Result<(), StoreError> {
-        let mut w = Writer {
-            batch: self.db.db.batch().durability(Some(PersistMode::SyncData)),
-            db: &self.db,
-        };
+        let mut w = Writer::new(&self.db);
         for b in batches {
             if let Some((from, to)) = b.remove {
                 for index in from..=to {
@@ -831,22 +828,17 @@ impl DiskWriter {
                 }
             }
             for e in &b.entries {
-                let bytes = e
-                    .write_to_bytes()
-                    .map_err(|e| StoreError::Contract(format!("cannot encode: {e}")))?;
-                w.log_put(e.index, bytes);
+                w.log_put(e.index, pb(e)?);
             }
             if b.version {
-                w.put(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                w.put_version();
             }
         }
         // Only the last hard state counts.
         if let Some(hs) = batches.iter().rev().find_map(|b| b.hs.as_ref()) {
-            w.put(KEY_HARD_STATE, &pb(hs)?)?;
+            w.put(KEY_HARD_STATE, &pb(hs)?);
         }
-        w.batch
-            .commit()
-            .map_err(|e| classify_db_error(&self.path, &e))
+        w.commit(&self.path)
     }
 }
 
@@ -856,10 +848,26 @@ struct Writer<'a> {
     db: &'a Db,
 }
 
-impl Writer<'_> {
-    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+impl<'a> Writer<'a> {
+    /// A batch to be committed durably (`PersistMode::SyncData`: one
+    /// journal append, one `fdatasync`).
+    fn new(db: &'a Db) -> Writer<'a> {
+        Writer {
+            batch: db.db.batch().durability(Some(PersistMode::SyncData)),
+            db,
+        }
+    }
+
+    fn commit(self, path: &Path) -> Result<(), StoreError> {
+        self.batch.commit().map_err(|e| classify_db_error(path, &e))
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) {
         self.batch.insert(&self.db.state, key, value);
-        Ok(())
+    }
+
+    fn put_version(&mut self) {
+        self.put(KEY_VERSION, &FORMAT_VERSION.to_be_bytes());
     }
 
     fn log_put(&mut self, index: u64, bytes: Vec<u8>) {

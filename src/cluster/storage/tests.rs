@@ -344,18 +344,8 @@ fn open_without_panic(dir: &Path, what: &str) -> bool {
 
 /// The journal files of the database, largest last (the active one).
 fn journals(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![dir.join(DB_DIR)];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jnl") {
-                out.push(p);
-            }
-        }
-    }
+    let mut out = store_files(&dir.join(DB_DIR));
+    out.retain(|p| p.extension().is_some_and(|x| x == "jnl"));
     out.sort_by_key(|p| fs::metadata(p).unwrap().len());
     out
 }
@@ -558,9 +548,17 @@ fn a_newer_format_is_refused_by_name() {
     let dir = TempDir::new("format");
     {
         let s = LogStore::open(&dir.0).unwrap();
-        s.write(|w| w.put(KEY_HARD_STATE, &[])).unwrap();
-        s.write(|w| w.put(KEY_VERSION, &99u32.to_be_bytes()))
-            .unwrap();
+        // The first write stores the format version; the second replaces it.
+        s.write(|w| {
+            w.put(KEY_HARD_STATE, &[]);
+            Ok(())
+        })
+        .unwrap();
+        s.write(|w| {
+            w.put(KEY_VERSION, &99u32.to_be_bytes());
+            Ok(())
+        })
+        .unwrap();
     }
     match LogStore::open(&dir.0) {
         Err(e @ StoreError::Format { version: 99, .. }) => {
@@ -593,7 +591,11 @@ fn garbage_values_are_typed_errors() {
         (KEY_SNAPSHOT, &b"../etc/passwd"[..]),
     ] {
         refused_after(&format!("garbage-{key}"), |s| {
-            s.write(|w| w.put(key, value)).unwrap();
+            s.write(|w| {
+                w.put(key, value);
+                Ok(())
+            })
+            .unwrap();
         });
     }
     // A log entry that does not parse, one filed under the wrong index,
@@ -617,9 +619,10 @@ fn garbage_values_are_typed_errors() {
     });
     // Values without a format version are not a new database.
     refused_after("garbage-noversion", |s| {
-        let mut b = s.db.db.batch().durability(Some(PersistMode::SyncData));
-        b.insert(&s.db.state, KEY_HARD_STATE, pb(&hs(1, 1, 0)).unwrap());
-        b.commit().unwrap();
+        // A batch of its own: `LogStore::write` would add the version.
+        let mut w = Writer::new(&s.db);
+        w.put(KEY_HARD_STATE, &pb(&hs(1, 1, 0)).unwrap());
+        w.commit(&s.db_path).unwrap();
     });
 }
 

@@ -23,7 +23,8 @@
 #      workers against the line protocol, and its p99. Ratios are against redis PING_INLINE
 #      rps / 2 with the same client count. Then the same client against both servers at 1, 10
 #      and 50 workers (dflockd-bench --redis-ping drives redis: two inline PINGs per op), with
-#      each server's context switches per op, so that the clients' difference is not measured.
+#      each server's context switches and CPU time per op, so that the clients' difference is
+#      not measured.
 #
 # Knobs (environment): BENCH_SECONDS (per run, default 5), REPEATS (median of, default 3),
 # IDLE_CONNS (default 10000), HOLD_LOCKS (default 1000000), SKIP_REDIS=1, DFLOCKD_BIN (another
@@ -477,13 +478,13 @@ if [[ $SKIP_ENGINE != 1 ]]; then
 
     # The same comparison with the client held fixed: dflockd-bench drives redis-server too
     # (--redis-ping: two inline PINGs per op), so a difference between the two clients is not
-    # what is measured. Context switches of both servers per op, from /proc.
+    # what is measured. Context switches and CPU time of both servers per op, from /proc.
+    tick_us=$(calc "1000000 / $(getconf CLK_TCK)" 3)
     for W in 1 10 50; do
         rounds=$(rounds_for "$W")
         log "engine, same client, $W workers: $REPEATS x (dflockd, redis --redis-ping) --rounds $rounds"
         ours=() theirs=() octx=() tctx=() ocpu=() tcpu=()
         ops=$(((rounds + 100) * W))
-        tick_us=$(calc "1000000 / $(getconf CLK_TCK)" 3)
         for _ in $(seq 1 "$REPEATS"); do
             before=$(ctx_switches "$SERVER_PID") cpu0=$(cpu_ticks "$SERVER_PID")
             ours+=("$(field '/throughput:/' 2 "$(bench --workers "$W" --rounds "$rounds" --warmup 100)")")

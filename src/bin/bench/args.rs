@@ -440,7 +440,10 @@ impl Config {
                 }
                 let one_connection = matches!(
                     driver,
-                    Driver::Http { .. } | Driver::Etcd { .. } | Driver::Client(ClientApi::Lock)
+                    Driver::Http { .. }
+                        | Driver::Etcd { .. }
+                        | Driver::Client(ClientApi::Lock)
+                        | Driver::RedisPing
                 );
                 if one_connection && conns_per_worker > 1 {
                     return Err(
@@ -643,6 +646,7 @@ pub(crate) mod tests {
             &["--redis-ping", "--auth-token", "t"],
             &["--redis-ping", "--pipeline", "2"],
             &["--redis-ping", "--http", "h:1"],
+            &["--redis-ping", "--connections", "2"],
         ] {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
         }

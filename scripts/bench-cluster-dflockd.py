@@ -7,8 +7,14 @@ it follows again. Prints median and p99.
 
 Every process is started here and stopped by its PID (Popen.kill / terminate).
 Knobs (environment): TARGET (cargo target dir), BASE_PORT (default 24700), BENCH_SECONDS
-(default 4), KILLS (default 20), WORKERS (default "1 10 50").
+(default 4), KILLS (default 20), WORKERS (default "1 10 50"), DFLOCKD_BIN and
+DFLOCKD_BENCH_BIN (binaries other than TARGET's, to compare builds), SINGLE (0: skip the
+single node).
+
+For the cluster it also prints, per member, the CPU time (utime + stime of /proc/PID/stat)
+per committed entry (the commit index's growth, from `stats`) over the measured run.
 """
+import json
 import os
 import shutil
 import socket
@@ -19,8 +25,10 @@ import tempfile
 import time
 
 TARGET = os.environ.get("TARGET", "target")
-BIN = os.path.join(TARGET, "release", "dflockd")
-BENCH = os.path.join(TARGET, "release", "dflockd-bench")
+BIN = os.environ.get("DFLOCKD_BIN") or os.path.join(TARGET, "release", "dflockd")
+BENCH = os.environ.get("DFLOCKD_BENCH_BIN") or os.path.join(TARGET, "release", "dflockd-bench")
+SINGLE = os.environ.get("SINGLE", "1") != "0"
+TICK = os.sysconf("SC_CLK_TCK")
 BASE = int(os.environ.get("BASE_PORT", "24700"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
 KILLS = int(os.environ.get("KILLS", "20"))
@@ -76,7 +84,21 @@ def stop(p):
         p.wait()
 
 
-def bench(addr, workers):
+def cpu_ticks(p):
+    """utime + stime of process p, in clock ticks."""
+    with open(f"/proc/{p.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def commit_index(addr):
+    r = request(addr, "stats", "_", "", 2.0)
+    if not r or "{" not in r:
+        return None
+    return json.loads(r[r.index("{"):])["cluster"]["commit_index"]
+
+
+def bench(addr, workers, cluster=None):
     def run(rounds):
         out = subprocess.run(
             [BENCH, "--servers", addr, "--workers", str(workers), "--rounds", str(rounds),
@@ -87,8 +109,19 @@ def bench(addr, workers):
         return ops, errs
     probe, _ = run(max(20, 200 // workers))
     rounds = max(20, int(probe * SECONDS / workers))
+    if cluster is None:
+        ops, errs = run(rounds)
+        return ops, errs, rounds, ""
+    before = {i: (cpu_ticks(p), commit_index(cluster.client(i))) for i, p in cluster.members.items()}
     ops, errs = run(rounds)
-    return ops, errs, rounds
+    after = {i: (cpu_ticks(p), commit_index(cluster.client(i))) for i, p in cluster.members.items()}
+    per = []
+    for i in sorted(before):
+        entries = (after[i][1] or 0) - (before[i][1] or 0)
+        us = (after[i][0] - before[i][0]) * 1e6 / TICK / max(1, entries)
+        per.append(f"{i}:{us:.0f}")
+    total = sum(float(x.split(":")[1]) for x in per)
+    return ops, errs, rounds, f"CPU us/entry {' '.join(per)} sum {total:.0f}"
 
 
 class Cluster:
@@ -128,21 +161,23 @@ def main():
             raise SystemExit(f"{b} is missing: cargo build --release --bin dflockd --bin dflockd-bench")
     work = tempfile.mkdtemp(prefix="dflockd-bench-cluster-")
     try:
-        single = start(["--host", HOST, "--port", str(BASE)])
-        wait_port(f"{HOST}:{BASE}")
         results = {}
-        for w in WORKERS:
-            results[("single", w)] = bench(f"{HOST}:{BASE}", w)
-        stop(single)
+        if SINGLE:
+            single = start(["--host", HOST, "--port", str(BASE)])
+            wait_port(f"{HOST}:{BASE}")
+            for w in WORKERS:
+                results[("single", w)] = bench(f"{HOST}:{BASE}", w)
+            stop(single)
         cluster = Cluster(work)
         leader = cluster.leader()
         for w in WORKERS:
-            results[("cluster", w)] = bench(cluster.client(leader), w)
+            results[("cluster", w)] = bench(cluster.client(leader), w, cluster)
         print("\ndflockd on loopback, same run (dflockd-bench over TCP, one op = l + r):")
         for w in WORKERS:
-            s, c = results[("single", w)], results[("cluster", w)]
-            print(f"  {w:>3} workers: single node {s[0]:>9.1f} ops/s   3-member cluster (leader) "
-                  f"{c[0]:>9.1f} ops/s   ({c[1].strip()}; rounds {c[2]})")
+            s, c = results.get(("single", w)), results[("cluster", w)]
+            single_text = f"single node {s[0]:>9.1f} ops/s   " if s else ""
+            print(f"  {w:>3} workers: {single_text}3-member cluster (leader {leader}) "
+                  f"{c[0]:>9.1f} ops/s   ({c[1].strip()}; rounds {c[2]}; {c[3]})")
         # Failover.
         times = []
         for k in range(KILLS):

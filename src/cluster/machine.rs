@@ -74,14 +74,22 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// The entry in the log's current layout ([`codec`]: binary).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("entries serialize")
+        codec::encode(self)
     }
 
     /// Decodes a committed entry (written by a member; see
-    /// `crate::engine::Input` on trusting it).
-    pub fn decode(bytes: &[u8]) -> Result<LogEntry, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    /// `crate::engine::Input` on trusting it), in the binary layout or as
+    /// an earlier release's JSON.
+    pub fn decode(bytes: &[u8]) -> Result<LogEntry, codec::DecodeError> {
+        codec::decode(bytes)
+    }
+
+    /// The entry as JSON, the layout before the binary one (tests of
+    /// reading an earlier release's log).
+    pub fn encode_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("entries serialize")
     }
 }
 
@@ -494,6 +502,8 @@ impl Machine {
             .map_or_else(|| "{}".to_owned(), Core::stats_json)
     }
 }
+
+pub mod codec;
 
 #[cfg(test)]
 mod tests;

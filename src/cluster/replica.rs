@@ -403,6 +403,11 @@ pub struct Replica<S: StateMachine> {
     crash_at: Option<CrashPoint>,
     /// A cycle between its two halves ([`Replica::begin_cycle`]).
     in_cycle: Option<raft::Ready>,
+    /// The committed entries of a cycle whose write is staged, to apply
+    /// in its last step ([`Replica::apply_cycle`]).
+    to_apply: Vec<Entry>,
+    /// Whether a cycle's write was staged and its entries not yet applied.
+    staged_cycle: bool,
     /// `Ready`s handed back whose writes are not all done, in order.
     flights: VecDeque<Flight>,
     /// The sequence number of the last write staged.
@@ -492,6 +497,8 @@ impl<S: StateMachine> Replica<S> {
             snapshots_installed: 0,
             crash_at: None,
             in_cycle: None,
+            to_apply: Vec::new(),
+            staged_cycle: false,
             flights: VecDeque::new(),
             staged: 0,
         })
@@ -711,10 +718,9 @@ impl<S: StateMachine> Replica<S> {
         early: &mut dyn FnMut(Vec<Message>),
     ) -> Result<(), ReplicaError> {
         for _ in 0..8 {
-            self.begin_cycle(out, early)?;
-            if let Some(rd) = self.in_cycle.take() {
-                self.persist_ready(rd, out)?;
-            }
+            self.begin_cycle(early)?;
+            self.stage_cycle(out)?;
+            self.apply_cycle(out)?;
             let writes = std::mem::take(&mut out.writes);
             if let Some(&(last, _)) = writes.last() {
                 let batches: Vec<WriteBatch> = writes.into_iter().map(|(_, b)| b).collect();
@@ -729,16 +735,14 @@ impl<S: StateMachine> Replica<S> {
         Ok(())
     }
 
-    /// The first half of a cycle: steps 1-3 (the early messages, a
-    /// received snapshot, the committed entries). The caller runs
-    /// [`Replica::end_cycle`] next, with nothing stepped, proposed or ticked in between. A
-    /// received snapshot is installed only with no write in flight: the
-    /// caller waits for them first ([`Replica::wants_drain`]).
-    pub fn begin_cycle(
-        &mut self,
-        out: &mut Outbox,
-        early: &mut dyn FnMut(Vec<Message>),
-    ) -> Result<(), ReplicaError> {
+    /// The first part of a cycle: step 1, the messages that may leave
+    /// before the write (handed to `early`). The caller runs
+    /// [`Replica::stage_cycle`], [`Replica::apply_cycle`] and
+    /// [`Replica::end_cycle`] next, in that order, with nothing stepped,
+    /// proposed or ticked in between. A received snapshot is installed
+    /// only with no write in flight: the caller waits for them first
+    /// ([`Replica::wants_drain`]).
+    pub fn begin_cycle(&mut self, early: &mut dyn FnMut(Vec<Message>)) -> Result<(), ReplicaError> {
         debug_assert!(self.in_cycle.is_none(), "a cycle is half done");
         if !self.node.has_ready() {
             return Ok(());
@@ -756,20 +760,46 @@ impl<S: StateMachine> Replica<S> {
             early(first);
         }
         self.check_crash(CrashPoint::AfterSend)?;
-        self.apply_ready(&mut rd, out)?;
         self.in_cycle = Some(rd);
         Ok(())
     }
 
-    /// The second half: step 4 of the cycle begun by
-    /// [`Replica::begin_cycle`] (if any): its write is staged in
-    /// `out.writes`, for the caller to run in order and report with
-    /// [`Replica::on_written`]; votes and acknowledgements wait for it.
-    /// Then a snapshot, if one is due and no write is in flight.
-    pub fn end_cycle(&mut self, out: &mut Outbox) -> Result<(), ReplicaError> {
-        if let Some(rd) = self.in_cycle.take() {
-            self.persist_ready(rd, out)?;
+    /// The second part of the cycle begun by [`Replica::begin_cycle`] (if
+    /// any): a received snapshot (step 2), then the write of the new
+    /// entries and hard state staged in `out.writes` (step 4), for the
+    /// caller to run in order and report with [`Replica::on_written`];
+    /// votes and acknowledgements wait for it. The committed entries
+    /// (step 3) are kept for [`Replica::apply_cycle`].
+    pub fn stage_cycle(&mut self, out: &mut Outbox) -> Result<(), ReplicaError> {
+        let Some(mut rd) = self.in_cycle.take() else {
+            return Ok(());
+        };
+        self.staged_cycle = true;
+        self.install_ready_snapshot(&mut rd, out)?;
+        self.to_apply = rd.take_committed_entries();
+        self.persist_ready(rd, out)
+    }
+
+    /// The third part: step 3, the committed entries applied in order.
+    /// They apply after the cycle's write is staged, so that the caller
+    /// can hand the write to the storage worker first: the fsync, the
+    /// longest step, starts while they apply (they are committed, so no
+    /// rule orders their applying against this write).
+    pub fn apply_cycle(&mut self, out: &mut Outbox) -> Result<(), ReplicaError> {
+        if !std::mem::take(&mut self.staged_cycle) {
+            return Ok(());
         }
+        let committed = std::mem::take(&mut self.to_apply);
+        self.apply_entries(committed, out)?;
+        self.check_crash(CrashPoint::AfterApply)?;
+        // The committed entries of the last `Ready` are applied.
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    /// The end of a cycle: the role's changes, then a snapshot if one is
+    /// due and no write is in flight.
+    pub fn end_cycle(&mut self) -> Result<(), ReplicaError> {
         self.finish_cycle()
     }
 
@@ -827,8 +857,12 @@ impl<S: StateMachine> Replica<S> {
         self.node.store().writer()
     }
 
-    /// Steps 2 and 3 of a cycle.
-    fn apply_ready(&mut self, rd: &mut raft::Ready, out: &mut Outbox) -> Result<(), ReplicaError> {
+    /// Step 2 of a cycle.
+    fn install_ready_snapshot(
+        &mut self,
+        rd: &mut raft::Ready,
+        out: &mut Outbox,
+    ) -> Result<(), ReplicaError> {
         // (2) A snapshot from the leader replaces the state machine.
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
@@ -843,10 +877,6 @@ impl<S: StateMachine> Replica<S> {
             self.fail_pending_up_to(meta.index);
             self.check_crash(CrashPoint::AfterSnapshot)?;
         }
-        // (3) Committed entries, in order.
-        let committed = rd.take_committed_entries();
-        self.apply_entries(committed, out)?;
-        self.check_crash(CrashPoint::AfterApply)?;
         Ok(())
     }
 
@@ -896,8 +926,6 @@ impl<S: StateMachine> Replica<S> {
                 messages,
             }),
         }
-        // The committed entries it carried are applied (step 3).
-        self.node.advance_apply();
         Ok(())
     }
 
@@ -1772,12 +1800,14 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
         }
         let mut out = Outbox::default();
         let transport = &mut self.transport;
-        self.replica.begin_cycle(&mut out, &mut |msgs| {
+        self.replica.begin_cycle(&mut |msgs| {
             for m in msgs {
                 transport.send(m);
             }
         })?;
-        self.replica.end_cycle(&mut out)?;
+        self.replica.stage_cycle(&mut out)?;
+        // The write goes to the worker before the committed entries
+        // apply, so that its fsync runs meanwhile.
         for w in out.writes.drain(..) {
             // Unbounded: the driver stages one write per cycle at most,
             // and the worker merges whatever queued up.
@@ -1785,6 +1815,8 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
                 return Err(ReplicaError::Raft("the storage worker stopped".into()));
             }
         }
+        self.replica.apply_cycle(&mut out)?;
+        self.replica.end_cycle()?;
         for p in &out.peers_added {
             self.transport.set_peer(p.id, &p.raft_addr);
         }

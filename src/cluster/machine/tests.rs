@@ -436,3 +436,162 @@ fn reading_the_core_in_slices_never_changes_the_replicated_state() {
         );
     }
 }
+
+/// One entry of every op and every request, with options set and unset.
+fn every_kind_of_entry() -> Vec<LogEntry> {
+    let key = |k: &str| Key::new(k.as_bytes()).expect("key");
+    let tok: Box<[u8]> = b"0123456789abcdef0123456789abcdef".to_vec().into();
+    let requests = vec![
+        lock("a", 30),
+        Request::Acquire {
+            space: Space::Sem,
+            key: key("s"),
+            timeout_s: u64::MAX,
+            limit: 5,
+            lease_s: None,
+        },
+        Request::Release {
+            space: Space::Lock,
+            key: key("a"),
+            token: tok.clone(),
+        },
+        Request::Renew {
+            space: Space::Sem,
+            key: key("s"),
+            token: tok.clone(),
+            lease_s: Some(0),
+        },
+        Request::Renew {
+            space: Space::Lock,
+            key: key("a"),
+            token: tok.clone(),
+            lease_s: None,
+        },
+        Request::Enqueue {
+            space: Space::Sem,
+            key: key("\u{e9}\u{ff}k"),
+            limit: 1 << 20,
+            lease_s: Some(1),
+        },
+        Request::Wait {
+            space: Space::Lock,
+            key: key("a"),
+            timeout_s: 0,
+        },
+        Request::Stats,
+        Request::Auth { token: tok.clone() },
+        Request::Ping,
+        Request::Listen {
+            pattern: key("a.*"),
+            group: Some(b"g".to_vec().into()),
+        },
+        Request::Unlisten {
+            pattern: key("a.>"),
+            group: None,
+        },
+        Request::Signal {
+            channel: key("c"),
+            payload: b"hello world".to_vec().into(),
+        },
+        Request::Barrier,
+        Request::StableRef {
+            reference: b"ref-1".to_vec().into(),
+        },
+    ];
+    let mut log = vec![
+        entry(
+            u64::MAX,
+            Op::LeaderStart {
+                fence_start: u64::MAX,
+                salt_key: [0, u64::MAX],
+                orphan_ttl_ms: 30_000,
+                settings: "max-locks=1024 \u{e9}".into(),
+            },
+        ),
+        start(0),
+        entry(1, Op::Tick),
+        entry(2, Op::Connect { session: 1 << 32 }),
+        entry(
+            3,
+            Op::StableRef {
+                session: 7,
+                reference: b"r".to_vec(),
+            },
+        ),
+        entry(4, Op::Cancel { session: 0 }),
+        entry(5, Op::Disconnect { session: u64::MAX }),
+        entry(6, Op::Barrier),
+    ];
+    for (i, r) in requests.into_iter().enumerate() {
+        log.push(entry(100 + i as u64, session_req(i as u64 * 300, r)));
+    }
+    log
+}
+
+#[test]
+fn entries_round_trip_in_the_binary_layout_and_earlier_json_is_still_read() {
+    let mut all = every_kind_of_entry();
+    for seed in 0..8 {
+        all.extend(random_log(seed, 300));
+    }
+    for e in &all {
+        let bin = e.encode();
+        assert_eq!(bin[0], codec::BINARY_V1);
+        assert_eq!(&LogEntry::decode(&bin).expect("binary decodes"), e);
+        // An earlier release's log (JSON) is read as before.
+        let json = e.encode_json();
+        assert_eq!(&LogEntry::decode(&json).expect("JSON decodes"), e);
+        assert!(bin.len() < json.len(), "{e:?}: binary is not smaller");
+    }
+}
+
+#[test]
+fn a_damaged_entry_is_a_typed_error_never_a_panic() {
+    use codec::DecodeError;
+    for e in every_kind_of_entry() {
+        let bin = e.encode();
+        // Every cut short is refused (no field is optional at the end).
+        for n in 0..bin.len() {
+            assert!(LogEntry::decode(&bin[..n]).is_err(), "{e:?} cut at {n}");
+        }
+        // Every byte flipped either way: an error or some entry, no panic.
+        for i in 1..bin.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut b = bin.clone();
+                b[i] ^= flip;
+                let _ = LogEntry::decode(&b);
+            }
+        }
+        let mut long = bin.clone();
+        long.push(0);
+        assert_eq!(LogEntry::decode(&long), Err(DecodeError::Trailing(1)));
+    }
+    assert_eq!(LogEntry::decode(b""), Err(DecodeError::Empty));
+    let unknown = LogEntry::decode(&[0x02, 0, 1]).unwrap_err();
+    assert_eq!(unknown, DecodeError::UnknownFormat(0x02));
+    assert!(unknown.to_string().contains("0x02"), "{unknown}");
+    // Eleven continuation bytes, and a tenth byte past the 64th bit.
+    let mut over = vec![codec::BINARY_V1];
+    over.extend([0xff; 11]);
+    assert_eq!(LogEntry::decode(&over), Err(DecodeError::BadInteger));
+    let mut wide = vec![codec::BINARY_V1];
+    wide.extend([0xff; 9]);
+    wide.push(0x02);
+    assert_eq!(LogEntry::decode(&wide), Err(DecodeError::BadInteger));
+    // A length past the end is refused before anything is allocated.
+    let huge = [codec::BINARY_V1, 0, 3, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    assert_eq!(LogEntry::decode(&huge), Err(DecodeError::Truncated));
+    // A key with a space breaks the key rules; an unknown op number.
+    let mut bad_key = entry(1, session_req(1, lock("ab", 5))).encode();
+    let at = bad_key.iter().position(|&b| b == b'a').expect("key");
+    bad_key[at] = b' ';
+    assert_eq!(LogEntry::decode(&bad_key), Err(DecodeError::BadKey));
+    assert_eq!(
+        LogEntry::decode(&[codec::BINARY_V1, 0, 9]),
+        Err(DecodeError::UnknownTag { what: "op", tag: 9 })
+    );
+    assert!(matches!(
+        LogEntry::decode(b"{\"stamp\":"),
+        Err(DecodeError::Json(_))
+    ));
+}

@@ -140,9 +140,7 @@ pub fn decode(data: &[u8]) -> Result<LogEntry, DecodeError> {
             }
             Ok(entry)
         }
-        Some(&JSON) => {
-            serde_json::from_slice(data).map_err(|e| DecodeError::Json(e.to_string()))
-        }
+        Some(&JSON) => serde_json::from_slice(data).map_err(|e| DecodeError::Json(e.to_string())),
         Some(&b) => Err(DecodeError::UnknownFormat(b)),
     }
 }
@@ -311,7 +309,12 @@ fn read_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
         12 => Request::StableRef {
             reference: r.bytes()?.into(),
         },
-        tag => return Err(DecodeError::UnknownTag { what: "request", tag }),
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "request",
+                tag,
+            })
+        }
     })
 }
 

@@ -85,20 +85,13 @@ pub struct Applier {
 impl StateMachine for Applier {
     type Output = Applied;
 
-    fn apply(&mut self, index: u64, data: &[u8]) -> Applied {
-        let entry = match LogEntry::decode(data) {
-            Ok(e) => e,
-            Err(e) => {
-                // Every member skips it alike; a member of another version
-                // wrote it.
-                log::error!(index, error:% = e; "a committed entry does not decode; skipped");
-                let clock = Time(self.shared.clock.load(Ordering::SeqCst));
-                return Applied {
-                    clock,
-                    unknown_session: true,
-                };
-            }
-        };
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Result<Applied, String> {
+        // A correct leader proposes only entries that decode, and Raft
+        // hands every member the same bytes: an entry that does not decode
+        // was written by a member of another release, which other members
+        // may apply. Skipping it here would let this member's state fall
+        // behind theirs, so the replica stops (`ReplicaError::BadEntry`).
+        let entry = LogEntry::decode(data).map_err(|e| e.to_string())?;
         let mut m = lock(&self.shared.machine);
         self.fx.clear();
         let applied = m.apply(&entry, &mut self.fx);
@@ -126,7 +119,7 @@ impl StateMachine for Applier {
                 }
             }
         }
-        applied
+        Ok(applied)
     }
 
     fn snapshot(&self) -> Vec<u8> {

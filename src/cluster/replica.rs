@@ -51,8 +51,11 @@ pub trait StateMachine: Send + 'static {
 
     /// Applies the committed entry at `index`, whose data is what was
     /// proposed. Deterministic: the same entries in the same order give
-    /// the same state and outputs on every member.
-    fn apply(&mut self, index: u64, data: &[u8]) -> Self::Output;
+    /// the same state and outputs on every member. An error means this
+    /// build cannot read the entry (a member of another release wrote
+    /// it): the replica stops rather than skip an entry that other
+    /// members may apply.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<Self::Output, String>;
 
     /// The state as of the last applied entry, serialized.
     fn snapshot(&self) -> Vec<u8>;
@@ -256,8 +259,10 @@ pub enum ReplicaError {
     Raft(String),
     /// The state machine refused a snapshot.
     Restore(String),
-    /// A committed entry this replica cannot apply (a conf change that
-    /// does not decode): every member would stop on it alike.
+    /// A committed entry this replica cannot apply (an entry or a conf
+    /// change that does not decode: written by a member of another
+    /// release). The member stops; skipping it could leave this member's
+    /// state behind the others'.
     BadEntry {
         index: u64,
         detail: String,
@@ -943,7 +948,12 @@ impl<S: StateMachine> Replica<S> {
                         self.complete(e.index, e.term, None);
                         continue;
                     }
-                    let output = self.sm.apply(e.index, &e.data);
+                    let output = self.sm.apply(e.index, &e.data).map_err(|detail| {
+                        ReplicaError::BadEntry {
+                            index: e.index,
+                            detail,
+                        }
+                    })?;
                     self.complete(e.index, e.term, Some(output));
                 }
                 EntryType::EntryConfChangeV2 => {

@@ -154,7 +154,7 @@ struct Journaled {
 impl StateMachine for Journaled {
     type Output = Applied;
 
-    fn apply(&mut self, index: u64, data: &[u8]) -> Applied {
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<Applied, String> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         data.hash(&mut h);
         let h = h.finish();

@@ -186,7 +186,23 @@ pub struct Locks {
 impl StateMachine for Locks {
     type Output = Reply;
 
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Reply {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Result<Reply, String> {
+        Ok(self.apply_op(data))
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.snapshot_text()
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.restore_text(data)
+    }
+}
+
+impl Locks {
+    /// The toy answers garbage with a reply of its own (its client never
+    /// sends any; the real machine stops on an entry it cannot read).
+    fn apply_op(&mut self, data: &[u8]) -> Reply {
         let Some(op) = Op::decode(data) else {
             return Reply::Garbage;
         };
@@ -227,7 +243,7 @@ impl StateMachine for Locks {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot_text(&self) -> Vec<u8> {
         let mut out = format!("{} {}\n", self.now, self.fence);
         for (k, (c, f, u)) in &self.holders {
             out.push_str(&format!("{k} {c} {f} {u}\n"));
@@ -235,7 +251,7 @@ impl StateMachine for Locks {
         out.into_bytes()
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    fn restore_text(&mut self, data: &[u8]) -> Result<(), String> {
         let text = std::str::from_utf8(data).map_err(|e| e.to_string())?;
         let mut lines = text.lines();
         let head: Vec<u64> = lines

@@ -16,13 +16,20 @@ pub(crate) struct List {
     pub items: Vec<Vec<u8>>,
 }
 
+/// Entries starting so are refused by `List::apply`.
+const UNREADABLE: &[u8] = b"!unreadable";
+
 impl StateMachine for List {
     /// The position the entry took.
     type Output = usize;
 
-    fn apply(&mut self, _index: u64, data: &[u8]) -> usize {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Result<usize, String> {
+        // An entry this "build" cannot read, as one from another release.
+        if data.starts_with(UNREADABLE) {
+            return Err("an entry of another release".into());
+        }
         self.items.push(data.to_vec());
-        self.items.len() - 1
+        Ok(self.items.len() - 1)
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -339,6 +346,35 @@ fn three_members_elect_commit_and_agree() {
         s.commit_index >= 11 && s.applied_index == s.commit_index,
         "{s:?}"
     );
+}
+
+#[test]
+fn a_committed_entry_the_state_machine_cannot_read_stops_the_member() {
+    // Skipping it would leave this member behind members that can read
+    // it; the member stops instead, naming the entry.
+    let mut sim = Sim::new(1);
+    let l = sim.elect();
+    sim.burst("before", 2);
+    sim.propose_to(l, UNREADABLE);
+    sim.propose_to(l, b"after");
+    let mut stopped = None;
+    for _ in 0..100 {
+        let mut out = Outbox::default();
+        if let Err(e) = sim.replica(l).handle_ready(&mut out) {
+            stopped = Some(e);
+            break;
+        }
+    }
+    match stopped {
+        Some(ReplicaError::BadEntry { index, detail }) => {
+            assert_eq!(detail, "an entry of another release");
+            assert!(index > 3, "{index}");
+        }
+        other => panic!("the member went on: {other:?}"),
+    }
+    let items = &sim.replica(l).state_machine().items;
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(!items.iter().any(|i| i == b"after"));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! Shape: one accept loop ([`HttpFront::accept_loop`]) that applies the
 //! per-IP connection cap and, with `--tls-cert`/`--tls-key`, the TLS
 //! handshake of the TCP port (`net::tls::handshake`); one hyper HTTP/1 connection per
-//! socket (`io::HyperIo` for I/O, the runtime's timer); a matchit router; a session table
+//! socket (`lenient::Lenient` as its I/O, the runtime's timer); a matchit router; a session table
 //! with an idle sweeper ([`sessions`]); per-IP admission ([`limits`]).
 //!
 //! Signals ([`signals`]): `POST /v1/signals/{channel}` publishes with the
@@ -27,7 +27,6 @@
 mod admin;
 mod dispatch;
 pub mod introspect;
-mod io;
 mod lenient;
 pub mod limits;
 mod locks;
@@ -255,7 +254,7 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(rt::HyperTimer)
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(io::HyperIo(io), svc);
+        .serve_connection(io, svc);
     futures_lite::future::or(
         async {
             let _ = conn.await;

@@ -88,7 +88,10 @@ impl Future for Sleep {
         if matches!(this.state, State::Done) {
             return Poll::Ready(());
         }
-        if super::now() >= this.at {
+        // The thread's last clock reading: never later than now, so never
+        // early; when it says "not yet" although the deadline just passed,
+        // the timer registered below fires by the thread's next reading.
+        if super::loop_now() >= this.at {
             this.unregister();
             this.state = State::Done;
             return Poll::Ready(());
@@ -214,10 +217,11 @@ impl hyper::rt::Timer for HyperTimer {
         Box::pin(HyperSleep(Sleep::until(deadline)))
     }
 
-    /// hyper computes its deadlines (the header read timeout) from this:
-    /// the runtime's clock, so that on a simulator's thread they are on
-    /// the simulated clock like the sleeps themselves.
+    /// hyper computes its deadlines (the header read timeout, ten seconds,
+    /// once per request) from this: the runtime's clock, so that on a
+    /// simulator's thread they are on the simulated clock like the sleeps
+    /// themselves; the thread's last reading, as for the sleeps' due checks.
     fn now(&self) -> Instant {
-        super::now()
+        super::loop_now()
     }
 }

@@ -601,14 +601,19 @@ fn check_head(head: &[u8]) -> Result<(Framing, bool), Refusal> {
     if version != b"HTTP/1.1" && version != b"HTTP/1.0" {
         return Err(Refusal::BadVersion);
     }
-    if target.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+    // One pass without an early exit (so that it is vectorized) for both
+    // questions about the target's bytes.
+    let (control, escape) = target.iter().fold((false, false), |(c, e), &b| {
+        (c | (b < 0x20 || b == 0x7f), e | needs_escape(b))
+    });
+    if control {
         return Err(Refusal::ControlInTarget);
     }
     if target.len() > MAX_TARGET_BYTES {
         return Err(Refusal::TargetTooLong);
     }
     let framing = framing(rest)?;
-    Ok((framing, target.iter().any(|b| needs_escape(*b))))
+    Ok((framing, escape))
 }
 
 /// Appends `head` (checked by [`check_head`]) to `out` with its

@@ -255,12 +255,23 @@ where
         .timer(rt::HyperTimer)
         .header_read_timeout(Duration::from_secs(10))
         .serve_connection(io, svc);
-    futures_lite::future::or(
-        async {
-            let _ = conn.await;
-        },
-        signals::cut_when_stuck(&front, &slot),
-    )
+    // `cut_when_stuck` beside the connection, polled only once the
+    // connection has opened a stream: the slot is set by the stream route,
+    // which runs inside `conn` (this task), so until then there is nothing
+    // to watch, and polling it after every wake of the task (it listens on
+    // an `event_listener`, whose registration takes a lock) cost about 1%
+    // of an HTTP request's CPU time.
+    let mut conn = std::pin::pin!(conn);
+    let mut cut = std::pin::pin!(signals::cut_when_stuck(&front, &slot));
+    std::future::poll_fn(|cx| {
+        if std::future::Future::poll(conn.as_mut(), cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        if slot.armed() && std::future::Future::poll(cut.as_mut(), cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    })
     .await;
 }
 

@@ -252,7 +252,7 @@ where
     };
     let io = lenient::Lenient::new(signals::WriteDeadline::new(io, signals::WRITE_DEADLINE));
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(rt::HyperTimer)
+        .timer(rt::HyperTimer::default())
         .header_read_timeout(Duration::from_secs(10))
         .serve_connection(io, svc);
     // `cut_when_stuck` beside the connection, polled only once the

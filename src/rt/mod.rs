@@ -20,7 +20,7 @@
 //!   a connection served elsewhere: one wake-up of that thread);
 //! * sockets ([`net`]) register with the poller of the thread that made
 //!   them and implement futures-io `AsyncRead`/`AsyncWrite`, so rustls
-//!   (futures-rustls) and hyper (through `http::io`'s adapter) run over them
+//!   (futures-rustls) and hyper (through `http::lenient`'s adapter) run over them
 //!   unchanged;
 //! * a thread sleeps in `epoll_wait` until its nearest timer
 //!   ([`time::Sleep`]) or an event; but after one of its connections was

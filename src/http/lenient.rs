@@ -569,19 +569,33 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// The request line of a head: method, target, version, and whether its
-/// line ends with CR LF; `None` unless it is three parts split by single
-/// spaces.
-fn request_line(head: &[u8]) -> Option<(&[u8], &[u8], &[u8], bool, &[u8])> {
+/// A head's request line, split.
+struct RequestLine<'a> {
+    method: &'a [u8],
+    target: &'a [u8],
+    version: &'a [u8],
+    /// The line ends with CR LF.
+    crlf: bool,
+    /// The rest of the head, from the line's LF.
+    rest: &'a [u8],
+}
+
+/// The request line of a head; `None` unless it is three parts split by
+/// single spaces.
+fn request_line(head: &[u8]) -> Option<RequestLine<'_>> {
     let line_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let (line, rest) = head.split_at(line_end);
     let crlf = line.last() == Some(&b'\r');
     let line = if crlf { &line[..line.len() - 1] } else { line };
     let mut parts = line.split(|b| *b == b' ');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(method), Some(target), Some(version), None) => {
-            Some((method, target, version, crlf, rest))
-        }
+        (Some(method), Some(target), Some(version), None) => Some(RequestLine {
+            method,
+            target,
+            version,
+            crlf,
+            rest,
+        }),
         _ => None,
     }
 }
@@ -589,7 +603,14 @@ fn request_line(head: &[u8]) -> Option<(&[u8], &[u8], &[u8], bool, &[u8])> {
 /// Checks a complete head; returns how its body is framed and whether its
 /// request-target has bytes to percent-encode ([`escape_head`]).
 fn check_head(head: &[u8]) -> Result<(Framing, bool), Refusal> {
-    let Some((method, target, version, _, rest)) = request_line(head) else {
+    let Some(RequestLine {
+        method,
+        target,
+        version,
+        rest,
+        ..
+    }) = request_line(head)
+    else {
         return Err(Refusal::BadRequestLine);
     };
     if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) || target.is_empty() {
@@ -619,7 +640,14 @@ fn check_head(head: &[u8]) -> Result<(Framing, bool), Refusal> {
 /// Appends `head` (checked by [`check_head`]) to `out` with its
 /// request-target percent-encoded.
 fn escape_head(head: &[u8], out: &mut Vec<u8>) {
-    let Some((method, target, version, crlf, rest)) = request_line(head) else {
+    let Some(RequestLine {
+        method,
+        target,
+        version,
+        crlf,
+        rest,
+    }) = request_line(head)
+    else {
         out.extend_from_slice(head);
         return;
     };

@@ -237,13 +237,17 @@ async fn handle(
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "");
     }
     match route {
-        Route::Metrics => metrics::render(front).await,
-        Route::Stats => introspect::stats(front, req.uri().query()).await,
+        // The routes off the lock path are boxed: the future of this
+        // function is as large as its largest await, and hyper moves the
+        // request's future by value (about 3 KiB with these inline, copied
+        // several times per request).
+        Route::Metrics => Box::pin(metrics::render(front)).await,
+        Route::Stats => Box::pin(introspect::stats(front, req.uri().query())).await,
         Route::KeyView => match path_key(param.as_deref(), "key") {
-            Ok(key) => introspect::key(front, key, req.uri().query()).await,
+            Ok(key) => Box::pin(introspect::key(front, key, req.uri().query())).await,
             Err(r) => *r,
         },
-        Route::Activity => introspect::activity(front).await,
+        Route::Activity => Box::pin(introspect::activity(front)).await,
         Route::SessionCreate => match front.sessions.create(front, ip) {
             Ok(s) => json_resp(
                 StatusCode::OK,
@@ -310,10 +314,10 @@ async fn handle(
             }
             on_session(front, &session, op, request).await
         }
-        Route::VoterAdd => admin::add_voter(front, ip, req).await,
-        Route::VoterRemove => admin::remove_voter(front, ip, req, param).await,
-        Route::ReadIndex => admin::read_index(front).await,
-        Route::SignalPublish => signals::publish(front, param, req.into_body()).await,
+        Route::VoterAdd => Box::pin(admin::add_voter(front, ip, req)).await,
+        Route::VoterRemove => Box::pin(admin::remove_voter(front, ip, req, param)).await,
+        Route::ReadIndex => Box::pin(admin::read_index(front)).await,
+        Route::SignalPublish => Box::pin(signals::publish(front, param, req.into_body())).await,
         Route::SignalStream => match signals::stream_request(req.uri().query()) {
             Ok(request) => signals::subscribe(front, ip, slot, request),
             Err(detail) => bad_request(&detail),

@@ -8,7 +8,7 @@
 //! Shape: one accept loop ([`HttpFront::accept_loop`]) that applies the
 //! per-IP connection cap and, with `--tls-cert`/`--tls-key`, the TLS
 //! handshake of the TCP port (`net::tls::handshake`); one hyper HTTP/1 connection per
-//! socket (`io::HyperIo` for I/O, the runtime's timer); a matchit router; a session table
+//! socket (`lenient::Lenient` as its I/O, the runtime's timer); a matchit router; a session table
 //! with an idle sweeper ([`sessions`]); per-IP admission ([`limits`]).
 //!
 //! Signals ([`signals`]): `POST /v1/signals/{channel}` publishes with the
@@ -27,7 +27,6 @@
 mod admin;
 mod dispatch;
 pub mod introspect;
-mod io;
 mod lenient;
 pub mod limits;
 mod locks;
@@ -253,15 +252,26 @@ where
     };
     let io = lenient::Lenient::new(signals::WriteDeadline::new(io, signals::WRITE_DEADLINE));
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(rt::HyperTimer)
+        .timer(rt::HyperTimer::default())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(io::HyperIo(io), svc);
-    futures_lite::future::or(
-        async {
-            let _ = conn.await;
-        },
-        signals::cut_when_stuck(&front, &slot),
-    )
+        .serve_connection(io, svc);
+    // `cut_when_stuck` beside the connection, polled only once the
+    // connection has opened a stream: the slot is set by the stream route,
+    // which runs inside `conn` (this task), so until then there is nothing
+    // to watch, and polling it after every wake of the task (it listens on
+    // an `event_listener`, whose registration takes a lock) cost about 1%
+    // of an HTTP request's CPU time.
+    let mut conn = std::pin::pin!(conn);
+    let mut cut = std::pin::pin!(signals::cut_when_stuck(&front, &slot));
+    std::future::poll_fn(|cx| {
+        if std::future::Future::poll(conn.as_mut(), cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        if slot.armed() && std::future::Future::poll(cut.as_mut(), cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    })
     .await;
 }
 

@@ -39,10 +39,12 @@ pub struct Session {
 }
 
 impl Session {
-    // The runtime's clock (`rt::now`), so that on the simulator's thread
-    // sessions idle and expire on the simulated clock.
+    // The runtime's clock, so that on the simulator's thread sessions idle
+    // and expire on the simulated clock; the thread's last reading
+    // (`rt::loop_now`: touched twice per request, and idleness is counted
+    // in seconds).
     pub fn touch(&self) {
-        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = crate::rt::now();
+        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = crate::rt::loop_now();
     }
 
     fn idle_for(&self) -> Duration {

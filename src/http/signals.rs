@@ -388,6 +388,9 @@ impl Drop for SseBody {
 pub struct StreamSlot {
     current: std::sync::Mutex<Option<Arc<Session>>>,
     changed: event_listener::Event,
+    /// A stream was ever set here: until then [`cut_when_stuck`] need not
+    /// be polled (see [`super::serve_connection`]).
+    armed: std::sync::atomic::AtomicBool,
 }
 
 impl StreamSlot {
@@ -397,7 +400,13 @@ impl StreamSlot {
 
     fn set(&self, s: Arc<Session>) {
         *self.lock() = Some(s);
+        self.armed.store(true, Ordering::SeqCst);
         self.changed.notify(usize::MAX);
+    }
+
+    /// Whether a stream was ever set on this connection.
+    pub(super) fn armed(&self) -> bool {
+        self.armed.load(Ordering::SeqCst)
     }
 
     fn clear(&self, s: &Session) {

@@ -92,6 +92,43 @@ fn sleeps_fire_in_order_and_resets_move_them() {
     rt.join();
 }
 
+/// hyper's sleeps of one connection share one registration: a later sleep
+/// made while an earlier one is registered still waits for its own
+/// deadline (woken by the earlier registration, it registers again), an
+/// earlier one made while a later one is registered is not late, and none
+/// is ready before its deadline.
+#[test]
+fn hyper_sleeps_of_a_connection_keep_their_own_deadlines() {
+    use hyper::rt::Timer;
+    let rt = Runtime::start(1, "rt-test").expect("start");
+    let (tx, rx) = mpsc::channel();
+    rt.spawn_on(0, async move {
+        let timer = HyperTimer::default();
+        let start = Instant::now();
+        // Registered for 20 ms, then dropped unfinished (a head arrived).
+        let first = timer.sleep_until(start + Duration::from_millis(20));
+        let polled = futures_lite::future::poll_once(first).await;
+        assert!(polled.is_none());
+        // Later than the registration: woken by it at 20 ms, not ready.
+        timer.sleep_until(start + Duration::from_millis(60)).await;
+        let later = start.elapsed();
+        // Earlier than what is registered now (60 ms has fired; register
+        // one far ahead first, then one 20 ms ahead).
+        let far = timer.sleep_until(Instant::now() + Duration::from_secs(3600));
+        assert!(futures_lite::future::poll_once(far).await.is_none());
+        let t = Instant::now();
+        timer.sleep(Duration::from_millis(20)).await;
+        tx.send((later, t.elapsed())).expect("send");
+    })
+    .detach();
+    let (later, earlier) = recv(&rx);
+    assert!(later >= Duration::from_millis(60), "{later:?}");
+    assert!(earlier >= Duration::from_millis(20), "{earlier:?}");
+    assert!(earlier < Duration::from_secs(5), "{earlier:?}");
+    rt.stop();
+    rt.join();
+}
+
 /// A task that yields with `yield_io` lets its thread fire a due timer
 /// (and run what it woke) before it runs again: once the deadline has
 /// passed, the yielding task runs at most twice before the sleeper does.

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -135,10 +135,24 @@ async fn counted(
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
-    let template = front
-        .router
-        .at(req.uri().path())
-        .map_or("unmatched", |m| m.value.2);
+    // The route is looked up once, here, for the count's label and for
+    // the handler.
+    let matched = front.router.at(req.uri().path()).ok().map(|m| {
+        let (route, methods, template) = *m.value;
+        let param = m
+            .params
+            .get("key")
+            .or_else(|| m.params.get("id"))
+            .or_else(|| m.params.get("channel"))
+            .map(str::to_owned);
+        Matched {
+            route,
+            methods,
+            template,
+            param,
+        }
+    });
+    let template = matched.as_ref().map_or("unmatched", |m| m.template);
     let resp = if rate_limited(front, ip, req.uri().path()) {
         front.rate_limited.fetch_add(1, Ordering::Relaxed);
         warn_ip(
@@ -148,7 +162,7 @@ async fn counted(
         );
         error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
     } else {
-        handle(front, ip, slot, req).await
+        handle(front, ip, slot, req, matched).await
     };
     let mut requests = lock(&front.requests);
     let entry = requests
@@ -171,23 +185,31 @@ fn rate_limited(front: &Front, ip: IpAddr, path: &str) -> bool {
     !lock(limiter).allow(ip, Instant::now())
 }
 
+/// A request's route, found once by [`counted`]: the route, its methods,
+/// its template (the metrics label) and its path parameter, if any.
+struct Matched {
+    route: Route,
+    methods: &'static [Method],
+    template: &'static str,
+    param: Option<String>,
+}
+
 async fn handle(
     front: &Arc<Front>,
     ip: IpAddr,
     slot: &Arc<signals::StreamSlot>,
     req: hyper::Request<Incoming>,
+    matched: Option<Matched>,
 ) -> Resp {
-    let path = req.uri().path().to_owned();
-    let Ok(m) = front.router.at(&path) else {
+    let Some(Matched {
+        route,
+        methods,
+        param,
+        ..
+    }) = matched
+    else {
         return error(StatusCode::NOT_FOUND, "not_found", "");
     };
-    let (route, methods, _) = *m.value;
-    let param = m
-        .params
-        .get("key")
-        .or_else(|| m.params.get("id"))
-        .or_else(|| m.params.get("channel"))
-        .map(str::to_owned);
     if !methods.contains(req.method()) {
         let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "");
@@ -361,14 +383,17 @@ pub fn is_session_id(id: &str) -> bool {
 /// A `{key}` or `{channel}` path segment (`what` names it in the 400):
 /// percent-decoded, then held to the protocol's key rules.
 pub(crate) fn path_key(segment: Option<&str>, what: &str) -> Result<Key, Box<Resp>> {
-    match segment.map(percent_decode) {
-        Some(Some(bytes)) => {
-            Key::new(&bytes).map_err(|_| Box::new(bad_request(&format!("invalid {what}"))))
-        }
-        _ => Err(Box::new(bad_request(&format!(
-            "invalid percent-encoding in {what}"
-        )))),
-    }
+    let bad_escape = || Box::new(bad_request(&format!("invalid percent-encoding in {what}")));
+    let segment = segment.ok_or_else(bad_escape)?;
+    let decoded;
+    // A segment without an escape is its own decoding: no copy to make.
+    let bytes = if segment.contains('%') {
+        decoded = percent_decode(segment).ok_or_else(bad_escape)?;
+        &decoded[..]
+    } else {
+        segment.as_bytes()
+    };
+    Key::new(bytes).map_err(|_| Box::new(bad_request(&format!("invalid {what}"))))
 }
 
 /// Decodes `%XX` escapes; `None` on a malformed escape.
@@ -391,17 +416,42 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Box<Resp>> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Err(Box::new(bad_request("request body larger than 1 MiB")))
-            } else {
-                Err(Box::new(bad_request("cannot read request body")))
-            }
+/// The whole body, at most [`MAX_BODY_BYTES`] (a frame that would pass
+/// the limit is refused before the rest is read, as `http_body_util`'s
+/// `Limited` does). Written out rather than `Limited` + `collect`, which
+/// queue even a body of one frame (every lock request's) in a `VecDeque`:
+/// one frame is handed on as it came, more are joined.
+pub(super) async fn read_body(mut body: Incoming) -> Result<Bytes, Box<Resp>> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Box::new(bad_request("cannot read request body")));
+        };
+        // Trailers carry no body bytes.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > MAX_BODY_BYTES {
+            return Err(Box::new(bad_request("request body larger than 1 MiB")));
+        }
+        if let Some(j) = &mut joined {
+            j.extend_from_slice(&data);
+        } else if let Some(f) = first.take() {
+            let mut j = BytesMut::with_capacity(f.len() + data.len());
+            j.extend_from_slice(&f);
+            j.extend_from_slice(&data);
+            joined = Some(j);
+        } else {
+            first = Some(data);
         }
     }
+    Ok(match joined {
+        Some(j) => j.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 /// Parses exactly one JSON value of type `T` (trailing data is an error).

@@ -7,13 +7,17 @@
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 use serde_json::json;
 
 use super::sessions::CreateError;
 use super::Resp;
 use crate::wire::Reply;
+
+/// Made at compile time: a name given as a string is parsed on every
+/// insert.
+const NOSNIFF: HeaderName = HeaderName::from_static("x-content-type-options");
 
 pub(super) fn json_resp(status: StatusCode, body: &serde_json::Value) -> Resp {
     let mut text = body.to_string();
@@ -26,20 +30,15 @@ pub(super) fn raw_resp(status: StatusCode, content_type: &'static str, body: Byt
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
     r
 }
 
 pub(super) fn no_content() -> Resp {
     let mut r = hyper::Response::new(Either::Left(Full::new(Bytes::new())));
     *r.status_mut() = StatusCode::NO_CONTENT;
-    r.headers_mut().insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    r.headers_mut()
+        .insert(NOSNIFF, HeaderValue::from_static("nosniff"));
     r
 }
 

@@ -84,8 +84,19 @@ fn limit(space: Space, v: Option<u64>) -> Result<u64, String> {
     }
 }
 
+/// `char::is_whitespace` of an ASCII byte: tab to carriage return, space.
+fn ascii_white(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ')
+}
+
 fn token(t: String) -> Result<Box<[u8]>, String> {
-    if t.is_empty() || t.len() > MAX_LINE_BYTES || t.chars().any(char::is_whitespace) {
+    // A token is ASCII hex: its bytes are checked without decoding chars.
+    let white = if t.is_ascii() {
+        t.bytes().any(ascii_white)
+    } else {
+        t.chars().any(char::is_whitespace)
+    };
+    if t.is_empty() || t.len() > MAX_LINE_BYTES || white {
         return Err("invalid token".into());
     }
     Ok(t.into_bytes().into_boxed_slice())
@@ -219,11 +230,44 @@ pub(super) async fn on_session(
 
 /// A grant's JSON body, written directly rather than through a
 /// `serde_json::Value` (a map, its keys and the token as strings: about
-/// ten allocations on every acquire): the bytes `json!` renders, keys in
-/// its sorted order, as a test checks. `status` is a fixed word and a
-/// token is hex digits, so nothing needs escaping.
-fn grant_body(status: &'static str, token: crate::wire::Token, lease_s: u64) -> String {
-    format!("{{\"lease_ttl_s\":{lease_s},\"status\":\"{status}\",\"token\":\"{token}\"}}\n")
+/// ten allocations on every acquire) or `format!` (its argument machinery
+/// and padded hex cost more than the rest of the body): the bytes `json!`
+/// renders, keys in its sorted order, as a test checks. `status` is a
+/// fixed word and a token is hex digits, so nothing needs escaping.
+fn grant_body(status: &'static str, token: crate::wire::Token, lease_s: u64) -> Vec<u8> {
+    const HEAD: &[u8] = b"{\"lease_ttl_s\":";
+    const STATUS: &[u8] = b",\"status\":\"";
+    const TOKEN: &[u8] = b"\",\"token\":\"";
+    const TAIL: &[u8] = b"\"}\n";
+    let mut digits = [0u8; 20];
+    let lease = decimal(&mut digits, lease_s);
+    // Exactly the length: `Bytes` takes a full vector over as it is, but
+    // one with spare capacity costs it another allocation.
+    let len = HEAD.len() + lease.len() + STATUS.len() + status.len() + TOKEN.len() + 32;
+    let mut b = Vec::with_capacity(len + TAIL.len());
+    b.extend_from_slice(HEAD);
+    b.extend_from_slice(lease);
+    b.extend_from_slice(STATUS);
+    b.extend_from_slice(status.as_bytes());
+    b.extend_from_slice(TOKEN);
+    token.write_hex(&mut b);
+    b.extend_from_slice(TAIL);
+    b
+}
+
+/// `v` in decimal, as `u64`'s `Display` writes it, at the end of `digits`.
+fn decimal(digits: &mut [u8; 20], mut v: u64) -> &[u8] {
+    // u64::MAX has 20 digits.
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &digits[i..]
 }
 
 /// Renders a protocol reply as an HTTP response (reference §7.5, §7.6).
@@ -324,12 +368,33 @@ mod tests {
     }
 
     #[test]
+    fn ascii_white_is_char_whitespace() {
+        for b in 0..=0x7f_u8 {
+            assert_eq!(ascii_white(b), char::from(b).is_whitespace(), "{b:#x}");
+        }
+        assert!(token("ab\u{2028}cd".into()).is_err());
+        assert!(token("ab\u{a0}".into()).is_err());
+        assert!(token("a\u{b}b".into()).is_err());
+        assert!(token("é".into()).is_ok());
+    }
+
+    #[test]
     fn a_grant_body_is_what_json_renders() {
-        for (status, fence, salt, lease_s) in [
+        let mut cases = vec![
             ("ok", 1, 0, 30),
             ("acquired", u64::MAX, u64::MAX, 0),
             ("ok", 0x1234, 0xdead_beef, u64::MAX),
-        ] {
+            ("acquired", 0, 0x0123_4567_89ab_cdef, 9),
+            ("ok", 0xfedc_ba98_7654_3210, 1, 10),
+        ];
+        // Every decimal length, and its edges.
+        let mut p: u64 = 1;
+        for _ in 0..20 {
+            cases.push(("ok", p, !p, p - 1));
+            cases.push(("acquired", !p, p, p));
+            p = p.saturating_mul(10);
+        }
+        for (status, fence, salt, lease_s) in cases {
             let token = crate::wire::Token { fence, salt };
             let mut expected = json!({
                 "status": status,
@@ -338,7 +403,9 @@ mod tests {
             })
             .to_string();
             expected.push('\n');
-            assert_eq!(grant_body(status, token, lease_s), expected);
+            let body = grant_body(status, token, lease_s);
+            assert_eq!(body.len(), body.capacity());
+            assert_eq!(body, expected.into_bytes());
         }
     }
 

@@ -328,8 +328,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin> Handler<'e, S> {
             // 3. Arm the read deadline: a fresh period after every answered
             // request, and one period for a partial request from when it was
             // first seen (not extended by further bytes: slowloris guard).
+            // The thread's loop reading, not the clock: at most the time
+            // this thread has run tasks since its last look at the poller
+            // earlier (microseconds; a deadline seconds away, and a period
+            // that is, if anything, that much shorter, never longer).
             if std::mem::take(&mut self.answered) || (!self.rbuf.is_empty() && !self.partial) {
-                self.deadline = rt::now() + self.timeouts.read;
+                self.deadline = rt::loop_now() + self.timeouts.read;
             }
             self.partial = !self.blocked && !self.rbuf.is_empty();
 

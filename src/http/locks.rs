@@ -240,7 +240,7 @@ fn grant_body(status: &'static str, token: crate::wire::Token, lease_s: u64) -> 
     const TOKEN: &[u8] = b"\",\"token\":\"";
     const TAIL: &[u8] = b"\"}\n";
     let mut digits = [0u8; 20];
-    let lease = decimal(&mut digits, lease_s);
+    let lease = crate::wire::decimal(&mut digits, lease_s);
     // Exactly the length: `Bytes` takes a full vector over as it is, but
     // one with spare capacity costs it another allocation.
     let len = HEAD.len() + lease.len() + STATUS.len() + status.len() + TOKEN.len() + 32;
@@ -253,21 +253,6 @@ fn grant_body(status: &'static str, token: crate::wire::Token, lease_s: u64) -> 
     token.write_hex(&mut b);
     b.extend_from_slice(TAIL);
     b
-}
-
-/// `v` in decimal, as `u64`'s `Display` writes it, at the end of `digits`.
-fn decimal(digits: &mut [u8; 20], mut v: u64) -> &[u8] {
-    // u64::MAX has 20 digits.
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &digits[i..]
 }
 
 /// Renders a protocol reply as an HTTP response (reference §7.5, §7.6).

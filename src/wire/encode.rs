@@ -170,18 +170,24 @@ fn push_lease(out: &mut Vec<u8>, lease_s: Option<u64>, after_field: bool) {
 }
 
 /// Writes `n` in decimal without going through `fmt`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
-    let mut start = digits.len();
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(&mut [0u8; 20], n));
+}
+
+/// `v` in decimal, as `u64`'s `Display` writes it, at the end of `digits`
+/// (`u64::MAX` has 20 digits); the HTTP front sizes a body with it before
+/// writing.
+pub(crate) fn decimal(digits: &mut [u8; 20], mut v: u64) -> &[u8] {
+    let mut i = digits.len();
     loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    &digits[i..]
 }
 
 #[cfg(test)]

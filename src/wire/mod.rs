@@ -21,6 +21,7 @@ pub use decode::{
     decode_reply, decode_request, listen_request, max_signal_payload, signal_request, Decoded,
     ReplyDecoded, MAX_REPLY_LINE_BYTES,
 };
+pub(crate) use encode::decimal;
 pub use encode::{encode_push, encode_reply, encode_request};
 
 /// Longest request line accepted, in bytes before the LF (CRs included).

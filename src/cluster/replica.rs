@@ -409,10 +409,9 @@ pub struct Replica<S: StateMachine> {
     /// A cycle between its two halves ([`Replica::begin_cycle`]).
     in_cycle: Option<raft::Ready>,
     /// The committed entries of a cycle whose write is staged, to apply
-    /// in its last step ([`Replica::apply_cycle`]).
-    to_apply: Vec<Entry>,
-    /// Whether a cycle's write was staged and its entries not yet applied.
-    staged_cycle: bool,
+    /// in its last step ([`Replica::apply_cycle`]); `None` when no cycle's
+    /// entries wait (none was staged, or they are applied).
+    to_apply: Option<Vec<Entry>>,
     /// `Ready`s handed back whose writes are not all done, in order.
     flights: VecDeque<Flight>,
     /// The sequence number of the last write staged.
@@ -502,8 +501,7 @@ impl<S: StateMachine> Replica<S> {
             snapshots_installed: 0,
             crash_at: None,
             in_cycle: None,
-            to_apply: Vec::new(),
-            staged_cycle: false,
+            to_apply: None,
             flights: VecDeque::new(),
             staged: 0,
         })
@@ -779,9 +777,8 @@ impl<S: StateMachine> Replica<S> {
         let Some(mut rd) = self.in_cycle.take() else {
             return Ok(());
         };
-        self.staged_cycle = true;
         self.install_ready_snapshot(&mut rd, out)?;
-        self.to_apply = rd.take_committed_entries();
+        self.to_apply = Some(rd.take_committed_entries());
         self.persist_ready(rd, out)
     }
 
@@ -791,10 +788,9 @@ impl<S: StateMachine> Replica<S> {
     /// longest step, starts while they apply (they are committed, so no
     /// rule orders their applying against this write).
     pub fn apply_cycle(&mut self, out: &mut Outbox) -> Result<(), ReplicaError> {
-        if !std::mem::take(&mut self.staged_cycle) {
+        let Some(committed) = self.to_apply.take() else {
             return Ok(());
-        }
-        let committed = std::mem::take(&mut self.to_apply);
+        };
         self.apply_entries(committed, out)?;
         self.check_crash(CrashPoint::AfterApply)?;
         // The committed entries of the last `Ready` are applied.

@@ -39,6 +39,10 @@
 # SPIN_US=N with runtime threads polling N µs before they sleep (DFLOCKD_BENCH_SPIN_US; 0 = never).
 # HANDOFF_SPIN_US=N with a thread polling N µs after one of its connections was answered on a
 # contended key (DFLOCKD_BENCH_HANDOFF_SPIN_US; 0 = never).
+# CLIENT_SPIN_US=N (default 50; 0 skips it): part 6 runs its checks a second time with a client
+# that polls N µs before it sleeps (dflockd-bench --client-spin), against dflockd and, through
+# --redis-ping, against redis: a sleeping client's own wake-up can set the pace (on a virtual
+# CPU that halts when idle), and this shows what the servers do when it does not.
 #
 #   SKIP_TCP=1 SKIP_MEMORY=1 REPEATS=1 scripts/bench.sh   # only the HTTP/client/fan-out part
 #   ONLY_ENGINE=1 BUSY_LOOPS=2 scripts/bench.sh            # only part 6, with two busy loops
@@ -66,6 +70,7 @@ ACCEPT=${ACCEPT:-}
 THREADS=${THREADS:-}
 SPIN_US=${SPIN_US:-}
 HANDOFF_SPIN_US=${HANDOFF_SPIN_US:-}
+CLIENT_SPIN_US=${CLIENT_SPIN_US:-50}
 FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-100}
 FANOUT_RATE=${FANOUT_RATE:-1000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -527,6 +532,44 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     ENG[http]=$(median "${http[@]}")
     ENG[http99]=$(median "${http99[@]}")
     ENG[line99]=$(median "${line99[@]}")
+    if ((CLIENT_SPIN_US > 0)); then
+        # The same checks through a client that polls before it sleeps, so that its own
+        # wake-up is not what sets the pace; the redis peer through the same client.
+        spin=(--client-spin "$CLIENT_SPIN_US")
+        rounds=$(rounds_for 1 "${spin[@]}")
+        log "engine, polling client ($CLIENT_SPIN_US µs), 1 worker: $ENGINE_REPEATS x (dflockd, redis --redis-ping) --rounds $rounds"
+        ours=() theirs=() ctx=()
+        for _ in $(seq 1 "$ENGINE_REPEATS"); do
+            before=$(ctx_switches "$SERVER_PID")
+            ours+=("$(field '/throughput:/' 2 "$(bench --workers 1 --rounds "$rounds" --warmup 100 "${spin[@]}")")")
+            after=$(ctx_switches "$SERVER_PID")
+            ctx+=("$(calc "($after - $before) / ($rounds + 100)" 3)")
+            theirs+=("$(field '/throughput:/' 2 "$(timeout --kill-after=5 "$STEP_TIMEOUT" "$BENCH" \
+                --servers "$HOST:$REDIS_PORT" --redis-ping --workers 1 --rounds "$rounds" --warmup 100 "${spin[@]}")")")
+        done
+        log "engine, polling client, 1 worker: dflockd ops/s ${ours[*]}; redis ops/s ${theirs[*]}; ctx/op ${ctx[*]}"
+        ENG[s1,ours]=$(median "${ours[@]}")
+        ENG[s1,slowest]=$(printf '%s\n' "${ours[@]}" | sort -g | head -n 1)
+        ENG[s1,redis]=$(median "${theirs[@]}")
+        ENG[s1,ctx]=$(median "${ctx[@]}")
+        rounds=$(rounds_for 10 "${spin[@]}")
+        shared_rounds=$(rounds_for 10 --shared-key "${spin[@]}")
+        http_rounds=$(rounds_for 10 --http "$HOST:$HTTP_PORT" "${spin[@]}")
+        log "engine, polling client, 10 workers: $REPEATS x (own key, --shared-key, --http)"
+        own=() shared=() http=() http99=()
+        for _ in $(seq 1 "$REPEATS"); do
+            own+=("$(field '/throughput:/' 2 "$(bench --workers 10 --rounds "$rounds" --warmup 100 "${spin[@]}")")")
+            shared+=("$(field '/throughput:/' 2 "$(bench --workers 10 --shared-key --rounds "$shared_rounds" --warmup 100 "${spin[@]}")")")
+            out=$(bench --http "$HOST:$HTTP_PORT" --workers 10 --rounds "$http_rounds" --warmup 100 "${spin[@]}")
+            http+=("$(field '/throughput:/' 2 "$out")")
+            http99+=("$(field '/p99/' 3 "$out")")
+        done
+        log "engine, polling client, 10 workers: own ${own[*]}; shared ${shared[*]}; http ${http[*]}"
+        ENG[s,own]=$(median "${own[@]}")
+        ENG[s,shared]=$(median "${shared[@]}")
+        ENG[s,http]=$(median "${http[@]}")
+        ENG[s,http99]=$(median "${http99[@]}")
+    fi
     ENG[load1]=$(cut -d' ' -f1-3 /proc/loadavg)
     stop "$REDIS_PID"
     stop_dflockd
@@ -636,4 +679,23 @@ if [[ $SKIP_ENGINE != 1 ]]; then
             "${ENG[$W,sameredis]}" "$(calc "${ENG[$W,same]} / ${ENG[$W,sameredis]}" 3)" \
             "${ENG[$W,samectx]} / ${ENG[$W,sameredisctx]}" "${ENG[$W,samecpu]} / ${ENG[$W,samerediscpu]}"
     done
+    if ((CLIENT_SPIN_US > 0)); then
+        echo
+        echo "the checks again with a client that polls $CLIENT_SPIN_US µs before it sleeps (--client-spin;"
+        echo "redis through the same client, --redis-ping), so that the client's own wake-up does not set the pace:"
+        printf '%-44s %12s %12s %10s %8s\n' check dflockd peer ratio target
+        printf '%-44s %12s %12s %10s %8s\n' "1 worker, median of $ENGINE_REPEATS (vs redis, same client)" \
+            "${ENG[s1,ours]}" "${ENG[s1,redis]}" "$(calc "${ENG[s1,ours]} / ${ENG[s1,redis]}" 3)" \
+            "$( ((BUSY_LOOPS > 0)) && echo 0.8 || echo 1.0)"
+        printf '%-44s %12s %12s %10s %8s\n' "1 worker, slowest / median" "${ENG[s1,slowest]}" \
+            "${ENG[s1,ours]}" "$(calc "${ENG[s1,slowest]} / ${ENG[s1,ours]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "1 worker, server ctx switches per l+r" "${ENG[s1,ctx]}" \
+            "" - "≤ 2.2"
+        printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[s,shared]}" \
+            "${ENG[s,own]}" "$(calc "${ENG[s,shared]} / ${ENG[s,own]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[s,http]}" \
+            "${ENG[s,own]}" "$(calc "${ENG[s,http]} / ${ENG[s,own]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms" "${ENG[s,http99]}" \
+            "" - "≤ 1"
+    fi
 fi

@@ -12,6 +12,8 @@ use crate::scaling;
 const MAX_KEY_BYTES: usize = 256;
 /// Longest auth line a v1.15+ server accepts (spec §1.3).
 const MAX_AUTH_BYTES: usize = 64 * 1024;
+/// Longest `--client-spin`: polling past 10 ms only burns a core.
+const MAX_CLIENT_SPIN_US: u64 = 10_000;
 /// A blocking socket gives up on a reply this long after the acquire timeout would have.
 const REPLY_GRACE: Duration = Duration::from_secs(30);
 
@@ -74,6 +76,14 @@ struct Args {
     /// event-loop threads for --io async, and for the --fanout subscribers (default 1)
     #[argh(option, default = "1")]
     io_threads: usize,
+
+    /// microseconds a client event-loop thread keeps polling its sockets before it sleeps
+    /// (dflockd's runtime spin; needs --io loop, which auto then picks; at most 10000;
+    /// 0 = sleep at once, the default). A sleeping client thread waits for its wake-up on
+    /// every reply, and on a virtual CPU that halts when idle that wake-up, not the server,
+    /// can set the pace: compare both to see which is measured
+    #[argh(option, default = "0")]
+    client_spin: u64,
 
     /// memory helper: open N idle connections (one ping each), report, keep them open
     #[argh(option)]
@@ -267,6 +277,8 @@ pub(crate) struct Config {
     pub(crate) auth_token: Option<String>,
     pub(crate) io: IoEngine,
     pub(crate) io_threads: usize,
+    /// How long a client event-loop thread polls before it sleeps (`--client-spin`).
+    pub(crate) client_spin: Duration,
     pub(crate) hold_secs: u64,
     pub(crate) server_pid: Option<u32>,
 }
@@ -454,11 +466,42 @@ impl Config {
                 Mode::Bench { driver }
             }
         };
+        if args.client_spin > MAX_CLIENT_SPIN_US {
+            return Err(format!(
+                "--client-spin must be at most {MAX_CLIENT_SPIN_US} µs, not {}",
+                args.client_spin
+            ));
+        }
+        let spinning = args.client_spin > 0;
+        if spinning && !matches!(args.io.as_str(), "loop" | "auto") {
+            return Err(format!(
+                "--client-spin polls on dflockd's runtime: it needs --io loop (or auto), not {:?}",
+                args.io
+            ));
+        }
+        if spinning
+            && !matches!(
+                mode,
+                Mode::Bench {
+                    driver: Driver::Protocol
+                        | Driver::Http { .. }
+                        | Driver::Etcd { .. }
+                        | Driver::RedisPing
+                }
+            )
+        {
+            return Err(
+                "--client-spin is for the lock loop over the line protocol, --http, --etcd or --redis-ping"
+                    .into(),
+            );
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let io = match args.io.as_str() {
             "threads" => IoEngine::Threads,
             "async" => IoEngine::Async,
             "loop" => IoEngine::Loop,
+            // Only the runtime's loop can poll before sleeping.
+            "auto" if spinning => IoEngine::Loop,
             "auto" if args.workers <= cores => IoEngine::Threads,
             "auto" => IoEngine::Loop,
             other => {
@@ -482,6 +525,7 @@ impl Config {
             auth_token: args.auth_token,
             io,
             io_threads: args.io_threads,
+            client_spin: Duration::from_micros(args.client_spin),
             hold_secs: args.hold_secs,
             server_pid: args.server_pid,
         };
@@ -649,6 +693,39 @@ pub(crate) mod tests {
             &["--redis-ping", "--connections", "2"],
         ] {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn client_spin_runs_on_the_runtime_loop_and_is_bounded() {
+        let cfg = parse(&["--workers", "1", "--client-spin", "50"]).unwrap();
+        // One worker would run on a blocking thread; a spinning client needs the loop.
+        assert_eq!(cfg.io, IoEngine::Loop);
+        assert_eq!(cfg.client_spin, Duration::from_micros(50));
+        assert!(header(&cfg).ends_with(", client polls 50 µs before it sleeps)"));
+        let still = parse(&["--workers", "1"]).unwrap();
+        assert_eq!(
+            (still.io, still.client_spin),
+            (IoEngine::Threads, Duration::ZERO)
+        );
+        for ok in [
+            &["--client-spin", "50", "--redis-ping"][..],
+            &["--client-spin", "50", "--http", "h:1", "--io", "loop"],
+            &["--client-spin", "10000", "--shared-key"],
+            &["-client-spin=0", "--io", "threads"],
+        ] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+        for (bad, says) in [
+            (&["--client-spin", "10001"][..], "at most 10000"),
+            (&["--client-spin", "5", "--io", "threads"], "--io loop"),
+            (&["--client-spin", "5", "--io", "async"], "--io loop"),
+            (&["--client-spin", "5", "--client"], "is for the lock loop"),
+            (&["--client-spin", "5", "--fanout"], "is for the lock loop"),
+        ] {
+            let err = parse(bad).err().unwrap();
+            assert_eq!(err.0, 2, "{bad:?}");
+            assert!(err.1.contains(says), "{bad:?}: {}", err.1);
         }
     }
 

@@ -308,6 +308,7 @@ fn spawn_on_runtime(
             Ok(runtime) => runtime,
             Err(e) => fail(0, &BenchError::Io(e)),
         };
+        runtime.set_spin(cfg.client_spin);
         let tasks: Vec<_> = (0..cfg.workers)
             .map(|id| {
                 let (cfg, driver, gate) = (Arc::clone(&cfg), driver.clone(), Arc::clone(&gate));

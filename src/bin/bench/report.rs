@@ -90,6 +90,12 @@ pub(crate) fn header(cfg: &Config) -> String {
         } => mode = "redis-server, two inline PINGs per op".to_string(),
         _ => {}
     }
+    if !cfg.client_spin.is_zero() {
+        mode.push_str(&format!(
+            ", client polls {} µs before it sleeps",
+            cfg.client_spin.as_micros()
+        ));
+    }
     format!(
         "bench: {} workers x {} rounds (key={key:?}, conns/worker={}, {mode})",
         cfg.workers, cfg.rounds, cfg.conns_per_worker

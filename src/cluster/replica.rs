@@ -1477,7 +1477,7 @@ pub fn spawn<S: StateMachine>(
 /// the database is closed when this returns (a member reopened in the
 /// same process finds it free).
 struct WorkerGuard {
-    mailbox: Arc<Mailbox>,
+    mailbox: Arc<Mailbox<WriteBatch>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1498,7 +1498,7 @@ impl Drop for WorkerGuard {
 /// (each write is one transaction: it happened whole or not at all).
 pub struct StorageWorker {
     writer: DiskWriter,
-    mailbox: Arc<Mailbox>,
+    mailbox: Arc<Mailbox<WriteBatch>>,
 }
 
 /// Writes merged into one transaction at most.
@@ -1537,14 +1537,13 @@ impl StorageWorker {
 /// held and slept on it again, a futex wait and wake more per write), and
 /// reports that queue up while the driver is busy collapse into one (the
 /// driver needs only the last sequence number done).
-pub(crate) struct Mailbox {
-    inner: Mutex<MailboxInner>,
+pub(crate) struct Mailbox<J> {
+    inner: Mutex<MailboxInner<J>>,
 }
 
-#[derive(Default)]
-struct MailboxInner {
+struct MailboxInner<J> {
     /// Staged writes, in order, with their sequence numbers.
-    jobs: VecDeque<(u64, WriteBatch)>,
+    jobs: VecDeque<(u64, J)>,
     /// The driver is gone: the worker runs what is queued and ends.
     closed: bool,
     /// The worker ended (done, failed or dropped): no report will come.
@@ -1555,19 +1554,26 @@ struct MailboxInner {
     driver: Option<std::task::Waker>,
 }
 
-impl Mailbox {
-    fn new() -> Arc<Mailbox> {
+impl<J> Mailbox<J> {
+    pub(crate) fn new() -> Arc<Mailbox<J>> {
         Arc::new(Mailbox {
-            inner: Mutex::new(MailboxInner::default()),
+            inner: Mutex::new(MailboxInner {
+                jobs: VecDeque::new(),
+                closed: false,
+                worker_gone: false,
+                done: None,
+                worker: None,
+                driver: None,
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner<J>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a write for the worker; `false` if the worker is gone.
-    fn push(&self, job: (u64, WriteBatch)) -> bool {
+    pub(crate) fn push(&self, job: (u64, J)) -> bool {
         let waker = {
             let mut m = self.lock();
             if m.worker_gone {
@@ -1585,7 +1591,7 @@ impl Mailbox {
     /// The driver's side: the last write done, or why none will come (the
     /// write failed, or the worker is gone). `Pending` registers `cx`'s
     /// waker.
-    fn poll_done(
+    pub(crate) fn poll_done(
         &self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<u64, ReplicaError>> {
@@ -1603,7 +1609,7 @@ impl Mailbox {
     }
 
     /// The last write done, if one was reported since the last call.
-    fn try_done(&self) -> Option<Result<u64, ReplicaError>> {
+    pub(crate) fn try_done(&self) -> Option<Result<u64, ReplicaError>> {
         self.lock().done.take().map(|r| r.map_err(ReplicaError::from))
     }
 
@@ -1611,10 +1617,10 @@ impl Mailbox {
     /// [`WRITES_PER_TRANSACTION`]) into `out` and answers the last one's
     /// sequence number; `None` once the driver is gone and nothing is
     /// left.
-    fn poll_jobs(
+    pub(crate) fn poll_jobs(
         &self,
         cx: &mut std::task::Context<'_>,
-        out: &mut Vec<WriteBatch>,
+        out: &mut Vec<J>,
     ) -> std::task::Poll<Option<u64>> {
         let mut m = self.lock();
         let mut last = None;
@@ -1636,7 +1642,7 @@ impl Mailbox {
     }
 
     /// The worker reports a write done (its sequence number) or failed.
-    fn report(&self, r: Result<u64, StoreError>) {
+    pub(crate) fn report(&self, r: Result<u64, StoreError>) {
         let waker = {
             let mut m = self.lock();
             // A failure stays until the driver takes it; a number
@@ -1652,7 +1658,7 @@ impl Mailbox {
     }
 
     /// The driver is gone: the worker finishes what is queued and ends.
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         let waker = {
             let mut m = self.lock();
             m.closed = true;
@@ -1665,9 +1671,9 @@ impl Mailbox {
 }
 
 /// Marks the worker gone when its task ends or is dropped.
-struct WorkerGone(Arc<Mailbox>);
+pub(crate) struct WorkerGone<J>(pub(crate) Arc<Mailbox<J>>);
 
-impl Drop for WorkerGone {
+impl<J> Drop for WorkerGone<J> {
     fn drop(&mut self) {
         let waker = {
             let mut m = self.0.lock();
@@ -1764,7 +1770,7 @@ pub fn drive<S: StateMachine, N: MemberNet>(
 
 /// The driver's end of the [`Mailbox`]: closes it when the driver ends
 /// or is dropped, so that the worker finishes and ends too.
-struct Closer(Arc<Mailbox>);
+struct Closer(Arc<Mailbox<WriteBatch>>);
 
 impl Drop for Closer {
     fn drop(&mut self) {

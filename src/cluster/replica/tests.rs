@@ -829,3 +829,159 @@ mod loopback {
         }
     }
 }
+
+/// The driver's and the storage worker's hand-off (`Mailbox`), polled by
+/// hand with wakers that count their wakes.
+mod mailbox {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count::default());
+        (c.clone(), Waker::from(c))
+    }
+
+    fn wakes(c: &Count) -> usize {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn writes_reach_the_worker_in_order_and_wake_it_once() {
+        let m = Mailbox::<&str>::new();
+        let (count, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let mut out = Vec::new();
+        assert_eq!(m.poll_jobs(&mut cx, &mut out), Poll::Pending);
+        assert!(m.push((1, "a")));
+        assert!(m.push((2, "b")));
+        // One wake for the registration, not one per write.
+        assert_eq!(wakes(&count), 1);
+        assert_eq!(m.poll_jobs(&mut cx, &mut out), Poll::Ready(Some(2)));
+        assert_eq!(out, ["a", "b"]);
+        out.clear();
+        assert_eq!(m.poll_jobs(&mut cx, &mut out), Poll::Pending);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_transaction_takes_at_most_its_share_of_the_queue() {
+        let m = Mailbox::<u64>::new();
+        let n = WRITES_PER_TRANSACTION as u64 + 3;
+        for seq in 1..=n {
+            assert!(m.push((seq, seq)));
+        }
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let mut out = Vec::new();
+        assert_eq!(
+            m.poll_jobs(&mut cx, &mut out),
+            Poll::Ready(Some(WRITES_PER_TRANSACTION as u64))
+        );
+        assert_eq!(out.len(), WRITES_PER_TRANSACTION);
+        out.clear();
+        assert_eq!(m.poll_jobs(&mut cx, &mut out), Poll::Ready(Some(n)));
+        assert_eq!(out, [n - 2, n - 1, n]);
+    }
+
+    #[test]
+    fn reports_collapse_into_the_last_and_a_failure_stays() {
+        let m = Mailbox::<()>::new();
+        let (count, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        assert!(m.poll_done(&mut cx).is_pending());
+        m.report(Ok(1));
+        m.report(Ok(2));
+        assert_eq!(wakes(&count), 1);
+        assert!(matches!(m.poll_done(&mut cx), Poll::Ready(Ok(2))));
+        // Taken once.
+        assert!(m.try_done().is_none());
+        // A report made while the driver was not waiting is not lost.
+        m.report(Ok(3));
+        assert!(matches!(m.try_done(), Some(Ok(3))));
+        m.report(Err(StoreError::Contract("disk".into())));
+        m.report(Ok(4));
+        assert!(matches!(
+            m.poll_done(&mut cx),
+            Poll::Ready(Err(ReplicaError::Store(StoreError::Contract(_))))
+        ));
+    }
+
+    #[test]
+    fn a_worker_gone_fails_the_driver_and_refuses_writes() {
+        let m = Mailbox::<()>::new();
+        let (count, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        assert!(m.poll_done(&mut cx).is_pending());
+        drop(WorkerGone(m.clone()));
+        assert_eq!(wakes(&count), 1);
+        assert!(matches!(
+            m.poll_done(&mut cx),
+            Poll::Ready(Err(ReplicaError::Raft(_)))
+        ));
+        assert!(!m.push((1, ())));
+    }
+
+    #[test]
+    fn a_closed_mailbox_hands_out_what_is_queued_then_ends() {
+        let m = Mailbox::<u8>::new();
+        let (count, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let mut out = Vec::new();
+        assert!(m.poll_jobs(&mut cx, &mut out).is_pending());
+        assert!(m.push((7, 1)));
+        m.close();
+        assert_eq!(m.poll_jobs(&mut cx, &mut out), Poll::Ready(Some(7)));
+        assert_eq!(out, [1]);
+        out.clear();
+        assert_eq!(m.poll_jobs(&mut cx, &mut out), Poll::Ready(None));
+        assert!(wakes(&count) >= 1);
+    }
+
+    #[test]
+    fn the_storage_thread_runs_a_members_writes() {
+        // The whole replica over the mailbox: a single member elects
+        // itself and commits through its storage worker's writes.
+        let dir = TempDir::new("mailbox-member");
+        let store = LogStore::open(&dir.0).unwrap();
+        let cfg = config(1, &[1], Bootstrap::New(vec![1]));
+        let (_inbox_tx, inbox) = smol::channel::bounded(1);
+        let (_events_tx, events) = smol::channel::bounded(1);
+        let (h, driver, worker) =
+            drive(cfg, List::default(), store, NoNet, inbox, events).unwrap();
+        let thread = std::thread::spawn(move || futures_lite::future::block_on(worker.run()));
+        let ex = smol::Executor::new();
+        let task = ex.spawn(driver);
+        smol::block_on(ex.run(async {
+            let (_, led) = h
+                .wait_for(Duration::from_secs(20), |s| s.role == Role::Leader)
+                .await;
+            assert!(led);
+            for i in 0..20u8 {
+                assert_eq!(h.propose(vec![i]).await.unwrap(), usize::from(i));
+            }
+        }));
+        drop(task);
+        drop(h);
+        // The driver's end closed the mailbox: the worker thread ends.
+        thread.join().unwrap();
+    }
+
+    struct NoNet;
+
+    impl MemberNet for NoNet {
+        fn send(&mut self, _msg: Message) {}
+        fn set_peer(&mut self, _id: u64, _addr: &str) {}
+        fn remove_peer(&mut self, _id: u64) {}
+    }
+}

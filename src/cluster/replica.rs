@@ -1610,7 +1610,10 @@ impl<J> Mailbox<J> {
 
     /// The last write done, if one was reported since the last call.
     pub(crate) fn try_done(&self) -> Option<Result<u64, ReplicaError>> {
-        self.lock().done.take().map(|r| r.map_err(ReplicaError::from))
+        self.lock()
+            .done
+            .take()
+            .map(|r| r.map_err(ReplicaError::from))
     }
 
     /// The worker's side: moves the queued writes (at most

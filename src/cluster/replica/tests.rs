@@ -957,8 +957,7 @@ mod mailbox {
         let cfg = config(1, &[1], Bootstrap::New(vec![1]));
         let (_inbox_tx, inbox) = smol::channel::bounded(1);
         let (_events_tx, events) = smol::channel::bounded(1);
-        let (h, driver, worker) =
-            drive(cfg, List::default(), store, NoNet, inbox, events).unwrap();
+        let (h, driver, worker) = drive(cfg, List::default(), store, NoNet, inbox, events).unwrap();
         let thread = std::thread::spawn(move || futures_lite::future::block_on(worker.run()));
         let ex = smol::Executor::new();
         let task = ex.spawn(driver);

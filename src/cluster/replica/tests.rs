@@ -970,9 +970,11 @@ mod mailbox {
                 assert_eq!(h.propose(vec![i]).await.unwrap(), usize::from(i));
             }
         }));
-        drop(task);
+        // Dropping the executor drops the cancelled driver; its end of the
+        // mailbox closes, and the worker thread ends.
         drop(h);
-        // The driver's end closed the mailbox: the worker thread ends.
+        drop(task);
+        drop(ex);
         thread.join().unwrap();
     }
 

@@ -1450,7 +1450,7 @@ pub fn spawn<S: StateMachine>(
     handle.stats = stats;
     // The writes run on a thread of their own, so that the executor goes
     // on stepping messages and taking proposals during an fsync.
-    let closer = worker.mailbox.clone();
+    let closer = worker.jobs.clone();
     let thread = std::thread::Builder::new()
         .name("dflockd-raft-disk".into())
         .spawn(move || futures_lite::future::block_on(worker.run()))
@@ -1461,7 +1461,7 @@ pub fn spawn<S: StateMachine>(
             })
         })?;
     let guard = WorkerGuard {
-        mailbox: closer,
+        jobs: closer,
         thread: Some(thread),
     };
     handle._task = Some(Arc::new(ex.spawn(async move {
@@ -1477,13 +1477,13 @@ pub fn spawn<S: StateMachine>(
 /// the database is closed when this returns (a member reopened in the
 /// same process finds it free).
 struct WorkerGuard {
-    mailbox: Arc<Mailbox<WriteBatch>>,
+    jobs: smol::channel::Sender<(u64, WriteBatch)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for WorkerGuard {
     fn drop(&mut self) {
-        self.mailbox.close();
+        self.jobs.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -1498,7 +1498,9 @@ impl Drop for WorkerGuard {
 /// (each write is one transaction: it happened whole or not at all).
 pub struct StorageWorker {
     writer: DiskWriter,
-    mailbox: Arc<Mailbox<WriteBatch>>,
+    jobs: smol::channel::Sender<(u64, WriteBatch)>,
+    queue: smol::channel::Receiver<(u64, WriteBatch)>,
+    done: smol::channel::Sender<Result<u64, StoreError>>,
 }
 
 /// Writes merged into one transaction at most.
@@ -1508,183 +1510,32 @@ impl StorageWorker {
     /// Runs until the driver is gone or a write fails (the failure is
     /// reported; the driver stops on it).
     pub async fn run(self) {
-        let StorageWorker { writer, mailbox } = self;
-        // Tells the driver, even if this task is dropped mid-write (a
-        // simulated crash), that no report will come any more.
-        let _gone = WorkerGone(mailbox.clone());
+        let StorageWorker {
+            writer,
+            jobs,
+            queue,
+            done,
+        } = self;
+        // Only the driver's sender keeps the queue open.
+        drop(jobs);
         let mut batches = Vec::new();
-        loop {
-            let last = std::future::poll_fn(|cx| mailbox.poll_jobs(cx, &mut batches)).await;
-            let Some(last) = last else { return };
+        while let Ok((mut last, b)) = queue.recv().await {
+            batches.push(b);
+            while batches.len() < WRITES_PER_TRANSACTION {
+                match queue.try_recv() {
+                    Ok((seq, b)) => {
+                        last = seq;
+                        batches.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
             let result = writer.write(&batches);
             batches.clear();
             let failed = result.is_err();
-            mailbox.report(result.map(|()| last));
-            if failed {
+            if done.try_send(result.map(|()| last)).is_err() || failed {
                 return;
             }
-        }
-    }
-}
-
-/// The hand-off between a member's driver and its storage worker: the
-/// staged writes one way, the last write done (or the failure) the other.
-///
-/// A mutex and two wakers rather than two channels: a waker is taken out
-/// and woken after the lock is released, so the woken side never finds
-/// the lock still held (async-channel wakes its receiver from inside its
-/// listener list's lock: at ten workers the woken thread met that lock
-/// held and slept on it again, a futex wait and wake more per write), and
-/// reports that queue up while the driver is busy collapse into one (the
-/// driver needs only the last sequence number done).
-pub(crate) struct Mailbox<J> {
-    inner: Mutex<MailboxInner<J>>,
-}
-
-struct MailboxInner<J> {
-    /// Staged writes, in order, with their sequence numbers.
-    jobs: VecDeque<(u64, J)>,
-    /// The driver is gone: the worker runs what is queued and ends.
-    closed: bool,
-    /// The worker ended (done, failed or dropped): no report will come.
-    worker_gone: bool,
-    /// The last write done, or the failure, not yet taken by the driver.
-    done: Option<Result<u64, StoreError>>,
-    worker: Option<std::task::Waker>,
-    driver: Option<std::task::Waker>,
-}
-
-impl<J> Mailbox<J> {
-    pub(crate) fn new() -> Arc<Mailbox<J>> {
-        Arc::new(Mailbox {
-            inner: Mutex::new(MailboxInner {
-                jobs: VecDeque::new(),
-                closed: false,
-                worker_gone: false,
-                done: None,
-                worker: None,
-                driver: None,
-            }),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner<J>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a write for the worker; `false` if the worker is gone.
-    pub(crate) fn push(&self, job: (u64, J)) -> bool {
-        let waker = {
-            let mut m = self.lock();
-            if m.worker_gone {
-                return false;
-            }
-            m.jobs.push_back(job);
-            m.worker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        true
-    }
-
-    /// The driver's side: the last write done, or why none will come (the
-    /// write failed, or the worker is gone). `Pending` registers `cx`'s
-    /// waker.
-    pub(crate) fn poll_done(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<u64, ReplicaError>> {
-        let mut m = self.lock();
-        if let Some(r) = m.done.take() {
-            return std::task::Poll::Ready(r.map_err(ReplicaError::from));
-        }
-        if m.worker_gone {
-            return std::task::Poll::Ready(Err(ReplicaError::Raft(
-                "the storage worker stopped".into(),
-            )));
-        }
-        m.driver = Some(cx.waker().clone());
-        std::task::Poll::Pending
-    }
-
-    /// The last write done, if one was reported since the last call.
-    pub(crate) fn try_done(&self) -> Option<Result<u64, ReplicaError>> {
-        self.lock()
-            .done
-            .take()
-            .map(|r| r.map_err(ReplicaError::from))
-    }
-
-    /// The worker's side: moves the queued writes (at most
-    /// [`WRITES_PER_TRANSACTION`]) into `out` and answers the last one's
-    /// sequence number; `None` once the driver is gone and nothing is
-    /// left.
-    pub(crate) fn poll_jobs(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        out: &mut Vec<J>,
-    ) -> std::task::Poll<Option<u64>> {
-        let mut m = self.lock();
-        let mut last = None;
-        while out.len() < WRITES_PER_TRANSACTION {
-            let Some((seq, b)) = m.jobs.pop_front() else {
-                break;
-            };
-            last = Some(seq);
-            out.push(b);
-        }
-        if last.is_some() {
-            return std::task::Poll::Ready(last);
-        }
-        if m.closed {
-            return std::task::Poll::Ready(None);
-        }
-        m.worker = Some(cx.waker().clone());
-        std::task::Poll::Pending
-    }
-
-    /// The worker reports a write done (its sequence number) or failed.
-    pub(crate) fn report(&self, r: Result<u64, StoreError>) {
-        let waker = {
-            let mut m = self.lock();
-            // A failure stays until the driver takes it; a number
-            // replaces the older one (numbers only grow).
-            if !matches!(m.done, Some(Err(_))) {
-                m.done = Some(r);
-            }
-            m.driver.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// The driver is gone: the worker finishes what is queued and ends.
-    pub(crate) fn close(&self) {
-        let waker = {
-            let mut m = self.lock();
-            m.closed = true;
-            m.worker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
-
-/// Marks the worker gone when its task ends or is dropped.
-pub(crate) struct WorkerGone<J>(pub(crate) Arc<Mailbox<J>>);
-
-impl<J> Drop for WorkerGone<J> {
-    fn drop(&mut self) {
-        let waker = {
-            let mut m = self.0.lock();
-            m.worker_gone = true;
-            m.driver.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
         }
     }
 }
@@ -1740,13 +1591,17 @@ pub fn drive<S: StateMachine, N: MemberNet>(
     let changed = Arc::new(event_listener::Event::new());
     let role_changed = Arc::new(event_listener::Event::new());
     let (commands, command_rx) = smol::channel::bounded(COMMAND_QUEUE);
-    let mailbox = Mailbox::new();
+    let (jobs, queue) = smol::channel::unbounded();
+    let (done_tx, done) = smol::channel::unbounded();
     let worker = StorageWorker {
         writer: replica.writer(),
-        mailbox: mailbox.clone(),
+        jobs: jobs.clone(),
+        queue,
+        done: done_tx,
     };
     let driver = Driver {
-        mailbox: Closer(mailbox),
+        jobs,
+        done,
         replica,
         transport: net,
         inbox,
@@ -1771,20 +1626,11 @@ pub fn drive<S: StateMachine, N: MemberNet>(
     ))
 }
 
-/// The driver's end of the [`Mailbox`]: closes it when the driver ends
-/// or is dropped, so that the worker finishes and ends too.
-struct Closer(Arc<Mailbox<WriteBatch>>);
-
-impl Drop for Closer {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
 struct Driver<S: StateMachine, N: MemberNet> {
     replica: Replica<S>,
     /// Writes for the storage worker, and its reports.
-    mailbox: Closer,
+    jobs: smol::channel::Sender<(u64, WriteBatch)>,
+    done: smol::channel::Receiver<Result<u64, StoreError>>,
     transport: N,
     inbox: smol::channel::Receiver<Message>,
     events: smol::channel::Receiver<TransportEvent>,
@@ -1799,7 +1645,7 @@ enum Wake<T> {
     Message(Message),
     Event(TransportEvent),
     Command(Command<T>),
-    Written(Result<u64, ReplicaError>),
+    Written(Result<u64, StoreError>),
     Closed,
 }
 
@@ -1836,7 +1682,10 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
                 }
             })
             .or(async {
-                Wake::Written(std::future::poll_fn(|cx| self.mailbox.0.poll_done(cx)).await)
+                match self.done.recv().await {
+                    Ok(r) => Wake::Written(r),
+                    Err(_) => Wake::Closed,
+                }
             })
             .await;
             let mut result = Ok(());
@@ -1853,7 +1702,7 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
                 if result.is_err() {
                     break;
                 }
-                let w = if let Some(r) = self.mailbox.0.try_done() {
+                let w = if let Ok(r) = self.done.try_recv() {
                     Wake::Written(r)
                 } else if let Ok(m) = self.inbox.try_recv() {
                     Wake::Message(m)
@@ -1925,7 +1774,7 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
 
     /// The storage worker's report: the messages that waited for the
     /// writes leave now.
-    fn written(&mut self, r: Result<u64, ReplicaError>) -> Result<(), ReplicaError> {
+    fn written(&mut self, r: Result<u64, StoreError>) -> Result<(), ReplicaError> {
         let seq = r?;
         let mut out = Outbox::default();
         self.replica.on_written(seq, &mut out)?;
@@ -1938,7 +1787,11 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
     /// Waits until every staged write is done.
     async fn drain(&mut self) -> Result<(), ReplicaError> {
         while self.replica.writes_in_flight() {
-            let r = std::future::poll_fn(|cx| self.mailbox.0.poll_done(cx)).await;
+            let r = self
+                .done
+                .recv()
+                .await
+                .map_err(|_| ReplicaError::Raft("the storage worker stopped".into()))?;
             self.written(r)?;
         }
         Ok(())
@@ -1964,7 +1817,7 @@ impl<S: StateMachine, N: MemberNet> Driver<S, N> {
         for w in out.writes.drain(..) {
             // Unbounded: the driver stages one write per cycle at most,
             // and the worker merges whatever queued up.
-            if !self.mailbox.0.push(w) {
+            if self.jobs.try_send(w).is_err() {
                 return Err(ReplicaError::Raft("the storage worker stopped".into()));
             }
         }

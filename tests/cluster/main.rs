@@ -19,6 +19,14 @@
 //! * `proxy`: the per-link faults;
 //! * `history`: the recorder and the checker, with planted-bug tests.
 //!
+//! A failure carries its evidence, since the members' directories go
+//! with the test: each member's state (running, frozen, killed, or ended
+//! on its own with its exit code or signal) and the last lines of its
+//! stderr, where the harness also notes when it started, killed, froze
+//! and resumed it; with the schedule and the faults' times. With
+//! `DFLOCKD_ARTIFACTS` set (CI sets it) the members' whole stderr files
+//! are copied there too. A passing run prints none of it.
+//!
 //! CI runs `DFLOCKD_FAULT_SCHEDULES` schedules against the real server
 //! (default 20) and `DFLOCKD_TOY_SCHEDULES` against the toy (default 5),
 //! about two minutes together on two cores; `scripts/cluster-soak.sh`
@@ -126,6 +134,7 @@ fn free_addr() -> SocketAddr {
 /// Three members and the six proxies between them.
 struct Cluster {
     kind: Kind,
+    seed: u64,
     _dir: TempDir,
     members: Vec<Member>,
     /// `links[i][j]`: the proxy member `i` goes through to reach `j`.
@@ -204,11 +213,49 @@ impl Cluster {
         }
         Cluster {
             kind,
+            seed,
             _dir: dir,
             members,
             links,
             client_addrs: client.iter().map(|a| a.to_string()).collect(),
         }
+    }
+
+    /// The members whose process ended without the harness killing it.
+    fn exited_by_themselves(&mut self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for m in &mut self.members {
+            if m.exited_by_itself() {
+                ids.push(m.id);
+            }
+        }
+        ids
+    }
+
+    /// Every member's state and the tail of its stderr; the whole stderr
+    /// files are copied to `$DFLOCKD_ARTIFACTS/cluster/` when it is set.
+    fn evidence(&mut self) -> String {
+        let mut text = String::new();
+        for m in &mut self.members {
+            text.push_str(&m.report());
+            text.push('\n');
+        }
+        if let Some(root) = std::env::var_os("DFLOCKD_ARTIFACTS") {
+            let dir = PathBuf::from(root).join("cluster").join(format!(
+                "{:?}-s{}-{}",
+                self.kind,
+                self.seed,
+                std::process::id()
+            ));
+            let copied = std::fs::create_dir_all(&dir).is_ok()
+                && self.members.iter().all(|m| {
+                    std::fs::copy(m.stderr_path(), dir.join(format!("m{}.stderr", m.id))).is_ok()
+                });
+            if copied {
+                text.push_str(&format!("whole stderr files: {}\n", dir.display()));
+            }
+        }
+        text
     }
 
     /// Sets the fault of every link touching member `i` (both ways).
@@ -268,6 +315,35 @@ impl Cluster {
         });
         found.expect("checked")
     }
+}
+
+impl Drop for Cluster {
+    /// A test that panics with the cluster up (no leader, no final read, a
+    /// failed check) shows the members' evidence with its message.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let evidence = self.evidence();
+            eprintln!(
+                "{:?} cluster of seed {} at the failure:\n{evidence}",
+                self.kind, self.seed
+            );
+        }
+    }
+}
+
+/// The faults so far with their times, for a failure message.
+fn fault_timeline(rec: &Recorder) -> String {
+    let mut text = String::new();
+    for f in &rec.history().faults {
+        text.push_str(&format!(
+            "  {}..{}ms: {}{}\n",
+            f.start_ms,
+            f.end_ms,
+            f.what,
+            if f.minority { " (minority)" } else { "" }
+        ));
+    }
+    text
 }
 
 /// One request on a fresh connection (status questions).
@@ -609,14 +685,24 @@ fn run_schedule(kind: Kind, seed: u64, faults: usize) -> Vec<String> {
         plan.push((n, hold));
     }
     eprintln!("{kind:?} schedule {seed}: {plan:?}");
-    for (n, hold) in plan {
+    // The history's time 0 in UTC: the harness's lines in the members'
+    // stderr carry UTC times.
+    let t0 = dflockd::logging::timestamp(std::time::SystemTime::now() - rec.elapsed());
+    // A member that ends on its own is a finding at once, with its
+    // evidence, found after the fault that preceded it or in the quiet.
+    let mut exited = Vec::new();
+    for (n, hold) in &plan {
         std::thread::sleep(Duration::from_millis(200 + rng.below(400)));
-        inject(&mut cluster, n, &mut rng, hold, &rec);
+        inject(&mut cluster, *n, &mut rng, *hold, &rec);
+        exited = cluster.exited_by_themselves();
+        if !exited.is_empty() {
+            break;
+        }
     }
     // Quiet: service must come back, and the clients see it.
     let quiet_until = Instant::now() + Duration::from_millis(RESTORE_BOUND_MS);
     let last_fault_end = rec.history().faults.last().map_or(0, |f| f.end_ms);
-    while Instant::now() < quiet_until {
+    while exited.is_empty() && Instant::now() < quiet_until {
         let served = rec
             .history()
             .events
@@ -626,10 +712,31 @@ fn run_schedule(kind: Kind, seed: u64, faults: usize) -> Vec<String> {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
+        exited = cluster.exited_by_themselves();
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().expect("a client panicked");
+    }
+    // What a finding of this schedule says besides the checker's words.
+    let context = |cluster: &mut Cluster, rec: &Recorder| {
+        format!(
+            "schedule {plan:?}; history time 0 = {t0}, now {}ms; faults:\n{}{}",
+            rec.now_ms(),
+            fault_timeline(rec),
+            cluster.evidence()
+        )
+    };
+    if exited.is_empty() {
+        // The final read below may take a while: look once more first.
+        exited = cluster.exited_by_themselves();
+    }
+    if !exited.is_empty() {
+        return vec![format!(
+            "member(s) {exited:?} exited by themselves (found at {}ms)\n{}",
+            rec.now_ms(),
+            context(&mut cluster, &rec)
+        )];
     }
     // The final read of the fence counter, after every grant.
     let mut reader = Client::new(kind, "reader", &cluster.client_addrs, rec.clone());
@@ -640,12 +747,13 @@ fn run_schedule(kind: Kind, seed: u64, faults: usize) -> Vec<String> {
             "schedule {seed}: no final read"
         );
     }
-    for m in &mut cluster.members {
-        assert!(
-            m.alive(),
-            "schedule {seed}: member {} exited by itself",
-            m.id
-        );
+    let exited = cluster.exited_by_themselves();
+    if !exited.is_empty() {
+        return vec![format!(
+            "member(s) {exited:?} exited by themselves during the final read (found at {}ms)\n{}",
+            rec.now_ms(),
+            context(&mut cluster, &rec)
+        )];
     }
     let h = rec.history();
     let grants = h
@@ -675,6 +783,9 @@ fn run_schedule(kind: Kind, seed: u64, faults: usize) -> Vec<String> {
     }
     if grants < 5 {
         bad.push(format!("only {grants} grants: the workload barely ran"));
+    }
+    if !bad.is_empty() {
+        bad.push(context(&mut cluster, &rec));
     }
     bad
 }
@@ -728,6 +839,62 @@ fn random_fault_schedules_against_the_toy_keep_locks_safe_and_service_restored()
     run_schedules(Kind::Toy, seeds("DFLOCKD_TOY_SCHEDULES", 5));
 }
 
+/// A member that ends on its own is reported with how it ended (the
+/// signal) and its stderr, where the harness noted its start and its end.
+#[test]
+fn a_member_that_ends_by_itself_is_reported_with_its_status_and_stderr() {
+    let mut cluster = Cluster::start(Kind::Toy, 1, 9_001);
+    // Killed by the harness and restarted is not ended by itself.
+    let first = cluster.members[0].pid().expect("started");
+    cluster.members[0].kill9();
+    assert!(cluster.exited_by_themselves().is_empty());
+    assert!(cluster
+        .evidence()
+        .contains("member 1: down (killed by the harness)"));
+    cluster.members[0].start();
+    let pid = cluster.members[0].pid().expect("started");
+    // SAFETY: kill(2) on the PID of a child this test started and has not
+    // reaped. Not through the harness's `kill9`: to the harness, the
+    // member ends by itself.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    wait_until("the member to end", Duration::from_secs(10), || {
+        cluster.exited_by_themselves() == [1]
+    });
+    let evidence = cluster.evidence();
+    for expected in [
+        format!("member 1: ended; EXITED BY ITSELF, pid {pid}: signal: 15 (SIGTERM)"),
+        format!("HARNESS member 1 (pid {first}): started"),
+        format!("HARNESS member 1 (pid {first}): kill -9"),
+        format!("HARNESS member 1 (pid {pid}): started"),
+        format!("HARNESS member 1 (pid {pid}): found exited by itself: signal: 15 (SIGTERM)"),
+    ] {
+        assert!(
+            evidence.contains(&expected),
+            "{expected:?} not in:\n{evidence}"
+        );
+    }
+    // A restart does not hide it.
+    cluster.members[0].kill9();
+    cluster.members[0].start();
+    assert_eq!(cluster.exited_by_themselves(), [1]);
+}
+
+/// The report shows a file's last lines only.
+#[test]
+fn the_report_shows_the_last_lines_of_a_member_stderr() {
+    let dir = TempDir::new("tail");
+    let path = dir.0.join("m.stderr");
+    let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    let tail = process::tail(&path, process::STDERR_TAIL_LINES);
+    assert_eq!(tail.lines().count(), process::STDERR_TAIL_LINES);
+    assert!(tail.starts_with("    line 61\n"));
+    assert!(tail.ends_with("    line 100"));
+    assert!(process::tail(&dir.0.join("none"), 40).contains("unreadable"));
+}
+
 #[test]
 fn every_kind_of_fault_once_against_the_server() {
     every_kind_of_fault_once(Kind::Server);
@@ -769,6 +936,12 @@ fn every_kind_of_fault_once(kind: Kind) {
     while !matches!(reader.run(Call::Fence), Outcome::Ok(_)) {
         assert!(Instant::now() < deadline, "no final read");
     }
+    let exited = cluster.exited_by_themselves();
+    assert!(
+        exited.is_empty(),
+        "member(s) {exited:?} exited by themselves; faults:\n{}",
+        fault_timeline(&rec)
+    );
     let h = rec.history();
     assert_eq!(h.faults.len(), NEMESES.len());
     let bad = history::check(&h, RESTORE_BOUND_MS, rec.now_ms());

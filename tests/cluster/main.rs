@@ -25,7 +25,12 @@
 //! stderr, where the harness also notes when it started, killed, froze
 //! and resumed it; with the schedule and the faults' times. With
 //! `DFLOCKD_ARTIFACTS` set (CI sets it) the members' whole stderr files
-//! are copied there too. A passing run prints none of it.
+//! are copied there too. A passing run prints none of it. The members log
+//! at `warn`; `DFLOCKD_FAULT_LOG_LEVEL=debug` adds the Raft library's
+//! elections and role changes. The members' directories live on a
+//! tmpfs when there is one (`scratch_root`: `fsync` on a disk shared
+//! with a build stalls every member at once for seconds);
+//! `DFLOCKD_FAULT_DIR` puts them elsewhere.
 //!
 //! CI runs `DFLOCKD_FAULT_SCHEDULES` schedules against the real server
 //! (default 20) and `DFLOCKD_TOY_SCHEDULES` against the toy (default 5),
@@ -92,15 +97,17 @@ impl Kind {
 /// One client operation's limit before its outcome is unknown.
 const OP_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// A fresh directory, removed on drop.
+/// A fresh directory, removed on drop, under [`scratch_root`].
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = scratch_root().join(format!(
             "dflockd-faults-{name}-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -112,6 +119,72 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Free space a tmpfs needs to hold the members' directories (a cluster's
+/// take well under a megabyte).
+const SCRATCH_ROOM: u64 = 64 << 20;
+
+/// Where the members' directories and stderr files go:
+/// `DFLOCKD_FAULT_DIR` when set, else `/dev/shm` when it is a tmpfs with
+/// [`SCRATCH_ROOM`] free, else the temp directory.
+///
+/// Memory, not the disk, because the disk is shared with whatever else the
+/// machine runs, and a member's `fsync` waits for it: beside a build that
+/// links (CI runs the suite on two cores beside other work), the three
+/// members' `fsync`s were seen blocked together for seconds behind the
+/// device's cache flush (`blkdev_issue_flush`, `folio_wait_writeback`),
+/// and service came back later than the restore bound after a fault
+/// although no fault of the schedule caused the wait. On a tmpfs `fsync`
+/// returns at once. The faults injected lose nothing by it: a `kill -9`
+/// loses no written data on any file system (the page cache keeps it), so
+/// the members recover through the same paths; durability against power
+/// loss is not what these tests inject.
+fn scratch_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("DFLOCKD_FAULT_DIR") {
+            return PathBuf::from(dir);
+        }
+        let shm = std::path::Path::new("/dev/shm");
+        if is_tmpfs(shm) && free_bytes(shm).is_some_and(|b| b >= SCRATCH_ROOM) {
+            return shm.to_path_buf();
+        }
+        std::env::temp_dir()
+    })
+    .clone()
+}
+
+/// Whether `dir` is the mount point of a tmpfs (per `/proc/mounts`).
+fn is_tmpfs(dir: &std::path::Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return false;
+    };
+    mounts.lines().any(|l| {
+        let mut f = l.split(' ');
+        let (_, at, kind) = (f.next(), f.next(), f.next());
+        at == dir.to_str() && kind == Some("tmpfs")
+    })
+}
+
+/// Bytes free to an unprivileged writer on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) writes only into the zeroed struct we pass, and
+    // reads the NUL-terminated path we own for the call's duration.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The members' log level: `DFLOCKD_FAULT_LOG_LEVEL`, else `warn` (`debug`
+/// adds the Raft library's elections and role changes, `trace` its
+/// every message).
+fn member_log_level() -> String {
+    std::env::var(toy::LOG_LEVEL_ENV).unwrap_or_else(|_| "warn".to_owned())
 }
 
 /// A port for a member's listener that a restart can bind again. Below the
@@ -194,7 +267,7 @@ impl Cluster {
                         ("--cluster-peers", peers.join(",")),
                         ("--raft-auth-token", TOKEN.to_owned()),
                         ("--raft-tick", TICK_MS.to_string()),
-                        ("--log-level", "warn".to_owned()),
+                        ("--log-level", member_log_level()),
                     ];
                     Launch::Server {
                         dir: member_dir,

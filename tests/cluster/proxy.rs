@@ -11,10 +11,11 @@
 //!   was not acknowledged, what was sent arrives once the link is back.
 //!   A chunk read meanwhile waits, and no more is read, so the sender's
 //!   buffers fill as they would without acknowledgements. (Dropping the
-//!   chunks instead cut holes in the middle of a byte stream, which no
-//!   network does to a live TCP connection: the receiver then read a frame
-//!   length out of the middle of a message and waited for up to 4 MiB that
-//!   never came, so the link stayed dead long after the fault ended.)
+//!   chunks instead, as this proxy once did, cut holes in the middle of a
+//!   byte stream, which no network does to a live TCP connection: the
+//!   receiver then reads frame lengths out of the middle of messages, and
+//!   a garbled frame that happens to parse reaches Raft, where a
+//!   heartbeat with a commit index past the log is a panic.)
 //! * `Delay(ms)`: every chunk is held that long, order kept.
 //! * `Flaky(per_mille)`: each forwarded chunk cuts its connection with that
 //!   probability (a lossy path: Raft sees resets and retransmits).

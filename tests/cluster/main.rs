@@ -208,6 +208,8 @@ fn free_addr() -> SocketAddr {
 struct Cluster {
     kind: Kind,
     seed: u64,
+    /// [`process::oom_kills`] when the cluster started.
+    oom_kills_at_start: Option<u64>,
     _dir: TempDir,
     members: Vec<Member>,
     /// `links[i][j]`: the proxy member `i` goes through to reach `j`.
@@ -287,6 +289,7 @@ impl Cluster {
         Cluster {
             kind,
             seed,
+            oom_kills_at_start: process::oom_kills(),
             _dir: dir,
             members,
             links,
@@ -308,7 +311,13 @@ impl Cluster {
     /// Every member's state and the tail of its stderr; the whole stderr
     /// files are copied to `$DFLOCKD_ARTIFACTS/cluster/` when it is set.
     fn evidence(&mut self) -> String {
-        let mut text = String::new();
+        let mut text = match (self.oom_kills_at_start, process::oom_kills()) {
+            (Some(then), Some(now)) => format!(
+                "OOM kills in this memory cgroup: {now} ({} since the cluster started)\n",
+                now.saturating_sub(then)
+            ),
+            _ => String::new(),
+        };
         for m in &mut self.members {
             text.push_str(&m.report());
             text.push('\n');
@@ -947,6 +956,9 @@ fn a_member_that_ends_by_itself_is_reported_with_its_status_and_stderr() {
             evidence.contains(&expected),
             "{expected:?} not in:\n{evidence}"
         );
+    }
+    if process::oom_kills().is_some() {
+        assert!(evidence.contains("OOM kills in this memory cgroup: "));
     }
     // A restart does not hide it.
     cluster.members[0].kill9();

@@ -349,3 +349,29 @@ pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The OOM kills counted in this process's memory cgroup (the members'
+/// too, unless something moved them): cgroup v2 `memory.events`, or v1
+/// `memory.oom_control`. A member ended by `SIGKILL` that the harness
+/// did not send, with this count up, was the kernel's choice: a kill the
+/// container's kernel log may not show.
+pub fn oom_kills() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let count = |path: String| -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    let mut found = None;
+    for line in cgroups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next(), f.next()?, f.next()?);
+        if controllers.is_empty() {
+            found = found.or_else(|| count(format!("/sys/fs/cgroup{path}/memory.events")));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            found = count(format!("/sys/fs/cgroup/memory{path}/memory.oom_control")).or(found);
+        }
+    }
+    found
+}

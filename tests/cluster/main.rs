@@ -121,9 +121,10 @@ impl Drop for TempDir {
     }
 }
 
-/// Free space a tmpfs needs to hold the members' directories (a cluster's
-/// take well under a megabyte).
-const SCRATCH_ROOM: u64 = 64 << 20;
+/// Free space a tmpfs needs to hold the members' directories: a cluster's
+/// take well under a megabyte, and two clusters run at once on two cores
+/// (a container's default `/dev/shm` of 64 MiB qualifies).
+const SCRATCH_ROOM: u64 = 16 << 20;
 
 /// Where the members' directories and stderr files go:
 /// `DFLOCKD_FAULT_DIR` when set, else `/dev/shm` when it is a tmpfs with

@@ -929,8 +929,15 @@ fn random_fault_schedules_against_the_toy_keep_locks_safe_and_service_restored()
 #[test]
 fn a_member_that_ends_by_itself_is_reported_with_its_status_and_stderr() {
     let mut cluster = Cluster::start(Kind::Toy, 1, 9_001);
-    // Killed by the harness and restarted is not ended by itself.
+    // Alone in its process group: no orphaned-group SIGHUP reaches a
+    // frozen member (see `Member::start`).
     let first = cluster.members[0].pid().expect("started");
+    // SAFETY: getpgid(2) on the PID of a child we have not reaped.
+    assert_eq!(
+        unsafe { libc::getpgid(first as libc::pid_t) },
+        first as libc::pid_t
+    );
+    // Killed by the harness and restarted is not ended by itself.
     cluster.members[0].kill9();
     assert!(cluster.exited_by_themselves().is_empty());
     assert!(cluster

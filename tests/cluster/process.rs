@@ -13,6 +13,7 @@
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -146,6 +147,31 @@ impl Member {
                 (c, dir.clone())
             }
         };
+        // A process group of its own. The kernel sends SIGHUP (and then
+        // SIGCONT) to the stopped processes of a process group that becomes
+        // orphaned: sharing the test's group, a member frozen by `freeze`
+        // died of that SIGHUP whenever a process above the test (the shell
+        // or `timeout` that ran it) ended meanwhile; both fault tests freeze
+        // their leader at once on schedule 5, so both lost it together.
+        // Alone in its group under a living parent, a member's group is
+        // never orphaned. It then no longer gets a terminal's Ctrl-C, so it
+        // dies with the thread that started it instead (PR_SET_PDEATHSIG),
+        // never outliving its test.
+        command.process_group(0);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec the closure calls only
+        // async-signal-safe functions (prctl, getppid, _exit) and
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The parent died before the prctl: nobody will kill us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         // Panics, bind failures and log lines, kept beside the member's
         // directory (appended across restarts).
         let stderr = std::fs::OpenOptions::new()

@@ -90,6 +90,11 @@ impl Recorder {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Time since the history's time 0.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.start.elapsed()
+    }
+
     pub fn record(&self, e: Event) {
         self.events.lock().unwrap().push(e);
     }

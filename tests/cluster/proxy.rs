@@ -6,8 +6,16 @@
 //! * `Pass`: bytes flow both ways.
 //! * `Partition`: every open connection is cut, new ones are closed at
 //!   accept (the sender sees refused handshakes and backs off).
-//! * `Blackhole`: connections stay open but nothing is forwarded (the
-//!   sender's writes vanish, as behind a dead switch).
+//! * `Blackhole`: connections stay open but nothing is forwarded, and
+//!   nothing is lost: as behind a dead switch, where TCP retransmits what
+//!   was not acknowledged, what was sent arrives once the link is back.
+//!   A chunk read meanwhile waits, and no more is read, so the sender's
+//!   buffers fill as they would without acknowledgements. (Dropping the
+//!   chunks instead, as this proxy once did, cut holes in the middle of a
+//!   byte stream, which no network does to a live TCP connection: the
+//!   receiver then reads frame lengths out of the middle of messages, and
+//!   a garbled frame that happens to parse reaches Raft, where a
+//!   heartbeat with a commit index past the log is a panic.)
 //! * `Delay(ms)`: every chunk is held that long, order kept.
 //! * `Flaky(per_mille)`: each forwarded chunk cuts its connection with that
 //!   probability (a lossy path: Raft sees resets and retransmits).
@@ -153,6 +161,19 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
+/// The link's fault once it is not `Blackhole`: a chunk read during a
+/// blackhole waits here (polled every 2 ms) until the link heals, is cut,
+/// or the proxy stops (then `Blackhole` is returned).
+fn hold_while_blackholed(shared: &Shared) -> Fault {
+    loop {
+        let fault = shared.fault();
+        if fault != Fault::Blackhole || shared.stop.load(Ordering::Relaxed) {
+            return fault;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Copies one direction, applying the link's fault to each chunk.
 fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -162,10 +183,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
             Ok(n) => n,
         };
         let received = Instant::now();
-        match shared.fault() {
+        match hold_while_blackholed(&shared) {
             Fault::Pass => {}
             Fault::Partition => break,
-            Fault::Blackhole => continue,
+            // The proxy is being dropped.
+            Fault::Blackhole => break,
             Fault::Delay(ms) => {
                 let due = received + Duration::from_millis(ms);
                 let now = Instant::now();
@@ -241,5 +263,30 @@ mod tests {
         p.set(Fault::Partition);
         assert_eq!(s.read(&mut got).unwrap_or(0), 0);
         assert!(p.forwarded() >= 12);
+    }
+
+    /// A blackhole delays a connection's bytes and loses none: what was
+    /// sent during it arrives whole and in order once the link heals, as
+    /// TCP delivers across a dead switch that comes back.
+    #[test]
+    fn a_blackhole_holds_the_bytes_and_delivers_them_whole_once_healed() {
+        let p = Proxy::start(echo(), 11);
+        let mut s = TcpStream::connect(p.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"before").unwrap();
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"before");
+        p.set(Fault::Blackhole);
+        s.write_all(b"during the fault").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(s.read(&mut got).is_err(), "nothing comes back meanwhile");
+        p.set(Fault::Pass);
+        s.write_all(b", and after").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![0u8; b"during the fault, and after".len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, b"during the fault, and after");
     }
 }

@@ -32,6 +32,8 @@ use dflockd::cluster::{parse_peers, Peer};
 
 /// The variable that turns the test binary into a member process.
 pub const MEMBER_ENV: &str = "DFLOCKD_TOY_MEMBER";
+/// The members' log level (server and toy alike; `warn` when unset).
+pub const LOG_LEVEL_ENV: &str = "DFLOCKD_FAULT_LOG_LEVEL";
 
 /// One toy member's settings, passed in [`MEMBER_ENV`] as `key=value;...`.
 #[derive(Clone, Debug)]
@@ -309,6 +311,13 @@ impl LeaderClock {
 
 /// The member process: never returns (it is killed by PID).
 pub fn run_member(spec: MemberSpec) -> ! {
+    // The replica's and the transport's log lines (the server's logger),
+    // to stderr: the evidence a failing test shows.
+    let level = std::env::var(LOG_LEVEL_ENV)
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    let _ = dflockd::logging::init(level, dflockd::logging::Format::Text);
     let ex = Arc::new(smol::Executor::new());
     for _ in 0..2 {
         let ex = ex.clone();

@@ -36,7 +36,7 @@
 # at normal priority for the whole run (the "two busy loops beside it" condition).
 # ACCEPT=pin|reuseport starts the server with that thread model (DFLOCKD_BENCH_ACCEPT) and
 # THREADS=N with N runtime threads (DFLOCKD_THREADS, i.e. --threads; spec/ARCHITECTURE.md, "The runtime"),
-# SPIN_US=N with runtime threads polling N µs before they sleep (DFLOCKD_BENCH_SPIN_US; 0 = never).
+# SPIN_US=N with runtime threads polling N µs before they sleep (DFLOCKD_SPIN_US, i.e. --spin-us; 0 = never).
 # HANDOFF_SPIN_US=N with a thread polling N µs after one of its connections was answered on a
 # contended key (DFLOCKD_BENCH_HANDOFF_SPIN_US; 0 = never).
 # CLIENT_SPIN_US=N (default 50; 0 skips it): part 6 runs its checks a second time with a client
@@ -181,7 +181,7 @@ SERVER_PID=""
 
 # Extra arguments go to the server.
 start_dflockd() {
-    DFLOCKD_BENCH_ACCEPT=$ACCEPT DFLOCKD_THREADS=$THREADS DFLOCKD_BENCH_SPIN_US=$SPIN_US \
+    DFLOCKD_BENCH_ACCEPT=$ACCEPT DFLOCKD_THREADS=$THREADS DFLOCKD_SPIN_US=$SPIN_US \
         DFLOCKD_BENCH_HANDOFF_SPIN_US=$HANDOFF_SPIN_US \
         "$DFLOCKD_BIN" --host "$HOST" --port "$DFLOCKD_PORT" --max-locks $((HOLD_LOCKS + 100000)) "$@" \
         >"$WORK/dflockd.log" 2>&1 &

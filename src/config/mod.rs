@@ -414,6 +414,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Runtime threads (`--threads`); 0 = chosen from the core count.
     pub threads: usize,
+    /// Microseconds an idle runtime thread polls before it sleeps (`--spin-us`).
+    pub spin_us: u64,
     pub max_waiters: usize,
     pub max_subscriptions: usize,
     /// Recent events kept for key views (`--key-events`); 0 = none.
@@ -465,6 +467,7 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("threads", &self.threads)
+            .field("spin_us", &self.spin_us)
             .field("max_waiters", &self.max_waiters)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("key_events", &self.key_events)
@@ -604,6 +607,7 @@ impl Config {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             threads: self.threads,
+            spin: std::time::Duration::from_micros(self.spin_us),
             fence_state_file: self.fence_state_file.clone(),
             fence_reserve: self.fence_reserve,
             tls,

@@ -321,6 +321,7 @@ pub(super) fn resolve(
     let (write_timeout_s, _) = r.int(&t::WRITE_TIMEOUT)?;
     let (shutdown_timeout_s, _) = r.int(&t::SHUTDOWN_TIMEOUT)?;
     let (threads, _) = r.count(&t::THREADS)?;
+    let (spin_us, _) = r.int(&t::SPIN_US)?;
     let auto_release_on_disconnect = r.bool(&t::AUTO_RELEASE_ON_DISCONNECT)?;
 
     let tls_cert = r.path(&t::TLS_CERT)?;
@@ -463,6 +464,7 @@ pub(super) fn resolve(
         max_connections,
         max_connections_per_ip,
         threads,
+        spin_us,
         max_waiters,
         max_subscriptions,
         key_events,

@@ -32,8 +32,8 @@ pub struct ServerConfig {
     /// one, at least one ([`crate::server::auto_threads`]).
     pub threads: usize,
     /// How long an idle runtime thread polls its sockets without waiting
-    /// before it sleeps in `epoll_wait` ([`crate::rt::Runtime::set_spin`];
-    /// default [`crate::rt::DEFAULT_SPIN`], zero: never). Ignored on a
+    /// before it sleeps in `epoll_wait` (`--spin-us`,
+    /// [`crate::rt::Runtime::set_spin`]; zero: never). Ignored on a
     /// machine with one core, where a spinning thread would only delay the
     /// one it waits for.
     pub spin: std::time::Duration,
@@ -79,7 +79,7 @@ impl Default for ServerConfig {
             fence_state_file: None,
             fence_reserve: t::FENCE_RESERVE.int_default(),
             threads: t::THREADS.count_default(),
-            spin: crate::rt::DEFAULT_SPIN,
+            spin: std::time::Duration::from_micros(t::SPIN_US.int_default()),
             handoff_spin: crate::rt::DEFAULT_HANDOFF_SPIN,
             tls: None,
             tls_handshake_timeout_s: t::TLS_HANDSHAKE_TIMEOUT.int_default(),

@@ -95,6 +95,7 @@ fn int_field(cfg: &Config, flag: &str) -> Option<u64> {
         "max-connections" => cfg.max_connections as u64,
         "max-connections-per-ip" => cfg.max_connections_per_ip as u64,
         "threads" => cfg.threads as u64,
+        "spin-us" => cfg.spin_us,
         "max-waiters" => cfg.max_waiters as u64,
         "max-subscriptions" => cfg.max_subscriptions as u64,
         "key-events" => cfg.key_events as u64,

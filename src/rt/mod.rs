@@ -23,7 +23,9 @@
 //!   (futures-rustls) and hyper (through `http::lenient`'s adapter) run over them
 //!   unchanged;
 //! * a thread sleeps in `epoll_wait` until its nearest timer
-//!   ([`time::Sleep`]) or an event; but after one of its connections was
+//!   ([`time::Sleep`]) or an event, after polling without waiting for up
+//!   to the spin time ([`Runtime::set_spin`], the server's `--spin-us`);
+//!   and after one of its connections was
 //!   answered by a hand-off on a contended key ([`Worker::expect`]) it
 //!   first polls without waiting for a while, since that connection's
 //!   release is due: a hot key's chain of hand-offs then costs no wake-up
@@ -99,13 +101,6 @@ pub type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Where a front's new connection tasks go (the server decides: the
 /// accepting thread, or the least loaded one).
 pub type Spawn = dyn Fn(BoxTask) + Send + Sync;
-
-/// How long a server's idle runtime thread polls without waiting before it
-/// sleeps: zero, never. A spin serves a request that arrives within it
-/// without a wake-up, but on the shared 2-core machine it measured no
-/// better than none and, without yielding, twice the CPU per operation
-/// (spec/ARCHITECTURE.md, "The runtime", "Spinning before sleeping").
-pub const DEFAULT_SPIN: Duration = Duration::ZERO;
 
 /// How long a runtime thread keeps polling without waiting after one of
 /// its connections was answered by another connection's release (a

@@ -239,9 +239,8 @@ pub fn spawn(mut cfg: ServerConfig) -> Result<ServerHandle, StartError> {
     let tcp = TcpFront::new(engine.clone(), &cfg);
     let runtime = rt::Runtime::start(threads_n, "dflockd").map_err(StartError::Runtime)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let spin = bench_spin_us().map_or(cfg.spin, Duration::from_micros);
     if cores > 1 {
-        runtime.set_spin(spin);
+        runtime.set_spin(cfg.spin);
         let handoff = bench_handoff_spin_us().map_or(cfg.handoff_spin, Duration::from_micros);
         runtime.set_handoff_spin(handoff);
     }
@@ -469,13 +468,6 @@ fn accept_mode() -> Accept {
 /// most one thread's share where the clients are elsewhere.
 pub fn auto_threads(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
-}
-
-/// `DFLOCKD_BENCH_SPIN_US`: how long a runtime thread polls before it
-/// sleeps ([`ServerConfig::spin`]), for the benchmark comparing spin times
-/// (only it sets this).
-fn bench_spin_us() -> Option<u64> {
-    bench_us("DFLOCKD_BENCH_SPIN_US")
 }
 
 /// `DFLOCKD_BENCH_HANDOFF_SPIN_US`: how long a runtime thread polls after

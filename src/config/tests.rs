@@ -1099,3 +1099,19 @@ fn cluster_settings_without_raft_dir_are_warned_about() {
         .warnings
         .is_empty());
 }
+
+#[test]
+fn spin_us_reaches_the_runtime_setting() {
+    let core = crate::core::CoreConfig::default();
+    let spin = |args: &[&str], env: &[(&str, &str)]| {
+        config(args, env).server_config(core.clone(), None).spin
+    };
+    assert_eq!(spin(&[], &[]), std::time::Duration::from_micros(50));
+    assert_eq!(spin(&["--spin-us=0"], &[]), std::time::Duration::ZERO);
+    assert_eq!(
+        spin(&[], &[("DFLOCKD_SPIN_US", "120")]),
+        std::time::Duration::from_micros(120)
+    );
+    let err = run(&["--spin-us=10001"], &[]).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("--spin-us"), "{err}");
+}

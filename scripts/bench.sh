@@ -513,25 +513,33 @@ if [[ $SKIP_ENGINE != 1 ]]; then
 
     # One hot key against own keys, and HTTP against the line protocol, at 10 workers,
     # interleaved run by run with the own-key line-protocol runs they are compared with.
-    rounds=$(rounds_for 10)
-    shared_rounds=$(rounds_for 10 --shared-key)
-    http_rounds=$(rounds_for 10 --http "$HOST:$HTTP_PORT")
-    log "engine, 10 workers: $REPEATS x (own key, --shared-key, --http)"
-    own=() shared=() http=() http99=() line99=()
-    for _ in $(seq 1 "$REPEATS"); do
-        out=$(bench --workers 10 --rounds "$rounds" --warmup 100)
-        own+=("$(field '/throughput:/' 2 "$out")")
-        line99+=("$(field '/p99/' 3 "$out")")
-        shared+=("$(field '/throughput:/' 2 "$(bench --workers 10 --shared-key --rounds "$shared_rounds" --warmup 100)")")
-        out=$(bench --http "$HOST:$HTTP_PORT" --workers 10 --rounds "$http_rounds" --warmup 100)
-        http+=("$(field '/throughput:/' 2 "$out")")
-        http99+=("$(field '/p99/' 3 "$out")")
-    done
-    ENG[own]=$(median "${own[@]}")
-    ENG[shared]=$(median "${shared[@]}")
-    ENG[http]=$(median "${http[@]}")
-    ENG[http99]=$(median "${http99[@]}")
-    ENG[line99]=$(median "${line99[@]}")
+    # $1 prefixes the ENG keys it sets (own, shared, http, http99, line99); the rest are
+    # extra dflockd-bench flags for every run.
+    ten_worker_checks() {
+        local prefix=$1 rounds shared_rounds http_rounds out
+        shift
+        rounds=$(rounds_for 10 "$@")
+        shared_rounds=$(rounds_for 10 --shared-key "$@")
+        http_rounds=$(rounds_for 10 --http "$HOST:$HTTP_PORT" "$@")
+        log "engine, 10 workers $*: $REPEATS x (own key, --shared-key, --http)"
+        local own=() shared=() http=() http99=() line99=()
+        for _ in $(seq 1 "$REPEATS"); do
+            out=$(bench --workers 10 --rounds "$rounds" --warmup 100 "$@")
+            own+=("$(field '/throughput:/' 2 "$out")")
+            line99+=("$(field '/p99/' 3 "$out")")
+            shared+=("$(field '/throughput:/' 2 "$(bench --workers 10 --shared-key --rounds "$shared_rounds" --warmup 100 "$@")")")
+            out=$(bench --http "$HOST:$HTTP_PORT" --workers 10 --rounds "$http_rounds" --warmup 100 "$@")
+            http+=("$(field '/throughput:/' 2 "$out")")
+            http99+=("$(field '/p99/' 3 "$out")")
+        done
+        log "engine, 10 workers $*: own ${own[*]}; shared ${shared[*]}; http ${http[*]}"
+        ENG[${prefix}own]=$(median "${own[@]}")
+        ENG[${prefix}shared]=$(median "${shared[@]}")
+        ENG[${prefix}http]=$(median "${http[@]}")
+        ENG[${prefix}http99]=$(median "${http99[@]}")
+        ENG[${prefix}line99]=$(median "${line99[@]}")
+    }
+    ten_worker_checks ""
     if ((CLIENT_SPIN_US > 0)); then
         # The same checks through a client that polls before it sleeps, so that its own
         # wake-up is not what sets the pace; the redis peer through the same client.
@@ -552,23 +560,7 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         ENG[s1,slowest]=$(printf '%s\n' "${ours[@]}" | sort -g | head -n 1)
         ENG[s1,redis]=$(median "${theirs[@]}")
         ENG[s1,ctx]=$(median "${ctx[@]}")
-        rounds=$(rounds_for 10 "${spin[@]}")
-        shared_rounds=$(rounds_for 10 --shared-key "${spin[@]}")
-        http_rounds=$(rounds_for 10 --http "$HOST:$HTTP_PORT" "${spin[@]}")
-        log "engine, polling client, 10 workers: $REPEATS x (own key, --shared-key, --http)"
-        own=() shared=() http=() http99=()
-        for _ in $(seq 1 "$REPEATS"); do
-            own+=("$(field '/throughput:/' 2 "$(bench --workers 10 --rounds "$rounds" --warmup 100 "${spin[@]}")")")
-            shared+=("$(field '/throughput:/' 2 "$(bench --workers 10 --shared-key --rounds "$shared_rounds" --warmup 100 "${spin[@]}")")")
-            out=$(bench --http "$HOST:$HTTP_PORT" --workers 10 --rounds "$http_rounds" --warmup 100 "${spin[@]}")
-            http+=("$(field '/throughput:/' 2 "$out")")
-            http99+=("$(field '/p99/' 3 "$out")")
-        done
-        log "engine, polling client, 10 workers: own ${own[*]}; shared ${shared[*]}; http ${http[*]}"
-        ENG[s,own]=$(median "${own[@]}")
-        ENG[s,shared]=$(median "${shared[@]}")
-        ENG[s,http]=$(median "${http[@]}")
-        ENG[s,http99]=$(median "${http99[@]}")
+        ten_worker_checks "s," "${spin[@]}"
     fi
     ENG[load1]=$(cut -d' ' -f1-3 /proc/loadavg)
     stop "$REDIS_PID"

@@ -1112,6 +1112,4 @@ fn spin_us_reaches_the_runtime_setting() {
         spin(&[], &[("DFLOCKD_SPIN_US", "120")]),
         std::time::Duration::from_micros(120)
     );
-    let err = run(&["--spin-us=10001"], &[]).map(|_| ()).unwrap_err();
-    assert!(err.to_string().contains("--spin-us"), "{err}");
 }

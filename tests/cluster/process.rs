@@ -125,6 +125,14 @@ impl Member {
         )
     }
 
+    /// A start that failed: the member's evidence, then the process gone,
+    /// then the test's panic.
+    fn give_up(&mut self, pid: u32, why: &str) -> ! {
+        let report = self.report();
+        self.kill9();
+        panic!("member {} (pid {pid}) {why}\n{report}", self.id);
+    }
+
     /// Starts the process and waits (bounded) until it serves.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "member {} is running", self.id);
@@ -197,20 +205,10 @@ impl Member {
                     return;
                 }
                 if !self.alive() {
-                    let report = self.report();
-                    self.kill9();
-                    panic!(
-                        "member {} (pid {pid}) exited before it served\n{report}",
-                        self.id
-                    );
+                    self.give_up(pid, "exited before it served");
                 }
                 if Instant::now() >= deadline {
-                    let report = self.report();
-                    self.kill9();
-                    panic!(
-                        "member {} (pid {pid}) did not become ready\n{report}",
-                        self.id
-                    );
+                    self.give_up(pid, "did not become ready");
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -234,20 +232,10 @@ impl Member {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(()) => return,
                 Err(_) if !self.alive() => {
-                    let report = self.report();
-                    self.kill9();
-                    panic!(
-                        "member {} (pid {pid}) exited before it served\n{report}",
-                        self.id
-                    );
+                    self.give_up(pid, "exited before it served");
                 }
                 Err(_) if Instant::now() >= deadline => {
-                    let report = self.report();
-                    self.kill9();
-                    panic!(
-                        "member {} (pid {pid}) did not become ready\n{report}",
-                        self.id
-                    );
+                    self.give_up(pid, "did not become ready");
                 }
                 Err(_) => {}
             }

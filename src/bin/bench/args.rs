@@ -473,12 +473,6 @@ impl Config {
             ));
         }
         let spinning = args.client_spin > 0;
-        if spinning && !matches!(args.io.as_str(), "loop" | "auto") {
-            return Err(format!(
-                "--client-spin polls on dflockd's runtime: it needs --io loop (or auto), not {:?}",
-                args.io
-            ));
-        }
         if spinning
             && !matches!(
                 mode,
@@ -510,6 +504,12 @@ impl Config {
                 ))
             }
         };
+        if spinning && io != IoEngine::Loop {
+            return Err(format!(
+                "--client-spin polls on dflockd's runtime: it needs --io loop (or auto), not {:?}",
+                args.io
+            ));
+        }
         let cfg = Config {
             mode,
             workers: args.workers,

@@ -247,7 +247,7 @@ where
         hyper::service::service_fn(move |req| {
             let front = front.clone();
             let slot = slot.clone();
-            async move { Ok::<_, Infallible>(serve(&front, ip, &slot, req).await) }
+            async move { Ok::<_, Infallible>(serve(&front, ip, &slot, Box::new(req)).await) }
         })
     };
     let io = lenient::Lenient::new(signals::WriteDeadline::new(io, signals::WRITE_DEADLINE));

@@ -72,7 +72,7 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(HttpResponse, usize)>
         let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
         return Err(HttpError::BadStatusLine(show_reply(line)));
     }
-    let Some(head_len) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(head_len) = find_head_end(buf) else {
         if buf.len() > MAX_HTTP_HEAD + 3 {
             return Err(HttpError::HeadTooLong);
         }
@@ -142,6 +142,20 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(HttpResponse, usize)>
     Ok(Some((response, body_start + body_len)))
 }
 
+/// Where the blank line that ends a response head starts: the first `\r\n\r\n`, found by
+/// jumping from `\n` to `\n` (a byte-window scan was a visible part of the client's time).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let nl = from + i;
+        if nl >= 1 && buf[nl - 1] == b'\r' && buf.get(nl + 1..nl + 3) == Some(&b"\r\n"[..]) {
+            return Some(nl - 1);
+        }
+        from = nl + 1;
+    }
+    None
+}
+
 /// `HTTP/1.x NNN [reason]` → (is HTTP/1.0, status).
 fn parse_status_line(line: &[u8]) -> Option<(bool, u16)> {
     let rest = line.strip_prefix(b"HTTP/1.")?;
@@ -177,7 +191,8 @@ fn encode_path_segment(key: &str) -> String {
     out
 }
 
-/// Appends a `POST` with a JSON body (possibly empty).
+/// Appends a `POST` with a JSON body (possibly empty), written straight into `out`
+/// (no intermediate strings: the bench client should not be what the HTTP run measures).
 pub(crate) fn push_http_post(
     out: &mut Vec<u8>,
     host: &str,
@@ -186,21 +201,34 @@ pub(crate) fn push_http_post(
     bearer: Option<&str>,
     body: &[u8],
 ) {
-    out.extend_from_slice(format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n").as_bytes());
+    let mut put = |parts: &[&[u8]]| parts.iter().for_each(|p| out.extend_from_slice(p));
+    put(&[b"POST ", path.as_bytes(), b" HTTP/1.1\r\nHost: ", host.as_bytes(), b"\r\n"]);
     if let Some(session) = session {
-        out.extend_from_slice(format!("X-Dflockd-Session: {session}\r\n").as_bytes());
+        put(&[b"X-Dflockd-Session: ", session.as_bytes(), b"\r\n"]);
     }
     if let Some(token) = bearer {
-        out.extend_from_slice(format!("Authorization: Bearer {token}\r\n").as_bytes());
+        put(&[b"Authorization: Bearer ", token.as_bytes(), b"\r\n"]);
     }
-    out.extend_from_slice(
-        format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(body);
+    let mut digits = [0u8; 20];
+    put(&[
+        b"Content-Type: application/json\r\nContent-Length: ",
+        decimal(body.len(), &mut digits),
+        b"\r\n\r\n",
+        body,
+    ]);
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// A response shown in a failure count: status and the start of the body.
@@ -212,16 +240,31 @@ pub(crate) fn show_response(what: &str, response: &HttpResponse) -> String {
     )
 }
 
-/// The token of an acquire answer `{"status":"ok","token":...}`; anything else (a
-/// `{"status":"timeout"}` included) is a failure to count.
-fn parse_acquired(body: &[u8]) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_slice(body)
+/// An acquire answer, borrowed from the body (only the fields the bench reads).
+#[derive(serde::Deserialize)]
+struct AcquireAnswer<'a> {
+    #[serde(borrow)]
+    status: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    token: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The token of an acquire answer `{"status":"ok","token":...}`, written as the release body
+/// `{"token":...}` into `release` (cleared first); anything else (a `{"status":"timeout"}`
+/// included) is a failure to count.
+fn parse_acquired(body: &[u8], release: &mut Vec<u8>) -> Result<(), String> {
+    let answer: AcquireAnswer<'_> = serde_json::from_slice(body)
         .map_err(|e| format!("acquire: unreadable body {} ({e})", show_reply(body)))?;
-    match (value.get("status"), value.get("token")) {
-        (Some(status), Some(serde_json::Value::String(token))) if status == "ok" => {
-            Ok(token.clone())
+    match (&*answer.status, answer.token) {
+        ("ok", Some(token)) => {
+            release.clear();
+            release.extend_from_slice(b"{\"token\":");
+            serde_json::to_writer(&mut *release, &*token)
+                .map_err(|e| format!("acquire: token not writable ({e})"))?;
+            release.push(b'}');
+            Ok(())
         }
-        (Some(status), _) if status == "timeout" => Err("acquire: timeout".to_string()),
+        ("timeout", _) => Err("acquire: timeout".to_string()),
         _ => Err(format!("acquire: unexpected body {}", show_reply(body))),
     }
 }
@@ -237,6 +280,8 @@ pub(crate) struct HttpClient<'a, T> {
     chunk: Box<[u8]>,
     out: Vec<u8>,
     session: String,
+    /// The release body of the current op.
+    release: Vec<u8>,
 }
 
 impl<'a, T: Transport> HttpClient<'a, T> {
@@ -249,6 +294,7 @@ impl<'a, T: Transport> HttpClient<'a, T> {
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             out: Vec::with_capacity(1024),
             session: String::new(),
+            release: Vec::with_capacity(64),
         }
     }
 
@@ -368,12 +414,15 @@ async fn http_lock_op<T: Transport>(
         }
         return Ok(Err(show_response("acquire", &response)));
     }
-    let token = match parse_acquired(&response.body) {
-        Ok(token) => token,
-        Err(what) => return Ok(Err(what)),
-    };
-    let body = serde_json::json!({ "token": token }).to_string();
-    let response = http.post(release_path, true, body.as_bytes()).await?;
+    // The release body is written into a buffer the client keeps, taken out for the call.
+    let mut release = std::mem::take(&mut http.release);
+    if let Err(what) = parse_acquired(&response.body, &mut release) {
+        http.release = release;
+        return Ok(Err(what));
+    }
+    let response = http.post(release_path, true, &release).await;
+    http.release = release;
+    let response = response?;
     if !(200..300).contains(&response.status) {
         if response.status == 410 {
             http.open_session().await?;
@@ -503,16 +552,31 @@ mod tests {
 
     #[test]
     fn acquire_bodies() {
+        let mut release = b"stale".to_vec();
         assert_eq!(
-            parse_acquired(br#"{"lease_ttl_s":10,"status":"ok","token":"t1"}"#),
-            Ok("t1".to_string())
+            parse_acquired(br#"{"lease_ttl_s":10,"status":"ok","token":"t1"}"#, &mut release),
+            Ok(())
         );
+        assert_eq!(release, br#"{"token":"t1"}"#);
+        // A token that needs escaping is escaped, not pasted.
+        parse_acquired(br#"{"status":"ok","token":"a\"b"}"#, &mut release).unwrap();
+        assert_eq!(release, br#"{"token":"a\"b"}"#);
         assert_eq!(
-            parse_acquired(br#"{"status":"timeout"}"#),
+            parse_acquired(br#"{"status":"timeout"}"#, &mut release),
             Err("acquire: timeout".to_string())
         );
-        assert!(parse_acquired(br#"{"status":"ok"}"#).is_err());
-        assert!(parse_acquired(br#"{"status":"ok","token":7}"#).is_err());
-        assert!(parse_acquired(b"not json").is_err());
+        assert!(parse_acquired(br#"{"status":"ok"}"#, &mut release).is_err());
+        assert!(parse_acquired(br#"{"status":"ok","token":7}"#, &mut release).is_err());
+        assert!(parse_acquired(b"not json", &mut release).is_err());
+    }
+
+    #[test]
+    fn head_end_is_the_first_blank_line() {
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\nbody"), Some(15));
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n\r\n"), Some(21));
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\n\r\n"), None);
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r"), None);
+        assert_eq!(find_head_end(b"\n\r\n"), None);
+        assert_eq!(find_head_end(b""), None);
     }
 }

@@ -19,7 +19,9 @@
 #      dflockd and redis runs interleaved: 1 worker own key unpipelined, ENGINE_REPEATS runs
 #      (median and slowest/median) with the server's context switches per acquire+release
 #      (voluntary + nonvoluntary over every thread in /proc/PID/task, before and after each
-#      run); 10 and 50 workers; --shared-key at 10 workers against own key; --http at 10
+#      run); 10 and 50 workers; --shared-key at 10 workers against own key, beside redis's
+#      own hand-off chain through the same client (--redis-handoff: a token passed along one
+#      list with BLPOP + RPUSH, against a list per worker); --http at 10
 #      workers against the line protocol, and its p99. Ratios are against redis PING_INLINE
 #      rps / 2 with the same client count. Then the same client against both servers at 1, 10
 #      and 50 workers (dflockd-bench --redis-ping drives redis: two inline PINGs per op), with
@@ -522,7 +524,7 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         shared_rounds=$(rounds_for 10 --shared-key "$@")
         http_rounds=$(rounds_for 10 --http "$HOST:$HTTP_PORT" "$@")
         log "engine, 10 workers $*: $REPEATS x (own key, --shared-key, --http)"
-        local own=() shared=() http=() http99=() line99=()
+        local own=() shared=() http=() http99=() line99=() rown=() rshared=()
         for _ in $(seq 1 "$REPEATS"); do
             out=$(bench --workers 10 --rounds "$rounds" --warmup 100 "$@")
             own+=("$(field '/throughput:/' 2 "$out")")
@@ -531,13 +533,22 @@ if [[ $SKIP_ENGINE != 1 ]]; then
             out=$(bench --http "$HOST:$HTTP_PORT" --workers 10 --rounds "$http_rounds" --warmup 100 "$@")
             http+=("$(field '/throughput:/' 2 "$out")")
             http99+=("$(field '/p99/' 3 "$out")")
+            # The peer's hand-off chain through the same client: a token passed with BLPOP and
+            # RPUSH along one redis list, against a list and token per worker.
+            rown+=("$(field '/throughput:/' 2 "$(timeout --kill-after=5 "$STEP_TIMEOUT" "$BENCH" \
+                --servers "$HOST:$REDIS_PORT" --redis-handoff --workers 10 --rounds "$rounds" --warmup 100 "$@")")")
+            rshared+=("$(field '/throughput:/' 2 "$(timeout --kill-after=5 "$STEP_TIMEOUT" "$BENCH" \
+                --servers "$HOST:$REDIS_PORT" --redis-handoff --shared-key --workers 10 \
+                --rounds "$shared_rounds" --warmup 100 "$@")")")
         done
-        log "engine, 10 workers $*: own ${own[*]}; shared ${shared[*]}; http ${http[*]}"
+        log "engine, 10 workers $*: own ${own[*]}; shared ${shared[*]}; http ${http[*]}; redis hand-off own ${rown[*]}, shared ${rshared[*]}"
         ENG[${prefix}own]=$(median "${own[@]}")
         ENG[${prefix}shared]=$(median "${shared[@]}")
         ENG[${prefix}http]=$(median "${http[@]}")
         ENG[${prefix}http99]=$(median "${http99[@]}")
         ENG[${prefix}line99]=$(median "${line99[@]}")
+        ENG[${prefix}rown]=$(median "${rown[@]}")
+        ENG[${prefix}rshared]=$(median "${rshared[@]}")
     }
     ten_worker_checks ""
     if ((CLIENT_SPIN_US > 0)); then
@@ -657,6 +668,8 @@ if [[ $SKIP_ENGINE != 1 ]]; then
     done
     printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[shared]}" \
         "${ENG[own]}" "$(calc "${ENG[shared]} / ${ENG[own]}" 3)" 0.7
+    printf '%-44s %12s %12s %10s %8s\n' "  redis, one BLPOP/RPUSH list (vs own lists)" "${ENG[rshared]}" \
+        "${ENG[rown]}" "$(calc "${ENG[rshared]} / ${ENG[rown]}" 3)" -
     printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[http]}" \
         "${ENG[own]}" "$(calc "${ENG[http]} / ${ENG[own]}" 3)" 0.7
     printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms (line p99)" "${ENG[http99]}" \
@@ -685,6 +698,8 @@ if [[ $SKIP_ENGINE != 1 ]]; then
             "" - "≤ 2.2"
         printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[s,shared]}" \
             "${ENG[s,own]}" "$(calc "${ENG[s,shared]} / ${ENG[s,own]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "  redis, one BLPOP/RPUSH list (vs own lists)" "${ENG[s,rshared]}" \
+            "${ENG[s,rown]}" "$(calc "${ENG[s,rshared]} / ${ENG[s,rown]}" 3)" -
         printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[s,http]}" \
             "${ENG[s,own]}" "$(calc "${ENG[s,http]} / ${ENG[s,own]}" 3)" 0.7
         printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms" "${ENG[s,http99]}" \

@@ -118,6 +118,13 @@ struct Args {
     #[argh(switch)]
     redis_ping: bool,
 
+    /// peer mode: the same loop against redis-server at --servers, each op a token taken
+    /// from a list with BLPOP and given back with RPUSH: a list and token per worker, or with
+    /// --shared-key one token all workers pass along one list (redis answers blocked BLPOPs
+    /// first come, first served): the peer of a hot key's hand-off chain
+    #[argh(switch)]
+    redis_handoff: bool,
+
     /// client mode: "connection" (one Connection per worker, lock + release on it) or "lock"
     /// (a Lock handle per worker: dial, l, r and close per op) (default connection)
     #[argh(option)]
@@ -239,6 +246,18 @@ pub(crate) enum Driver {
     Client(ClientApi),
     /// redis-server, two inline `PING`s per op (the peer, through the same client).
     RedisPing,
+    /// redis-server, a token taken with `BLPOP` and given back with `RPUSH` per op; the
+    /// lists are named `<lists>:<key>` (one per worker, or the one shared list).
+    RedisHandoff { lists: String },
+}
+
+/// A prefix for this run's redis lists, so that no token left by an earlier run (one
+/// stopped half-way) is taken: the process id and the clock.
+fn handoff_lists() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("dflockd-bench:{}:{nanos}", std::process::id())
 }
 
 /// Which layer of `dflockd::client` the client mode measures.
@@ -342,6 +361,7 @@ impl Config {
             ("--etcd", args.etcd.is_some()),
             ("--client", args.client),
             ("--redis-ping", args.redis_ping),
+            ("--redis-handoff", args.redis_handoff),
             ("--fanout", args.fanout),
             ("--scaling", args.scaling),
             ("--freeze", args.freeze.is_some()),
@@ -444,6 +464,13 @@ impl Config {
                         return Err("--redis-ping takes no --shared-key or --auth-token".into());
                     }
                     Driver::RedisPing
+                } else if args.redis_handoff {
+                    if args.auth_token.is_some() {
+                        return Err("--redis-handoff takes no --auth-token".into());
+                    }
+                    Driver::RedisHandoff {
+                        lists: handoff_lists(),
+                    }
                 } else {
                     Driver::Protocol
                 };
@@ -456,6 +483,7 @@ impl Config {
                         | Driver::Etcd { .. }
                         | Driver::Client(ClientApi::Lock)
                         | Driver::RedisPing
+                        | Driver::RedisHandoff { .. }
                 );
                 if one_connection && conns_per_worker > 1 {
                     return Err(
@@ -481,11 +509,12 @@ impl Config {
                         | Driver::Http { .. }
                         | Driver::Etcd { .. }
                         | Driver::RedisPing
+                        | Driver::RedisHandoff { .. }
                 }
             )
         {
             return Err(
-                "--client-spin is for the lock loop over the line protocol, --http, --etcd or --redis-ping"
+                "--client-spin is for the lock loop over the line protocol, --http, --etcd, --redis-ping or --redis-handoff"
                     .into(),
             );
         }
@@ -583,10 +612,11 @@ impl Config {
 /// Accept Go `flag` spellings too (`-workers 5`, `--workers=5`, `-shared-key=true`), since the
 /// upstream tool is a Go program and scripts written for it should run unchanged.
 fn normalize_args(raw: &[String]) -> Result<Vec<String>, String> {
-    const SWITCHES: [&str; 6] = [
+    const SWITCHES: [&str; 7] = [
         "shared-key",
         "client",
         "redis-ping",
+        "redis-handoff",
         "fanout",
         "scaling",
         "help",
@@ -694,6 +724,35 @@ pub(crate) mod tests {
         ] {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn redis_handoff_is_the_peer_of_a_hot_key() {
+        for (args, shared) in [
+            (&["--redis-handoff", "--shared-key"][..], true),
+            (&["--redis-handoff"], false),
+            (&["-redis-handoff=true", "-shared-key=true"], true),
+        ] {
+            let cfg = parse(args).unwrap();
+            let Mode::Bench {
+                driver: Driver::RedisHandoff { lists },
+            } = &cfg.mode
+            else {
+                panic!("{args:?}: {:?}", cfg.mode);
+            };
+            assert!(lists.starts_with("dflockd-bench:"), "{lists}");
+            assert_eq!(cfg.shared_key, shared);
+            assert!(header(&cfg).contains("redis-server, BLPOP + RPUSH of a token per op"));
+        }
+        for bad in [
+            &["--redis-handoff", "--auth-token", "t"][..],
+            &["--redis-handoff", "--pipeline", "2"],
+            &["--redis-handoff", "--connections", "2"],
+            &["--redis-handoff", "--redis-ping"],
+        ] {
+            assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
+        }
+        assert!(parse(&["--redis-handoff", "--client-spin", "50"]).is_ok());
     }
 
     #[test]

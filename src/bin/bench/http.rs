@@ -202,7 +202,13 @@ pub(crate) fn push_http_post(
     body: &[u8],
 ) {
     let mut put = |parts: &[&[u8]]| parts.iter().for_each(|p| out.extend_from_slice(p));
-    put(&[b"POST ", path.as_bytes(), b" HTTP/1.1\r\nHost: ", host.as_bytes(), b"\r\n"]);
+    put(&[
+        b"POST ",
+        path.as_bytes(),
+        b" HTTP/1.1\r\nHost: ",
+        host.as_bytes(),
+        b"\r\n",
+    ]);
     if let Some(session) = session {
         put(&[b"X-Dflockd-Session: ", session.as_bytes(), b"\r\n"]);
     }
@@ -554,7 +560,10 @@ mod tests {
     fn acquire_bodies() {
         let mut release = b"stale".to_vec();
         assert_eq!(
-            parse_acquired(br#"{"lease_ttl_s":10,"status":"ok","token":"t1"}"#, &mut release),
+            parse_acquired(
+                br#"{"lease_ttl_s":10,"status":"ok","token":"t1"}"#,
+                &mut release
+            ),
             Ok(())
         );
         assert_eq!(release, br#"{"token":"t1"}"#);
@@ -573,7 +582,10 @@ mod tests {
     #[test]
     fn head_end_is_the_first_blank_line() {
         assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\nbody"), Some(15));
-        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n\r\n"), Some(21));
+        assert_eq!(
+            find_head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n\r\n"),
+            Some(21)
+        );
         assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\n\r\n"), None);
         assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r"), None);
         assert_eq!(find_head_end(b"\n\r\n"), None);

@@ -93,7 +93,27 @@ async fn bench_worker<T: Transport>(
         clients.push(Client::<T>::connect(addr, cfg).await?);
     }
     let mut latencies_ns = Vec::with_capacity(cfg.rounds.max(cfg.warmup));
-    if *driver == Driver::RedisPing {
+    if let Driver::RedisHandoff { lists } = driver {
+        let list = format!("{lists}:{}", cfg.worker_key(id));
+        let client = &mut clients[0];
+        // The token: one per worker's own list, or one for the shared list, put there by
+        // worker 0 (the others wait for it in BLPOP).
+        if !cfg.shared_key || id == 0 {
+            redis_integer(client, &format!("RPUSH {list} t\r\n"), "RPUSH").await?;
+        }
+        handoffs(client, &list, cfg, cfg.warmup, &mut latencies_ns).await?;
+        latencies_ns.clear();
+        gate.pass().await;
+        handoffs(client, &list, cfg, cfg.rounds, &mut latencies_ns).await?;
+        // Leave nothing behind: an own list is deleted by its worker; the shared one by the
+        // last worker to finish (every other worker has given the token back by then).
+        let last = !cfg.shared_key
+            || redis_integer(client, &format!("INCR {list}:done\r\n"), "INCR").await?
+                == i64::try_from(cfg.workers).unwrap_or(i64::MAX);
+        if last {
+            redis_integer(client, &format!("DEL {list} {list}:done\r\n"), "DEL").await?;
+        }
+    } else if *driver == Driver::RedisPing {
         let client = &mut clients[0];
         pings(client, cfg.warmup, &mut latencies_ns).await?;
         latencies_ns.clear();
@@ -171,6 +191,61 @@ async fn pings<T: Transport>(
         latencies_ns.push(elapsed_ns(t0, Instant::now()));
     }
     Ok(())
+}
+
+/// `ops` hand-offs on the redis list `list`: take the token (`BLPOP`, waiting at most the
+/// acquire timeout), give it back (`RPUSH`), two round trips like `l` + `r`. On a shared list
+/// the `RPUSH` answers the longest-waiting `BLPOP`, as a release grants the first waiter.
+async fn handoffs<T: Transport>(
+    client: &mut Client<T>,
+    list: &str,
+    cfg: &Config,
+    ops: usize,
+    latencies_ns: &mut Vec<u64>,
+) -> Result<(), BenchError> {
+    let take = format!("BLPOP {list} {}\r\n", cfg.timeout_s.max(1));
+    let mut give = Vec::with_capacity(list.len() + 16);
+    for _ in 0..ops {
+        let t0 = Instant::now();
+        client.io.write_all(take.as_bytes()).await?;
+        // `*2`, then the list's name and the token as two bulk strings; `*-1` on a timeout.
+        let head = client.reply().await?;
+        if head.strip_suffix(b"\r").unwrap_or(head) != b"*2" {
+            return Err(unexpected("BLPOP", list, head));
+        }
+        for _ in 0..3 {
+            client.reply().await?;
+        }
+        let token = client.reply().await?;
+        give.clear();
+        give.extend_from_slice(b"RPUSH ");
+        give.extend_from_slice(list.as_bytes());
+        give.push(b' ');
+        give.extend_from_slice(token.strip_suffix(b"\r").unwrap_or(token));
+        give.extend_from_slice(b"\r\n");
+        client.io.write_all(&give).await?;
+        let line = client.reply().await?;
+        if !line.starts_with(b":") {
+            return Err(unexpected("RPUSH", list, line));
+        }
+        latencies_ns.push(elapsed_ns(t0, Instant::now()));
+    }
+    Ok(())
+}
+
+/// Sends one inline redis command and reads its integer reply (`:<n>`).
+async fn redis_integer<T: Transport>(
+    client: &mut Client<T>,
+    command: &str,
+    what: &'static str,
+) -> Result<i64, BenchError> {
+    client.io.write_all(command.as_bytes()).await?;
+    let line = client.reply().await?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.strip_prefix(b":")
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| unexpected(what, "-", line))
 }
 
 /// `ops` acquire+release pairs over a sliding window of `keys.len()` keys on one connection.
@@ -264,7 +339,7 @@ fn worker_on_thread(
     gate: &Gate,
 ) -> Result<WorkerOutcome, BenchError> {
     match driver {
-        Driver::Protocol | Driver::RedisPing => {
+        Driver::Protocol | Driver::RedisPing | Driver::RedisHandoff { .. } => {
             future::block_on(bench_worker::<Blocking>(id, cfg, gate, driver))
         }
         Driver::Http { addr } => future::block_on(http_worker::<Blocking>(id, cfg, gate, addr)),
@@ -285,7 +360,7 @@ async fn worker_on_loop(
     gate: &Gate,
 ) -> Result<WorkerOutcome, BenchError> {
     match driver {
-        Driver::Protocol | Driver::RedisPing => {
+        Driver::Protocol | Driver::RedisPing | Driver::RedisHandoff { .. } => {
             bench_worker::<Evented>(id, cfg, gate, driver).await
         }
         Driver::Http { addr } => http_worker::<Evented>(id, cfg, gate, addr).await,
@@ -314,7 +389,7 @@ fn spawn_on_runtime(
                 let (cfg, driver, gate) = (Arc::clone(&cfg), driver.clone(), Arc::clone(&gate));
                 runtime.spawn_on(id, async move {
                     let outcome = match driver {
-                        Driver::Protocol | Driver::RedisPing => {
+                        Driver::Protocol | Driver::RedisPing | Driver::RedisHandoff { .. } => {
                             bench_worker::<Looped>(id, &cfg, &gate, &driver).await
                         }
                         Driver::Http { addr } => {
@@ -410,4 +485,96 @@ pub(crate) fn run_workers(cfg: &Arc<Config>, driver: &Driver) -> (Instant, Vec<W
         }
     }
     (start, outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::tests::parse;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A scripted redis: reads a command line and writes the next reply (the command named
+    /// beside it is for the reader), and returns the lines it read.
+    fn scripted(
+        script: Vec<(&'static str, &'static str)>,
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let peer = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let mut seen = Vec::new();
+            for (_, reply) in script {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                seen.push(line.trim_end().to_string());
+                writer.write_all(reply.as_bytes()).unwrap();
+            }
+            seen
+        });
+        (addr, peer)
+    }
+
+    #[test]
+    fn a_handoff_takes_the_token_and_gives_it_back() {
+        let script = vec![
+            ("BLPOP", "*2\r\n$4\r\nlist\r\n$3\r\ntok\r\n"),
+            ("RPUSH", ":1\r\n"),
+            ("BLPOP", "*2\r\n$4\r\nlist\r\n$3\r\ntok\r\n"),
+            ("RPUSH", ":1\r\n"),
+            ("INCR", ":3\r\n"),
+        ];
+        let (addr, peer) = scripted(script);
+        let cfg = parse(&["--timeout", "7"]).unwrap();
+        let mut latencies = Vec::new();
+        let n = future::block_on(async {
+            let mut client = Client::<Blocking>::connect(&addr, &cfg).await.unwrap();
+            handoffs(&mut client, "list", &cfg, 2, &mut latencies)
+                .await
+                .unwrap();
+            redis_integer(&mut client, "INCR list:done\r\n", "INCR")
+                .await
+                .unwrap()
+        });
+        assert_eq!((latencies.len(), n), (2, 3));
+        let seen = peer.join().unwrap();
+        assert_eq!(
+            seen,
+            [
+                "BLPOP list 7",
+                "RPUSH list tok",
+                "BLPOP list 7",
+                "RPUSH list tok",
+                "INCR list:done"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_handoff_that_times_out_or_is_refused_is_an_error() {
+        for reply in ["*-1\r\n", "-ERR wrong\r\n"] {
+            let (addr, peer) = scripted(vec![("BLPOP", reply)]);
+            let cfg = parse(&[]).unwrap();
+            let err = future::block_on(async {
+                let mut client = Client::<Blocking>::connect(&addr, &cfg).await.unwrap();
+                handoffs(&mut client, "list", &cfg, 1, &mut Vec::new()).await
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("BLPOP"), "{err}");
+            peer.join().unwrap();
+        }
+        let (addr, peer) = scripted(vec![("DEL", "+OK\r\n")]);
+        let cfg = parse(&[]).unwrap();
+        let err = future::block_on(async {
+            let mut client = Client::<Blocking>::connect(&addr, &cfg).await.unwrap();
+            redis_integer(&mut client, "DEL list\r\n", "DEL").await
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("DEL"), "{err}");
+        peer.join().unwrap();
+    }
 }

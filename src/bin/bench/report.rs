@@ -88,6 +88,9 @@ pub(crate) fn header(cfg: &Config) -> String {
         Mode::Bench {
             driver: Driver::RedisPing,
         } => mode = "redis-server, two inline PINGs per op".to_string(),
+        Mode::Bench {
+            driver: Driver::RedisHandoff { .. },
+        } => mode = "redis-server, BLPOP + RPUSH of a token per op".to_string(),
         _ => {}
     }
     if !cfg.client_spin.is_zero() {

@@ -3,6 +3,7 @@
 //! (`Content-Length` bodies only). Non-2xx answers and acquire timeouts are counted, not fatal.
 
 use std::fmt;
+use std::io::Write as _;
 use std::time::Instant;
 
 use crate::args::Config;
@@ -215,26 +216,10 @@ pub(crate) fn push_http_post(
     if let Some(token) = bearer {
         put(&[b"Authorization: Bearer ", token.as_bytes(), b"\r\n"]);
     }
-    let mut digits = [0u8; 20];
-    put(&[
-        b"Content-Type: application/json\r\nContent-Length: ",
-        decimal(body.len(), &mut digits),
-        b"\r\n\r\n",
-        body,
-    ]);
-}
-
-/// `n` in decimal, written into the end of `buf`.
-fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
+    put(&[b"Content-Type: application/json\r\nContent-Length: "]);
+    // Writing into a Vec cannot fail, and `{}` of an integer allocates nothing.
+    let _ = write!(out, "{}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
 }
 
 /// A response shown in a failure count: status and the start of the body.

@@ -12,8 +12,12 @@
 //!    sender id, receiver id, and the `--raft-auth-token` when one is set,
 //!    compared in constant time. Nothing else is parsed before it passes.
 //!    The acceptor answers `OK` and from then on only reads.
-//! 3. Message frames: a 4-byte big-endian length, then a kind byte and a
-//!    protobuf `eraftpb::Message`. A frame longer than the frame limit
+//! 3. Message frames: a 4-byte big-endian length, then a kind byte, a
+//!    protobuf `eraftpb::Message` and the xxh3-64 checksum of both (8
+//!    bytes, big-endian): a frame garbled on the way (plain TCP's own
+//!    checksum is 16 bits) is refused before it is parsed, instead of
+//!    reaching raft-rs, which trusts members and panics on an impossible
+//!    commit index. A frame longer than the frame limit
 //!    (4 MiB) is refused before it is read. A message that does not fit (a
 //!    snapshot) travels in parts of at most the frame limit, reassembled
 //!    up to the snapshot limit and parsed once complete; only `MsgSnapshot`
@@ -57,8 +61,12 @@ pub const MAX_TOKEN_BYTES: usize = 65_535;
 /// The shortest member token (upstream's rule, spec/cluster.md §9).
 pub const MIN_TOKEN_BYTES: usize = 32;
 const MAGIC: &[u8; 8] = b"DFLKRAFT";
-const VERSION: u8 = 1;
+/// 2: message frames end with a checksum.
+const VERSION: u8 = 2;
 const ACCEPTED: &[u8; 2] = b"OK";
+
+/// The checksum that ends a message frame ([`checksum`]).
+const CHECKSUM_BYTES: usize = 8;
 
 /// Frame kinds.
 const WHOLE: u8 = 0;
@@ -294,6 +302,8 @@ pub enum Refusal {
     MessageTooLarge,
     /// An unknown frame kind, or parts of something other than a snapshot.
     BadFrame,
+    /// A message frame whose checksum does not match its bytes.
+    BadChecksum,
     /// The bytes are not a Raft message.
     Undecodable,
     /// `from` is not the member that said hello, or `to` is not us.
@@ -311,6 +321,7 @@ impl fmt::Display for Refusal {
             Refusal::FrameTooLarge(n) => write!(f, "frame of {n} bytes over the limit"),
             Refusal::MessageTooLarge => f.write_str("message over the reassembly limit"),
             Refusal::BadFrame => f.write_str("bad frame kind"),
+            Refusal::BadChecksum => f.write_str("frame checksum mismatch"),
             Refusal::Undecodable => f.write_str("not a Raft message"),
             Refusal::Spoofed => f.write_str("message ids do not match the connection"),
             Refusal::NotPeerType(t) => write!(f, "message type {t:?} is not sent by members"),
@@ -377,17 +388,29 @@ pub fn check_message(msg: &Message, from: u64, me: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The checksum a message frame of `kind` carrying `payload` ends with:
+/// xxh3-64 of the payload, seeded with the kind, big-endian.
+fn checksum(kind: u8, payload: &[u8]) -> [u8; CHECKSUM_BYTES] {
+    xxhash_rust::xxh3::xxh3_64_with_seed(payload, u64::from(kind)).to_be_bytes()
+}
+
+/// Writes a frame: the hello (`kind` `None`: length and payload) or a
+/// message frame (length, kind, payload, checksum).
 async fn write_frame<W: futures_lite::AsyncWrite + Unpin>(
     w: &mut W,
     kind: Option<u8>,
     payload: &[u8],
 ) -> io::Result<()> {
-    let len = payload.len() + usize::from(kind.is_some());
+    let len = payload.len() + kind.map_or(0, |_| 1 + CHECKSUM_BYTES);
     let mut head = Vec::with_capacity(5);
     head.extend_from_slice(&(len as u32).to_be_bytes());
     head.extend(kind);
     w.write_all(&head).await?;
-    w.write_all(payload).await
+    w.write_all(payload).await?;
+    match kind {
+        Some(kind) => w.write_all(&checksum(kind, payload)).await,
+        None => Ok(()),
+    }
 }
 
 /// Reads one frame of at most `max` bytes. `Ok(None)` at a clean end of
@@ -423,9 +446,10 @@ enum FrameError {
     Refused(Refusal),
 }
 
-/// Splits an encoded message into frame payloads (kind byte first).
+/// Splits an encoded message into frame payloads, each with its kind;
+/// a frame of one (kind, checksum and payload) fits in `max_frame`.
 pub fn split_message(bytes: &[u8], max_frame: usize) -> Vec<(u8, &[u8])> {
-    let room = max_frame.saturating_sub(1).max(1);
+    let room = max_frame.saturating_sub(1 + CHECKSUM_BYTES).max(1);
     if bytes.len() <= room {
         return vec![(WHOLE, bytes)];
     }
@@ -435,6 +459,17 @@ pub fn split_message(bytes: &[u8], max_frame: usize) -> Vec<(u8, &[u8])> {
         .enumerate()
         .map(|(i, c)| (if i + 1 == n { LAST_PART } else { PART }, c))
         .collect()
+}
+
+/// A message frame as [`Reassembly::push`] takes it (kind, payload,
+/// checksum): for tests that build frames by hand.
+#[cfg(test)]
+pub(crate) fn seal(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(1 + payload.len() + CHECKSUM_BYTES);
+    frame.push(kind);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(&checksum(kind, payload));
+    frame
 }
 
 /// Reassembles frames into messages; one per connection.
@@ -451,9 +486,18 @@ impl Reassembly {
         }
     }
 
-    /// Takes one frame; returns a complete message when there is one.
+    /// Takes one frame (kind, payload, checksum: what follows the length);
+    /// returns a complete message when there is one.
     pub fn push(&mut self, frame: &[u8]) -> Result<Option<Message>, Refusal> {
-        let (&kind, body) = frame.split_first().ok_or(Refusal::BadFrame)?;
+        let (&kind, rest) = frame.split_first().ok_or(Refusal::BadFrame)?;
+        let body_len = rest
+            .len()
+            .checked_sub(CHECKSUM_BYTES)
+            .ok_or(Refusal::BadFrame)?;
+        let (body, sum) = rest.split_at(body_len);
+        if sum != checksum(kind, body) {
+            return Err(Refusal::BadChecksum);
+        }
         match kind {
             WHOLE if self.buf.is_empty() => Message::parse_from_bytes(body)
                 .map(Some)

@@ -116,8 +116,7 @@ fn large_messages_travel_in_parts_and_only_snapshots_may() {
     let mut r = Reassembly::new(1 << 20);
     let mut got = None;
     for (kind, body) in &parts {
-        let mut frame = vec![*kind];
-        frame.extend_from_slice(body);
+        let frame = seal(*kind, body);
         assert!(frame.len() <= 1000);
         if let Some(m) = r.push(&frame).unwrap() {
             got = Some(m);
@@ -128,11 +127,7 @@ fn large_messages_travel_in_parts_and_only_snapshots_may() {
     let mut small = Reassembly::new(5_000);
     let err = parts
         .iter()
-        .map(|(k, b)| {
-            let mut f = vec![*k];
-            f.extend_from_slice(b);
-            small.push(&f)
-        })
+        .map(|(k, b)| small.push(&seal(*k, b)))
         .find_map(Result::err);
     assert_eq!(err, Some(Refusal::MessageTooLarge));
     // An append in parts is refused.
@@ -142,17 +137,46 @@ fn large_messages_travel_in_parts_and_only_snapshots_may() {
     let mut r = Reassembly::new(1 << 20);
     let mut last = Ok(None);
     for (k, b) in split_message(&bytes, 1000) {
-        let mut f = vec![k];
-        f.extend_from_slice(b);
-        last = r.push(&f);
+        last = r.push(&seal(k, b));
     }
     assert_eq!(last, Err(Refusal::BadFrame));
-    assert_eq!(Reassembly::new(10).push(&[7, 1, 2]), Err(Refusal::BadFrame));
-    assert_eq!(Reassembly::new(10).push(&[]), Err(Refusal::BadFrame));
     assert_eq!(
-        Reassembly::new(10).push(&[WHOLE, 0xff, 0xff]),
+        Reassembly::new(10).push(&seal(7, &[1, 2])),
+        Err(Refusal::BadFrame)
+    );
+    assert_eq!(Reassembly::new(10).push(&[]), Err(Refusal::BadFrame));
+    // Too short to hold a checksum.
+    assert_eq!(
+        Reassembly::new(10).push(&[WHOLE, 1, 2]),
+        Err(Refusal::BadFrame)
+    );
+    assert_eq!(
+        Reassembly::new(10).push(&seal(WHOLE, &[0xff, 0xff])),
         Err(Refusal::Undecodable)
     );
+}
+
+/// A frame garbled on the way is refused by its checksum before it is
+/// parsed: every single-bit flip of a heartbeat's frame (kind, payload or
+/// checksum), none of which would otherwise be noticed by the parser for
+/// certain (a flipped `commit` still decodes, and raft-rs panics on a
+/// commit index beyond its log).
+#[test]
+fn a_garbled_frame_is_refused_by_its_checksum() {
+    let mut heartbeat = msg(MessageType::MsgHeartbeat, 2, 1);
+    heartbeat.commit = 7;
+    let good = seal(WHOLE, &heartbeat.write_to_bytes().unwrap());
+    assert_eq!(Reassembly::new(1 << 20).push(&good), Ok(Some(heartbeat)));
+    for bit in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let got = Reassembly::new(1 << 20).push(&bad);
+        // A flip in the kind byte may also be an unknown kind; never a message.
+        assert!(
+            matches!(got, Err(Refusal::BadChecksum | Refusal::BadFrame)),
+            "bit {bit}: {got:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -297,10 +321,11 @@ fn raw_session(addr: SocketAddr, after: &[u8]) -> io::Result<usize> {
     s.read_to_end(&mut rest)
 }
 
+/// A message frame on the wire: length, then kind, body and checksum.
 fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = ((body.len() + 1) as u32).to_be_bytes().to_vec();
-    f.push(kind);
-    f.extend_from_slice(body);
+    let sealed = seal(kind, body);
+    let mut f = (sealed.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(&sealed);
     f
 }
 
@@ -314,6 +339,17 @@ fn bad_frames_and_messages_close_the_connection() {
         ((MAX_FRAME_BYTES + 2) as u32).to_be_bytes().to_vec(),
         frame(WHOLE, &[0xff, 0xff, 0xff]),
         frame(9, b"x"),
+        // A heartbeat whose last checksum byte was flipped on the way.
+        {
+            let mut f = frame(
+                WHOLE,
+                &msg(MessageType::MsgHeartbeat, 2, 1)
+                    .write_to_bytes()
+                    .unwrap(),
+            );
+            *f.last_mut().unwrap() ^= 1;
+            f
+        },
         frame(
             WHOLE,
             &msg(MessageType::MsgPropose, 2, 1).write_to_bytes().unwrap(),
@@ -560,10 +596,11 @@ fn member_tls_files_that_do_not_load_name_the_setting() {
 #[test]
 fn nested_unknown_groups_in_a_full_frame_are_refused_without_overflow() {
     // Field 1000, wire type 3 (start group): tag 8003, varint c3 3e.
-    let mut frame = vec![WHOLE];
-    while frame.len() + 2 <= MAX_FRAME_BYTES {
-        frame.extend_from_slice(&[0xc3, 0x3e]);
+    let mut groups = Vec::new();
+    while 1 + groups.len() + 2 + CHECKSUM_BYTES <= MAX_FRAME_BYTES {
+        groups.extend_from_slice(&[0xc3, 0x3e]);
     }
+    let frame = seal(WHOLE, &groups);
     let refused = std::thread::Builder::new()
         .stack_size(2 << 20)
         .spawn(move || Reassembly::new(MAX_FRAME_BYTES).push(&frame))

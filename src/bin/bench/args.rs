@@ -468,6 +468,10 @@ impl Config {
                     if args.auth_token.is_some() {
                         return Err("--redis-handoff takes no --auth-token".into());
                     }
+                    // One server: the shared list and its one token live on it.
+                    if servers.len() > 1 {
+                        return Err("--redis-handoff takes one --servers address".into());
+                    }
                     Driver::RedisHandoff {
                         lists: handoff_lists(),
                     }
@@ -749,6 +753,7 @@ pub(crate) mod tests {
             &["--redis-handoff", "--pipeline", "2"],
             &["--redis-handoff", "--connections", "2"],
             &["--redis-handoff", "--redis-ping"],
+            &["--redis-handoff", "--servers", "a:1,b:2"],
         ] {
             assert_eq!(parse(bad).err().map(|e| e.0), Some(2), "{bad:?}");
         }

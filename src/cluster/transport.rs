@@ -300,7 +300,8 @@ pub enum Refusal {
     FrameTooLarge(usize),
     /// A message over the reassembly limit.
     MessageTooLarge,
-    /// An unknown frame kind, or parts of something other than a snapshot.
+    /// An unknown frame kind, a frame too short to hold its checksum, or
+    /// parts of something other than a snapshot.
     BadFrame,
     /// A message frame whose checksum does not match its bytes.
     BadChecksum,
@@ -320,7 +321,7 @@ impl fmt::Display for Refusal {
             Refusal::WrongIds => f.write_str("hello with wrong member ids"),
             Refusal::FrameTooLarge(n) => write!(f, "frame of {n} bytes over the limit"),
             Refusal::MessageTooLarge => f.write_str("message over the reassembly limit"),
-            Refusal::BadFrame => f.write_str("bad frame kind"),
+            Refusal::BadFrame => f.write_str("bad frame kind or length"),
             Refusal::BadChecksum => f.write_str("frame checksum mismatch"),
             Refusal::Undecodable => f.write_str("not a Raft message"),
             Refusal::Spoofed => f.write_str("message ids do not match the connection"),

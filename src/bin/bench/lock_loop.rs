@@ -494,11 +494,9 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
 
-    /// A scripted redis: reads a command line and writes the next reply (the command named
-    /// beside it is for the reader), and returns the lines it read.
-    fn scripted(
-        script: Vec<(&'static str, &'static str)>,
-    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    /// A scripted redis: for each of `replies`, reads a command line and writes the reply;
+    /// returns the lines it read.
+    fn scripted(replies: Vec<&'static str>) -> (String, std::thread::JoinHandle<Vec<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let peer = std::thread::spawn(move || {
@@ -506,7 +504,7 @@ mod tests {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut writer = stream;
             let mut seen = Vec::new();
-            for (_, reply) in script {
+            for reply in replies {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap() == 0 {
                     break;
@@ -521,14 +519,14 @@ mod tests {
 
     #[test]
     fn a_handoff_takes_the_token_and_gives_it_back() {
-        let script = vec![
-            ("BLPOP", "*2\r\n$4\r\nlist\r\n$3\r\ntok\r\n"),
-            ("RPUSH", ":1\r\n"),
-            ("BLPOP", "*2\r\n$4\r\nlist\r\n$3\r\ntok\r\n"),
-            ("RPUSH", ":1\r\n"),
-            ("INCR", ":3\r\n"),
-        ];
-        let (addr, peer) = scripted(script);
+        // The replies to BLPOP, RPUSH, BLPOP, RPUSH and INCR.
+        let (addr, peer) = scripted(vec![
+            "*2\r\n$4\r\nlist\r\n$3\r\ntok\r\n",
+            ":1\r\n",
+            "*2\r\n$4\r\nlist\r\n$3\r\ntok\r\n",
+            ":1\r\n",
+            ":3\r\n",
+        ]);
         let cfg = parse(&["--timeout", "7"]).unwrap();
         let mut latencies = Vec::new();
         let n = future::block_on(async {
@@ -557,7 +555,7 @@ mod tests {
     #[test]
     fn a_handoff_that_times_out_or_is_refused_is_an_error() {
         for reply in ["*-1\r\n", "-ERR wrong\r\n"] {
-            let (addr, peer) = scripted(vec![("BLPOP", reply)]);
+            let (addr, peer) = scripted(vec![reply]);
             let cfg = parse(&[]).unwrap();
             let err = future::block_on(async {
                 let mut client = Client::<Blocking>::connect(&addr, &cfg).await.unwrap();
@@ -567,7 +565,7 @@ mod tests {
             assert!(err.to_string().contains("BLPOP"), "{err}");
             peer.join().unwrap();
         }
-        let (addr, peer) = scripted(vec![("DEL", "+OK\r\n")]);
+        let (addr, peer) = scripted(vec!["+OK\r\n"]);
         let cfg = parse(&[]).unwrap();
         let err = future::block_on(async {
             let mut client = Client::<Blocking>::connect(&addr, &cfg).await.unwrap();

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    HeaderMap, HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW,
     AUTHORIZATION, ORIGIN, VARY,
 };
@@ -30,8 +30,8 @@ use super::respond::{
 use super::routes::Route;
 use super::sessions::CreateError;
 use super::{
-    admin, introspect, lenient, lock, metrics, signals, ui, Front, Resp, CORS_HEADERS,
-    CORS_MAX_AGE, CORS_METHODS, MAX_BODY_BYTES, OPENAPI, SESSION_HEADER,
+    admin, introspect, lenient, lock, metrics, routes, signals, ui, Front, Resp, CORS_HEADERS,
+    CORS_MAX_AGE, CORS_METHODS, MAX_BODY_BYTES, OPENAPI, ROUTES, SESSION_HEADER,
 };
 use crate::logging::{self, Cause};
 use crate::sync::Arc;
@@ -79,7 +79,9 @@ fn cors_headers(front: &Front, headers: &HeaderMap) -> Option<HeaderMap> {
 pub(super) type Req = Box<hyper::Request<Incoming>>;
 
 /// The outermost layer: CORS (preflight answered here, before metrics,
-/// rate limit and auth), then [`counted`].
+/// rate limit and auth), then the request counted for `/metrics` around
+/// [`handle`] (one async function, not two: each level of async call
+/// costs copies of its future and of the response on the way out).
 pub(super) async fn serve(
     front: &Arc<Front>,
     ip: IpAddr,
@@ -99,7 +101,34 @@ pub(super) async fn serve(
     let mut resp = if preflight {
         no_content()
     } else {
-        counted(front, ip, slot, req).await
+        // Counted for `/metrics`.
+        let start = Instant::now();
+        let method = routes::method_index(req.method());
+        // The route is looked up once, here, for the count's label and for
+        // the handler.
+        let matched = {
+            let path = req.uri().path();
+            front.router.at(path).ok().map(|m| Matched {
+                index: *m.value,
+                // A template has at most one parameter.
+                param: m.params.iter().next().map(|(_, v)| within(path, v)),
+            })
+        };
+        let index = matched.as_ref().map(|m| m.index);
+        let resp = if rate_limited(front, ip, req.uri().path()) {
+            front.rate_limited.fetch_add(1, Ordering::Relaxed);
+            warn_ip(
+                Cause::RateLimited,
+                ip,
+                "HTTP request refused: --http-rate-limit-per-ip",
+            );
+            error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
+        } else {
+            handle(front, ip, slot, req, matched).await
+        };
+        let secs = start.elapsed().as_secs_f64();
+        lock(&front.requests).record(index, method, resp.status().as_u16(), secs);
+        resp
     };
     if let Some(cors) = cors {
         resp.headers_mut().extend(cors);
@@ -122,61 +151,19 @@ fn refused(ip: IpAddr, why: lenient::Refusal) -> Resp {
     r
 }
 
-/// Handles one request and counts it for `/metrics`.
-async fn counted(
-    front: &Arc<Front>,
-    ip: IpAddr,
-    slot: &Arc<signals::StreamSlot>,
-    req: Req,
-) -> Resp {
-    let start = Instant::now();
-    // Bounded label values: the known methods, and route templates.
-    let method = match *req.method() {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::DELETE => "DELETE",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    };
-    // The route is looked up once, here, for the count's label and for
-    // the handler.
-    let matched = front.router.at(req.uri().path()).ok().map(|m| {
-        let (route, methods, template) = *m.value;
-        let param = m
-            .params
-            .get("key")
-            .or_else(|| m.params.get("id"))
-            .or_else(|| m.params.get("channel"))
-            .map(str::to_owned);
-        Matched {
-            route,
-            methods,
-            template,
-            param,
-        }
-    });
-    let template = matched.as_ref().map_or("unmatched", |m| m.template);
-    let resp = if rate_limited(front, ip, req.uri().path()) {
-        front.rate_limited.fetch_add(1, Ordering::Relaxed);
-        warn_ip(
-            Cause::RateLimited,
-            ip,
-            "HTTP request refused: --http-rate-limit-per-ip",
-        );
-        error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "")
+/// Where `part`, a slice of `whole` (a path parameter of the path the
+/// router matched), lies in it: kept as a range, so that the request can
+/// move on while its parameter is still known without a copy.
+fn within(whole: &str, part: &str) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    let range = start..start.wrapping_add(part.len());
+    // The router hands out slices of the path it was given; were that ever
+    // not so, the parameter is taken as empty (a 400, never a wrong key).
+    if whole.get(range.clone()) == Some(part) {
+        range
     } else {
-        handle(front, ip, slot, req, matched).await
-    };
-    let mut requests = lock(&front.requests);
-    let entry = requests
-        .entry((method, template, resp.status().as_u16()))
-        .or_insert((0, 0.0));
-    entry.0 += 1;
-    entry.1 += start.elapsed().as_secs_f64();
-    resp
+        0..0
+    }
 }
 
 /// `--http-rate-limit-per-ip`: whether this request is over the limit of
@@ -191,13 +178,12 @@ fn rate_limited(front: &Front, ip: IpAddr, path: &str) -> bool {
     !lock(limiter).allow(ip, Instant::now())
 }
 
-/// A request's route, found once by [`counted`]: the route, its methods,
-/// its template (the metrics label) and its path parameter, if any.
+/// A request's route, found once by [`serve`]: its index in [`ROUTES`]
+/// (its route, methods and template, the metrics label) and where its path
+/// parameter lies in the path, if it has one.
 struct Matched {
-    route: Route,
-    methods: &'static [Method],
-    template: &'static str,
-    param: Option<String>,
+    index: usize,
+    param: Option<std::ops::Range<usize>>,
 }
 
 async fn handle(
@@ -207,15 +193,12 @@ async fn handle(
     req: Req,
     matched: Option<Matched>,
 ) -> Resp {
-    let Some(Matched {
-        route,
-        methods,
-        param,
-        ..
-    }) = matched
+    let Some((&(_, route, methods), param)) =
+        matched.and_then(|m| Some((ROUTES.get(m.index)?, m.param)))
     else {
         return error(StatusCode::NOT_FOUND, "not_found", "");
     };
+    let param: Option<&str> = param.and_then(|r| req.uri().path().get(r));
     if !methods.contains(req.method()) {
         let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "");
@@ -271,7 +254,7 @@ async fn handle(
         // several times per request).
         Route::Metrics => Box::pin(metrics::render(front)).await,
         Route::Stats => Box::pin(introspect::stats(front, req.uri().query())).await,
-        Route::KeyView => match path_key(param.as_deref(), "key") {
+        Route::KeyView => match path_key(param, "key") {
             Ok(key) => Box::pin(introspect::key(front, key, req.uri().query())).await,
             Err(r) => *r,
         },
@@ -297,10 +280,10 @@ async fn handle(
         },
         Route::Session | Route::SessionPing => {
             let id = param.unwrap_or_default();
-            if !is_session_id(&id) {
+            if !is_session_id(id) {
                 return bad_request("invalid session id");
             }
-            let Some(s) = front.sessions.get(&id) else {
+            let Some(s) = front.sessions.get(id) else {
                 return session_gone();
             };
             if route == Route::Session {
@@ -315,11 +298,14 @@ async fn handle(
             }
         }
         Route::Key(space, op) => {
-            let key = match path_key(param.as_deref(), "key") {
+            let key = match path_key(param, "key") {
                 Ok(k) => k,
                 Err(r) => return *r,
             };
-            let session = match req.headers().get(SESSION_HEADER) {
+            // A name made once: looking a header up by a string parses
+            // the name first.
+            const SESSION: HeaderName = HeaderName::from_static(SESSION_HEADER);
+            let session = match req.headers().get(&SESSION) {
                 None => return bad_request("X-Dflockd-Session header required"),
                 Some(v) => match v.to_str().ok().and_then(|v| front.sessions.get(v)) {
                     Some(s) => s,
@@ -343,9 +329,15 @@ async fn handle(
             on_session(front, &session, op, request).await
         }
         Route::VoterAdd => Box::pin(admin::add_voter(front, ip, *req)).await,
-        Route::VoterRemove => Box::pin(admin::remove_voter(front, ip, *req, param)).await,
+        Route::VoterRemove => {
+            let id = param.map(str::to_owned);
+            Box::pin(admin::remove_voter(front, ip, *req, id)).await
+        }
         Route::ReadIndex => Box::pin(admin::read_index(front)).await,
-        Route::SignalPublish => Box::pin(signals::publish(front, param, req.into_body())).await,
+        Route::SignalPublish => {
+            let channel = param.map(str::to_owned);
+            Box::pin(signals::publish(front, channel, req.into_body())).await
+        }
         Route::SignalStream => match signals::stream_request(req.uri().query()) {
             Ok(request) => signals::subscribe(front, ip, slot, request),
             Err(detail) => bad_request(&detail),
@@ -475,6 +467,16 @@ pub(super) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_is_found_where_it_lies_in_the_path() {
+        let path = "/v1/locks/abc/release";
+        assert_eq!(within(path, &path[10..13]), 10..13);
+        assert_eq!(&path[within(path, &path[10..13])], "abc");
+        // Not a slice of the path: an empty parameter, not a wrong one.
+        assert_eq!(within(path, "abc"), 0..0);
+        assert_eq!(within(path, ""), 0..0);
+    }
 
     #[test]
     fn percent_decoding() {

@@ -84,7 +84,7 @@ impl Scrape {
             rate_limited: front.rate_limited.load(Ordering::Relaxed),
             conns_rejected: front.conns_rejected.load(Ordering::Relaxed),
             tls_failures: front.tls_failures.load(Ordering::Relaxed),
-            requests: lock(&front.requests).clone(),
+            requests: lock(&front.requests).counts(),
             fence_headroom,
             fence_failures,
             raft: engine.replicator().map(|r| r.metrics()).unwrap_or_default(),

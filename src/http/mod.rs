@@ -82,6 +82,53 @@ type Resp = hyper::Response<Either<Full<Bytes>, signals::SseBody>>;
 /// (method, route template, status) → (requests, seconds spent).
 type RequestCounts = BTreeMap<(&'static str, &'static str, u16), (u64, f64)>;
 
+/// The request counts as the request path keeps them: one slot per
+/// (route, method) pair, found by index (a route's place in [`ROUTES`],
+/// one more for a path no route matches; a method's in
+/// [`routes::METHOD_LABELS`]), holding (status, requests, seconds) per
+/// status seen. O(1) to find the slot, then a scan of the few statuses a
+/// route answers; no string is compared or hashed per request.
+struct RequestTally {
+    slots: Vec<Vec<(u16, u64, f64)>>,
+}
+
+impl RequestTally {
+    const METHODS: usize = routes::METHOD_LABELS.len();
+
+    fn new() -> RequestTally {
+        RequestTally {
+            slots: vec![Vec::new(); (ROUTES.len() + 1) * Self::METHODS],
+        }
+    }
+
+    /// Counts one request; `route` is `None` for an unmatched path.
+    fn record(&mut self, route: Option<usize>, method: usize, status: u16, secs: f64) {
+        let route = route.map_or(ROUTES.len(), |r| r.min(ROUTES.len()));
+        let method = method.min(Self::METHODS - 1);
+        let slot = &mut self.slots[route * Self::METHODS + method];
+        match slot.iter_mut().find(|(s, _, _)| *s == status) {
+            Some((_, n, sum)) => {
+                *n += 1;
+                *sum += secs;
+            }
+            None => slot.push((status, 1, secs)),
+        }
+    }
+
+    /// The counts by label, for `/metrics`.
+    fn counts(&self) -> RequestCounts {
+        let mut out = RequestCounts::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let (route, method) = (i / Self::METHODS, i % Self::METHODS);
+            let template = ROUTES.get(route).map_or("unmatched", |r| r.0);
+            for &(status, n, sum) in slot {
+                out.insert((routes::METHOD_LABELS[method], template, status), (n, sum));
+            }
+        }
+        out
+    }
+}
+
 /// The HTTP front of one server.
 pub struct HttpFront {
     engine: Arc<Engine>,
@@ -98,7 +145,7 @@ pub struct HttpFront {
     router: Router,
     started: Instant,
     /// Per (method, route template, status): request count and seconds.
-    requests: std::sync::Mutex<RequestCounts>,
+    requests: std::sync::Mutex<RequestTally>,
     /// `--http-rate-limit-per-ip`; `None` = unlimited.
     limiter: Option<std::sync::Mutex<RateLimiter>>,
     /// Open HTTP connections per remote IP (capped by
@@ -159,7 +206,7 @@ impl HttpFront {
             sessions: Sessions::default(),
             router: router(),
             started: Instant::now(),
-            requests: std::sync::Mutex::new(BTreeMap::new()),
+            requests: std::sync::Mutex::new(RequestTally::new()),
             limiter,
             conns: std::sync::Mutex::new(PerIp::default()),
             rate_limited: AtomicU64::new(0),
@@ -287,5 +334,31 @@ pub async fn sweeper(front: Arc<Front>) {
     loop {
         rt::sleep(period).await;
         front.sessions.sweep(&front.engine, max_idle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tally_counts_by_route_method_and_status() {
+        let mut t = RequestTally::new();
+        let stats = ROUTES
+            .iter()
+            .position(|r| r.0 == "/v1/stats")
+            .expect("route");
+        let get = routes::method_index(&hyper::Method::GET);
+        t.record(Some(stats), get, 200, 0.5);
+        t.record(Some(stats), get, 200, 0.25);
+        t.record(Some(stats), get, 429, 0.125);
+        t.record(None, routes::method_index(&hyper::Method::TRACE), 404, 1.0);
+        // An index out of range counts as unmatched, never panics.
+        t.record(Some(usize::MAX), usize::MAX, 404, 1.0);
+        let counts = t.counts();
+        assert_eq!(counts.get(&("GET", "/v1/stats", 200)), Some(&(2, 0.75)));
+        assert_eq!(counts.get(&("GET", "/v1/stats", 429)), Some(&(1, 0.125)));
+        assert_eq!(counts.get(&("other", "unmatched", 404)), Some(&(2, 2.0)));
+        assert_eq!(counts.len(), 3);
     }
 }

@@ -170,16 +170,38 @@ pub const ROUTES: &[(&str, Route, &[Method])] = &[
     ),
 ];
 
-pub(super) type Router = matchit::Router<(Route, &'static [Method], &'static str)>;
+/// Routes to a route's index in [`ROUTES`].
+pub(super) type Router = matchit::Router<usize>;
 
 pub(super) fn router() -> Router {
     let mut r = matchit::Router::new();
-    for (path, route, methods) in ROUTES {
+    for (i, (path, _, _)) in ROUTES.iter().enumerate() {
         // The table is static and its templates distinct.
-        r.insert(*path, (*route, *methods, *path))
+        r.insert(*path, i)
             .expect("route templates are valid and distinct");
     }
     r
+}
+
+/// The labels of the methods a request is counted by in `/metrics`
+/// (bounded label values), indexed by [`method_index`]; the last, `other`,
+/// counts every other method.
+pub(super) const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "other",
+];
+
+/// The index of `m`'s label in [`METHOD_LABELS`].
+pub(super) fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::DELETE => 3,
+        Method::PUT => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
 }
 
 #[cfg(test)]

@@ -60,10 +60,30 @@ pub enum CreateError {
     Random,
 }
 
+/// Hashes session ids for [`Sessions`]: xxh3 of the id's bytes. The ids
+/// in the table are 128 random bits each, made by the server, so nobody
+/// can choose keys that collide; a looked-up id, whatever a client sends,
+/// only probes. Keyed SipHash (the default) guards against chosen keys
+/// and cost more than the rest of the lookup.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = self.0.rotate_left(17) ^ xxhash_rust::xxh3::xxh3_64(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap = HashMap<String, Arc<Session>, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The table of live sessions.
 #[derive(Default)]
 pub struct Sessions {
-    map: std::sync::Mutex<HashMap<String, Arc<Session>>>,
+    map: std::sync::Mutex<IdMap>,
     /// Live sessions per creating IP; locked only while `map` is held.
     per_ip: std::sync::Mutex<PerIp>,
     /// Requests blocked in the core right now (long polls), for `/metrics`.
@@ -71,7 +91,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, IdMap> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 

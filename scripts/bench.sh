@@ -45,6 +45,8 @@
 # that polls N µs before it sleeps (dflockd-bench --client-spin), against dflockd and, through
 # --redis-ping, against redis: a sleeping client's own wake-up can set the pace (on a virtual
 # CPU that halts when idle), and this shows what the servers do when it does not.
+# ASYNC_CLIENT=1 (default; 0 skips it): part 6 runs its 10-worker checks once more through
+# smol's executor and reactor (dflockd-bench --io async, one thread), a common Rust async stack.
 #
 #   SKIP_TCP=1 SKIP_MEMORY=1 REPEATS=1 scripts/bench.sh   # only the HTTP/client/fan-out part
 #   ONLY_ENGINE=1 BUSY_LOOPS=2 scripts/bench.sh            # only part 6, with two busy loops
@@ -73,6 +75,7 @@ THREADS=${THREADS:-}
 SPIN_US=${SPIN_US:-}
 HANDOFF_SPIN_US=${HANDOFF_SPIN_US:-}
 CLIENT_SPIN_US=${CLIENT_SPIN_US:-50}
+ASYNC_CLIENT=${ASYNC_CLIENT:-1}
 FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-100}
 FANOUT_RATE=${FANOUT_RATE:-1000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -573,6 +576,13 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         ENG[s1,ctx]=$(median "${ctx[@]}")
         ten_worker_checks "s," "${spin[@]}"
     fi
+    if ((ASYNC_CLIENT > 0)); then
+        # The 10-worker checks through smol's executor and async-io's reactor: not written for
+        # this bench, and slower per request than the loop client, which is why it rarely
+        # sleeps before its answer is back (spec/ARCHITECTURE.md, "What a sleeping client
+        # measures").
+        ten_worker_checks "a," --io async
+    fi
     ENG[load1]=$(cut -d' ' -f1-3 /proc/loadavg)
     stop "$REDIS_PID"
     stop_dflockd
@@ -703,6 +713,20 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[s,http]}" \
             "${ENG[s,own]}" "$(calc "${ENG[s,http]} / ${ENG[s,own]}" 3)" 0.7
         printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms" "${ENG[s,http99]}" \
+            "" - "≤ 1"
+    fi
+    if ((ASYNC_CLIENT > 0)); then
+        echo
+        echo "the 10-worker checks again through smol's executor and reactor (--io async, one thread;"
+        echo "redis through the same client):"
+        printf '%-44s %12s %12s %10s %8s\n' check dflockd peer ratio target
+        printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[a,shared]}" \
+            "${ENG[a,own]}" "$(calc "${ENG[a,shared]} / ${ENG[a,own]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "  redis, one BLPOP/RPUSH list (vs own lists)" "${ENG[a,rshared]}" \
+            "${ENG[a,rown]}" "$(calc "${ENG[a,rshared]} / ${ENG[a,rown]}" 3)" -
+        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[a,http]}" \
+            "${ENG[a,own]}" "$(calc "${ENG[a,http]} / ${ENG[a,own]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms" "${ENG[a,http99]}" \
             "" - "≤ 1"
     fi
 fi

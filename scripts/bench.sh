@@ -694,6 +694,17 @@ if [[ $SKIP_ENGINE != 1 ]]; then
             "${ENG[$W,sameredis]}" "$(calc "${ENG[$W,same]} / ${ENG[$W,sameredis]}" 3)" \
             "${ENG[$W,samectx]} / ${ENG[$W,sameredisctx]}" "${ENG[$W,samecpu]} / ${ENG[$W,samerediscpu]}"
     done
+    # The 10-worker rows of a client other than the default one ($1: the prefix of its ENG keys).
+    ten_worker_rows() {
+        local p=$1
+        printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[${p}shared]}" \
+            "${ENG[${p}own]}" "$(calc "${ENG[${p}shared]} / ${ENG[${p}own]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "  redis, one BLPOP/RPUSH list (vs own lists)" \
+            "${ENG[${p}rshared]}" "${ENG[${p}rown]}" "$(calc "${ENG[${p}rshared]} / ${ENG[${p}rown]}" 3)" -
+        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[${p}http]}" \
+            "${ENG[${p}own]}" "$(calc "${ENG[${p}http]} / ${ENG[${p}own]}" 3)" 0.7
+        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms" "${ENG[${p}http99]}" "" - "≤ 1"
+    }
     if ((CLIENT_SPIN_US > 0)); then
         echo
         echo "the checks again with a client that polls $CLIENT_SPIN_US µs before it sleeps (--client-spin;"
@@ -706,27 +717,13 @@ if [[ $SKIP_ENGINE != 1 ]]; then
             "${ENG[s1,ours]}" "$(calc "${ENG[s1,slowest]} / ${ENG[s1,ours]}" 3)" 0.7
         printf '%-44s %12s %12s %10s %8s\n' "1 worker, server ctx switches per l+r" "${ENG[s1,ctx]}" \
             "" - "≤ 2.2"
-        printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[s,shared]}" \
-            "${ENG[s,own]}" "$(calc "${ENG[s,shared]} / ${ENG[s,own]}" 3)" 0.7
-        printf '%-44s %12s %12s %10s %8s\n' "  redis, one BLPOP/RPUSH list (vs own lists)" "${ENG[s,rshared]}" \
-            "${ENG[s,rown]}" "$(calc "${ENG[s,rshared]} / ${ENG[s,rown]}" 3)" -
-        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[s,http]}" \
-            "${ENG[s,own]}" "$(calc "${ENG[s,http]} / ${ENG[s,own]}" 3)" 0.7
-        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms" "${ENG[s,http99]}" \
-            "" - "≤ 1"
+        ten_worker_rows s,
     fi
     if ((ASYNC_CLIENT > 0)); then
         echo
         echo "the 10-worker checks again through smol's executor and reactor (--io async, one thread;"
         echo "redis through the same client):"
         printf '%-44s %12s %12s %10s %8s\n' check dflockd peer ratio target
-        printf '%-44s %12s %12s %10s %8s\n' "--shared-key, 10 workers (vs own key)" "${ENG[a,shared]}" \
-            "${ENG[a,own]}" "$(calc "${ENG[a,shared]} / ${ENG[a,own]}" 3)" 0.7
-        printf '%-44s %12s %12s %10s %8s\n' "  redis, one BLPOP/RPUSH list (vs own lists)" "${ENG[a,rshared]}" \
-            "${ENG[a,rown]}" "$(calc "${ENG[a,rshared]} / ${ENG[a,rown]}" 3)" -
-        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers (vs line protocol)" "${ENG[a,http]}" \
-            "${ENG[a,own]}" "$(calc "${ENG[a,http]} / ${ENG[a,own]}" 3)" 0.7
-        printf '%-44s %12s %12s %10s %8s\n' "--http, 10 workers, p99 ms" "${ENG[a,http99]}" \
-            "" - "≤ 1"
+        ten_worker_rows a,
     fi
 fi

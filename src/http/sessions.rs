@@ -66,9 +66,9 @@ pub enum CreateError {
 /// only probes. Keyed SipHash (the default) guards against chosen keys
 /// and cost more than the rest of the lookup.
 #[derive(Default)]
-pub struct IdHasher(u64);
+pub struct SessionIdHasher(u64);
 
-impl std::hash::Hasher for IdHasher {
+impl std::hash::Hasher for SessionIdHasher {
     fn write(&mut self, bytes: &[u8]) {
         self.0 = self.0.rotate_left(17) ^ xxhash_rust::xxh3::xxh3_64(bytes);
     }
@@ -78,7 +78,7 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-type IdMap = HashMap<String, Arc<Session>, std::hash::BuildHasherDefault<IdHasher>>;
+type IdMap = HashMap<String, Arc<Session>, std::hash::BuildHasherDefault<SessionIdHasher>>;
 
 /// The table of live sessions.
 #[derive(Default)]
@@ -293,5 +293,34 @@ impl Drop for InFlight<'_> {
         drop(self.turn.take());
         self.session.touch();
         self.session.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    /// Distinct session ids hash apart, in every bit the table uses: the
+    /// low bits pick the bucket, the top seven are hashbrown's tags.
+    #[test]
+    fn session_ids_hash_apart() {
+        let build = std::hash::BuildHasherDefault::<SessionIdHasher>::default();
+        let ids: Vec<String> = (0u128..4096)
+            .map(|i| format!("{:032x}", i * 0x9e37_79b9))
+            .collect();
+        let hashes: std::collections::HashSet<u64> =
+            ids.iter().map(|id| build.hash_one(id)).collect();
+        assert_eq!(hashes.len(), ids.len());
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xfff).collect();
+        let top: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(
+            low.len() > 2000,
+            "low 12 bits take {} of 4096 values",
+            low.len()
+        );
+        assert_eq!(top.len(), 128, "the top seven bits take every value");
+        // The same id hashes the same (the table finds what it stored).
+        assert_eq!(build.hash_one(&ids[7]), build.hash_one(ids[7].clone()));
     }
 }

@@ -207,6 +207,26 @@ pub(super) fn method_index(m: &Method) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each counted method's label is its own name; any other is `other`.
+    #[test]
+    fn method_labels_name_their_methods() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::DELETE,
+            Method::PUT,
+            Method::PATCH,
+            Method::OPTIONS,
+        ] {
+            assert_eq!(METHOD_LABELS[method_index(&m)], m.as_str());
+        }
+        let odd = Method::from_bytes(b"PURGE").expect("a token");
+        for m in [Method::TRACE, Method::CONNECT, odd] {
+            assert_eq!(METHOD_LABELS[method_index(&m)], "other");
+        }
+    }
     use crate::http::OPENAPI;
 
     #[test]

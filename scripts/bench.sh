@@ -22,7 +22,8 @@
 #      run); 10 and 50 workers; --shared-key at 10 workers against own key, beside redis's
 #      own hand-off chain through the same client (--redis-handoff: a token passed along one
 #      list with BLPOP + RPUSH, against a list per worker); --http at 10
-#      workers against the line protocol, and its p99. Ratios are against redis PING_INLINE
+#      workers against the line protocol, and its p99 (these three: ENGINE_REPEATS runs each,
+#      interleaved). Ratios are against redis PING_INLINE
 #      rps / 2 with the same client count. Then the same client against both servers at 1, 10
 #      and 50 workers (dflockd-bench --redis-ping drives redis: two inline PINGs per op), with
 #      each server's context switches and CPU time per op, so that the clients' difference is
@@ -526,9 +527,10 @@ if [[ $SKIP_ENGINE != 1 ]]; then
         rounds=$(rounds_for 10 "$@")
         shared_rounds=$(rounds_for 10 --shared-key "$@")
         http_rounds=$(rounds_for 10 --http "$HOST:$HTTP_PORT" "$@")
-        log "engine, 10 workers $*: $REPEATS x (own key, --shared-key, --http)"
+        # ENGINE_REPEATS, not REPEATS: a median of three HTTP runs moved by about ±0.05.
+        log "engine, 10 workers $*: $ENGINE_REPEATS x (own key, --shared-key, --http)"
         local own=() shared=() http=() http99=() line99=() rown=() rshared=()
-        for _ in $(seq 1 "$REPEATS"); do
+        for _ in $(seq 1 "$ENGINE_REPEATS"); do
             out=$(bench --workers 10 --rounds "$rounds" --warmup 100 "$@")
             own+=("$(field '/throughput:/' 2 "$out")")
             line99+=("$(field '/p99/' 3 "$out")")

@@ -96,7 +96,9 @@ pub struct ReplicaConfig {
     /// seed, because the library draws from the thread's RNG.
     pub election_ticks_max: Option<usize>,
     pub heartbeat_ticks: usize,
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot after this many applied entries, once the entries
+    /// applied since the last snapshot also add up to its size
+    /// ([`snapshot_due_by`]).
     pub snapshot_entries: u64,
     /// Entries kept behind a snapshot for followers just behind.
     pub keep_entries: u64,
@@ -416,6 +418,36 @@ pub struct Replica<S: StateMachine> {
     flights: VecDeque<Flight>,
     /// The sequence number of the last write staged.
     staged: u64,
+    /// The size of the entries applied since the last snapshot, each
+    /// counted as its data plus [`ENTRY_COST_BYTES`].
+    log_bytes: u64,
+    /// The size of the last snapshot's data (taken, installed or restored
+    /// from).
+    snapshot_bytes: u64,
+}
+
+/// What an entry counts for beside its data when the log since the last
+/// snapshot is weighed against that snapshot ([`snapshot_due_by`]): about
+/// what the in-memory copy of an entry holds beside its data.
+pub const ENTRY_COST_BYTES: u64 = 128;
+
+/// Whether a member takes a snapshot: one was requested (a follower needs
+/// one) or, with at least one entry applied since the last, both
+/// `snapshot_entries` entries were applied since and those entries add up
+/// to the last snapshot's size (`log_bytes` against `snapshot_bytes`).
+/// The second half keeps the cost of snapshotting a large state bounded
+/// per entry: a state of a million locks (about 200 MB) is written after
+/// about as many bytes of log, not every `snapshot_entries` entries; with
+/// the default limits the snapshot is far smaller than `snapshot_entries`
+/// entries and the count alone decides (spec/cluster.md §2.5).
+pub fn snapshot_due_by(
+    since: u64,
+    requested: bool,
+    snapshot_entries: u64,
+    log_bytes: u64,
+    snapshot_bytes: u64,
+) -> bool {
+    since > 0 && (requested || (since >= snapshot_entries && log_bytes >= snapshot_bytes))
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -439,8 +471,10 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         let mut applied = 0;
+        let mut snapshot_bytes = 0;
         let mut peers: BTreeMap<u64, Peer> = BTreeMap::new();
         if let Some((meta, data)) = store.snapshot_for_restore() {
+            snapshot_bytes = data.len() as u64;
             let (known, sm_data) = decode_snapshot(&data).map_err(ReplicaError::Restore)?;
             sm.restore(sm_data).map_err(ReplicaError::Restore)?;
             applied = meta.index;
@@ -504,6 +538,8 @@ impl<S: StateMachine> Replica<S> {
             to_apply: None,
             flights: VecDeque::new(),
             staged: 0,
+            log_bytes: 0,
+            snapshot_bytes,
         })
     }
 
@@ -872,6 +908,8 @@ impl<S: StateMachine> Replica<S> {
             let meta = snap.get_metadata();
             self.applied = meta.index;
             self.snapshots_installed += 1;
+            self.log_bytes = 0;
+            self.snapshot_bytes = snap.data.len() as u64;
             out.peers_added.extend(learnt);
             // Nothing proposed here can still be answered: the entries up
             // to the snapshot are gone from this member's log.
@@ -936,6 +974,9 @@ impl<S: StateMachine> Replica<S> {
                 continue;
             }
             self.applied = e.index;
+            self.log_bytes = self
+                .log_bytes
+                .saturating_add(e.data.len() as u64 + ENTRY_COST_BYTES);
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if e.data.is_empty() {
@@ -1107,7 +1148,13 @@ impl<S: StateMachine> Replica<S> {
     fn snapshot_due(&self) -> bool {
         let store = self.node.store();
         let since = self.applied.saturating_sub(store.snapshot_index());
-        since > 0 && (store.snapshot_requested() || since >= self.cfg.snapshot_entries)
+        snapshot_due_by(
+            since,
+            store.snapshot_requested(),
+            self.cfg.snapshot_entries,
+            self.log_bytes,
+            self.snapshot_bytes,
+        )
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
@@ -1135,9 +1182,12 @@ impl<S: StateMachine> Replica<S> {
         };
         meta.set_conf_state(self.node.raft.prs().conf().to_conf_state());
         let data = Bytes::from(encode_snapshot(self.peers.values(), &self.sm.snapshot()));
+        let size = data.len() as u64;
         let keep = self.cfg.keep_entries;
         self.node.mut_store().save_snapshot(meta, data, keep)?;
         self.snapshots_taken += 1;
+        self.log_bytes = 0;
+        self.snapshot_bytes = size;
         self.check_crash(CrashPoint::AfterCompact)?;
         Ok(())
     }

@@ -526,6 +526,54 @@ fn a_voter_is_added_and_removed() {
 }
 
 #[test]
+fn a_snapshot_is_due_after_its_entries_and_as_many_bytes_of_log() {
+    // Requested: at once, with one entry applied since.
+    assert!(snapshot_due_by(1, true, 10_000, 0, u64::MAX));
+    assert!(!snapshot_due_by(0, true, 10_000, 0, 0));
+    // Not requested, 10,000 entries to wait for: (entries since, bytes of
+    // log since, bytes of the last snapshot).
+    let due = |since, log, snap| snapshot_due_by(since, false, 10_000, log, snap);
+    // A small state: the count decides.
+    assert!(!due(9_999, 9_999 * 130, 300_000));
+    assert!(due(10_000, 10_000 * 130, 300_000));
+    // A large state: the count is not enough until the log since weighs
+    // as much as the snapshot.
+    assert!(!due(10_000, 10_000 * 130, 200_000_000));
+    assert!(!due(1_000_000, 199_999_999, 200_000_000));
+    assert!(due(1_000_000, 200_000_000, 200_000_000));
+}
+
+#[test]
+fn a_large_state_is_snapshot_only_after_as_many_bytes_of_log() {
+    let mut sim = Sim::new(3);
+    let l = sim.elect();
+    // One large entry: the next snapshot holds it, 64 KiB.
+    sim.propose_to(l, &vec![b'x'; 64 << 10]);
+    sim.burst("a", 25);
+    let first = sim.replica(l).status();
+    assert!(first.snapshot_index > 1, "{first:?}");
+    // Far more than `snapshot_entries` (20) small entries, but far fewer
+    // bytes than the snapshot: none taken.
+    sim.burst("b", 100);
+    let l = sim.elect();
+    let held = sim.replica(l).status();
+    assert_eq!(held.snapshot_index, first.snapshot_index, "{held:?}");
+    // Entries of about ENTRY_COST_BYTES + 8 bytes each: a snapshot once
+    // they add up to 64 KiB, and not before.
+    sim.burst("c", 500);
+    let l = sim.elect();
+    let taken = sim.replica(l).status();
+    assert!(taken.snapshot_index > first.snapshot_index, "{taken:?}");
+    let weigh = (64 << 10) / (ENTRY_COST_BYTES + 8);
+    assert!(
+        taken.snapshot_index - first.snapshot_index >= weigh,
+        "{} entries after the last, under {weigh}",
+        taken.snapshot_index - first.snapshot_index
+    );
+    assert_eq!(sim.check_agreement().len(), 1 + 25 + 100 + 500);
+}
+
+#[test]
 fn a_member_restarts_from_its_snapshot_and_log() {
     let mut sim = Sim::new(3);
     for round in 0..3 {

@@ -684,12 +684,10 @@ fn cli_blocks() -> Vec<String> {
         .collect()
 }
 
-/// A port that was free a moment ago.
+/// A loopback port below the ephemeral range that was free a moment ago
+/// (`dflockd::conformance::spawn::unused_port`).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    dflockd::conformance::spawn::unused_port().expect("a free loopback port")
 }
 
 /// Runs `script` in bash with `dflockd` on PATH, killing it (by PID) if

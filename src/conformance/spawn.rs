@@ -106,7 +106,7 @@ pub fn start(
     flags: &[String],
     ready_within: Duration,
 ) -> Result<Server, String> {
-    let port = free_port()?;
+    let port = unused_port()?;
     let argv = template.argv(port, flags);
     let shown = argv.join(" ");
     let mut child = Command::new(&argv[0])
@@ -151,10 +151,36 @@ pub fn start(
     }
 }
 
-/// A port that was free a moment ago (bound and released).
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+/// A loopback port below the kernel's ephemeral range that was free a
+/// moment ago, for a server that must be named its port before it starts
+/// (the scripted servers here, the tests' daemons and cluster members, the
+/// bench's scaling runs). A port from `bind(":0")` comes from the
+/// ephemeral range, so once released any outgoing connection on the
+/// machine may take it before the server binds it (or while a killed
+/// member is down); a busy machine showed that as "Address already in
+/// use". Below the range only another explicit bind can collide: test
+/// processes start apart (by process id) and step apart within one, and a
+/// port is handed out only if it binds now.
+pub fn unused_port() -> Result<u16, String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = low.saturating_sub(FIRST).max(1_000);
+    let base = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = FIRST + base.wrapping_add(n.wrapping_mul(101)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(format!("no free loopback port from {FIRST} below {low}"))
 }
 
 /// Reads `from` line by line into `tail`, keeping the last lines.
@@ -269,5 +295,22 @@ mod tests {
         // Established, not listening.
         assert!(!listens_in(table, 0x1F91));
         assert!(!listens_in(table, 80));
+    }
+
+    #[test]
+    fn unused_ports_are_below_the_ephemeral_range_distinct_and_bindable() {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32_768);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let port = unused_port().expect("a port");
+            assert!((10_000..low).contains(&port), "{port} not in 10000..{low}");
+            assert!(seen.insert(port), "{port} handed out twice");
+        }
+        // Free when handed out: the listener a server would open binds.
+        let port = unused_port().expect("a port");
+        assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
     }
 }

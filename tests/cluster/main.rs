@@ -188,21 +188,12 @@ fn member_log_level() -> String {
     std::env::var(toy::LOG_LEVEL_ENV).unwrap_or_else(|_| "warn".to_owned())
 }
 
-/// A port for a member's listener that a restart can bind again. Below the
-/// kernel's ephemeral range (32768 and up here), so that no outgoing
-/// connection takes it while its member is down; checked free now.
+/// A port for a member's listener that a restart can bind again: below the
+/// kernel's ephemeral range, so that no outgoing connection takes it while
+/// its member is down (`dflockd::conformance::spawn::unused_port`).
 fn free_addr() -> SocketAddr {
-    use std::sync::atomic::AtomicU64;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let base = 20_000 + (std::process::id() as u64 * 97) % 10_000;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (base + n * 7919) % 12_000;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
+    let port = dflockd::conformance::spawn::unused_port().expect("a free loopback port");
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Three members and the six proxies between them.

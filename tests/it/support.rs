@@ -426,29 +426,8 @@ impl Client {
 
 /// A loopback port below the kernel's ephemeral range that was free a
 /// moment ago, for a server a test must name before it starts (cluster
-/// members, `--http-port` of the binary). A port from `bind(":0")` comes
-/// from the ephemeral range, so once released any outgoing connection on
-/// the machine may take it before the server binds it, or when a killed
-/// member comes back on it; a busy machine showed that as "Address already
-/// in use". Below the range only another explicit bind can collide.
+/// members, `--http-port` of the binary): the library's picker
+/// ([`dflockd::conformance::spawn::unused_port`] says why not `bind(":0")`).
 pub fn unused_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const FIRST: u32 = 10_000;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let span = low.saturating_sub(FIRST).max(1_000);
-    // Spread test processes apart; step within one.
-    let base = std::process::id().wrapping_mul(7_919);
-    for _ in 0..span {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FIRST + base.wrapping_add(n.wrapping_mul(101)) % span;
-        let port = u16::try_from(port).expect("a port number");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port below {low}");
+    dflockd::conformance::spawn::unused_port().expect("a free loopback port")
 }

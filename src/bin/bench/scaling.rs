@@ -46,14 +46,16 @@
 //! refill with long leases, while their owner disconnects, and fails (exit 1) above 50 ms.
 
 use std::collections::VecDeque;
-use std::io::{self, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use dflockd::conformance::spawn::unused_port;
 
 use crate::http::{parse_response, push_http_post};
 use crate::report::{percentile, say};
@@ -172,17 +174,11 @@ struct Server {
     http: String,
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Server {
     fn start(bin: &Path, extra: &[&str]) -> Result<Server, String> {
-        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let mut http = free_port().map_err(|e| format!("no free port: {e}"))?;
-        while http == port {
-            http = free_port().map_err(|e| format!("no free port: {e}"))?;
-        }
+        // Below the ephemeral range, and never the same one twice.
+        let port = unused_port()?;
+        let http = unused_port()?;
         let mut cmd = Command::new(bin);
         // Only our flags count: no DFLOCKD_* variable from the caller's environment.
         for (name, _) in std::env::vars_os() {

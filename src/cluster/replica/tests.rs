@@ -686,9 +686,10 @@ mod loopback {
         listen: String,
     }
 
+    /// Below the ephemeral range: a restarted member binds it again.
     fn free_addr() -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
+        let port = crate::conformance::spawn::unused_port().expect("a free loopback port");
+        format!("127.0.0.1:{port}")
     }
 
     fn fast(mut cfg: ReplicaConfig) -> ReplicaConfig {

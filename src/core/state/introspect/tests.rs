@@ -727,6 +727,47 @@ fn verify_catches_a_stale_contended_entry() {
     h.core.verify();
 }
 
+/// `verify` checks that each recorded event sits in its slot's ring and
+/// names a live key: one moved to a slot that holds nothing, in the
+/// same ring, is caught.
+#[test]
+#[should_panic(expected = "introspection indexes")]
+fn verify_catches_an_event_of_a_slot_that_holds_nothing() {
+    let mut h = H::new(cfg());
+    let a = h.conn();
+    h.token(a, l("k", 0, 60));
+    h.core.verify();
+    let rings = h.core.insight.events.rings.len() as ResId;
+    let event = h
+        .core
+        .insight
+        .events
+        .rings
+        .iter_mut()
+        .flat_map(|r| r.iter_mut())
+        .next()
+        .expect("the grant is an event");
+    // Same ring, a slot past every resource.
+    event.res += rings * 1_000;
+    h.core.verify();
+}
+
+/// A top-keys job reports the connections it saw at its last step.
+#[test]
+fn a_top_job_counts_the_connections() {
+    let mut h = H::new(cfg());
+    let conns: Vec<ConnId> = (0..3).map(|_| h.conn()).collect();
+    h.token(conns[0], l("k", 0, 60));
+    let mut job = TopJob::new(TopQuery {
+        sort: Sort::Waiters,
+        top: 10,
+        prefix: None,
+        space: None,
+    });
+    h.run(&mut job);
+    assert_eq!(job.connections(), 3);
+}
+
 /// A random mix of acquires, two-phase waits, releases, timeouts and
 /// disconnects over a few keys: after every input the index names exactly
 /// the keys with waiters (`verify`), and the longest queue is first.

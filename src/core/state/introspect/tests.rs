@@ -752,6 +752,20 @@ fn verify_catches_an_event_of_a_slot_that_holds_nothing() {
     h.core.verify();
 }
 
+/// A stats job counts what it listed (the engine renders a short one
+/// inline): one entry per held key, here with no channel beside them.
+#[test]
+fn a_stats_job_counts_the_entries_it_listed() {
+    let mut h = H::new(cfg());
+    let a = h.conn();
+    for k in ["a", "b", "c"] {
+        h.token(a, l(k, 0, 60));
+    }
+    let mut job = StatsJob::new().sliced(2);
+    h.run(&mut job);
+    assert_eq!(job.listed(), 3);
+}
+
 /// A top-keys job reports the connections it saw at its last step.
 #[test]
 fn a_top_job_counts_the_connections() {

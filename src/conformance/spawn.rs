@@ -163,11 +163,7 @@ pub fn start(
 /// port is handed out only if it binds now.
 pub fn unused_port() -> Result<u16, String> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    const FIRST: u32 = 10_000;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
+    let low = ephemeral_floor();
     let span = low.saturating_sub(FIRST).max(1_000);
     let base = std::process::id().wrapping_mul(7_919);
     for _ in 0..span {
@@ -181,6 +177,18 @@ pub fn unused_port() -> Result<u16, String> {
         }
     }
     Err(format!("no free loopback port from {FIRST} below {low}"))
+}
+
+/// The lowest port [`unused_port`] hands out.
+const FIRST: u32 = 10_000;
+
+/// The first port of the kernel's ephemeral range (32768 where it cannot
+/// be read).
+fn ephemeral_floor() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
 }
 
 /// Reads `from` line by line into `tail`, keeping the last lines.
@@ -299,14 +307,11 @@ mod tests {
 
     #[test]
     fn unused_ports_are_below_the_ephemeral_range_distinct_and_bindable() {
-        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-            .unwrap_or(32_768);
+        let range = FIRST..ephemeral_floor();
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..20 {
             let port = unused_port().expect("a port");
-            assert!((10_000..low).contains(&port), "{port} not in 10000..{low}");
+            assert!(range.contains(&u32::from(port)), "{port} not in {range:?}");
             assert!(seen.insert(port), "{port} handed out twice");
         }
         // Free when handed out: the listener a server would open binds.
